@@ -1,0 +1,28 @@
+# The two commands of the README: `make demo` (the main job) and `make test` (the test suite).
+# Both set up .venv on first use. Nothing here needs Vivado or a board.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-hw nightly clean
+
+$(STAMP): pyproject.toml scripts/setup-system.sh
+	bash scripts/setup-system.sh
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip wheel setuptools
+	# the CPU torch first: anything else makes pip fetch several GB of CUDA
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/splitrack demo
+
+test: setup
+	$(VENV)/bin/python -m pytest -q sim_tests
+
+clean:
+	rm -rf $(VENV) .splitrack-cache build

@@ -1,0 +1,1 @@
+"""splitrack's harness: boards, deployment, agent, virtual rack, pytest plugin, benchmarks, dashboard."""

@@ -1,0 +1,53 @@
+"""The `splitrack` command. Each sub-command lives in the module that does the work; this file only
+knows their names, so that `splitrack --help` does not import TensorFlow."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# (command, module, one-line help). A module provides configure(parser) and run(args) -> int.
+COMMANDS = [
+    ("split", "splitting.cli_split", "cut a Keras model by hand into a plan folder"),
+    ("verify", "splitting.verify", "check a plan: float composition and hls4ml emulation chain"),
+    ("build", "splitting.hls", "build bitstreams for a plan's partitions (needs Vivado)"),
+    ("reference", "splitting.reference", "train and save the reference models (digits FC and CNN)"),
+    ("demo", "harness.demo", "the main job: reference models, CNN split three ways, verified"),
+]
+
+
+def _errors():
+    from splitting.contract import ContractError
+    from splitting.errors import UserError
+
+    return (UserError, ContractError)
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    parser = argparse.ArgumentParser(prog="splitrack", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = argv[0] if argv else (sys.argv[1] if len(sys.argv) > 1 else None)
+    for name, module, help_ in COMMANDS:
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name == chosen:  # import only the module of the command being run
+            mod = importlib.import_module(module)
+            mod.configure(p)
+            p.set_defaults(_run=mod.run)
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except _errors() as e:
+        print(f"splitrack {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"splitrack {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

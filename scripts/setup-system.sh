@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# System packages splitrack's tests use, installed when missing (as root; CI machines are root).
+# g++: hls4ml emulation. Others are added by the features that need them.
+set -euo pipefail
+need=()
+command -v g++ >/dev/null || need+=(g++)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: missing system packages: ${need[*]} (install them with apt-get as root)" >&2; exit 1
+  fi
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi

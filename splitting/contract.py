@@ -1,0 +1,320 @@
+"""Boundary contracts: what crosses a link between two stages, and how it is put on the wire.
+
+This module is plain data plus numpy. It must stay importable on a PYNQ board (Python 3.8, numpy, no
+TensorFlow), because the board agent uses it to encode and decode frames: one definition of the wire,
+used by the plan, the agent, the RTL cosimulation and the benchmark byte counts.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+FLOAT32 = "float32"
+_FIXED_RE = re.compile(
+    r"^\s*ap_(u?)fixed\s*<\s*(\d+)\s*,\s*(-?\d+)\s*(?:,\s*(AP_\w+)\s*)?(?:,\s*(AP_\w+)\s*)?(?:,\s*\d+\s*)?>\s*$"
+)
+ROUNDING_MODES = ("AP_TRN", "AP_RND", "AP_RND_CONV", "AP_TRN_ZERO", "AP_RND_ZERO", "AP_RND_INF", "AP_RND_MIN_INF")
+SATURATION_MODES = ("AP_WRAP", "AP_SAT", "AP_SAT_ZERO", "AP_SAT_SYM")
+
+
+class ContractError(ValueError):
+    """A contract or a frame that does not match its contract."""
+
+
+@dataclass(frozen=True)
+class FixedType:
+    """An HLS ap_fixed / ap_ufixed type: `width` bits, `integer` of them before the binary point."""
+
+    width: int
+    integer: int
+    signed: bool = True
+    rounding: str = "AP_TRN"
+    saturation: str = "AP_WRAP"
+
+    @classmethod
+    def parse(cls, text: str) -> "FixedType":
+        m = _FIXED_RE.match(text)
+        if not m:
+            raise ContractError(
+                f"cannot read fixed-point type {text!r}: write it as ap_fixed<W,I> or ap_fixed<W,I,AP_RND,AP_SAT>"
+            )
+        unsigned, w, i, rnd, sat = m.groups()
+        ft = cls(int(w), int(i), not unsigned, rnd or "AP_TRN", sat or "AP_WRAP")
+        if ft.width < 1 or ft.width > 64:
+            raise ContractError(f"{text!r}: width must be 1..64 bits")
+        if ft.rounding not in ROUNDING_MODES or ft.saturation not in SATURATION_MODES:
+            raise ContractError(f"{text!r}: unknown rounding or saturation mode")
+        return ft
+
+    def __str__(self) -> str:
+        base = f"ap_{'' if self.signed else 'u'}fixed<{self.width},{self.integer}"
+        if (self.rounding, self.saturation) != ("AP_TRN", "AP_WRAP"):
+            base += f",{self.rounding},{self.saturation}"
+        return base + ">"
+
+    @property
+    def fractional(self) -> int:
+        return self.width - self.integer
+
+    @property
+    def step(self) -> float:
+        """Value of one least significant bit: the quantisation step of this type."""
+        return math.ldexp(1.0, -self.fractional)
+
+    @property
+    def raw_min(self) -> int:
+        return -(1 << (self.width - 1)) if self.signed else 0
+
+    @property
+    def raw_max(self) -> int:
+        return (1 << (self.width - 1)) - 1 if self.signed else (1 << self.width) - 1
+
+    def to_raw(self, values: np.ndarray) -> np.ndarray:
+        """Quantise real values to raw integers with this type's rounding and overflow modes."""
+        scaled = np.asarray(values, dtype=np.float64) * math.ldexp(1.0, self.fractional)
+        if self.rounding == "AP_TRN":
+            raw = np.floor(scaled)
+        elif self.rounding == "AP_TRN_ZERO":
+            raw = np.trunc(scaled)
+        elif self.rounding == "AP_RND":
+            raw = np.floor(scaled + 0.5)
+        elif self.rounding == "AP_RND_ZERO":
+            raw = np.where(scaled >= 0, np.ceil(scaled - 0.5), np.floor(scaled + 0.5))
+        elif self.rounding == "AP_RND_MIN_INF":
+            raw = np.ceil(scaled - 0.5)
+        elif self.rounding == "AP_RND_INF":
+            raw = np.where(scaled >= 0, np.floor(scaled + 0.5), np.ceil(scaled - 0.5))
+        else:  # AP_RND_CONV: round half to even
+            raw = np.round(scaled)
+        raw = raw.astype(np.int64)
+        if self.saturation == "AP_WRAP":
+            span = 1 << self.width
+            raw = (raw - self.raw_min) % span + self.raw_min
+        else:
+            lo = self.raw_min
+            if self.saturation == "AP_SAT_SYM" and self.signed:
+                lo = self.raw_min + 1
+            if self.saturation == "AP_SAT_ZERO":
+                raw = np.where((raw > self.raw_max) | (raw < self.raw_min), 0, raw)
+            else:
+                raw = np.clip(raw, lo, self.raw_max)
+        return raw
+
+    def from_raw(self, raw: np.ndarray) -> np.ndarray:
+        return np.asarray(raw, dtype=np.float64) * self.step
+
+    def quantize(self, values: np.ndarray) -> np.ndarray:
+        return self.from_raw(self.to_raw(values))
+
+
+def element_type(dtype: str) -> Optional[FixedType]:
+    """None for float32, else the parsed fixed-point type."""
+    if dtype == FLOAT32:
+        return None
+    return FixedType.parse(dtype)
+
+
+def _container_bits(dtype: str) -> int:
+    if dtype == FLOAT32:
+        return 32
+    ft = FixedType.parse(dtype)
+    return 8 * ((ft.width + 7) // 8)
+
+
+@dataclass(frozen=True)
+class Packing:
+    """How a frame's elements sit on AXI-stream beats.
+
+    Elements are byte-aligned in little-endian containers, packed low lane first; the last beat carries
+    `last_tkeep` (a byte mask) when it is only partly filled; tlast is set on beat `beats - 1` and only there.
+    """
+
+    data_width: int
+    element_bits: int
+    elements_per_beat: int
+    beats: int
+    last_tkeep: int
+
+    @property
+    def bytes_per_beat(self) -> int:
+        return self.data_width // 8
+
+    @property
+    def full_tkeep(self) -> int:
+        return (1 << self.bytes_per_beat) - 1
+
+    @property
+    def tlast_beat(self) -> int:
+        return self.beats - 1
+
+    @classmethod
+    def for_elements(cls, elements: int, dtype: str, data_width: int = 32) -> "Packing":
+        ebits = _container_bits(dtype)
+        if data_width % 8 or data_width < ebits:
+            raise ContractError(
+                f"AXI data width {data_width} cannot hold one {dtype} element ({ebits} bits): use a multiple of 8 >= {ebits}"
+            )
+        per_beat = data_width // ebits
+        beats = max(1, -(-elements // per_beat))
+        in_last = elements - (beats - 1) * per_beat
+        last_bytes = in_last * ebits // 8
+        return cls(data_width, ebits, per_beat, beats, (1 << last_bytes) - 1)
+
+
+@dataclass(frozen=True)
+class Select:
+    """The slice of the producer's output that a consumer takes (input splits scatter this way)."""
+
+    axis: int
+    start: int
+    stop: int
+
+
+@dataclass
+class Contract:
+    """One link: producer `src` -> consumer `dst` ("host" stands for the machine feeding and reading the rack).
+
+    shape:   the tensor as it crosses the link, without the batch axis, row-major, channels last (Keras order)
+    dtype:   "float32" or an ap_fixed type; fixed values travel as raw two's-complement integers
+    select:  which slice of the producer's output goes on this link (None: all of it)
+    combine: how the consumer assembles its input from all its incoming links, in `index` order:
+             "single" (one link), "concat" (neuron-split parts, along `axis`), or "sum" (input-split partial
+             sums: concatenated along `axis` on arrival, then summed by the consumer, which is the join
+             partition, before bias and activation)
+    """
+
+    src: str
+    dst: str
+    shape: Tuple[int, ...]
+    dtype: str
+    combine: str = "single"
+    axis: int = -1
+    index: int = 0
+    count: int = 1
+    select: Optional[Select] = None
+    data_width: int = 32
+    fifo_depth: Optional[int] = None
+    order: str = "row-major, channels-last"
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(int(s) for s in self.shape)
+        if isinstance(self.select, dict):
+            self.select = Select(**self.select)
+        if self.combine not in ("single", "concat", "sum"):
+            raise ContractError(f"link {self.src}->{self.dst}: combine must be single, concat or sum")
+        element_type(self.dtype)  # validates
+
+    @property
+    def elements(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+    @property
+    def fixed(self) -> Optional[FixedType]:
+        return element_type(self.dtype)
+
+    @property
+    def step(self) -> float:
+        """Quantisation step of the values on this link (0 for float32)."""
+        ft = self.fixed
+        return ft.step if ft else 0.0
+
+    @property
+    def packing(self) -> Packing:
+        return Packing.for_elements(self.elements, self.dtype, self.data_width)
+
+    @property
+    def payload_bytes(self) -> int:
+        """Bytes of one frame on the wire (the beats, padding of the last beat included)."""
+        p = self.packing
+        return p.beats * p.bytes_per_beat
+
+    # --- wire format -------------------------------------------------------------------------------
+    def take(self, producer_output: np.ndarray) -> np.ndarray:
+        """Apply `select` to one producer output (no batch axis)."""
+        if self.select is None:
+            return producer_output
+        s = self.select
+        idx = [slice(None)] * producer_output.ndim
+        idx[s.axis] = slice(s.start, s.stop)
+        return producer_output[tuple(idx)]
+
+    def encode(self, values: np.ndarray) -> bytes:
+        """One frame (shape `self.shape`) -> the bytes of its AXI-stream beats, little-endian."""
+        values = np.asarray(values)
+        if values.size != self.elements:
+            raise ContractError(
+                f"link {self.src}->{self.dst}: frame has {values.size} elements, contract says {self.elements} {self.shape}"
+            )
+        p = self.packing
+        flat = values.reshape(-1)
+        if self.dtype == FLOAT32:
+            words = flat.astype("<f4").view("<u4").astype(np.uint64)
+        else:
+            ft = self.fixed
+            raw = ft.to_raw(flat)
+            words = (raw & ((1 << p.element_bits) - 1)).astype(np.uint64)
+        buf = np.zeros(p.beats * p.elements_per_beat, dtype=np.uint64)
+        buf[: flat.size] = words
+        dtype = {8: "<u1", 16: "<u2", 32: "<u4", 64: "<u8"}.get(p.element_bits)
+        if dtype is None:
+            raise ContractError(f"element container of {p.element_bits} bits is not supported on the wire")
+        return buf.astype(dtype).tobytes()
+
+    def decode(self, payload: bytes) -> np.ndarray:
+        """Bytes of one frame -> values (float64 for fixed types, exactly the represented values)."""
+        if len(payload) != self.payload_bytes:
+            raise ContractError(
+                f"link {self.src}->{self.dst}: payload of {len(payload)} bytes, contract says {self.payload_bytes}"
+            )
+        p = self.packing
+        dtype = {8: "<u1", 16: "<u2", 32: "<u4", 64: "<u8"}[p.element_bits]
+        words = np.frombuffer(payload, dtype=dtype)[: self.elements]
+        if self.dtype == FLOAT32:
+            return words.view("<f4").astype(np.float32).reshape(self.shape)
+        ft = self.fixed
+        raw = words.astype(np.int64)
+        if ft.signed:
+            sign = 1 << (ft.width - 1)
+            raw = raw & ((1 << ft.width) - 1)
+            raw = np.where(raw >= sign, raw - (1 << ft.width), raw)
+        return ft.from_raw(raw).reshape(self.shape)
+
+    def beats(self, values: np.ndarray) -> List[Tuple[int, int, bool]]:
+        """(tdata, tkeep, tlast) per beat: the AXI-stream view of one frame, for RTL cosimulation."""
+        p = self.packing
+        data = self.encode(values)
+        out = []
+        for b in range(p.beats):
+            chunk = data[b * p.bytes_per_beat : (b + 1) * p.bytes_per_beat]
+            last = b == p.tlast_beat
+            out.append((int.from_bytes(chunk, "little"), p.last_tkeep if last else p.full_tkeep, last))
+        return out
+
+    # --- serialisation -----------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        d["elements"] = self.elements
+        d["payload_bytes"] = self.payload_bytes
+        d["packing"] = asdict(self.packing)
+        d["packing"]["tlast_beat"] = self.packing.tlast_beat
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "Contract":
+        keep = {k: v for k, v in d.items() if k not in ("elements", "payload_bytes", "packing")}
+        return cls(**keep)
+
+
+def assemble(contracts: Sequence[Contract], parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Build a consumer's input from the frames of its incoming links (ordered as `contracts`)."""
+    if len(contracts) != len(parts):
+        raise ContractError(f"expected {len(contracts)} incoming frames, got {len(parts)}")
+    if len(parts) == 1:
+        return parts[0]
+    order = sorted(range(len(contracts)), key=lambda i: contracts[i].index)
+    return np.concatenate([parts[i] for i in order], axis=contracts[order[0]].axis)

@@ -1,0 +1,186 @@
+"""The Plan: ordered stages of partitions and the contracts of every link. The single source of truth.
+
+A plan lives in a folder: `plan.json` plus one sub-folder per partition holding its Keras sub-model
+(`model.keras`) and hls4ml configuration (`hls4ml.json`). This module reads and writes that folder without
+TensorFlow, so the harness (and a board) can use plans without it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from .contract import Contract, ContractError
+from .errors import UserError
+
+PLAN_FILE = "plan.json"
+FORMAT = 1
+HOST = "host"
+
+
+class PlanError(UserError, ValueError):
+    """A plan folder that is missing, malformed or inconsistent."""
+
+
+@dataclass
+class Partition:
+    """A Keras sub-model plus its hls4ml configuration, running on one board.
+
+    kind: "layers" (a contiguous run of layers), "neuron" (one part of a neuron split: a slice of the
+    output units or filters), "input" (one part of an input split: a partial sum over a slice of the
+    inputs or input channels, no activation), "join" (sums input-split partial sums, adds the bias,
+    applies the activation, then any layers that follow in the same stage).
+    """
+
+    name: str
+    stage: int
+    kind: str
+    layers: List[str]
+    input_shape: List[int]
+    output_shape: List[int]
+    input_precision: str
+    output_precision: str
+    hls: Dict[str, Any]
+    weights_sha256: str = ""
+    split: Optional[Dict[str, Any]] = None
+    estimate: Optional[Dict[str, Any]] = None
+
+    @property
+    def model_file(self) -> str:
+        return f"{self.name}/model.keras"
+
+    @property
+    def hls_file(self) -> str:
+        return f"{self.name}/hls4ml.json"
+
+
+@dataclass
+class Stage:
+    index: int
+    kind: str  # "layers", "neuron", "input", "join"
+    partitions: List[str]
+
+
+@dataclass
+class Plan:
+    model: Dict[str, Any]  # name, input_shape, output_shape, output_precision, source sha256
+    stages: List[Stage]
+    partitions: Dict[str, Partition]
+    links: List[Contract]
+    board: str = "pynq-z2"
+    hls_defaults: Dict[str, Any] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
+    root: Optional[Path] = None  # folder the plan was loaded from / saved to (not serialised)
+
+    # --- queries -----------------------------------------------------------------------------------
+    def partition(self, name: str) -> Partition:
+        try:
+            return self.partitions[name]
+        except KeyError:
+            raise PlanError(f"no partition {name!r} in plan; partitions are {', '.join(self.partitions)}") from None
+
+    def ordered_partitions(self) -> List[Partition]:
+        return [self.partitions[n] for st in self.stages for n in st.partitions]
+
+    def inputs_of(self, name: str) -> List[Contract]:
+        return sorted((c for c in self.links if c.dst == name), key=lambda c: c.index)
+
+    def outputs_of(self, name: str) -> List[Contract]:
+        return [c for c in self.links if c.src == name]
+
+    @property
+    def input_links(self) -> List[Contract]:
+        return [c for c in self.links if c.src == HOST]
+
+    @property
+    def output_links(self) -> List[Contract]:
+        return self.inputs_of(HOST)
+
+    def path(self, rel: str) -> Path:
+        if self.root is None:
+            raise PlanError("plan has no folder yet: save() it first")
+        return self.root / rel
+
+    # --- hashing and serialisation -----------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "board": self.board,
+            "model": self.model,
+            "hls_defaults": self.hls_defaults,
+            "stages": [asdict(s) for s in self.stages],
+            "partitions": [asdict(self.partitions[p.name]) for p in self.ordered_partitions()],
+            "links": [c.to_dict() for c in self.links],
+            "notes": self.notes,
+        }
+
+    @property
+    def hash(self) -> str:
+        """Content hash: of everything in plan.json, partition weights included by their sha256."""
+        body = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+    def save(self, root: Path) -> Path:
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        d = self.to_dict()
+        d["hash"] = self.hash
+        (root / PLAN_FILE).write_text(json.dumps(d, indent=1) + "\n")
+        for p in self.partitions.values():
+            (root / p.name).mkdir(exist_ok=True)
+            (root / p.hls_file).write_text(json.dumps(p.hls, indent=1, sort_keys=True) + "\n")
+        return root / PLAN_FILE
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any], root: Optional[Path] = None) -> "Plan":
+        if d.get("format") != FORMAT:
+            raise PlanError(f"plan format {d.get('format')!r} is not {FORMAT}: re-create the plan with this splitrack")
+        try:
+            parts = {p["name"]: Partition(**p) for p in d["partitions"]}
+            plan = cls(
+                model=d["model"],
+                stages=[Stage(**s) for s in d["stages"]],
+                partitions=parts,
+                links=[Contract.from_dict(c) for c in d["links"]],
+                board=d.get("board", "pynq-z2"),
+                hls_defaults=d.get("hls_defaults", {}),
+                notes=d.get("notes", []),
+                root=root,
+            )
+        except (KeyError, TypeError, ContractError) as e:
+            raise PlanError(f"plan.json is malformed ({e}): re-create it with `splitrack split` or `splitrack plan`") from None
+        plan.check()
+        return plan
+
+    @classmethod
+    def load(cls, root: Path) -> "Plan":
+        root = Path(root)
+        f = root / PLAN_FILE if root.is_dir() else root
+        if not f.is_file():
+            raise PlanError(f"{f} not found: give the folder written by `splitrack split` or `splitrack plan`")
+        try:
+            d = json.loads(f.read_text())
+        except json.JSONDecodeError as e:
+            raise PlanError(f"{f} is not valid JSON ({e.msg}, line {e.lineno})") from None
+        plan = cls.from_dict(d, root=f.parent)
+        if "hash" in d and d["hash"] != plan.hash:
+            raise PlanError(f"{f}: content hash {d['hash']} does not match its content ({plan.hash}); it was edited by hand")
+        return plan
+
+    def check(self) -> None:
+        """Structural consistency: every partition in exactly one stage, links connect known ends."""
+        seen = [n for s in self.stages for n in s.partitions]
+        if sorted(seen) != sorted(self.partitions):
+            raise PlanError("stages and partitions disagree: every partition must be in exactly one stage")
+        names = set(self.partitions) | {HOST}
+        for c in self.links:
+            if c.src not in names or c.dst not in names:
+                raise PlanError(f"link {c.src}->{c.dst} names an unknown partition")
+        for p in self.partitions.values():
+            if not self.inputs_of(p.name):
+                raise PlanError(f"partition {p.name} has no incoming link")
+            if not self.outputs_of(p.name):
+                raise PlanError(f"partition {p.name} has no outgoing link")
