@@ -1,0 +1,245 @@
+"""Where the time goes: per-frame timestamps -> end-to-end, per-board dwell and per-link figures.
+
+Each frame carries a record per partition it went through, stamped on that board's clock (t_recv,
+t_compute_start, t_compute_end, t_send), plus the host's send and receive times. Board clocks are not
+the host's: `clocksync` gives each board's offset, which puts every stamp on the host clock. Then
+
+    link  src -> dst   = dst.t_recv - src.t_send          (wire, stacks, serialisation, queueing)
+    dwell of a board   = t_send - t_recv                  (one clock: needs no offset)
+        queue          = t_compute_start - t_recv
+        compute        = t_compute_end - t_compute_start
+        out            = t_send - t_compute_end
+
+Along the critical path (the latest-arriving input of each consumer) links and dwells add up to the
+end-to-end time exactly, so the breakdown is a true partition of it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from splitting.errors import UserError
+
+HOST = "host"
+STATS = ("p50", "p90", "p99", "max", "mean", "jitter")
+
+
+class MeasureError(UserError):
+    """Timestamps that cannot be attributed (a stage missing from a frame, an unknown board)."""
+
+
+@dataclass
+class StageStamp:
+    """One partition's timestamps for one frame, on its board's clock (ns).
+
+    t_recv: when the frame (all of it) had arrived; for a consumer of several links, `t_recv_by_src`
+    may give each incoming link's arrival (else every link is taken to arrive at t_recv).
+    """
+
+    partition: str
+    board: str
+    t_recv: int
+    t_compute_start: int
+    t_compute_end: int
+    t_send: int
+    t_recv_by_src: Optional[Dict[str, int]] = None
+
+    def recv_from(self, src: str) -> int:
+        if self.t_recv_by_src and src in self.t_recv_by_src:
+            return self.t_recv_by_src[src]
+        return self.t_recv
+
+
+@dataclass
+class FrameTiming:
+    """One frame: host send/receive (host clock, ns) and the stamps of every partition it visited."""
+
+    frame: int
+    t_host_send: int
+    t_host_recv: int
+    stages: Dict[str, StageStamp]  # partition name -> stamps
+
+
+@dataclass
+class Topology:
+    """The links of a plan (src, dst) and which board runs each partition."""
+
+    links: List[Tuple[str, str]]
+    boards: Dict[str, str]  # partition -> board name
+
+    @classmethod
+    def from_plan(cls, plan, boards: Mapping[str, str]) -> "Topology":
+        missing = [p for p in plan.partitions if p not in boards]
+        if missing:
+            raise MeasureError(f"no board assigned to partition(s) {', '.join(missing)}: deploy the plan first")
+        return cls([(c.src, c.dst) for c in plan.links], dict(boards))
+
+    def inputs(self, dst: str) -> List[str]:
+        return [s for s, d in self.links if d == dst]
+
+    def hops(self) -> List[str]:
+        """Hop names in flow order: links and boards interleaved as frames meet them."""
+        order: List[str] = []
+        seen = set()
+
+        def visit(node: str) -> None:
+            for s, d in self.links:
+                if s == node:
+                    name = link_name(s, d)
+                    if name not in seen:
+                        seen.add(name)
+                        order.append(name)
+            for s, d in self.links:
+                if s == node and d != HOST and board_hop(d) not in seen:
+                    seen.add(board_hop(d))
+                    order.append(board_hop(d))
+                    visit(d)
+
+        visit(HOST)
+        return order
+
+
+def link_name(src: str, dst: str) -> str:
+    return f"link {src}->{dst}"
+
+
+def board_hop(partition: str) -> str:
+    return f"board {partition}"
+
+
+def stats(values_ns: Sequence[float]) -> Dict[str, float]:
+    """p50/p90/p99/max/mean and jitter, in microseconds.
+
+    jitter: mean absolute difference between consecutive frames (the un-smoothed form of RFC 3550's
+    interarrival jitter), so slow drifts do not count as jitter but frame-to-frame variation does.
+    """
+    v = np.asarray(values_ns, dtype=np.float64) / 1e3
+    if v.size == 0:
+        return {k: float("nan") for k in STATS} | {"n": 0}
+    p50, p90, p99 = np.percentile(v, [50, 90, 99])
+    jitter = float(np.mean(np.abs(np.diff(v)))) if v.size > 1 else 0.0
+    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(v.max()),
+            "mean": float(v.mean()), "jitter": jitter, "n": int(v.size)}
+
+
+@dataclass
+class Attribution:
+    """Per-frame times (ns, host clock) of every hop, and the critical-path breakdown."""
+
+    e2e: np.ndarray  # (frames,)
+    hops: Dict[str, np.ndarray]  # hop name -> (frames,) time of that link / board dwell
+    parts: Dict[str, Dict[str, np.ndarray]]  # board hop -> {"queue","compute","out"} (frames,)
+    critical: Dict[str, np.ndarray]  # hop -> (frames,) time on the critical path (0 when off it)
+    order: List[str]
+
+    def summary(self) -> Dict[str, Dict[str, float]]:
+        out = {"e2e": stats(self.e2e)}
+        for h in self.order:
+            out[h] = stats(self.hops[h])
+            for k, v in self.parts.get(h, {}).items():
+                out[f"{h} {k}"] = stats(v)
+        return out
+
+    def breakdown_p50(self) -> Dict[str, float]:
+        """Median critical-path time per hop (us): the stacked bar of one run."""
+        return {h: float(np.median(self.critical[h])) / 1e3 for h in self.order}
+
+
+def attribute(frames: Sequence[FrameTiming], topo: Topology,
+              to_host: Mapping[str, Callable[[float], float]]) -> Attribution:
+    """Attribute each frame's end-to-end time to links and board dwells.
+
+    to_host: board name -> function putting that board's timestamp on the host clock (ClockModel.to_host).
+    """
+    if not frames:
+        raise MeasureError("no frames came back: nothing to attribute")
+    for b in set(topo.boards.values()):
+        if b not in to_host:
+            raise MeasureError(f"no clock offset for board {b}: run a clock probe burst before the stream")
+    order = topo.hops()
+    n = len(frames)
+    hops = {h: np.zeros(n) for h in order}
+    crit = {h: np.zeros(n) for h in order}
+    parts = {board_hop(p): {k: np.zeros(n) for k in ("queue", "compute", "out")} for p in topo.boards}
+    e2e = np.zeros(n)
+    for i, f in enumerate(frames):
+        e2e[i] = f.t_host_recv - f.t_host_send
+        send_h: Dict[str, float] = {HOST: float(f.t_host_send)}
+        recv_h: Dict[Tuple[str, str], float] = {}
+        for p, board in topo.boards.items():
+            st = f.stages.get(p)
+            if st is None:
+                raise MeasureError(f"frame {f.frame} has no timestamps from partition {p}: did its board answer?")
+            conv = to_host[board]
+            send_h[p] = conv(st.t_send)
+            for s in topo.inputs(p):
+                recv_h[(s, p)] = conv(st.recv_from(s))
+            h = board_hop(p)
+            hops[h][i] = st.t_send - st.t_recv
+            parts[h]["queue"][i] = st.t_compute_start - st.t_recv
+            parts[h]["compute"][i] = st.t_compute_end - st.t_compute_start
+            parts[h]["out"][i] = st.t_send - st.t_compute_end
+        for s in topo.inputs(HOST):
+            recv_h[(s, HOST)] = float(f.t_host_recv)
+        for s, d in topo.links:
+            hops[link_name(s, d)][i] = recv_h[(s, d)] - send_h[s]
+        # critical path: walk back from the host along the latest-arriving input of each consumer;
+        # a board's share is its send minus that arrival, so the path telescopes to exactly e2e
+        node = HOST
+        for _ in range(len(topo.links) + 1):
+            src = max(topo.inputs(node), key=lambda s: recv_h[(s, node)])
+            t_arr = recv_h[(src, node)]
+            if node != HOST:
+                crit[board_hop(node)][i] = send_h[node] - t_arr
+            crit[link_name(src, node)][i] = t_arr - send_h[src]
+            if src == HOST:
+                break
+            node = src
+    return Attribution(e2e, hops, parts, crit, order)
+
+
+@dataclass
+class StreamResult:
+    """What a stream of frames gave: timings plus how they were sent."""
+
+    mode: str  # "single" (one frame in flight) or "stream" (sustained, several in flight)
+    frames: List[FrameTiming]
+    rate_hz: Optional[float] = None  # offered rate (None: as fast as the rack takes them)
+    payload_bytes: Dict[str, int] = field(default_factory=dict)  # link name -> bytes per frame
+
+    @property
+    def throughput_hz(self) -> float:
+        if len(self.frames) < 2:
+            return float("nan")
+        first = min(f.t_host_send for f in self.frames)
+        last = max(f.t_host_recv for f in self.frames)
+        return (len(self.frames) - 1) / ((last - first) / 1e9) if last > first else float("nan")
+
+
+def report(result: StreamResult, topo: Topology, to_host: Mapping[str, Callable[[float], float]]) -> Dict[str, object]:
+    """A JSON-able report of one stream: stats per hop, critical-path breakdown, throughput."""
+    att = attribute(result.frames, topo, to_host)
+    return {
+        "mode": result.mode,
+        "frames": len(result.frames),
+        "rate_hz": result.rate_hz,
+        "throughput_hz": result.throughput_hz,
+        "hops": att.order,
+        "stats": att.summary(),
+        "breakdown_p50_us": att.breakdown_p50(),
+        "payload_bytes": result.payload_bytes,
+        "boards": dict(topo.boards),
+    }
+
+
+def format_report(rep: Mapping[str, object]) -> str:
+    """The stats of one report as an aligned text table (us)."""
+    lines = [f"{rep['mode']}: {rep['frames']} frames"
+             + (f", throughput {rep['throughput_hz']:.0f} frames/s" if not math.isnan(rep["throughput_hz"]) else "")]
+    lines.append(f"  {'hop':34s} {'p50':>9s} {'p90':>9s} {'p99':>9s} {'max':>9s} {'jitter':>9s}   (us)")
+    for name, s in rep["stats"].items():
+        lines.append(f"  {name:34s} " + " ".join(f"{s[k]:9.1f}" for k in ("p50", "p90", "p99", "max", "jitter")))
+    return "\n".join(lines)
