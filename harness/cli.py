@@ -13,6 +13,8 @@ COMMANDS = [
     ("verify", "splitting.verify", "check a plan: float composition and hls4ml emulation chain"),
     ("build", "splitting.hls", "build bitstreams for a plan's partitions (needs Vivado)"),
     ("reference", "splitting.reference", "train and save the reference models (digits FC and CNN)"),
+    ("rack", "harness.rack_cmd", "start, stop or check a rack (`rack up` starts virtual PYNQ-Z2 boards)"),
+    ("deploy", "harness.deploy", "upload a plan's partitions to a rack over SSH and start the board agents"),
     ("demo", "harness.demo", "the main job: reference models, CNN split three ways, verified"),
 ]
 

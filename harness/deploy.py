@@ -1,0 +1,438 @@
+"""Deployment: bring every board of a rack to the state a plan needs (labgrid's "strategy" layer).
+
+Per partition, on its board (one partition per board, as one bitstream per FPGA):
+
+1. upload what the board must carry: the partition's artifact (a virtual board: the hls4ml emulation `.so`
+   of `splitting.hls.project_dir`; a real PYNQ-Z2: bitstream + .hwh from `splitrack build`), the partition's
+   contracts, the agent config, and the agent with the two modules it imports (`contract.py`,
+   `emulation.py`);
+2. verify every uploaded file's sha256 *on the board*; a file that arrives corrupted is uploaded once more,
+   then the deployment stops with an error naming the board;
+3. skip both the upload and the reprogramming when the board already carries the same files and its agent
+   answers with the same plan and partition (pytest-embedded's "skip flashing when the image matches");
+4. (re)start the agent (pidfile, log and stdout file beside its config). On a real board the agent programs
+   the logic with `pynq.Overlay` when it starts, so a skipped restart is a skipped reprogramming.
+
+Board layout, under the board's `workdir` (default ~/splitrack):
+
+    agent.py contract.py emulation.py
+    part/  artifact (lib .so | .bit + .hwh), contracts.json, agent.json, manifest.json,
+           agent-<partition>.pid / .log / .out
+
+`deploy()` returns a `Deployment`; its `wiring` (harness.wiring) is what `harness.stream` needs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from splitting.errors import UserError
+from splitting.plan import Plan
+
+from . import wiring as wiring_mod
+from .rack import Board, Rack
+from .ssh import BoardError, Connection, local_sha256
+
+REPO = Path(__file__).resolve().parent.parent
+CODE = {  # board file name -> local source
+    "agent.py": REPO / "harness" / "agent.py",
+    "contract.py": REPO / "splitting" / "contract.py",
+    "emulation.py": REPO / "splitting" / "emulation.py",
+}
+PART = "part"
+AGENT_START_TIMEOUT = 30.0  # python + numpy import + loading the library (a real board: programming the PL)
+AGENT_STOP_TIMEOUT = 5.0
+PING_TIMEOUT = 3.0
+MIN_FREE_MEMORY = 64 << 20  # below this an agent with its frame queues does not fit next to the OS
+MIN_FREE_DISK = 32 << 20
+MIN_PYTHON = (3, 8)
+
+
+class DeployError(UserError, RuntimeError):
+    """Deployment failed on one or more boards; `failures` lists (board, stage, message), `done` what worked."""
+
+    def __init__(self, failures: List[BoardError], done: List["Placed"]):
+        self.failures = failures
+        self.done = done
+        lines = [str(f) for f in failures]
+        ok = ", ".join(f"{p.partition} on {p.board}" for p in done)
+        super().__init__("; ".join(lines) + (f" (deployed fine: {ok})" if ok else ""))
+
+
+@dataclass
+class Placed:
+    """One partition on one board, as the deployment left it."""
+
+    partition: str
+    board: str
+    host: str
+    port: int
+    flashed: bool  # artifact uploaded and logic (re)programmed in this deployment
+    uploaded: List[str]  # board files written in this deployment
+    restarted: bool  # agent (re)started
+    pid: int
+    seconds: float
+
+
+@dataclass
+class Deployment:
+    plan_hash: str
+    placed: Dict[str, Placed]  # partition -> where and how
+    wiring: "wiring_mod.Wiring"
+    boards: Dict[str, Board]  # partition -> board
+    seconds: float = 0.0
+
+    @property
+    def flashed(self) -> List[str]:
+        return [p.partition for p in self.placed.values() if p.flashed]
+
+
+# --- what a partition's board must carry --------------------------------------------------------------
+def artifact_files(plan: Plan, name: str, board: Board) -> Dict[str, Path]:
+    """Board file name (inside part/) -> local file of the partition's logic, for this kind of board."""
+    if board.virtual:
+        from splitting.hls import ARTIFACT, project_dir
+
+        folder = project_dir(plan, name)
+        meta = json.loads((folder / ARTIFACT).read_text())
+        return {"partition.so": folder / meta["library"]}
+    hls = plan.path(f"{name}/hls")
+    bits = sorted(hls.rglob("*.bit")) if hls.exists() else []
+    hwhs = sorted(hls.rglob("*.hwh")) if hls.exists() else []
+    if not bits or not hwhs:
+        raise UserError(
+            f"partition {name}: no bitstream (.bit + .hwh) under {hls}; build it with `splitrack build "
+            f"{plan.root}` on a machine with Vivado, or deploy to virtual boards"
+        )
+    return {"partition.bit": bits[-1], "partition.hwh": hwhs[-1]}
+
+
+def _backend(plan: Plan, name: str, board: Board) -> dict:
+    if board.virtual:
+        from splitting.hls import ARTIFACT, project_dir
+
+        meta = json.loads((project_dir(plan, name) / ARTIFACT).read_text())
+        return wiring_mod.emulation_backend(plan, name, "partition.so", meta["project"])
+    return wiring_mod.overlay_backend(plan, name, "partition.bit", "partition.hwh")
+
+
+def _timing(plan: Plan, name: str, board: Board) -> Optional[dict]:
+    if board.timing != "estimate":
+        return None
+    est = plan.partition(name).estimate or {}
+    if "cycles" not in est:
+        raise UserError(f"board {board.name} has timing = \"estimate\", but partition {name} has no cycle estimate; "
+                        "make the plan with `splitrack plan`, or remove `timing` from the rack file")
+    return {"cycles": float(est["cycles"]), "clock_mhz": 100.0}
+
+
+def place(plan: Plan, rack: Rack) -> Dict[str, Board]:
+    """Partitions in plan order onto boards in rack order: one partition per board."""
+    parts = plan.ordered_partitions()
+    if len(parts) > len(rack.boards):
+        raise UserError(f"plan has {len(parts)} partitions and the rack {len(rack.boards)} usable boards "
+                        f"({', '.join(rack.names)}): add boards (`splitrack rack up --boards {len(parts)}`) "
+                        "or split into fewer partitions")
+    return {p.name: b for p, b in zip(parts, rack.boards)}
+
+
+# --- talking to the agent ------------------------------------------------------------------------------
+def ping(host: str, port: int, timeout: float = PING_TIMEOUT) -> dict:
+    """The agent's health answer (PONG), or OSError/TimeoutError."""
+    from . import agent as wire
+
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.settimeout(timeout)
+        s.sendall(wire.pack_message(wire.PING, payload=b"{}"))
+        mtype, *_rest, payload = wire.Reader(s).message()
+        if mtype != wire.PONG:
+            raise OSError(f"agent answered message type {mtype}, not PONG")
+        return json.loads(payload.decode())
+
+
+def _remote_pids(conn: Connection, part_dir: str) -> Dict[str, int]:
+    pids = {}
+    try:
+        names = conn.sftp.listdir(part_dir)
+    except IOError:
+        return pids
+    for n in names:
+        if n.startswith("agent-") and n.endswith(".pid"):
+            text = conn.read_text(f"{part_dir}/{n}") or ""
+            if text.strip().isdigit():
+                pids[n] = int(text.strip())
+    return pids
+
+
+def _alive(conn: Connection, pid: int) -> bool:
+    return conn.run(["kill", "-0", str(pid)], check=False, timeout=10, stage="agent-stop").status == 0
+
+
+def stop_agents(conn: Connection, board: Board) -> int:
+    """Stop every agent of this board's part/ folder (SIGTERM, then SIGKILL); returns how many ran."""
+    part_dir = conn.remote_path(f"{board.workdir}/{PART}")
+    sudo = ["sudo", "-n"] if board.sudo else []
+    n = 0
+    for fname, pid in _remote_pids(conn, part_dir).items():
+        if _alive(conn, pid):
+            n += 1
+            conn.run(sudo + ["kill", "-TERM", str(pid)], check=False, timeout=10, stage="agent-stop")
+            deadline = time.monotonic() + AGENT_STOP_TIMEOUT
+            while _alive(conn, pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(conn, pid):
+                conn.run(sudo + ["kill", "-KILL", str(pid)], check=False, timeout=10, stage="agent-stop")
+                time.sleep(0.1)
+                if _alive(conn, pid):
+                    raise BoardError(board.name, "agent-stop", f"agent pid {pid} survives SIGKILL; power-cycle the board")
+        conn.run(["rm", "-f", f"{part_dir}/{fname}"], check=False, timeout=10, stage="agent-stop")
+    return n
+
+
+def start_agent(conn: Connection, board: Board, partition: str) -> int:
+    """Start the agent of part/agent.json in the background; wait for its ready line. Returns its pid."""
+    part_dir = conn.remote_path(f"{board.workdir}/{PART}")
+    out = f"agent-{partition}.out"
+    argv = (["sudo", "-n"] if board.sudo else []) + ["setsid", board.python, "../agent.py", "agent.json"]
+    # fixed shell syntax only: detach, redirect, background; every argument quoted by conn.run
+    conn.run(argv, cwd=part_dir, shell_suffix=f"> {out} 2>&1 < /dev/null &", timeout=20, stage="agent-start")
+    deadline = time.monotonic() + AGENT_START_TIMEOUT
+    text = ""
+    while time.monotonic() < deadline:
+        text = conn.read_text(f"{part_dir}/{out}", stage="agent-start") or ""
+        for line in text.splitlines():
+            if line.startswith("{") and '"ready"' in line:
+                return int(json.loads(line)["pid"])
+        if "cannot start" in text or "Traceback" in text or "usage:" in text:
+            break
+        time.sleep(0.1)
+    log = conn.read_text(f"{part_dir}/agent-{partition}.log", stage="agent-start") or ""
+    detail = " | ".join((text.strip() or log.strip() or "no output").splitlines()[-3:])
+    raise BoardError(board.name, "agent-start", f"agent of {partition} did not become ready: {detail}")
+
+
+# --- one board -----------------------------------------------------------------------------------------
+def _deploy_one(plan: Plan, name: str, board: Board, config: dict, force: bool,
+                progress: Callable[[str], None]) -> Placed:
+    t0 = time.monotonic()
+    art = artifact_files(plan, name, board)
+    p = plan.partition(name)
+    contracts = {"partition": name, "stage": p.stage,
+                 "inputs": [c.to_dict() for c in plan.inputs_of(name)],
+                 "outputs": [c.to_dict() for c in plan.outputs_of(name)]}
+    blobs = {  # generated files: content in memory
+        f"{PART}/contracts.json": (json.dumps(contracts, indent=1, sort_keys=True) + "\n").encode(),
+        f"{PART}/agent.json": (json.dumps(config, indent=1, sort_keys=True) + "\n").encode(),
+    }
+    files = {k: v for k, v in CODE.items()}
+    files.update({f"{PART}/{k}": v for k, v in art.items()})
+    import hashlib
+
+    want = {rel: local_sha256(src) for rel, src in files.items()}
+    want.update({rel: hashlib.sha256(data).hexdigest() for rel, data in blobs.items()})
+    art_rels = {f"{PART}/{k}" for k in art}
+
+    with Connection(board) as conn:
+        root = conn.remote_path(board.workdir)
+        conn.mkdirs(f"{root}/{PART}")
+        have = conn.sha256([f"{root}/{rel}" for rel in want], stage="verify")
+        have = {rel: have.get(f"{root}/{rel}") for rel in want}
+        stale = [rel for rel in want if force or have[rel] != want[rel]]
+        running = None
+        pids = _remote_pids(conn, f"{root}/{PART}")
+        if not stale and pids:
+            try:
+                h = ping(board.host, board.data_port)
+                if h.get("plan_hash") == plan.hash and h.get("partition") == name:
+                    running = int(h.get("pid", 0))
+            except (OSError, ValueError):
+                running = None
+        if not stale and running:
+            progress(f"  {name} on {board.name}: board carries the same artifact and agent (pid {running}); "
+                     "not uploaded, not reprogrammed")
+            return Placed(name, board.name, board.host, board.data_port, False, [], False, running,
+                          time.monotonic() - t0)
+        stop_agents(conn, board)
+        if stale:
+            _upload(conn, board, root, stale, files, blobs, want)
+        flashed = bool(art_rels & set(stale)) or force
+        pid = start_agent(conn, board, name)
+    try:
+        h = ping(board.host, board.data_port)
+    except (OSError, ValueError) as e:
+        raise BoardError(board.name, "agent-ping", f"agent of {name} started (pid {pid}) but does not answer on "
+                         f"{board.host}:{board.data_port} ({e}); is that port reachable from this machine?") from None
+    if h.get("partition") != name:
+        raise BoardError(board.name, "agent-ping", f"{board.host}:{board.data_port} answers as partition "
+                         f"{h.get('partition')!r}, not {name!r}: another agent holds the port")
+    what = "uploaded " + ", ".join(sorted(Path(r).name for r in stale)) if stale else "files unchanged"
+    progress(f"  {name} on {board.name}: {what}; agent pid {pid} on port {board.data_port}")
+    return Placed(name, board.name, board.host, board.data_port, flashed, sorted(stale), True, pid,
+                  time.monotonic() - t0)
+
+
+def _upload(conn: Connection, board: Board, root: str, rels: List[str], files: Dict[str, Path],
+            blobs: Dict[str, bytes], want: Dict[str, str]) -> None:
+    """Upload to a temporary name, verify sha256 on the board, then rename into place: a board never
+    carries a corrupted file under the real name. One retry for files that arrive corrupted."""
+    todo = list(rels)
+    for attempt in (1, 2):
+        for rel in todo:
+            tmp = f"{root}/{rel}.upload"
+            if rel in blobs:
+                conn.put_bytes(blobs[rel], tmp, stage="upload")
+            else:
+                conn.put(files[rel], tmp, stage="upload")
+        got = conn.sha256([f"{root}/{rel}.upload" for rel in todo], stage="verify")
+        bad = [rel for rel in todo if got.get(f"{root}/{rel}.upload") != want[rel]]
+        for rel in todo:
+            if rel not in bad:
+                conn.sftp.posix_rename(f"{root}/{rel}.upload", f"{root}/{rel}")
+        if not bad:
+            return
+        todo = bad
+    details = ", ".join(f"{rel} (expected {want[rel][:12]}, board has {str(got.get(f'{root}/{rel}.upload'))[:12]})"
+                        for rel in bad)
+    conn.run(["rm", "-f", *[f"{root}/{rel}.upload" for rel in bad]], check=False, timeout=10, stage="verify")
+    raise BoardError(board.name, "verify", f"sha256 mismatch after upload, twice: {details}; "
+                     "the board's storage or link corrupts data: check its SD card")
+
+
+# --- the rack ------------------------------------------------------------------------------------------
+def deploy(plan: Plan, rack: Rack, force: bool = False, progress: Callable[[str], None] = lambda s: None,
+           faults: Optional[Dict[str, dict]] = None, part_timeout: Optional[float] = None) -> Deployment:
+    """Deploy `plan` onto `rack` (partitions onto boards in order), in parallel over boards.
+
+    faults: partition -> agent fault-injection entry (tests only, see the agent's docstring).
+    """
+    t0 = time.monotonic()
+    boards = place(plan, rack)
+    endpoints = {n: wiring_mod.Endpoint(b.name, b.host, b.data_port) for n, b in boards.items()}
+    configs = {}
+    for name, b in boards.items():
+        cfg = wiring_mod.agent_config(plan, name, endpoints, _backend(plan, name, b), timing=_timing(plan, name, b),
+                                      faults=(faults or {}).get(name))
+        if part_timeout is not None:
+            cfg["part_timeout"] = part_timeout
+        configs[name] = cfg
+    wiring = wiring_mod.wire(plan, endpoints, configs)
+    progress(f"deploying plan {plan.hash} ({len(boards)} partitions) to {', '.join(b.name for b in boards.values())}")
+    # compile (or find cached) artifacts first, in this thread: hls4ml must not compile in parallel threads
+    for name, b in boards.items():
+        artifact_files(plan, name, b)
+    placed: Dict[str, Placed] = {}
+    failures: List[BoardError] = []
+    with ThreadPoolExecutor(max_workers=min(8, len(boards))) as pool:
+        futs = {name: pool.submit(_deploy_one, plan, name, b, configs[name], force, progress)
+                for name, b in boards.items()}
+        for name, fut in futs.items():
+            try:
+                placed[name] = fut.result()
+            except BoardError as e:
+                failures.append(e)
+            except UserError as e:
+                failures.append(BoardError(boards[name].name, "prepare", str(e)))
+    if failures:
+        raise DeployError(failures, list(placed.values()))
+    dep = Deployment(plan.hash, placed, wiring, boards, time.monotonic() - t0)
+    if plan.root is not None:
+        wiring.save(plan.root / wiring_mod.WIRING_FILE)
+    return dep
+
+
+def undeploy(rack: Rack, boards: Optional[List[str]] = None) -> int:
+    """Stop the agents on the rack's boards (files stay, so the next deploy skips the upload)."""
+    n = 0
+    for b in rack.boards:
+        if boards is None or b.name in boards:
+            with Connection(b) as conn:
+                n += stop_agents(conn, b)
+    return n
+
+
+# --- health ----------------------------------------------------------------------------------------------
+@dataclass
+class Health:
+    board: str
+    ok: bool
+    reason: str = ""
+    details: Dict[str, object] = field(default_factory=dict)
+
+    def line(self) -> str:
+        d = ", ".join(f"{k} {v}" for k, v in self.details.items())
+        return f"{self.board}: {'ok' if self.ok else 'QUARANTINED: ' + self.reason}" + (f" ({d})" if d else "")
+
+
+def check_board(board: Board, timeout: float = 5.0) -> Health:
+    """SSH reachable, the agent's runtime (python >= 3.8 with numpy) answers, enough free memory and disk,
+    and a running agent answers a ping. Never raises: a bad board gets a reason."""
+    d: Dict[str, object] = {}
+    try:
+        with Connection(board, timeout=timeout) as conn:
+            r = conn.run([board.python, "-c", "import sys, numpy; print(sys.version_info[0], sys.version_info[1], "
+                          "numpy.__version__)"], check=False, timeout=20, stage="health")
+            if r.status != 0:
+                return Health(board.name, False, f"`{board.python}` with numpy does not run: "
+                              f"{(r.stderr or r.stdout).strip()[-200:]}", d)
+            major, minor, npv = r.stdout.split()[:3]
+            d["python"] = f"{major}.{minor}"
+            if (int(major), int(minor)) < MIN_PYTHON:
+                return Health(board.name, False, f"python {major}.{minor} is older than 3.8", d)
+            free = conn.run(["free", "-b"], check=False, timeout=10, stage="health").stdout
+            mem = [ln.split() for ln in free.splitlines() if ln.startswith("Mem:")]
+            if mem:
+                avail = int(mem[0][6] if len(mem[0]) > 6 else mem[0][3])
+                d["free_memory_mib"] = avail >> 20
+                if avail < MIN_FREE_MEMORY:
+                    return Health(board.name, False, f"only {avail >> 20} MiB of memory available "
+                                  f"(an agent needs {MIN_FREE_MEMORY >> 20} MiB): reboot the board", d)
+            df = conn.run(["df", "-Pk", conn.home], check=False, timeout=10, stage="health").stdout.splitlines()
+            if len(df) >= 2:
+                avail_k = int(df[1].split()[3])
+                d["free_disk_mib"] = avail_k >> 10
+                if avail_k << 10 < MIN_FREE_DISK:
+                    return Health(board.name, False, f"only {avail_k >> 10} MiB of disk free "
+                                  f"(need {MIN_FREE_DISK >> 20} MiB): clean up the board's SD card", d)
+            pids = _remote_pids(conn, conn.remote_path(f"{board.workdir}/{PART}"))
+            live = [p for p in pids.values() if _alive(conn, p)]
+    except BoardError as e:
+        return Health(board.name, False, f"{e.stage}: {str(e).split(': ', 1)[-1]}", d)
+    if live:
+        try:
+            h = ping(board.host, board.data_port)
+            d["agent"] = f"{h.get('partition')} pid {h.get('pid')}"
+        except (OSError, ValueError) as e:
+            d["agent"] = f"pid {live[0]} does not answer ({e}); deploy restarts it"
+    return Health(board.name, True, "", d)
+
+
+def check_rack(rack: Rack, timeout: float = 5.0) -> List[Health]:
+    with ThreadPoolExecutor(max_workers=min(8, len(rack.boards))) as pool:
+        return list(pool.map(lambda b: check_board(b, timeout), rack.boards))
+
+
+# --- `splitrack deploy` ----------------------------------------------------------------------------------
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("plan", type=Path, help="plan folder (written by `splitrack split` or `splitrack plan`)")
+    p.add_argument("--boards", type=Path, required=True, help="rack file (boards.toml, or rack.toml of `rack up`)")
+    p.add_argument("--force", action="store_true", help="upload and program even when a board carries the artifact")
+
+
+def run(args) -> int:
+    from .rack import load_rack
+
+    plan = Plan.load(args.plan)
+    rack = load_rack(args.boards)
+    dep = deploy(plan, rack, force=args.force, progress=lambda s: print(s, flush=True))
+    for pl in dep.placed.values():
+        print(f"  {pl.partition:>12} on {pl.board:<10} agent {pl.host}:{pl.port}  "
+              f"{'flashed' if pl.flashed else 'not flashed (same artifact)'}")
+    print(f"deployed plan {plan.hash} to {len(dep.placed)} boards in {dep.seconds:.1f} s; "
+          f"wiring in {plan.root / wiring_mod.WIRING_FILE}")
+    return 0
