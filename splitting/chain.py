@@ -1,0 +1,43 @@
+"""Running a plan stage by stage on the host: each partition's input is assembled from its incoming links
+exactly as a board would assemble it (contract `select`, then concatenation in link order)."""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import numpy as np
+
+from .contract import assemble
+from .plan import HOST, Plan
+
+Runner = Callable[[str, np.ndarray], np.ndarray]  # (partition name, batch) -> batch
+
+
+def run_chain(plan: Plan, x: np.ndarray, runner: Runner, keep: Dict[str, np.ndarray] = None) -> np.ndarray:
+    """Outputs of the whole plan for the batch `x`; `keep`, if given, receives every partition's output."""
+    outputs: Dict[str, np.ndarray] = {HOST: np.asarray(x)}
+    for part in plan.ordered_partitions():
+        links = plan.inputs_of(part.name)
+        pieces = [c.take(outputs[c.src]) for c in links]  # selects are on negative axes: batch-safe
+        outputs[part.name] = np.asarray(runner(part.name, assemble(links, pieces)))
+    final = plan.output_links
+    result = assemble(final, [c.take(outputs[c.src]) for c in final])
+    if keep is not None:
+        keep.update({k: v for k, v in outputs.items() if k != HOST})
+    return result
+
+
+def keras_runner(models) -> Runner:
+    def run(name: str, x: np.ndarray) -> np.ndarray:
+        return models[name].predict(x, verbose=0, batch_size=256)
+
+    return run
+
+
+def emulation_runner(plan: Plan) -> Runner:
+    from .hls import emulation
+
+    def run(name: str, x: np.ndarray) -> np.ndarray:
+        p = plan.partition(name)
+        return emulation(plan, name).predict(x, p.output_shape)
+
+    return run

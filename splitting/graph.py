@@ -1,0 +1,189 @@
+"""Walking a Keras model's layer graph: where a clean cut can go, and sub-models between cuts."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from .errors import UserError
+
+ACTIVATION_LAYERS = ("Activation", "ReLU", "Softmax", "LeakyReLU", "ELU", "PReLU")
+ELEMENTWISE = ("linear", "relu", "sigmoid", "tanh", "hard_sigmoid", "elu", "selu", "softplus", "softsign",
+               "leaky_relu", "relu6", "swish", "silu", "gelu", "exponential", "hard_silu", "hard_swish")
+
+
+class SplitError(UserError):
+    """A cut or split that cannot be made; the message names the layer and what to do."""
+
+
+def load_model(path):
+    """Load a .keras/.h5 model, or say what is wrong with the file in one line."""
+    import keras
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"model file {p} not found: give the path of a Keras model saved with model.save('m.keras')")
+    try:
+        return keras.models.load_model(p, compile=False)
+    except Exception as e:  # Keras raises many kinds here; all mean "not a loadable model"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load {p} as a Keras model ({first[:160]}): save it with Keras 3 as .keras") from None
+
+
+def weights_sha256(model_or_layers) -> str:
+    """Hash of the weights (values and shapes), stable across saves, unlike the bytes of a .keras zip."""
+    h = hashlib.sha256()
+    layers = getattr(model_or_layers, "layers", model_or_layers)
+    for layer in layers:
+        for w in layer.get_weights():
+            h.update(str(w.shape).encode())
+            h.update(np.ascontiguousarray(w, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def activation_name(layer) -> str:
+    """The element-wise or not activation a layer applies ('linear' for none)."""
+    cls = type(layer).__name__
+    if cls == "ReLU":
+        return "relu"
+    if cls == "Softmax":
+        return "softmax"
+    if cls == "LeakyReLU":
+        return "leaky_relu"
+    act = layer.get_config().get("activation", "linear")
+    if isinstance(act, dict):  # serialised activation objects
+        act = act.get("config", {}).get("name", act.get("class_name", "linear"))
+    return str(act)
+
+
+def is_elementwise(act: str) -> bool:
+    return act in ELEMENTWISE
+
+
+@dataclass
+class LayerGraph:
+    """Layers in topological order (input layers excluded) and, for each, the names of the layers it reads."""
+
+    model: object
+    order: List[str]
+    inbound: Dict[str, List[str]]
+    input_name: str
+
+    @classmethod
+    def of(cls, model) -> "LayerGraph":
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
+            raise SplitError(
+                f"model {model.name} has {len(model.inputs)} inputs and {len(model.outputs)} outputs: "
+                "splitrack splits models with one input and one output"
+            )
+        order, inbound, input_name = [], {}, None
+        for layer in model.layers:
+            if type(layer).__name__ == "InputLayer":
+                input_name = layer.name
+                continue
+            parents = []
+            for node in layer._inbound_nodes[:1]:  # a layer used once; shared layers are not split
+                parents = [p.operation.name for p in node.parent_nodes]
+            order.append(layer.name)
+            inbound[layer.name] = parents
+        if input_name is None:  # Sequential models hide their InputLayer from .layers
+            input_name = model.inputs[0].name if hasattr(model.inputs[0], "name") else "input"
+            first = order[0]
+            if not inbound.get(first):
+                inbound[first] = [input_name]
+        return cls(model, order, inbound, input_name)
+
+    def layer(self, name: str):
+        try:
+            return self.model.get_layer(name)
+        except ValueError:
+            raise SplitError(f"no layer named {name!r} in model {self.model.name}; its layers are: {', '.join(self.order)}") from None
+
+    def consumers(self, name: str) -> List[str]:
+        return [n for n in self.order if name in self.inbound[n]]
+
+    def crossing(self, after: str) -> List[str]:
+        """Tensors (by producing layer) that flow from `after` and everything before it to what follows."""
+        i = self.order.index(after)
+        before = set(self.order[: i + 1]) | {self.input_name}
+        out = []
+        for n in self.order[i + 1 :]:
+            for p in self.inbound[n]:
+                if p in before and p not in out:
+                    out.append(p)
+        return out
+
+    def clean_cuts(self) -> List[str]:
+        """Layer names after which a cut is a clean boundary (exactly one tensor crosses)."""
+        return [n for n in self.order[:-1] if self.crossing(n) == [n] and not self._separates_activation(n)]
+
+    def _separates_activation(self, name: str):
+        cons = self.consumers(name)
+        if len(cons) != 1:
+            return None
+        nxt = self.layer(cons[0])
+        if type(nxt).__name__ in ACTIVATION_LAYERS and activation_name(self.layer(name)) == "linear" \
+                and type(self.layer(name)).__name__ not in ACTIVATION_LAYERS:
+            return cons[0]
+        return None
+
+    def check_cut(self, after: str) -> None:
+        self.layer(after)
+        if after == self.order[-1]:
+            raise SplitError(f"cannot cut after {after!r}: it is the model's last layer; cut after an earlier layer")
+        crossing = self.crossing(after)
+        if crossing != [after]:
+            valid = self._nearest_clean(after)
+            raise SplitError(
+                f"cannot cut after {after!r}: {len(crossing)} tensors cross there ({', '.join(crossing)}), the cut is "
+                f"inside a branch; cut after {valid!r} instead" if valid else
+                f"cannot cut after {after!r}: the cut is inside a branch and the model has no clean cut"
+            )
+        act = self._separates_activation(after)
+        if act:
+            raise SplitError(
+                f"cannot cut after {after!r}: it would separate the layer from its activation {act!r}; "
+                f"cut after {act!r} instead"
+            )
+
+    def _nearest_clean(self, after: str):
+        clean = self.clean_cuts()
+        if not clean:
+            return None
+        i = self.order.index(after)
+        return min(clean, key=lambda n: (abs(self.order.index(n) - i), -self.order.index(n)))
+
+
+def clone_layer(layer, **overrides):
+    """A fresh layer with the same configuration (and overrides), not yet built."""
+    cfg = layer.get_config()
+    cfg.update(overrides)
+    return type(layer).from_config(cfg)
+
+
+def submodel(graph: LayerGraph, names: Sequence[str], input_shape, name: str, prefix=()):
+    """A functional model computing layers `names` (a contiguous, cleanly cut run) from a fresh input.
+
+    `prefix` are extra (new) layers applied to the input first: an activation moved after a neuron join.
+    """
+    import keras
+
+    inp = keras.Input(tuple(input_shape), name=f"{name}_in")
+    x = inp
+    for extra in prefix:
+        x = extra(x)
+    first_parents = set(graph.inbound[names[0]])
+    tensors = {p: x for p in first_parents}
+    for n in names:
+        src = graph.layer(n)
+        new = clone_layer(src)
+        args = [tensors[p] for p in graph.inbound[n]]
+        if any(a is None for a in args):
+            raise SplitError(f"layer {n!r} reads a tensor from outside its partition: cut elsewhere")
+        out = new(args[0] if len(args) == 1 else args)
+        new.set_weights(src.get_weights())
+        tensors[n] = out
+    return keras.Model(inp, tensors[names[-1]], name=name)

@@ -1,0 +1,161 @@
+"""hls4ml conversion of partitions: VivadoAccelerator backend, pynq-z2, io_stream, 100 MHz.
+
+`compile()` builds the bit-accurate emulation library (g++ only). Projects are cached by content hash
+under `.splitrack-cache/hls/<key>/`: a second `verify` of the same plan loads the library without
+recompiling. `splitrack build` runs Vivado when it is on PATH; bitstreams cannot be made without it.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+import zipfile
+from importlib.metadata import version
+from pathlib import Path
+from typing import Dict
+
+from .emulation import EmulationLib
+from .errors import UserError
+from .plan import Plan
+
+CACHE = Path(os.environ.get("SPLITRACK_CACHE", ".splitrack-cache")) / "hls"
+ARTIFACT = "artifact.json"
+_loaded: Dict[str, EmulationLib] = {}  # one ctypes handle per library per process
+
+
+def _model_config_sha(keras_file: Path) -> str:
+    """Hash of the architecture inside a .keras zip (its config.json); weights are hashed by the plan."""
+    with zipfile.ZipFile(keras_file) as z:
+        return hashlib.sha256(z.read("config.json")).hexdigest()
+
+
+def cache_key(keras_file: Path, weights_sha: str, hls_cfg: dict, hls_defaults: dict) -> str:
+    body = json.dumps(
+        {"arch": _model_config_sha(keras_file), "weights": weights_sha, "hls": hls_cfg, "backend": hls_defaults,
+         "hls4ml": version("hls4ml")},
+        sort_keys=True,
+    )
+    return hashlib.sha256(body.encode()).hexdigest()[:20]
+
+
+def _convert(keras_file: Path, hls_cfg: dict, hls_defaults: dict, out: Path, project: str):
+    import hls4ml
+    import keras
+
+    model = keras.models.load_model(keras_file, compile=False)
+    cfg = json.loads(json.dumps(hls_cfg))  # hls4ml mutates its config
+    return model, hls4ml.converters.convert_from_keras_model(
+        model,
+        hls_config=cfg,
+        output_dir=str(out),
+        project_name=project,
+        backend=hls_defaults.get("backend", "VivadoAccelerator"),
+        board=hls_defaults.get("board", "pynq-z2"),
+        part=hls_defaults.get("part", "xc7z020clg400-1"),
+        io_type=hls_defaults.get("io_type", "io_stream"),
+        interface=hls_defaults.get("interface", "axi_stream"),
+        clock_period=hls_defaults.get("clock_period", 10),
+    )
+
+
+def compiled(keras_file: Path, weights_sha: str, hls_cfg: dict, hls_defaults: dict, project: str,
+             cache: Path = None) -> Path:
+    """The cached hls4ml project folder of a model with its config, compiled if it is not there yet."""
+    from filelock import FileLock
+
+    cache = Path(cache or CACHE)
+    key = cache_key(keras_file, weights_sha, hls_cfg, hls_defaults)
+    folder = cache / key
+    art = folder / ARTIFACT
+    if art.is_file():
+        return folder
+    cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache / f"{key}.lock")):  # parallel workers compile a project once
+        if art.is_file():
+            return folder
+        if folder.exists():
+            shutil.rmtree(folder)  # a compile that died half-way
+        t0 = time.time()
+        print(f"  hls4ml: compiling {project} ...", file=sys.stderr, flush=True)
+        model, hm = _convert(keras_file, hls_cfg, hls_defaults, folder / "project", project)
+        hm.compile()
+        libs = sorted((folder / "project" / "firmware").glob(f"{project}-*.so"))
+        if not libs:
+            raise RuntimeError(f"hls4ml compile of {project} produced no library in {folder}")
+        n_in = int(_prod(model.inputs[0].shape[1:]))
+        n_out = int(_prod(model.outputs[0].shape[1:]))
+        meta = {"library": str(libs[-1].relative_to(folder)), "project": project, "n_in": n_in, "n_out": n_out,
+                "seconds": round(time.time() - t0, 1), "key": key}
+        art.write_text(json.dumps(meta, indent=1))
+        print(f"  hls4ml: {project} compiled in {meta['seconds']} s", file=sys.stderr, flush=True)
+    return folder
+
+
+def _prod(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def load_emulation(folder: Path) -> EmulationLib:
+    meta = json.loads((Path(folder) / ARTIFACT).read_text())
+    lib = str(Path(folder) / meta["library"])
+    if lib not in _loaded:
+        _loaded[lib] = EmulationLib(lib, meta["project"], meta["n_in"], meta["n_out"])
+    return _loaded[lib]
+
+
+def project_dir(plan: Plan, name: str) -> Path:
+    """The compiled hls4ml project of one partition (compiling it on first use). The `.so`, its name and
+    sizes are in `artifact.json` there; the hls4ml project (firmware, weights) is under `project/`."""
+    p = plan.partition(name)
+    return compiled(plan.path(p.model_file), p.weights_sha256, p.hls, plan.hls_defaults, f"sr_{name}")
+
+
+def emulation(plan: Plan, name: str) -> EmulationLib:
+    return load_emulation(project_dir(plan, name))
+
+
+def monolithic_hls_config(plan: Plan) -> dict:
+    m = plan.model
+    return {"Model": {"Precision": {"default": m["precision"]}, "ReuseFactor": m.get("reuse_factor", 1),
+                      "Strategy": m.get("strategy", "Latency"), "BramFactor": 1000000000, "TraceOutput": False}}
+
+
+def monolithic_emulation(plan: Plan) -> EmulationLib:
+    """The hls4ml emulation of the whole (unsplit) model, with the plan's precision and reuse factor."""
+    src = plan.path(plan.model["source"])
+    if not src.is_file():
+        raise UserError(f"{src} is missing: the plan folder has no copy of its source model; split again")
+    folder = compiled(src, plan.model["weights_sha256"], monolithic_hls_config(plan), plan.hls_defaults, "sr_whole")
+    return load_emulation(folder)
+
+
+# --- `splitrack build`: bitstreams, only with Vivado -----------------------------------------------------
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("plan", help="plan folder")
+    p.add_argument("--partition", help="build only this partition")
+
+
+def run(args) -> int:
+    plan = Plan.load(Path(args.plan))
+    vivado = shutil.which("vivado")
+    if not vivado:
+        raise UserError(
+            "bitstreams need Vivado, and `vivado` is not on PATH: source Vivado's settings64.sh on a machine that "
+            "has it and run `splitrack build` again; without it, `splitrack verify` (hls4ml emulation) and "
+            "`splitrack cosim` (RTL) still check the plan"
+        )
+    names = [args.partition] if args.partition else [p.name for p in plan.ordered_partitions()]
+    for i, name in enumerate(names, 1):
+        p = plan.partition(name)
+        print(f"[{i}/{len(names)}] {name}: hls4ml + Vivado build (synthesis, implementation, bitstream)", flush=True)
+        model, hm = _convert(plan.path(p.model_file), p.hls, plan.hls_defaults, plan.path(f"{name}/hls"), f"sr_{name}")
+        hm.build(csim=False, synth=True, export=True, bitfile=True)
+        print(f"  {name}: bitstream under {plan.path(name + '/hls')}", flush=True)
+    return 0

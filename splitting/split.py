@@ -1,0 +1,370 @@
+"""Cutting a Keras model into a Plan: sequential cuts, neuron splits and input splits.
+
+Sequential cut after layer L: L's output crosses the link.
+Neuron split of L (Dense by units, Conv2D by filters) in k parts: every part reads the whole input and
+computes a slice of the outputs; the consumer concatenates. Element-wise activations stay in the parts;
+others (softmax) move after the join.
+Input split of L (Dense by inputs, Conv2D by input channels) in k parts: part j reads a slice of the input
+and emits a partial sum (no activation; the bias is folded into part 0). A join partition, which runs on a
+board like any other, sums the partial sums (a Dense or 1x1 Conv2D whose kernel is k stacked identities:
+exact in fixed point, since the products by one are exact and the accumulator type is the layer's own) and
+applies the activation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .contract import Contract, Select
+from .graph import (ACTIVATION_LAYERS, LayerGraph, SplitError, activation_name, clone_layer, is_elementwise,
+                    submodel, weights_sha256)
+from .plan import HOST, Partition, Plan, Stage
+
+SPLITTABLE = ("Dense", "Conv2D")
+DEFAULT_PRECISION = "ap_fixed<16,6>"
+HLS_DEFAULTS = {
+    "backend": "VivadoAccelerator",
+    "board": "pynq-z2",
+    "part": "xc7z020clg400-1",
+    "io_type": "io_stream",
+    "interface": "axi_stream",
+    "clock_period": 10,  # the PYNQ-Z2 block design clocks the IP at 100 MHz
+}
+SOURCE_FILE = "source.keras"
+
+
+class PlanModels(dict):
+    """Partition name -> Keras sub-model, plus the source model the plan was cut from."""
+
+    source = None
+
+
+def hls_config(precision: str, reuse_factor: int, strategy: str, input_layer: str, input_precision: str) -> dict:
+    """hls4ml configuration of one partition, as the plain dict hls4ml takes (granularity 'model', plus the
+    input layer's precision pinned to the incoming contract's type so chained emulation is exact)."""
+    return {
+        "Model": {"Precision": {"default": precision}, "ReuseFactor": int(reuse_factor), "Strategy": strategy,
+                  "BramFactor": 1000000000, "TraceOutput": False},
+        "LayerName": {input_layer: {"Precision": {"result": input_precision}}},
+    }
+
+
+@dataclass
+class _Producer:
+    name: str                  # partition name or HOST
+    shape: Tuple[int, ...]     # its output shape
+    lo: int                    # range it covers on the last axis of the logical tensor
+    hi: int
+
+
+@dataclass
+class _Builder:
+    graph: LayerGraph
+    precision: str
+    reuse_factor: int
+    strategy: str
+    stages: List[Stage] = field(default_factory=list)
+    partitions: Dict[str, Partition] = field(default_factory=dict)
+    links: List[Contract] = field(default_factory=list)
+    models: PlanModels = field(default_factory=PlanModels)
+
+    def _link_into(self, producers: List[_Producer], dst: str, need: Optional[Tuple[int, int]], combine: str):
+        pieces = []
+        for p in producers:
+            if need is None:
+                pieces.append((p, None, p.shape))
+                continue
+            s, e = max(need[0], p.lo), min(need[1], p.hi)
+            if s >= e:
+                continue
+            sel = None if (s, e) == (p.lo, p.hi) else Select(-1, s - p.lo, e - p.lo)
+            pieces.append((p, sel, tuple(p.shape[:-1]) + (e - s,)))
+        if combine != "sum":
+            combine = "single" if len(pieces) == 1 else "concat"
+        for i, (p, sel, shape) in enumerate(pieces):
+            self.links.append(Contract(src=p.name, dst=dst, shape=shape, dtype=self.precision, combine=combine,
+                                       axis=-1, index=i, count=len(pieces), select=sel))
+
+    def _add(self, stage: int, name: str, kind: str, layers: List[str], model, split=None) -> Partition:
+        in_shape = [int(d) for d in model.inputs[0].shape[1:]]
+        out_shape = [int(d) for d in model.outputs[0].shape[1:]]
+        part = Partition(
+            name=name, stage=stage, kind=kind, layers=layers, input_shape=in_shape, output_shape=out_shape,
+            input_precision=self.precision, output_precision=self.precision,
+            hls=hls_config(self.precision, self.reuse_factor, self.strategy, f"{name}_in", self.precision),
+            weights_sha256=weights_sha256(model), split=split,
+        )
+        self.partitions[name] = part
+        self.models[name] = model
+        return part
+
+
+def _sizes(n: int, k: int) -> List[Tuple[int, int]]:
+    edges = np.cumsum([0] + [len(a) for a in np.array_split(np.arange(n), k)])
+    return [(int(edges[i]), int(edges[i + 1])) for i in range(k)]
+
+
+def _check_split(graph: LayerGraph, name: str, k: int, how: str) -> None:
+    layer = graph.layer(name)
+    cls = type(layer).__name__
+    if cls not in SPLITTABLE:
+        raise SplitError(
+            f"{how} split supports Dense and Conv2D layers; {name!r} is {cls}: split a Dense or Conv2D layer, or "
+            f"cut before or after {name!r} with --at"
+        )
+    if k < 2:
+        raise SplitError(f"{how} split of {name!r} into {k} parts: k must be at least 2")
+    if how == "neuron":
+        n = layer.get_config()["units"] if cls == "Dense" else layer.get_config()["filters"]
+        what = "units" if cls == "Dense" else "filters"
+    else:
+        n = int(layer.input.shape[-1])
+        what = "inputs" if cls == "Dense" else "input channels"
+    if k > n:
+        raise SplitError(f"cannot {how}-split {name!r} into {k} parts: it has {n} {what}; use k <= {n}")
+    if cls == "Conv2D" and layer.get_config().get("groups", 1) != 1:
+        raise SplitError(f"{name!r} is a grouped convolution: splitting it is not supported")
+
+
+def _group(graph: LayerGraph, name: str) -> List[str]:
+    """A split layer and the stand-alone activation layers that directly follow it."""
+    group = [name]
+    while True:
+        cons = graph.consumers(group[-1])
+        if len(cons) != 1 or type(graph.layer(cons[0])).__name__ not in ACTIVATION_LAYERS:
+            return group
+        group.append(cons[0])
+
+
+def _part_layer(src, j: int, tag: str, weights: List[np.ndarray], **overrides):
+    """One part of a split layer: a clone with some settings overridden and sliced weights."""
+    import keras
+
+    layer = clone_layer(src, name=f"{src.name}_{tag}{j}", **overrides)
+    return layer, weights
+
+
+def _apply(inp, layer, weights):
+    out = layer(inp)
+    layer.set_weights(weights)
+    return out
+
+
+def _activation_layer(act: str, name: str):
+    from keras import layers
+
+    return layers.Activation(act, name=name)
+
+
+def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]] = None,
+                inputs: Optional[Dict[str, int]] = None, precision: str = DEFAULT_PRECISION,
+                reuse_factor: int = 1, strategy: str = "Latency") -> Tuple[Plan, PlanModels]:
+    """Cut `model` into a Plan; see the module docstring for the three kinds of cut."""
+    import keras
+
+    from .contract import FixedType
+
+    FixedType.parse(precision)
+    neurons, inputs = dict(neurons or {}), dict(inputs or {})
+    g = LayerGraph.of(model)
+    both = set(neurons) & set(inputs)
+    if both:
+        raise SplitError(f"layer {sorted(both)[0]!r} is given both a neuron and an input split: choose one")
+    for name, k in neurons.items():
+        _check_split(g, name, k, "neuron")
+    for name, k in inputs.items():
+        _check_split(g, name, k, "input")
+
+    cuts = []
+    for name in at:
+        g.check_cut(name)
+        cuts.append(name)
+    groups = {}
+    for name in list(neurons) + list(inputs):
+        grp = _group(g, name)
+        groups[name] = grp
+        for inner in grp[:-1]:
+            if inner in cuts:
+                raise SplitError(f"cut after {inner!r} falls inside the split of {name!r}; cut after {grp[-1]!r}")
+        i = g.order.index(name)
+        if i > 0:
+            pred = g.order[i - 1]
+            if g.crossing(pred) != [pred]:
+                raise SplitError(f"cannot split {name!r}: the model branches around it; split a layer on the main path")
+            cuts.append(pred)
+        if grp[-1] != g.order[-1]:
+            g.check_cut(grp[-1])
+            cuts.append(grp[-1])
+
+    segments, cur = [], []
+    for n in g.order:
+        cur.append(n)
+        if n in cuts:
+            segments.append(cur)
+            cur = []
+    if cur:
+        segments.append(cur)
+
+    b = _Builder(g, precision, reuse_factor, strategy)
+    in_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    producers = [_Producer(HOST, in_shape, 0, in_shape[-1])]
+    shape = in_shape
+    prefix: List[str] = []  # non-element-wise activations moved after a neuron join
+
+    def layers_stage(names: List[str], pre: List[str]) -> None:
+        nonlocal producers, shape
+        s = len(b.stages)
+        pname = f"s{s}"
+        pre_layers = [_activation_layer(a, f"{pname}_post_{a}") for a in pre]
+        m = submodel(g, names, shape, pname, prefix=pre_layers) if names else _prefix_model(shape, pname, pre_layers)
+        b._link_into(producers, pname, None, "concat")
+        b._add(s, pname, "layers", [f"({a})" for a in pre] + list(names), m)
+        b.stages.append(Stage(s, "layers", [pname]))
+        shape = tuple(int(d) for d in m.outputs[0].shape[1:])
+        producers = [_Producer(pname, shape, 0, shape[-1])]
+
+    for si, seg in enumerate(segments):
+        head = seg[0]
+        if head not in neurons and head not in inputs:
+            layers_stage(seg, prefix)
+            prefix = []
+            continue
+        if prefix:  # an activation left over from a neuron join cannot go into split parts
+            layers_stage([], prefix)
+            prefix = []
+        src = g.layer(head)
+        cls = type(src).__name__
+        act = activation_name(src)
+        trailing = [activation_name(g.layer(n)) for n in seg[1:]]
+        W = src.get_weights()
+        kernel, bias = W[0], (W[1] if len(W) > 1 else None)
+        out_full = tuple(int(d) for d in src.output.shape[1:])
+        s = len(b.stages)
+        if head in neurons:
+            k = neurons[head]
+            acts = [act] + trailing
+            keep = []
+            for a in acts:
+                if is_elementwise(a) and not prefix:
+                    keep.append(a)
+                else:
+                    prefix.append(a)
+            keep = [a for a in keep if a != "linear"]
+            names, new_producers = [], []
+            for j, (lo, hi) in enumerate(_sizes(out_full[-1], k)):
+                pname = f"s{s}_{j}"
+                inp = keras.Input(shape, name=f"{pname}_in")
+                ov = {"units": hi - lo} if cls == "Dense" else {"filters": hi - lo}
+                ov["activation"] = keep[0] if keep else "linear"
+                w = [kernel[..., lo:hi]] + ([bias[lo:hi]] if bias is not None else [])
+                layer, w = _part_layer(src, j, "n", w, **ov)
+                x = _apply(inp, layer, w)
+                for ai, a in enumerate(keep[1:]):
+                    x = _activation_layer(a, f"{pname}_{a}{ai}")(x)
+                m = keras.Model(inp, x, name=pname)
+                b._link_into(producers, pname, None, "concat")
+                b._add(s, pname, "neuron", list(seg), m,
+                       split={"layer": head, "kind": "neuron", "part": j, "parts": k, "range": [lo, hi]})
+                names.append(pname)
+                new_producers.append(_Producer(pname, tuple(int(d) for d in m.outputs[0].shape[1:]), lo, hi))
+            b.stages.append(Stage(s, "neuron", names))
+            producers = new_producers
+            shape = out_full
+        else:
+            k = inputs[head]
+            names, new_producers = [], []
+            for j, (lo, hi) in enumerate(_sizes(shape[-1], k)):
+                pname = f"s{s}_{j}"
+                part_shape = tuple(shape[:-1]) + (hi - lo,)
+                inp = keras.Input(part_shape, name=f"{pname}_in")
+                w = [kernel[..., lo:hi, :]] + ([bias] if (bias is not None and j == 0) else [])
+                layer, w = _part_layer(src, j, "i", w, activation="linear", use_bias=bias is not None and j == 0)
+                m = keras.Model(inp, _apply(inp, layer, w), name=pname)
+                b._link_into(producers, pname, (lo, hi), "concat")
+                b._add(s, pname, "input", [head], m,
+                       split={"layer": head, "kind": "input", "part": j, "parts": k, "range": [lo, hi]})
+                names.append(pname)
+                new_producers.append(_Producer(pname, out_full, j * out_full[-1], (j + 1) * out_full[-1]))
+            b.stages.append(Stage(s, "input", names))
+            # the join: sum the k partial sums, then the layer's activation and the activation layers after it
+            s += 1
+            jname = f"s{s}"
+            units = out_full[-1]
+            join_shape = tuple(out_full[:-1]) + (k * units,)
+            eye = np.concatenate([np.eye(units, dtype=np.float32)] * k, axis=0)
+            inp = keras.Input(join_shape, name=f"{jname}_in")
+            if cls == "Dense":
+                join = keras.layers.Dense(units, use_bias=False, activation=act, name=f"{head}_join")
+                wj = [eye]
+            else:
+                join = keras.layers.Conv2D(units, 1, use_bias=False, activation=act, name=f"{head}_join")
+                wj = [eye[None, None]]
+            x = _apply(inp, join, wj)
+            for ai, a in enumerate(trailing):
+                x = _activation_layer(a, f"{jname}_{a}{ai}")(x)
+            m = keras.Model(inp, x, name=jname)
+            b._link_into(new_producers, jname, None, "sum")
+            b._add(s, jname, "join", list(seg), m, split={"layer": head, "kind": "join", "parts": k})
+            b.stages.append(Stage(s, "join", [jname]))
+            shape = out_full
+            producers = [_Producer(jname, out_full, 0, units)]
+    if prefix:
+        layers_stage([], prefix)
+    b._link_into(producers, HOST, None, "concat")
+
+    out_shape = [int(d) for d in model.outputs[0].shape[1:]]
+    plan = Plan(
+        model={"name": model.name, "input_shape": list(in_shape), "output_shape": out_shape,
+               "weights_sha256": weights_sha256(model), "source": SOURCE_FILE, "precision": precision,
+               "reuse_factor": int(reuse_factor), "strategy": strategy,
+               "split": {"at": list(at), "neurons": neurons, "inputs": inputs}},
+        stages=b.stages, partitions=b.partitions, links=b.links, board="pynq-z2", hls_defaults=dict(HLS_DEFAULTS),
+    )
+    plan.check()
+    b.models.source = model
+    return plan, b.models
+
+
+def _prefix_model(shape, name, pre_layers):
+    import keras
+
+    inp = keras.Input(tuple(shape), name=f"{name}_in")
+    x = inp
+    for layer in pre_layers:
+        x = layer(x)
+    return keras.Model(inp, x, name=name)
+
+
+def write_plan(plan: Plan, models: PlanModels, folder) -> Path:
+    """Write plan.json, the source model and every partition's model and hls4ml config."""
+    folder = Path(folder)
+    path = plan.save(folder)
+    for name, m in models.items():
+        m.save(folder / plan.partition(name).model_file)
+    if models.source is not None:
+        models.source.save(folder / SOURCE_FILE)
+    return path
+
+
+def load_models(plan: Plan) -> PlanModels:
+    """The Keras models of a saved plan (needs TensorFlow), checked against the plan's weight hashes."""
+    import keras
+
+    from .plan import PlanError
+
+    out = PlanModels()
+    for p in plan.ordered_partitions():
+        f = plan.path(p.model_file)
+        if not f.is_file():
+            raise PlanError(f"{f} is missing: the plan folder is incomplete; write it again with `splitrack split`")
+        m = keras.models.load_model(f, compile=False)
+        if p.weights_sha256 and weights_sha256(m) != p.weights_sha256:
+            raise PlanError(f"{f}: weights do not match the plan (hash {weights_sha256(m)} != {p.weights_sha256})")
+        out[p.name] = m
+    src = plan.path(plan.model.get("source", SOURCE_FILE))
+    if src.is_file():
+        out.source = keras.models.load_model(src, compile=False)
+    return out
