@@ -15,6 +15,7 @@ COMMANDS = [
     ("reference", "splitting.reference", "train and save the reference models (digits FC and CNN)"),
     ("rack", "harness.rack_cmd", "start, stop or check a rack (`rack up` starts virtual PYNQ-Z2 boards)"),
     ("deploy", "harness.deploy", "upload a plan's partitions to a rack over SSH and start the board agents"),
+    ("history", "harness.history", "result history (SQLite): add bench/pytest-benchmark JSON, list runs, check regressions"),
     ("demo", "harness.demo", "the main job: reference models, CNN split three ways, verified"),
 ]
 
