@@ -1,0 +1,140 @@
+"""A partition's fixed-point computation as a list of plain ops, read from the hls4ml model graph.
+
+hls4ml decides the types (result, accumulator, weight, bias of every layer) and quantises the weights; we take
+both from its converted graph, so that the reference model and the generated RTL compute what the hls4ml
+emulation computes. Weights are taken as the exact decimal strings hls4ml writes into the firmware headers
+(then assigned to the weight type, as the C++ does), not from the float array: the two can differ by one LSB.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from splitting.contract import FixedType
+from splitting.errors import UserError
+
+from .fixed import fixed_type, from_float
+
+
+class UnsupportedLayer(UserError):
+    """A layer the cosimulation has no reference / RTL for."""
+
+
+@dataclass
+class Op:
+    kind: str                      # input, pad, dense, conv2d, relu, linear, maxpool, reshape, softmax
+    name: str
+    out_shape: Tuple[int, ...]
+    out: FixedType                 # result type
+    params: Dict[str, Any] = field(default_factory=dict)
+    weight: Optional[np.ndarray] = None   # raw integers (weight type)
+    bias: Optional[np.ndarray] = None     # raw integers (bias type)
+    wtype: Optional[FixedType] = None
+    btype: Optional[FixedType] = None
+    accum: Optional[FixedType] = None
+
+    def describe(self) -> str:
+        extra = f" accum {self.accum}" if self.accum else ""
+        return f"{self.kind:8s} {self.name:20s} -> {self.out_shape} {self.out}{extra}"
+
+
+def _weights(var, t: FixedType) -> np.ndarray:
+    """hls4ml's weight text (what the C++ compiles), parsed and assigned to type t."""
+    text = [float(s) for s in var]
+    return from_float(np.asarray(text, dtype=np.float64).reshape(var.data.shape), t)
+
+
+def _shape(layer) -> Tuple[int, ...]:
+    return tuple(int(d) for d in layer.get_output_variable().shape)
+
+
+def _softmax_op(layer, name, shape, out, params, types) -> Op:
+    """The types hls4ml's softmax config template derives (vivado core_templates.SoftmaxConfigTemplate)."""
+    import math
+
+    accum, inv_inp = types["accum_t"], types["inv_inp_t"]
+    if layer.types["accum_t"].name == "model_default_t":  # then the template widens exp_table_t instead
+        e = types["exp_table_t"]
+        scale = math.ceil(math.log2(int(layer.get_attr("n_in"))))
+        accum = FixedType(e.width + scale, e.integer + scale, e.signed)
+    if layer.types["inv_inp_t"].name == "model_default_t":
+        inv_inp = types["exp_table_t"]
+    in_t = fixed_type(layer.get_input_variable().type.precision)
+    w, iw = in_t.width - in_t.signed, in_t.integer - in_t.signed
+    if in_t.signed:
+        params["exp_table_size"] = min(params["inv_table_size"], 2 ** w)
+    params["inp_norm"] = FixedType(w, iw, False)
+    params["types"] = {"exp_table_t": types["exp_table_t"], "inv_table_t": types["inv_table_t"], "inv_inp_t": inv_inp}
+    return Op("softmax", name, shape, out, params=params, accum=accum)
+
+
+def ops_from_graph(hm) -> List[Op]:
+    """The op list of a converted hls4ml ModelGraph (io_stream, Vivado-family backend)."""
+    ops: List[Op] = []
+    for layer in hm.get_layers():
+        cls = layer.class_name
+        types = {k: fixed_type(v.precision) for k, v in layer.types.items() if k in
+                 ("result_t", "accum_t", "weight_t", "bias_t", "exp_table_t", "inv_table_t", "inv_inp_t")}
+        out, shape, name = types["result_t"], _shape(layer), layer.name
+        if cls == "Input":
+            ops.append(Op("input", name, shape, out))
+        elif cls == "ZeroPadding2D":
+            ops.append(Op("pad", name, shape, out, params={k: int(layer.get_attr(k)) for k in
+                                                          ("pad_top", "pad_bottom", "pad_left", "pad_right")}))
+        elif cls in ("Dense", "Conv2D"):
+            wt, bt = types["weight_t"], types["bias_t"]
+            w = _weights(layer.weights["weight"], wt)
+            b = _weights(layer.weights["bias"], bt) if "bias" in layer.weights else np.zeros(shape[-1], np.int64)
+            params = {}
+            if cls == "Conv2D":
+                params = {k: int(layer.get_attr(k)) for k in ("filt_height", "filt_width", "stride_height", "stride_width",
+                                                                 "pad_top", "pad_bottom", "pad_left", "pad_right")}
+                if w.ndim != 4:
+                    raise UnsupportedLayer(f"{name}: Conv2D weights of shape {w.shape}, expected (kh, kw, cin, cout)")
+            ops.append(Op("dense" if cls == "Dense" else "conv2d", name, shape, out, params=params, weight=w, bias=b,
+                          wtype=wt, btype=bt, accum=types["accum_t"]))
+        elif cls in ("Activation", "ReLU"):
+            act = (layer.get_attr("activation") or "relu").lower()
+            if act not in ("relu", "linear"):
+                raise UnsupportedLayer(f"{name}: activation {act!r} has no cosimulation model (relu and linear do)")
+            ops.append(Op(act, name, shape, out))
+        elif cls == "Pooling2D":
+            if str(layer.get_attr("pool_op")).lower() != "max":
+                raise UnsupportedLayer(f"{name}: {layer.get_attr('pool_op')} pooling has no cosimulation model (max does)")
+            ops.append(Op("maxpool", name, shape, out, params={k: int(layer.get_attr(k)) for k in (
+                "pool_height", "pool_width", "stride_height", "stride_width", "pad_top", "pad_bottom", "pad_left",
+                "pad_right")}))
+        elif cls == "Reshape":
+            ops.append(Op("reshape", name, shape, out))
+        elif cls == "Softmax":
+            impl = str(layer.get_attr("implementation", "stable")).lower()
+            if impl != "stable":
+                raise UnsupportedLayer(f"{name}: softmax implementation {impl!r} has no model (stable does)")
+            params = {"exp_table_size": int(layer.get_attr("exp_table_size", layer.get_attr("table_size", 1024))),
+                      "inv_table_size": int(layer.get_attr("inv_table_size", layer.get_attr("table_size", 1024))),
+                      "exp_scale": float(layer.get_attr("exp_scale", 1.0))}
+            ops.append(_softmax_op(layer, name, shape, out, params, types))
+        else:
+            raise UnsupportedLayer(
+                f"layer {name} ({cls}) has no cosimulation model: supported are Dense, Conv2D, ZeroPadding2D, "
+                "ReLU/linear activations, MaxPooling2D, Flatten/Reshape and softmax"
+            )
+    if not ops or ops[0].kind != "input":
+        raise UnsupportedLayer("hls4ml graph does not start with an Input layer")
+    return ops
+
+
+def partition_ops(plan, name: str) -> List[Op]:
+    """The op list of one partition of a plan, converted with the plan's own hls4ml settings."""
+    import tempfile
+
+    from splitting import hls
+
+    p = plan.partition(name)
+    with tempfile.TemporaryDirectory(prefix="splitrack-cosim-") as tmp:
+        _, hm = hls._convert(plan.path(p.model_file), p.hls, plan.hls_defaults, Path(tmp) / "prj", f"sr_{name}")
+        return ops_from_graph(hm)
