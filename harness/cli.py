@@ -11,6 +11,8 @@ import sys
 COMMANDS = [
     ("split", "splitting.cli_split", "cut a Keras model by hand into a plan folder"),
     ("verify", "splitting.verify", "check a plan: float composition and hls4ml emulation chain"),
+    ("plan", "splitting.cli_plan", "propose partitions from rule4ml resource estimates (cuts, neuron/input splits)"),
+    ("boards", "splitting.cli_plan", "the board catalog: resources, clock, part"),
     ("build", "splitting.hls", "build bitstreams for a plan's partitions (needs Vivado)"),
     ("reference", "splitting.reference", "train and save the reference models (digits FC and CNN)"),
     ("rack", "harness.rack_cmd", "start, stop or check a rack (`rack up` starts virtual PYNQ-Z2 boards)"),
