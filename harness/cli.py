@@ -18,6 +18,7 @@ COMMANDS = [
     ("rack", "harness.rack_cmd", "start, stop or check a rack (`rack up` starts virtual PYNQ-Z2 boards)"),
     ("deploy", "harness.deploy", "upload a plan's partitions to a rack over SSH and start the board agents"),
     ("history", "harness.history", "result history (SQLite): add bench/pytest-benchmark JSON, list runs, check regressions"),
+    ("dashboard", "harness.dashboard", "write the static HTML dashboard (trends, per-hop breakdown, regressions)"),
     ("demo", "harness.demo", "the main job: reference models, CNN split three ways, verified"),
 ]
 

@@ -4,6 +4,9 @@
 set -euo pipefail
 need=()
 command -v g++ >/dev/null || need+=(g++)
+# chromium (+ driver): the dashboard test renders the page headless and checks its console
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "setup: missing system packages: ${need[*]} (install them with apt-get as root)" >&2; exit 1
