@@ -1,0 +1,165 @@
+"""`splitrack verify plan/`: prove a plan is exact.
+
+float:  the chained Keras partitions against the original model (must agree to 1e-5 of the output scale);
+hls:    the chained hls4ml emulation of the partitions against the emulation of the whole model (must agree
+        within the output contract's quantisation step; bit for bit when every contract carries the layer
+        output precision, which is how `split` writes plans);
+accuracy on labelled data when given (digits), for Keras, the split emulation and the whole emulation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .errors import UserError
+from .plan import Plan
+from .report import table
+
+FLOAT_TOL = 1e-5  # relative to the output scale
+
+
+@dataclass
+class Verification:
+    plan: str
+    plan_hash: str
+    data: str
+    samples: int
+    partitions: int
+    stages: int
+    float_max_abs_err: float
+    float_rel_err: float
+    hls_chain_max_abs_err: float
+    hls_step: float
+    hls_bit_exact: bool
+    hls_vs_keras_max_abs_err: float
+    accuracy_keras: Optional[float]
+    accuracy_split_hls: Optional[float]
+    accuracy_whole_hls: Optional[float]
+    float_ok: bool
+    hls_ok: bool
+    per_partition: List[Dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.float_ok and self.hls_ok
+
+
+def evaluation_data(plan: Plan, data: str, n: int, seed: int = 0) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Inputs (and labels when known) in the plan's input shape: 'digits', 'random', or an .npz with x[, y]."""
+    shape = tuple(plan.model["input_shape"])
+    if data == "digits":
+        from .reference import digits_data
+
+        _, _, x, y = digits_data()
+        if int(np.prod(shape)) != 64:
+            raise UserError(f"--data digits gives 8x8 images, but the model takes {shape}: use --data random or an .npz")
+        return x.reshape((len(x),) + shape)[:n], y[:n]
+    if data == "random":
+        return np.random.default_rng(seed).uniform(0, 1, (n,) + shape).astype(np.float32), None
+    p = Path(data)
+    if p.suffix == ".npz" and p.is_file():
+        z = np.load(p)
+        if "x" not in z:
+            raise UserError(f"{p} has no array 'x': save it with np.savez(path, x=inputs, y=labels)")
+        x = z["x"].astype(np.float32)
+        if x.shape[1:] != shape:
+            raise UserError(f"{p}: x has samples of shape {x.shape[1:]}, the model takes {shape}")
+        return x[:n], (z["y"][:n] if "y" in z else None)
+    raise UserError(f"unknown --data {data!r}: use digits, random, or a .npz file with x (and y)")
+
+
+def _accuracy(out: np.ndarray, y: Optional[np.ndarray]) -> Optional[float]:
+    if y is None:
+        return None
+    return float(np.mean(np.argmax(out.reshape(len(out), -1), axis=1) == y))
+
+
+def verify_plan(plan: Plan, data: str = "random", n: int = 512, hls: bool = True, log=print) -> Verification:
+    from .chain import emulation_runner, keras_runner, run_chain
+    from .hls import monolithic_emulation
+    from .split import load_models
+
+    x, y = evaluation_data(plan, data, n)
+    log(f"verify {plan.root}: {len(plan.partitions)} partitions in {len(plan.stages)} stages, {len(x)} samples ({data})")
+    models = load_models(plan)
+    if models.source is None:
+        raise UserError(f"{plan.root} has no source model ({plan.model.get('source')}): split the model again")
+    ref = models.source.predict(x, verbose=0, batch_size=256)
+    kept: Dict[str, np.ndarray] = {}
+    out_keras = run_chain(plan, x, keras_runner(models), keep=kept)
+    ferr = float(np.max(np.abs(out_keras - ref)))
+    scale = float(max(np.max(np.abs(ref)), 1e-12))
+    step = plan.output_links[0].step
+    herr = hk_err = 0.0
+    acc_split = acc_whole = None
+    per = []
+    if hls:
+        log("  hls4ml emulation of the whole model and of every partition (compiled once, then cached)")
+        whole = monolithic_emulation(plan).predict(x, plan.model["output_shape"])
+        hkept: Dict[str, np.ndarray] = {}
+        out_hls = run_chain(plan, x, emulation_runner(plan), keep=hkept)
+        herr = float(np.max(np.abs(out_hls - whole)))
+        hk_err = float(np.max(np.abs(out_hls - ref)))
+        acc_split, acc_whole = _accuracy(out_hls, y), _accuracy(whole, y)
+        for p in plan.ordered_partitions():
+            per.append({"partition": p.name, "stage": p.stage, "kind": p.kind, "layers": p.layers,
+                        "input_shape": p.input_shape, "output_shape": p.output_shape, "precision": p.output_precision,
+                        "params": int(models[p.name].count_params()),
+                        "hls_vs_keras_max_abs_err": float(np.max(np.abs(hkept[p.name] - kept[p.name])))})
+    v = Verification(
+        plan=str(plan.root), plan_hash=plan.hash, data=data, samples=len(x), partitions=len(plan.partitions),
+        stages=len(plan.stages), float_max_abs_err=ferr, float_rel_err=ferr / scale, hls_chain_max_abs_err=herr,
+        hls_step=step, hls_bit_exact=hls and herr == 0.0, hls_vs_keras_max_abs_err=hk_err,
+        accuracy_keras=_accuracy(ref, y), accuracy_split_hls=acc_split, accuracy_whole_hls=acc_whole,
+        float_ok=ferr / scale <= FLOAT_TOL, hls_ok=(herr <= step) if hls else True, per_partition=per,
+    )
+    return v
+
+
+def render(v: Verification) -> str:
+    rows = [[p["partition"], p["stage"], p["kind"], ",".join(p["layers"]), "x".join(map(str, p["input_shape"])),
+             "x".join(map(str, p["output_shape"])), p["precision"], p["params"], f"{p['hls_vs_keras_max_abs_err']:.3g}"]
+            for p in v.per_partition]
+    out = []
+    if rows:
+        out.append(table(["partition", "stage", "kind", "layers", "in", "out", "precision", "params", "|hls-keras|"], rows))
+        out.append("")
+    pct = lambda a: "-" if a is None else f"{100 * a:.2f} %"
+    checks = [
+        ["float chain vs original", f"{v.float_max_abs_err:.3g}", f"<= {FLOAT_TOL:g} x scale", "ok" if v.float_ok else "FAIL"],
+        ["hls chain vs whole-model hls", f"{v.hls_chain_max_abs_err:.3g}", f"<= {v.hls_step:g} (1 step)",
+         ("ok, bit exact" if v.hls_bit_exact else "ok") if v.hls_ok else "FAIL"],
+        ["hls chain vs Keras", f"{v.hls_vs_keras_max_abs_err:.3g}", "(quantisation)", "info"],
+        ["accuracy Keras / split hls / whole hls", f"{pct(v.accuracy_keras)} / {pct(v.accuracy_split_hls)} / "
+         f"{pct(v.accuracy_whole_hls)}", f"{v.samples} samples", "info"],
+    ]
+    out.append(table(["check", "value", "bound", "result"], checks))
+    out.append(f"plan {v.plan_hash}: {'PASS' if v.ok else 'FAIL'}")
+    return "\n".join(out)
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("plan", help="plan folder (written by `splitrack split` or `splitrack plan`)")
+    p.add_argument("--data", default="random", help="digits | random | file.npz with x (and y) (default: random)")
+    p.add_argument("-n", "--samples", type=int, default=512, help="number of evaluation samples (default 512)")
+    p.add_argument("--no-hls", action="store_true", help="check the float composition only")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+def run(args) -> int:
+    plan = Plan.load(Path(args.plan))
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    v = verify_plan(plan, args.data, args.samples, hls=not args.no_hls, log=log)
+    if args.json:
+        d = asdict(v)
+        d["ok"] = v.ok
+        print(json.dumps(d, indent=1))
+    else:
+        print(render(v))
+    return 0 if v.ok else 1
