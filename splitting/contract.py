@@ -122,14 +122,17 @@ def _container_bits(dtype: str) -> int:
     if dtype == FLOAT32:
         return 32
     ft = FixedType.parse(dtype)
-    return 8 * ((ft.width + 7) // 8)
+    bits = 8
+    while bits < ft.width:  # power-of-two byte containers: numpy (and DMA buffers) have no 24-bit ints
+        bits *= 2
+    return bits
 
 
 @dataclass(frozen=True)
 class Packing:
     """How a frame's elements sit on AXI-stream beats.
 
-    Elements are byte-aligned in little-endian containers, packed low lane first; the last beat carries
+    Elements sit in little-endian containers of 8, 16, 32 or 64 bits, packed low lane first; the last beat carries
     `last_tkeep` (a byte mask) when it is only partly filled; tlast is set on beat `beats - 1` and only there.
     """
 
