@@ -1,0 +1,241 @@
+"""Board agent overhead on loopback: per-hop round trip against a raw Python TCP echo, and pipelined
+throughput through 5 agents against one stage alone.
+
+    .venv/bin/python benchmarks/agent_overhead.py [--out benchmarks/out] [--quick]
+
+1. Per hop. The same payload (a frame of the contract's bytes) makes a round trip host -> process -> host:
+   - raw echo:  a Python process that reads the payload's bytes from a TCP socket and writes them back;
+   - agent:     one board agent (passthrough backend) whose outgoing link is the host: header, timestamp
+                record, receive / compute / send threads, and its output back on the host's connection;
+   - agent+decode: the same, decoding the payload and encoding the output through the contract (what an
+                emulation or overlay backend costs on top of the transport, compute itself excluded).
+   The client is a plain blocking loop for all of them (no host-side threads), interleaved in rounds so
+   that noise from other processes hits every variant alike. Target: agent p50 <= 1.3 x raw p50.
+2. Pipelined. 5 agents in a chain, each with the timing model (equal stages of T = cycles / 100 MHz),
+   frames streamed with several in flight through harness.stream; against one such agent alone.
+   Target: chain throughput >= 0.8 x single stage throughput.
+Prints a table and saves agent_overhead.png (+ .json) in --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from harness import agent as wire  # noqa: E402
+from harness.local_rack import LocalRack, identity_plan  # noqa: E402
+from harness.stream import Pipeline  # noqa: E402
+
+ECHO_SERVER = r"""
+import socket, sys
+n = int(sys.argv[1])
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 0)); srv.listen(1)
+print(srv.getsockname()[1], flush=True)
+c, _ = srv.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+buf = bytearray(n); view = memoryview(buf)
+while True:
+    got = 0
+    while got < n:
+        k = c.recv_into(view[got:])
+        if not k:
+            sys.exit(0)
+        got += k
+    c.sendall(buf)
+"""
+
+
+def recv_exact(sock, view, n):
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:n])
+        if not k:
+            raise EOFError
+        got += k
+
+
+class RawEcho:
+    def __init__(self, n):
+        self.n = n
+        self.proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, str(n)], stdout=subprocess.PIPE)
+        port = int(self.proc.stdout.readline())
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray(n)
+        self.view = memoryview(self.buf)
+
+    def rtt(self, payload):
+        t = time.perf_counter_ns()
+        self.sock.sendall(payload)
+        recv_exact(self.sock, self.view, self.n)
+        return time.perf_counter_ns() - t
+
+    def close(self):
+        self.sock.close()
+        self.proc.wait(timeout=5)
+
+
+class AgentHop:
+    """A synchronous client of one agent whose output link is the host (this connection)."""
+
+    def __init__(self, endpoint, payload_len):
+        self.sock = socket.create_connection(endpoint.address)
+        wire.set_socket_options(self.sock)
+        self.sock.sendall(wire.pack_message(wire.HELLO, payload=b'{"role": "host"}'))
+        self.reader = wire.Reader(self.sock)
+        self.frame = 0
+
+    def rtt(self, payload):
+        self.frame += 1
+        msg = wire.pack_message(wire.FRAME, frame=self.frame, stage=wire.HOST_STAGE, payload=payload)
+        t = time.perf_counter_ns()
+        self.sock.sendall(msg)
+        mtype, frame, *_ = self.reader.message()
+        dt = time.perf_counter_ns() - t
+        assert mtype == wire.FRAME and frame == self.frame, (mtype, frame)
+        return dt
+
+    def close(self):
+        self.sock.close()
+
+
+def per_hop(elements: int, rounds: int, per_round: int, workdir: Path):
+    plan = identity_plan(1, shape=(elements,))
+    c = plan.links[0]
+    payload = c.encode(np.random.default_rng(0).uniform(-8, 8, elements))
+    raw = RawEcho(len(payload))
+    racks, clients = [], {}
+    for variant, backend in (("agent", {"kind": "passthrough"}), ("agent+decode", {"kind": "passthrough", "decode": True})):
+        rack = LocalRack(workdir / variant)
+        w = rack.start(plan, {"s0": backend})
+        racks.append(rack)
+        clients[variant] = AgentHop(w.endpoints["s0"], len(payload))
+    clients = {"raw echo": raw, **clients}
+    samples = {k: [] for k in clients}
+    try:
+        for fn in clients.values():  # warm-up: page faults, first connections, import caches
+            for _ in range(200):
+                fn.rtt(payload)
+        for r in range(rounds):
+            for name, fn in clients.items():
+                samples[name].extend(fn.rtt(payload) for _ in range(per_round))
+    finally:
+        for fn in clients.values():
+            fn.close()
+        for rack in racks:
+            rack.stop()
+    return len(payload), {k: np.asarray(v) / 1e3 for k, v in samples.items()}
+
+
+def pipelined(stages: int, cycles: int, frames: int, in_flight: int, workdir: Path):
+    out = {}
+    for n in (1, stages):
+        plan = identity_plan(n, shape=(64,))
+        with LocalRack(workdir / f"chain{n}") as rack:
+            w = rack.start(plan, timing={"cycles": cycles, "clock_mhz": 100})
+            x = np.random.default_rng(1).uniform(-8, 8, (frames, 64))
+            with Pipeline(w) as pipe:
+                pipe.stream(x[: min(50, frames)], in_flight=in_flight)  # warm-up
+                res = pipe.stream(x, in_flight=in_flight, timeout=30)
+            out[n] = {"throughput": res.throughput, "latency_p50_us": float(np.median(res.latencies_ns()) / 1e3)}
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
+    ap.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
+    ap.add_argument("--elements", type=int, nargs="+", default=[64, 1024],
+                    help="frame sizes (ap_fixed<16,6> elements) for the per-hop comparison")
+    ap.add_argument("--stage-us", type=float, nargs="+", default=[500.0, 1000.0],
+                    help="stage time(s) of the timing model for the pipelined run, microseconds")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rounds, per_round, frames = (5, 100, 300) if args.quick else (20, 250, 2000)
+
+    report = {"per_hop": {}, "pipelined": {}, "host": os.uname().nodename, "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for el in args.elements:
+            print(f"per hop: {el} elements, {rounds} rounds x {per_round} round trips per variant ...", flush=True)
+            nbytes, s = per_hop(el, rounds, per_round, tmp / f"hop{el}")
+            report["per_hop"][el] = {"bytes": nbytes, **{k: {"p50": float(np.percentile(v, 50)),
+                                                             "p90": float(np.percentile(v, 90)),
+                                                             "p99": float(np.percentile(v, 99)),
+                                                             "samples": v.tolist()} for k, v in s.items()}}
+        for us in args.stage_us:
+            cycles = int(round(us * 100))
+            print(f"pipelined: 5 stages of {us:g} us ({cycles} cycles at 100 MHz), {frames} frames ...", flush=True)
+            report["pipelined"][us] = pipelined(5, cycles, frames, in_flight=16, workdir=tmp / f"pipe{cycles}")
+
+    print("\nPer-hop round trip on loopback (us), same payload, interleaved rounds")
+    print(f"{'frame':>14} {'variant':>14} {'p50':>8} {'p90':>8} {'p99':>8} {'p50/raw':>8}")
+    for el, d in report["per_hop"].items():
+        raw = d["raw echo"]["p50"]
+        for k in ("raw echo", "agent", "agent+decode"):
+            v = d[k]
+            label = f"{el} el/{d['bytes']} B"
+            print(f"{label:>14} {k:>14} {v['p50']:8.1f} {v['p90']:8.1f} {v['p99']:8.1f} "
+                  f"{v['p50'] / raw:8.2f}")
+    print("\nPipelined throughput (frames/s), timing model, in flight 16")
+    print(f"{'stage us':>9} {'1 stage':>9} {'5 stages':>9} {'ratio':>6} {'ideal':>8} {'lat 5 (us)':>11}")
+    for us, d in report["pipelined"].items():
+        r = d[5]["throughput"] / d[1]["throughput"]
+        d["ratio"] = r
+        print(f"{us:9.0f} {d[1]['throughput']:9.0f} {d[5]['throughput']:9.0f} {r:6.2f} {1e6 / us:8.0f} "
+              f"{d[5]['latency_p50_us']:11.0f}")
+    _plot(report, out / "agent_overhead.png")
+    slim = json.loads(json.dumps(report, default=float))
+    for d in slim["per_hop"].values():
+        for k in ("raw echo", "agent", "agent+decode"):
+            d[k].pop("samples")
+    (out / "agent_overhead.json").write_text(json.dumps(slim, indent=1))
+    print(f"\nsaved {out / 'agent_overhead.png'} and {out / 'agent_overhead.json'}")
+    return 0
+
+
+def _plot(report, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hops = report["per_hop"]
+    fig, axes = plt.subplots(1, len(hops) + 1, figsize=(5 * (len(hops) + 1), 4))
+    for ax, (el, d) in zip(axes, hops.items()):
+        names = ["raw echo", "agent", "agent+decode"]
+        ax.boxplot([d[k]["samples"] for k in names], tick_labels=names, showfliers=False, whis=(1, 99))
+        ax.axhline(1.3 * d["raw echo"]["p50"], ls="--", c="r", lw=1, label="1.3 x raw p50")
+        ax.set_title(f"round trip, {el} elements ({d['bytes']} B)")
+        ax.set_ylabel("us (whiskers p1-p99)")
+        ax.legend(loc="upper left")
+    ax = axes[-1]
+    pipes = report["pipelined"]
+    xs = np.arange(len(pipes))
+    one = [d[1]["throughput"] for d in pipes.values()]
+    five = [d[5]["throughput"] for d in pipes.values()]
+    ax.bar(xs - 0.2, one, 0.4, label="1 stage alone")
+    ax.bar(xs + 0.2, five, 0.4, label="5 stages pipelined")
+    ax.scatter(xs, [1e6 / float(us) for us in pipes], marker="_", s=400, c="k", label="1 / stage time", zorder=3)
+    ax.set_xticks(xs, [f"{float(us):g} us/stage" for us in pipes])
+    ax.set_ylabel("frames / s")
+    ax.set_title("pipelined throughput (timing model)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

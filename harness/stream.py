@@ -1,0 +1,442 @@
+"""Host side of the data path: feed frames into a wired rack, collect the results, keep every timestamp.
+
+    with Pipeline(wiring) as pipe:          # connects to every agent (HELLO: results and errors come back)
+        result = pipe.stream(x, in_flight=8, timeout=5.0)
+    result.outputs()                        # (n, *output_shape), frame order
+    result.frames[i].records                # every partition's (t_recv, t_compute_start, t_compute_end, t_send)
+
+Frames go out with several in flight (at most `in_flight` unanswered), optionally at a fixed rate, and come
+back in any order; they are matched by frame id. A frame that does not come back within `timeout` seconds,
+an error reported by an agent, or an agent that goes away end the stream with a `StreamError` that names the
+board and stage where the frame was last seen and carries every result already received (`.result`).
+"""
+from __future__ import annotations
+
+import json
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from harness import agent as wire
+from harness.wiring import Wiring
+from splitting.contract import assemble
+from splitting.errors import UserError
+
+Record = Tuple[int, int, int, int, int, int, int, int]  # stage, partition id, source id, flags, 4 x ns
+
+
+class StreamError(UserError):
+    """Frames that did not come back; `.result` holds everything that did."""
+
+    def __init__(self, message: str, result: "StreamResult"):
+        super().__init__(message)
+        self.result = result
+
+
+class AgentUnreachable(UserError):
+    """An agent that does not accept connections or does not answer."""
+
+
+@dataclass
+class FrameResult:
+    frame: int
+    output: np.ndarray
+    t_send: int  # host time.time_ns() when the first part left
+    t_recv: int  # host time.time_ns() when the last part of the output arrived
+    records: List[Record]  # one per (partition, incoming link), board clocks
+
+    @property
+    def latency_ns(self) -> int:
+        return self.t_recv - self.t_send
+
+
+@dataclass
+class StreamResult:
+    wiring: Wiring
+    frame_ids: List[int]  # ids of the frames sent, in order (input i -> frame_ids[i])
+    frames: Dict[int, FrameResult] = field(default_factory=dict)
+    errors: List[str] = field(default_factory=list)
+    t_start: int = 0
+    t_end: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return not self.errors and all(f in self.frames for f in self.frame_ids)
+
+    def outputs(self) -> np.ndarray:
+        """Outputs in input order, (n, *output_shape); raises if a frame is missing."""
+        missing = [f for f in self.frame_ids if f not in self.frames]
+        if missing:
+            raise StreamError(f"{len(missing)} frame(s) missing (first: {missing[0]})", self)
+        return np.stack([self.frames[f].output for f in self.frame_ids])
+
+    def latencies_ns(self) -> np.ndarray:
+        return np.array([self.frames[f].latency_ns for f in self.frame_ids if f in self.frames], dtype=np.int64)
+
+    @property
+    def throughput(self) -> float:
+        """Frames per second over the whole run (first send to last receive)."""
+        got = [self.frames[f] for f in self.frame_ids if f in self.frames]
+        if len(got) < 2:
+            return float("nan")
+        span = max(r.t_recv for r in got) - min(r.t_send for r in got)
+        return len(got) / (span / 1e9)
+
+    def stamps(self, frame: int) -> Dict[str, Dict[str, Any]]:
+        """partition -> {board, stage, t_recv (last part), t_recv_by_src, t_compute_start, t_compute_end, t_send}."""
+        out: Dict[str, Dict[str, Any]] = {}
+        w = self.wiring
+        for stage, pid, src, _flags, t_r, t_cs, t_ce, t_s in self.frames[frame].records:
+            name = w.partition_name(pid)
+            d = out.setdefault(name, {"board": w.endpoints[name].board if name in w.endpoints else "", "stage": stage,
+                                      "t_recv": t_r, "t_recv_by_src": {}, "t_compute_start": t_cs,
+                                      "t_compute_end": t_ce, "t_send": t_s})
+            d["t_recv"] = max(d["t_recv"], t_r)
+            d["t_recv_by_src"][w.partition_name(src)] = t_r
+        return out
+
+    def timings(self):
+        """Per-frame timings as `harness.measure.FrameTiming` (board clocks; clocksync maps them to the host's)."""
+        from harness.measure import FrameTiming, StageStamp
+
+        out = []
+        for f in self.frame_ids:
+            if f not in self.frames:
+                continue
+            r = self.frames[f]
+            st = {name: StageStamp(partition=name, board=d["board"], t_recv=d["t_recv"],
+                                   t_compute_start=d["t_compute_start"], t_compute_end=d["t_compute_end"],
+                                   t_send=d["t_send"], t_recv_by_src=dict(d["t_recv_by_src"]))
+                  for name, d in self.stamps(f).items()}
+            out.append(FrameTiming(frame=f, t_host_send=r.t_send, t_host_recv=r.t_recv, stages=st))
+        return out
+
+
+class _AgentConn:
+    """The host's connection to one agent: a reader thread dispatching results, errors and replies."""
+
+    def __init__(self, pipe: "Pipeline", name: str, connect_timeout: float):
+        self.pipe = pipe
+        self.name = name
+        ep = pipe.wiring.endpoints[name]
+        deadline = time.monotonic() + connect_timeout
+        while True:
+            try:
+                self.sock = socket.create_connection((ep.host, ep.port), timeout=connect_timeout)
+                break
+            except OSError as e:
+                if time.monotonic() > deadline:
+                    raise AgentUnreachable(
+                        f"agent of {pipe.wiring.describe(name)} at {ep.host}:{ep.port} does not accept connections "
+                        f"({e}): is it deployed and running? (`splitrack deploy`, or check its log on the board)") from None
+                time.sleep(0.05)
+        self.sock.settimeout(None)
+        wire.set_socket_options(self.sock)
+        self.reader = wire.Reader(self.sock)
+        self.wlock = threading.Lock()
+        self.replies: "queue.Queue[Tuple[int, Any]]" = queue.Queue()
+        self.alive = True
+        self.send(wire.pack_message(wire.HELLO, payload=b'{"role": "host"}'))
+        self.thread = threading.Thread(target=self._read_loop, name=f"host<-{name}", daemon=True)
+        self.thread.start()
+
+    def send(self, data: bytes) -> None:
+        with self.wlock:
+            self.sock.sendall(data)
+
+    def _read_loop(self) -> None:
+        why = "closed by the agent"
+        try:
+            while True:
+                mtype, frame, stage, part, records, payload = self.reader.message()
+                t = time.time_ns()
+                if mtype == wire.FRAME:
+                    self.pipe._on_output(self.name, frame, part, records, payload, t)
+                elif mtype == wire.ERROR:
+                    self.pipe._on_error(self.name, json.loads(payload.decode()))
+                elif mtype == wire.PROBE_REPLY:
+                    t1, t2, t3 = wire.PROBE_REP.unpack(payload)
+                    self.replies.put((mtype, (t1, t2, t3, t)))
+                elif mtype == wire.PONG:
+                    self.replies.put((mtype, json.loads(payload.decode())))
+        except (EOFError, OSError) as e:
+            why = str(e) or type(e).__name__
+        except wire.ProtocolError as e:
+            why = f"protocol error: {e}"
+        self.alive = False
+        self.pipe._on_lost(self.name, why)
+
+    def request(self, mtype: int, payload: bytes, want: int, timeout: float):
+        # drop stale replies of an earlier request that timed out
+        while not self.replies.empty():
+            self.replies.get_nowait()
+        self.send(wire.pack_message(mtype, payload=payload))
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                got, value = self.replies.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AgentUnreachable(f"agent of {self.pipe.wiring.describe(self.name)} did not answer within {timeout} s") from None
+            if got == want:
+                return value
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class _Run:
+    """State of one stream() call, shared with the reader threads."""
+
+    def __init__(self, result: StreamResult, n_out_parts: int):
+        self.result = result
+        self.cond = threading.Condition()
+        self.outstanding: Dict[int, int] = {}  # frame -> host send time
+        self.parts: Dict[int, Dict[Tuple[str, int], Tuple[bytes, List[Record], int]]] = {}
+        self.n_out_parts = n_out_parts
+        self.failed: Dict[int, str] = {}  # frame -> reason, from agents' errors
+        self.fatal: Optional[str] = None
+
+
+class Pipeline:
+    """The host's end of a wired rack: connections to every agent, streaming, ping, clock probes, shutdown."""
+
+    def __init__(self, wiring: Wiring, connect_timeout: float = 10.0):
+        self.wiring = wiring
+        self._run: Optional[_Run] = None
+        self._lock = threading.Lock()
+        self._next_frame = 0
+        self.lost: Dict[str, str] = {}
+        self.agent_errors: List[Dict[str, Any]] = []
+        self.out_links = {(c.src, c.index): c for c in wiring.output_links}
+        self.conns: Dict[str, _AgentConn] = {}
+        try:
+            for name in wiring.endpoints:
+                self.conns[name] = _AgentConn(self, name, connect_timeout)
+        except Exception:
+            self.close()
+            raise
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- control messages --
+    def ping(self, partition: str, frame: Optional[int] = None, timeout: float = 2.0) -> Dict[str, Any]:
+        """The agent's health: partition, plan hash, frames done, free memory (and a frame's state there)."""
+        ask = {} if frame is None else {"frame": int(frame)}
+        return self.conns[partition].request(wire.PING, json.dumps(ask).encode(), wire.PONG, timeout)
+
+    def probe(self, partition: str, timeout: float = 2.0) -> Tuple[int, int, int, int]:
+        """One NTP-style exchange with the agent: (t1 host, t2 board, t3 board, t4 host), ns."""
+        t1 = time.time_ns()
+        return self.conns[partition].request(wire.PROBE, wire.PROBE_REQ.pack(t1), wire.PROBE_REPLY, timeout)
+
+    def shutdown_agents(self) -> None:
+        for name, c in self.conns.items():
+            try:
+                c.send(wire.pack_message(wire.SHUTDOWN))
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        for c in self.conns.values():
+            c.close()
+
+    # -- reader-thread callbacks --
+    def _on_output(self, src: str, frame: int, part: int, records, payload: bytes, t: int) -> None:
+        run = self._run
+        if run is None:
+            return
+        with run.cond:
+            if frame not in run.outstanding:
+                return  # a late frame of an earlier stream, or already failed
+            got = run.parts.setdefault(frame, {})
+            got[(src, part)] = (payload, records, t)
+            if len(got) < run.n_out_parts:
+                return
+            del run.parts[frame]
+            t_send = run.outstanding.pop(frame)
+            run.cond.notify_all()
+        try:
+            links = [self.out_links[k] for k in got]
+            values = assemble(links, [c.decode(got[k][0]) for c, k in zip(links, got)])
+            out = np.asarray(values).reshape(self.wiring.output_shape)
+        except Exception as e:  # a payload that does not match its contract
+            with run.cond:
+                run.result.errors.append(f"frame {frame}: output from {src} cannot be decoded: {e}")
+                run.fatal = run.fatal or run.result.errors[-1]
+                run.cond.notify_all()
+            return
+        records = [r for k in got for r in got[k][1]]
+        t_recv = max(v[2] for v in got.values())
+        with run.cond:
+            run.result.frames[frame] = FrameResult(frame, out, t_send, t_recv, records)
+
+    def _on_error(self, src: str, err: Dict[str, Any]) -> None:
+        self.agent_errors.append(err)
+        msg = (f"board {err.get('board')} (partition {err.get('partition')}, stage {err.get('stage')}): "
+               f"{err.get('message')}")
+        run = self._run
+        if run is None:
+            return
+        with run.cond:
+            run.result.errors.append(msg)
+            frame = int(err.get("frame", -1))
+            if frame >= 0 and frame in run.outstanding:
+                run.outstanding.pop(frame)
+                run.failed[frame] = msg
+            run.fatal = run.fatal or msg
+            run.cond.notify_all()
+
+    def _on_lost(self, name: str, why: str) -> None:
+        self.lost[name] = why
+        run = self._run
+        if run is None:
+            return
+        msg = f"lost the connection to the agent of {self.wiring.describe(name)}: {why} (did it crash? see its log)"
+        with run.cond:
+            run.result.errors.append(msg)
+            run.fatal = run.fatal or msg
+            run.cond.notify_all()
+
+    # -- streaming --
+    def encode_frames(self, x: np.ndarray) -> Tuple[List[int], List[List[Tuple[_AgentConn, bytes]]]]:
+        """Messages of every input frame, encoded before the clock starts; frame ids never reused."""
+        x = np.asarray(x)
+        links = self.wiring.input_links
+        shape = tuple(links[0].shape) if links[0].select is None else None
+        with self._lock:
+            ids = list(range(self._next_frame, self._next_frame + len(x)))
+            self._next_frame += len(x)
+        msgs = []
+        for fid, xi in zip(ids, x):
+            if shape is not None and xi.size == int(np.prod(shape)):
+                xi = xi.reshape(shape)
+            msgs.append([(self.conns[c.dst], wire.pack_message(wire.FRAME, frame=fid, stage=wire.HOST_STAGE,
+                                                               part=c.index, payload=c.encode(c.take(xi))))
+                         for c in links])
+        return ids, msgs
+
+    def stream(self, x: np.ndarray, *, in_flight: int = 8, rate: Optional[float] = None,
+               timeout: float = 10.0, progress: Optional[Any] = None) -> StreamResult:
+        """Send every frame of `x` (batch axis first), at most `in_flight` unanswered, at `rate` frames/s if
+        given; return outputs and timestamps. Raises StreamError (with `.result`) when a frame is lost."""
+        if self.lost:
+            name, why = next(iter(self.lost.items()))
+            raise AgentUnreachable(f"the agent of {self.wiring.describe(name)} is gone ({why}): redeploy")
+        ids, msgs = self.encode_frames(x)
+        result = StreamResult(self.wiring, ids)
+        run = _Run(result, len(self.wiring.output_links))
+        self._run = run
+        timeout_ns = int(timeout * 1e9)
+        result.t_start = time.time_ns()
+        t0 = time.perf_counter()
+        try:
+            for i, (fid, parts) in enumerate(zip(ids, msgs)):
+                with run.cond:
+                    while len(run.outstanding) >= in_flight and not run.fatal:
+                        self._wait(run, timeout_ns)
+                    if run.fatal:
+                        break
+                if rate:
+                    delay = t0 + i / rate - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
+                with run.cond:
+                    run.outstanding[fid] = time.time_ns()
+                try:
+                    for conn, msg in parts:
+                        conn.send(msg)
+                except OSError as e:
+                    with run.cond:
+                        run.outstanding.pop(fid, None)
+                        run.failed[fid] = f"could not be sent to {self.wiring.describe(conn.name)}: {e}"
+                        run.fatal = run.fatal or f"frame {fid} " + run.failed[fid]
+                    break
+                if progress and (i + 1) % max(1, len(ids) // 10) == 0:
+                    progress(i + 1, len(ids))
+            # the rest: wait for every frame in flight, each up to its own deadline
+            with run.cond:
+                grace_end = None
+                while run.outstanding:
+                    if run.fatal and self.lost:
+                        # an agent is gone: frames behind it cannot come; give those ahead of it a moment
+                        grace_end = grace_end or time.monotonic() + min(timeout, 2.0)
+                        if time.monotonic() > grace_end:
+                            for f in list(run.outstanding):
+                                run.outstanding.pop(f)
+                                run.failed[f] = "abandoned"
+                            break
+                    self._wait(run, timeout_ns)
+        finally:
+            self._run = None
+            result.t_end = time.time_ns()
+        if not result.complete:
+            raise StreamError(self._explain(run, timeout), result)
+        return result
+
+    def _wait(self, run: _Run, timeout_ns: int) -> bool:
+        """Wait (cond held) for progress; frames past their deadline are moved to `timed_out`. False: no progress."""
+        now = time.time_ns()
+        oldest = min(run.outstanding.values()) if run.outstanding else now
+        remaining = (oldest + timeout_ns - now) / 1e9
+        if remaining <= 0:
+            late = [f for f, t in run.outstanding.items() if now - t >= timeout_ns]
+            for f in late:
+                run.outstanding.pop(f)
+                run.failed[f] = "timeout"
+            run.fatal = run.fatal or "timeout"
+            return True
+        return run.cond.wait(timeout=min(remaining, 0.5))
+
+    def _explain(self, run: _Run, timeout: float) -> str:
+        res = run.result
+        got = len(res.frames)
+        lines = [f"{got} of {len(res.frame_ids)} frames came back"]
+        if res.errors:
+            lines.append(res.errors[0])
+        timed_out = sorted(f for f, why in run.failed.items() if why == "timeout")
+        if timed_out:
+            f = timed_out[0]
+            lines.append(f"frame {f} did not come back within {timeout:g} s: {self.last_seen(f)}")
+            if len(timed_out) > 1:
+                lines.append(f"{len(timed_out) - 1} more frame(s) timed out")
+        abandoned = sum(1 for why in run.failed.values() if why == "abandoned")
+        not_sent = len(res.frame_ids) - got - len(run.failed)
+        if abandoned or not_sent > 0:
+            lines.append(f"{abandoned} frame(s) in flight abandoned, {max(not_sent, 0)} not sent after the failure")
+        return "; ".join(lines)
+
+    def last_seen(self, frame: int) -> str:
+        """Ask every agent, in stage order, what it knows of `frame`: where it was last seen."""
+        w = self.wiring
+        seen, notes = None, []
+        for name in sorted(w.endpoints, key=lambda n: (w.stages[n], n)):
+            try:
+                state = self.ping(name, frame=frame, timeout=1.0).get("frame_state", "unknown")
+            except (AgentUnreachable, OSError) as e:
+                notes.append(f"{w.describe(name)} does not answer ({e})")
+                continue
+            if state != "unknown":
+                seen = (name, state)
+            else:
+                notes.append(f"{w.describe(name)} has no trace of it")
+        where = (f"last seen at {w.describe(seen[0])}: {seen[1]}" if seen else "no board has seen it")
+        return "; ".join([where] + notes[:3])
+
+
+def run_frames(wiring: Wiring, x: np.ndarray, **kw) -> StreamResult:
+    """Connect, stream `x`, disconnect."""
+    with Pipeline(wiring) as pipe:
+        return pipe.stream(x, **kw)
