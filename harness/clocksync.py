@@ -130,11 +130,6 @@ class ClockModel:
         }
 
 
-def host_clock() -> int:
-    """The host clock all measurements are expressed in (monotonic, ns)."""
-    return time.monotonic_ns()
-
-
 def synchronise(probes: Dict[str, Callable[[], Probe]], n: int = 64) -> Dict[str, OffsetEstimate]:
     """One burst per board; returns the offset estimate of each board."""
     return {board: estimate(burst(fn, n)) for board, fn in probes.items()}

@@ -201,45 +201,94 @@ def attribute(frames: Sequence[FrameTiming], topo: Topology,
     return Attribution(e2e, hops, parts, crit, order)
 
 
-@dataclass
-class StreamResult:
-    """What a stream of frames gave: timings plus how they were sent."""
-
-    mode: str  # "single" (one frame in flight) or "stream" (sustained, several in flight)
-    frames: List[FrameTiming]
-    rate_hz: Optional[float] = None  # offered rate (None: as fast as the rack takes them)
-    payload_bytes: Dict[str, int] = field(default_factory=dict)  # link name -> bytes per frame
-
-    @property
-    def throughput_hz(self) -> float:
-        if len(self.frames) < 2:
-            return float("nan")
-        first = min(f.t_host_send for f in self.frames)
-        last = max(f.t_host_recv for f in self.frames)
-        return (len(self.frames) - 1) / ((last - first) / 1e9) if last > first else float("nan")
+def throughput_hz(frames: Sequence[FrameTiming]) -> float:
+    """Frames per second from the first send to the last receive."""
+    if len(frames) < 2:
+        return float("nan")
+    span = max(f.t_host_recv for f in frames) - min(f.t_host_send for f in frames)
+    return (len(frames) - 1) / (span / 1e9) if span > 0 else float("nan")
 
 
-def report(result: StreamResult, topo: Topology, to_host: Mapping[str, Callable[[float], float]]) -> Dict[str, object]:
-    """A JSON-able report of one stream: stats per hop, critical-path breakdown, throughput."""
-    att = attribute(result.frames, topo, to_host)
+def report(mode: str, frames: Sequence[FrameTiming], topo: Topology, to_host: Mapping[str, Callable[[float], float]],
+           rate_hz: Optional[float] = None, in_flight: int = 1) -> Dict[str, object]:
+    """A JSON-able report of one run: stats per hop, critical-path breakdown, throughput."""
+    att = attribute(frames, topo, to_host)
     return {
-        "mode": result.mode,
-        "frames": len(result.frames),
-        "rate_hz": result.rate_hz,
-        "throughput_hz": result.throughput_hz,
+        "mode": mode,
+        "frames": len(frames),
+        "in_flight": in_flight,
+        "rate_hz": rate_hz,
+        "throughput_hz": throughput_hz(frames),
         "hops": att.order,
         "stats": att.summary(),
         "breakdown_p50_us": att.breakdown_p50(),
-        "payload_bytes": result.payload_bytes,
         "boards": dict(topo.boards),
     }
 
 
 def format_report(rep: Mapping[str, object]) -> str:
     """The stats of one report as an aligned text table (us)."""
-    lines = [f"{rep['mode']}: {rep['frames']} frames"
-             + (f", throughput {rep['throughput_hz']:.0f} frames/s" if not math.isnan(rep["throughput_hz"]) else "")]
-    lines.append(f"  {'hop':34s} {'p50':>9s} {'p90':>9s} {'p99':>9s} {'max':>9s} {'jitter':>9s}   (us)")
+    head = f"{rep['mode']}: {rep['frames']} frames, {rep['in_flight']} in flight"
+    if rep.get("rate_hz"):
+        head += f", offered {rep['rate_hz']:g} frames/s"
+    if not math.isnan(rep["throughput_hz"]):
+        head += f", throughput {rep['throughput_hz']:.0f} frames/s"
+    lines = [head, f"  {'hop':34s} {'p50':>9s} {'p90':>9s} {'p99':>9s} {'max':>9s} {'jitter':>9s}   (us)"]
     for name, s in rep["stats"].items():
         lines.append(f"  {name:34s} " + " ".join(f"{s[k]:9.1f}" for k in ("p50", "p90", "p99", "max", "jitter")))
     return "\n".join(lines)
+
+
+# --- measuring a wired rack -------------------------------------------------------------------------
+def probe_partitions(wiring) -> Dict[str, str]:
+    """board -> one partition on it (whose agent answers that board's clock probes)."""
+    out: Dict[str, str] = {}
+    for part, ep in wiring.endpoints.items():
+        out.setdefault(ep.board, part)
+    return out
+
+
+def clock_offsets(pipe, wiring, probes: int = 64):
+    """One burst of four-timestamp probes per board: {board: OffsetEstimate}."""
+    from . import clocksync
+
+    return {b: clocksync.estimate(clocksync.burst(lambda p=p: pipe.probe(p), probes))
+            for b, p in probe_partitions(wiring).items()}
+
+
+@dataclass
+class RackRun:
+    """What `measure_rack` gives: a report per mode, the clocks, and the outputs in input order."""
+
+    reports: Dict[str, Dict[str, object]]
+    clocks: Dict[str, Dict[str, object]]
+    outputs: np.ndarray
+    payload_bytes: Dict[str, int]
+
+
+def measure_rack(pipe, wiring, plan, x: np.ndarray, *, rate: Optional[float] = None, in_flight: int = 8,
+                 single: bool = True, probes: int = 64, timeout: float = 10.0,
+                 progress: Callable[[str], None] = lambda s: None) -> RackRun:
+    """Clock probes, single frames (one in flight), a sustained stream, clock probes again; attribute both runs.
+
+    x: the frames (batch axis first). Outputs are those of the single-frame run when there is one.
+    """
+    from . import clocksync
+
+    topo = Topology.from_plan(plan, {p: ep.board for p, ep in wiring.endpoints.items()})
+    progress(f"clock probes ({probes} per board) before the run")
+    before = clock_offsets(pipe, wiring, probes)
+    runs = {}
+    if single:
+        progress(f"single frames: {len(x)}, one in flight")
+        runs["single"] = (pipe.stream(x, in_flight=1, timeout=timeout), 1, None)
+    progress(f"stream: {len(x)} frames, {in_flight} in flight" + (f", {rate:g} frames/s offered" if rate else ""))
+    runs["stream"] = (pipe.stream(x, in_flight=in_flight, rate=rate, timeout=timeout), in_flight, rate)
+    progress("clock probes after the run")
+    after = clock_offsets(pipe, wiring, probes)
+    clocks = clocksync.models(before, after)
+    to_host = {b: m.to_host for b, m in clocks.items()}
+    reports = {mode: report(mode, r.timings(), topo, to_host, rate_hz=rt, in_flight=k) for mode, (r, k, rt) in runs.items()}
+    first = runs["single" if single else "stream"][0]
+    return RackRun(reports, {b: m.to_dict() for b, m in clocks.items()}, first.outputs(),
+                   {link_name(c.src, c.dst): c.payload_bytes for c in plan.links})
