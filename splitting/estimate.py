@@ -130,12 +130,22 @@ class Estimate:
     cycles: float
     interval: float
     estimator: str
+    note: str = ""  # set by the planner when a figure was raised to that of a run it contains
 
     def utilization(self, board: Board) -> Dict[str, float]:
         return {r: float(getattr(self, r)) / board.capacity(r) for r in ("lut", "ff", "dsp", "bram")}
 
     def peak(self, board: Board) -> float:
         return max(self.utilization(board).values())
+
+    def at_least(self, other: "Estimate", why: str) -> "Estimate":
+        """Each figure raised to `other`'s where that is larger (a design holding `other`'s layers cannot
+        need less); `note` says so when anything was raised."""
+        figs = ("lut", "ff", "dsp", "bram", "cycles", "interval")
+        if all(getattr(self, f) >= getattr(other, f) for f in figs):
+            return self
+        note = why if not self.note or self.note == why else f"{self.note}; {why}"
+        return replace(self, **{f: max(getattr(self, f), getattr(other, f)) for f in figs}, note=note)
 
     def __add__(self, other: "Estimate") -> "Estimate":
         names = sorted(set(self.estimator.split("+")) | set(other.estimator.split("+")), key=_estimator_order)

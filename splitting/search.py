@@ -1,0 +1,499 @@
+"""Search for a partition plan: cut points, neuron/input splits, per-partition precision and reuse factor.
+
+The model is a chain of layers; a *boundary* is a place between two layers where `split.split_model` can cut
+(not between a linear layer and the activation layer that follows it). A plan is a path of *stage options*
+from boundary 0 to the end:
+
+  layers  one partition running layers i..j-1 (i, j boundaries), on one board
+  neuron  a Dense/Conv2D layer (with the activation layers right after it) split by output units/filters into
+          k parts, k boards in parallel (only when its activations are element-wise: a softmax would have to
+          move behind the join, which split_model does with an extra stage we do not model)
+  input   the same layer split by inputs/input channels into k partial sums (k boards), then a join stage (one
+          board) that sums them and applies the activations
+
+Splits are considered only for layers that do not fit one board alone under any configuration (the issue's
+rule), with k = 2..max_parts. Every partition of an option takes its own configuration (precision, reuse
+factor, strategy) among the candidates; a configuration is usable when every resource is under the cap.
+The join of an input split is a Dense/1x1 Conv whose kernel is k stacked identity matrices: under the
+Latency strategy hls4ml's constant weights let HLS fold the products by 0 and 1 away, so it is planned with
+Latency, reuse 1, and estimated as the k-operand sum (an Add, to rule4ml) plus the activations.
+
+Costs of a plan, as the issue defines them:
+  boards          number of partitions
+  latency_us      sum over stages of (slowest partition's cycles / board clock) plus, per hop (host -> first
+                  stage, stage -> stage, last stage -> host), the software overhead plus the busiest end's
+                  bytes on the link: a stage of k neuron parts receives k copies of its input, a join receives
+                  k partial sums (bytes from the boundary contracts' AXI-stream packing)
+  interval_cycles the slowest stage's initiation interval
+
+Exact search: a label-setting dynamic programme over boundaries keeps, at each boundary, every
+non-dominated (boards, latency, interval) triple reachable. Each objective's optimum and the Pareto front
+are read off the labels at the end, so they are exact for the estimates. Should a boundary hold more than
+`max_labels` labels (not seen on our models), the worst by a normalised sum are dropped and the result says
+`exact: false`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from itertools import product
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .catalog import DEFAULT_CAP, Board
+from .contract import Packing
+from .errors import UserError
+from .estimate import Estimate, Estimator, HlsConfig, LayerSpec, input_part, join_layers, neuron_part
+
+OBJECTIVES = ("boards", "latency", "interval")
+ELEMENTWISE = ("linear", "relu", "sigmoid", "tanh", "hard_sigmoid", "elu", "selu", "softplus", "softsign",
+               "leaky_relu", "relu6", "swish", "silu", "gelu", "exponential", "hard_silu", "hard_swish")
+SPLITTABLE = ("Dense", "Conv2D")
+
+
+_ONE_CYCLE = Estimate(0, 0, 0, 0, 1, 1, "floor")
+
+
+class NoFitError(UserError):
+    """No plan fits: the message names the layer and the smallest utilisation reachable."""
+
+
+@dataclass
+class SearchOptions:
+    board: Board
+    cap: float = DEFAULT_CAP
+    objective: str = "boards"
+    precisions: Tuple[str, ...] = ("ap_fixed<16,6>",)
+    reuse_factors: Tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    strategies: Tuple[str, ...] = ("Latency", "Resource")
+    max_parts: int = 16
+    boards_available: Optional[int] = None
+    hop_overhead_us: float = 100.0
+    link_gbps: Optional[float] = None  # default: the board's link
+    data_width: int = 32
+    max_labels: int = 20000
+    monotone: bool = True  # raise a run's figures to those of the runs it contains; at least 1 cycle
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise UserError(f"objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+        if not 0 < self.cap <= 1.0:
+            raise UserError(f"--max-util {self.cap}: give a fraction in (0, 1], e.g. 0.8")
+        if self.max_parts < 2:
+            raise UserError("--max-parts must be at least 2")
+        if self.boards_available is not None and self.boards_available < 1:
+            raise UserError("--boards-available must be at least 1")
+
+    @property
+    def configs(self) -> List[HlsConfig]:
+        return [HlsConfig(p, r, s) for p, s, r in product(self.precisions, self.strategies, self.reuse_factors)]
+
+    @property
+    def gbps(self) -> float:
+        return self.link_gbps or self.board.link_gbps
+
+
+@dataclass
+class PartChoice:
+    """One partition of a planned stage."""
+
+    kind: str  # layers, neuron, input, join
+    layers: List[str]
+    specs: Tuple[LayerSpec, ...]
+    config: HlsConfig
+    estimate: Estimate
+    split: Optional[Dict] = None
+
+
+@dataclass
+class StageChoice:
+    kind: str
+    parts: List[PartChoice]
+    hop_in_bytes: int  # bytes the busiest end of the incoming hop moves per frame
+    hop_in_us: float
+
+    @property
+    def cycles(self) -> float:
+        return max(p.estimate.cycles for p in self.parts)
+
+    @property
+    def interval(self) -> float:
+        return max(p.estimate.interval for p in self.parts)
+
+
+@dataclass
+class PlanChoice:
+    """A planned partitioning with its estimated costs."""
+
+    stages: List[StageChoice]
+    boards: int
+    latency_us: float
+    interval_cycles: float
+    out_hop_us: float
+    exact: bool = True
+    cut_after: List[str] = field(default_factory=list)
+    neurons: Dict[str, int] = field(default_factory=dict)
+    inputs: Dict[str, int] = field(default_factory=dict)
+
+    @property
+    def partitions(self) -> List[PartChoice]:
+        return [p for s in self.stages for p in s.parts]
+
+    def describe(self) -> str:
+        bits = []
+        if self.cut_after:
+            bits.append("cut after " + ", ".join(self.cut_after))
+        bits += [f"{n} neuron-split x{k}" for n, k in self.neurons.items()]
+        bits += [f"{n} input-split x{k}" for n, k in self.inputs.items()]
+        return "; ".join(bits) or "one board, no cut"
+
+
+@dataclass
+class _Option:
+    """A transition between boundaries: one stage, or for an input split two (parts, then join)."""
+
+    start: int
+    end: int
+    stages: List[StageChoice]
+    cut_after: Optional[str]  # the layer a `layers` stage ends with (a cut, unless it ends the model)
+    split: Optional[Tuple[str, str, int]] = None  # (layer, "neuron"|"input", k)
+
+    @property
+    def boards(self) -> int:
+        return sum(len(s.parts) for s in self.stages)
+
+    def latency(self, clock_mhz: float) -> float:
+        return sum(s.cycles / clock_mhz + s.hop_in_us for s in self.stages)
+
+    @property
+    def interval(self) -> float:
+        return max(s.interval for s in self.stages)
+
+
+@dataclass
+class SearchResult:
+    best: PlanChoice
+    pareto: List[PlanChoice]
+    candidates: int  # (partition, configuration) pairs estimated
+    stats: Dict[str, int]
+
+
+# ---------------------------------------------------------------------------------------------------------
+def boundaries(specs: Sequence[LayerSpec]) -> List[int]:
+    """Boundaries where split_model accepts a cut: not between a linear layer and its activation layer."""
+    out = [0]
+    for i in range(1, len(specs)):
+        prev, nxt = specs[i - 1], specs[i]
+        if nxt.kind == "Activation" and prev.kind != "Activation" and prev.activation == "linear":
+            continue
+        out.append(i)
+    out.append(len(specs))
+    return out
+
+
+def group_end(specs: Sequence[LayerSpec], i: int) -> int:
+    """The split layer at i and the activation layers right after it (they go into the parts/join)."""
+    e = i + 1
+    while e < len(specs) and specs[e].kind == "Activation":
+        e += 1
+    return e
+
+
+def _bytes(elements: int, precision: str, data_width: int) -> int:
+    p = Packing.for_elements(elements, precision, data_width)
+    return p.beats * p.bytes_per_beat
+
+
+def _split_sizes(n: int, k: int) -> List[int]:
+    return [n // k + (1 if j < n % k else 0) for j in range(k)]
+
+
+class Planner:
+    """Enumerates candidate partitions, estimates them in batches, and runs the dynamic programme."""
+
+    def __init__(self, specs: Sequence[LayerSpec], estimator: Estimator, options: SearchOptions, progress=None):
+        if not specs:
+            raise UserError("the model has no layers")
+        self.specs = list(specs)
+        self.est = estimator
+        self.opt = options
+        self.board = options.board
+        self.progress = progress or (lambda msg: None)
+        self.link_precision = options.precisions[0]  # split_model puts one type on every link
+        self.bounds = boundaries(self.specs)
+        self.n_estimates = 0
+
+    # -- helpers ----------------------------------------------------------------------------------------
+    def _elements_at(self, b: int) -> int:
+        shape = self.specs[b].input_shape if b < len(self.specs) else self.specs[-1].output_shape
+        return math.prod(shape)
+
+    def _hop_us(self, nbytes: int) -> float:
+        return self.opt.hop_overhead_us + nbytes * 8 / (self.opt.gbps * 1e3)
+
+    def _fits(self, e: Estimate) -> bool:
+        return e.peak(self.board) <= self.opt.cap + 1e-12
+
+    def _estimate(self, requests) -> List[Estimate]:
+        self.n_estimates += len(requests)
+        out = self.est.estimate_many(requests)
+        if self.opt.monotone:  # a clocked design takes at least one cycle per frame
+            out = [e.at_least(_ONE_CYCLE, "raised to 1 cycle (rule4ml predicted less)") for e in out]
+        return out
+
+    @staticmethod
+    def _pareto_configs(pairs: List[Tuple[HlsConfig, Estimate]]) -> List[Tuple[HlsConfig, Estimate]]:
+        """Configurations not beaten on both cycles and interval (first listed wins ties)."""
+        keep: List[Tuple[HlsConfig, Estimate]] = []
+        for c, e in sorted(pairs, key=lambda ce: (ce[1].cycles, ce[1].interval)):
+            if not keep or e.interval < min(k[1].interval for k in keep):
+                keep.append((c, e))
+        return keep
+
+    # -- enumeration --------------------------------------------------------------------------------------
+    def options(self) -> Tuple[List[_Option], Dict[int, dict]]:
+        cfgs = self.opt.configs
+        bset = self.bounds
+        segs = [(i, j) for a, i in enumerate(bset) for j in bset[a + 1 :]]
+        self.progress(f"{len(self.specs)} layers, {len(bset) - 1} places to cut, {len(segs)} contiguous runs x {len(cfgs)} configurations")
+        reqs = [(tuple(self.specs[i:j]), c) for (i, j) in segs for c in cfgs]
+        ests = self._estimate(reqs)
+        seg_est: Dict[Tuple[int, int], List[Tuple[HlsConfig, Estimate]]] = {}
+        for n, (i, j) in enumerate(segs):
+            seg_est[(i, j)] = list(zip(cfgs, ests[n * len(cfgs) : (n + 1) * len(cfgs)]))
+
+        if self.opt.monotone:
+            self._monotone(seg_est)
+
+        opts: List[_Option] = []
+        for (i, j), pairs in seg_est.items():
+            feas = self._pareto_configs([(c, e) for c, e in pairs if self._fits(e)])
+            hop = _bytes(self._elements_at(i), self.link_precision, self.opt.data_width)
+            for c, e in feas:
+                part = PartChoice("layers", [s.name for s in self.specs[i:j]], tuple(self.specs[i:j]), c, e)
+                st = StageChoice("layers", [part], hop, self._hop_us(hop))
+                opts.append(_Option(i, j, [st], self.specs[j - 1].name))
+
+        # splits, for layers whose group does not fit one board alone
+        blocked: Dict[int, dict] = {}
+        split_reqs, split_meta = [], []
+        for i in bset[:-1]:
+            layer = self.specs[i]
+            e = group_end(self.specs, i)
+            if e not in bset:
+                continue
+            if any(self._fits(est) for _, est in seg_est[(i, e)]):
+                continue
+            blocked[i] = {"end": e, "single": min(seg_est[(i, e)], key=lambda ce: ce[1].peak(self.board))}
+            if layer.kind not in SPLITTABLE:
+                continue
+            acts = [layer.activation] + [s.activation for s in self.specs[i + 1 : e]]
+            trailing = list(self.specs[i + 1 : e])
+            n_units = layer.units
+            n_fan = layer.input_shape[-1]
+            for k in range(2, self.opt.max_parts + 1):
+                if all(a in ELEMENTWISE for a in acts) and k <= n_units:
+                    specs_n = (neuron_part(layer, _split_sizes(n_units, k)[0]),) + tuple(trailing)
+                    for c in cfgs:
+                        split_reqs.append((specs_n, c))
+                        split_meta.append(("neuron", i, e, k, c))
+                if k <= n_fan:
+                    first = replace(input_part(layer, _split_sizes(n_fan, k)[0]), use_bias=layer.use_bias)
+                    for c in cfgs:
+                        split_reqs.append(((first,), c))
+                        split_meta.append(("input", i, e, k, c))
+                    join = tuple(join_layers(layer, k)) + tuple(s for s in trailing)
+                    for p in self.opt.precisions:
+                        jc = HlsConfig(p, 1, "Latency")
+                        split_reqs.append((join, jc))
+                        split_meta.append(("join", i, e, k, jc))
+        if split_reqs:
+            self.progress(f"{len(blocked)} layer(s) too large for one {self.board.name}: estimating {len(split_reqs)} split parts")
+        split_est = self._estimate(split_reqs)
+        parts: Dict[Tuple[str, int, int], List[Tuple[HlsConfig, Estimate]]] = {}
+        joins: Dict[Tuple[int, int, str], Estimate] = {}
+        for (kind, i, e, k, c), est in zip(split_meta, split_est):
+            if kind == "join":
+                joins[(i, k, c.precision)] = est
+            else:
+                parts.setdefault((kind, i, k), []).append((c, est))
+        for (kind, i, k), pairs in parts.items():
+            e = blocked[i]["end"]
+            layer = self.specs[i]
+            group = [s.name for s in self.specs[i:e]]
+            info = blocked[i].setdefault("splits", [])
+            for c, est in pairs:
+                jest = joins.get((i, k, c.precision)) if kind == "input" else None
+                peak = max(est.peak(self.board), jest.peak(self.board) if jest else 0.0)
+                info.append((peak, kind, k, c, est, jest))
+            feas = self._pareto_configs([(c, est) for c, est in pairs if self._fits(est)])
+            n_in = self._elements_at(i)
+            n_out = self._elements_at(e)
+            for c, est in feas:
+                if kind == "neuron":
+                    sizes = _split_sizes(layer.units, k)
+                    ps = [PartChoice("neuron", group, (neuron_part(layer, sizes[j]),) + tuple(self.specs[i + 1 : e]), c, est,
+                                     {"layer": layer.name, "kind": "neuron", "part": j, "parts": k}) for j in range(k)]
+                    hop = k * _bytes(n_in, self.link_precision, self.opt.data_width)
+                    opts.append(_Option(i, e, [StageChoice("neuron", ps, hop, self._hop_us(hop))], None, (layer.name, "neuron", k)))
+                else:
+                    jest = joins[(i, k, c.precision)]
+                    if not self._fits(jest):
+                        continue
+                    sizes = _split_sizes(layer.input_shape[-1], k)
+                    ps = [PartChoice("input", [layer.name], (input_part(layer, sizes[j]),), c, est,
+                                     {"layer": layer.name, "kind": "input", "part": j, "parts": k}) for j in range(k)]
+                    # the sender of the input slices moves every slice: the whole tensor, padded per slice
+                    per_elem = n_in // layer.input_shape[-1]
+                    hop = sum(_bytes(per_elem * s, self.link_precision, self.opt.data_width) for s in sizes)
+                    jspecs = tuple(join_layers(layer, k)) + tuple(self.specs[i + 1 : e])
+                    jpart = PartChoice("join", group, jspecs, HlsConfig(c.precision, 1, "Latency"), jest,
+                                       {"layer": layer.name, "kind": "join", "parts": k})
+                    jhop = k * _bytes(n_out, self.link_precision, self.opt.data_width)
+                    opts.append(_Option(i, e, [StageChoice("input", ps, hop, self._hop_us(hop)),
+                                               StageChoice("join", [jpart], jhop, self._hop_us(jhop))], None,
+                                        (layer.name, "input", k)))
+        return opts, blocked
+
+    def _monotone(self, seg_est) -> None:
+        """Raise each run's figures to those of the runs it contains, per configuration.
+
+        A partition computing layers i..j-1 holds the logic of every sub-run, so it cannot need fewer
+        resources or cycles. rule4ml, far outside the sizes it was trained on, can predict less for a run
+        than for one of its layers (a 1M-weight model "fitting" at 3% LUT while its first layer alone does
+        not fit); without this rule the planner would trust that. Raised figures carry a note naming the run."""
+        bset = self.bounds
+        nxt = {b: bset[k + 1] for k, b in enumerate(bset[:-1])}
+        prv = {b: bset[k - 1] for k, b in enumerate(bset) if k > 0}
+        for (i, j) in sorted(seg_est, key=lambda ij: ij[1] - ij[0]):
+            subs = [(i, prv[j]), (nxt[i], j)] if nxt[i] < j else []
+            if not subs:
+                continue
+            pairs = seg_est[(i, j)]
+            for n, (c, e) in enumerate(pairs):
+                for sub in subs:
+                    se = seg_est[sub][n][1]
+                    names = f"{self.specs[sub[0]].name}..{self.specs[sub[1] - 1].name}" if sub[1] - sub[0] > 1 else self.specs[sub[0]].name
+                    e = e.at_least(se, f"raised to the estimate of {names}, which it contains (rule4ml predicted less for the whole run)")
+                pairs[n] = (c, e)
+
+    # -- the dynamic programme ------------------------------------------------------------------------------
+    def run(self, pareto: bool = False) -> SearchResult:
+        opts, blocked = self.options()
+        L = len(self.specs)
+        clock = self.board.clock_mhz
+        by_start: Dict[int, List[_Option]] = {}
+        for o in opts:
+            by_start.setdefault(o.start, []).append(o)
+        # label: (boards, latency_us, interval, back) with back = (previous label, option)
+        labels: Dict[int, List[tuple]] = {0: [(0, 0.0, 0.0, None)]}
+        exact = True
+        limit = self.opt.boards_available
+        for b in self.bounds:
+            here = labels.get(b, [])
+            if not here:
+                continue
+            here = _nondominated(here)
+            if len(here) > self.opt.max_labels:
+                exact = False
+                here = sorted(here, key=lambda l: l[0] + l[1] / max(1e-9, here[0][1] or 1) + l[2] / max(1e-9, here[0][2] or 1))
+                here = here[: self.opt.max_labels]
+            labels[b] = here
+            if b == L:
+                break
+            for o in by_start.get(b, []):
+                lat, nb, itv = o.latency(clock), o.boards, o.interval
+                for lab in here:
+                    boards = lab[0] + nb
+                    if limit is not None and boards > limit:
+                        continue
+                    labels.setdefault(o.end, []).append((boards, lab[1] + lat, max(lab[2], itv), (lab, o)))
+        final = _nondominated(labels.get(L, []))
+        if not final:
+            self._raise_no_fit(opts, blocked)
+        out_hop = self._hop_us(_bytes(self._elements_at(L), self.link_precision, self.opt.data_width))
+        plans = [self._plan(lab, out_hop, exact) for lab in final]
+        key = {
+            "boards": lambda p: (p.boards, p.latency_us, p.interval_cycles),
+            "latency": lambda p: (p.latency_us, p.boards, p.interval_cycles),
+            "interval": lambda p: (p.interval_cycles, p.boards, p.latency_us),
+        }[self.opt.objective]
+        front = sorted(plans, key=lambda p: (p.boards, p.latency_us, p.interval_cycles))
+        return SearchResult(min(plans, key=key), front if pareto else [], self.n_estimates, dict(self.est.stats))
+
+    def _plan(self, label, out_hop: float, exact: bool) -> PlanChoice:
+        chain = []
+        lab = label
+        while lab[3] is not None:
+            prev, o = lab[3]
+            chain.append(o)
+            lab = prev
+        chain.reverse()
+        stages = [s for o in chain for s in o.stages]
+        cuts = [o.cut_after for o in chain if o.cut_after and o.end < len(self.specs)]
+        neurons = {o.split[0]: o.split[2] for o in chain if o.split and o.split[1] == "neuron"}
+        inputs = {o.split[0]: o.split[2] for o in chain if o.split and o.split[1] == "input"}
+        return PlanChoice(stages, label[0], label[1] + out_hop, label[2], out_hop, exact, cuts, neurons, inputs)
+
+    def _raise_no_fit(self, opts: List[_Option], blocked: Dict[int, dict]) -> None:
+        covered = set()
+        for o in opts:
+            covered.update(range(o.start, o.end))
+        cap = f"{self.opt.cap:.0%}"
+        for i in range(len(self.specs)):
+            if i in covered:
+                continue
+            start = max(b for b in self.bounds if b <= i)
+            info = blocked.get(start)
+            layer = self.specs[start]
+            if info is None:  # cannot happen for a chain: every layer is in some run; kept for a clear message
+                raise NoFitError(f"layer {self.specs[i].name} cannot be placed on a {self.board.name}")
+            best_c, best_e = info["single"]
+            peak, res = _peak(best_e, self.board)
+            how = f"alone at {_cfg(best_c)}"
+            for sp, kind, k, c, est, jest in info.get("splits", []):
+                if sp < peak:
+                    worst = est if est.peak(self.board) >= (jest.peak(self.board) if jest else 0) else jest
+                    peak, res = _peak(worst, self.board)
+                    how = f"{kind}-split in {k} parts at {_cfg(c)}" + (" (the join is the limit)" if worst is jest else "")
+            what = f"{layer.kind} {'x'.join(map(str, layer.input_shape))} -> {'x'.join(map(str, layer.output_shape))}"
+            hint = (
+                f"raise --max-parts (now {self.opt.max_parts}), allow smaller precisions (--precisions) or larger reuse factors, "
+                "or choose a larger board"
+                if layer.kind in SPLITTABLE
+                else "this layer type cannot be split: reduce it, or choose a larger board"
+            )
+            raise NoFitError(
+                f"layer {layer.name} ({what}) does not fit a {self.board.name} under the {cap} cap: the smallest "
+                f"utilisation reachable is {peak:.0%} of {res.upper()} ({how}); {hint}"
+            )
+        need = min((o.boards for o in opts), default=0)
+        raise NoFitError(
+            f"no plan fits in {self.opt.boards_available} board(s) of type {self.board.name} under the {cap} cap "
+            f"(a single stage already needs up to {need}); raise --boards-available or drop it"
+        )
+
+
+def _nondominated(labels: List[tuple]) -> List[tuple]:
+    """Labels not dominated on (boards, latency, interval); equal triples keep the first."""
+    labels = sorted(labels, key=lambda l: (l[0], l[1], l[2]))
+    keep: List[tuple] = []
+    for lab in labels:
+        if any(k[0] <= lab[0] and k[1] <= lab[1] + 1e-9 and k[2] <= lab[2] for k in keep):
+            continue
+        keep.append(lab)
+    return keep
+
+
+def _peak(e: Estimate, board: Board) -> Tuple[float, str]:
+    u = e.utilization(board)
+    r = max(u, key=u.get)
+    return u[r], r
+
+
+def _cfg(c: HlsConfig) -> str:
+    return f"{c.precision} reuse {c.reuse_factor} {c.strategy}"
+
+
+def plan_search(specs: Sequence[LayerSpec], estimator: Estimator, options: SearchOptions, pareto: bool = False,
+                progress=None) -> SearchResult:
+    return Planner(specs, estimator, options, progress).run(pareto)
