@@ -61,6 +61,7 @@ class Board:
     power_cycle: Optional[List[str]] = None  # local command (argument list) that power-cycles the board
     timing: Optional[str] = None  # virtual boards: "estimate" makes the agent take the FPGA's time
     line: int = 0  # line of its [[boards]] header in the rack file, for messages
+    field_lines: Dict[str, int] = field(default_factory=dict, repr=False, compare=False)  # field -> line
 
     @property
     def virtual(self) -> bool:
@@ -143,10 +144,10 @@ def _check_no_secrets(d: Any, path: Path, lines: _Lines, trail: str = "") -> Non
             _check_no_secrets(v, path, lines, f"{trail}{k}.")
     elif isinstance(d, list):
         for i, v in enumerate(d):
-            _check_no_secrets(v, path, lines, f"{trail}[{i}].")
+            _check_no_secrets(v, path, lines, f"{trail.rstrip('.')}[{i}].")
 
 
-_BOARD_FIELDS = {f.name: f for f in fields(Board) if f.name != "line"}
+_BOARD_FIELDS = {f.name: f for f in fields(Board) if f.name not in ("line", "field_lines")}
 
 
 def _board_from(d: Dict[str, Any], path: Path, line: int, keys: Dict[str, int]) -> Board:
@@ -176,7 +177,7 @@ def _board_from(d: Dict[str, Any], path: Path, line: int, keys: Dict[str, int]) 
         p = Path(text(name)).expanduser()
         return p if p.is_absolute() else (path.parent / p).resolve()
 
-    out: Dict[str, Any] = {"line": line}
+    out: Dict[str, Any] = {"line": line, "field_lines": dict(keys)}
     out["name"] = text("name")
     if not _NAME_RE.match(out["name"]):
         raise RackError(f"{where('name')}: {out['name']!r}: use letters, digits, '.', '_' or '-' (at most 63)")
@@ -282,7 +283,8 @@ def load_rack(path) -> Rack:
     rack = parse_rack(path.read_text(), path.resolve())
     for b in rack.boards:
         if not b.key.is_file():
-            raise RackError(f"{path}:{b.line}: key: {b.key} not found; create it with ssh-keygen or fix the path")
+            ln = b.field_lines.get("key", b.line)
+            raise RackError(f"{path}:{ln}: key: {b.key} not found; create it with ssh-keygen or fix the path")
     return rack
 
 
@@ -307,7 +309,7 @@ def dump_rack(rack: Rack, comment: str = "") -> str:
     for b in rack.boards:
         out += ["", "[[boards]]"]
         for f in fields(Board):
-            if f.name == "line":
+            if f.name in ("line", "field_lines"):
                 continue
             v = getattr(b, f.name)
             if v is None or (f.name not in ("name", "host", "kind", "key") and v == getattr(defaults, f.name)
