@@ -7,6 +7,8 @@ command -v g++ >/dev/null || need+=(g++)
 # chromium (+ driver): the dashboard test renders the page headless and checks its console
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+# iproute2: network-namespace racks and the tbf ground-truth test of the per-hop measurement
+command -v tc >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "setup: missing system packages: ${need[*]} (install them with apt-get as root)" >&2; exit 1
