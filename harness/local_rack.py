@@ -111,7 +111,7 @@ class LocalRack:
             from splitting import hls  # the lead's module: builds (or finds in the cache) the library
 
             lib = hls.emulation(plan, name)
-            return emulation_backend(plan, name, lib.library, lib.project)
+            return emulation_backend(plan, name, os.path.abspath(lib.library), lib.project)
         if isinstance(backends, Mapping) and name in backends:
             return dict(backends[name])
         raise LocalRackError(f"no backend for partition {name}: give 'passthrough', 'emulation' or a dict per partition")
@@ -130,6 +130,10 @@ class LocalRack:
             ready = json.loads(line)
             port = int(ready["port"])
         except (ValueError, KeyError, TypeError):
+            try:
+                proc.wait(timeout=2)  # it said nothing: it is probably exiting with its reason on stderr
+            except subprocess.TimeoutExpired:
+                pass
             err = proc.stderr.read().decode(errors="replace") if proc.poll() is not None else ""
             self._kill(proc)
             raise LocalRackError(f"agent of {name} did not come up: {err.strip() or line or 'no ready line'} "

@@ -1,0 +1,156 @@
+"""Agents as local processes (passthrough backend): frames through chains and fan-out/join, timestamps,
+clock probes, health, the timing model, clean shutdown and restart."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from harness.local_rack import LocalRack, identity_plan
+from harness.stream import Pipeline, StreamError
+from harness.wiring import Wiring
+
+DTYPE = "ap_fixed<16,6>"
+
+
+def _expected(plan, x):
+    c = plan.links[0]  # identity plans: the output is the input, quantised once by the wire type
+    return np.stack([c.decode(c.encode(v)) for v in x])
+
+
+@pytest.fixture(scope="module")
+def fan_rack(tmp_path_factory):
+    """host -> s0 -> {n0, n1, n2} (each a slice) -> join (concat) -> s1 -> host; s1's clock is skewed."""
+    plan = identity_plan(2, shape=(4, 12), dtype=DTYPE, fan=3)
+    rack = LocalRack(tmp_path_factory.mktemp("fan"))
+    wiring = rack.start(plan, clock_skew_ns={"s1": 250_000_000}, in_flight=4)
+    yield plan, rack, wiring
+    rack.stop()
+
+
+def test_fan_out_and_join_reassemble_every_frame_exactly(fan_rack):
+    plan, rack, wiring = fan_rack
+    x = np.random.default_rng(3).uniform(-40, 40, (120, 4, 12))  # beyond ap_fixed<16,6>: wraps, as on a board
+    with Pipeline(wiring) as pipe:
+        res = pipe.stream(x, in_flight=6, timeout=20)
+    assert res.complete
+    np.testing.assert_array_equal(res.outputs(), _expected(plan, x))
+
+
+def test_every_partition_stamps_every_frame_in_order(fan_rack):
+    plan, rack, wiring = fan_rack
+    x = np.random.default_rng(4).uniform(-4, 4, (40, 4, 12))
+    with Pipeline(wiring) as pipe:
+        res = pipe.stream(x, in_flight=4)
+    for f in res.frame_ids:
+        st = res.stamps(f)
+        assert set(st) == set(plan.partitions)
+        for name, d in st.items():
+            assert d["stage"] == plan.partition(name).stage
+            assert d["t_recv"] <= d["t_compute_start"] <= d["t_compute_end"] <= d["t_send"]
+            assert set(d["t_recv_by_src"]) == {c.src for c in plan.inputs_of(name)}
+        # one clock for all unskewed local agents: causality holds along every link
+        for c in plan.links:
+            if "s1" in (c.src, c.dst) or "host" in (c.src, c.dst):
+                continue
+            assert st[c.src]["t_send"] <= st[c.dst]["t_recv_by_src"][c.src]
+        assert res.frames[f].t_send <= st["s0"]["t_recv"]
+        # s1 runs 250 ms ahead: its stamps say so (the skew is for testing clock-offset estimation)
+        assert st["s1"]["t_recv"] - st["join"]["t_send"] > 200_000_000
+        assert st["s1"]["t_send"] - res.frames[f].t_recv > 200_000_000
+
+
+def test_clock_probe_measures_the_skew(fan_rack):
+    plan, rack, wiring = fan_rack
+    with Pipeline(wiring) as pipe:
+        for name, skew in (("s0", 0), ("s1", 250_000_000)):
+            probes = [pipe.probe(name) for _ in range(30)]
+            best = min(probes, key=lambda p: (p[3] - p[0]) - (p[2] - p[1]))
+            t1, t2, t3, t4 = best
+            assert t1 <= t4 and t2 <= t3
+            offset = ((t2 - t1) + (t3 - t4)) / 2
+            assert abs(offset - skew) <= (t4 - t1) / 2 + 1000  # the NTP bound: half the round trip
+
+
+def test_ping_reports_health_and_what_happened_to_a_frame(fan_rack):
+    plan, rack, wiring = fan_rack
+    with Pipeline(wiring) as pipe:
+        res = pipe.stream(np.zeros((3, 4, 12)))
+        h = pipe.ping("join", frame=res.frame_ids[1])
+        assert h["partition"] == "join" and h["plan_hash"] == plan.hash
+        assert h["frames_done"] >= 3 and h["free_memory"] > 0 and h["free_disk"] > 0
+        assert h["frame_state"] == "sent"
+        assert pipe.ping("n1", frame=10**9)["frame_state"] == "unknown"
+
+
+def test_wiring_round_trips_through_json(fan_rack, tmp_path):
+    plan, rack, wiring = fan_rack
+    again = Wiring.load(wiring.save(tmp_path / "wiring.json"))
+    assert again.to_dict() == wiring.to_dict()
+    x = np.random.default_rng(5).uniform(-4, 4, (5, 4, 12))
+    with Pipeline(again) as pipe:
+        np.testing.assert_array_equal(pipe.stream(x).outputs(), _expected(plan, x))
+
+
+def test_timing_model_makes_each_stage_take_the_fpga_time_and_stages_overlap(tmp_path):
+    plan = identity_plan(3, shape=(8,))
+    cycles = 300_000  # 3 ms at 100 MHz
+    with LocalRack(tmp_path) as rack:
+        wiring = rack.start(plan, timing={"cycles": cycles, "clock_mhz": 100})
+        with Pipeline(wiring) as pipe:
+            res = pipe.stream(np.zeros((12, 8)), in_flight=6)
+    busy = []
+    for f in res.frame_ids:
+        for name, d in res.stamps(f).items():
+            assert d["t_compute_end"] - d["t_compute_start"] >= 3_000_000  # never faster than the FPGA
+            busy.append((d["t_compute_start"], d["t_compute_end"], name))
+    # pipelining: some stage computes a frame while another stage computes a different one
+    overlaps = sum(1 for a in busy for b in busy if a[2] != b[2] and a[0] < b[1] and b[0] < a[1])
+    assert overlaps > 0
+
+
+def test_shutdown_message_and_sigterm_stop_cleanly(tmp_path):
+    plan = identity_plan(2, shape=(8,))
+    rack = LocalRack(tmp_path)
+    wiring = rack.start(plan)
+    pid0 = rack.agents["s0"].folder / "agent-s0.pid"
+    assert pid0.is_file()
+    with Pipeline(wiring) as pipe:
+        pipe.stream(np.zeros((4, 8)))
+        pipe.conns["s0"].send(__import__("harness.agent", fromlist=["x"]).pack_message(7))  # SHUTDOWN
+        assert rack.agents["s0"].proc.wait(timeout=10) == 0
+    assert not pid0.exists()
+    rack.kill("s1", signal.SIGTERM)
+    assert rack.agents["s1"].proc.wait(timeout=10) == 0
+    assert "agent stopped" in rack.agents["s1"].log.read_text()
+    rack.stop()
+
+
+def test_restart_after_a_crash_on_the_same_port(tmp_path):
+    plan = identity_plan(2, shape=(8,))
+    x = np.random.default_rng(6).uniform(-4, 4, (10, 8))
+    with LocalRack(tmp_path) as rack:
+        wiring = rack.start(plan)
+        port = wiring.endpoints["s1"].port
+        rack.kill("s1")  # SIGKILL: stale pidfile, socket in TIME_WAIT
+        rack.agents["s1"].proc.wait(timeout=10)
+        assert (rack.agents["s1"].folder / "agent-s1.pid").exists()
+        again = rack.restart("s1")
+        assert again.endpoint.port == port
+        with Pipeline(wiring) as pipe:  # s0 reconnects to the new s1 on its own
+            res = pipe.stream(x, timeout=10)
+        np.testing.assert_array_equal(res.outputs(), _expected(plan, x))
+
+
+def test_second_agent_with_the_same_pidfile_refuses_to_start(tmp_path):
+    plan = identity_plan(1, shape=(8,))
+    with LocalRack(tmp_path) as rack:
+        rack.start(plan)
+        folder = rack.agents["s0"].folder
+        p = subprocess.run([sys.executable, "agent.py", "config.json"], cwd=folder, capture_output=True,
+                           text=True, timeout=30)
+        assert p.returncode == 3 and "another agent" in p.stderr

@@ -1,0 +1,98 @@
+"""The agent's wire format and its one-file, Python 3.8 constraint (no processes needed)."""
+import ast
+import socket
+import struct
+import threading
+
+import numpy as np
+import pytest
+
+from harness import agent as wire
+from splitting.contract import Contract
+
+AGENT_SRC = wire.__file__
+
+
+def test_agent_is_python38_and_imports_only_stdlib_numpy_and_its_siblings():
+    src = open(AGENT_SRC).read()
+    tree = ast.parse(src, feature_version=(3, 8))  # a board runs Python 3.8: no newer syntax
+    allowed = {"collections", "json", "logging", "os", "queue", "signal", "socket", "struct", "sys", "threading",
+               "time", "traceback", "numpy", "ctypes", "shutil", "__future__",
+               "contract", "emulation", "splitting", "pynq"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name.split(".")[0] for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [(node.module or "").split(".")[0]]
+        else:
+            continue
+        assert set(names) <= allowed, f"agent.py imports {names}: a board has only stdlib, numpy (and pynq)"
+
+
+def test_header_and_record_layout_is_fixed():
+    # the layout is the wire contract with boards running older copies: changing it needs a version bump
+    assert wire.HEADER.size == 24 and wire.RECORD.size == 40
+    msg = wire.pack_message(wire.FRAME, frame=2**40 + 3, stage=2, part=1, payload=b"abc",
+                            records=[(1, 4, 0xFFFF, 0, 10, 20, 30, 40)])
+    magic, ver, mtype, frame, stage, part, length, nrec = struct.unpack_from("<2sBBqHHIH2x", msg)
+    assert (magic, ver, mtype, frame, stage, part, length, nrec) == (b"SR", 1, wire.FRAME, 2**40 + 3, 2, 1, 3, 1)
+    assert struct.unpack_from("<hHHHqqqq", msg, 24) == (1, 4, 0xFFFF, 0, 10, 20, 30, 40)
+    assert msg[64:] == b"abc"
+
+
+def _pair():
+    a, b = socket.socketpair()
+    return a, b
+
+
+def test_reader_reassembles_messages_split_across_and_merged_in_segments():
+    c = Contract("host", "p0", (300,), "ap_fixed<16,6>")
+    x = np.random.default_rng(0).uniform(-30, 30, (5, 300))
+    msgs = [wire.pack_message(wire.FRAME, frame=i, payload=c.encode(x[i]), records=[(0, 0, 1, 0, i, i, i, i)] * i)
+            for i in range(5)]
+    blob = b"".join(msgs)
+    a, b = _pair()
+
+    def writer():  # odd chunk sizes: headers and payloads cut anywhere, several messages per chunk
+        for i in range(0, len(blob), 37):
+            a.sendall(blob[i:i + 37])
+        a.close()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    r = wire.Reader(b, size=64)  # smaller than one message: the buffer has to grow
+    for i in range(5):
+        mtype, frame, stage, part, records, payload = r.message()
+        assert (mtype, frame, len(records)) == (wire.FRAME, i, i)
+        assert np.array_equal(c.decode(payload), c.decode(c.encode(x[i])))
+    with pytest.raises(EOFError):
+        r.message()
+    t.join()
+    b.close()
+
+
+def test_reader_refuses_foreign_bytes():
+    a, b = _pair()
+    a.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    with pytest.raises(wire.ProtocolError, match="not a splitrack agent"):
+        wire.Reader(b).message()
+    a.close()
+    b.close()
+
+
+def test_reader_refuses_absurd_lengths():
+    a, b = _pair()
+    a.sendall(struct.pack("<2sBBqHHIH2x", b"SR", 1, 1, 0, 0, 0, 2**31, 0))
+    with pytest.raises(wire.ProtocolError, match="refusing"):
+        wire.Reader(b).message()
+    a.close()
+    b.close()
+
+
+def test_wait_until_is_never_early():
+    import time
+
+    for d in (0, 50_000, 300_000, 2_000_000):
+        t0 = time.perf_counter_ns()
+        wire.wait_until(t0 + d)
+        assert time.perf_counter_ns() - t0 >= d
