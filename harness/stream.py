@@ -260,28 +260,34 @@ class Pipeline:
             return
         with run.cond:
             if frame not in run.outstanding:
-                return  # a late frame of an earlier stream, or already failed
+                return  # a late frame of an earlier stream, or one already given up
             got = run.parts.setdefault(frame, {})
             got[(src, part)] = (payload, records, t)
             if len(got) < run.n_out_parts:
                 return
             del run.parts[frame]
-            t_send = run.outstanding.pop(frame)
-            run.cond.notify_all()
+        # decode outside the lock; the frame stays outstanding until its result is stored, so that stream()
+        # never returns before the last result is in
         try:
             links = [self.out_links[k] for k in got]
             values = assemble(links, [c.decode(got[k][0]) for c, k in zip(links, got)])
             out = np.asarray(values).reshape(self.wiring.output_shape)
+            error = None
         except Exception as e:  # a payload that does not match its contract
-            with run.cond:
-                run.result.errors.append(f"frame {frame}: output from {src} cannot be decoded: {e}")
-                run.fatal = run.fatal or run.result.errors[-1]
-                run.cond.notify_all()
-            return
+            error = f"frame {frame}: output from {self.wiring.describe(src)} cannot be decoded: {e}"
         records = [r for k in got for r in got[k][1]]
         t_recv = max(v[2] for v in got.values())
         with run.cond:
-            run.result.frames[frame] = FrameResult(frame, out, t_send, t_recv, records)
+            t_send = run.outstanding.pop(frame, None)
+            if t_send is None:
+                return  # timed out meanwhile
+            if error:
+                run.result.errors.append(error)
+                run.failed[frame] = error
+                run.fatal = run.fatal or error
+            else:
+                run.result.frames[frame] = FrameResult(frame, out, t_send, t_recv, records)
+            run.cond.notify_all()
 
     def _on_error(self, src: str, err: Dict[str, Any]) -> None:
         self.agent_errors.append(err)
