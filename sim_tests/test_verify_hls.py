@@ -1,0 +1,71 @@
+"""hls4ml emulation of the chained partitions against the emulation of the whole model (bit for bit), on the
+FC reference model split all three ways; accuracy on digits; the compiled projects are cached."""
+import json
+
+import numpy as np
+import pytest
+
+from harness.cli import main
+from splitting import hls
+from splitting.plan import Plan
+from splitting.reference import reference_model
+from splitting.split import split_model, write_plan
+from splitting.verify import verify_plan
+
+
+@pytest.fixture(scope="module")
+def fc_plan(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fc_plan")
+    plan, models = split_model(reference_model("fc"), at=["fc1"], neurons={"fc2": 2}, inputs={"fc3": 2})
+    write_plan(plan, models, folder)
+    return Plan.load(folder)
+
+
+def test_split_emulation_is_bit_exact_and_keeps_accuracy(fc_plan):
+    kinds = [s.kind for s in fc_plan.stages]
+    assert kinds == ["layers", "neuron", "input", "join"]
+    v = verify_plan(fc_plan, data="digits", n=450, log=lambda *a: None)
+    assert v.float_ok and v.float_rel_err <= 1e-5
+    assert v.hls_chain_max_abs_err == 0.0 and v.hls_bit_exact
+    assert abs(v.accuracy_split_hls - v.accuracy_keras) <= 0.01  # within 1 point of Keras
+    assert v.accuracy_keras > 0.9
+    # the emulation is not trivially equal to Keras: it is quantised
+    assert v.hls_vs_keras_max_abs_err > 0
+
+
+def test_second_verify_does_not_recompile(fc_plan, monkeypatch, capsys):
+    verify_plan(fc_plan, data="random", n=8, log=lambda *a: None)  # everything compiled (cached) by now
+
+    def no_convert(*a, **k):
+        raise AssertionError("hls4ml conversion ran again for an unchanged plan")
+
+    monkeypatch.setattr(hls, "_convert", no_convert)
+    monkeypatch.setattr(hls, "_loaded", {})  # also reload libraries from the cache folder
+    assert main(["verify", str(fc_plan.root), "--json", "-n", "16"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("float_max_abs_err", "hls_chain_max_abs_err", "accuracy_keras", "accuracy_split_hls",
+                "partitions", "stages"):
+        assert key in out
+    assert out["partitions"] == len(fc_plan.partitions) and out["stages"] == 4
+
+
+def test_verify_fails_when_the_chain_is_wrong(fc_plan, tmp_path, capsys):
+    # corrupt one partition's weights consistently (plan hash and weight hash updated): verify must catch it
+    import keras
+    import shutil
+    from splitting.graph import weights_sha256
+
+    bad = tmp_path / "bad"
+    shutil.copytree(fc_plan.root, bad)
+    plan = Plan.load(bad)
+    p = plan.partition("s2_0")
+    m = keras.models.load_model(bad / p.model_file)
+    w = m.layers[-1].get_weights()
+    w[0][0, 0] += 0.5
+    m.layers[-1].set_weights(w)
+    m.save(bad / p.model_file)
+    p.weights_sha256 = weights_sha256(m)
+    plan.save(bad)
+    assert main(["verify", str(bad), "-n", "64", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert not out["float_ok"] and not out["hls_ok"]
