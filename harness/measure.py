@@ -256,27 +256,6 @@ def clock_offsets(pipe, wiring, probes: int = 64):
             for b, p in probe_partitions(wiring).items()}
 
 
-def _stream(pipe, x, **kw):
-    """pipe.stream, tolerant of one race in harness.stream (first cut): the last frame's result is stored
-    after the stream stops waiting (decoding happens outside the lock), so a complete run can be reported
-    as one frame short. Accept it only when, a moment later, every frame is there and no error was seen."""
-    import time
-
-    from .stream import StreamError
-
-    try:
-        return pipe.stream(x, **kw)
-    except StreamError as e:
-        res = e.result
-        for _ in range(50):
-            if res.errors or not any(f not in res.frames for f in res.frame_ids):
-                break
-            time.sleep(0.01)
-        if res.errors or any(f not in res.frames for f in res.frame_ids):
-            raise
-        return res
-
-
 @dataclass
 class RackRun:
     """What `measure_rack` gives: a report per mode, the clocks, and the outputs in input order."""
@@ -305,9 +284,9 @@ def measure_rack(pipe, wiring, plan, x: np.ndarray, *, rate: Optional[float] = N
     runs = {}
     if single:
         progress(f"single frames: {len(x)}, one in flight" + (f", {single_rate:g} frames/s" if single_rate else ""))
-        runs["single"] = (_stream(pipe, x, in_flight=1, rate=single_rate, timeout=timeout), 1, single_rate)
+        runs["single"] = (pipe.stream(x, in_flight=1, rate=single_rate, timeout=timeout), 1, single_rate)
     progress(f"stream: {len(x)} frames, {in_flight} in flight" + (f", {rate:g} frames/s offered" if rate else ""))
-    runs["stream"] = (_stream(pipe, x, in_flight=in_flight, rate=rate, timeout=timeout), in_flight, rate)
+    runs["stream"] = (pipe.stream(x, in_flight=in_flight, rate=rate, timeout=timeout), in_flight, rate)
     progress("clock probes after the run")
     after = clock_offsets(pipe, wiring, probes)
     clocks = clocksync.models(before, after)

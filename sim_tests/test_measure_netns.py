@@ -114,7 +114,7 @@ def test_tbf_link_timing_model_and_skews(netns_rack, tmp_path):
                 try:
                     # paced (150/s: a period longer than a limited frame's end-to-end) so that every agent idles
                     # alike in both conditions and only the limited link differs
-                    res = measure._stream(pipe, x, in_flight=1, rate=150.0, timeout=10.0)
+                    res = pipe.stream(x, in_flight=1, rate=150.0, timeout=10.0)
                 finally:
                     tbf(dev, False)
                 frames[limited] += res.timings()
