@@ -444,6 +444,9 @@ class Agent:
     def serve(self):
         """Listen, start the threads, return the bound port. run() waits for the end."""
         self.load_backend()
+        # a thread that has just received a frame waits for the GIL while another runs Python code; the default
+        # 5 ms switch interval would then add up to 5 ms to a hop: an agent moves frames, switch sooner
+        sys.setswitchinterval(0.0005)
         if self.period_ns:
             _reduce_timer_slack()
         srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
