@@ -21,6 +21,7 @@ COMMANDS = [
     ("history", "harness.history", "result history (SQLite): add bench/pytest-benchmark JSON, list runs, check regressions"),
     ("dashboard", "harness.dashboard", "write the static HTML dashboard (trends, per-hop breakdown, regressions)"),
     ("bench", "harness.bench_cmd", "latency per hop of a plan on a rack, beside the CPU reference"),
+    ("nightly", "harness.nightly", "bench, add to the history, detect regressions, write the dashboard; exit 1 on a regression"),
     ("demo", "harness.demo", "the main job: reference models, CNN split three ways, verified"),
 ]
 

@@ -94,8 +94,12 @@ def change_points(x: Sequence[float], penalty: float = 3.0) -> List[int]:
     return out
 
 
-def detect_series(key: SeriesKey, points: Sequence[Point], penalty: float = 3.0, min_relative: float = 0.05) -> List[Change]:
-    """Changes of at least `min_relative` (of the level before) in one series."""
+MIN_BEFORE = 3  # runs needed before a change: with fewer there is no level to compare against
+
+
+def detect_series(key: SeriesKey, points: Sequence[Point], penalty: float = 3.0, min_relative: float = 0.05,
+                  min_before: int = MIN_BEFORE) -> List[Change]:
+    """Changes of at least `min_relative` (of the level before), after at least `min_before` runs."""
     x = np.array([p.value for p in points], dtype=np.float64)
     cps = change_points(x, penalty)
     bounds = [0] + cps + [len(x)]
@@ -103,8 +107,8 @@ def detect_series(key: SeriesKey, points: Sequence[Point], penalty: float = 3.0,
     for j, cp in enumerate(cps):
         before = float(np.median(x[bounds[j]:cp]))
         after = float(np.median(x[cp:bounds[j + 2]]))
-        if abs(after - before) < min_relative * abs(before):
-            continue  # real but too small to matter
+        if cp < min_before or abs(after - before) < min_relative * abs(before):
+            continue  # too early to tell, or real but too small to matter
         unit = points[cp].unit
         worse = after < before if unit in HIGHER_IS_BETTER_UNITS else after > before
         changes.append(Change(key, cp, points[cp].time, points[cp].commit_id, before, after, unit, worse,

@@ -1,0 +1,91 @@
+"""`splitrack nightly`: what a cron job runs. Bench, add to the history, detect regressions, write the dashboard.
+
+    splitrack nightly --boards rack.toml --db results.sqlite [--plan plan/] [--frames 500] [-o site/]
+
+Without --plan it benches the reference plan: the digits FC network cut after fc1 and fc2 (three boards),
+made once and kept under .splitrack-cache/nightly/. The bench JSON of every night is kept beside the
+dashboard (site/runs/). Exit status 0 when no regression is in effect, 1 when one is (each printed: which
+metric, which hop, since which run and commit, by how much), 2 on bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Callable, List
+
+from splitting.errors import UserError
+
+from . import bench_cmd, dashboard, history, regress
+
+CACHE = Path(os.environ.get("SPLITRACK_CACHE", ".splitrack-cache"))
+
+
+def default_plan(progress: Callable[[str], None] = print):
+    """The reference plan: digits FC cut after fc1 and fc2 (made once, then loaded)."""
+    from splitting.plan import Plan, PlanError
+
+    folder = CACHE / "nightly" / "digits-fc-3"
+    if (folder / "plan.json").is_file():
+        try:
+            return Plan.load(folder)
+        except PlanError:
+            pass  # a half-written or stale folder: make it again
+    from splitting.reference import reference_model
+    from splitting.split import split_model, write_plan
+
+    progress(f"making the reference plan (digits FC cut after fc1 and fc2) in {folder}")
+    plan, models = split_model(reference_model("fc"), at=("fc1", "fc2"))
+    write_plan(plan, models, folder)
+    return Plan.load(folder)
+
+
+def nightly(boards: Path, db: Path, out: Path, plan_dir: Path = None, frames: int = 500, rate: float = None,
+            min_change: float = 0.05, progress: Callable[[str], None] = print) -> List[regress.Change]:
+    """One night: returns the regressions in effect for this rack, machine and plan."""
+    from splitting.plan import Plan
+
+    from .rack import load_rack
+
+    rack = load_rack(boards)
+    plan = Plan.load(plan_dir) if plan_dir else default_plan(progress)
+    doc = bench_cmd.bench(plan, rack, frames=frames, rate=rate, progress=progress)
+    progress(bench_cmd.format_bench(doc))
+    runs = Path(out) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    stamp = doc["time"][:19].replace(":", "")
+    bench_json = runs / f"{stamp}-{plan.hash}.json"
+    bench_json.write_text(json.dumps(doc, indent=1, default=bench_cmd._json_default) + "\n")
+    bench_cmd.plot(doc, bench_json.with_suffix(".png"))
+    with history.History(db) as h:
+        new = h.add(history.rows_from_bench(doc))
+        n_runs = len(h.runs())
+        changes = regress.detect(h, regress.WATCH, min_relative=min_change)
+    progress(f"history: {new} rows added to {db} ({n_runs} runs)")
+    mine = [c for c in changes if (c.key.rack, c.key.machine, c.key.plan_hash) == (doc["rack"], doc["machine"], plan.hash)]
+    index, _ = dashboard.write(db, out)
+    progress(f"dashboard: {index}")
+    return regress.live_regressions(mine)
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--boards", type=Path, required=True, help="rack file (boards.toml)")
+    p.add_argument("--db", type=Path, default=Path("results.sqlite"), help="history database (SQLite)")
+    p.add_argument("-o", "--out", type=Path, default=Path("site"), help="dashboard folder (index.html, runs/)")
+    p.add_argument("--plan", type=Path, default=None, help="plan folder (default: the digits FC reference plan)")
+    p.add_argument("--frames", type=int, default=500)
+    p.add_argument("--rate", type=float, default=None, help="offered rate of the stream, frames/s")
+    p.add_argument("--min-change", type=float, default=0.05, help="smallest relative change that counts (0.05 = 5%%)")
+
+
+def run(args: argparse.Namespace) -> int:
+    live = nightly(args.boards, args.db, args.out, args.plan, args.frames, args.rate, args.min_change)
+    for c in live:
+        print(c.describe())
+    if live:
+        hops = sorted({c.key.hop for c in live})
+        print(f"nightly: {len(live)} regression(s) in effect, at {', '.join(hops)}: exit 1")
+        return 1
+    print("nightly: no regression in effect")
+    return 0
