@@ -171,7 +171,13 @@ def _remote_pids(conn: Connection, part_dir: str) -> Dict[str, int]:
 
 
 def _alive(conn: Connection, pid: int) -> bool:
-    return conn.run(["kill", "-0", str(pid)], check=False, timeout=10, stage="agent-stop").status == 0
+    """Whether the board runs process `pid`. A zombie (exited, not yet reaped by init) counts as gone:
+    `kill -0` would still succeed on it."""
+    stat = conn.read_text(f"/proc/{pid}/stat", stage="agent-stop")
+    if stat is None:
+        return False
+    fields = stat.rsplit(")", 1)[-1].split()
+    return bool(fields) and fields[0] not in ("Z", "X")
 
 
 def stop_agents(conn: Connection, board: Board) -> int:
@@ -348,12 +354,15 @@ def deploy(plan: Plan, rack: Rack, force: bool = False, progress: Callable[[str]
 
 def undeploy(rack: Rack, boards: Optional[List[str]] = None) -> int:
     """Stop the agents on the rack's boards (files stay, so the next deploy skips the upload)."""
-    n = 0
-    for b in rack.boards:
-        if boards is None or b.name in boards:
-            with Connection(b) as conn:
-                n += stop_agents(conn, b)
-    return n
+    def stop(b: Board) -> int:
+        with Connection(b) as conn:
+            return stop_agents(conn, b)
+
+    chosen = [b for b in rack.boards if boards is None or b.name in boards]
+    if not chosen:
+        return 0
+    with ThreadPoolExecutor(max_workers=min(8, len(chosen))) as pool:
+        return sum(pool.map(stop, chosen))
 
 
 # --- health ----------------------------------------------------------------------------------------------
