@@ -23,6 +23,16 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q sim_tests
+	$(MAKE) test-hw
+
+# The hardware tests on a fresh 5-board virtual rack, stopped again whatever the tests do.
+HW_RACK := build/ci-rack.toml
+test-hw: setup
+	@mkdir -p build
+	@$(VENV)/bin/splitrack rack down $(HW_RACK) >/dev/null 2>&1 || true
+	@trap '$(VENV)/bin/splitrack rack down $(HW_RACK)' EXIT; \
+	  $(VENV)/bin/splitrack rack up --boards 5 --out $(HW_RACK) && \
+	  $(VENV)/bin/python -m pytest -q -m hw --boards $(HW_RACK) hw_tests
 
 clean:
 	rm -rf $(VENV) .splitrack-cache build

@@ -9,6 +9,8 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 # iproute2: network-namespace racks and the tbf ground-truth test of the per-hop measurement
 command -v tc >/dev/null || need+=(iproute2)
+# openssh-server: the test that deploys to a stock OpenSSH sshd configured as a board (sim_tests/test_deploy_openssh.py)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "setup: missing system packages: ${need[*]} (install them with apt-get as root)" >&2; exit 1
