@@ -565,7 +565,6 @@ class Agent:
                     return
                 del self.pending[frame]
             job = (frame, entry[0], entry[1], entry[2])
-        self._set_state(frame, "received")
         self._submit(job)
 
     # Receive, compute and send run in separate threads joined by bounded queues, so that with several
@@ -599,7 +598,7 @@ class Agent:
             inline = not (busy[0] or busy[1] or self.compute_q.queue or self.send_q.queue)
             if inline:
                 busy[0] = busy[1] = True
-        if inline:
+        if inline:  # its state goes from unknown to "sent" (or an error) before anyone could ask
             try:
                 item = self._compute(job)
                 if item is not None:
@@ -612,6 +611,7 @@ class Agent:
                     if self.waiting[1]:
                         self.idle[1].notify()
             return
+        self._set_state(job[0], "received")
         if self._claim(0):
             try:
                 item = self._compute(job)
@@ -620,6 +620,7 @@ class Agent:
             if item is not None:
                 self._to_send(item)
         else:
+            self._set_state(job[0], "queued for compute")
             self.compute_q.put(job)  # blocks when full: TCP back-pressure to the previous stage
 
     def _to_send(self, item):
@@ -664,9 +665,14 @@ class Agent:
             return None
         backend = self.backend
         try:
+            if backend.forward_bytes and not self.period_ns:
+                t_cs = t_ce = time.time_ns() + self.skew  # nothing to compute
+                self.counters["done"] += 1
+                return (frame, payloads, records, arrivals, t_cs, t_ce)
+            self._set_state(frame, "computing")  # a hung DMA or library leaves this for the host to find
             if backend.forward_bytes:
                 t_cs = time.time_ns() + self.skew
-                t0 = time.perf_counter_ns() if self.period_ns else 0
+                t0 = time.perf_counter_ns()
                 outs = payloads
             else:
                 x = assemble(self.inputs, [c.decode(p) for c, p in zip(self.inputs, payloads)])

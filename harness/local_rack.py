@@ -67,10 +67,12 @@ def _for(value: PerPartition, name: str, plan: Plan):
 
 
 class LocalRack:
-    def __init__(self, workdir: Path, python: str = sys.executable, host: str = "127.0.0.1"):
+    def __init__(self, workdir: Path, python: str = sys.executable, host: str = "127.0.0.1",
+                 env: Optional[Dict[str, str]] = None):
         self.workdir = Path(workdir)
         self.python = python
         self.host = host
+        self.env = dict(os.environ, **(env or {}))  # e.g. PYTHONPATH of board-side modules (pynq)
         self.agents: Dict[str, LocalAgent] = {}
         self.wiring: Optional[Wiring] = None
 
@@ -124,7 +126,7 @@ class LocalRack:
         cfg_path = folder / "config.json"
         cfg_path.write_text(json.dumps(cfg, indent=1))
         proc = subprocess.Popen([self.python, "agent.py", "config.json"], cwd=folder, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=self.env)
         line = _read_line(proc, ready_timeout)
         try:
             ready = json.loads(line)
