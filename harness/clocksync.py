@@ -113,11 +113,11 @@ class ClockModel:
         f = min(1.0, max(0.0, (host_ns - a.at_host_ns) / (b.at_host_ns - a.at_host_ns)))
         return a.offset_ns + f * (b.offset_ns - a.offset_ns)
 
-    def to_host(self, board_ns: float) -> float:
-        """A board timestamp on the host's clock."""
+    def to_host(self, board_ns: int) -> int:
+        """A board timestamp on the host's clock, in integer ns (epoch ns do not fit a float's 53 bits)."""
         # offset depends on host time; one fixed-point step is enough at ppm drift rates
         guess = board_ns - self.offset_at(board_ns - self.before.offset_ns)
-        return board_ns - self.offset_at(guess)
+        return int(board_ns) - int(round(self.offset_at(guess)))
 
     def to_dict(self) -> Dict[str, object]:
         return {

@@ -152,7 +152,8 @@ def attribute(frames: Sequence[FrameTiming], topo: Topology,
               to_host: Mapping[str, Callable[[float], float]]) -> Attribution:
     """Attribute each frame's end-to-end time to links and board dwells.
 
-    to_host: board name -> function putting that board's timestamp on the host clock (ClockModel.to_host).
+    to_host: board name -> function putting that board's timestamp on the host clock in integer ns
+    (ClockModel.to_host).
     """
     if not frames:
         raise MeasureError("no frames came back: nothing to attribute")
@@ -167,8 +168,9 @@ def attribute(frames: Sequence[FrameTiming], topo: Topology,
     e2e = np.zeros(n)
     for i, f in enumerate(frames):
         e2e[i] = f.t_host_recv - f.t_host_send
-        send_h: Dict[str, float] = {HOST: float(f.t_host_send)}
-        recv_h: Dict[Tuple[str, str], float] = {}
+        # integer ns throughout: epoch timestamps (~1.8e18) lose hundreds of ns in a float64
+        send_h: Dict[str, int] = {HOST: int(f.t_host_send)}
+        recv_h: Dict[Tuple[str, str], int] = {}
         for p, board in topo.boards.items():
             st = f.stages.get(p)
             if st is None:
@@ -183,7 +185,7 @@ def attribute(frames: Sequence[FrameTiming], topo: Topology,
             parts[h]["compute"][i] = st.t_compute_end - st.t_compute_start
             parts[h]["out"][i] = st.t_send - st.t_compute_end
         for s in topo.inputs(HOST):
-            recv_h[(s, HOST)] = float(f.t_host_recv)
+            recv_h[(s, HOST)] = int(f.t_host_recv)
         for s, d in topo.links:
             hops[link_name(s, d)][i] = recv_h[(s, d)] - send_h[s]
         # critical path: walk back from the host along the latest-arriving input of each consumer;
