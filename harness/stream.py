@@ -216,7 +216,9 @@ class Pipeline:
         self._next_frame = 0
         self.lost: Dict[str, str] = {}
         self.agent_errors: List[Dict[str, Any]] = []
-        self.out_links = {(c.src, c.index): c for c in wiring.output_links}
+        # the agent's Contract: the same encode/decode, its derived properties computed once
+        self.in_links = [wire.Contract.from_dict(c.to_dict()) for c in wiring.input_links]
+        self.out_links = {(c.src, c.index): wire.Contract.from_dict(c.to_dict()) for c in wiring.output_links}
         self.conns: Dict[str, _AgentConn] = {}
         try:
             for name in wiring.endpoints:
@@ -320,7 +322,7 @@ class Pipeline:
     def encode_frames(self, x: np.ndarray) -> Tuple[List[int], List[List[Tuple[_AgentConn, bytes]]]]:
         """Messages of every input frame, encoded before the clock starts; frame ids never reused."""
         x = np.asarray(x)
-        links = self.wiring.input_links
+        links = self.in_links
         shape = tuple(links[0].shape) if links[0].select is None else None
         with self._lock:
             ids = list(range(self._next_frame, self._next_frame + len(x)))

@@ -96,3 +96,24 @@ def test_wait_until_is_never_early():
         t0 = time.perf_counter_ns()
         wire.wait_until(t0 + d)
         assert time.perf_counter_ns() - t0 >= d
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from splitting.contract import Contract as PlanContract  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(dtype=st.sampled_from(["float32", "ap_fixed<16,6>", "ap_fixed<8,3,AP_RND,AP_SAT>", "ap_ufixed<12,4>",
+                              "ap_fixed<18,8>", "ap_fixed<32,16,AP_RND_CONV,AP_SAT_SYM>"]),
+       shape=st.lists(st.integers(1, 7), min_size=1, max_size=3), width=st.sampled_from([32, 64]),
+       seed=st.integers(0, 10_000))
+def test_agent_contract_encodes_and_decodes_exactly_as_the_plan_contract(dtype, shape, width, seed):
+    ref = PlanContract("a", "b", tuple(shape), dtype, data_width=width)
+    c = wire.Contract.from_dict(ref.to_dict())
+    x = np.random.default_rng(seed).uniform(-300, 300, shape)
+    for _ in range(2):  # the second time from the cached properties
+        assert c.encode(x) == ref.encode(x)
+        p = ref.encode(x)
+        np.testing.assert_array_equal(c.decode(p), ref.decode(p))
+    assert c.to_dict() == ref.to_dict() and c.payload_bytes == ref.payload_bytes
