@@ -10,7 +10,8 @@ throughput through 5 agents against one stage alone.
    - agent+decode: the same, decoding the payload and encoding the output through the contract (what an
                 emulation or overlay backend costs on top of the transport, compute itself excluded).
    The client is a plain blocking loop for all of them (no host-side threads), interleaved in rounds so
-   that noise from other processes hits every variant alike. Target: agent p50 <= 1.3 x raw p50.
+   that noise from other processes hits every variant alike; "per-round" is the median over rounds of a
+   variant's p50 divided by the raw echo's p50 of the same round. Target: agent p50 <= 1.3 x raw p50.
 2. Pipelined. 5 agents in a chain, each with the timing model (equal stages of T = cycles / 100 MHz),
    frames streamed with several in flight through harness.stream; against one such agent alone.
    Target: chain throughput >= 0.8 x single stage throughput.
@@ -123,33 +124,72 @@ def per_hop(elements: int, rounds: int, per_round: int, workdir: Path):
         clients[variant] = AgentHop(w.endpoints["s0"], len(payload))
     clients = {"raw echo": raw, **clients}
     samples = {k: [] for k in clients}
+    rounds_p50 = {k: [] for k in clients}
     try:
         for fn in clients.values():  # warm-up: page faults, first connections, import caches
             for _ in range(200):
                 fn.rtt(payload)
         for r in range(rounds):
             for name, fn in clients.items():
-                samples[name].extend(fn.rtt(payload) for _ in range(per_round))
+                got = [fn.rtt(payload) for _ in range(per_round)]
+                samples[name].extend(got)
+                rounds_p50[name].append(float(np.median(got)))
     finally:
         for fn in clients.values():
             fn.close()
         for rack in racks:
             rack.stop()
-    return len(payload), {k: np.asarray(v) / 1e3 for k, v in samples.items()}
+    # each round's p50 against the raw echo's p50 of the same round: noise from other processes cancels
+    ratio = {k: float(np.median(np.asarray(v) / np.asarray(rounds_p50["raw echo"]))) for k, v in rounds_p50.items()}
+    return len(payload), {k: np.asarray(v) / 1e3 for k, v in samples.items()}, ratio
 
 
-def pipelined(stages: int, cycles: int, frames: int, in_flight: int, workdir: Path):
-    out = {}
-    for n in (1, stages):
-        plan = identity_plan(n, shape=(64,))
-        with LocalRack(workdir / f"chain{n}") as rack:
-            w = rack.start(plan, timing={"cycles": cycles, "clock_mhz": 100})
-            x = np.random.default_rng(1).uniform(-8, 8, (frames, 64))
-            with Pipeline(w) as pipe:
-                pipe.stream(x[: min(50, frames)], in_flight=in_flight)  # warm-up
-                res = pipe.stream(x, in_flight=in_flight, timeout=30)
-            out[n] = {"throughput": res.throughput, "latency_p50_us": float(np.median(res.latencies_ns()) / 1e3)}
-    return out
+def _cpu_s(pids) -> float:
+    """User + system CPU seconds of these processes so far (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def pipelined(stages: int, cycles: int, frames: int, rounds: int, in_flight: int, workdir: Path):
+    """Throughput of a chain of `stages` agents and of one agent alone, streamed in alternating rounds (so that
+    load from other processes hits both alike); per-round ratios and their median."""
+    racks, pipes, pids = {}, {}, {}
+    x = np.random.default_rng(1).uniform(-8, 8, (frames, 64))
+    out = {1: {"throughput": [], "latency_p50_us": [], "agent_cpu_us_per_frame": [], "host_cpu_us_per_frame": []}}
+    out[stages] = {k: [] for k in out[1]}
+    try:
+        for n in (1, stages):
+            racks[n] = LocalRack(workdir / f"chain{n}")
+            w = racks[n].start(identity_plan(n, shape=(64,)), timing={"cycles": cycles, "clock_mhz": 100})
+            pids[n] = [a.proc.pid for a in racks[n].agents.values()]
+            pipes[n] = Pipeline(w)
+            pipes[n].stream(x[:50], in_flight=in_flight)  # warm-up
+        for _ in range(rounds):
+            for n in (1, stages):
+                cpu0, host0 = _cpu_s(pids[n]), time.process_time()
+                res = pipes[n].stream(x, in_flight=in_flight, timeout=30)
+                cpu1, host1 = _cpu_s(pids[n]), time.process_time()
+                d = out[n]
+                d["throughput"].append(res.throughput)
+                d["latency_p50_us"].append(float(np.median(res.latencies_ns()) / 1e3))
+                # CPU time per frame: on 2 shared cores this, not the stage time, can be the limit
+                d["agent_cpu_us_per_frame"].append((cpu1 - cpu0) / frames / n * 1e6)
+                d["host_cpu_us_per_frame"].append((host1 - host0) / frames * 1e6)
+    finally:
+        for n in pipes:
+            pipes[n].close()
+        for r in racks.values():
+            r.stop()
+    ratios = [b / a for a, b in zip(out[1]["throughput"], out[stages]["throughput"])]
+    summary = {n: {k: float(np.median(v)) for k, v in d.items()} for n, d in out.items()}
+    summary["ratio"] = float(np.median(ratios))
+    summary["round_ratios"] = ratios
+    return summary
 
 
 def main(argv=None) -> int:
@@ -158,44 +198,49 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
     ap.add_argument("--elements", type=int, nargs="+", default=[64, 1024],
                     help="frame sizes (ap_fixed<16,6> elements) for the per-hop comparison")
-    ap.add_argument("--stage-us", type=float, nargs="+", default=[500.0, 1000.0],
+    ap.add_argument("--stage-us", type=float, nargs="+", default=[200.0, 500.0, 1000.0],
                     help="stage time(s) of the timing model for the pipelined run, microseconds")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rounds, per_round, frames = (5, 100, 300) if args.quick else (20, 250, 2000)
+    rounds, per_round, frames, prounds = (5, 100, 200, 2) if args.quick else (20, 250, 600, 5)
 
-    report = {"per_hop": {}, "pipelined": {}, "host": os.uname().nodename, "cpus": os.cpu_count()}
+    report = {"per_hop": {}, "pipelined": {}, "host": os.uname().nodename, "cpus": os.cpu_count(),
+              "load_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for el in args.elements:
             print(f"per hop: {el} elements, {rounds} rounds x {per_round} round trips per variant ...", flush=True)
-            nbytes, s = per_hop(el, rounds, per_round, tmp / f"hop{el}")
+            nbytes, s, ratio = per_hop(el, rounds, per_round, tmp / f"hop{el}")
             report["per_hop"][el] = {"bytes": nbytes, **{k: {"p50": float(np.percentile(v, 50)),
                                                              "p90": float(np.percentile(v, 90)),
                                                              "p99": float(np.percentile(v, 99)),
+                                                             "round_ratio": ratio[k],
                                                              "samples": v.tolist()} for k, v in s.items()}}
         for us in args.stage_us:
             cycles = int(round(us * 100))
-            print(f"pipelined: 5 stages of {us:g} us ({cycles} cycles at 100 MHz), {frames} frames ...", flush=True)
-            report["pipelined"][us] = pipelined(5, cycles, frames, in_flight=16, workdir=tmp / f"pipe{cycles}")
+            print(f"pipelined: 5 stages of {us:g} us ({cycles} cycles at 100 MHz) and 1 alone, {prounds} rounds of "
+                  f"{frames} frames ...", flush=True)
+            report["pipelined"][us] = pipelined(5, cycles, frames, prounds, in_flight=16, workdir=tmp / f"pipe{cycles}")
 
     print("\nPer-hop round trip on loopback (us), same payload, interleaved rounds")
-    print(f"{'frame':>14} {'variant':>14} {'p50':>8} {'p90':>8} {'p99':>8} {'p50/raw':>8}")
+    print(f"{'frame':>14} {'variant':>14} {'p50':>8} {'p90':>8} {'p99':>8} {'p50/raw':>8} {'per-round':>10}")
     for el, d in report["per_hop"].items():
         raw = d["raw echo"]["p50"]
         for k in ("raw echo", "agent", "agent+decode"):
             v = d[k]
             label = f"{el} el/{d['bytes']} B"
             print(f"{label:>14} {k:>14} {v['p50']:8.1f} {v['p90']:8.1f} {v['p99']:8.1f} "
-                  f"{v['p50'] / raw:8.2f}")
-    print("\nPipelined throughput (frames/s), timing model, in flight 16")
-    print(f"{'stage us':>9} {'1 stage':>9} {'5 stages':>9} {'ratio':>6} {'ideal':>8} {'lat 5 (us)':>11}")
+                  f"{v['p50'] / raw:8.2f} {v['round_ratio']:10.2f}")
+    print("\nPipelined throughput (frames/s, median of rounds; ratio: median of per-round ratios), timing model, "
+          "in flight 16")
+    print(f"{'stage us':>9} {'1 stage':>9} {'5 stages':>9} {'ratio':>6} {'ideal':>8} {'lat 5 (us)':>11} "
+          f"{'cpu/agent/frame us':>19} {'host cpu/frame us':>18}")
     for us, d in report["pipelined"].items():
-        r = d[5]["throughput"] / d[1]["throughput"]
-        d["ratio"] = r
+        r = d["ratio"]
         print(f"{us:9.0f} {d[1]['throughput']:9.0f} {d[5]['throughput']:9.0f} {r:6.2f} {1e6 / us:8.0f} "
-              f"{d[5]['latency_p50_us']:11.0f}")
+              f"{d[5]['latency_p50_us']:11.0f} {d[5]['agent_cpu_us_per_frame']:19.0f} {d[5]['host_cpu_us_per_frame']:18.0f}")
+    print(f"(load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     _plot(report, out / "agent_overhead.png")
     slim = json.loads(json.dumps(report, default=float))
     for d in slim["per_hop"].values():
@@ -216,10 +261,14 @@ def _plot(report, path: Path) -> None:
     fig, axes = plt.subplots(1, len(hops) + 1, figsize=(5 * (len(hops) + 1), 4))
     for ax, (el, d) in zip(axes, hops.items()):
         names = ["raw echo", "agent", "agent+decode"]
-        ax.boxplot([d[k]["samples"] for k in names], tick_labels=names, showfliers=False, whis=(1, 99))
+        ax.boxplot([d[k]["samples"] for k in names], tick_labels=names, showfliers=False, whis=(5, 95))
         ax.axhline(1.3 * d["raw echo"]["p50"], ls="--", c="r", lw=1, label="1.3 x raw p50")
+        for i, k in enumerate(names, start=1):
+            ax.annotate(f"p50 {d[k]['p50']:.0f} us\n{d[k]['round_ratio']:.2f}x", (i, d[k]["p50"]),
+                        xytext=(28, 0), textcoords="offset points", fontsize=8, va="center")
         ax.set_title(f"round trip, {el} elements ({d['bytes']} B)")
-        ax.set_ylabel("us (whiskers p1-p99)")
+        ax.set_ylabel("us (box p25-p75, whiskers p5-p95)")
+        ax.set_ylim(0, None)
         ax.legend(loc="upper left")
     ax = axes[-1]
     pipes = report["pipelined"]
@@ -229,10 +278,12 @@ def _plot(report, path: Path) -> None:
     ax.bar(xs - 0.2, one, 0.4, label="1 stage alone")
     ax.bar(xs + 0.2, five, 0.4, label="5 stages pipelined")
     ax.scatter(xs, [1e6 / float(us) for us in pipes], marker="_", s=400, c="k", label="1 / stage time", zorder=3)
+    for x, b, d in zip(xs, five, pipes.values()):
+        ax.annotate(f"{d['ratio']:.2f}x", (x + 0.2, b), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=9)
     ax.set_xticks(xs, [f"{float(us):g} us/stage" for us in pipes])
     ax.set_ylabel("frames / s")
     ax.set_title("pipelined throughput (timing model)")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
