@@ -37,7 +37,7 @@ from splitting.plan import Plan
 
 from . import wiring as wiring_mod
 from .rack import Board, Rack
-from .ssh import BoardError, Connection, local_sha256
+from .ssh import CONNECT_TIMEOUT, BoardError, Connection, local_sha256
 
 REPO = Path(__file__).resolve().parent.parent
 CODE = {  # board file name -> local source
@@ -225,7 +225,7 @@ def start_agent(conn: Connection, board: Board, partition: str) -> int:
 
 # --- one board -----------------------------------------------------------------------------------------
 def _deploy_one(plan: Plan, name: str, board: Board, config: dict, force: bool,
-                progress: Callable[[str], None]) -> Placed:
+                progress: Callable[[str], None], connect_timeout: float) -> Placed:
     t0 = time.monotonic()
     art = artifact_files(plan, name, board)
     p = plan.partition(name)
@@ -244,7 +244,7 @@ def _deploy_one(plan: Plan, name: str, board: Board, config: dict, force: bool,
     want.update({rel: hashlib.sha256(data).hexdigest() for rel, data in blobs.items()})
     art_rels = {f"{PART}/{k}" for k in art}
 
-    with Connection(board) as conn:
+    with Connection(board, timeout=connect_timeout) as conn:
         root = conn.remote_path(board.workdir)
         conn.mkdirs(f"{root}/{PART}")
         have = conn.sha256([f"{root}/{rel}" for rel in want], stage="verify")
@@ -312,13 +312,15 @@ def _upload(conn: Connection, board: Board, root: str, rels: List[str], files: D
 
 # --- the rack ------------------------------------------------------------------------------------------
 def deploy(plan: Plan, rack: Rack, force: bool = False, progress: Callable[[str], None] = lambda s: None,
-           faults: Optional[Dict[str, dict]] = None, part_timeout: Optional[float] = None) -> Deployment:
+           faults: Optional[Dict[str, dict]] = None, part_timeout: Optional[float] = None,
+           connect_timeout: float = CONNECT_TIMEOUT) -> Deployment:
     """Deploy `plan` onto `rack` (partitions onto boards in order), in parallel over boards.
 
     faults: partition -> agent fault-injection entry (tests only, see the agent's docstring).
     """
     t0 = time.monotonic()
     boards = place(plan, rack)
+    progress(f"deploying plan {plan.hash} ({len(boards)} partitions) to {', '.join(b.name for b in boards.values())}")
     endpoints = {n: wiring_mod.Endpoint(b.name, b.host, b.data_port) for n, b in boards.items()}
     configs = {}
     for name, b in boards.items():
@@ -328,14 +330,13 @@ def deploy(plan: Plan, rack: Rack, force: bool = False, progress: Callable[[str]
             cfg["part_timeout"] = part_timeout
         configs[name] = cfg
     wiring = wiring_mod.wire(plan, endpoints, configs)
-    progress(f"deploying plan {plan.hash} ({len(boards)} partitions) to {', '.join(b.name for b in boards.values())}")
     # compile (or find cached) artifacts first, in this thread: hls4ml must not compile in parallel threads
     for name, b in boards.items():
         artifact_files(plan, name, b)
     placed: Dict[str, Placed] = {}
     failures: List[BoardError] = []
     with ThreadPoolExecutor(max_workers=min(8, len(boards))) as pool:
-        futs = {name: pool.submit(_deploy_one, plan, name, b, configs[name], force, progress)
+        futs = {name: pool.submit(_deploy_one, plan, name, b, configs[name], force, progress, connect_timeout)
                 for name, b in boards.items()}
         for name, fut in futs.items():
             try:

@@ -111,6 +111,20 @@ class Connection:
             raise BoardError(b.name, "connect", f"cannot reach {b.host}:{b.port} ({e.strerror or e}); "
                              "is the board powered, and is sshd running on that port?") from None
         try:
+            # a hung board accepts TCP (the kernel does) but never sends its SSH banner: say so plainly
+            sock.settimeout(self.timeout)
+            if not sock.recv(4, socket.MSG_PEEK):
+                sock.close()
+                raise BoardError(b.name, "connect", f"{b.host}:{b.port} closed the connection before SSH started; "
+                                 "is sshd healthy on the board?")
+        except (socket.timeout, TimeoutError):
+            sock.close()
+            raise BoardError(b.name, "connect", f"{b.host}:{b.port} accepted the connection but did not speak SSH "
+                             f"within {self.timeout:.0f} s; the board is hung: power-cycle it") from None
+        except OSError as e:
+            sock.close()
+            raise BoardError(b.name, "connect", f"{b.host}:{b.port} dropped the connection ({e})") from None
+        try:
             client.connect(
                 b.host, port=b.port, username=b.user, pkey=key, sock=sock,
                 timeout=self.timeout, banner_timeout=self.timeout, auth_timeout=self.timeout,
@@ -238,7 +252,12 @@ class Connection:
 
     def put(self, local: Path, remote: str, stage: str = "upload") -> None:
         try:
-            self.sftp.put(str(local), remote)
+            # not paramiko's put(): it pipelines writes and reports a refused write (a full disk) only as a
+            # size mismatch at the end; here every write's answer is checked, so the board's reason comes back
+            with open(local, "rb") as src, self.sftp.open(remote, "wb") as dst:
+                dst.set_pipelined(False)
+                for chunk in iter(lambda: src.read(32768), b""):
+                    dst.write(chunk)
         except IOError as e:
             text = str(e)
             if "space" in text.lower() or "quota" in text.lower() or getattr(e, "errno", None) == 28:

@@ -55,7 +55,7 @@ print("Swap:  %12d%12d%12d" % (0, 0, 0))
 _DF = """#!{python}
 import json, os
 c = json.load(open({cfg!r}))
-size = c["disk_mb"] << 20
+size = int(c["disk_mb"] * 1048576)
 used = sum(os.lstat(os.path.join(r, f)).st_size for r, _, fs in os.walk(c["home"]) for f in fs)
 print("Filesystem     1024-blocks      Used Available Capacity Mounted on")
 print("virtual-sd     %11d %9d %9d %7d%% %s" % (size // 1024, used // 1024, max(0, size - used) // 1024,
@@ -85,7 +85,7 @@ class BoardSFTP(asyncssh.SFTPServer):
         b = self.board
         old = self._sizes.get(id(file_obj), 0)
         new = max(old, offset + len(data))
-        if b.disk_mb is not None and disk_usage(b.home) + (new - old) > (b.disk_mb << 20):
+        if b.disk_mb is not None and disk_usage(b.home) + (new - old) > int(b.disk_mb * 1048576):
             raise asyncssh.SFTPNoSpaceOnFilesystem("No space left on device")
         if "corrupt-upload" in b.faults and id(file_obj) not in self._corrupted and data:
             self._corrupted.add(id(file_obj))
@@ -101,7 +101,7 @@ class BoardSFTP(asyncssh.SFTPServer):
 
 class VirtualBoard:
     def __init__(self, name: str, home: Path, host: str, port: int, host_key: Path, authorized_keys: Path,
-                 memory_mb: int = 512, memory_free_mb: Optional[int] = None, disk_mb: Optional[int] = 2048,
+                 memory_mb: int = 512, memory_free_mb: Optional[int] = None, disk_mb: Optional[float] = 2048,
                  faults: List[str] = ()):
         self.name = name
         self.home = Path(home).resolve()
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
     ap.add_argument("--authorized-keys", required=True, type=Path)
     ap.add_argument("--memory-mb", type=int, default=512, help="the board's RAM as `free` reports it (Z2: 512)")
     ap.add_argument("--memory-free-mb", type=int, default=None, help="available memory `free` reports")
-    ap.add_argument("--disk-mb", type=int, default=2048, help="size of the board's disk (home folder)")
+    ap.add_argument("--disk-mb", type=float, default=2048, help="size of the board's disk (home folder)")
     ap.add_argument("--fault", action="append", default=[], choices=FAULTS)
     a = ap.parse_args(argv)
     board = VirtualBoard(a.name, a.home, a.listen, a.port, a.host_key, a.authorized_keys, a.memory_mb,

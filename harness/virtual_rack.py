@@ -90,7 +90,7 @@ def _keys(state: Path) -> Path:
 
 def start_board(state: Path, name: str, host: str = "127.0.0.1", port: Optional[int] = None,
                 data_port: Optional[int] = None, memory_mb: int = 512, memory_free_mb: Optional[int] = None,
-                disk_mb: int = 2048, faults: List[str] = (), netns: Optional[str] = None,
+                disk_mb: float = 2048, faults: List[str] = (), netns: Optional[str] = None,
                 timing: Optional[str] = None, known_hosts: Optional[Path] = None) -> (Board, BoardProcess):
     """Start one virtual board process; returns its rack entry and its process. Waits until it speaks SSH."""
     state = Path(state)
