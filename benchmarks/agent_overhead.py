@@ -5,6 +5,8 @@ throughput through 5 agents against one stage alone.
 
 1. Per hop. The same payload (a frame of the contract's bytes) makes a round trip host -> process -> host:
    - raw echo:  a Python process that reads the payload's bytes from a TCP socket and writes them back;
+   - framed echo: the agent's wire format (header, timestamp record) answered by a bare loop using the
+                agent's own reader and packer: what the framing alone costs, on both ends;
    - agent:     one board agent (passthrough backend) whose outgoing link is the host: header, timestamp
                 record, receive / compute / send threads, and its output back on the host's connection;
    - agent+decode: the same, decoding the payload and encoding the output through the contract (what an
@@ -38,6 +40,7 @@ from harness import agent as wire  # noqa: E402
 from harness.local_rack import LocalRack, identity_plan  # noqa: E402
 from harness.stream import Pipeline  # noqa: E402
 
+VARIANTS = ("raw echo", "framed echo", "agent", "agent+decode")
 ECHO_SERVER = r"""
 import socket, sys
 n = int(sys.argv[1])
@@ -55,6 +58,48 @@ while True:
         got += k
     c.sendall(buf)
 """
+
+
+FRAMED_ECHO = r"""
+import socket, sys, time
+sys.path.insert(0, sys.argv[1])
+import agent as wire  # the agent's own Reader and pack_message, none of its threads or bookkeeping
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 0)); srv.listen(1)
+print(srv.getsockname()[1], flush=True)
+c, _ = srv.accept(); wire.set_socket_options(c)
+r = wire.Reader(c)
+while True:
+    try:
+        mtype, frame, stage, part, recs, payload = r.message()
+    except EOFError:
+        sys.exit(0)
+    t = time.time_ns()
+    c.sendall(wire.pack_message(wire.FRAME, frame, 0, part, payload, recs + wire.RECORD.pack(0, 0, 0xFFFF, 0, t, t, t, t)))
+"""
+
+
+class FramedEcho:
+    """The agent's wire format, answered by a bare loop: what framing alone costs."""
+
+    def __init__(self, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, src in (("agent.py", ROOT / "harness" / "agent.py"), ("contract.py", ROOT / "splitting" / "contract.py")):
+            (folder / name).write_bytes(src.read_bytes())
+        self.proc = subprocess.Popen([sys.executable, "-c", FRAMED_ECHO, str(folder)], stdout=subprocess.PIPE)
+        port = int(self.proc.stdout.readline())
+        self.hop = AgentHop.__new__(AgentHop)
+        self.hop.sock = socket.create_connection(("127.0.0.1", port))
+        wire.set_socket_options(self.hop.sock)
+        self.hop.reader = wire.Reader(self.hop.sock)
+        self.hop.frame = 0
+
+    def rtt(self, payload):
+        return self.hop.rtt(payload)
+
+    def close(self):
+        self.hop.close()
+        self.proc.wait(timeout=5)
 
 
 def recv_exact(sock, view, n):
@@ -122,7 +167,7 @@ def per_hop(elements: int, rounds: int, per_round: int, workdir: Path):
         w = rack.start(plan, {"s0": backend})
         racks.append(rack)
         clients[variant] = AgentHop(w.endpoints["s0"], len(payload))
-    clients = {"raw echo": raw, **clients}
+    clients = {"raw echo": raw, "framed echo": FramedEcho(workdir / "framed"), **clients}
     samples = {k: [] for k in clients}
     rounds_p50 = {k: [] for k in clients}
     try:
@@ -227,7 +272,7 @@ def main(argv=None) -> int:
     print(f"{'frame':>14} {'variant':>14} {'p50':>8} {'p90':>8} {'p99':>8} {'p50/raw':>8} {'per-round':>10}")
     for el, d in report["per_hop"].items():
         raw = d["raw echo"]["p50"]
-        for k in ("raw echo", "agent", "agent+decode"):
+        for k in VARIANTS:
             v = d[k]
             label = f"{el} el/{d['bytes']} B"
             print(f"{label:>14} {k:>14} {v['p50']:8.1f} {v['p90']:8.1f} {v['p99']:8.1f} "
@@ -244,7 +289,7 @@ def main(argv=None) -> int:
     _plot(report, out / "agent_overhead.png")
     slim = json.loads(json.dumps(report, default=float))
     for d in slim["per_hop"].values():
-        for k in ("raw echo", "agent", "agent+decode"):
+        for k in VARIANTS:
             d[k].pop("samples")
     (out / "agent_overhead.json").write_text(json.dumps(slim, indent=1))
     print(f"\nsaved {out / 'agent_overhead.png'} and {out / 'agent_overhead.json'}")
@@ -260,7 +305,7 @@ def _plot(report, path: Path) -> None:
     hops = report["per_hop"]
     fig, axes = plt.subplots(1, len(hops) + 1, figsize=(5 * (len(hops) + 1), 4))
     for ax, (el, d) in zip(axes, hops.items()):
-        names = ["raw echo", "agent", "agent+decode"]
+        names = list(VARIANTS)
         ax.boxplot([d[k]["samples"] for k in names], tick_labels=names, showfliers=False, whis=(5, 95))
         ax.axhline(1.3 * d["raw echo"]["p50"], ls="--", c="r", lw=1, label="1.3 x raw p50")
         for i, k in enumerate(names, start=1):

@@ -140,12 +140,20 @@ class AgentConfigError(Exception):
 
 
 # --- wire helpers (the host side imports these too) ---------------------------------------------------
-def pack_message(mtype, frame=0, stage=0, part=0, payload=b"", records=()):
-    """One message as bytes: header, timestamp records (tuples of RECORD fields), payload."""
-    head = HEADER.pack(MAGIC, VERSION, mtype, frame, stage, part, len(payload), len(records))
-    if records:
-        return b"".join([head] + [RECORD.pack(*r) for r in records] + [payload])
-    return head + payload
+def pack_message(mtype, frame=0, stage=0, part=0, payload=b"", records=b""):
+    """One message as bytes: header, timestamp records (packed, see pack_records), payload."""
+    return b"".join((HEADER.pack(MAGIC, VERSION, mtype, frame, stage, part, len(payload), len(records) // 40),
+                     records, payload))
+
+
+def pack_records(records):
+    """Timestamp records (tuples of RECORD fields) -> bytes. Agents forward the records of earlier stages
+    as bytes, unparsed, and append their own: only the host unpacks them."""
+    return b"".join(RECORD.pack(*r) for r in records)
+
+
+def unpack_records(blob):
+    return list(RECORD.iter_unpack(blob))
 
 
 class Reader:
@@ -184,7 +192,7 @@ class Reader:
             self.end += k
 
     def message(self):
-        """-> (type, frame, stage, part, records [tuples], payload bytearray)."""
+        """-> (type, frame, stage, part, records (packed bytes), payload bytearray)."""
         if self.end - self.start < 24:
             self._fill(24)
         buf, s = self.buf, self.start
@@ -198,11 +206,9 @@ class Reader:
         if self.end - s < need:
             self._fill(need)
             buf, s = self.buf, self.start
-        r = s + 24
-        records = [RECORD.unpack_from(buf, r + 40 * i) for i in range(nrec)] if nrec else []
-        p = r + 40 * nrec
+        p = s + 24 + 40 * nrec
         self.start = s + need
-        return mtype, frame, stage, part, records, buf[p:p + length]
+        return mtype, frame, stage, part, buf[s + 24:p], buf[p:p + length]
 
 
 def set_socket_options(sock):
@@ -371,7 +377,9 @@ class Agent:
             raise AgentConfigError("config needs at least one incoming and one outgoing link")
         self.part_ids = {c.index: self._src_id(c) for c in self.inputs}
         self.part_pos = {c.index: i for i, c in enumerate(self.inputs)}
-        self.part_src = [self.part_ids[c.index] for c in self.inputs]  # source id per input position
+        self.n_in = len(self.inputs)
+        # the fixed fields of this partition's record per incoming link: stage, partition id, source id, flags
+        self.rec_heads = [(self.stage, self.partition_id, self.part_ids[c.index], 0) for c in self.inputs]
         self.skew = int(cfg.get("clock_skew_ns", 0))
         timing = cfg.get("timing") or None
         self.period_ns = int(round(timing["cycles"] * 1000.0 / timing.get("clock_mhz", 100.0))) if timing else 0
@@ -570,29 +578,27 @@ class Agent:
     def _on_frame(self, frame, part, records, payload):
         t = time.time_ns() + self.skew
         self.counters["received"] += 1
-        n = len(self.inputs)
-        if n == 1:
-            job = (frame, [payload], records, [t])
-        else:
-            if part not in self.part_ids:
-                self.report("frame %d arrived as part %d, this partition takes parts %s"
-                            % (frame, part, sorted(self.part_ids)), frame)
+        if self.n_in == 1:
+            self._submit((frame, (payload,), records, (t,)))
+            return
+        if part not in self.part_pos:
+            self.report("frame %d arrived as part %d, this partition takes parts %s"
+                        % (frame, part, sorted(self.part_pos)), frame)
+            return
+        with self.pending_lock:
+            entry = self.pending.get(frame)
+            if entry is None:
+                entry = self.pending[frame] = [[None] * self.n_in, [], [0] * self.n_in, time.monotonic()]
+            idx = self.part_pos[part]
+            entry[0][idx] = payload
+            entry[1].append(records)
+            entry[2][idx] = t
+            if any(p is None for p in entry[0]):
+                self._set_state(frame, "waiting for parts: have %d of %d"
+                                % (sum(p is not None for p in entry[0]), self.n_in))
                 return
-            with self.pending_lock:
-                entry = self.pending.get(frame)
-                if entry is None:
-                    entry = self.pending[frame] = [[None] * n, [], [0] * n, time.monotonic()]
-                idx = self.part_pos[part]
-                entry[0][idx] = payload
-                entry[1].extend(records)
-                entry[2][idx] = t
-                if any(p is None for p in entry[0]):
-                    self._set_state(frame, "waiting for parts: have %d of %d"
-                                    % (sum(p is not None for p in entry[0]), n))
-                    return
-                del self.pending[frame]
-            job = (frame, entry[0], entry[1], entry[2])
-        self._submit(job)
+            del self.pending[frame]
+        self._submit((frame, entry[0], b"".join(entry[1]), entry[2]))
 
     # Receive, compute and send run in separate threads joined by bounded queues, so that with several
     # frames in flight they overlap. A frame that finds the next step idle and its queue empty runs that
@@ -721,17 +727,19 @@ class Agent:
     def _send(self, item):
         frame, outs, records, arrivals, t_cs, t_ce = item
         t_send = time.time_ns() + self.skew
-        mine = [(self.stage, self.partition_id, self.part_src[i], 0, arrivals[i], t_cs, t_ce, t_send)
-                for i in range(len(arrivals))]
-        recs = records + mine if records else mine
-        for i, (c, to) in enumerate(self.outputs):
+        if self.n_in == 1:
+            recs = records + RECORD.pack(*self.rec_heads[0], arrivals[0], t_cs, t_ce, t_send)
+        else:
+            recs = records + b"".join(RECORD.pack(*h, t_r, t_cs, t_ce, t_send) for h, t_r in zip(self.rec_heads, arrivals))
+        stage = self.stage
+        for (c, to), payload in zip(self.outputs, outs):
             try:
-                (self.host if to == "host" and self.host is not None else self._link(to)).send(
-                    pack_message(FRAME, frame, self.stage, c.index, outs[i], recs))
+                conn = self.host if to == "host" else None
+                (conn or self._link(to)).send(pack_message(FRAME, frame, stage, c.index, payload, recs))
             except (OSError, TimeoutError) as e:
                 self._drop_link(to)
                 self.report("stage %d (%s on %s) cannot send frame %d to %s: %s"
-                            % (self.stage, self.partition, self.board, frame, _where(to, c), e), frame)
+                            % (stage, self.partition, self.board, frame, _where(to, c), e), frame)
                 return
         self.counters["sent"] += 1
         self._set_state(frame, "sent")

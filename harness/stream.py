@@ -277,7 +277,7 @@ class Pipeline:
             error = None
         except Exception as e:  # a payload that does not match its contract
             error = f"frame {frame}: output from {self.wiring.describe(src)} cannot be decoded: {e}"
-        records = [r for k in got for r in got[k][1]]
+        records = wire.unpack_records(b"".join(bytes(v[1]) for v in got.values()))
         t_recv = max(v[2] for v in got.values())
         with run.cond:
             t_send = run.outstanding.pop(frame, None)
