@@ -52,7 +52,8 @@ Wire (TCP, TCP_NODELAY; all integers little-endian)
              producer, HOST_ID for the host), flags (0), t_recv, t_compute_start, t_compute_end, t_send:
              int64 ns of the board's time.time_ns() + clock_skew_ns. A partition appends one record per
              incoming link (t_recv: that link's arrival; compute and send times shared), so consumers of
-             several links tell when each part arrived.
+             several links tell when each part arrived. Agents forward earlier records as bytes, unparsed;
+             a consumer of several links forwards the records of all its parts.
     payload  FRAME: exactly `Contract.encode` bytes of the link the frame travels on; `part` is that link's
              `index` in the consumer's assembly, `stage` the producer's stage (HOST_STAGE for the host).
              Other types carry JSON (PING, PONG, HELLO, ERROR) or "<q"/"<qqq" int64 timestamps (PROBE).

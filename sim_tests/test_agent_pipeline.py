@@ -154,3 +154,13 @@ def test_second_agent_with_the_same_pidfile_refuses_to_start(tmp_path):
         p = subprocess.run([sys.executable, "agent.py", "config.json"], cwd=folder, capture_output=True,
                            text=True, timeout=30)
         assert p.returncode == 3 and "another agent" in p.stderr
+
+
+def test_rate_paces_the_frames(fan_rack):
+    plan, rack, wiring = fan_rack
+    rate = 200.0
+    with Pipeline(wiring) as pipe:
+        res = pipe.stream(np.zeros((12, 4, 12)), rate=rate, in_flight=4)
+    sends = [res.frames[f].t_send for f in res.frame_ids]
+    for i, t in enumerate(sends):
+        assert t - sends[0] >= (i / rate) * 1e9 - 1e6  # never ahead of the schedule (1 ms for clock reads)
