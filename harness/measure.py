@@ -15,7 +15,10 @@ end-to-end time exactly, so the breakdown is a true partition of it.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import struct
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -242,6 +245,25 @@ def format_report(rep: Mapping[str, object]) -> str:
 
 
 # --- measuring a wired rack -------------------------------------------------------------------------
+@contextlib.contextmanager
+def shallow_idle():
+    """Keep this machine's CPUs out of deep idle states while measuring (PM QoS: /dev/cpu_dma_latency at 0,
+    as cyclictest and tuned's latency-performance profile do). Otherwise how fast an agent or the host wakes
+    up depends on how long its CPU idled, so a slow hop also shifts the figures of hops that did not change.
+    No effect on the boards of a real rack; needs root (silently does nothing without it)."""
+    try:
+        fd = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
+    except OSError:
+        fd = None
+    try:
+        if fd is not None:
+            os.write(fd, struct.pack("<i", 0))  # held as long as the file stays open
+        yield fd is not None
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def probe_partitions(wiring) -> Dict[str, str]:
     """board -> one partition on it (whose agent answers that board's clock probes)."""
     out: Dict[str, str] = {}
@@ -281,16 +303,19 @@ def measure_rack(pipe, wiring, plan, x: np.ndarray, *, rate: Optional[float] = N
     from . import clocksync
 
     topo = Topology.from_plan(plan, {p: ep.board for p, ep in wiring.endpoints.items()})
-    progress(f"clock probes ({probes} per board) before the run")
-    before = clock_offsets(pipe, wiring, probes)
-    runs = {}
-    if single:
-        progress(f"single frames: {len(x)}, one in flight" + (f", {single_rate:g} frames/s" if single_rate else ""))
-        runs["single"] = (pipe.stream(x, in_flight=1, rate=single_rate, timeout=timeout), 1, single_rate)
-    progress(f"stream: {len(x)} frames, {in_flight} in flight" + (f", {rate:g} frames/s offered" if rate else ""))
-    runs["stream"] = (pipe.stream(x, in_flight=in_flight, rate=rate, timeout=timeout), in_flight, rate)
-    progress("clock probes after the run")
-    after = clock_offsets(pipe, wiring, probes)
+    with shallow_idle() as held:
+        if held:
+            progress("host CPUs held out of deep idle states while measuring (/dev/cpu_dma_latency = 0)")
+        progress(f"clock probes ({probes} per board) before the run")
+        before = clock_offsets(pipe, wiring, probes)
+        runs = {}
+        if single:
+            progress(f"single frames: {len(x)}, one in flight" + (f", {single_rate:g} frames/s" if single_rate else ""))
+            runs["single"] = (pipe.stream(x, in_flight=1, rate=single_rate, timeout=timeout), 1, single_rate)
+        progress(f"stream: {len(x)} frames, {in_flight} in flight" + (f", {rate:g} frames/s offered" if rate else ""))
+        runs["stream"] = (pipe.stream(x, in_flight=in_flight, rate=rate, timeout=timeout), in_flight, rate)
+        progress("clock probes after the run")
+        after = clock_offsets(pipe, wiring, probes)
     clocks = clocksync.models(before, after)
     to_host = {b: m.to_host for b, m in clocks.items()}
     reports = {mode: report(mode, r.timings(), topo, to_host, rate_hz=rt, in_flight=k) for mode, (r, k, rt) in runs.items()}

@@ -26,10 +26,10 @@ pytestmark = pytest.mark.skipif(
 
 ELEMENTS = 8192  # ap_fixed<16,6> in 16-bit containers: 16 KiB per frame on every link
 RATE_BPS = 50e6  # the limited link: 2.62 ms of serialisation per frame
-CYCLES = 20_000  # timing model on the last board: 200 us at 100 MHz
+CYCLES = 100_000  # timing model on the last board: 1 ms at 100 MHz
 SKEWS = {"s0": 1_500_000_000, "s1": -40_000_000, "s2": 777_000}
 PORT = 7701
-BLOCK, BLOCKS = 40, 4  # frames per block; blocks per condition
+BLOCK, BLOCKS = 40, 6  # frames per block; blocks per condition
 
 
 def within(measured_us, expected_us):
@@ -106,7 +106,7 @@ def test_tbf_link_timing_model_and_skews(netns_rack, tmp_path):
     agents = NetnsAgents(rack, k, tmp_path, plan, timing={"s2": {"cycles": CYCLES, "clock_mhz": 100}})
     frames = {False: [], True: []}
     try:
-        with Pipeline(agents.wiring) as pipe:
+        with measure.shallow_idle(), Pipeline(agents.wiring) as pipe:
             before = measure.clock_offsets(pipe, agents.wiring, 40)
             for block in range(2 * BLOCKS):
                 limited = block % 2 == 1
