@@ -16,7 +16,8 @@ rule4ml adapter (`Rule4ml`)
   checks this against `predict` itself), independent of batching, hence cacheable.
   rule4ml's parser cannot read layers without weights under Keras 3 (pooling, the ReLU/Softmax layers).
   ReLU and Softmax layers are the same as Activation("relu"/"softmax"), which it reads, so we describe them
-  so. Pooling layers are estimated analytically and added to the rule4ml figure of the rest of the segment;
+  so. Dropout layers (which it cannot read either) are left out: hls4ml removes them at conversion, they
+  are no hardware. Pooling layers are estimated analytically and added to the rule4ml figure of the rest of the segment;
   such a figure says `rule4ml+analytic` in its `estimator`, in every report and plan.
 
 Analytic fallback (`Analytic`), per layer, b = precision bits, r = reuse factor after hls4ml's
@@ -60,7 +61,9 @@ ADAPTER_REVISION = 1  # bump when the way we build rule4ml's inputs changes: it 
 
 # Layer types rule4ml 0.2.0's Keras parser reads under Keras 3 and its GNN has a category for.
 # sim_tests/test_plan_estimate.py checks each against the parser, and checks that pooling still fails.
-RULE4ML_LAYERS = {"Dense", "Conv1D", "Conv2D", "Activation", "Flatten", "Dropout", "BatchNormalization", "Add"}
+RULE4ML_LAYERS = {"Dense", "Conv1D", "Conv2D", "Activation", "Flatten", "BatchNormalization", "Add"}
+# Layers hls4ml removes at conversion (no hardware); rule4ml's parser cannot read them under Keras 3 either.
+REMOVED_BY_HLS4ML = {"Dropout"}
 POOLING = {"MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D"}
 
 
@@ -521,7 +524,7 @@ class Rule4ml(Estimator):
         """The layer dicts rule4ml's `config_from_keras_model` produces for this chain (pooling left out)."""
         out: List[Dict[str, Any]] = []
         for l in layers:
-            if l.kind in POOLING:
+            if l.kind in POOLING or l.kind in REMOVED_BY_HLS4ML:
                 continue
             if l.kind not in RULE4ML_LAYERS:
                 raise UserError(f"layer {l.name} ({l.kind}) has no rule4ml estimate")
@@ -576,7 +579,8 @@ class Rule4ml(Estimator):
         return self._wrapper
 
     def _compute(self, requests: Sequence[Request]) -> List[Estimate]:
-        core_idx = [i for i, (layers, _) in enumerate(requests) if any(l.kind not in POOLING for l in layers)]
+        core_idx = [i for i, (layers, _) in enumerate(requests)
+                    if any(l.kind not in POOLING and l.kind not in REMOVED_BY_HLS4ML for l in layers)]
         preds = self.predict_rows([(self.rule4ml_layers(requests[i][0], requests[i][1]), requests[i][1]) for i in core_idx])
         out: List[Estimate] = []
         by_req = dict(zip(core_idx, preds))
