@@ -422,9 +422,42 @@ def check_board(board: Board, timeout: float = 5.0) -> Health:
     return Health(board.name, True, "", d)
 
 
-def check_rack(rack: Rack, timeout: float = 5.0) -> List[Health]:
+def power_cycle(board: Board, wait: float = 180.0, timeout: float = 5.0) -> Health:
+    """Run the board's power_cycle command (locally, as an argument list), then wait up to `wait` seconds
+    for the board to pass the health check again. Returns the last health answer."""
+    import subprocess
+
+    if not board.power_cycle:
+        raise UserError(f"board {board.name} has no power_cycle command in the rack file")
+    try:
+        r = subprocess.run(board.power_cycle, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return Health(board.name, False, f"power-cycle: {board.power_cycle[0]} failed: {e}")
+    if r.returncode != 0:
+        return Health(board.name, False, f"power-cycle: `{' '.join(board.power_cycle)}` exited with "
+                      f"{r.returncode}: {(r.stderr or r.stdout).strip()[-200:]}")
+    deadline = time.monotonic() + wait
+    while True:
+        h = check_board(board, timeout)
+        if h.ok or time.monotonic() > deadline:
+            h.details["power_cycled"] = True
+            if not h.ok:
+                h.reason = f"still bad {wait:.0f} s after a power cycle: {h.reason}"
+            return h
+        time.sleep(2.0)
+
+
+def check_rack(rack: Rack, timeout: float = 5.0, recover: bool = False, wait: float = 180.0) -> List[Health]:
+    """Health of every board, in parallel. recover: power-cycle the bad boards that have a power_cycle
+    command, and check them again."""
+    def one(b: Board) -> Health:
+        h = check_board(b, timeout)
+        if not h.ok and recover and b.power_cycle:
+            h = power_cycle(b, wait, timeout)
+        return h
+
     with ThreadPoolExecutor(max_workers=min(8, len(rack.boards))) as pool:
-        return list(pool.map(lambda b: check_board(b, timeout), rack.boards))
+        return list(pool.map(one, rack.boards))
 
 
 # --- `splitrack deploy` ----------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Tests marked `hw` need a rack (real or virtual). Without `--boards` they are skipped with the reason.
 
 With `--boards`, the session starts with a health check of every board (SSH reachable, the agent's Python
-with numpy runs, enough free memory and disk, a running agent answers). A bad board is quarantined: it is
+with numpy runs, enough free memory and disk, a running agent answers). A bad board with a `power_cycle`
+command in the rack file is power-cycled once and checked again. A bad board is quarantined: it is
 left out of every fixture, and the reason is in the report header and the summary, instead of every test
 failing on it.
 
@@ -59,7 +60,7 @@ def pytest_collection_modifyitems(config, items):
 class RackState:
     """The session's rack: every board, the healthy ones, and why the others were quarantined."""
 
-    def __init__(self, path: str, check: bool):
+    def __init__(self, path: str, check: bool, recover_wait: float = 180.0):
         from harness.deploy import check_rack
         from harness.rack import load_rack
 
@@ -69,7 +70,8 @@ class RackState:
         self.quarantined = {}
         if check:
             t0 = time.monotonic()
-            for h in check_rack(self.rack):
+            # a board that fails and has a power_cycle command gets one chance to come back
+            for h in check_rack(self.rack, recover=True, wait=recover_wait):
                 self.health[h.board] = h
                 if not h.ok:
                     self.quarantined[h.board] = h.reason

@@ -22,6 +22,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     down.add_argument("rack", type=Path)
     check = sub.add_parser("check", help="health check of every board: SSH, python, free memory and disk")
     check.add_argument("rack", type=Path)
+    check.add_argument("--power-cycle", action="store_true", help="power-cycle bad boards that have a "
+                       "power_cycle command, then check them again")
 
 
 def run(args) -> int:
@@ -45,7 +47,7 @@ def run(args) -> int:
 
         rack = load_rack(args.rack)
         bad = 0
-        for h in check_rack(rack):
+        for h in check_rack(rack, recover=args.power_cycle):
             print(h.line())
             bad += not h.ok
         return 1 if bad else 0

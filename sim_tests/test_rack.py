@@ -196,3 +196,25 @@ def test_health_check_quarantines_low_memory_board(vrack, tmp_path):
         stop_board(proc)
     h = check_board(starved, timeout=2)  # stopped: quarantined for the connect stage
     assert not h.ok and h.reason.startswith("connect")
+
+
+def test_power_cycle_brings_a_hung_board_back(tmp_path):
+    import signal
+    from dataclasses import replace
+
+    hung, proc = start_board(tmp_path / "s", "hung")
+    os.kill(proc.pid, signal.SIGSTOP)  # hung: TCP accepted by the kernel, SSH never answers
+    try:
+        # the "power switch" of this virtual board: let the process run again
+        b = replace(hung, power_cycle=["kill", "-CONT", str(proc.pid)])
+        [before] = check_rack(Rack("t", [b]), timeout=2)
+        assert not before.ok and "did not speak SSH" in before.reason
+        [after] = check_rack(Rack("t", [b]), timeout=2, recover=True, wait=30)
+        assert after.ok and after.details["power_cycled"] is True
+        broken = replace(hung, power_cycle=["false"])
+        os.kill(proc.pid, signal.SIGSTOP)
+        [still] = check_rack(Rack("t", [broken]), timeout=2, recover=True, wait=1)
+        assert not still.ok and still.reason.startswith("power-cycle: `false` exited with 1")
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        stop_board(proc)
