@@ -379,24 +379,38 @@ class Planner:
     # -- the dynamic programme ------------------------------------------------------------------------------
     def run(self, pareto: bool = False) -> SearchResult:
         opts, blocked = self.options()
-        L = len(self.specs)
-        clock = self.board.clock_mhz
         by_start: Dict[int, List[_Option]] = {}
         for o in opts:
             by_start.setdefault(o.start, []).append(o)
-        # label: (boards, latency_us, interval, back) with back = (previous label, option)
+        final, exact = self._dp(by_start, self.opt.boards_available)
+        if not final:
+            self._raise_no_fit(opts, blocked, by_start)
+        L = len(self.specs)
+        out_hop = self._hop_us(_bytes(self._elements_at(L), self.link_precision, self.opt.data_width))
+        plans = [self._plan(lab, out_hop, exact) for lab in final]
+        key = {
+            "boards": lambda p: (p.boards, p.latency_us, p.interval_cycles),
+            "latency": lambda p: (p.latency_us, p.boards, p.interval_cycles),
+            "interval": lambda p: (p.interval_cycles, p.boards, p.latency_us),
+        }[self.opt.objective]
+        front = sorted(plans, key=lambda p: (p.boards, p.latency_us, p.interval_cycles))
+        return SearchResult(min(plans, key=key), front if pareto else [], self.n_estimates, dict(self.est.stats))
+
+    def _dp(self, by_start: Dict[int, List[_Option]], limit: Optional[int]) -> Tuple[List[tuple], bool]:
+        """Non-dominated labels (boards, latency without the last hop, interval, back pointer) at the end."""
+        L = len(self.specs)
+        clock = self.board.clock_mhz
         labels: Dict[int, List[tuple]] = {0: [(0, 0.0, 0.0, None)]}
         exact = True
-        limit = self.opt.boards_available
         for b in self.bounds:
-            here = labels.get(b, [])
+            here = _nondominated(labels.get(b, []))
             if not here:
                 continue
-            here = _nondominated(here)
             if len(here) > self.opt.max_labels:
                 exact = False
-                here = sorted(here, key=lambda l: l[0] + l[1] / max(1e-9, here[0][1] or 1) + l[2] / max(1e-9, here[0][2] or 1))
-                here = here[: self.opt.max_labels]
+                lat0 = max(1e-9, min(l[1] for l in here))
+                itv0 = max(1e-9, min(l[2] for l in here))
+                here = sorted(here, key=lambda l: l[0] + l[1] / lat0 + l[2] / itv0)[: self.opt.max_labels]
             labels[b] = here
             if b == L:
                 break
@@ -407,18 +421,7 @@ class Planner:
                     if limit is not None and boards > limit:
                         continue
                     labels.setdefault(o.end, []).append((boards, lab[1] + lat, max(lab[2], itv), (lab, o)))
-        final = _nondominated(labels.get(L, []))
-        if not final:
-            self._raise_no_fit(opts, blocked)
-        out_hop = self._hop_us(_bytes(self._elements_at(L), self.link_precision, self.opt.data_width))
-        plans = [self._plan(lab, out_hop, exact) for lab in final]
-        key = {
-            "boards": lambda p: (p.boards, p.latency_us, p.interval_cycles),
-            "latency": lambda p: (p.latency_us, p.boards, p.interval_cycles),
-            "interval": lambda p: (p.interval_cycles, p.boards, p.latency_us),
-        }[self.opt.objective]
-        front = sorted(plans, key=lambda p: (p.boards, p.latency_us, p.interval_cycles))
-        return SearchResult(min(plans, key=key), front if pareto else [], self.n_estimates, dict(self.est.stats))
+        return labels.get(L, []), exact
 
     def _plan(self, label, out_hop: float, exact: bool) -> PlanChoice:
         chain = []
@@ -434,7 +437,7 @@ class Planner:
         inputs = {o.split[0]: o.split[2] for o in chain if o.split and o.split[1] == "input"}
         return PlanChoice(stages, label[0], label[1] + out_hop, label[2], out_hop, exact, cuts, neurons, inputs)
 
-    def _raise_no_fit(self, opts: List[_Option], blocked: Dict[int, dict]) -> None:
+    def _raise_no_fit(self, opts: List[_Option], blocked: Dict[int, dict], by_start) -> None:
         covered = set()
         for o in opts:
             covered.update(range(o.start, o.end))
@@ -466,10 +469,11 @@ class Planner:
                 f"layer {layer.name} ({what}) does not fit a {self.board.name} under the {cap} cap: the smallest "
                 f"utilisation reachable is {peak:.0%} of {res.upper()} ({how}); {hint}"
             )
-        need = min((o.boards for o in opts), default=0)
+        unlimited, _ = self._dp(by_start, None)
+        fewest = min(l[0] for l in unlimited)
         raise NoFitError(
-            f"no plan fits in {self.opt.boards_available} board(s) of type {self.board.name} under the {cap} cap "
-            f"(a single stage already needs up to {need}); raise --boards-available or drop it"
+            f"no plan fits in {self.opt.boards_available} board(s) of type {self.board.name} under the {cap} cap: "
+            f"the fewest boards that fit is {fewest}; raise --boards-available to {fewest} or more"
         )
 
 
