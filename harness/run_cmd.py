@@ -13,7 +13,6 @@ import argparse
 import json
 import math
 import tempfile
-import time
 from pathlib import Path
 from typing import Optional, Tuple
 

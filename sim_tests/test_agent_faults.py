@@ -1,7 +1,6 @@
 """Failures end in clear errors within bounded time, name the board and stage, and keep every result
 already received: a compute error, a frame dropped on a board, an agent killed mid-stream, a part that
 never reaches a join, an agent that is not there, a bad config."""
-import json
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ import pytest
 
 from harness.local_rack import LocalRack, LocalRackError, identity_plan
 from harness.stream import AgentUnreachable, Pipeline, StreamError
-from harness.wiring import Endpoint, Wiring, agent_config, wire
+from harness.wiring import Endpoint, agent_config, wire
 
 
 def _x(n, shape=(8,), seed=0):

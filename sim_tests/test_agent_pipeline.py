@@ -1,17 +1,14 @@
 """Agents as local processes (passthrough backend): frames through chains and fan-out/join, timestamps,
 clock probes, health, the timing model, clean shutdown and restart."""
-import json
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from harness.local_rack import LocalRack, identity_plan
-from harness.stream import Pipeline, StreamError
+from harness.stream import Pipeline
 from harness.wiring import Wiring
 
 DTYPE = "ap_fixed<16,6>"
