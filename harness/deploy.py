@@ -304,7 +304,7 @@ def _upload(conn: Connection, board: Board, root: str, rels: List[str], files: D
             return
         todo = bad
     details = ", ".join(f"{rel} (expected {want[rel][:12]}, board has {str(got.get(f'{root}/{rel}.upload'))[:12]})"
-                        for rel in bad)
+                        for rel in bad[:2]) + (f" and {len(bad) - 2} more" if len(bad) > 2 else "")
     conn.run(["rm", "-f", *[f"{root}/{rel}.upload" for rel in bad]], check=False, timeout=10, stage="verify")
     raise BoardError(board.name, "verify", f"sha256 mismatch after upload, twice: {details}; "
                      "the board's storage or link corrupts data: check its SD card")

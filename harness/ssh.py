@@ -131,11 +131,13 @@ class Connection:
                 channel_timeout=self.timeout, allow_agent=False, look_for_keys=False,
             )
         except paramiko.BadHostKeyException as e:
+            client.close()  # the transport first: closing its socket under it makes it log noise
             sock.close()
             raise BoardError(b.name, "host-key", f"the host key of {b.host}:{b.port} changed (now {e.key.get_name()} "
                              f"{e.key.get_fingerprint().hex()}); if the board was re-imaged, remove its line from "
                              f"{b.known_hosts} and connect again") from None
         except paramiko.SSHException as e:
+            client.close()  # the transport first: closing its socket under it makes it log noise
             sock.close()
             msg = str(e)
             if "not found in known_hosts" in msg:
@@ -150,10 +152,12 @@ class Connection:
                                  f"speak SSH within {self.timeout:.0f} s ({msg}); the board is hung: power-cycle it") from None
             raise BoardError(b.name, "connect", f"SSH to {b.host}:{b.port} failed: {msg}") from None
         except (socket.timeout, TimeoutError):
+            client.close()  # the transport first: closing its socket under it makes it log noise
             sock.close()
             raise BoardError(b.name, "connect", f"{b.host}:{b.port} stopped answering during the SSH handshake "
                              f"(>{self.timeout:.0f} s); the board is hung: power-cycle it") from None
         except OSError as e:
+            client.close()  # the transport first: closing its socket under it makes it log noise
             sock.close()
             raise BoardError(b.name, "connect", f"SSH to {b.host}:{b.port} failed: {e}") from None
         transport = client.get_transport()

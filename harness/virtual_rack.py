@@ -93,7 +93,7 @@ def start_board(state: Path, name: str, host: str = "127.0.0.1", port: Optional[
                 disk_mb: float = 2048, faults: List[str] = (), netns: Optional[str] = None,
                 timing: Optional[str] = None, known_hosts: Optional[Path] = None) -> (Board, BoardProcess):
     """Start one virtual board process; returns its rack entry and its process. Waits until it speaks SSH."""
-    state = Path(state)
+    state = Path(state).resolve()  # the board process runs in its own folder: paths must be absolute
     state.mkdir(parents=True, exist_ok=True)
     key = _keys(state)
     bdir = state / name
