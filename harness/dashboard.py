@@ -20,7 +20,7 @@ from . import regress
 from .history import History, HistoryError, SeriesKey
 
 W, H = 860, 300
-PAD_L, PAD_R, PAD_T, PAD_B = 64, 170, 20, 58
+PAD_L, PAD_R, PAD_T, PAD_B = 90, 170, 20, 64
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
 TREND_METRICS = ("single p50", "single p99", "stream p50", "stream p99")
@@ -28,6 +28,10 @@ TREND_METRICS = ("single p50", "single p99", "stream p50", "stream p99")
 
 def _esc(s: object) -> str:
     return html.escape(str(s), quote=True)
+
+
+def _num(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
 
 
 def _nice_max(v: float) -> float:
@@ -50,7 +54,7 @@ def _frame(title: str, ymax: float, unit: str, n: int, labels: Sequence[str]) ->
     for k in range(6):
         v = ymax * k / 5
         out.append(f'<line x1="{PAD_L}" x2="{PAD_L + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#e4e4e4"/>')
-        out.append(f'<text x="{PAD_L - 6}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="11">{v:.4g}</text>')
+        out.append(f'<text x="{PAD_L - 6}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="11">{_num(v)}</text>')
     out.append(f'<text x="14" y="{PAD_T + ph / 2:.0f}" font-size="11" transform="rotate(-90 14 {PAD_T + ph / 2:.0f})" '
                f'text-anchor="middle">{_esc(unit)}</text>')
     step = max(1, math.ceil(n / 14))
@@ -136,15 +140,18 @@ def _short(t: str) -> str:
 
 
 def build(history: History, penalty: float = 3.0, min_relative: float = 0.05) -> Tuple[str, int, List[regress.Change]]:
-    """The page's HTML, how many plots it has, and every change found."""
+    """The page's HTML, how many plots it has, and the regressions in effect it lists."""
     keys = history.keys()
     if not keys:
         raise HistoryError(f"{history.path} holds no results yet: add some with `splitrack history add`")
-    changes = regress.detect(history, penalty=penalty, min_relative=min_relative)
+    # the watched medians (what nightly alerts on) and the plotted tails; p90, max and jitter of a shared
+    # machine move too much from night to night to mark
+    watched = set(regress.WATCH) | {k.metric for k in keys if k.metric.startswith("pytest ") and k.metric.endswith(" median")}
+    changes = regress.detect(history, tuple(watched) + TREND_METRICS, penalty=penalty, min_relative=min_relative)
     groups: Dict[Tuple[str, str, str], List[SeriesKey]] = defaultdict(list)
     for k in keys:
         groups[(k.rack, k.machine, k.plan_hash)].append(k)
-    live = regress.live_regressions(changes)
+    live = [c for c in regress.live_regressions(changes) if c.key.metric in watched]
     body: List[str] = []
     n_plots = 0
     if live:
@@ -212,7 +219,7 @@ def build(history: History, penalty: float = 3.0, min_relative: float = 0.05) ->
                         + "</table>")
     page = PAGE.format(generated=_esc(datetime.now(timezone.utc).isoformat(timespec="seconds")),
                        db=_esc(history.path.name), body="\n".join(body), n_plots=n_plots, n_live=len(live))
-    return page, n_plots, changes
+    return page, n_plots, live
 
 
 def _flow_order(hops: List[str]) -> List[str]:
@@ -263,6 +270,7 @@ console.log("splitrack dashboard: " + document.querySelectorAll("svg.plot").leng
 
 
 def write(db: Path, out_dir: Path) -> Tuple[Path, List[regress.Change]]:
+    """Write out_dir/index.html; returns it and the regressions in effect it lists."""
     if not Path(db).exists():
         raise HistoryError(f"{db} does not exist: add results with `splitrack history add` or run `splitrack nightly`")
     with History(db) as h:
@@ -280,7 +288,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    index, changes = write(args.db, args.out)
-    live = regress.live_regressions(changes)
-    print(f"dashboard: {index} ({len(changes)} change point(s), {len(live)} regression(s) in effect)")
+    index, live = write(args.db, args.out)
+    print(f"dashboard: {index} ({len(live)} regression(s) in effect)")
     return 0

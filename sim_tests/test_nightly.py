@@ -3,6 +3,7 @@
 Three ordinary nights exit 0; then a board gets slower (its agent takes 1 ms more per frame: a timing
 model injected through the deployment, as a slower bitstream would) and the fourth night exits 1 naming
 that board's hop."""
+import json
 import re
 import sqlite3
 
@@ -32,6 +33,12 @@ def test_nightly_end_to_end_then_injected_regression(vrack, tmp_path, monkeypatc
         out = capsys.readouterr().out
         assert "nightly: no regression in effect" in out
     assert (site / "index.html").is_file() and len(list((site / "runs").glob("*.json"))) == 3
+    doc = json.loads(sorted((site / "runs").glob("*.json"))[-1].read_text())
+    # the CPU reference was measured in the same run, and the rack answers like Keras on the labelled digits
+    assert set(doc["cpu"]) == {"keras batch 1", "keras batch 8", "hls4ml emulation"}
+    assert all(s["p50"] > 0 for s in doc["cpu"].values())
+    assert doc["accuracy"]["rack"] > 0.9 and doc["accuracy"]["rack agrees with keras"] > 0.95
+    assert abs(doc["accuracy"]["rack"] - doc["accuracy"]["keras"]) < 0.02
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT COUNT(DISTINCT time) FROM measurements").fetchone()[0] == 3
         hops = {r[0] for r in c.execute("SELECT DISTINCT hop FROM measurements WHERE metric='single p50'")}
