@@ -393,11 +393,8 @@ class Agent:
         self.stop = threading.Event()
         self.compute_q = queue.Queue(self.in_flight)
         self.send_q = queue.Queue(self.in_flight)
-        self.queues = (self.compute_q, self.send_q)
-        self.mutex = threading.Lock()
-        self.busy = [False, False]  # compute, send: a thread is doing this step now
-        self.waiting = [0, 0]  # worker threads waiting for the step to become free
-        self.idle = (threading.Condition(self.mutex), threading.Condition(self.mutex))
+        self.compute_lock = threading.Lock()  # held by whichever thread computes a frame (one at a time)
+        self.send_lock = threading.Lock()  # held by whichever thread sends a frame
         self.out_links = [c for c, _ in self.outputs]
         self.pending = {}  # frame id -> [parts by index, records, arrival ns by index, first arrival monotonic]
         self.pending_lock = threading.Lock()
@@ -528,11 +525,12 @@ class Agent:
             threading.Thread(target=self._read_loop, args=(conn,), name="read " + conn.name, daemon=True).start()
 
     def _read_loop(self, conn):
+        message, on_frame = conn.reader.message, self._on_frame
         try:
-            while not self.stop.is_set():
-                mtype, frame, stage, part, records, payload = conn.reader.message()
+            while True:  # ends when the peer closes, or at shutdown when the socket is closed under it
+                mtype, frame, stage, part, records, payload = message()
                 if mtype == FRAME:
-                    self._on_frame(frame, part, records, payload)
+                    on_frame(frame, part, records, payload)
                 elif mtype == PROBE:
                     t2 = self.now()
                     (t1,) = PROBE_REQ.unpack(payload)
@@ -602,55 +600,15 @@ class Agent:
         self._submit((frame, entry[0], b"".join(entry[1]), entry[2]))
 
     # Receive, compute and send run in separate threads joined by bounded queues, so that with several
-    # frames in flight they overlap. A frame that finds the next step idle and its queue empty runs that
-    # step at once in the thread it is in (run to completion): a lone frame then crosses no thread hand-off,
-    # which is what keeps the per-hop latency near a raw socket echo.
-    def _claim(self, step):
-        with self.mutex:
-            if self.busy[step] or self.queues[step].queue:  # .queue: the deque, len() without another lock
-                return False
-            self.busy[step] = True
-            return True
-
-    def _acquire(self, step):
-        with self.mutex:
-            while self.busy[step]:
-                self.waiting[step] += 1
-                self.idle[step].wait()
-                self.waiting[step] -= 1
-            self.busy[step] = True
-
-    def _release(self, step):
-        with self.mutex:
-            self.busy[step] = False
-            if self.waiting[step]:
-                self.idle[step].notify()
-
+    # frames in flight they overlap. Whoever does a step holds its lock; a frame that finds a step's lock free
+    # and its queue empty does that step at once in the thread it is in (run to completion): a lone frame
+    # then crosses no thread hand-off, which keeps the per-hop latency near a bare socket echo.
     def _submit(self, job):
-        busy = self.busy
-        with self.mutex:  # both steps idle, nothing queued: compute and send right here
-            inline = not (busy[0] or busy[1] or self.compute_q.queue or self.send_q.queue)
-            if inline:
-                busy[0] = busy[1] = True
-        if inline:  # its state goes from unknown to "sent" (or an error) before anyone could ask
-            try:
-                item = self._compute(job)
-                if item is not None:
-                    self._send(item)
-            finally:
-                with self.mutex:
-                    busy[0] = busy[1] = False
-                    if self.waiting[0]:
-                        self.idle[0].notify()
-                    if self.waiting[1]:
-                        self.idle[1].notify()
-            return
-        self._set_state(job[0], "received")
-        if self._claim(0):
+        if not self.compute_q.queue and self.compute_lock.acquire(False):  # .queue: the deque, no lock taken
             try:
                 item = self._compute(job)
             finally:
-                self._release(0)
+                self.compute_lock.release()
             if item is not None:
                 self._to_send(item)
         else:
@@ -658,37 +616,32 @@ class Agent:
             self.compute_q.put(job)  # blocks when full: TCP back-pressure to the previous stage
 
     def _to_send(self, item):
-        if self._claim(1):
+        if not self.send_q.queue and self.send_lock.acquire(False):
             try:
                 self._send(item)
             finally:
-                self._release(1)
+                self.send_lock.release()
         else:
+            self._set_state(item[0], "computed, queued for sending")
             self.send_q.put(item)
 
     def _compute_loop(self):
-        while not self.stop.is_set():
+        while True:
             job = self.compute_q.get()
             if job is None:
                 return
-            self._acquire(0)
-            try:
+            with self.compute_lock:
                 item = self._compute(job)
-            finally:
-                self._release(0)
             if item is not None:
                 self._to_send(item)
 
     def _send_loop(self):
-        while not self.stop.is_set():
+        while True:
             item = self.send_q.get()
             if item is None:
                 return
-            self._acquire(1)
-            try:
+            with self.send_lock:
                 self._send(item)
-            finally:
-                self._release(1)
 
     def _compute(self, job):
         frame, payloads, records, arrivals = job
