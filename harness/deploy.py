@@ -129,7 +129,8 @@ def _timing(plan: Plan, name: str, board: Board) -> Optional[dict]:
     if "cycles" not in est:
         raise UserError(f"board {board.name} has timing = \"estimate\", but partition {name} has no cycle estimate; "
                         "make the plan with `splitrack plan`, or remove `timing` from the rack file")
-    return {"cycles": float(est["cycles"]), "clock_mhz": 100.0}
+    # the plan's hls4ml clock (PYNQ-Z2 default: 10 ns, 100 MHz)
+    return {"cycles": float(est["cycles"]), "clock_mhz": 1000.0 / float(plan.hls_defaults.get("clock_period", 10))}
 
 
 def place(plan: Plan, rack: Rack) -> Dict[str, Board]:

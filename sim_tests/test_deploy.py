@@ -85,6 +85,25 @@ def test_timing_model_needs_an_estimate(fc_plan_dir, rack_file):
         deploy(plan, timed)
 
 
+def test_timing_model_makes_a_board_take_the_fpga_time(fc_plan_dir, rack_file):
+    from harness.stream import Pipeline
+    from splitting.plan import Plan
+    from splitting.reference import digits_data, model_inputs
+
+    plan = Plan.load(fc_plan_dir)
+    plan.partitions["s1"].estimate = {"cycles": 200000}  # 2 ms at the plan's 100 MHz: far above the emulation
+    rack = load_rack(rack_file)
+    timed = Rack("t", [rack.boards[0], replace(rack.boards[1], timing="estimate"), rack.boards[2]])
+    dep = deploy(plan, timed)
+    x = model_inputs("fc", digits_data()[2][:10])
+    with Pipeline(dep.wiring) as pipe:
+        res = pipe.stream(x, timeout=10)
+    for f in res.frame_ids:
+        st = res.stamps(f)
+        assert st["s1"]["t_compute_end"] - st["s1"]["t_compute_start"] >= 2_000_000
+    undeploy(rack)
+
+
 # --- the pytest plugin, run in a child pytest ------------------------------------------------------------
 HW_TEST = '''
 import json, os, time
