@@ -382,8 +382,9 @@ class Estimator:
         raise NotImplementedError
 
     def key(self, layers: Sequence[LayerSpec], cfg: HlsConfig) -> str:
+        version = self.__dict__.setdefault("_version", self.version)
         body = json.dumps(
-            {"layers": [l.signature() for l in layers], "config": asdict(cfg), "board": self.board.name, "estimator": self.version},
+            {"layers": [l.signature() for l in layers], "config": asdict(cfg), "board": self.board.name, "estimator": version},
             sort_keys=True, separators=(",", ":"),
         )
         return hashlib.sha256(body.encode()).hexdigest()
@@ -502,6 +503,11 @@ def analytic_segment(layers: Sequence[LayerSpec], cfg: HlsConfig) -> Estimate:
     return total
 
 
+@lru_cache(maxsize=1)
+def _rule4ml_version() -> str:
+    return metadata.version("rule4ml")  # reads dist-info from disk: milliseconds, so once per process
+
+
 class Rule4ml(Estimator):
     """rule4ml 0.2.0's GNN estimators (the package's default models), batched and cached; pooling layers
     added analytically (see the module docstring)."""
@@ -516,7 +522,7 @@ class Rule4ml(Estimator):
 
     @property
     def version(self) -> str:
-        return f"rule4ml-{metadata.version('rule4ml')}-gnn-v2/hls4ml-{HLS4ML_VERSION}/vivado-{VIVADO_VERSION}/adapter-{ADAPTER_REVISION}"
+        return f"rule4ml-{_rule4ml_version()}-gnn-v2/hls4ml-{HLS4ML_VERSION}/vivado-{VIVADO_VERSION}/adapter-{ADAPTER_REVISION}"
 
     # -- rule4ml's view of a segment ----------------------------------------------------------------
     @staticmethod
@@ -607,13 +613,19 @@ class Rule4ml(Estimator):
             glob = [get_global_inputs(r, self.hls_config(c), hls4ml_version=HLS4ML_VERSION, vivado_version=VIVADO_VERSION) for r, c in part]
             seq = [get_layers_data(r) for r, _ in part]
             cols: Dict[str, List[float]] = {}
+            built: Dict[str, tuple] = {}  # the six estimators share their input features: build them once
             for key, wrapper in w._models.items():
-                df = to_dataframe(
-                    meta_data=[], global_inputs=[dict(g) for g in glob], sequential_inputs=[list(s) for s in seq],
-                    global_categorical_maps=wrapper.global_categorical_maps,
-                    sequential_categorical_maps=wrapper.sequential_categorical_maps, targets=[],
-                )
-                pred = _predict_df(wrapper, df)
+                spec = json.dumps([wrapper.global_numerical_labels, wrapper.sequential_numerical_labels,
+                                   wrapper.global_categorical_maps, wrapper.sequential_categorical_maps],
+                                  sort_keys=True, default=list)  # build_inputs leaves pandas arrays there
+                if spec not in built:
+                    df = to_dataframe(
+                        meta_data=[], global_inputs=[dict(g) for g in glob], sequential_inputs=[list(s) for s in seq],
+                        global_categorical_maps=wrapper.global_categorical_maps,
+                        sequential_categorical_maps=wrapper.sequential_categorical_maps, targets=[],
+                    )
+                    built[spec] = _inputs(wrapper, df)
+                pred = _forward(wrapper, *built[spec])
                 for j, label in enumerate(key.split("-")):
                     cols[label.lower()] = [float(p[j]) for p in pred]
             for i in range(len(part)):
@@ -624,9 +636,9 @@ class Rule4ml(Estimator):
         return results
 
 
-def _predict_df(wrapper, inputs_df):
-    """`BaseModelWrapper.predict_from_df` for a torch GNN wrapper, with each graph normalised alone."""
-    import numpy as np
+def _inputs(wrapper, inputs_df):
+    """The input tensors `BaseModelWrapper.predict_from_df` builds, the GNN's batch vector, and the rows
+    its scaler reads."""
     import torch
 
     feature_labels = list(wrapper.global_numerical_labels) + list(wrapper.global_categorical_maps.keys())
@@ -636,14 +648,22 @@ def _predict_df(wrapper, inputs_df):
         feature_labels += ["sequential_inputs"]
     inputs_df = inputs_df[feature_labels]
     inputs = wrapper.build_inputs(inputs_df)
-    model = wrapper.model
-    model.eval()
     tensors = dict(zip(inputs.keys(), wrapper._process_input_dict(inputs)))
-    seq = tensors[model.sequential_input_keys["numerical"]]
-    mask = ~(seq == 0.0).all(dim=-1)
-    counts = mask.sum(dim=1)
+    seq = tensors[wrapper.model.sequential_input_keys["numerical"]]
+    counts = (~(seq == 0.0).all(dim=-1)).sum(dim=1)
     # the batch vector TorchGNN.forward builds (graphs with no node are skipped there, and here)
     batch = torch.cat([torch.full((int(n),), i, dtype=torch.long) for i, n in enumerate(counts.tolist()) if n > 0])
+    return tensors, batch, inputs_df.to_dict("records")
+
+
+def _forward(wrapper, tensors, batch, records):
+    """TorchGNN.forward with each graph normalised alone (GraphNorm given the batch vector), then the
+    wrapper's scaler, as `predict_from_df` applies it."""
+    import numpy as np
+    import torch
+
+    model = wrapper.model
+    model.eval()
     originals = [norm.forward for norm in model.norms]
     try:
         for norm, orig in zip(model.norms, originals):
@@ -654,7 +674,6 @@ def _predict_df(wrapper, inputs_df):
         for norm, orig in zip(model.norms, originals):
             norm.forward = orig
     if wrapper.scaler:
-        records = inputs_df.to_dict("records")
         pred = np.asarray([
             list(wrapper.scaler.inverse(dict(zip(wrapper.output_labels, row)), records[i]).values())
             for i, row in enumerate(pred)
