@@ -209,7 +209,8 @@ def identity_plan(stages: int = 3, shape=(64,), dtype: str = "ap_fixed<16,6>", f
 
     stages: a chain host -> s0 -> s1 -> ... -> host. fan > 1 adds, after s0, a stage of `fan` parallel
     partitions each taking a slice of s0's output (along the last axis), and a stage that concatenates them:
-    the neuron-split wiring (select on the producer, concat on the consumer)."""
+    the neuron-split wiring (select on the producer, concat on the consumer). stages=0 with fan > 1: the host
+    itself scatters the slices to the parallel partitions and concatenates their outputs."""
     from splitting.contract import Contract, Select
     from splitting.plan import Partition, Stage
 
@@ -248,7 +249,20 @@ def identity_plan(stages: int = 3, shape=(64,), dtype: str = "ap_fixed<16,6>", f
                 links.append(Contract(n, join, part_shape, dtype, combine="concat", axis=-1, index=k, count=fan))
             stage_list.append(Stage(idx, "layers", [join]))
             prev, idx = join, idx + 1
-    links.append(Contract(prev, "host", shape, dtype))
+    if stages == 0 and fan > 1:
+        width = shape[-1]
+        if width % fan:
+            raise LocalRackError(f"fan {fan} must divide the last axis {width}")
+        w = width // fan
+        part_shape = shape[:-1] + (w,)
+        names = [f"n{k}" for k in range(fan)]
+        for k, n in enumerate(names):
+            add(n, 0, "neuron", part_shape, part_shape)
+            links.append(Contract("host", n, part_shape, dtype, select=Select(len(shape) - 1, k * w, (k + 1) * w)))
+            links.append(Contract(n, "host", part_shape, dtype, combine="concat", axis=-1, index=k, count=fan))
+        stage_list.append(Stage(0, "neuron", names))
+    else:
+        links.append(Contract(prev, "host", shape, dtype))
     model = {"name": "identity", "input_shape": list(shape), "output_shape": list(shape), "output_precision": dtype}
     plan = Plan(model=model, stages=stage_list, partitions=parts, links=links)
     plan.check()

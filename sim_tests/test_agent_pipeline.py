@@ -10,12 +10,14 @@ import pytest
 from harness.local_rack import LocalRack, identity_plan
 from harness.stream import Pipeline
 from harness.wiring import Wiring
+from splitting.contract import Contract
 
 DTYPE = "ap_fixed<16,6>"
 
 
 def _expected(plan, x):
-    c = plan.links[0]  # identity plans: the output is the input, quantised once by the wire type
+    # identity plans: the output is the input, quantised once by the wire type
+    c = Contract("host", "host", plan.model["input_shape"], plan.links[0].dtype)
     return np.stack([c.decode(c.encode(v)) for v in x])
 
 
@@ -161,3 +163,16 @@ def test_rate_paces_the_frames(fan_rack):
     sends = [res.frames[f].t_send for f in res.frame_ids]
     for i, t in enumerate(sends):
         assert t - sends[0] >= (i / rate) * 1e9 - 1e6  # never ahead of the schedule (1 ms for clock reads)
+
+
+def test_host_scatters_slices_and_gathers_parts(tmp_path):
+    """Parallel partitions fed straight from the host (each its slice) and answering straight to it."""
+    plan = identity_plan(0, shape=(3, 8), fan=4)
+    assert len(plan.input_links) == 4 and len(plan.output_links) == 4
+    x = np.random.default_rng(8).uniform(-9, 9, (30, 3, 8))
+    with LocalRack(tmp_path) as rack:
+        wiring = rack.start(plan)
+        with Pipeline(wiring) as pipe:
+            res = pipe.stream(x, in_flight=5)
+    np.testing.assert_array_equal(res.outputs(), _expected(plan, x))
+    assert set(res.stamps(res.frame_ids[0])) == {"n0", "n1", "n2", "n3"}
