@@ -146,7 +146,7 @@ def to_json(plan: PlanChoice, model: str, opts: SearchOptions, version: str, res
     }
     if result is not None and result.pareto:
         out["pareto"] = [{"boards": p.boards, "latency_us": round(p.latency_us, 2), "interval_cycles": round(p.interval_cycles, 1),
-                          "plan": p.describe()} for p in result.pareto]
+                          "plan": p.describe(), "configs": p.configs()} for p in result.pareto]
     return out
 
 
@@ -181,9 +181,10 @@ def table(plan: PlanChoice, model: str, opts: SearchOptions) -> List[str]:
 
 
 def pareto_table(front: List[PlanChoice]) -> List[str]:
-    lines = ["non-dominated plans (boards, latency, interval):", f"{'boards':>6} {'latency us':>11} {'interval':>9}  plan"]
+    lines = ["non-dominated plans (boards, latency, interval):",
+             f"{'boards':>6} {'latency us':>11} {'interval':>9}  plan [reuse factor and strategy per stage]"]
     for p in front:
-        lines.append(f"{p.boards:>6} {p.latency_us:>11.1f} {p.interval_cycles:>9.0f}  {p.describe()}")
+        lines.append(f"{p.boards:>6} {p.latency_us:>11.1f} {p.interval_cycles:>9.0f}  {p.describe()} [{p.configs()}]")
     return lines
 
 

@@ -146,6 +146,16 @@ class PlanChoice:
         bits += [f"{n} input-split x{k}" for n, k in self.inputs.items()]
         return "; ".join(bits) or "one board, no cut"
 
+    def configs(self) -> str:
+        """Per stage: reuse factor and strategy (and precision when several are in play)."""
+        precisions = {p.config.precision for p in self.partitions}
+        out = []
+        for st in self.stages:
+            c = st.parts[0].config
+            prec = f" {c.precision}" if len(precisions) > 1 else ""
+            out.append(f"R{c.reuse_factor} {c.strategy[:3]}{prec}")
+        return " | ".join(out)
+
 
 @dataclass
 class _Option:
