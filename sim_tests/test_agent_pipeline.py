@@ -1,5 +1,6 @@
 """Agents as local processes (passthrough backend): frames through chains and fan-out/join, timestamps,
 clock probes, health, the timing model, clean shutdown and restart."""
+import os
 import signal
 import subprocess
 import sys
@@ -176,3 +177,42 @@ def test_host_scatters_slices_and_gathers_parts(tmp_path):
             res = pipe.stream(x, in_flight=5)
     np.testing.assert_array_equal(res.outputs(), _expected(plan, x))
     assert set(res.stamps(res.frame_ids[0])) == {"n0", "n1", "n2", "n3"}
+
+
+def _python38():
+    """A Python 3.8 with numpy (what PYNQ images ship), set up once under .splitrack-cache/py38."""
+    import shutil
+    from pathlib import Path
+
+    from filelock import FileLock
+
+    import glob
+
+    candidates = [shutil.which("python3.8")] + sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.8*/bin/python3.8")))
+    runs = [c for c in candidates if c and subprocess.run([c, "--version"], capture_output=True).returncode == 0]
+    if not runs:
+        pytest.skip("no python3.8 on this machine")
+    base = runs[0]
+    venv = Path(".splitrack-cache/py38").resolve()
+    py = venv / "bin" / "python"
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(venv) + ".lock"):
+        if not (venv / ".ok").exists():
+            subprocess.run([base, "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
+            subprocess.run([str(py), "-m", "pip", "install", "-q", "numpy<1.25"], check=True, timeout=600)
+            (venv / ".ok").touch()
+    return str(py)
+
+
+@pytest.mark.slow
+def test_agent_runs_on_python38(tmp_path):
+    py = _python38()
+    plan = identity_plan(2, shape=(4, 6), fan=2)
+    x = np.random.default_rng(9).uniform(-40, 40, (30, 4, 6))
+    with LocalRack(tmp_path, python=py) as rack:
+        backends = {n: {"kind": "passthrough", "decode": True} for n in plan.partitions}  # numpy codec too
+        wiring = rack.start(plan, backends, timing={"cycles": 1000, "clock_mhz": 100})
+        with Pipeline(wiring) as pipe:
+            assert pipe.ping("join")["python"].startswith("3.8.")
+            res = pipe.stream(x)
+    np.testing.assert_array_equal(res.outputs(), _expected(plan, x))
