@@ -31,6 +31,11 @@ def test_split_emulation_is_bit_exact_and_keeps_accuracy(fc_plan):
     assert v.accuracy_keras > 0.9
     # the emulation is not trivially equal to Keras: it is quantised
     assert v.hls_vs_keras_max_abs_err > 0
+    # the FC logits reach about -35 on digits, past ap_fixed<16,6>'s +-32: verify must say where
+    flagged = [(p["partition"], p["peak_layer"]) for p in v.per_partition if p["overflow"]]
+    assert flagged == [("s3", "fc3_join")]  # fc3 is input-split: the full sum is in the join
+    from splitting.verify import render
+    assert "layer fc3_join reaches" in render(v)
 
 
 def test_second_verify_does_not_recompile(fc_plan, monkeypatch, capsys):

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .contract import FixedType, assemble
 from .errors import UserError
 from .plan import Plan
 from .report import table
@@ -80,6 +81,28 @@ def _accuracy(out: np.ndarray, y: Optional[np.ndarray]) -> Optional[float]:
     return float(np.mean(np.argmax(out.reshape(len(out), -1), axis=1) == y))
 
 
+def layer_peaks(model, x: np.ndarray) -> Dict[str, float]:
+    """Largest |value| each layer produces on `x`, before its activation (hls4ml computes Dense and Conv
+    results in the layer's own type, then applies the activation: that is where overflow happens)."""
+    import keras
+
+    saved = {}
+    for layer in model.layers:
+        if getattr(layer, "activation", None) not in (None, keras.activations.linear):
+            saved[layer.name] = layer.activation
+            layer.activation = keras.activations.linear
+    try:
+        layers = [l for l in model.layers if type(l).__name__ != "InputLayer"]
+        probe = keras.Model(model.inputs, [l.output for l in layers])
+        outs = probe(x, training=False)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        return {l.name: float(np.max(np.abs(np.asarray(o)))) for l, o in zip(layers, outs)}
+    finally:
+        for layer in model.layers:
+            if layer.name in saved:
+                layer.activation = saved[layer.name]
+
+
 def verify_plan(plan: Plan, data: str = "random", n: int = 512, hls: bool = True, log=print) -> Verification:
     from .chain import emulation_runner, keras_runner, run_chain
     from .hls import monolithic_emulation
@@ -108,7 +131,12 @@ def verify_plan(plan: Plan, data: str = "random", n: int = 512, hls: bool = True
         hk_err = float(np.max(np.abs(out_hls - ref)))
         acc_split, acc_whole = _accuracy(out_hls, y), _accuracy(whole, y)
         for p in plan.ordered_partitions():
-            per.append({"partition": p.name, "stage": p.stage, "kind": p.kind, "layers": p.layers,
+            ft = FixedType.parse(p.output_precision)
+            inp = assemble(plan.inputs_of(p.name), [c.take(kept.get(c.src, x)) for c in plan.inputs_of(p.name)])
+            peaks = layer_peaks(models[p.name], inp)
+            worst = max(peaks, key=peaks.get) if peaks else None
+            per.append({"peak_layer": worst, "keras_peak": peaks.get(worst, 0.0), "type_limit": ft.raw_max * ft.step,
+                        "overflow": peaks.get(worst, 0.0) > ft.raw_max * ft.step,"partition": p.name, "stage": p.stage, "kind": p.kind, "layers": p.layers,
                         "input_shape": p.input_shape, "output_shape": p.output_shape, "precision": p.output_precision,
                         "params": int(models[p.name].count_params()),
                         "hls_vs_keras_max_abs_err": float(np.max(np.abs(hkept[p.name] - kept[p.name])))})
@@ -140,6 +168,12 @@ def render(v: Verification) -> str:
          f"{pct(v.accuracy_whole_hls)}", f"{v.samples} samples", "info"],
     ]
     out.append(table(["check", "value", "bound", "result"], checks))
+    for p in v.per_partition:
+        if p["overflow"]:  # not a split error (the whole model wraps the same way), but worth knowing
+            out.append(f"warning: {p['partition']}: layer {p['peak_layer']} reaches {p['keras_peak']:.3g} in Keras (before "
+                       f"its activation), beyond the range of "
+                       f"{p['precision']} (max {p['type_limit']:.6g}): values wrap or saturate; give more integer bits "
+                       f"(e.g. split again with --precision ap_fixed<18,8>)")
     out.append(f"plan {v.plan_hash}: {'PASS' if v.ok else 'FAIL'}")
     return "\n".join(out)
 
