@@ -67,3 +67,19 @@ def test_select_and_assemble_are_batch_safe():
     x = np.random.default_rng(0).normal(size=(7, 4, 4, 5))
     np.testing.assert_array_equal(assemble([b, a], [b.take(x), a.take(x)]), x)
     assert Contract.from_dict(a.to_dict()) == a
+
+
+def test_board_side_modules_need_no_tensorflow_and_parse_as_python38():
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import splitting
+
+    root = Path(splitting.__file__).parent
+    for name in ("contract.py", "emulation.py", "plan.py"):
+        ast.parse((root / name).read_text(), feature_version=(3, 8))  # PYNQ images ship Python 3.8+
+    code = ("import sys, splitting.plan, splitting.contract, splitting.emulation; "
+            "bad = [m for m in ('tensorflow', 'keras', 'hls4ml') if m in sys.modules]; sys.exit(1 if bad else 0)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=root.parent).returncode == 0
