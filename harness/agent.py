@@ -24,9 +24,10 @@ Config (JSON, plain data; relative paths are relative to the config file's folde
                         the partition's hls4ml emulation library (virtual boards; bit-accurate)
                     {"kind": "overlay", "bitfile": "p.bit", "hwh": "p.hwh", "n_in": 64, "n_out": 10,
                      "dma": "hier_0.axi_dma_0", "in_dtype": "float32", "out_dtype": "float32"}
-                        a real PYNQ-Z2: pynq.Overlay, DMA buffers allocated once; *_dtype is the AXI data
-                        type of the hls4ml accelerator wrapper ("float32", or "int8"/"int16"/"int32" when the
-                        wrapper moves raw ap_fixed words: then the wire bytes go to the DMA buffer unchanged)
+                        a real PYNQ-Z2: pynq.Overlay (the .hwh must sit beside the .bit, same name), DMA
+                        buffers allocated once; *_dtype is the AXI data type of the hls4ml accelerator
+                        wrapper: "float32", or "int8"/"int16"/"int32" when the wrapper moves raw ap_fixed
+                        words (the agent then writes and reads raw words of the links' fixed-point types)
                     {"kind": "passthrough", "decode": false}
                         transport tests only: the output is the assembled input. With "decode": false and
                         one link in, one out, of the same encoding, the payload bytes are forwarded unchanged
