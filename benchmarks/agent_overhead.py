@@ -12,8 +12,9 @@ throughput through 5 agents against one stage alone.
    - agent+decode: the same, decoding the payload and encoding the output through the contract (what an
                 emulation or overlay backend costs on top of the transport, compute itself excluded).
    The client is a plain blocking loop for all of them (no host-side threads), interleaved in rounds so
-   that noise from other processes hits every variant alike; "per-round" is the median over rounds of a
-   variant's p50 divided by the raw echo's p50 of the same round. Target: agent p50 <= 1.3 x raw p50.
+   that noise from other processes hits every variant alike, in sessions of fresh processes; "per-round" is
+   the median over rounds of a variant's p50 divided by the raw echo's p50 of the same round.
+   Target: agent p50 <= 1.3 x raw p50.
 2. Pipelined. 5 agents in a chain, each with the timing model (equal stages of T = cycles / 100 MHz),
    frames streamed with several in flight through harness.stream; against one such agent alone.
    Target: chain throughput >= 0.8 x single stage throughput.
@@ -156,34 +157,37 @@ class AgentHop:
         self.sock.close()
 
 
-def per_hop(elements: int, rounds: int, per_round: int, workdir: Path):
+def per_hop(elements: int, sessions: int, rounds: int, per_round: int, workdir: Path):
+    """Round trips of every variant, interleaved in rounds; each session starts fresh server processes, so
+    that one process the scheduler happens to treat badly cannot bias a variant for the whole run."""
     plan = identity_plan(1, shape=(elements,))
     c = plan.links[0]
     payload = c.encode(np.random.default_rng(0).uniform(-8, 8, elements))
-    raw = RawEcho(len(payload))
-    racks, clients = [], {}
-    for variant, backend in (("agent", {"kind": "passthrough"}), ("agent+decode", {"kind": "passthrough", "decode": True})):
-        rack = LocalRack(workdir / variant)
-        w = rack.start(plan, {"s0": backend})
-        racks.append(rack)
-        clients[variant] = AgentHop(w.endpoints["s0"], len(payload))
-    clients = {"raw echo": raw, "framed echo": FramedEcho(workdir / "framed"), **clients}
-    samples = {k: [] for k in clients}
-    rounds_p50 = {k: [] for k in clients}
-    try:
-        for fn in clients.values():  # warm-up: page faults, first connections, import caches
-            for _ in range(200):
-                fn.rtt(payload)
-        for r in range(rounds):
-            for name, fn in clients.items():
-                got = [fn.rtt(payload) for _ in range(per_round)]
-                samples[name].extend(got)
-                rounds_p50[name].append(float(np.median(got)))
-    finally:
-        for fn in clients.values():
-            fn.close()
-        for rack in racks:
-            rack.stop()
+    samples = {k: [] for k in VARIANTS}
+    rounds_p50 = {k: [] for k in VARIANTS}
+    for session in range(sessions):
+        folder = workdir / f"session{session}"
+        racks, clients = [], {"raw echo": RawEcho(len(payload)), "framed echo": FramedEcho(folder / "framed")}
+        try:
+            for variant, backend in (("agent", {"kind": "passthrough"}),
+                                     ("agent+decode", {"kind": "passthrough", "decode": True})):
+                rack = LocalRack(folder / variant)
+                racks.append(rack)
+                w = rack.start(plan, {"s0": backend})
+                clients[variant] = AgentHop(w.endpoints["s0"], len(payload))
+            for fn in clients.values():  # warm-up: page faults, first connections, import caches
+                for _ in range(200):
+                    fn.rtt(payload)
+            for r in range(rounds):
+                for name, fn in clients.items():
+                    got = [fn.rtt(payload) for _ in range(per_round)]
+                    samples[name].extend(got)
+                    rounds_p50[name].append(float(np.median(got)))
+        finally:
+            for fn in clients.values():
+                fn.close()
+            for rack in racks:
+                rack.stop()
     # each round's p50 against the raw echo's p50 of the same round: noise from other processes cancels
     ratio = {k: float(np.median(np.asarray(v) / np.asarray(rounds_p50["raw echo"]))) for k, v in rounds_p50.items()}
     return len(payload), {k: np.asarray(v) / 1e3 for k, v in samples.items()}, ratio
@@ -248,15 +252,16 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rounds, per_round, frames, prounds = (5, 100, 200, 2) if args.quick else (20, 250, 600, 5)
+    sessions, rounds, per_round, frames, prounds = (2, 3, 100, 200, 2) if args.quick else (5, 4, 250, 600, 5)
 
     report = {"per_hop": {}, "pipelined": {}, "host": os.uname().nodename, "cpus": os.cpu_count(),
               "load_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for el in args.elements:
-            print(f"per hop: {el} elements, {rounds} rounds x {per_round} round trips per variant ...", flush=True)
-            nbytes, s, ratio = per_hop(el, rounds, per_round, tmp / f"hop{el}")
+            print(f"per hop: {el} elements, {sessions} sessions x {rounds} rounds x {per_round} round trips per "
+                  "variant ...", flush=True)
+            nbytes, s, ratio = per_hop(el, sessions, rounds, per_round, tmp / f"hop{el}")
             report["per_hop"][el] = {"bytes": nbytes, **{k: {"p50": float(np.percentile(v, 50)),
                                                              "p90": float(np.percentile(v, 90)),
                                                              "p99": float(np.percentile(v, 99)),
