@@ -7,8 +7,14 @@ lookup tables filled as hls4ml fills them. Where da4ml falls short we say so (Us
 TRN/RND rounding and WRAP/SAT/SAT_SYM overflow modes, and it unrolls everything (no reuse of multipliers
 over pixels, unlike hls4ml's io_stream line buffer), so very large partitions make very large Verilog.
 
-What is ours: the AXI-stream shell (axis_shell.v etc.) and the generated top that maps the contract's
-element containers onto da4ml's bit-packed ports (`part_<name>`).
+What is ours: the AXI-stream shell (axis_shell.v etc.), the generated top that maps the contract's element
+containers onto da4ml's bit-packed ports (`part_<name>`), and the convolution sequencer. da4ml unrolls a
+whole frame: the reference CNN's conv2 (8x8 pixels x 32 filters x 144 products) became about 1.5 M lines of
+Verilog that Verilator cannot build here in reasonable time. hls4ml's io_stream convolution instead runs one
+kernel (kh x kw x cin -> cout products) pixel after pixel; we do the same: da4ml generates the per-pixel
+kernel (pipelined, a new window every cycle) and our generated sequencer walks the pixels, gathers each
+window from the latched input frame (zero outside: the padding) and stores each output pixel. A partition is
+a chain of segments: "conv" (pad + conv2d + element-wise activation) and "flat" (everything else, unrolled).
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ from .fixed import cast
 from .ops import Op
 from .reference import softmax_tables
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 HERE = Path(__file__).parent
 STATIC_RTL = ["axis_deser.v", "axis_ser.v", "axis_shell.v", "axis_fifo.v", "axis_throttle.v"]
 
@@ -199,19 +205,20 @@ class _Tracer:
 
 @dataclass
 class CoreRTL:
-    """One partition's generated RTL: da4ml core + our top, ready to simulate."""
+    """One partition's generated RTL: da4ml cores + our segments and top, ready to simulate."""
 
     name: str
     module: str           # top module: part_<name>
     folder: str
     sources: List[str]    # Verilog files of this partition (static shell files not included)
-    latency: int          # clock cycles from core input to core output
-    stages: int
+    latency: int          # clock cycles from core start to core done, at most (the shell's handshake adds 1-2)
+    stages: int           # da4ml pipeline stages, summed over segments
     in_packing: Dict
     out_packing: Dict
     in_type: str
     out_type: str
-    cost: float           # da4ml's cost estimate (about LUTs)
+    cost: float           # da4ml's cost estimate (about LUTs), summed over segments
+    segments: List[str] = None
 
 
 def ops_key(ops: Sequence[Op], extra: dict) -> str:
@@ -231,16 +238,95 @@ def safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
+@dataclass
+class Segment:
+    kind: str                 # "conv" or "flat"
+    ops: List[Op]             # for conv: [pad?] conv2d [relu/linear]*
+    in_shape: Tuple[int, ...]
+    in_t: FixedType
+
+    @property
+    def out_shape(self):
+        return tuple(self.ops[-1].out_shape)
+
+    @property
+    def out_t(self) -> FixedType:
+        return self.ops[-1].out
+
+
+def segments(ops: Sequence[Op], conv_sequencer: bool = True) -> List[Segment]:
+    segs: List[Segment] = []
+    shape, t = tuple(ops[0].out_shape), ops[0].out
+    i, body = 1, list(ops)
+    while i < len(body):
+        op = body[i]
+        nxt = body[i + 1] if i + 1 < len(body) else None
+        if conv_sequencer and (op.kind == "conv2d" or (op.kind == "pad" and nxt is not None and nxt.kind == "conv2d"
+                                                        and op.out == t)):
+            group = [op] if op.kind == "conv2d" else [op, nxt]
+            i += len(group)
+            while i < len(body) and body[i].kind in ("relu", "linear"):
+                group.append(body[i])
+                i += 1
+            segs.append(Segment("conv", group, shape, t))
+        else:
+            if segs and segs[-1].kind == "flat":
+                segs[-1].ops.append(op)
+            else:
+                segs.append(Segment("flat", [op], shape, t))
+            i += 1
+        shape, t = tuple(body[i - 1].out_shape), body[i - 1].out
+    return segs
+
+
+def _conv_geometry(seg: Segment) -> dict:
+    conv = next(o for o in seg.ops if o.kind == "conv2d")
+    p = dict(conv.params)
+    pad = next((o for o in seg.ops if o.kind == "pad"), None)
+    for k in ("pad_top", "pad_bottom", "pad_left", "pad_right"):
+        p[k] += pad.params[k] if pad else 0
+    h, w, c = seg.in_shape
+    kh, kw = p["filt_height"], p["filt_width"]
+    oh = (h + p["pad_top"] + p["pad_bottom"] - kh) // p["stride_height"] + 1
+    ow = (w + p["pad_left"] + p["pad_right"] - kw) // p["stride_width"] + 1
+    return dict(p, H=h, W=w, C=c, OH=oh, OW=ow, CO=conv.weight.shape[-1], conv=conv)
+
+
+def _kernel_ops(seg: Segment) -> List[Op]:
+    """The per-pixel computation of a conv segment: window (kh*kw*cin) -> cout, as a dense layer + activations."""
+    g = _conv_geometry(seg)
+    conv = g["conv"]
+    k = conv.weight.shape[0] * conv.weight.shape[1] * conv.weight.shape[2]
+    dense = Op("dense", conv.name, (g["CO"],), conv.out, weight=conv.weight.reshape(k, -1), bias=conv.bias,
+               wtype=conv.wtype, btype=conv.btype, accum=conv.accum)
+    after = [Op(o.kind, o.name, (g["CO"],), o.out) for o in seg.ops[seg.ops.index(conv) + 1:]]
+    return [Op("input", "window", (k,), seg.in_t), dense] + after
+
+
+def _trace_core(ops: Sequence[Op], core: str, folder: Path, latency_cutoff: float):
+    from da4ml.codegen import RTLModel
+    from da4ml.trace import HWConfig, comb_trace
+    from da4ml.types import minimal_kif
+
+    inp, out = _Tracer(HWConfig(1, -1, -1)).run(ops)
+    comb = comb_trace(inp, out)
+    model = RTLModel(comb, core, folder, flavor="verilog", latency_cutoff=latency_cutoff, print_latency=False)
+    model.write()
+    _absolute_memfiles(folder / "src")
+    return (len(model._pipe.solutions), float(comb.cost), [minimal_kif(q) for q in comb.inp_qint],
+            [minimal_kif(q) for q in comb.out_qint])
+
+
 def generate(name: str, ops: Sequence[Op], cache: Path, data_width: int = 32, latency_cutoff: float = 8.0,
-             log=print) -> CoreRTL:
+             log=print, conv_sequencer: bool = True) -> CoreRTL:
     """Generate (or load from the cache) the RTL of one partition."""
     from filelock import FileLock
 
     in_t, out_t = ops[0].out, ops[-1].out
     n_in, n_out = int(np.prod(ops[0].out_shape)), int(np.prod(ops[-1].out_shape))
     key = ops_key(ops, {"dw": data_width, "cut": latency_cutoff, "da4ml": version("da4ml"), "gen": GENERATOR_VERSION,
-                        "shell": _static_hash()})
-    folder = Path(cache) / "rtl" / f"{safe(name)}-{key}"
+                        "shell": _static_hash(), "seq": conv_sequencer})
+    folder = (Path(cache) / "rtl" / f"{safe(name)}-{key}").resolve()
     meta_file = folder / "core.json"
     if meta_file.is_file():
         return CoreRTL(**json.loads(meta_file.read_text()))
@@ -252,37 +338,44 @@ def generate(name: str, ops: Sequence[Op], cache: Path, data_width: int = 32, la
             shutil.rmtree(folder)
         import time
 
-        from da4ml.codegen import RTLModel
-        from da4ml.trace import HWConfig, comb_trace
-        from da4ml.types import minimal_kif
-
         t0 = time.time()
-        log(f"  da4ml: tracing {name} ({len(ops) - 1} layers, {n_in} -> {n_out} values) ...")
-        inp, out = _Tracer(HWConfig(1, -1, -1)).run(ops)
-        comb = comb_trace(inp, out)
-        core = f"core_{safe(name)}"
-        model = RTLModel(comb, core, folder / "da4ml", flavor="verilog", latency_cutoff=latency_cutoff,
-                         print_latency=False)
-        model.write()
-        stages = len(model._pipe.solutions)
-        src = folder / "da4ml" / "src"
-        _absolute_memfiles(src)
+        segs = segments(ops, conv_sequencer)
+        log(f"  da4ml: {name}: {len(ops) - 1} layers, {n_in} -> {n_out} values, segments: "
+            + ", ".join(f"{s.kind}({'+'.join(o.kind for o in s.ops)})" for s in segs))
+        m = safe(name)
+        sources, modules, cost, stages, latency = [], [], 0.0, 0, 0
+        for k, seg in enumerate(segs):
+            core = f"core_{m}_{k}"
+            kops = _kernel_ops(seg) if seg.kind == "conv" else [Op("input", "in", seg.in_shape, seg.in_t)] + seg.ops
+            st, c, ikif, okif = _trace_core(kops, core, folder / f"da4ml{k}", latency_cutoff)
+            cost += c
+            stages += st
+            sources += sorted(str(p) for p in (folder / f"da4ml{k}" / "src").glob(f"{core}*.v"))
+            mod = f"seg_{m}_{k}"
+            if seg.kind == "conv":
+                g = _conv_geometry(seg)
+                text = _conv_segment(mod, core, seg, g, st, ikif, okif)
+                latency += g["OH"] * g["OW"] + st + 3
+            else:
+                text = _flat_segment(mod, core, seg, st, ikif, okif)
+                latency += st + 3
+            (folder / f"{mod}.v").write_text(text)
+            sources.append(str(folder / f"{mod}.v"))
+            modules.append(mod)
         in_pack = Packing.for_elements(n_in, str(in_t), data_width)
         out_pack = Packing.for_elements(n_out, str(out_t), data_width)
-        top = _top_verilog(name, core, in_t, out_t, in_pack, out_pack, stages + 1,
-                           [minimal_kif(q) for q in comb.inp_qint], [minimal_kif(q) for q in comb.out_qint])
-        (folder / f"part_{safe(name)}.v").write_text(top)
-        sources = sorted(str(p) for p in src.glob(f"{core}*.v")) + [str(folder / f"part_{safe(name)}.v")]
-        rtl = CoreRTL(name=name, module=f"part_{safe(name)}", folder=str(folder), sources=sources,
-                      latency=stages + 1, stages=stages, in_packing=_pdict(in_pack), out_packing=_pdict(out_pack),
-                      in_type=str(in_t), out_type=str(out_t), cost=float(comb.cost))
+        (folder / f"part_{m}.v").write_text(_top_verilog(name, segs, modules, in_t, out_t, in_pack, out_pack))
+        sources.append(str(folder / f"part_{m}.v"))
+        rtl = CoreRTL(name=name, module=f"part_{m}", folder=str(folder), sources=sources, latency=latency,
+                      stages=stages, in_packing=asdict(in_pack), out_packing=asdict(out_pack), in_type=str(in_t),
+                      out_type=str(out_t), cost=cost, segments=[f"{s.kind}:{'+'.join(o.name for o in s.ops)}" for s in segs])
         meta_file.write_text(json.dumps(asdict(rtl), indent=1))
-        log(f"  da4ml: {name}: {stages} pipeline stages, cost {comb.cost:.0f}, {time.time() - t0:.1f} s")
+        log(f"  da4ml: {name}: {stages} pipeline stages, cost {cost:.0f}, {time.time() - t0:.1f} s")
         return rtl
 
 
 def da4ml_static_sources(rtl: CoreRTL) -> List[str]:
-    return sorted(str(p) for p in (Path(rtl.folder) / "da4ml" / "src" / "static").glob("*.v"))
+    return sorted(str(p) for p in Path(rtl.folder).glob("da4ml*/src/static/*.v"))
 
 
 def shell_sources() -> List[str]:
@@ -293,64 +386,201 @@ def _static_hash() -> str:
     return hashlib.sha256(b"".join((HERE / f).read_bytes() for f in STATIC_RTL)).hexdigest()[:12]
 
 
-def _pdict(p: Packing) -> Dict:
-    return asdict(p)
-
-
 def _absolute_memfiles(src: Path) -> None:
     """da4ml names lookup-table files relative to the simulator's working directory: make them absolute."""
     mem = src / "memfiles"
     for f in src.glob("*.v"):
         text = f.read_text()
         new = re.sub(r'(lookup_table #\(\s*\d+\s*,\s*\d+\s*,\s*")([^"/]+)"',
-                     lambda m: m.group(1) + str((mem / m.group(2)).resolve()) + '"', text)
+                     lambda mm: mm.group(1) + str((mem / mm.group(2)).resolve()) + '"', text)
         if new != text:
             f.write_text(new)
 
 
-def _top_verilog(name, core, in_t: FixedType, out_t: FixedType, inp: Packing, outp: Packing, latency: int,
-                 in_kifs, out_kifs) -> str:
-    """The partition's top: shell + da4ml core, element containers <-> da4ml's packed bit fields."""
-    m = safe(name)
-    n_in, n_out = len(in_kifs), len(out_kifs)
-    ib, ob = inp.element_bits, outp.element_bits
-    lines = []
-    # inputs: da4ml keeps k+i+f bits of each input with f fractional bits; our raw has in_t.fractional
-    pos = 0
-    for e, (k, i, f) in enumerate(in_kifs):
+def _to_da4ml(kifs, t: FixedType, src: str, ew: int, dst: str, what: str) -> Tuple[List[str], int]:
+    """Assigns from a vector of raw elements (ew bits each, type t) to da4ml's packed input fields."""
+    lines, pos = [], 0
+    for e, (k, i, f) in enumerate(kifs):
         w = int(k) + int(i) + int(f)
         if w <= 0:
             continue
-        lo = in_t.fractional - int(f)  # bit of the raw word that is da4ml's bit 0
+        lo = t.fractional - int(f)  # bit of the raw word that is da4ml's bit 0
         if lo < 0:
-            raise DA4MLShortfall(f"{name}: da4ml wants more fractional input bits than {in_t} has")
-        base = e * ib
-        lines.append(f"    assign model_inp[{pos + w - 1}:{pos}] = core_in[{base + lo + w - 1}:{base + lo}];"
-                     if lo + w <= ib else
-                     f"    assign model_inp[{pos + w - 1}:{pos}] = {{{{{lo + w - ib}{{core_in[{base + ib - 1}]}}}}, "
-                     f"core_in[{base + ib - 1}:{base + lo}]}};")
+            raise DA4MLShortfall(f"{what}: da4ml wants more fractional input bits than {t} has")
+        base = e * ew
+        if lo + w <= ew:
+            lines.append(f"    assign {dst}[{pos + w - 1}:{pos}] = {src}[{base + lo + w - 1}:{base + lo}];")
+        else:  # da4ml keeps more integer bits than the word: sign-extend
+            lines.append(f"    assign {dst}[{pos + w - 1}:{pos}] = {{{{{lo + w - ew}{{{src}[{base + ew - 1}]}}}}, "
+                         f"{src}[{base + ew - 1}:{base + lo}]}};")
         pos += w
-    w_in = max(pos, 1)
-    pos = 0
-    outs = []
-    for e, (k, i, f) in enumerate(out_kifs):
+    return lines, max(pos, 1)
+
+
+def _from_da4ml(kifs, t: FixedType, src: str, ew: int, dst: str, what: str) -> Tuple[List[str], int]:
+    """Assigns from da4ml's packed output fields to a vector of raw elements (ew bits each, type t)."""
+    lines, pos = [], 0
+    for e, (k, i, f) in enumerate(kifs):
         w = int(k) + int(i) + int(f)
-        base = e * ob
+        base = e * ew
         if w <= 0:
-            outs.append(f"    assign core_out[{base + ob - 1}:{base}] = {ob}'d0;")
+            lines.append(f"    assign {dst}[{base + ew - 1}:{base}] = {ew}'d0;")
             continue
-        sh = out_t.fractional - int(f)  # da4ml's bit 0 sits at raw bit `sh`
-        field = f"model_out[{pos + w - 1}:{pos}]"
-        top = ob - sh - w  # bits above the field, up to the container width
+        sh = t.fractional - int(f)  # da4ml's bit 0 sits at raw bit `sh`
+        top = ew - sh - w
         if sh < 0 or top < 0:
-            raise DA4MLShortfall(f"{name}: da4ml output {e} (k,i,f={k},{i},{f}) does not fit {out_t}")
-        ext = f"{{{top}{{model_out[{pos + w - 1}]}}}}" if int(k) else f"{top}'d0"
-        parts = ([ext] if top else []) + [field] + ([f"{sh}'d0"] if sh else [])
-        outs.append(f"    assign core_out[{base + ob - 1}:{base}] = {{{', '.join(parts)}}};")
+            raise DA4MLShortfall(f"{what}: da4ml output {e} (k,i,f={k},{i},{f}) does not fit {t}")
+        ext = f"{{{top}{{{src}[{pos + w - 1}]}}}}" if int(k) else f"{top}'d0"
+        parts = ([ext] if top else []) + [f"{src}[{pos + w - 1}:{pos}]"] + ([f"{sh}'d0"] if sh else [])
+        lines.append(f"    assign {dst}[{base + ew - 1}:{base}] = {{{', '.join(parts)}}};")
         pos += w
-    w_out = max(pos, 1)
-    return f"""// Generated by splitrack (harness/cosim/rtlgen.py) for partition {name}: AXI-stream shell + da4ml core.
-// Input {in_t} x {n_in} ({inp.beats} beats), output {out_t} x {n_out} ({outp.beats} beats), core latency {latency}.
+    return lines, max(pos, 1)
+
+
+def _flat_segment(mod, core, seg: Segment, stages: int, ikif, okif) -> str:
+    """Latch the input at `start`, wait the core's pipeline, pulse `done`; the output stays until next start."""
+    n_in, n_out = int(np.prod(seg.in_shape)), int(np.prod(seg.out_shape))
+    wi, wo = seg.in_t.width, seg.out_t.width
+    ia, w_in = _to_da4ml(ikif, seg.in_t, "in_q", wi, "model_inp", mod)
+    oa, w_out = _from_da4ml(okif, seg.out_t, "model_out", wo, "out_frame", mod)
+    lat = stages + 1  # registers from model_inp to model_out: one per stage plus the output register
+    return f"""// Generated by splitrack (harness/cosim/rtlgen.py): {'+'.join(o.name for o in seg.ops)}, unrolled by da4ml.
+`timescale 1ns/1ps
+module {mod} (
+    input wire clk, input wire rstn, input wire start,
+    input wire [{n_in * wi - 1}:0] in_frame,
+    output wire [{n_out * wo - 1}:0] out_frame,
+    output reg done
+);
+    reg [{n_in * wi - 1}:0] in_q;
+    wire [{w_in - 1}:0] model_inp;
+    wire [{w_out - 1}:0] model_out;
+    reg [7:0] cnt;
+    reg busy;
+{chr(10).join(ia) if ia else "    assign model_inp = 0;"}
+{chr(10).join(oa)}
+    {core} u_core (.clk(clk), .model_inp(model_inp), .model_out(model_out));
+    always @(posedge clk) begin
+        if (!rstn) begin
+            busy <= 1'b0;
+            done <= 1'b0;
+        end else begin
+            done <= 1'b0;
+            if (start) begin
+                in_q <= in_frame;
+                cnt <= 8'd{lat};
+                busy <= 1'b1;
+            end else if (busy) begin
+                if (cnt == 0) begin
+                    busy <= 1'b0;
+                    done <= 1'b1;
+                end else cnt <= cnt - 1'b1;
+            end
+        end
+    end
+endmodule
+"""
+
+
+def _conv_segment(mod, core, seg: Segment, g: dict, stages: int, ikif, okif) -> str:
+    """One window per cycle through the da4ml kernel, pixel by pixel (hls4ml io_stream's order)."""
+    H, W, C, OH, OW, CO = g["H"], g["W"], g["C"], g["OH"], g["OW"], g["CO"]
+    KH, KW, SH, SW, PT, PL = g["filt_height"], g["filt_width"], g["stride_height"], g["stride_width"], g["pad_top"], g["pad_left"]
+    wi, wo = seg.in_t.width, seg.out_t.width
+    K = KH * KW * C
+    ia, w_in = _to_da4ml(ikif, seg.in_t, "window", wi, "model_inp", mod)
+    oa, w_out = _from_da4ml(okif, seg.out_t, "model_out", wo, "kvec", mod)
+    S = stages
+    gather = []
+    for ky in range(KH):
+        for kx in range(KW):
+            j = ky * KW + kx
+            gather.append(f"""    wire signed [31:0] iy{j} = $signed({{16'd0, oy}}) * {SH} + {ky - PT};
+    wire signed [31:0] ix{j} = $signed({{16'd0, ox}}) * {SW} + {kx - PL};
+    wire in{j} = iy{j} >= 0 && iy{j} < {H} && ix{j} >= 0 && ix{j} < {W};
+    wire [31:0] at{j} = in{j} ? ((iy{j} * {W} + ix{j}) * {C * wi}) : 0;
+    assign window[{(j + 1) * C * wi - 1}:{j * C * wi}] = in{j} ? in_q[at{j} +: {C * wi}] : {C * wi}'d0;""")
+    return f"""// Generated by splitrack (harness/cosim/rtlgen.py): {'+'.join(o.name for o in seg.ops)} as a pixel sequencer
+// around a da4ml kernel ({K} -> {CO}, {S} stages). Input {H}x{W}x{C}, output {OH}x{OW}x{CO}, padding {PT}/{PL}.
+`timescale 1ns/1ps
+module {mod} (
+    input wire clk, input wire rstn, input wire start,
+    input wire [{H * W * C * wi - 1}:0] in_frame,
+    output reg [{OH * OW * CO * wo - 1}:0] out_frame,
+    output reg done
+);
+    reg [{H * W * C * wi - 1}:0] in_q;
+    reg [15:0] oy, ox;
+    reg issuing;
+    reg [15:0] written;
+    reg [{S}:0] vld;
+    reg [15:0] pix [0:{S}];
+    wire [{K * wi - 1}:0] window;
+    wire [{w_in - 1}:0] model_inp;
+    wire [{w_out - 1}:0] model_out;
+    wire [{CO * wo - 1}:0] kvec;
+{chr(10).join(gather)}
+{chr(10).join(ia) if ia else "    assign model_inp = 0;"}
+{chr(10).join(oa)}
+    {core} u_core (.clk(clk), .model_inp(model_inp), .model_out(model_out));
+    integer i;
+    always @(posedge clk) begin
+        if (!rstn) begin
+            issuing <= 1'b0;
+            done <= 1'b0;
+            vld <= 0;
+        end else begin
+            done <= 1'b0;
+            // the window of pixel (oy, ox) is on the kernel's input in this cycle; its result comes {S + 1} edges later
+            vld <= {{vld[{S - 1 if S > 0 else 0}:0], issuing}};
+            pix[0] <= oy * {OW} + ox;
+            for (i = 1; i <= {S}; i = i + 1) pix[i] <= pix[i - 1];
+            if (start) begin
+                in_q <= in_frame;
+                oy <= 0;
+                ox <= 0;
+                issuing <= 1'b1;
+                written <= 0;
+            end else if (issuing) begin
+                if (ox == {OW - 1}) begin
+                    ox <= 0;
+                    if (oy == {OH - 1}) issuing <= 1'b0;
+                    else oy <= oy + 1'b1;
+                end else ox <= ox + 1'b1;
+            end
+            if (vld[{S}]) begin
+                out_frame[pix[{S}] * {CO * wo} +: {CO * wo}] <= kvec;
+                written <= written + 1'b1;
+                if (written == {OH * OW - 1}) done <= 1'b1;
+            end
+        end
+    end
+endmodule
+"""
+
+
+def _top_verilog(name, segs: List[Segment], modules: List[str], in_t: FixedType, out_t: FixedType, inp: Packing,
+                 outp: Packing) -> str:
+    """The partition's top: shell, element containers <-> raw words, the segments in a chain."""
+    m = safe(name)
+    n_in, n_out = int(np.prod(segs[0].in_shape)), int(np.prod(segs[-1].out_shape))
+    ib, ob = inp.element_bits, outp.element_bits
+    wi, wo = in_t.width, out_t.width
+    lines = [f"    assign raw_in[{(e + 1) * wi - 1}:{e * wi}] = core_in[{e * ib + wi - 1}:{e * ib}];" for e in range(n_in)]
+    for e in range(n_out):  # containers carry the raw word sign-extended (zero-extended if unsigned)
+        ext = f"{{{ob - wo}{{raw_out[{(e + 1) * wo - 1}]}}}}, " if (ob > wo and out_t.signed) else (
+            f"{ob - wo}'d0, " if ob > wo else "")
+        lines.append(f"    assign core_out[{(e + 1) * ob - 1}:{e * ob}] = {{{ext}raw_out[{(e + 1) * wo - 1}:{e * wo}]}};")
+    chain = []
+    prev_out, prev_done = "raw_in", "core_start"
+    for k, (seg, mod) in enumerate(zip(segs, modules)):
+        width = int(np.prod(seg.out_shape)) * seg.out_t.width
+        chain.append(f"    wire [{width - 1}:0] seg{k}_out;\n    wire seg{k}_done;\n"
+                     f"    {mod} u_seg{k} (.clk(aclk), .rstn(aresetn), .start({prev_done}), .in_frame({prev_out}), "
+                     f".out_frame(seg{k}_out), .done(seg{k}_done));")
+        prev_out, prev_done = f"seg{k}_out", f"seg{k}_done"
+    return f"""// Generated by splitrack (harness/cosim/rtlgen.py) for partition {name}: AXI-stream shell + segments
+// {", ".join(modules)}. Input {in_t} x {n_in} ({inp.beats} beats), output {out_t} x {n_out} ({outp.beats} beats).
 `timescale 1ns/1ps
 module part_{m} #(
     parameter MUTANT = 0
@@ -371,25 +601,32 @@ module part_{m} #(
 );
     wire [{n_in * ib - 1}:0] core_in;
     wire [{n_out * ob - 1}:0] core_out;
-    wire [{w_in - 1}:0] model_inp;
-    wire [{w_out - 1}:0] model_out;
-{chr(10).join(lines) if lines else "    assign model_inp = 0;"}
-{chr(10).join(outs)}
+    wire [{n_in * wi - 1}:0] raw_in;
+    wire [{n_out * wo - 1}:0] raw_out;
+    wire core_start;
+    reg core_done;
+{chr(10).join(lines)}
+{chr(10).join(chain)}
+    assign raw_out = {prev_out};
+    // the result is ready from the last segment's done pulse until the next start
+    always @(posedge aclk) begin
+        if (!aresetn || core_start) core_done <= 1'b0;
+        else if ({prev_done}) core_done <= 1'b1;
+    end
 
     axis_shell #(
         .DATA_WIDTH({inp.data_width}),
         .IN_ELEM_BITS({ib}), .IN_PER_BEAT({inp.elements_per_beat}), .IN_BEATS({inp.beats}), .IN_ELEMS({n_in}),
         .OUT_ELEM_BITS({ob}), .OUT_PER_BEAT({outp.elements_per_beat}), .OUT_BEATS({outp.beats}),
-        .OUT_ELEMS({n_out}), .OUT_LAST_KEEP({outp.last_tkeep}), .LATENCY({latency}), .MUTANT(MUTANT)
+        .OUT_ELEMS({n_out}), .OUT_LAST_KEEP({outp.last_tkeep}), .MUTANT(MUTANT)
     ) u_shell (
         .aclk(aclk), .aresetn(aresetn),
         .s_axis_tdata(s_axis_tdata), .s_axis_tkeep(s_axis_tkeep), .s_axis_tvalid(s_axis_tvalid),
         .s_axis_tready(s_axis_tready), .s_axis_tlast(s_axis_tlast),
         .m_axis_tdata(m_axis_tdata), .m_axis_tkeep(m_axis_tkeep), .m_axis_tvalid(m_axis_tvalid),
         .m_axis_tready(m_axis_tready), .m_axis_tlast(m_axis_tlast),
-        .core_in(core_in), .core_out(core_out), .framing_error(framing_error)
+        .core_in(core_in), .core_start(core_start), .core_out(core_out), .core_done(core_done),
+        .framing_error(framing_error)
     );
-
-    {core} u_core (.clk(aclk), .model_inp(model_inp), .model_out(model_out));
 endmodule
 """
