@@ -11,6 +11,10 @@ command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v tc >/dev/null || need+=(iproute2)
 # openssh-server: the test that deploys to a stock OpenSSH sshd configured as a board (sim_tests/test_deploy_openssh.py)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+# iverilog: Icarus, the second simulator of the RTL cosimulation; ccache: Verilator builds share the compiled
+# Verilator runtime and cocotb main between designs (harness/cosim/sim.py)
+command -v iverilog >/dev/null || need+=(iverilog)
+command -v ccache >/dev/null || need+=(ccache)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "setup: missing system packages: ${need[*]} (install them with apt-get as root)" >&2; exit 1
