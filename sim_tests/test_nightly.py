@@ -52,8 +52,6 @@ def test_nightly_end_to_end_then_injected_regression(vrack, tmp_path, monkeypatc
     monkeypatch.setattr(deploy_mod, "_timing", slower_s1)
     assert main(args) == 1
     out = capsys.readouterr().out
-    with capsys.disabled():
-        print("\n" + "\n".join(out.splitlines()[-6:]))
     flagged = re.findall(r"REGRESSION: (single p50|single breakdown p50|stream p50|stream throughput) at ([^:]+):", out)
     assert ("single p50", "board s1") in flagged, out[-3000:]
     assert re.search(r"REGRESSION: single p50 at board s1: .* since run 3 ", out)
