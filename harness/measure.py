@@ -322,3 +322,23 @@ def measure_rack(pipe, wiring, plan, x: np.ndarray, *, rate: Optional[float] = N
     first = runs["single" if single else "stream"][0]
     return RackRun(reports, {b: m.to_dict() for b, m in clocks.items()}, first.outputs(),
                    {link_name(c.src, c.dst): c.payload_bytes for c in plan.links})
+
+
+def benchmark_extra_info(plan, rack_name: str, wiring, frames: Sequence[FrameTiming], before, after) -> Dict[str, object]:
+    """What a pytest-benchmark test puts in `benchmark.extra_info` (JSON-able, imported by `history add`):
+    plan hash, rack, placement, clocks, per-hop stats and the critical-path medians of the timed frames."""
+    from . import clocksync
+
+    clocks = clocksync.models(before, after)
+    topo = Topology.from_plan(plan, {p: ep.board for p, ep in wiring.endpoints.items()})
+    att = attribute(frames, topo, {b: m.to_host for b, m in clocks.items()})
+    summary = att.summary()
+    return {
+        "plan_hash": plan.hash,
+        "rack": rack_name,
+        "placement": {p: ep.board for p, ep in wiring.endpoints.items()},
+        "clocks": {b: m.to_dict() for b, m in clocks.items()},
+        "hops": {h: st for h, st in summary.items() if h != "e2e"},
+        "e2e_us": summary["e2e"],
+        "breakdown_p50_us": att.breakdown_p50(),
+    }

@@ -23,19 +23,10 @@ def digits_frames(plan, n):
 
 
 def attach_breakdown(benchmark, plan, rack_name, wiring, frames, before, after):
+    benchmark.extra_info.update(measure.benchmark_extra_info(plan, rack_name, wiring, frames, before, after))
     clocks = clocksync.models(before, after)
     topo = measure.Topology.from_plan(plan, {p: ep.board for p, ep in wiring.endpoints.items()})
-    att = measure.attribute(frames, topo, {b: m.to_host for b, m in clocks.items()})
-    benchmark.extra_info.update({
-        "plan_hash": plan.hash,
-        "rack": rack_name,
-        "placement": {p: ep.board for p, ep in wiring.endpoints.items()},
-        "clocks": {b: m.to_dict() for b, m in clocks.items()},
-        "hops": {h: s for h, s in att.summary().items() if h != "e2e"},
-        "e2e_us": att.summary()["e2e"],
-        "breakdown_p50_us": att.breakdown_p50(),
-    })
-    return att
+    return measure.attribute(frames, topo, {b: m.to_host for b, m in clocks.items()})
 
 
 @pytest.mark.parametrize("name", ["fc_seq", "fc_neuron"])
