@@ -194,7 +194,10 @@ def build(history: History, penalty: float = 3.0, min_relative: float = 0.05) ->
             body.append("<h3>End-to-end latency per run</h3>")
             body.append(trend_svg("end-to-end latency", labels, trend, refs, marks))
             n_plots += 1
-        for mode in ("single", "stream"):
+        # bench's single/stream runs first, then imported pytest-benchmark tests ("pytest NAME breakdown p50")
+        modes = ["single", "stream"] + sorted({m[: -len(" breakdown p50")] for m, _ in by_metric
+                                               if m.startswith("pytest ") and m.endswith(" breakdown p50")})
+        for mode in modes:
             bd_keys = [k for (m, h), k in by_metric.items() if m == f"{mode} breakdown p50"]
             if not bd_keys:
                 continue
@@ -205,7 +208,8 @@ def build(history: History, penalty: float = 3.0, min_relative: float = 0.05) ->
                     parts[idx[p.time]][k.hop] = p.value
             hop_marks = sorted({idx[c.time] for c in grp_changes
                                 if c.key.metric in (f"{mode} p50", f"{mode} breakdown p50") and c.key.hop != "e2e"})
-            body.append(f"<h3>Where the time goes ({mode} frames, critical path, median per hop)</h3>")
+            what = f"{mode} frames" if mode in ("single", "stream") else mode
+            body.append(f"<h3>Where the time goes ({_esc(what)}, critical path, median per hop)</h3>")
             body.append(stacked_svg(f"{mode} per-hop breakdown", labels, hops, parts, hop_marks))
             n_plots += 1
         body.append(_latest_table(history, ks, times[-1]))

@@ -93,3 +93,19 @@ def test_renders_in_headless_chromium_without_console_errors(tmp_path):
     assert pixels(dashboard.COLOURS[0]) > 2000
     assert pixels(dashboard.COLOURS[4]) > 1000
     assert pixels("#dd0000") > 50
+
+
+def test_imported_pytest_benchmark_runs_get_trend_and_breakdown(tmp_path):
+    db = tmp_path / "r.sqlite"
+    rows = []
+    for i in range(4):
+        base = (f"2026-03-0{i + 1}T00:00:00+00:00", "vrack", "m1", f"c{i}", "plan0002")
+        rows.append(Row(*base, "pytest test_frame median", "e2e", 500.0 + i, "us", "pytest-benchmark"))
+        for h, v in HOPS.items():
+            rows.append(Row(*base, "pytest test_frame breakdown p50", h, v, "us", "pytest-benchmark"))
+    with History(db) as h:
+        h.add(rows)
+    page = dashboard.write(db, tmp_path / "site")[0].read_text()
+    assert "Where the time goes (pytest test_frame, critical path" in page
+    assert len(re.findall(r'<rect class="bar"', page)) == 4 * len(HOPS)
+    assert len(re.findall(r'<polyline class="series"', page)) == 1
