@@ -1,11 +1,12 @@
 """Regression detection on the history: change points (ruptures' PELT) in each metric's series.
 
 A series (one metric of one hop, on one rack, machine and plan) is standardised with a robust noise
-estimate (median absolute deviation of run-to-run differences, so that a step does not inflate it), then
-PELT with a least-squares cost finds the change points; the penalty grows with log(n) like BIC, so a
-longer history does not raise more false alarms. A lone point between two change points is an outlier
-run, not a change. A change is reported with the run where it starts, the medians before and after,
-and whether it made things worse (latency up, throughput or accuracy down).
+estimate (run-to-run differences with the largest tenth dropped, so that a step does not inflate it),
+then PELT with a least-squares cost finds the change points; the penalty grows with log(n) like BIC, so
+a longer history does not raise more false alarms. A lone point between two change points is an outlier
+run, not a change; a change needs 3 runs before it and a size of 5 % to count. A change is reported
+with the run where it starts, the medians before and after, and whether it made things worse (latency
+up, throughput or accuracy down).
 """
 from __future__ import annotations
 
