@@ -686,15 +686,19 @@ class Agent:
             recs = records + RECORD.pack(*self.rec_heads[0], arrivals[0], t_cs, t_ce, t_send)
         else:
             recs = records + b"".join(RECORD.pack(*h, t_r, t_cs, t_ce, t_send) for h, t_r in zip(self.rec_heads, arrivals))
-        stage = self.stage
+        nrec = len(recs) // 40
         for (c, to), payload in zip(self.outputs, outs):
+            msg = b"".join((HEADER.pack(MAGIC, VERSION, FRAME, frame, self.stage, c.index, len(payload), nrec),
+                            recs, payload))
             try:
                 conn = self.host if to == "host" else None
-                (conn or self._link(to)).send(pack_message(FRAME, frame, stage, c.index, payload, recs))
+                conn = conn or self._link(to)
+                with conn.wlock:
+                    conn.sock.sendall(msg)
             except (OSError, TimeoutError) as e:
                 self._drop_link(to)
                 self.report("stage %d (%s on %s) cannot send frame %d to %s: %s"
-                            % (stage, self.partition, self.board, frame, _where(to, c), e), frame)
+                            % (self.stage, self.partition, self.board, frame, _where(to, c), e), frame)
                 return
         self.counters["sent"] += 1
         self._set_state(frame, "sent")
