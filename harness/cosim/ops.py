@@ -108,7 +108,7 @@ def ops_from_graph(hm) -> List[Op]:
             ops.append(Op("maxpool", name, shape, out, params={k: int(layer.get_attr(k)) for k in (
                 "pool_height", "pool_width", "stride_height", "stride_width", "pad_top", "pad_bottom", "pad_left",
                 "pad_right")}))
-        elif cls == "Reshape":
+        elif cls in ("Reshape", "Repack"):  # io_stream repacking only regroups the stream: the values stay
             ops.append(Op("reshape", name, shape, out))
         elif cls == "Softmax":
             impl = str(layer.get_attr("implementation", "stable")).lower()
