@@ -296,3 +296,49 @@ def test_cli_bad_plan_is_one_line_exit_2(tmp_path, capsys):
     assert main(["cosim", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not found" in err[0]
+
+
+def test_vendor_port_map_reads_vivado_hls_style_verilog(tmp_path):
+    """Vivado HLS exports non-ANSI headers (names in the port list, directions in the body)."""
+    from harness.cosim.vendor import map_ports
+
+    (tmp_path / "myproject_axi.v").write_text("""
+`timescale 1 ns / 1 ps
+(* CORE_GENERATION_INFO="myproject_axi,hls_ip_2020_1" *)
+module myproject_axi (
+        ap_clk,
+        ap_rst_n,
+        in_r_TDATA,
+        in_r_TVALID,
+        in_r_TREADY,
+        in_r_TKEEP,
+        in_r_TLAST,
+        out_r_TDATA,
+        out_r_TVALID,
+        out_r_TREADY,
+        out_r_TKEEP,
+        out_r_TLAST
+);
+input   ap_clk;
+input   ap_rst_n;
+input  [31:0] in_r_TDATA;
+input   in_r_TVALID;
+output   in_r_TREADY;
+input  [3:0] in_r_TKEEP;
+input  [0:0] in_r_TLAST;
+output  [31:0] out_r_TDATA;
+output   out_r_TVALID;
+input   out_r_TREADY;
+output  [3:0] out_r_TKEEP;
+output  [0:0] out_r_TLAST;
+// myproject u (...);
+endmodule
+module myproject (ap_clk, ap_rst, x_V_TDATA, y_V_TDATA);
+input ap_clk; input ap_rst; input [15:0] x_V_TDATA; output [15:0] y_V_TDATA;
+endmodule
+""")
+    pm = map_ports([tmp_path / "myproject_axi.v"])
+    assert (pm.top, pm.slave_prefix, pm.master_prefix, pm.clock, pm.reset, pm.reset_active_low) == \
+        ("myproject_axi", "in_r", "out_r", "ap_clk", "ap_rst_n", True)
+    assert pm.master == {"tdata": "out_r_TDATA", "tkeep": "out_r_TKEEP", "tvalid": "out_r_TVALID",
+                         "tready": "out_r_TREADY", "tlast": "out_r_TLAST"}
