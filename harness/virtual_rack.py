@@ -169,22 +169,31 @@ def stop_board(bp: BoardProcess, timeout: float = 10.0) -> None:
 
 
 # --- network namespaces --------------------------------------------------------------------------------
-def _netns_index() -> int:
-    used = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    for k in range(1, 250):
-        if f"srbr{k}:" not in used and f"srbr{k}@" not in used:
+_NETNS_LOCK = Path("/run/lock/splitrack-netns.lock") if Path("/run/lock").is_dir() else Path("/tmp/splitrack-netns.lock")
+
+
+def _claim_netns_index() -> int:
+    """Pick a free rack index and create its bridge, under a machine-wide lock: two racks starting at the same
+    time must not both take index k (and one's clean-up then delete the other's bridge)."""
+    from filelock import FileLock
+
+    with FileLock(str(_NETNS_LOCK), timeout=60):
+        used = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+        ns_used = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+        for k in range(1, 250):
+            if f"srbr{k}:" in used or f"srbr{k}@" in used or f"sr{k}b0" in ns_used:
+                continue
+            _run(["ip", "link", "add", f"srbr{k}", "type", "bridge"])
             return k
     raise UserError("no free network-namespace rack index; stop old racks with `splitrack rack down`")
 
 
-def _netns_up(k: int, n: int, rate: Optional[str]) -> List[str]:
-    if os.geteuid() != 0:
-        raise UserError("network-namespace mode needs root (it creates namespaces, veth links and a bridge)")
+def _netns_up(k: int, n: int, rate: Optional[str], names: List[str]) -> None:
+    """Namespaces, veth links and addresses of rack `k` (its bridge exists); `names` receives every namespace
+    as soon as it exists, so that a failure half-way can be cleaned up."""
     br = f"srbr{k}"
-    _run(["ip", "link", "add", br, "type", "bridge"])
     _run(["ip", "addr", "add", f"10.77.{k}.1/24", "dev", br])
     _run(["ip", "link", "set", br, "up"])
-    names = []
     for i in range(n):
         ns, hv, nv = f"sr{k}b{i}", f"sr{k}h{i}", f"sr{k}n{i}"
         _run(["ip", "netns", "add", ns])
@@ -204,10 +213,10 @@ def _netns_up(k: int, n: int, rate: Optional[str]) -> List[str]:
             tbf = ["tbf", "rate", rate, "burst", "64kb", "latency", "50ms"]
             _run(ex + ["tc", "qdisc", "add", "dev", "eth0", "root"] + tbf)
             _run(["tc", "qdisc", "add", "dev", hv, "root"] + tbf)
-    return names
 
 
 def _netns_down(k: int, names: List[str]) -> None:
+    """Delete rack k's namespaces (their veth ends go with them) and its bridge."""
     for ns in names:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
     subprocess.run(["ip", "link", "del", f"srbr{k}"], capture_output=True, timeout=30)
@@ -236,11 +245,14 @@ def rack_up(n: int, out, state: Optional[Path] = None, name: str = "virtual", ne
     state.mkdir(parents=True)
     procs: List[BoardProcess] = []
     boards: List[Board] = []
-    k = _netns_index() if netns else 0
+    if netns and os.geteuid() != 0:
+        raise UserError("network-namespace mode needs root (it creates namespaces, veth links and a bridge)")
+    k = _claim_netns_index() if netns else 0
     record = {"pids": [], "netns": [], "netns_index": k if netns else None}
+    ns_names: List[str] = record["netns"]
     try:
-        ns_names = _netns_up(k, n, rate) if netns else []
-        record["netns"] = ns_names
+        if netns:
+            _netns_up(k, n, rate, ns_names)
         for i in range(n):
             bname = f"vpynq{i}"
             if netns:

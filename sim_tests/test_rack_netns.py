@@ -54,3 +54,28 @@ def test_netns_rack_deploys_streams_and_cleans_up(tmp_path):
     left = _netns()
     assert not any(f"sr{k}b{i}" in left.split() for i in range(3)), left
     assert subprocess.run(["ip", "link", "show", f"srbr{k}"], capture_output=True).returncode != 0
+
+
+def test_two_netns_racks_starting_together_get_their_own_links(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def up(i):
+        return rack_up(1, tmp_path / f"r{i}.toml", state=tmp_path / f"s{i}", netns=True, progress=lambda s: None)
+
+    with ThreadPoolExecutor(2) as pool:
+        futs = [pool.submit(up, i) for i in range(2)]
+        racks = []
+        errors = []
+        for f in futs:
+            try:
+                racks.append(f.result())
+            except Exception as e:  # still stop the other one
+                errors.append(e)
+    try:
+        assert not errors, errors
+        subnets = {r.boards[0].host.rsplit(".", 1)[0] for r in racks}
+        assert len(subnets) == 2
+    finally:
+        for i in range(2):
+            if (tmp_path / f"r{i}.toml").exists():
+                rack_down(tmp_path / f"r{i}.toml")
