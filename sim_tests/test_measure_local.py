@@ -22,7 +22,8 @@ def run(tmp_path, timing):
     with LocalRack(tmp_path) as rack:
         wiring = rack.start(plan, "passthrough", timing=timing, clock_skew_ns=SKEWS)
         with Pipeline(wiring) as pipe:
-            res = measure.measure_rack(pipe, wiring, plan, x, in_flight=4, probes=40)
+            # single frames paced at 400/s, so every agent idles alike in both runs (see measure_rack)
+            res = measure.measure_rack(pipe, wiring, plan, x, in_flight=4, single_rate=400.0, probes=40)
     return res, wiring
 
 
@@ -44,8 +45,9 @@ def test_skew_recovered_and_timing_model_lands_in_its_board(tmp_path):
         assert abs(s[hop]["p50"] - b[hop]["p50"]) <= max(0.1 * added, 20.0), (hop, s[hop]["p50"], b[hop]["p50"])
         # with skews of seconds, a wrong offset would make a link negative or huge
         assert 0 < s[hop]["p50"] < 2000
+    # on the critical path the slow board holds its modelled time (a chain: every hop is on it)
     bd = slow.reports["single"]["breakdown_p50_us"]
-    assert sum(bd.values()) == pytest.approx(s["e2e"]["p50"], rel=0.1)
+    assert within(bd["board s1"] - b["board s1"]["p50"], CYCLES / 100 - b["board s1 compute"]["p50"])
     # the stream run: several in flight, throughput bounded by the 300 us stage
     st = slow.reports["stream"]
     assert st["in_flight"] == 4 and st["throughput_hz"] <= 1e6 / (CYCLES / 100) * 1.05
