@@ -16,8 +16,8 @@ Per partition, on its board (one partition per board, as one bitstream per FPGA)
 Board layout, under the board's `workdir` (default ~/splitrack):
 
     agent.py contract.py emulation.py
-    part/  artifact (lib .so | .bit + .hwh), contracts.json, agent.json, manifest.json,
-           agent-<partition>.pid / .log / .out
+    part/  artifact (lib .so | .bit + .hwh), contracts.json, agent.json,
+           running.json (pid of the agent started with that agent.json), agent-<partition>.pid / .log / .out
 
 `deploy()` returns a `Deployment`; its `wiring` (harness.wiring) is what `harness.stream` needs.
 """
@@ -171,6 +171,14 @@ def _remote_pids(conn: Connection, part_dir: str) -> Dict[str, int]:
     return pids
 
 
+def _json(text: Optional[str]) -> dict:
+    try:
+        d = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
 def _alive(conn: Connection, pid: int) -> bool:
     """Whether the board runs process `pid`. A zombie (exited, not yet reaped by init) counts as gone:
     `kill -0` would still succeed on it."""
@@ -253,11 +261,14 @@ def _deploy_one(plan: Plan, name: str, board: Board, config: dict, force: bool,
         stale = [rel for rel in want if force or have[rel] != want[rel]]
         running = None
         pids = _remote_pids(conn, f"{root}/{PART}")
-        if not stale and pids:
+        # the agent that runs must be the one started with exactly this config (running.json says which
+        # pid that was): a deployment that died between upload and restart leaves new files, old agent
+        started = _json(conn.read_text(f"{root}/{PART}/running.json", stage="verify"))
+        if not stale and pids and started.get("config") == want[f"{PART}/agent.json"]:
             try:
                 h = ping(board.host, board.data_port)
-                if h.get("plan_hash") == plan.hash and h.get("partition") == name:
-                    running = int(h.get("pid", 0))
+                if (h.get("plan_hash"), h.get("partition"), h.get("pid")) == (plan.hash, name, started.get("pid")):
+                    running = int(h["pid"])
             except (OSError, ValueError):
                 running = None
         if not stale and running:
@@ -270,6 +281,8 @@ def _deploy_one(plan: Plan, name: str, board: Board, config: dict, force: bool,
             _upload(conn, board, root, stale, files, blobs, want)
         flashed = bool(art_rels & set(stale)) or force
         pid = start_agent(conn, board, name)
+        conn.put_bytes(json.dumps({"pid": pid, "config": want[f"{PART}/agent.json"]}).encode(),
+                       f"{root}/{PART}/running.json", stage="agent-start")
     try:
         h = ping(board.host, board.data_port)
     except (OSError, ValueError) as e:

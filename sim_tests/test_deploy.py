@@ -56,6 +56,25 @@ def test_cli_deploy_then_redeploy_skips(fc_plan_dir, rack_file):
     undeploy(load_rack(rack_file))
 
 
+def test_agent_started_with_another_config_is_restarted(fc_plan_dir, rack_file):
+    """New files on the board but the agent of an older config still running (a deployment that died between
+    upload and restart): the next deployment must restart it, not skip it."""
+    from harness.ssh import connect
+    from splitting.plan import Plan
+
+    rack = load_rack(rack_file)
+    plan = Plan.load(fc_plan_dir)
+    first = deploy(plan, rack)
+    b = first.boards["s2"]
+    with connect(b) as c:
+        c.put_bytes(b'{"pid": %d, "config": "an older agent.json"}' % first.placed["s2"].pid,
+                    c.remote_path("splitrack/part/running.json"))
+    again = deploy(plan, rack)
+    assert again.placed["s2"].restarted and again.placed["s2"].pid != first.placed["s2"].pid
+    assert again.flashed == [] and not again.placed["s0"].restarted
+    undeploy(rack)
+
+
 def test_too_few_boards_says_what_to_do(fc_plan_dir, rack_file):
     from splitting.plan import Plan
 
