@@ -92,32 +92,7 @@ except ImportError:  # pragma: no cover - depends on where the agent runs
 assemble = _contract.assemble
 
 
-class Contract(_contract.Contract):
-    """A link's contract, as `contract.Contract`, with its derived properties computed once: the agent
-    encodes and decodes with the same methods (one definition of the wire), but a contract does not change
-    while frames flow, and re-parsing its type for every frame costs more than the frame's transport."""
-
-    def _cached(self, key, fn):
-        d = self.__dict__
-        if key not in d:
-            d[key] = fn(self)
-        return d[key]
-
-    @property
-    def packing(self):
-        return self._cached("_packing", _contract.Contract.packing.fget)
-
-    @property
-    def fixed(self):
-        return self._cached("_fixed", _contract.Contract.fixed.fget)
-
-    @property
-    def elements(self):
-        return self._cached("_elements", _contract.Contract.elements.fget)
-
-    @property
-    def payload_bytes(self):
-        return self._cached("_payload_bytes", _contract.Contract.payload_bytes.fget)
+Contract = _contract.Contract  # its derived properties are cached: encode/decode per frame stay cheap
 
 MAGIC = b"SR"
 VERSION = 1

@@ -211,13 +211,24 @@ class Contract:
             raise ContractError(f"link {self.src}->{self.dst}: combine must be single, concat or sum")
         element_type(self.dtype)  # validates
 
+    def _derived(self):
+        """(fixed type, element count, packing), computed once per (dtype, shape, data_width): the agent calls
+        encode/decode for every frame, and re-parsing the type each time cost more than the transport."""
+        key = (self.dtype, self.shape, self.data_width)
+        d = self.__dict__.get("_derived_cache")
+        if d is None or d[0] != key:
+            elements = int(np.prod(self.shape)) if self.shape else 1
+            d = (key, element_type(self.dtype), elements, Packing.for_elements(elements, self.dtype, self.data_width))
+            self.__dict__["_derived_cache"] = d
+        return d
+
     @property
     def elements(self) -> int:
-        return int(np.prod(self.shape)) if self.shape else 1
+        return self._derived()[2]
 
     @property
     def fixed(self) -> Optional[FixedType]:
-        return element_type(self.dtype)
+        return self._derived()[1]
 
     @property
     def step(self) -> float:
@@ -227,7 +238,7 @@ class Contract:
 
     @property
     def packing(self) -> Packing:
-        return Packing.for_elements(self.elements, self.dtype, self.data_width)
+        return self._derived()[3]
 
     @property
     def payload_bytes(self) -> int:
