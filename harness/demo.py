@@ -3,7 +3,11 @@
 1. build the reference models (seeded training on digits; cached);
 2. split the CNN three ways: sequential cuts, a neuron split and an input split (the five-board layout);
 3. verify each plan: chained Keras vs the original, chained hls4ml emulation vs the whole-model emulation,
-   accuracy on digits; print the table.
+   accuracy on digits; print the table;
+4. on a rack (by default a freshly started 5-board virtual rack, or `--boards rack.toml`): deploy the
+   five-partition plan over SSH, stream the digits test set through the boards and check every answer
+   against the chained emulation, bit for bit;
+5. benchmark it there: end-to-end and per-hop latency beside the CPU reference.
 """
 from __future__ import annotations
 
@@ -23,6 +27,9 @@ CNN_PLANS = {
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", default="plans", help="folder for the plans (default plans/)")
     p.add_argument("-n", "--samples", type=int, default=450, help="digits test samples to verify on (max 450)")
+    p.add_argument("--boards", default=None, help="rack file to run on (default: start a 5-board virtual rack)")
+    p.add_argument("--no-rack", action="store_true", help="stop after verification (no deployment)")
+    p.add_argument("--frames", type=int, default=500, help="frames for the rack benchmark (default 500)")
 
 
 def run(args) -> int:
@@ -62,5 +69,40 @@ def run(args) -> int:
     print()
     print(table(["plan", "partitions", "stages", "float err", "hls chain err", "bit exact", "acc keras %",
                  "acc split hls %", "verify"], rows))
-    print(f"\ndemo finished in {time.time() - t0:.0f} s: {'all plans verified' if ok else 'VERIFICATION FAILED'}")
-    return 0 if ok else 1
+    if not ok:
+        print(f"\ndemo stopped after {time.time() - t0:.0f} s: VERIFICATION FAILED")
+        return 1
+    code = 0 if args.no_rack else _on_rack(args, out / "cnn-input")
+    print(f"\ndemo finished in {time.time() - t0:.0f} s: "
+          + ("all plans verified" + ("" if args.no_rack else ", run and benchmarked on the rack") if code == 0
+             else "the rack run FAILED"))
+    return code
+
+
+def _on_rack(args, plan_dir: Path) -> int:
+    """Deploy, run and benchmark one plan on a rack: the given one, or a virtual rack started (and stopped) here."""
+    from .cli import main
+
+    rack = args.boards
+    started = rack is None
+    if started:
+        rack = str(Path("build") / "demo-rack.toml")
+        Path("build").mkdir(exist_ok=True)
+        if Path(rack).exists():
+            main(["rack", "down", rack])  # a rack left over by an interrupted demo
+        print("[4/5] starting a virtual rack of 5 PYNQ-Z2 boards (real SSH servers on this machine)", flush=True)
+        if main(["rack", "up", "--boards", "5", "--out", rack]) != 0:
+            return 1
+    else:
+        print(f"[4/5] rack {rack}", flush=True)
+    try:
+        print(f"      deploying {plan_dir} and streaming the digits test set through the boards", flush=True)
+        code = main(["run", str(plan_dir), "--boards", rack, "--data", "digits"])
+        if code == 0:
+            print(f"[5/5] benchmark: {args.frames} frames, end-to-end and per hop, beside the CPU reference", flush=True)
+            code = main(["bench", str(plan_dir), "--boards", rack, "--frames", str(args.frames),
+                         "--json", str(plan_dir / "bench" / "bench.json")])
+        return code
+    finally:
+        if started:
+            main(["rack", "down", rack])
