@@ -36,7 +36,7 @@ from .fixed import cast
 from .ops import Op
 from .reference import softmax_tables
 
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 HERE = Path(__file__).parent
 STATIC_RTL = ["axis_deser.v", "axis_ser.v", "axis_shell.v", "axis_fifo.v", "axis_throttle.v"]
 
@@ -254,6 +254,15 @@ class Segment:
         return self.ops[-1].out
 
 
+DENSE_SEQ_MIN = 8192  # products: larger Dense layers go through the MAC sequencer instead of da4ml's unrolling
+
+
+def _dense_seq_ok(op: Op, in_t: FixedType, after: Sequence[Op]) -> bool:
+    """The MAC sequencer does TRN/WRAP casts on signed types only (hls4ml's defaults); others stay unrolled."""
+    types = [in_t, op.wtype, op.btype, op.accum, op.out] + [o.out for o in after]
+    return all(t.signed and t.rounding == "AP_TRN" and t.saturation == "AP_WRAP" for t in types)
+
+
 def segments(ops: Sequence[Op], conv_sequencer: bool = True) -> List[Segment]:
     segs: List[Segment] = []
     shape, t = tuple(ops[0].out_shape), ops[0].out
@@ -261,6 +270,15 @@ def segments(ops: Sequence[Op], conv_sequencer: bool = True) -> List[Segment]:
     while i < len(body):
         op = body[i]
         nxt = body[i + 1] if i + 1 < len(body) else None
+        if conv_sequencer and op.kind == "dense" and op.weight.size > DENSE_SEQ_MIN and len(shape) == 1:
+            j = i + 1
+            while j < len(body) and body[j].kind in ("relu", "linear"):
+                j += 1
+            if _dense_seq_ok(op, t, body[i + 1:j]):
+                segs.append(Segment("dense", body[i:j], shape, t))
+                i = j
+                shape, t = tuple(body[i - 1].out_shape), body[i - 1].out
+                continue
         if conv_sequencer and (op.kind == "conv2d" or (op.kind == "pad" and nxt is not None and nxt.kind == "conv2d"
                                                         and op.out == t)):
             group = [op] if op.kind == "conv2d" else [op, nxt]
@@ -325,7 +343,7 @@ def generate(name: str, ops: Sequence[Op], cache: Path, data_width: int = 32, la
     in_t, out_t = ops[0].out, ops[-1].out
     n_in, n_out = int(np.prod(ops[0].out_shape)), int(np.prod(ops[-1].out_shape))
     key = ops_key(ops, {"dw": data_width, "cut": latency_cutoff, "da4ml": version("da4ml"), "gen": GENERATOR_VERSION,
-                        "shell": _static_hash(), "seq": conv_sequencer})
+                        "shell": _static_hash(), "seq": conv_sequencer, "dseq": DENSE_SEQ_MIN})
     folder = (Path(cache) / "rtl" / f"{safe(name)}-{key}").resolve()
     meta_file = folder / "core.json"
     if meta_file.is_file():
@@ -340,18 +358,26 @@ def generate(name: str, ops: Sequence[Op], cache: Path, data_width: int = 32, la
 
         t0 = time.time()
         segs = segments(ops, conv_sequencer)
+        folder.mkdir(parents=True)
         log(f"  da4ml: {name}: {len(ops) - 1} layers, {n_in} -> {n_out} values, segments: "
             + ", ".join(f"{s.kind}({'+'.join(o.kind for o in s.ops)})" for s in segs))
         m = safe(name)
         sources, modules, cost, stages, latency = [], [], 0.0, 0, 0
         for k, seg in enumerate(segs):
+            mod = f"seg_{m}_{k}"
+            if seg.kind == "dense":
+                text, cyc = _dense_segment(mod, seg, folder / f"{mod}_weights.mem")
+                latency += cyc
+                (folder / f"{mod}.v").write_text(text)
+                sources.append(str(folder / f"{mod}.v"))
+                modules.append(mod)
+                continue
             core = f"core_{m}_{k}"
             kops = _kernel_ops(seg) if seg.kind == "conv" else [Op("input", "in", seg.in_shape, seg.in_t)] + seg.ops
             st, c, ikif, okif = _trace_core(kops, core, folder / f"da4ml{k}", latency_cutoff)
             cost += c
             stages += st
             sources += sorted(str(p) for p in (folder / f"da4ml{k}" / "src").glob(f"{core}*.v"))
-            mod = f"seg_{m}_{k}"
             if seg.kind == "conv":
                 g = _conv_geometry(seg)
                 text = _conv_segment(mod, core, seg, g, st, ikif, okif)
@@ -557,6 +583,120 @@ module {mod} (
     end
 endmodule
 """
+
+
+def _dense_segment(mod: str, seg: Segment, rom_file: Path) -> Tuple[str, int]:
+    """A Dense layer (+ element-wise activations) as P multiply-accumulate lanes over a weight ROM: the output
+    units in groups of P, one input per cycle, as hls4ml's Resource strategy reuses multipliers. Ours, not
+    da4ml's: unrolled, the reference CNN's fc1 (512 x 130) is about 330 k lines that Verilator could not build
+    here in 15 minutes and 10 GB. Same arithmetic as reference._dense: every product assigned to accum_t (TRN:
+    arithmetic shift right; WRAP: keep the low bits), the sum kept in accum_t from the bias, then the casts."""
+    dense, after = seg.ops[0], seg.ops[1:]
+    n, m = dense.weight.shape
+    lanes = min(m, 128)
+    groups = -(-m // lanes)
+    wi, ww, wa = seg.in_t.width, dense.wtype.width, dense.accum.width
+    shift = seg.in_t.fractional + dense.wtype.fractional - dense.accum.fractional
+    w = np.zeros((groups * lanes, n), dtype=np.int64)
+    w[:m] = dense.weight.T
+    lines = []
+    for g in range(groups):
+        for i in range(n):
+            word = 0
+            for p in range(lanes):
+                word |= (int(w[g * lanes + p, i]) & ((1 << ww) - 1)) << (p * ww)
+            lines.append(f"{word:x}")
+    rom_file.write_text("\n".join(lines) + "\n")
+    bias = cast(dense.bias, dense.btype.fractional, dense.accum)
+    bias_words = [int(bias[j]) & ((1 << wa) - 1) if j < m else 0 for j in range(groups * lanes)]
+    bias_lit = ", ".join(f"{wa}'h{b:x}" for b in reversed(bias_words))
+    # post-processing of one accumulator: cast to the Dense result type, then each activation and its cast
+    post = []
+    t, frac = dense.out, dense.accum.fractional
+    src = "acc_next[p]"
+
+    def cast_expr(expr, from_frac, from_w, to: FixedType):
+        d = from_frac - to.fractional
+        shifted = f"($signed({expr}) >>> {d})" if d > 0 else (f"($signed({expr}) <<< {-d})" if d < 0 else f"$signed({expr})")
+        return f"{shifted}"
+
+    post.append(f"            wire signed [{max(wa, t.width) + 64}:0] v0 = {cast_expr(src, frac, wa, t)};")
+    post.append(f"            wire [{t.width - 1}:0] r0 = v0[{t.width - 1}:0];")
+    k, frac = 0, t.fractional
+    for op in after:
+        prev = f"r{k}"
+        x = f"({prev}[{t.width - 1}] ? {t.width}'d0 : {prev})" if op.kind == "relu" else prev
+        post.append(f"            wire [{t.width - 1}:0] a{k + 1} = {x};")
+        post.append(f"            wire signed [{max(t.width, op.out.width) + 64}:0] v{k + 1} = "
+                    f"{cast_expr(f'a{k + 1}', frac, t.width, op.out)};")
+        post.append(f"            wire [{op.out.width - 1}:0] r{k + 1} = v{k + 1}[{op.out.width - 1}:0];")
+        k, t, frac = k + 1, op.out, op.out.fractional
+    wo = t.width
+    prod_w = wi + ww
+    q = (f"($signed(prod[p]) >>> {shift})" if shift > 0 else
+         (f"($signed(prod[p]) <<< {-shift})" if shift < 0 else "$signed(prod[p])"))
+    cycles = groups * n + 3
+    text = f"""// Generated by splitrack (harness/cosim/rtlgen.py): {'+'.join(o.name for o in seg.ops)} as {lanes} MAC lanes
+// x {groups} groups x {n} inputs ({groups * n} cycles). accum {dense.accum}, result {t}.
+`timescale 1ns/1ps
+module {mod} (
+    input wire clk, input wire rstn, input wire start,
+    input wire [{n * wi - 1}:0] in_frame,
+    output reg [{m * wo - 1}:0] out_frame,
+    output reg done
+);
+    localparam N = {n}, M = {m}, P = {lanes}, G = {groups};
+    localparam [{groups * lanes * wa - 1}:0] BIAS = {{{bias_lit}}};
+    reg [{lanes * ww - 1}:0] rom [0:{groups * n - 1}];
+    initial $readmemh("{rom_file.resolve()}", rom);
+    reg [{n * wi - 1}:0] in_q;
+    reg [15:0] i, g;
+    reg busy;
+    reg [{wa - 1}:0] acc [0:P-1];
+    wire [{lanes * ww - 1}:0] wrow = rom[g * N + i];
+    wire signed [{wi - 1}:0] x = in_q[i * {wi} +: {wi}];
+    wire [{wa - 1}:0] acc_next [0:P-1];
+    wire [{wo - 1}:0] res [0:P-1];
+    genvar p;
+    generate
+        for (p = 0; p < P; p = p + 1) begin : g_lane
+            wire signed [{prod_w - 1}:0] prod = x * $signed(wrow[p * {ww} +: {ww}]);
+            wire signed [{prod_w + 64}:0] qd = {q.replace('prod[p]', 'prod')};
+            wire [{wa - 1}:0] base = (i == 0) ? BIAS[(g * P + p) * {wa} +: {wa}] : acc[p];
+            assign acc_next[p] = base + qd[{wa - 1}:0];
+{chr(10).join(l.replace('acc_next[p]', 'acc_next[p]') for l in post)}
+            assign res[p] = r{k};
+        end
+    endgenerate
+    integer j;
+    always @(posedge clk) begin
+        if (!rstn) begin
+            busy <= 1'b0;
+            done <= 1'b0;
+        end else begin
+            done <= 1'b0;
+            if (start) begin
+                in_q <= in_frame;
+                i <= 0;
+                g <= 0;
+                busy <= 1'b1;
+            end else if (busy) begin
+                for (j = 0; j < P; j = j + 1) acc[j] <= acc_next[j];
+                if (i == N - 1) begin
+                    for (j = 0; j < P; j = j + 1)
+                        if (g * P + j < M) out_frame[(g * P + j) * {wo} +: {wo}] <= res[j];
+                    i <= 0;
+                    if (g == G - 1) begin
+                        busy <= 1'b0;
+                        done <= 1'b1;
+                    end else g <= g + 1'b1;
+                end else i <= i + 1'b1;
+            end
+        end
+    end
+endmodule
+"""
+    return text, cycles
 
 
 def _top_verilog(name, segs: List[Segment], modules: List[str], in_t: FixedType, out_t: FixedType, inp: Packing,
