@@ -2,9 +2,9 @@
 
     .venv/bin/python benchmarks/cosim_speed.py [--out benchmarks/out] [--partition s0] [--frames 12]
 
-The reference CNN is cut after conv1 and after pool (three partitions); the default partition is s0, conv1
-(8x8x1 in, 8x8x16 out: 32 beats in, 512 beats out per frame), its da4ml datapath in our AXI-stream shell
-between two link FIFOs. The same build of the same RTL runs the same seeded traffic on both simulators, in
+The reference CNN is split as the demo's "cnn-sequential" plan (cuts after conv2 and fc1); the default partition
+is s2 (fc2 + softmax: 130 values in, 10 out), its da4ml datapath in our AXI-stream shell between two link
+FIFOs; --partition s0 takes conv1+conv2 (two da4ml kernels behind our pixel sequencer, 1024 beats out). The same build of the same RTL runs the same seeded traffic on both simulators, in
 two testbench modes: "checked" (protocol checker and AxiStreamMonitor on every interface, as in the tests)
 and "bare" (only cocotbext-axi source and sink). Speed = simulated cycles / testbench seconds (simulator
 start-up and build excluded; build times are reported separately). Both runs must pass and agree cycle for
@@ -31,8 +31,10 @@ def cnn_plan(folder: Path):
     from splitting.reference import reference_model
     from splitting.split import split_model, write_plan
 
+    from harness.demo import CNN_PLANS
+
     if not (folder / "plan.json").is_file():
-        plan, models = split_model(reference_model("cnn"), at=("conv1", "pool"))
+        plan, models = split_model(reference_model("cnn"), **CNN_PLANS["cnn-sequential"])
         write_plan(plan, models, folder)
     return Plan.load(folder)
 
@@ -40,9 +42,9 @@ def cnn_plan(folder: Path):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="benchmarks/out")
-    ap.add_argument("--partition", default="s0")
+    ap.add_argument("--partition", default="s2")
     ap.add_argument("--frames", type=int, default=12)
-    ap.add_argument("--plan", default=".splitrack-cache/cosim/bench/cnn-conv1-pool")
+    ap.add_argument("--plan", default=".splitrack-cache/cosim/bench/cnn-sequential")
     args = ap.parse_args(argv)
 
     from harness.cosim import rtlgen, sim
