@@ -356,3 +356,22 @@ def test_dense_mac_sequencer_matches_emulation(conv_plan, monkeypatch):
     assert [s.split(":")[0] for s in core.segments] == ["dense"]
     r = cosimulate(conv_plan, "icarus", n_frames=4)
     assert r.ok and r.outputs_match and not r.violations, r.summary()
+
+
+def test_softmax_lookup_tables_on_icarus(tmp_path):
+    """Softmax: da4ml lookup tables filled as hls4ml fills them (expf from the C library); Icarus needs a copy
+    of da4ml's lookup_table.v without its parameter-dependent synthesis attribute."""
+    import keras
+
+    from harness.cosim.cosim import cosimulate
+    from splitting.plan import Plan
+    from splitting.split import split_model, write_plan
+
+    keras.utils.set_random_seed(9)
+    inp = keras.Input((8,), name="x")
+    x = keras.layers.Dense(6, name="fc")(inp)
+    x = keras.layers.Activation("softmax", name="softmax")(x)
+    plan, models = split_model(keras.Model(inp, x, name="cosim_softmax"))
+    write_plan(plan, models, tmp_path / "sm")
+    r = cosimulate(Plan.load(tmp_path / "sm"), "icarus", n_frames=6)
+    assert r.ok and r.outputs_match, r.summary()

@@ -10,6 +10,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -96,6 +97,8 @@ def build(sim: str, sources: Sequence[str], top: str, parameters: Optional[Dict]
 
     parameters = dict(parameters or {})
     env = sim_env(sim)
+    if sim == "icarus":
+        sources = [_icarus_compatible(Path(s), Path(cache)) for s in sources]
     key = build_key(sim, sources, top, dict(parameters, _vlt=list(vlt_extra), _lean=1), waves)
     folder = (Path(cache) / "build" / f"{sim}-{top}-{key}").resolve()
     ok = folder / "built.ok"
@@ -138,6 +141,24 @@ def build(sim: str, sources: Sequence[str], top: str, parameters: Optional[Dict]
 
 class SimulatorError(RuntimeError):
     pass
+
+
+_ATTRIBUTE = re.compile(r"\(\*[^*]*?\?[^*]*?\*\)")
+
+
+def _icarus_compatible(src: Path, cache: Path) -> str:
+    """Icarus 11 rejects a parameter-dependent synthesis attribute in da4ml's lookup_table.v
+    (`(* rom_style = (BW_IN <= 999) ? "distributed" : "block" *)`: "not a constant expression"). The attribute
+    is a synthesis hint only; Icarus gets a copy without it."""
+    text = src.read_text(errors="replace")
+    fixed = _ATTRIBUTE.sub("", text)
+    if fixed == text:
+        return str(src)
+    out = cache / "icarus-src" / hashlib.sha256(fixed.encode()).hexdigest()[:12] / src.name
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(fixed)
+    return str(out.resolve())
 
 
 def _runner(sim: str):
