@@ -5,7 +5,6 @@ the reference: our batched, cached estimates must be the same numbers, for the s
 model, and the plan's partition figures must be rule4ml's predictions for the partition sub-models split_model
 writes.
 """
-import numpy as np
 import pytest
 
 from splitting import catalog

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from splitting import catalog
-from splitting.estimate import Analytic, HlsConfig, load_layers
+from splitting.estimate import Analytic, load_layers
 from splitting.search import SearchOptions, boundaries, plan_search
 
 PYNQ = catalog.board("pynq-z2")

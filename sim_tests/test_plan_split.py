@@ -9,7 +9,6 @@ test does that with rule4ml.
 """
 import json
 
-import numpy as np
 import pytest
 
 from harness.cli import main

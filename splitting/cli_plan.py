@@ -193,7 +193,7 @@ def write(model_path, plan: PlanChoice, opts: SearchOptions, version: str, folde
     """Cut the model as planned (split.split_model), put each partition's configuration and estimate in the
     plan, and write the folder."""
     from .graph import load_model
-    from .split import hls_config, split_model, write_plan
+    from .split import split_model, write_plan
 
     progress = progress or (lambda m: None)
     model = load_model(model_path) if isinstance(model_path, (str, Path)) else model_path

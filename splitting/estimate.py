@@ -43,13 +43,12 @@ import hashlib
 import json
 import math
 import os
-import sys
 import zipfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .catalog import Board
 from .contract import FixedType
@@ -290,11 +289,13 @@ def neuron_part(layer: LayerSpec, units: int) -> LayerSpec:
     return replace(layer, name=f"{layer.name}_n", output_shape=layer.output_shape[:-1] + (units,), params=p, trainable=p, units=units)
 
 
-def input_part(layer: LayerSpec, fan: int) -> LayerSpec:
-    """A partial sum over `fan` of the inputs (input channels): no bias, no activation."""
+def input_part(layer: LayerSpec, fan: int, bias: bool = False) -> LayerSpec:
+    """A partial sum over `fan` of the inputs (input channels), no activation; split_model folds the bias into
+    part 0 (`bias=True`)."""
     shape = layer.input_shape[:-1] + (fan,)
-    p = (fan if layer.kind == "Dense" else fan * math.prod(layer.kernel)) * layer.units
-    return replace(layer, name=f"{layer.name}_i", input_shape=shape, params=p, trainable=p, activation="linear", use_bias=False)
+    bias = bias and layer.use_bias
+    p = (fan if layer.kind == "Dense" else fan * math.prod(layer.kernel)) * layer.units + (layer.units if bias else 0)
+    return replace(layer, name=f"{layer.name}_i", input_shape=shape, params=p, trainable=p, activation="linear", use_bias=bias)
 
 
 def join_layers(layer: LayerSpec, parts: int) -> List[LayerSpec]:

@@ -35,7 +35,7 @@ are read off the labels at the end, so they are exact for the estimates. Should 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from itertools import product
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -307,7 +307,7 @@ class Planner:
                         split_reqs.append((specs_n, c))
                         split_meta.append(("neuron", i, e, k, c))
                 if k <= n_fan:
-                    first = replace(input_part(layer, _split_sizes(n_fan, k)[0]), use_bias=layer.use_bias)
+                    first = input_part(layer, _split_sizes(n_fan, k)[0], bias=True)  # the largest part, with the bias
                     for c in cfgs:
                         split_reqs.append(((first,), c))
                         split_meta.append(("input", i, e, k, c))
@@ -350,7 +350,7 @@ class Planner:
                     if not self._fits(jest):
                         continue
                     sizes = _split_sizes(layer.input_shape[-1], k)
-                    ps = [PartChoice("input", [layer.name], (input_part(layer, sizes[j]),), c, est,
+                    ps = [PartChoice("input", [layer.name], (input_part(layer, sizes[j], bias=j == 0),), c, est,
                                      {"layer": layer.name, "kind": "input", "part": j, "parts": k}) for j in range(k)]
                     # the sender of the input slices moves every slice: the whole tensor, padded per slice
                     per_elem = n_in // layer.input_shape[-1]
