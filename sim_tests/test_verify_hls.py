@@ -74,3 +74,16 @@ def test_verify_fails_when_the_chain_is_wrong(fc_plan, tmp_path, capsys):
     assert main(["verify", str(bad), "-n", "64", "--json"]) == 1
     out = json.loads(capsys.readouterr().out)
     assert not out["float_ok"] and not out["hls_ok"]
+
+
+def test_cache_key_is_stable_across_splits(tmp_path):
+    # the same split written twice (fresh Keras objects, so fresh shared_object_ids in config.json) must
+    # reuse the compiled projects: the key depends on architecture, weights and config only
+    keys = []
+    for run in ("a", "b"):
+        plan, models = split_model(reference_model("fc"), neurons={"fc2": 2})
+        write_plan(plan, models, tmp_path / run)
+        plan = Plan.load(tmp_path / run)
+        keys.append([hls.cache_key(plan.path(p.model_file), p.weights_sha256, p.hls, plan.hls_defaults)
+                     for p in plan.ordered_partitions()])
+    assert keys[0] == keys[1] and len(set(keys[0])) == len(keys[0])

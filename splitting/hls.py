@@ -27,10 +27,20 @@ ARTIFACT = "artifact.json"
 _loaded: Dict[str, EmulationLib] = {}  # one ctypes handle per library per process
 
 
+def _without_object_ids(node):
+    """Keras 3 writes `shared_object_id` (a memory address) into config.json: not part of the architecture."""
+    if isinstance(node, dict):
+        return {k: _without_object_ids(v) for k, v in node.items() if k != "shared_object_id"}
+    if isinstance(node, list):
+        return [_without_object_ids(v) for v in node]
+    return node
+
+
 def _model_config_sha(keras_file: Path) -> str:
     """Hash of the architecture inside a .keras zip (its config.json); weights are hashed by the plan."""
     with zipfile.ZipFile(keras_file) as z:
-        return hashlib.sha256(z.read("config.json")).hexdigest()
+        cfg = _without_object_ids(json.loads(z.read("config.json")))
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
 
 
 def cache_key(keras_file: Path, weights_sha: str, hls_cfg: dict, hls_defaults: dict) -> str:
