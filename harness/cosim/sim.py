@@ -139,8 +139,8 @@ def build(sim: str, sources: Sequence[str], top: str, parameters: Optional[Dict]
     return folder
 
 
-class SimulatorError(RuntimeError):
-    pass
+class SimulatorError(UserError):
+    """A build or run that failed; the message carries the tail of the simulator's log."""
 
 
 _ATTRIBUTE = re.compile(r"\(\*[^*]*?\?[^*]*?\*\)")
