@@ -205,7 +205,6 @@ def build(plan: Plan, cores: Dict[str, CoreRTL], depths: Optional[Dict[int, int]
             mod = f"combine_{n}"
             extra_modules.append(_regroup_module(mod, [(f"i{j}", c.packing, c.elements) for j, (k, c) in enumerate(inc)],
                                                  [("o0", pin, n_in)], mapping))
-            binds = [_bind(f"i{j}", f"l{k}_c").replace(f".i{j}_", f".i{j}_") for j, (k, c) in enumerate(inc)]
             binds = [", ".join(f".i{j}_{s}(l{k}_c_axis_{s})" for s in SIGNALS) for j, (k, c) in enumerate(inc)]
             wires.append(f"    wire ferr_{mod};\n")
             ferr.append(f"ferr_{mod}")

@@ -191,8 +191,7 @@ def public_vlt(folder: Path, top: str, extra: Sequence[Tuple[str, str]] = ()) ->
     return str(f)
 
 
-def run(sim: str, build_dir: Path, top: str, config: dict, waves: bool = False, run_dir: Optional[Path] = None,
-        timeout: Optional[float] = None) -> dict:
+def run(sim: str, build_dir: Path, top: str, config: dict, waves: bool = False, run_dir: Optional[Path] = None) -> dict:
     """Run the testbench (harness.cosim.tb) with `config`; returns its report (violations and measurements)."""
     from cocotb_tools.runner import get_runner
 

@@ -127,7 +127,7 @@ def map_ports(files: List[Path], top: Optional[str] = None) -> PortMap:
                    group(outs[0], "output"), ins[0][:-6], outs[0][:-6])
 
 
-def partition_config(plan: Plan, name: str, x: np.ndarray, values: Dict[str, np.ndarray], pm: PortMap,
+def partition_config(plan: Plan, name: str, values: Dict[str, np.ndarray], pm: PortMap,
                      frames: int, stress: dict, data_width: int) -> dict:
     """Testbench config for one partition behind `pm`: its input frames in, its emulated outputs expected."""
     part = plan.partition(name)
@@ -168,7 +168,7 @@ def cosimulate_vendor(plan: Plan, name: str, folder: Path, sim_name: str = "veri
     keep: Dict[str, np.ndarray] = {}
     run_chain(plan, x, emulation_runner(plan), keep=keep)
     values = dict(keep, host=x)
-    cfg = partition_config(plan, name, x, values, pm, n_frames, STRESS, plan.links[0].data_width)
+    cfg = partition_config(plan, name, values, pm, n_frames, STRESS, plan.links[0].data_width)
     build_dir = sim.build(sim_name, [str(f) for f in files], pm.top, {}, log=log, vlt_extra=())
     report = sim.run(sim_name, build_dir, pm.top, cfg)
     report["port_map"] = pm.__dict__
