@@ -21,8 +21,9 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/splitrack demo
 
+# CI: everything but the full-size reference runs (marker `slow`), which `make nightly` adds.
 test: setup
-	$(VENV)/bin/python -m pytest -q sim_tests
+	$(VENV)/bin/python -m pytest -q -m "not slow" --durations=15 sim_tests
 	$(MAKE) test-hw
 
 # The hardware tests on a fresh 5-board virtual rack, stopped again whatever the tests do.
@@ -33,6 +34,17 @@ test-hw: setup
 	@trap '$(VENV)/bin/splitrack rack down $(HW_RACK)' EXIT; \
 	  $(VENV)/bin/splitrack rack up --boards 5 --out $(HW_RACK) && \
 	  $(VENV)/bin/python -m pytest -q -m hw --boards $(HW_RACK) hw_tests
+
+# What a nightly cron job runs: the slow tests, then bench + history + regression check + dashboard on a
+# fresh virtual rack (exit 1 on a regression). Results accumulate in results.sqlite, the page in site/.
+NIGHTLY_RACK := build/nightly-rack.toml
+nightly: setup
+	$(VENV)/bin/python -m pytest -q -m slow sim_tests
+	@mkdir -p build
+	@$(VENV)/bin/splitrack rack down $(NIGHTLY_RACK) >/dev/null 2>&1 || true
+	@trap '$(VENV)/bin/splitrack rack down $(NIGHTLY_RACK)' EXIT; \
+	  $(VENV)/bin/splitrack rack up --boards 5 --out $(NIGHTLY_RACK) && \
+	  $(VENV)/bin/splitrack nightly --boards $(NIGHTLY_RACK) --db results.sqlite -o site
 
 clean:
 	rm -rf $(VENV) .splitrack-cache build
