@@ -5,23 +5,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from harness.cli import main
 from harness.local_rack import LocalRack
 from harness.stream import Pipeline
 from splitting.chain import emulation_runner, run_chain
-from splitting.plan import Plan
-from splitting.reference import digits_data, reference_model
-from splitting.split import split_model, write_plan
-
-
-@pytest.fixture(scope="module")
-def fc_plan(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("fc_plan")
-    plan, models = split_model(reference_model("fc"), at=["fc1"], neurons={"fc2": 2}, inputs={"fc3": 2})
-    write_plan(plan, models, folder)
-    return Plan.load(folder)
+from splitting.reference import digits_data
 
 
 def test_agents_equal_the_chained_emulation_bit_for_bit(fc_plan, tmp_path):

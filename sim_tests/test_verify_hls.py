@@ -2,8 +2,6 @@
 FC reference model split all three ways; accuracy on digits; the compiled projects are cached."""
 import json
 
-import numpy as np
-import pytest
 
 from harness.cli import main
 from splitting import hls
@@ -11,14 +9,6 @@ from splitting.plan import Plan
 from splitting.reference import reference_model
 from splitting.split import split_model, write_plan
 from splitting.verify import verify_plan
-
-
-@pytest.fixture(scope="module")
-def fc_plan(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("fc_plan")
-    plan, models = split_model(reference_model("fc"), at=["fc1"], neurons={"fc2": 2}, inputs={"fc3": 2})
-    write_plan(plan, models, folder)
-    return Plan.load(folder)
 
 
 def test_split_emulation_is_bit_exact_and_keeps_accuracy(fc_plan):
