@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 
@@ -36,6 +37,8 @@ def _errors():
 
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # keras' predict on partitions of different shapes triggers tf.function "retracing" warnings: noise here
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     parser = argparse.ArgumentParser(prog="splitrack", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = argv[0] if argv else (sys.argv[1] if len(sys.argv) > 1 else None)
