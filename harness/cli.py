@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # keras' predict on partitions of different shapes triggers tf.function "retracing" warnings: noise here
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    parser = argparse.ArgumentParser(prog="splitrack", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="splitrack", description="Split neural networks across a rack of PYNQ-Z2 boards, verify the split, deploy it over SSH (real or virtual rack) and measure it hop by hop.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = argv[0] if argv else (sys.argv[1] if len(sys.argv) > 1 else None)
     for name, module, help_ in COMMANDS:
