@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 from typing import Callable, List
 
-from splitting.errors import UserError
 
 from . import bench_cmd, dashboard, history, regress
 

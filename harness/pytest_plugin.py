@@ -23,7 +23,6 @@ hold them.
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 import time
 from pathlib import Path

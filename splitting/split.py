@@ -139,14 +139,6 @@ def _group(graph: LayerGraph, name: str) -> List[str]:
         group.append(cons[0])
 
 
-def _part_layer(src, j: int, tag: str, weights: List[np.ndarray], **overrides):
-    """One part of a split layer: a clone with some settings overridden and sliced weights."""
-    import keras
-
-    layer = clone_layer(src, name=f"{src.name}_{tag}{j}", **overrides)
-    return layer, weights
-
-
 def _apply(inp, layer, weights):
     out = layer(inp)
     layer.set_weights(weights)
@@ -226,7 +218,7 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
         shape = tuple(int(d) for d in m.outputs[0].shape[1:])
         producers = [_Producer(pname, shape, 0, shape[-1])]
 
-    for si, seg in enumerate(segments):
+    for seg in segments:
         head = seg[0]
         if head not in neurons and head not in inputs:
             layers_stage(seg, prefix)
@@ -260,7 +252,7 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
                 ov = {"units": hi - lo} if cls == "Dense" else {"filters": hi - lo}
                 ov["activation"] = keep[0] if keep else "linear"
                 w = [kernel[..., lo:hi]] + ([bias[lo:hi]] if bias is not None else [])
-                layer, w = _part_layer(src, j, "n", w, **ov)
+                layer = clone_layer(src, name=f"{src.name}_n{j}", **ov)
                 x = _apply(inp, layer, w)
                 for ai, a in enumerate(keep[1:]):
                     x = _activation_layer(a, f"{pname}_{a}{ai}")(x)
@@ -281,7 +273,8 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
                 part_shape = tuple(shape[:-1]) + (hi - lo,)
                 inp = keras.Input(part_shape, name=f"{pname}_in")
                 w = [kernel[..., lo:hi, :]] + ([bias] if (bias is not None and j == 0) else [])
-                layer, w = _part_layer(src, j, "i", w, activation="linear", use_bias=bias is not None and j == 0)
+                layer = clone_layer(src, name=f"{src.name}_i{j}", activation="linear",
+                                    use_bias=bias is not None and j == 0)
                 m = keras.Model(inp, _apply(inp, layer, w), name=pname)
                 b._link_into(producers, pname, (lo, hi), "concat")
                 b._add(s, pname, "input", [head], m,

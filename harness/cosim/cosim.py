@@ -7,7 +7,6 @@ link FIFOs, checked beat by beat against the plan's hls4ml emulation; measured; 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -143,7 +142,6 @@ def cosimulate(plan: Plan, sim_name: str = "verilator", frames: Optional[np.ndar
     stress = dict(STRESS, **(stress or {}))
     x = np.asarray(frames) if frames is not None else default_frames(plan, n_frames)
     n = len(x)
-    t_start = time.time()
     # 1. the plan's emulation: what every interface must carry
     log(f"[1/4] hls4ml emulation of {len(plan.partitions)} partitions on {n} frames")
     keep: Dict[str, np.ndarray] = {}

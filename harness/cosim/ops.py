@@ -7,7 +7,6 @@ emulation computes. Weights are taken as the exact decimal strings hls4ml writes
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple

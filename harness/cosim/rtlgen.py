@@ -664,7 +664,7 @@ module {mod} (
             wire signed [{prod_w + 64}:0] qd = {q.replace('prod[p]', 'prod')};
             wire [{wa - 1}:0] base = (i == 0) ? BIAS[(g * P + p) * {wa} +: {wa}] : acc[p];
             assign acc_next[p] = base + qd[{wa - 1}:0];
-{chr(10).join(l.replace('acc_next[p]', 'acc_next[p]') for l in post)}
+{chr(10).join(post)}
             assign res[p] = r{k};
         end
     endgenerate

@@ -12,11 +12,10 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from splitting.errors import UserError
 
@@ -92,7 +91,6 @@ def build_key(sim: str, sources: Sequence[str], top: str, parameters: Dict, wave
 def build(sim: str, sources: Sequence[str], top: str, parameters: Optional[Dict] = None, waves: bool = False,
           cache: Path = CACHE, log=print, vlt_extra: Sequence[Tuple[str, str]] = (("axis_fifo", "high_water"),)) -> Path:
     """Build (or find cached) a simulation of `top`; returns the build folder."""
-    from cocotb_tools.runner import get_runner
     from filelock import FileLock
 
     parameters = dict(parameters or {})
@@ -193,8 +191,6 @@ def public_vlt(folder: Path, top: str, extra: Sequence[Tuple[str, str]] = ()) ->
 
 def run(sim: str, build_dir: Path, top: str, config: dict, waves: bool = False, run_dir: Optional[Path] = None) -> dict:
     """Run the testbench (harness.cosim.tb) with `config`; returns its report (violations and measurements)."""
-    from cocotb_tools.runner import get_runner
-
     env = sim_env(sim)
     runs = Path(build_dir).parent.parent / "runs"
     runs.mkdir(parents=True, exist_ok=True)
