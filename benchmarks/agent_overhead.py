@@ -11,9 +11,13 @@ throughput through 5 agents against one stage alone.
                 record, receive / compute / send threads, and its output back on the host's connection;
    - agent+decode: the same, decoding the payload and encoding the output through the contract (what an
                 emulation or overlay backend costs on top of the transport, compute itself excluded).
-   The client is a plain blocking loop for all of them (no host-side threads), interleaved in rounds so
-   that noise from other processes hits every variant alike, in sessions of fresh processes; "per-round" is
-   the median over rounds of a variant's p50 divided by the raw echo's p50 of the same round.
+   The client is a plain blocking loop for all of them (no host-side threads), reading each reply into a
+   reused buffer, interleaved in rounds so that noise from other processes hits every variant alike, in
+   sessions of fresh processes; "per-round" is the median over rounds of a variant's p50 divided by the raw
+   echo's p50 of the same round.
+   Two placements. "same CPU" (the headline): client and servers pinned to one CPU, so every microsecond
+   either side spends is on the round trip. "any CPU": wherever the scheduler puts them; on a virtual
+   machine a wake-up across CPUs costs tens of us, which makes round trips bimodal and hides overhead.
    Target: agent p50 <= 1.3 x raw p50.
 2. Pipelined. 5 agents in a chain, each with the timing model (equal stages of T = cycles / 100 MHz),
    frames streamed with several in flight through harness.stream; against one such agent alone.
@@ -42,6 +46,7 @@ from harness.local_rack import LocalRack, identity_plan  # noqa: E402
 from harness.stream import Pipeline  # noqa: E402
 
 VARIANTS = ("raw echo", "framed echo", "agent", "agent+decode")
+PLACEMENT = {"per_hop": "client and servers on the same CPU", "per_hop_any_cpu": "on any CPU"}
 ECHO_SERVER = r"""
 import socket, sys
 n = int(sys.argv[1])
@@ -148,18 +153,35 @@ class AgentHop:
         msg = wire.pack_message(wire.FRAME, frame=self.frame, stage=wire.HOST_STAGE, payload=payload)
         t = time.perf_counter_ns()
         self.sock.sendall(msg)
-        mtype, frame, *_ = self.reader.message()
+        # like the raw echo's client: the reply read into a reused buffer, not copied out (views)
+        m = self.reader.message(copy=False)
         dt = time.perf_counter_ns() - t
-        assert mtype == wire.FRAME and frame == self.frame, (mtype, frame)
+        assert m[0] == wire.FRAME and m[1] == self.frame and len(m[5]) == len(payload), m[:4]
         return dt
 
     def close(self):
         self.sock.close()
 
 
-def per_hop(elements: int, sessions: int, rounds: int, per_round: int, workdir: Path):
+def pin(cpus) -> None:
+    """Run this process (and the servers it starts, which inherit it) on these CPUs only."""
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
+
+
+def per_hop(elements: int, sessions: int, rounds: int, per_round: int, workdir: Path, cpus=None):
     """Round trips of every variant, interleaved in rounds; each session starts fresh server processes, so
-    that one process the scheduler happens to treat badly cannot bias a variant for the whole run."""
+    that one process the scheduler happens to treat badly cannot bias a variant for the whole run.
+    cpus: the CPUs client and servers share (None: wherever the scheduler puts them)."""
+    before = os.sched_getaffinity(0)
+    pin(cpus)
+    try:
+        return _per_hop(elements, sessions, rounds, per_round, workdir)
+    finally:
+        pin(before)
+
+
+def _per_hop(elements, sessions, rounds, per_round, workdir):
     plan = identity_plan(1, shape=(elements,))
     c = plan.links[0]
     payload = c.encode(np.random.default_rng(0).uniform(-8, 8, elements))
@@ -254,34 +276,36 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     sessions, rounds, per_round, frames, prounds = (2, 3, 100, 200, 2) if args.quick else (5, 4, 250, 600, 5)
 
-    report = {"per_hop": {}, "pipelined": {}, "host": os.uname().nodename, "cpus": os.cpu_count(),
-              "load_before": os.getloadavg()[0]}
+    report = {"per_hop": {}, "per_hop_any_cpu": {}, "pipelined": {}, "host": os.uname().nodename,
+              "cpus": os.cpu_count(), "load_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for el in args.elements:
-            print(f"per hop: {el} elements, {sessions} sessions x {rounds} rounds x {per_round} round trips per "
-                  "variant ...", flush=True)
-            nbytes, s, ratio = per_hop(el, sessions, rounds, per_round, tmp / f"hop{el}")
-            report["per_hop"][el] = {"bytes": nbytes, **{k: {"p50": float(np.percentile(v, 50)),
-                                                             "p90": float(np.percentile(v, 90)),
-                                                             "p99": float(np.percentile(v, 99)),
-                                                             "round_ratio": ratio[k],
-                                                             "samples": v.tolist()} for k, v in s.items()}}
+        for key, cpus in (("per_hop", {min(os.sched_getaffinity(0))}), ("per_hop_any_cpu", None)):
+            for el in args.elements:
+                print(f"per hop ({PLACEMENT[key]}): {el} elements, {sessions} sessions x {rounds} rounds x "
+                      f"{per_round} round trips per variant ...", flush=True)
+                nbytes, s, ratio = per_hop(el, sessions, rounds, per_round, tmp / f"hop{el}{key}", cpus=cpus)
+                report[key][el] = {"bytes": nbytes, **{k: {"p50": float(np.percentile(v, 50)),
+                                                           "p90": float(np.percentile(v, 90)),
+                                                           "p99": float(np.percentile(v, 99)),
+                                                           "round_ratio": ratio[k],
+                                                           "samples": v.tolist()} for k, v in s.items()}}
         for us in args.stage_us:
             cycles = int(round(us * 100))
             print(f"pipelined: 5 stages of {us:g} us ({cycles} cycles at 100 MHz) and 1 alone, {prounds} rounds of "
                   f"{frames} frames ...", flush=True)
             report["pipelined"][us] = pipelined(5, cycles, frames, prounds, in_flight=16, workdir=tmp / f"pipe{cycles}")
 
-    print("\nPer-hop round trip on loopback (us), same payload, interleaved rounds")
-    print(f"{'frame':>14} {'variant':>14} {'p50':>8} {'p90':>8} {'p99':>8} {'p50/raw':>8} {'per-round':>10}")
-    for el, d in report["per_hop"].items():
-        raw = d["raw echo"]["p50"]
-        for k in VARIANTS:
-            v = d[k]
-            label = f"{el} el/{d['bytes']} B"
-            print(f"{label:>14} {k:>14} {v['p50']:8.1f} {v['p90']:8.1f} {v['p99']:8.1f} "
-                  f"{v['p50'] / raw:8.2f} {v['round_ratio']:10.2f}")
+    for key in ("per_hop", "per_hop_any_cpu"):
+        print(f"\nPer-hop round trip on loopback (us), same payload, interleaved rounds, {PLACEMENT[key]}")
+        print(f"{'frame':>14} {'variant':>14} {'p50':>8} {'p90':>8} {'p99':>8} {'p50/raw':>8} {'per-round':>10}")
+        for el, d in report[key].items():
+            raw = d["raw echo"]["p50"]
+            for k in VARIANTS:
+                v = d[k]
+                label = f"{el} el/{d['bytes']} B"
+                print(f"{label:>14} {k:>14} {v['p50']:8.1f} {v['p90']:8.1f} {v['p99']:8.1f} "
+                      f"{v['p50'] / raw:8.2f} {v['round_ratio']:10.2f}")
     print("\nPipelined throughput (frames/s, median of rounds; ratio: median of per-round ratios), timing model, "
           "in flight 16")
     print(f"{'stage us':>9} {'1 stage':>9} {'5 stages':>9} {'ratio':>6} {'ideal':>8} {'lat 5 (us)':>11} "
@@ -293,9 +317,10 @@ def main(argv=None) -> int:
     print(f"(load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     _plot(report, out / "agent_overhead.png")
     slim = json.loads(json.dumps(report, default=float))
-    for d in slim["per_hop"].values():
-        for k in VARIANTS:
-            d[k].pop("samples")
+    for key in ("per_hop", "per_hop_any_cpu"):
+        for d in slim[key].values():
+            for k in VARIANTS:
+                d[k].pop("samples")
     (out / "agent_overhead.json").write_text(json.dumps(slim, indent=1))
     print(f"\nsaved {out / 'agent_overhead.png'} and {out / 'agent_overhead.json'}")
     return 0
@@ -307,21 +332,22 @@ def _plot(report, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    hops = report["per_hop"]
-    fig, axes = plt.subplots(1, len(hops) + 1, figsize=(5.5 * (len(hops) + 1), 4.5))
-    for ax, (el, d) in zip(axes, hops.items()):
-        names = list(VARIANTS)
-        labels = [f"{k}\np50 {d[k]['p50']:.0f} us\n{d[k]['round_ratio']:.2f}x raw" for k in names]
-        ax.boxplot([d[k]["samples"] for k in names], tick_labels=labels, showfliers=False, whis=(5, 95))
-        ax.axhline(1.3 * d["raw echo"]["p50"], ls="--", c="r", lw=1, label="1.3 x raw p50")
-        ax.set_title(f"round trip, {el} elements ({d['bytes']} B)")
-        ax.set_ylabel("us (box p25-p75, whiskers p5-p95)")
-        ax.set_ylim(0, 2.5 * max(d[k]["p50"] for k in names))  # a long p95 tail must not flatten the boxes
-        ax.tick_params(axis="x", labelsize=8)
-        ax.legend(loc="upper left")
-    ax = axes[-1]
+    sizes = list(report["per_hop"])
+    fig, axes = plt.subplots(2, len(sizes) + 1, figsize=(5.5 * (len(sizes) + 1), 9), squeeze=False)
+    for row, key in enumerate(("per_hop", "per_hop_any_cpu")):
+        for ax, el in zip(axes[row], sizes):
+            d = report[key][el]
+            labels = [f"{k}\np50 {d[k]['p50']:.0f} us\n{d[k]['round_ratio']:.2f}x raw" for k in VARIANTS]
+            ax.boxplot([d[k]["samples"] for k in VARIANTS], tick_labels=labels, showfliers=False, whis=(5, 95))
+            ax.axhline(1.3 * d["raw echo"]["p50"], ls="--", c="r", lw=1, label="1.3 x raw p50")
+            ax.set_title(f"round trip, {el} elements ({d['bytes']} B), {PLACEMENT[key]}", fontsize=10)
+            ax.set_ylabel("us (box p25-p75, whiskers p5-p95)")
+            ax.set_ylim(0, 2.5 * max(d[k]["p50"] for k in VARIANTS))  # a long tail must not flatten the boxes
+            ax.tick_params(axis="x", labelsize=8)
+            ax.legend(loc="upper left")
     pipes = report["pipelined"]
     xs = np.arange(len(pipes))
+    ax = axes[0][-1]
     one = [d[1]["throughput"] for d in pipes.values()]
     five = [d[5]["throughput"] for d in pipes.values()]
     ax.bar(xs - 0.2, one, 0.4, label="1 stage alone")
@@ -333,6 +359,17 @@ def _plot(report, path: Path) -> None:
     ax.set_ylabel("frames / s")
     ax.set_title("pipelined throughput (timing model)")
     ax.legend(loc="upper right")
+    ax = axes[1][-1]  # why the shortest stages fall short: the CPU the virtual rack needs per frame
+    agents = [5 * d[5]["agent_cpu_us_per_frame"] for d in pipes.values()]
+    host = [d[5]["host_cpu_us_per_frame"] for d in pipes.values()]
+    ax.bar(xs, agents, 0.5, label="5 agents")
+    ax.bar(xs, host, 0.5, bottom=agents, label="host")
+    ax.scatter(xs, [report["cpus"] * float(us) for us in pipes], marker="_", s=400, c="k", zorder=3,
+               label=f"{report['cpus']} CPUs x stage time")
+    ax.set_xticks(xs, [f"{float(us):g} us/stage" for us in pipes])
+    ax.set_ylabel("CPU us per frame, 5 stages")
+    ax.set_title("CPU per frame of the 5-stage virtual rack")
+    ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

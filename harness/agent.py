@@ -65,11 +65,13 @@ Wire (TCP, TCP_NODELAY; all integers little-endian)
     PING 5     JSON {} or {"frame": id}; PONG 6: JSON health (partition, plan hash, frames done, free memory,
                and the state of the asked frame on this board)
     SHUTDOWN 7 stop the agent
-    HELLO 8    JSON {"role": "host"}: this connection is the host's: frames for "host" and errors go to it
+    HELLO 8    JSON {"role": "host"}: this connection is the host's: frames for "host" and errors go to it.
+               It starts a new session: frame ids may start again, so states of earlier frames are forgotten
 """
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import logging
 import os
@@ -94,13 +96,18 @@ assemble = _contract.assemble
 
 Contract = _contract.Contract  # its derived properties are cached: encode/decode per frame stay cheap
 
+_time_ns = time.time_ns  # one global lookup per timestamp on the per-frame path
 MAGIC = b"SR"
 VERSION = 1
 HEADER = struct.Struct("<2sBBqHHIH2x")
 RECORD = struct.Struct("<hHHHqqqq")
+RECORD_HEAD = struct.Struct("<hHHH")  # a record's fixed fields, packed once per agent ...
+OWN_RECORD = struct.Struct("<8sqqqq")  # ... then given as 8 bytes with the timestamps: the same layout as RECORD
+FRAME_HEAD = struct.Struct("<4sqHHIH2x")  # HEADER, with magic, version and type given as 4 bytes (FRAME_PREFIX)
 PROBE_REQ = struct.Struct("<q")
 PROBE_REP = struct.Struct("<qqq")
 FRAME, ERROR, PROBE, PROBE_REPLY, PING, PONG, SHUTDOWN, HELLO = 1, 2, 3, 4, 5, 6, 7, 8
+FRAME_PREFIX = MAGIC + bytes((VERSION, FRAME))
 TYPE_NAMES = {FRAME: "FRAME", ERROR: "ERROR", PROBE: "PROBE", PROBE_REPLY: "PROBE_REPLY", PING: "PING",
               PONG: "PONG", SHUTDOWN: "SHUTDOWN", HELLO: "HELLO"}
 HOST_STAGE = 0xFFFF
@@ -152,40 +159,60 @@ class Reader:
 
     def _fill(self, n):
         """Make at least n bytes available from self.start (compacts the buffer, grows it if needed)."""
-        have = self.end - self.start
-        if self.start:
-            if have:
-                self.buf[:have] = self.buf[self.start:self.end]
-            self.start, self.end = 0, have
-        if len(self.buf) < n:
-            self.view.release()
-            self.buf.extend(bytes(max(n, 2 * len(self.buf)) - len(self.buf)))
-            self.view = memoryview(self.buf)
+        start, end = self.start, self.end
+        if start == end:  # all consumed (a lone frame's usual case): read from the buffer's beginning
+            self.start = self.end = end = 0
+        elif start:
+            end -= start
+            self.buf[:end] = self.buf[start:start + end]
+            self.start, self.end = 0, end
+        if len(self.buf) < n:  # a new, larger buffer: views handed out on the old one stay valid
+            grown = bytearray(max(n, 2 * len(self.buf)))
+            grown[:end] = self.buf[:end]
+            self.buf, self.view = grown, memoryview(grown)
         view, recv_into = self.view, self.sock.recv_into
-        while self.end < n:
-            k = recv_into(view[self.end:])
+        while end < n:  # state stays consistent if recv times out (host-side readers use timeouts)
+            k = recv_into(view[end:] if end else view)
             if not k:
                 raise EOFError("connection closed by peer")
-            self.end += k
+            end += k
+            self.end = end
 
-    def message(self):
-        """-> (type, frame, stage, part, records (packed bytes), payload bytearray)."""
-        if self.end - self.start < 24:
+    def message(self, copy=True):
+        """-> (type, frame, stage, part, records (packed bytes), payload bytearray).
+        copy=False: records and payload are memoryviews of the receive buffer, valid only until the next
+        call (the agent's per-frame path, which forwards or decodes them before reading on)."""
+        s, end = self.start, self.end
+        if s == end:  # nothing buffered (a lone frame's usual case): one recv at the buffer's beginning
+            end = self.sock.recv_into(self.view)
+            if not end:
+                raise EOFError("connection closed by peer")
+            s = self.start = 0
+            self.end = end
+        if end - s < 24:
             self._fill(24)
-        buf, s = self.buf, self.start
+            s, end = 0, self.end
+        buf = self.buf
         magic, version, mtype, frame, stage, part, length, nrec = HEADER.unpack_from(buf, s)
-        if magic != MAGIC or version != VERSION:
-            raise ProtocolError("bad magic/version %r/%r: the peer is not a splitrack agent of wire version %d"
-                                % (magic, version, VERSION))
-        if length > MAX_PAYLOAD or nrec > 4096:
-            raise ProtocolError("header announces %d payload bytes and %d records: refusing" % (length, nrec))
-        need = 24 + 40 * nrec + length
-        if self.end - s < need:
-            self._fill(need)
-            buf, s = self.buf, self.start
+        if magic != MAGIC or version != VERSION or length > MAX_PAYLOAD or nrec > 4096:
+            raise _bad_header(magic, version, length, nrec)
         p = s + 24 + 40 * nrec
-        self.start = s + need
-        return mtype, frame, stage, part, buf[s + 24:p], buf[p:p + length]
+        e = p + length
+        if end < e:
+            self._fill(e - s)  # compacts: the message now starts at 0
+            buf, p, e, s = self.buf, p - s, e - s, 0
+        self.start = e
+        if copy:
+            return mtype, frame, stage, part, buf[s + 24:p], buf[p:e]
+        view = self.view
+        return mtype, frame, stage, part, view[s + 24:p], view[p:e]
+
+
+def _bad_header(magic, version, length, nrec):
+    if magic != MAGIC or version != VERSION:
+        return ProtocolError("bad magic/version %r/%r: the peer is not a splitrack agent of wire version %d"
+                             % (magic, version, VERSION))
+    return ProtocolError("header announces %d payload bytes and %d records: refusing" % (length, nrec))
 
 
 def set_socket_options(sock):
@@ -215,17 +242,41 @@ def _reduce_timer_slack():
         pass
 
 
-def wait_until(deadline_ns, spin_ns=60000):
-    """Sleep until `deadline_ns` (perf_counter_ns), spinning the last `spin_ns`: precise to a few us.
-    The spin yields the GIL (sleep(0)) so the agent's other threads keep receiving and sending."""
-    while True:
-        rem = deadline_ns - time.perf_counter_ns()
-        if rem <= 0:
-            return
-        if rem > spin_ns:
-            time.sleep((rem - spin_ns) / 1e9)
-        else:
-            time.sleep(0)
+class Pacer:
+    """Waits until a deadline, never returning early, precise to a few us, without burning a CPU.
+
+    A sleep wakes late by the timer's latency (40-60 us on a virtual machine, ~5 us on a quiet board).
+    Spinning through all of that would cost every frame that much CPU: with five agents on two cores the
+    spinning, not the stages, would limit the pipeline. So the pacer measures the latency once, while the
+    agent is idle (a low percentile of a few short sleeps), sleeps until that much before a deadline, and
+    spins (yielding the CPU and the GIL) only the rest. Not re-estimated while running: under load a sleep wakes late
+    because the CPUs are busy, and spinning longer would only make them busier."""
+
+    def __init__(self, late_ns=60000, margin_ns=5000):
+        self.late_ns = late_ns  # how late a sleep wakes on this machine (see calibrate)
+        self.margin_ns = margin_ns
+
+    def calibrate(self, sleeps=25, sleep_ns=100000):
+        late = []
+        for _ in range(sleeps):
+            t = time.perf_counter_ns()
+            time.sleep(sleep_ns / 1e9)
+            late.append(time.perf_counter_ns() - t - sleep_ns)
+        self.late_ns = max(0, sorted(late)[sleeps // 10])
+        return self.late_ns
+
+    def wait_until(self, deadline_ns):
+        sleep_ns = deadline_ns - time.perf_counter_ns() - self.late_ns - self.margin_ns
+        if sleep_ns > 0:
+            time.sleep(sleep_ns / 1e9)
+        while time.perf_counter_ns() < deadline_ns:
+            # not sleep(0): on a virtual machine that is a timer wait too (~20 us); sched_yield releases the
+            # GIL (the agent's other threads keep receiving and sending) and lets other processes run
+            os.sched_yield()
+
+
+PACER = Pacer()  # one compute at a time per agent (compute_lock): one pacer is enough
+wait_until = PACER.wait_until
 
 
 # --- backends ----------------------------------------------------------------------------------------
@@ -344,6 +395,9 @@ class Agent:
             self.plan_hash = str(cfg.get("plan_hash", ""))
             self.inputs = sorted((Contract.from_dict(c) for c in cfg["inputs"]), key=lambda c: c.index)
             self.outputs = [(Contract.from_dict(o["contract"]), o["to"]) for o in cfg["outputs"]]
+            # (contract, destination, key of its connection in self.links; None: the host's connection)
+            self.routes = [(c, to, None if to == "host" else (to["host"], int(to["port"])))
+                           for c, to in self.outputs]
             self.output_shape = tuple(int(s) for s in cfg["output_shape"])
             listen = cfg.get("listen", {})
             self.listen_addr = (listen.get("host", "0.0.0.0"), int(listen.get("port", 0)))
@@ -356,7 +410,8 @@ class Agent:
         self.part_pos = {c.index: i for i, c in enumerate(self.inputs)}
         self.n_in = len(self.inputs)
         # the fixed fields of this partition's record per incoming link: stage, partition id, source id, flags
-        self.rec_heads = [(self.stage, self.partition_id, self.part_ids[c.index], 0) for c in self.inputs]
+        self.rec_heads = [RECORD_HEAD.pack(self.stage, self.partition_id, self.part_ids[c.index], 0)
+                          for c in self.inputs]
         self.skew = int(cfg.get("clock_skew_ns", 0))
         timing = cfg.get("timing") or None
         self.period_ns = int(round(timing["cycles"] * 1000.0 / timing.get("clock_mhz", 100.0))) if timing else 0
@@ -366,20 +421,25 @@ class Agent:
         self.drop = set(int(f) for f in (cfg.get("faults") or {}).get("drop_frames", ()))
         self.log = logging.getLogger("splitrack.agent")
         self.backend = None
+        self.bypass = False  # set by load_backend: bytes forwarded unchanged, no timing model
+        self.computing = None  # the frame id the backend is running now
         self.stop = threading.Event()
         self.compute_q = queue.Queue(self.in_flight)
         self.send_q = queue.Queue(self.in_flight)
+        # the queues' deques: empty means nothing waits (read without taking the queue's lock)
+        self.compute_backlog, self.send_backlog = self.compute_q.queue, self.send_q.queue
         self.compute_lock = threading.Lock()  # held by whichever thread computes a frame (one at a time)
         self.send_lock = threading.Lock()  # held by whichever thread sends a frame
         self.out_links = [c for c, _ in self.outputs]
         self.pending = {}  # frame id -> [parts by index, records, arrival ns by index, first arrival monotonic]
         self.pending_lock = threading.Lock()
-        self.state = collections.OrderedDict()  # frame id -> what happened to it here (bounded)
+        self.state = {}  # frame id -> what happened to it here (the latest 4096 to 8192 frames)
         self.host = None  # the Conn of the host that said HELLO
         self.host_ready = threading.Condition()
         self.links = {}  # (host, port) -> Conn of a next hop
         self.conns = set()
-        self.counters = {"received": 0, "done": 0, "sent": 0, "errors": 0, "dropped": 0}
+        # frame counters: attributes, not a dict, as they are counted on the per-frame path (see `counters`)
+        self.received = self.done = self.sent = self.errors = self.dropped = 0
         self.unreported = collections.deque(maxlen=64)  # errors raised before any host attached
         self.started = time.time()
         self.listener = None
@@ -388,6 +448,11 @@ class Agent:
         ids = self.cfg.get("partition_ids", {})
         return HOST_ID if c.src == "host" else int(ids.get(c.src, HOST_ID - 1))
 
+    @property
+    def counters(self):
+        return {"received": self.received, "done": self.done, "sent": self.sent, "errors": self.errors,
+                "dropped": self.dropped}
+
     # -- helpers --
     def now(self):
         return time.time_ns() + self.skew
@@ -395,12 +460,18 @@ class Agent:
     def _set_state(self, frame, what):
         st = self.state
         st[frame] = what
-        if len(st) > 4096:
-            st.popitem(last=False)
+        if len(st) > 8192:
+            self._trim_state()
+
+    def _trim_state(self):
+        """Forget the oldest half of the frame states (a dict keeps insertion order): memory stays bounded."""
+        st = self.state
+        for frame in list(itertools.islice(st, len(st) - 4096)):
+            del st[frame]
 
     def report(self, message, frame=-1, exc=None):
         """Log an error and send it to the host: board, partition and stage named, never silent."""
-        self.counters["errors"] += 1
+        self.errors += 1
         if exc is not None:
             self.log.error("frame %s: %s\n%s", frame, message, "".join(traceback.format_exception(
                 type(exc), exc, exc.__traceback__)))
@@ -423,7 +494,7 @@ class Agent:
     def health(self, ask=None):
         h = {"board": self.board, "partition": self.partition, "stage": self.stage, "plan_hash": self.plan_hash,
              "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
-             "backend": self.backend.kind if self.backend else None, "frames_done": self.counters["done"],
+             "backend": self.backend.kind if self.backend else None, "frames_done": self.done,
              "counters": dict(self.counters), "free_memory": free_memory_bytes(),
              "python": sys.version.split()[0], "queues": [self.compute_q.qsize(), self.send_q.qsize()],
              "waiting_for_parts": len(self.pending), "host_attached": self.host is not None}
@@ -434,7 +505,8 @@ class Agent:
             h["free_disk"] = None
         if ask is not None and "frame" in ask:
             h["frame"] = int(ask["frame"])
-            h["frame_state"] = self.state.get(int(ask["frame"]), "unknown")
+            f = int(ask["frame"])
+            h["frame_state"] = "computing" if f == self.computing else self.state.get(f, "unknown")
         return h
 
     # -- lifecycle --
@@ -449,6 +521,7 @@ class Agent:
             self.backend = OverlayBackend(b, self.base, self.inputs, [c for c, _ in self.outputs])
         else:
             raise AgentConfigError("backend kind %r: use emulation, overlay or passthrough" % (kind,))
+        self.bypass = self.backend.forward_bytes and not self.period_ns
 
     def serve(self):
         """Listen, start the threads, return the bound port. run() waits for the end."""
@@ -458,6 +531,7 @@ class Agent:
         sys.setswitchinterval(0.0005)
         if self.period_ns:
             _reduce_timer_slack()
+            self.log.info("timing model: sleeps wake %.0f us late here (calibrated)", PACER.calibrate() / 1e3)
         srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart at once after a crash
         srv.bind(self.listen_addr)
@@ -504,7 +578,8 @@ class Agent:
         message, on_frame = conn.reader.message, self._on_frame
         try:
             while True:  # ends when the peer closes, or at shutdown when the socket is closed under it
-                mtype, frame, stage, part, records, payload = message()
+                # views of the receive buffer, not copies: whatever keeps them past this turn copies them
+                mtype, frame, stage, part, records, payload = message(False)
                 if mtype == FRAME:
                     on_frame(frame, part, records, payload)
                 elif mtype == PROBE:
@@ -514,7 +589,7 @@ class Agent:
                         t3 = self.now()
                         conn.sock.sendall(pack_message(PROBE_REPLY, payload=PROBE_REP.pack(t1, t2, t3)))
                 elif mtype == PING:
-                    ask = json.loads(payload.decode() or "{}")
+                    ask = json.loads(bytes(payload).decode() or "{}")
                     conn.send(pack_message(PONG, payload=json.dumps(self.health(ask)).encode()))
                 elif mtype == HELLO:
                     self._attach_host(conn)
@@ -540,10 +615,18 @@ class Agent:
             conn.close()
 
     def _attach_host(self, conn):
+        # A new host starts a new session, whose frame ids start again at 0: forget the frames of earlier
+        # sessions, so that neither a stale state misleads the diagnosis of a lost frame nor a part left
+        # waiting by an earlier stream joins a new frame of the same id.
+        with self.pending_lock:
+            stale = len(self.pending)
+            self.pending.clear()
+        self.state = {}
         with self.host_ready:
             self.host = conn
             self.host_ready.notify_all()
-        self.log.info("host attached from %s", conn.name)
+        self.log.info("host attached from %s (a new session%s)", conn.name,
+                      ", %d incomplete frame(s) of the last one dropped" % stale if stale else "")
         while self.unreported:
             try:
                 conn.send(self.unreported.popleft())
@@ -551,45 +634,63 @@ class Agent:
                 break
 
     def _on_frame(self, frame, part, records, payload):
-        t = time.time_ns() + self.skew
-        self.counters["received"] += 1
+        t = _time_ns() + self.skew
         if self.n_in == 1:
-            self._submit((frame, (payload,), records, (t,)))
-            return
+            job = (frame, (payload,), records, (t,))
+        else:
+            job = self._gather(frame, part, records, payload, t)
+            if job is None:
+                self.received += 1
+                return
+        # Receive, compute and send run in separate threads joined by bounded queues, so that with several
+        # frames in flight they overlap. Whoever does a step holds its lock; a frame that finds a step's lock
+        # free and its queue empty does that step at once in the thread it is in (run to completion): a lone
+        # frame then crosses no thread hand-off, which keeps the per-hop latency near a bare socket echo.
+        # This is every hop's per-frame path: steps inlined, and counting done after sending.
+        if not self.compute_backlog and self.compute_lock.acquire(False):
+            try:
+                if self.bypass and frame not in self.drop:  # _compute's first case, inlined: no call
+                    t_cs = _time_ns() + self.skew
+                    item = (frame, job[1], records, job[3], t_cs, t_cs)
+                    self.done += 1
+                else:
+                    item = self._compute(job)
+            finally:
+                self.compute_lock.release()
+            if item is not None:
+                if not self.send_backlog and self.send_lock.acquire(False):
+                    try:
+                        self._send(item)
+                    finally:
+                        self.send_lock.release()
+                else:
+                    self._set_state(frame, "computed, queued for sending")
+                    self.send_q.put(_own(item))
+        else:
+            self._set_state(frame, "queued for compute")
+            self.compute_q.put(_own(job))  # blocks when full: TCP back-pressure to the previous stage
+        self.received += 1
+
+    def _gather(self, frame, part, records, payload, t):
+        """One part of a frame of several incoming links: the job once all parts are here, else None."""
         if part not in self.part_pos:
             self.report("frame %d arrived as part %d, this partition takes parts %s"
                         % (frame, part, sorted(self.part_pos)), frame)
-            return
+            return None
         with self.pending_lock:
             entry = self.pending.get(frame)
             if entry is None:
                 entry = self.pending[frame] = [[None] * self.n_in, [], [0] * self.n_in, time.monotonic()]
             idx = self.part_pos[part]
-            entry[0][idx] = payload
-            entry[1].append(records)
+            entry[0][idx] = bytes(payload)  # kept past this turn: copies of the views
+            entry[1].append(bytes(records))
             entry[2][idx] = t
             if any(p is None for p in entry[0]):
                 self._set_state(frame, "waiting for parts: have %d of %d"
                                 % (sum(p is not None for p in entry[0]), self.n_in))
-                return
+                return None
             del self.pending[frame]
-        self._submit((frame, entry[0], b"".join(entry[1]), entry[2]))
-
-    # Receive, compute and send run in separate threads joined by bounded queues, so that with several
-    # frames in flight they overlap. Whoever does a step holds its lock; a frame that finds a step's lock free
-    # and its queue empty does that step at once in the thread it is in (run to completion): a lone frame
-    # then crosses no thread hand-off, which keeps the per-hop latency near a bare socket echo.
-    def _submit(self, job):
-        if not self.compute_q.queue and self.compute_lock.acquire(False):  # .queue: the deque, no lock taken
-            try:
-                item = self._compute(job)
-            finally:
-                self.compute_lock.release()
-            if item is not None:
-                self._to_send(item)
-        else:
-            self._set_state(job[0], "queued for compute")
-            self.compute_q.put(job)  # blocks when full: TCP back-pressure to the previous stage
+        return (frame, entry[0], b"".join(entry[1]), entry[2])
 
     def _to_send(self, item):
         if not self.send_q.queue and self.send_lock.acquire(False):
@@ -622,17 +723,17 @@ class Agent:
     def _compute(self, job):
         frame, payloads, records, arrivals = job
         if frame in self.drop:  # fault injection (tests): this frame vanishes here
-            self.counters["dropped"] += 1
+            self.dropped += 1
             self._set_state(frame, "dropped (fault injection)")
             self.log.warning("frame %d dropped by fault injection", frame)
             return None
+        if self.bypass:  # bytes forwarded as they came, nothing to compute or wait for
+            t_cs = _time_ns() + self.skew
+            self.done += 1
+            return (frame, payloads, records, arrivals, t_cs, t_cs)
         backend = self.backend
+        self.computing = frame  # a hung DMA or library leaves this for the host to find (see health)
         try:
-            if backend.forward_bytes and not self.period_ns:
-                t_cs = t_ce = time.time_ns() + self.skew  # nothing to compute
-                self.counters["done"] += 1
-                return (frame, payloads, records, arrivals, t_cs, t_ce)
-            self._set_state(frame, "computing")  # a hung DMA or library leaves this for the host to find
             if backend.forward_bytes:
                 t_cs = time.time_ns() + self.skew
                 t0 = time.perf_counter_ns()
@@ -644,39 +745,51 @@ class Agent:
                 y = np.asarray(backend.run(x)).reshape(self.output_shape)
             if self.period_ns:
                 wait_until(t0 + self.period_ns)
-            t_ce = time.time_ns() + self.skew
+            t_ce = _time_ns() + self.skew
             if not backend.forward_bytes:
                 outs = [c.encode(c.take(y)) for c in self.out_links]
         except Exception as e:
+            self.computing = None
             self.report("stage %d (%s on %s) failed on frame %d: %s: %s"
                         % (self.stage, self.partition, self.board, frame, type(e).__name__, e), frame, exc=e)
             return None
-        self.counters["done"] += 1
+        self.computing = None
+        self.done += 1
         return (frame, outs, records, arrivals, t_cs, t_ce)
 
     def _send(self, item):
         frame, outs, records, arrivals, t_cs, t_ce = item
-        t_send = time.time_ns() + self.skew
+        t_send = _time_ns() + self.skew
+        # this partition's records (one per incoming link): the fixed fields are packed once, in __init__
         if self.n_in == 1:
-            recs = records + RECORD.pack(*self.rec_heads[0], arrivals[0], t_cs, t_ce, t_send)
+            own = OWN_RECORD.pack(self.rec_heads[0], arrivals[0], t_cs, t_ce, t_send)
         else:
-            recs = records + b"".join(RECORD.pack(*h, t_r, t_cs, t_ce, t_send) for h, t_r in zip(self.rec_heads, arrivals))
-        nrec = len(recs) // 40
-        for (c, to), payload in zip(self.outputs, outs):
-            msg = b"".join((HEADER.pack(MAGIC, VERSION, FRAME, frame, self.stage, c.index, len(payload), nrec),
-                            recs, payload))
+            own = b"".join(OWN_RECORD.pack(h, t_r, t_cs, t_ce, t_send) for h, t_r in zip(self.rec_heads, arrivals))
+        nrec = len(records) // 40 + self.n_in
+        stage = self.stage
+        for (c, to, key), payload in zip(self.routes, outs):
+            msg = b"".join((FRAME_HEAD.pack(FRAME_PREFIX, frame, stage, c.index, len(payload), nrec),
+                            records, own, payload))
+            conn = self.host if key is None else self.links.get(key)
             try:
-                conn = self.host if to == "host" else None
-                conn = conn or self._link(to)
-                with conn.wlock:
+                if conn is None:
+                    conn = self._link(to)
+                lock = conn.wlock
+                lock.acquire()
+                try:
                     conn.sock.sendall(msg)
+                finally:
+                    lock.release()
             except (OSError, TimeoutError) as e:
                 self._drop_link(to)
                 self.report("stage %d (%s on %s) cannot send frame %d to %s: %s"
                             % (self.stage, self.partition, self.board, frame, _where(to, c), e), frame)
                 return
-        self.counters["sent"] += 1
-        self._set_state(frame, "sent")
+        self.sent += 1
+        st = self.state  # _set_state, inlined: once per frame
+        st[frame] = "sent"
+        if len(st) > 8192:
+            self._trim_state()
 
     def _link(self, to):
         if to == "host":
@@ -742,6 +855,12 @@ class Agent:
                 self.report("stage %d (%s on %s): frame %d waited %.1f s for its part(s) from %s, which never came"
                             % (self.stage, self.partition, self.board, frame, self.part_timeout,
                                ", ".join(missing)), frame)
+
+
+def _own(item):
+    """A job or send item with copies of the receive buffer's views: it waits in a queue past this turn."""
+    frame, payloads, records = item[:3]
+    return (frame, tuple(bytes(p) for p in payloads), bytes(records)) + item[3:]
 
 
 def _where(to, c):

@@ -204,6 +204,9 @@ class _Run:
         self.n_out_parts = n_out_parts
         self.failed: Dict[int, str] = {}  # frame -> reason, from agents' errors
         self.fatal: Optional[str] = None
+        # the sender waits for this few frames outstanding; results wake it only then (each wake-up of a thread
+        # costs tens of us of CPU on a virtual machine: once per frame, the host would limit the pipeline)
+        self.wake_below = 0
 
 
 class Pipeline:
@@ -289,7 +292,8 @@ class Pipeline:
                 run.fatal = run.fatal or error
             else:
                 run.result.frames[frame] = FrameResult(frame, out, t_send, t_recv, records)
-            run.cond.notify_all()
+            if error or len(run.outstanding) <= run.wake_below:
+                run.cond.notify_all()
 
     def _on_error(self, src: str, err: Dict[str, Any]) -> None:
         self.agent_errors.append(err)
@@ -351,10 +355,14 @@ class Pipeline:
         result.t_start = time.time_ns()
         t0 = time.perf_counter()
         try:
+            # a full window is refilled once a quarter of it has come back: fewer wake-ups, same frames in flight
+            refill_at = in_flight - max(1, in_flight // 4)
             for i, (fid, parts) in enumerate(zip(ids, msgs)):
                 with run.cond:
-                    while len(run.outstanding) >= in_flight and not run.fatal:
-                        self._wait(run, timeout_ns)
+                    if len(run.outstanding) >= in_flight:
+                        run.wake_below = refill_at
+                        while len(run.outstanding) > refill_at and not run.fatal:
+                            self._wait(run, timeout_ns)
                     if run.fatal:
                         break
                 if rate:
@@ -376,6 +384,7 @@ class Pipeline:
                     progress(i + 1, len(ids))
             # the rest: wait for every frame in flight, each up to its own deadline
             with run.cond:
+                run.wake_below = 0
                 grace_end = None
                 while run.outstanding:
                     if run.fatal and self.lost:

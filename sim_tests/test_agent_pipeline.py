@@ -2,12 +2,15 @@
 clock probes, health, the timing model, clean shutdown and restart."""
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
+from harness import agent as wire
 from harness.local_rack import LocalRack, identity_plan
 from harness.stream import Pipeline
 from harness.wiring import Wiring
@@ -85,6 +88,31 @@ def test_ping_reports_health_and_what_happened_to_a_frame(fan_rack):
         assert h["frames_done"] >= 3 and h["free_memory"] > 0 and h["free_disk"] > 0
         assert h["frame_state"] == "sent"
         assert pipe.ping("n1", frame=10**9)["frame_state"] == "unknown"
+
+
+def test_a_new_host_session_forgets_the_frames_of_the_last_one(fan_rack):
+    """Frame ids start at 0 for every Pipeline: what an agent remembers of an earlier stream must neither show
+    up as the state of a new frame of the same id nor join such a frame as one of its parts."""
+    plan, rack, wiring = fan_rack
+    with Pipeline(wiring) as pipe:
+        first = pipe.stream(np.zeros((3, 4, 12)))
+        assert pipe.ping("join", frame=first.frame_ids[1])["frame_state"] == "sent"
+    # parts of frame 1 from two of the join's three producers, left waiting as if their stream had broken off
+    stale = np.full((4, 4), 7.0)
+    with Pipeline(wiring) as session, socket.create_connection(wiring.endpoints["join"].address) as s:
+        for c in plan.inputs_of("join")[1:]:
+            s.sendall(wire.pack_message(wire.FRAME, frame=1, stage=plan.partition(c.src).stage, part=c.index,
+                                        payload=c.encode(stale)))
+        deadline = time.monotonic() + 5
+        while session.ping("join", frame=1)["frame_state"] != "waiting for parts: have 2 of 3":
+            assert time.monotonic() < deadline, "the stale parts never arrived"
+            time.sleep(0.01)
+    x = np.random.default_rng(5).uniform(-4, 4, (3, 4, 12))
+    with Pipeline(wiring) as pipe:
+        assert pipe.ping("join", frame=1)["frame_state"] == "unknown"
+        res = pipe.stream(x, timeout=5)
+    assert res.frame_ids == first.frame_ids  # the same ids again ...
+    np.testing.assert_array_equal(res.outputs(), _expected(plan, x))  # ... and no stale part in frame 1
 
 
 def test_wiring_round_trips_through_json(fan_rack, tmp_path):
