@@ -207,6 +207,7 @@ class _Run:
         # the sender waits for this few frames outstanding; results wake it only then (each wake-up of a thread
         # costs tens of us of CPU on a virtual machine: once per frame, the host would limit the pipeline)
         self.wake_below = 0
+        self.done = False  # set when stream() returns: its watchdog thread ends
 
 
 class Pipeline:
@@ -354,6 +355,8 @@ class Pipeline:
         timeout_ns = int(timeout * 1e9)
         result.t_start = time.time_ns()
         t0 = time.perf_counter()
+        watchdog = threading.Thread(target=self._watch, args=(run,), name="stream watchdog", daemon=True)
+        watchdog.start()
         try:
             # a full window is refilled once a quarter of it has come back: fewer wake-ups, same frames in flight
             refill_at = in_flight - max(1, in_flight // 4)
@@ -398,6 +401,7 @@ class Pipeline:
                     self._wait(run, timeout_ns)
         finally:
             self._run = None
+            run.done = True
             result.t_end = time.time_ns()
         if not result.complete:
             raise StreamError(self._explain(run, timeout), result)
@@ -407,15 +411,24 @@ class Pipeline:
         """Wait (cond held) for progress; frames past their deadline are moved to `timed_out`. False: no progress."""
         now = time.time_ns()
         oldest = min(run.outstanding.values()) if run.outstanding else now
-        remaining = (oldest + timeout_ns - now) / 1e9
-        if remaining <= 0:
+        if oldest + timeout_ns <= now:
             late = [f for f, t in run.outstanding.items() if now - t >= timeout_ns]
             for f in late:
                 run.outstanding.pop(f)
                 run.failed[f] = "timeout"
             run.fatal = run.fatal or "timeout"
             return True
-        return run.cond.wait(timeout=min(remaining, 0.5))
+        # no timeout here: a timed wait arms a kernel timer, which costs tens of us of CPU on a virtual machine,
+        # at every wait; the watchdog thread wakes this wait instead, a few times a second
+        return run.cond.wait()
+
+    @staticmethod
+    def _watch(run: _Run, period: float = 0.1) -> None:
+        """Wake the stream's waits now and then, so that deadlines are checked while nothing arrives."""
+        while not run.done:
+            time.sleep(period)
+            with run.cond:
+                run.cond.notify_all()
 
     def _explain(self, run: _Run, timeout: float) -> str:
         res = run.result

@@ -73,8 +73,8 @@ class FixedType:
     def raw_max(self) -> int:
         return (1 << (self.width - 1)) - 1 if self.signed else (1 << self.width) - 1
 
-    def to_raw(self, values: np.ndarray) -> np.ndarray:
-        """Quantise real values to raw integers with this type's rounding and overflow modes."""
+    def rounded(self, values: np.ndarray) -> np.ndarray:
+        """Real values -> raw integers (int64) with this type's rounding mode, before any overflow handling."""
         scaled = np.asarray(values, dtype=np.float64) * math.ldexp(1.0, self.fractional)
         if self.rounding == "AP_TRN":
             raw = np.floor(scaled)
@@ -90,7 +90,11 @@ class FixedType:
             raw = np.where(scaled >= 0, np.floor(scaled + 0.5), np.ceil(scaled - 0.5))
         else:  # AP_RND_CONV: round half to even
             raw = np.round(scaled)
-        raw = raw.astype(np.int64)
+        return raw.astype(np.int64)
+
+    def to_raw(self, values: np.ndarray) -> np.ndarray:
+        """Quantise real values to raw integers with this type's rounding and overflow modes."""
+        raw = self.rounded(values)
         if self.saturation == "AP_WRAP":
             span = 1 << self.width
             raw = (raw - self.raw_min) % span + self.raw_min
@@ -116,6 +120,10 @@ def element_type(dtype: str) -> Optional[FixedType]:
     if dtype == FLOAT32:
         return None
     return FixedType.parse(dtype)
+
+
+_UNSIGNED = {8: "<u1", 16: "<u2", 32: "<u4", 64: "<u8"}  # wire containers by bits
+_SIGNED = {8: "<i1", 16: "<i2", 32: "<i4", 64: "<i8"}
 
 
 def _container_bits(dtype: str) -> int:
@@ -259,43 +267,49 @@ class Contract:
     def encode(self, values: np.ndarray) -> bytes:
         """One frame (shape `self.shape`) -> the bytes of its AXI-stream beats, little-endian."""
         values = np.asarray(values)
-        if values.size != self.elements:
+        _, ft, elements, p = self._derived()
+        if values.size != elements:
             raise ContractError(
-                f"link {self.src}->{self.dst}: frame has {values.size} elements, contract says {self.elements} {self.shape}"
+                f"link {self.src}->{self.dst}: frame has {values.size} elements, contract says {elements} {self.shape}"
             )
-        p = self.packing
-        flat = values.reshape(-1)
-        if self.dtype == FLOAT32:
-            words = flat.astype("<f4").view("<u4").astype(np.uint64)
-        else:
-            ft = self.fixed
-            raw = ft.to_raw(flat)
-            words = (raw & ((1 << p.element_bits) - 1)).astype(np.uint64)
-        buf = np.zeros(p.beats * p.elements_per_beat, dtype=np.uint64)
-        buf[: flat.size] = words
-        dtype = {8: "<u1", 16: "<u2", 32: "<u4", 64: "<u8"}.get(p.element_bits)
-        if dtype is None:
+        container = _UNSIGNED.get(p.element_bits)
+        if container is None:
             raise ContractError(f"element container of {p.element_bits} bits is not supported on the wire")
-        return buf.astype(dtype).tobytes()
+        flat = values.reshape(-1)
+        if ft is None:
+            words = flat.astype("<f4").view(container)
+        elif ft.saturation == "AP_WRAP" and ft.width == p.element_bits:
+            # wrapping to `width` bits is what the cast to a container of that width does (modulo 2**bits)
+            words = ft.rounded(flat).astype(container)
+        else:  # two's complement in the container: the cast is modulo 2**element_bits
+            words = ft.to_raw(flat).astype(container)
+        slots = p.beats * p.elements_per_beat
+        if slots != elements:  # the last beat's unused lanes are zero
+            padded = np.zeros(slots, dtype=container)
+            padded[:elements] = words
+            words = padded
+        return words.tobytes()
 
     def decode(self, payload: bytes) -> np.ndarray:
         """Bytes of one frame -> values (float64 for fixed types, exactly the represented values)."""
-        if len(payload) != self.payload_bytes:
+        _, ft, elements, p = self._derived()
+        if len(payload) != p.beats * p.bytes_per_beat:
             raise ContractError(
                 f"link {self.src}->{self.dst}: payload of {len(payload)} bytes, contract says {self.payload_bytes}"
             )
-        p = self.packing
-        dtype = {8: "<u1", 16: "<u2", 32: "<u4", 64: "<u8"}[p.element_bits]
-        words = np.frombuffer(payload, dtype=dtype)[: self.elements]
-        if self.dtype == FLOAT32:
-            return words.view("<f4").astype(np.float32).reshape(self.shape)
-        ft = self.fixed
-        raw = words.astype(np.int64)
-        if ft.signed:
-            sign = 1 << (ft.width - 1)
-            raw = raw & ((1 << ft.width) - 1)
-            raw = np.where(raw >= sign, raw - (1 << ft.width), raw)
-        return ft.from_raw(raw).reshape(self.shape)
+        bits = p.element_bits
+        if ft is None:
+            return np.frombuffer(payload, dtype="<f4", count=elements).astype(np.float32).reshape(self.shape)
+        if ft.signed:  # the low `width` bits of each container, sign-extended by an arithmetic shift
+            words = np.frombuffer(payload, dtype=_SIGNED[bits], count=elements)
+            shift = bits - ft.width
+            if shift:
+                words = (words << shift) >> shift
+        else:
+            words = np.frombuffer(payload, dtype=_UNSIGNED[bits], count=elements)
+            if bits > ft.width:
+                words = words & ((1 << ft.width) - 1)
+        return (words * ft.step).reshape(self.shape)  # float64, exact: the step is a power of two
 
     def beats(self, values: np.ndarray) -> List[Tuple[int, int, bool]]:
         """(tdata, tkeep, tlast) per beat: the AXI-stream view of one frame, for RTL cosimulation."""
