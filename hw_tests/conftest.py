@@ -17,6 +17,34 @@ PLANS = {
 }
 FRAMES = 40
 
+# A model on which hls4ml's fixed point is exact, so Keras can be matched within the output contract's step:
+# inputs and weights on a 2**-3 grid, biases on 2**-6, magnitudes small enough that every product and sum
+# stays on a grid of at most 2**-12 below 2**12: exact in ap_fixed<32,16> and in Keras's float32 alike.
+GRID_PRECISION = "ap_fixed<32,16>"
+GRID_PLANS = {
+    "grid_seq": {"at": ["g1", "g2"]},
+    "grid_neuron": {"neurons": {"g2": 2}},
+    "grid_input": {"inputs": {"g2": 2}},
+}
+
+
+def grid_model():
+    import keras
+
+    rng = np.random.default_rng(11)
+    model = keras.Sequential([keras.Input((16,)),
+                              keras.layers.Dense(12, activation="relu", name="g1"),
+                              keras.layers.Dense(8, activation="relu", name="g2"),
+                              keras.layers.Dense(4, name="g3")], name="grid")
+    for layer in model.layers:
+        w, b = layer.get_weights()
+        layer.set_weights([rng.integers(-4, 5, w.shape) / 8.0, rng.integers(-32, 33, b.shape) / 64.0])
+    return model
+
+
+def grid_frames(n=FRAMES):
+    return (np.random.default_rng(12).integers(-8, 9, (n, 16)) / 8.0).astype(np.float32)
+
 
 @pytest.fixture(scope="session")
 def make_plan(tmp_path_factory):
@@ -29,8 +57,11 @@ def make_plan(tmp_path_factory):
             from splitting.split import split_model, write_plan
             from splitting.plan import Plan
 
-            model_name, kw = PLANS[name]
-            model = reference_model(model_name)
+            if name in GRID_PLANS:
+                model, kw = grid_model(), dict(GRID_PLANS[name], precision=GRID_PRECISION)
+            else:
+                model_name, kw = PLANS[name]
+                model = reference_model(model_name)
             plan, models = split_model(model, **kw)
             folder = tmp_path_factory.mktemp(name)
             write_plan(plan, models, folder)

@@ -3,9 +3,11 @@
 - bit for bit against the plan's chained hls4ml emulation (run on this machine, stage by stage);
 - within the output contract's quantisation step against the hls4ml emulation of the whole, unsplit model
   (the rule `splitrack verify` applies);
-- against Keras: the same class for (nearly) every frame. hls4ml's fixed point (weights truncated to the
-  precision, softmax as a lookup table) moves probabilities by far more than one output step, so Keras is
-  compared where the two must agree: the decision.
+- against Keras: on the digits models, the same class for (nearly) every frame. hls4ml's fixed point
+  (weights truncated to the precision, softmax as a lookup table) moves their probabilities by far more
+  than one output step, so Keras is compared where the two must agree: the decision. On a model whose
+  weights and inputs sit on a fixed-point grid (so that hls4ml's arithmetic is exact), every output is
+  within the output contract's quantisation step of Keras, for all three kinds of split.
 """
 from __future__ import annotations
 
@@ -58,6 +60,20 @@ def test_plan_on_boards_matches_references(name, make_plan, frames, deployed):
         for part, s in stamps.items():
             assert s["board"] == dep.placed[part].board
             assert s["t_recv"] <= s["t_compute_start"] <= s["t_compute_end"] <= s["t_send"]
+
+
+@pytest.mark.parametrize("name", ["grid_seq", "grid_neuron", "grid_input"])
+def test_grid_plan_on_boards_matches_keras_within_the_output_step(name, make_plan, deployed):
+    from hw_tests.conftest import grid_frames
+
+    plan, _, keras_model = make_plan(name)
+    x = grid_frames()
+    res = _stream(deployed(plan), x)
+    out = res.outputs().reshape(len(x), -1)
+    ref = keras_model.predict(x, verbose=0).reshape(len(x), -1)
+    step = plan.output_links[0].step
+    assert step == 2.0 ** -16 and np.abs(ref).max() > 1  # a fine step, and outputs that are not all zero
+    assert np.abs(out - ref).max() <= step, f"max |boards - keras| {np.abs(out - ref).max()} > step {step}"
 
 
 def test_parallel_join_receives_both_parts(make_plan, frames, deployed):
