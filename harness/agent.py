@@ -249,8 +249,8 @@ class Pacer:
     Spinning through all of that would cost every frame that much CPU: with five agents on two cores the
     spinning, not the stages, would limit the pipeline. So the pacer measures the latency once, while the
     agent is idle (a low percentile of a few short sleeps), sleeps until that much before a deadline, and
-    spins (yielding the CPU and the GIL) only the rest. Not re-estimated while running: under load a sleep wakes late
-    because the CPUs are busy, and spinning longer would only make them busier."""
+    spins (yielding the CPU and the GIL) only the rest. Not re-estimated while running: under load a sleep
+    wakes late because the CPUs are busy, and spinning longer would only make them busier."""
 
     def __init__(self, late_ns=60000, margin_ns=5000):
         self.late_ns = late_ns  # how late a sleep wakes on this machine (see calibrate)

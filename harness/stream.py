@@ -407,8 +407,8 @@ class Pipeline:
             raise StreamError(self._explain(run, timeout), result)
         return result
 
-    def _wait(self, run: _Run, timeout_ns: int) -> bool:
-        """Wait (cond held) for progress; frames past their deadline are moved to `timed_out`. False: no progress."""
+    def _wait(self, run: _Run, timeout_ns: int) -> None:
+        """Wait (cond held) for progress or a watchdog tick; frames past their deadline fail as timed out."""
         now = time.time_ns()
         oldest = min(run.outstanding.values()) if run.outstanding else now
         if oldest + timeout_ns <= now:
@@ -417,10 +417,10 @@ class Pipeline:
                 run.outstanding.pop(f)
                 run.failed[f] = "timeout"
             run.fatal = run.fatal or "timeout"
-            return True
+            return
         # no timeout here: a timed wait arms a kernel timer, which costs tens of us of CPU on a virtual machine,
         # at every wait; the watchdog thread wakes this wait instead, a few times a second
-        return run.cond.wait()
+        run.cond.wait()
 
     @staticmethod
     def _watch(run: _Run, period: float = 0.1) -> None:
