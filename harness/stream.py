@@ -12,13 +12,14 @@ board and stage where the frame was last seen and carries every result already r
 """
 from __future__ import annotations
 
+import collections
 import json
 import queue
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -208,6 +209,13 @@ class _Run:
         # costs tens of us of CPU on a virtual machine: once per frame, the host would limit the pipeline)
         self.wake_below = 0
         self.done = False  # set when stream() returns: its watchdog thread ends
+        self.queue: Deque[Tuple[int, Any]] = collections.deque()  # frames not sent yet (self-clocked streaming)
+        self.in_flight = 0
+        self.sent = 0
+        self.reported = 0  # frames sent as far as the progress callback was told
+
+
+SELF_CLOCKED_BYTES = 64 << 10  # a window of frames up to this size streams self-clocked (see stream)
 
 
 class Pipeline:
@@ -295,6 +303,8 @@ class Pipeline:
                 run.result.frames[frame] = FrameResult(frame, out, t_send, t_recv, records)
             if error or len(run.outstanding) <= run.wake_below:
                 run.cond.notify_all()
+        if run.queue:
+            self._refill(run)
 
     def _on_error(self, src: str, err: Dict[str, Any]) -> None:
         self.agent_errors.append(err)
@@ -357,39 +367,37 @@ class Pipeline:
         t0 = time.perf_counter()
         watchdog = threading.Thread(target=self._watch, args=(run,), name="stream watchdog", daemon=True)
         watchdog.start()
+        frames = list(zip(ids, msgs))
+        # Self-clocked streaming sends from the reader threads; safe while a whole window of frames fits in the
+        # sockets' buffers (a reader blocked in a send could not read the results that would unblock it)
+        window_bytes = in_flight * max((sum(len(m) for _, m in parts) for parts in msgs), default=0)
         try:
-            # a full window is refilled once a quarter of it has come back: fewer wake-ups, same frames in flight
-            refill_at = in_flight - max(1, in_flight // 4)
-            for i, (fid, parts) in enumerate(zip(ids, msgs)):
-                with run.cond:
-                    if len(run.outstanding) >= in_flight:
-                        run.wake_below = refill_at
-                        while len(run.outstanding) > refill_at and not run.fatal:
+            if rate or window_bytes > SELF_CLOCKED_BYTES:
+                for i, (fid, parts) in enumerate(frames):
+                    with run.cond:
+                        run.wake_below = in_flight - 1
+                        while len(run.outstanding) >= in_flight and not run.fatal:
                             self._wait(run, timeout_ns)
-                    if run.fatal:
-                        break
-                if rate:
-                    delay = t0 + i / rate - time.perf_counter()
+                        if run.fatal:
+                            break
+                    delay = t0 + i / rate - time.perf_counter() if rate else 0
                     if delay > 0:
                         time.sleep(delay)
-                with run.cond:
-                    run.outstanding[fid] = time.time_ns()
-                try:
-                    for conn, msg in parts:
-                        conn.send(msg)
-                except OSError as e:
-                    with run.cond:
-                        run.outstanding.pop(fid, None)
-                        run.failed[fid] = f"could not be sent to {self.wiring.describe(conn.name)}: {e}"
-                        run.fatal = run.fatal or f"frame {fid} " + run.failed[fid]
-                    break
-                if progress and (i + 1) % max(1, len(ids) // 10) == 0:
-                    progress(i + 1, len(ids))
+                    if not self._send_frame(run, fid, parts):
+                        break
+                    self._progress(run, progress)
+            else:
+                # Self-clocked: the first window leaves from here, then each result sends the next frame from
+                # the reader thread that received it. One thread busy per result: no hand-off to a sender
+                # thread, whose wake-ups and GIL contention would cost the host more CPU than the frames.
+                run.queue.extend(frames)
+                run.in_flight = in_flight
+                self._refill(run)
             # the rest: wait for every frame in flight, each up to its own deadline
             with run.cond:
                 run.wake_below = 0
                 grace_end = None
-                while run.outstanding:
+                while run.outstanding or (run.queue and not run.fatal):
                     if run.fatal and self.lost:
                         # an agent is gone: frames behind it cannot come; give those ahead of it a moment
                         grace_end = grace_end or time.monotonic() + min(timeout, 2.0)
@@ -399,6 +407,7 @@ class Pipeline:
                                 run.failed[f] = "abandoned"
                             break
                     self._wait(run, timeout_ns)
+                    self._progress(run, progress)
         finally:
             self._run = None
             run.done = True
@@ -406,6 +415,45 @@ class Pipeline:
         if not result.complete:
             raise StreamError(self._explain(run, timeout), result)
         return result
+
+    def _send_frame(self, run: _Run, fid: int, parts) -> bool:
+        """Send one frame's messages (one per input link); False when that failed (run.fatal says why)."""
+        with run.cond:
+            run.outstanding[fid] = time.time_ns()
+            run.sent += 1
+        conn = None
+        try:
+            for conn, msg in parts:
+                conn.send(msg)
+            return True
+        except OSError as e:
+            with run.cond:
+                run.outstanding.pop(fid, None)
+                run.failed[fid] = f"could not be sent to {self.wiring.describe(conn.name)}: {e}"
+                run.fatal = run.fatal or f"frame {fid} " + run.failed[fid]
+                run.cond.notify_all()
+            return False
+
+    def _refill(self, run: _Run) -> None:
+        """Send queued frames while fewer than run.in_flight are unanswered (self-clocked streaming)."""
+        while True:
+            with run.cond:
+                if run.fatal or not run.queue or len(run.outstanding) >= run.in_flight:
+                    return
+                fid, parts = run.queue.popleft()
+            if not self._send_frame(run, fid, parts):
+                return
+
+    @staticmethod
+    def _progress(run: _Run, progress) -> None:
+        """Report every tenth of the frames sent (called from the stream's own thread only)."""
+        if progress is None:
+            return
+        n = len(run.result.frame_ids)
+        step = max(1, n // 10)
+        while run.reported + step <= run.sent or (run.sent == n and run.reported < n):
+            run.reported = min(n, run.reported + step)
+            progress(run.reported, n)
 
     def _wait(self, run: _Run, timeout_ns: int) -> None:
         """Wait (cond held) for progress or a watchdog tick; frames past their deadline fail as timed out."""

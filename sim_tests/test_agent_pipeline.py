@@ -115,6 +115,30 @@ def test_a_new_host_session_forgets_the_frames_of_the_last_one(fan_rack):
     np.testing.assert_array_equal(res.outputs(), _expected(plan, x))  # ... and no stale part in frame 1
 
 
+@pytest.mark.parametrize("elements,in_flight", [(64, 16), (16384, 8)])
+def test_every_frame_arrives_in_both_streaming_modes_with_progress(tmp_path, elements, in_flight):
+    """Small frames stream self-clocked (each result sends the next frame from the reader thread); a window too
+    large for the sockets' buffers streams from the caller's thread. Either way: every frame, exactly, never
+    more than `in_flight` unanswered, and progress reported in tenths up to the total."""
+    from harness import stream
+
+    window = in_flight * (24 + 2 * elements)
+    assert (window <= stream.SELF_CLOCKED_BYTES) == (elements == 64)  # one case for each mode
+    plan = identity_plan(2, shape=(elements,), dtype=DTYPE)
+    x = np.random.default_rng(6).uniform(-8, 8, (50, elements))
+    told = []
+    with LocalRack(tmp_path) as rack:
+        wiring = rack.start(plan)
+        with Pipeline(wiring) as pipe:
+            res = pipe.stream(x, in_flight=in_flight, timeout=10, progress=lambda done, n: told.append((done, n)))
+    np.testing.assert_array_equal(res.outputs(), _expected(plan, x))
+    assert told == [(k, 50) for k in range(5, 51, 5)]
+    # at no time more than in_flight frames unanswered: frame i + in_flight left after frame i came back
+    t_send = [res.frames[f].t_send for f in res.frame_ids]
+    t_recv = [res.frames[f].t_recv for f in res.frame_ids]
+    assert all(t_send[i + in_flight] >= t_recv[i] for i in range(len(x) - in_flight))
+
+
 def test_wiring_round_trips_through_json(fan_rack, tmp_path):
     plan, rack, wiring = fan_rack
     again = Wiring.load(wiring.save(tmp_path / "wiring.json"))
