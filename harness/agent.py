@@ -823,14 +823,7 @@ class Agent:
                             records, own, payload))
             conn = self.host if key is None else self.links.get(key)
             try:
-                if conn is None:
-                    conn = self._link(to)
-                lock = conn.wlock
-                lock.acquire()
-                try:
-                    conn.sock.sendall(msg)
-                finally:
-                    lock.release()
+                (conn or self._link(to)).send(msg)
             except (OSError, TimeoutError) as e:
                 self._send_failed(frame, c, to, e)
                 return
