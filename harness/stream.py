@@ -343,8 +343,9 @@ class Pipeline:
             ids = list(range(self._next_frame, self._next_frame + len(x)))
             self._next_frame += len(x)
         msgs = []
+        size = int(np.prod(shape)) if shape is not None else -1
         for fid, xi in zip(ids, x):
-            if shape is not None and xi.size == int(np.prod(shape)):
+            if xi.size == size:
                 xi = xi.reshape(shape)
             msgs.append([(self.conns[c.dst], wire.pack_message(wire.FRAME, frame=fid, stage=wire.HOST_STAGE,
                                                                part=c.index, payload=c.encode(c.take(xi))))
