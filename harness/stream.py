@@ -208,7 +208,6 @@ class _Run:
         # the sender waits for this few frames outstanding; results wake it only then (each wake-up of a thread
         # costs tens of us of CPU on a virtual machine: once per frame, the host would limit the pipeline)
         self.wake_below = 0
-        self.done = False  # set when stream() returns: its watchdog thread ends
         self.queue: Deque[Tuple[int, Any]] = collections.deque()  # frames not sent yet (self-clocked streaming)
         self.in_flight = 0
         self.sent = 0
@@ -226,6 +225,8 @@ class Pipeline:
         self._run: Optional[_Run] = None
         self._lock = threading.Lock()
         self._next_frame = 0
+        self._watchdog: Optional[threading.Thread] = None  # wakes a stream's untimed waits (see _wait)
+        self._closed = False
         self.lost: Dict[str, str] = {}
         self.agent_errors: List[Dict[str, Any]] = []
         # the agent's Contract: the same encode/decode, its derived properties computed once
@@ -264,6 +265,7 @@ class Pipeline:
                 pass
 
     def close(self) -> None:
+        self._closed = True
         for c in self.conns.values():
             c.close()
 
@@ -366,8 +368,9 @@ class Pipeline:
         timeout_ns = int(timeout * 1e9)
         result.t_start = time.time_ns()
         t0 = time.perf_counter()
-        watchdog = threading.Thread(target=self._watch, args=(run,), name="stream watchdog", daemon=True)
-        watchdog.start()
+        if self._watchdog is None:  # one per Pipeline: starting a thread per stream() doubled a lone frame's call
+            self._watchdog = threading.Thread(target=self._watch, name="stream watchdog", daemon=True)
+            self._watchdog.start()
         frames = list(zip(ids, msgs))
         # Self-clocked streaming sends from the reader threads; safe while a whole window of frames fits in the
         # sockets' buffers (a reader blocked in a send could not read the results that would unblock it)
@@ -411,7 +414,6 @@ class Pipeline:
                     self._progress(run, progress)
         finally:
             self._run = None
-            run.done = True
             result.t_end = time.time_ns()
         if not result.complete:
             raise StreamError(self._explain(run, timeout), result)
@@ -471,13 +473,14 @@ class Pipeline:
         # at every wait; the watchdog thread wakes this wait instead, a few times a second
         run.cond.wait()
 
-    @staticmethod
-    def _watch(run: _Run, period: float = 0.1) -> None:
-        """Wake the stream's waits now and then, so that deadlines are checked while nothing arrives."""
-        while not run.done:
+    def _watch(self, period: float = 0.1) -> None:
+        """Wake the running stream's waits now and then, so that deadlines are checked while nothing arrives."""
+        while not self._closed:
             time.sleep(period)
-            with run.cond:
-                run.cond.notify_all()
+            run = self._run
+            if run is not None:
+                with run.cond:
+                    run.cond.notify_all()
 
     def _explain(self, run: _Run, timeout: float) -> str:
         res = run.result
