@@ -656,8 +656,7 @@ class Agent:
         finally:
             self.compute_lock.release()
         if not self.send_lock.acquire(False):  # another frame is being sent: this one queues behind it
-            self._set_state(frame, "computed, queued for sending")
-            self.send_q.put(_own((frame, (out,), records, (t,), t_cs, t_ce)))
+            self._to_send((frame, (out,), records, (t,), t_cs, t_ce))
             self.received += 1
             return
         try:
@@ -700,25 +699,14 @@ class Agent:
         # frames in flight they overlap. Whoever does a step holds its lock; a frame that finds a step's lock
         # free and its queue empty does that step at once in the thread it is in (run to completion): a lone
         # frame then crosses no thread hand-off, which keeps the per-hop latency near a bare socket echo.
-        # This is every hop's per-frame path: steps inlined, and counting done after sending.
+        # (_on_lone_frame is the same for one link in and one out, inlined.) Counting is done after sending.
         if not self.compute_backlog and self.compute_lock.acquire(False):
             try:
-                if self.bypass and frame not in self.drop:  # nothing to compute: _compute's first case, inlined
-                    item = (frame, job[1], records, job[3], t, t)
-                    self.done += 1
-                else:
-                    item = self._compute(job)
+                item = self._compute(job)
             finally:
                 self.compute_lock.release()
             if item is not None:
-                if not self.send_backlog and self.send_lock.acquire(False):
-                    try:
-                        self._send(*item)
-                    finally:
-                        self.send_lock.release()
-                else:
-                    self._set_state(frame, "computed, queued for sending")
-                    self.send_q.put(_own(item))
+                self._to_send(item)
         else:
             self._set_state(frame, "queued for compute")
             self.compute_q.put(_own(job))  # blocks when full: TCP back-pressure to the previous stage
@@ -746,14 +734,14 @@ class Agent:
         return (frame, entry[0], b"".join(entry[1]), entry[2])
 
     def _to_send(self, item):
-        if not self.send_q.queue and self.send_lock.acquire(False):
+        if not self.send_backlog and self.send_lock.acquire(False):
             try:
                 self._send(*item)
             finally:
                 self.send_lock.release()
         else:
             self._set_state(item[0], "computed, queued for sending")
-            self.send_q.put(item)
+            self.send_q.put(_own(item))  # may hold views of a receive buffer (_on_frame)
 
     def _compute_loop(self):
         while True:
@@ -782,7 +770,8 @@ class Agent:
             return None
         if self.bypass:  # bytes forwarded as they came, nothing to compute or wait for: no compute time
             self.done += 1
-            return (frame, payloads, records, arrivals, arrivals[-1], arrivals[-1])
+            t = max(arrivals)  # when the last part was in
+            return (frame, payloads, records, arrivals, t, t)
         backend = self.backend
         self.computing = frame  # a hung DMA or library leaves this for the host to find (see health)
         try:
@@ -828,10 +817,7 @@ class Agent:
                 self._send_failed(frame, c, to, e)
                 return
         self.sent += 1
-        st = self.state  # _set_state, inlined: once per frame
-        st[frame] = "sent"
-        if len(st) > 8192:
-            self._trim_state()
+        self._set_state(frame, "sent")
 
     def _send_failed(self, frame, c, to, e):
         self._drop_link(to)

@@ -205,8 +205,9 @@ class _Run:
         self.n_out_parts = n_out_parts
         self.failed: Dict[int, str] = {}  # frame -> reason, from agents' errors
         self.fatal: Optional[str] = None
-        # the sender waits for this few frames outstanding; results wake it only then (each wake-up of a thread
-        # costs tens of us of CPU on a virtual machine: once per frame, the host would limit the pipeline)
+        # a result wakes the stream's thread only when at most this many frames are outstanding (paced streams
+        # wait for a free slot; otherwise it waits for the last result): a wake-up costs tens of us of CPU on a
+        # virtual machine, and one per frame for nothing would make the host limit the pipeline
         self.wake_below = 0
         self.queue: Deque[Tuple[int, Any]] = collections.deque()  # frames not sent yet (self-clocked streaming)
         self.in_flight = 0

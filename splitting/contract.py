@@ -293,7 +293,7 @@ class Contract:
     def decode(self, payload: bytes) -> np.ndarray:
         """Bytes of one frame -> values (float64 for fixed types, exactly the represented values)."""
         _, ft, elements, p = self._derived()
-        if len(payload) != p.beats * p.bytes_per_beat:
+        if len(payload) != self.payload_bytes:
             raise ContractError(
                 f"link {self.src}->{self.dst}: payload of {len(payload)} bytes, contract says {self.payload_bytes}"
             )
