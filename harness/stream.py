@@ -56,6 +56,40 @@ class FrameResult:
         return self.t_recv - self.t_send
 
 
+@dataclass(frozen=True)
+class SendSchedule:
+    """A paced stream's schedule, fixed before its first frame leaves: input i is sent no earlier than
+    `send_ns(i)` = origin_ns + i / rate seconds, every time from the one origin (a late frame does not push
+    the next ones back). origin_ns is in the clock of FrameResult.t_send (host time.time_ns()); the pacer
+    waits on the monotonic clock from origin_mono_ns, read just after origin_ns, so a frame's t_send is never
+    below its send_ns (the two clocks advance together; only a step of the wall clock could break that)."""
+
+    rate: float  # frames/s
+    origin_ns: int
+    origin_mono_ns: int
+
+    @classmethod
+    def start_now(cls, rate: float) -> "SendSchedule":
+        origin_ns = time.time_ns()
+        return cls(rate, origin_ns, time.perf_counter_ns())
+
+    def offset_ns(self, i: int) -> int:
+        return int(i * 1e9 / self.rate)
+
+    def send_ns(self, i: int) -> int:
+        """When input i is due to leave, in the clock of FrameResult.t_send (ns)."""
+        return self.origin_ns + self.offset_ns(i)
+
+    def wait_for(self, i: int) -> None:
+        """Return once input i is due (never before; late if the machine is busy)."""
+        due = self.origin_mono_ns + self.offset_ns(i)
+        while True:
+            left = due - time.perf_counter_ns()
+            if left <= 0:
+                return
+            time.sleep(left / 1e9)
+
+
 @dataclass
 class StreamResult:
     wiring: Wiring
@@ -64,6 +98,7 @@ class StreamResult:
     errors: List[str] = field(default_factory=list)
     t_start: int = 0
     t_end: int = 0
+    schedule: Optional[SendSchedule] = None  # a paced stream's (rate given): when each input was due to leave
 
     @property
     def complete(self) -> bool:
@@ -368,7 +403,6 @@ class Pipeline:
         self._run = run
         timeout_ns = int(timeout * 1e9)
         result.t_start = time.time_ns()
-        t0 = time.perf_counter()
         if self._watchdog is None:  # one per Pipeline: starting a thread per stream() doubled a lone frame's call
             self._watchdog = threading.Thread(target=self._watch, name="stream watchdog", daemon=True)
             self._watchdog.start()
@@ -378,6 +412,8 @@ class Pipeline:
         window_bytes = in_flight * max((sum(len(m) for _, m in parts) for parts in msgs), default=0)
         try:
             if rate or window_bytes > SELF_CLOCKED_BYTES:
+                if rate:
+                    result.schedule = SendSchedule.start_now(rate)
                 for i, (fid, parts) in enumerate(frames):
                     with run.cond:
                         run.wake_below = in_flight - 1
@@ -385,9 +421,8 @@ class Pipeline:
                             self._wait(run, timeout_ns)
                         if run.fatal:
                             break
-                    delay = t0 + i / rate - time.perf_counter() if rate else 0
-                    if delay > 0:
-                        time.sleep(delay)
+                    if result.schedule is not None:
+                        result.schedule.wait_for(i)
                     if not self._send_frame(run, fid, parts):
                         break
                     self._progress(run, progress)

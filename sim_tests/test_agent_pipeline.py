@@ -209,13 +209,22 @@ def test_second_agent_with_the_same_pidfile_refuses_to_start(tmp_path):
 
 
 def test_rate_paces_the_frames(fan_rack):
+    """The pacer keeps to the schedule it computed: one origin, input i due i / rate after it, and no frame
+    leaves before it is due. Not against frame 0's send time: on a busy machine frame 0 itself leaves late,
+    and the next frame, on time, would look early. How late a frame leaves depends on the machine's load (and
+    on the in_flight window), so it is not asserted here. Every frame may be in flight at once, so that the
+    pacer alone decides when they leave: one that sent a frame early would show."""
     plan, rack, wiring = fan_rack
-    rate = 200.0
+    rate = 50.0
     with Pipeline(wiring) as pipe:
-        res = pipe.stream(np.zeros((12, 4, 12)), rate=rate, in_flight=4)
-    sends = [res.frames[f].t_send for f in res.frame_ids]
-    for i, t in enumerate(sends):
-        assert t - sends[0] >= (i / rate) * 1e9 - 1e6  # never ahead of the schedule (1 ms for clock reads)
+        res = pipe.stream(np.zeros((12, 4, 12)), rate=rate, in_flight=12)
+        assert pipe.stream(np.zeros((2, 4, 12)), in_flight=4).schedule is None  # unpaced: no schedule
+    sched = res.schedule
+    assert sched is not None and sched.rate == rate
+    assert res.t_start <= sched.origin_ns <= res.frames[res.frame_ids[0]].t_send
+    for i, f in enumerate(res.frame_ids):
+        assert abs(sched.send_ns(i) - (sched.origin_ns + i * 20_000_000)) <= 1  # 20 ms apart, from one origin
+        assert res.frames[f].t_send >= sched.send_ns(i), f"input {i} left before it was due"
 
 
 def test_host_scatters_slices_and_gathers_parts(tmp_path):
