@@ -558,10 +558,12 @@ class Agent:
         # let frames already inside the agent leave, for a bounded time
         while time.monotonic() < deadline and (self.compute_q.qsize() or self.send_q.qsize()):
             time.sleep(0.01)
+        # logged before stop is set: main() returns (and the process exits, daemon threads and all) as soon
+        # as it sees stop, so a line logged after it was lost whenever this thread was not scheduled in time
+        self.log.info("agent stopped: %s", self.counters)
         self.stop.set()
         for c in list(self.conns) + list(self.links.values()):
             c.close()
-        self.log.info("agent stopped: %s", self.counters)
 
     # -- threads --
     def _accept_loop(self):
