@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-hw nightly clean
+.PHONY: setup demo test test-hw test-busy nightly clean
 
 $(STAMP): pyproject.toml scripts/setup-system.sh
 	bash scripts/setup-system.sh
@@ -22,8 +22,13 @@ demo: setup
 	$(VENV)/bin/splitrack demo
 
 # CI: everything but the full-size reference runs (marker `slow`), which `make nightly` adds.
+# The sim tests run on two xdist workers, each test file on one worker (its tests share module fixtures:
+# racks, plans); tests marked `serial` (pinned CPUs, tbf-shaped links, timings compared between two runs)
+# run alone afterwards. pytest-timeout kills a hung test (the limit is in pyproject.toml).
+XDIST ?= -n 2 --dist loadfile
 test: setup
-	$(VENV)/bin/python -m pytest -q -m "not slow" --durations=15 sim_tests
+	$(VENV)/bin/python -m pytest -q -m "not slow and not serial" $(XDIST) --durations=15 sim_tests
+	$(VENV)/bin/python -m pytest -q -m "not slow and serial" --durations=5 sim_tests
 	$(MAKE) test-hw
 
 # The hardware tests on a fresh 5-board virtual rack, stopped again whatever the tests do.
@@ -35,11 +40,17 @@ test-hw: setup
 	  $(VENV)/bin/splitrack rack up --boards 5 --out $(HW_RACK) && \
 	  $(VENV)/bin/python -m pytest -q -m hw --boards $(HW_RACK) hw_tests
 
+# The test suite with CPU-bound processes beside it (2 unless BURNERS=n), as on a busy CI runner: run it
+# before trusting a new test that involves time (see the README). Exits with the suite's status.
+BURNERS ?= 2
+test-busy: setup
+	bash scripts/cpu-burners.sh $(BURNERS) $(MAKE) test
+
 # What a nightly cron job runs: the slow tests, then bench + history + regression check + dashboard on a
 # fresh virtual rack (exit 1 on a regression). Results accumulate in results.sqlite, the page in site/.
 NIGHTLY_RACK := build/nightly-rack.toml
 nightly: setup
-	$(VENV)/bin/python -m pytest -q -m slow sim_tests
+	$(VENV)/bin/python -m pytest -q -m slow --timeout 3600 sim_tests
 	@mkdir -p build
 	@$(VENV)/bin/splitrack rack down $(NIGHTLY_RACK) >/dev/null 2>&1 || true
 	@trap '$(VENV)/bin/splitrack rack down $(NIGHTLY_RACK)' EXIT; \
