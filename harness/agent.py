@@ -597,12 +597,14 @@ class Agent:
             stale = len(self.pending)
             self.pending.clear()
         self.state = {}
+        # the answer goes out before the connection becomes the host's: it is the first message the host reads
+        # (a frame of the old session in its last step may still follow; the host drops it by its tag)
+        conn.send(pack_message(PONG, payload=json.dumps(self.health()).encode()))
         with self.host_ready:
             self.host = conn
             self.host_ready.notify_all()
         self.log.info("host attached from %s (session %d%s)", conn.name, session,
                       ", %d incomplete frame(s) of the last one dropped" % stale if stale else "")
-        conn.send(pack_message(PONG, payload=json.dumps(self.health()).encode()))  # the host waits for this
         while self.unreported:
             try:
                 conn.send(self.unreported.popleft())
