@@ -202,3 +202,38 @@ def test_ping_says_whether_an_agent_holds_state_of_a_session(tmp_path):
                 break
             time.sleep(0.05)
         assert h["idle"] is True and h["host_attached"] is False
+
+
+def test_accept_survives_running_out_of_file_descriptors(tmp_path):
+    """A crowd of connections beyond the agent's descriptor limit: accept fails with EMFILE, says so in its
+    log, sheds what it cannot serve, and serves the host once the crowd is gone."""
+    import os
+    import resource
+
+    plan = identity_plan(1, shape=(8,))
+    with LocalRack(tmp_path) as rack:
+        rack.start(plan)
+        rack.agents["s0"].config = dict(rack.agents["s0"].config, max_connections=1000)  # the fd limit comes first
+        rack.restart("s0")
+        wiring = rack.wiring
+        pid = rack.agents["s0"].proc.pid
+        n_open = len(os.listdir(f"/proc/{pid}/fd"))
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (n_open + 6, n_open + 6))
+        crowd = []
+        for _ in range(40):
+            try:
+                crowd.append(socket.create_connection(wiring.endpoints["s0"].address, timeout=2))
+            except OSError:
+                pass
+        log = rack.agents["s0"].log
+        deadline = time.monotonic() + 20
+        while "accept failed" not in log.read_text():
+            assert time.monotonic() < deadline, "accept never ran out of descriptors"
+            time.sleep(0.05)
+        for s in crowd:
+            s.close()
+        with Pipeline(wiring, connect_timeout=20) as pipe:
+            res = pipe.stream(np.ones((10, 8)), timeout=10)
+        assert res.complete
+        assert rack.agents["s0"].proc.poll() is None
+        assert "Too many open files" in log.read_text()
