@@ -237,3 +237,22 @@ def test_accept_survives_running_out_of_file_descriptors(tmp_path):
         assert res.complete
         assert rack.agents["s0"].proc.poll() is None
         assert "Too many open files" in log.read_text()
+
+
+def test_the_host_keeps_the_secret_0600_outside_the_plan_folder(tmp_path, monkeypatch):
+    from harness.wiring import Wiring, WiringError, secret_path
+
+    monkeypatch.setenv("SPLITRACK_STATE", str(tmp_path / "state"))
+    plan = identity_plan(1, shape=(8,))
+    with LocalRack(tmp_path / "rack") as rack:
+        wiring = rack.start(plan)
+    assert oct((tmp_path / "rack" / "s0" / "agent.secret").stat().st_mode & 0o777) == "0o600"
+    (tmp_path / "plan").mkdir()
+    path = wiring.save(tmp_path / "plan" / "wiring.json")
+    assert wiring.secret.hex() not in path.read_text()
+    key = secret_path(path)
+    assert tmp_path / "plan" not in key.parents and oct(key.stat().st_mode & 0o777) == "0o600"
+    assert Wiring.load(path).secret == wiring.secret
+    key.unlink()
+    with pytest.raises(WiringError, match="no secret for the deployment"):
+        Wiring.load(path)
