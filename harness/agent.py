@@ -393,9 +393,12 @@ class Agent:
              "counters": dict(self.counters), "free_memory": free_memory_bytes(),
              "python": sys.version.split()[0], "queues": [self.compute_q.qsize(), self.send_q.qsize()],
              "waiting_for_parts": len(self.pending), "host_attached": self.host is not None,
-             "session": self.session,
-             # nothing of a session left inside: deploy restarts an agent that is not idle between users
-             "idle": self.host is None and not self.pending and not self.compute_backlog and not self.send_backlog}
+             "session": self.session}
+        # what a session left inside (deploy restarts an agent that holds any: agent_stale_state)
+        h["stale"] = ", ".join("%d %s" % (n, k) for k, n in (
+            ("frame(s) queued", len(self.compute_backlog) + len(self.send_backlog)),
+            ("frame(s) waiting for parts", len(self.pending))) if n) or False
+        h["idle"] = self.host is None and not h["stale"]  # no host attached, nothing of a session inside
         try:
             import shutil
             h["free_disk"] = shutil.disk_usage(self.base).free

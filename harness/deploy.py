@@ -281,9 +281,7 @@ def _deploy_one(plan: Plan, name: str, board: Board, config: dict, force: bool,
         if not stale and pids and started.get("config") == want[f"{PART}/agent.json"]:
             try:
                 h = ping(board.host, board.data_port, secret)
-                # an agent still attached to a host, or holding frames of a session, is restarted: clean state
-                if (h.get("plan_hash"), h.get("partition"), h.get("pid"), h.get("idle")) == (
-                        plan.hash, name, started.get("pid"), True):
+                if (h.get("plan_hash"), h.get("partition"), h.get("pid")) == (plan.hash, name, started.get("pid")):
                     running = int(h["pid"])
             except (OSError, ValueError):
                 running = None

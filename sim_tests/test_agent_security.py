@@ -12,7 +12,7 @@ import pytest
 
 from harness import wire
 from harness.local_rack import LocalRack, identity_plan
-from harness.stream import AgentUnreachable, Pipeline
+from harness.stream import AgentUnreachable, Pipeline, StreamError
 from splitting.contract import Contract
 
 DTYPE = "ap_fixed<16,6>"
@@ -185,7 +185,7 @@ def test_three_sessions_after_an_abandoned_one_get_every_frame_right(tmp_path):
 
 
 def test_ping_says_whether_an_agent_holds_state_of_a_session(tmp_path):
-    """deploy restarts an agent that is not idle (a host attached, frames queued or waiting for parts)."""
+    """deploy restarts an agent that holds state of a session (PONG's `stale`); `idle`: that and no host."""
     plan = identity_plan(1, shape=(8,))
     with LocalRack(tmp_path) as rack:
         wiring = rack.start(plan)
@@ -201,7 +201,16 @@ def test_ping_says_whether_an_agent_holds_state_of_a_session(tmp_path):
             if h["idle"] or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-        assert h["idle"] is True and h["host_attached"] is False
+        assert h["idle"] is True and h["host_attached"] is False and h["stale"] is False
+    # a frame whose other part never came, left waiting at the join: stale state, named
+    plan = identity_plan(1, shape=(8,), fan=2)  # s0 -> n0, n1 -> join -> host
+    with LocalRack(tmp_path / "fan") as rack:
+        wiring = rack.start(plan, faults={"n1": {"drop_frames": [0]}})
+        with Pipeline(wiring) as pipe:
+            with pytest.raises(StreamError):
+                pipe.stream(np.ones((1, 8)), timeout=1)
+            h = pipe.ping("join")
+        assert h["stale"] == "1 frame(s) waiting for parts" and h["idle"] is False
 
 
 def test_accept_survives_running_out_of_file_descriptors(tmp_path):
