@@ -8,7 +8,8 @@ throughput through 5 agents against one stage alone.
    - framed echo: the agent's wire format (header, timestamp record) answered by a bare loop using the
                 agent's own reader and packer: what the framing alone costs, on both ends;
    - agent:     one board agent (passthrough backend) whose outgoing link is the host: header, timestamp
-                record, receive / compute / send threads, and its output back on the host's connection;
+                record, receive / compute / send threads, and its output back on the host's connection
+                (authenticated at connect, in a session opened by HELLO: as the host streams);
    - agent+decode: the same, decoding the payload and encoding the output through the contract (what an
                 emulation or overlay backend costs on top of the transport, compute itself excluded).
    The client is a plain blocking loop for all of them (no host-side threads), reading each reply into a
@@ -41,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness import agent as wire  # noqa: E402
+from harness import wire  # noqa: E402
 from harness.local_rack import LocalRack, identity_plan  # noqa: E402
 from harness.stream import Pipeline  # noqa: E402
 
@@ -69,7 +70,7 @@ while True:
 FRAMED_ECHO = r"""
 import socket, sys, time
 sys.path.insert(0, sys.argv[1])
-import agent as wire  # the agent's own Reader and pack_message, none of its threads or bookkeeping
+import wire  # the agent's own Reader and pack_message, none of its threads or bookkeeping
 srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind(("127.0.0.1", 0)); srv.listen(1)
 print(srv.getsockname()[1], flush=True)
@@ -81,7 +82,7 @@ while True:
     except EOFError:
         sys.exit(0)
     t = time.time_ns()
-    c.sendall(wire.pack_message(wire.FRAME, frame, 0, part, payload, recs + wire.RECORD.pack(0, 0, 0xFFFF, 0, t, t, t, t)))
+    c.sendall(wire.pack_message(wire.MsgType.FRAME, frame, 0, part, payload, recs + wire.RECORD.pack(0, 0, 0xFFFF, 0, t, t, t, t)))
 """
 
 
@@ -90,7 +91,7 @@ class FramedEcho:
 
     def __init__(self, folder: Path):
         folder.mkdir(parents=True, exist_ok=True)
-        for name, src in (("agent.py", ROOT / "harness" / "agent.py"), ("contract.py", ROOT / "splitting" / "contract.py")):
+        for name, src in (("wire.py", ROOT / "harness" / "wire.py"), ("contract.py", ROOT / "splitting" / "contract.py")):
             (folder / name).write_bytes(src.read_bytes())
         self.proc = subprocess.Popen([sys.executable, "-c", FRAMED_ECHO, str(folder)], stdout=subprocess.PIPE)
         port = int(self.proc.stdout.readline())
@@ -141,22 +142,24 @@ class RawEcho:
 class AgentHop:
     """A synchronous client of one agent whose output link is the host (this connection)."""
 
-    def __init__(self, endpoint, payload_len):
-        self.sock = socket.create_connection(endpoint.address)
-        wire.set_socket_options(self.sock)
-        self.sock.sendall(wire.pack_message(wire.HELLO, payload=b'{"role": "host"}'))
-        self.reader = wire.Reader(self.sock)
-        self.frame = 0
+    def __init__(self, endpoint, payload_len, secret):
+        self.sock = wire.connect(endpoint.address, secret, 10)
+        session = wire.new_session()
+        self.sock.sendall(wire.pack_message(wire.MsgType.HELLO, payload=json.dumps(
+            {"role": "host", "session": session}).encode()))
+        self.reader = wire.Reader(self.sock, max_payload=max(payload_len, wire.MAX_CONTROL_PAYLOAD))
+        assert self.reader.message()[0] == wire.MsgType.PONG  # the session is open
+        self.frame = session << wire.SESSION_SHIFT
 
     def rtt(self, payload):
         self.frame += 1
-        msg = wire.pack_message(wire.FRAME, frame=self.frame, stage=wire.HOST_STAGE, payload=payload)
+        msg = wire.pack_message(wire.MsgType.FRAME, frame=self.frame, stage=wire.HOST_STAGE, payload=payload)
         t = time.perf_counter_ns()
         self.sock.sendall(msg)
         # like the raw echo's client: the reply read into a reused buffer, not copied out (views)
         m = self.reader.message(copy=False)
         dt = time.perf_counter_ns() - t
-        assert m[0] == wire.FRAME and m[1] == self.frame and len(m[5]) == len(payload), m[:4]
+        assert m[0] == wire.MsgType.FRAME and m[1] == self.frame and len(m[5]) == len(payload), m[:4]
         return dt
 
     def close(self):
@@ -196,7 +199,7 @@ def _per_hop(elements, sessions, rounds, per_round, workdir):
                 rack = LocalRack(folder / variant)
                 racks.append(rack)
                 w = rack.start(plan, {"s0": backend})
-                clients[variant] = AgentHop(w.endpoints["s0"], len(payload))
+                clients[variant] = AgentHop(w.endpoints["s0"], len(payload), w.secret)
             for fn in clients.values():  # warm-up: page faults, first connections, import caches
                 for _ in range(200):
                     fn.rtt(payload)

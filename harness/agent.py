@@ -1,76 +1,31 @@
 #!/usr/bin/env python3
 """splitrack board agent: receives frames, runs one partition, forwards the result.
 
-One file, Python 3.8+, standard library and numpy (plus `pynq` for the overlay backend on a real board).
-On a board it sits beside `contract.py` and `emulation.py` (copies of `splitting/contract.py` and
-`splitting/emulation.py`) and is started as
+Python 3.8+, standard library and numpy (plus `pynq` for the overlay backend on a real board). On a board it
+sits beside `wire.py` (the wire format and the authentication handshake), `agent_config.py` (its
+configuration) and `contract.py`, `emulation.py` (copies of `splitting/contract.py`, `splitting/emulation.py`),
+and is started as
 
     python3 agent.py CONFIG.json
 
 It prints one line to stdout when it listens: `{"ready": true, "port": P, "pid": N}`, then logs to its log file
-only. SIGTERM or a SHUTDOWN message stop it cleanly (pidfile removed, exit status 0).
+only. SIGTERM or a SHUTDOWN message (from an authenticated peer) stop it cleanly (pidfile removed, exit 0).
 
-Config (JSON, plain data; relative paths are relative to the config file's folder)
-------------------------------------------------------------------------------------
-    board           str   board name, used in every error message
-    partition       str   partition name
-    partition_id    int   small integer naming the partition in timestamp records (0..65533)
-    partition_ids   {name: int} of every partition of the plan (names the producers of incoming links)
-    stage           int   stage index of the partition in the plan
-    plan_hash       str   hash of the plan this agent belongs to (answered by ping)
-    listen          {"host": "0.0.0.0", "port": 7700}    port 0: any free port (see the ready line)
-    backend         one of
-                    {"kind": "emulation", "library": "lib.so", "project": "myproject", "n_in": 64, "n_out": 10}
-                        the partition's hls4ml emulation library (virtual boards; bit-accurate)
-                    {"kind": "overlay", "bitfile": "p.bit", "hwh": "p.hwh", "n_in": 64, "n_out": 10,
-                     "dma": "hier_0.axi_dma_0", "in_dtype": "float32", "out_dtype": "float32"}
-                        a real PYNQ-Z2: pynq.Overlay (the .hwh must sit beside the .bit, same name), DMA
-                        buffers allocated once; *_dtype is the AXI data type of the hls4ml accelerator
-                        wrapper: "float32", or "int8"/"int16"/"int32" when the wrapper moves raw ap_fixed
-                        words (the agent then writes and reads raw words of the links' fixed-point types)
-                    {"kind": "passthrough", "decode": false}
-                        transport tests only: the output is the assembled input. With "decode": false and
-                        one link in, one out, of the same encoding, the payload bytes are forwarded unchanged
-    output_shape    [int, ...]  the partition's output tensor shape (no batch axis)
-    inputs          [Contract.to_dict(), ...]   incoming links; assembled in `index` order
-    outputs         [{"contract": Contract.to_dict(), "to": {"host": "10.0.0.3", "port": 7700}}, ...]
-                    "to": "host" sends on the connection of the host that attached (HELLO) to this agent
-    timing          optional {"cycles": N, "clock_mhz": 100}: a frame's compute takes at least N / clock
-                    (the time the real FPGA would take); waits by sleeping, then spinning the last few us
-    clock_skew_ns   optional int (virtual boards): added to every timestamp this agent reports
-    in_flight       frames held in each internal queue (receive -> compute -> send), default 8
-    connect_timeout seconds to keep retrying a next hop that does not accept yet, default 10
-    part_timeout    seconds a frame may wait for its other parts before it is reported lost, default 10
-    log             log file, default "agent-<partition>.log"
-    pidfile         pid file, default "agent-<partition>.pid"
-    faults          optional, tests only: {"drop_frames": [frame ids]} frames received and then never sent
+The configuration is `agent_config.AgentConfig` (JSON on disk); the wire format is `wire.py`'s docstring.
 
-Wire (TCP, TCP_NODELAY; all integers little-endian)
----------------------------------------------------
-    header   "<2sBBqHHIH2x" (24 bytes): magic b"SR", version 1, message type, frame id, stage, part,
-             payload length, number of timestamp records
-    records  n x "<hHHHqqqq" (40 bytes): stage, partition id, source (partition id of the incoming link's
-             producer, HOST_ID for the host), flags (0), t_recv, t_compute_start, t_compute_end, t_send:
-             int64 ns of the board's time.time_ns() + clock_skew_ns. A partition appends one record per
-             incoming link (t_recv: that link's arrival; compute and send times shared), so consumers of
-             several links tell when each part arrived. Agents forward earlier records as bytes, unparsed;
-             a consumer of several links forwards the records of all its parts.
-    payload  FRAME: exactly `Contract.encode` bytes of the link the frame travels on; `part` is that link's
-             `index` in the consumer's assembly, `stage` the producer's stage (HOST_STAGE for the host).
-             Other types carry JSON (PING, PONG, HELLO, ERROR) or "<q"/"<qqq" int64 timestamps (PROBE).
+It trusts nobody it has not authenticated: every connection proves it knows the deployment's secret (the
+file `secret_file`, written by deploy) before the agent reads anything else from it; a connection that does
+not, or sends a message that is not ours, is closed and logged in one line (rate-limited), and the others go
+on. Headers are bounded by the links' contracts before any buffer grows; connections are capped.
 
-    FRAME 1    a frame of a link (host -> first stage, board -> board, last stage -> host)
-    ERROR 2    JSON {board, partition, stage, frame, message}: sent to the attached host, never swallowed
-    PROBE 3    host -> agent: t1; PROBE_REPLY 4 agent -> host: t1, t2 (receive), t3 (send), agent clock
-    PING 5     JSON {} or {"frame": id}; PONG 6: JSON health (partition, plan hash, frames done, free memory,
-               and the state of the asked frame on this board)
-    SHUTDOWN 7 stop the agent
-    HELLO 8    JSON {"role": "host"}: this connection is the host's: frames for "host" and errors go to it.
-               It starts a new session: frame ids may start again, so states of earlier frames are forgotten
+A HELLO from the host opens a session with the random tag it carries: frames of any other session (queued
+or late from an earlier host) are dropped where they are found, and what the agent remembered of earlier
+frames is forgotten.
 """
 from __future__ import annotations
 
 import collections
+import errno
 import itertools
 import json
 import logging
@@ -78,145 +33,65 @@ import os
 import queue
 import signal
 import socket
-import struct
 import sys
 import threading
+from struct import error as struct_error
 import time
 import traceback
 
 import numpy as np
 
-try:  # on a board: copies beside this file; in the repository: the splitting package
+try:  # on a board: copies beside this file; in the repository: the splitting and harness packages
     import contract as _contract  # type: ignore
 except ImportError:  # pragma: no cover - depends on where the agent runs
     from splitting import contract as _contract
+try:
+    import wire  # type: ignore
+    from agent_config import AgentConfig, AgentConfigError  # type: ignore
+except ImportError:  # pragma: no cover
+    from harness import wire
+    from harness.agent_config import AgentConfig, AgentConfigError
 
 assemble = _contract.assemble
-
-
 Contract = _contract.Contract  # its derived properties are cached: encode/decode per frame stay cheap
+ProtocolError = wire.ProtocolError
 
 _time_ns = time.time_ns  # one global lookup per timestamp on the per-frame path
-MAGIC = b"SR"
-VERSION = 1
-HEADER = struct.Struct("<2sBBqHHIH2x")
-RECORD = struct.Struct("<hHHHqqqq")
-RECORD_HEAD = struct.Struct("<hHHH")  # a record's fixed fields, packed once per agent ...
-OWN_RECORD = struct.Struct("<8sqqqq")  # ... then given as 8 bytes with the timestamps: the same layout as RECORD
-FRAME_HEAD = struct.Struct("<4sqHHIH2x")  # HEADER, with magic, version and type given as 4 bytes (FRAME_PREFIX)
-PROBE_REQ = struct.Struct("<q")
-PROBE_REP = struct.Struct("<qqq")
-FRAME, ERROR, PROBE, PROBE_REPLY, PING, PONG, SHUTDOWN, HELLO = 1, 2, 3, 4, 5, 6, 7, 8
-FRAME_PREFIX = MAGIC + bytes((VERSION, FRAME))
-TYPE_NAMES = {FRAME: "FRAME", ERROR: "ERROR", PROBE: "PROBE", PROBE_REPLY: "PROBE_REPLY", PING: "PING",
-              PONG: "PONG", SHUTDOWN: "SHUTDOWN", HELLO: "HELLO"}
-HOST_STAGE = 0xFFFF
-HOST_ID = 0xFFFF
-MAX_PAYLOAD = 64 << 20  # refuse absurd lengths: a corrupted header must not make us allocate gigabytes
+# plain ints on the per-frame path (an IntEnum member compares slower)
+FRAME, ERROR, PROBE, PROBE_REPLY, PING, PONG, SHUTDOWN, HELLO = (int(t) for t in (
+    wire.MsgType.FRAME, wire.MsgType.ERROR, wire.MsgType.PROBE, wire.MsgType.PROBE_REPLY, wire.MsgType.PING,
+    wire.MsgType.PONG, wire.MsgType.SHUTDOWN, wire.MsgType.HELLO))
+OWN_RECORD, RECORD_HEAD, FRAME_HEAD, FRAME_PREFIX = wire.OWN_RECORD, wire.RECORD_HEAD, wire.FRAME_HEAD, wire.FRAME_PREFIX
+PROBE_REQ, PROBE_REP = wire.PROBE_REQ, wire.PROBE_REP
+pack_message = wire.pack_message
+SESSION_SHIFT, FRAME_MASK = wire.SESSION_SHIFT, wire.FRAME_MASK
+HOST_ID = wire.HOST_ID
 
 
-class ProtocolError(Exception):
-    """Bytes on a connection that are not splitrack agent messages."""
+class RateLimitedLog:
+    """At most `burst` lines per `period` seconds of one kind; the rest counted and summed up in the next line.
+    A stranger hammering the port cannot fill the board's SD card with the agent's log."""
 
+    def __init__(self, log, burst=10, period=10.0):
+        self.log, self.burst, self.period = log, burst, period
+        self.window = 0.0
+        self.count = 0
+        self.suppressed = 0
+        self.lock = threading.Lock()
 
-class AgentConfigError(Exception):
-    """A config file the agent cannot run with."""
-
-
-# --- wire helpers (the host side imports these too) ---------------------------------------------------
-def pack_message(mtype, frame=0, stage=0, part=0, payload=b"", records=b""):
-    """One message as bytes: header, timestamp records (packed, see pack_records), payload."""
-    return b"".join((HEADER.pack(MAGIC, VERSION, mtype, frame, stage, part, len(payload), len(records) // 40),
-                     records, payload))
-
-
-def pack_records(records):
-    """Timestamp records (tuples of RECORD fields) -> bytes. Agents forward the records of earlier stages
-    as bytes, unparsed, and append their own: only the host unpacks them."""
-    return b"".join(RECORD.pack(*r) for r in records)
-
-
-def unpack_records(blob):
-    return list(RECORD.iter_unpack(blob))
-
-
-class Reader:
-    """Buffered exact reads from a socket: usually one recv per message instead of one per field."""
-
-    def __init__(self, sock, size=1 << 16):
-        self.sock = sock
-        self.buf = bytearray(size)
-        self.view = memoryview(self.buf)  # kept: a recv_into per message, no new view each time
-        self.start = 0
-        self.end = 0
-
-    def read(self, n):
-        if self.end - self.start < n:
-            self._fill(n)
-        out = self.buf[self.start:self.start + n]
-        self.start += n
-        return out
-
-    def _fill(self, n):
-        """Make at least n bytes available from self.start (compacts the buffer, grows it if needed)."""
-        start, end = self.start, self.end
-        if start == end:  # all consumed (a lone frame's usual case): read from the buffer's beginning
-            self.start = self.end = end = 0
-        elif start:
-            end -= start
-            self.buf[:end] = self.buf[start:start + end]
-            self.start, self.end = 0, end
-        if len(self.buf) < n:  # a new, larger buffer: views handed out on the old one stay valid
-            grown = bytearray(max(n, 2 * len(self.buf)))
-            grown[:end] = self.buf[:end]
-            self.buf, self.view = grown, memoryview(grown)
-        view, recv_into = self.view, self.sock.recv_into
-        while end < n:  # state stays consistent if recv times out (host-side readers use timeouts)
-            k = recv_into(view[end:] if end else view)
-            if not k:
-                raise EOFError("connection closed by peer")
-            end += k
-            self.end = end
-
-    def message(self, copy=True):
-        """-> (type, frame, stage, part, records (packed bytes), payload bytearray).
-        copy=False: records and payload are memoryviews of the receive buffer, valid only until the next
-        call (the agent's per-frame path, which forwards or decodes them before reading on)."""
-        s, end = self.start, self.end
-        if s == end:  # nothing buffered (a lone frame's usual case): one recv at the buffer's beginning
-            end = self.sock.recv_into(self.view)
-            if not end:
-                raise EOFError("connection closed by peer")
-            s = self.start = 0
-            self.end = end
-        if end - s < 24:
-            self._fill(24)
-            s, end = 0, self.end
-        buf = self.buf
-        magic, version, mtype, frame, stage, part, length, nrec = HEADER.unpack_from(buf, s)
-        if magic != MAGIC or version != VERSION or length > MAX_PAYLOAD or nrec > 4096:
-            raise _bad_header(magic, version, length, nrec)
-        p = s + 24 + 40 * nrec
-        e = p + length
-        if end < e:
-            self._fill(e - s)  # compacts: the message now starts at 0
-            buf, p, e, s = self.buf, p - s, e - s, 0
-        self.start = e
-        if copy:
-            return mtype, frame, stage, part, buf[s + 24:p], buf[p:e]
-        view = self.view
-        return mtype, frame, stage, part, view[s + 24:p], view[p:e]
-
-
-def _bad_header(magic, version, length, nrec):
-    if magic != MAGIC or version != VERSION:
-        return ProtocolError("bad magic/version %r/%r: the peer is not a splitrack agent of wire version %d"
-                             % (magic, version, VERSION))
-    return ProtocolError("header announces %d payload bytes and %d records: refusing" % (length, nrec))
-
-
-def set_socket_options(sock):
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def warning(self, fmt, *args):
+        now = time.monotonic()
+        with self.lock:
+            if now - self.window > self.period:
+                if self.suppressed:
+                    self.log.warning("%d more such line(s) suppressed in the last %.0f s", self.suppressed,
+                                     self.period)
+                self.window, self.count, self.suppressed = now, 0, 0
+            self.count += 1
+            if self.count > self.burst:
+                self.suppressed += 1
+                return
+        self.log.warning(fmt, *args)
 
 
 def free_memory_bytes():
@@ -361,10 +236,10 @@ def _path(p, base):
 class Conn:
     """One TCP connection: a reader and a write lock (frames, replies and errors may share it)."""
 
-    def __init__(self, sock, name):
+    def __init__(self, sock, name, max_payload=wire.MAX_CONTROL_PAYLOAD, max_records=wire.MAX_RECORDS):
         self.sock = sock
         self.name = name
-        self.reader = Reader(sock)
+        self.reader = wire.Reader(sock, max_payload=max_payload, max_records=max_records)
         self.wlock = threading.Lock()
         self.closed = False
 
@@ -385,27 +260,28 @@ class Conn:
 
 class Agent:
     def __init__(self, cfg, base="."):
+        """cfg: an AgentConfig, or its dict (checked here); AgentConfigError when it cannot run."""
+        if not isinstance(cfg, AgentConfig):
+            cfg = AgentConfig.from_dict(cfg)
         self.cfg = cfg
         self.base = base
+        self.board = cfg.board
+        self.partition = cfg.partition
+        self.partition_id = cfg.partition_id
+        self.stage = cfg.stage
+        self.plan_hash = cfg.plan_hash
         try:
-            self.board = str(cfg["board"])
-            self.partition = str(cfg["partition"])
-            self.partition_id = int(cfg.get("partition_id", 0))
-            self.stage = int(cfg["stage"])
-            self.plan_hash = str(cfg.get("plan_hash", ""))
-            self.inputs = sorted((Contract.from_dict(c) for c in cfg["inputs"]), key=lambda c: c.index)
-            self.outputs = [(Contract.from_dict(o["contract"]), o["to"]) for o in cfg["outputs"]]
+            self.inputs = sorted((Contract.from_dict(c) for c in cfg.inputs), key=lambda c: c.index)
+            self.outputs = [(Contract.from_dict(o["contract"]), o["to"]) for o in cfg.outputs]
             # (contract, destination, key of its connection in self.links; None: the host's connection)
-            self.routes = [(c, to, None if to == "host" else (to["host"], int(to["port"])))
+            self.routes = [(c, to, None if to == "host" else (str(to["host"]), int(to["port"])))
                            for c, to in self.outputs]
-            self.output_shape = tuple(int(s) for s in cfg["output_shape"])
-            listen = cfg.get("listen", {})
-            self.listen_addr = (listen.get("host", "0.0.0.0"), int(listen.get("port", 0)))
         except (KeyError, TypeError, ValueError) as e:
-            raise AgentConfigError("config is missing or has a bad field (%s: %s): see the agent's docstring"
-                                   % (type(e).__name__, e))
-        if not self.inputs or not self.outputs:
-            raise AgentConfigError("config needs at least one incoming and one outgoing link")
+            raise AgentConfigError("a link of the config is malformed (%s: %s)" % (type(e).__name__, e))
+        self.output_shape = tuple(cfg.output_shape)
+        self.listen_addr = (cfg.listen["host"], cfg.listen["port"])
+        self.secret_path = _path(cfg.secret_file, base)
+        self.secret = self._secret()  # refuses to start without one
         self.part_ids = {c.index: self._src_id(c) for c in self.inputs}
         self.part_pos = {c.index: i for i, c in enumerate(self.inputs)}
         self.n_in = len(self.inputs)
@@ -413,17 +289,24 @@ class Agent:
         # the fixed fields of this partition's record per incoming link: stage, partition id, source id, flags
         self.rec_heads = [RECORD_HEAD.pack(self.stage, self.partition_id, self.part_ids[c.index], 0)
                           for c in self.inputs]
-        self.skew = int(cfg.get("clock_skew_ns", 0))
-        timing = cfg.get("timing") or None
+        # what a message on a connection may announce, checked before any buffer grows: the largest payload
+        # of an incoming link (or a control message), and a record per partition and link of the plan
+        self.max_payload = max([c.payload_bytes for c in self.inputs] + [wire.MAX_CONTROL_PAYLOAD])
+        self.max_records = 4 * max(16, len(cfg.partition_ids))
+        self.skew = cfg.clock_skew_ns
+        timing = cfg.timing or None
         self.period_ns = int(round(timing["cycles"] * 1000.0 / timing.get("clock_mhz", 100.0))) if timing else 0
-        self.in_flight = max(1, int(cfg.get("in_flight", 8)))
-        self.connect_timeout = float(cfg.get("connect_timeout", 10.0))
-        self.part_timeout = float(cfg.get("part_timeout", 10.0))
-        self.drop = set(int(f) for f in (cfg.get("faults") or {}).get("drop_frames", ()))
+        self.in_flight = cfg.in_flight
+        self.connect_timeout = cfg.connect_timeout
+        self.part_timeout = cfg.part_timeout
+        self.drop = set(int(f) for f in (cfg.faults or {}).get("drop_frames", ()))
         self.log = logging.getLogger("splitrack.agent")
+        self.quiet_log = RateLimitedLog(self.log)  # what strangers and broken peers cause
         self.backend = None
         self.bypass = False  # set by load_backend: bytes forwarded unchanged, no timing model
         self.computing = None  # the frame id the backend is running now
+        self.session = 0  # the tag of the host's session (HELLO); frames of any other are dropped
+        self.stale_dropped = 0  # frames of earlier sessions dropped
         self.stop = threading.Event()
         self.compute_q = queue.Queue(self.in_flight)
         self.send_q = queue.Queue(self.in_flight)
@@ -438,21 +321,32 @@ class Agent:
         self.host = None  # the Conn of the host that said HELLO
         self.host_ready = threading.Condition()
         self.links = {}  # (host, port) -> Conn of a next hop
-        self.conns = set()
+        self.conns = set()  # every accepted connection (authenticated or not): capped at max_connections
+        self.conns_lock = threading.Lock()
         # frame counters: attributes, not a dict, as they are counted on the per-frame path (see `counters`)
         self.received = self.done = self.sent = self.errors = self.dropped = 0
+        self.refused = 0  # connections closed before or at authentication, or for a bad message
         self.unreported = collections.deque(maxlen=64)  # errors raised before any host attached
         self.started = time.time()
         self.listener = None
 
+    def _secret(self):
+        """The deployment's secret, read again for each new connection: a deploy that leaves this agent
+        running writes a new secret file, and the agent follows it."""
+        try:
+            return wire.read_secret(self.secret_path)
+        except (OSError, ValueError) as e:
+            raise AgentConfigError("no usable secret in %s (%s): deploy writes it; the agent serves nobody "
+                                   "without one" % (self.secret_path, e))
+
     def _src_id(self, c):
-        ids = self.cfg.get("partition_ids", {})
+        ids = self.cfg.partition_ids
         return HOST_ID if c.src == "host" else int(ids.get(c.src, HOST_ID - 1))
 
     @property
     def counters(self):
         return {"received": self.received, "done": self.done, "sent": self.sent, "errors": self.errors,
-                "dropped": self.dropped}
+                "dropped": self.dropped, "stale_dropped": self.stale_dropped, "refused": self.refused}
 
     # -- helpers --
     def now(self):
@@ -474,10 +368,10 @@ class Agent:
         """Log an error and send it to the host: board, partition and stage named, never silent."""
         self.errors += 1
         if exc is not None:
-            self.log.error("frame %s: %s\n%s", frame, message, "".join(traceback.format_exception(
+            self.log.error("frame %s: %s\n%s", frame & FRAME_MASK if frame >= 0 else frame, message, "".join(traceback.format_exception(
                 type(exc), exc, exc.__traceback__)))
         else:
-            self.log.error("frame %s: %s", frame, message)
+            self.log.error("frame %s: %s", frame & FRAME_MASK if frame >= 0 else frame, message)
         if frame >= 0:
             self._set_state(frame, "error: " + message)
         body = json.dumps({"board": self.board, "partition": self.partition, "stage": self.stage,
@@ -498,7 +392,13 @@ class Agent:
              "backend": self.backend.kind if self.backend else None, "frames_done": self.done,
              "counters": dict(self.counters), "free_memory": free_memory_bytes(),
              "python": sys.version.split()[0], "queues": [self.compute_q.qsize(), self.send_q.qsize()],
-             "waiting_for_parts": len(self.pending), "host_attached": self.host is not None}
+             "waiting_for_parts": len(self.pending), "host_attached": self.host is not None,
+             "session": self.session}
+        # what a session left inside (deploy restarts an agent that holds any: agent_stale_state)
+        h["stale"] = ", ".join("%d %s" % (n, k) for k, n in (
+            ("frame(s) queued", len(self.compute_backlog) + len(self.send_backlog)),
+            ("frame(s) waiting for parts", len(self.pending))) if n) or False
+        h["idle"] = self.host is None and not h["stale"]  # no host attached, nothing of a session inside
         try:
             import shutil
             h["free_disk"] = shutil.disk_usage(self.base).free
@@ -512,7 +412,7 @@ class Agent:
 
     # -- lifecycle --
     def load_backend(self):
-        b = self.cfg.get("backend") or {}
+        b = self.cfg.backend
         kind = b.get("kind")
         if kind == "passthrough":
             self.backend = PassthroughBackend(b, self.inputs, [c for c, _ in self.outputs])
@@ -533,11 +433,17 @@ class Agent:
         if self.period_ns:
             _reduce_timer_slack()
             self.log.info("timing model: sleeps wake %.0f us late here (calibrated)", PACER.calibrate() / 1e3)
-        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart at once after a crash
-        srv.bind(self.listen_addr)
+        try:
+            family = socket.getaddrinfo(self.listen_addr[0], self.listen_addr[1], 0, socket.SOCK_STREAM)[0][0]
+            srv = socket.socket(family, socket.SOCK_STREAM)
+            srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart at once after a crash
+            srv.bind(self.listen_addr)
+        except OSError as e:
+            raise AgentConfigError("cannot listen on %s:%d (%s): the board's address in the rack file must be one "
+                                   "of this board's own addresses on the data network" % (self.listen_addr + (e,)))
         srv.listen(64)
         self.listener = srv
+        self._spare_fd = _spare_fd()
         for target, name in ((self._accept_loop, "accept"), (self._compute_loop, "compute"),
                              (self._send_loop, "send"), (self._housekeeping, "housekeeping")):
             threading.Thread(target=target, name=name, daemon=True).start()
@@ -567,25 +473,90 @@ class Agent:
 
     # -- threads --
     def _accept_loop(self):
+        listener = self.listener
         while not self.stop.is_set():
             try:
-                sock, addr = self.listener.accept()
+                sock, addr = listener.accept()
+            except OSError as e:
+                if self.stop.is_set() or e.errno in (errno.EBADF, errno.EINVAL, errno.ENOTSOCK):
+                    return  # the listener was closed: shutdown
+                # out of file descriptors (EMFILE/ENFILE) or memory: the pending connection would stay in the
+                # backlog and wake accept again at once; a spare descriptor lets us take it and close it
+                self.quiet_log.warning("accept failed (%s) with %d connections open: shedding one, going on",
+                                       e, len(self.conns))
+                self._shed_one(listener)
+                continue
+            name = "%s:%d" % addr[:2]
+            with self.conns_lock:
+                full = len(self.conns) >= self.cfg.max_connections
+                if not full:
+                    conn = Conn(sock, name, self.max_payload, self.max_records)
+                    self.conns.add(conn)
+            if full:
+                self.refused += 1
+                self.quiet_log.warning("connection from %s closed: %d connections open (max_connections)",
+                                       name, len(self.conns))
+                sock.close()
+                continue
+            try:
+                threading.Thread(target=self._read_loop, args=(conn,), name="read " + name, daemon=True).start()
+            except RuntimeError as e:  # no thread to serve it: refuse this one, keep accepting
+                self.quiet_log.warning("connection from %s closed: %s", name, e)
+                self._forget(conn)
+
+    def _shed_one(self, listener):
+        if self._spare_fd is not None:
+            os.close(self._spare_fd)
+            self._spare_fd = None
+            try:
+                sock, _ = listener.accept()
+                sock.close()
             except OSError:
-                return
-            set_socket_options(sock)
-            conn = Conn(sock, "%s:%d" % addr[:2])
-            self.conns.add(conn)
-            threading.Thread(target=self._read_loop, args=(conn,), name="read " + conn.name, daemon=True).start()
+                pass
+            self._spare_fd = _spare_fd()
+        self.stop.wait(0.01)
+
+    def _forget(self, conn):
+        with self.conns_lock:
+            self.conns.discard(conn)
+        if self.host is conn:
+            self.host = None
+        conn.close()
+
+    def _authenticate(self, conn):
+        """True when the peer proved the secret; otherwise the connection is closed, one line logged."""
+        try:
+            wire.agent_handshake(conn.sock, self._secret(), self.cfg.auth_timeout)
+        except (wire.AuthError, EOFError, OSError, AgentConfigError) as e:
+            self.refused += 1
+            self.quiet_log.warning("connection from %s refused at authentication: %s", conn.name,
+                                   "no answer within %g s" % self.cfg.auth_timeout
+                                   if isinstance(e, socket.timeout) else e)
+            return False
+        wire.set_socket_options(conn.sock)
+        # an authenticated peer that vanishes without closing (a host powered off) is found by TCP keepalive
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        return True
 
     def _read_loop(self, conn):
+        if not self._authenticate(conn):
+            self._forget(conn)
+            return
         message = conn.reader.message
         on_frame = self._on_lone_frame if self.lone else self._on_frame
+        sizes = {c.index: c.payload_bytes for c in self.inputs}
         try:
             while True:  # ends when the peer closes, or at shutdown when the socket is closed under it
                 # views of the receive buffer, not copies: whatever keeps them past this turn copies them
                 mtype, frame, stage, part, records, payload = message(False)
                 if mtype == FRAME:
-                    on_frame(frame, part, records, payload)
+                    if sizes.get(part) != len(payload):
+                        raise ProtocolError("frame %d: %d payload bytes as part %d; the contract of that link says %s"
+                                            % (frame & FRAME_MASK, len(payload), part, sizes.get(part, "no such part")))
+                    if frame >> SESSION_SHIFT == self.session:
+                        on_frame(frame, part, records, payload)
+                    else:
+                        self.stale_dropped += 1  # a frame of an earlier session (or none): nobody waits for it
                 elif mtype == PROBE:
                     t2 = self.now()
                     (t1,) = PROBE_REQ.unpack(payload)
@@ -593,10 +564,10 @@ class Agent:
                         t3 = self.now()
                         conn.sock.sendall(pack_message(PROBE_REPLY, payload=PROBE_REP.pack(t1, t2, t3)))
                 elif mtype == PING:
-                    ask = json.loads(bytes(payload).decode() or "{}")
+                    ask = _json_object(payload)
                     conn.send(pack_message(PONG, payload=json.dumps(self.health(ask)).encode()))
                 elif mtype == HELLO:
-                    self._attach_host(conn)
+                    self._attach_host(conn, _json_object(payload))
                 elif mtype == SHUTDOWN:
                     self.log.info("shutdown requested by %s", conn.name)
                     threading.Thread(target=self.shutdown, daemon=True).start()
@@ -608,28 +579,36 @@ class Agent:
         except OSError:
             if not self.stop.is_set():
                 self.log.info("connection %s lost", conn.name)
-        except ProtocolError as e:
-            self.report("connection %s: %s" % (conn.name, e))
+        except (ProtocolError, ValueError, TypeError, struct_error) as e:
+            # a bad message ends this connection only; the stream's other connections go on
+            self.refused += 1
+            self.quiet_log.warning("connection %s closed: %s", conn.name, e)
         except Exception as e:  # a bug: say so, keep serving other connections
             self.report("receiving from %s failed: %s" % (conn.name, e), exc=e)
         finally:
-            self.conns.discard(conn)
-            if self.host is conn:
-                self.host = None
-            conn.close()
+            self._forget(conn)
 
-    def _attach_host(self, conn):
-        # A new host starts a new session, whose frame ids start again at 0: forget the frames of earlier
-        # sessions, so that neither a stale state misleads the diagnosis of a lost frame nor a part left
-        # waiting by an earlier stream joins a new frame of the same id.
+    def _attach_host(self, conn, hello):
+        # A new host starts a new session with its own tag: frames of earlier sessions still inside are
+        # dropped where they are found (their tag differs), and neither a stale state nor a part left waiting
+        # by an earlier stream can join a frame of the new one.
+        session = hello.get("session")
+        if hello.get("role") != "host" or isinstance(session, bool) or not isinstance(session, int) \
+                or not 0 < session < (1 << wire.SESSION_BITS):
+            raise ProtocolError("HELLO without a host role and a session tag (1..2^%d-1): %r"
+                                % (wire.SESSION_BITS, hello))
+        self.session = session
         with self.pending_lock:
             stale = len(self.pending)
             self.pending.clear()
         self.state = {}
+        # the answer goes out before the connection becomes the host's: it is the first message the host reads
+        # (a frame of the old session in its last step may still follow; the host drops it by its tag)
+        conn.send(pack_message(PONG, payload=json.dumps(self.health()).encode()))
         with self.host_ready:
             self.host = conn
             self.host_ready.notify_all()
-        self.log.info("host attached from %s (a new session%s)", conn.name,
+        self.log.info("host attached from %s (session %d%s)", conn.name, session,
                       ", %d incomplete frame(s) of the last one dropped" % stale if stale else "")
         while self.unreported:
             try:
@@ -642,7 +621,7 @@ class Agent:
         the agent idle is computed and sent here, without a method call or a tuple per step. The general path
         costs a hop about 1 us more, 0.06 of a loopback round trip (benchmarks/agent_overhead.py)."""
         t = _time_ns() + self.skew
-        if self.compute_backlog or self.send_backlog or frame in self.drop or not self.compute_lock.acquire(False):
+        if self.compute_backlog or self.send_backlog or self.drop or not self.compute_lock.acquire(False):
             return self._on_frame(frame, part, records, payload, t)
         try:
             if self.bypass:
@@ -718,7 +697,7 @@ class Agent:
         """One part of a frame of several incoming links: the job once all parts are here, else None."""
         if part not in self.part_pos:
             self.report("frame %d arrived as part %d, this partition takes parts %s"
-                        % (frame, part, sorted(self.part_pos)), frame)
+                        % (frame & FRAME_MASK, part, sorted(self.part_pos)), frame)
             return None
         with self.pending_lock:
             entry = self.pending.get(frame)
@@ -750,6 +729,9 @@ class Agent:
             job = self.compute_q.get()
             if job is None:
                 return
+            if job[0] >> SESSION_SHIFT != self.session:  # queued before a new host attached
+                self.stale_dropped += 1
+                continue
             with self.compute_lock:
                 item = self._compute(job)
             if item is not None:
@@ -760,15 +742,18 @@ class Agent:
             item = self.send_q.get()
             if item is None:
                 return
+            if item[0] >> SESSION_SHIFT != self.session:
+                self.stale_dropped += 1
+                continue
             with self.send_lock:
                 self._send(*item)
 
     def _compute(self, job):
         frame, payloads, records, arrivals = job
-        if frame in self.drop:  # fault injection (tests): this frame vanishes here
+        if self.drop and frame & FRAME_MASK in self.drop:  # fault injection (tests): this frame vanishes here
             self.dropped += 1
             self._set_state(frame, "dropped (fault injection)")
-            self.log.warning("frame %d dropped by fault injection", frame)
+            self.log.warning("frame %d dropped by fault injection", frame & FRAME_MASK)
             return None
         if self.bypass:  # bytes forwarded as they came, nothing to compute or wait for: no compute time
             self.done += 1
@@ -794,7 +779,7 @@ class Agent:
         except Exception as e:
             self.computing = None
             self.report("stage %d (%s on %s) failed on frame %d: %s: %s"
-                        % (self.stage, self.partition, self.board, frame, type(e).__name__, e), frame, exc=e)
+                        % (self.stage, self.partition, self.board, frame & FRAME_MASK, type(e).__name__, e), frame, exc=e)
             return None
         self.computing = None
         self.done += 1
@@ -824,7 +809,7 @@ class Agent:
     def _send_failed(self, frame, c, to, e):
         self._drop_link(to)
         self.report("stage %d (%s on %s) cannot send frame %d to %s: %s"
-                    % (self.stage, self.partition, self.board, frame, _where(to, c), e), frame)
+                    % (self.stage, self.partition, self.board, frame & FRAME_MASK, _where(to, c), e), frame)
 
     def _link(self, to):
         if to == "host":
@@ -845,14 +830,14 @@ class Agent:
         deadline = time.monotonic() + self.connect_timeout
         while True:
             try:
-                sock = socket.create_connection(key, timeout=self.connect_timeout)
+                sock = wire.connect(key, self._secret(), self.connect_timeout)
                 break
-            except OSError as e:  # the next agent may still be starting
+            except wire.AuthError as e:  # retrying would not help: another deployment's agent is there
+                raise OSError("next hop %s:%d: %s" % (key[0], key[1], e))
+            except (OSError, EOFError) as e:  # the next agent may still be starting
                 if time.monotonic() > deadline or self.stop.is_set():
                     raise OSError("next hop %s:%d does not accept connections (%s)" % (key[0], key[1], e))
                 time.sleep(0.05)
-        sock.settimeout(None)
-        set_socket_options(sock)
         conn = self.links[key] = Conn(sock, "%s:%d" % key)
         # the next hop never sends on this connection except to report a protocol problem: drain it
         threading.Thread(target=self._drain_link, args=(key, conn), daemon=True).start()
@@ -888,8 +873,27 @@ class Agent:
             for frame, entry in stale:
                 missing = [c.src for c, p in zip(self.inputs, entry[0]) if p is None]
                 self.report("stage %d (%s on %s): frame %d waited %.1f s for its part(s) from %s, which never came"
-                            % (self.stage, self.partition, self.board, frame, self.part_timeout,
+                            % (self.stage, self.partition, self.board, frame & FRAME_MASK, self.part_timeout,
                                ", ".join(missing)), frame)
+
+
+def _json_object(payload):
+    """A control message's JSON object ({} when empty); ProtocolError for anything else."""
+    try:
+        d = json.loads(bytes(payload).decode() or "{}")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProtocolError("control message is not JSON: %s" % e)
+    if not isinstance(d, dict):
+        raise ProtocolError("control message is not a JSON object")
+    return d
+
+
+def _spare_fd():
+    """A descriptor held in reserve: closed when accept runs out of them, to take and drop one connection."""
+    try:
+        return os.open(os.devnull, os.O_RDONLY)
+    except OSError:
+        return None
 
 
 def _own(item):
@@ -939,13 +943,13 @@ def main(argv=None):
     base = os.path.dirname(cfg_path)
     try:
         with open(cfg_path) as f:
-            cfg = json.load(f)
-    except (OSError, ValueError) as e:
+            cfg = AgentConfig.from_dict(json.load(f))
+    except (OSError, ValueError, AgentConfigError) as e:
         print("agent: cannot read config %s: %s" % (cfg_path, e), file=sys.stderr)
         return 2
-    part = str(cfg.get("partition", "agent"))
-    log_path = _path(cfg.get("log") or "agent-%s.log" % part, base)
-    pidfile = _path(cfg.get("pidfile") or "agent-%s.pid" % part, base)
+    part = cfg.partition
+    log_path = _path(cfg.log, base)
+    pidfile = _path(cfg.pidfile, base)
     logging.basicConfig(filename=log_path, level=logging.INFO,
                         format="%(asctime)s %(levelname)s [%(threadName)s] %(message)s")
     log = logging.getLogger("splitrack.agent")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,17 +34,16 @@ from typing import Callable, Dict, List, Optional
 from splitting.errors import UserError
 from splitting.plan import Plan
 
+from . import wire
 from . import wiring as wiring_mod
+from .agent_files import AGENT_FILES
 from .rack import Board, Rack
 from .ssh import CONNECT_TIMEOUT, BoardError, Connection, local_sha256
 
 REPO = Path(__file__).resolve().parent.parent
-CODE = {  # board file name -> local source
-    "agent.py": REPO / "harness" / "agent.py",
-    "contract.py": REPO / "splitting" / "contract.py",
-    "emulation.py": REPO / "splitting" / "emulation.py",
-}
+CODE = dict(AGENT_FILES)  # board file name -> local source: the agent and what it imports
 PART = "part"
+SECRET_FILE = "agent.secret"  # in part/, beside agent.json (whose secret_file names it)
 AGENT_START_TIMEOUT = 30.0  # python + numpy import + loading the library (a real board: programming the PL)
 AGENT_STOP_TIMEOUT = 5.0
 PING_TIMEOUT = 3.0
@@ -144,17 +142,32 @@ def place(plan: Plan, rack: Rack) -> Dict[str, Board]:
 
 
 # --- talking to the agent ------------------------------------------------------------------------------
-def ping(host: str, port: int, timeout: float = PING_TIMEOUT) -> dict:
-    """The agent's health answer (PONG), or OSError/TimeoutError."""
-    from . import agent as wire
+def ping(host: str, port: int, secret: bytes, timeout: float = PING_TIMEOUT) -> dict:
+    """The agent's health answer (PONG) over an authenticated connection, or OSError/TimeoutError (an agent
+    that does not share `secret` refuses the connection: wire.AuthError, an OSError here)."""
+    try:
+        with wire.connect((host, port), secret, timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(wire.pack_message(wire.MsgType.PING, payload=b"{}"))
+            mtype, *_rest, payload = wire.Reader(s).message()
+    except (EOFError, wire.ProtocolError) as e:
+        raise OSError(str(e) or type(e).__name__) from None
+    if mtype != wire.MsgType.PONG:
+        raise OSError(f"agent answered message type {mtype}, not PONG")
+    return json.loads(payload.decode())
 
-    with socket.create_connection((host, port), timeout=timeout) as s:
-        s.settimeout(timeout)
-        s.sendall(wire.pack_message(wire.PING, payload=b"{}"))
-        mtype, *_rest, payload = wire.Reader(s).message()
-        if mtype != wire.PONG:
-            raise OSError(f"agent answered message type {mtype}, not PONG")
-        return json.loads(payload.decode())
+
+def write_secret(conn: Connection, root: str, secret: bytes) -> None:
+    """The deployment's secret onto the board, part/agent.secret, mode 0600 before it holds a byte; the
+    running agent reads it at each new connection. Never logged."""
+    tmp, path = f"{root}/{PART}/{SECRET_FILE}.upload", f"{root}/{PART}/{SECRET_FILE}"
+    try:
+        with conn.sftp.open(tmp, "w") as f:
+            conn.sftp.chmod(tmp, 0o600)
+            f.write(secret.hex() + "\n")
+        conn.sftp.posix_rename(tmp, path)
+    except (IOError, OSError) as e:
+        raise BoardError(conn.board.name, "upload", f"cannot write the agent's secret to {path}: {e}") from None
 
 
 def _remote_pids(conn: Connection, part_dir: str) -> Dict[str, int]:
@@ -234,7 +247,7 @@ def start_agent(conn: Connection, board: Board, partition: str) -> int:
 
 # --- one board -----------------------------------------------------------------------------------------
 def _deploy_one(plan: Plan, name: str, board: Board, config: dict, force: bool,
-                progress: Callable[[str], None], connect_timeout: float) -> Placed:
+                progress: Callable[[str], None], connect_timeout: float, secret: bytes) -> Placed:
     t0 = time.monotonic()
     art = artifact_files(plan, name, board)
     p = plan.partition(name)
@@ -264,9 +277,10 @@ def _deploy_one(plan: Plan, name: str, board: Board, config: dict, force: bool,
         # the agent that runs must be the one started with exactly this config (running.json says which
         # pid that was): a deployment that died between upload and restart leaves new files, old agent
         started = _json(conn.read_text(f"{root}/{PART}/running.json", stage="verify"))
+        write_secret(conn, root, secret)
         if not stale and pids and started.get("config") == want[f"{PART}/agent.json"]:
             try:
-                h = ping(board.host, board.data_port)
+                h = ping(board.host, board.data_port, secret)
                 if (h.get("plan_hash"), h.get("partition"), h.get("pid")) == (plan.hash, name, started.get("pid")):
                     running = int(h["pid"])
             except (OSError, ValueError):
@@ -284,7 +298,7 @@ def _deploy_one(plan: Plan, name: str, board: Board, config: dict, force: bool,
         conn.put_bytes(json.dumps({"pid": pid, "config": want[f"{PART}/agent.json"]}).encode(),
                        f"{root}/{PART}/running.json", stage="agent-start")
     try:
-        h = ping(board.host, board.data_port)
+        h = ping(board.host, board.data_port, secret)
     except (OSError, ValueError) as e:
         raise BoardError(board.name, "agent-ping", f"agent of {name} started (pid {pid}) but does not answer on "
                          f"{board.host}:{board.data_port} ({e}); is that port reachable from this machine?") from None
@@ -336,6 +350,7 @@ def deploy(plan: Plan, rack: Rack, force: bool = False, progress: Callable[[str]
     boards = place(plan, rack)
     progress(f"deploying plan {plan.hash} ({len(boards)} partitions) to {', '.join(b.name for b in boards.values())}")
     endpoints = {n: wiring_mod.Endpoint(b.name, b.host, b.data_port) for n, b in boards.items()}
+    secret = wire.new_secret()  # one per deployment: every connection to its agents must prove it
     configs = {}
     for name, b in boards.items():
         cfg = wiring_mod.agent_config(plan, name, endpoints, _backend(plan, name, b), timing=_timing(plan, name, b),
@@ -343,14 +358,15 @@ def deploy(plan: Plan, rack: Rack, force: bool = False, progress: Callable[[str]
         if part_timeout is not None:
             cfg["part_timeout"] = part_timeout
         configs[name] = cfg
-    wiring = wiring_mod.wire(plan, endpoints, configs)
+    wiring = wiring_mod.wire(plan, endpoints, configs, secret=secret)
     # compile (or find cached) artifacts first, in this thread: hls4ml must not compile in parallel threads
     for name, b in boards.items():
         artifact_files(plan, name, b)
     placed: Dict[str, Placed] = {}
     failures: List[BoardError] = []
     with ThreadPoolExecutor(max_workers=min(8, len(boards))) as pool:
-        futs = {name: pool.submit(_deploy_one, plan, name, b, configs[name], force, progress, connect_timeout)
+        futs = {name: pool.submit(_deploy_one, plan, name, b, configs[name], force, progress, connect_timeout,
+                                  secret)
                 for name, b in boards.items()}
         for name, fut in futs.items():
             try:
@@ -425,11 +441,12 @@ def check_board(board: Board, timeout: float = 5.0) -> Health:
                                   f"(need {MIN_FREE_DISK >> 20} MiB): clean up the board's SD card", d)
             pids = _remote_pids(conn, conn.remote_path(f"{board.workdir}/{PART}"))
             live = [p for p in pids.values() if _alive(conn, p)]
+            secret_hex = conn.read_text(conn.remote_path(f"{board.workdir}/{PART}/{SECRET_FILE}"), stage="health")
     except BoardError as e:
         return Health(board.name, False, f"{e.stage}: {str(e).split(': ', 1)[-1]}", d)
     if live:
         try:
-            h = ping(board.host, board.data_port)
+            h = ping(board.host, board.data_port, bytes.fromhex((secret_hex or "").strip()))
             d["agent"] = f"{h.get('partition')} pid {h.get('pid')}"
         except (OSError, ValueError) as e:
             d["agent"] = f"pid {live[0]} does not answer ({e}); deploy restarts it"

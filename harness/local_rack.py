@@ -1,8 +1,9 @@
 """Agents as local processes, without SSH: the fast path for tests and benchmarks.
 
-Each partition gets a folder laid out as a board's working folder would be (`agent.py`, `contract.py`,
-`emulation.py`, `config.json`, log and pidfile) and its own agent process listening on 127.0.0.1. Agents
-start in reverse stage order on port 0, so every agent's next hops are known when its config is written.
+Each partition gets a folder laid out as a board's working folder would be (the agent and the modules it
+ships with, `config.json`, the deployment's secret (mode 0600), log and pidfile) and its own agent process
+listening on 127.0.0.1. Agents start in reverse stage order on port 0, so every agent's next hops are known
+when its config is written. One secret per `start`, as deploy makes one per deployment.
 
     with LocalRack(tmpdir) as rack:
         wiring = rack.start(plan, backends="emulation")
@@ -22,15 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
-from harness.wiring import Endpoint, Wiring, agent_config, emulation_backend, wire
+from harness import wire as wire_format
+from harness.agent_files import AGENT_FILES  # what a board's working folder holds besides config and secret
+from harness.wiring import Endpoint, Wiring, agent_config, emulation_backend, wire, write_secret_file
 from splitting.errors import UserError
 from splitting.plan import Plan
 
-HERE = Path(__file__).resolve().parent
-SPLITTING = HERE.parent / "splitting"
-# what a board's working folder holds besides the config: the agent and the two modules it imports
-AGENT_FILES = {"agent.py": HERE / "agent.py", "contract.py": SPLITTING / "contract.py",
-               "emulation.py": SPLITTING / "emulation.py"}
+SECRET_FILE = "agent.secret"
 
 
 class LocalRackError(UserError):
@@ -75,6 +74,7 @@ class LocalRack:
         self.env = dict(os.environ, **(env or {}))  # e.g. PYTHONPATH of board-side modules (pynq)
         self.agents: Dict[str, LocalAgent] = {}
         self.wiring: Optional[Wiring] = None
+        self.secret: Optional[bytes] = None
 
     def __enter__(self) -> "LocalRack":
         return self
@@ -92,6 +92,7 @@ class LocalRack:
         partitions or {partition: value}."""
         endpoints: Dict[str, Endpoint] = {}
         configs: Dict[str, Dict[str, Any]] = {}
+        self.secret = wire_format.new_secret()
         for part in reversed(plan.ordered_partitions()):
             name = part.name
             backend = self._backend(plan, name, backends)
@@ -103,7 +104,7 @@ class LocalRack:
             agent = self._launch(name, cfg, ready_timeout)
             endpoints[name] = agent.endpoint
             configs[name] = agent.config
-        self.wiring = wire(plan, endpoints, configs)
+        self.wiring = wire(plan, endpoints, configs, secret=self.secret)
         return self.wiring
 
     def _backend(self, plan: Plan, name: str, backends) -> Dict[str, Any]:
@@ -123,6 +124,7 @@ class LocalRack:
         folder.mkdir(parents=True, exist_ok=True)
         for dst, src in AGENT_FILES.items():
             shutil.copyfile(src, folder / dst)
+        write_secret_file(folder / cfg.get("secret_file", SECRET_FILE), self.secret)
         cfg_path = folder / "config.json"
         cfg_path.write_text(json.dumps(cfg, indent=1))
         proc = subprocess.Popen([self.python, "agent.py", "config.json"], cwd=folder, stdout=subprocess.PIPE,

@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from splitting.errors import UserError
+from splitting.names import name_problem
 
 KINDS = ("pynq-z2", "virtual-pynq-z2")
 HOST_KEY_POLICIES = ("strict", "trust-on-first-use")
 # Keys that smell of a secret: refused, whatever table they sit in.
 _SECRET_RE = re.compile(r"pass(word|wd|phrase)?$|secret|token", re.IGNORECASE)
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
 class RackError(UserError, ValueError):
@@ -179,8 +179,8 @@ def _board_from(d: Dict[str, Any], path: Path, line: int, keys: Dict[str, int]) 
 
     out: Dict[str, Any] = {"line": line, "field_lines": dict(keys)}
     out["name"] = text("name")
-    if not _NAME_RE.match(out["name"]):
-        raise RackError(f"{where('name')}: {out['name']!r}: use letters, digits, '.', '_' or '-' (at most 63)")
+    if name_problem("board", out["name"]):
+        raise RackError(f"{where('name')}: {name_problem('board', out['name'])}")
     out["host"] = text("host")
     out["kind"] = text("kind")
     if out["kind"] not in KINDS:

@@ -1,6 +1,7 @@
 """Host side of the data path: feed frames into a wired rack, collect the results, keep every timestamp.
 
-    with Pipeline(wiring) as pipe:          # connects to every agent (HELLO: results and errors come back)
+    with Pipeline(wiring) as pipe:          # connects to every agent (authenticated with wiring.secret),
+                                            # HELLO opens a session: results and errors come back
         result = pipe.stream(x, in_flight=8, timeout=5.0)
     result.outputs()                        # (n, *output_shape), frame order
     result.frames[i].records                # every partition's (t_recv, t_compute_start, t_compute_end, t_send)
@@ -9,6 +10,10 @@ Frames go out with several in flight (at most `in_flight` unanswered), optionall
 back in any order; they are matched by frame id. A frame that does not come back within `timeout` seconds,
 an error reported by an agent, or an agent that goes away end the stream with a `StreamError` that names the
 board and stage where the frame was last seen and carries every result already received (`.result`).
+
+Each Pipeline is a session with a random tag (`harness.wire`): the tag rides in the high bits of every frame id
+on the wire, so frames of an earlier session still inside the rack are dropped by the agents and ignored here.
+Frame ids the caller sees count from 0 for each Pipeline.
 """
 from __future__ import annotations
 
@@ -23,9 +28,10 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from harness import agent as wire
+from harness import wire
+from harness.wire import MsgType
 from harness.wiring import Wiring
-from splitting.contract import assemble
+from splitting.contract import Contract, assemble
 from splitting.errors import UserError
 
 Record = Tuple[int, int, int, int, int, int, int, int]  # stage, partition id, source id, flags, 4 x ns
@@ -160,24 +166,29 @@ class _AgentConn:
         self.pipe = pipe
         self.name = name
         ep = pipe.wiring.endpoints[name]
-        deadline = time.monotonic() + connect_timeout
-        while True:
-            try:
-                self.sock = socket.create_connection((ep.host, ep.port), timeout=connect_timeout)
-                break
-            except OSError as e:
-                if time.monotonic() > deadline:
-                    raise AgentUnreachable(
-                        f"agent of {pipe.wiring.describe(name)} at {ep.host}:{ep.port} does not accept connections "
-                        f"({e}): is it deployed and running? (`splitrack deploy`, or check its log on the board)") from None
-                time.sleep(0.05)
-        self.sock.settimeout(None)
-        wire.set_socket_options(self.sock)
-        self.reader = wire.Reader(self.sock)
+        self.sock = connect_agent(pipe.wiring, name, connect_timeout)
+        max_payload = max([c.payload_bytes for c in pipe.wiring.output_links] + [wire.MAX_CONTROL_PAYLOAD])
+        self.reader = wire.Reader(self.sock, max_payload=max_payload)
         self.wlock = threading.Lock()
         self.replies: "queue.Queue[Tuple[int, Any]]" = queue.Queue()
         self.alive = True
-        self.send(wire.pack_message(wire.HELLO, payload=b'{"role": "host"}'))
+        # HELLO opens the session; the agent answers once it has dropped what earlier sessions left, and only
+        # then may frames of this session arrive at it from its neighbours
+        hello = json.dumps({"role": "host", "session": pipe.session}).encode()
+        self.send(wire.pack_message(MsgType.HELLO, payload=hello))
+        self.sock.settimeout(connect_timeout)
+        try:
+            mtype, *_, payload = self.reader.message()
+        except (OSError, EOFError, wire.ProtocolError) as e:
+            self.close()
+            raise AgentUnreachable(f"agent of {pipe.wiring.describe(name)} did not answer the session's HELLO "
+                                   f"({e or type(e).__name__}): check its log on the board") from None
+        self.sock.settimeout(None)
+        if mtype != MsgType.PONG:
+            self.close()
+            raise AgentUnreachable(f"agent of {pipe.wiring.describe(name)} answered HELLO with message type "
+                                   f"{mtype}: redeploy (`splitrack deploy`)")
+        self.hello = json.loads(payload.decode())
         self.thread = threading.Thread(target=self._read_loop, name=f"host<-{name}", daemon=True)
         self.thread.start()
 
@@ -191,14 +202,14 @@ class _AgentConn:
             while True:
                 mtype, frame, stage, part, records, payload = self.reader.message()
                 t = time.time_ns()
-                if mtype == wire.FRAME:
+                if mtype == MsgType.FRAME:
                     self.pipe._on_output(self.name, frame, part, records, payload, t)
-                elif mtype == wire.ERROR:
+                elif mtype == MsgType.ERROR:
                     self.pipe._on_error(self.name, json.loads(payload.decode()))
-                elif mtype == wire.PROBE_REPLY:
+                elif mtype == MsgType.PROBE_REPLY:
                     t1, t2, t3 = wire.PROBE_REP.unpack(payload)
                     self.replies.put((mtype, (t1, t2, t3, t)))
-                elif mtype == wire.PONG:
+                elif mtype == MsgType.PONG:
                     self.replies.put((mtype, json.loads(payload.decode())))
         except (EOFError, OSError) as e:
             why = str(e) or type(e).__name__
@@ -227,6 +238,28 @@ class _AgentConn:
         except OSError:
             pass
         self.sock.close()
+
+
+def connect_agent(wiring: Wiring, name: str, timeout: float = 10.0) -> socket.socket:
+    """An authenticated connection to a partition's agent (retried until `timeout` while it starts).
+    Raises AgentUnreachable (not listening, or it does not share this deployment's secret)."""
+    ep = wiring.endpoints[name]
+    if wiring.secret is None:
+        raise AgentUnreachable(f"no secret for the agents of plan {wiring.plan_hash}: they answer only the deployment "
+                               "that started them; deploy the plan (`splitrack deploy`)")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return wire.connect((ep.host, ep.port), wiring.secret, timeout)
+        except wire.AuthError as e:
+            raise AgentUnreachable(f"agent of {wiring.describe(name)} at {ep.host}:{ep.port}: {e}") from None
+        except (OSError, EOFError) as e:
+            if time.monotonic() > deadline:
+                raise AgentUnreachable(
+                    f"agent of {wiring.describe(name)} at {ep.host}:{ep.port} does not accept connections "
+                    f"({e or type(e).__name__}): is it deployed and running? (`splitrack deploy`, or check its "
+                    "log on the board)") from None
+            time.sleep(0.05)
 
 
 class _Run:
@@ -263,11 +296,13 @@ class Pipeline:
         self._next_frame = 0
         self._watchdog: Optional[threading.Thread] = None  # wakes a stream's untimed waits (see _wait)
         self._closed = False
+        self.session = wire.new_session()  # this Pipeline's tag: the high bits of its frame ids on the wire
+        self._base = self.session << wire.SESSION_SHIFT
         self.lost: Dict[str, str] = {}
         self.agent_errors: List[Dict[str, Any]] = []
-        # the agent's Contract: the same encode/decode, its derived properties computed once
-        self.in_links = [wire.Contract.from_dict(c.to_dict()) for c in wiring.input_links]
-        self.out_links = {(c.src, c.index): wire.Contract.from_dict(c.to_dict()) for c in wiring.output_links}
+        # fresh Contracts: their derived properties are computed once, then cached
+        self.in_links = [Contract.from_dict(c.to_dict()) for c in wiring.input_links]
+        self.out_links = {(c.src, c.index): Contract.from_dict(c.to_dict()) for c in wiring.output_links}
         self.conns: Dict[str, _AgentConn] = {}
         try:
             for name in wiring.endpoints:
@@ -291,18 +326,18 @@ class Pipeline:
     # -- control messages --
     def ping(self, partition: str, frame: Optional[int] = None, timeout: float = 2.0) -> Dict[str, Any]:
         """The agent's health: partition, plan hash, frames done, free memory (and a frame's state there)."""
-        ask = {} if frame is None else {"frame": int(frame)}
-        return self.conns[partition].request(wire.PING, json.dumps(ask).encode(), wire.PONG, timeout)
+        ask = {} if frame is None else {"frame": self._base | int(frame)}
+        return self.conns[partition].request(MsgType.PING, json.dumps(ask).encode(), MsgType.PONG, timeout)
 
     def probe(self, partition: str, timeout: float = 2.0) -> Tuple[int, int, int, int]:
         """One NTP-style exchange with the agent: (t1 host, t2 board, t3 board, t4 host), ns."""
         t1 = time.time_ns()
-        return self.conns[partition].request(wire.PROBE, wire.PROBE_REQ.pack(t1), wire.PROBE_REPLY, timeout)
+        return self.conns[partition].request(MsgType.PROBE, wire.PROBE_REQ.pack(t1), MsgType.PROBE_REPLY, timeout)
 
     def shutdown_agents(self) -> None:
         for name, c in self.conns.items():
             try:
-                c.send(wire.pack_message(wire.SHUTDOWN))
+                c.send(wire.pack_message(MsgType.SHUTDOWN))
             except OSError:
                 pass
 
@@ -314,8 +349,9 @@ class Pipeline:
     # -- reader-thread callbacks --
     def _on_output(self, src: str, frame: int, part: int, records, payload: bytes, t: int) -> None:
         run = self._run
-        if run is None:
-            return
+        if run is None or frame >> wire.SESSION_SHIFT != self.session:
+            return  # no stream running, or a frame of another session
+        frame &= wire.FRAME_MASK
         with run.cond:
             if frame not in run.outstanding:
                 return  # a late frame of an earlier stream, or one already given up
@@ -360,6 +396,8 @@ class Pipeline:
         with run.cond:
             run.result.errors.append(msg)
             frame = int(err.get("frame", -1))
+            if frame >= 0:
+                frame &= wire.FRAME_MASK
             if frame >= 0 and frame in run.outstanding:
                 run.outstanding.pop(frame)
                 run.failed[frame] = msg
@@ -391,7 +429,7 @@ class Pipeline:
         for fid, xi in zip(ids, x):
             if xi.size == size:
                 xi = xi.reshape(shape)
-            msgs.append([(self.conns[c.dst], wire.pack_message(wire.FRAME, frame=fid, stage=wire.HOST_STAGE,
+            msgs.append([(self.conns[c.dst], wire.pack_message(MsgType.FRAME, frame=self._base | fid, stage=wire.HOST_STAGE,
                                                                part=c.index, payload=c.encode(c.take(xi))))
                          for c in links])
         return ids, msgs

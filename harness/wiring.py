@@ -1,19 +1,27 @@
 """Wiring: from a Plan and where each partition's agent listens, the config of every agent.
 
-The agent config is plain data (see `harness/agent.py` for the schema); this module only fills it in from
-the plan: the contracts of a partition's incoming and outgoing links, the next hop's address for each
-outgoing link ("host" for links into the host), the partition ids that name partitions in timestamp records.
-The `Wiring` it returns is what the host needs to feed and read the rack (`harness.stream`), and it saves to
-JSON so that `splitrack run` can pick up a deployment made by `splitrack deploy`.
+The agent config is `harness.agent_config.AgentConfig` (the agent reads the same dataclass); this module
+only fills it in from the plan: the contracts of a partition's incoming and outgoing links, the next hop's
+address for each outgoing link ("host" for links into the host), the partition ids that name partitions in
+timestamp records. The `Wiring` it returns is what the host needs to feed and read the rack
+(`harness.stream`), and it saves to JSON so that `splitrack run` can pick up a deployment made by
+`splitrack deploy`.
+
+The deployment's secret (what every connection to an agent must prove) is held by `Wiring.secret`, never in
+the JSON: the plan folder is shared and committed. `save` keeps it in a file of mode 0600 in the user's
+state folder (`secret_path`), `load` reads it back.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
+from harness.agent_config import AgentConfig
 from splitting.contract import Contract
 from splitting.errors import UserError
 from splitting.plan import HOST, Plan
@@ -50,6 +58,7 @@ class Wiring:
     input_links: List[Contract]  # host -> partition, in plan order
     output_links: List[Contract]  # partition -> host, in assembly (`index`) order
     output_shape: List[int]
+    secret: Optional[bytes] = field(default=None, repr=False, compare=False)  # never in to_dict
 
     def partition_name(self, pid: int) -> str:
         for name, i in self.partition_ids.items():
@@ -91,8 +100,11 @@ class Wiring:
             raise WiringError(f"wiring is malformed ({e}): deploy the plan again") from None
 
     def save(self, path: Path) -> Path:
+        """The wiring as JSON at `path`; its secret (if any) in `secret_path(path)`, mode 0600."""
         path = Path(path)
         path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        if self.secret is not None:
+            write_secret_file(secret_path(path), self.secret)
         return path
 
     @classmethod
@@ -101,9 +113,46 @@ class Wiring:
         if not path.is_file():
             raise WiringError(f"{path} not found: deploy the plan first (`splitrack deploy`)")
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            w = cls.from_dict(json.loads(path.read_text()))
         except json.JSONDecodeError as e:
             raise WiringError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}): deploy the plan again") from None
+        key = secret_path(path)
+        try:
+            w.secret = bytes.fromhex(key.read_text().strip())
+        except FileNotFoundError:
+            raise WiringError(f"no secret for the deployment of {path} on this machine (looked in {key}): the agents "
+                              "answer only the user who deployed them; deploy the plan again") from None
+        except (OSError, ValueError) as e:
+            raise WiringError(f"the secret file {key} is unreadable ({e}): deploy the plan again") from None
+        return w
+
+
+def secret_path(wiring_path: Path) -> Path:
+    """Where the secret of the deployment whose wiring is at `wiring_path` is kept on this machine: the user's
+    state folder ($SPLITRACK_STATE, else platformdirs'), one file per wiring file, outside the plan folder."""
+    root = os.environ.get("SPLITRACK_STATE")
+    if not root:
+        import platformdirs
+
+        root = platformdirs.user_state_dir("splitrack")
+    key = hashlib.sha256(str(Path(wiring_path).resolve()).encode()).hexdigest()[:24]
+    return Path(root) / "secrets" / f"{key}.secret"
+
+
+def write_secret_file(path: Path, secret: bytes) -> Path:
+    """`secret` as hex in `path`, created with mode 0600 (never readable by others, not even for a moment)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret.hex() + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def partition_ids(plan: Plan) -> Dict[str, int]:
@@ -131,12 +180,14 @@ def overlay_backend(plan: Plan, name: str, bitfile: str, hwh: str, in_dtype: str
 
 
 def agent_config(plan: Plan, name: str, endpoints: Mapping[str, Endpoint], backend: Dict[str, Any], *,
-                 listen_host: str = "0.0.0.0", listen_port: Optional[int] = None,
+                 listen_host: Optional[str] = None, listen_port: Optional[int] = None,
                  timing: Optional[Dict[str, Any]] = None, clock_skew_ns: int = 0, in_flight: int = 8,
                  log: Optional[str] = None, pidfile: Optional[str] = None,
-                 faults: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """The config of one partition's agent. `endpoints` must hold the partition's next hops (not itself,
-    unless listen_port is None: then it gives the port to listen on)."""
+                 faults: Optional[Dict[str, Any]] = None, secret_file: str = "agent.secret") -> Dict[str, Any]:
+    """The config of one partition's agent (`AgentConfig.to_dict()`). `endpoints` must hold the partition's
+    next hops (not itself, unless listen_port is None: then it gives the port to listen on).
+    listen_host: default the partition's endpoint host (the board's address on the data network), else
+    127.0.0.1; never every interface unless asked for."""
     part = plan.partition(name)
     outputs = []
     for c in plan.outputs_of(name):
@@ -152,32 +203,23 @@ def agent_config(plan: Plan, name: str, endpoints: Mapping[str, Endpoint], backe
         if name not in endpoints:
             raise WiringError(f"partition {name} has no board: place every partition")
         listen_port = endpoints[name].port
+    if listen_host is None:
+        listen_host = endpoints[name].host if name in endpoints else "127.0.0.1"
     board = endpoints[name].board if name in endpoints else ""
-    cfg: Dict[str, Any] = {
-        "board": board,
-        "partition": name,
-        "partition_id": partition_ids(plan)[name],
-        "partition_ids": partition_ids(plan),
-        "stage": part.stage,
-        "plan_hash": plan.hash,
-        "listen": {"host": listen_host, "port": int(listen_port)},
-        "backend": backend,
-        "output_shape": list(part.output_shape),
-        "inputs": [c.to_dict() for c in plan.inputs_of(name)],
-        "outputs": outputs,
-        "timing": timing,
-        "clock_skew_ns": int(clock_skew_ns),
-        "in_flight": int(in_flight),
-        "log": log or f"agent-{name}.log",
-        "pidfile": pidfile or f"agent-{name}.pid",
-    }
-    if faults:
-        cfg["faults"] = faults
-    return cfg
+    ids = partition_ids(plan)
+    cfg = AgentConfig(
+        board=board, partition=name, partition_id=ids[name], partition_ids=ids, stage=part.stage,
+        plan_hash=plan.hash, listen={"host": listen_host, "port": int(listen_port)}, backend=backend,
+        output_shape=list(part.output_shape), inputs=[c.to_dict() for c in plan.inputs_of(name)], outputs=outputs,
+        timing=timing, clock_skew_ns=int(clock_skew_ns), in_flight=int(in_flight), log=log or "",
+        pidfile=pidfile or "", faults=faults or None, secret_file=secret_file)
+    return cfg.to_dict()
 
 
-def wire(plan: Plan, endpoints: Mapping[str, Endpoint], configs: Mapping[str, Dict[str, Any]]) -> Wiring:
-    """The Wiring of a placed plan (configs as built by `agent_config`)."""
+def wire(plan: Plan, endpoints: Mapping[str, Endpoint], configs: Mapping[str, Dict[str, Any]],
+         secret: Optional[bytes] = None) -> Wiring:
+    """The Wiring of a placed plan (configs as built by `agent_config`); `secret`: the deployment's secret,
+    which the agents were given (the host needs it to talk to them)."""
     missing = [p for p in plan.partitions if p not in endpoints or p not in configs]
     if missing:
         raise WiringError(f"partition(s) {', '.join(missing)} have no board or no agent config: place every partition")
@@ -190,6 +232,7 @@ def wire(plan: Plan, endpoints: Mapping[str, Endpoint], configs: Mapping[str, Di
         input_links=list(plan.input_links),
         output_links=list(plan.output_links),
         output_shape=_output_shape(plan),
+        secret=secret,
     )
 
 

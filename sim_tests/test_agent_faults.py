@@ -103,7 +103,7 @@ def test_join_reports_a_part_that_never_comes(tmp_path):
 def test_unreachable_agent_is_named(tmp_path, sched_latency):
     plan = identity_plan(1, shape=(8,))
     cfg = agent_config(plan, "s0", {"s0": Endpoint("ghost-board", "127.0.0.1", 1)}, {"kind": "passthrough"})
-    wiring = wire(plan, {"s0": Endpoint("ghost-board", "127.0.0.1", 1)}, {"s0": cfg})
+    wiring = wire(plan, {"s0": Endpoint("ghost-board", "127.0.0.1", 1)}, {"s0": cfg}, secret=b"k" * 32)
     t0 = time.monotonic()
     with pytest.raises(AgentUnreachable, match="s0 on board ghost-board .stage 0. at 127.0.0.1:1"):
         Pipeline(wiring, connect_timeout=0.5)

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from harness import agent as wire
+from harness import wire
 from harness.local_rack import LocalRack, identity_plan
 from harness.stream import Pipeline
 from harness.wiring import Wiring
@@ -99,9 +99,9 @@ def test_a_new_host_session_forgets_the_frames_of_the_last_one(fan_rack):
         assert pipe.ping("join", frame=first.frame_ids[1])["frame_state"] == "sent"
     # parts of frame 1 from two of the join's three producers, left waiting as if their stream had broken off
     stale = np.full((4, 4), 7.0)
-    with Pipeline(wiring) as session, socket.create_connection(wiring.endpoints["join"].address) as s:
+    with Pipeline(wiring) as session, wire.connect(wiring.endpoints["join"].address, wiring.secret, 5) as s:
         for c in plan.inputs_of("join")[1:]:
-            s.sendall(wire.pack_message(wire.FRAME, frame=1, stage=plan.partition(c.src).stage, part=c.index,
+            s.sendall(wire.pack_message(wire.MsgType.FRAME, frame=session._base | 1, stage=plan.partition(c.src).stage, part=c.index,
                                         payload=c.encode(stale)))
         deadline = time.monotonic() + 5
         while session.ping("join", frame=1)["frame_state"] != "waiting for parts: have 2 of 3":
@@ -173,7 +173,7 @@ def test_shutdown_message_and_sigterm_stop_cleanly(tmp_path):
     assert pid0.is_file()
     with Pipeline(wiring) as pipe:
         pipe.stream(np.zeros((4, 8)))
-        pipe.conns["s0"].send(__import__("harness.agent", fromlist=["x"]).pack_message(7))  # SHUTDOWN
+        pipe.conns["s0"].send(wire.pack_message(wire.MsgType.SHUTDOWN))
         assert rack.agents["s0"].proc.wait(timeout=10) == 0
     assert not pid0.exists()
     rack.kill("s1", signal.SIGTERM)

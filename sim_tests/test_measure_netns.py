@@ -19,7 +19,8 @@ import pytest
 from harness import measure
 from harness.local_rack import AGENT_FILES, _read_line, identity_plan
 from harness.stream import Pipeline
-from harness.wiring import Endpoint, agent_config, wire
+from harness.wire import new_secret
+from harness.wiring import Endpoint, agent_config, wire, write_secret_file
 
 pytestmark = [pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("tc") or not shutil.which("ip"),
@@ -62,6 +63,7 @@ class NetnsAgents:
         parts = [p.name for p in plan.ordered_partitions()]
         endpoints = {p: Endpoint(b.name, b.host, PORT) for p, b in zip(parts, rack.boards)}
         configs = {}
+        secret = new_secret()
         for i, p in enumerate(parts):
             cfg = agent_config(plan, p, endpoints, {"kind": "passthrough", "decode": False}, listen_port=PORT,
                                timing=(timing or {}).get(p), clock_skew_ns=SKEWS[p])
@@ -69,6 +71,7 @@ class NetnsAgents:
             folder.mkdir(parents=True)
             for dst, src in AGENT_FILES.items():
                 shutil.copyfile(src, folder / dst)
+            write_secret_file(folder / cfg["secret_file"], secret)
             (folder / "config.json").write_text(json.dumps(cfg))
             proc = subprocess.Popen(["ip", "netns", "exec", f"sr{k}b{i}", sys.executable, "agent.py", "config.json"],
                                     cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -76,7 +79,7 @@ class NetnsAgents:
             line = _read_line(proc, 30)
             assert '"ready"' in line, (line, (folder / cfg["log"]).read_text() if (folder / cfg["log"]).exists() else "")
             configs[p] = cfg
-        self.wiring = wire(plan, endpoints, configs)
+        self.wiring = wire(plan, endpoints, configs, secret=secret)
 
     def stop(self):
         for p in self.procs:

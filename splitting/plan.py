@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 
 from .contract import Contract, ContractError
 from .errors import UserError
+from .names import name_problem
 
 PLAN_FILE = "plan.json"
 FORMAT = 1
@@ -165,13 +166,21 @@ class Plan:
             d = json.loads(f.read_text())
         except json.JSONDecodeError as e:
             raise PlanError(f"{f} is not valid JSON ({e.msg}, line {e.lineno})") from None
+        if not isinstance(d, dict) or not isinstance(d.get("hash"), str):
+            raise PlanError(f"{f} has no content hash: it was not written by splitrack (or was edited by hand); "
+                            "re-create it with `splitrack split` or `splitrack plan`")
         plan = cls.from_dict(d, root=f.parent)
-        if "hash" in d and d["hash"] != plan.hash:
+        if d["hash"] != plan.hash:
             raise PlanError(f"{f}: content hash {d['hash']} does not match its content ({plan.hash}); it was edited by hand")
         return plan
 
     def check(self) -> None:
         """Structural consistency: every partition in exactly one stage, links connect known ends."""
+        for name, p in self.partitions.items():  # names reach boards (file names, messages): data only
+            problem = name_problem("partition", name) or (
+                "" if p.name == name else f"partition {name!r} calls itself {p.name!r}")
+            if problem:
+                raise PlanError(problem)
         seen = [n for s in self.stages for n in s.partitions]
         if sorted(seen) != sorted(self.partitions):
             raise PlanError("stages and partitions disagree: every partition must be in exactly one stage")

@@ -1,0 +1,274 @@
+"""The agents' wire format: message types, header packing, buffered reads, the authentication handshake.
+
+Shipped to every board beside the agent (Python 3.8+, standard library only); the host imports the same
+module, so both ends speak one definition.
+
+Connection (TCP, TCP_NODELAY; all integers little-endian)
+---------------------------------------------------------
+Every connection to an agent starts with a challenge-response over the deployment's secret (32 random
+bytes that `deploy` writes to each board, mode 0600), before the agent reads anything else:
+
+    agent  -> peer   AUTH_HELLO: b"SRAUTH1\\0" + nonce_a (16 bytes)
+    peer   -> agent  nonce_p (16 bytes) + HMAC-SHA256(secret, b"peer" + nonce_a + nonce_p)     (48 bytes)
+    agent  -> peer   HMAC-SHA256(secret, b"agent" + nonce_p + nonce_a)                         (32 bytes)
+
+The agent reads exactly 48 bytes, within a deadline, and closes a connection whose proof is wrong; the peer
+checks the agent's proof in turn (a stranger squatting on the port cannot pose as the agent). Messages then
+cost nothing extra per frame: the connection is the peer's proof.
+
+Messages
+--------
+    header   "<2sBBqHHIH2x" (24 bytes): magic b"SR", version, message type, frame id, stage, part,
+             payload length, number of timestamp records
+    records  n x "<hHHHqqqq" (40 bytes): stage, partition id, source (partition id of the incoming link's
+             producer, HOST_ID for the host), flags (0), t_recv, t_compute_start, t_compute_end, t_send:
+             int64 ns of the board's clock. Agents forward earlier records as bytes, unparsed.
+    payload  FRAME: exactly `Contract.encode` bytes of the link the frame travels on; `part` is that link's
+             `index` in the consumer's assembly, `stage` the producer's stage (HOST_STAGE for the host).
+             Other types carry JSON (PING, PONG, HELLO, ERROR) or "<q"/"<qqq" int64 timestamps (PROBE).
+
+Frame ids carry the host's session: bits 40..62 hold the session tag the host chose at random in its HELLO,
+bits 0..39 count frames within the session (see `session_of`). An agent drops frames of any other session.
+"""
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import secrets
+import socket
+import struct
+
+
+class MsgType(enum.IntEnum):
+    FRAME = 1  # a frame of a link (host -> first stage, board -> board, last stage -> host)
+    ERROR = 2  # JSON {board, partition, stage, frame, message}: sent to the attached host, never swallowed
+    PROBE = 3  # host -> agent: t1
+    PROBE_REPLY = 4  # agent -> host: t1, t2 (receive), t3 (send), agent clock
+    PING = 5  # JSON {} or {"frame": id}
+    PONG = 6  # JSON health (partition, plan hash, frames done, free memory, session, the asked frame's state)
+    SHUTDOWN = 7  # stop the agent
+    HELLO = 8  # JSON {"role": "host", "session": tag}: this connection is the host's; answered by a PONG
+
+
+MAGIC = b"SR"
+VERSION = 2  # 2: authenticated connections, session tags in frame ids, HELLO answered
+HEADER = struct.Struct("<2sBBqHHIH2x")
+RECORD = struct.Struct("<hHHHqqqq")
+RECORD_HEAD = struct.Struct("<hHHH")  # a record's fixed fields, packed once per agent ...
+OWN_RECORD = struct.Struct("<8sqqqq")  # ... then given as 8 bytes with the timestamps: the same layout as RECORD
+FRAME_HEAD = struct.Struct("<4sqHHIH2x")  # HEADER, with magic, version and type given as 4 bytes (FRAME_PREFIX)
+PROBE_REQ = struct.Struct("<q")
+PROBE_REP = struct.Struct("<qqq")
+FRAME_PREFIX = MAGIC + bytes((VERSION, MsgType.FRAME))
+HOST_STAGE = 0xFFFF
+HOST_ID = 0xFFFF
+MAX_CONTROL_PAYLOAD = 64 << 10  # JSON of PING/PONG/HELLO/ERROR: a health answer is well under 4 KiB
+MAX_RECORDS = 4096
+
+SESSION_SHIFT = 40
+FRAME_MASK = (1 << SESSION_SHIFT) - 1
+SESSION_BITS = 23  # bits 40..62: frame ids stay positive int64
+
+AUTH_MAGIC = b"SRAUTH1\0"
+NONCE_BYTES = 16
+MAC_BYTES = 32
+SECRET_BYTES = 32
+
+
+class ProtocolError(Exception):
+    """Bytes on a connection that are not splitrack agent messages."""
+
+
+class AuthError(ProtocolError):
+    """A peer that does not prove it knows the deployment's secret (or an agent that does not)."""
+
+
+def new_session() -> int:
+    """A random session tag (never 0: 0 is an agent's 'no host yet')."""
+    return secrets.randbits(SESSION_BITS) or 1
+
+
+def session_of(frame: int) -> int:
+    return frame >> SESSION_SHIFT
+
+
+def new_secret() -> bytes:
+    return secrets.token_bytes(SECRET_BYTES)
+
+
+def read_secret(path) -> bytes:
+    """The deployment's secret from its file (hex text). Raises OSError, or ValueError if malformed."""
+    with open(path) as f:
+        text = f.read().strip()
+    secret = bytes.fromhex(text)
+    if len(secret) < 16:
+        raise ValueError("secret file %s holds %d bytes, expected %d" % (path, len(secret), SECRET_BYTES))
+    return secret
+
+
+# --- authentication -------------------------------------------------------------------------------------
+def _mac(secret, label, a, b):
+    return hmac.new(secret, label + a + b, hashlib.sha256).digest()
+
+
+def recv_exact(sock, n):
+    """Exactly n bytes (n small and fixed: the handshake's); EOFError if the peer closes first."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError("connection closed by peer")
+        buf += chunk
+    return bytes(buf)
+
+
+def agent_handshake(sock, secret, timeout):
+    """The agent's side, on an accepted socket: AuthError/EOFError/OSError unless the peer proves the secret.
+    Reads exactly NONCE_BYTES + MAC_BYTES bytes, within `timeout` seconds in all."""
+    sock.settimeout(timeout)
+    nonce_a = secrets.token_bytes(NONCE_BYTES)
+    sock.sendall(AUTH_MAGIC + nonce_a)
+    got = recv_exact(sock, NONCE_BYTES + MAC_BYTES)
+    nonce_p, proof = got[:NONCE_BYTES], got[NONCE_BYTES:]
+    if not hmac.compare_digest(proof, _mac(secret, b"peer", nonce_a, nonce_p)):
+        raise AuthError("wrong proof of the deployment's secret")
+    sock.sendall(_mac(secret, b"agent", nonce_p, nonce_a))
+    sock.settimeout(None)
+
+
+def peer_handshake(sock, secret, timeout):
+    """The connecting side (host or a neighbouring agent): AuthError when the agent refuses our proof or
+    cannot prove the secret itself."""
+    sock.settimeout(timeout)
+    try:
+        hello = recv_exact(sock, len(AUTH_MAGIC) + NONCE_BYTES)
+    except EOFError:
+        raise AuthError("the agent closed the connection before its challenge (too many connections?)")
+    if hello[:len(AUTH_MAGIC)] != AUTH_MAGIC:
+        raise AuthError("no splitrack challenge (%r): not a splitrack agent of wire version %d"
+                        % (hello[:8], VERSION))
+    nonce_a = hello[len(AUTH_MAGIC):]
+    nonce_p = secrets.token_bytes(NONCE_BYTES)
+    sock.sendall(nonce_p + _mac(secret, b"peer", nonce_a, nonce_p))
+    try:
+        proof = recv_exact(sock, MAC_BYTES)
+    except EOFError:
+        raise AuthError("the agent refused our proof: it was deployed with another secret (deploy again)")
+    if not hmac.compare_digest(proof, _mac(secret, b"agent", nonce_p, nonce_a)):
+        raise AuthError("the agent cannot prove the deployment's secret: another process holds its port")
+    sock.settimeout(None)
+
+
+def connect(address, secret, timeout):
+    """A TCP connection to an agent, authenticated, TCP_NODELAY, blocking (no timeout) once open."""
+    sock = socket.create_connection(address, timeout=timeout)
+    try:
+        set_socket_options(sock)
+        peer_handshake(sock, secret, timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+# --- messages ---------------------------------------------------------------------------------------
+def pack_message(mtype, frame=0, stage=0, part=0, payload=b"", records=b""):
+    """One message as bytes: header, timestamp records (packed, see pack_records), payload."""
+    return b"".join((HEADER.pack(MAGIC, VERSION, mtype, frame, stage, part, len(payload), len(records) // 40),
+                     records, payload))
+
+
+def pack_records(records):
+    """Timestamp records (tuples of RECORD fields) -> bytes. Agents forward the records of earlier stages
+    as bytes, unparsed, and append their own: only the host unpacks them."""
+    return b"".join(RECORD.pack(*r) for r in records)
+
+
+def unpack_records(blob):
+    return list(RECORD.iter_unpack(blob))
+
+
+def set_socket_options(sock):
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class Reader:
+    """Buffered exact reads from a socket: usually one recv per message instead of one per field.
+
+    max_payload / max_records bound what a header may announce: checked before any buffer grows, so a
+    header cannot make the reader allocate more than a message of this connection can legitimately need."""
+
+    def __init__(self, sock, size=1 << 16, max_payload=MAX_CONTROL_PAYLOAD, max_records=MAX_RECORDS):
+        self.sock = sock
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)  # kept: a recv_into per message, no new view each time
+        self.start = 0
+        self.end = 0
+        self.max_payload = max_payload
+        self.max_records = max_records
+
+    def read(self, n):
+        if self.end - self.start < n:
+            self._fill(n)
+        out = self.buf[self.start:self.start + n]
+        self.start += n
+        return out
+
+    def _fill(self, n):
+        """Make at least n bytes available from self.start (compacts the buffer, grows it if needed)."""
+        start, end = self.start, self.end
+        if start == end:  # all consumed (a lone frame's usual case): read from the buffer's beginning
+            self.start = self.end = end = 0
+        elif start:
+            end -= start
+            self.buf[:end] = self.buf[start:start + end]
+            self.start, self.end = 0, end
+        if len(self.buf) < n:  # a new, larger buffer: views handed out on the old one stay valid
+            grown = bytearray(max(n, 2 * len(self.buf)))
+            grown[:end] = self.buf[:end]
+            self.buf, self.view = grown, memoryview(grown)
+        view, recv_into = self.view, self.sock.recv_into
+        while end < n:  # state stays consistent if recv times out (host-side readers use timeouts)
+            k = recv_into(view[end:] if end else view)
+            if not k:
+                raise EOFError("connection closed by peer")
+            end += k
+            self.end = end
+
+    def message(self, copy=True):
+        """-> (type, frame, stage, part, records (packed bytes), payload bytearray).
+        copy=False: records and payload are memoryviews of the receive buffer, valid only until the next
+        call (the agent's per-frame path, which forwards or decodes them before reading on).
+        Raises ProtocolError for a header that is not ours or announces more than this reader allows."""
+        s, end = self.start, self.end
+        if s == end:  # nothing buffered (a lone frame's usual case): one recv at the buffer's beginning
+            end = self.sock.recv_into(self.view)
+            if not end:
+                raise EOFError("connection closed by peer")
+            s = self.start = 0
+            self.end = end
+        if end - s < 24:
+            self._fill(24)
+            s, end = 0, self.end
+        buf = self.buf
+        magic, version, mtype, frame, stage, part, length, nrec = HEADER.unpack_from(buf, s)
+        if magic != MAGIC or version != VERSION or length > self.max_payload or nrec > self.max_records:
+            raise self._bad_header(magic, version, length, nrec)
+        p = s + 24 + 40 * nrec
+        e = p + length
+        if end < e:
+            self._fill(e - s)  # compacts: the message now starts at 0
+            buf, p, e, s = self.buf, p - s, e - s, 0
+        self.start = e
+        if copy:
+            return mtype, frame, stage, part, buf[s + 24:p], buf[p:e]
+        view = self.view
+        return mtype, frame, stage, part, view[s + 24:p], view[p:e]
+
+    def _bad_header(self, magic, version, length, nrec):
+        if magic != MAGIC or version != VERSION:
+            return ProtocolError("bad magic/version %r/%r: the peer is not a splitrack agent of wire version %d"
+                                 % (bytes(magic), version, VERSION))
+        return ProtocolError("header announces %d payload bytes and %d records (this connection allows %d and %d):"
+                             " refusing" % (length, nrec, self.max_payload, self.max_records))
