@@ -31,7 +31,10 @@ test: setup
 	$(VENV)/bin/python -m pytest -q -m "not slow and serial" --durations=5 sim_tests
 	$(MAKE) test-hw
 
-# The hardware tests on a fresh 5-board virtual rack, stopped again whatever the tests do.
+# The hardware tests on a fresh 5-board virtual rack, stopped again whatever the tests do. One worker: board
+# leases would let xdist workers share the rack (a file lock per board), but most tests here deploy plans of
+# 3 or 4 partitions, two of which do not fit on 5 boards: a second worker would mostly wait for boards (up to
+# --board-lease-timeout, then fail) and run the session's health check of every board a second time.
 HW_RACK := build/ci-rack.toml
 test-hw: setup
 	@mkdir -p build

@@ -62,9 +62,11 @@ def test_every_partition_stamps_every_frame_in_order(fan_rack):
                 continue
             assert st[c.src]["t_send"] <= st[c.dst]["t_recv_by_src"][c.src]
         assert res.frames[f].t_send <= st["s0"]["t_recv"]
-        # s1 runs 250 ms ahead: its stamps say so (the skew is for testing clock-offset estimation)
-        assert st["s1"]["t_recv"] - st["join"]["t_send"] > 200_000_000
-        assert st["s1"]["t_send"] - res.frames[f].t_recv > 200_000_000
+        # s1 runs 250 ms ahead (the skew is for testing clock-offset estimation): its stamps say so. On the one
+        # true clock a link's delay is >= 0, so the skew bounds them from each side, exactly; by how much a
+        # busy machine's link delays move them (75 ms has been seen with two CPU burners) is not asserted
+        assert st["s1"]["t_recv"] - st["join"]["t_send"] >= 250_000_000
+        assert st["s1"]["t_send"] - res.frames[f].t_recv <= 250_000_000
 
 
 def test_clock_probe_measures_the_skew(fan_rack):
