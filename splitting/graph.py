@@ -10,9 +10,7 @@ import numpy as np
 
 from .errors import UserError
 
-ACTIVATION_LAYERS = ("Activation", "ReLU", "Softmax", "LeakyReLU", "ELU", "PReLU")
-ELEMENTWISE = ("linear", "relu", "sigmoid", "tanh", "hard_sigmoid", "elu", "selu", "softplus", "softsign",
-               "leaky_relu", "relu6", "swish", "silu", "gelu", "exponential", "hard_silu", "hard_swish")
+from .rebuild import ACTIVATION_LAYERS, ELEMENTWISE, apply, function_name
 
 
 class SplitError(UserError):
@@ -45,18 +43,12 @@ def weights_sha256(model_or_layers) -> str:
 
 
 def activation_name(layer) -> str:
-    """The element-wise or not activation a layer applies ('linear' for none)."""
+    """The activation a layer applies, by name ('linear' for none): its class for an activation layer, its
+    `activation=` argument otherwise (see rebuild.function_name)."""
     cls = type(layer).__name__
-    if cls == "ReLU":
-        return "relu"
-    if cls == "Softmax":
-        return "softmax"
-    if cls == "LeakyReLU":
-        return "leaky_relu"
-    act = layer.get_config().get("activation", "linear")
-    if isinstance(act, dict):  # serialised activation objects
-        act = act.get("config", {}).get("name", act.get("class_name", "linear"))
-    return str(act)
+    if cls in ("ReLU", "Softmax", "LeakyReLU", "ELU", "PReLU"):
+        return {"ReLU": "relu", "Softmax": "softmax", "LeakyReLU": "leaky_relu", "ELU": "elu", "PReLU": "prelu"}[cls]
+    return function_name(layer.get_config().get("activation", "linear"))
 
 
 def is_elementwise(act: str) -> bool:
@@ -124,9 +116,11 @@ class LayerGraph:
         cons = self.consumers(name)
         if len(cons) != 1:
             return None
-        nxt = self.layer(cons[0])
-        if type(nxt).__name__ in ACTIVATION_LAYERS and activation_name(self.layer(name)) == "linear" \
-                and type(self.layer(name)).__name__ not in ACTIVATION_LAYERS:
+        nxt, layer = self.layer(cons[0]), self.layer(name)
+        # only a layer with an `activation=` argument of its own (Dense, Conv...) is "separated" from an
+        # activation layer that follows it; a Reshape or Flatten before a Softmax is an ordinary cut
+        if type(nxt).__name__ in ACTIVATION_LAYERS and "activation" in layer.get_config() \
+                and activation_name(layer) == "linear" and type(layer).__name__ not in ACTIVATION_LAYERS:
             return cons[0]
         return None
 
@@ -167,14 +161,15 @@ def clone_layer(layer, **overrides):
 def submodel(graph: LayerGraph, names: Sequence[str], input_shape, name: str, prefix=()):
     """A functional model computing layers `names` (a contiguous, cleanly cut run) from a fresh input.
 
-    `prefix` are extra (new) layers applied to the input first: an activation moved after a neuron join.
+    `prefix` are extra (new layer, weights) pairs applied to the input first: activation layers moved
+    after a neuron join (rebuild.rebuild makes them).
     """
     import keras
 
     inp = keras.Input(tuple(input_shape), name=f"{name}_in")
     x = inp
-    for extra in prefix:
-        x = extra(x)
+    for extra, w in prefix:
+        x = apply(x, extra, w)
     first_parents = set(graph.inbound[names[0]])
     tensors = {p: x for p in first_parents}
     for n in names:
