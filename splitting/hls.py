@@ -138,11 +138,13 @@ def monolithic_hls_config(plan: Plan) -> dict:
 
 
 def monolithic_emulation(plan: Plan) -> EmulationLib:
-    """The hls4ml emulation of the whole (unsplit) model, with the plan's precision and reuse factor."""
-    src = plan.path(plan.model["source"])
+    """The hls4ml emulation of the whole (unsplit) model, with the plan's precision and reuse factor (of the
+    model with its BatchNormalization folded, `hls_source`, when the plan folded any)."""
+    src = plan.path(plan.model.get("hls_source") or plan.model["source"])
     if not src.is_file():
         raise UserError(f"{src} is missing: the plan folder has no copy of its source model; split again")
-    folder = compiled(src, plan.model["weights_sha256"], monolithic_hls_config(plan), plan.hls_defaults, "sr_whole")
+    sha = plan.model.get("hls_source_weights_sha256") or plan.model["weights_sha256"]
+    folder = compiled(src, sha, monolithic_hls_config(plan), plan.hls_defaults, "sr_whole")
     return load_emulation(folder)
 
 

@@ -35,12 +35,14 @@ HLS_DEFAULTS = {
     "clock_period": 10,  # the PYNQ-Z2 block design clocks the IP at 100 MHz
 }
 SOURCE_FILE = "source.keras"
+FOLDED_FILE = "source_folded.keras"  # the source with BatchNormalization folded: what the whole-model hls compiles
 
 
 class PlanModels(dict):
     """Partition name -> Keras sub-model, plus the source model the plan was cut from."""
 
     source = None
+    folded_source = None  # the source with BatchNormalization folded in, when it had any
 
 
 def hls_config(precision: str, reuse_factor: int, strategy: str, input_layer: str, input_precision: str) -> dict:
@@ -155,8 +157,17 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
 
     from .contract import FixedType
 
+    from .fold import fold_batchnorm
+
     FixedType.parse(precision)
     neurons, inputs = dict(neurons or {}), dict(inputs or {})
+    user_at = list(at)
+    original = model
+    model, folded = fold_batchnorm(model)
+    for name in list(neurons) + list(inputs):
+        if name in folded:
+            raise SplitError(f"layer {name!r} is a BatchNormalization, folded into {folded[name]!r}: split {folded[name]!r}")
+    at = list(dict.fromkeys(folded.get(n, n) for n in at))  # a cut after a folded BN is a cut after its host
     g = LayerGraph.of(model)
     both = set(neurons) & set(inputs)
     if both:
@@ -313,13 +324,20 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
     out_shape = [int(d) for d in model.outputs[0].shape[1:]]
     plan = Plan(
         model={"name": model.name, "input_shape": list(in_shape), "output_shape": out_shape,
-               "weights_sha256": weights_sha256(model), "source": SOURCE_FILE, "precision": precision,
+               "weights_sha256": weights_sha256(original), "source": SOURCE_FILE, "precision": precision,
                "reuse_factor": int(reuse_factor), "strategy": strategy,
-               "split": {"at": list(at), "neurons": neurons, "inputs": inputs}},
+               "split": {"at": user_at, "neurons": neurons, "inputs": inputs}},
         stages=b.stages, partitions=b.partitions, links=b.links, board="pynq-z2", hls_defaults=dict(HLS_DEFAULTS),
     )
+    if folded:
+        plan.model.update({"batchnorm_folded": dict(folded), "hls_source": FOLDED_FILE,
+                           "hls_source_weights_sha256": weights_sha256(model)})
+        plan.notes.append("BatchNormalization folded into the layer before it (exact in float): " +
+                          ", ".join(f"{bn} into {host}" for bn, host in folded.items()) +
+                          f"; the whole-model hls4ml reference is compiled from {FOLDED_FILE}")
     plan.check()
-    b.models.source = model
+    b.models.source = original
+    b.models.folded_source = model if folded else None
     return plan, b.models
 
 
@@ -341,6 +359,8 @@ def write_plan(plan: Plan, models: PlanModels, folder) -> Path:
         m.save(folder / plan.partition(name).model_file)
     if models.source is not None:
         models.source.save(folder / SOURCE_FILE)
+    if getattr(models, "folded_source", None) is not None:
+        models.folded_source.save(folder / FOLDED_FILE)
     return path
 
 
