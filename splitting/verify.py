@@ -124,9 +124,12 @@ def verify_plan(plan: Plan, data: str = "random", n: int = 512, hls: bool = True
     per = []
     if hls:
         log("  hls4ml emulation of the whole model and of every partition (compiled once, then cached)")
-        whole = monolithic_emulation(plan).predict(x, plan.model["output_shape"])
+        from .emulation_guard import predict_isolated
+
+        # in child processes: a crash of hls4ml's compiled C++ must not take verify down with it
+        whole = predict_isolated(monolithic_emulation(plan), x, plan.model["output_shape"], what="the whole model")
         hkept: Dict[str, np.ndarray] = {}
-        out_hls = run_chain(plan, x, emulation_runner(plan), keep=hkept)
+        out_hls = run_chain(plan, x, emulation_runner(plan, isolated=True), keep=hkept)
         herr = float(np.max(np.abs(out_hls - whole)))
         hk_err = float(np.max(np.abs(out_hls - ref)))
         acc_split, acc_whole = _accuracy(out_hls, y), _accuracy(whole, y)
