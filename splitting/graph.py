@@ -17,13 +17,62 @@ class SplitError(UserError):
     """A cut or split that cannot be made; the message names the layer and what to do."""
 
 
+# Packages whose Keras layers splitrack knows: the module that registers them with Keras when imported, and
+# the distribution to install. HGQ2 (quantisation-aware layers, converted by hls4ml 1.3) is the only one.
+KNOWN_LAYER_PACKAGES = {"hgq": ("hgq", "hgq2")}
+
+
+def layer_packages(path) -> Dict[str, List[str]]:
+    """{package: [layer names]} for the layers of a .keras file that do not come from Keras itself."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            config = json.loads(z.read("config.json"))
+    except Exception:  # not a .keras zip (an .h5, a broken file): Keras itself will say what is wrong
+        return {}
+    out: Dict[str, List[str]] = {}
+    for lc in (config.get("config") or {}).get("layers") or []:
+        module = str(lc.get("module") or "")
+        reg = str(lc.get("registered_name") or "")
+        pkg = module.split(".")[0] if module else (reg.split(">")[0] if ">" in reg else "")
+        if pkg and pkg != "keras":
+            name = (lc.get("config") or {}).get("name", lc.get("class_name"))
+            out.setdefault(pkg, []).append(f"{name} ({lc.get('class_name')})")
+    return out
+
+
+def register_layer_packages(path) -> List[str]:
+    """Import what registers the layers of the model at `path` with Keras (HGQ2's `hgq`); the packages used.
+    UserError naming the package when it is one splitrack does not know or one that is not installed."""
+    import importlib
+
+    pkgs = layer_packages(path)
+    for pkg, layers in pkgs.items():
+        if pkg not in KNOWN_LAYER_PACKAGES:
+            raise UserError(
+                f"{path}: layer {layers[0]} comes from the package {pkg!r}, which splitrack does not know (it splits "
+                f"Keras 3 layers and HGQ2 layers, package 'hgq'): rebuild the model with those layers"
+            )
+        module, dist = KNOWN_LAYER_PACKAGES[pkg]
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise UserError(f"{path}: layer {layers[0]} comes from the package {pkg!r} ({dist}), which is not "
+                            f"installed: pip install {dist}") from None
+    return sorted(pkgs)
+
+
 def load_model(path):
-    """Load a .keras/.h5 model, or say what is wrong with the file in one line."""
+    """Load a .keras/.h5 model, or say what is wrong with the file in one line. Layers of HGQ2 (package
+    `hgq`) are registered first; layers of any other package are refused naming that package."""
     import keras
 
     p = Path(path)
     if not p.is_file():
         raise UserError(f"model file {p} not found: give the path of a Keras model saved with model.save('m.keras')")
+    register_layer_packages(p)
     try:
         return keras.models.load_model(p, compile=False)
     except Exception as e:  # Keras raises many kinds here; all mean "not a loadable model"

@@ -163,6 +163,11 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
     neurons, inputs = dict(neurons or {}), dict(inputs or {})
     user_at = list(at)
     original = model
+    from . import hgq
+
+    quantised = hgq.is_hgq(model)
+    if quantised:
+        hgq.refuse_splits(model, neurons, inputs)
     model, folded = fold_batchnorm(model)
     for name in list(neurons) + list(inputs):
         if name in folded:
@@ -335,6 +340,8 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
         plan.notes.append("BatchNormalization folded into the layer before it (exact in float): " +
                           ", ".join(f"{bn} into {host}" for bn, host in folded.items()) +
                           f"; the whole-model hls4ml reference is compiled from {FOLDED_FILE}")
+    if quantised:  # the exact types of HGQ2's quantisers on every link
+        hgq.apply(plan, model)
     plan.check()
     b.models.source = original
     b.models.folded_source = model if folded else None
@@ -368,6 +375,7 @@ def load_models(plan: Plan) -> PlanModels:
     """The Keras models of a saved plan (needs TensorFlow), checked against the plan's weight hashes."""
     import keras
 
+    from .graph import register_layer_packages
     from .plan import PlanError
 
     out = PlanModels()
@@ -375,11 +383,13 @@ def load_models(plan: Plan) -> PlanModels:
         f = plan.path(p.model_file)
         if not f.is_file():
             raise PlanError(f"{f} is missing: the plan folder is incomplete; write it again with `splitrack split`")
+        register_layer_packages(f)  # HGQ2 layers
         m = keras.models.load_model(f, compile=False)
         if p.weights_sha256 and weights_sha256(m) != p.weights_sha256:
             raise PlanError(f"{f}: weights do not match the plan (hash {weights_sha256(m)} != {p.weights_sha256})")
         out[p.name] = m
     src = plan.path(plan.model.get("source", SOURCE_FILE))
     if src.is_file():
+        register_layer_packages(src)
         out.source = keras.models.load_model(src, compile=False)
     return out
