@@ -33,7 +33,7 @@ def _foldable(graph, bn_name: str) -> str:
         raise FoldError(f"layer {bn_name!r} (BatchNormalization over axis {axis}) normalises another axis than the "
                         "channels: splitrack folds BatchNormalization over the last axis only; remove it or retrain without it")
     parents = graph.inbound[bn_name]
-    host = graph.layer(parents[0]) if len(parents) == 1 and parents[0] != graph.input_name else None
+    host = graph.layer(parents[0]) if len(parents) == 1 and parents[0] in graph.order else None
     why = None
     if host is None:
         why = "it reads the model input"
@@ -83,7 +83,7 @@ def fold_batchnorm(model) -> Tuple[object, Dict[str, str]]:
     tensors = {graph.input_name: inp}
     for n in graph.order:
         src = graph.layer(n)
-        args = [tensors[p] for p in graph.inbound[n]]
+        args = [tensors[p] if p in tensors else inp for p in graph.inbound[n]]  # not a layer: the input
         if n in folded:
             tensors[n] = args[0]  # the host already computes it
             continue
