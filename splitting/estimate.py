@@ -281,8 +281,10 @@ def _spec(kind: str, c: Dict[str, Any], shape: Tuple[int, ...]) -> LayerSpec:
         return LayerSpec(kind, name, shape, out, kernel=k, strides=s, padding=pad)
     if kind == "Flatten":
         return LayerSpec(kind, name, shape, (math.prod(shape),))
-    if kind in ("Activation", "ReLU", "Softmax"):
-        a = {"ReLU": "relu", "Softmax": "softmax"}.get(kind, act)
+    if kind in ("Activation", "ReLU", "Softmax", "LeakyReLU", "ELU", "PReLU"):
+        # rule4ml 0.2.0 knows relu, sigmoid, tanh and softmax only: the piecewise-linear LeakyReLU and PReLU
+        # are priced as relu (a comparator and a multiplier per element), ELU (an exponential table) as sigmoid
+        a = {"ReLU": "relu", "Softmax": "softmax", "LeakyReLU": "relu", "ELU": "sigmoid", "PReLU": "relu"}.get(kind, act)
         if kind == "ReLU" and (c.get("max_value") is not None or c.get("negative_slope") or c.get("threshold")):
             raise UserError(f"layer {name}: ReLU with max_value/negative_slope/threshold is not supported by the planner")
         return LayerSpec("Activation", name, shape, shape, activation=a)
