@@ -88,3 +88,20 @@ def sched_latency():
     probe = SchedulingLatency()
     yield probe
     probe.stop()
+
+
+@pytest.fixture(scope="session")
+def field_cases(tmp_path_factory):
+    """The field cases of ../shared/cases (issue 10), built once per session with the project's Python.
+    The script lives outside the repository; the tests that use it are skipped where it is absent."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / ".." / "shared" / "cases" / "models" / "make_cases.py"
+    script = script if script.is_file() else Path("/work/shared/cases/models/make_cases.py")
+    if not script.is_file():
+        pytest.skip("the field cases script (shared/cases/models/make_cases.py) is not on this machine")
+    out = tmp_path_factory.mktemp("field_cases")
+    subprocess.run([sys.executable, str(script), str(out)], check=True, capture_output=True, timeout=600)
+    return out

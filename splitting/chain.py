@@ -33,11 +33,18 @@ def keras_runner(models) -> Runner:
     return run
 
 
-def emulation_runner(plan: Plan) -> Runner:
+def emulation_runner(plan: Plan, isolated: bool = False) -> Runner:
+    """Each partition's compiled hls4ml emulation; `isolated` runs it in a child process, so that a crash
+    of its C++ code is a one-line error naming the partition (emulation_guard)."""
     from .hls import emulation
 
     def run(name: str, x: np.ndarray) -> np.ndarray:
         p = plan.partition(name)
+        if isolated:
+            from .emulation_guard import predict_isolated
+
+            return predict_isolated(emulation(plan, name), x, p.output_shape,
+                                    what=f"partition {name} (layers {', '.join(p.layers)})")
         return emulation(plan, name).predict(x, p.output_shape)
 
     return run

@@ -202,6 +202,9 @@ def write(model_path, plan: PlanChoice, opts: SearchOptions, version: str, folde
     p, models = split_model(model, at=plan.cut_after, neurons=plan.neurons, inputs=plan.inputs,
                             precision=opts.precisions[0], reuse_factor=base.reuse_factor, strategy=base.strategy)
     apply(p, plan, opts, version)
+    from .hls_support import check_plan
+
+    check_plan(p, models, progress=progress)  # know before writing: hls4ml converts every partition
     return write_plan(p, models, folder).parent
 
 

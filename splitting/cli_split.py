@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .errors import UserError
@@ -40,6 +41,10 @@ def run(args) -> int:
     model = load_model(args.model)
     plan, models = split_model(model, at=at, neurons=neurons, inputs=inputs, precision=args.precision,
                                reuse_factor=args.reuse, strategy=args.strategy)
+    from .hls_support import check_plan
+
+    # know before writing: every partition (and the whole-model reference) converts with hls4ml
+    check_plan(plan, models, progress=lambda m: print(f"[split] {m}", file=sys.stderr, flush=True))
     path = write_plan(plan, models, Path(args.out))
     rows = [[p.name, p.stage, p.kind, ",".join(p.layers), "x".join(map(str, p.input_shape)),
              "x".join(map(str, p.output_shape))] for p in plan.ordered_partitions()]

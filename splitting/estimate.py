@@ -192,6 +192,9 @@ def _layers_from_config(config: Dict[str, Any]) -> Tuple[str, List[LayerSpec]]:
     if cls not in ("Sequential", "Functional", "Model"):
         raise UserError(f"model class {cls!r} is not supported: the planner reads Sequential or chain-shaped Functional models")
     if cls != "Sequential":
+        n_inputs = sum(1 for lc in layers if lc.get("class_name") == "InputLayer")
+        if n_inputs > 1:
+            raise UserError(f"the model has {n_inputs} inputs: splitrack plans models with one input (a chain of layers)")
         _check_chain(layers)
     shape: Optional[Tuple[int, ...]] = None
     specs: List[LayerSpec] = []
@@ -205,6 +208,21 @@ def _layers_from_config(config: Dict[str, Any]) -> Tuple[str, List[LayerSpec]]:
             if built is None:
                 raise UserError(f"layer {c.get('name')}: the model has no input shape; build it (keras.Input) and save again")
             shape = tuple(int(s) for s in built[1:])
+        if kind == "BatchNormalization":  # split_model folds it into the layer before it (splitting/fold.py)
+            prev = specs[-1] if specs else None
+            if prev is None or not prev.is_compute or prev.activation != "linear":
+                if prev is None:
+                    after = "it reads the model input"
+                elif prev.is_compute:
+                    after = f"{prev.name!r} applies its activation {prev.activation!r} before it"
+                else:
+                    after = f"it follows {prev.name!r} ({prev.kind})"
+                raise UserError(
+                    f"layer {c.get('name')!r} (BatchNormalization) cannot be folded: {after}; splitrack folds "
+                    "BatchNormalization into a Dense/Conv1D/Conv2D with no activation right before it: move it there, or remove it")
+            extra = 0 if prev.use_bias else prev.units
+            specs[-1] = replace(prev, use_bias=True, params=prev.params + extra, trainable=prev.trainable + extra)
+            continue
         spec = _spec(kind, c, shape)
         specs.append(spec)
         shape = spec.output_shape
@@ -263,8 +281,10 @@ def _spec(kind: str, c: Dict[str, Any], shape: Tuple[int, ...]) -> LayerSpec:
         return LayerSpec(kind, name, shape, out, kernel=k, strides=s, padding=pad)
     if kind == "Flatten":
         return LayerSpec(kind, name, shape, (math.prod(shape),))
-    if kind in ("Activation", "ReLU", "Softmax"):
-        a = {"ReLU": "relu", "Softmax": "softmax"}.get(kind, act)
+    if kind in ("Activation", "ReLU", "Softmax", "LeakyReLU", "ELU", "PReLU"):
+        # rule4ml 0.2.0 knows relu, sigmoid, tanh and softmax only: the piecewise-linear LeakyReLU and PReLU
+        # are priced as relu (a comparator and a multiplier per element), ELU (an exponential table) as sigmoid
+        a = {"ReLU": "relu", "Softmax": "softmax", "LeakyReLU": "relu", "ELU": "sigmoid", "PReLU": "relu"}.get(kind, act)
         if kind == "ReLU" and (c.get("max_value") is not None or c.get("negative_slope") or c.get("threshold")):
             raise UserError(f"layer {name}: ReLU with max_value/negative_slope/threshold is not supported by the planner")
         return LayerSpec("Activation", name, shape, shape, activation=a)

@@ -10,22 +10,69 @@ import numpy as np
 
 from .errors import UserError
 
-ACTIVATION_LAYERS = ("Activation", "ReLU", "Softmax", "LeakyReLU", "ELU", "PReLU")
-ELEMENTWISE = ("linear", "relu", "sigmoid", "tanh", "hard_sigmoid", "elu", "selu", "softplus", "softsign",
-               "leaky_relu", "relu6", "swish", "silu", "gelu", "exponential", "hard_silu", "hard_swish")
+from .rebuild import ACTIVATION_LAYERS, ELEMENTWISE, apply, function_name
 
 
 class SplitError(UserError):
     """A cut or split that cannot be made; the message names the layer and what to do."""
 
 
+# Packages whose Keras layers splitrack knows: the module that registers them with Keras when imported, and
+# the distribution to install. HGQ2 (quantisation-aware layers, converted by hls4ml 1.3) is the only one.
+KNOWN_LAYER_PACKAGES = {"hgq": ("hgq", "hgq2")}
+
+
+def layer_packages(path) -> Dict[str, List[str]]:
+    """{package: [layer names]} for the layers of a .keras file that do not come from Keras itself."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            config = json.loads(z.read("config.json"))
+    except Exception:  # not a .keras zip (an .h5, a broken file): Keras itself will say what is wrong
+        return {}
+    out: Dict[str, List[str]] = {}
+    for lc in (config.get("config") or {}).get("layers") or []:
+        module = str(lc.get("module") or "")
+        reg = str(lc.get("registered_name") or "")
+        pkg = module.split(".")[0] if module else (reg.split(">")[0] if ">" in reg else "")
+        if pkg and pkg != "keras":
+            name = (lc.get("config") or {}).get("name", lc.get("class_name"))
+            out.setdefault(pkg, []).append(f"{name} ({lc.get('class_name')})")
+    return out
+
+
+def register_layer_packages(path) -> List[str]:
+    """Import what registers the layers of the model at `path` with Keras (HGQ2's `hgq`); the packages used.
+    UserError naming the package when it is one splitrack does not know or one that is not installed."""
+    import importlib
+
+    pkgs = layer_packages(path)
+    for pkg, layers in pkgs.items():
+        if pkg not in KNOWN_LAYER_PACKAGES:
+            raise UserError(
+                f"{path}: layer {layers[0]} comes from the package {pkg!r}, which splitrack does not know (it splits "
+                f"Keras 3 layers and HGQ2 layers, package 'hgq'): rebuild the model with those layers"
+            )
+        module, dist = KNOWN_LAYER_PACKAGES[pkg]
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise UserError(f"{path}: layer {layers[0]} comes from the package {pkg!r} ({dist}), which is not "
+                            f"installed: pip install {dist}") from None
+    return sorted(pkgs)
+
+
 def load_model(path):
-    """Load a .keras/.h5 model, or say what is wrong with the file in one line."""
+    """Load a .keras/.h5 model, or say what is wrong with the file in one line. Layers of HGQ2 (package
+    `hgq`) are registered first; layers of any other package are refused naming that package."""
     import keras
 
     p = Path(path)
     if not p.is_file():
         raise UserError(f"model file {p} not found: give the path of a Keras model saved with model.save('m.keras')")
+    register_layer_packages(p)
     try:
         return keras.models.load_model(p, compile=False)
     except Exception as e:  # Keras raises many kinds here; all mean "not a loadable model"
@@ -45,18 +92,12 @@ def weights_sha256(model_or_layers) -> str:
 
 
 def activation_name(layer) -> str:
-    """The element-wise or not activation a layer applies ('linear' for none)."""
+    """The activation a layer applies, by name ('linear' for none): its class for an activation layer, its
+    `activation=` argument otherwise (see rebuild.function_name)."""
     cls = type(layer).__name__
-    if cls == "ReLU":
-        return "relu"
-    if cls == "Softmax":
-        return "softmax"
-    if cls == "LeakyReLU":
-        return "leaky_relu"
-    act = layer.get_config().get("activation", "linear")
-    if isinstance(act, dict):  # serialised activation objects
-        act = act.get("config", {}).get("name", act.get("class_name", "linear"))
-    return str(act)
+    if cls in ("ReLU", "Softmax", "LeakyReLU", "ELU", "PReLU"):
+        return {"ReLU": "relu", "Softmax": "softmax", "LeakyReLU": "leaky_relu", "ELU": "elu", "PReLU": "prelu"}[cls]
+    return function_name(layer.get_config().get("activation", "linear"))
 
 
 def is_elementwise(act: str) -> bool:
@@ -124,9 +165,11 @@ class LayerGraph:
         cons = self.consumers(name)
         if len(cons) != 1:
             return None
-        nxt = self.layer(cons[0])
-        if type(nxt).__name__ in ACTIVATION_LAYERS and activation_name(self.layer(name)) == "linear" \
-                and type(self.layer(name)).__name__ not in ACTIVATION_LAYERS:
+        nxt, layer = self.layer(cons[0]), self.layer(name)
+        # only a layer with an `activation=` argument of its own (Dense, Conv...) is "separated" from an
+        # activation layer that follows it; a Reshape or Flatten before a Softmax is an ordinary cut
+        if type(nxt).__name__ in ACTIVATION_LAYERS and "activation" in layer.get_config() \
+                and activation_name(layer) == "linear" and type(layer).__name__ not in ACTIVATION_LAYERS:
             return cons[0]
         return None
 
@@ -167,14 +210,15 @@ def clone_layer(layer, **overrides):
 def submodel(graph: LayerGraph, names: Sequence[str], input_shape, name: str, prefix=()):
     """A functional model computing layers `names` (a contiguous, cleanly cut run) from a fresh input.
 
-    `prefix` are extra (new) layers applied to the input first: an activation moved after a neuron join.
+    `prefix` are extra (new layer, weights) pairs applied to the input first: activation layers moved
+    after a neuron join (rebuild.rebuild makes them).
     """
     import keras
 
     inp = keras.Input(tuple(input_shape), name=f"{name}_in")
     x = inp
-    for extra in prefix:
-        x = extra(x)
+    for extra, w in prefix:
+        x = apply(x, extra, w)
     first_parents = set(graph.inbound[names[0]])
     tensors = {p: x for p in first_parents}
     for n in names:

@@ -53,12 +53,20 @@ def cache_key(keras_file: Path, weights_sha: str, hls_cfg: dict, hls_defaults: d
 
 
 def _convert(keras_file: Path, hls_cfg: dict, hls_defaults: dict, out: Path, project: str):
-    import hls4ml
-    import keras
+    from .graph import load_model
 
-    model = keras.models.load_model(keras_file, compile=False)
+    model = load_model(keras_file)
+    return model, _convert_model(model, hls_cfg, hls_defaults, out, project)
+
+
+def _convert_model(model, hls_cfg: dict, hls_defaults: dict, out: Path, project: str):
+    import hls4ml
+
     cfg = json.loads(json.dumps(hls_cfg))  # hls4ml mutates its config
-    return model, hls4ml.converters.convert_from_keras_model(
+    # no DA fallback: whether it is tried depends on optional packages (da4ml), and where it is it fails
+    # for plain Keras layers ("No plugin found for model type from module: keras"); the Keras-2 handlers
+    # are the documented fallback for layers without a Keras-3 handler
+    return hls4ml.converters.convert_from_keras_model(
         model,
         hls_config=cfg,
         output_dir=str(out),
@@ -69,6 +77,7 @@ def _convert(keras_file: Path, hls_cfg: dict, hls_defaults: dict, out: Path, pro
         io_type=hls_defaults.get("io_type", "io_stream"),
         interface=hls_defaults.get("interface", "axi_stream"),
         clock_period=hls_defaults.get("clock_period", 10),
+        allow_da_fallback=False,
     )
 
 
@@ -91,8 +100,20 @@ def compiled(keras_file: Path, weights_sha: str, hls_cfg: dict, hls_defaults: di
             shutil.rmtree(folder)  # a compile that died half-way
         t0 = time.time()
         print(f"  hls4ml: compiling {project} ...", file=sys.stderr, flush=True)
-        model, hm = _convert(keras_file, hls_cfg, hls_defaults, folder / "project", project)
-        hm.compile()
+        from .hls_support import HlsUnsupported, failure_message
+
+        what = "the whole model" if project == "sr_whole" else (
+            f"partition {project[3:]}" if project.startswith("sr_") else project)
+        try:
+            model, hm = _convert(keras_file, hls_cfg, hls_defaults, folder / "project", project)
+        except UserError:
+            raise
+        except Exception as e:  # hls4ml's own failures: one line naming the layer (verify never tracebacks)
+            raise HlsUnsupported(failure_message(e, what)) from None
+        try:
+            hm.compile()
+        except Exception as e:
+            raise HlsUnsupported(failure_message(e, what, doing="compile")) from None
         libs = sorted((folder / "project" / "firmware").glob(f"{project}-*.so"))
         if not libs:
             raise RuntimeError(f"hls4ml compile of {project} produced no library in {folder}")
@@ -138,11 +159,13 @@ def monolithic_hls_config(plan: Plan) -> dict:
 
 
 def monolithic_emulation(plan: Plan) -> EmulationLib:
-    """The hls4ml emulation of the whole (unsplit) model, with the plan's precision and reuse factor."""
-    src = plan.path(plan.model["source"])
+    """The hls4ml emulation of the whole (unsplit) model, with the plan's precision and reuse factor (of the
+    model with its BatchNormalization folded, `hls_source`, when the plan folded any)."""
+    src = plan.path(plan.model.get("hls_source") or plan.model["source"])
     if not src.is_file():
         raise UserError(f"{src} is missing: the plan folder has no copy of its source model; split again")
-    folder = compiled(src, plan.model["weights_sha256"], monolithic_hls_config(plan), plan.hls_defaults, "sr_whole")
+    sha = plan.model.get("hls_source_weights_sha256") or plan.model["weights_sha256"]
+    folder = compiled(src, sha, monolithic_hls_config(plan), plan.hls_defaults, "sr_whole")
     return load_emulation(folder)
 
 

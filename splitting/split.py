@@ -21,6 +21,7 @@ import numpy as np
 from .contract import Contract, Select
 from .graph import (ACTIVATION_LAYERS, LayerGraph, SplitError, activation_name, clone_layer, is_elementwise,
                     submodel, weights_sha256)
+from .rebuild import activation_argument, channel_wise, rebuild
 from .plan import HOST, Partition, Plan, Stage
 
 SPLITTABLE = ("Dense", "Conv2D")
@@ -34,12 +35,14 @@ HLS_DEFAULTS = {
     "clock_period": 10,  # the PYNQ-Z2 block design clocks the IP at 100 MHz
 }
 SOURCE_FILE = "source.keras"
+FOLDED_FILE = "source_folded.keras"  # the source with BatchNormalization folded: what the whole-model hls compiles
 
 
 class PlanModels(dict):
     """Partition name -> Keras sub-model, plus the source model the plan was cut from."""
 
     source = None
+    folded_source = None  # the source with BatchNormalization folded in, when it had any
 
 
 def hls_config(precision: str, reuse_factor: int, strategy: str, input_layer: str, input_precision: str) -> dict:
@@ -141,14 +144,9 @@ def _group(graph: LayerGraph, name: str) -> List[str]:
 
 def _apply(inp, layer, weights):
     out = layer(inp)
-    layer.set_weights(weights)
+    if weights:
+        layer.set_weights(weights)
     return out
-
-
-def _activation_layer(act: str, name: str):
-    from keras import layers
-
-    return layers.Activation(act, name=name)
 
 
 def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]] = None,
@@ -159,8 +157,22 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
 
     from .contract import FixedType
 
+    from .fold import fold_batchnorm
+
     FixedType.parse(precision)
     neurons, inputs = dict(neurons or {}), dict(inputs or {})
+    user_at = list(at)
+    original = model
+    from . import hgq
+
+    quantised = hgq.is_hgq(model)
+    if quantised:
+        hgq.refuse_splits(model, neurons, inputs)
+    model, folded = fold_batchnorm(model)
+    for name in list(neurons) + list(inputs):
+        if name in folded:
+            raise SplitError(f"layer {name!r} is a BatchNormalization, folded into {folded[name]!r}: split {folded[name]!r}")
+    at = list(dict.fromkeys(folded.get(n, n) for n in at))  # a cut after a folded BN is a cut after its host
     g = LayerGraph.of(model)
     both = set(neurons) & set(inputs)
     if both:
@@ -204,16 +216,18 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
     in_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     producers = [_Producer(HOST, in_shape, 0, in_shape[-1])]
     shape = in_shape
-    prefix: List[str] = []  # non-element-wise activations moved after a neuron join
+    # activation layers (the originals, or one made from a layer's activation argument) that cannot act on
+    # a slice of the channels: moved after a neuron join, rebuilt whole from their config and weights
+    prefix: List[object] = []
 
-    def layers_stage(names: List[str], pre: List[str]) -> None:
+    def layers_stage(names: List[str], pre: List[object]) -> None:
         nonlocal producers, shape
         s = len(b.stages)
         pname = f"s{s}"
-        pre_layers = [_activation_layer(a, f"{pname}_post_{a}") for a in pre]
+        pre_layers = [rebuild(a, f"{pname}_post_{a.name}") for a in pre]
         m = submodel(g, names, shape, pname, prefix=pre_layers) if names else _prefix_model(shape, pname, pre_layers)
         b._link_into(producers, pname, None, "concat")
-        b._add(s, pname, "layers", [f"({a})" for a in pre] + list(names), m)
+        b._add(s, pname, "layers", [f"({a.name})" for a in pre] + list(names), m)
         b.stages.append(Stage(s, "layers", [pname]))
         shape = tuple(int(d) for d in m.outputs[0].shape[1:])
         producers = [_Producer(pname, shape, 0, shape[-1])]
@@ -229,33 +243,37 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
             prefix = []
         src = g.layer(head)
         cls = type(src).__name__
-        act = activation_name(src)
-        trailing = [activation_name(g.layer(n)) for n in seg[1:]]
+        act_arg = src.get_config().get("activation", "linear")  # as Keras serialised it: a name or a layer
+        trailing = [g.layer(n) for n in seg[1:]]
         W = src.get_weights()
         kernel, bias = W[0], (W[1] if len(W) > 1 else None)
         out_full = tuple(int(d) for d in src.output.shape[1:])
+        rank = len(out_full) + 1
         s = len(b.stages)
         if head in neurons:
             k = neurons[head]
-            acts = [act] + trailing
-            keep = []
-            for a in acts:
-                if is_elementwise(a) and not prefix:
-                    keep.append(a)
+            own = activation_argument(src)  # a layer object given as activation=, with its settings
+            own_ok = channel_wise(own, rank) if own is not None else is_elementwise(activation_name(src))
+            if not own_ok:  # e.g. softmax over the split axis: runs after the join, as the same function
+                prefix.append(own if own is not None else
+                              keras.layers.Activation(act_arg, name=f"{head}_{activation_name(src)}"))
+            keep = []  # stand-alone activation layers that act per channel stay in the parts, in order
+            for t in trailing:
+                if not prefix and channel_wise(t, rank):
+                    keep.append(t)
                 else:
-                    prefix.append(a)
-            keep = [a for a in keep if a != "linear"]
+                    prefix.append(t)
             names, new_producers = [], []
             for j, (lo, hi) in enumerate(_sizes(out_full[-1], k)):
                 pname = f"s{s}_{j}"
                 inp = keras.Input(shape, name=f"{pname}_in")
                 ov = {"units": hi - lo} if cls == "Dense" else {"filters": hi - lo}
-                ov["activation"] = keep[0] if keep else "linear"
+                ov["activation"] = act_arg if own_ok else "linear"
                 w = [kernel[..., lo:hi]] + ([bias[lo:hi]] if bias is not None else [])
                 layer = clone_layer(src, name=f"{src.name}_n{j}", **ov)
                 x = _apply(inp, layer, w)
-                for ai, a in enumerate(keep[1:]):
-                    x = _activation_layer(a, f"{pname}_{a}{ai}")(x)
+                for t in keep:  # PReLU alphas sliced with the units/filters of this part
+                    x = _apply(x, *rebuild(t, f"{t.name}_n{j}", (lo, hi)))
                 m = keras.Model(inp, x, name=pname)
                 b._link_into(producers, pname, None, "concat")
                 b._add(s, pname, "neuron", list(seg), m,
@@ -290,14 +308,14 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
             eye = np.concatenate([np.eye(units, dtype=np.float32)] * k, axis=0)
             inp = keras.Input(join_shape, name=f"{jname}_in")
             if cls == "Dense":
-                join = keras.layers.Dense(units, use_bias=False, activation=act, name=f"{head}_join")
+                join = keras.layers.Dense(units, use_bias=False, activation=act_arg, name=f"{head}_join")
                 wj = [eye]
             else:
-                join = keras.layers.Conv2D(units, 1, use_bias=False, activation=act, name=f"{head}_join")
+                join = keras.layers.Conv2D(units, 1, use_bias=False, activation=act_arg, name=f"{head}_join")
                 wj = [eye[None, None]]
             x = _apply(inp, join, wj)
-            for ai, a in enumerate(trailing):
-                x = _activation_layer(a, f"{jname}_{a}{ai}")(x)
+            for t in trailing:  # whole, with every setting and weight
+                x = _apply(x, *rebuild(t, f"{t.name}_j"))
             m = keras.Model(inp, x, name=jname)
             b._link_into(new_producers, jname, None, "sum")
             b._add(s, jname, "join", list(seg), m, split={"layer": head, "kind": "join", "parts": k})
@@ -311,13 +329,22 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
     out_shape = [int(d) for d in model.outputs[0].shape[1:]]
     plan = Plan(
         model={"name": model.name, "input_shape": list(in_shape), "output_shape": out_shape,
-               "weights_sha256": weights_sha256(model), "source": SOURCE_FILE, "precision": precision,
+               "weights_sha256": weights_sha256(original), "source": SOURCE_FILE, "precision": precision,
                "reuse_factor": int(reuse_factor), "strategy": strategy,
-               "split": {"at": list(at), "neurons": neurons, "inputs": inputs}},
+               "split": {"at": user_at, "neurons": neurons, "inputs": inputs}},
         stages=b.stages, partitions=b.partitions, links=b.links, board="pynq-z2", hls_defaults=dict(HLS_DEFAULTS),
     )
+    if folded:
+        plan.model.update({"batchnorm_folded": dict(folded), "hls_source": FOLDED_FILE,
+                           "hls_source_weights_sha256": weights_sha256(model)})
+        plan.notes.append("BatchNormalization folded into the layer before it (exact in float): " +
+                          ", ".join(f"{bn} into {host}" for bn, host in folded.items()) +
+                          f"; the whole-model hls4ml reference is compiled from {FOLDED_FILE}")
+    if quantised:  # the exact types of HGQ2's quantisers on every link
+        hgq.apply(plan, model)
     plan.check()
-    b.models.source = model
+    b.models.source = original
+    b.models.folded_source = model if folded else None
     return plan, b.models
 
 
@@ -326,8 +353,8 @@ def _prefix_model(shape, name, pre_layers):
 
     inp = keras.Input(tuple(shape), name=f"{name}_in")
     x = inp
-    for layer in pre_layers:
-        x = layer(x)
+    for layer, w in pre_layers:
+        x = _apply(x, layer, w)
     return keras.Model(inp, x, name=name)
 
 
@@ -339,6 +366,8 @@ def write_plan(plan: Plan, models: PlanModels, folder) -> Path:
         m.save(folder / plan.partition(name).model_file)
     if models.source is not None:
         models.source.save(folder / SOURCE_FILE)
+    if getattr(models, "folded_source", None) is not None:
+        models.folded_source.save(folder / FOLDED_FILE)
     return path
 
 
@@ -346,6 +375,7 @@ def load_models(plan: Plan) -> PlanModels:
     """The Keras models of a saved plan (needs TensorFlow), checked against the plan's weight hashes."""
     import keras
 
+    from .graph import register_layer_packages
     from .plan import PlanError
 
     out = PlanModels()
@@ -353,11 +383,13 @@ def load_models(plan: Plan) -> PlanModels:
         f = plan.path(p.model_file)
         if not f.is_file():
             raise PlanError(f"{f} is missing: the plan folder is incomplete; write it again with `splitrack split`")
+        register_layer_packages(f)  # HGQ2 layers
         m = keras.models.load_model(f, compile=False)
         if p.weights_sha256 and weights_sha256(m) != p.weights_sha256:
             raise PlanError(f"{f}: weights do not match the plan (hash {weights_sha256(m)} != {p.weights_sha256})")
         out[p.name] = m
     src = plan.path(plan.model.get("source", SOURCE_FILE))
     if src.is_file():
+        register_layer_packages(src)
         out.source = keras.models.load_model(src, compile=False)
     return out

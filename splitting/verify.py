@@ -45,6 +45,9 @@ class Verification:
     float_ok: bool
     hls_ok: bool
     per_partition: List[Dict] = field(default_factory=list)
+    # every data set the float chain was checked on: the given data, and inputs spread uniformly over the
+    # whole range of the input contract's type (a capped or bent activation cannot hide outside [0, 1])
+    data_used: List[Dict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -73,6 +76,15 @@ def evaluation_data(plan: Plan, data: str, n: int, seed: int = 0) -> Tuple[np.nd
             raise UserError(f"{p}: x has samples of shape {x.shape[1:]}, the model takes {shape}")
         return x[:n], (z["y"][:n] if "y" in z else None)
     raise UserError(f"unknown --data {data!r}: use digits, random, or a .npz file with x (and y)")
+
+
+def wide_range_data(plan: Plan, n: int, seed: int = 1) -> np.ndarray:
+    """`n` inputs spread uniformly over the whole range the input contract's type can hold, shape as the
+    plan's input."""
+    ft = FixedType.parse(plan.input_links[0].dtype)
+    lo, hi = ft.raw_min * ft.step, ft.raw_max * ft.step
+    shape = tuple(plan.model["input_shape"])
+    return np.random.default_rng(seed).uniform(lo, hi, (n,) + shape).astype(np.float32)
 
 
 def _accuracy(out: np.ndarray, y: Optional[np.ndarray]) -> Optional[float]:
@@ -118,15 +130,27 @@ def verify_plan(plan: Plan, data: str = "random", n: int = 512, hls: bool = True
     out_keras = run_chain(plan, x, keras_runner(models), keep=kept)
     ferr = float(np.max(np.abs(out_keras - ref)))
     scale = float(max(np.max(np.abs(ref)), 1e-12))
+    used = [{"name": data, "samples": int(len(x)), "min": float(np.min(x)), "max": float(np.max(x)),
+             "float_max_abs_err": ferr, "float_rel_err": ferr / scale}]
+    xw = wide_range_data(plan, min(len(x), 256), seed=1)
+    ref_w = models.source.predict(xw, verbose=0, batch_size=256)
+    err_w = float(np.max(np.abs(run_chain(plan, xw, keras_runner(models)) - ref_w)))
+    scale_w = float(max(np.max(np.abs(ref_w)), 1e-12))
+    used.append({"name": f"wide: uniform over the input type {plan.input_links[0].dtype}", "samples": int(len(xw)),
+                 "min": float(np.min(xw)), "max": float(np.max(xw)), "float_max_abs_err": err_w,
+                 "float_rel_err": err_w / scale_w})
     step = plan.output_links[0].step
     herr = hk_err = 0.0
     acc_split = acc_whole = None
     per = []
     if hls:
         log("  hls4ml emulation of the whole model and of every partition (compiled once, then cached)")
-        whole = monolithic_emulation(plan).predict(x, plan.model["output_shape"])
+        from .emulation_guard import predict_isolated
+
+        # in child processes: a crash of hls4ml's compiled C++ must not take verify down with it
+        whole = predict_isolated(monolithic_emulation(plan), x, plan.model["output_shape"], what="the whole model")
         hkept: Dict[str, np.ndarray] = {}
-        out_hls = run_chain(plan, x, emulation_runner(plan), keep=hkept)
+        out_hls = run_chain(plan, x, emulation_runner(plan, isolated=True), keep=hkept)
         herr = float(np.max(np.abs(out_hls - whole)))
         hk_err = float(np.max(np.abs(out_hls - ref)))
         acc_split, acc_whole = _accuracy(out_hls, y), _accuracy(whole, y)
@@ -145,7 +169,8 @@ def verify_plan(plan: Plan, data: str = "random", n: int = 512, hls: bool = True
         stages=len(plan.stages), float_max_abs_err=ferr, float_rel_err=ferr / scale, hls_chain_max_abs_err=herr,
         hls_step=step, hls_bit_exact=hls and herr == 0.0, hls_vs_keras_max_abs_err=hk_err,
         accuracy_keras=_accuracy(ref, y), accuracy_split_hls=acc_split, accuracy_whole_hls=acc_whole,
-        float_ok=ferr / scale <= FLOAT_TOL, hls_ok=(herr <= step) if hls else True, per_partition=per,
+        float_ok=all(u["float_rel_err"] <= FLOAT_TOL for u in used), hls_ok=(herr <= step) if hls else True,
+        per_partition=per, data_used=used,
     )
     return v
 
@@ -159,8 +184,11 @@ def render(v: Verification) -> str:
         out.append(table(["partition", "stage", "kind", "layers", "in", "out", "precision", "params", "|hls-keras|"], rows))
         out.append("")
     pct = lambda a: "-" if a is None else f"{100 * a:.2f} %"
-    checks = [
-        ["float chain vs original", f"{v.float_max_abs_err:.3g}", f"<= {FLOAT_TOL:g} x scale", "ok" if v.float_ok else "FAIL"],
+    checks = [["float chain vs original" + ("" if i == 0 else f" ({u['name'].split(':')[0]} [{u['min']:.3g}, {u['max']:.3g}])"),
+               f"{u['float_max_abs_err']:.3g}", f"<= {FLOAT_TOL:g} x scale",
+               "ok" if u["float_rel_err"] <= FLOAT_TOL else "FAIL"] for i, u in enumerate(v.data_used)] or [
+        ["float chain vs original", f"{v.float_max_abs_err:.3g}", f"<= {FLOAT_TOL:g} x scale", "ok" if v.float_ok else "FAIL"]]
+    checks += [
         ["hls chain vs whole-model hls", f"{v.hls_chain_max_abs_err:.3g}", f"<= {v.hls_step:g} (1 step)",
          ("ok, bit exact" if v.hls_bit_exact else "ok") if v.hls_ok else "FAIL"],
         ["hls chain vs Keras", f"{v.hls_vs_keras_max_abs_err:.3g}", "(quantisation)", "info"],
