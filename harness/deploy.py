@@ -393,13 +393,27 @@ def agent_stale_state(health: dict) -> Optional[str]:
 # --- the rack ------------------------------------------------------------------------------------------
 def deploy(plan: Plan, rack: Rack, force: bool = False, progress: Callable[[str], None] = lambda s: None,
            faults: Optional[Dict[str, dict]] = None, part_timeout: Optional[float] = None,
-           connect_timeout: float = CONNECT_TIMEOUT) -> Deployment:
+           connect_timeout: float = CONNECT_TIMEOUT, lease_wait: float = 0.0) -> Deployment:
     """Deploy `plan` onto `rack` (partitions onto boards in order), in parallel over boards.
 
+    The boards are leased for the deployment (harness.lease), unless this process holds them already (a
+    run or bench holds them for the whole job): a board another user holds raises LeaseHeld (after
+    waiting up to `lease_wait` seconds), before anything on any board is changed.
     faults: partition -> agent fault-injection entry (tests only, see the agent's docstring).
     """
-    t0 = time.monotonic()
+    from . import lease
+
     boards = place(plan, rack)
+    with lease.ensure(list(boards.values()), "deploy", wait=lease_wait, progress=progress) as held:
+        dep = _deploy(plan, boards, force, progress, faults, part_timeout, connect_timeout)
+        if held is not None:
+            held.check()
+        return dep
+
+
+def _deploy(plan: Plan, boards: Dict[str, Board], force: bool, progress: Callable[[str], None],
+            faults: Optional[Dict[str, dict]], part_timeout: Optional[float], connect_timeout: float) -> Deployment:
+    t0 = time.monotonic()
     progress(f"deploying plan {plan.hash} ({len(boards)} partitions) to {', '.join(b.name for b in boards.values())}")
     endpoints = {n: wiring_mod.Endpoint(b.name, b.host, b.data_port) for n, b in boards.items()}
     configs = {}
@@ -439,10 +453,12 @@ def undeploy(rack: Rack, boards: Optional[List[str]] = None) -> int:
         with Connection(b) as conn:
             return stop_agents(conn, b)
 
+    from . import lease
+
     chosen = [b for b in rack.boards if boards is None or b.name in boards]
     if not chosen:
         return 0
-    with ThreadPoolExecutor(max_workers=min(8, len(chosen))) as pool:
+    with lease.ensure(chosen, "undeploy"), ThreadPoolExecutor(max_workers=min(8, len(chosen))) as pool:
         return sum(pool.map(stop, chosen))
 
 
@@ -545,6 +561,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("plan", type=Path, help="plan folder (written by `splitrack split` or `splitrack plan`)")
     p.add_argument("--boards", type=Path, required=True, help="rack file (boards.toml, or rack.toml of `rack up`)")
     p.add_argument("--force", action="store_true", help="upload and program even when a board carries the artifact")
+    add_wait_option(p)
+
+
+def add_wait_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="when another user holds a board's lease, wait up to this long for it (default: fail at once)")
 
 
 def run(args) -> int:
@@ -552,7 +574,7 @@ def run(args) -> int:
 
     plan = Plan.load(args.plan)
     rack = load_rack(args.boards)
-    dep = deploy(plan, rack, force=args.force, progress=lambda s: print(s, flush=True))
+    dep = deploy(plan, rack, force=args.force, progress=lambda s: print(s, flush=True), lease_wait=args.wait)
     for pl in dep.placed.values():
         print(f"  {pl.partition:>12} on {pl.board:<10} agent {pl.host}:{pl.port}  "
               f"{'flashed' if pl.flashed else 'not flashed (same artifact)'}")

@@ -329,7 +329,7 @@ class Connection:
         """Write `data` to the board file `remote`. mode: chmod before the data goes in (e.g. 0o600).
         exclusive: create it, failing with FileExistsError when it exists (O_EXCL: atomic on the board)."""
         try:
-            f = self.sftp.open(remote, "xb" if exclusive else "wb")
+            f = self.sftp.open(remote, "wbx" if exclusive else "wb")
             if mode is not None:
                 f.chmod(mode)
             f.write(data)
