@@ -43,6 +43,8 @@ DEFAULT_TTL = 60.0  # seconds a lease outlives its last refresh (a holder that d
 EMPTY_GRACE = 30.0  # a lease file still empty after this long belongs to a user who died while creating it
 RETRY_EVERY = 1.0  # seconds between attempts while waiting
 
+GIVE_BACK_WAIT = 3.0  # seconds release() waits for the boards to confirm their lease files are gone
+_abandoned: set = set()  # tokens of this process's leases that a board did not confirm removing
 _held: Dict[tuple, "RackLease"] = {}  # (host, port, workdir) -> the lease of this process that holds it
 _held_lock = threading.Lock()
 
@@ -185,7 +187,9 @@ class RackLease:
             if not info.token and info.age < 5:  # being written by its creator this very moment
                 time.sleep(0.2)
                 continue
-            if not info.expired:
+            with _held_lock:
+                ours = info.token in _abandoned  # left behind by this process on a board that hung
+            if not info.expired and not ours:
                 return info
             self._break(conn, path, info, board)
         return self._read(conn, path, folder) or LeaseInfo("someone", "?", "?", 0, "", "", 0)
@@ -245,17 +249,32 @@ class RackLease:
             time.sleep(min(RETRY_EVERY, max(0.0, deadline - time.monotonic())))
 
     def _give_back(self) -> None:
-        """Remove the lease files we created, close every connection."""
-        for name, path in list(self.paths.items()):
+        """Remove the lease files we created, close every connection. Boards in parallel, and a board that
+        does not answer within GIVE_BACK_WAIT is left to its lease's expiry (this process breaks that lease
+        at once should it lease the board again): a hung board must not hold up the error that names it."""
+        def one(name: str, path: str) -> None:
             conn = self.conns.get(name)
             try:
                 if conn is not None and self.token in (conn.read_text(path, stage="lease") or ""):
                     conn.remove(path, stage="lease")
+                done.add(name)
             except BoardError:
-                pass  # an unreachable board: its lease expires by itself
+                pass
+
+        done: set = set()
+        threads = [threading.Thread(target=one, args=(n, p), daemon=True) for n, p in self.paths.items()]
+        for t in threads:
+            t.start()
+        end = time.monotonic() + GIVE_BACK_WAIT
+        for t in threads:
+            t.join(max(0.0, end - time.monotonic()))
+        if set(self.paths) - done:
+            with _held_lock:
+                _abandoned.add(self.token)
         self.paths.clear()
-        for conn in self.conns.values():
-            conn.close()
+        for name, conn in self.conns.items():
+            if name in done or not any(t.is_alive() for t in threads):
+                conn.close()
         self.conns.clear()
 
     def _refresh_loop(self) -> None:
