@@ -278,7 +278,10 @@ def start_agent(conn: Connection, board: Board, partition: str) -> int:
 # --- one board -----------------------------------------------------------------------------------------
 def _deploy_one(plan: Plan, name: str, board: Board, config: dict, force: bool,
                 progress: Callable[[str], None], connect_timeout: float) -> Placed:
+    from . import lease
+
     t0 = time.monotonic()
+    lease.require(board)  # never change a board another user may hold
     art = artifact_files(plan, name, board)
     p = plan.partition(name)
     contracts = {"partition": name, "stage": p.stage,
@@ -404,7 +407,10 @@ def deploy(plan: Plan, rack: Rack, force: bool = False, progress: Callable[[str]
     from . import lease
 
     boards = place(plan, rack)
-    with lease.ensure(list(boards.values()), "deploy", wait=lease_wait, progress=progress) as held:
+    for name, b in boards.items():  # compile (or find and check cached) artifacts before taking the boards
+        artifact_files(plan, name, b)
+    with lease.ensure(list(boards.values()), "deploy", wait=lease_wait, progress=progress,
+                      connect_timeout=connect_timeout) as held:
         dep = _deploy(plan, boards, force, progress, faults, part_timeout, connect_timeout)
         if held is not None:
             held.check()
@@ -450,6 +456,7 @@ def _deploy(plan: Plan, boards: Dict[str, Board], force: bool, progress: Callabl
 def undeploy(rack: Rack, boards: Optional[List[str]] = None) -> int:
     """Stop the agents on the rack's boards (files stay, so the next deploy skips the upload)."""
     def stop(b: Board) -> int:
+        lease.require(b)
         with Connection(b) as conn:
             return stop_agents(conn, b)
 

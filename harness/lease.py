@@ -45,7 +45,9 @@ RETRY_EVERY = 1.0  # seconds between attempts while waiting
 
 GIVE_BACK_WAIT = 3.0  # seconds release() waits for the boards to confirm their lease files are gone
 _abandoned: set = set()  # tokens of this process's leases that a board did not confirm removing
-_held: Dict[tuple, "RackLease"] = {}  # (host, port, workdir) -> the lease of this process that holds it
+_held: Dict[tuple, "RackLease"] = {}
+_unreachable: Dict[tuple, BoardError] = {}  # boards the last attempt could not reach, and why
+UNREACHABLE_STAGES = ("connect", "auth", "host-key")  # (host, port, workdir) -> the lease of this process that holds it
 _held_lock = threading.Lock()
 
 
@@ -121,6 +123,7 @@ class RackLease:
         self.conns: Dict[str, Connection] = {}  # board name -> its connection, kept for refreshes
         self.paths: Dict[str, str] = {}  # board name -> lease file on the board
         self.lost: Optional[str] = None
+        self.unreachable: Dict[str, BoardError] = {}  # board name -> why it could not be leased
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._io = threading.Lock()  # the refresher and release() share the connections
@@ -221,9 +224,19 @@ class RackLease:
             with _held_lock:  # boards another lease of this process holds already are not leased twice
                 todo = [b for b in self.boards if _held.get(_key(b)) in (None, self)]
             holder = None
+            self.unreachable.clear()
             try:
                 for b in todo:
-                    info = self._try_one(b)
+                    try:
+                        info = self._try_one(b)
+                    except BoardError as e:
+                        if e.stage not in UNREACHABLE_STAGES:
+                            raise
+                        # nothing can change on a board we cannot reach: the job reports it (naming the
+                        # board and the stage) and may use the others; it never touches an unleased board
+                        self.unreachable[b.name] = e
+                        self.conns.pop(b.name, None)
+                        continue
                     if info is not None:
                         holder = (b, info)
                         break
@@ -231,9 +244,11 @@ class RackLease:
                 self._give_back()
                 raise
             if holder is None:
+                todo = [b for b in todo if b.name not in self.unreachable]
                 with _held_lock:
                     for b in todo:
                         _held[_key(b)] = self
+                    _unreachable.update({_key(b): e for b in self.boards if (e := self.unreachable.get(b.name))})
                 self.boards = todo
                 self._thread = threading.Thread(target=self._refresh_loop, name="splitrack-lease", daemon=True)
                 self._thread.start()
@@ -328,17 +343,31 @@ class _Nothing:
 
 
 def ensure(boards: List[Board], purpose: str, wait: float = 0.0, ttl: float = DEFAULT_TTL,
-           progress: Callable[[str], None] = lambda s: None):
+           progress: Callable[[str], None] = lambda s: None, connect_timeout: float = CONNECT_TIMEOUT):
     """A context that holds leases on `boards` for its duration: leases the ones this process does not
-    hold yet (and gives those back at the end), leaves the ones it already holds alone."""
+    hold yet (and gives those back at the end), leaves the ones it already holds alone. A board that
+    cannot be reached is left unleased; `require(board)` then raises why."""
     with _held_lock:
         todo = [b for b in boards if _key(b) not in _held]
     if not todo:
         return _Nothing()
-    return RackLease(todo, purpose, wait=wait, ttl=ttl, progress=progress)
+    return RackLease(todo, purpose, wait=wait, ttl=ttl, progress=progress, connect_timeout=connect_timeout)
 
 
 def holds(board: Board) -> bool:
     """Whether this process holds a lease on `board`."""
     with _held_lock:
         return _key(board) in _held
+
+
+def require(board: Board) -> None:
+    """Raise unless this process holds `board`'s lease: the BoardError that kept it from leasing the board
+    (unreachable), or BoardError(stage "lease")."""
+    with _held_lock:
+        if _key(board) in _held:
+            return
+        err = _unreachable.get(_key(board))
+    if err is not None:
+        raise err
+    raise BoardError(board.name, "lease", "this process does not hold the board's lease; take it first "
+                     "(harness.lease.ensure)")

@@ -204,8 +204,8 @@ def test_stale_agent_state_is_named():
 
 def _kill_agent_when(proc, rack, board: str, line_has: str, after: float = 0.5) -> list:
     """Read the command's stdout; once a line contains `line_has`, kill the agent of `board` (SIGKILL).
-    Returns the lines read (the reader keeps reading to the end)."""
-    lines = []
+    Returns the lines read (the reader keeps reading to the end), its thread, and [time of the kill]."""
+    lines, when = [], []
 
     def watch():
         killed = False
@@ -218,10 +218,11 @@ def _kill_agent_when(proc, rack, board: str, line_has: str, after: float = 0.5) 
                     os.kill(int(f.read_text().strip()), signal.SIGKILL)
                 killed = True
                 lines.append("<killed>\n")
+                when.append(time.monotonic())
 
     t = threading.Thread(target=watch, daemon=True)
     t.start()
-    return lines, t
+    return lines, t, when
 
 
 def test_agent_killed_mid_run_leaves_run_json_with_the_frames(plan3, rack_file, tmp_path):
@@ -235,14 +236,16 @@ def test_agent_killed_mid_run_leaves_run_json_with_the_frames(plan3, rack_file, 
     p = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(plan3.root), "--boards", str(rack_file),
                           "--data", str(data), "--rate", "200", "--in-flight", "4", "--timeout", "3",
                           "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    lines, t = _kill_agent_when(p, rack, rack.boards[1].name, "frames sent")
+    lines, t, when = _kill_agent_when(p, rack, rack.boards[1].name, "frames sent")
     err = p.stderr.read()
-    assert p.wait(timeout=300) == 2, "".join(lines) + err
+    assert p.wait(timeout=300) == 2, "".join(map(str, lines)) + err
+    ended = time.monotonic()
     t.join()
     assert "<killed>\n" in lines
     doc = json.loads((out / "run.json").read_text())
     s = doc["summary"]
-    print(f"run killed mid-stream: {s['frames_received']} frames kept; {err.strip()}")
+    print(f"run killed mid-stream: exit {ended - when[0]:.1f} s after the kill (JSON and plot written), "
+          f"{s['frames_received']} frames kept; {err.strip()}")
     assert s["complete"] is False and s["error"] and "s1" in s["error"]
     assert 0 < s["frames_received"] < 3000 and len(doc["frames"]) == s["frames_received"]
     assert s["emulation_mismatches"] == 0  # what came back before the fault is right, and checked
@@ -258,13 +261,15 @@ def test_agent_killed_mid_bench_leaves_bench_json_with_the_frames(plan3, rack_fi
     p = subprocess.Popen([sys.executable, "-m", "harness.cli", "bench", str(plan3.root), "--boards", str(rack_file),
                           "--frames", "3000", "--no-cpu", "--json", str(out)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    lines, t = _kill_agent_when(p, rack, rack.boards[2].name, "single frames", after=2.0)
+    lines, t, when = _kill_agent_when(p, rack, rack.boards[2].name, "single frames", after=2.0)
     err = p.stderr.read()
-    assert p.wait(timeout=300) == 2, "".join(lines) + err
+    assert p.wait(timeout=300) == 2, "".join(map(str, lines)) + err
+    ended = time.monotonic()
     t.join()
     doc = json.loads(out.read_text())
     got = sum(len(v) for v in doc["frames"].values())
-    print(f"bench killed mid-run: {got} frames kept; {err.strip()}")
+    print(f"bench killed mid-run: exit {ended - when[0]:.1f} s after the kill (JSON and plot written), "
+          f"{got} frames kept; {err.strip()}")
     assert doc["complete"] is False and doc["error"] and doc["plan_hash"] == plan3.hash
     assert 0 < got < 3000 and doc["frames_received"] == {m: len(v) for m, v in doc["frames"].items()}
     assert all(f["t_recv"] > f["t_send"] and f["stamps"] for v in doc["frames"].values() for f in v)
