@@ -49,33 +49,100 @@ def bench_data(plan, frames: int, data: str = "auto") -> Tuple[np.ndarray, Optio
     raise UserError(f"--data {data!r}: choose digits, random or auto")
 
 
+class BenchIncomplete(UserError):
+    """The bench stopped on a fault; `doc` is the bench document with every frame received, marked
+    `"complete": false` with the error."""
+
+    def __init__(self, message: str, doc: Dict):
+        super().__init__(message)
+        self.doc = doc
+
+
+class _RecordingPipe:
+    """The Pipeline as measure_rack sees it, keeping every stream's result, also of a stream that fails,
+    so that a fault does not discard the frames already measured."""
+
+    def __init__(self, pipe, modes):
+        self._pipe = pipe
+        self._modes = list(modes)
+        self.results = {}  # mode -> StreamResult (possibly partial)
+
+    def stream(self, *a, **kw):
+        from .stream import StreamError
+
+        mode = self._modes[len(self.results)] if len(self.results) < len(self._modes) else f"run{len(self.results)}"
+        try:
+            res = self._pipe.stream(*a, **kw)
+        except StreamError as e:
+            self.results[mode] = e.result
+            raise
+        self.results[mode] = res
+        return res
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+
+def frames_of(res) -> list:
+    """Every frame a stream received: id, host send/receive times (ns) and the boards' stamps."""
+    return [{"frame": f, "t_send": res.frames[f].t_send, "t_recv": res.frames[f].t_recv, "stamps": res.stamps(f)}
+            for f in res.frame_ids if f in res.frames]
+
+
 def bench(plan, rack, frames: int = 2000, rate: Optional[float] = None, in_flight: int = 8,
           single_rate: Optional[float] = DEFAULT_SINGLE_RATE, data: str = "auto", cpu: bool = True,
-          progress: Callable[[str], None] = print, deployment=None) -> Dict:
-    """Deploy (unless `deployment` is given), measure, and return the bench document (the --json content)."""
-    from . import cpu_reference
-    from .deploy import deploy
-    from .stream import Pipeline
+          progress: Callable[[str], None] = print, deployment=None, lease_wait: float = 0.0) -> Dict:
+    """Deploy (unless `deployment` is given), measure, and return the bench document (the --json content).
+
+    The boards are leased for the whole bench (harness.lease; LeaseHeld when another user holds one). On a
+    fault while measuring, raises BenchIncomplete whose `doc` has the same keys, `"complete": false`, the
+    error, and under "frames" every frame received per mode (the attribution needs a finished run)."""
+    from . import lease
+    from .deploy import place
 
     if frames < 2:
         raise UserError(f"--frames {frames}: give at least 2 frames")
     if in_flight < 1:
         raise UserError(f"--in-flight {in_flight}: at least 1")
     x, labels = bench_data(plan, frames, data)
+    boards = list(deployment.boards.values()) if deployment is not None else list(place(plan, rack).values())
+    with lease.ensure(boards, "bench", wait=lease_wait, progress=progress) as held:
+        return _bench(plan, rack, x, labels, frames, rate, in_flight, single_rate, cpu, progress, deployment, held)
+
+
+def _bench(plan, rack, x, labels, frames, rate, in_flight, single_rate, cpu, progress, deployment, held) -> Dict:
+    from . import cpu_reference
+    from .deploy import deploy
+    from .stream import Pipeline, StreamResult
+
     if deployment is None:
         deployment = deploy(plan, rack, progress=progress)
     wiring = deployment.wiring
     time = history.now_iso()
-    with Pipeline(wiring) as pipe:
-        run = measure.measure_rack(pipe, wiring, plan, x, rate=rate, in_flight=in_flight, single_rate=single_rate,
-                                   progress=progress)
     doc = {
         "kind": history.BENCH_KIND, "version": 1, "time": time, "rack": rack.name, "machine": history.machine_name(),
         "commit": history.current_commit(Path(__file__).resolve().parent), "plan_hash": plan.hash,
         "plan": str(plan.root) if plan.root else None, "model": plan.model.get("name"), "frames": frames,
         "placement": {p: b.name for p, b in deployment.boards.items()},
-        "reports": run.reports, "clocks": run.clocks, "payload_bytes": run.payload_bytes, "cpu": {}, "accuracy": {},
+        "reports": {}, "clocks": {}, "payload_bytes": {}, "cpu": {}, "accuracy": {},
+        "complete": True, "error": None,
     }
+    modes = ["single", "stream"]  # the order in which measure_rack streams
+    rec = None
+    try:
+        with Pipeline(wiring) as pipe:
+            rec = _RecordingPipe(pipe, modes)
+            run = measure.measure_rack(rec, wiring, plan, x, rate=rate, in_flight=in_flight, single_rate=single_rate,
+                                       progress=progress)
+        if held is not None:
+            held.check()
+    except (UserError, OSError) as e:
+        results = rec.results if rec is not None else {}
+        doc.update(complete=False, error=str(e), frames={m: frames_of(r) for m, r in results.items()},
+                   frames_received={m: len(r.frames) for m, r in results.items()})
+        got = sum(doc["frames_received"].values())
+        raise BenchIncomplete(f"{e} (bench incomplete: {got} frame(s) received, kept)", doc) from None
+    doc.update(reports=run.reports, clocks=run.clocks, payload_bytes=run.payload_bytes)
     if cpu:
         ref = cpu_reference.reference(plan, x, in_flight, run.outputs, labels, progress=progress)
         doc["cpu"], doc["accuracy"] = ref["cpu"], ref["accuracy"]
@@ -151,6 +218,31 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="auto", choices=("auto", "digits", "random"))
     p.add_argument("--no-cpu", action="store_true", help="skip the CPU reference")
     p.add_argument("--json", type=Path, default=None, help="write the result here (and a PNG beside it)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="when another user holds a board's lease, wait up to this long for it (default: fail at once)")
+
+
+def write_incomplete(doc: Dict, path: Path) -> Path:
+    """Write an incomplete bench document and its plot (every frame's end-to-end latency) to `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1, default=_json_default) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for mode, frames in doc.get("frames", {}).items():
+        ax.plot([(f["t_recv"] - f["t_send"]) / 1e3 for f in frames], ".", ms=3, label=f"{mode}: {len(frames)} frames")
+    ax.set_xlabel("frame (received, in order)")
+    ax.set_ylabel("end-to-end latency (us)")
+    if doc.get("frames"):
+        ax.legend(fontsize=8)
+    ax.set_title(f"INCOMPLETE: {str(doc.get('error'))[:110]}", fontsize=8, color="red")
+    fig.tight_layout()
+    fig.savefig(path.with_suffix(".png"), dpi=100)
+    plt.close(fig)
+    return path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -160,8 +252,14 @@ def run(args: argparse.Namespace) -> int:
 
     plan = Plan.load(args.plan)
     rack = load_rack(args.boards)
-    doc = bench(plan, rack, args.frames, args.rate, args.in_flight, args.single_rate or None, args.data,
-                cpu=not args.no_cpu)
+    try:
+        doc = bench(plan, rack, args.frames, args.rate, args.in_flight, args.single_rate or None, args.data,
+                    cpu=not args.no_cpu, lease_wait=args.wait)
+    except BenchIncomplete as e:
+        # where the complete result would have gone; without --json, beside the plan (nothing measured is lost)
+        path = args.json or (plan.root / "bench" / f"incomplete-{e.doc['time'].replace(':', '')}.json")
+        write_incomplete(e.doc, path)
+        raise BenchIncomplete(f"{e}; wrote {path} and {path.with_suffix('.png')}", e.doc) from None
     print(format_bench(doc))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -95,11 +97,10 @@ class Deployment:
 def artifact_files(plan: Plan, name: str, board: Board) -> Dict[str, Path]:
     """Board file name (inside part/) -> local file of the partition's logic, for this kind of board."""
     if board.virtual:
-        from splitting.hls import ARTIFACT, project_dir
+        from splitting.hls import project_dir
 
         folder = project_dir(plan, name)
-        meta = json.loads((folder / ARTIFACT).read_text())
-        return {"partition.so": folder / meta["library"]}
+        return {"partition.so": checked_library(folder, name)}
     hls = plan.path(f"{name}/hls")
     bits = sorted(hls.rglob("*.bit")) if hls.exists() else []
     hwhs = sorted(hls.rglob("*.hwh")) if hls.exists() else []
@@ -109,6 +110,38 @@ def artifact_files(plan: Plan, name: str, board: Board) -> Dict[str, Path]:
             f"{plan.root}` on a machine with Vivado, or deploy to virtual boards"
         )
     return {"partition.bit": bits[-1], "partition.hwh": hwhs[-1]}
+
+
+def checked_library(folder: Path, name: str) -> Path:
+    """The emulation library of a cached hls4ml project, after checking it against the sha256 its manifest
+    (artifact.json) recorded when it was built. Raises UserError (one line, naming the file and what to do)
+    for a manifest or library that is missing or damaged. A manifest written before checksums were recorded
+    gets the library's checksum now (first use), and is checked from then on."""
+    from splitting.hls import ARTIFACT
+
+    art = Path(folder) / ARTIFACT
+    rebuild = f"remove {folder} (the cache entry) and run again to rebuild it"
+    try:
+        meta = json.loads(art.read_text())
+        lib = Path(folder) / meta["library"]
+    except FileNotFoundError:
+        raise UserError(f"partition {name}: the hls4ml cache entry has no manifest {art}; {rebuild}") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"partition {name}: the manifest {art} is damaged ({e}); {rebuild}") from None
+    if not lib.is_file():
+        raise UserError(f"partition {name}: the library {lib} is missing from the hls4ml cache; {rebuild}")
+    have = local_sha256(lib)
+    want = meta.get("library_sha256")
+    if want is None:
+        meta["library_sha256"] = have
+        meta["library_sha256_recorded"] = "first deploy"
+        tmp = art.with_name(art.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, art)
+    elif have != want:
+        raise UserError(f"partition {name}: the cached library {lib} is damaged (sha256 {have[:12]}, built as "
+                        f"{str(want)[:12]}); {rebuild}")
+    return lib
 
 
 def _backend(plan: Plan, name: str, board: Board) -> dict:
@@ -219,36 +252,50 @@ def stop_agents(conn: Connection, board: Board) -> int:
                 time.sleep(0.1)
                 if _alive(conn, pid):
                     raise BoardError(board.name, "agent-stop", f"agent pid {pid} survives SIGKILL; power-cycle the board")
-        conn.run(["rm", "-f", f"{part_dir}/{fname}"], check=False, timeout=10, stage="agent-stop")
+        conn.remove(f"{part_dir}/{fname}", stage="agent-stop")
     return n
 
 
 def start_agent(conn: Connection, board: Board, partition: str) -> int:
-    """Start the agent of part/agent.json in the background; wait for its ready line. Returns its pid."""
+    """Start the agent of part/agent.json in the background; wait for its ready line. Returns its pid.
+
+    The previous agent's log is moved aside first (agent-<partition>.log.1), so that what an agent that
+    cannot start says is its own. An agent that exits is reported at once with its output, not after the
+    start timeout."""
     part_dir = conn.remote_path(f"{board.workdir}/{PART}")
     out = f"agent-{partition}.out"
+    log = f"{part_dir}/agent-{partition}.log"
+    if conn.exists(log, stage="agent-start"):
+        conn.rename(log, f"{log}.1", stage="agent-start")
     argv = (["sudo", "-n"] if board.sudo else []) + ["setsid", board.python, "../agent.py", "agent.json"]
-    # fixed shell syntax only: detach, redirect, background; every argument quoted by conn.run
-    conn.run(argv, cwd=part_dir, shell_suffix=f"> {out} 2>&1 < /dev/null &", timeout=20, stage="agent-start")
+    launched = conn.start_background(argv, cwd=part_dir, output=out, stage="agent-start")
     deadline = time.monotonic() + AGENT_START_TIMEOUT
-    text = ""
+    text, gone = "", False
     while time.monotonic() < deadline:
         text = conn.read_text(f"{part_dir}/{out}", stage="agent-start") or ""
         for line in text.splitlines():
             if line.startswith("{") and '"ready"' in line:
                 return int(json.loads(line)["pid"])
-        if "cannot start" in text or "Traceback" in text or "usage:" in text:
+        if gone:  # it had exited before this last read of its output: nothing more will come
             break
-        time.sleep(0.1)
-    log = conn.read_text(f"{part_dir}/agent-{partition}.log", stage="agent-start") or ""
-    detail = " | ".join((text.strip() or log.strip() or "no output").splitlines()[-3:])
-    raise BoardError(board.name, "agent-start", f"agent of {partition} did not become ready: {detail}")
+        gone = not _alive(conn, launched)
+        if not gone:
+            time.sleep(0.1)
+    log_text = conn.read_text(log, stage="agent-start") or ""
+    detail = " | ".join((text.strip() or log_text.strip() or "no output").splitlines()[-3:])
+    if gone:
+        raise BoardError(board.name, "agent-start", f"agent of {partition} exited at start: {detail}")
+    raise BoardError(board.name, "agent-start", f"agent of {partition} did not become ready within "
+                     f"{AGENT_START_TIMEOUT:.0f} s: {detail}")
 
 
 # --- one board -----------------------------------------------------------------------------------------
 def _deploy_one(plan: Plan, name: str, board: Board, config: dict, force: bool,
                 progress: Callable[[str], None], connect_timeout: float, secret: bytes) -> Placed:
+    from . import lease
+
     t0 = time.monotonic()
+    lease.require(board)  # never change a board another user may hold
     art = artifact_files(plan, name, board)
     p = plan.partition(name)
     contracts = {"partition": name, "stage": p.stage,
@@ -278,25 +325,35 @@ def _deploy_one(plan: Plan, name: str, board: Board, config: dict, force: bool,
         # pid that was): a deployment that died between upload and restart leaves new files, old agent
         started = _json(conn.read_text(f"{root}/{PART}/running.json", stage="verify"))
         write_secret(conn, root, secret)
+        stale_state = None
         if not stale and pids and started.get("config") == want[f"{PART}/agent.json"]:
             try:
                 h = ping(board.host, board.data_port, secret)
                 if (h.get("plan_hash"), h.get("partition"), h.get("pid")) == (plan.hash, name, started.get("pid")):
                     running = int(h["pid"])
+                    stale_state = agent_stale_state(h)
             except (OSError, ValueError):
                 running = None
-        if not stale and running:
+        if not stale and running and not stale_state:
             progress(f"  {name} on {board.name}: board carries the same artifact and agent (pid {running}); "
                      "not uploaded, not reprogrammed")
             return Placed(name, board.name, board.host, board.data_port, False, [], False, running,
                           time.monotonic() - t0)
-        stop_agents(conn, board)
+        # new files go to a staging name and are checked there while the old agent still runs: a failed
+        # upload leaves the board as it was; only then is the old agent stopped and the files swapped in
         if stale:
             _upload(conn, board, root, stale, files, blobs, want)
+        stop_agents(conn, board)
+        for rel in stale:
+            conn.rename(f"{root}/{rel}.upload", f"{root}/{rel}", stage="swap")
+        # running.json names the agent that matches the files; until a new one is up, none does
+        conn.remove(f"{root}/{PART}/running.json", stage="agent-start")
         flashed = bool(art_rels & set(stale)) or force
         pid = start_agent(conn, board, name)
         conn.put_bytes(json.dumps({"pid": pid, "config": want[f"{PART}/agent.json"]}).encode(),
                        f"{root}/{PART}/running.json", stage="agent-start")
+        if stale_state and not stale:
+            progress(f"  {name} on {board.name}: same artifact, but its agent held {stale_state}: restarted")
     try:
         h = ping(board.host, board.data_port, secret)
     except (OSError, ValueError) as e:
@@ -313,8 +370,8 @@ def _deploy_one(plan: Plan, name: str, board: Board, config: dict, force: bool,
 
 def _upload(conn: Connection, board: Board, root: str, rels: List[str], files: Dict[str, Path],
             blobs: Dict[str, bytes], want: Dict[str, str]) -> None:
-    """Upload to a temporary name, verify sha256 on the board, then rename into place: a board never
-    carries a corrupted file under the real name. One retry for files that arrive corrupted."""
+    """Upload to the staging name `<file>.upload` and verify sha256 on the board; the caller renames them
+    into place. One retry for files that arrive corrupted; then the staging files are removed."""
     todo = list(rels)
     for attempt in (1, 2):
         for rel in todo:
@@ -325,29 +382,59 @@ def _upload(conn: Connection, board: Board, root: str, rels: List[str], files: D
                 conn.put(files[rel], tmp, stage="upload")
         got = conn.sha256([f"{root}/{rel}.upload" for rel in todo], stage="verify")
         bad = [rel for rel in todo if got.get(f"{root}/{rel}.upload") != want[rel]]
-        for rel in todo:
-            if rel not in bad:
-                conn.sftp.posix_rename(f"{root}/{rel}.upload", f"{root}/{rel}")
         if not bad:
             return
         todo = bad
     details = ", ".join(f"{rel} (expected {want[rel][:12]}, board has {str(got.get(f'{root}/{rel}.upload'))[:12]})"
                         for rel in bad[:2]) + (f" and {len(bad) - 2} more" if len(bad) > 2 else "")
-    conn.run(["rm", "-f", *[f"{root}/{rel}.upload" for rel in bad]], check=False, timeout=10, stage="verify")
+    for rel in rels:
+        conn.remove(f"{root}/{rel}.upload", stage="verify")
     raise BoardError(board.name, "verify", f"sha256 mismatch after upload, twice: {details}; "
-                     "the board's storage or link corrupts data: check its SD card")
+                     "the board's storage or link corrupts data: check its SD card (its agent was left running)")
+
+
+def agent_stale_state(health: dict) -> Optional[str]:
+    """What an agent that should be idle still holds from an earlier session (frames queued, parts waiting
+    for their partners, a host attached), from its PONG; None when it is clean. A plain deploy restarts an
+    agent with stale state, so that no frame of an earlier run can reach the next one."""
+    held = []
+    queues = health.get("queues") or []
+    if any(int(q or 0) for q in queues):
+        held.append(f"{sum(int(q or 0) for q in queues)} queued frame(s)")
+    if health.get("waiting_for_parts"):
+        held.append(f"{health['waiting_for_parts']} frame(s) waiting for parts")
+    if health.get("stale"):  # the agent's own verdict, when it gives one
+        held.append(str(health["stale"]) if not isinstance(health["stale"], bool) else "stale session state")
+    return ", ".join(held) or None
 
 
 # --- the rack ------------------------------------------------------------------------------------------
 def deploy(plan: Plan, rack: Rack, force: bool = False, progress: Callable[[str], None] = lambda s: None,
            faults: Optional[Dict[str, dict]] = None, part_timeout: Optional[float] = None,
-           connect_timeout: float = CONNECT_TIMEOUT) -> Deployment:
+           connect_timeout: float = CONNECT_TIMEOUT, lease_wait: float = 0.0) -> Deployment:
     """Deploy `plan` onto `rack` (partitions onto boards in order), in parallel over boards.
 
+    The boards are leased for the deployment (harness.lease), unless this process holds them already (a
+    run or bench holds them for the whole job): a board another user holds raises LeaseHeld (after
+    waiting up to `lease_wait` seconds), before anything on any board is changed.
     faults: partition -> agent fault-injection entry (tests only, see the agent's docstring).
     """
-    t0 = time.monotonic()
+    from . import lease
+
     boards = place(plan, rack)
+    for name, b in boards.items():  # compile (or find and check cached) artifacts before taking the boards
+        artifact_files(plan, name, b)
+    with lease.ensure(list(boards.values()), "deploy", wait=lease_wait, progress=progress,
+                      connect_timeout=connect_timeout) as held:
+        dep = _deploy(plan, boards, force, progress, faults, part_timeout, connect_timeout)
+        if held is not None:
+            held.check()
+        return dep
+
+
+def _deploy(plan: Plan, boards: Dict[str, Board], force: bool, progress: Callable[[str], None],
+            faults: Optional[Dict[str, dict]], part_timeout: Optional[float], connect_timeout: float) -> Deployment:
+    t0 = time.monotonic()
     progress(f"deploying plan {plan.hash} ({len(boards)} partitions) to {', '.join(b.name for b in boards.values())}")
     endpoints = {n: wiring_mod.Endpoint(b.name, b.host, b.data_port) for n, b in boards.items()}
     secret = wire.new_secret()  # one per deployment: every connection to its agents must prove it
@@ -386,13 +473,16 @@ def deploy(plan: Plan, rack: Rack, force: bool = False, progress: Callable[[str]
 def undeploy(rack: Rack, boards: Optional[List[str]] = None) -> int:
     """Stop the agents on the rack's boards (files stay, so the next deploy skips the upload)."""
     def stop(b: Board) -> int:
+        lease.require(b)
         with Connection(b) as conn:
             return stop_agents(conn, b)
+
+    from . import lease
 
     chosen = [b for b in rack.boards if boards is None or b.name in boards]
     if not chosen:
         return 0
-    with ThreadPoolExecutor(max_workers=min(8, len(chosen))) as pool:
+    with lease.ensure(chosen, "undeploy"), ThreadPoolExecutor(max_workers=min(8, len(chosen))) as pool:
         return sum(pool.map(stop, chosen))
 
 
@@ -496,6 +586,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("plan", type=Path, help="plan folder (written by `splitrack split` or `splitrack plan`)")
     p.add_argument("--boards", type=Path, required=True, help="rack file (boards.toml, or rack.toml of `rack up`)")
     p.add_argument("--force", action="store_true", help="upload and program even when a board carries the artifact")
+    add_wait_option(p)
+
+
+def add_wait_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="when another user holds a board's lease, wait up to this long for it (default: fail at once)")
 
 
 def run(args) -> int:
@@ -503,7 +599,7 @@ def run(args) -> int:
 
     plan = Plan.load(args.plan)
     rack = load_rack(args.boards)
-    dep = deploy(plan, rack, force=args.force, progress=lambda s: print(s, flush=True))
+    dep = deploy(plan, rack, force=args.force, progress=lambda s: print(s, flush=True), lease_wait=args.wait)
     for pl in dep.placed.values():
         print(f"  {pl.partition:>12} on {pl.board:<10} agent {pl.host}:{pl.port}  "
               f"{'flashed' if pl.flashed else 'not flashed (same artifact)'}")

@@ -41,7 +41,8 @@ def default_plan(progress: Callable[[str], None] = print):
 
 
 def nightly(boards: Path, db: Path, out: Path, plan_dir: Path = None, frames: int = 500, rate: float = None,
-            min_change: float = 0.05, progress: Callable[[str], None] = print) -> List[regress.Change]:
+            min_change: float = 0.05, progress: Callable[[str], None] = print,
+            lease_wait: float = 0.0) -> List[regress.Change]:
     """One night: returns the regressions in effect for this rack, machine and plan."""
     from splitting.plan import Plan
 
@@ -49,9 +50,13 @@ def nightly(boards: Path, db: Path, out: Path, plan_dir: Path = None, frames: in
 
     rack = load_rack(boards)
     plan = Plan.load(plan_dir) if plan_dir else default_plan(progress)
-    doc = bench_cmd.bench(plan, rack, frames=frames, rate=rate, progress=progress)
-    progress(bench_cmd.format_bench(doc))
     runs = Path(out) / "runs"
+    try:
+        doc = bench_cmd.bench(plan, rack, frames=frames, rate=rate, progress=progress, lease_wait=lease_wait)
+    except bench_cmd.BenchIncomplete as e:  # what was measured is kept where the night's result goes
+        path = bench_cmd.write_incomplete(e.doc, runs / f"{e.doc['time'][:19].replace(':', '')}-{plan.hash}.json")
+        raise bench_cmd.BenchIncomplete(f"{e}; wrote {path}", e.doc) from None
+    progress(bench_cmd.format_bench(doc))
     runs.mkdir(parents=True, exist_ok=True)
     stamp = doc["time"][:19].replace(":", "")
     bench_json = runs / f"{stamp}-{plan.hash}.json"
@@ -76,10 +81,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=500)
     p.add_argument("--rate", type=float, default=None, help="offered rate of the stream, frames/s")
     p.add_argument("--min-change", type=float, default=0.05, help="smallest relative change that counts (0.05 = 5%%)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="when another user holds a board's lease, wait up to this long for it (default: fail at once)")
 
 
 def run(args: argparse.Namespace) -> int:
-    live = nightly(args.boards, args.db, args.out, args.plan, args.frames, args.rate, args.min_change)
+    live = nightly(args.boards, args.db, args.out, args.plan, args.frames, args.rate, args.min_change,
+                   lease_wait=args.wait)
     for c in live:
         print(c.describe())
     if live:

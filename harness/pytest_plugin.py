@@ -18,7 +18,8 @@ Fixtures:
 
 Leases are file locks (one per board, in the temp folder, keyed by the rack file), so with `pytest -n N`
 every xdist worker gets boards of its own; a worker waits (bounded, --board-lease-timeout) when the others
-hold them.
+hold them. A test's boards are also leased on the boards themselves (`harness.lease`), which keeps out
+every other user of the rack, on this machine or another, for as long as the test runs.
 """
 from __future__ import annotations
 
@@ -129,6 +130,7 @@ class Lease:
 
         self.locks = []
         self.boards = []
+        self.board_lease = None
         deadline = time.monotonic() + timeout
         while True:
             for b in state.healthy.boards:
@@ -142,6 +144,17 @@ class Lease:
                 self.locks.append(lock)
                 self.boards.append(b)
             if len(self.boards) == n:
+                # the file locks keep this machine's xdist workers apart; the lease on the boards themselves
+                # keeps every other user (another machine, a `splitrack run` beside the tests) out
+                from harness.lease import RackLease
+
+                self.board_lease = RackLease(self.boards, "pytest", wait=max(0.0, deadline - time.monotonic()))
+                try:
+                    self.board_lease.acquire()
+                except BaseException:
+                    self.board_lease = None
+                    self.release()
+                    raise
                 return
             # not enough free boards: give back what we hold (so two workers cannot deadlock), wait, retry
             self.release()
@@ -151,6 +164,9 @@ class Lease:
             time.sleep(0.2)
 
     def release(self) -> None:
+        if self.board_lease is not None:
+            self.board_lease.release()
+            self.board_lease = None
         for lock in self.locks:
             lock.release()
         self.locks, self.boards = [], []

@@ -192,6 +192,16 @@ def _board_from(d: Dict[str, Any], path: Path, line: int, keys: Dict[str, int]) 
     for name in ("user", "pynq_version", "python", "workdir"):
         if name in d:
             out[name] = text(name)
+    if "workdir" in out:
+        w = out["workdir"]
+        if w.startswith("~") and not (w == "~" or w.startswith("~/")):
+            raise RackError(f"{where('workdir')}: {w!r}: `~user` is not supported; give the folder relative to the "
+                            "board user's home (e.g. \"splitrack\" or \"~/splitrack\") or absolute")
+        if "\0" in w or "\n" in w:
+            raise RackError(f"{where('workdir')}: {w!r}: a folder name cannot hold a newline or NUL")
+        if normal_workdir(w) in ("", "/"):
+            raise RackError(f"{where('workdir')}: {w!r} is the home or root folder itself; give a folder of its own "
+                            "(deploy writes and removes files there)")
     if "known_hosts" in d:
         out["known_hosts"] = local_path("known_hosts")
     if "host_key_policy" in d:
@@ -218,13 +228,85 @@ def _board_from(d: Dict[str, Any], path: Path, line: int, keys: Dict[str, int]) 
     return Board(**out)
 
 
+MAX_DEPTH = 4  # document > boards > board > power_cycle list
+
+
+def _depth(v: Any) -> int:
+    """Nesting depth of parsed TOML, iteratively (a recursive walk is what deep nesting breaks)."""
+    deepest, todo = 0, [(v, 0)]
+    while todo:
+        x, d = todo.pop()
+        if isinstance(x, dict):
+            todo.extend((y, d + 1) for y in x.values())
+        elif isinstance(x, list):
+            todo.extend((y, d + 1) for y in x)
+        else:
+            deepest = max(deepest, d)
+            continue
+        deepest = max(deepest, d + 1)
+        if deepest > MAX_DEPTH + 1:
+            break
+    return deepest - 1 if deepest else 0
+
+
+def _key_line(lines: "_Lines", key: str) -> int:
+    for _, _, keys in lines.tables:
+        if key in keys:
+            return keys[key]
+    ln, _ = lines.table(key)
+    return ln
+
+
+_LOOPBACK = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback", "127.0.0.1", "::1"}
+
+
+def normal_host(host: str) -> str:
+    """A host name as one spelling per address, for finding two boards that are one: lower case, no trailing
+    dot, IP literals in canonical form, and every spelling of this machine's loopback as 127.0.0.1. Names
+    are not looked up in DNS (a rack file must load without the network)."""
+    import ipaddress
+
+    h = host.strip().lower().rstrip(".")
+    if h.startswith("[") and h.endswith("]"):
+        h = h[1:-1]
+    try:
+        ip = ipaddress.ip_address(h)
+        if ip.version == 6 and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        h = str(ip)
+    except ValueError:
+        pass
+    return "127.0.0.1" if h in _LOOPBACK else h
+
+
+def normal_workdir(workdir: str) -> str:
+    """A board folder as written in a rack file, without `~/`, `./`, doubled or trailing slashes: two
+    spellings of one folder compare equal (relative ones are relative to the home)."""
+    import posixpath
+
+    w = workdir.strip()
+    if w == "~" or w.startswith("~/"):
+        w = w[2:]
+    absolute = w.startswith("/")
+    w = posixpath.normpath(w) if w else "."
+    if not absolute:
+        w = "" if w == "." else w
+    return w
+
+
 def parse_rack(text: str, path: Path) -> Rack:
     path = Path(path)
     try:
         d = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise RackError(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise RackError(f"{path}: not a rack file: values nested too deeply for TOML's parser") from None
     lines = _Lines(text)
+    depth = _depth(d)
+    if depth > MAX_DEPTH:
+        raise RackError(f"{path}: not a rack file: values nested more than {MAX_DEPTH} levels deep (a rack file "
+                        "needs no more); see boards.toml in the repository")
     _check_no_secrets(d, path, lines)
     for k in d:
         if k not in ("rack", "defaults", "boards"):
@@ -232,6 +314,9 @@ def parse_rack(text: str, path: Path) -> Rack:
             raise RackError(f"{_where(path, ln, k)}: unknown table; a rack file has [rack], [defaults] and [[boards]]")
     rack_t = d.get("rack", {})
     rline, rkeys = lines.table("rack")
+    if not isinstance(rack_t, dict):
+        raise RackError(f"{_where(path, _key_line(lines, 'rack'), 'rack')}: must be a table ([rack] with name), "
+                        f"got {rack_t!r}")
     for k in rack_t:
         if k not in ("name", "virtual_state"):
             raise RackError(f"{_where(path, rkeys.get(k, rline), 'rack.' + k)}: unknown field; [rack] has name and virtual_state")
@@ -248,6 +333,9 @@ def parse_rack(text: str, path: Path) -> Rack:
     boards: List[Board] = []
     for i, b in enumerate(raw_boards):
         line, keys = lines.table("boards", i)
+        if not isinstance(b, dict):
+            raise RackError(f"{_where(path, line or _key_line(lines, 'boards'), f'boards[{i}]')}: must be a table "
+                            f"([[boards]] with name, host, kind and key), got {b!r}")
         merged = dict(defaults)
         merged.update(b)
         # fields that came from [defaults] point at their line there
@@ -259,13 +347,17 @@ def parse_rack(text: str, path: Path) -> Rack:
         if b.name in seen:
             raise RackError(f"{path}:{b.line}: name: board {b.name!r} is already defined on line {seen[b.name].line}")
         seen[b.name] = b
-        for end in ((b.host, b.port), (b.host, b.data_port)):
+        host = normal_host(b.host)
+        for end in ((host, b.port), (host, b.data_port)):
             if end in ends and ends[end] is not b:
+                same = "" if ends[end].host == b.host else f" ({ends[end].host} and {b.host} are one host)"
                 raise RackError(
-                    f"{path}:{b.line}: port: {end[0]}:{end[1]} is also used by board {ends[end].name!r}; "
+                    f"{path}:{b.line}: port: {end[0]}:{end[1]} is also used by board {ends[end].name!r}{same}; "
                     "give every board its own SSH and data port"
                 )
             ends[end] = b
+        # two boards reached through different addresses or ports can still be one folder on one machine;
+        # that is found where it can be seen, on the boards (harness.lease: a board finds our own lease)
         if b.port == b.data_port:
             raise RackError(f"{path}:{b.line}: data_port: equals the SSH port {b.port}; pick another")
     name = rack_t.get("name", path.stem)
@@ -280,7 +372,11 @@ def load_rack(path) -> Rack:
             f"{path}: rack file not found; write one like boards.toml in the repository, "
             "or start a virtual rack with `splitrack rack up --boards 5 --out rack.toml`"
         )
-    rack = parse_rack(path.read_text(), path.resolve())
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RackError(f"{path}: cannot read the rack file: {e}") from None
+    rack = parse_rack(text, path.resolve())
     for b in rack.boards:
         if not b.key.is_file():
             ln = b.field_lines.get("key", b.line)

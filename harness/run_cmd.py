@@ -64,6 +64,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds a frame may take before it is lost")
     p.add_argument("--no-check", action="store_true", help="skip the comparison with the chained emulation")
     p.add_argument("--out", type=Path, default=None, help="folder for run.json and run.png (default: plan/run)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="when another user holds a board's lease, wait up to this long for it (default: fail at once)")
 
 
 def run(args) -> int:
@@ -77,60 +79,94 @@ def run(args) -> int:
             print(f"starting {len(plan.partitions)} local agents ...", flush=True)
             wiring = rack.start(plan, "emulation")
             return _run(args, plan, wiring, x, y, out_dir, where="local agents")
-    from .deploy import deploy
+    from . import lease
+    from .deploy import deploy, place
     from .rack import load_rack
 
     rack = load_rack(args.boards)
-    dep = deploy(plan, rack, progress=lambda s: print(s, flush=True))
-    flashed = dep.flashed
-    print(f"deployed in {dep.seconds:.1f} s ({'flashed ' + ', '.join(flashed) if flashed else 'nothing to flash'})")
-    return _run(args, plan, dep.wiring, x, y, out_dir, where=f"rack {args.boards}")
+    # the boards are ours from before the deployment to the last frame: nobody redeploys them under the run
+    with lease.ensure(list(place(plan, rack).values()), "run", wait=args.wait,
+                      progress=lambda s: print(s, flush=True)) as held:
+        dep = deploy(plan, rack, progress=lambda s: print(s, flush=True))
+        flashed = dep.flashed
+        print(f"deployed in {dep.seconds:.1f} s ({'flashed ' + ', '.join(flashed) if flashed else 'nothing to flash'})")
+        return _run(args, plan, dep.wiring, x, y, out_dir, where=f"rack {args.boards}", held=held)
 
 
-def _run(args, plan: Plan, wiring, x, y, out_dir: Path, where: str) -> int:
-    from .stream import Pipeline
+def _run(args, plan: Plan, wiring, x, y, out_dir: Path, where: str, held=None) -> int:
+    """Stream, check, write run.json and run.png. On a fault (a lost frame or agent, an agent that cannot
+    be reached, a lease lost) both are still written, with every frame that came back, marked
+    `"complete": false` with the error; then RunError is raised (exit status 2)."""
+    from .stream import Pipeline, StreamError, StreamResult
 
     print(f"streaming {len(x)} frames through {where}, {args.in_flight} in flight ...", flush=True)
-    with Pipeline(wiring) as pipe:
-        res = pipe.stream(x, in_flight=args.in_flight, rate=args.rate, timeout=args.timeout,
-                          progress=lambda i, n: print(f"  {i}/{n} frames sent", flush=True))
-    outputs = res.outputs()
-    lat = res.latencies_ns() / 1e3
-    summary = {"plan": plan.hash, "where": where, "frames": len(x), "in_flight": args.in_flight,
-               "throughput_fps": res.throughput, "latency_us": _pcts(lat)}
-    if y is not None:
-        summary["accuracy"] = float(np.mean(np.argmax(outputs.reshape(len(x), -1), axis=1) == y))
+    error = None
+    try:
+        with Pipeline(wiring) as pipe:
+            res = pipe.stream(x, in_flight=args.in_flight, rate=args.rate, timeout=args.timeout,
+                              progress=lambda i, n: print(f"  {i}/{n} frames sent", flush=True))
+    except StreamError as e:
+        res, error = e.result, str(e)
+    except (UserError, OSError) as e:  # no stream at all (an agent that does not accept connections ...)
+        res, error = StreamResult(wiring, []), str(e)
+    if held is not None and error is None:
+        try:
+            held.check()
+        except UserError as e:
+            error = str(e)
+    if error is None and not res.complete:
+        error = "; ".join(res.errors) or "frames missing"
+    got = [i for i, f in enumerate(res.frame_ids) if f in res.frames]  # inputs whose answer came back
+    ids = [res.frame_ids[i] for i in got]
+    n = len(got)
+    outputs = np.stack([res.frames[f].output for f in ids]) if ids else np.zeros((0,))
+    lat = np.array([res.frames[f].latency_ns for f in ids], dtype=np.int64) / 1e3
+    summary = {"plan": plan.hash, "where": where, "frames": len(x), "frames_received": n,
+               "complete": error is None, "error": error, "in_flight": args.in_flight,
+               "throughput_fps": res.throughput if n else float("nan"), "latency_us": _pcts(lat)}
+    if y is not None and n:
+        summary["accuracy"] = float(np.mean(np.argmax(outputs.reshape(n, -1), axis=1) == np.asarray(y)[got]))
     mismatches = None
-    if not args.no_check:
+    if not args.no_check and n:
         from splitting.chain import emulation_runner, run_chain
+        from splitting.hls import project_dir
 
-        ref = np.asarray(run_chain(plan, x, emulation_runner(plan))).reshape(outputs.shape)
-        bad = np.any(ref.reshape(len(x), -1) != outputs.reshape(len(x), -1), axis=1)
+        from .deploy import checked_library
+
+        for p in plan.ordered_partitions():  # the reference must not come from a damaged library either
+            checked_library(project_dir(plan, p.name), p.name)
+        ref = np.asarray(run_chain(plan, x[got], emulation_runner(plan))).reshape(outputs.shape)
+        bad = np.any(ref.reshape(n, -1) != outputs.reshape(n, -1), axis=1)
         mismatches = int(bad.sum())
         summary["emulation_mismatches"] = mismatches
     dwell = {}
     for name in (p.name for p in plan.ordered_partitions()):
-        d = [res.stamps(f)[name] for f in res.frame_ids]
-        dwell[name] = {"board": d[0]["board"], "dwell_us": _pcts([(s["t_send"] - s["t_recv"]) / 1e3 for s in d]),
-                       "compute_us": _pcts([(s["t_compute_end"] - s["t_compute_start"]) / 1e3 for s in d])}
+        d = [res.stamps(f)[name] for f in ids if name in res.stamps(f)]
+        if d:
+            dwell[name] = {"board": d[0]["board"], "dwell_us": _pcts([(s["t_send"] - s["t_recv"]) / 1e3 for s in d]),
+                           "compute_us": _pcts([(s["t_compute_end"] - s["t_compute_start"]) / 1e3 for s in d])}
     summary["partitions"] = dwell
 
-    print(f"\n{'partition':>12} {'board':>14} {'dwell p50 us':>13} {'compute p50 us':>15}")
-    for name, d in dwell.items():
-        print(f"{name:>12} {d['board']:>14} {d['dwell_us']['p50']:13.1f} {d['compute_us']['p50']:15.1f}")
-    print(f"\nframes {len(x)}  throughput {res.throughput:.0f} frames/s  end-to-end p50 {summary['latency_us']['p50']:.0f} us"
-          f"  p99 {summary['latency_us']['p99']:.0f} us")
+    if dwell:
+        print(f"\n{'partition':>12} {'board':>14} {'dwell p50 us':>13} {'compute p50 us':>15}")
+        for name, d in dwell.items():
+            print(f"{name:>12} {d['board']:>14} {d['dwell_us']['p50']:13.1f} {d['compute_us']['p50']:15.1f}")
+    if n:
+        print(f"\nframes {n}{'' if error is None else f' of {len(x)}'}  throughput {summary['throughput_fps']:.0f} "
+              f"frames/s  end-to-end p50 {summary['latency_us']['p50']:.0f} us  p99 {summary['latency_us']['p99']:.0f} us")
     if "accuracy" in summary:
         print(f"accuracy {summary['accuracy']:.4f}")
     if mismatches is not None:
-        print(f"outputs equal to the chained emulation, bit for bit: {len(x) - mismatches}/{len(x)}")
+        print(f"outputs equal to the chained emulation, bit for bit: {n - mismatches}/{n}")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     frames = [{"frame": f, "t_send": res.frames[f].t_send, "t_recv": res.frames[f].t_recv, "stamps": res.stamps(f)}
-              for f in res.frame_ids]
+              for f in ids]
     (out_dir / "run.json").write_text(json.dumps({"summary": summary, "frames": frames}, indent=1))
-    _plot(lat, dwell, plan, res, out_dir / "run.png")
-    print(f"wrote {out_dir / 'run.json'} and {out_dir / 'run.png'}")
+    _plot(lat, dwell, res, ids, out_dir / "run.png", error)
+    print(f"wrote {out_dir / 'run.json'} and {out_dir / 'run.png'}" + ("" if error is None else " (incomplete)"))
+    if error is not None:
+        raise RunError(f"{error} (the {n} frame(s) received are in {out_dir / 'run.json'}, marked incomplete)")
     if mismatches:
         raise RunError(f"{mismatches} of {len(x)} outputs differ from the plan's chained emulation: "
                        "the boards do not run the plan's partitions (redeploy with --force)")
@@ -139,10 +175,12 @@ def _run(args, plan: Plan, wiring, x, y, out_dir: Path, where: str) -> int:
 
 def _pcts(v) -> dict:
     v = np.asarray(v, dtype=np.float64)
+    if not v.size:
+        return {"p50": None, "p90": None, "p99": None, "max": None}
     return {k: float(np.percentile(v, q)) for k, q in (("p50", 50), ("p90", 90), ("p99", 99))} | {"max": float(v.max())}
 
 
-def _plot(lat, dwell, plan, res, path: Path) -> None:
+def _plot(lat, dwell, res, ids, path: Path, error: Optional[str] = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,12 +190,16 @@ def _plot(lat, dwell, plan, res, path: Path) -> None:
     a.plot(lat, ".", ms=3)
     a.set_xlabel("frame")
     a.set_ylabel("end-to-end latency (us)")
-    a.set_title(f"{len(lat)} frames, {res.throughput:.0f} frames/s")
+    a.set_title(f"{len(lat)} frames" + (f", {res.throughput:.0f} frames/s" if len(lat) > 1 else ""))
     names = list(dwell)
-    data = [[(res.stamps(f)[n]["t_send"] - res.stamps(f)[n]["t_recv"]) / 1e3 for f in res.frame_ids] for n in names]
-    b.boxplot(data, tick_labels=[f"{n}\n{dwell[n]['board']}" for n in names], showfliers=False)
+    if names:
+        data = [[(res.stamps(f)[n]["t_send"] - res.stamps(f)[n]["t_recv"]) / 1e3 for f in ids if n in res.stamps(f)]
+                for n in names]
+        b.boxplot(data, tick_labels=[f"{n}\n{dwell[n]['board']}" for n in names], showfliers=False)
     b.set_ylabel("time on the board, receive to send (us)")
     b.set_title("per-partition dwell (board clock)")
+    if error is not None:
+        fig.suptitle(f"INCOMPLETE: {error[:150]}", fontsize=8, color="red")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -5,7 +5,9 @@ labgrid's "driver" layer. Every failure becomes a `BoardError` that names the bo
 a timeout, so a board that stops answering ends in an error, never in a hang.
 
 Remote commands are argument lists; each argument is quoted with `shlex.quote` before it reaches the
-board's shell. The only unquoted shell text is fixed syntax written in this code base (`&&`, redirections).
+board's shell, and no command line is ever built from data any other way. Files, folders, renames and
+removals go through SFTP calls (no shell at all). The only unquoted shell text is fixed syntax written in
+this module (`cd ... &&`, the redirections and `&` of `start_background`).
 """
 from __future__ import annotations
 
@@ -25,6 +27,9 @@ from .rack import Board
 
 CONNECT_TIMEOUT = 10.0  # TCP connect, SSH banner, key exchange and auth, each
 COMMAND_TIMEOUT = 60.0
+# every SFTP request (one 32 KiB write, a stat, a rename) must be answered within this; a board whose SSH
+# server freezes mid-upload then fails in seconds with the stage named, not after the kernel gives up
+SFTP_TIMEOUT = 10.0
 
 
 class BoardError(UserError, RuntimeError):
@@ -89,6 +94,7 @@ class Connection:
         self._client: Optional[paramiko.SSHClient] = None
         self._sftp: Optional[paramiko.SFTPClient] = None
         self._home: Optional[str] = None
+        self._broken = False  # an SFTP request timed out: do not wait on this connection again
 
     # --- connecting ------------------------------------------------------------------------------
     def open(self) -> "Connection":
@@ -166,6 +172,12 @@ class Connection:
         return self
 
     def close(self) -> None:
+        if self._broken and self._client is not None:
+            # a hung board: close the transport (no goodbye that would wait for an answer)
+            try:
+                self._client.get_transport().close()
+            except Exception:
+                pass
         if self._sftp is not None:
             try:
                 self._sftp.close()
@@ -184,20 +196,27 @@ class Connection:
 
     # --- commands --------------------------------------------------------------------------------
     def run(self, argv: Sequence[Union[str, Path, int]], timeout: float = COMMAND_TIMEOUT, check: bool = True,
-            stage: str = "command", shell_suffix: str = "", cwd: Optional[str] = None) -> Result:
-        """Run a command on the board. `argv` is quoted argument by argument.
-
-        shell_suffix: fixed shell syntax from this code base appended after the quoted command (for
-        redirections); never user input.
-        cwd: folder to run in (quoted).
-        """
+            stage: str = "command", cwd: Optional[str] = None) -> Result:
+        """Run a command on the board. `argv` is quoted argument by argument; cwd (quoted) is the folder."""
         assert self._client is not None, "open() first"
         line = quote(argv)
         if cwd is not None:
             line = f"cd {shlex.quote(str(cwd))} && {line}"
-        if shell_suffix:
-            line = f"{line} {shell_suffix}"
         return self._exec(line, [str(a) for a in argv], timeout, check, stage)
+
+    def start_background(self, argv: Sequence[Union[str, Path, int]], cwd: str, output: str,
+                         stage: str = "start", timeout: float = 20.0) -> int:
+        """Start `argv` detached in `cwd`, stdout and stderr to the file `output` (truncated), stdin from
+        /dev/null; returns its pid (the shell's `$!`). Every argument, the folder and the file name are
+        quoted: the shell sees data only as quoted words."""
+        assert self._client is not None, "open() first"
+        line = (f"cd {shlex.quote(str(cwd))} && {quote(argv)} > {shlex.quote(str(output))} 2>&1 < /dev/null & "
+                "echo $!")
+        res = self._exec(line, [str(a) for a in argv], timeout, True, stage)
+        pid = res.stdout.strip().splitlines()[-1:] or [""]
+        if not pid[0].isdigit():
+            raise BoardError(self.board.name, stage, f"`{line}` did not report a process id: {res.stdout!r}")
+        return int(pid[0])
 
     def _exec(self, line: str, argv: List[str], timeout: float, check: bool, stage: str) -> Result:
         b = self.board
@@ -239,7 +258,7 @@ class Connection:
         if self._sftp is None:
             try:
                 self._sftp = self._client.open_sftp()
-                self._sftp.get_channel().settimeout(COMMAND_TIMEOUT)
+                self._sftp.get_channel().settimeout(SFTP_TIMEOUT)
             except (paramiko.SSHException, OSError) as e:
                 raise BoardError(self.board.name, "sftp", f"cannot open SFTP: {e}; does the board's sshd offer sftp?") from None
         return self._sftp
@@ -247,37 +266,79 @@ class Connection:
     @property
     def home(self) -> str:
         if self._home is None:
-            self._home = self.sftp.normalize(".")
+            try:
+                self._home = self.sftp.normalize(".")
+            except (IOError, paramiko.SSHException, socket.timeout, EOFError) as e:
+                raise self._sftp_error("prepare", "finding the home folder", e) from None
         return self._home
 
     def remote_path(self, rel: str) -> str:
-        """A board path: absolute as given, or relative to the user's home."""
-        return rel if rel.startswith("/") else f"{self.home.rstrip('/')}/{rel}"
+        """A board path: absolute as given; `~` or `~/x` in the user's home (expanded here, on the board's
+        side: the board's home, not this machine's); anything else relative to the home."""
+        rel = str(rel)
+        if rel == "~" or rel.startswith("~/"):
+            rel = rel[2:]
+        elif rel.startswith("~"):
+            raise BoardError(self.board.name, "prepare", f"path {rel!r}: `~user` is not supported; give the "
+                             "folder relative to the home folder or absolute")
+        if rel.startswith("/"):
+            return rel
+        home = self.home.rstrip("/")
+        return f"{home}/{rel}".rstrip("/") if rel else home
+
+    def _sftp_error(self, stage: str, what: str, e: BaseException) -> BoardError:
+        """A BoardError for a failed SFTP request; a timeout says the board stopped answering."""
+        if isinstance(e, (socket.timeout, TimeoutError)):
+            self._broken = True
+            return BoardError(self.board.name, stage, f"the board's SSH server stopped answering while {what} "
+                              f"(no reply within {SFTP_TIMEOUT:.0f} s); the board is hung or overloaded: "
+                              "power-cycle it and deploy again")
+        if isinstance(e, EOFError) or (isinstance(e, paramiko.SSHException) and not str(e)):
+            self._broken = True
+            return BoardError(self.board.name, stage, f"the connection closed while {what}; is the board still up?")
+        return BoardError(self.board.name, stage, f"{what} failed: {e or type(e).__name__}")
 
     def put(self, local: Path, remote: str, stage: str = "upload") -> None:
+        # not paramiko's put(): it pipelines writes and reports a refused write (a full disk) only as a
+        # size mismatch at the end; here every write's answer is checked, so the board's reason comes back.
+        # No `with` on the remote file: after a timeout its close() would wait once more for the hung board.
+        dst = None
         try:
-            # not paramiko's put(): it pipelines writes and reports a refused write (a full disk) only as a
-            # size mismatch at the end; here every write's answer is checked, so the board's reason comes back
-            with open(local, "rb") as src, self.sftp.open(remote, "wb") as dst:
+            with open(local, "rb") as src:
+                dst = self.sftp.open(remote, "wb")
                 dst.set_pipelined(False)
                 for chunk in iter(lambda: src.read(32768), b""):
                     dst.write(chunk)
+            dst.close()
+        except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:
+            raise self._sftp_error(stage, f"writing {remote}", e) from None
         except IOError as e:
             text = str(e)
+            if dst is not None:
+                try:
+                    dst.close()
+                except Exception:
+                    pass
             if "space" in text.lower() or "quota" in text.lower() or getattr(e, "errno", None) == 28:
                 raise BoardError(self.board.name, stage, f"no space left on the board while writing {remote} "
                                  f"({Path(local).stat().st_size} bytes); free space in its home folder") from None
             raise BoardError(self.board.name, stage, f"upload of {local} to {remote} failed: {text}") from None
-        except (paramiko.SSHException, socket.timeout, EOFError) as e:
-            raise BoardError(self.board.name, stage, f"upload of {local} to {remote} failed: {e}") from None
 
-    def put_bytes(self, data: bytes, remote: str, stage: str = "upload") -> None:
+    def put_bytes(self, data: bytes, remote: str, stage: str = "upload", mode: Optional[int] = None,
+                  exclusive: bool = False) -> None:
+        """Write `data` to the board file `remote`. mode: chmod before the data goes in (e.g. 0o600).
+        exclusive: create it, failing with FileExistsError when it exists (O_EXCL: atomic on the board)."""
         try:
-            with self.sftp.open(remote, "wb") as f:
-                f.write(data)
+            f = self.sftp.open(remote, "wbx" if exclusive else "wb")
+            if mode is not None:
+                f.chmod(mode)
+            f.write(data)
+            f.close()
+        except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:
+            raise self._sftp_error(stage, f"writing {remote}", e) from None
         except IOError as e:
-            raise BoardError(self.board.name, stage, f"writing {remote} failed: {e}") from None
-        except (paramiko.SSHException, socket.timeout, EOFError) as e:
+            if exclusive and self.exists(remote, stage):
+                raise FileExistsError(remote) from None
             raise BoardError(self.board.name, stage, f"writing {remote} failed: {e}") from None
 
     def read_text(self, remote: str, stage: str = "read") -> Optional[str]:
@@ -287,15 +348,66 @@ class Connection:
                 return f.read().decode(errors="replace")
         except FileNotFoundError:
             return None
+        except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:
+            raise self._sftp_error(stage, f"reading {remote}", e) from None
         except IOError as e:
             if getattr(e, "errno", None) == 2:
                 return None
             raise BoardError(self.board.name, stage, f"reading {remote} failed: {e}") from None
-        except (paramiko.SSHException, socket.timeout, EOFError) as e:
-            raise BoardError(self.board.name, stage, f"reading {remote} failed: {e}") from None
 
-    def mkdirs(self, remote: str) -> None:
-        self.run(["mkdir", "-p", remote], timeout=20, stage="prepare")
+    def exists(self, remote: str, stage: str = "read") -> bool:
+        try:
+            self.sftp.stat(remote)
+            return True
+        except FileNotFoundError:
+            return False
+        except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:
+            raise self._sftp_error(stage, f"looking at {remote}", e) from None
+        except IOError as e:
+            if getattr(e, "errno", None) == 2:
+                return False
+            raise BoardError(self.board.name, stage, f"looking at {remote} failed: {e}") from None
+
+    def sftp_call(self, stage: str, what: str, fn, *args):
+        """One SFTP request (`fn(*args)`, e.g. self.sftp.posix_rename) with the board's errors as BoardError."""
+        try:
+            return fn(*args)
+        except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:
+            raise self._sftp_error(stage, what, e) from None
+        except IOError as e:
+            raise BoardError(self.board.name, stage, f"{what} failed: {e}") from None
+
+    def rename(self, src: str, dst: str, stage: str) -> None:
+        """Rename on the board, replacing `dst` (POSIX rename: atomic)."""
+        self.sftp_call(stage, f"renaming {src} to {dst}", self.sftp.posix_rename, src, dst)
+
+    def remove(self, remote: str, stage: str) -> None:
+        """Remove a board file; a missing one is fine."""
+        try:
+            self.sftp.remove(remote)
+        except FileNotFoundError:
+            pass
+        except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:
+            raise self._sftp_error(stage, f"removing {remote}", e) from None
+        except IOError as e:
+            if getattr(e, "errno", None) != 2:
+                raise BoardError(self.board.name, stage, f"removing {remote} failed: {e}") from None
+
+    def mkdirs(self, remote: str, stage: str = "prepare") -> None:
+        """mkdir -p over SFTP (no shell)."""
+        parts = [p for p in remote.split("/") if p]
+        path = "" if remote.startswith("/") else "."
+        for p in parts:
+            path = f"{path}/{p}" if path != "." else p
+            if self.exists(path, stage):
+                continue
+            try:
+                self.sftp.mkdir(path)
+            except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:
+                raise self._sftp_error(stage, f"creating {path}", e) from None
+            except IOError as e:
+                if not self.exists(path, stage):  # made meanwhile by another deployment: fine
+                    raise BoardError(self.board.name, stage, f"cannot create folder {path}: {e}") from None
 
     def sha256(self, remotes: Iterable[str], stage: str = "verify") -> dict:
         """{path: sha256} of board files, computed on the board; missing files are absent from the answer."""

@@ -119,8 +119,10 @@ def compiled(keras_file: Path, weights_sha: str, hls_cfg: dict, hls_defaults: di
             raise RuntimeError(f"hls4ml compile of {project} produced no library in {folder}")
         n_in = int(_prod(model.inputs[0].shape[1:]))
         n_out = int(_prod(model.outputs[0].shape[1:]))
+        # the library's sha256 from the moment it is built: deploy refuses a cached library damaged later
         meta = {"library": str(libs[-1].relative_to(folder)), "project": project, "n_in": n_in, "n_out": n_out,
-                "seconds": round(time.time() - t0, 1), "key": key}
+                "seconds": round(time.time() - t0, 1), "key": key,
+                "library_sha256": hashlib.sha256(libs[-1].read_bytes()).hexdigest()}
         art.write_text(json.dumps(meta, indent=1))
         print(f"  hls4ml: {project} compiled in {meta['seconds']} s", file=sys.stderr, flush=True)
     return folder

@@ -1,0 +1,373 @@
+"""Exclusive leases on boards, held on the boards themselves: one user at a time per board.
+
+A lease is the file `lease.json` in the board's workdir, created atomically over SFTP (O_EXCL: of two
+users who try at once, exactly one creates it), holding who (user@host:pid), since when and until when.
+The holder refreshes it while it works (a thread rewrites it every ttl/4) and removes it at the end. A
+lease whose holder died is not refreshed and expires after `ttl` seconds, measured by the board's own
+clock (the file's modification time against the time the board gives a file written now), so the
+clocks of the users' machines never matter. Because the lease lives on the board, it keeps users on
+different machines apart too.
+
+Boards are leased one at a time in the rack's order and given back at once when one of them is held by
+someone else: of two users wanting the same boards, the first to lease the first board gets them all and
+the other gets `LeaseHeld` (a one-line error naming the holder and since when), or waits with `wait`.
+
+Breaking an expired lease renames it to a name of our own first (a rename succeeds for one user only),
+then checks that the renamed file is the expired lease we read (not a fresh one that replaced it
+meanwhile) before creating ours. The refresher checks that the file it refreshes is still ours; a lease
+lost anyway is reported by `RackLease.check()` instead of being silently overwritten.
+
+Within one process a board leased once counts as held for every later use (deploy inside run inside a
+pytest fixture): `ensure()` leases only the boards this process does not hold yet.
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, Dict, List, Optional
+
+from splitting.errors import UserError
+
+from .rack import Board
+from .ssh import CONNECT_TIMEOUT, BoardError, Connection
+
+LEASE_FILE = "lease.json"
+DEFAULT_TTL = 60.0  # seconds a lease outlives its last refresh (a holder that died frees the board after this)
+EMPTY_GRACE = 30.0  # a lease file still empty after this long belongs to a user who died while creating it
+RETRY_EVERY = 1.0  # seconds between attempts while waiting
+
+GIVE_BACK_WAIT = 3.0  # seconds release() waits for the boards to confirm their lease files are gone
+_abandoned: set = set()  # tokens of this process's leases that a board did not confirm removing
+_held: Dict[tuple, "RackLease"] = {}
+_unreachable: Dict[tuple, BoardError] = {}  # boards the last attempt could not reach, and why
+UNREACHABLE_STAGES = ("connect", "auth", "host-key")  # (host, port, workdir) -> the lease of this process that holds it
+_held_lock = threading.Lock()
+
+
+class LeaseHeld(UserError):
+    """A board is leased by someone else (the message names the holder and since when)."""
+
+
+class LeaseLost(UserError):
+    """Our lease on a board was broken or replaced while we held it."""
+
+
+def owner_name() -> str:
+    """user@host:pid of this process."""
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}:{os.getpid()}"
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _key(board: Board) -> tuple:
+    return (board.host, board.port, board.workdir)
+
+
+@dataclass
+class LeaseInfo:
+    """What a lease file says, and how old it is by the board's clock."""
+
+    owner: str
+    since: str  # ISO time (the holder's clock) the lease was taken
+    expires: str  # ISO time (the holder's clock) of the last refresh plus ttl
+    ttl: float
+    token: str  # random, per lease: tells our own lease from someone else's
+    purpose: str
+    age: float  # seconds since the last refresh, board clock
+    board: str = ""  # the board (as the holder's rack file names it) the lease was taken for
+
+    @property
+    def expired(self) -> bool:
+        return self.age > self.ttl
+
+    def describe(self) -> str:
+        return (f"leased by {self.owner} since {self.since} for {self.purpose or 'a job'} "
+                f"(refreshed {self.age:.0f} s ago, expires {max(0.0, self.ttl - self.age):.0f} s after the last "
+                "refresh)")
+
+
+class RackLease:
+    """Exclusive leases on `boards`. Use as a context manager, or acquire()/release().
+
+    purpose: what the lease is for (deploy, run, bench ...), shown to a user who finds it held.
+    wait: seconds to keep trying while a board is held by someone else (0: fail at once with LeaseHeld).
+    ttl: seconds the lease outlives its last refresh.
+    Raises LeaseHeld, BoardError (a board that cannot be reached; its stage is "lease"), or UserError for
+    two boards that are one folder.
+    """
+
+    def __init__(self, boards: List[Board], purpose: str = "", wait: float = 0.0, ttl: float = DEFAULT_TTL,
+                 connect_timeout: float = CONNECT_TIMEOUT, progress: Callable[[str], None] = lambda s: None):
+        self.boards = list(boards)
+        self.purpose = purpose
+        self.wait = wait
+        self.ttl = ttl
+        self.connect_timeout = connect_timeout
+        self.progress = progress
+        self.owner = owner_name()
+        self.token = secrets.token_hex(16)
+        self.since = time.time()
+        self.conns: Dict[str, Connection] = {}  # board name -> its connection, kept for refreshes
+        self.paths: Dict[str, str] = {}  # board name -> lease file on the board
+        self.lost: Optional[str] = None
+        self.unreachable: Dict[str, BoardError] = {}  # board name -> why it could not be leased
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._io = threading.Lock()  # the refresher and release() share the connections
+
+    # --- the lease file --------------------------------------------------------------------------------
+    def _body(self, board: str) -> bytes:
+        now = time.time()
+        return (json.dumps({"owner": self.owner, "since": _iso(self.since), "expires": _iso(now + self.ttl),
+                            "ttl": self.ttl, "token": self.token, "purpose": self.purpose, "board": board})
+                + "\n").encode()
+
+    def _board_now(self, conn: Connection, folder: str) -> float:
+        """The board's clock, as the modification time it gives a file written now."""
+        probe = f"{folder}/.lease-clock-{self.token}"
+        conn.put_bytes(b"", probe, stage="lease")
+        try:
+            return float(conn.sftp_call("lease", f"reading the time of {probe}", conn.sftp.stat, probe).st_mtime)
+        finally:
+            conn.remove(probe, stage="lease")
+
+    def _read(self, conn: Connection, path: str, folder: str) -> Optional[LeaseInfo]:
+        """The lease at `path`, or None when there is none. An unreadable or half-written file counts as a
+        lease by an unknown holder (expired after EMPTY_GRACE)."""
+        text = conn.read_text(path, stage="lease")
+        if text is None:
+            return None
+        try:
+            mtime = float(conn.sftp_call("lease", f"looking at {path}", conn.sftp.stat, path).st_mtime)
+        except BoardError:
+            if not conn.exists(path, stage="lease"):
+                return None
+            raise
+        age = self._board_now(conn, folder) - mtime
+        try:
+            d = json.loads(text)
+            return LeaseInfo(str(d["owner"]), str(d["since"]), str(d["expires"]), float(d["ttl"]), str(d["token"]),
+                             str(d.get("purpose", "")), age, str(d.get("board", "")))
+        except (ValueError, KeyError, TypeError):
+            return LeaseInfo("an unknown holder (the lease file is empty or damaged)", "?", "?", EMPTY_GRACE, "",
+                             "", age)
+
+    def _try_one(self, board: Board) -> Optional[LeaseInfo]:
+        """Lease one board. None when leased; the holder's LeaseInfo when someone else holds it."""
+        conn = self.conns.get(board.name)
+        if conn is None:
+            conn = Connection(board, timeout=self.connect_timeout).open()
+            self.conns[board.name] = conn
+        folder = conn.remote_path(board.workdir)
+        conn.mkdirs(folder, stage="lease")
+        path = f"{folder}/{LEASE_FILE}"
+        for _ in range(5):  # a lease that vanishes or is broken between our steps: look again
+            try:
+                conn.put_bytes(self._body(board.name), path, stage="lease", exclusive=True)
+                self.paths[board.name] = path
+                return None
+            except FileExistsError:
+                pass
+            info = self._read(conn, path, folder)
+            if info is None:
+                continue
+            if info.token == self.token:
+                raise UserError(f"boards {info.board} and {board.name} of the rack file are one folder on one "
+                                f"machine ({path}): give every board its own workdir (or host)")
+            if not info.token and info.age < 5:  # being written by its creator this very moment
+                time.sleep(0.2)
+                continue
+            with _held_lock:
+                ours = info.token in _abandoned  # left behind by this process on a board that hung
+            if not info.expired and not ours:
+                return info
+            self._break(conn, path, info, board)
+        return self._read(conn, path, folder) or LeaseInfo("someone", "?", "?", 0, "", "", 0)
+
+    def _break(self, conn: Connection, path: str, info: LeaseInfo, board: Board) -> None:
+        """Remove an expired lease, unless it was replaced by a fresh one between our read and now."""
+        aside = f"{path}.expired-{self.token}"
+        try:
+            conn.rename(path, aside, stage="lease")
+        except BoardError:
+            return  # gone already: another user broke it first
+        text = conn.read_text(aside, stage="lease") or ""
+        if info.token and info.token not in text:
+            # not the lease we found expired: a fresh one; give it back (if nobody took the place meanwhile)
+            try:
+                conn.put_bytes(text.encode(), path, stage="lease", exclusive=True)
+            except FileExistsError:
+                pass
+        else:
+            self.progress(f"  {board.name}: the lease of {info.owner} expired {info.age - info.ttl:.0f} s ago; "
+                          "taking the board")
+        conn.remove(aside, stage="lease")
+
+    # --- the whole set -----------------------------------------------------------------------------------
+    def acquire(self) -> "RackLease":
+        deadline = time.monotonic() + self.wait
+        said = False
+        while True:
+            with _held_lock:  # boards another lease of this process holds already are not leased twice
+                todo = [b for b in self.boards if _held.get(_key(b)) in (None, self)]
+            holder = None
+            self.unreachable.clear()
+            try:
+                for b in todo:
+                    try:
+                        info = self._try_one(b)
+                    except BoardError as e:
+                        if e.stage not in UNREACHABLE_STAGES:
+                            raise
+                        # nothing can change on a board we cannot reach: the job reports it (naming the
+                        # board and the stage) and may use the others; it never touches an unleased board
+                        self.unreachable[b.name] = e
+                        self.conns.pop(b.name, None)
+                        continue
+                    if info is not None:
+                        holder = (b, info)
+                        break
+            except BaseException:
+                self._give_back()
+                raise
+            if holder is None:
+                todo = [b for b in todo if b.name not in self.unreachable]
+                with _held_lock:
+                    for b in todo:
+                        _held[_key(b)] = self
+                    _unreachable.update({_key(b): e for b in self.boards if (e := self.unreachable.get(b.name))})
+                self.boards = todo
+                self._thread = threading.Thread(target=self._refresh_loop, name="splitrack-lease", daemon=True)
+                self._thread.start()
+                return self
+            self._give_back()  # never sit on some boards while waiting for the others: no deadlock
+            b, info = holder
+            if time.monotonic() >= deadline:
+                hint = " (waited {:.0f} s)".format(self.wait) if self.wait else "; wait for it with --wait SECONDS"
+                raise LeaseHeld(f"board {b.name} is {info.describe()}{hint}")
+            if not said:
+                self.progress(f"board {b.name} is {info.describe()}; waiting up to {self.wait:.0f} s")
+                said = True
+            time.sleep(min(RETRY_EVERY, max(0.0, deadline - time.monotonic())))
+
+    def _give_back(self) -> None:
+        """Remove the lease files we created, close every connection. Boards in parallel, and a board that
+        does not answer within GIVE_BACK_WAIT is left to its lease's expiry (this process breaks that lease
+        at once should it lease the board again): a hung board must not hold up the error that names it."""
+        def one(name: str, path: str) -> None:
+            conn = self.conns.get(name)
+            try:
+                if conn is not None and self.token in (conn.read_text(path, stage="lease") or ""):
+                    conn.remove(path, stage="lease")
+                done.add(name)
+            except BoardError:
+                pass
+
+        done: set = set()
+        threads = [threading.Thread(target=one, args=(n, p), daemon=True) for n, p in self.paths.items()]
+        for t in threads:
+            t.start()
+        end = time.monotonic() + GIVE_BACK_WAIT
+        for t in threads:
+            t.join(max(0.0, end - time.monotonic()))
+        if set(self.paths) - done:
+            with _held_lock:
+                _abandoned.add(self.token)
+        self.paths.clear()
+        for name, conn in self.conns.items():
+            if name in done or not any(t.is_alive() for t in threads):
+                conn.close()
+        self.conns.clear()
+
+    def _refresh_loop(self) -> None:
+        every = max(0.2, self.ttl / 4)
+        while not self._stop.wait(every):
+            with self._io:
+                if self._stop.is_set():
+                    return
+                for name, path in list(self.paths.items()):
+                    conn = self.conns[name]
+                    try:
+                        text = conn.read_text(path, stage="lease")
+                        if text is None or self.token not in text:
+                            self.lost = (f"the lease on board {name} was "
+                                         + ("removed" if text is None else "taken over") + " while we held it")
+                            continue
+                        tmp = f"{path}.refresh-{self.token}"
+                        conn.put_bytes(self._body(name), tmp, stage="lease")
+                        conn.rename(tmp, path, stage="lease")
+                    except BoardError:
+                        pass  # a board that stops answering: the job on it fails by itself; try again later
+
+    def check(self) -> None:
+        """Raise LeaseLost when a lease of this set was lost while held."""
+        if self.lost:
+            raise LeaseLost(f"{self.lost}; another user may have used the board meanwhile: run again")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        with self._io:
+            self._give_back()
+        with _held_lock:
+            for k in [k for k, v in _held.items() if v is self]:
+                del _held[k]
+
+    def __enter__(self) -> "RackLease":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class _Nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return None
+
+
+def ensure(boards: List[Board], purpose: str, wait: float = 0.0, ttl: float = DEFAULT_TTL,
+           progress: Callable[[str], None] = lambda s: None, connect_timeout: float = CONNECT_TIMEOUT):
+    """A context that holds leases on `boards` for its duration: leases the ones this process does not
+    hold yet (and gives those back at the end), leaves the ones it already holds alone. A board that
+    cannot be reached is left unleased; `require(board)` then raises why."""
+    with _held_lock:
+        todo = [b for b in boards if _key(b) not in _held]
+    if not todo:
+        return _Nothing()
+    return RackLease(todo, purpose, wait=wait, ttl=ttl, progress=progress, connect_timeout=connect_timeout)
+
+
+def holds(board: Board) -> bool:
+    """Whether this process holds a lease on `board`."""
+    with _held_lock:
+        return _key(board) in _held
+
+
+def require(board: Board) -> None:
+    """Raise unless this process holds `board`'s lease: the BoardError that kept it from leasing the board
+    (unreachable), or BoardError(stage "lease")."""
+    with _held_lock:
+        if _key(board) in _held:
+            return
+        err = _unreachable.get(_key(board))
+    if err is not None:
+        raise err
+    raise BoardError(board.name, "lease", "this process does not hold the board's lease; take it first "
+                     "(harness.lease.ensure)")

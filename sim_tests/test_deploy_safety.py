@@ -1,0 +1,278 @@
+"""Deployment faults that must end in a true, bounded, one-line error and leave the boards in a state the
+error describes: a name that would be shell, a frozen SSH server, an agent that cannot start, a damaged
+cache, a failed upload; and a run or bench that loses an agent keeps every frame it received."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.deploy import DeployError, agent_stale_state, deploy, ping, undeploy
+from harness.rack import Rack, load_rack
+from harness.ssh import Connection
+from harness.virtual_rack import rack_down, rack_up
+from splitting.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def plan3(tmp_path_factory):
+    from splitting.plan import Plan
+    from splitting.reference import reference_model
+    from splitting.split import split_model, write_plan
+
+    plan, models = split_model(reference_model("fc"), at=["fc1", "fc2"])
+    folder = tmp_path_factory.mktemp("fc3")
+    write_plan(plan, models, folder)
+    return Plan.load(folder)
+
+
+@pytest.fixture(scope="module")
+def rack_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("safetyrack")
+    rack_up(3, d / "rack.toml", state=d / "state", progress=lambda s: None)
+    yield d / "rack.toml"
+    rack_down(d / "rack.toml")
+
+
+def _board_pid(rack: Rack, name: str) -> int:
+    rec = json.loads((rack.virtual_state / "rack.json").read_text())
+    return next(p["pid"] for p in rec["pids"] if p["name"] == name)
+
+
+def _renamed(plan, old: str, new: str, root: Path):
+    """The plan with partition `old` renamed `new`, built in memory: load-time name validation is bypassed
+    on purpose, to test that the deployment layer runs nothing a name says."""
+    from splitting.plan import Plan
+
+    shutil.copytree(plan.root, root)
+    shutil.move(str(root / old), str(root / new))
+    p = Plan.load(root)
+    part = p.partitions.pop(old)
+    p.partitions[new] = dataclasses.replace(part, name=new)
+    for s in p.stages:
+        s.partitions = [new if n == old else n for n in s.partitions]
+    p.links = [dataclasses.replace(c, src=new if c.src == old else c.src, dst=new if c.dst == old else c.dst)
+               for c in p.links]
+    return p
+
+
+def test_partition_name_that_is_shell_runs_nothing(plan3, rack_file, tmp_path, monkeypatch):
+    from splitting.hls import project_dir
+
+    rack = load_rack(rack_file)
+    marker = "X" + tmp_path.name[-8:]
+    evil = f"s1$(touch {marker})"
+    plan = _renamed(plan3, "s1", evil, tmp_path / "evil")
+    # the library comes from the cache (same content, same key): this test is about the board side, and
+    # hls4ml's own build script would run such a name on this machine (load-time validation stops that)
+    assert project_dir(plan, evil) == project_dir(plan3, "s1")
+    monkeypatch.chdir(tmp_path)
+    dep = deploy(plan, rack, force=True)
+    try:
+        assert dep.placed[evil].restarted
+        b = dep.boards[evil]
+        assert ping(b.host, b.data_port)["partition"] == evil  # it runs, under its name taken literally
+        home = rack.virtual_state / b.name / "home"
+        assert (home / "splitrack" / "part" / f"agent-{evil}.out").is_file()
+        found = [p for p in [*rack.virtual_state.rglob(marker), *tmp_path.rglob(marker), *REPO.glob(marker)]]
+        assert found == [], found
+    finally:
+        undeploy(rack)
+
+
+def test_frozen_ssh_server_mid_upload_is_a_clear_error_within_30s(plan3, rack_file, monkeypatch):
+    rack = load_rack(rack_file)
+    first = deploy(plan3, rack)
+    victim = first.boards["s1"]
+    old_pid = first.placed["s1"].pid
+    board_pid = _board_pid(rack, victim.name)
+    real_put, calls = Connection.put, []
+
+    def put(self, local, remote, stage="upload"):
+        if self.board.name == victim.name:
+            calls.append(remote)
+            if len(calls) == 2:  # the first file went up; the board's SSH server freezes now
+                os.kill(board_pid, signal.SIGSTOP)
+        return real_put(self, local, remote, stage)
+
+    monkeypatch.setattr(Connection, "put", put)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(DeployError) as e:
+            deploy(plan3, rack, force=True)
+        took = time.monotonic() - t0
+    finally:
+        os.kill(board_pid, signal.SIGCONT)
+    msg = str(e.value)
+    print(f"frozen SSH server mid-upload: error after {took:.1f} s: {msg}")
+    assert took < 30
+    assert f"board {victim.name}, stage upload: the board's SSH server stopped answering" in msg
+    assert "\n" not in msg
+    # the upload went to staging names: the board's previous agent still runs and answers
+    h = ping(victim.host, victim.data_port)
+    assert h["pid"] == old_pid and h["partition"] == "s1"
+    undeploy(rack)
+
+
+def test_agent_that_exits_at_start_is_reported_at_once_with_its_own_output(plan3, rack_file):
+    rack = load_rack(rack_file)
+    deploy(plan3, rack)  # a working agent first: its log must not be quoted for the next one
+    bad = Rack(rack.name, [dataclasses.replace(b, python="/nonexistent/python3") if i == 1 else b
+                           for i, b in enumerate(rack.boards)], rack.path, rack.virtual_state)
+    t0 = time.monotonic()
+    with pytest.raises(DeployError) as e:
+        deploy(plan3, bad, force=True)
+    took = time.monotonic() - t0
+    msg = str(e.value)
+    print(f"agent that exits at start: error after {took:.1f} s: {msg}")
+    assert f"board {rack.boards[1].name}, stage agent-start: agent of s1 exited at start" in msg
+    assert "/nonexistent/python3" in msg and "listening" not in msg  # its own output, not the last agent's log
+    assert took < 25  # not the 30 s start timeout
+    undeploy(rack)
+
+
+def _cache_copy(plan, name, tmp_path):
+    from splitting.hls import ARTIFACT, project_dir
+
+    src = project_dir(plan, name)
+    dst = tmp_path / "cache" / src.name
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / ARTIFACT).read_text())
+    return dst, dst / meta["library"]
+
+
+def test_damaged_or_missing_cached_library_is_refused(plan3, rack_file, tmp_path, monkeypatch):
+    import splitting.hls as hls
+
+    rack = load_rack(rack_file)
+    real = hls.project_dir
+    folder, lib = _cache_copy(plan3, "s1", tmp_path)
+    assert "library_sha256" in json.loads((folder / hls.ARTIFACT).read_text()) or True
+    monkeypatch.setattr(hls, "project_dir", lambda plan, name: folder if name == "s1" else real(plan, name))
+    # a copy of an entry made before checksums were recorded gets its checksum at first use
+    deploy(plan3, rack)
+    assert json.loads((folder / hls.ARTIFACT).read_text())["library_sha256"]
+    data = bytearray(lib.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # damaged mid-file
+    lib.write_bytes(bytes(data))
+    with pytest.raises(UserError) as e:
+        deploy(plan3, rack, force=True)
+    msg = str(e.value)
+    assert f"the cached library {lib} is damaged" in msg and "rebuild" in msg and "\n" not in msg
+    lib.unlink()
+    with pytest.raises(UserError, match=f"the library {lib} is missing from the hls4ml cache; remove"):
+        deploy(plan3, rack)
+    undeploy(rack)
+
+
+def test_new_library_manifest_records_the_checksum(tmp_path):
+    """The sha256 goes into the manifest when the library is built (a fresh compile into an empty cache)."""
+    import hashlib
+
+    from splitting.hls import ARTIFACT, compiled
+    from splitting.plan import Plan
+    from splitting.reference import reference_model
+    from splitting.split import split_model, write_plan
+
+    plan, models = split_model(reference_model("fc"), at=["fc1", "fc2"])
+    write_plan(plan, models, tmp_path / "p")
+    plan = Plan.load(tmp_path / "p")
+    p = plan.partitions["s2"]  # the smallest partition: a quick compile
+    folder = compiled(plan.path(p.model_file), p.weights_sha256, p.hls, plan.hls_defaults, "sr_s2",
+                      cache=tmp_path / "cache")
+    meta = json.loads((folder / ARTIFACT).read_text())
+    assert meta["library_sha256"] == hashlib.sha256((folder / meta["library"]).read_bytes()).hexdigest()
+
+
+def test_stale_agent_state_is_named():
+    assert agent_stale_state({"queues": [0, 0], "waiting_for_parts": 0}) is None
+    assert agent_stale_state({"queues": [3, 1], "waiting_for_parts": 0}) == "4 queued frame(s)"
+    assert "2 frame(s) waiting for parts" in agent_stale_state({"queues": [0, 0], "waiting_for_parts": 2})
+    assert agent_stale_state({"queues": [0, 0], "stale": True}) == "stale session state"
+
+
+def _kill_agent_when(proc, rack, board: str, line_has: str, after: float = 0.5) -> list:
+    """Read the command's stdout; once a line contains `line_has`, kill the agent of `board` (SIGKILL).
+    Returns the lines read (the reader keeps reading to the end), its thread, and [time of the kill]."""
+    lines, when = [], []
+
+    def watch():
+        killed = False
+        for line in proc.stdout:
+            lines.append(line)
+            if not killed and line_has in line:
+                time.sleep(after)
+                part = rack.virtual_state / board / "home" / "splitrack" / "part"
+                for f in part.glob("agent-*.pid"):
+                    os.kill(int(f.read_text().strip()), signal.SIGKILL)
+                killed = True
+                lines.append("<killed>\n")
+                when.append(time.monotonic())
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return lines, t, when
+
+
+def test_agent_killed_mid_run_leaves_run_json_with_the_frames(plan3, rack_file, tmp_path):
+    import numpy as np
+
+    rack = load_rack(rack_file)
+    deploy(plan3, rack)
+    out = tmp_path / "runout"
+    data = tmp_path / "frames.npy"
+    np.save(data, np.random.default_rng(1).uniform(0, 16, (3000, 64)).astype(np.float32))
+    p = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(plan3.root), "--boards", str(rack_file),
+                          "--data", str(data), "--rate", "200", "--in-flight", "4", "--timeout", "3",
+                          "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    lines, t, when = _kill_agent_when(p, rack, rack.boards[1].name, "frames sent")
+    err = p.stderr.read()
+    assert p.wait(timeout=300) == 2, "".join(map(str, lines)) + err
+    ended = time.monotonic()
+    t.join()
+    assert "<killed>\n" in lines
+    doc = json.loads((out / "run.json").read_text())
+    s = doc["summary"]
+    print(f"run killed mid-stream: exit {ended - when[0]:.1f} s after the kill (JSON and plot written), "
+          f"{s['frames_received']} frames kept; {err.strip()}")
+    assert s["complete"] is False and s["error"] and "s1" in s["error"]
+    assert 0 < s["frames_received"] < 3000 and len(doc["frames"]) == s["frames_received"]
+    assert s["emulation_mismatches"] == 0  # what came back before the fault is right, and checked
+    assert (out / "run.png").stat().st_size > 0
+    assert "marked incomplete" in err and len(err.strip().splitlines()) == 1
+    undeploy(rack)
+
+
+def test_agent_killed_mid_bench_leaves_bench_json_with_the_frames(plan3, rack_file, tmp_path):
+    rack = load_rack(rack_file)
+    deploy(plan3, rack)
+    out = tmp_path / "bench.json"
+    p = subprocess.Popen([sys.executable, "-m", "harness.cli", "bench", str(plan3.root), "--boards", str(rack_file),
+                          "--frames", "3000", "--no-cpu", "--json", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    lines, t, when = _kill_agent_when(p, rack, rack.boards[2].name, "single frames", after=2.0)
+    err = p.stderr.read()
+    assert p.wait(timeout=300) == 2, "".join(map(str, lines)) + err
+    ended = time.monotonic()
+    t.join()
+    doc = json.loads(out.read_text())
+    got = sum(len(v) for v in doc["frames"].values())
+    print(f"bench killed mid-run: exit {ended - when[0]:.1f} s after the kill (JSON and plot written), "
+          f"{got} frames kept; {err.strip()}")
+    assert doc["complete"] is False and doc["error"] and doc["plan_hash"] == plan3.hash
+    assert 0 < got < 3000 and doc["frames_received"] == {m: len(v) for m, v in doc["frames"].items()}
+    assert all(f["t_recv"] > f["t_send"] and f["stamps"] for v in doc["frames"].values() for f in v)
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert len(err.strip().splitlines()) == 1
+    undeploy(rack)

@@ -1,0 +1,145 @@
+"""Leases held on the boards themselves: one user at a time per board, across processes (and machines)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.lease import LEASE_FILE, LeaseHeld, RackLease, holds
+from harness.rack import load_rack
+from harness.virtual_rack import rack_down, rack_up
+from splitting.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+
+HOLDER = """
+import sys, time
+from harness.lease import RackLease
+from harness.rack import load_rack
+rack = load_rack(sys.argv[1])
+RackLease(rack.boards, "holder test", ttl=float(sys.argv[2])).acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture(scope="module")
+def rack_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("leaserack")
+    rack_up(3, d / "rack.toml", state=d / "state", progress=lambda s: None)
+    yield d / "rack.toml"
+    rack_down(d / "rack.toml")
+
+
+@pytest.fixture(scope="module")
+def plan3(tmp_path_factory):
+    """The digits FC cut in three (three boards)."""
+    from splitting.plan import Plan
+    from splitting.reference import reference_model
+    from splitting.split import split_model, write_plan
+
+    plan, models = split_model(reference_model("fc"), at=["fc1", "fc2"])
+    folder = tmp_path_factory.mktemp("fc3")
+    write_plan(plan, models, folder)
+    return Plan.load(folder)
+
+
+def _holder(rack_file, ttl):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(rack_file), str(ttl)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    assert p.stdout.readline().strip() == "held", p.stderr.read()
+    return p
+
+
+def _lease_file(rack_file, board=0) -> Path:
+    rack = load_rack(rack_file)
+    return rack.virtual_state / rack.boards[board].name / "home" / "splitrack" / LEASE_FILE
+
+
+def test_second_user_gets_one_line_naming_the_holder(rack_file):
+    rack = load_rack(rack_file)
+    first = RackLease(rack.boards, "first user").acquire()
+    try:
+        assert all(holds(b) for b in rack.boards)
+        body = json.loads(_lease_file(rack_file).read_text())
+        assert body["owner"] == first.owner and body["purpose"] == "first user" and body["since"].endswith("Z")
+        # another process (as another user would be) is refused, in one line naming the holder and since when
+        r = subprocess.run([sys.executable, "-c", HOLDER, str(rack_file), "60"], capture_output=True, text=True,
+                           cwd=REPO, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert r.returncode != 0 and "LeaseHeld" in r.stderr
+        msg = r.stderr.strip().splitlines()[-1]
+        assert f"leased by {first.owner} since {body['since']}" in msg and "first user" in msg and "--wait" in msg
+    finally:
+        first.release()
+    assert not _lease_file(rack_file).exists() and not any(holds(b) for b in rack.boards)
+
+
+def test_cli_deploy_refused_exit_2_then_waits(rack_file, plan3):
+    fc_plan = plan3
+    holder = _holder(rack_file, 4.0)
+    try:
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "harness.cli", "deploy", str(fc_plan.root), "--boards",
+                            str(rack_file)], capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert r.returncode == 2, r.stdout + r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "is leased by" in lines[0] and f":{holder.pid} since " in lines[0], r.stderr
+        assert "uploaded" not in r.stdout  # refused before anything on any board changed
+        print(f"deploy refused in {time.monotonic() - t0:.1f} s: {lines[0]}")
+        # --wait: the holder goes away while we wait, and the deploy goes through
+        holder.kill()  # dies holding the lease: it expires 4 s after its last refresh
+        holder.wait()
+        r = subprocess.run([sys.executable, "-m", "harness.cli", "deploy", str(fc_plan.root), "--boards",
+                            str(rack_file), "--wait", "120"], capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "waiting up to 120 s" in r.stdout and "expired" in r.stdout
+    finally:
+        holder.kill()
+        holder.wait()
+        from harness.deploy import undeploy
+        undeploy(load_rack(rack_file))
+
+
+def test_lease_of_a_dead_holder_expires(rack_file):
+    rack = load_rack(rack_file)
+    holder = _holder(rack_file, 2.0)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with pytest.raises(LeaseHeld, match=f"leased by .*:{holder.pid} since"):
+        RackLease(rack.boards, "next").acquire()  # expiry is 2 s after its last refresh: not yet
+    said = []
+    with RackLease(rack.boards, "next", wait=60, progress=said.append) as le:
+        assert le.paths and json.loads(_lease_file(rack_file).read_text())["owner"] == le.owner
+    assert any("expired" in s for s in said), said
+
+
+def test_holder_refreshes_past_the_ttl(rack_file):
+    rack = load_rack(rack_file)
+    holder = _holder(rack_file, 1.0)
+    try:
+        time.sleep(3.5)  # more than three ttls: only refreshes keep it
+        with pytest.raises(LeaseHeld):
+            RackLease(rack.boards, "next").acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_two_boards_that_are_one_folder_are_refused(rack_file):
+    rack = load_rack(rack_file)
+    b = rack.boards[0]
+    from harness.ssh import connect
+    with connect(b) as c:
+        absolute = c.home + "/splitrack"
+    alias = dataclasses.replace(b, name="alias", workdir=absolute)  # "splitrack" vs "/home/.../splitrack"
+    with pytest.raises(UserError, match=f"boards {b.name} and alias of the rack file are one folder"):
+        RackLease([b, alias], "t", wait=30).acquire()  # (an expired lease of an earlier test is broken)
+    assert not _lease_file(rack_file).exists()  # what was taken is given back
