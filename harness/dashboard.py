@@ -70,12 +70,15 @@ def _trend(h: History, key, runs: List[RunInfo], changes: List[regress.Change]):
     custom = [[r.run_id, r.commit_id, r.label, f"runs/{r.run_id}.html",
                "complete" if r.complete else "INCOMPLETE: " + r.error] for r in runs]
     vals = {r.run_id: h.values(r.run_id) for r in runs}
-    for metric, dash in TREND:
+    # bench's figures, then the medians of imported pytest-benchmark tests
+    pytest_medians = sorted({m for v in vals.values() for m, hop in v if hop == "e2e" and m.startswith("pytest ")
+                             and m.endswith(" median")})
+    for metric, dash in list(TREND) + [(m, "solid") for m in pytest_medians]:
         y = [vals[r.run_id].get((metric, "e2e")) for r in runs]
         if all(v is None for v in y):
             continue
         fig.add_trace(go.Scatter(
-            x=x, y=y, name=f"rack {metric}", mode="lines+markers", line=dict(dash=dash, width=2), customdata=custom,
+            x=x, y=y, name=metric if metric.startswith("pytest ") else f"rack {metric}", mode="lines+markers", line=dict(dash=dash, width=2), customdata=custom,
             marker=dict(size=9, symbol=["circle" if r.complete else "x" for r in runs]),
             hovertemplate="run %{customdata[0]} (%{customdata[2]})<br>commit %{customdata[1]}<br>%{x|%Y-%m-%d %H:%M}"
                           "<br>" + metric + " %{y:.1f} us<br>%{customdata[4]}<extra></extra>"))

@@ -16,18 +16,19 @@ PLACEMENT = {"s0": "vb0", "s1": "vb1", "s2": "vb2"}
 
 
 def bench_doc(i, commit=None, slow=None, frames=300, incomplete=None, label="digits-fc", seed=None, plan="plan0001",
-              accuracy=0.95):
+              accuracy=0.95, hops=None, placement=None):
     """Run number i (its day in March 2026). slow: {hop: extra us}; incomplete: the error text."""
     rng = np.random.default_rng(seed if seed is not None else 1000 + i)
+    hop_levels, placement = hops or HOPS, placement or PLACEMENT
     n = frames if not incomplete else frames // 2
     reports = {}
     for mode, load in (("single", 1.0), ("stream", 1.3)):
-        per = {h: v * load * rng.lognormal(0, 0.02, n) + (slow or {}).get(h, 0.0) for h, v in HOPS.items()}
+        per = {h: v * load * rng.lognormal(0, 0.02, n) + (slow or {}).get(h, 0.0) for h, v in hop_levels.items()}
         e2e = sum(per.values())
         reports[mode] = {
             "mode": mode, "frames": n, "in_flight": 1 if mode == "single" else 8, "rate_hz": None,
             "throughput_hz": 1e6 / float(np.median(e2e)) * (1 if mode == "single" else 4),
-            "hops": list(HOPS), "boards": dict(PLACEMENT),
+            "hops": list(hop_levels), "boards": dict(placement),
             "stats": {"e2e": stats(e2e * 1e3), **{h: stats(v * 1e3) for h, v in per.items()}},
             "breakdown_p50_us": {h: float(np.median(v)) for h, v in per.items()},
             "samples_us": {"e2e": e2e.round(3).tolist(), "hops": {h: v.round(3).tolist() for h, v in per.items()},
@@ -36,9 +37,9 @@ def bench_doc(i, commit=None, slow=None, frames=300, incomplete=None, label="dig
     doc = {
         "kind": history.BENCH_KIND, "version": 1, "time": f"2026-03-{i + 1:02d}T03:00:00+00:00", "rack": "vrack",
         "machine": "m1", "commit": commit or f"c{i:03d}", "plan_hash": plan, "plan": "plan/", "model": "digits_fc",
-        "label": label, "frames": n, "placement": dict(PLACEMENT),
+        "label": label, "frames": n, "placement": dict(placement),
         "boards": {b: {"kind": "virtual-pynq-z2", "pynq_version": "3.0.1", "partition": p, "timing": None}
-                   for p, b in PLACEMENT.items()},
+                   for p, b in placement.items()},
         "data": {"source": "my.npz", "frames": n, "labelled": n, "note": ""},
         "reports": reports, "clocks": {}, "payload_bytes": {},
         "cpu": {"keras batch 1": {"p50": 900.0 + rng.normal(0, 5), "p99": 1400.0},

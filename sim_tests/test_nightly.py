@@ -54,7 +54,19 @@ def test_nightly_end_to_end_then_injected_regression(vrack, tmp_path, monkeypatc
     out = capsys.readouterr().out
     flagged = re.findall(r"REGRESSION: (single p50|single breakdown p50|stream p50|stream throughput) at ([^:]+):", out)
     assert ("single p50", "board s1") in flagged, out[-3000:]
-    assert re.search(r"REGRESSION: single p50 at board s1: .* since run 3 ", out)
+    # named with its label, model, board and the run (ids count from 1: the 4th night is run 4)
+    line = next(l for l in out.splitlines() if l.startswith("REGRESSION: single p50 at board s1"))
+    assert re.search(r"since run 4 \(.*commit ", line) and "(board " in line and "label '" in line and "model " in line
     assert "at board s1" in out.splitlines()[-1] or "board s1" in out.splitlines()[-1]
     page = (site / "index.html").read_text()
     assert "Regressions in effect" in page and "board s1" in page
+    assert (site / "runs" / "4.html").is_file() and (site / "runs" / "4-vs-3.html").is_file()
+
+    # A/B on the per-frame samples of the last two nights: in single frames (paced, one in flight) the
+    # slower board and the end to end are significant, no other hop is
+    assert main(["history", "compare", "previous", "latest", "--db", str(db), "--json"]) == 1
+    cmp = json.loads(capsys.readouterr().out)
+    single = {h["hop"]: h for h in cmp["hops"] if h["mode"] == "single"}
+    assert single["board s1"]["regression"] and single["board s1"]["p_value"] < 1e-6
+    assert single["e2e"]["regression"]
+    assert [h for h, v in single.items() if v["significant"] and h not in ("board s1", "e2e")] == [], single
