@@ -14,6 +14,7 @@ input size, and its labels must be one integer per frame. Every problem is a Use
 from __future__ import annotations
 
 import math
+from zlib import error as zlib_error
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -96,7 +97,10 @@ def _from_file(p: Path, shape) -> EvalData:
             if "x" not in z.files:
                 raise DataError(f"--data {p} has no array 'x' (it has {', '.join(z.files) or 'none'}): "
                                 "save it with np.savez(path, x=inputs, y=labels)")
-            x, y = z["x"], (z["y"] if "y" in z.files else None)
+            try:  # the members are read here (object arrays, which need pickle, are refused here)
+                x, y = z["x"], (z["y"] if "y" in z.files else None)
+            except (OSError, ValueError, EOFError, zlib_error) as e:
+                raise DataError(f"--data {p}: not a readable numpy file ({e}); save numbers with np.savez") from None
     else:
         x, y = z, None
     if x.dtype.kind not in "fiub" or x.ndim < 1 or len(x) == 0:
