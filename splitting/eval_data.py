@@ -107,7 +107,7 @@ def _from_file(p: Path, shape) -> EvalData:
         raise DataError(f"--data {p}: x must be a non-empty numeric array with the frames on its first axis")
     per = x.size // len(x)
     if per != math.prod(shape):
-        raise DataError(f"--data {p}: frames have {per} values ({x.shape[1:]}), the model takes {shape}: "
+        raise DataError(f"--data {p}: frames have {per} values ({x.shape[1:]}), the plan takes {shape}: "
                         "give data made for this model")
     x = np.ascontiguousarray(x, dtype=np.float32).reshape((len(x),) + shape)
     if not np.isfinite(x).all():
