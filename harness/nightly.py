@@ -1,11 +1,13 @@
 """`splitrack nightly`: what a cron job runs. Bench, add to the history, detect regressions, write the dashboard.
 
-    splitrack nightly --boards rack.toml --db results.sqlite [--plan plan/] [--frames 500] [-o site/]
+    splitrack nightly --boards rack.toml --db results.sqlite [--plan plan/] [--frames 500] [-o site/] [--label NAME]
 
 Without --plan it benches the reference plan: the digits FC network cut after fc1 and fc2 (three boards),
 made once and kept under .splitrack-cache/nightly/. The bench JSON of every night is kept beside the
-dashboard (site/runs/). Exit status 0 when no regression is in effect, 1 when one is (each printed: which
-metric, which hop, since which run and commit, by how much), 2 on bad input.
+dashboard (site/runs/). The run goes into the history under its label (default: the model's name); until
+its series has 3 earlier runs it says that it cannot judge yet. Exit status 0 when no regression is in
+effect, 1 when one is (each printed with label, model, plan, rack, board, hop, size, and the run and
+commit it started with), 2 on bad input.
 """
 from __future__ import annotations
 

@@ -69,3 +69,19 @@ def test_bad_user_files_are_one_line_errors(tmp_path, make, match):
     with pytest.raises(DataError, match=match):
         load(str(p), (64,))
 
+
+
+def test_bench_png_parts_add_up_or_say_why(tmp_path):
+    from synthetic_history import bench_doc
+
+    from harness.bench_cmd import critical_parts, plot
+
+    doc = bench_doc(0)
+    parts, e2e, what = critical_parts(doc["reports"]["single"])
+    assert list(parts) == doc["reports"]["single"]["hops"]
+    assert sum(parts.values()) == pytest.approx(e2e, abs=0.01) and "add up" in what
+    del doc["reports"]["stream"]["samples_us"]  # an old document: medians, with the reason they do not add up
+    parts, e2e, what = critical_parts(doc["reports"]["stream"])
+    assert "need not add up" in what and e2e == doc["reports"]["stream"]["stats"]["e2e"]["p50"]
+    png = plot(doc, tmp_path / "bench.png")
+    assert png.stat().st_size > 20_000
