@@ -366,7 +366,8 @@ class History:
                                "from a backup, or start a new history with another --db")
         app = self.db.execute("PRAGMA application_id").fetchone()[0]
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                  if not r[0].startswith("sqlite_")}  # SQLite's own (sqlite_stat1, sqlite_sequence)
         v1_cols = {f.name for f in fields(Row)}
         legacy = (app == 0 and version == 0 and "measurements" in tables
                   and {r[1] for r in self.db.execute("PRAGMA table_info(measurements)")} >= v1_cols
