@@ -50,7 +50,8 @@ class Change:
         since = f"run {self.run_id}" if self.run_id else f"run #{self.index} of the series"
         where = self.key.hop
         if run is not None and run.board_of(self.key.hop):
-            where += f" (board {run.board_of(self.key.hop)})"
+            size = (run.env.get("payload_bytes") or {}).get(self.key.hop)
+            where += f" (board {run.board_of(self.key.hop)}" + (f", {size} B per frame)" if size else ")")
         series = f"rack {self.key.rack}, plan {self.key.plan_hash}"
         if run is not None:
             series = f"label {run.label!r}, model {run.model or '?'}, " + series

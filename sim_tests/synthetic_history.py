@@ -41,7 +41,8 @@ def bench_doc(i, commit=None, slow=None, frames=300, incomplete=None, label="dig
         "boards": {b: {"kind": "virtual-pynq-z2", "pynq_version": "3.0.1", "partition": p, "timing": None}
                    for p, b in placement.items()},
         "data": {"source": "my.npz", "frames": n, "labelled": n, "note": ""},
-        "reports": reports, "clocks": {}, "payload_bytes": {},
+        "reports": reports, "clocks": {},
+        "payload_bytes": {h: 256 for h in hop_levels if h.startswith("link ")},
         "cpu": {"keras batch 1": {"p50": 900.0 + rng.normal(0, 5), "p99": 1400.0},
                 "keras batch 8": {"p50": 180.0 + rng.normal(0, 2), "p99": 300.0},
                 "hls4ml emulation": {"p50": 35.0 + rng.normal(0, 0.5), "p99": 60.0}},

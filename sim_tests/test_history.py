@@ -190,6 +190,9 @@ def test_check_names_label_board_and_hop_and_ack_silences_it(tmp_path, capsys):
     line = next(l for l in out.splitlines() if l.startswith("REGRESSION: single p50 at board s1"))
     assert "(board vb1)" in line and "label 'digits-fc'" in line and "model digits_fc" in line
     assert "since run 6 " in line and "commit c005" in line and "plan plan0001" in line and "rack vrack" in line
+    assert any(l.startswith("REGRESSION: single p50 at e2e: ") for l in out.splitlines())
+    link = "\n".join(l for l in out.splitlines() if "at link " in l)
+    assert link == ""  # links did not change; when they do, the frame size is named: see test below
     assert main(["history", "ack", "6", "--why", "new bitstream, slower by design", "--db", str(db)]) == 0
     capsys.readouterr()
     assert main(["history", "check", "--db", str(db)]) == 0
@@ -213,3 +216,11 @@ def test_export_bmf(tmp_path, capsys):
     for bench in bmf.values():
         for measure in bench.values():
             assert isinstance(measure["value"], float) and set(measure) <= {"value", "lower_value", "upper_value"}
+
+
+def test_a_slower_link_is_named_with_its_boards_and_frame_size(tmp_path, capsys):
+    db = tmp_path / "r.sqlite"
+    make_history(db, runs=5, slow_at=4, slow_hop="link s0->s1", slow_us=200.0)
+    assert main(["history", "check", "--db", str(db)]) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSION: single p50 at link s0->s1 (board vb0 -> vb1, 256 B per frame): " in out
