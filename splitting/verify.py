@@ -165,7 +165,8 @@ def render(v: Verification) -> str:
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("plan", help="plan folder (written by `splitrack split` or `splitrack plan`)")
-    p.add_argument("--data", default="random", help="digits (splitrack's own split: may overlap your training data) | random | your file.npz with x (and y) or file.npy (default: random)")
+    p.add_argument("--data", default="random", help="digits (splitrack's own split: may overlap your training "
+                   "data) | random | your file.npz with x (and y) or file.npy (default: random)")
     p.add_argument("-n", "--samples", type=int, default=512, help="number of evaluation samples (default 512)")
     p.add_argument("--no-hls", action="store_true", help="check the float composition only")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
