@@ -24,7 +24,7 @@ from . import regress
 from .history import History, HistoryError, RunInfo
 
 PLOTLY_JS = "plotly.min.js"
-TREND = (("single p50", "solid"), ("single p99", "dot"), ("stream p50", "dash"))
+TREND = (("single p50", "solid"), ("single p99", "dot"), ("stream p50", "dash"), ("run p50", "dashdot"))
 CPU_STYLES = (("#444444", "dash"), ("#9467bd", "dot"), ("#8c564b", "dashdot"), ("#17becf", "longdash"))
 CONFIG = {"responsive": True, "displaylogo": False}
 

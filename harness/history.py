@@ -32,6 +32,7 @@ import numpy as np
 from splitting.errors import UserError
 
 BENCH_KIND = "splitrack-bench"
+RUN_KIND = "splitrack-run"  # summary of `splitrack run`'s run.json
 STAT_KEYS = ("p50", "p90", "p99", "max", "jitter")
 APPLICATION_ID = 0x53504C54  # "SPLT": marks the file as a splitrack history (PRAGMA application_id)
 SCHEMA_VERSION = 2
@@ -294,6 +295,33 @@ def rows_from_pytest_benchmark(doc: Dict, rack: Optional[str] = None) -> List[Ro
 Parsed = Tuple[RunInfo, List[Row], Samples]
 
 
+def parse_run(doc: Dict, label: Optional[str] = None) -> Parsed:
+    """The run of a `splitrack run` run.json: end-to-end latency (figures and per-frame samples, mode "run"),
+    throughput, accuracy on its data, and each partition's dwell."""
+    try:
+        s = doc["summary"]
+        where = str(s["where"])
+        base = dict(time=str(s["time"]), rack=where[len("rack "):] if where.startswith("rack ") else where,
+                    machine=str(s["machine"]), commit_id=str(s["commit"]), plan_hash=str(s["plan"]), source="run")
+        datetime.fromisoformat(base["time"])
+        complete = s.get("complete", True)
+        run = RunInfo(**base, label=str(label or s.get("label") or s.get("model") or base["plan_hash"]),
+                      model=str(s.get("model") or ""), complete=bool(complete), error=str(s.get("error") or ""),
+                      env={"data": {"source": s.get("data"), "frames": s.get("frames"),
+                                    "labelled": s.get("frames") if "accuracy" in s else None, "note": ""},
+                           "placement": {p: d["board"] for p, d in s.get("partitions", {}).items()}})
+        rows = [Row(metric=f"run {k}", hop="e2e", value=float(v), unit="us", **base) for k, v in s["latency_us"].items()]
+        rows.append(Row(metric="run throughput", hop="e2e", value=float(s["throughput_fps"]), unit="frames/s", **base))
+        if s.get("accuracy") is not None:
+            rows.append(Row(metric="accuracy", hop="rack", value=float(s["accuracy"]), unit="fraction", **base))
+        for p, d in s.get("partitions", {}).items():
+            rows.append(Row(metric="run dwell p50", hop=f"board {p}", value=float(d["dwell_us"]["p50"]), unit="us", **base))
+        e2e = _floats([(f["t_recv"] - f["t_send"]) / 1e3 for f in doc.get("frames", [])])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise HistoryError(f"run JSON is missing or mangles field {e}: write it with `splitrack run`") from None
+    return run, [r for r in rows if r.value == r.value], ({("run", "e2e", "e2e"): e2e} if len(e2e) else {})
+
+
 def runs_from_pytest_benchmark(doc: Dict, rack: Optional[str] = None, label: Optional[str] = None) -> List[Parsed]:
     """One run per plan hash of a pytest-benchmark file (its benchmarks share time, machine and commit)."""
     rows = rows_from_pytest_benchmark(doc, rack)
@@ -317,9 +345,11 @@ def load_file(path: Path, rack: Optional[str] = None, label: Optional[str] = Non
         raise HistoryError(f"{path} is not JSON ({e})") from None
     if isinstance(doc, dict) and doc.get("kind") == BENCH_KIND:
         return [parse_bench(doc, label)]
+    if isinstance(doc, dict) and isinstance(doc.get("summary"), dict) and doc["summary"].get("kind") == RUN_KIND:
+        return [parse_run(doc, label)]
     if isinstance(doc, dict) and "benchmarks" in doc and "machine_info" in doc:
         return runs_from_pytest_benchmark(doc, rack, label)
-    raise HistoryError(f"{path} is neither `splitrack bench --json` nor pytest-benchmark JSON")
+    raise HistoryError(f"{path} is neither `splitrack bench --json`, the run.json of `splitrack run`, nor pytest-benchmark JSON")
 
 
 def rows_from_file(path: Path, rack: Optional[str] = None) -> List[Row]:

@@ -22,7 +22,7 @@ from .history import History, Point, RunInfo, SeriesKey
 
 HIGHER_IS_BETTER_UNITS = ("frames/s", "fraction")
 # what nightly watches by default: medians are stable enough to alert on; tails go on the dashboard
-WATCH = ("single p50", "stream p50", "stream throughput", "single breakdown p50", "accuracy")
+WATCH = ("single p50", "stream p50", "stream throughput", "single breakdown p50", "accuracy", "run p50")
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,12 @@ def _run(args, plan: Plan, wiring, x, y, out_dir: Path, where: str) -> int:
                           progress=lambda i, n: print(f"  {i}/{n} frames sent", flush=True))
     outputs = res.outputs()
     lat = res.latencies_ns() / 1e3
-    summary = {"plan": plan.hash, "label": args.label or plan.model.get("name") or plan.hash, "where": where,
+    from .history import RUN_KIND, current_commit, machine_name, now_iso
+
+    # kind, time, machine, commit and model: what `splitrack history add run.json` needs to keep this run
+    summary = {"kind": RUN_KIND, "plan": plan.hash, "label": args.label or plan.model.get("name") or plan.hash,
+               "model": plan.model.get("name") or "", "where": where, "time": now_iso(), "machine": machine_name(),
+               "commit": current_commit(Path(__file__).resolve().parent),
                "data": getattr(args, "data_source", args.data), "frames": len(x), "in_flight": args.in_flight,
                "throughput_fps": res.throughput, "latency_us": _pcts(lat)}
     if y is not None:

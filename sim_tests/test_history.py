@@ -224,3 +224,25 @@ def test_a_slower_link_is_named_with_its_boards_and_frame_size(tmp_path, capsys)
     assert main(["history", "check", "--db", str(db)]) == 1
     out = capsys.readouterr().out
     assert "REGRESSION: single p50 at link s0->s1 (board vb0 -> vb1, 256 B per frame): " in out
+
+
+def test_run_with_the_users_data_goes_into_the_history(fc_plan, tmp_path, capsys):
+    """`splitrack run --data my.npz` (local agents): accuracy on the user's labels, kept by `history add run.json`."""
+    from splitting.reference import digits_data
+
+    _, _, x, y = digits_data()
+    x, y = x[:40].reshape(40, -1), y[:40].copy()
+    y[:10] = (y[:10] + 1) % 10  # the user's labels, not splitrack's
+    np.savez(tmp_path / "my.npz", x=x, y=y)
+    out = tmp_path / "run"
+    assert main(["run", str(fc_plan.root), "--local", "--data", str(tmp_path / "my.npz"), "--label", "mine",
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "run.json").read_text())["summary"]
+    assert summary["accuracy"] <= 30 / 40 + 1e-9  # at least the 10 altered labels are wrong
+    db = tmp_path / "h.sqlite"
+    assert main(["history", "add", str(out / "run.json"), "--db", str(db)]) == 0
+    with History(db) as h:
+        (r,) = h.run_infos()
+        assert (r.label, r.source, r.env["data"]["source"]) == ("mine", "run", str(tmp_path / "my.npz"))
+        assert h.values(r.run_id)[("accuracy", "rack")] == pytest.approx(summary["accuracy"])
+        assert len(h.samples(r.run_id)[("run", "e2e", "e2e")]) == 40
