@@ -199,8 +199,18 @@ def build_run(h: History, run: RunInfo, prev: Optional[RunInfo]) -> Tuple[str, i
                     + (f": {data['note']}" if data.get("note") else "")))
     for b, info in sorted((run.env.get("boards") or {}).items()):
         env.append((f"board {b}", ", ".join(f"{k} {v}" for k, v in info.items() if v is not None)))
-    body.append("<h2>Environment</h2><table>" + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in env)
-                + "</table>")
+    tables = ["<div><h2>Environment</h2><table>" + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>"
+                                                          for k, v in env) + "</table></div>"]
+    acc = sorted((hop, v) for (m, hop), v in vals.items() if m == "accuracy")
+    if acc:
+        tables.append("<div><h2>Accuracy</h2><table><tr><th>who</th><th>accuracy</th></tr>" + "".join(
+            f"<tr><td>{_esc(k)}</td><td>{v:.4f}</td></tr>" for k, v in acc) + "</table></div>")
+    lat = [(f"rack {m}", vals.get((f"{m} p50", "e2e")), vals.get((f"{m} p99", "e2e"))) for m in ("single", "stream", "run")]
+    lat += [(f"CPU {hop}", v, vals.get(("cpu p99", hop))) for (m, hop), v in sorted(vals.items()) if m == "cpu p50"]
+    tables.append("<div><h2>Latency beside the CPU</h2><table><tr><th></th><th>p50 (us)</th><th>p99 (us)</th></tr>"
+                  + "".join(f"<tr><td>{_esc(k)}</td><td>{_fmt(a)}</td><td>{_fmt(b)}</td></tr>" for k, a, b in lat
+                            if a is not None) + "</table></div>")
+    body.append('<div class="row">' + "".join(tables) + "</div>")
     n = 0
     for mode in ("single", "stream"):
         parts, e2e = _critical_means(h, run, mode)
@@ -218,16 +228,6 @@ def build_run(h: History, run: RunInfo, prev: Optional[RunInfo]) -> Tuple[str, i
         fig.update_yaxes(title="us")
         body.append(_fig_html(fig, f"waterfall-{mode}"))
         n += 1
-    acc = sorted((hop, v) for (m, hop), v in vals.items() if m == "accuracy")
-    if acc:
-        body.append("<h2>Accuracy</h2><table><tr><th>who</th><th>accuracy</th></tr>" + "".join(
-            f"<tr><td>{_esc(k)}</td><td>{v:.4f}</td></tr>" for k, v in acc) + "</table>")
-    lat = [("rack single", vals.get(("single p50", "e2e")), vals.get(("single p99", "e2e"))),
-           ("rack stream", vals.get(("stream p50", "e2e")), vals.get(("stream p99", "e2e")))]
-    lat += [(f"CPU {hop}", v, vals.get(("cpu p99", hop))) for (m, hop), v in sorted(vals.items()) if m == "cpu p50"]
-    body.append("<h2>Latency beside the CPU</h2><table><tr><th></th><th>p50 (us)</th><th>p99 (us)</th></tr>" + "".join(
-        f"<tr><td>{_esc(k)}</td><td>{_fmt(a)}</td><td>{_fmt(b)}</td></tr>" for k, a, b in lat if a is not None)
-        + "</table>")
     return _page(f"run {run.run_id}: {run.label}", "\n".join(body), "", n), n
 
 
@@ -259,6 +259,7 @@ body {{ font-family: sans-serif; margin: 16px 24px; color: #222; }}
 .ok {{ background: #e8f6e8; border: 2px solid #2a2; padding: 8px 14px; }}
 .note {{ background: #fff6dd; border: 1px solid #c90; padding: 6px 14px; margin: 6px 0; }}
 .sub {{ color: #555; margin-top: -8px; }}
+.row {{ display: flex; flex-wrap: wrap; gap: 32px; align-items: flex-start; }}
 table {{ border-collapse: collapse; font-size: 13px; margin: 8px 0 20px; }}
 td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; }}
 tr.bad td {{ background: #fde8e8; }} tr.good td {{ background: #eef8ee; }}
