@@ -28,25 +28,16 @@ DEFAULT_SINGLE_RATE = 200.0  # frames/s for the single-frame run: see measure.me
 def bench_data(plan, frames: int, data: str = "auto") -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """`frames` inputs for the plan (cycling through the data set) and labels of one pass, when labelled.
 
-    data: "digits" (scikit-learn digits test set, labelled), "random" (uniform [0, 1], no labels), or
-    "auto" (digits when the model takes 64 values, else random)."""
-    shape = tuple(plan.model["input_shape"])
-    n_in = int(np.prod(shape))
-    if data == "auto":
-        data = "digits" if n_in == 64 else "random"
-    if data == "digits":
-        if n_in != 64:
-            raise UserError(f"--data digits needs a model with 64 inputs (8x8 images); this one takes {shape}: "
-                            "use --data random")
-        from splitting.reference import digits_data
+    data: "digits", "random", "auto" or the user's FILE.npz / FILE.npy (see `splitting.eval_data`)."""
+    d = bench_eval_data(plan, frames, data)
+    return d.x, d.y
 
-        _, _, x_te, y_te = digits_data()
-        x = x_te.reshape((len(x_te),) + shape)
-        reps = -(-frames // len(x))
-        return np.concatenate([x] * reps)[:frames], y_te[: min(frames, len(y_te))]
-    if data == "random":
-        return np.random.default_rng(0).uniform(0, 1, (frames,) + shape).astype(np.float32), None
-    raise UserError(f"--data {data!r}: choose digits, random or auto")
+
+def bench_eval_data(plan, frames: int, data: str = "auto"):
+    """EvalData of `frames` frames (cycled; labels of one pass) from a --data spec."""
+    from splitting.eval_data import cycled, load
+
+    return cycled(load(data, plan.model["input_shape"], None if data not in ("random", "auto") else frames), frames)
 
 
 class BenchIncomplete(UserError):
@@ -91,12 +82,14 @@ def frames_of(res) -> list:
 
 def bench(plan, rack, frames: int = 2000, rate: Optional[float] = None, in_flight: int = 8,
           single_rate: Optional[float] = DEFAULT_SINGLE_RATE, data: str = "auto", cpu: bool = True,
-          progress: Callable[[str], None] = print, deployment=None, lease_wait: float = 0.0) -> Dict:
+          progress: Callable[[str], None] = print, deployment=None, lease_wait: float = 0.0,
+          label: Optional[str] = None) -> Dict:
     """Deploy (unless `deployment` is given), measure, and return the bench document (the --json content).
 
     The boards are leased for the whole bench (harness.lease; LeaseHeld when another user holds one). On a
     fault while measuring, raises BenchIncomplete whose `doc` has the same keys, `"complete": false`, the
-    error, and under "frames" every frame received per mode (the attribution needs a finished run)."""
+    error, and under "frames" every frame received per mode (the attribution needs a finished run).
+    `label` names the run's series in the history (default: the plan's model name)."""
     from . import lease
     from .deploy import place
 
@@ -104,17 +97,19 @@ def bench(plan, rack, frames: int = 2000, rate: Optional[float] = None, in_fligh
         raise UserError(f"--frames {frames}: give at least 2 frames")
     if in_flight < 1:
         raise UserError(f"--in-flight {in_flight}: at least 1")
-    x, labels = bench_data(plan, frames, data)
+    ev = bench_eval_data(plan, frames, data)
+    progress(f"data: {ev.describe()}" + (f"; note: {ev.note}" if ev.note else ""))
     boards = list(deployment.boards.values()) if deployment is not None else list(place(plan, rack).values())
     with lease.ensure(boards, "bench", wait=lease_wait, progress=progress) as held:
-        return _bench(plan, rack, x, labels, frames, rate, in_flight, single_rate, cpu, progress, deployment, held)
+        return _bench(plan, rack, ev, frames, rate, in_flight, single_rate, cpu, progress, deployment, held, label)
 
 
-def _bench(plan, rack, x, labels, frames, rate, in_flight, single_rate, cpu, progress, deployment, held) -> Dict:
+def _bench(plan, rack, ev, frames, rate, in_flight, single_rate, cpu, progress, deployment, held, label) -> Dict:
     from . import cpu_reference
     from .deploy import deploy
     from .stream import Pipeline, StreamResult
 
+    x, labels = ev.x, ev.y
     if deployment is None:
         deployment = deploy(plan, rack, progress=progress)
     wiring = deployment.wiring
@@ -123,9 +118,13 @@ def _bench(plan, rack, x, labels, frames, rate, in_flight, single_rate, cpu, pro
         "kind": history.BENCH_KIND, "version": 1, "time": time, "rack": rack.name, "machine": history.machine_name(),
         "commit": history.current_commit(Path(__file__).resolve().parent), "plan_hash": plan.hash,
         "plan": str(plan.root) if plan.root else None, "model": plan.model.get("name"), "frames": frames,
+        "label": label or plan.model.get("name") or plan.hash, "complete": True,
+        "data": {"source": ev.source, "frames": len(ev.x), "labelled": None if ev.y is None else len(ev.y),
+                 "note": ev.note},
         "placement": {p: b.name for p, b in deployment.boards.items()},
-        "reports": {}, "clocks": {}, "payload_bytes": {}, "cpu": {}, "accuracy": {},
-        "complete": True, "error": None,
+        "boards": {b.name: {"kind": b.kind, "pynq_version": b.pynq_version, "partition": p,
+                            "timing": getattr(b, "timing", None)} for p, b in deployment.boards.items()},
+        "reports": {}, "clocks": {}, "payload_bytes": {}, "cpu": {}, "accuracy": {}, "error": None,
     }
     modes = ["single", "stream"]  # the order in which measure_rack streams
     rec = None
@@ -152,7 +151,7 @@ def _bench(plan, rack, x, labels, frames, rate, in_flight, single_rate, cpu, pro
 def format_bench(doc: Dict) -> str:
     from .cpu_reference import format_reference
 
-    out = [f"plan {doc['plan_hash']} ({doc.get('model')}) on rack {doc['rack']}: "
+    out = [f"{doc.get('label')}: plan {doc['plan_hash']} ({doc.get('model')}) on rack {doc['rack']}: "
            + ", ".join(f"{p} on {b}" for p, b in doc["placement"].items())]
     out.append("clocks (board - host): " + ", ".join(
         f"{b} {c['offset_ns'] / 1e3:+.1f} us (+-{c['error_ns'] / 1e3:.1f}, drift {c['drift_ppm']:+.2f} ppm)"
@@ -161,36 +160,65 @@ def format_bench(doc: Dict) -> str:
         out.append(measure.format_report(rep))
     if doc["cpu"]:
         out.append(format_reference({"cpu": doc["cpu"], "accuracy": doc["accuracy"]}, doc["reports"]))
+    if doc.get("data"):
+        d = doc["data"]
+        out.append(f"accuracy data: {d['source']}" + (f" ({d['labelled']} labelled frames)" if d.get("labelled") else
+                                                       " (no labels: no accuracy)")
+                   + (f"\n  note: {d['note']}" if d.get("note") else ""))
     return "\n".join(out)
 
 
+def critical_parts(rep: Dict) -> Tuple[Dict[str, float], float, str]:
+    """The parts of one report's end-to-end time along the critical path, in hop order, that add up.
+
+    Returns ({hop: us}, end-to-end us, what the figures are). With per-frame samples these are MEANS:
+    each frame's critical-path parts sum to its end-to-end time, so their means sum to the mean end to end
+    exactly (medians do not: the median of a sum is not the sum of the medians). Without samples (an old
+    document) the medians are returned, with a statement that they need not add up.
+    """
+    hops = list(rep["hops"])
+    crit = (rep.get("samples_us") or {}).get("critical")
+    if crit and all(h in crit for h in hops) and rep["samples_us"].get("e2e"):
+        parts = {h: float(np.mean(crit[h])) for h in hops}
+        return parts, float(np.mean(rep["samples_us"]["e2e"])), "means (they add up to the mean end to end)"
+    parts = {h: float(rep["breakdown_p50_us"].get(h, 0.0)) for h in hops}
+    return parts, float(rep["stats"]["e2e"]["p50"]), ("medians (they need not add up to the median end to end: "
+                                                     "the median of a sum is not the sum of the medians)")
+
+
 def plot(doc: Dict, path: Path) -> Path:
-    """PNG: per-hop median breakdown of each mode (stacked), and the end-to-end latency beside the CPU's."""
+    """PNG: each mode's critical-path parts stacked (they add up to the end to end), and the rack beside the CPU."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.3, 1]})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [1.3, 1]})
     modes = list(doc["reports"])
-    hops = doc["reports"][modes[0]]["hops"]
     cmap = plt.get_cmap("tab20")
+    captions = []
+    handles = {}
     for i, mode in enumerate(modes):
+        parts, e2e, what = critical_parts(doc["reports"][mode])
         base = 0.0
-        for k, h in enumerate(hops):
-            v = doc["reports"][mode]["breakdown_p50_us"].get(h, 0.0)
-            ax1.bar(i, v, bottom=base, color=cmap(k % 20), label=h if i == 0 else None)
+        for k, (h, v) in enumerate(parts.items()):
+            name = "host queue + " + h if h.startswith("link host->") else h
+            handles[name] = ax1.bar(i, v, bottom=base, color=cmap(k % 20), label=name)
             base += v
+        ax1.plot([i - 0.45, i + 0.45], [e2e, e2e], color="k", lw=1)
+        captions.append(f"{mode}: parts sum {base:.0f} us, end to end {e2e:.0f} us ({what})")
     ax1.set_xticks(range(len(modes)), modes)
-    ax1.set_ylabel("median time on the critical path (us)")
-    ax1.set_title("where the time goes")
-    ax1.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax1.set_ylabel("time on the critical path (us)")
+    ax1.set_title("where the time goes (black line: end to end)")
+    # legend top to bottom in the order of the stack (the last part is on top)
+    names = list(handles)[::-1]
+    ax1.legend([handles[n] for n in names], names, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     names, p50, p99 = [], [], []
     for mode in modes:
         e = doc["reports"][mode]["stats"]["e2e"]
         names.append(f"rack {mode}"), p50.append(e["p50"]), p99.append(e["p99"])
-    for name, s in doc["cpu"].items():
-        names.append(name), p50.append(s["p50"]), p99.append(s["p99"])
+    for name, st in doc["cpu"].items():
+        names.append(name), p50.append(st["p50"]), p99.append(st["p99"])
     y = np.arange(len(names))
     ax2.barh(y - 0.2, p50, 0.4, label="p50")
     ax2.barh(y + 0.2, p99, 0.4, label="p99")
@@ -199,8 +227,9 @@ def plot(doc: Dict, path: Path) -> Path:
     ax2.set_xlabel("latency per call (us)")
     ax2.set_title("rack vs CPU")
     ax2.legend(fontsize=8)
-    fig.suptitle(f"plan {doc['plan_hash']} on {doc['rack']}, {doc['time'][:19]}", fontsize=9)
-    fig.tight_layout()
+    fig.suptitle(f"{doc.get('label') or ''} plan {doc['plan_hash']} on {doc['rack']}, {doc['time'][:19]}", fontsize=9)
+    fig.text(0.01, 0.01, "\n".join(captions), fontsize=7, va="bottom")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -215,7 +244,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-flight", type=int, default=8, help="frames in flight in the stream (and the CPU's batch)")
     p.add_argument("--single-rate", type=float, default=DEFAULT_SINGLE_RATE,
                    help="pace of the single-frame run, frames/s (0: back to back)")
-    p.add_argument("--data", default="auto", choices=("auto", "digits", "random"))
+    p.add_argument("--data", default="auto", help="frames and labels for accuracy: your FILE.npz (x, optional y) or "
+                   "FILE.npy, 'digits' (splitrack's own split: may overlap your training data), 'random' (no labels), "
+                   "or 'auto' (digits for 64 inputs, else random; default)")
+    p.add_argument("--label", default=None, help="name of this run's series in the history (default: the plan's "
+                   "model name)")
     p.add_argument("--no-cpu", action="store_true", help="skip the CPU reference")
     p.add_argument("--json", type=Path, default=None, help="write the result here (and a PNG beside it)")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
@@ -252,9 +285,10 @@ def run(args: argparse.Namespace) -> int:
 
     plan = Plan.load(args.plan)
     rack = load_rack(args.boards)
+    bench_eval_data(plan, 2, args.data)  # a bad --data fails here, before anything is deployed
     try:
         doc = bench(plan, rack, args.frames, args.rate, args.in_flight, args.single_rate or None, args.data,
-                    cpu=not args.no_cpu, lease_wait=args.wait)
+                    cpu=not args.no_cpu, lease_wait=args.wait, label=args.label)
     except BenchIncomplete as e:
         # where the complete result would have gone; without --json, beside the plan (nothing measured is lost)
         path = args.json or (plan.root / "bench" / f"incomplete-{e.doc['time'].replace(':', '')}.json")

@@ -20,7 +20,7 @@ COMMANDS = [
     ("rack", "harness.rack_cmd", "start, stop or check a rack (`rack up` starts virtual PYNQ-Z2 boards)"),
     ("deploy", "harness.deploy", "upload a plan's partitions to a rack over SSH and start the board agents"),
     ("run", "harness.run_cmd", "stream frames (e.g. digits) through a deployed plan and check every answer"),
-    ("history", "harness.history", "result history (SQLite): add bench/pytest-benchmark JSON, list runs, check regressions"),
+    ("history", "harness.history_cmd", "result history (SQLite): add, list, check regressions, compare two runs, ack, export (BMF)"),
     ("dashboard", "harness.dashboard", "write the static HTML dashboard (trends, per-hop breakdown, regressions)"),
     ("bench", "harness.bench_cmd", "latency per hop of a plan on a rack, beside the CPU reference"),
     ("nightly", "harness.nightly", "bench, add to the history, detect regressions, write the dashboard; exit 1 on a regression"),

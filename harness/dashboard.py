@@ -1,294 +1,323 @@
-"""The dashboard: one self-contained static HTML page from the history (inline SVG, nothing fetched).
-
-Per rack, machine and plan: end-to-end p50/p99 over runs with the CPU reference as a dashed line and
-change points marked; the per-hop critical-path breakdown of every run as stacked bars; the latest
-run's per-hop table; regressions listed at the top. Opening it needs no network and no server.
+"""The dashboard: static HTML pages from the history, drawn with plotly, working offline.
 
     splitrack dashboard --db results.sqlite -o site/      # then open site/index.html
+
+site/index.html     regressions in effect on top; per series (label, rack, machine, plan): end-to-end trend
+                    (hover: run, commit, label; click: the run's page) with the CPU reference and change
+                    points marked, and each run's critical-path breakdown (means: they add up)
+site/runs/N.html    one run: environment, error of an incomplete run, a critical-path waterfall per mode
+                    whose parts add up to the mean end to end, accuracy beside the CPU's, links to the
+                    previous run of its series and to the comparison with it (site/runs/N-vs-M.html)
+site/plotly.min.js  plotly's own bundled copy, written once and referenced relatively: nothing is fetched
+
+Hops are ordered by the position on the critical path that the history recorded, never by their names.
 """
 from __future__ import annotations
 
 import argparse
 import html
-import math
-from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from . import regress
-from .history import History, HistoryError, SeriesKey
+from .history import History, HistoryError, RunInfo
 
-W, H = 860, 300
-PAD_L, PAD_R, PAD_T, PAD_B = 90, 170, 20, 64
-COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
-TREND_METRICS = ("single p50", "single p99", "stream p50", "stream p99")
+PLOTLY_JS = "plotly.min.js"
+TREND = (("single p50", "solid"), ("single p99", "dot"), ("stream p50", "dash"), ("run p50", "dashdot"))
+CPU_STYLES = (("#444444", "dash"), ("#9467bd", "dot"), ("#8c564b", "dashdot"), ("#17becf", "longdash"))
+CONFIG = {"responsive": True, "displaylogo": False}
 
 
 def _esc(s: object) -> str:
     return html.escape(str(s), quote=True)
 
 
-def _num(v: float) -> str:
-    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+def hop_label(hop: str) -> str:
+    """What a hop's time holds: the first link's time starts when the host decides to send, so it includes
+    the frame's wait on the host (in a stream, behind frames in flight)."""
+    return f"host queue + {hop}" if hop.startswith("link host->") else hop
 
 
-def _nice_max(v: float) -> float:
-    if v <= 0 or not math.isfinite(v):
-        return 1.0
-    e = 10 ** math.floor(math.log10(v))
-    for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
-        if m * e >= v:
-            return m * e
-    return 10 * e
+def _fig_html(fig, div_id: str) -> str:
+    fig.update_layout(autosize=True, margin=dict(l=70, r=30, t=50, b=80), template="plotly_white",
+                      font=dict(family="sans-serif"))
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=CONFIG,
+                       default_width="100%", default_height="440px")
 
 
-def _frame(title: str, ymax: float, unit: str, n: int, labels: Sequence[str]) -> Tuple[List[str], callable, callable]:
-    pw, ph = W - PAD_L - PAD_R, H - PAD_T - PAD_B
-    x = lambda i: PAD_L + (pw * (i + 0.5) / max(n, 1))
-    y = lambda v: PAD_T + ph * (1 - v / ymax)
-    out = [f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
-           f'role="img" aria-label="{_esc(title)}">',
-           f'<rect x="{PAD_L}" y="{PAD_T}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#ccc"/>']
-    for k in range(6):
-        v = ymax * k / 5
-        out.append(f'<line x1="{PAD_L}" x2="{PAD_L + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#e4e4e4"/>')
-        out.append(f'<text x="{PAD_L - 6}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="11">{_num(v)}</text>')
-    out.append(f'<text x="14" y="{PAD_T + ph / 2:.0f}" font-size="11" transform="rotate(-90 14 {PAD_T + ph / 2:.0f})" '
-               f'text-anchor="middle">{_esc(unit)}</text>')
-    step = max(1, math.ceil(n / 14))
-    for i, lab in enumerate(labels):
-        if i % step == 0 or i == n - 1:
-            out.append(f'<text x="{x(i):.1f}" y="{PAD_T + ph + 14}" font-size="10" text-anchor="end" '
-                       f'transform="rotate(-35 {x(i):.1f} {PAD_T + ph + 14})">{_esc(lab)}</text>')
-    return out, x, y
+def _critical_means(h: History, run: RunInfo, mode: str) -> Tuple[Dict[str, float], Optional[float]]:
+    """Mean critical-path time per hop (in critical-path order) and mean end to end, from the samples."""
+    vals = h.values(run.run_id)
+    parts = {hop: vals[(f"{mode} breakdown mean", hop)] for hop in run.hops.get(mode, [])
+             if (f"{mode} breakdown mean", hop) in vals}
+    s = h.samples(run.run_id).get((mode, "e2e", "e2e"))
+    return parts, (float(s.mean()) if s is not None and len(s) else None)
 
 
-def _legend(names: Sequence[str], colours: Sequence[str], dashed: Sequence[bool] = ()) -> List[str]:
-    out = []
-    for k, (name, c) in enumerate(zip(names, colours)):
-        yy = PAD_T + 8 + 16 * k
-        dash = ' stroke-dasharray="5,3"' if (k < len(dashed) and dashed[k]) else ""
-        out.append(f'<line x1="{W - PAD_R + 10}" x2="{W - PAD_R + 30}" y1="{yy}" y2="{yy}" stroke="{c}" '
-                   f'stroke-width="3"{dash}/>')
-        out.append(f'<text x="{W - PAD_R + 35}" y="{yy + 4}" font-size="11">{_esc(name)}</text>')
-    return out
+def _series_groups(runs: List[RunInfo]) -> Dict[Tuple[str, str, str, str], List[RunInfo]]:
+    groups: Dict[Tuple[str, str, str, str], List[RunInfo]] = {}
+    for r in runs:
+        groups.setdefault((r.label, r.rack, r.machine, r.plan_hash), []).append(r)
+    return groups
 
 
-def trend_svg(title: str, labels: Sequence[str], lines: Dict[str, List[Optional[float]]], refs: Dict[str, float],
-              marks: Sequence[Tuple[int, str]], unit: str = "us") -> str:
-    """Lines over runs (None = missing), horizontal reference lines, vertical change marks."""
-    n = len(labels)
-    vals = [v for vs in lines.values() for v in vs if v is not None] + list(refs.values())
-    out, x, y = _frame(title, _nice_max(max(vals) * 1.05 if vals else 1.0), unit, n, labels)
-    for i, text in marks:
-        out.append(f'<line class="change" x1="{x(i):.1f}" x2="{x(i):.1f}" y1="{PAD_T}" y2="{H - PAD_B}" stroke="#d00" '
-                   f'stroke-width="2" stroke-dasharray="4,3"><title>{_esc(text)}</title></line>')
-        out.append(f'<text x="{x(i) + 3:.1f}" y="{PAD_T + 12}" font-size="11" fill="#d00">&#9650; change</text>')
-    names, cols, dashed = [], [], []
-    for k, (name, vs) in enumerate(lines.items()):
-        c = COLOURS[k % len(COLOURS)]
-        pts = [(x(i), y(v), v) for i, v in enumerate(vs) if v is not None]
-        if len(pts) > 1:
-            out.append(f'<polyline class="series" fill="none" stroke="{c}" stroke-width="2" points="'
-                       + " ".join(f"{px:.1f},{py:.1f}" for px, py, _ in pts) + '"/>')
-        for (px, py, v), i in zip(pts, [i for i, v in enumerate(vs) if v is not None]):
-            out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{c}"><title>{_esc(name)} run {i}: '
-                       f'{v:.4g} {_esc(unit)}</title></circle>')
-        names.append(name), cols.append(c), dashed.append(False)
-    for k, (name, v) in enumerate(refs.items()):
-        c = "#555" if k == 0 else COLOURS[(k + 7) % len(COLOURS)]
-        out.append(f'<line class="reference" x1="{PAD_L}" x2="{W - PAD_R}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="{c}" '
-                   f'stroke-width="2" stroke-dasharray="5,3"><title>{_esc(name)}: {v:.4g} {_esc(unit)}</title></line>')
-        names.append(name), cols.append(c), dashed.append(True)
-    out += _legend(names, cols, dashed)
-    out.append("</svg>")
-    return "\n".join(out)
+def _trend(h: History, key, runs: List[RunInfo], changes: List[regress.Change]):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    x = [datetime.fromisoformat(r.time) for r in runs]
+    custom = [[r.run_id, r.commit_id, r.label, f"runs/{r.run_id}.html",
+               "complete" if r.complete else "INCOMPLETE: " + r.error] for r in runs]
+    vals = {r.run_id: h.values(r.run_id) for r in runs}
+    # bench's figures, then the medians of imported pytest-benchmark tests
+    pytest_medians = sorted({m for v in vals.values() for m, hop in v if hop == "e2e" and m.startswith("pytest ")
+                             and m.endswith(" median")})
+    for metric, dash in list(TREND) + [(m, "solid") for m in pytest_medians]:
+        y = [vals[r.run_id].get((metric, "e2e")) for r in runs]
+        if all(v is None for v in y):
+            continue
+        fig.add_trace(go.Scatter(
+            x=x, y=y, name=metric if metric.startswith("pytest ") else f"rack {metric}", mode="lines+markers", line=dict(dash=dash, width=2), customdata=custom,
+            marker=dict(size=9, symbol=["circle" if r.complete else "x" for r in runs]),
+            hovertemplate="run %{customdata[0]} (%{customdata[2]})<br>commit %{customdata[1]}<br>%{x|%Y-%m-%d %H:%M}"
+                          "<br>" + metric + " %{y:.1f} us<br>%{customdata[4]}<extra></extra>"))
+    latest = vals[runs[-1].run_id]
+    cpu = sorted((hop, v) for (m, hop), v in latest.items() if m == "cpu p50")
+    for k, (name, v) in enumerate(cpu):
+        colour, dash = CPU_STYLES[k % len(CPU_STYLES)]
+        fig.add_trace(go.Scatter(x=[x[0], x[-1]] if len(x) > 1 else [x[0], x[0]], y=[v, v], mode="lines",
+                                 name=f"CPU {name} p50 ({v:.0f} us)", line=dict(color=colour, dash=dash, width=2),
+                                 hovertemplate=f"CPU {name} p50: {v:.1f} us (latest run)<extra></extra>"))
+    marks: Dict[int, List[regress.Change]] = {}
+    for c in changes:  # one mark per run where something changed (the hops are listed on the page)
+        marks.setdefault(c.run_id, []).append(c)
+    for run_id, cs in marks.items():
+        e2e = [c for c in cs if c.key.hop == "e2e" and c.key.metric in dict(TREND)]
+        what = ", ".join(f"{c.key.metric} {c.relative:+.0%}" for c in e2e) or f"{len(cs)} hop figure(s)"
+        fig.add_vline(x=datetime.fromisoformat(cs[0].time).timestamp() * 1000, line=dict(color="#d00", dash="dash"),
+                      annotation_text=f"change at run {run_id}: {what}", annotation_font_color="#d00",
+                      annotation_position="top left")
+    fig.update_layout(title=f"end-to-end latency per run ({key[0]})", legend=dict(orientation="h", y=-0.25),
+                      hovermode="closest")
+    # log scale: the CPU references (tens to thousands of us) stay apart instead of overlapping near zero
+    fig.update_yaxes(title="latency (us, log scale)", type="log")
+    fig.update_xaxes(title="run time (UTC)", tickformat="%Y-%m-%d<br>%H:%M", automargin=True)
+    return fig
 
 
-def stacked_svg(title: str, labels: Sequence[str], hops: Sequence[str], parts: List[Dict[str, float]],
-                marks: Sequence[int] = (), unit: str = "us") -> str:
-    """One stacked bar per run: each hop's share of the end-to-end time."""
-    n = len(labels)
-    totals = [sum(max(0.0, p.get(h, 0.0)) for h in hops) for p in parts]
-    out, x, y = _frame(title, _nice_max(max(totals) * 1.05 if totals else 1.0), unit, n, labels)
-    bw = max(2.0, 0.7 * (W - PAD_L - PAD_R) / max(n, 1))
-    for i, p in enumerate(parts):
-        base = 0.0
-        for k, h in enumerate(hops):
-            v = max(0.0, p.get(h, 0.0))
-            if v <= 0:
-                continue
-            out.append(f'<rect class="bar" x="{x(i) - bw / 2:.1f}" y="{y(base + v):.1f}" width="{bw:.1f}" '
-                       f'height="{y(base) - y(base + v):.1f}" fill="{COLOURS[k % len(COLOURS)]}">'
-                       f'<title>run {i}: {_esc(h)} {v:.4g} {_esc(unit)}</title></rect>')
-            base += v
-        if i in marks:
-            out.append(f'<text x="{x(i):.1f}" y="{y(base) - 4:.1f}" text-anchor="middle" fill="#d00" font-size="13">'
-                       f'&#9660;</text>')
-    out += _legend(list(hops), [COLOURS[k % len(COLOURS)] for k in range(len(hops))])
-    out.append("</svg>")
-    return "\n".join(out)
+def _breakdown(h: History, key, runs: List[RunInfo], mode: str):
+    import plotly.graph_objects as go
+
+    order: List[str] = []  # hops in the recorded critical-path order, the newest run's first
+    for r in reversed(runs):
+        for hop in r.hops.get(mode, []):
+            if hop not in order:
+                order.append(hop)
+    if not order:
+        return None
+    means = {r.run_id: _critical_means(h, r, mode)[0] for r in runs}
+    x = [datetime.fromisoformat(r.time) for r in runs]
+    fig = go.Figure()
+    for hop in order:
+        fig.add_trace(go.Bar(x=x, y=[means[r.run_id].get(hop) for r in runs], name=hop_label(hop),
+                             customdata=[[r.run_id, r.commit_id, r.label, f"runs/{r.run_id}.html"] for r in runs],
+                             hovertemplate="run %{customdata[0]} (%{customdata[2]}), commit %{customdata[1]}<br>"
+                                           + _esc(hop_label(hop)) + ": %{y:.1f} us<extra></extra>"))
+    # the legend lists the stack top to bottom, as the eye reads the bars
+    fig.update_layout(barmode="stack", title=f"where the time goes, {mode} frames: mean per hop along the critical "
+                      "path (adds up to the mean end to end)", legend=dict(traceorder="reversed"))
+    fig.update_yaxes(title="time on the critical path (us)")
+    fig.update_xaxes(title="run time (UTC)", tickformat="%Y-%m-%d<br>%H:%M", automargin=True)
+    return fig
 
 
-def _short(t: str) -> str:
-    try:
-        return datetime.fromisoformat(t).strftime("%m-%d %H:%M")
-    except ValueError:
-        return t[:16]
+def _page(title: str, body: str, js: str, n_plots: int) -> str:
+    return PAGE.format(title=_esc(title), body=body, js=js, n_plots=n_plots,
+                       generated=_esc(datetime.now(timezone.utc).isoformat(timespec="seconds")))
 
 
-def build(history: History, penalty: float = 3.0, min_relative: float = 0.05) -> Tuple[str, int, List[regress.Change]]:
-    """The page's HTML, how many plots it has, and the regressions in effect it lists."""
-    keys = history.keys()
-    if not keys:
-        raise HistoryError(f"{history.path} holds no results yet: add some with `splitrack history add`")
-    # the watched medians (what nightly alerts on) and the plotted tails; p90, max and jitter of a shared
-    # machine move too much from night to night to mark
-    watched = set(regress.WATCH) | {k.metric for k in keys if k.metric.startswith("pytest ") and k.metric.endswith(" median")}
-    changes = regress.detect(history, tuple(watched) + TREND_METRICS, penalty=penalty, min_relative=min_relative)
-    groups: Dict[Tuple[str, str, str], List[SeriesKey]] = defaultdict(list)
-    for k in keys:
-        groups[(k.rack, k.machine, k.plan_hash)].append(k)
-    live = [c for c in regress.live_regressions(changes) if c.key.metric in watched]
+def build_index(h: History, runs: List[RunInfo], check: regress.Check) -> Tuple[str, int]:
     body: List[str] = []
-    n_plots = 0
-    if live:
-        body.append('<div class="alert"><b>Regressions in effect</b><ul>'
-                    + "".join(f"<li>{_esc(c.describe())}</li>" for c in live) + "</ul></div>")
+    n = 0
+    byid = {r.run_id: r for r in runs}
+    if check.live:
+        body.append('<div class="alert"><b>Regressions in effect</b><ul>' + "".join(
+            f'<li><a href="runs/{c.run_id}.html">run {c.run_id}</a>: {_esc(c.describe(byid.get(c.run_id)))}</li>'
+            for c in check.live) + "</ul></div>")
     else:
         body.append('<div class="ok">No regression in effect.</div>')
-    for (rack, machine, plan), ks in sorted(groups.items()):
-        by_metric = {(k.metric, k.hop): k for k in ks}
-        times = sorted({p.time for k in ks for p in history.series(k)})
-        idx = {t: i for i, t in enumerate(times)}
-        commits = {}
-        for k in ks:
-            for p in history.series(k):
-                commits[p.time] = p.commit_id
-        labels = [f"{_short(t)} {commits[t][:7]}" for t in times]
-        body.append(f"<h2>rack {_esc(rack)} &middot; machine {_esc(machine)} &middot; plan {_esc(plan)}</h2>"
-                    f"<p>{len(times)} run(s), {_esc(times[0])} to {_esc(times[-1])}</p>")
-
-        def values(metric: str, hop: str) -> List[Optional[float]]:
-            vs: List[Optional[float]] = [None] * len(times)
-            k = by_metric.get((metric, hop))
-            for p in history.series(k) if k else []:
-                vs[idx[p.time]] = p.value
-            return vs
-
-        grp_changes = [c for c in changes if (c.key.rack, c.key.machine, c.key.plan_hash) == (rack, machine, plan)]
-        trend = {m: values(m, "e2e") for m in TREND_METRICS if (m, "e2e") in by_metric}
-        pytest_medians = sorted(m for m, h in by_metric if h == "e2e" and m.startswith("pytest ") and m.endswith(" median"))
-        for m in pytest_medians:
-            trend[m] = values(m, "e2e")
-        if trend:
-            refs = {}
-            for (m, hop), k in sorted(by_metric.items()):
-                if m == "cpu p50":
-                    pts = history.series(k)
-                    refs[f"CPU {hop} p50"] = pts[-1].value
-            marks = [(idx[c.time], c.describe()) for c in grp_changes
-                     if c.key.hop == "e2e" and c.key.metric in trend]
-            body.append("<h3>End-to-end latency per run</h3>")
-            body.append(trend_svg("end-to-end latency", labels, trend, refs, marks))
-            n_plots += 1
-        # bench's single/stream runs first, then imported pytest-benchmark tests ("pytest NAME breakdown p50")
-        modes = ["single", "stream"] + sorted({m[: -len(" breakdown p50")] for m, _ in by_metric
-                                               if m.startswith("pytest ") and m.endswith(" breakdown p50")})
-        for mode in modes:
-            bd_keys = [k for (m, h), k in by_metric.items() if m == f"{mode} breakdown p50"]
-            if not bd_keys:
-                continue
-            hops = _flow_order([k.hop for k in bd_keys])
-            parts = [dict() for _ in times]
-            for k in bd_keys:
-                for p in history.series(k):
-                    parts[idx[p.time]][k.hop] = p.value
-            hop_marks = sorted({idx[c.time] for c in grp_changes
-                                if c.key.metric in (f"{mode} p50", f"{mode} breakdown p50") and c.key.hop != "e2e"})
-            what = f"{mode} frames" if mode in ("single", "stream") else mode
-            body.append(f"<h3>Where the time goes ({_esc(what)}, critical path, median per hop)</h3>")
-            body.append(stacked_svg(f"{mode} per-hop breakdown", labels, hops, parts, hop_marks))
-            n_plots += 1
-        body.append(_latest_table(history, ks, times[-1]))
-        if grp_changes:
-            body.append("<h3>All change points</h3><table><tr><th>metric</th><th>hop</th><th>since run</th>"
-                        "<th>commit</th><th>before</th><th>after</th><th>change</th><th></th></tr>"
-                        + "".join(f'<tr class="{"bad" if c.regression else "good"}"><td>{_esc(c.key.metric)}</td>'
-                                  f"<td>{_esc(c.key.hop)}</td><td>{c.index} ({_esc(c.time)})</td><td>{_esc(c.commit_id)}</td>"
-                                  f"<td>{c.before:.4g}</td><td>{c.after:.4g} {_esc(c.unit)}</td><td>{c.relative:+.1%}</td>"
-                                  f"<td>{'regression' if c.regression else 'improvement'}</td></tr>" for c in grp_changes)
-                        + "</table>")
-    page = PAGE.format(generated=_esc(datetime.now(timezone.utc).isoformat(timespec="seconds")),
-                       db=_esc(history.path.name), body="\n".join(body), n_plots=n_plots, n_live=len(live))
-    return page, n_plots, live
+    for label, rack, machine, plan, k in check.unjudged:
+        body.append(f'<div class="note">Cannot judge {_esc(label)} (rack {_esc(rack)}, plan {_esc(plan)}) yet: needs at '
+                    f"least {regress.MIN_BEFORE} earlier runs of this series, has {max(k - 1, 0)}.</div>")
+    for key, rs in _series_groups(runs).items():
+        label, rack, machine, plan = key
+        mine = [c for c in check.changes if (c.key.label, c.key.rack, c.key.machine, c.key.plan_hash) == key]
+        body.append(f"<h2>{_esc(label)}</h2><p class='sub'>model {_esc(rs[-1].model or '?')} &middot; plan "
+                    f"{_esc(plan)} &middot; rack {_esc(rack)} &middot; machine {_esc(machine)} &middot; {len(rs)} run(s)"
+                    "; click a point to open its run</p>")
+        body.append(_fig_html(_trend(h, key, rs, mine), f"trend-{n}"))
+        n += 1
+        for mode in ("single", "stream"):
+            fig = _breakdown(h, key, rs, mode)
+            if fig is not None:
+                body.append(_fig_html(fig, f"breakdown-{n}"))
+                n += 1
+        body.append("<table><tr><th>run</th><th>time</th><th>commit</th><th>state</th><th>single p50 (us)</th>"
+                    "<th>accuracy</th></tr>" + "".join(
+                        f'<tr class="{"" if r.complete else "bad"}"><td><a href="runs/{r.run_id}.html">{r.run_id}</a></td>'
+                        f"<td>{_esc(r.time[:19])}</td><td>{_esc(r.commit_id)}</td>"
+                        f"<td>{'complete' if r.complete else 'INCOMPLETE: ' + _esc(r.error)}</td>"
+                        f"<td>{_fmt(h.values(r.run_id).get(('single p50', 'e2e')))}</td>"
+                        f"<td>{_fmt(h.values(r.run_id).get(('accuracy', 'rack')), '.4f')}</td></tr>" for r in reversed(rs))
+                    + "</table>")
+    return _page("splitrack dashboard", "<h1>splitrack: latency per hop, history and regressions</h1>" +
+                 "\n".join(body), "", n), n
 
 
-def _flow_order(hops: List[str]) -> List[str]:
-    """Hops in the order frames meet them, rebuilt from their names ("link a->b", "board p")."""
-    from .measure import Topology
-
-    links = [tuple(h[len("link "):].split("->", 1)) for h in hops if h.startswith("link ") and "->" in h]
-    parts = {p for link in links for p in link if p != "host"}
-    walked = [h for h in Topology(links, {p: p for p in parts}).hops() if h in hops]
-    return walked + sorted(set(hops) - set(walked))
+def _fmt(v, spec: str = ".1f") -> str:
+    return "" if v is None else format(v, spec)
 
 
-def _latest_table(history: History, keys: List[SeriesKey], time: str) -> str:
-    rows = history.rows("time = ? AND metric IN ('single p50','single p99','stream p50','stream p99','cpu p50',"
-                        "'accuracy','stream throughput','single throughput')", (time,))
-    keyset = {(k.rack, k.machine, k.plan_hash) for k in keys}
-    rows = [r for r in rows if (r.rack, r.machine, r.plan_hash) in keyset]
-    if not rows:
-        return ""
-    return ("<h3>Latest run</h3><table><tr><th>metric</th><th>hop</th><th>value</th></tr>"
-            + "".join(f"<tr><td>{_esc(r.metric)}</td><td>{_esc(r.hop)}</td><td>{r.value:.4g} {_esc(r.unit)}</td></tr>"
-                      for r in rows) + "</table>")
+def build_run(h: History, run: RunInfo, prev: Optional[RunInfo]) -> Tuple[str, int]:
+    import plotly.graph_objects as go
+
+    vals = h.values(run.run_id)
+    body = [f"<p><a href='../index.html'>&larr; dashboard</a>"
+            + (f" &middot; <a href='{prev.run_id}.html'>previous run ({prev.run_id})</a> &middot; "
+               f"<a href='{run.run_id}-vs-{prev.run_id}.html'>comparison with run {prev.run_id}</a>" if prev else
+               " &middot; first run of its series") + "</p>",
+            f"<h1>Run {run.run_id}: {_esc(run.label)}</h1>"]
+    if not run.complete:
+        body.append(f'<div class="alert"><b>Incomplete run</b>: {_esc(run.error)}. Its figures are of the frames that '
+                    "came back.</div>")
+    env = [("label", run.label), ("model", run.model or "?"), ("plan", run.plan_hash), ("rack", run.rack),
+           ("machine", run.machine), ("commit", run.commit_id), ("time (UTC)", run.time), ("source", run.source)]
+    data = run.env.get("data") or {}
+    if data:
+        env.append(("accuracy data", f"{data.get('source')} ({data.get('labelled') or 'no'} labels)"
+                    + (f": {data['note']}" if data.get("note") else "")))
+    for b, info in sorted((run.env.get("boards") or {}).items()):
+        env.append((f"board {b}", ", ".join(f"{k} {v}" for k, v in info.items() if v is not None)))
+    tables = ["<div><h2>Environment</h2><table>" + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>"
+                                                          for k, v in env) + "</table></div>"]
+    acc = sorted((hop, v) for (m, hop), v in vals.items() if m == "accuracy")
+    if acc:
+        tables.append("<div><h2>Accuracy</h2><table><tr><th>who</th><th>accuracy</th></tr>" + "".join(
+            f"<tr><td>{_esc(k)}</td><td>{v:.4f}</td></tr>" for k, v in acc) + "</table></div>")
+    lat = [(f"rack {m}", vals.get((f"{m} p50", "e2e")), vals.get((f"{m} p99", "e2e"))) for m in ("single", "stream", "run")]
+    lat += [(f"CPU {hop}", v, vals.get(("cpu p99", hop))) for (m, hop), v in sorted(vals.items()) if m == "cpu p50"]
+    tables.append("<div><h2>Latency beside the CPU</h2><table><tr><th></th><th>p50 (us)</th><th>p99 (us)</th></tr>"
+                  + "".join(f"<tr><td>{_esc(k)}</td><td>{_fmt(a)}</td><td>{_fmt(b)}</td></tr>" for k, a, b in lat
+                            if a is not None) + "</table></div>")
+    body.append('<div class="row">' + "".join(tables) + "</div>")
+    n = 0
+    for mode in ("single", "stream"):
+        parts, e2e = _critical_means(h, run, mode)
+        if not parts:
+            continue
+        names = [hop_label(p) for p in parts] + ["end to end"]
+        fig = go.Figure(go.Waterfall(x=names, y=list(parts.values()) + [0], measure=["relative"] * len(parts) + ["total"],
+                                     text=[f"{v:.0f}" for v in parts.values()] + [f"{sum(parts.values()):.0f}"],
+                                     textposition="outside", connector=dict(line=dict(color="#999")),
+                                     hovertemplate="%{x}: %{y:.1f} us<extra></extra>"))
+        title = f"{mode} frames: critical path, mean per hop (us); sum {sum(parts.values()):.1f} us"
+        if e2e is not None:
+            title += f", mean end to end measured {e2e:.1f} us"
+        fig.update_layout(title=title, showlegend=False)
+        fig.update_yaxes(title="us")
+        body.append(_fig_html(fig, f"waterfall-{mode}"))
+        n += 1
+    return _page(f"run {run.run_id}: {run.label}", "\n".join(body), "", n), n
+
+
+def build_comparison(h: History, a: RunInfo, b: RunInfo) -> str:
+    from .run_compare import compare
+
+    c = compare(h, a, b)
+    rows = "".join(
+        f'<tr class="{"bad" if x.regression else ("good" if x.significant else "")}"><td>{_esc(x.mode)}</td>'
+        f"<td>{_esc(hop_label(x.hop))}</td><td>{x.p50_a:.1f}</td><td>{x.p50_b:.1f}</td><td>{x.change:+.1%}</td>"
+        f"<td>{x.p99_a:.1f}</td><td>{x.p99_b:.1f}</td><td>{'no samples' if x.p_value is None else f'{x.p_value:.2g}'}"
+        f"</td><td>{'SLOWER' if x.regression else ('faster' if x.significant else '')}</td></tr>" for x in c.hops)
+    body = (f"<p><a href='../index.html'>&larr; dashboard</a> &middot; <a href='{b.run_id}.html'>run {b.run_id}</a>"
+            f" &middot; <a href='{a.run_id}.html'>run {a.run_id}</a></p><h1>Run {b.run_id} against run {a.run_id}</h1>"
+            f"<p>A: {_esc(a.describe())}<br>B: {_esc(b.describe())}</p><table><tr><th>mode</th><th>hop</th>"
+            "<th>p50 A</th><th>p50 B</th><th>change</th><th>p99 A</th><th>p99 B</th><th>p (Mann-Whitney, adj.)</th>"
+            f"<th></th></tr>{rows}</table><p>Significant: adjusted p &lt; {c.alpha:g} and a p50 change of at least "
+            f"{c.threshold:.0%}. Same as <code>splitrack history compare {a.run_id} {b.run_id}</code>.</p>")
+    return _page(f"run {b.run_id} vs {a.run_id}", body, "", 0)
 
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<title>splitrack dashboard</title>
+<title>{title}</title>
+<script src="{{root}}plotly.min.js"></script>
 <style>
-body {{ font-family: sans-serif; margin: 24px; color: #222; max-width: 1100px; }}
-.alert {{ background: #fde8e8; border: 2px solid #d00; padding: 8px 14px; }}
+body {{ font-family: sans-serif; margin: 16px 24px; color: #222; }}
+.alert {{ background: #fde8e8; border: 2px solid #d00; padding: 8px 14px; margin: 8px 0; }}
 .ok {{ background: #e8f6e8; border: 2px solid #2a2; padding: 8px 14px; }}
+.note {{ background: #fff6dd; border: 1px solid #c90; padding: 6px 14px; margin: 6px 0; }}
+.sub {{ color: #555; margin-top: -8px; }}
+.row {{ display: flex; flex-wrap: wrap; gap: 32px; align-items: flex-start; }}
 table {{ border-collapse: collapse; font-size: 13px; margin: 8px 0 20px; }}
 td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; }}
 tr.bad td {{ background: #fde8e8; }} tr.good td {{ background: #eef8ee; }}
-svg.plot {{ display: block; margin: 6px 0 18px; }}
 </style></head>
 <body>
-<h1>splitrack: latency per hop, history and regressions</h1>
-<p>From {db}, generated {generated}. Times in microseconds; bars show each hop's median share of the
-end-to-end time along the critical path; dashed lines are the CPU reference; red marks are change points.</p>
 {body}
+<p class="sub">generated {generated}</p>
 <script>
-// a sanity line for whoever opens the console (and for the headless test): how many plots drew
-console.log("splitrack dashboard: " + document.querySelectorAll("svg.plot").length + " plots of {n_plots}, {n_live} regression(s)");
+// a point of a trend opens its run's page (customdata[3] is its address)
+document.querySelectorAll(".js-plotly-plot").forEach(function (gd) {{
+  gd.on("plotly_click", function (ev) {{
+    var p = ev.points[0];
+    if (p && p.customdata && p.customdata[3]) {{ window.location.href = p.customdata[3]; }}
+  }});
+}});
+// a sanity line for the console (and the headless test): how many plots drew
+console.log("splitrack dashboard: " + document.querySelectorAll(".js-plotly-plot .svg-container").length + " plots of {n_plots}");
+{js}
 </script>
 </body></html>
 """
 
 
 def write(db: Path, out_dir: Path) -> Tuple[Path, List[regress.Change]]:
-    """Write out_dir/index.html; returns it and the regressions in effect it lists."""
-    if not Path(db).exists():
-        raise HistoryError(f"{db} does not exist: add results with `splitrack history add` or run `splitrack nightly`")
-    with History(db) as h:
-        page, _, changes = build(h)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    index = out_dir / "index.html"
-    index.write_text(page)
-    return index, changes
+    """Write the site into out_dir; returns index.html and the regressions in effect it lists."""
+    import plotly.offline
+
+    with History(db, create=False) as h:
+        runs = h.run_infos()
+        if not runs:
+            raise HistoryError(f"{db} holds no results yet: add some with `splitrack history add`")
+        check = regress.check(h)
+        out_dir = Path(out_dir)
+        (out_dir / "runs").mkdir(parents=True, exist_ok=True)
+        js = plotly.offline.get_plotlyjs()
+        target = out_dir / PLOTLY_JS
+        if not target.is_file() or target.read_text() != js:
+            target.write_text(js)
+        page, _ = build_index(h, runs, check)
+        index = out_dir / "index.html"
+        index.write_text(page.replace("{root}", ""))
+        for key, rs in _series_groups(runs).items():
+            for i, r in enumerate(rs):
+                prev = rs[i - 1] if i else None
+                page, _ = build_run(h, r, prev)
+                (out_dir / "runs" / f"{r.run_id}.html").write_text(page.replace("{root}", "../"))
+                if prev is not None:
+                    try:
+                        cmp_page = build_comparison(h, prev, r)
+                    except HistoryError as e:  # runs of one series that share no hop: say so on the page
+                        cmp_page = _page("comparison", f"<p>{_esc(e)}</p>", "", 0)
+                    (out_dir / "runs" / f"{r.run_id}-vs-{prev.run_id}.html").write_text(cmp_page.replace("{root}", "../"))
+    return index, check.live
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", type=Path, default=Path("results.sqlite"))
-    p.add_argument("-o", "--out", type=Path, default=Path("site"), help="folder for index.html")
+    p.add_argument("-o", "--out", type=Path, default=Path("site"), help="folder for index.html, runs/ and plotly.min.js")
 
 
 def run(args: argparse.Namespace) -> int:

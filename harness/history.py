@@ -1,32 +1,44 @@
-"""Result history: one SQLite file, one row per (rack, machine, commit, plan hash, metric, hop, time).
+"""Result history: one SQLite file of runs, their figures and their per-frame samples.
 
-What goes in: the JSON of `splitrack bench --json` and of pytest-benchmark (`--benchmark-json`), both
-flattened to rows by the importers here. What comes out: series of one metric over runs, in time order,
-for regression detection and the dashboard. A series is keyed by rack, machine, plan hash, metric and
+What goes in: the JSON of `splitrack bench --json` (complete, or incomplete with its error and the frames
+that did come back) and of pytest-benchmark (`--benchmark-json`), flattened to rows by the importers here.
+Per run it keeps the label (the user's name for the series, default the model's name), model, plan hash,
+rack, board versions, machine, commit, time, complete or not with the error, each hop's position on the
+critical path, and the per-frame samples of every hop (float32) so that two runs can be compared with a
+two-sample test (`harness.run_compare`). A series is keyed by label, rack, machine, plan hash, metric and
 hop: the commit is what changes along it.
 
-    splitrack history add out.json --db results.sqlite
-    splitrack history list --db results.sqlite
-    splitrack history check --db results.sqlite     # exit 1 on a regression in effect
+The file identifies itself (SQLite application_id) and carries its schema version (user_version); an
+older splitrack history is migrated in place, any other SQLite file is refused untouched, and a damaged
+one (SQLite's integrity check) is refused with exit status 2.
+
+    splitrack history add out.json --db results.sqlite [--label NAME]
+    splitrack history list | check | compare A B | ack RUN --why TEXT | export RUN --format bmf
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sqlite3
 import subprocess
-from dataclasses import astuple, dataclass, fields
+import zlib
+from dataclasses import astuple, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+import numpy as np
+
 from splitting.errors import UserError
 
 BENCH_KIND = "splitrack-bench"
+RUN_KIND = "splitrack-run"  # summary of `splitrack run`'s run.json
 STAT_KEYS = ("p50", "p90", "p99", "max", "jitter")
+APPLICATION_ID = 0x53504C54  # "SPLT": marks the file as a splitrack history (PRAGMA application_id)
+SCHEMA_VERSION = 2
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
-SCHEMA = """
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS measurements (
     time      TEXT NOT NULL,   -- ISO 8601 UTC of the run; rows of one run share it
     rack      TEXT NOT NULL,
@@ -41,6 +53,39 @@ CREATE TABLE IF NOT EXISTS measurements (
     PRIMARY KEY (rack, machine, commit_id, plan_hash, metric, hop, time)
 );
 CREATE INDEX IF NOT EXISTS by_series ON measurements (rack, machine, plan_hash, metric, hop, time);
+"""
+# version 2: a row per run with its context, per-frame samples, acknowledgements; measurements point at runs
+SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id    INTEGER PRIMARY KEY,
+    time      TEXT NOT NULL,
+    rack      TEXT NOT NULL,
+    machine   TEXT NOT NULL,
+    commit_id TEXT NOT NULL,
+    plan_hash TEXT NOT NULL,
+    label     TEXT NOT NULL,   -- the user's name of the series (default: the model's name)
+    model     TEXT NOT NULL,
+    source    TEXT NOT NULL,
+    complete  INTEGER NOT NULL,
+    error     TEXT NOT NULL,   -- why an incomplete run stopped ('' when complete)
+    env       TEXT NOT NULL,   -- JSON: boards (kind, versions), placement, clocks, data, frames
+    hops      TEXT NOT NULL,   -- JSON: mode -> hop names in critical-path order (position = index)
+    UNIQUE (time, rack, machine, commit_id, plan_hash)
+);
+CREATE TABLE IF NOT EXISTS samples (
+    run_id INTEGER NOT NULL REFERENCES runs(run_id),
+    mode   TEXT NOT NULL,      -- "single", "stream"
+    kind   TEXT NOT NULL,      -- "hop" (the hop's own time), "critical" (its share of the critical path), "e2e"
+    hop    TEXT NOT NULL,
+    n      INTEGER NOT NULL,
+    data   BLOB NOT NULL,      -- zlib of little-endian float32 microseconds, one per frame
+    PRIMARY KEY (run_id, mode, kind, hop)
+);
+CREATE TABLE IF NOT EXISTS acks (
+    run_id INTEGER PRIMARY KEY REFERENCES runs(run_id),
+    why    TEXT NOT NULL,
+    time   TEXT NOT NULL
+);
 """
 
 
@@ -69,8 +114,9 @@ class SeriesKey:
     plan_hash: str
     metric: str
     hop: str
+    label: str = ""
 
-    def label(self) -> str:
+    def describe(self) -> str:
         return f"{self.metric} [{self.hop}]"
 
 
@@ -80,6 +126,42 @@ class Point:
     commit_id: str
     value: float
     unit: str
+    run_id: int = 0
+
+
+@dataclass
+class RunInfo:
+    """One run's context (a row of the runs table). env: JSON-able dict (boards, placement, data, ...);
+    hops: mode -> hop names in critical-path order."""
+
+    time: str
+    rack: str
+    machine: str
+    commit_id: str
+    plan_hash: str
+    label: str
+    model: str = ""
+    source: str = "bench"
+    complete: bool = True
+    error: str = ""
+    env: Dict = field(default_factory=dict)
+    hops: Dict[str, List[str]] = field(default_factory=dict)
+    run_id: int = 0
+
+    def describe(self) -> str:
+        state = "complete" if self.complete else f"INCOMPLETE ({self.error})"
+        return (f"run {self.run_id} {self.label!r} ({self.model or 'model ?'}, plan {self.plan_hash}, rack {self.rack}, "
+                f"commit {self.commit_id}, {self.time[:19]}) {state}")
+
+    def board_of(self, hop: str) -> str:
+        """The board(s) behind a hop name ("board p1" -> its board, "link a->b" -> "A -> B"), '' when unknown."""
+        placement = self.env.get("placement") or {}
+        if hop.startswith("board "):
+            return placement.get(hop.split(" ", 1)[1].split(" ")[0], "")
+        if hop.startswith("link ") and "->" in hop:
+            a, b = hop[5:].split("->", 1)
+            return f"{placement.get(a, a)} -> {placement.get(b, b)}"
+        return ""
 
 
 def now_iso() -> str:
@@ -104,12 +186,40 @@ def current_commit(cwd: Optional[Path] = None) -> str:
 
 # --- importers ------------------------------------------------------------------------------------
 def rows_from_bench(doc: Dict) -> List[Row]:
-    """Rows of one `splitrack bench --json` document."""
+    """Rows of one `splitrack bench --json` document (an incomplete one gives the figures it has)."""
+    return parse_bench(doc)[1]
+
+
+Samples = Dict[Tuple[str, str, str], np.ndarray]  # (mode, kind, hop) -> per-frame us
+
+
+def parse_bench(doc: Dict, label: Optional[str] = None) -> Tuple[RunInfo, List[Row], Samples]:
+    """The run, its rows and its per-frame samples from one bench document.
+
+    label overrides the document's; the default is the document's label, else its model name, else the plan
+    hash. A document with "complete": false must say why in "error"; its reports may be partial or absent.
+    """
+    if not isinstance(doc, dict):
+        raise HistoryError("bench JSON must be an object: write it with `splitrack bench --json`")
     try:
-        base = dict(time=doc["time"], rack=doc["rack"], machine=doc["machine"], commit_id=doc["commit"],
-                    plan_hash=doc["plan_hash"], source="bench")
-        rows = []
-        for mode, rep in doc["reports"].items():
+        complete = doc.get("complete", True)
+        if not isinstance(complete, bool):
+            raise TypeError("complete")
+        error = str(doc.get("error") or "")
+        if not complete and not error:
+            raise HistoryError("an incomplete bench JSON (\"complete\": false) must say why in \"error\"")
+        base = dict(time=str(doc["time"]), rack=str(doc["rack"]), machine=str(doc["machine"]),
+                    commit_id=str(doc["commit"]), plan_hash=str(doc["plan_hash"]), source="bench")
+        datetime.fromisoformat(base["time"])
+        model = str(doc.get("model") or "")
+        run = RunInfo(**{k: v for k, v in base.items()}, label=str(label or doc.get("label") or model or base["plan_hash"]),
+                      model=model, complete=complete, error=error,
+                      env={k: doc[k] for k in ("boards", "placement", "clocks", "data", "frames", "payload_bytes", "plan",
+                                               "frames_received") if k in doc})
+        rows, samples = [], {}
+        reports = doc.get("reports") if not complete else doc["reports"]
+        for mode, rep in (reports or {}).items():
+            run.hops[mode] = [str(h) for h in rep["hops"]]
             for hop, st in rep["stats"].items():
                 for k in STAT_KEYS:
                     rows.append(Row(metric=f"{mode} {k}", hop=hop, value=float(st[k]), unit="us", **base))
@@ -118,15 +228,36 @@ def rows_from_bench(doc: Dict) -> List[Row]:
             if rep.get("throughput_hz") is not None:
                 rows.append(Row(metric=f"{mode} throughput", hop="e2e", value=float(rep["throughput_hz"]),
                                 unit="frames/s", **base))
-        for name, st in doc.get("cpu", {}).items():
+            sm = rep.get("samples_us") or {}
+            if sm:
+                samples[(mode, "e2e", "e2e")] = _floats(sm["e2e"])
+                for kind in ("hops", "critical"):
+                    for hop, v in sm[kind].items():
+                        samples[(mode, kind.rstrip("s") if kind == "hops" else kind, hop)] = _floats(v)
+                mean_parts = {h: float(np.mean(samples[(mode, "critical", h)])) for h in run.hops[mode]
+                              if (mode, "critical", h) in samples}
+                for hop, v in mean_parts.items():
+                    rows.append(Row(metric=f"{mode} breakdown mean", hop=hop, value=v, unit="us", **base))
+        for name, st in (doc.get("cpu") or {}).items():
             for k in ("p50", "p99"):
                 if k in st:
                     rows.append(Row(metric=f"cpu {k}", hop=name, value=float(st[k]), unit="us", **base))
-        for name, acc in doc.get("accuracy", {}).items():
-            rows.append(Row(metric="accuracy", hop=name, value=float(acc), unit="fraction", **base))
-    except (KeyError, TypeError, ValueError) as e:
+        for name, acc in (doc.get("accuracy") or {}).items():
+            if acc is not None:
+                rows.append(Row(metric="accuracy", hop=name, value=float(acc), unit="fraction", **base))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise HistoryError(f"bench JSON is missing or mangles field {e}: write it with `splitrack bench --json`") from None
-    return [r for r in rows if r.value == r.value]  # NaN (e.g. throughput of one frame) is no measurement
+    if samples and any(len({len(v) for (m2, _, _), v in samples.items() if m2 == m}) != 1 for m in run.hops):
+        raise HistoryError("bench JSON: the per-frame samples of one mode differ in length: the file is damaged")
+    # NaN (e.g. throughput of one frame) is no measurement
+    return run, [r for r in rows if r.value == r.value], samples
+
+
+def _floats(v) -> np.ndarray:
+    a = np.asarray(v, dtype=np.float64)
+    if a.ndim != 1 or not np.isfinite(a).all():
+        raise ValueError("samples_us")
+    return a
 
 
 def rows_from_pytest_benchmark(doc: Dict, rack: Optional[str] = None) -> List[Row]:
@@ -161,35 +292,147 @@ def rows_from_pytest_benchmark(doc: Dict, rack: Optional[str] = None) -> List[Ro
     return rows
 
 
-def rows_from_file(path: Path, rack: Optional[str] = None) -> List[Row]:
+Parsed = Tuple[RunInfo, List[Row], Samples]
+
+
+def parse_run(doc: Dict, label: Optional[str] = None) -> Parsed:
+    """The run of a `splitrack run` run.json: end-to-end latency (figures and per-frame samples, mode "run"),
+    throughput, accuracy on its data, and each partition's dwell."""
+    try:
+        s = doc["summary"]
+        where = str(s["where"])
+        base = dict(time=str(s["time"]), rack=where[len("rack "):] if where.startswith("rack ") else where,
+                    machine=str(s["machine"]), commit_id=str(s["commit"]), plan_hash=str(s["plan"]), source="run")
+        datetime.fromisoformat(base["time"])
+        complete = s.get("complete", True)
+        run = RunInfo(**base, label=str(label or s.get("label") or s.get("model") or base["plan_hash"]),
+                      model=str(s.get("model") or ""), complete=bool(complete), error=str(s.get("error") or ""),
+                      env={"data": {"source": s.get("data"), "frames": s.get("frames"),
+                                    "labelled": s.get("frames") if "accuracy" in s else None, "note": ""},
+                           "placement": {p: d["board"] for p, d in s.get("partitions", {}).items()}})
+        rows = [Row(metric=f"run {k}", hop="e2e", value=float(v), unit="us", **base) for k, v in s["latency_us"].items()]
+        rows.append(Row(metric="run throughput", hop="e2e", value=float(s["throughput_fps"]), unit="frames/s", **base))
+        if s.get("accuracy") is not None:
+            rows.append(Row(metric="accuracy", hop="rack", value=float(s["accuracy"]), unit="fraction", **base))
+        for p, d in s.get("partitions", {}).items():
+            rows.append(Row(metric="run dwell p50", hop=f"board {p}", value=float(d["dwell_us"]["p50"]), unit="us", **base))
+        e2e = _floats([(f["t_recv"] - f["t_send"]) / 1e3 for f in doc.get("frames", [])])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise HistoryError(f"run JSON is missing or mangles field {e}: write it with `splitrack run`") from None
+    return run, [r for r in rows if r.value == r.value], ({("run", "e2e", "e2e"): e2e} if len(e2e) else {})
+
+
+def runs_from_pytest_benchmark(doc: Dict, rack: Optional[str] = None, label: Optional[str] = None) -> List[Parsed]:
+    """One run per plan hash of a pytest-benchmark file (its benchmarks share time, machine and commit)."""
+    rows = rows_from_pytest_benchmark(doc, rack)
+    out: Dict[Tuple, Parsed] = {}
+    for r in rows:
+        k = (r.time, r.rack, r.machine, r.commit_id, r.plan_hash)
+        if k not in out:
+            out[k] = (RunInfo(*k, label=label or r.plan_hash, source="pytest-benchmark"), [], {})
+        out[k][1].append(r)
+    return list(out.values())
+
+
+def load_file(path: Path, rack: Optional[str] = None, label: Optional[str] = None) -> List[Parsed]:
+    """The runs of a `splitrack bench --json` or pytest-benchmark JSON file. Raises HistoryError."""
     path = Path(path)
     if not path.is_file():
         raise HistoryError(f"{path} not found: give a file written by `splitrack bench --json` or `--benchmark-json`")
     try:
         doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise HistoryError(f"{path} is not JSON ({e.msg}, line {e.lineno})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HistoryError(f"{path} is not JSON ({e})") from None
     if isinstance(doc, dict) and doc.get("kind") == BENCH_KIND:
-        return rows_from_bench(doc)
+        return [parse_bench(doc, label)]
+    if isinstance(doc, dict) and isinstance(doc.get("summary"), dict) and doc["summary"].get("kind") == RUN_KIND:
+        return [parse_run(doc, label)]
     if isinstance(doc, dict) and "benchmarks" in doc and "machine_info" in doc:
-        return rows_from_pytest_benchmark(doc, rack)
-    raise HistoryError(f"{path} is neither `splitrack bench --json` nor pytest-benchmark JSON")
+        return runs_from_pytest_benchmark(doc, rack, label)
+    raise HistoryError(f"{path} is neither `splitrack bench --json`, the run.json of `splitrack run`, nor pytest-benchmark JSON")
+
+
+def rows_from_file(path: Path, rack: Optional[str] = None) -> List[Row]:
+    return [r for _, rows, _ in load_file(path, rack) for r in rows]
 
 
 # --- the database ---------------------------------------------------------------------------------
 class History:
-    """The SQLite history file."""
+    """The SQLite history file. Opening it checks that it is ours and intact, and migrates an older schema.
 
-    def __init__(self, path: Path):
+    Raises HistoryError for a folder, a file that is not SQLite, an SQLite file of another program (left
+    untouched), a damaged file (integrity check), or a history written by a newer splitrack.
+    """
+
+    def __init__(self, path: Path, create: bool = True):
         self.path = Path(path)
-        if self.path.exists() and self.path.is_dir():
+        if self.path.is_dir():
             raise HistoryError(f"{self.path} is a folder: give a file name for the history database")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        exists = self.path.is_file() and self.path.stat().st_size > 0
+        if not exists and not create:
+            raise HistoryError(f"{self.path} does not exist: add results first with `splitrack history add FILE --db {self.path}`")
+        if exists:
+            with open(self.path, "rb") as f:
+                if f.read(16) != SQLITE_MAGIC:
+                    raise HistoryError(f"{self.path} is not a splitrack history database (not an SQLite file): give another --db")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(str(self.path))
-            self.db.executescript(SCHEMA)
+            self.db.execute("PRAGMA foreign_keys = ON")
+            if exists:
+                self._check_ours()
+            self._create_or_migrate()
         except sqlite3.DatabaseError as e:
-            raise HistoryError(f"{self.path} is not a splitrack history database ({e}): give another --db") from None
+            self.db.close()
+            raise HistoryError(f"{self.path} is damaged or not a splitrack history database ({e}): restore it from a "
+                               "backup or give another --db") from None
+
+    def _check_ours(self) -> None:
+        bad = [" ".join(str(r[0]).split()) for r in self.db.execute("PRAGMA integrity_check(20)")]
+        if bad != ["ok"]:
+            self.db.close()
+            raise HistoryError(f"{self.path} is damaged (SQLite integrity check: {'; '.join(bad[:3])}): restore it "
+                               "from a backup, or start a new history with another --db")
+        app = self.db.execute("PRAGMA application_id").fetchone()[0]
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                  if not r[0].startswith("sqlite_")}  # SQLite's own (sqlite_stat1, sqlite_sequence)
+        v1_cols = {f.name for f in fields(Row)}
+        legacy = (app == 0 and version == 0 and "measurements" in tables
+                  and {r[1] for r in self.db.execute("PRAGMA table_info(measurements)")} >= v1_cols
+                  and tables <= {"measurements"})
+        if app == APPLICATION_ID:
+            if version > SCHEMA_VERSION:
+                self.db.close()
+                raise HistoryError(f"{self.path} was written by a newer splitrack (history schema {version}, this one "
+                                   f"reads up to {SCHEMA_VERSION}): upgrade splitrack")
+        elif not (legacy or (app == 0 and not tables)):
+            self.db.close()
+            raise HistoryError(f"{self.path} is an SQLite database of another program (tables: "
+                               f"{', '.join(sorted(tables)) or 'none'}), not a splitrack history: give another --db "
+                               "(the file was not changed)")
+
+    def _create_or_migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version >= SCHEMA_VERSION:
+            return
+        # one transaction (DDL is transactional in SQLite): a failure leaves the file as it was.
+        # version < 2 is either a new file or a version-1 history (measurements without run ids)
+        self.db.executescript(
+            "BEGIN;" + SCHEMA_V1 + SCHEMA_V2 +
+            "ALTER TABLE measurements ADD COLUMN run_id INTEGER REFERENCES runs(run_id);"
+            # a version-1 history: one run per (time, rack, machine, commit, plan), labelled by its plan hash
+            "INSERT OR IGNORE INTO runs (time, rack, machine, commit_id, plan_hash, label, model, source, complete, "
+            "error, env, hops) SELECT time, rack, machine, commit_id, plan_hash, plan_hash, '', MIN(source), 1, '', "
+            "'{}', '{}' FROM measurements GROUP BY time, rack, machine, commit_id, plan_hash;"
+            "UPDATE measurements SET run_id = (SELECT r.run_id FROM runs r WHERE r.time = measurements.time AND "
+            "r.rack = measurements.rack AND r.machine = measurements.machine AND r.commit_id = measurements.commit_id "
+            "AND r.plan_hash = measurements.plan_hash);"
+            "CREATE INDEX IF NOT EXISTS by_run ON measurements (run_id);"
+            f"PRAGMA application_id = {APPLICATION_ID};"
+            f"PRAGMA user_version = {SCHEMA_VERSION};"
+            "COMMIT;")
 
     def close(self) -> None:
         self.db.close()
@@ -200,71 +443,109 @@ class History:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def add(self, rows: Iterable[Row]) -> int:
-        """Insert rows; a row already present (same key) is kept once. Returns how many were new."""
-        cols = ", ".join(f.name for f in fields(Row))
+    # --- writing ---
+    def add_run(self, run: RunInfo, rows: Iterable[Row], samples: Optional[Samples] = None) -> Tuple[int, int]:
+        """Insert one run (kept once: the same run added twice adds nothing). Returns (run id, new rows)."""
+        rows = list(rows)
         with self.db:
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO runs (time, rack, machine, commit_id, plan_hash, label, model, source, complete, "
+                "error, env, hops) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (run.time, run.rack, run.machine, run.commit_id, run.plan_hash, run.label, run.model, run.source,
+                 int(run.complete), run.error, json.dumps(run.env, default=_json_default), json.dumps(run.hops)))
+            new_run = cur.rowcount == 1
+            run.run_id = self.db.execute(
+                "SELECT run_id FROM runs WHERE time=? AND rack=? AND machine=? AND commit_id=? AND plan_hash=?",
+                (run.time, run.rack, run.machine, run.commit_id, run.plan_hash)).fetchone()[0]
+            cols = ", ".join(f.name for f in fields(Row))
             before = self.db.total_changes
-            self.db.executemany(f"INSERT OR IGNORE INTO measurements ({cols}) VALUES ({', '.join('?' * 10)})",
-                                [astuple(r) for r in rows])
-            return self.db.total_changes - before
+            self.db.executemany(f"INSERT OR IGNORE INTO measurements ({cols}, run_id) VALUES ({', '.join('?' * 11)})",
+                                [astuple(r) + (run.run_id,) for r in rows])
+            added = self.db.total_changes - before
+            if new_run:
+                self.db.executemany(
+                    "INSERT OR IGNORE INTO samples (run_id, mode, kind, hop, n, data) VALUES (?,?,?,?,?,?)",
+                    [(run.run_id, m, k, h, len(v), zlib.compress(np.asarray(v, "<f4").tobytes()))
+                     for (m, k, h), v in (samples or {}).items()])
+        return run.run_id, added
+
+    def add(self, rows: Iterable[Row]) -> int:
+        """Insert bare rows (one run per time, rack, machine, commit and plan, labelled by the plan hash).
+        Returns how many rows were new."""
+        groups: Dict[Tuple, List[Row]] = {}
+        for r in rows:
+            groups.setdefault((r.time, r.rack, r.machine, r.commit_id, r.plan_hash), []).append(r)
+        return sum(self.add_run(RunInfo(*k, label=k[4], source=g[0].source), g)[1] for k, g in groups.items())
+
+    def ack(self, run_id: int, why: str) -> RunInfo:
+        run = self.run(run_id)
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO acks (run_id, why, time) VALUES (?,?,?)", (run_id, why, now_iso()))
+        return run
+
+    # --- reading ---
+    def run_infos(self, where: str = "1", args: Sequence = ()) -> List[RunInfo]:
+        """Runs, oldest first."""
+        out = []
+        for r in self.db.execute(
+                "SELECT run_id, time, rack, machine, commit_id, plan_hash, label, model, source, complete, error, env, hops "
+                f"FROM runs WHERE {where} ORDER BY time, run_id", args):
+            out.append(RunInfo(time=r[1], rack=r[2], machine=r[3], commit_id=r[4], plan_hash=r[5], label=r[6],
+                               model=r[7], source=r[8], complete=bool(r[9]), error=r[10], env=json.loads(r[11]),
+                               hops=json.loads(r[12]), run_id=r[0]))
+        return out
+
+    def run(self, run_id: int) -> RunInfo:
+        found = self.run_infos("run_id = ?", (int(run_id),))
+        if not found:
+            raise HistoryError(f"no run {run_id} in {self.path}: see `splitrack history list --db {self.path}`")
+        return found[0]
+
+    def acks(self) -> Dict[int, str]:
+        return dict(self.db.execute("SELECT run_id, why FROM acks"))
+
+    def samples(self, run_id: int) -> Samples:
+        out = {}
+        for m, k, h, n, data in self.db.execute("SELECT mode, kind, hop, n, data FROM samples WHERE run_id = ?", (run_id,)):
+            v = np.frombuffer(zlib.decompress(data), "<f4").astype(np.float64)
+            if v.size != n:
+                raise HistoryError(f"{self.path}: samples of run {run_id} ({m} {h}) are damaged: restore from a backup")
+            out[(m, k, h)] = v
+        return out
 
     def runs(self) -> List[Tuple[str, str, str, str, str, int]]:
         """(time, rack, machine, commit, plan hash, rows) per run, oldest first."""
         return self.db.execute(
-            "SELECT time, rack, machine, commit_id, plan_hash, COUNT(*) FROM measurements "
-            "GROUP BY time, rack, machine, commit_id, plan_hash ORDER BY time").fetchall()
+            "SELECT r.time, r.rack, r.machine, r.commit_id, r.plan_hash, COUNT(m.value) FROM runs r LEFT JOIN "
+            "measurements m ON m.run_id = r.run_id GROUP BY r.run_id ORDER BY r.time, r.run_id").fetchall()
 
     def keys(self, metric_like: str = "%") -> List[SeriesKey]:
         return [SeriesKey(*r) for r in self.db.execute(
-            "SELECT DISTINCT rack, machine, plan_hash, metric, hop FROM measurements WHERE metric LIKE ? "
-            "ORDER BY rack, machine, plan_hash, metric, hop", (metric_like,))]
+            "SELECT DISTINCT m.rack, m.machine, m.plan_hash, m.metric, m.hop, r.label FROM measurements m JOIN runs r "
+            "ON m.run_id = r.run_id WHERE m.metric LIKE ? ORDER BY r.label, m.rack, m.machine, m.plan_hash, m.metric, m.hop",
+            (metric_like,))]
 
-    def series(self, key: SeriesKey) -> List[Point]:
+    def series(self, key: SeriesKey, complete_only: bool = False) -> List[Point]:
+        """One metric of one hop over the runs of a series, oldest first (label '' = any label)."""
         return [Point(*r) for r in self.db.execute(
-            "SELECT time, commit_id, value, unit FROM measurements WHERE rack=? AND machine=? AND plan_hash=? "
-            "AND metric=? AND hop=? ORDER BY time", (key.rack, key.machine, key.plan_hash, key.metric, key.hop))]
+            "SELECT m.time, m.commit_id, m.value, m.unit, m.run_id FROM measurements m JOIN runs r ON m.run_id = r.run_id "
+            "WHERE m.rack=? AND m.machine=? AND m.plan_hash=? AND m.metric=? AND m.hop=? AND (? = '' OR r.label = ?) "
+            "AND (? = 0 OR r.complete = 1) ORDER BY m.time, m.run_id",
+            (key.rack, key.machine, key.plan_hash, key.metric, key.hop, key.label, key.label, int(complete_only)))]
 
     def rows(self, where: str = "1", args: Sequence = ()) -> List[Row]:
         return [Row(*r) for r in self.db.execute(
             f"SELECT {', '.join(f.name for f in fields(Row))} FROM measurements WHERE {where} ORDER BY time", args)]
 
-
-# --- CLI: splitrack history add / list ------------------------------------------------------------
-def configure(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    a = sub.add_parser("add", help="import bench --json or pytest-benchmark JSON files")
-    a.add_argument("files", nargs="+", type=Path)
-    a.add_argument("--db", type=Path, default=Path("results.sqlite"))
-    a.add_argument("--rack", default=None, help="rack name for pytest-benchmark files without one in extra_info")
-    ls = sub.add_parser("list", help="the runs in the history")
-    ls.add_argument("--db", type=Path, default=Path("results.sqlite"))
-    c = sub.add_parser("check", help="change points in every series; exit 1 on a regression still in effect")
-    c.add_argument("--db", type=Path, default=Path("results.sqlite"))
-    c.add_argument("--all-metrics", action="store_true", help="check every metric, not only the watched medians")
-    c.add_argument("--min-change", type=float, default=0.05, help="smallest relative change reported (0.05 = 5%%)")
+    def values(self, run_id: int) -> Dict[Tuple[str, str], float]:
+        """(metric, hop) -> value of one run."""
+        return {(m, h): v for m, h, v in self.db.execute(
+            "SELECT metric, hop, value FROM measurements WHERE run_id = ?", (run_id,))}
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.action != "add" and not args.db.exists():
-        raise HistoryError(f"{args.db} does not exist: add results first with `splitrack history add FILE --db {args.db}`")
-    with History(args.db) as h:
-        if args.action == "add":
-            for f in args.files:
-                rows = rows_from_file(f, args.rack)
-                new = h.add(rows)
-                print(f"{f}: {len(rows)} rows, {new} new -> {args.db}")
-        elif args.action == "check":
-            from . import regress
-
-            changes = regress.detect(h, None if args.all_metrics else regress.WATCH, min_relative=args.min_change)
-            for c in changes:
-                print(c.describe())
-            live = regress.live_regressions(changes)
-            print(f"{len(changes)} change(s), {len(live)} regression(s) in effect")
-            return 1 if live else 0
-        else:
-            print(f"{'time':33s} {'rack':12s} {'machine':14s} {'commit':18s} {'plan':17s} rows")
-            for t, rack, machine, commit, plan, n in h.runs():
-                print(f"{t:33s} {rack:12s} {machine:14s} {commit:18s} {plan:17s} {n}")
-    return 0
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")

@@ -228,7 +228,15 @@ def report(mode: str, frames: Sequence[FrameTiming], topo: Topology, to_host: Ma
         "stats": att.summary(),
         "breakdown_p50_us": att.breakdown_p50(),
         "boards": dict(topo.boards),
+        # per-frame figures (us, 0.001 us resolution) so that two runs can be compared statistically,
+        # and the critical-path parts whose per-frame sum is the end-to-end time (history, dashboard)
+        "samples_us": {"e2e": _us_list(att.e2e), "hops": {h: _us_list(att.hops[h]) for h in att.order},
+                       "critical": {h: _us_list(att.critical[h]) for h in att.order}},
     }
+
+
+def _us_list(ns: np.ndarray) -> List[float]:
+    return [round(v, 3) for v in (np.asarray(ns, dtype=np.float64) / 1e3).tolist()]
 
 
 def format_report(rep: Mapping[str, object]) -> str:

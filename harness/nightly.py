@@ -1,11 +1,13 @@
 """`splitrack nightly`: what a cron job runs. Bench, add to the history, detect regressions, write the dashboard.
 
-    splitrack nightly --boards rack.toml --db results.sqlite [--plan plan/] [--frames 500] [-o site/]
+    splitrack nightly --boards rack.toml --db results.sqlite [--plan plan/] [--frames 500] [-o site/] [--label NAME]
 
 Without --plan it benches the reference plan: the digits FC network cut after fc1 and fc2 (three boards),
 made once and kept under .splitrack-cache/nightly/. The bench JSON of every night is kept beside the
-dashboard (site/runs/). Exit status 0 when no regression is in effect, 1 when one is (each printed: which
-metric, which hop, since which run and commit, by how much), 2 on bad input.
+dashboard (site/runs/). The run goes into the history under its label (default: the model's name); until
+its series has 3 earlier runs it says that it cannot judge yet. Exit status 0 when no regression is in
+effect, 1 when one is (each printed with label, model, plan, rack, board, hop, size, and the run and
+commit it started with), 2 on bad input.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Tuple
 
 
 from . import bench_cmd, dashboard, history, regress
@@ -42,8 +44,9 @@ def default_plan(progress: Callable[[str], None] = print):
 
 def nightly(boards: Path, db: Path, out: Path, plan_dir: Path = None, frames: int = 500, rate: float = None,
             min_change: float = 0.05, progress: Callable[[str], None] = print,
-            lease_wait: float = 0.0) -> List[regress.Change]:
-    """One night: returns the regressions in effect for this rack, machine and plan."""
+            lease_wait: float = 0.0, label: str = None) -> List[Tuple[regress.Change, history.RunInfo]]:
+    """One night: returns the regressions in effect for this series (label, rack, machine, plan), each with
+    the run where it starts."""
     from splitting.plan import Plan
 
     from .rack import load_rack
@@ -52,7 +55,8 @@ def nightly(boards: Path, db: Path, out: Path, plan_dir: Path = None, frames: in
     plan = Plan.load(plan_dir) if plan_dir else default_plan(progress)
     runs = Path(out) / "runs"
     try:
-        doc = bench_cmd.bench(plan, rack, frames=frames, rate=rate, progress=progress, lease_wait=lease_wait)
+        doc = bench_cmd.bench(plan, rack, frames=frames, rate=rate, progress=progress, lease_wait=lease_wait,
+                              label=label)
     except bench_cmd.BenchIncomplete as e:  # what was measured is kept where the night's result goes
         path = bench_cmd.write_incomplete(e.doc, runs / f"{e.doc['time'][:19].replace(':', '')}-{plan.hash}.json")
         raise bench_cmd.BenchIncomplete(f"{e}; wrote {path}", e.doc) from None
@@ -63,14 +67,21 @@ def nightly(boards: Path, db: Path, out: Path, plan_dir: Path = None, frames: in
     bench_json.write_text(json.dumps(doc, indent=1, default=bench_cmd._json_default) + "\n")
     bench_cmd.plot(doc, bench_json.with_suffix(".png"))
     with history.History(db) as h:
-        new = h.add(history.rows_from_bench(doc))
+        run, rows, samples = history.parse_bench(doc)
+        run_id, new = h.add_run(run, rows, samples)
         n_runs = len(h.runs())
-        changes = regress.detect(h, regress.WATCH, min_relative=min_change)
-    progress(f"history: {new} rows added to {db} ({n_runs} runs)")
-    mine = [c for c in changes if (c.key.rack, c.key.machine, c.key.plan_hash) == (doc["rack"], doc["machine"], plan.hash)]
+        check = regress.check(h, regress.WATCH, min_relative=min_change)
+        runs = {r.run_id: r for r in h.run_infos()}
+    progress(f"history: run {run_id} ({run.label!r}), {new} rows added to {db} ({n_runs} runs)")
+    series = (run.label, doc["rack"], doc["machine"], plan.hash)
+    for label, rack, machine, plan_hash, n in check.unjudged:
+        if (label, rack, machine, plan_hash) == series:
+            progress(f"cannot judge {label!r} yet: needs at least {regress.MIN_BEFORE} earlier runs of this series, "
+                     f"has {max(n - 1, 0)}")
+    mine = [c for c in check.live if (c.key.label, c.key.rack, c.key.machine, c.key.plan_hash) == series]
     index, _ = dashboard.write(db, out)
     progress(f"dashboard: {index}")
-    return regress.live_regressions(mine)
+    return [(c, runs.get(c.run_id)) for c in mine]
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -80,6 +91,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", type=Path, default=None, help="plan folder (default: the digits FC reference plan)")
     p.add_argument("--frames", type=int, default=500)
     p.add_argument("--rate", type=float, default=None, help="offered rate of the stream, frames/s")
+    p.add_argument("--label", default=None, help="name of the series (default: the plan's model name)")
     p.add_argument("--min-change", type=float, default=0.05, help="smallest relative change that counts (0.05 = 5%%)")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="when another user holds a board's lease, wait up to this long for it (default: fail at once)")
@@ -87,11 +99,11 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     live = nightly(args.boards, args.db, args.out, args.plan, args.frames, args.rate, args.min_change,
-                   lease_wait=args.wait)
-    for c in live:
-        print(c.describe())
+                   lease_wait=args.wait, label=args.label)
+    for c, r in live:
+        print(c.describe(r))
     if live:
-        hops = sorted({c.key.hop for c in live})
+        hops = sorted({c.key.hop for c, _ in live})
         print(f"nightly: {len(live)} regression(s) in effect, at {', '.join(hops)}: exit 1")
         return 1
     print("nightly: no regression in effect")

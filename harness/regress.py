@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import ruptures as rpt
 from scipy.stats import norm as _norm
 
-from .history import History, Point, SeriesKey
+from .history import History, Point, RunInfo, SeriesKey
 
 HIGHER_IS_BETTER_UNITS = ("frames/s", "fraction")
 # what nightly watches by default: medians are stable enough to alert on; tails go on the dashboard
-WATCH = ("single p50", "stream p50", "stream throughput", "single breakdown p50", "accuracy")
+WATCH = ("single p50", "stream p50", "stream throughput", "single breakdown p50", "accuracy", "run p50")
 
 
 @dataclass(frozen=True)
@@ -36,16 +36,30 @@ class Change:
     unit: str
     regression: bool  # True when the change made things worse
     latest: bool  # True when the segment after the change reaches the newest run (still in effect)
+    run_id: int = 0  # the history's id of the first run after the change
 
     @property
     def relative(self) -> float:
         return (self.after - self.before) / abs(self.before) if self.before else math.inf
 
-    def describe(self) -> str:
+    def describe(self, run: Optional[RunInfo] = None) -> str:
+        """One line: what moved, where, by how much, since which run and commit, in which series.
+
+        run: the run where the change starts, for its label, model and the board behind the hop."""
         what = "REGRESSION" if self.regression else "improvement"
-        return (f"{what}: {self.key.metric} at {self.key.hop}: {self.before:.4g} -> {self.after:.4g} {self.unit} "
-                f"({self.relative:+.1%}) since run {self.index} ({self.time}, commit {self.commit_id})"
-                f" [rack {self.key.rack}, plan {self.key.plan_hash}]")
+        since = f"run {self.run_id}" if self.run_id else f"run #{self.index} of the series"
+        where = self.key.hop
+        if run is not None and run.board_of(self.key.hop):
+            size = (run.env.get("payload_bytes") or {}).get(self.key.hop)
+            where += f" (board {run.board_of(self.key.hop)}" + (f", {size} B per frame)" if size else ")")
+        series = f"rack {self.key.rack}, plan {self.key.plan_hash}"
+        if run is not None:
+            series = f"label {run.label!r}, model {run.model or '?'}, " + series
+        elif self.key.label:
+            series = f"label {self.key.label!r}, " + series
+        return (f"{what}: {self.key.metric} at {where}: {self.before:.4g} -> {self.after:.4g} {self.unit} "
+                f"({self.after - self.before:+.4g} {self.unit}, {self.relative:+.1%}) since {since} ({self.time}, "
+                f"commit {self.commit_id}) [{series}]")
 
     def to_dict(self) -> Dict[str, object]:
         d = asdict(self)
@@ -113,21 +127,64 @@ def detect_series(key: SeriesKey, points: Sequence[Point], penalty: float = 3.0,
         unit = points[cp].unit
         worse = after < before if unit in HIGHER_IS_BETTER_UNITS else after > before
         changes.append(Change(key, cp, points[cp].time, points[cp].commit_id, before, after, unit, worse,
-                              latest=(j == len(cps) - 1)))
+                              latest=(j == len(cps) - 1), run_id=points[cp].run_id))
     return changes
 
 
 def detect(history: History, metrics: Optional[Sequence[str]] = None, penalty: float = 3.0,
            min_relative: float = 0.05) -> List[Change]:
-    """Every change in every series (of the given metrics; all when None)."""
+    """Every change in every series (of the given metrics; all when None); incomplete runs are left out."""
     out = []
     for key in history.keys():
         if metrics is not None and key.metric not in metrics:
             continue
-        out.extend(detect_series(key, history.series(key), penalty, min_relative))
+        out.extend(detect_series(key, history.series(key, complete_only=True), penalty, min_relative))
     return out
 
 
-def live_regressions(changes: Sequence[Change]) -> List[Change]:
-    """Regressions still in effect at the newest run: what a nightly job fails on."""
-    return [c for c in changes if c.regression and c.latest]
+def live_regressions(changes: Sequence[Change], acked: Sequence[int] = ()) -> List[Change]:
+    """Regressions still in effect at the newest run, less those acknowledged (`history ack`): what fails."""
+    return [c for c in changes if c.regression and c.latest and c.run_id not in set(acked)]
+
+
+@dataclass
+class Check:
+    """What `history check` found: per series group (label, rack, machine, plan) whether it could judge."""
+
+    changes: List[Change]
+    live: List[Change]  # regressions in effect, not acknowledged
+    acked: List[Change]  # regressions in effect that a user acknowledged
+    judged: List[Tuple[str, str, str, str, int]]  # (label, rack, machine, plan, complete runs)
+    unjudged: List[Tuple[str, str, str, str, int]]  # too few runs yet
+
+    def report(self, runs: Dict[int, RunInfo], acks: Dict[int, str]) -> List[str]:
+        out = []
+        for label, rack, machine, plan, n in self.unjudged:
+            out.append(f"cannot judge {label!r} (rack {rack}, machine {machine}, plan {plan}) yet: needs at least "
+                       f"{MIN_BEFORE} earlier runs of this series, has {max(n - 1, 0)}")
+        for c in self.changes:
+            if c.regression and c.latest and c.run_id in acks:
+                out.append(f"acknowledged ({acks[c.run_id]}): " + c.describe(runs.get(c.run_id)))
+            else:
+                out.append(c.describe(runs.get(c.run_id)))
+        out.append(f"{len(self.judged)} series judged, {len(self.unjudged)} not yet; {len(self.changes)} change(s), "
+                   f"{len(self.live)} regression(s) in effect" + (f", {len(self.acked)} acknowledged" if self.acked else ""))
+        return out
+
+
+def check(history: History, metrics: Optional[Sequence[str]] = WATCH, min_relative: float = 0.05,
+          penalty: float = 3.0) -> Check:
+    """Change points of every judged series; a series with fewer than MIN_BEFORE + 1 complete runs is not judged."""
+    counts: Dict[Tuple[str, str, str, str], int] = {}
+    for r in history.run_infos("complete = 1"):
+        k = (r.label, r.rack, r.machine, r.plan_hash)
+        counts[k] = counts.get(k, 0) + 1
+    judged = [k + (n,) for k, n in counts.items() if n - 1 >= MIN_BEFORE]
+    unjudged = [k + (n,) for k, n in counts.items() if n - 1 < MIN_BEFORE]
+    ok = {k[:4] for k in judged}
+    changes = [c for c in detect(history, metrics, penalty, min_relative)
+               if (c.key.label, c.key.rack, c.key.machine, c.key.plan_hash) in ok]
+    acks = history.acks()
+    live = live_regressions(changes, list(acks))
+    acked = [c for c in live_regressions(changes) if c.run_id in acks]
+    return Check(changes, live, acked, judged, unjudged)

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
 
@@ -26,30 +25,11 @@ class RunError(UserError):
     """Inputs that do not fit the plan, or answers that do not match."""
 
 
-def load_data(spec: str, plan: Plan, frames: Optional[int]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """'digits' (the scikit-learn digits test split) or an .npy/.npz file -> (x in the plan's input shape, labels)."""
-    shape = tuple(int(s) for s in plan.model["input_shape"])
-    if spec == "digits":
-        from splitting.reference import digits_data
+def load_data(spec: str, plan: Plan, frames: Optional[int]):
+    """'digits' or the user's .npy/.npz file (`splitting.eval_data`) -> EvalData in the plan's input shape."""
+    from splitting.eval_data import load
 
-        _, _, x, y = digits_data()
-    else:
-        p = Path(spec)
-        if not p.is_file():
-            raise RunError(f"--data {spec}: give 'digits' or an existing .npy / .npz file of input frames")
-        d = np.load(p)
-        if isinstance(d, np.lib.npyio.NpzFile):
-            x, y = d["x"], (d["y"] if "y" in d.files else None)
-        else:
-            x, y = d, None
-    x = np.asarray(x, dtype=np.float32)
-    if x.size // max(len(x), 1) != math.prod(shape):
-        raise RunError(f"--data frames have {x.size // max(len(x), 1)} values, the plan takes {shape}: "
-                       "give data made for this model")
-    x = x.reshape((len(x),) + shape)
-    if frames:
-        x, y = x[:frames], (y[:frames] if y is not None else None)
-    return x, y
+    return load(spec, plan.model["input_shape"], frames or None, allow=("digits", "file"))
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -57,7 +37,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--boards", type=Path, help="rack file (boards.toml, or rack.toml of `splitrack rack up`)")
     where.add_argument("--local", action="store_true", help="run the agents as local processes (no SSH, no rack)")
-    p.add_argument("--data", default="digits", help="'digits' or an .npy/.npz file of input frames (default digits)")
+    p.add_argument("--data", default="digits", help="'digits' (splitrack's own split: may overlap your training data) "
+                   "or your .npz (x, optional y labels) / .npy file (default digits)")
+    p.add_argument("--label", default=None, help="name of this run's series (default: the plan's model name)")
     p.add_argument("--frames", type=int, default=None, help="stream only the first N frames")
     p.add_argument("--in-flight", type=int, default=8, help="frames in flight (default 8)")
     p.add_argument("--rate", type=float, default=None, help="offered rate, frames/s (default: as fast as it goes)")
@@ -70,7 +52,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     plan = Plan.load(args.plan)
-    x, y = load_data(args.data, plan, args.frames)
+    data = load_data(args.data, plan, args.frames)
+    x, y = data.x, data.y
+    print(f"data: {data.describe()}" + (f"\n  note: {data.note}" if data.note else ""), flush=True)
+    args.data_source = data.source
     out_dir = args.out or plan.root / "run"
     if args.local:
         from .local_rack import LocalRack
@@ -121,7 +106,13 @@ def _run(args, plan: Plan, wiring, x, y, out_dir: Path, where: str, held=None) -
     n = len(got)
     outputs = np.stack([res.frames[f].output for f in ids]) if ids else np.zeros((0,))
     lat = np.array([res.frames[f].latency_ns for f in ids], dtype=np.int64) / 1e3
-    summary = {"plan": plan.hash, "where": where, "frames": len(x), "frames_received": n,
+    from .history import RUN_KIND, current_commit, machine_name, now_iso
+
+    # kind, time, machine, commit and model: what `splitrack history add run.json` needs to keep this run
+    summary = {"kind": RUN_KIND, "plan": plan.hash, "label": args.label or plan.model.get("name") or plan.hash,
+               "model": plan.model.get("name") or "", "where": where, "time": now_iso(), "machine": machine_name(),
+               "commit": current_commit(Path(__file__).resolve().parent),
+               "data": getattr(args, "data_source", args.data), "frames": len(x), "frames_received": n,
                "complete": error is None, "error": error, "in_flight": args.in_flight,
                "throughput_fps": res.throughput if n else float("nan"), "latency_us": _pcts(lat)}
     if y is not None and n:

@@ -1,4 +1,6 @@
-"""The dashboard page: built from a synthetic history, rendered in headless Chromium."""
+"""The dashboard: plotly pages from a test history (an injected 1 ms slower board, one incomplete run),
+rendered in headless Chromium with no console error and nothing fetched."""
+import html
 import re
 import shutil
 import subprocess
@@ -6,106 +8,121 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic_history import bench_doc, make_history
 
-from harness import dashboard
+from harness import dashboard, history
 from harness.cli import main
 from harness.history import History, HistoryError, Row
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-HOPS = {"link host->p0": 60, "board p0": 120, "link p0->p1": 40, "board p1": 90, "link p1->host": 50}
-RUNS, STEP = 16, 11
+RUNS, SLOW_AT, INCOMPLETE_AT = 8, 7, 4
 
 
-def make_history(path: Path) -> None:
-    rng = np.random.default_rng(1)
-    rows = []
-    for i in range(RUNS):
-        t = f"2026-02-{i + 1:02d}T03:00:00+00:00"
-        vals = {h: v * (1 + rng.normal(0, 0.01)) + (60 if (h == "board p1" and i >= STEP) else 0) for h, v in HOPS.items()}
-        base = ("vrack", "m1", f"c{i:03d}", "plan0001")
-        for h, v in vals.items():
-            rows.append(Row(t, *base, "single breakdown p50", h, v, "us", "bench"))
-            rows.append(Row(t, *base, "single p50", h, v, "us", "bench"))
-        e2e = sum(vals.values())
-        rows.append(Row(t, *base, "single p50", "e2e", e2e, "us", "bench"))
-        rows.append(Row(t, *base, "single p99", "e2e", e2e * 1.3 + rng.normal(0, 3), "us", "bench"))
-        rows.append(Row(t, *base, "cpu p50", "keras batch 1", 700 + rng.normal(0, 5), "us", "bench"))
-    with History(path) as h:
-        h.add(rows)
-
-
-def test_page_content_and_self_containment(tmp_path):
+@pytest.fixture
+def site(tmp_path):
     db = tmp_path / "r.sqlite"
-    make_history(db)
-    index, changes = dashboard.write(db, tmp_path / "site")
-    page = index.read_text()
-    # every run has a stacked bar with every hop; trend lines for p50 and p99; the CPU reference line
-    assert len(re.findall(r'<rect class="bar"', page)) == RUNS * len(HOPS)
-    assert len(re.findall(r'<polyline class="series"', page)) == 2
-    assert page.count('class="reference"') == 1 and "CPU keras batch 1 p50" in page
-    # the step at run STEP on board p1 is marked as a change line and listed as a regression in effect
-    assert page.count('class="change"') >= 1
-    assert re.search(rf"REGRESSION: single p50 at board p1: .* since run {STEP} ", page)
-    assert {c.index for c in changes if c.key.hop == "board p1"} == {STEP}
-    # nothing fetched: no external scripts, styles, images or fonts
-    assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', page)
-    assert "@import" not in page and "url(" not in page
+    make_history(db, runs=RUNS, slow_at=SLOW_AT, incomplete_at=INCOMPLETE_AT)
+    assert main(["dashboard", "--db", str(db), "-o", str(tmp_path / "site")]) == 0
+    return tmp_path / "site", db
+
+
+def test_pages_offline_with_runs_comparisons_and_regressions(site):
+    import plotly.offline
+
+    out, db = site
+    # plotly's own bundle, once, referenced relatively; nothing else is loaded
+    assert (out / "plotly.min.js").read_text() == plotly.offline.get_plotlyjs()
+    assert list(out.rglob("plotly*.js")) == [out / "plotly.min.js"]
+    pages = [out / "index.html"] + sorted((out / "runs").glob("*.html"))
+    assert len(pages) == 1 + RUNS + (RUNS - 1)  # index, a page per run, a comparison per run but the first
+    for p in pages:
+        text = p.read_text()
+        srcs = re.findall(r'<script[^>]* src="([^"]+)"', text)
+        assert srcs == (["plotly.min.js"] if p.name == "index.html" else ["../plotly.min.js"])
+        assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', text) and "@import" not in text and "url(" not in text
+    index = (out / "index.html").read_text()
+    alert = html.unescape(index[index.index('class="alert"'): index.index("</div>")])
+    assert "REGRESSION: single p50 at board s1 (board vb1)" in alert and "label 'digits-fc'" in alert
+    assert f'href="runs/{SLOW_AT + 1}.html"' in alert
+    assert "INCOMPLETE: board vb2 stopped answering" in index
+    # every run is reachable from the trend points (customdata holds its page)
+    for r in range(1, RUNS + 1):
+        assert f'"runs/{r}.html"' in index
+    inc = (out / "runs" / f"{INCOMPLETE_AT + 1}.html").read_text()
+    assert "Incomplete run" in inc and "stopped answering after 150 frames" in inc
+    slow = (out / "runs" / f"{SLOW_AT + 1}.html").read_text()
+    assert f'href="{SLOW_AT}.html"' in slow.replace("'", '"') and f"{SLOW_AT + 1}-vs-{SLOW_AT}.html" in slow
+    assert "my.npz" in slow and "rack agrees with keras" in slow
+    cmp = (out / "runs" / f"{SLOW_AT + 1}-vs-{SLOW_AT}.html").read_text()
+    assert len(re.findall(r"<td>SLOWER</td>", cmp)) == 4  # board s1 and e2e, in both modes
+
+
+def test_waterfall_parts_add_up_and_hops_follow_the_recorded_order(tmp_path):
+    # names that sort (and parse) differently from the order frames meet them
+    hops = {"link host->zeta": 50.0, "board zeta": 200.0, "link zeta->alpha": 40.0, "board alpha": 90.0,
+            "link alpha->host": 30.0}
+    db = tmp_path / "r.sqlite"
+    with History(db) as h:
+        for i in range(2):
+            h.add_run(*history.parse_bench(bench_doc(i, hops=hops, placement={"zeta": "b1", "alpha": "b2"})))
+        runs = h.run_infos()
+        parts, e2e = dashboard._critical_means(h, runs[-1], "single")
+        assert list(parts) == list(hops)
+        assert sum(parts.values()) == pytest.approx(e2e, abs=0.01)
+        fig = dashboard._breakdown(h, ("digits-fc", "vrack", "m1", "plan0001"), runs, "single")
+        assert [t.name for t in fig.data] == [dashboard.hop_label(x) for x in hops]
+        assert fig.data[0].name == "host queue + link host->zeta"  # host-side wait is not called link time
+        assert fig.layout.legend.traceorder == "reversed"  # legend top to bottom as the stack
+        trend = dashboard._trend(h, ("digits-fc", "vrack", "m1", "plan0001"), runs, [])
+        cpu = [t for t in trend.data if t.name.startswith("CPU ")]
+        assert len(cpu) == 3 and len({(t.line.color, t.line.dash) for t in cpu}) == 3  # told apart
+        assert trend.layout.xaxis.tickformat.startswith("%Y-%m-%d") and trend.layout.yaxis.type == "log"
 
 
 def test_empty_or_missing_history_is_a_user_error(tmp_path, capsys):
+    History(tmp_path / "e.sqlite").close()
     with pytest.raises(HistoryError, match="no results"):
-        History(tmp_path / "e.sqlite").close()
         dashboard.write(tmp_path / "e.sqlite", tmp_path / "site")
     assert main(["dashboard", "--db", str(tmp_path / "nope.sqlite"), "-o", str(tmp_path / "s")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed: run scripts/setup-system.sh")
-def test_renders_in_headless_chromium_without_console_errors(tmp_path):
+def test_imported_pytest_benchmark_runs_get_a_trend(tmp_path):
     db = tmp_path / "r.sqlite"
-    make_history(db)
-    assert main(["dashboard", "--db", str(db), "-o", str(tmp_path / "site")]) == 0
-    shot = tmp_path / "shot.png"
-    profile = tmp_path / "profile"
-    profile.mkdir()
-    r = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                        f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1100,1400",
-                        "--enable-logging=stderr", "--v=0", (tmp_path / "site" / "index.html").as_uri()],
-                       capture_output=True, text=True, timeout=120)
-    console = [l for l in r.stderr.splitlines() if "CONSOLE" in l]
-    # the page's own log line proves console capture works, and that both plots were in the DOM
-    assert any('"splitrack dashboard: 2 plots of 2, ' in l for l in console), r.stderr[-3000:]
-    # Chromium logs every console message (error, warning, uncaught exception) at INFO on stderr, so
-    # the page must log nothing but its own line
-    others = [l for l in console if '"splitrack dashboard: ' not in l]
-    assert others == []
-    import matplotlib.image as mpimg
-
-    img = mpimg.imread(str(shot))[:, :, :3]
-    assert img.shape[0] >= 1000 and img.shape[1] >= 1000
-
-    def pixels(hex_colour):
-        rgb = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)]) / 255
-        return int((np.abs(img - rgb).max(axis=2) < 0.02).sum())
-
-    # the plots drew: bars of the first and last hop colour, and the red change marker
-    assert pixels(dashboard.COLOURS[0]) > 2000
-    assert pixels(dashboard.COLOURS[4]) > 1000
-    assert pixels("#dd0000") > 50
-
-
-def test_imported_pytest_benchmark_runs_get_trend_and_breakdown(tmp_path):
-    db = tmp_path / "r.sqlite"
-    rows = []
-    for i in range(4):
-        base = (f"2026-03-0{i + 1}T00:00:00+00:00", "vrack", "m1", f"c{i}", "plan0002")
-        rows.append(Row(*base, "pytest test_frame median", "e2e", 500.0 + i, "us", "pytest-benchmark"))
-        for h, v in HOPS.items():
-            rows.append(Row(*base, "pytest test_frame breakdown p50", h, v, "us", "pytest-benchmark"))
+    rows = [Row(f"2026-03-0{i + 1}T00:00:00+00:00", "vrack", "m1", f"c{i}", "plan0002", "pytest test_frame median",
+                "e2e", 500.0 + i, "us", "pytest-benchmark") for i in range(4)]
     with History(db) as h:
         h.add(rows)
     page = dashboard.write(db, tmp_path / "site")[0].read_text()
-    assert "Where the time goes (pytest test_frame, critical path" in page
-    assert len(re.findall(r'<rect class="bar"', page)) == 4 * len(HOPS)
-    assert len(re.findall(r'<polyline class="series"', page)) == 1
+    assert '"name":"pytest test_frame median"' in page.replace(": ", ":")
+    assert "needs at least 3 earlier runs" not in page  # 4 runs: judged
+
+
+def _chromium(url: str, shot: Path, profile: Path, height: int) -> list:
+    r = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        f"--user-data-dir={profile}", f"--screenshot={shot}", f"--window-size=1300,{height}",
+                        "--virtual-time-budget=5000", "--enable-logging=stderr", "--v=0", url],
+                       capture_output=True, text=True, timeout=180)
+    return [l for l in r.stderr.splitlines() if "CONSOLE" in l]
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed: run scripts/setup-system.sh")
+def test_pages_render_in_headless_chromium_without_console_errors(site, tmp_path):
+    import matplotlib.image as mpimg
+
+    out, _ = site
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    for page, plots in (("index.html", 3), (f"runs/{SLOW_AT + 1}.html", 2), (f"runs/{INCOMPLETE_AT + 1}.html", 2)):
+        shot = tmp_path / (page.replace("/", "_") + ".png")
+        console = _chromium((out / page).as_uri(), shot, profile, 1800)
+        # the page's own line proves console capture works and that plotly drew every plot
+        assert any(f'"splitrack dashboard: {plots} plots of {plots}"' in l for l in console), (page, console)
+        # Chromium logs every console message (errors, warnings, uncaught exceptions): only ours may be there
+        assert [l for l in console if '"splitrack dashboard: ' not in l] == [], page
+        img = mpimg.imread(str(shot))[:, :, :3]
+        assert img.shape[:2] == (1800, 1300)
+        # not a blank page: plotly's bars and lines put colour on it
+        coloured = (img.max(axis=2) - img.min(axis=2)) > 0.3
+        assert coloured.mean() > 0.01, page

@@ -23,7 +23,7 @@ def test_step_is_flagged_at_its_run(step_at):
     assert c.index == step_at and c.commit_id == f"c{step_at:03d}"
     assert c.regression and c.latest
     assert c.relative == pytest.approx(0.16, abs=0.04)
-    assert "link p0->p1" in c.describe() and f"since run {step_at}" in c.describe()
+    assert "link p0->p1" in c.describe() and f"since run #{step_at} of the series" in c.describe()
 
 
 def test_step_at_the_newest_run_is_flagged():
@@ -96,4 +96,19 @@ def test_history_check_cli_exits_1_on_a_live_regression(tmp_path, capsys):
         h.add(rows[8:])
     assert main(["history", "check", "--db", str(db)]) == 1
     out = capsys.readouterr().out
-    assert "REGRESSION: single p50 at e2e" in out and "since run 8" in out and "commit c8" in out
+    # run ids count from 1: the 9th run (index 8) is run 9
+    assert "REGRESSION: single p50 at e2e" in out and "since run 9 " in out and "commit c8" in out
+    assert "label 'plan0001'" in out  # bare rows: the series is labelled by its plan hash
+
+
+def test_check_says_when_it_cannot_judge_yet(tmp_path, capsys):
+    from harness.cli import main
+
+    db = tmp_path / "h.sqlite"
+    with History(db) as h:
+        h.add([Row(f"2026-03-{i + 1:02d}T03:00:00+00:00", "vrack", "m1", f"c{i}", "plan0001", "single p50", "e2e",
+                   400.0 + (300 if i == 2 else 0), "us", "bench") for i in range(3)])
+    assert main(["history", "check", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "cannot judge 'plan0001'" in out and "needs at least 3 earlier runs of this series, has 2" in out
+    assert "0 series judged, 1 not yet" in out and "REGRESSION" not in out

@@ -55,27 +55,12 @@ class Verification:
 
 
 def evaluation_data(plan: Plan, data: str, n: int, seed: int = 0) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """Inputs (and labels when known) in the plan's input shape: 'digits', 'random', or an .npz with x[, y]."""
-    shape = tuple(plan.model["input_shape"])
-    if data == "digits":
-        from .reference import digits_data
+    """Inputs (and labels when known) in the plan's input shape: 'digits', 'random', or an .npz/.npy file
+    (loaded by `splitting.eval_data`, the one home of every --data option)."""
+    from .eval_data import load
 
-        _, _, x, y = digits_data()
-        if int(np.prod(shape)) != 64:
-            raise UserError(f"--data digits gives 8x8 images, but the model takes {shape}: use --data random or an .npz")
-        return x.reshape((len(x),) + shape)[:n], y[:n]
-    if data == "random":
-        return np.random.default_rng(seed).uniform(0, 1, (n,) + shape).astype(np.float32), None
-    p = Path(data)
-    if p.suffix == ".npz" and p.is_file():
-        z = np.load(p)
-        if "x" not in z:
-            raise UserError(f"{p} has no array 'x': save it with np.savez(path, x=inputs, y=labels)")
-        x = z["x"].astype(np.float32)
-        if x.shape[1:] != shape:
-            raise UserError(f"{p}: x has samples of shape {x.shape[1:]}, the model takes {shape}")
-        return x[:n], (z["y"][:n] if "y" in z else None)
-    raise UserError(f"unknown --data {data!r}: use digits, random, or a .npz file with x (and y)")
+    d = load(data, plan.model["input_shape"], n, seed=seed, allow=("digits", "random", "file"))
+    return d.x, d.y
 
 
 def wide_range_data(plan: Plan, n: int, seed: int = 1) -> np.ndarray:
@@ -208,7 +193,8 @@ def render(v: Verification) -> str:
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("plan", help="plan folder (written by `splitrack split` or `splitrack plan`)")
-    p.add_argument("--data", default="random", help="digits | random | file.npz with x (and y) (default: random)")
+    p.add_argument("--data", default="random", help="digits (splitrack's own split: may overlap your training "
+                   "data) | random | your file.npz with x (and y) or file.npy (default: random)")
     p.add_argument("-n", "--samples", type=int, default=512, help="number of evaluation samples (default 512)")
     p.add_argument("--no-hls", action="store_true", help="check the float composition only")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")

@@ -30,15 +30,9 @@ def _frames(plan: Plan, args):
     if args.frames < 2:
         raise UserError("--frames must be at least 2 (the initiation interval needs two frames)")
     if args.data == "digits":
-        import numpy as np
+        from splitting.eval_data import load
 
-        from splitting.reference import digits_data
-
-        shape = tuple(plan.model["input_shape"])
-        x = digits_data()[2][: args.frames]
-        if int(np.prod(shape)) != 64:
-            raise UserError(f"--data digits gives 8x8 images; this plan takes {shape}: use --data random")
-        return x.reshape((len(x),) + shape)
+        return load("digits", plan.model["input_shape"], args.frames).x
     return None
 
 
