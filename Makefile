@@ -47,4 +47,4 @@ nightly: setup
 	  $(VENV)/bin/splitrack nightly --boards $(NIGHTLY_RACK) --db results.sqlite -o site
 
 clean:
-	rm -rf $(VENV) .splitrack-cache build
+	rm -rf $(VENV) build   # the user cache stays: `splitrack cache clean` empties it

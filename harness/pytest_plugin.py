@@ -41,19 +41,48 @@ def pytest_addoption(parser):
                     help="how long a test waits for boards that other xdist workers hold (default 300)")
     group.addoption("--no-health-check", action="store_true", default=False,
                     help="skip the session-start health check of the rack's boards")
+    group.addoption("--allow-no-boards", action="store_true", default=False,
+                    help="with -m hw and no --boards: skip the hw tests instead of refusing to run")
+
+
+def _selects_only_hw(markexpr: str) -> bool:
+    """True when `-m markexpr` keeps tests marked hw and drops unmarked ones (`-m hw`, `-m "hw and benchmark"`)."""
+    if not markexpr:
+        return False
+    try:
+        from _pytest.mark.expression import Expression  # pytest's own -m parser: "not hw" is not hw
+
+        expr = Expression.compile(markexpr)
+        return expr.evaluate(lambda name, **kw: name == "hw") and not expr.evaluate(lambda name, **kw: False)
+    except Exception:  # a pytest without that module: the plain reading
+        import re
+
+        return bool(re.fullmatch(r"\s*hw\b.*", markexpr)) and "not hw" not in markexpr
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "hw: needs a rack of boards (real or virtual): run with --boards PATH")
+    # asking for the hw tests without a rack would skip them all and exit 0: a CI job that forgot --boards
+    # must go red instead
+    if (_selects_only_hw(config.getoption("markexpr", "") or "") and not config.getoption("--boards")
+            and not config.getoption("--allow-no-boards")):
+        raise pytest.UsageError("-m hw needs a rack: add --boards rack.toml (start a virtual one with "
+                                "`splitrack rack up --boards 5 --out rack.toml`), or --allow-no-boards to skip")
+    from splitting.quiet_tensorflow import quiet
+
+    quiet()  # TensorFlow's start-up lines, once per worker, say nothing about the tests
 
 
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--boards"):
         return
     skip = pytest.mark.skip(reason="hw test: no rack given (run with --boards boards.toml, or `splitrack rack up`)")
+    n = 0
     for item in items:
         if "hw" in item.keywords:
             item.add_marker(skip)
+            n += 1
+    config._splitrack_hw_skipped = n  # said in the summary, where it shows without -rs
 
 
 class RackState:
@@ -113,6 +142,9 @@ def pytest_report_header(config):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    n = getattr(config, "_splitrack_hw_skipped", 0)
+    if n:
+        terminalreporter.write_line(f"splitrack: {n} hw test(s) skipped: no rack given (run with --boards rack.toml)")
     state = getattr(config, _KEY, None)
     if state is None or not state.quarantined:
         return
