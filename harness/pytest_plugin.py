@@ -11,9 +11,14 @@ failing on it.
 Fixtures:
     rack         the healthy boards (a `harness.rack.Rack`)
     board        one board, leased for the test
-    deployed     deployed(plan) -> `harness.deploy.Deployment`: leases as many boards as the plan has
-                 partitions, deploys (skipping boards that already carry the same artifact), stops the
-                 agents after the test
+    deployed     deployed(plan) -> `harness.deploy.Deployment`: `plan` is a plan folder (str or Path) or a
+                 loaded `splitting.plan.Plan`; leases as many boards as the plan has partitions, deploys
+                 (skipping boards that already carry the same artifact), stops the agents after the test.
+                 `dep.stream(x)` sends frames through the boards and returns their outputs;
+                 `dep.expected(x)` is what they must return (the chained hls4ml emulation), e.g.
+                     def test_my_model(deployed):
+                         dep = deployed("plan")
+                         assert np.array_equal(dep.stream(x), dep.expected(x))
     lease        lease(n) -> list of boards held for the test
 
 Leases are file locks (one per board, in the temp folder, keyed by the rack file), so with `pytest -n N`
@@ -229,7 +234,8 @@ def board(lease):
 
 @pytest.fixture
 def deployed(request, lease):
-    """deployed(plan, **deploy_kwargs) -> Deployment on leased boards; agents stop after the test."""
+    """deployed(plan, **deploy_kwargs) -> Deployment on leased boards; agents stop after the test. `plan`: a
+    plan folder (str or Path) or a `Plan`."""
     from harness.deploy import deploy, undeploy
     from harness.rack import Rack
 
@@ -237,6 +243,13 @@ def deployed(request, lease):
     used = []
 
     def do(plan, **kw):
+        from splitting.plan import Plan
+
+        if isinstance(plan, (str, Path)):
+            plan = Plan.load(plan)  # a folder: raises PlanError saying what is missing
+        elif not isinstance(plan, Plan):
+            raise TypeError(f"deployed(plan): give a plan folder (str or Path) or a splitting.plan.Plan, "
+                            f"not {type(plan).__name__}")
         n = len(plan.partitions)
         # a second deployment in the same test reuses the boards it holds (redeploy checks need that)
         sub = next((r for r in used if len(r.boards) >= n), None)
