@@ -53,7 +53,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .catalog import Board
 from .contract import FixedType
 from .errors import UserError
-from .user_cache import cache_root
+from .user_cache import cache_root as user_cache_root
 
 HLS4ML_VERSION = "1.1.0"  # the newest hls4ml rule4ml 0.2.0 was trained on (1.3.0, ours, raises there)
 VIVADO_VERSION = "2019.1"
@@ -365,7 +365,7 @@ Request = Tuple[Tuple[LayerSpec, ...], HlsConfig]
 
 
 def cache_root() -> Path:
-    return cache_root() / "estimates"
+    return user_cache_root() / "estimates"
 
 
 class Estimator:

@@ -27,15 +27,18 @@ class _QuietImport(importlib.abc.MetaPathFinder):
     """Finds `tensorflow` through the ordinary finders and runs its import with descriptor 2 redirected."""
 
     def find_spec(self, name, path, target=None):
+        # stays in place until the import has run: a library may ask importlib.util.find_spec("tensorflow")
+        # (without importing it) first, and that spec is thrown away
         if name != "tensorflow":
             return None
-        sys.meta_path.remove(self)  # once: later imports are plain
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None:
             return spec
         inner = spec.loader.exec_module
 
         def exec_module(module):
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)  # the import runs now: later imports are plain
             sys.stderr.flush()
             saved = os.dup(2)
             with tempfile.TemporaryFile() as tmp:

@@ -469,7 +469,7 @@ class Planner:
         raise NoFitError(
             f"--boards {want}: no plan of exactly {want} {self.board.name} board(s) under the {cap} cap; "
             f"the fewest boards possible is {counts[0]}, the most {counts[-1]}{others} "
-            f"(splits of at most --max-parts {self.opt.max_parts} parts)"
+            f"(cuts between layers; a layer is split only when it does not fit one board)"
         )
 
     def _raise_no_fit(self, opts: List[_Option], blocked: Dict[int, dict], by_start) -> None:
