@@ -46,6 +46,14 @@ def _version() -> str:
     return f"splitrack {v}, cache {cache_root()} (`splitrack cache` for its size, `splitrack cache clean`)"
 
 
+class _Version(argparse.Action):
+    """--version, printed as it is (argparse's own action re-wraps it, breaking the cache path)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_version())
+        parser.exit()
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # -v anywhere before the command: keep TensorFlow's and Keras' start-up noise (silenced by default)
@@ -60,7 +68,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="splitrack", description="Split neural networks across a rack of PYNQ-Z2 boards, verify the split, deploy it over SSH (real or virtual rack) and measure it hop by hop.")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show TensorFlow's and Keras' start-up messages (silenced by default)")
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action=_Version, nargs=0, help="version and the cache folder, then exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = argv[0] if argv else None
     for name, module, help_ in COMMANDS:
