@@ -10,10 +10,13 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml scripts/setup-system.sh
 	bash scripts/setup-system.sh
 	python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip wheel setuptools
+	@echo "[setup] pip, wheel, setuptools"
+	$(PIP) install --progress-bar on --upgrade pip wheel setuptools
 	# the CPU torch first: anything else makes pip fetch several GB of CUDA
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e .
+	@echo "[setup] torch 2.13.0 (CPU build)"
+	$(PIP) install --progress-bar on torch==2.13.0
+	@echo "[setup] splitrack and its dependencies (TensorFlow, hls4ml, rule4ml, cocotb, ...: a few minutes)"
+	$(PIP) install --progress-bar on -e .
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -61,4 +64,4 @@ nightly: setup
 	  $(VENV)/bin/splitrack nightly --boards $(NIGHTLY_RACK) --db results.sqlite -o site
 
 clean:
-	rm -rf $(VENV) .splitrack-cache build
+	rm -rf $(VENV) build   # the user cache stays: `splitrack cache clean` empties it

@@ -44,14 +44,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/out")
     ap.add_argument("--partition", default="s2")
     ap.add_argument("--frames", type=int, default=12)
-    ap.add_argument("--plan", default=".splitrack-cache/cosim/bench/cnn-sequential")
+    ap.add_argument("--plan", default=None, help="plan folder (default <cache>/cosim/bench/cnn-sequential)")
     args = ap.parse_args(argv)
 
     from harness.cosim import rtlgen, sim
     from harness.cosim.cosim import cosimulate, single_partition_plan
     from harness.cosim.ops import partition_ops
 
-    plan = cnn_plan(Path(args.plan))
+    from splitting.user_cache import cache_root
+
+    plan = cnn_plan(Path(args.plan) if args.plan else cache_root() / "cosim" / "bench" / "cnn-sequential")
     sub = single_partition_plan(plan, args.partition)
     t0 = time.time()
     core = rtlgen.generate(args.partition, partition_ops(plan, args.partition), sim.CACHE)

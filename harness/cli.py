@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
-import os
 import sys
 
 # (command, module, one-line help). A module provides configure(parser) and run(args) -> int.
@@ -25,6 +23,7 @@ COMMANDS = [
     ("bench", "harness.bench_cmd", "latency per hop of a plan on a rack, beside the CPU reference"),
     ("nightly", "harness.nightly", "bench, add to the history, detect regressions, write the dashboard; exit 1 on a regression"),
     ("demo", "harness.demo", "the main job: reference models, CNN split three ways, verified"),
+    ("cache", "harness.cache_cmd", "the user cache (hls4ml projects, estimates, models): folder, size, `clean`"),
 ]
 
 
@@ -35,13 +34,43 @@ def _errors():
     return (UserError, ContractError)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from splitting.user_cache import cache_root
+
+    try:
+        v = version("splitrack")
+    except PackageNotFoundError:  # run from a checkout that was not installed
+        v = "(not installed)"
+    return f"splitrack {v}, cache {cache_root()} (`splitrack cache` for its size, `splitrack cache clean`)"
+
+
+class _Version(argparse.Action):
+    """--version, printed as it is (argparse's own action re-wraps it, breaking the cache path)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_version())
+        parser.exit()
+
+
 def main(argv=None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    # keras' predict on partitions of different shapes triggers tf.function "retracing" warnings: noise here
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # -v anywhere before the command: keep TensorFlow's and Keras' start-up noise (silenced by default)
+    verbose = False
+    while argv and argv[0] in ("-v", "--verbose"):
+        verbose = True
+        argv.pop(0)
+    if not verbose:
+        from splitting.quiet_tensorflow import quiet
+
+        quiet()
     parser = argparse.ArgumentParser(prog="splitrack", description="Split neural networks across a rack of PYNQ-Z2 boards, verify the split, deploy it over SSH (real or virtual rack) and measure it hop by hop.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show TensorFlow's and Keras' start-up messages (silenced by default)")
+    parser.add_argument("--version", action=_Version, nargs=0, help="version and the cache folder, then exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    chosen = argv[0] if argv else (sys.argv[1] if len(sys.argv) > 1 else None)
+    chosen = argv[0] if argv else None
     for name, module, help_ in COMMANDS:
         p = sub.add_parser(name, help=help_, description=help_)
         if name == chosen:  # import only the module of the command being run

@@ -32,6 +32,17 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=500, help="frames for the rack benchmark (default 500)")
 
 
+class _Steps:
+    """Numbers the demo's steps once, in order: [1/5] .. [5/5] (or [1/3] .. [3/3] with --no-rack)."""
+
+    def __init__(self, total: int):
+        self.total, self.done = total, 0
+
+    def __call__(self, text: str) -> None:
+        self.done += 1
+        print(f"[{self.done}/{self.total}] {text}", flush=True)
+
+
 def run(args) -> int:
     import numpy as np
 
@@ -42,14 +53,15 @@ def run(args) -> int:
 
     t0 = time.time()
     out = Path(args.out)
-    print("[1/3] reference models (seeded training on scikit-learn digits, cached)", flush=True)
+    step = _Steps(3 if args.no_rack else 5)
+    step("reference models (seeded training on scikit-learn digits, cached)")
     _, _, x_te, y_te = digits_data()
     models = {}
     for name in MODELS:
         models[name] = reference_model(name, verbose=True)
         acc = float(np.mean(np.argmax(models[name].predict(model_inputs(name, x_te), verbose=0), 1) == y_te))
         print(f"      {name}: {models[name].count_params()} parameters, Keras test accuracy {100 * acc:.2f} %", flush=True)
-    print("[2/3] splitting the CNN three ways", flush=True)
+    step("splitting the CNN three ways")
     plans = {}
     for i, (pname, kw) in enumerate(CNN_PLANS.items(), 1):
         plan, sub = split_model(models["cnn"], **kw)
@@ -57,10 +69,10 @@ def run(args) -> int:
         plans[pname] = Plan.load(out / pname)
         print(f"      {pname}: {kw} -> {len(plan.partitions)} partitions in {len(plan.stages)} stages "
               f"({out / pname})", flush=True)
-    print("[3/3] verifying (hls4ml projects compile once, then come from the cache)", flush=True)
+    step("verifying (hls4ml projects compile once, then come from the cache)")
     rows, ok = [], True
     for i, (pname, plan) in enumerate(plans.items(), 1):
-        print(f"      [{i}/{len(plans)}] {pname}", flush=True)
+        print(f"      {pname}", flush=True)
         v = verify_plan(plan, data="digits", n=args.samples, log=lambda *a: None)
         ok &= v.ok
         rows.append([pname, v.partitions, v.stages, f"{v.float_max_abs_err:.2g}", f"{v.hls_chain_max_abs_err:.2g}",
@@ -72,14 +84,14 @@ def run(args) -> int:
     if not ok:
         print(f"\ndemo stopped after {time.time() - t0:.0f} s: VERIFICATION FAILED")
         return 1
-    code = 0 if args.no_rack else _on_rack(args, out / "cnn-input")
+    code = 0 if args.no_rack else _on_rack(args, out / "cnn-input", step)
     print(f"\ndemo finished in {time.time() - t0:.0f} s: "
           + ("all plans verified" + ("" if args.no_rack else ", run and benchmarked on the rack") if code == 0
              else "the rack run FAILED"))
     return code
 
 
-def _on_rack(args, plan_dir: Path) -> int:
+def _on_rack(args, plan_dir: Path, step) -> int:
     """Deploy, run and benchmark one plan on a rack: the given one, or a virtual rack started (and stopped) here."""
     from .cli import main
 
@@ -90,16 +102,16 @@ def _on_rack(args, plan_dir: Path) -> int:
         Path("build").mkdir(exist_ok=True)
         if Path(rack).exists():
             main(["rack", "down", rack])  # a rack left over by an interrupted demo
-        print("[4/5] starting a virtual rack of 5 PYNQ-Z2 boards (real SSH servers on this machine)", flush=True)
+        step("starting a virtual rack of 5 PYNQ-Z2 boards (real SSH servers on this machine)")
         if main(["rack", "up", "--boards", "5", "--out", rack]) != 0:
             return 1
     else:
-        print(f"[4/5] rack {rack}", flush=True)
+        step(f"rack {rack}")
     try:
         print(f"      deploying {plan_dir} and streaming the digits test set through the boards", flush=True)
         code = main(["run", str(plan_dir), "--boards", rack, "--data", "digits"])
         if code == 0:
-            print(f"[5/5] benchmark: {args.frames} frames, end-to-end and per hop, beside the CPU reference", flush=True)
+            step(f"benchmark: {args.frames} frames, end-to-end and per hop, beside the CPU reference")
             code = main(["bench", str(plan_dir), "--boards", rack, "--frames", str(args.frames),
                          "--json", str(plan_dir / "bench" / "bench.json")])
         return code

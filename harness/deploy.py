@@ -82,15 +82,46 @@ class Placed:
 
 @dataclass
 class Deployment:
+    """A plan deployed on boards. For a test: `outputs = dep.stream(x)` runs frames through the boards,
+    `dep.expected(x)` gives the answers the boards must return, bit for bit (the plan's chained hls4ml
+    emulation, run on this machine)."""
+
     plan_hash: str
     placed: Dict[str, Placed]  # partition -> where and how
     wiring: "wiring_mod.Wiring"
     boards: Dict[str, Board]  # partition -> board
     seconds: float = 0.0
+    plan: Optional[Plan] = field(default=None, repr=False)
 
     @property
     def flashed(self) -> List[str]:
         return [p.partition for p in self.placed.values() if p.flashed]
+
+    def stream(self, frames, in_flight: int = 8, timeout: float = 10.0):
+        """Send `frames` (n, *plan input shape), e.g. (n, 64) for a 64-input Dense model, through the boards,
+        at most `in_flight` unanswered; returns the outputs (n, values per frame), float, in input order, as
+        the output contract decodes them. Raises harness.stream.StreamError (naming the board and
+        stage) when a frame is lost or a board fails, AgentUnreachable when an agent is gone."""
+        import numpy as np
+
+        from .stream import Pipeline
+
+        x = np.asarray(frames, dtype=np.float32)
+        with Pipeline(self.wiring) as pipe:
+            return pipe.stream(x, in_flight=in_flight, timeout=timeout).outputs().reshape(len(x), -1)
+
+    def expected(self, frames):
+        """What the boards must answer for `frames`: the plan's partitions run one after another on this
+        machine as their hls4ml emulation (the same libraries the virtual boards run, the C simulation of
+        the logic on real boards), (n, values per frame) like `stream`. Needs the deployed Plan."""
+        import numpy as np
+
+        from splitting.chain import emulation_runner, run_chain
+
+        if self.plan is None:
+            raise UserError("this Deployment was made without its Plan; deploy it with harness.deploy.deploy")
+        x = np.asarray(frames, dtype=np.float32)
+        return run_chain(self.plan, x, emulation_runner(self.plan)).reshape(len(x), -1)
 
 
 # --- what a partition's board must carry --------------------------------------------------------------
@@ -464,7 +495,7 @@ def _deploy(plan: Plan, boards: Dict[str, Board], force: bool, progress: Callabl
                 failures.append(BoardError(boards[name].name, "prepare", str(e)))
     if failures:
         raise DeployError(failures, list(placed.values()))
-    dep = Deployment(plan.hash, placed, wiring, boards, time.monotonic() - t0)
+    dep = Deployment(plan.hash, placed, wiring, boards, time.monotonic() - t0, plan=plan)
     if plan.root is not None:
         wiring.save(plan.root / wiring_mod.WIRING_FILE)
     return dep

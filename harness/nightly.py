@@ -3,7 +3,7 @@
     splitrack nightly --boards rack.toml --db results.sqlite [--plan plan/] [--frames 500] [-o site/] [--label NAME]
 
 Without --plan it benches the reference plan: the digits FC network cut after fc1 and fc2 (three boards),
-made once and kept under .splitrack-cache/nightly/. The bench JSON of every night is kept beside the
+made once and kept under <cache>/nightly/ (splitting.user_cache). The bench JSON of every night is kept beside the
 dashboard (site/runs/). The run goes into the history under its label (default: the model's name); until
 its series has 3 earlier runs it says that it cannot judge yet. Exit status 0 when no regression is in
 effect, 1 when one is (each printed with label, model, plan, rack, board, hop, size, and the run and
@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Callable, List, Tuple
 
 
 from . import bench_cmd, dashboard, history, regress
+from splitting.user_cache import cache_root
 
-CACHE = Path(os.environ.get("SPLITRACK_CACHE", ".splitrack-cache"))
+CACHE = cache_root()
 
 
 def default_plan(progress: Callable[[str], None] = print):

@@ -11,9 +11,14 @@ failing on it.
 Fixtures:
     rack         the healthy boards (a `harness.rack.Rack`)
     board        one board, leased for the test
-    deployed     deployed(plan) -> `harness.deploy.Deployment`: leases as many boards as the plan has
-                 partitions, deploys (skipping boards that already carry the same artifact), stops the
-                 agents after the test
+    deployed     deployed(plan) -> `harness.deploy.Deployment`: `plan` is a plan folder (str or Path) or a
+                 loaded `splitting.plan.Plan`; leases as many boards as the plan has partitions, deploys
+                 (skipping boards that already carry the same artifact), stops the agents after the test.
+                 `dep.stream(x)` sends frames through the boards and returns their outputs;
+                 `dep.expected(x)` is what they must return (the chained hls4ml emulation), e.g.
+                     def test_my_model(deployed):
+                         dep = deployed("plan")
+                         assert np.array_equal(dep.stream(x), dep.expected(x))
     lease        lease(n) -> list of boards held for the test
 
 Leases are file locks (one per board, in the temp folder, keyed by the rack file), so with `pytest -n N`
@@ -42,19 +47,48 @@ def pytest_addoption(parser):
                     help="how long a test waits for boards that other xdist workers hold (default 300)")
     group.addoption("--no-health-check", action="store_true", default=False,
                     help="skip the session-start health check of the rack's boards")
+    group.addoption("--allow-no-boards", action="store_true", default=False,
+                    help="with -m hw and no --boards: skip the hw tests instead of refusing to run")
+
+
+def _selects_only_hw(markexpr: str) -> bool:
+    """True when `-m markexpr` keeps tests marked hw and drops unmarked ones (`-m hw`, `-m "hw and benchmark"`)."""
+    if not markexpr:
+        return False
+    try:
+        from _pytest.mark.expression import Expression  # pytest's own -m parser: "not hw" is not hw
+
+        expr = Expression.compile(markexpr)
+        return expr.evaluate(lambda name, **kw: name == "hw") and not expr.evaluate(lambda name, **kw: False)
+    except Exception:  # a pytest without that module: the plain reading
+        import re
+
+        return bool(re.fullmatch(r"\s*hw\b.*", markexpr)) and "not hw" not in markexpr
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "hw: needs a rack of boards (real or virtual): run with --boards PATH")
+    # asking for the hw tests without a rack would skip them all and exit 0: a CI job that forgot --boards
+    # must go red instead
+    if (_selects_only_hw(config.getoption("markexpr", "") or "") and not config.getoption("--boards")
+            and not config.getoption("--allow-no-boards")):
+        raise pytest.UsageError("-m hw needs a rack: add --boards rack.toml (start a virtual one with "
+                                "`splitrack rack up --boards 5 --out rack.toml`), or --allow-no-boards to skip")
+    from splitting.quiet_tensorflow import quiet
+
+    quiet()  # TensorFlow's start-up lines, once per worker, say nothing about the tests
 
 
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--boards"):
         return
     skip = pytest.mark.skip(reason="hw test: no rack given (run with --boards boards.toml, or `splitrack rack up`)")
+    n = 0
     for item in items:
         if "hw" in item.keywords:
             item.add_marker(skip)
+            n += 1
+    config._splitrack_hw_skipped = n  # said in the summary, where it shows without -rs
 
 
 class RackState:
@@ -114,6 +148,9 @@ def pytest_report_header(config):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    n = getattr(config, "_splitrack_hw_skipped", 0)
+    if n:
+        terminalreporter.write_line(f"splitrack: {n} hw test(s) skipped: no rack given (run with --boards rack.toml)")
     state = getattr(config, _KEY, None)
     if state is None or not state.quarantined:
         return
@@ -213,7 +250,8 @@ def board(lease):
 
 @pytest.fixture
 def deployed(request, lease):
-    """deployed(plan, **deploy_kwargs) -> Deployment on leased boards; agents stop after the test."""
+    """deployed(plan, **deploy_kwargs) -> Deployment on leased boards; agents stop after the test. `plan`: a
+    plan folder (str or Path) or a `Plan`."""
     from harness.deploy import deploy, undeploy
     from harness.rack import Rack
 
@@ -221,6 +259,13 @@ def deployed(request, lease):
     used = []
 
     def do(plan, **kw):
+        from splitting.plan import Plan
+
+        if isinstance(plan, (str, Path)):
+            plan = Plan.load(plan)  # a folder: raises PlanError saying what is missing
+        elif not isinstance(plan, Plan):
+            raise TypeError(f"deployed(plan): give a plan folder (str or Path) or a splitting.plan.Plan, "
+                            f"not {type(plan).__name__}")
         n = len(plan.partitions)
         # a second deployment in the same test reuses the boards it holds (redeploy checks need that)
         sub = next((r for r in used if len(r.boards) >= n), None)

@@ -41,6 +41,10 @@ class RackError(UserError, ValueError):
     """A rack file that is missing, malformed or inconsistent."""
 
 
+class RackStopped(RackError):
+    """The rack file of a virtual rack that is not running (stopped by `rack down`, or never started here)."""
+
+
 @dataclass
 class Board:
     """One board of the rack: how to reach it over SSH, and where its agent listens for frames."""
@@ -377,6 +381,10 @@ def load_rack(path) -> Rack:
     except (OSError, UnicodeDecodeError) as e:
         raise RackError(f"{path}: cannot read the rack file: {e}") from None
     rack = parse_rack(text, path.resolve())
+    # a stopped virtual rack loses its state folder (keys included): say that, not "key not found"
+    if rack.virtual_state is not None and not (rack.virtual_state / "rack.json").is_file():
+        raise RackStopped(f"{path}: this virtual rack is stopped; start it with "
+                          f"`splitrack rack up --boards {len(rack.boards)} --out {path}`")
     for b in rack.boards:
         if not b.key.is_file():
             ln = b.field_lines.get("key", b.line)

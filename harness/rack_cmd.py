@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from splitting.user_cache import cache_root
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -12,7 +13,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     up.add_argument("--boards", type=int, default=5, help="number of virtual boards (default 5)")
     up.add_argument("--out", type=Path, default=Path("rack.toml"), help="rack file to write (default rack.toml)")
     up.add_argument("--state", type=Path, default=None, help="folder for keys, homes and logs "
-                    "(default .splitrack-cache/racks/...)")
+                    "(default <cache>/racks/..., see `splitrack cache`)")
     up.add_argument("--netns", action="store_true", help="each board in its own network namespace (root)")
     up.add_argument("--rate", default=None, help="with --netns: rate-limit every link, e.g. 1gbit (tbf)")
     up.add_argument("--timing", choices=["estimate"], default=None,
@@ -27,9 +28,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from .virtual_rack import rack_down, rack_up
+    from .virtual_rack import rack_down, rack_up, refuse_running
 
     if args.rack_command == "up":
+        refuse_running(args.out)  # before "starting...": nothing starts when the rack is already up
         t0 = time.monotonic()
         print(f"starting {args.boards} virtual PYNQ-Z2 boards...", flush=True)
         rack = rack_up(args.boards, args.out, state=args.state, netns=args.netns, rate=args.rate,
@@ -39,7 +41,7 @@ def run(args) -> int:
         return 0
     if args.rack_command == "down":
         n = rack_down(args.rack)
-        print(f"stopped {n} virtual boards of {args.rack}")
+        print(f"stopped {n} virtual boards of {args.rack}" if n else f"{args.rack}: already stopped")
         return 0
     if args.rack_command == "check":
         from .deploy import check_rack

@@ -31,8 +31,9 @@ import asyncssh
 
 from splitting.errors import UserError
 
-from .rack import Board, Rack, RackError, load_rack, write_rack
+from .rack import Board, Rack, RackError, RackStopped, load_rack, write_rack
 from .virtual_board import kill_home_processes
+from splitting.user_cache import cache_root
 
 READY_TIMEOUT = 20.0
 
@@ -74,7 +75,7 @@ class BoardProcess:
 def default_state(out: Path) -> Path:
     out = Path(out).resolve()
     tag = hashlib.sha256(str(out).encode()).hexdigest()[:8]
-    return Path.cwd() / ".splitrack-cache" / "racks" / f"{out.stem}-{tag}"
+    return cache_root() / "racks" / f"{out.stem}-{tag}"
 
 
 def _keys(state: Path) -> Path:
@@ -223,6 +224,20 @@ def _netns_down(k: int, names: List[str]) -> None:
 
 
 # --- racks ---------------------------------------------------------------------------------------------
+def refuse_running(out) -> None:
+    """Raise UserError when `out` is the rack file of a virtual rack that is running (`rack up` must not
+    start a second rack over it: the first one's boards would be orphaned)."""
+    out = Path(out)
+    if not out.exists():
+        return
+    try:
+        old = load_rack(out)
+    except RackError:  # stopped, a real rack's file, or not a rack file: nothing running to orphan
+        return
+    if old.virtual_state and (old.virtual_state / "rack.json").exists():
+        raise UserError(f"{out} belongs to a running virtual rack; stop it first with `splitrack rack down {out}`")
+
+
 def rack_up(n: int, out, state: Optional[Path] = None, name: str = "virtual", netns: bool = False,
             rate: Optional[str] = None, timing: Optional[str] = None, memory_mb: int = 512,
             disk_mb: int = 2048, progress=print) -> Rack:
@@ -232,13 +247,7 @@ def rack_up(n: int, out, state: Optional[Path] = None, name: str = "virtual", ne
     if rate and not netns:
         raise UserError("--rate needs --netns: only a namespace's veth link can be rate-limited")
     out = Path(out)
-    if out.exists():
-        try:
-            old = load_rack(out)
-        except RackError:
-            old = None
-        if old is not None and old.virtual_state and (old.virtual_state / "rack.json").exists():
-            raise UserError(f"{out} belongs to a running virtual rack; stop it first with `splitrack rack down {out}`")
+    refuse_running(out)
     state = Path(state) if state else default_state(out)
     if state.exists():
         shutil.rmtree(state)
@@ -282,8 +291,12 @@ def rack_up(n: int, out, state: Optional[Path] = None, name: str = "virtual", ne
 
 
 def rack_down(path) -> int:
-    """Stop the virtual rack of a rack file; returns the number of boards stopped."""
-    rack = load_rack(path)
+    """Stop the virtual rack of a rack file; returns the number of boards stopped (0: it was already
+    stopped). Raises UserError for a missing file or a rack that is not virtual."""
+    try:
+        rack = load_rack(path)
+    except RackStopped:
+        return 0
     if rack.virtual_state is None:
         raise UserError(f"{path} is not a virtual rack started by `splitrack rack up` (it has no virtual_state)")
     f = rack.virtual_state / "rack.json"

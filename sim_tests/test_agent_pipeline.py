@@ -243,7 +243,7 @@ def test_host_scatters_slices_and_gathers_parts(tmp_path):
 
 
 def _python38():
-    """A Python 3.8 with numpy (what PYNQ images ship), set up once under .splitrack-cache/py38."""
+    """A Python 3.8 with numpy (what PYNQ images ship), set up once under <cache>/py38."""
     import shutil
     from pathlib import Path
 
@@ -256,7 +256,9 @@ def _python38():
     if not runs:
         pytest.skip("no python3.8 on this machine")
     base = runs[0]
-    venv = Path(".splitrack-cache/py38").resolve()
+    from splitting.user_cache import cache_root
+
+    venv = cache_root() / "py38"
     py = venv / "bin" / "python"
     venv.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(venv) + ".lock"):

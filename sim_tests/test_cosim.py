@@ -347,12 +347,12 @@ endmodule
 def test_dense_mac_sequencer_matches_emulation(conv_plan, monkeypatch):
     """Large Dense layers go through our MAC-lane sequencer (the reference CNN's fc1 is 512 x 130); here the
     threshold is lowered so that this small plan's Dense layers take that path too."""
-    from harness.cosim import rtlgen
+    from harness.cosim import rtlgen, sim
     from harness.cosim.cosim import cosimulate
     from harness.cosim.ops import partition_ops
 
     monkeypatch.setattr(rtlgen, "DENSE_SEQ_MIN", 8)
-    core = rtlgen.generate("s2_0", partition_ops(conv_plan, "s2_0"), rtlgen.Path(".splitrack-cache/cosim"))
+    core = rtlgen.generate("s2_0", partition_ops(conv_plan, "s2_0"), sim.CACHE)
     assert [s.split(":")[0] for s in core.segments] == ["dense"]
     r = cosimulate(conv_plan, "icarus", n_frames=4)
     assert r.ok and r.outputs_match and not r.violations, r.summary()

@@ -2,6 +2,7 @@
 
     splitrack plan model.keras --board pynq-z2 --max-util 0.8 --objective latency -o plan/ [--json]
     splitrack plan model.keras --board pynq-z2 --boards-available 5 --pareto
+    splitrack plan model.keras --boards 3 -o plan/      # exactly 3 boards
     splitrack boards
 
 Planning reads only the model's architecture (the `.keras` file's config.json) and the estimate cache, so a
@@ -21,7 +22,7 @@ from typing import Any, Dict, List, Optional
 from . import catalog
 from .errors import UserError
 from .estimate import HlsConfig, load_layers, make
-from .search import OBJECTIVES, PlanChoice, SearchOptions, SearchResult, plan_search
+from .search import OBJECTIVES, PartChoice, PlanChoice, SearchOptions, SearchResult, plan_search
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -33,6 +34,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--board", default="pynq-z2", help="board type (see `splitrack boards`); default pynq-z2")
     p.add_argument("--max-util", type=float, default=catalog.DEFAULT_CAP, help="cap on every resource, fraction of the board (default 0.8)")
     p.add_argument("--objective", choices=OBJECTIVES, default="boards", help="fewest boards (default), lowest latency, or lowest pipeline interval")
+    p.add_argument("--boards", type=int, default=None, dest="boards_exact",
+                   help="use exactly this many boards: the best plan of that size for the objective")
     p.add_argument("--boards-available", type=int, default=None, help="use at most this many boards")
     p.add_argument("--pareto", action="store_true", help="also print the non-dominated plans over (boards, latency, interval)")
     p.add_argument("--precisions", default="ap_fixed<16,6>",
@@ -46,6 +49,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--raw-rule4ml", action="store_true",
                    help="use rule4ml's figures as they are, even where a run is predicted smaller than a run it contains")
     p.add_argument("-o", "--output", default=None, help="write the plan folder here (for `splitrack verify`)")
+    p.add_argument("--force", action="store_true", help="replace a different plan already in the -o folder")
     p.add_argument("--json", action="store_true", help="print the chosen plan as JSON on stdout")
 
 
@@ -62,7 +66,8 @@ def run(args) -> int:
     opts = SearchOptions(
         board=board, cap=args.max_util, objective=args.objective, precisions=tuple(_list(args.precisions)),
         reuse_factors=tuple(_ints(args.reuse_factors, "--reuse-factors")), strategies=tuple(_list(args.strategies)),
-        max_parts=args.max_parts, boards_available=args.boards_available, hop_overhead_us=args.hop_overhead_us,
+        max_parts=args.max_parts, boards_available=args.boards_available, boards_exact=args.boards_exact,
+        hop_overhead_us=args.hop_overhead_us,
         monotone=not args.raw_rule4ml,
     )
     for c in opts.configs:  # validates precisions and strategies with a readable message
@@ -75,7 +80,7 @@ def run(args) -> int:
              f"{est.stats['cached']} from the cache, {est.stats['computed']} computed")
     report = to_json(result.best, name, opts, est.version, result)
     if args.output:
-        folder = write(args.model, result.best, opts, est.version, args.output, progress)
+        folder = write(args.model, result.best, opts, est.version, args.output, progress, force=args.force)
         report["plan_folder"] = str(folder)
     if args.json:
         print(json.dumps(report, indent=1))
@@ -131,9 +136,47 @@ def partition_rows(plan: PlanChoice, opts: SearchOptions) -> List[Dict[str, Any]
                 "utilization": {k: round(v, 4) for k, v in e.utilization(opts.board).items()},
                 "resources": {"lut": round(e.lut), "ff": round(e.ff), "dsp": round(e.dsp), "bram": round(e.bram, 1)},
                 "cycles": round(e.cycles, 1), "interval_cycles": round(e.interval, 1), "estimator": e.estimator,
-                "split": part.split, "note": e.note,
+                "split": part.split, "note": e.note, "implausible": implausible(part, opts),
             })
     return rows
+
+
+# rule4ml is a learned model: outside its training data its DSP figure can be far from anything hls4ml
+# builds. The closed-form count (splitting/estimate.py, analytic: one DSP48 per parallel multiplier at
+# >= 10 bits) is rough, a factor of two either way; a figure beyond PLAUSIBLE_FACTOR of it is named.
+PLAUSIBLE_FACTOR = 4.0
+
+
+def implausible(part: PartChoice, opts: SearchOptions) -> List[str]:
+    """Why this partition's estimate is outside the plausible range ([] when it is not): DSP figures beyond
+    PLAUSIBLE_FACTOR of the closed-form count of parallel multipliers at the chosen reuse factor."""
+    from .estimate import analytic_segment
+
+    e, c = part.estimate, part.config
+    if "rule4ml" not in e.estimator or c.bits < 10:  # below 10 bits hls4ml puts multipliers in LUTs
+        return []
+    mults = analytic_segment(part.specs, c).dsp
+    pct = 100 * e.dsp / opts.board.capacity("dsp")
+    what = f"at reuse {c.reuse_factor} it has about {mults:.0f} parallel multipliers (one DSP48 each at {c.bits} bits)"
+    if e.dsp > PLAUSIBLE_FACTOR * mults + 2:
+        return [f"rule4ml's {e.dsp:.1f} DSP ({pct:.1f} %) is implausibly high: {what}; "
+                f"more than {PLAUSIBLE_FACTOR:g}x that"]
+    if mults >= 8 and e.dsp < mults / PLAUSIBLE_FACTOR:
+        return [f"rule4ml's {e.dsp:.1f} DSP ({pct:.1f} %) is implausibly low: {what}; "
+                f"under 1/{PLAUSIBLE_FACTOR:g} of that, so the partition may not fit once synthesised"]
+    return []
+
+
+def decimals(values, least: int = 0, most: int = 3) -> int:
+    """Fewest decimals (>= least, and >= 1 when a value is not whole) at which distinct values print
+    distinctly, so a table never shows two different plans with the same figure (1.4 cycles is not 1)."""
+    vals = sorted(set(float(v) for v in values))
+    if any(abs(v - round(v)) > 1e-9 for v in vals):
+        least = max(least, 1)
+    for d in range(least, most + 1):
+        if len({f"{v:.{d}f}" for v in vals}) == len(vals):
+            return d
+    return most
 
 
 def to_json(plan: PlanChoice, model: str, opts: SearchOptions, version: str, result: Optional[SearchResult] = None) -> Dict[str, Any]:
@@ -153,9 +196,11 @@ def to_json(plan: PlanChoice, model: str, opts: SearchOptions, version: str, res
 def table(plan: PlanChoice, model: str, opts: SearchOptions) -> List[str]:
     rows = partition_rows(plan, opts)
     cap = f"{opts.cap:.0%}"
+    di = decimals([plan.interval_cycles])
+    dc = decimals([r["cycles"] for r in rows] + [r["interval_cycles"] for r in rows])
     lines = [
         f"{model} on {opts.board.name}, objective {opts.objective}: {plan.boards} board(s), latency {plan.latency_us:.1f} us, "
-        f"interval {plan.interval_cycles:.0f} cycles ({plan.describe()})",
+        f"interval {plan.interval_cycles:.{di}f} cycles ({plan.describe()})",
         f"utilisation in % of one {opts.board.name}, cap {cap} on every resource; hops: {opts.hop_overhead_us:g} us + bytes on {opts.gbps:g} Gb/s",
     ]
     head = f"{'part':<7}{'kind':<7}{'layers':<28}{'precision':<16}{'reuse':>5} {'strategy':<9}{'LUT':>6}{'FF':>6}{'DSP':>6}{'BRAM':>6}{'cycles':>9}{'interval':>9}  estimator"
@@ -168,11 +213,15 @@ def table(plan: PlanChoice, model: str, opts: SearchOptions) -> List[str]:
         lines.append(
             f"{r['name']:<7}{r['kind']:<7}{layers:<28}{r['precision']:<16}{r['reuse_factor']:>5} {r['strategy']:<9}"
             + "".join(f"{100 * u[k]:>6.1f}" for k in ("lut", "ff", "dsp", "bram"))
-            + f"{r['cycles']:>9.0f}{r['interval_cycles']:>9.0f}  {r['estimator']}{'*' if r['note'] else ''}"
+            + f"{r['cycles']:>9.{dc}f}{r['interval_cycles']:>9.{dc}f}  {r['estimator']}{'*' if r['note'] else ''}"
+            + ("  IMPLAUSIBLE" if r["implausible"] else "")
         )
     for r in rows:
         if r["note"]:
             lines.append(f"* {r['name']}: {r['note']}")
+    for r in rows:
+        for why in r["implausible"]:
+            lines.append(f"IMPLAUSIBLE {r['name']}: {why}")
     if any("analytic" in r["estimator"] for r in rows):
         lines.append("estimator 'analytic': closed-form figures where rule4ml cannot read a layer (see splitting/estimate.py)")
     if not plan.exact:
@@ -183,15 +232,19 @@ def table(plan: PlanChoice, model: str, opts: SearchOptions) -> List[str]:
 def pareto_table(front: List[PlanChoice]) -> List[str]:
     lines = ["non-dominated plans (boards, latency, interval):",
              f"{'boards':>6} {'latency us':>11} {'interval':>9}  plan [reuse factor and strategy per stage]"]
+    dl = decimals([p.latency_us for p in front], least=1)
+    di = decimals([p.interval_cycles for p in front])
     for p in front:
-        lines.append(f"{p.boards:>6} {p.latency_us:>11.1f} {p.interval_cycles:>9.0f}  {p.describe()} [{p.configs()}]")
+        lines.append(f"{p.boards:>6} {p.latency_us:>11.{dl}f} {p.interval_cycles:>9.{di}f}  {p.describe()} [{p.configs()}]")
     return lines
 
 
 # ---------------------------------------------------------------------------------------------------------
-def write(model_path, plan: PlanChoice, opts: SearchOptions, version: str, folder, progress=None) -> Path:
+def write(model_path, plan: PlanChoice, opts: SearchOptions, version: str, folder, progress=None,
+          force: bool = False) -> Path:
     """Cut the model as planned (split.split_model), put each partition's configuration and estimate in the
-    plan, and write the folder."""
+    plan, and write the folder. Raises UserError when the folder holds a different plan and not `force`."""
+    from .cli_split import refuse_overwrite
     from .graph import load_model
     from .split import split_model, write_plan
 
@@ -202,6 +255,7 @@ def write(model_path, plan: PlanChoice, opts: SearchOptions, version: str, folde
     p, models = split_model(model, at=plan.cut_after, neurons=plan.neurons, inputs=plan.inputs,
                             precision=opts.precisions[0], reuse_factor=base.reuse_factor, strategy=base.strategy)
     apply(p, plan, opts, version)
+    refuse_overwrite(folder, p.hash, force)
     from .hls_support import check_plan
 
     check_plan(p, models, progress=progress)  # know before writing: hls4ml converts every partition
@@ -239,4 +293,4 @@ def apply(p, plan: PlanChoice, opts: SearchOptions, version: str) -> None:
         "interval_cycles": round(plan.interval_cycles, 1), "estimator_version": version, "exact": plan.exact,
     }
     p.notes.append(f"splitrack plan: {plan.describe()}; {plan.boards} board(s), latency {plan.latency_us:.1f} us, "
-                   f"interval {plan.interval_cycles:.0f} cycles (estimates: {version})")
+                   f"interval {plan.interval_cycles:.{decimals([plan.interval_cycles])}f} cycles (estimates: {version})")

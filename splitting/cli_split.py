@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import json
 from pathlib import Path
 
 from .errors import UserError
@@ -19,6 +20,29 @@ def _pairs(text: str, flag: str) -> dict:
     return out
 
 
+def refuse_overwrite(folder, new_hash: str, force: bool) -> None:
+    """Raise UserError when `folder` holds something other than the plan `new_hash` and `force` is not set:
+    a different plan (its verification, wiring and runs would then describe another model), or files that
+    are not a plan. Writing the same plan again is allowed (it changes nothing)."""
+    folder = Path(folder)
+    if force or not folder.exists():
+        return
+    if not folder.is_dir():
+        raise UserError(f"{folder} is a file; give a folder for the plan")
+    f = folder / "plan.json"
+    if f.is_file():
+        try:
+            old = json.loads(f.read_text()).get("hash")
+        except (ValueError, OSError, AttributeError):
+            old = None
+        if old == new_hash:
+            return
+        raise UserError(f"{folder} holds another plan ({old or 'unreadable plan.json'}, this one is {new_hash}); "
+                        "give another folder, or --force to replace it")
+    if any(folder.iterdir()):
+        raise UserError(f"{folder} is not empty and holds no plan; give another folder, or --force to write into it")
+
+
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="Keras model file (.keras)")
     p.add_argument("--at", default="", help="cut after these layers (comma separated)")
@@ -28,6 +52,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reuse", type=int, default=1, help="hls4ml reuse factor (default 1)")
     p.add_argument("--strategy", default="Latency", choices=["Latency", "Resource"])
     p.add_argument("-o", "--out", required=True, help="plan folder to write")
+    p.add_argument("--force", action="store_true", help="replace a different plan already in the -o folder")
 
 
 def run(args) -> int:
@@ -41,6 +66,7 @@ def run(args) -> int:
     model = load_model(args.model)
     plan, models = split_model(model, at=at, neurons=neurons, inputs=inputs, precision=args.precision,
                                reuse_factor=args.reuse, strategy=args.strategy)
+    refuse_overwrite(args.out, plan.hash, args.force)
     from .hls_support import check_plan
 
     # know before writing: every partition (and the whole-model reference) converts with hls4ml

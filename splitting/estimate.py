@@ -33,7 +33,7 @@ closest-valid rule, n_in = fan-in, n_out = units or filters, P = output position
   These are rough (a factor of two either way); their job is to keep the planner honest where rule4ml is
   blind, and they are labelled `analytic` wherever they appear.
 
-Cache: `.splitrack-cache/estimates/` (or $SPLITRACK_CACHE/estimates), one small JSON file per
+Cache: `<cache>/estimates/` (splitting.user_cache: $SPLITRACK_CACHE or the user cache folder), one small JSON file per
 (layer signature, configuration, board, estimator version), so a second plan of the same model, or of another
 model sharing layers, reads its figures back without importing TensorFlow or torch.
 """
@@ -53,6 +53,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .catalog import Board
 from .contract import FixedType
 from .errors import UserError
+from .user_cache import cache_root as user_cache_root
 
 HLS4ML_VERSION = "1.1.0"  # the newest hls4ml rule4ml 0.2.0 was trained on (1.3.0, ours, raises there)
 VIVADO_VERSION = "2019.1"
@@ -384,7 +385,7 @@ Request = Tuple[Tuple[LayerSpec, ...], HlsConfig]
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("SPLITRACK_CACHE", ".splitrack-cache")) / "estimates"
+    return user_cache_root() / "estimates"
 
 
 class Estimator:

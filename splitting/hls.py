@@ -1,7 +1,7 @@
 """hls4ml conversion of partitions: VivadoAccelerator backend, pynq-z2, io_stream, 100 MHz.
 
 `compile()` builds the bit-accurate emulation library (g++ only). Projects are cached by content hash
-under `.splitrack-cache/hls/<key>/`: a second `verify` of the same plan loads the library without
+under `<cache>/hls/<key>/` (`splitrack cache` shows the folder): a second `verify` of the same plan loads the library without
 recompiling. `splitrack build` runs Vivado when it is on PATH; bitstreams cannot be made without it.
 """
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -21,8 +20,9 @@ from typing import Dict
 from .emulation import EmulationLib
 from .errors import UserError
 from .plan import Plan
+from .user_cache import cache_root
 
-CACHE = Path(os.environ.get("SPLITRACK_CACHE", ".splitrack-cache")) / "hls"
+CACHE = cache_root() / "hls"
 ARTIFACT = "artifact.json"
 _loaded: Dict[str, EmulationLib] = {}  # one ctypes handle per library per process
 

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 from pathlib import Path
 from typing import Tuple
 
 import numpy as np
 
 from .errors import UserError
+from .user_cache import cache_root
 
-CACHE = Path(os.environ.get("SPLITRACK_CACHE", ".splitrack-cache"))
+CACHE = cache_root()
 SEED = 1234
 MODELS = ("fc", "cnn")
 _VERSION = "1"  # bump when the architectures or the training change

@@ -67,6 +67,7 @@ class SearchOptions:
     strategies: Tuple[str, ...] = ("Latency", "Resource")
     max_parts: int = 16
     boards_available: Optional[int] = None
+    boards_exact: Optional[int] = None  # exactly this many boards (`plan --boards N`)
     hop_overhead_us: float = 100.0
     link_gbps: Optional[float] = None  # default: the board's link
     data_width: int = 32
@@ -82,6 +83,10 @@ class SearchOptions:
             raise UserError("--max-parts must be at least 2")
         if self.boards_available is not None and self.boards_available < 1:
             raise UserError("--boards-available must be at least 1")
+        if self.boards_exact is not None and self.boards_exact < 1:
+            raise UserError("--boards must be at least 1")
+        if self.boards_exact is not None and self.boards_available is not None:
+            raise UserError("give --boards N (exactly N) or --boards-available N (at most N), not both")
 
     @property
     def configs(self) -> List[HlsConfig]:
@@ -392,7 +397,12 @@ class Planner:
         by_start: Dict[int, List[_Option]] = {}
         for o in opts:
             by_start.setdefault(o.start, []).append(o)
-        final, exact = self._dp(by_start, self.opt.boards_available)
+        want = self.opt.boards_exact
+        final, exact = self._dp(by_start, want or self.opt.boards_available, per_count=want is not None)
+        if want is not None:
+            final = [lab for lab in final if lab[0] == want]
+            if not final:
+                self._raise_no_exact(want, opts, blocked, by_start)
         if not final:
             self._raise_no_fit(opts, blocked, by_start)
         L = len(self.specs)
@@ -406,14 +416,17 @@ class Planner:
         front = sorted(plans, key=lambda p: (p.boards, p.latency_us, p.interval_cycles))
         return SearchResult(min(plans, key=key), front if pareto else [], self.n_estimates, dict(self.est.stats))
 
-    def _dp(self, by_start: Dict[int, List[_Option]], limit: Optional[int]) -> Tuple[List[tuple], bool]:
-        """Non-dominated labels (boards, latency without the last hop, interval, back pointer) at the end."""
+    def _dp(self, by_start: Dict[int, List[_Option]], limit: Optional[int],
+            per_count: bool = False) -> Tuple[List[tuple], bool]:
+        """Non-dominated labels (boards, latency without the last hop, interval, back pointer) at the end.
+        per_count: dominance only among labels of the same board count (for exactly-N searches: a plan
+        that uses more boards must not be dropped because a smaller one is as fast)."""
         L = len(self.specs)
         clock = self.board.clock_mhz
         labels: Dict[int, List[tuple]] = {0: [(0, 0.0, 0.0, None)]}
         exact = True
         for b in self.bounds:
-            here = _nondominated(labels.get(b, []))
+            here = _nondominated(labels.get(b, []), per_count)
             if not here:
                 continue
             if len(here) > self.opt.max_labels:
@@ -446,6 +459,18 @@ class Planner:
         neurons = {o.split[0]: o.split[2] for o in chain if o.split and o.split[1] == "neuron"}
         inputs = {o.split[0]: o.split[2] for o in chain if o.split and o.split[1] == "input"}
         return PlanChoice(stages, label[0], label[1] + out_hop, label[2], out_hop, exact, cuts, neurons, inputs)
+
+    def _raise_no_exact(self, want: int, opts: List[_Option], blocked: Dict[int, dict], by_start) -> None:
+        counts = board_counts(by_start, self.bounds, len(self.specs))
+        if not counts:
+            self._raise_no_fit(opts, blocked, by_start)  # names the layer that fits nowhere
+        cap = f"{self.opt.cap:.0%}"
+        others = "" if len(counts) == counts[-1] - counts[0] + 1 else f" (possible: {', '.join(map(str, counts))})"
+        raise NoFitError(
+            f"--boards {want}: no plan of exactly {want} {self.board.name} board(s) under the {cap} cap; "
+            f"the fewest boards possible is {counts[0]}, the most {counts[-1]}{others} "
+            f"(cuts between layers; a layer is split only when it does not fit one board)"
+        )
 
     def _raise_no_fit(self, opts: List[_Option], blocked: Dict[int, dict], by_start) -> None:
         covered = set()
@@ -487,12 +512,26 @@ class Planner:
         )
 
 
-def _nondominated(labels: List[tuple]) -> List[tuple]:
-    """Labels not dominated on (boards, latency, interval); equal triples keep the first."""
+def board_counts(by_start: Dict[int, List["_Option"]], bounds: Sequence[int], end: int) -> List[int]:
+    """Every number of boards some complete plan can use (sorted; [] when no plan fits at all)."""
+    reach: Dict[int, set] = {0: {0}}
+    for b in bounds:
+        here = reach.get(b)
+        if not here:
+            continue
+        for o in by_start.get(b, []):
+            reach.setdefault(o.end, set()).update(n + o.boards for n in here)
+    return sorted(reach.get(end, ()))
+
+
+def _nondominated(labels: List[tuple], per_count: bool = False) -> List[tuple]:
+    """Labels not dominated on (boards, latency, interval); equal triples keep the first. per_count: a label
+    is only dominated by one with the same number of boards."""
     labels = sorted(labels, key=lambda l: (l[0], l[1], l[2]))
     keep: List[tuple] = []
     for lab in labels:
-        if any(k[0] <= lab[0] and k[1] <= lab[1] + 1e-9 and k[2] <= lab[2] for k in keep):
+        if any((k[0] == lab[0] if per_count else k[0] <= lab[0]) and k[1] <= lab[1] + 1e-9 and k[2] <= lab[2]
+               for k in keep):
             continue
         keep.append(lab)
     return keep

