@@ -32,8 +32,13 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    import logging
+
     from .lab_client import LabClient, LabError
     from .rack import load_rack
+
+    # labgrid's client logs a lost coordinator on the root logger; the error that follows says it in one line
+    logging.getLogger().addHandler(logging.NullHandler())
 
     if args.lab_command == "export":
         from .lab_export import exporter_yaml
