@@ -9,10 +9,13 @@ Leasing N boards (`LabLease`), on labgrid's own mechanisms:
 
 1. N reservations with the filter `tags + health=ok` (labgrid allocates one place per reservation, and never
    a place tagged `health=bad`), polled until every one is allocated;
-2. the allocated places locked (labgrid "acquire") in sorted name order; if any lock fails, or not all N are
-   allocated within a gathering window, everything is given back and the lease retries after a random pause
-   (so two runners that each hold part of what they need cannot wait on each other forever); at the overall
-   timeout, everything is given back and LabError says who holds the boards;
+   Two runners that each hold part of what they need must not wait on each other forever: a runner that
+   holds some allocations while an older reservation of another runner (same filter) waits gives its own
+   back and queues again behind it. labgrid allocates free places to waiting reservations oldest first,
+   so the oldest runner always completes; nobody yields to a younger one;
+2. the allocated places locked (labgrid "acquire") in sorted name order; if a lock fails (a person locked
+   the place with labgrid-client meanwhile), everything is given back and the lease queues again; at the
+   overall timeout, everything is given back and LabError says who holds the boards;
 3. while held, a refresher polls the reservations (labgrid's keep-alive) and writes the place tag
    `lease_alive` (unix seconds) every REFRESH_S seconds;
 4. release (in `finally`, at pytest session end) unlocks the places and cancels the reservations.
@@ -38,7 +41,6 @@ from .rack import Board, Rack, RackError, _board_from
 
 REFRESH_S = 10.0  # heartbeat and reservation poll while holding
 STALE_S = 45.0  # a locked place whose heartbeat is older than this belongs to a dead runner
-GATHER_S = 20.0  # how long partial allocations are kept while waiting for the rest
 
 
 @dataclass
@@ -170,9 +172,13 @@ class LabLease:
         self._refresher: Optional[threading.Thread] = None
         deadline = time.monotonic() + self.timeout
         filters = dict(self.rack.lab.tags, **{TAG_HEALTH: "ok"})
+        usable = [b for b in lab_boards(self.client, self.rack) if b.board and b.healthy]
+        if self.n > len(usable):  # would wait for the timeout, holding what it got from everybody else
+            raise LabError(f"shared rack {self.rack.name} has {len(usable)} healthy board(s) with tags "
+                           f"{self.rack.lab.tags}, {self.n} asked for: {self._who_holds()}")
         while True:
             try:
-                if self._try(filters, min(deadline, time.monotonic() + GATHER_S + random.uniform(0, 5))):
+                if self._try(filters, deadline):
                     break
             except BaseException:
                 self.release()
@@ -181,7 +187,7 @@ class LabLease:
             if time.monotonic() >= deadline:
                 raise LabError(f"could not lease {self.n} board(s) of shared rack {self.rack.name} within "
                                f"{self.timeout:.0f} s: {self._who_holds()}")
-            time.sleep(random.uniform(0.2, 2.0))
+            time.sleep(random.uniform(0.1, 0.5))
         self._stop = threading.Event()  # release() of a failed try set the old one
         self._refresher = threading.Thread(target=self._refresh, name="lab-lease-refresh", daemon=True)
         self._refresher.start()
@@ -207,6 +213,10 @@ class LabLease:
                     return False
             if len(allocated) == self.n:
                 break
+            if allocated and self._should_yield(filters):
+                if self.progress:
+                    self.progress(f"lab: an older request waits for boards; giving back {len(allocated)} and queueing again")
+                return False
             self._take_back_stale()
             if time.monotonic() >= until:
                 return False
@@ -238,6 +248,23 @@ class LabLease:
             self.boards.append(lb.board)
         self.since = time.time()
         return True
+
+    def _should_yield(self, filters: Dict[str, str]) -> bool:
+        """True when another runner with a waiting reservation (same filter) is older than this one. A runner's
+        age is that of its oldest reservation with the filter: a total order (ties by name), so the oldest
+        runner never yields and always completes, even when the reservations of two runners interleaved."""
+        from labgrid.remote.common import ReservationState
+
+        age: Dict[str, Tuple[float, str]] = {}
+        waiting = set()
+        for r in self.client.reservations():
+            if r.filters.get("main") != filters:
+                continue
+            age[r.owner] = min(age.get(r.owner, (r.created, r.owner)), (r.created, r.owner))
+            if r.state is ReservationState.waiting:
+                waiting.add(r.owner)
+        me = age.get(self.client.name)
+        return me is not None and any(age[o] < me for o in waiting if o != self.client.name)
 
     def _take_back_stale(self) -> None:
         """Unlock places of the shared rack whose holder stopped its heartbeat STALE_S ago (a killed runner),

@@ -223,3 +223,48 @@ def test_pytest_plugin_leases_through_the_coordinator(rig, tmp_path):
     logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert len(logged) == 1 and len(logged[0]["boards"]) == 3
     assert _free(rig)  # released at test end and session end
+
+
+def test_a_runner_holding_part_yields_to_an_older_waiting_one(rig, client):
+    """No hold-and-wait deadlock when two runners' reservations interleave: the older runner (raw labgrid
+    reservations) holds 2 and waits for a third, the younger LabLease holds the other 2 and waits for a third.
+    The younger gives its two back, the older completes; then the younger gets its boards."""
+    import threading
+
+    from labgrid.remote.common import Reservation, ReservationState
+    from labgrid.remote.generated import labgrid_coordinator_pb2 as pb
+
+    older = LabClient(rig.address)
+    flt = {"main": pb.Reservation.Filter(filter={"rack": "virtual", "health": "ok"})}
+
+    def reserve():
+        return older.call("CreateReservation", pb.CreateReservationRequest(filters=flt, prio=0.0)).reservation.token
+
+    def state(token):
+        r = older.call("PollReservation", pb.PollReservationRequest(token=token)).reservation
+        return Reservation.from_pb2(r).state
+
+    tokens = [reserve(), reserve()]
+    got = {}
+    t = threading.Thread(target=lambda: got.update(lease=LabLease(client, rig.lab, 3, timeout=120)))
+    try:
+        assert [state(tok) for tok in tokens] == [ReservationState.allocated] * 2
+        t.start()
+        deadline = time.monotonic() + 30
+        while len([r for r in rig.client.reservations() if r.owner == client.name]) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        tokens.append(reserve())  # the older runner's third waits: the lease holds the other two places
+        deadline = time.monotonic() + 30
+        while state(tokens[2]) is not ReservationState.allocated:
+            assert time.monotonic() < deadline, "the younger lease did not give its boards back"
+            time.sleep(0.2)
+        assert "lease" not in got  # the older runner holds 3 of the 4 boards: the lease still waits
+    finally:
+        for tok in tokens:
+            older.call("CancelReservation", pb.CancelReservationRequest(token=tok))
+        older.close()
+    t.join(90)
+    assert "lease" in got and len(got["lease"].places) == 3
+    got["lease"].release()
+    assert _free(rig)
