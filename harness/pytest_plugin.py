@@ -19,6 +19,11 @@ Fixtures:
 Leases are file locks (one per board, in the temp folder, keyed by the rack file), so with `pytest -n N`
 every xdist worker gets boards of its own; a worker waits (bounded, --board-lease-timeout) when the others
 hold them.
+
+A rack file whose [rack] names a labgrid `coordinator` is a shared rack (harness.lab_lease): its boards are
+labgrid places, leases are labgrid reservations and locks (each xdist worker, each runner its own), the
+health check tags bad boards in labgrid so no runner gets them, and every lease still held is given back at
+session end.
 """
 from __future__ import annotations
 
@@ -155,8 +160,10 @@ def pytest_report_header(config):
     state = getattr(config, _KEY, None)
     if state is None:
         return None
+    total = len(state.rack.boards) or len(state.healthy.boards) + len(state.quarantined)  # shared: places
     lines = [f"splitrack rack {state.rack.name} ({state.path}): {len(state.healthy.boards)} of "
-             f"{len(state.rack.boards)} boards healthy"]
+             f"{total} boards healthy" + (f", leased through labgrid at {state.rack.lab.coordinator}"
+                                          if state.rack.lab else "")]
     for h in state.health.values():
         lines.append("  " + h.line())
     return lines
