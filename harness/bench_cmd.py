@@ -159,9 +159,11 @@ def run(args: argparse.Namespace) -> int:
     from .rack import load_rack
 
     plan = Plan.load(args.plan)
-    rack = load_rack(args.boards)
-    doc = bench(plan, rack, args.frames, args.rate, args.in_flight, args.single_rate or None, args.data,
-                cpu=not args.no_cpu)
+    from .lab_lease import leased_rack
+
+    with leased_rack(load_rack(args.boards), len(plan.partitions)) as rack:  # a shared rack: leased meanwhile
+        doc = bench(plan, rack, args.frames, args.rate, args.in_flight, args.single_rate or None, args.data,
+                    cpu=not args.no_cpu)
     print(format_bench(doc))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ locked without `lease_alive` (a person's `labgrid-client lock`) is never taken b
 """
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -344,3 +345,23 @@ class LabLease:
             except LabError:
                 pass  # already expired
         self.places, self.tokens, self.boards = [], [], []
+
+
+@contextlib.contextmanager
+def leased_rack(rack: Rack, n: int, timeout: float = 300.0, progress: Optional[Callable[[str], None]] = print):
+    """For commands that deploy and run (`splitrack run`, `bench`, `nightly`): a rack file that lists boards
+    is used as it is; a shared rack yields a Rack of n boards leased through labgrid for the block, given
+    back when it ends (also on an error or Ctrl-C)."""
+    if rack.lab is None:
+        yield rack
+        return
+    with LabClient(rack.lab.coordinator) as client:
+        if progress:
+            progress(f"leasing {n} board(s) of shared rack {rack.name} through labgrid at {rack.lab.coordinator} ...")
+        lease = LabLease(client, rack, n, timeout, progress=progress)
+        try:
+            if progress:
+                progress(f"holding {', '.join(b.name for b in lease.boards)} ({', '.join(lease.places)})")
+            yield Rack(rack.name, list(lease.boards), rack.path)
+        finally:
+            lease.release()

@@ -45,11 +45,13 @@ def nightly(boards: Path, db: Path, out: Path, plan_dir: Path = None, frames: in
     """One night: returns the regressions in effect for this rack, machine and plan."""
     from splitting.plan import Plan
 
+    from .lab_lease import leased_rack
     from .rack import load_rack
 
-    rack = load_rack(boards)
+    rack_file = load_rack(boards)
     plan = Plan.load(plan_dir) if plan_dir else default_plan(progress)
-    doc = bench_cmd.bench(plan, rack, frames=frames, rate=rate, progress=progress)
+    with leased_rack(rack_file, len(plan.partitions), progress=progress) as rack:  # a shared rack: leased
+        doc = bench_cmd.bench(plan, rack, frames=frames, rate=rate, progress=progress)
     progress(bench_cmd.format_bench(doc))
     runs = Path(out) / "runs"
     runs.mkdir(parents=True, exist_ok=True)

@@ -80,11 +80,13 @@ def run(args) -> int:
     from .deploy import deploy
     from .rack import load_rack
 
-    rack = load_rack(args.boards)
-    dep = deploy(plan, rack, progress=lambda s: print(s, flush=True))
-    flashed = dep.flashed
-    print(f"deployed in {dep.seconds:.1f} s ({'flashed ' + ', '.join(flashed) if flashed else 'nothing to flash'})")
-    return _run(args, plan, dep.wiring, x, y, out_dir, where=f"rack {args.boards}")
+    from .lab_lease import leased_rack
+
+    with leased_rack(load_rack(args.boards), len(plan.partitions)) as rack:  # a shared rack: leased meanwhile
+        dep = deploy(plan, rack, progress=lambda s: print(s, flush=True))
+        flashed = dep.flashed
+        print(f"deployed in {dep.seconds:.1f} s ({'flashed ' + ', '.join(flashed) if flashed else 'nothing to flash'})")
+        return _run(args, plan, dep.wiring, x, y, out_dir, where=f"rack {args.boards}")
 
 
 def _run(args, plan: Plan, wiring, x, y, out_dir: Path, where: str) -> int:
