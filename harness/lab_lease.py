@@ -312,6 +312,7 @@ class LabLease:
     def _refresh(self) -> None:
         from labgrid.remote.generated import labgrid_coordinator_pb2 as pb
 
+        last_ok = time.time()
         while not self._stop.wait(REFRESH_S):
             try:
                 for token in list(self.tokens):
@@ -319,11 +320,13 @@ class LabLease:
                 places = self.client.places()
                 for name in list(self.places):
                     if places.get(name) is None or places[name].acquired != self.client.name:
-                        self.lost = f"{name} is no longer locked by this runner"
+                        self.lost = f"{name} is no longer locked by this runner ({self.client.name})"
                         continue
                     set_tags(self.client, name, {TAG_ALIVE: str(int(time.time()))})
-            except LabError as e:
-                self.lost = str(e)
+                last_ok = time.time()
+            except LabError as e:  # a slow answer is retried; a heartbeat missing for STALE_S is a lost lease
+                if time.time() - last_ok >= STALE_S:
+                    self.lost = f"no heartbeat for {time.time() - last_ok:.0f} s, other runners may take the boards: {e}"
 
     def release(self) -> None:
         """Unlock the places and cancel the reservations. Safe to call twice; never raises."""

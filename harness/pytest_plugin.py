@@ -242,8 +242,11 @@ def lease(request):
         return held[-1].boards
 
     yield take
+    lost = [le.lost for le in held if getattr(le, "lost", "")]  # a shared-rack lease labgrid took back
     for le in held:
         le.release()
+    if lost:
+        pytest.fail(f"boards of this test were not held throughout, so its result cannot be vouched for: {lost[0]}")
 
 
 @pytest.fixture

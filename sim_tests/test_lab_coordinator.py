@@ -268,3 +268,34 @@ def test_a_runner_holding_part_yields_to_an_older_waiting_one(rig, client):
     assert "lease" in got and len(got["lease"].places) == 3
     got["lease"].release()
     assert _free(rig)
+
+
+KICKED_TEST = '''
+import os, time
+
+def test_holds_one_board(lease):
+    board = lease(1)[0]
+    open(os.environ["LAB_MARK"], "w").write(board.name)
+    time.sleep(25)  # meanwhile somebody takes the board away (labgrid-client release --kick)
+'''
+
+
+def test_a_test_whose_boards_were_taken_away_fails(rig, tmp_path):
+    """A lease labgrid took back mid-test (someone kicked the lock): the test cannot be vouched for."""
+    from labgrid.remote.generated import labgrid_coordinator_pb2 as pb
+
+    (tmp_path / "test_inner.py").write_text(KICKED_TEST)
+    mark = tmp_path / "mark"
+    p = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--boards",
+                          str(rig.lab_file), "--no-health-check", "test_inner.py"], cwd=tmp_path,
+                         env=dict(os.environ, LAB_MARK=str(mark)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+    deadline = time.monotonic() + 120
+    while not mark.exists() or not mark.read_text():
+        assert p.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    rig.client.call("ReleasePlace", pb.ReleasePlaceRequest(placename=f"virtual-{mark.read_text()}"))
+    out = p.communicate(timeout=120)[0]
+    assert p.returncode == 1, out
+    assert "1 passed, 1 error" in out and "cannot be vouched for" in out and "no longer locked" in out
+    assert _free(rig)
