@@ -109,7 +109,7 @@ def _ago(t: float, now: float) -> str:
 def status_rows(client, tags: Optional[Dict[str, str]] = None) -> List[Dict[str, str]]:
     """One row per place whose tags include `tags`: place, board, ssh endpoint, holder, since, health."""
     from .lab_export import TAG_BOARD, TAG_HEALTH, TAG_REASON, TAG_SINCE
-    from .lab_lease import _matching, _resource_params
+    from .lab_lease import tags_match, network_services
 
     client.sync()
     places = client.places()
@@ -118,9 +118,9 @@ def status_rows(client, tags: Optional[Dict[str, str]] = None) -> List[Dict[str,
     now = time.time()
     rows = []
     for name, p in sorted(places.items()):
-        if not _matching(p.tags, tags or {}):
+        if not tags_match(p.tags, tags or {}):
             continue
-        ssh = _resource_params(resources, p).get("ssh")
+        ssh = network_services(resources, p).get("ssh")
         res = owners.get(p.reservation) if p.reservation else None
         if p.acquired:
             holder = p.acquired

@@ -60,15 +60,15 @@ class LabBoard:
         return self.tags.get(TAG_HEALTH, "ok") == "ok"
 
 
-def _matching(tags: Dict[str, str], want: Dict[str, str]) -> bool:
+def tags_match(tags: Dict[str, str], want: Dict[str, str]) -> bool:
     return all(tags.get(k) == v for k, v in want.items())
 
 
-def _resource_params(client_resources, place, names=("ssh", "agent"), acquired_only=False) -> Dict[str, dict]:
+def network_services(client_resources, place, names=("ssh", "agent")) -> Dict[str, dict]:
     """name -> params of the place's NetworkService resources: the acquired ones when the place is locked
     (what labgrid handed over), otherwise those its matches select."""
     out: Dict[str, dict] = {}
-    paths = [tuple(p) for p in place.acquired_resources] if (place.acquired or acquired_only) else None
+    paths = [tuple(p) for p in place.acquired_resources] if place.acquired else None
     for exporter, groups in client_resources.items():
         for group, resources in groups.items():
             for rname, entry in resources.items():
@@ -84,7 +84,7 @@ def board_of(rack: Rack, place, resources) -> LabBoard:
     untrusted). Never raises: a place that cannot be a board gets a problem."""
     tags = dict(place.tags)
     lb = LabBoard(place.name, tags, None, acquired=place.acquired, reservation=place.reservation)
-    params = _resource_params(resources, place)
+    params = network_services(resources, place)
     if "ssh" not in params:
         lb.problem = "no NetworkService `ssh` resource (is its exporter running?)"
         return lb
@@ -110,7 +110,7 @@ def lab_boards(client: LabClient, rack: Rack) -> List[LabBoard]:
     client.sync()
     resources = client.resources()
     places = client.places()
-    return [board_of(rack, p, resources) for n, p in sorted(places.items()) if _matching(p.tags, rack.lab.tags)]
+    return [board_of(rack, p, resources) for n, p in sorted(places.items()) if tags_match(p.tags, rack.lab.tags)]
 
 
 def set_tags(client: LabClient, place: str, tags: Dict[str, str]) -> None:
@@ -274,7 +274,7 @@ class LabLease:
 
         now = time.time()
         for name, p in self.client.places().items():
-            if not _matching(p.tags, self.rack.lab.tags) or not p.acquired or name in self.places:
+            if not tags_match(p.tags, self.rack.lab.tags) or not p.acquired or name in self.places:
                 continue
             alive = p.tags.get(TAG_ALIVE, "")
             if not alive.isdigit() or now - int(alive) < STALE_S:

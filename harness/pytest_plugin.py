@@ -108,10 +108,11 @@ class RackState:
             self.check_seconds = time.monotonic() - t0
         else:
             boards = lab_boards(self.lab, self.rack)
+        usable = [lb for lb in boards if lb.board and lb.healthy and not lb.problem]
         for lb in boards:
-            if lb.board is None or not lb.healthy:
+            if lb not in usable:
                 self.quarantined[lb.board.name if lb.board else lb.place] = lb.tags.get(TAG_REASON) or lb.problem
-        self.healthy = Rack(self.rack.name, [lb.board for lb in boards if lb.board and lb.healthy], self.rack.path)
+        self.healthy = Rack(self.rack.name, [lb.board for lb in usable], self.rack.path)
 
     def lease(self, n: int, timeout: float):
         """n boards held until .release(): labgrid reservations and locks on a shared rack, file locks else."""
