@@ -284,16 +284,18 @@ def run(args: argparse.Namespace) -> int:
     from .rack import load_rack
 
     plan = Plan.load(args.plan)
-    rack = load_rack(args.boards)
     bench_eval_data(plan, 2, args.data)  # a bad --data fails here, before anything is deployed
-    try:
-        doc = bench(plan, rack, args.frames, args.rate, args.in_flight, args.single_rate or None, args.data,
-                    cpu=not args.no_cpu, lease_wait=args.wait, label=args.label)
-    except BenchIncomplete as e:
-        # where the complete result would have gone; without --json, beside the plan (nothing measured is lost)
-        path = args.json or (plan.root / "bench" / f"incomplete-{e.doc['time'].replace(':', '')}.json")
-        write_incomplete(e.doc, path)
-        raise BenchIncomplete(f"{e}; wrote {path} and {path.with_suffix('.png')}", e.doc) from None
+    from .lab_lease import leased_rack
+
+    with leased_rack(load_rack(args.boards), len(plan.partitions)) as rack:  # a shared rack: leased meanwhile
+        try:
+            doc = bench(plan, rack, args.frames, args.rate, args.in_flight, args.single_rate or None, args.data,
+                        cpu=not args.no_cpu, lease_wait=args.wait, label=args.label)
+        except BenchIncomplete as e:
+            # where the complete result would have gone; without --json, beside the plan (nothing measured is lost)
+            path = args.json or (plan.root / "bench" / f"incomplete-{e.doc['time'].replace(':', '')}.json")
+            write_incomplete(e.doc, path)
+            raise BenchIncomplete(f"{e}; wrote {path} and {path.with_suffix('.png')}", e.doc) from None
     print(format_bench(doc))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ COMMANDS = [
     ("cosim", "harness.cosim.cli", "RTL cosimulation of a plan's AXI-stream partitions and links (cocotb)"),
     ("reference", "splitting.reference", "train and save the reference models (digits FC and CNN)"),
     ("rack", "harness.rack_cmd", "start, stop or check a rack (`rack up` starts virtual PYNQ-Z2 boards)"),
+    ("lab", "harness.lab_cmd", "a shared rack through labgrid: exporter config, places, status, health tags"),
     ("deploy", "harness.deploy", "upload a plan's partitions to a rack over SSH and start the board agents"),
     ("run", "harness.run_cmd", "stream frames (e.g. digits) through a deployed plan and check every answer"),
     ("history", "harness.history_cmd", "result history (SQLite): add, list, check regressions, compare two runs, ack, export (BMF)"),

@@ -198,6 +198,10 @@ def _timing(plan: Plan, name: str, board: Board) -> Optional[dict]:
 def place(plan: Plan, rack: Rack) -> Dict[str, Board]:
     """Partitions in plan order onto boards in rack order: one partition per board."""
     parts = plan.ordered_partitions()
+    if rack.lab is not None:
+        raise UserError(f"{rack.path} is a shared rack (labgrid coordinator {rack.lab.coordinator}): deploy alone "
+                        "would leave agents on boards it does not hold; `splitrack run`, `bench`, `nightly` and "
+                        "`pytest --boards` lease the boards for as long as they run")
     if len(parts) > len(rack.boards):
         raise UserError(f"plan has {len(parts)} partitions and the rack {len(rack.boards)} usable boards "
                         f"({', '.join(rack.names)}): add boards (`splitrack rack up --boards {len(parts)}`) "

@@ -49,14 +49,16 @@ def nightly(boards: Path, db: Path, out: Path, plan_dir: Path = None, frames: in
     the run where it starts."""
     from splitting.plan import Plan
 
+    from .lab_lease import leased_rack
     from .rack import load_rack
 
-    rack = load_rack(boards)
+    rack_file = load_rack(boards)
     plan = Plan.load(plan_dir) if plan_dir else default_plan(progress)
     runs = Path(out) / "runs"
     try:
-        doc = bench_cmd.bench(plan, rack, frames=frames, rate=rate, progress=progress, lease_wait=lease_wait,
-                              label=label)
+        with leased_rack(rack_file, len(plan.partitions), progress=progress) as rack:  # a shared rack: leased
+            doc = bench_cmd.bench(plan, rack, frames=frames, rate=rate, progress=progress, lease_wait=lease_wait,
+                                  label=label)
     except bench_cmd.BenchIncomplete as e:  # what was measured is kept where the night's result goes
         path = bench_cmd.write_incomplete(e.doc, runs / f"{e.doc['time'][:19].replace(':', '')}-{plan.hash}.json")
         raise bench_cmd.BenchIncomplete(f"{e}; wrote {path}", e.doc) from None

@@ -25,6 +25,11 @@ Leases are file locks (one per board, in the temp folder, keyed by the rack file
 every xdist worker gets boards of its own; a worker waits (bounded, --board-lease-timeout) when the others
 hold them. A test's boards are also leased on the boards themselves (`harness.lease`), which keeps out
 every other user of the rack, on this machine or another, for as long as the test runs.
+
+A rack file whose [rack] names a labgrid `coordinator` is a shared rack (harness.lab_lease): its boards are
+labgrid places, leases are labgrid reservations and locks (each xdist worker, each runner its own), the
+health check tags bad boards in labgrid so no runner gets them, and every lease still held is given back at
+session end.
 """
 from __future__ import annotations
 
@@ -102,6 +107,11 @@ class RackState:
         self.rack = load_rack(path)
         self.health = {}
         self.quarantined = {}
+        self.lab = None  # a shared rack: the labgrid client of this process (each xdist worker has its own)
+        self.lab_leases = []
+        if self.rack.lab:
+            self._init_lab(check, recover_wait)
+            return
         if check:
             t0 = time.monotonic()
             # a board that fails and has a power_cycle command gets one chance to come back
@@ -115,6 +125,46 @@ class RackState:
         tag = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:12]
         self.lock_dir = Path(tempfile.gettempdir()) / "splitrack-leases" / tag
         self.lock_dir.mkdir(parents=True, exist_ok=True)
+
+    def _init_lab(self, check: bool, recover_wait: float) -> None:
+        """A rack file naming a labgrid coordinator: the boards are its places. The health check covers the
+        boards nobody holds and those tagged bad, and tags the result in labgrid (harness.lab_lease)."""
+        from harness.deploy import check_rack
+        from harness.lab_client import LabClient
+        from harness.lab_export import TAG_REASON
+        from harness.lab_lease import check_and_tag, lab_boards
+        from harness.rack import Rack
+
+        self.lab = LabClient(self.rack.lab.coordinator)
+        if check:
+            t0 = time.monotonic()
+            boards, self.health = check_and_tag(
+                self.lab, self.rack, lambda bs: check_rack(Rack(self.rack.name, bs), recover=True, wait=recover_wait))
+            self.check_seconds = time.monotonic() - t0
+        else:
+            boards = lab_boards(self.lab, self.rack)
+        usable = [lb for lb in boards if lb.board and lb.healthy and not lb.problem]
+        for lb in boards:
+            if lb not in usable:
+                self.quarantined[lb.board.name if lb.board else lb.place] = lb.tags.get(TAG_REASON) or lb.problem
+        self.healthy = Rack(self.rack.name, [lb.board for lb in usable], self.rack.path)
+
+    def lease(self, n: int, timeout: float):
+        """n boards held until .release(): labgrid reservations and locks on a shared rack, file locks else."""
+        if self.lab is None:
+            return Lease(self, n, timeout)
+        from harness.lab_lease import LabLease
+
+        self.lab_leases.append(LabLease(self.lab, self.rack, n, timeout))
+        return self.lab_leases[-1]
+
+    def close(self) -> None:
+        """Session end: give back every shared-rack board still held (a test that leaked a lease)."""
+        for le in self.lab_leases:
+            le.release()
+        if self.lab is not None:
+            self.lab.close()
+            self.lab = None
 
     def why_short(self, n: int) -> str:
         q = "; ".join(f"{k} quarantined: {v}" for k, v in self.quarantined.items())
@@ -136,12 +186,20 @@ def pytest_sessionstart(session):
     setattr(config, _KEY, state)
 
 
+def pytest_sessionfinish(session, exitstatus):
+    state = getattr(session.config, _KEY, None)
+    if state is not None:
+        state.close()
+
+
 def pytest_report_header(config):
     state = getattr(config, _KEY, None)
     if state is None:
         return None
+    total = len(state.rack.boards) or len(state.healthy.boards) + len(state.quarantined)  # shared: places
     lines = [f"splitrack rack {state.rack.name} ({state.path}): {len(state.healthy.boards)} of "
-             f"{len(state.rack.boards)} boards healthy"]
+             f"{total} boards healthy" + (f", leased through labgrid at {state.rack.lab.coordinator}"
+                                          if state.rack.lab else "")]
     for h in state.health.values():
         lines.append("  " + h.line())
     return lines
@@ -234,12 +292,15 @@ def lease(request):
     def take(n: int):
         if n > len(state.healthy.boards):
             pytest.skip(state.why_short(n))
-        held.append(Lease(state, n, request.config.getoption("--board-lease-timeout")))
+        held.append(state.lease(n, request.config.getoption("--board-lease-timeout")))
         return held[-1].boards
 
     yield take
+    lost = [le.lost for le in held if getattr(le, "lost", "")]  # a shared-rack lease labgrid took back
     for le in held:
         le.release()
+    if lost:
+        pytest.fail(f"boards of this test were not held throughout, so its result cannot be vouched for: {lost[0]}")
 
 
 @pytest.fixture

@@ -86,6 +86,7 @@ class Rack:
     boards: List[Board]
     path: Optional[Path] = None
     virtual_state: Optional[Path] = None  # folder of a virtual rack started by `splitrack rack up`
+    lab: Optional["LabSpec"] = None  # a shared rack: boards come from a labgrid coordinator (harness.lab_lease)
 
     def board(self, name: str) -> Board:
         for b in self.boards:
@@ -321,6 +322,8 @@ def parse_rack(text: str, path: Path) -> Rack:
     if not isinstance(rack_t, dict):
         raise RackError(f"{_where(path, _key_line(lines, 'rack'), 'rack')}: must be a table ([rack] with name), "
                         f"got {rack_t!r}")
+    if isinstance(rack_t, dict) and "coordinator" in rack_t:
+        return _lab_rack(d, path, lines)
     for k in rack_t:
         if k not in ("name", "virtual_state"):
             raise RackError(f"{_where(path, rkeys.get(k, rline), 'rack.' + k)}: unknown field; [rack] has name and virtual_state")
@@ -369,6 +372,58 @@ def parse_rack(text: str, path: Path) -> Rack:
     return Rack(str(name), boards, path, (path.parent / vs).resolve() if vs else None)
 
 
+@dataclass
+class LabSpec:
+    """A rack file whose boards live in labgrid: the coordinator, the place tags that select the boards, and
+    the board fields labgrid does not hold (key, known_hosts, python, workdir, ...)."""
+
+    coordinator: str  # HOST:PORT
+    tags: Dict[str, str]
+    defaults: Dict[str, Any]
+    default_lines: Dict[str, int] = field(default_factory=dict)
+
+
+_LAB_DEFAULTS = ("key", "known_hosts", "host_key_policy", "python", "sudo", "workdir", "timing")
+_TAG_KEY_RE = re.compile(r"^[a-z][a-z0-9_]+$")  # labgrid's TAG_KEY
+
+
+def _lab_rack(d: Dict[str, Any], path: Path, lines: _Lines) -> Rack:
+    """[rack] coordinator = "HOST:PORT" (tags = {...}) and [defaults]; no [[boards]]: labgrid lists them."""
+    rline, rkeys = lines.table("rack")
+    dline, dkeys = lines.table("defaults")
+    rack_t, defaults = d["rack"], d.get("defaults", {})
+    for k in rack_t:
+        if k not in ("name", "coordinator", "tags"):
+            raise RackError(f"{_where(path, rkeys.get(k, rline), 'rack.' + k)}: unknown field; a shared rack's "
+                            "[rack] has name, coordinator and tags")
+    if "boards" in d:
+        raise RackError(f"{_where(path, lines.table('boards')[0], 'boards')}: a rack with a coordinator takes its "
+                        "boards from labgrid's places; remove the [[boards]] tables (or the coordinator)")
+    coord = rack_t["coordinator"]
+    if not isinstance(coord, str) or not re.match(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$", coord.strip()) \
+            or not 1 <= int(coord.rsplit(":", 1)[1]) <= 65535:
+        raise RackError(f"{_where(path, rkeys.get('coordinator', rline), 'rack.coordinator')}: {coord!r} is not "
+                        "HOST:PORT (e.g. \"lab-server:20408\")")
+    tags = rack_t.get("tags", {})
+    if not isinstance(tags, dict) or not all(isinstance(k, str) and _TAG_KEY_RE.match(k) and isinstance(v, str)
+                                             and v and v == v.strip() for k, v in tags.items()):
+        raise RackError(f"{_where(path, rkeys.get('tags', rline), 'rack.tags')}: give a table of labgrid tags, "
+                        "keys like `rack` or `pynq_version` ([a-z][a-z0-9_]+), non-empty string values")
+    if not isinstance(defaults, dict):
+        raise RackError(f"{path}: defaults must be a table ([defaults])")
+    for k in defaults:
+        if k not in _LAB_DEFAULTS:
+            raise RackError(f"{_where(path, dkeys.get(k, dline), 'defaults.' + k)}: not a field a shared rack can "
+                            f"set; labgrid holds the rest. Use {', '.join(_LAB_DEFAULTS)}")
+    if "key" not in defaults:
+        raise RackError(f"{_where(path, dline, 'defaults.key')}: missing; a shared rack needs the SSH key file")
+    # the same checks a board's fields get, on a stand-in board
+    probe = _board_from(dict(defaults, name="probe", host="probe", kind="pynq-z2"), path, dline, dict(dkeys))
+    resolved = {k: getattr(probe, k) for k in defaults}
+    name = rack_t.get("name", path.stem)
+    return Rack(str(name), [], path, None, LabSpec(coord.strip(), dict(tags), resolved, dict(dkeys)))
+
+
 def load_rack(path) -> Rack:
     path = Path(path).expanduser()
     if not path.is_file():
@@ -385,6 +440,8 @@ def load_rack(path) -> Rack:
     if rack.virtual_state is not None and not (rack.virtual_state / "rack.json").is_file():
         raise RackStopped(f"{path}: this virtual rack is stopped; start it with "
                           f"`splitrack rack up --boards {len(rack.boards)} --out {path}`")
+    if rack.lab and not Path(rack.lab.defaults["key"]).is_file():
+        raise RackError(f"{path}:{rack.lab.default_lines.get('key', 0)}: key: {rack.lab.defaults['key']} not found")
     for b in rack.boards:
         if not b.key.is_file():
             ln = b.field_lines.get("key", b.line)

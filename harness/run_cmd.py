@@ -68,14 +68,16 @@ def run(args) -> int:
     from .deploy import deploy, place
     from .rack import load_rack
 
-    rack = load_rack(args.boards)
-    # the boards are ours from before the deployment to the last frame: nobody redeploys them under the run
-    with lease.ensure(list(place(plan, rack).values()), "run", wait=args.wait,
-                      progress=lambda s: print(s, flush=True)) as held:
-        dep = deploy(plan, rack, progress=lambda s: print(s, flush=True))
-        flashed = dep.flashed
-        print(f"deployed in {dep.seconds:.1f} s ({'flashed ' + ', '.join(flashed) if flashed else 'nothing to flash'})")
-        return _run(args, plan, dep.wiring, x, y, out_dir, where=f"rack {args.boards}", held=held)
+    from .lab_lease import leased_rack
+
+    with leased_rack(load_rack(args.boards), len(plan.partitions)) as rack:  # a shared rack: leased meanwhile
+        # the boards are ours from before the deployment to the last frame: nobody redeploys them under the run
+        with lease.ensure(list(place(plan, rack).values()), "run", wait=args.wait,
+                          progress=lambda s: print(s, flush=True)) as held:
+            dep = deploy(plan, rack, progress=lambda s: print(s, flush=True))
+            flashed = dep.flashed
+            print(f"deployed in {dep.seconds:.1f} s ({'flashed ' + ', '.join(flashed) if flashed else 'nothing to flash'})")
+            return _run(args, plan, dep.wiring, x, y, out_dir, where=f"rack {args.boards}", held=held)
 
 
 def _run(args, plan: Plan, wiring, x, y, out_dir: Path, where: str, held=None) -> int:
