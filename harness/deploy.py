@@ -37,14 +37,10 @@ from splitting.plan import Plan
 
 from . import wiring as wiring_mod
 from .rack import Board, Rack
+from .board_files import agent_files
 from .ssh import CONNECT_TIMEOUT, BoardError, Connection, local_sha256
 
-REPO = Path(__file__).resolve().parent.parent
-CODE = {  # board file name -> local source
-    "agent.py": REPO / "harness" / "agent.py",
-    "contract.py": REPO / "splitting" / "contract.py",
-    "emulation.py": REPO / "splitting" / "emulation.py",
-}
+CODE = agent_files()  # board file name -> local source
 PART = "part"
 AGENT_START_TIMEOUT = 30.0  # python + numpy import + loading the library (a real board: programming the PL)
 AGENT_STOP_TIMEOUT = 5.0

@@ -22,15 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
+from harness.board_files import agent_files
 from harness.wiring import Endpoint, Wiring, agent_config, emulation_backend, wire
 from splitting.errors import UserError
 from splitting.plan import Plan
 
-HERE = Path(__file__).resolve().parent
-SPLITTING = HERE.parent / "splitting"
-# what a board's working folder holds besides the config: the agent and the two modules it imports
-AGENT_FILES = {"agent.py": HERE / "agent.py", "contract.py": SPLITTING / "contract.py",
-               "emulation.py": SPLITTING / "emulation.py"}
+AGENT_FILES = agent_files()  # what a board's working folder holds besides the config (harness.board_files)
 
 
 class LocalRackError(UserError):
