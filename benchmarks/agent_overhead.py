@@ -41,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness import agent as wire  # noqa: E402
+from harness.board import agent as wire  # noqa: E402
 from harness.local_rack import LocalRack, identity_plan  # noqa: E402
 from harness.stream import Pipeline  # noqa: E402
 

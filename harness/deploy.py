@@ -37,7 +37,7 @@ from splitting.plan import Plan
 
 from . import wiring as wiring_mod
 from .rack import Board, Rack
-from .board_files import agent_files
+from harness.board.files import agent_files
 from .ssh import CONNECT_TIMEOUT, BoardError, Connection, local_sha256
 
 CODE = agent_files()  # board file name -> local source
@@ -142,7 +142,7 @@ def place(plan: Plan, rack: Rack) -> Dict[str, Board]:
 # --- talking to the agent ------------------------------------------------------------------------------
 def ping(host: str, port: int, timeout: float = PING_TIMEOUT) -> dict:
     """The agent's health answer (PONG), or OSError/TimeoutError."""
-    from . import agent as wire
+    from harness.board import agent as wire
 
     with socket.create_connection((host, port), timeout=timeout) as s:
         s.settimeout(timeout)

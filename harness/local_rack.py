@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
-from harness.board_files import agent_files
+from harness.board.files import agent_files
 from harness.wiring import Endpoint, Wiring, agent_config, emulation_backend, wire
 from splitting.errors import UserError
 from splitting.plan import Plan
 
-AGENT_FILES = agent_files()  # what a board's working folder holds besides the config (harness.board_files)
+AGENT_FILES = agent_files()  # what a board's working folder holds besides the config (harness.board.files)
 
 
 class LocalRackError(UserError):

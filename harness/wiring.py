@@ -1,6 +1,6 @@
 """Wiring: from a Plan and where each partition's agent listens, the config of every agent.
 
-The agent config is plain data (see `harness/agent.py` for the schema); this module only fills it in from
+The agent config is plain data (see `harness/board/agent.py` for the schema); this module only fills it in from
 the plan: the contracts of a partition's incoming and outgoing links, the next hop's address for each
 outgoing link ("host" for links into the host), the partition ids that name partitions in timestamp records.
 The `Wiring` it returns is what the host needs to feed and read the rack (`harness.stream`), and it saves to

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from harness import agent as wire
+from harness.board import agent as wire
 from harness.local_rack import LocalRack, identity_plan
 from harness.stream import Pipeline
 from harness.wiring import Wiring
@@ -173,7 +173,7 @@ def test_shutdown_message_and_sigterm_stop_cleanly(tmp_path):
     assert pid0.is_file()
     with Pipeline(wiring) as pipe:
         pipe.stream(np.zeros((4, 8)))
-        pipe.conns["s0"].send(__import__("harness.agent", fromlist=["x"]).pack_message(7))  # SHUTDOWN
+        pipe.conns["s0"].send(__import__("harness.board.agent", fromlist=["x"]).pack_message(7))  # SHUTDOWN
         assert rack.agents["s0"].proc.wait(timeout=10) == 0
     assert not pid0.exists()
     rack.kill("s1", signal.SIGTERM)

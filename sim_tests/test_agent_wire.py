@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from harness import agent as wire
+from harness.board import agent as wire
 from splitting.contract import Contract
 
 AGENT_SRC = wire.__file__

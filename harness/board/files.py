@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Dict
 
 # board file name -> the project module it is a copy of
-SHIPPED = {"agent.py": "harness.agent", "contract.py": "splitting.contract", "emulation.py": "splitting.emulation"}
+SHIPPED = {"agent.py": "harness.board.agent", "contract.py": "splitting.contract", "emulation.py": "splitting.emulation"}
 
 
 def agent_files() -> Dict[str, Path]:
