@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness.board import agent as wire  # noqa: E402
-from harness.local_rack import LocalRack, identity_plan  # noqa: E402
+from harness.rack.local_rack import LocalRack, identity_plan  # noqa: E402
 from harness.stream import Pipeline  # noqa: E402
 
 VARIANTS = ("raw echo", "framed echo", "agent", "agent+decode")

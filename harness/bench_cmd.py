@@ -54,7 +54,7 @@ def bench(plan, rack, frames: int = 2000, rate: Optional[float] = None, in_fligh
           progress: Callable[[str], None] = print, deployment=None) -> Dict:
     """Deploy (unless `deployment` is given), measure, and return the bench document (the --json content)."""
     from . import cpu_reference
-    from .deploy import deploy
+    from harness.rack.deploy import deploy
     from .stream import Pipeline
 
     if frames < 2:
@@ -156,7 +156,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from splitting.plan import Plan
 
-    from .rack import load_rack
+    from harness.rack.rackfile import load_rack
 
     plan = Plan.load(args.plan)
     rack = load_rack(args.boards)

@@ -18,7 +18,7 @@ COMMANDS = [
     ("cosim", "harness.cosim.cli", "RTL cosimulation of a plan's AXI-stream partitions and links (cocotb)"),
     ("reference", "splitting.reference", "train and save the reference models (digits FC and CNN)"),
     ("rack", "harness.rack_cmd", "start, stop or check a rack (`rack up` starts virtual PYNQ-Z2 boards)"),
-    ("deploy", "harness.deploy", "upload a plan's partitions to a rack over SSH and start the board agents"),
+    ("deploy", "harness.rack.deploy", "upload a plan's partitions to a rack over SSH and start the board agents"),
     ("run", "harness.run_cmd", "stream frames (e.g. digits) through a deployed plan and check every answer"),
     ("history", "harness.history", "result history (SQLite): add bench/pytest-benchmark JSON, list runs, check regressions"),
     ("dashboard", "harness.dashboard", "write the static HTML dashboard (trends, per-hop breakdown, regressions)"),

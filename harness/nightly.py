@@ -45,7 +45,7 @@ def nightly(boards: Path, db: Path, out: Path, plan_dir: Path = None, frames: in
     """One night: returns the regressions in effect for this rack, machine and plan."""
     from splitting.plan import Plan
 
-    from .rack import load_rack
+    from harness.rack.rackfile import load_rack
 
     rack = load_rack(boards)
     plan = Plan.load(plan_dir) if plan_dir else default_plan(progress)

@@ -9,9 +9,9 @@ left out of every fixture, and the reason is in the report header and the summar
 failing on it.
 
 Fixtures:
-    rack         the healthy boards (a `harness.rack.Rack`)
+    rack         the healthy boards (a `harness.rack.rackfile.Rack`)
     board        one board, leased for the test
-    deployed     deployed(plan) -> `harness.deploy.Deployment`: leases as many boards as the plan has
+    deployed     deployed(plan) -> `harness.rack.deploy.Deployment`: leases as many boards as the plan has
                  partitions, deploys (skipping boards that already carry the same artifact), stops the
                  agents after the test
     lease        lease(n) -> list of boards held for the test
@@ -60,8 +60,8 @@ class RackState:
     """The session's rack: every board, the healthy ones, and why the others were quarantined."""
 
     def __init__(self, path: str, check: bool, recover_wait: float = 180.0):
-        from harness.deploy import check_rack
-        from harness.rack import load_rack
+        from harness.rack.deploy import check_rack
+        from harness.rack.rackfile import load_rack
 
         self.path = path
         self.rack = load_rack(path)
@@ -198,8 +198,8 @@ def board(lease):
 @pytest.fixture
 def deployed(request, lease):
     """deployed(plan, **deploy_kwargs) -> Deployment on leased boards; agents stop after the test."""
-    from harness.deploy import deploy, undeploy
-    from harness.rack import Rack
+    from harness.rack.deploy import deploy, undeploy
+    from harness.rack.rackfile import Rack
 
     state = _state(request)
     used = []

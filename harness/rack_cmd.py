@@ -27,7 +27,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from .virtual_rack import rack_down, rack_up
+    from harness.rack.virtual_rack import rack_down, rack_up
 
     if args.rack_command == "up":
         t0 = time.monotonic()
@@ -42,8 +42,8 @@ def run(args) -> int:
         print(f"stopped {n} virtual boards of {args.rack}")
         return 0
     if args.rack_command == "check":
-        from .deploy import check_rack
-        from .rack import load_rack
+        from harness.rack.deploy import check_rack
+        from harness.rack.rackfile import load_rack
 
         rack = load_rack(args.rack)
         bad = 0

@@ -1,8 +1,8 @@
 """`splitrack run plan/ --boards rack.toml --data digits`: stream frames through a deployed rack and check
 every answer.
 
-The plan is deployed first (`harness.deploy.deploy`: boards that already carry the partition are not
-flashed again), or, with `--local`, run by agents on this machine (`harness.local_rack`, no SSH). Frames are
+The plan is deployed first (`harness.rack.deploy.deploy`: boards that already carry the partition are not
+flashed again), or, with `--local`, run by agents on this machine (`harness.rack.local_rack`, no SSH). Frames are
 streamed with several in flight (`harness.stream`); each output is compared with the plan's chained hls4ml
 emulation (`splitting.chain`), which must agree bit for bit, and, for labelled data, scored for accuracy.
 Prints a summary table, and writes `run.json` (per-frame latencies and stamps) and `run.png` to `--out`.
@@ -71,14 +71,14 @@ def run(args) -> int:
     x, y = load_data(args.data, plan, args.frames)
     out_dir = args.out or plan.root / "run"
     if args.local:
-        from .local_rack import LocalRack
+        from harness.rack.local_rack import LocalRack
 
         with tempfile.TemporaryDirectory(prefix="splitrack-run-") as tmp, LocalRack(Path(tmp)) as rack:
             print(f"starting {len(plan.partitions)} local agents ...", flush=True)
             wiring = rack.start(plan, "emulation")
             return _run(args, plan, wiring, x, y, out_dir, where="local agents")
-    from .deploy import deploy
-    from .rack import load_rack
+    from harness.rack.deploy import deploy
+    from harness.rack.rackfile import load_rack
 
     rack = load_rack(args.boards)
     dep = deploy(plan, rack, progress=lambda s: print(s, flush=True))

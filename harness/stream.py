@@ -24,7 +24,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 import numpy as np
 
 from harness.board import agent as wire
-from harness.wiring import Wiring
+from harness.rack.wiring import Wiring
 from splitting.contract import assemble
 from splitting.errors import UserError
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.ssh import connect
+from harness.rack.ssh import connect
 from harness.stream import Pipeline
 
 pytestmark = pytest.mark.hw

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from harness.ssh import connect
+from harness.rack.ssh import connect
 from harness.stream import Pipeline, StreamError
 
 pytestmark = pytest.mark.hw

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.cli import main
-from harness.local_rack import LocalRack
+from harness.rack.local_rack import LocalRack
 from harness.stream import Pipeline
 from splitting.chain import emulation_runner, run_chain
 from splitting.reference import digits_data
@@ -92,7 +92,7 @@ class Overlay:
 
 def test_overlay_backend_through_a_stand_in_pynq(fc_plan, tmp_path):
     from splitting import hls
-    from harness.wiring import overlay_backend
+    from harness.rack.wiring import overlay_backend
 
     (tmp_path / "pynq").mkdir()
     (tmp_path / "pynq" / "__init__.py").write_text(FAKE_PYNQ)

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from harness.local_rack import LocalRack, LocalRackError, identity_plan
+from harness.rack.local_rack import LocalRack, LocalRackError, identity_plan
 from harness.stream import AgentUnreachable, Pipeline, StreamError
-from harness.wiring import Endpoint, agent_config, wire
+from harness.rack.wiring import Endpoint, agent_config, wire
 
 
 def _x(n, shape=(8,), seed=0):

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from harness.board import agent as wire
-from harness.local_rack import LocalRack, identity_plan
+from harness.rack.local_rack import LocalRack, identity_plan
 from harness.stream import Pipeline
-from harness.wiring import Wiring
+from harness.rack.wiring import Wiring
 from splitting.contract import Contract
 
 DTYPE = "ap_fixed<16,6>"

@@ -4,7 +4,7 @@ import pytest
 
 from harness.bench_cmd import bench_data
 from harness.cli import main
-from harness.local_rack import identity_plan
+from harness.rack.local_rack import identity_plan
 from splitting.errors import UserError
 
 

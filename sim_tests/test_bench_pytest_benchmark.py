@@ -12,7 +12,7 @@ INNER = '''
 import os
 import numpy as np
 from harness import measure
-from harness.local_rack import LocalRack, identity_plan
+from harness.rack.local_rack import LocalRack, identity_plan
 from harness.stream import Pipeline
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.deploy import deploy, undeploy
-from harness.rack import Rack, load_rack
-from harness.virtual_rack import rack_down, rack_up, start_board, stop_board
+from harness.rack.deploy import deploy, undeploy
+from harness.rack.rackfile import Rack, load_rack
+from harness.rack.virtual_rack import rack_down, rack_up, start_board, stop_board
 from splitting.errors import UserError
 
 pytest_plugins = ["pytester"]
@@ -59,7 +59,7 @@ def test_cli_deploy_then_redeploy_skips(fc_plan_dir, rack_file):
 def test_agent_started_with_another_config_is_restarted(fc_plan_dir, rack_file):
     """New files on the board but the agent of an older config still running (a deployment that died between
     upload and restart): the next deployment must restart it, not skip it."""
-    from harness.ssh import connect
+    from harness.rack.ssh import connect
     from splitting.plan import Plan
 
     rack = load_rack(rack_file)
@@ -153,7 +153,7 @@ def test_plugin_quarantines_and_leases(pytester, monkeypatch, rack_file, tmp_pat
     try:
         rack = load_rack(rack_file)
         mixed = Rack("mixed", rack.boards + [starved])
-        from harness.rack import write_rack
+        from harness.rack.rackfile import write_rack
 
         path = write_rack(mixed, tmp_path / "mixed.toml")
         pytester.makepyfile(test_hw=HW_TEST)

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.deploy import check_board, deploy, undeploy
-from harness.rack import Board, Rack
+from harness.rack.deploy import check_board, deploy, undeploy
+from harness.rack.rackfile import Board, Rack
 from harness.stream import Pipeline
-from harness.virtual_rack import start_board, stop_board
+from harness.rack.virtual_rack import start_board, stop_board
 
 SSHD = "/usr/sbin/sshd"
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.deploy import DeployError, check_board, deploy, undeploy
-from harness.rack import Rack
-from harness.ssh import BoardError, connect
+from harness.rack.deploy import DeployError, check_board, deploy, undeploy
+from harness.rack.rackfile import Rack
+from harness.rack.ssh import BoardError, connect
 from harness.stream import Pipeline, StreamError
-from harness.virtual_rack import start_board, stop_board
+from harness.rack.virtual_rack import start_board, stop_board
 
 BOUND = 60.0  # seconds: "no hang" means an answer well within this (every fault here has a 1-10 s timeout)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from harness import measure
-from harness.local_rack import LocalRack, identity_plan
+from harness.rack.local_rack import LocalRack, identity_plan
 from harness.stream import Pipeline
 
 SKEWS = {"s0": 2_000_000_000, "s1": -750_000_000, "s2": 12_345_678}

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from harness import measure
-from harness.local_rack import AGENT_FILES, _read_line, identity_plan
+from harness.rack.local_rack import AGENT_FILES, _read_line, identity_plan
 from harness.stream import Pipeline
-from harness.wiring import Endpoint, agent_config, wire
+from harness.rack.wiring import Endpoint, agent_config, wire
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("tc") or not shutil.which("ip"),
@@ -40,7 +40,7 @@ def within(measured_us, expected_us):
 
 @pytest.fixture(scope="module")
 def netns_rack(tmp_path_factory):
-    from harness.virtual_rack import rack_down, rack_up
+    from harness.rack.virtual_rack import rack_down, rack_up
 
     out = tmp_path_factory.mktemp("netns") / "rack.toml"
     rack = rack_up(3, out, state=out.parent / "state", name="gt", netns=True, progress=lambda s: None)

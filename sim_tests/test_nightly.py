@@ -9,13 +9,13 @@ import sqlite3
 
 import pytest
 
-from harness import deploy as deploy_mod
+from harness.rack import deploy as deploy_mod
 from harness.cli import main
 
 
 @pytest.fixture(scope="module")
 def vrack(tmp_path_factory):
-    from harness.virtual_rack import rack_down, rack_up
+    from harness.rack.virtual_rack import rack_down, rack_up
 
     out = tmp_path_factory.mktemp("nightly") / "rack.toml"
     rack_up(3, out, state=out.parent / "state", name="nightly-ci", progress=lambda s: None)

@@ -8,9 +8,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from harness.deploy import deploy
+from harness.rack.deploy import deploy
 from harness.stream import Pipeline
-from harness.virtual_rack import rack_down, rack_up
+from harness.rack.virtual_rack import rack_down, rack_up
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("tc"),
                                 reason="network-namespace racks need root and iproute2")

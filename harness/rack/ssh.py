@@ -21,7 +21,7 @@ import paramiko
 
 from splitting.errors import UserError
 
-from .rack import Board
+from harness.rack.rackfile import Board
 
 CONNECT_TIMEOUT = 10.0  # TCP connect, SSH banner, key exchange and auth, each
 COMMAND_TIMEOUT = 60.0

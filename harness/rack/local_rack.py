@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
 from harness.board.files import agent_files
-from harness.wiring import Endpoint, Wiring, agent_config, emulation_backend, wire
+from harness.rack.wiring import Endpoint, Wiring, agent_config, emulation_backend, wire
 from splitting.errors import UserError
 from splitting.plan import Plan
 

@@ -1,6 +1,6 @@
 """A rack of virtual PYNQ-Z2 boards on this machine: start them, write their boards.toml, stop them.
 
-Each board is its own process (`harness.virtual_board`): an SSH server with its own host key, home folder,
+Each board is its own process (`harness.rack.virtual_board`): an SSH server with its own host key, home folder,
 address and port. The rack gets one client key, authorised on every board, and a known_hosts file that
 holds every board's host key, so the rack file uses strict host-key checking like a lab rack would.
 
@@ -31,8 +31,8 @@ import asyncssh
 
 from splitting.errors import UserError
 
-from .rack import Board, Rack, RackError, load_rack, write_rack
-from .virtual_board import kill_home_processes
+from harness.rack.rackfile import Board, Rack, RackError, load_rack, write_rack
+from harness.rack.virtual_board import kill_home_processes
 
 READY_TIMEOUT = 20.0
 
@@ -108,7 +108,7 @@ def start_board(state: Path, name: str, host: str = "127.0.0.1", port: Optional[
     port = port or _free_port(host)
     data_port = data_port or _free_port(host)
     listen = "0.0.0.0" if netns else host
-    argv = [sys.executable, "-m", "harness.virtual_board", "--name", name, "--home", str(bdir / "home"),
+    argv = [sys.executable, "-m", "harness.rack.virtual_board", "--name", name, "--home", str(bdir / "home"),
             "--listen", listen, "--port", str(port), "--host-key", str(host_key),
             "--authorized-keys", str(state / "authorized_keys"), "--memory-mb", str(memory_mb),
             "--disk-mb", str(disk_mb)]
@@ -119,7 +119,7 @@ def start_board(state: Path, name: str, host: str = "127.0.0.1", port: Optional[
     if netns:
         argv = ["ip", "netns", "exec", netns] + argv
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
     log = open(bdir / "board.log", "ab")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, env=env, cwd=str(bdir))
@@ -144,7 +144,7 @@ def stop_board(bp: BoardProcess, timeout: float = 10.0) -> None:
         cmdline = Path(f"/proc/{bp.pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         cmdline = []
-    if b"harness.virtual_board" in cmdline and bp.home.encode() in cmdline:
+    if b"harness.rack.virtual_board" in cmdline and bp.home.encode() in cmdline:
         try:
             os.kill(bp.pid, signal.SIGCONT)  # a frozen board (fault tests) must be able to exit
             os.kill(bp.pid, signal.SIGTERM)

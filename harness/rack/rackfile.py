@@ -1,7 +1,7 @@
 """The rack: which boards exist and how to reach them, read from a boards.toml file.
 
 This is labgrid's "resource" layer: plain data, validated once, with errors that name the file, the line and
-the field. How to talk to a board lives in `harness.ssh`; how to bring it to a state lives in `harness.deploy`.
+the field. How to talk to a board lives in `harness.rack.ssh`; how to bring it to a state lives in `harness.rack.deploy`.
 
 ```toml
 [rack]

@@ -11,7 +11,7 @@ link), so that deployment's sha256 check can be tested.
 
 Run one board per process (a board must be stoppable and freezable on its own):
 
-    python -m harness.virtual_board --name b0 --home DIR --port 2200 --host-key KEY --authorized-keys FILE
+    python -m harness.rack.virtual_board --name b0 --home DIR --port 2200 --host-key KEY --authorized-keys FILE
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ Board layout, under the board's `workdir` (default ~/splitrack):
     part/  artifact (lib .so | .bit + .hwh), contracts.json, agent.json,
            running.json (pid of the agent started with that agent.json), agent-<partition>.pid / .log / .out
 
-`deploy()` returns a `Deployment`; its `wiring` (harness.wiring) is what `harness.stream` needs.
+`deploy()` returns a `Deployment`; its `wiring` (harness.rack.wiring) is what `harness.stream` needs.
 """
 from __future__ import annotations
 
@@ -35,10 +35,10 @@ from typing import Callable, Dict, List, Optional
 from splitting.errors import UserError
 from splitting.plan import Plan
 
-from . import wiring as wiring_mod
-from .rack import Board, Rack
+from harness.rack import wiring as wiring_mod
+from harness.rack.rackfile import Board, Rack
 from harness.board.files import agent_files
-from .ssh import CONNECT_TIMEOUT, BoardError, Connection, local_sha256
+from harness.rack.ssh import CONNECT_TIMEOUT, BoardError, Connection, local_sha256
 
 CODE = agent_files()  # board file name -> local source
 PART = "part"
@@ -478,7 +478,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from .rack import load_rack
+    from harness.rack.rackfile import load_rack
 
     plan = Plan.load(args.plan)
     rack = load_rack(args.boards)
