@@ -20,7 +20,7 @@ throughput through 5 agents against one stage alone.
    machine a wake-up across CPUs costs tens of us, which makes round trips bimodal and hides overhead.
    Target: agent p50 <= 1.3 x raw p50.
 2. Pipelined. 5 agents in a chain, each with the timing model (equal stages of T = cycles / 100 MHz),
-   frames streamed with several in flight through harness.stream; against one such agent alone.
+   frames streamed with several in flight through harness.measure.stream; against one such agent alone.
    Target: chain throughput >= 0.8 x single stage throughput.
 Prints a table and saves agent_overhead.png (+ .json) in --out.
 """
@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from harness.board import agent as wire  # noqa: E402
 from harness.rack.local_rack import LocalRack, identity_plan  # noqa: E402
-from harness.stream import Pipeline  # noqa: E402
+from harness.measure.stream import Pipeline  # noqa: E402
 
 VARIANTS = ("raw echo", "framed echo", "agent", "agent+decode")
 PLACEMENT = {"per_hop": "client and servers on the same CPU", "per_hop_any_cpu": "on any CPU"}

@@ -19,10 +19,10 @@ COMMANDS = [
     ("reference", "splitting.reference", "train and save the reference models (digits FC and CNN)"),
     ("rack", "harness.rack_cmd", "start, stop or check a rack (`rack up` starts virtual PYNQ-Z2 boards)"),
     ("deploy", "harness.rack.deploy", "upload a plan's partitions to a rack over SSH and start the board agents"),
-    ("run", "harness.run_cmd", "stream frames (e.g. digits) through a deployed plan and check every answer"),
+    ("run", "harness.measure.run", "stream frames (e.g. digits) through a deployed plan and check every answer"),
     ("history", "harness.history", "result history (SQLite): add bench/pytest-benchmark JSON, list runs, check regressions"),
     ("dashboard", "harness.dashboard", "write the static HTML dashboard (trends, per-hop breakdown, regressions)"),
-    ("bench", "harness.bench_cmd", "latency per hop of a plan on a rack, beside the CPU reference"),
+    ("bench", "harness.measure.bench", "latency per hop of a plan on a rack, beside the CPU reference"),
     ("nightly", "harness.nightly", "bench, add to the history, detect regressions, write the dashboard; exit 1 on a regression"),
     ("demo", "harness.demo", "the main job: reference models, CNN split three ways, verified"),
 ]

@@ -228,7 +228,7 @@ def build(history: History, penalty: float = 3.0, min_relative: float = 0.05) ->
 
 def _flow_order(hops: List[str]) -> List[str]:
     """Hops in the order frames meet them, rebuilt from their names ("link a->b", "board p")."""
-    from .measure import Topology
+    from harness.measure.attribution import Topology
 
     links = [tuple(h[len("link "):].split("->", 1)) for h in hops if h.startswith("link ") and "->" in h]
     parts = {p for link in links for p in link if p != "host"}

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable, List
 
 
-from . import bench_cmd, dashboard, history, regress
+from harness.measure import bench as bench_cmd
+from harness import dashboard, history, regress
 
 CACHE = Path(os.environ.get("SPLITRACK_CACHE", ".splitrack-cache"))
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from harness.rack.ssh import connect
-from harness.stream import Pipeline
+from harness.measure.stream import Pipeline
 
 pytestmark = pytest.mark.hw
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from harness.rack.ssh import connect
-from harness.stream import Pipeline, StreamError
+from harness.measure.stream import Pipeline, StreamError
 
 pytestmark = pytest.mark.hw
 

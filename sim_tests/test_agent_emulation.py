@@ -8,7 +8,7 @@ import numpy as np
 
 from harness.cli import main
 from harness.rack.local_rack import LocalRack
-from harness.stream import Pipeline
+from harness.measure.stream import Pipeline
 from splitting.chain import emulation_runner, run_chain
 from splitting.reference import digits_data
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from harness.rack.local_rack import LocalRack, LocalRackError, identity_plan
-from harness.stream import AgentUnreachable, Pipeline, StreamError
+from harness.measure.stream import AgentUnreachable, Pipeline, StreamError
 from harness.rack.wiring import Endpoint, agent_config, wire
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from harness.board import agent as wire
 from harness.rack.local_rack import LocalRack, identity_plan
-from harness.stream import Pipeline
+from harness.measure.stream import Pipeline
 from harness.rack.wiring import Wiring
 from splitting.contract import Contract
 
@@ -120,7 +120,7 @@ def test_every_frame_arrives_in_both_streaming_modes_with_progress(tmp_path, ele
     """Small frames stream self-clocked (each result sends the next frame from the reader thread); a window too
     large for the sockets' buffers streams from the caller's thread. Either way: every frame, exactly, never
     more than `in_flight` unanswered, and progress reported in tenths up to the total."""
-    from harness import stream
+    from harness.measure import stream
 
     window = in_flight * (24 + 2 * elements)
     assert (window <= stream.SELF_CLOCKED_BYTES) == (elements == 64)  # one case for each mode

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from harness.bench_cmd import bench_data
+from harness.measure.bench import bench_data
 from harness.cli import main
 from harness.rack.local_rack import identity_plan
 from splitting.errors import UserError

@@ -11,9 +11,9 @@ from harness import history
 INNER = '''
 import os
 import numpy as np
-from harness import measure
+from harness.measure import attribution as measure
 from harness.rack.local_rack import LocalRack, identity_plan
-from harness.stream import Pipeline
+from harness.measure.stream import Pipeline
 
 
 def test_rack_frame(benchmark, tmp_path):

@@ -105,7 +105,7 @@ def test_timing_model_needs_an_estimate(fc_plan_dir, rack_file):
 
 
 def test_timing_model_makes_a_board_take_the_fpga_time(fc_plan_dir, rack_file):
-    from harness.stream import Pipeline
+    from harness.measure.stream import Pipeline
     from splitting.plan import Plan
     from splitting.reference import digits_data, model_inputs
 

@@ -22,7 +22,7 @@ import pytest
 
 from harness.rack.deploy import check_board, deploy, undeploy
 from harness.rack.rackfile import Board, Rack
-from harness.stream import Pipeline
+from harness.measure.stream import Pipeline
 from harness.rack.virtual_rack import start_board, stop_board
 
 SSHD = "/usr/sbin/sshd"

@@ -19,7 +19,7 @@ import pytest
 from harness.rack.deploy import DeployError, check_board, deploy, undeploy
 from harness.rack.rackfile import Rack
 from harness.rack.ssh import BoardError, connect
-from harness.stream import Pipeline, StreamError
+from harness.measure.stream import Pipeline, StreamError
 from harness.rack.virtual_rack import start_board, stop_board
 
 BOUND = 60.0  # seconds: "no hang" means an answer well within this (every fault here has a 1-10 s timeout)

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from harness import measure
+from harness.measure import attribution as measure
 from harness.rack.local_rack import LocalRack, identity_plan
-from harness.stream import Pipeline
+from harness.measure.stream import Pipeline
 
 SKEWS = {"s0": 2_000_000_000, "s1": -750_000_000, "s2": 12_345_678}
 CYCLES = 30_000  # at 100 MHz: 300 us

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import measure
+from harness.measure import attribution as measure
 from harness.rack.local_rack import AGENT_FILES, _read_line, identity_plan
-from harness.stream import Pipeline
+from harness.measure.stream import Pipeline
 from harness.rack.wiring import Endpoint, agent_config, wire
 
 pytestmark = pytest.mark.skipif(
@@ -99,7 +99,7 @@ def tbf(dev, on):
 def test_tbf_link_timing_model_and_skews(netns_rack, tmp_path):
     """Blocks of single frames, the link alternately limited and not (ABAB...), on the same agents:
     load from other jobs on this machine drifts alike over both conditions."""
-    from harness import clocksync
+    from harness.measure import clocksync
 
     rack, k = netns_rack
     plan = identity_plan(stages=3, shape=(ELEMENTS,))

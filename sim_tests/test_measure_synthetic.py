@@ -6,8 +6,8 @@ only what real hardware would give it: four-timestamp probes and per-stage stamp
 import numpy as np
 import pytest
 
-from harness import clocksync, measure
-from harness.measure import FrameTiming, StageStamp, Topology
+from harness.measure import clocksync, attribution as measure
+from harness.measure.attribution import FrameTiming, StageStamp, Topology
 
 RNG = np.random.default_rng(7)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from harness.rack.deploy import deploy
-from harness.stream import Pipeline
+from harness.measure.stream import Pipeline
 from harness.rack.virtual_rack import rack_down, rack_up
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("tc"),

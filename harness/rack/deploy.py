@@ -19,7 +19,7 @@ Board layout, under the board's `workdir` (default ~/splitrack):
     part/  artifact (lib .so | .bit + .hwh), contracts.json, agent.json,
            running.json (pid of the agent started with that agent.json), agent-<partition>.pid / .log / .out
 
-`deploy()` returns a `Deployment`; its `wiring` (harness.rack.wiring) is what `harness.stream` needs.
+`deploy()` returns a `Deployment`; its `wiring` (harness.rack.wiring) is what `harness.measure.stream` needs.
 """
 from __future__ import annotations
 

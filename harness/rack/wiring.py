@@ -3,7 +3,7 @@
 The agent config is plain data (see `harness/board/agent.py` for the schema); this module only fills it in from
 the plan: the contracts of a partition's incoming and outgoing links, the next hop's address for each
 outgoing link ("host" for links into the host), the partition ids that name partitions in timestamp records.
-The `Wiring` it returns is what the host needs to feed and read the rack (`harness.stream`), and it saves to
+The `Wiring` it returns is what the host needs to feed and read the rack (`harness.measure.stream`), and it saves to
 JSON so that `splitrack run` can pick up a deployment made by `splitrack deploy`.
 """
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
-from .measure import stats
+from harness.measure.attribution import stats
 
 
 def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 3) -> np.ndarray:

@@ -102,8 +102,8 @@ class StreamResult:
         return out
 
     def timings(self):
-        """Per-frame timings as `harness.measure.FrameTiming` (board clocks; clocksync maps them to the host's)."""
-        from harness.measure import FrameTiming, StageStamp
+        """Per-frame timings as `harness.measure.attribution.FrameTiming` (board clocks; clocksync maps them to the host's)."""
+        from harness.measure.attribution import FrameTiming, StageStamp
 
         out = []
         for f in self.frame_ids:

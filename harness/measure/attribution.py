@@ -274,7 +274,7 @@ def probe_partitions(wiring) -> Dict[str, str]:
 
 def clock_offsets(pipe, wiring, probes: int = 64):
     """One burst of four-timestamp probes per board: {board: OffsetEstimate}."""
-    from . import clocksync
+    from harness.measure import clocksync
 
     return {b: clocksync.estimate(clocksync.burst(lambda p=p: pipe.probe(p), probes))
             for b, p in probe_partitions(wiring).items()}
@@ -300,7 +300,7 @@ def measure_rack(pipe, wiring, plan, x: np.ndarray, *, rate: Optional[float] = N
     longer between frames wakes up more slowly (CPU idle states, a VM's halted vCPU), so without pacing a
     slower hop also makes every other hop look slower. At a fixed cadence each agent idles alike.
     """
-    from . import clocksync
+    from harness.measure import clocksync
 
     topo = Topology.from_plan(plan, {p: ep.board for p, ep in wiring.endpoints.items()})
     with shallow_idle() as held:
@@ -327,7 +327,7 @@ def measure_rack(pipe, wiring, plan, x: np.ndarray, *, rate: Optional[float] = N
 def benchmark_extra_info(plan, rack_name: str, wiring, frames: Sequence[FrameTiming], before, after) -> Dict[str, object]:
     """What a pytest-benchmark test puts in `benchmark.extra_info` (JSON-able, imported by `history add`):
     plan hash, rack, placement, clocks, per-hop stats and the critical-path medians of the timed frames."""
-    from . import clocksync
+    from harness.measure import clocksync
 
     clocks = clocksync.models(before, after)
     topo = Topology.from_plan(plan, {p: ep.board for p, ep in wiring.endpoints.items()})

@@ -3,7 +3,7 @@ every answer.
 
 The plan is deployed first (`harness.rack.deploy.deploy`: boards that already carry the partition are not
 flashed again), or, with `--local`, run by agents on this machine (`harness.rack.local_rack`, no SSH). Frames are
-streamed with several in flight (`harness.stream`); each output is compared with the plan's chained hls4ml
+streamed with several in flight (`harness.measure.stream`); each output is compared with the plan's chained hls4ml
 emulation (`splitting.chain`), which must agree bit for bit, and, for labelled data, scored for accuracy.
 Prints a summary table, and writes `run.json` (per-frame latencies and stamps) and `run.png` to `--out`.
 """
@@ -88,7 +88,7 @@ def run(args) -> int:
 
 
 def _run(args, plan: Plan, wiring, x, y, out_dir: Path, where: str) -> int:
-    from .stream import Pipeline
+    from harness.measure.stream import Pipeline
 
     print(f"streaming {len(x)} frames through {where}, {args.in_flight} in flight ...", flush=True)
     with Pipeline(wiring) as pipe:

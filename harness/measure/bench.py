@@ -20,7 +20,8 @@ import numpy as np
 
 from splitting.errors import UserError
 
-from . import history, measure
+from harness import history
+from harness.measure import attribution as measure
 
 DEFAULT_SINGLE_RATE = 200.0  # frames/s for the single-frame run: see measure.measure_rack(single_rate)
 
@@ -53,9 +54,9 @@ def bench(plan, rack, frames: int = 2000, rate: Optional[float] = None, in_fligh
           single_rate: Optional[float] = DEFAULT_SINGLE_RATE, data: str = "auto", cpu: bool = True,
           progress: Callable[[str], None] = print, deployment=None) -> Dict:
     """Deploy (unless `deployment` is given), measure, and return the bench document (the --json content)."""
-    from . import cpu_reference
+    from harness.measure import cpu_reference
     from harness.rack.deploy import deploy
-    from .stream import Pipeline
+    from harness.measure.stream import Pipeline
 
     if frames < 2:
         raise UserError(f"--frames {frames}: give at least 2 frames")
@@ -71,7 +72,7 @@ def bench(plan, rack, frames: int = 2000, rate: Optional[float] = None, in_fligh
                                    progress=progress)
     doc = {
         "kind": history.BENCH_KIND, "version": 1, "time": time, "rack": rack.name, "machine": history.machine_name(),
-        "commit": history.current_commit(Path(__file__).resolve().parent), "plan_hash": plan.hash,
+        "commit": history.current_commit(Path(__file__).resolve().parents[1]), "plan_hash": plan.hash,
         "plan": str(plan.root) if plan.root else None, "model": plan.model.get("name"), "frames": frames,
         "placement": {p: b.name for p, b in deployment.boards.items()},
         "reports": run.reports, "clocks": run.clocks, "payload_bytes": run.payload_bytes, "cpu": {}, "accuracy": {},
@@ -83,7 +84,7 @@ def bench(plan, rack, frames: int = 2000, rate: Optional[float] = None, in_fligh
 
 
 def format_bench(doc: Dict) -> str:
-    from .cpu_reference import format_reference
+    from harness.measure.cpu_reference import format_reference
 
     out = [f"plan {doc['plan_hash']} ({doc.get('model')}) on rack {doc['rack']}: "
            + ", ".join(f"{p} on {b}" for p, b in doc["placement"].items())]
