@@ -20,10 +20,10 @@ COMMANDS = [
     ("rack", "harness.rack_cmd", "start, stop or check a rack (`rack up` starts virtual PYNQ-Z2 boards)"),
     ("deploy", "harness.rack.deploy", "upload a plan's partitions to a rack over SSH and start the board agents"),
     ("run", "harness.measure.run", "stream frames (e.g. digits) through a deployed plan and check every answer"),
-    ("history", "harness.history", "result history (SQLite): add bench/pytest-benchmark JSON, list runs, check regressions"),
-    ("dashboard", "harness.dashboard", "write the static HTML dashboard (trends, per-hop breakdown, regressions)"),
+    ("history", "harness.results.history", "result history (SQLite): add bench/pytest-benchmark JSON, list runs, check regressions"),
+    ("dashboard", "harness.results.dashboard", "write the static HTML dashboard (trends, per-hop breakdown, regressions)"),
     ("bench", "harness.measure.bench", "latency per hop of a plan on a rack, beside the CPU reference"),
-    ("nightly", "harness.nightly", "bench, add to the history, detect regressions, write the dashboard; exit 1 on a regression"),
+    ("nightly", "harness.results.nightly", "bench, add to the history, detect regressions, write the dashboard; exit 1 on a regression"),
     ("demo", "harness.demo", "the main job: reference models, CNN split three ways, verified"),
 ]
 

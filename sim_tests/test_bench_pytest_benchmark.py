@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import history
+from harness.results import history
 
 INNER = '''
 import os

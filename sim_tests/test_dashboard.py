@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import dashboard
+from harness.results import dashboard
 from harness.cli import main
-from harness.history import History, HistoryError, Row
+from harness.results.history import History, HistoryError, Row
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 HOPS = {"link host->p0": 60, "board p0": 120, "link p0->p1": 40, "board p1": 90, "link p1->host": 50}

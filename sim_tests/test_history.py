@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from harness import history
+from harness.results import history
 from harness.cli import main
-from harness.history import History, SeriesKey
+from harness.results.history import History, SeriesKey
 
 
 def bench_doc(time, commit, e2e_p50, link_p50=40.0, plan="plan0001"):

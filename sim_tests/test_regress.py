@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from harness import history, regress
-from harness.history import History, Point, Row, SeriesKey
+from harness.results import history, regress
+from harness.results.history import History, Point, Row, SeriesKey
 
 KEY = SeriesKey("vrack", "m1", "plan0001", "single p50", "link p0->p1")
 

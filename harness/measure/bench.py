@@ -20,7 +20,7 @@ import numpy as np
 
 from splitting.errors import UserError
 
-from harness import history
+from harness.results import history
 from harness.measure import attribution as measure
 
 DEFAULT_SINGLE_RATE = 200.0  # frames/s for the single-frame run: see measure.measure_rack(single_rate)

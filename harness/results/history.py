@@ -255,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
                 new = h.add(rows)
                 print(f"{f}: {len(rows)} rows, {new} new -> {args.db}")
         elif args.action == "check":
-            from . import regress
+            from harness.results import regress
 
             changes = regress.detect(h, None if args.all_metrics else regress.WATCH, min_relative=args.min_change)
             for c in changes:

@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import regress
-from .history import History, HistoryError, SeriesKey
+from harness.results import regress
+from harness.results.history import History, HistoryError, SeriesKey
 
 W, H = 860, 300
 PAD_L, PAD_R, PAD_T, PAD_B = 90, 170, 20, 64

@@ -17,7 +17,7 @@ from typing import Callable, List
 
 
 from harness.measure import bench as bench_cmd
-from harness import dashboard, history, regress
+from harness.results import dashboard, history, regress
 
 CACHE = Path(os.environ.get("SPLITRACK_CACHE", ".splitrack-cache"))
 

@@ -18,7 +18,7 @@ import numpy as np
 import ruptures as rpt
 from scipy.stats import norm as _norm
 
-from .history import History, Point, SeriesKey
+from harness.results.history import History, Point, SeriesKey
 
 HIGHER_IS_BETTER_UNITS = ("frames/s", "fraction")
 # what nightly watches by default: medians are stable enough to alert on; tails go on the dashboard
