@@ -81,7 +81,7 @@ def run(args) -> int:
 
 def _on_rack(args, plan_dir: Path) -> int:
     """Deploy, run and benchmark one plan on a rack: the given one, or a virtual rack started (and stopped) here."""
-    from .cli import main
+    from harness.cli.commands import main
 
     rack = args.boards
     started = rack is None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.cli import main
+from harness.cli.commands import main
 from harness.rack.local_rack import LocalRack
 from harness.measure.stream import Pipeline
 from splitting.chain import emulation_runner, run_chain

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from harness.measure.bench import bench_data
-from harness.cli import main
+from harness.cli.commands import main
 from harness.rack.local_rack import identity_plan
 from splitting.errors import UserError
 

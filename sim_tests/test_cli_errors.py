@@ -1,7 +1,7 @@
 """Bad input to `splitrack split` / `verify`: one line saying what to do, exit status 2, no traceback."""
 import pytest
 
-from harness.cli import main
+from harness.cli.commands import main
 from splitting.reference import reference_model
 
 

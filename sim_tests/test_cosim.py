@@ -282,7 +282,7 @@ def test_vendor_rtl_of_a_partition(small_plan):
 
 # --- the command ---------------------------------------------------------------------------------------
 def test_cli_json(small_plan, chain_results, capsys):
-    from harness.cli import main
+    from harness.cli.commands import main
 
     rc = main(["cosim", str(small_plan.root), "--sim", "icarus", "--json", "--frames", "8", "--no-write"])
     out = json.loads(capsys.readouterr().out)
@@ -291,7 +291,7 @@ def test_cli_json(small_plan, chain_results, capsys):
 
 
 def test_cli_bad_plan_is_one_line_exit_2(tmp_path, capsys):
-    from harness.cli import main
+    from harness.cli.commands import main
 
     assert main(["cosim", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

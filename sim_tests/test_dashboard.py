@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from harness.results import dashboard
-from harness.cli import main
+from harness.cli.commands import main
 from harness.results.history import History, HistoryError, Row
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -38,7 +38,7 @@ def rack_file(tmp_path_factory):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "harness.cli.commands", *map(str, args)], capture_output=True, text=True,
                           timeout=300, cwd=REPO)
 
 

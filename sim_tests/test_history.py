@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from harness.results import history
-from harness.cli import main
+from harness.cli.commands import main
 from harness.results.history import History, SeriesKey
 
 

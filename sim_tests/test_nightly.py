@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 
 from harness.rack import deploy as deploy_mod
-from harness.cli import main
+from harness.cli.commands import main
 
 
 @pytest.fixture(scope="module")

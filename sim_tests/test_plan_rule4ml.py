@@ -87,7 +87,7 @@ def test_plan_partitions_carry_rule4ml_predictions_of_their_submodels(seed_model
     """A plan of the seed model that must cut (reuse 1, cap 35 %: the whole model is predicted at 41 % LUT):
     each partition's figures are what rule4ml predicts for the Keras sub-model split_model writes for it, with
     the configuration the planner chose."""
-    from splitting.cli_plan import apply
+    from harness.cli.plan import apply
     from splitting.split import split_model
 
     _, specs = load_layers(seed_model)

@@ -11,9 +11,9 @@ import json
 
 import pytest
 
-from harness.cli import main
+from harness.cli.commands import main
 from splitting import catalog
-from splitting.cli_plan import write
+from harness.cli.plan import write
 from splitting.estimate import Analytic, Rule4ml, load_layers
 from splitting.plan import Plan
 from splitting.search import NoFitError, SearchOptions, plan_search

@@ -114,7 +114,7 @@ def vrack(tmp_path_factory):
 
 
 def test_cli_rack_up_check_down(tmp_path):
-    exe = [sys.executable, "-m", "harness.cli"]
+    exe = [sys.executable, "-m", "harness.cli.commands"]
     out = tmp_path / "rack.toml"
     r = subprocess.run(exe + ["rack", "up", "--boards", "2", "--out", str(out), "--state", str(tmp_path / "s")],
                        capture_output=True, text=True, timeout=120, cwd=REPO)

@@ -84,7 +84,7 @@ def test_detect_over_a_history_finds_the_hop(tmp_path):
 
 
 def test_history_check_cli_exits_1_on_a_live_regression(tmp_path, capsys):
-    from harness.cli import main
+    from harness.cli.commands import main
 
     rng = np.random.default_rng(9)
     db = tmp_path / "h.sqlite"

@@ -3,7 +3,7 @@ FC reference model split all three ways; accuracy on digits; the compiled projec
 import json
 
 
-from harness.cli import main
+from harness.cli.commands import main
 from splitting import hls
 from splitting.plan import Plan
 from splitting.reference import reference_model

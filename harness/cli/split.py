@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .errors import UserError
-from .report import table
+from splitting.errors import UserError
+from splitting.report import table
 
 
 def _pairs(text: str, flag: str) -> dict:
@@ -30,8 +30,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from .graph import load_model
-    from .split import split_model, write_plan
+    from splitting.graph import load_model
+    from splitting.split import split_model, write_plan
 
     at = [t.strip() for t in args.at.split(",") if t.strip()]
     neurons, inputs = _pairs(args.neurons, "--neurons"), _pairs(args.inputs, "--inputs")

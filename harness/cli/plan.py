@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from . import catalog
-from .errors import UserError
-from .estimate import HlsConfig, load_layers, make
-from .search import OBJECTIVES, PlanChoice, SearchOptions, SearchResult, plan_search
+from splitting import catalog
+from splitting.errors import UserError
+from splitting.estimate import HlsConfig, load_layers, make
+from splitting.search import OBJECTIVES, PlanChoice, SearchOptions, SearchResult, plan_search
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -192,8 +192,8 @@ def pareto_table(front: List[PlanChoice]) -> List[str]:
 def write(model_path, plan: PlanChoice, opts: SearchOptions, version: str, folder, progress=None) -> Path:
     """Cut the model as planned (split.split_model), put each partition's configuration and estimate in the
     plan, and write the folder."""
-    from .graph import load_model
-    from .split import split_model, write_plan
+    from splitting.graph import load_model
+    from splitting.split import split_model, write_plan
 
     progress = progress or (lambda m: None)
     model = load_model(model_path) if isinstance(model_path, (str, Path)) else model_path
@@ -207,7 +207,7 @@ def write(model_path, plan: PlanChoice, opts: SearchOptions, version: str, folde
 
 def apply(p, plan: PlanChoice, opts: SearchOptions, version: str) -> None:
     """Set every partition's hls4ml configuration and estimate on the Plan `p` that split_model made."""
-    from .split import hls_config
+    from splitting.split import hls_config
 
     if len(p.stages) != len(plan.stages) or any(len(a.partitions) != len(b.parts) for a, b in zip(p.stages, plan.stages)):
         got = [len(s.partitions) for s in p.stages]

@@ -10,14 +10,14 @@ import sys
 
 # (command, module, one-line help). A module provides configure(parser) and run(args) -> int.
 COMMANDS = [
-    ("split", "splitting.cli_split", "cut a Keras model by hand into a plan folder"),
+    ("split", "harness.cli.split", "cut a Keras model by hand into a plan folder"),
     ("verify", "splitting.verify", "check a plan: float composition and hls4ml emulation chain"),
-    ("plan", "splitting.cli_plan", "propose partitions from rule4ml resource estimates (cuts, neuron/input splits)"),
-    ("boards", "splitting.cli_plan", "the board catalog: resources, clock, part"),
+    ("plan", "harness.cli.plan", "propose partitions from rule4ml resource estimates (cuts, neuron/input splits)"),
+    ("boards", "harness.cli.plan", "the board catalog: resources, clock, part"),
     ("build", "splitting.hls", "build bitstreams for a plan's partitions (needs Vivado)"),
     ("cosim", "harness.cosim.cli", "RTL cosimulation of a plan's AXI-stream partitions and links (cocotb)"),
     ("reference", "splitting.reference", "train and save the reference models (digits FC and CNN)"),
-    ("rack", "harness.rack_cmd", "start, stop or check a rack (`rack up` starts virtual PYNQ-Z2 boards)"),
+    ("rack", "harness.cli.rack", "start, stop or check a rack (`rack up` starts virtual PYNQ-Z2 boards)"),
     ("deploy", "harness.rack.deploy", "upload a plan's partitions to a rack over SSH and start the board agents"),
     ("run", "harness.measure.run", "stream frames (e.g. digits) through a deployed plan and check every answer"),
     ("history", "harness.results.history", "result history (SQLite): add bench/pytest-benchmark JSON, list runs, check regressions"),
