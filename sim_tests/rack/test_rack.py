@@ -15,7 +15,7 @@ from harness.rack.rackfile import Board, Rack, RackError, load_rack, parse_rack,
 from harness.rack.ssh import BoardError, connect
 from harness.rack.virtual_rack import rack_down, rack_up, start_board, stop_board
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 GOOD = """\
 [rack]

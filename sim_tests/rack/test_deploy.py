@@ -15,7 +15,7 @@ from harness.rack.virtual_rack import rack_down, rack_up, start_board, stop_boar
 from splitting.errors import UserError
 
 pytest_plugins = ["pytester"]
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
