@@ -1,5 +1,6 @@
-"""The `splitrack` command. Each sub-command lives in the module that does the work; this file only
-knows their names, so that `splitrack --help` does not import TensorFlow."""
+"""The `splitrack` command: the dispatcher. Each sub-command's argparse code is a module of harness/cli/ (the
+cosim command's is harness/cosim/cli.py) that calls the library; this file only knows their names, so that
+`splitrack --help` does not import TensorFlow."""
 from __future__ import annotations
 
 import argparse
@@ -11,20 +12,20 @@ import sys
 # (command, module, one-line help). A module provides configure(parser) and run(args) -> int.
 COMMANDS = [
     ("split", "harness.cli.split", "cut a Keras model by hand into a plan folder"),
-    ("verify", "splitting.verify", "check a plan: float composition and hls4ml emulation chain"),
+    ("verify", "harness.cli.verify", "check a plan: float composition and hls4ml emulation chain"),
     ("plan", "harness.cli.plan", "propose partitions from rule4ml resource estimates (cuts, neuron/input splits)"),
     ("boards", "harness.cli.plan", "the board catalog: resources, clock, part"),
-    ("build", "splitting.hls", "build bitstreams for a plan's partitions (needs Vivado)"),
+    ("build", "harness.cli.build", "build bitstreams for a plan's partitions (needs Vivado)"),
     ("cosim", "harness.cosim.cli", "RTL cosimulation of a plan's AXI-stream partitions and links (cocotb)"),
-    ("reference", "splitting.reference", "train and save the reference models (digits FC and CNN)"),
+    ("reference", "harness.cli.reference", "train and save the reference models (digits FC and CNN)"),
     ("rack", "harness.cli.rack", "start, stop or check a rack (`rack up` starts virtual PYNQ-Z2 boards)"),
-    ("deploy", "harness.rack.deploy", "upload a plan's partitions to a rack over SSH and start the board agents"),
-    ("run", "harness.measure.run", "stream frames (e.g. digits) through a deployed plan and check every answer"),
-    ("history", "harness.results.history", "result history (SQLite): add bench/pytest-benchmark JSON, list runs, check regressions"),
-    ("dashboard", "harness.results.dashboard", "write the static HTML dashboard (trends, per-hop breakdown, regressions)"),
-    ("bench", "harness.measure.bench", "latency per hop of a plan on a rack, beside the CPU reference"),
-    ("nightly", "harness.results.nightly", "bench, add to the history, detect regressions, write the dashboard; exit 1 on a regression"),
-    ("demo", "harness.demo", "the main job: reference models, CNN split three ways, verified"),
+    ("deploy", "harness.cli.deploy", "upload a plan's partitions to a rack over SSH and start the board agents"),
+    ("run", "harness.cli.run", "stream frames (e.g. digits) through a deployed plan and check every answer"),
+    ("history", "harness.cli.history", "result history (SQLite): add bench/pytest-benchmark JSON, list runs, check regressions"),
+    ("dashboard", "harness.cli.dashboard", "write the static HTML dashboard (trends, per-hop breakdown, regressions)"),
+    ("bench", "harness.cli.bench", "latency per hop of a plan on a rack, beside the CPU reference"),
+    ("nightly", "harness.cli.nightly", "bench, add to the history, detect regressions, write the dashboard; exit 1 on a regression"),
+    ("demo", "harness.cli.demo", "the main job: reference models, CNN split three ways, verified"),
 ]
 
 

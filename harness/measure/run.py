@@ -9,7 +9,6 @@ Prints a summary table, and writes `run.json` (per-frame latencies and stamps) a
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import tempfile
@@ -52,56 +51,50 @@ def load_data(spec: str, plan: Plan, frames: Optional[int]) -> Tuple[np.ndarray,
     return x, y
 
 
-def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("plan", type=Path, help="plan folder (written by `splitrack split` or `splitrack plan`)")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--boards", type=Path, help="rack file (boards.toml, or rack.toml of `splitrack rack up`)")
-    where.add_argument("--local", action="store_true", help="run the agents as local processes (no SSH, no rack)")
-    p.add_argument("--data", default="digits", help="'digits' or an .npy/.npz file of input frames (default digits)")
-    p.add_argument("--frames", type=int, default=None, help="stream only the first N frames")
-    p.add_argument("--in-flight", type=int, default=8, help="frames in flight (default 8)")
-    p.add_argument("--rate", type=float, default=None, help="offered rate, frames/s (default: as fast as it goes)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds a frame may take before it is lost")
-    p.add_argument("--no-check", action="store_true", help="skip the comparison with the chained emulation")
-    p.add_argument("--out", type=Path, default=None, help="folder for run.json and run.png (default: plan/run)")
+def run_local(plan: Plan, x: np.ndarray, y: Optional[np.ndarray], out_dir: Path, progress=print, **kw) -> dict:
+    """Start one local agent per partition (harness.rack.local_rack: the hls4ml emulation, no SSH), then
+    `run_frames` through them; returns its summary. Raises what `run_frames` raises."""
+    from harness.rack.local_rack import LocalRack
+
+    with tempfile.TemporaryDirectory(prefix="splitrack-run-") as tmp, LocalRack(Path(tmp)) as rack:
+        progress(f"starting {len(plan.partitions)} local agents ...")
+        wiring = rack.start(plan, "emulation")
+        return run_frames(plan, wiring, x, y, out_dir, "local agents", progress=progress, **kw)
 
 
-def run(args) -> int:
-    plan = Plan.load(args.plan)
-    x, y = load_data(args.data, plan, args.frames)
-    out_dir = args.out or plan.root / "run"
-    if args.local:
-        from harness.rack.local_rack import LocalRack
-
-        with tempfile.TemporaryDirectory(prefix="splitrack-run-") as tmp, LocalRack(Path(tmp)) as rack:
-            print(f"starting {len(plan.partitions)} local agents ...", flush=True)
-            wiring = rack.start(plan, "emulation")
-            return _run(args, plan, wiring, x, y, out_dir, where="local agents")
+def run_on_rack(plan: Plan, rack, x: np.ndarray, y: Optional[np.ndarray], out_dir: Path, progress=print,
+                **kw) -> dict:
+    """Deploy the plan on `rack` (a harness.rack.rackfile.Rack; boards that already carry a partition are not
+    flashed again), then `run_frames` through it; returns its summary. Raises DeployError, RunError, StreamError."""
     from harness.rack.deploy import deploy
-    from harness.rack.rackfile import load_rack
 
-    rack = load_rack(args.boards)
-    dep = deploy(plan, rack, progress=lambda s: print(s, flush=True))
+    dep = deploy(plan, rack, progress=progress)
     flashed = dep.flashed
-    print(f"deployed in {dep.seconds:.1f} s ({'flashed ' + ', '.join(flashed) if flashed else 'nothing to flash'})")
-    return _run(args, plan, dep.wiring, x, y, out_dir, where=f"rack {args.boards}")
+    progress(f"deployed in {dep.seconds:.1f} s ({'flashed ' + ', '.join(flashed) if flashed else 'nothing to flash'})")
+    return run_frames(plan, dep.wiring, x, y, out_dir, f"rack {rack.name}", progress=progress, **kw)
 
 
-def _run(args, plan: Plan, wiring, x, y, out_dir: Path, where: str) -> int:
+def run_frames(plan: Plan, wiring, x: np.ndarray, y: Optional[np.ndarray], out_dir: Path, where: str,
+               in_flight: int = 8, rate: Optional[float] = None, timeout: float = 10.0, check: bool = True,
+               progress=print) -> dict:
+    """Stream the frames `x` (shape (n,) + the plan's input shape) through a started rack (`wiring`), several in
+    flight, and check every output against the plan's chained hls4ml emulation (unless check=False) and the
+    labels `y` (accuracy). Writes out_dir/run.json (per-frame stamps) and run.png; returns the summary
+    (latencies in microseconds). Raises RunError when any output differs from the emulation."""
     from harness.measure.stream import Pipeline
 
-    print(f"streaming {len(x)} frames through {where}, {args.in_flight} in flight ...", flush=True)
+    progress(f"streaming {len(x)} frames through {where}, {in_flight} in flight ...")
     with Pipeline(wiring) as pipe:
-        res = pipe.stream(x, in_flight=args.in_flight, rate=args.rate, timeout=args.timeout,
-                          progress=lambda i, n: print(f"  {i}/{n} frames sent", flush=True))
+        res = pipe.stream(x, in_flight=in_flight, rate=rate, timeout=timeout,
+                          progress=lambda i, n: progress(f"  {i}/{n} frames sent"))
     outputs = res.outputs()
     lat = res.latencies_ns() / 1e3
-    summary = {"plan": plan.hash, "where": where, "frames": len(x), "in_flight": args.in_flight,
+    summary = {"plan": plan.hash, "where": where, "frames": len(x), "in_flight": in_flight,
                "throughput_fps": res.throughput, "latency_us": _pcts(lat)}
     if y is not None:
         summary["accuracy"] = float(np.mean(np.argmax(outputs.reshape(len(x), -1), axis=1) == y))
     mismatches = None
-    if not args.no_check:
+    if check:
         from splitting.chain import emulation_runner, run_chain
 
         ref = np.asarray(run_chain(plan, x, emulation_runner(plan))).reshape(outputs.shape)
@@ -115,31 +108,33 @@ def _run(args, plan: Plan, wiring, x, y, out_dir: Path, where: str) -> int:
                        "compute_us": _pcts([(s["t_compute_end"] - s["t_compute_start"]) / 1e3 for s in d])}
     summary["partitions"] = dwell
 
-    print(f"\n{'partition':>12} {'board':>14} {'dwell p50 us':>13} {'compute p50 us':>15}")
+    progress(f"\n{'partition':>12} {'board':>14} {'dwell p50 us':>13} {'compute p50 us':>15}")
     for name, d in dwell.items():
-        print(f"{name:>12} {d['board']:>14} {d['dwell_us']['p50']:13.1f} {d['compute_us']['p50']:15.1f}")
-    print(f"\nframes {len(x)}  throughput {res.throughput:.0f} frames/s  end-to-end p50 {summary['latency_us']['p50']:.0f} us"
+        progress(f"{name:>12} {d['board']:>14} {d['dwell_us']['p50']:13.1f} {d['compute_us']['p50']:15.1f}")
+    progress(f"\nframes {len(x)}  throughput {res.throughput:.0f} frames/s  end-to-end p50 {summary['latency_us']['p50']:.0f} us"
           f"  p99 {summary['latency_us']['p99']:.0f} us")
     if "accuracy" in summary:
-        print(f"accuracy {summary['accuracy']:.4f}")
+        progress(f"accuracy {summary['accuracy']:.4f}")
     if mismatches is not None:
-        print(f"outputs equal to the chained emulation, bit for bit: {len(x) - mismatches}/{len(x)}")
+        progress(f"outputs equal to the chained emulation, bit for bit: {len(x) - mismatches}/{len(x)}")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     frames = [{"frame": f, "t_send": res.frames[f].t_send, "t_recv": res.frames[f].t_recv, "stamps": res.stamps(f)}
               for f in res.frame_ids]
     (out_dir / "run.json").write_text(json.dumps({"summary": summary, "frames": frames}, indent=1))
     _plot(lat, dwell, plan, res, out_dir / "run.png")
-    print(f"wrote {out_dir / 'run.json'} and {out_dir / 'run.png'}")
+    progress(f"wrote {out_dir / 'run.json'} and {out_dir / 'run.png'}")
     if mismatches:
         raise RunError(f"{mismatches} of {len(x)} outputs differ from the plan's chained emulation: "
                        "the boards do not run the plan's partitions (redeploy with --force)")
-    return 0
+    return summary
 
 
-def _pcts(v) -> dict:
-    v = np.asarray(v, dtype=np.float64)
-    return {k: float(np.percentile(v, q)) for k, q in (("p50", 50), ("p90", 90), ("p99", 99))} | {"max": float(v.max())}
+def _pcts(v_us) -> dict:
+    """p50/p90/p99/max (and mean, jitter, n) of values in microseconds: attribution.stats, the one home."""
+    from harness.measure.attribution import stats
+
+    return stats(np.asarray(v_us, dtype=np.float64) * 1e3)
 
 
 def _plot(lat, dwell, plan, res, path: Path) -> None:

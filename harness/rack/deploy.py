@@ -23,7 +23,6 @@ Board layout, under the board's `workdir` (default ~/splitrack):
 """
 from __future__ import annotations
 
-import argparse
 import json
 import socket
 import time
@@ -468,24 +467,3 @@ def check_rack(rack: Rack, timeout: float = 5.0, recover: bool = False, wait: fl
 
     with ThreadPoolExecutor(max_workers=min(8, len(rack.boards))) as pool:
         return list(pool.map(one, rack.boards))
-
-
-# --- `splitrack deploy` ----------------------------------------------------------------------------------
-def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("plan", type=Path, help="plan folder (written by `splitrack split` or `splitrack plan`)")
-    p.add_argument("--boards", type=Path, required=True, help="rack file (boards.toml, or rack.toml of `rack up`)")
-    p.add_argument("--force", action="store_true", help="upload and program even when a board carries the artifact")
-
-
-def run(args) -> int:
-    from harness.rack.rackfile import load_rack
-
-    plan = Plan.load(args.plan)
-    rack = load_rack(args.boards)
-    dep = deploy(plan, rack, force=args.force, progress=lambda s: print(s, flush=True))
-    for pl in dep.placed.values():
-        print(f"  {pl.partition:>12} on {pl.board:<10} agent {pl.host}:{pl.port}  "
-              f"{'flashed' if pl.flashed else 'not flashed (same artifact)'}")
-    print(f"deployed plan {plan.hash} to {len(dep.placed)} boards in {dep.seconds:.1f} s; "
-          f"wiring in {plan.root / wiring_mod.WIRING_FILE}")
-    return 0

@@ -8,7 +8,6 @@ run's per-hop table; regressions listed at the top. Opening it needs no network 
 """
 from __future__ import annotations
 
-import argparse
 import html
 import math
 from collections import defaultdict
@@ -284,14 +283,3 @@ def write(db: Path, out_dir: Path) -> Tuple[Path, List[regress.Change]]:
     index = out_dir / "index.html"
     index.write_text(page)
     return index, changes
-
-
-def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", type=Path, default=Path("results.sqlite"))
-    p.add_argument("-o", "--out", type=Path, default=Path("site"), help="folder for index.html")
-
-
-def run(args: argparse.Namespace) -> int:
-    index, live = write(args.db, args.out)
-    print(f"dashboard: {index} ({len(live)} regression(s) in effect)")
-    return 0

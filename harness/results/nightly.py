@@ -9,8 +9,6 @@ metric, which hop, since which run and commit, by how much), 2 on bad input.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 from pathlib import Path
 from typing import Callable, List
@@ -56,8 +54,7 @@ def nightly(boards: Path, db: Path, out: Path, plan_dir: Path = None, frames: in
     runs.mkdir(parents=True, exist_ok=True)
     stamp = doc["time"][:19].replace(":", "")
     bench_json = runs / f"{stamp}-{plan.hash}.json"
-    bench_json.write_text(json.dumps(doc, indent=1, default=bench_cmd._json_default) + "\n")
-    bench_cmd.plot(doc, bench_json.with_suffix(".png"))
+    bench_cmd.save(doc, bench_json)
     with history.History(db) as h:
         new = h.add(history.rows_from_bench(doc))
         n_runs = len(h.runs())
@@ -67,25 +64,3 @@ def nightly(boards: Path, db: Path, out: Path, plan_dir: Path = None, frames: in
     index, _ = dashboard.write(db, out)
     progress(f"dashboard: {index}")
     return regress.live_regressions(mine)
-
-
-def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--boards", type=Path, required=True, help="rack file (boards.toml)")
-    p.add_argument("--db", type=Path, default=Path("results.sqlite"), help="history database (SQLite)")
-    p.add_argument("-o", "--out", type=Path, default=Path("site"), help="dashboard folder (index.html, runs/)")
-    p.add_argument("--plan", type=Path, default=None, help="plan folder (default: the digits FC reference plan)")
-    p.add_argument("--frames", type=int, default=500)
-    p.add_argument("--rate", type=float, default=None, help="offered rate of the stream, frames/s")
-    p.add_argument("--min-change", type=float, default=0.05, help="smallest relative change that counts (0.05 = 5%%)")
-
-
-def run(args: argparse.Namespace) -> int:
-    live = nightly(args.boards, args.db, args.out, args.plan, args.frames, args.rate, args.min_change)
-    for c in live:
-        print(c.describe())
-    if live:
-        hops = sorted({c.key.hop for c in live})
-        print(f"nightly: {len(live)} regression(s) in effect, at {', '.join(hops)}: exit 1")
-        return 1
-    print("nightly: no regression in effect")
-    return 0
