@@ -27,6 +27,7 @@ def run_chain(plan: Plan, x: np.ndarray, runner: Runner, keep: Dict[str, np.ndar
 
 
 def keras_runner(models) -> Runner:
+    """A Runner that runs partition `name` with its Keras sub-model (`models[name]`, float)."""
     def run(name: str, x: np.ndarray) -> np.ndarray:
         return models[name].predict(x, verbose=0, batch_size=256)
 
@@ -34,6 +35,8 @@ def keras_runner(models) -> Runner:
 
 
 def emulation_runner(plan: Plan) -> Runner:
+    """A Runner that runs partition `name` with its hls4ml emulation (splitting.hls.emulation: compiled
+    once, then from the cache), output reshaped to the partition's output shape."""
     from .hls import emulation
 
     def run(name: str, x: np.ndarray) -> np.ndarray:

@@ -51,6 +51,8 @@ class StageStamp:
     t_recv_by_src: Optional[Dict[str, int]] = None
 
     def recv_from(self, src: str) -> int:
+        """Board-clock ns at which this stage received the frame's part from partition `src` (the single
+        receive stamp when the stage recorded no per-source stamps)."""
         if self.t_recv_by_src and src in self.t_recv_by_src:
             return self.t_recv_by_src[src]
         return self.t_recv
@@ -75,12 +77,15 @@ class Topology:
 
     @classmethod
     def from_plan(cls, plan, boards: Mapping[str, str]) -> "Topology":
+        """The plan's links, with the board each partition was deployed on (`boards`: partition -> board).
+        Raises MeasureError when a partition has no board."""
         missing = [p for p in plan.partitions if p not in boards]
         if missing:
             raise MeasureError(f"no board assigned to partition(s) {', '.join(missing)}: deploy the plan first")
         return cls([(c.src, c.dst) for c in plan.links], dict(boards))
 
     def inputs(self, dst: str) -> List[str]:
+        """Partitions (or 'host') whose links feed partition `dst`."""
         return [s for s, d in self.links if d == dst]
 
     def hops(self) -> List[str]:
@@ -106,10 +111,12 @@ class Topology:
 
 
 def link_name(src: str, dst: str) -> str:
+    """The hop name of the link from `src` to `dst`, as reports and the history spell it."""
     return f"link {src}->{dst}"
 
 
 def board_hop(partition: str) -> str:
+    """The hop name of the time a frame spends on `partition`'s board."""
     return f"board {partition}"
 
 
@@ -139,6 +146,8 @@ class Attribution:
     order: List[str]
 
     def summary(self) -> Dict[str, Dict[str, float]]:
+        """stats() (microseconds) of the end-to-end latency, of every hop in flow order and of every hop's
+        parts (e.g. a board's queue / compute / send)."""
         out = {"e2e": stats(self.e2e)}
         for h in self.order:
             out[h] = stats(self.hops[h])

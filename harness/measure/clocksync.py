@@ -38,10 +38,14 @@ class OffsetEstimate:
     kept: int  # how many (the lowest-delay ones) went into the estimate
 
     def to_dict(self) -> Dict[str, float]:
+        """JSON-ready dict of the estimate (nanoseconds)."""
         return asdict(self)
 
 
 def delay_and_offset(p: Probe) -> Tuple[int, float]:
+    """NTP's on-wire calculation (RFC 5905, section 8) for one probe (t1 host send, t2 board receive, t3
+    board send, t4 host receive; integer ns): returns (round-trip delay, board-minus-host offset) in ns.
+    Raises ClockSyncError when the timestamps are out of order."""
     t1, t2, t3, t4 = p
     delay = (t4 - t1) - (t3 - t2)
     if t4 < t1 or t3 < t2 or delay < 0:
@@ -101,6 +105,7 @@ class ClockModel:
 
     @property
     def error_ns(self) -> float:
+        """Bound of the offset error in ns: the larger of the two estimates' bounds."""
         return max(self.before.error_ns, self.after.error_ns if self.after else 0.0)
 
     def offset_at(self, host_ns: float) -> float:
@@ -120,6 +125,7 @@ class ClockModel:
         return int(board_ns) - int(round(self.offset_at(guess)))
 
     def to_dict(self) -> Dict[str, object]:
+        """JSON-ready dict: offset at the first probe, error bound and drift (ns, ppm), and both estimates."""
         return {
             "board": self.board,
             "offset_ns": self.offset_at(self.before.at_host_ns),
@@ -136,5 +142,6 @@ def synchronise(probes: Dict[str, Callable[[], Probe]], n: int = 64) -> Dict[str
 
 
 def models(before: Dict[str, OffsetEstimate], after: Optional[Dict[str, OffsetEstimate]] = None) -> Dict[str, ClockModel]:
+    """One ClockModel per board from the estimates before (and, for the drift, after) a run."""
     after = after or {}
     return {b: ClockModel(b, est, after.get(b)) for b, est in before.items()}

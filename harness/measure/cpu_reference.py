@@ -65,6 +65,7 @@ def emulation_timings(lib, x: np.ndarray, repeats: int = 200) -> Dict[str, float
 
 
 def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of frames whose arg-max output equals the label; outputs (n, ...) and labels (n,) of ints."""
     return float(np.mean(np.argmax(outputs.reshape(len(outputs), -1), axis=1) == labels))
 
 

@@ -27,6 +27,9 @@ WATCH = ("single p50", "stream p50", "stream throughput", "single breakdown p50"
 
 @dataclass(frozen=True)
 class Change:
+    """A change point in one series (SeriesKey): the medians before and from run `index` on, in the series'
+    unit, and whether the change is a regression (slower / worse) or an improvement."""
+
     key: SeriesKey
     index: int  # index in the series of the first run after the change
     time: str
@@ -39,15 +42,18 @@ class Change:
 
     @property
     def relative(self) -> float:
+        """(after - before) / |before|; +inf when before is 0."""
         return (self.after - self.before) / abs(self.before) if self.before else math.inf
 
     def describe(self) -> str:
+        """One line for people: what changed, where, by how much, since which run and commit."""
         what = "REGRESSION" if self.regression else "improvement"
         return (f"{what}: {self.key.metric} at {self.key.hop}: {self.before:.4g} -> {self.after:.4g} {self.unit} "
                 f"({self.relative:+.1%}) since run {self.index} ({self.time}, commit {self.commit_id})"
                 f" [rack {self.key.rack}, plan {self.key.plan_hash}]")
 
     def to_dict(self) -> Dict[str, object]:
+        """JSON-ready dict of the change, with `relative` and the `describe` text."""
         d = asdict(self)
         d["relative"] = self.relative
         d["text"] = self.describe()
