@@ -136,3 +136,17 @@ def test_library_modules_know_no_argparse(module):
     if module in ("harness.board.agent", "harness.rack.virtual_board"):
         pytest.skip("a stand-alone program's own command line")
     assert "argparse" not in names
+
+
+def test_every_command_module_exists_with_configure_and_run():
+    """The dispatcher names its commands' modules as strings: each must be a module of the project that
+    defines configure(parser) and run(args)."""
+    mods = project_modules()
+    tree = ast.parse((CLI_FOLDER / "commands.py").read_text())
+    table = next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "COMMANDS")
+    commands = {e.elts[0].value: e.elts[1].value for e in table.elts}
+    assert {"split", "verify", "plan", "run", "history", "demo"} <= set(commands)
+    for name, module in commands.items():
+        assert module in mods, f"splitrack {name}: no module {module}"
+        defs = {n.name for n in ast.parse(mods[module].read_text()).body if isinstance(n, ast.FunctionDef)}
+        assert {"configure", "run"} <= defs, f"splitrack {name}: {module} lacks configure/run"
