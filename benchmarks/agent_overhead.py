@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness.board import agent as wire  # noqa: E402
+from harness.board.files import agent_files  # noqa: E402
 from harness.rack.local_rack import LocalRack, identity_plan  # noqa: E402
 from harness.measure.stream import Pipeline  # noqa: E402
 
@@ -90,7 +91,7 @@ class FramedEcho:
 
     def __init__(self, folder: Path):
         folder.mkdir(parents=True, exist_ok=True)
-        for name, src in (("agent.py", ROOT / "harness" / "agent.py"), ("contract.py", ROOT / "splitting" / "contract.py")):
+        for name, src in agent_files().items():  # the files a board gets (harness/board/files.py)
             (folder / name).write_bytes(src.read_bytes())
         self.proc = subprocess.Popen([sys.executable, "-c", FRAMED_ECHO, str(folder)], stdout=subprocess.PIPE)
         port = int(self.proc.stdout.readline())
