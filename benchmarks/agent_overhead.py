@@ -21,7 +21,7 @@ throughput through 5 agents against one stage alone.
    machine a wake-up across CPUs costs tens of us, which makes round trips bimodal and hides overhead.
    Target: agent p50 <= 1.3 x raw p50.
 2. Pipelined. 5 agents in a chain, each with the timing model (equal stages of T = cycles / 100 MHz),
-   frames streamed with several in flight through harness.stream; against one such agent alone.
+   frames streamed with several in flight through harness.measure.stream; against one such agent alone.
    Target: chain throughput >= 0.8 x single stage throughput.
 Prints a table and saves agent_overhead.png (+ .json) in --out.
 """
@@ -43,8 +43,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness import wire  # noqa: E402
-from harness.local_rack import LocalRack, identity_plan  # noqa: E402
-from harness.stream import Pipeline  # noqa: E402
+from harness.board.files import agent_files  # noqa: E402
+from harness.rack.local_rack import LocalRack, identity_plan  # noqa: E402
+from harness.measure.stream import Pipeline  # noqa: E402
 
 VARIANTS = ("raw echo", "framed echo", "agent", "agent+decode")
 PLACEMENT = {"per_hop": "client and servers on the same CPU", "per_hop_any_cpu": "on any CPU"}
@@ -91,7 +92,7 @@ class FramedEcho:
 
     def __init__(self, folder: Path):
         folder.mkdir(parents=True, exist_ok=True)
-        for name, src in (("wire.py", ROOT / "harness" / "wire.py"), ("contract.py", ROOT / "splitting" / "contract.py")):
+        for name, src in agent_files().items():  # the files a board gets (harness/board/files.py)
             (folder / name).write_bytes(src.read_bytes())
         self.proc = subprocess.Popen([sys.executable, "-c", FRAMED_ECHO, str(folder)], stdout=subprocess.PIPE)
         port = int(self.proc.stdout.readline())

@@ -61,7 +61,7 @@ def make_models(folder: Path) -> dict:
 def run_plan(model: Path, cache: Path) -> dict:
     env = dict(os.environ, SPLITRACK_CACHE=str(cache), TF_CPP_MIN_LOG_LEVEL="3")
     t0 = time.perf_counter()
-    p = subprocess.run([PY, "-m", "harness.cli", "plan", str(model), "--json"], cwd=ROOT, env=env,
+    p = subprocess.run([PY, "-m", "harness.cli.commands", "plan", str(model), "--json"], cwd=ROOT, env=env,
                        capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if p.returncode != 0:

@@ -11,9 +11,10 @@
 """
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from splitting.report import table
 
@@ -24,16 +25,8 @@ CNN_PLANS = {
 }
 
 
-def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--out", default="plans", help="folder for the plans (default plans/)")
-    p.add_argument("-n", "--samples", type=int, default=450, help="digits test samples to verify on (max 450)")
-    p.add_argument("--boards", default=None, help="rack file to run on (default: start a 5-board virtual rack)")
-    p.add_argument("--no-rack", action="store_true", help="stop after verification (no deployment)")
-    p.add_argument("--frames", type=int, default=500, help="frames for the rack benchmark (default 500)")
-
-
 class _Steps:
-    """Numbers the demo's steps once, in order: [1/5] .. [5/5] (or [1/3] .. [3/3] with --no-rack)."""
+    """Numbers the demo's steps once, in order: 1..5 (or 1..3 without a rack), printed as [k/N]."""
 
     def __init__(self, total: int):
         self.total, self.done = total, 0
@@ -43,7 +36,10 @@ class _Steps:
         print(f"[{self.done}/{self.total}] {text}", flush=True)
 
 
-def run(args) -> int:
+def demo(out: Path, samples: int = 450, boards: Optional[Path] = None, rack: bool = True, frames: int = 500) -> int:
+    """The main job (steps in the module docstring); returns the exit status: 0 all verified (and run and
+    benchmarked on the rack), 1 a verification or a rack step failed. Plans go to `out`; `boards` is a rack
+    file, or None for a 5-board virtual rack started and stopped here; rack=False stops after verification."""
     import numpy as np
 
     from splitting.plan import Plan
@@ -52,8 +48,8 @@ def run(args) -> int:
     from splitting.verify import verify_plan
 
     t0 = time.time()
-    out = Path(args.out)
-    step = _Steps(3 if args.no_rack else 5)
+    out = Path(out)
+    step = _Steps(5 if rack else 3)
     step("reference models (seeded training on scikit-learn digits, cached)")
     _, _, x_te, y_te = digits_data()
     models = {}
@@ -73,7 +69,7 @@ def run(args) -> int:
     rows, ok = [], True
     for i, (pname, plan) in enumerate(plans.items(), 1):
         print(f"      {pname}", flush=True)
-        v = verify_plan(plan, data="digits", n=args.samples, log=lambda *a: None)
+        v = verify_plan(plan, data="digits", n=samples, log=lambda *a: None)
         ok &= v.ok
         rows.append([pname, v.partitions, v.stages, f"{v.float_max_abs_err:.2g}", f"{v.hls_chain_max_abs_err:.2g}",
                      "yes" if v.hls_bit_exact else "no", f"{100 * v.accuracy_keras:.2f}",
@@ -84,37 +80,59 @@ def run(args) -> int:
     if not ok:
         print(f"\ndemo stopped after {time.time() - t0:.0f} s: VERIFICATION FAILED")
         return 1
-    code = 0 if args.no_rack else _on_rack(args, out / "cnn-input", step)
+    code = 0 if not rack else _on_rack(out / "cnn-input", boards, frames, step)
     print(f"\ndemo finished in {time.time() - t0:.0f} s: "
-          + ("all plans verified" + ("" if args.no_rack else ", run and benchmarked on the rack") if code == 0
+          + ("all plans verified" + ("" if not rack else ", run and benchmarked on the rack") if code == 0
              else "the rack run FAILED"))
     return code
 
 
-def _on_rack(args, plan_dir: Path, step) -> int:
+def _on_rack(plan_dir: Path, boards: Optional[Path], frames: int, step) -> int:
     """Deploy, run and benchmark one plan on a rack: the given one, or a virtual rack started (and stopped) here."""
-    from .cli import main
+    from splitting.errors import UserError
+    from splitting.plan import Plan
 
-    rack = args.boards
-    started = rack is None
-    if started:
-        rack = str(Path("build") / "demo-rack.toml")
-        Path("build").mkdir(exist_ok=True)
-        if Path(rack).exists():
-            main(["rack", "down", rack])  # a rack left over by an interrupted demo
-        step("starting a virtual rack of 5 PYNQ-Z2 boards (real SSH servers on this machine)")
-        if main(["rack", "up", "--boards", "5", "--out", rack]) != 0:
-            return 1
-    else:
-        step(f"rack {rack}")
+    from harness.measure.bench import bench, format_bench, save
+    from harness.measure.run import load_data, run_on_rack
+    from harness.rack.rackfile import load_rack
+    from harness.rack.virtual_rack import rack_down, rack_up
+
+    def say(s: str) -> None:
+        print(s, flush=True)
+
+    rack_file = boards
+    started = rack_file is None
     try:
-        print(f"      deploying {plan_dir} and streaming the digits test set through the boards", flush=True)
-        code = main(["run", str(plan_dir), "--boards", rack, "--data", "digits"])
-        if code == 0:
-            step(f"benchmark: {args.frames} frames, end-to-end and per hop, beside the CPU reference")
-            code = main(["bench", str(plan_dir), "--boards", rack, "--frames", str(args.frames),
-                         "--json", str(plan_dir / "bench" / "bench.json")])
-        return code
-    finally:
         if started:
-            main(["rack", "down", rack])
+            rack_file = Path("build") / "demo-rack.toml"
+            rack_file.parent.mkdir(exist_ok=True)
+            if rack_file.exists():
+                try:
+                    rack_down(rack_file)  # a rack left over by an interrupted demo
+                except UserError:
+                    pass
+            step("starting a virtual rack of 5 PYNQ-Z2 boards (real SSH servers on this machine)")
+            rack_up(5, rack_file, progress=say)
+        else:
+            step(f"rack {rack_file}")
+        rack = load_rack(rack_file)
+        plan = Plan.load(plan_dir)
+        say(f"      deploying {plan_dir} and streaming the digits test set through the boards")
+        d = load_data("digits", plan, None)
+        x, y = d.x, d.y
+        run_on_rack(plan, rack, x, y, plan_dir / "run", progress=say)
+        step(f"benchmark: {frames} frames, end-to-end and per hop, beside the CPU reference")
+        doc = bench(plan, rack, frames, progress=say)
+        say(format_bench(doc))
+        png = save(doc, plan_dir / "bench" / "bench.json")
+        say(f"wrote {plan_dir / 'bench' / 'bench.json'} and {png}")
+        return 0
+    except UserError as e:
+        print(f"splitrack demo: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if started and rack_file is not None and rack_file.exists():
+            try:
+                say(f"stopped {rack_down(rack_file)} virtual boards of {rack_file}")
+            except UserError:
+                pass

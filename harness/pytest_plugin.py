@@ -9,7 +9,7 @@ left out of every fixture, and the reason is in the report header and the summar
 failing on it.
 
 Fixtures:
-    rack         the healthy boards (a `harness.rack.Rack`)
+    rack         the healthy boards (a `harness.rack.rackfile.Rack`)
     board        one board, leased for the test
     deployed     deployed(plan) -> `harness.deploy.Deployment`: `plan` is a plan folder (str or Path) or a
                  loaded `splitting.plan.Plan`; leases as many boards as the plan has partitions, deploys
@@ -100,8 +100,8 @@ class RackState:
     """The session's rack: every board, the healthy ones, and why the others were quarantined."""
 
     def __init__(self, path: str, check: bool, recover_wait: float = 180.0):
-        from harness.deploy import check_rack
-        from harness.rack import load_rack
+        from harness.rack.deploy import check_rack
+        from harness.rack.rackfile import load_rack
 
         self.path = path
         self.rack = load_rack(path)

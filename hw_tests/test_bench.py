@@ -8,8 +8,8 @@ critical-path medians), all of which `splitrack history add` imports.
 import numpy as np
 import pytest
 
-from harness import clocksync, measure
-from harness.stream import Pipeline
+from harness.measure import clocksync, attribution as measure
+from harness.measure.stream import Pipeline
 
 pytestmark = [pytest.mark.hw, pytest.mark.benchmark]
 
@@ -17,7 +17,7 @@ ROUNDS = 200
 
 
 def digits_frames(plan, n):
-    from harness.bench_cmd import bench_data
+    from harness.measure.bench import bench_data
 
     return bench_data(plan, n, "digits")
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.ssh import connect
-from harness.stream import Pipeline
+from harness.rack.ssh import connect
+from harness.measure.stream import Pipeline
 
 pytestmark = pytest.mark.hw
 

@@ -1,7 +1,7 @@
 """Streaming faults on whatever rack --boards names (real or virtual): an agent that dies mid-stream and a frame
 that never comes back end in an error naming the board and the stage, within the stream's timeout, with every
 frame that did come back kept and correct. The deployment faults (mute board, wrong key, unknown host key,
-corrupted upload, full disk) need boards made faulty on purpose: sim_tests/test_faults.py runs them on
+corrupted upload, full disk) need boards made faulty on purpose: sim_tests/rack/test_faults.py runs them on
 virtual boards.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from harness.ssh import connect
-from harness.stream import Pipeline, StreamError
+from harness.rack.ssh import connect
+from harness.measure.stream import Pipeline, StreamError
 
 pytestmark = pytest.mark.hw
 

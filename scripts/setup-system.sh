@@ -9,7 +9,7 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 # iproute2: network-namespace racks and the tbf ground-truth test of the per-hop measurement
 command -v tc >/dev/null || need+=(iproute2)
-# openssh-server: the test that deploys to a stock OpenSSH sshd configured as a board (sim_tests/test_deploy_openssh.py)
+# openssh-server: the test that deploys to a stock OpenSSH sshd configured as a board (sim_tests/rack/test_deploy_openssh.py)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 # iverilog: Icarus, the second simulator of the RTL cosimulation; ccache: Verilator builds share the compiled
 # Verilator runtime and cocotb main between designs (harness/cosim/sim.py)

@@ -20,6 +20,9 @@ DEFAULT_CAP = 0.8
 
 @dataclass(frozen=True)
 class Board:
+    """One FPGA board of the catalog: part, resources (LUT, FF, DSP, BRAM18 blocks), fabric clock in MHz
+    and link speed in Gb/s; figures from the vendor's data sheet."""
+
     name: str
     part: str
     lut: int
@@ -31,13 +34,16 @@ class Board:
     rule4ml: bool  # rule4ml 0.2.0 has this board as a categorical input
 
     def capacity(self, resource: str) -> int:
+        """How many of `resource` ('lut', 'ff', 'dsp' or 'bram') the board has."""
         return getattr(self, resource)
 
     @property
     def clock_period_ns(self) -> float:
+        """Fabric clock period in nanoseconds."""
         return 1000.0 / self.clock_mhz
 
     def to_dict(self) -> Dict:
+        """JSON-ready dict of the board."""
         return asdict(self)
 
 
@@ -53,6 +59,7 @@ BOARDS: Dict[str, Board] = {
 
 
 def board(name: str) -> Board:
+    """The catalog entry named `name` (case-insensitive). Raises UserError listing the boards there are."""
     try:
         return BOARDS[name.lower()]
     except KeyError:

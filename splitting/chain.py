@@ -27,6 +27,7 @@ def run_chain(plan: Plan, x: np.ndarray, runner: Runner, keep: Dict[str, np.ndar
 
 
 def keras_runner(models) -> Runner:
+    """A Runner that runs partition `name` with its Keras sub-model (`models[name]`, float)."""
     def run(name: str, x: np.ndarray) -> np.ndarray:
         return models[name].predict(x, verbose=0, batch_size=256)
 

@@ -37,6 +37,8 @@ class FixedType:
 
     @classmethod
     def parse(cls, text: str) -> "FixedType":
+        """Read `ap_fixed<W,I>`, `ap_ufixed<W,I>` or `ap_fixed<W,I,AP_RND,AP_SAT>` (hls4ml's spelling; the
+        defaults are AP_TRN and AP_WRAP as in Xilinx's ap_fixed.h). Raises ContractError on any other text."""
         m = _FIXED_RE.match(text)
         if not m:
             raise ContractError(
@@ -58,6 +60,7 @@ class FixedType:
 
     @property
     def fractional(self) -> int:
+        """Bits after the binary point (width - integer; negative when integer > width)."""
         return self.width - self.integer
 
     @property
@@ -67,10 +70,12 @@ class FixedType:
 
     @property
     def raw_min(self) -> int:
+        """Smallest raw integer of the type: -2**(width-1) signed, 0 unsigned."""
         return -(1 << (self.width - 1)) if self.signed else 0
 
     @property
     def raw_max(self) -> int:
+        """Largest raw integer of the type: 2**(width-1) - 1 signed, 2**width - 1 unsigned."""
         return (1 << (self.width - 1)) - 1 if self.signed else (1 << self.width) - 1
 
     def rounded(self, values: np.ndarray) -> np.ndarray:
@@ -109,9 +114,11 @@ class FixedType:
         return raw
 
     def from_raw(self, raw: np.ndarray) -> np.ndarray:
+        """Raw integers (any shape) -> their real values as float64 (raw * step), same shape."""
         return np.asarray(raw, dtype=np.float64) * self.step
 
     def quantize(self, values: np.ndarray) -> np.ndarray:
+        """Real values (any shape) -> the nearest values this type holds, as float64 (to_raw then from_raw)."""
         return self.from_raw(self.to_raw(values))
 
 
@@ -152,18 +159,24 @@ class Packing:
 
     @property
     def bytes_per_beat(self) -> int:
+        """Bytes of one AXI-stream beat (data_width / 8)."""
         return self.data_width // 8
 
     @property
     def full_tkeep(self) -> int:
+        """tkeep of a full beat: one bit per byte, all set."""
         return (1 << self.bytes_per_beat) - 1
 
     @property
     def tlast_beat(self) -> int:
+        """Index of the beat that carries tlast: the last beat of the frame."""
         return self.beats - 1
 
     @classmethod
     def for_elements(cls, elements: int, dtype: str, data_width: int = 32) -> "Packing":
+        """How `elements` values of `dtype` pack into AXI-stream beats of `data_width` bits: as many
+        whole elements per beat as fit (no element straddles two beats), the last beat padded.
+        Raises ContractError when data_width is not a multiple of 8 or holds no element."""
         ebits = _container_bits(dtype)
         if data_width % 8 or data_width < ebits:
             raise ContractError(
@@ -232,10 +245,12 @@ class Contract:
 
     @property
     def elements(self) -> int:
+        """Number of values that cross the link per frame (product of `shape`; 1 for a scalar)."""
         return self._derived()[2]
 
     @property
     def fixed(self) -> Optional[FixedType]:
+        """The link's FixedType, or None for float32."""
         return self._derived()[1]
 
     @property
@@ -246,6 +261,7 @@ class Contract:
 
     @property
     def packing(self) -> Packing:
+        """The link's AXI-stream packing (beats per frame, elements per beat, tkeep of the last beat)."""
         return self._derived()[3]
 
     @property
@@ -324,6 +340,8 @@ class Contract:
 
     # --- serialisation -----------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready dict of the contract, with the derived element count, payload bytes and packing
+        (those are ignored again by `from_dict`)."""
         d = asdict(self)
         d["shape"] = list(self.shape)
         d["elements"] = self.elements
@@ -334,6 +352,8 @@ class Contract:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Contract":
+        """The contract of a `to_dict` dict (derived keys are dropped and recomputed). Raises TypeError on
+        unknown keys and ContractError on a bad type."""
         keep = {k: v for k, v in d.items() if k not in ("elements", "payload_bytes", "packing")}
         return cls(**keep)
 

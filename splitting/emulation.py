@@ -14,6 +14,11 @@ import numpy.ctypeslib as npc
 
 
 class EmulationLib:
+    """An hls4ml emulation library (the `.so` hls4ml's `compile()` builds) run through ctypes.
+
+    `library` is the .so, `project` the hls4ml project name (its entry point is `<project>_double`), n_in /
+    n_out the flat input and output sizes. Loading raises OSError when the .so is missing or broken."""
+
     def __init__(self, library: str, project: str, n_in: int, n_out: int):
         self.library = str(library)
         self.project = project
@@ -35,6 +40,7 @@ class EmulationLib:
         return self._out.copy()
 
     def predict(self, batch: np.ndarray, out_shape: Sequence[int] = ()) -> np.ndarray:
+        """Run a batch (n, ...) frame by frame; returns float64 (n, n_out), or (n,) + out_shape when given."""
         batch = np.asarray(batch)
         n = batch.shape[0]
         flat = batch.reshape(n, -1)

@@ -101,6 +101,7 @@ def activation_name(layer) -> str:
 
 
 def is_elementwise(act: str) -> bool:
+    """True when activation `act` acts on each value alone (so a neuron split may apply it per part)."""
     return act in ELEMENTWISE
 
 
@@ -115,6 +116,8 @@ class LayerGraph:
 
     @classmethod
     def of(cls, model) -> "LayerGraph":
+        """The layer graph of a Keras model (layers in topological order and their inbound layers).
+        Raises SplitError for a model with more than one input or output."""
         if len(model.inputs) != 1 or len(model.outputs) != 1:
             raise SplitError(
                 f"model {model.name} has {len(model.inputs)} inputs and {len(model.outputs)} outputs: "
@@ -138,12 +141,14 @@ class LayerGraph:
         return cls(model, order, inbound, input_name)
 
     def layer(self, name: str):
+        """The Keras layer named `name`; SplitError (listing the layers) when there is none."""
         try:
             return self.model.get_layer(name)
         except ValueError:
             raise SplitError(f"no layer named {name!r} in model {self.model.name}; its layers are: {', '.join(self.order)}") from None
 
     def consumers(self, name: str) -> List[str]:
+        """Names of the layers that take `name`'s output as an input, in graph order."""
         return [n for n in self.order if name in self.inbound[n]]
 
     def crossing(self, after: str) -> List[str]:
@@ -174,6 +179,8 @@ class LayerGraph:
         return None
 
     def check_cut(self, after: str) -> None:
+        """Raise SplitError unless cutting after layer `after` leaves exactly one tensor crossing the cut
+        (the error names the nearest layer where a cut is clean); the last layer cannot be cut after."""
         self.layer(after)
         if after == self.order[-1]:
             raise SplitError(f"cannot cut after {after!r}: it is the model's last layer; cut after an earlier layer")

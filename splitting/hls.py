@@ -6,7 +6,6 @@ recompiling. `splitrack build` runs Vivado when it is on PATH; bitstreams cannot
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
@@ -171,14 +170,8 @@ def monolithic_emulation(plan: Plan) -> EmulationLib:
     return load_emulation(folder)
 
 
-# --- `splitrack build`: bitstreams, only with Vivado -----------------------------------------------------
-def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("plan", help="plan folder")
-    p.add_argument("--partition", help="build only this partition")
-
-
-def run(args) -> int:
-    plan = Plan.load(Path(args.plan))
+def vivado_path() -> str:
+    """The `vivado` executable on PATH; UserError (with what to do instead) when there is none."""
     vivado = shutil.which("vivado")
     if not vivado:
         raise UserError(
@@ -186,11 +179,16 @@ def run(args) -> int:
             "has it and run `splitrack build` again; without it, `splitrack verify` (hls4ml emulation) and "
             "`splitrack cosim` (RTL) still check the plan"
         )
-    names = [args.partition] if args.partition else [p.name for p in plan.ordered_partitions()]
-    for i, name in enumerate(names, 1):
-        p = plan.partition(name)
-        print(f"[{i}/{len(names)}] {name}: hls4ml + Vivado build (synthesis, implementation, bitstream)", flush=True)
-        model, hm = _convert(plan.path(p.model_file), p.hls, plan.hls_defaults, plan.path(f"{name}/hls"), f"sr_{name}")
-        hm.build(csim=False, synth=True, export=True, bitfile=True)
-        print(f"  {name}: bitstream under {plan.path(name + '/hls')}", flush=True)
-    return 0
+    return vivado
+
+
+def build_bitstream(plan: Plan, name: str) -> Path:
+    """hls4ml + Vivado build (synthesis, implementation, bitstream) of one partition; returns its hls folder.
+
+    Needs Vivado on PATH (UserError otherwise, from `vivado_path`); takes hours for a large partition."""
+    vivado_path()
+    p = plan.partition(name)
+    out = plan.path(f"{name}/hls")
+    _, hm = _convert(plan.path(p.model_file), p.hls, plan.hls_defaults, out, f"sr_{name}")
+    hm.build(csim=False, synth=True, export=True, bitfile=True)
+    return out

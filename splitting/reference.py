@@ -5,7 +5,6 @@ cnn: 8x8x1 -> conv 16 -> conv 32 -> maxpool -> dense 130 -> dense 10, about 73k 
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 from pathlib import Path
 from typing import Tuple
@@ -92,20 +91,3 @@ def reference_model(name: str, cache: Path = CACHE, verbose: bool = False):
     model.save(tmp)
     tmp.replace(path)  # atomic: parallel test workers never see half a file
     return model
-
-
-def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", choices=MODELS, nargs="?", help="which model (default: both)")
-    p.add_argument("-o", "--out", default="models", help="folder for the .keras files (default: models/)")
-
-
-def run(args) -> int:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _, _, x_te, y_te = digits_data()
-    for name in [args.name] if args.name else MODELS:
-        m = reference_model(name, verbose=True)
-        acc = float(np.mean(np.argmax(m.predict(model_inputs(name, x_te), verbose=0), axis=1) == y_te))
-        m.save(out / f"{name}.keras")
-        print(f"{name}: {m.count_params()} parameters, test accuracy {acc:.4f} -> {out / (name + '.keras')}")
-    return 0

@@ -59,6 +59,10 @@ class NoFitError(UserError):
 
 @dataclass
 class SearchOptions:
+    """What the planner may choose from and what it optimises: the board and the fraction `cap` of its
+    resources a partition may use, the objective ('boards', 'latency' or 'interval'), the hls4ml precisions,
+    reuse factors and strategies to try, and the most partitions a plan may have."""
+
     board: Board
     cap: float = DEFAULT_CAP
     objective: str = "boards"
@@ -90,10 +94,12 @@ class SearchOptions:
 
     @property
     def configs(self) -> List[HlsConfig]:
+        """Every (precision, reuse factor, strategy) HlsConfig the search tries."""
         return [HlsConfig(p, r, s) for p, s, r in product(self.precisions, self.strategies, self.reuse_factors)]
 
     @property
     def gbps(self) -> float:
+        """Link speed in Gb/s used for hop times: the option's, else the board's."""
         return self.link_gbps or self.board.link_gbps
 
 
@@ -111,6 +117,9 @@ class PartChoice:
 
 @dataclass
 class StageChoice:
+    """One stage of a candidate plan: how it is formed ('cut', 'neuron' or 'input' split), its parts,
+    and the bytes and microseconds of its incoming hop."""
+
     kind: str
     parts: List[PartChoice]
     hop_in_bytes: int  # bytes the busiest end of the incoming hop moves per frame
@@ -118,10 +127,12 @@ class StageChoice:
 
     @property
     def cycles(self) -> float:
+        """Latency of the stage in clock cycles: its slowest part's."""
         return max(p.estimate.cycles for p in self.parts)
 
     @property
     def interval(self) -> float:
+        """Initiation interval of the stage in clock cycles: its slowest part's."""
         return max(p.estimate.interval for p in self.parts)
 
 
@@ -141,9 +152,11 @@ class PlanChoice:
 
     @property
     def partitions(self) -> List[PartChoice]:
+        """Every part of every stage, in flow order."""
         return [p for s in self.stages for p in s.parts]
 
     def describe(self) -> str:
+        """The plan in words: where it cuts and which layers it splits by neurons or inputs."""
         bits = []
         if self.cut_after:
             bits.append("cut after " + ", ".join(self.cut_after))
@@ -186,6 +199,9 @@ class _Option:
 
 @dataclass
 class SearchResult:
+    """The planner's answer: the best plan for the objective, the Pareto front (boards, latency,
+    interval) when asked for, how many (partition, configuration) pairs were estimated, and counters."""
+
     best: PlanChoice
     pareto: List[PlanChoice]
     candidates: int  # (partition, configuration) pairs estimated
@@ -266,6 +282,8 @@ class Planner:
 
     # -- enumeration --------------------------------------------------------------------------------------
     def options(self) -> Tuple[List[_Option], Dict[int, dict]]:
+        """Every feasible (contiguous run of layers, configuration) option with its estimate, and why the
+        infeasible runs are blocked (start layer -> reasons)."""
         cfgs = self.opt.configs
         bset = self.bounds
         segs = [(i, j) for a, i in enumerate(bset) for j in bset[a + 1 :]]
@@ -393,6 +411,8 @@ class Planner:
 
     # -- the dynamic programme ------------------------------------------------------------------------------
     def run(self, pareto: bool = False) -> SearchResult:
+        """Search (dynamic programming over the places to cut) and return a SearchResult. Raises NoFitError,
+        saying which layer fits no board and why, when no plan fits the options."""
         opts, blocked = self.options()
         by_start: Dict[int, List[_Option]] = {}
         for o in opts:
@@ -549,4 +569,6 @@ def _cfg(c: HlsConfig) -> str:
 
 def plan_search(specs: Sequence[LayerSpec], estimator: Estimator, options: SearchOptions, pareto: bool = False,
                 progress=None) -> SearchResult:
+    """Search partitions of the layers `specs` with `estimator` (Analytic or Rule4ml) under `options`;
+    returns a SearchResult (with the Pareto front when pareto=True). Raises NoFitError when nothing fits."""
     return Planner(specs, estimator, options, progress).run(pareto)

@@ -27,6 +27,8 @@ STRESS = {"stall": 64, "pause": 0.3, "backpressure": 0.3}  # 64/256 of cycles st
 
 @dataclass
 class PartitionFigures:
+    """What the cosimulation measured of one partition, in clock cycles (the fields' comments say which)."""
+
     name: str
     core_latency: int          # compute cycles of the generated core, start to done (from the generator)
     stages: int
@@ -39,6 +41,9 @@ class PartitionFigures:
 
 @dataclass
 class LinkFigures:
+    """One link's FIFO in the cosimulation: beats per frame, the depth simulated, the high-water mark per
+    phase and the depth recommended from it."""
+
     index: int
     src: str
     dst: str
@@ -51,6 +56,9 @@ class LinkFigures:
 
 @dataclass
 class CosimResult:
+    """Everything one `cosimulate` run found: verdict (`ok`: outputs match, no protocol violation, every
+    partition's reference agrees with its emulation), per-partition and per-link figures, build and run times."""
+
     plan_hash: str
     sim: str
     frames: int
@@ -71,15 +79,18 @@ class CosimResult:
 
     @property
     def cycles_per_second(self) -> float:
+        """Simulated clock cycles per wall-clock second of the testbench (of the whole run without it)."""
         t = self.tb_seconds or self.wall_seconds
         return self.sim_cycles / t if t else 0.0
 
     def to_dict(self) -> dict:
+        """JSON-ready dict of the result (with cycles_per_second)."""
         d = asdict(self)
         d["cycles_per_second"] = round(self.cycles_per_second, 1)
         return d
 
     def summary(self) -> str:
+        """The result as printable lines: agreements, per-partition latency, II and cost, per-link depths."""
         lines = [f"cosim {self.sim}: plan {self.plan_hash}, {self.frames} frames x 2 phases, "
                  f"{self.sim_cycles} cycles in {self.wall_seconds:.1f} s ({self.cycles_per_second:.0f} cycles/s)"]
         lines += [f"  {a}" for a in self.agreements]
@@ -136,6 +147,20 @@ def cosimulate(plan: Plan, sim_name: str = "verilator", frames: Optional[np.ndar
                stress: Optional[dict] = None, waves: bool = False, mutant: int = 0, cache: Path = sim.CACHE,
                latency_cutoff: float = 8.0, write_depths: bool = False, log: Callable = print,
                cores: Optional[Dict[str, rtlgen.CoreRTL]] = None, checks: bool = True) -> CosimResult:
+    """Cosimulate `plan` in RTL and check it against the plan's hls4ml emulation, beat by beat.
+
+    Steps: (1) the chained hls4ml emulation of the frames gives every interface's expected beats; (2) per
+    partition, the bit-exact reference (harness.cosim.reference) is compared with the emulation and da4ml
+    RTL is generated (unless `cores` is given); (3) the chain top (netlist) is built with `sim_name`
+    ('verilator' or 'icarus'), cached by content under `cache`; (4) the cocotb testbench runs a measure phase
+    (no stalls) and a stress phase (`stress`: {'stall': n/256 cycles stalled per link, 'pause': source pause
+    probability, 'backpressure': sink backpressure probability}, default STRESS).
+
+    frames: input frames (n,) + the model's input shape (default: `n_frames` from default_frames);
+    waves: dump waveforms; mutant: a deliberate RTL fault (0 none; the tests' way to see the checks fail);
+    latency_cutoff: da4ml's latency cutoff for pipelining; write_depths: write the recommended FIFO depths into
+    the plan; checks: AXI-stream protocol monitors on. Returns a CosimResult (figures in clock cycles).
+    Raises UserError on a plan whose precisions disagree at a link, SimulatorMissing without the simulator."""
     from splitting import hls
     from splitting.chain import emulation_runner, run_chain
 

@@ -82,6 +82,7 @@ def from_float(values: np.ndarray, t: FixedType) -> np.ndarray:
 
 
 def to_float(raw: np.ndarray, t: FixedType) -> np.ndarray:
+    """Raw integers of type `t` (any shape) -> their real values as float64 (raw * t.step)."""
     return np.asarray(raw, dtype=np.float64) * t.step
 
 

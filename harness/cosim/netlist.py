@@ -38,6 +38,9 @@ class Interface:
 
 @dataclass
 class Netlist:
+    """A plan as one Verilog top: the source text, its AXI-stream interfaces, the link FIFOs (link index
+    -> instance name, depth) and the partitions it instantiates."""
+
     verilog: str
     top: str
     interfaces: List[Interface]

@@ -25,6 +25,9 @@ class UnsupportedLayer(UserError):
 
 @dataclass
 class Op:
+    """One hls4ml layer as the bit-exact reference and the RTL generator see it: kind, output shape and
+    fixed-point type, parameters, and weights and biases as raw integers of their types."""
+
     kind: str                      # input, pad, dense, conv2d, relu, linear, maxpool, reshape, softmax
     name: str
     out_shape: Tuple[int, ...]
@@ -37,6 +40,7 @@ class Op:
     accum: Optional[FixedType] = None
 
     def describe(self) -> str:
+        """One line: kind, name, output shape and type (and accumulator type)."""
         extra = f" accum {self.accum}" if self.accum else ""
         return f"{self.kind:8s} {self.name:20s} -> {self.out_shape} {self.out}{extra}"
 

@@ -104,6 +104,8 @@ def _table_value(i: int, t: FixedType, size: int) -> float:
 
 
 def softmax_tables(op: Op):
+    """The exp and inverse lookup tables of an hls4ml softmax op (sizes, input normalisation and scale
+    from its params), computed in float32 as hls4ml's nnet_activation.h initialises them."""
     ty = op.params["types"]
     size_e, size_i = op.params["exp_table_size"], op.params["inv_table_size"]
     norm = op.params["inp_norm"]
@@ -148,10 +150,12 @@ class Reference:
 
     @property
     def in_type(self) -> FixedType:
+        """Fixed-point type of the partition's input (its first op's result type)."""
         return self.ops[0].out
 
     @property
     def out_type(self) -> FixedType:
+        """Fixed-point type of the partition's output (its last op's result type)."""
         return self.ops[-1].out
 
     def run_raw(self, raw: np.ndarray, trace: bool = False):
@@ -203,9 +207,11 @@ class Agreement:
 
     @property
     def exact(self) -> bool:
+        """True when every value equals the hls4ml emulation's."""
         return self.mismatches == 0
 
     def line(self) -> str:
+        """One line for people: equal, or how many values differ and by up to how many LSB."""
         if self.exact:
             return f"{self.partition}: reference == hls4ml emulation on {self.frames} frames ({self.elements} values)"
         return (f"{self.partition}: {self.mismatches}/{self.elements} values differ from the hls4ml emulation, "

@@ -222,6 +222,8 @@ class CoreRTL:
 
 
 def ops_key(ops: Sequence[Op], extra: dict) -> str:
+    """Content hash (sha256 hex) of a partition's ops (kinds, shapes, types, parameters, raw weights and biases)
+    and `extra` generator settings: the cache key of its generated RTL."""
     h = hashlib.sha256()
     for op in ops:
         h.update(json.dumps([op.kind, op.name, op.out_shape, str(op.out), str(op.accum), str(op.wtype), str(op.btype),
@@ -235,11 +237,16 @@ def ops_key(ops: Sequence[Op], extra: dict) -> str:
 
 
 def safe(name: str) -> str:
+    """`name` with every character that Verilog identifiers do not allow replaced by '_'."""
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
 @dataclass
 class Segment:
+    """A run of ops that becomes one RTL block: 'conv' (a pixel sequencer: [pad] conv2d [activation]), 'dense'
+    (a large dense layer as MAC lanes, [activation]) or 'flat' (unrolled by da4ml), with its input shape and
+    fixed-point type."""
+
     kind: str                 # "conv" or "flat"
     ops: List[Op]             # for conv: [pad?] conv2d [relu/linear]*
     in_shape: Tuple[int, ...]
@@ -247,10 +254,12 @@ class Segment:
 
     @property
     def out_shape(self):
+        """Shape of the segment's output (its last op's)."""
         return tuple(self.ops[-1].out_shape)
 
     @property
     def out_t(self) -> FixedType:
+        """Fixed-point type of the segment's output (its last op's)."""
         return self.ops[-1].out
 
 
@@ -264,6 +273,9 @@ def _dense_seq_ok(op: Op, in_t: FixedType, after: Sequence[Op]) -> bool:
 
 
 def segments(ops: Sequence[Op], conv_sequencer: bool = True) -> List[Segment]:
+    """Group a partition's ops (from ops.partition_ops; ops[0] is the input) into Segments: conv2d runs and
+    large dense layers (more than DENSE_SEQ_MIN weights, flat input) become sequencers when conv_sequencer is
+    True, the rest flat da4ml blocks."""
     segs: List[Segment] = []
     shape, t = tuple(ops[0].out_shape), ops[0].out
     i, body = 1, list(ops)
@@ -401,10 +413,12 @@ def generate(name: str, ops: Sequence[Op], cache: Path, data_width: int = 32, la
 
 
 def da4ml_static_sources(rtl: CoreRTL) -> List[str]:
+    """The static Verilog files da4ml ships with a generated core (under the core's folder)."""
     return sorted(str(p) for p in Path(rtl.folder).glob("da4ml*/src/static/*.v"))
 
 
 def shell_sources() -> List[str]:
+    """The AXI-stream shell's Verilog files (deserialiser, serialiser, FIFO, throttle, shell)."""
     return [str(HERE / f) for f in STATIC_RTL]
 
 

@@ -25,6 +25,8 @@ SIMULATORS = ("verilator", "icarus")
 
 
 class SimulatorMissing(UserError):
+    """The HDL simulator asked for (Verilator or Icarus) is not installed; the message says how to get it."""
+
     pass
 
 
@@ -47,6 +49,8 @@ def verilator_env() -> Dict[str, str]:
 
 
 def sim_env(sim: str) -> Dict[str, str]:
+    """Environment variables `sim` ('verilator' or 'icarus') needs to run. Raises SimulatorMissing when
+    it is not installed."""
     if sim == "verilator":
         return verilator_env()
     if sim == "icarus":
@@ -77,6 +81,8 @@ class _env:
 
 
 def build_key(sim: str, sources: Sequence[str], top: str, parameters: Dict, waves: bool) -> str:
+    """Content hash (sha256 hex) of a simulator build: source files, top, parameters, waves and (for
+    Verilator) its version; the cache key of the built model."""
     h = hashlib.sha256()
     for s in sources:
         h.update(Path(s).name.encode())

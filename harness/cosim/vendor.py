@@ -29,11 +29,16 @@ _DECL = re.compile(r"\b(input|output|inout)\b\s*(?:wire|reg|logic)?\s*(?:signed)
 
 
 class VendorRTLError(UserError):
+    """Vendor RTL (e.g. an HLS export) that cannot be cosimulated: no AXI-stream top found, or ambiguous ports."""
+
     pass
 
 
 @dataclass
 class PortMap:
+    """How a vendor RTL top's ports map to the shell's AXI-stream signals: clock, reset (and its polarity),
+    slave (input) and master (output) signal names."""
+
     top: str
     clock: str
     reset: str
@@ -84,6 +89,8 @@ def _pick(ports: Dict[str, str], names, direction="input") -> Optional[str]:
 
 
 def map_ports(files: List[Path], top: Optional[str] = None) -> PortMap:
+    """Find the AXI-stream top among the modules of `files` (a module with *_tdata inputs and outputs; `top`
+    chooses one by name) and map its ports. Raises VendorRTLError when none or several fit."""
     mods = modules(files)
     cands = []
     for name, ports in mods.items():

@@ -1,0 +1,52 @@
+"""`splitrack bench PLAN --boards RACK`: latency per hop beside the CPU reference (harness.measure.bench)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from harness.cli.deploy import add_wait_option
+from harness.measure.bench import (DEFAULT_SINGLE_RATE, BenchIncomplete, bench, bench_eval_data, format_bench, save,
+                                   write_incomplete)
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("plan", type=Path, help="plan folder (from `splitrack split` or `splitrack plan`)")
+    p.add_argument("--boards", type=Path, required=True, help="rack file (boards.toml)")
+    p.add_argument("--frames", type=int, default=2000)
+    p.add_argument("--rate", type=float, default=None, help="offered rate of the stream, frames/s (default: as fast "
+                   "as the rack takes them)")
+    p.add_argument("--in-flight", type=int, default=8, help="frames in flight in the stream (and the CPU's batch)")
+    p.add_argument("--single-rate", type=float, default=DEFAULT_SINGLE_RATE,
+                   help="pace of the single-frame run, frames/s (0: back to back)")
+    p.add_argument("--data", default="auto", help="frames and labels for accuracy: your FILE.npz (x, optional y) or "
+                   "FILE.npy, 'digits' (splitrack's own split: may overlap your training data), 'random' (no labels), "
+                   "or 'auto' (digits for 64 inputs, else random; default)")
+    p.add_argument("--label", default=None, help="name of this run's series in the history (default: the plan's "
+                   "model name)")
+    p.add_argument("--no-cpu", action="store_true", help="skip the CPU reference")
+    p.add_argument("--json", type=Path, default=None, help="write the result here (and a PNG beside it)")
+    add_wait_option(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from splitting.plan import Plan
+
+    from harness.lab_lease import leased_rack
+    from harness.rack.rackfile import load_rack
+
+    plan = Plan.load(args.plan)
+    bench_eval_data(plan, 2, args.data)  # a bad --data fails here, before anything is deployed
+    with leased_rack(load_rack(args.boards), len(plan.partitions)) as rack:  # a shared rack: leased meanwhile
+        try:
+            doc = bench(plan, rack, args.frames, args.rate, args.in_flight, args.single_rate or None, args.data,
+                        cpu=not args.no_cpu, lease_wait=args.wait, label=args.label)
+        except BenchIncomplete as e:
+            # where the complete result would have gone; without --json, beside the plan (nothing measured is lost)
+            path = args.json or (plan.root / "bench" / f"incomplete-{e.doc['time'].replace(':', '')}.json")
+            write_incomplete(e.doc, path)
+            raise BenchIncomplete(f"{e}; wrote {path} and {path.with_suffix('.png')}", e.doc) from None
+    print(format_bench(doc))
+    if args.json:
+        png = save(doc, args.json)
+        print(f"wrote {args.json} and {png}")
+    return 0

@@ -1,0 +1,20 @@
+"""`splitrack demo` (what `make demo` runs): the main job, harness.demo."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from harness.demo import demo
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--out", default="plans", help="folder for the plans (default plans/)")
+    p.add_argument("-n", "--samples", type=int, default=450, help="digits test samples to verify on (max 450)")
+    p.add_argument("--boards", default=None, help="rack file to run on (default: start a 5-board virtual rack)")
+    p.add_argument("--no-rack", action="store_true", help="stop after verification (no deployment)")
+    p.add_argument("--frames", type=int, default=500, help="frames for the rack benchmark (default 500)")
+
+
+def run(args) -> int:
+    return demo(Path(args.out), args.samples, Path(args.boards) if args.boards else None, not args.no_rack,
+                args.frames)

@@ -1,0 +1,33 @@
+"""`splitrack nightly --boards RACK`: bench, history, regression check, dashboard (harness.results.nightly)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from harness.cli.deploy import add_wait_option
+from harness.results.nightly import nightly
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--boards", type=Path, required=True, help="rack file (boards.toml)")
+    p.add_argument("--db", type=Path, default=Path("results.sqlite"), help="history database (SQLite)")
+    p.add_argument("-o", "--out", type=Path, default=Path("site"), help="dashboard folder (index.html, runs/)")
+    p.add_argument("--plan", type=Path, default=None, help="plan folder (default: the digits FC reference plan)")
+    p.add_argument("--frames", type=int, default=500)
+    p.add_argument("--rate", type=float, default=None, help="offered rate of the stream, frames/s")
+    p.add_argument("--label", default=None, help="name of the series (default: the plan's model name)")
+    p.add_argument("--min-change", type=float, default=0.05, help="smallest relative change that counts (0.05 = 5%%)")
+    add_wait_option(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    live = nightly(args.boards, args.db, args.out, args.plan, args.frames, args.rate, args.min_change,
+                   lease_wait=args.wait, label=args.label)
+    for c, r in live:
+        print(c.describe(r))
+    if live:
+        hops = sorted({c.key.hop for c, _ in live})
+        print(f"nightly: {len(live)} regression(s) in effect, at {', '.join(hops)}: exit 1")
+        return 1
+    print("nightly: no regression in effect")
+    return 0

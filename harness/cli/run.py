@@ -1,0 +1,45 @@
+"""`splitrack run PLAN (--boards RACK | --local)`: stream frames through a plan's boards and check every answer
+(harness.measure.run)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from splitting.plan import Plan
+
+from harness.cli.deploy import add_wait_option
+from harness.measure.run import load_data, run_local, run_on_rack
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("plan", type=Path, help="plan folder (written by `splitrack split` or `splitrack plan`)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--boards", type=Path, help="rack file (boards.toml, or rack.toml of `splitrack rack up`)")
+    where.add_argument("--local", action="store_true", help="run the agents as local processes (no SSH, no rack)")
+    p.add_argument("--data", default="digits", help="'digits' (splitrack's own split: may overlap your training data) "
+                   "or your .npz (x, optional y labels) / .npy file (default digits)")
+    p.add_argument("--label", default=None, help="name of this run's series (default: the plan's model name)")
+    p.add_argument("--frames", type=int, default=None, help="stream only the first N frames")
+    p.add_argument("--in-flight", type=int, default=8, help="frames in flight (default 8)")
+    p.add_argument("--rate", type=float, default=None, help="offered rate, frames/s (default: as fast as it goes)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds a frame may take before it is lost")
+    p.add_argument("--no-check", action="store_true", help="skip the comparison with the chained emulation")
+    p.add_argument("--out", type=Path, default=None, help="folder for run.json and run.png (default: plan/run)")
+    add_wait_option(p)
+
+
+def run(args) -> int:
+    plan = Plan.load(args.plan)
+    data = load_data(args.data, plan, args.frames)
+    print(f"data: {data.describe()}" + (f"\n  note: {data.note}" if data.note else ""), flush=True)
+    out_dir = args.out or plan.root / "run"
+    kw = dict(in_flight=args.in_flight, rate=args.rate, timeout=args.timeout, check=not args.no_check,
+              progress=lambda s: print(s, flush=True), label=args.label, data_source=data.source)
+    if args.local:
+        run_local(plan, data.x, data.y, out_dir, **kw)
+    else:
+        from harness.rack.rackfile import load_rack
+
+        run_on_rack(plan, load_rack(args.boards), data.x, data.y, out_dir, lease_wait=args.wait,
+                    where=f"rack {args.boards}", **kw)
+    return 0

@@ -1,0 +1,614 @@
+"""Deployment: bring every board of a rack to the state a plan needs (labgrid's "strategy" layer).
+
+Per partition, on its board (one partition per board, as one bitstream per FPGA):
+
+1. upload what the board must carry: the partition's artifact (a virtual board: the hls4ml emulation `.so`
+   of `splitting.hls.project_dir`; a real PYNQ-Z2: bitstream + .hwh from `splitrack build`), the partition's
+   contracts, the agent config, and the agent with the two modules it imports (`contract.py`,
+   `emulation.py`);
+2. verify every uploaded file's sha256 *on the board*; a file that arrives corrupted is uploaded once more,
+   then the deployment stops with an error naming the board;
+3. skip both the upload and the reprogramming when the board already carries the same files and its agent
+   answers with the same plan and partition (pytest-embedded's "skip flashing when the image matches");
+4. (re)start the agent (pidfile, log and stdout file beside its config). On a real board the agent programs
+   the logic with `pynq.Overlay` when it starts, so a skipped restart is a skipped reprogramming.
+
+Board layout, under the board's `workdir` (default ~/splitrack):
+
+    agent.py contract.py emulation.py
+    part/  artifact (lib .so | .bit + .hwh), contracts.json, agent.json,
+           running.json (pid of the agent started with that agent.json), agent-<partition>.pid / .log / .out
+
+`deploy()` returns a `Deployment`; its `wiring` (harness.rack.wiring) is what `harness.measure.stream` needs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from splitting.errors import UserError
+from splitting.plan import Plan
+
+from harness import wire
+from harness.rack import wiring as wiring_mod
+from harness.rack.rackfile import Board, Rack
+from harness.board.files import agent_files
+from harness.rack.ssh import CONNECT_TIMEOUT, BoardError, Connection, local_sha256
+
+CODE = agent_files()  # board file name -> local source: the agent and what it imports
+PART = "part"
+SECRET_FILE = "agent.secret"  # in part/, beside agent.json (whose secret_file names it)
+AGENT_START_TIMEOUT = 30.0  # python + numpy import + loading the library (a real board: programming the PL)
+AGENT_STOP_TIMEOUT = 5.0
+PING_TIMEOUT = 3.0
+MIN_FREE_MEMORY = 64 << 20  # below this an agent with its frame queues does not fit next to the OS
+MIN_FREE_DISK = 32 << 20
+MIN_PYTHON = (3, 8)
+
+
+class DeployError(UserError, RuntimeError):
+    """Deployment failed on one or more boards; `failures` lists (board, stage, message), `done` what worked."""
+
+    def __init__(self, failures: List[BoardError], done: List["Placed"]):
+        self.failures = failures
+        self.done = done
+        lines = [str(f) for f in failures]
+        ok = ", ".join(f"{p.partition} on {p.board}" for p in done)
+        super().__init__("; ".join(lines) + (f" (deployed fine: {ok})" if ok else ""))
+
+
+@dataclass
+class Placed:
+    """One partition on one board, as the deployment left it."""
+
+    partition: str
+    board: str
+    host: str
+    port: int
+    flashed: bool  # artifact uploaded and logic (re)programmed in this deployment
+    uploaded: List[str]  # board files written in this deployment
+    restarted: bool  # agent (re)started
+    pid: int
+    seconds: float
+
+
+@dataclass
+class Deployment:
+    """A plan deployed on boards. For a test: `outputs = dep.stream(x)` runs frames through the boards,
+    `dep.expected(x)` gives the answers the boards must return, bit for bit (the plan's chained hls4ml
+    emulation, run on this machine)."""
+
+    plan_hash: str
+    placed: Dict[str, Placed]  # partition -> where and how
+    wiring: "wiring_mod.Wiring"
+    boards: Dict[str, Board]  # partition -> board
+    seconds: float = 0.0
+    plan: Optional[Plan] = field(default=None, repr=False)
+
+    @property
+    def flashed(self) -> List[str]:
+        return [p.partition for p in self.placed.values() if p.flashed]
+
+    def stream(self, frames, in_flight: int = 8, timeout: float = 10.0):
+        """Send `frames` (n, *plan input shape), e.g. (n, 64) for a 64-input Dense model, through the boards,
+        at most `in_flight` unanswered; returns the outputs (n, values per frame), float, in input order, as
+        the output contract decodes them. Raises harness.stream.StreamError (naming the board and
+        stage) when a frame is lost or a board fails, AgentUnreachable when an agent is gone."""
+        import numpy as np
+
+        from .stream import Pipeline
+
+        x = np.asarray(frames, dtype=np.float32)
+        with Pipeline(self.wiring) as pipe:
+            return pipe.stream(x, in_flight=in_flight, timeout=timeout).outputs().reshape(len(x), -1)
+
+    def expected(self, frames):
+        """What the boards must answer for `frames`: the plan's partitions run one after another on this
+        machine as their hls4ml emulation (the same libraries the virtual boards run, the C simulation of
+        the logic on real boards), (n, values per frame) like `stream`. Needs the deployed Plan."""
+        import numpy as np
+
+        from splitting.chain import emulation_runner, run_chain
+
+        if self.plan is None:
+            raise UserError("this Deployment was made without its Plan; deploy it with harness.deploy.deploy")
+        x = np.asarray(frames, dtype=np.float32)
+        return run_chain(self.plan, x, emulation_runner(self.plan)).reshape(len(x), -1)
+
+
+# --- what a partition's board must carry --------------------------------------------------------------
+def artifact_files(plan: Plan, name: str, board: Board) -> Dict[str, Path]:
+    """Board file name (inside part/) -> local file of the partition's logic, for this kind of board."""
+    if board.virtual:
+        from splitting.hls import project_dir
+
+        folder = project_dir(plan, name)
+        return {"partition.so": checked_library(folder, name)}
+    hls = plan.path(f"{name}/hls")
+    bits = sorted(hls.rglob("*.bit")) if hls.exists() else []
+    hwhs = sorted(hls.rglob("*.hwh")) if hls.exists() else []
+    if not bits or not hwhs:
+        raise UserError(
+            f"partition {name}: no bitstream (.bit + .hwh) under {hls}; build it with `splitrack build "
+            f"{plan.root}` on a machine with Vivado, or deploy to virtual boards"
+        )
+    return {"partition.bit": bits[-1], "partition.hwh": hwhs[-1]}
+
+
+def checked_library(folder: Path, name: str) -> Path:
+    """The emulation library of a cached hls4ml project, after checking it against the sha256 its manifest
+    (artifact.json) recorded when it was built. Raises UserError (one line, naming the file and what to do)
+    for a manifest or library that is missing or damaged. A manifest written before checksums were recorded
+    gets the library's checksum now (first use), and is checked from then on."""
+    from splitting.hls import ARTIFACT
+
+    art = Path(folder) / ARTIFACT
+    rebuild = f"remove {folder} (the cache entry) and run again to rebuild it"
+    try:
+        meta = json.loads(art.read_text())
+        lib = Path(folder) / meta["library"]
+    except FileNotFoundError:
+        raise UserError(f"partition {name}: the hls4ml cache entry has no manifest {art}; {rebuild}") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"partition {name}: the manifest {art} is damaged ({e}); {rebuild}") from None
+    if not lib.is_file():
+        raise UserError(f"partition {name}: the library {lib} is missing from the hls4ml cache; {rebuild}")
+    have = local_sha256(lib)
+    want = meta.get("library_sha256")
+    if want is None:
+        meta["library_sha256"] = have
+        meta["library_sha256_recorded"] = "first deploy"
+        tmp = art.with_name(art.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, art)
+    elif have != want:
+        raise UserError(f"partition {name}: the cached library {lib} is damaged (sha256 {have[:12]}, built as "
+                        f"{str(want)[:12]}); {rebuild}")
+    return lib
+
+
+def _backend(plan: Plan, name: str, board: Board) -> dict:
+    if board.virtual:
+        from splitting.hls import ARTIFACT, project_dir
+
+        meta = json.loads((project_dir(plan, name) / ARTIFACT).read_text())
+        return wiring_mod.emulation_backend(plan, name, "partition.so", meta["project"])
+    return wiring_mod.overlay_backend(plan, name, "partition.bit", "partition.hwh")
+
+
+def _timing(plan: Plan, name: str, board: Board) -> Optional[dict]:
+    if board.timing != "estimate":
+        return None
+    est = plan.partition(name).estimate or {}
+    if "cycles" not in est:
+        raise UserError(f"board {board.name} has timing = \"estimate\", but partition {name} has no cycle estimate; "
+                        "make the plan with `splitrack plan`, or remove `timing` from the rack file")
+    # the plan's hls4ml clock (PYNQ-Z2 default: 10 ns, 100 MHz)
+    return {"cycles": float(est["cycles"]), "clock_mhz": 1000.0 / float(plan.hls_defaults.get("clock_period", 10))}
+
+
+def place(plan: Plan, rack: Rack) -> Dict[str, Board]:
+    """Partitions in plan order onto boards in rack order: one partition per board."""
+    parts = plan.ordered_partitions()
+    if rack.lab is not None:
+        raise UserError(f"{rack.path} is a shared rack (labgrid coordinator {rack.lab.coordinator}): deploy alone "
+                        "would leave agents on boards it does not hold; `splitrack run`, `bench`, `nightly` and "
+                        "`pytest --boards` lease the boards for as long as they run")
+    if len(parts) > len(rack.boards):
+        raise UserError(f"plan has {len(parts)} partitions and the rack {len(rack.boards)} usable boards "
+                        f"({', '.join(rack.names)}): add boards (`splitrack rack up --boards {len(parts)}`) "
+                        "or split into fewer partitions")
+    return {p.name: b for p, b in zip(parts, rack.boards)}
+
+
+# --- talking to the agent ------------------------------------------------------------------------------
+def ping(host: str, port: int, secret: bytes, timeout: float = PING_TIMEOUT) -> dict:
+    """The agent's health answer (PONG) over an authenticated connection, or OSError/TimeoutError (an agent
+    that does not share `secret` refuses the connection: wire.AuthError, an OSError here)."""
+    try:
+        with wire.connect((host, port), secret, timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(wire.pack_message(wire.MsgType.PING, payload=b"{}"))
+            mtype, *_rest, payload = wire.Reader(s).message()
+    except (EOFError, wire.ProtocolError) as e:
+        raise OSError(str(e) or type(e).__name__) from None
+    if mtype != wire.MsgType.PONG:
+        raise OSError(f"agent answered message type {mtype}, not PONG")
+    return json.loads(payload.decode())
+
+
+def write_secret(conn: Connection, root: str, secret: bytes) -> None:
+    """The deployment's secret onto the board, part/agent.secret, mode 0600 before it holds a byte; the
+    running agent reads it at each new connection. Never logged."""
+    tmp, path = f"{root}/{PART}/{SECRET_FILE}.upload", f"{root}/{PART}/{SECRET_FILE}"
+    try:
+        with conn.sftp.open(tmp, "w") as f:
+            conn.sftp.chmod(tmp, 0o600)
+            f.write(secret.hex() + "\n")
+        conn.sftp.posix_rename(tmp, path)
+    except (IOError, OSError) as e:
+        raise BoardError(conn.board.name, "upload", f"cannot write the agent's secret to {path}: {e}") from None
+
+
+def _remote_pids(conn: Connection, part_dir: str) -> Dict[str, int]:
+    pids = {}
+    try:
+        names = conn.sftp.listdir(part_dir)
+    except IOError:
+        return pids
+    for n in names:
+        if n.startswith("agent-") and n.endswith(".pid"):
+            text = conn.read_text(f"{part_dir}/{n}") or ""
+            if text.strip().isdigit():
+                pids[n] = int(text.strip())
+    return pids
+
+
+def _json(text: Optional[str]) -> dict:
+    try:
+        d = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def _alive(conn: Connection, pid: int) -> bool:
+    """Whether the board runs process `pid`. A zombie (exited, not yet reaped by init) counts as gone:
+    `kill -0` would still succeed on it."""
+    stat = conn.read_text(f"/proc/{pid}/stat", stage="agent-stop")
+    if stat is None:
+        return False
+    fields = stat.rsplit(")", 1)[-1].split()
+    return bool(fields) and fields[0] not in ("Z", "X")
+
+
+def stop_agents(conn: Connection, board: Board) -> int:
+    """Stop every agent of this board's part/ folder (SIGTERM, then SIGKILL); returns how many ran."""
+    part_dir = conn.remote_path(f"{board.workdir}/{PART}")
+    sudo = ["sudo", "-n"] if board.sudo else []
+    n = 0
+    for fname, pid in _remote_pids(conn, part_dir).items():
+        if _alive(conn, pid):
+            n += 1
+            conn.run(sudo + ["kill", "-TERM", str(pid)], check=False, timeout=10, stage="agent-stop")
+            deadline = time.monotonic() + AGENT_STOP_TIMEOUT
+            while _alive(conn, pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(conn, pid):
+                conn.run(sudo + ["kill", "-KILL", str(pid)], check=False, timeout=10, stage="agent-stop")
+                time.sleep(0.1)
+                if _alive(conn, pid):
+                    raise BoardError(board.name, "agent-stop", f"agent pid {pid} survives SIGKILL; power-cycle the board")
+        conn.remove(f"{part_dir}/{fname}", stage="agent-stop")
+    return n
+
+
+def start_agent(conn: Connection, board: Board, partition: str) -> int:
+    """Start the agent of part/agent.json in the background; wait for its ready line. Returns its pid.
+
+    The previous agent's log is moved aside first (agent-<partition>.log.1), so that what an agent that
+    cannot start says is its own. An agent that exits is reported at once with its output, not after the
+    start timeout."""
+    part_dir = conn.remote_path(f"{board.workdir}/{PART}")
+    out = f"agent-{partition}.out"
+    log = f"{part_dir}/agent-{partition}.log"
+    if conn.exists(log, stage="agent-start"):
+        conn.rename(log, f"{log}.1", stage="agent-start")
+    argv = (["sudo", "-n"] if board.sudo else []) + ["setsid", board.python, "../agent.py", "agent.json"]
+    launched = conn.start_background(argv, cwd=part_dir, output=out, stage="agent-start")
+    deadline = time.monotonic() + AGENT_START_TIMEOUT
+    text, gone = "", False
+    while time.monotonic() < deadline:
+        text = conn.read_text(f"{part_dir}/{out}", stage="agent-start") or ""
+        for line in text.splitlines():
+            if line.startswith("{") and '"ready"' in line:
+                return int(json.loads(line)["pid"])
+        if gone:  # it had exited before this last read of its output: nothing more will come
+            break
+        gone = not _alive(conn, launched)
+        if not gone:
+            time.sleep(0.1)
+    log_text = conn.read_text(log, stage="agent-start") or ""
+    detail = " | ".join((text.strip() or log_text.strip() or "no output").splitlines()[-3:])
+    if gone:
+        raise BoardError(board.name, "agent-start", f"agent of {partition} exited at start: {detail}")
+    raise BoardError(board.name, "agent-start", f"agent of {partition} did not become ready within "
+                     f"{AGENT_START_TIMEOUT:.0f} s: {detail}")
+
+
+# --- one board -----------------------------------------------------------------------------------------
+def _deploy_one(plan: Plan, name: str, board: Board, config: dict, force: bool,
+                progress: Callable[[str], None], connect_timeout: float, secret: bytes) -> Placed:
+    from . import lease
+
+    t0 = time.monotonic()
+    lease.require(board)  # never change a board another user may hold
+    art = artifact_files(plan, name, board)
+    p = plan.partition(name)
+    contracts = {"partition": name, "stage": p.stage,
+                 "inputs": [c.to_dict() for c in plan.inputs_of(name)],
+                 "outputs": [c.to_dict() for c in plan.outputs_of(name)]}
+    blobs = {  # generated files: content in memory
+        f"{PART}/contracts.json": (json.dumps(contracts, indent=1, sort_keys=True) + "\n").encode(),
+        f"{PART}/agent.json": (json.dumps(config, indent=1, sort_keys=True) + "\n").encode(),
+    }
+    files = {k: v for k, v in CODE.items()}
+    files.update({f"{PART}/{k}": v for k, v in art.items()})
+    import hashlib
+
+    want = {rel: local_sha256(src) for rel, src in files.items()}
+    want.update({rel: hashlib.sha256(data).hexdigest() for rel, data in blobs.items()})
+    art_rels = {f"{PART}/{k}" for k in art}
+
+    with Connection(board, timeout=connect_timeout) as conn:
+        root = conn.remote_path(board.workdir)
+        conn.mkdirs(f"{root}/{PART}")
+        have = conn.sha256([f"{root}/{rel}" for rel in want], stage="verify")
+        have = {rel: have.get(f"{root}/{rel}") for rel in want}
+        stale = [rel for rel in want if force or have[rel] != want[rel]]
+        running = None
+        pids = _remote_pids(conn, f"{root}/{PART}")
+        # the agent that runs must be the one started with exactly this config (running.json says which
+        # pid that was): a deployment that died between upload and restart leaves new files, old agent
+        started = _json(conn.read_text(f"{root}/{PART}/running.json", stage="verify"))
+        write_secret(conn, root, secret)
+        stale_state = None
+        if not stale and pids and started.get("config") == want[f"{PART}/agent.json"]:
+            try:
+                h = ping(board.host, board.data_port, secret)
+                if (h.get("plan_hash"), h.get("partition"), h.get("pid")) == (plan.hash, name, started.get("pid")):
+                    running = int(h["pid"])
+                    stale_state = agent_stale_state(h)
+            except (OSError, ValueError):
+                running = None
+        if not stale and running and not stale_state:
+            progress(f"  {name} on {board.name}: board carries the same artifact and agent (pid {running}); "
+                     "not uploaded, not reprogrammed")
+            return Placed(name, board.name, board.host, board.data_port, False, [], False, running,
+                          time.monotonic() - t0)
+        # new files go to a staging name and are checked there while the old agent still runs: a failed
+        # upload leaves the board as it was; only then is the old agent stopped and the files swapped in
+        if stale:
+            _upload(conn, board, root, stale, files, blobs, want)
+        stop_agents(conn, board)
+        for rel in stale:
+            conn.rename(f"{root}/{rel}.upload", f"{root}/{rel}", stage="swap")
+        # running.json names the agent that matches the files; until a new one is up, none does
+        conn.remove(f"{root}/{PART}/running.json", stage="agent-start")
+        flashed = bool(art_rels & set(stale)) or force
+        pid = start_agent(conn, board, name)
+        conn.put_bytes(json.dumps({"pid": pid, "config": want[f"{PART}/agent.json"]}).encode(),
+                       f"{root}/{PART}/running.json", stage="agent-start")
+        if stale_state and not stale:
+            progress(f"  {name} on {board.name}: same artifact, but its agent held {stale_state}: restarted")
+    try:
+        h = ping(board.host, board.data_port, secret)
+    except (OSError, ValueError) as e:
+        raise BoardError(board.name, "agent-ping", f"agent of {name} started (pid {pid}) but does not answer on "
+                         f"{board.host}:{board.data_port} ({e}); is that port reachable from this machine?") from None
+    if h.get("partition") != name:
+        raise BoardError(board.name, "agent-ping", f"{board.host}:{board.data_port} answers as partition "
+                         f"{h.get('partition')!r}, not {name!r}: another agent holds the port")
+    what = "uploaded " + ", ".join(sorted(Path(r).name for r in stale)) if stale else "files unchanged"
+    progress(f"  {name} on {board.name}: {what}; agent pid {pid} on port {board.data_port}")
+    return Placed(name, board.name, board.host, board.data_port, flashed, sorted(stale), True, pid,
+                  time.monotonic() - t0)
+
+
+def _upload(conn: Connection, board: Board, root: str, rels: List[str], files: Dict[str, Path],
+            blobs: Dict[str, bytes], want: Dict[str, str]) -> None:
+    """Upload to the staging name `<file>.upload` and verify sha256 on the board; the caller renames them
+    into place. One retry for files that arrive corrupted; then the staging files are removed."""
+    todo = list(rels)
+    for attempt in (1, 2):
+        for rel in todo:
+            tmp = f"{root}/{rel}.upload"
+            if rel in blobs:
+                conn.put_bytes(blobs[rel], tmp, stage="upload")
+            else:
+                conn.put(files[rel], tmp, stage="upload")
+        got = conn.sha256([f"{root}/{rel}.upload" for rel in todo], stage="verify")
+        bad = [rel for rel in todo if got.get(f"{root}/{rel}.upload") != want[rel]]
+        if not bad:
+            return
+        todo = bad
+    details = ", ".join(f"{rel} (expected {want[rel][:12]}, board has {str(got.get(f'{root}/{rel}.upload'))[:12]})"
+                        for rel in bad[:2]) + (f" and {len(bad) - 2} more" if len(bad) > 2 else "")
+    for rel in rels:
+        conn.remove(f"{root}/{rel}.upload", stage="verify")
+    raise BoardError(board.name, "verify", f"sha256 mismatch after upload, twice: {details}; "
+                     "the board's storage or link corrupts data: check its SD card (its agent was left running)")
+
+
+def agent_stale_state(health: dict) -> Optional[str]:
+    """What an agent that should be idle still holds from an earlier session (frames queued, parts waiting
+    for their partners, a host attached), from its PONG; None when it is clean. A plain deploy restarts an
+    agent with stale state, so that no frame of an earlier run can reach the next one."""
+    held = []
+    queues = health.get("queues") or []
+    if any(int(q or 0) for q in queues):
+        held.append(f"{sum(int(q or 0) for q in queues)} queued frame(s)")
+    if health.get("waiting_for_parts"):
+        held.append(f"{health['waiting_for_parts']} frame(s) waiting for parts")
+    if health.get("stale"):  # the agent's own verdict, when it gives one
+        held.append(str(health["stale"]) if not isinstance(health["stale"], bool) else "stale session state")
+    return ", ".join(held) or None
+
+
+# --- the rack ------------------------------------------------------------------------------------------
+def deploy(plan: Plan, rack: Rack, force: bool = False, progress: Callable[[str], None] = lambda s: None,
+           faults: Optional[Dict[str, dict]] = None, part_timeout: Optional[float] = None,
+           connect_timeout: float = CONNECT_TIMEOUT, lease_wait: float = 0.0) -> Deployment:
+    """Deploy `plan` onto `rack` (partitions onto boards in order), in parallel over boards.
+
+    The boards are leased for the deployment (harness.lease), unless this process holds them already (a
+    run or bench holds them for the whole job): a board another user holds raises LeaseHeld (after
+    waiting up to `lease_wait` seconds), before anything on any board is changed.
+    faults: partition -> agent fault-injection entry (tests only, see the agent's docstring).
+    """
+    from . import lease
+
+    boards = place(plan, rack)
+    for name, b in boards.items():  # compile (or find and check cached) artifacts before taking the boards
+        artifact_files(plan, name, b)
+    with lease.ensure(list(boards.values()), "deploy", wait=lease_wait, progress=progress,
+                      connect_timeout=connect_timeout) as held:
+        dep = _deploy(plan, boards, force, progress, faults, part_timeout, connect_timeout)
+        if held is not None:
+            held.check()
+        return dep
+
+
+def _deploy(plan: Plan, boards: Dict[str, Board], force: bool, progress: Callable[[str], None],
+            faults: Optional[Dict[str, dict]], part_timeout: Optional[float], connect_timeout: float) -> Deployment:
+    t0 = time.monotonic()
+    progress(f"deploying plan {plan.hash} ({len(boards)} partitions) to {', '.join(b.name for b in boards.values())}")
+    endpoints = {n: wiring_mod.Endpoint(b.name, b.host, b.data_port) for n, b in boards.items()}
+    secret = wire.new_secret()  # one per deployment: every connection to its agents must prove it
+    configs = {}
+    for name, b in boards.items():
+        cfg = wiring_mod.agent_config(plan, name, endpoints, _backend(plan, name, b), timing=_timing(plan, name, b),
+                                      faults=(faults or {}).get(name))
+        if part_timeout is not None:
+            cfg["part_timeout"] = part_timeout
+        configs[name] = cfg
+    wiring = wiring_mod.wire(plan, endpoints, configs, secret=secret)
+    # compile (or find cached) artifacts first, in this thread: hls4ml must not compile in parallel threads
+    for name, b in boards.items():
+        artifact_files(plan, name, b)
+    placed: Dict[str, Placed] = {}
+    failures: List[BoardError] = []
+    with ThreadPoolExecutor(max_workers=min(8, len(boards))) as pool:
+        futs = {name: pool.submit(_deploy_one, plan, name, b, configs[name], force, progress, connect_timeout,
+                                  secret)
+                for name, b in boards.items()}
+        for name, fut in futs.items():
+            try:
+                placed[name] = fut.result()
+            except BoardError as e:
+                failures.append(e)
+            except UserError as e:
+                failures.append(BoardError(boards[name].name, "prepare", str(e)))
+    if failures:
+        raise DeployError(failures, list(placed.values()))
+    dep = Deployment(plan.hash, placed, wiring, boards, time.monotonic() - t0, plan=plan)
+    if plan.root is not None:
+        wiring.save(plan.root / wiring_mod.WIRING_FILE)
+    return dep
+
+
+def undeploy(rack: Rack, boards: Optional[List[str]] = None) -> int:
+    """Stop the agents on the rack's boards (files stay, so the next deploy skips the upload)."""
+    def stop(b: Board) -> int:
+        lease.require(b)
+        with Connection(b) as conn:
+            return stop_agents(conn, b)
+
+    from . import lease
+
+    chosen = [b for b in rack.boards if boards is None or b.name in boards]
+    if not chosen:
+        return 0
+    with lease.ensure(chosen, "undeploy"), ThreadPoolExecutor(max_workers=min(8, len(chosen))) as pool:
+        return sum(pool.map(stop, chosen))
+
+
+# --- health ----------------------------------------------------------------------------------------------
+@dataclass
+class Health:
+    board: str
+    ok: bool
+    reason: str = ""
+    details: Dict[str, object] = field(default_factory=dict)
+
+    def line(self) -> str:
+        d = ", ".join(f"{k} {v}" for k, v in self.details.items())
+        return f"{self.board}: {'ok' if self.ok else 'QUARANTINED: ' + self.reason}" + (f" ({d})" if d else "")
+
+
+def check_board(board: Board, timeout: float = 5.0) -> Health:
+    """SSH reachable, the agent's runtime (python >= 3.8 with numpy) answers, enough free memory and disk,
+    and a running agent answers a ping. Never raises: a bad board gets a reason."""
+    d: Dict[str, object] = {}
+    try:
+        with Connection(board, timeout=timeout) as conn:
+            r = conn.run([board.python, "-c", "import sys, numpy; print(sys.version_info[0], sys.version_info[1], "
+                          "numpy.__version__)"], check=False, timeout=20, stage="health")
+            if r.status != 0:
+                return Health(board.name, False, f"`{board.python}` with numpy does not run: "
+                              f"{(r.stderr or r.stdout).strip()[-200:]}", d)
+            major, minor, npv = r.stdout.split()[:3]
+            d["python"] = f"{major}.{minor}"
+            if (int(major), int(minor)) < MIN_PYTHON:
+                return Health(board.name, False, f"python {major}.{minor} is older than 3.8", d)
+            free = conn.run(["free", "-b"], check=False, timeout=10, stage="health").stdout
+            mem = [ln.split() for ln in free.splitlines() if ln.startswith("Mem:")]
+            if mem:
+                avail = int(mem[0][6] if len(mem[0]) > 6 else mem[0][3])
+                d["free_memory_mib"] = avail >> 20
+                if avail < MIN_FREE_MEMORY:
+                    return Health(board.name, False, f"only {avail >> 20} MiB of memory available "
+                                  f"(an agent needs {MIN_FREE_MEMORY >> 20} MiB): reboot the board", d)
+            df = conn.run(["df", "-Pk", conn.home], check=False, timeout=10, stage="health").stdout.splitlines()
+            if len(df) >= 2:
+                avail_k = int(df[1].split()[3])
+                d["free_disk_mib"] = avail_k >> 10
+                if avail_k << 10 < MIN_FREE_DISK:
+                    return Health(board.name, False, f"only {avail_k >> 10} MiB of disk free "
+                                  f"(need {MIN_FREE_DISK >> 20} MiB): clean up the board's SD card", d)
+            pids = _remote_pids(conn, conn.remote_path(f"{board.workdir}/{PART}"))
+            live = [p for p in pids.values() if _alive(conn, p)]
+            secret_hex = conn.read_text(conn.remote_path(f"{board.workdir}/{PART}/{SECRET_FILE}"), stage="health")
+    except BoardError as e:
+        return Health(board.name, False, f"{e.stage}: {str(e).split(': ', 1)[-1]}", d)
+    if live:
+        try:
+            h = ping(board.host, board.data_port, bytes.fromhex((secret_hex or "").strip()))
+            d["agent"] = f"{h.get('partition')} pid {h.get('pid')}"
+        except (OSError, ValueError) as e:
+            d["agent"] = f"pid {live[0]} does not answer ({e}); deploy restarts it"
+    return Health(board.name, True, "", d)
+
+
+def power_cycle(board: Board, wait: float = 180.0, timeout: float = 5.0) -> Health:
+    """Run the board's power_cycle command (locally, as an argument list), then wait up to `wait` seconds
+    for the board to pass the health check again. Returns the last health answer."""
+    import subprocess
+
+    if not board.power_cycle:
+        raise UserError(f"board {board.name} has no power_cycle command in the rack file")
+    try:
+        r = subprocess.run(board.power_cycle, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return Health(board.name, False, f"power-cycle: {board.power_cycle[0]} failed: {e}")
+    if r.returncode != 0:
+        return Health(board.name, False, f"power-cycle: `{' '.join(board.power_cycle)}` exited with "
+                      f"{r.returncode}: {(r.stderr or r.stdout).strip()[-200:]}")
+    deadline = time.monotonic() + wait
+    while True:
+        h = check_board(board, timeout)
+        if h.ok or time.monotonic() > deadline:
+            h.details["power_cycled"] = True
+            if not h.ok:
+                h.reason = f"still bad {wait:.0f} s after a power cycle: {h.reason}"
+            return h
+        time.sleep(2.0)
+
+
+def check_rack(rack: Rack, timeout: float = 5.0, recover: bool = False, wait: float = 180.0) -> List[Health]:
+    """Health of every board, in parallel. recover: power-cycle the bad boards that have a power_cycle
+    command, and check them again."""
+    def one(b: Board) -> Health:
+        h = check_board(b, timeout)
+        if not h.ok and recover and b.power_cycle:
+            h = power_cycle(b, wait, timeout)
+        return h
+
+    with ThreadPoolExecutor(max_workers=min(8, len(rack.boards))) as pool:
+        return list(pool.map(one, rack.boards))

@@ -1,0 +1,435 @@
+"""Talking to one board over SSH (paramiko): key auth, host-key checking, remote commands, SFTP.
+
+labgrid's "driver" layer. Every failure becomes a `BoardError` that names the board and the stage
+(connect, auth, host-key, command, upload, ...) and says what to do. Every network operation is bounded by
+a timeout, so a board that stops answering ends in an error, never in a hang.
+
+Remote commands are argument lists; each argument is quoted with `shlex.quote` before it reaches the
+board's shell, and no command line is ever built from data any other way. Files, folders, renames and
+removals go through SFTP calls (no shell at all). The only unquoted shell text is fixed syntax written in
+this module (`cd ... &&`, the redirections and `&` of `start_background`).
+"""
+from __future__ import annotations
+
+import hashlib
+import shlex
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Union
+
+import paramiko
+
+from splitting.errors import UserError
+
+from harness.rack.rackfile import Board
+
+CONNECT_TIMEOUT = 10.0  # TCP connect, SSH banner, key exchange and auth, each
+COMMAND_TIMEOUT = 60.0
+# every SFTP request (one 32 KiB write, a stat, a rename) must be answered within this; a board whose SSH
+# server freezes mid-upload then fails in seconds with the stage named, not after the kernel gives up
+SFTP_TIMEOUT = 10.0
+
+
+class BoardError(UserError, RuntimeError):
+    """Something went wrong on or with one board; `board` and `stage` say where."""
+
+    def __init__(self, board: str, stage: str, message: str):
+        self.board = board
+        self.stage = stage
+        super().__init__(f"board {board}, stage {stage}: {message}")
+
+
+def quote(argv: Sequence[Union[str, Path, int]]) -> str:
+    """An argument list as one shell command line, every argument quoted."""
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+class _TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
+    """Accept an unknown host's key once and record it in the known_hosts file.
+
+    Only used when the rack file says host_key_policy = "trust-on-first-use". A host whose key *changed*
+    is still refused (paramiko raises BadHostKeyException before asking a policy).
+    """
+
+    def __init__(self, known_hosts: Path):
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client, hostname, key):
+        self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.known_hosts, "a") as f:
+            f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+@dataclass
+class Result:
+    argv: List[str]
+    status: int
+    stdout: str
+    stderr: str
+
+
+def _load_key(board: Board) -> paramiko.PKey:
+    try:
+        return paramiko.PKey.from_path(str(board.key))
+    except FileNotFoundError:
+        raise BoardError(board.name, "auth", f"key file {board.key} not found; fix `key` in the rack file") from None
+    except paramiko.PasswordRequiredException:
+        raise BoardError(
+            board.name, "auth",
+            f"key {board.key} is protected by a passphrase; load it into ssh-agent or use a key without one",
+        ) from None
+    except (paramiko.SSHException, ValueError) as e:
+        raise BoardError(board.name, "auth", f"cannot read key {board.key}: {e}") from None
+
+
+class Connection:
+    """An open SSH connection to one board. Use as a context manager."""
+
+    def __init__(self, board: Board, timeout: float = CONNECT_TIMEOUT):
+        self.board = board
+        self.timeout = timeout
+        self._client: Optional[paramiko.SSHClient] = None
+        self._sftp: Optional[paramiko.SFTPClient] = None
+        self._home: Optional[str] = None
+        self._broken = False  # an SFTP request timed out: do not wait on this connection again
+
+    # --- connecting ------------------------------------------------------------------------------
+    def open(self) -> "Connection":
+        b = self.board
+        key = _load_key(b)
+        client = paramiko.SSHClient()
+        if b.known_hosts.is_file():
+            client.load_host_keys(str(b.known_hosts))
+        if b.host_key_policy == "trust-on-first-use":
+            client.set_missing_host_key_policy(_TrustOnFirstUse(b.known_hosts))
+        else:
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            # socket first, so that the TCP connect has its own bounded timeout and a clear message
+            sock = socket.create_connection((b.host, b.port), timeout=self.timeout)
+        except socket.timeout:
+            raise BoardError(b.name, "connect", f"{b.host}:{b.port} did not answer within {self.timeout:.0f} s; "
+                             "is the board powered and on the network?") from None
+        except OSError as e:
+            raise BoardError(b.name, "connect", f"cannot reach {b.host}:{b.port} ({e.strerror or e}); "
+                             "is the board powered, and is sshd running on that port?") from None
+        try:
+            # a hung board accepts TCP (the kernel does) but never sends its SSH banner: say so plainly
+            sock.settimeout(self.timeout)
+            if not sock.recv(4, socket.MSG_PEEK):
+                sock.close()
+                raise BoardError(b.name, "connect", f"{b.host}:{b.port} closed the connection before SSH started; "
+                                 "is sshd healthy on the board?")
+        except (socket.timeout, TimeoutError):
+            sock.close()
+            raise BoardError(b.name, "connect", f"{b.host}:{b.port} accepted the connection but did not speak SSH "
+                             f"within {self.timeout:.0f} s; the board is hung: power-cycle it") from None
+        except OSError as e:
+            sock.close()
+            raise BoardError(b.name, "connect", f"{b.host}:{b.port} dropped the connection ({e})") from None
+        try:
+            client.connect(
+                b.host, port=b.port, username=b.user, pkey=key, sock=sock,
+                timeout=self.timeout, banner_timeout=self.timeout, auth_timeout=self.timeout,
+                channel_timeout=self.timeout, allow_agent=False, look_for_keys=False,
+            )
+        except paramiko.BadHostKeyException as e:
+            client.close()  # the transport first: closing its socket under it makes it log noise
+            sock.close()
+            raise BoardError(b.name, "host-key", f"the host key of {b.host}:{b.port} changed (now {e.key.get_name()} "
+                             f"{e.key.get_fingerprint().hex()}); if the board was re-imaged, remove its line from "
+                             f"{b.known_hosts} and connect again") from None
+        except paramiko.SSHException as e:
+            client.close()  # the transport first: closing its socket under it makes it log noise
+            sock.close()
+            msg = str(e)
+            if "not found in known_hosts" in msg:
+                raise BoardError(b.name, "host-key", f"{b.host}:{b.port} is not in {b.known_hosts}; add its key "
+                                 f"(ssh-keyscan -p {b.port} {b.host} >> {b.known_hosts}) or set "
+                                 "host_key_policy = \"trust-on-first-use\" for the first connection") from None
+            if isinstance(e, paramiko.AuthenticationException):
+                raise BoardError(b.name, "auth", f"{b.user}@{b.host}:{b.port} refused key {b.key}; add its public "
+                                 f"key to ~{b.user}/.ssh/authorized_keys on the board") from None
+            if "banner" in msg.lower() or "timed out" in msg.lower() or isinstance(e, socket.timeout):
+                raise BoardError(b.name, "connect", f"{b.host}:{b.port} accepted the connection but did not "
+                                 f"speak SSH within {self.timeout:.0f} s ({msg}); the board is hung: power-cycle it") from None
+            raise BoardError(b.name, "connect", f"SSH to {b.host}:{b.port} failed: {msg}") from None
+        except (socket.timeout, TimeoutError):
+            client.close()  # the transport first: closing its socket under it makes it log noise
+            sock.close()
+            raise BoardError(b.name, "connect", f"{b.host}:{b.port} stopped answering during the SSH handshake "
+                             f"(>{self.timeout:.0f} s); the board is hung: power-cycle it") from None
+        except OSError as e:
+            client.close()  # the transport first: closing its socket under it makes it log noise
+            sock.close()
+            raise BoardError(b.name, "connect", f"SSH to {b.host}:{b.port} failed: {e}") from None
+        transport = client.get_transport()
+        transport.set_keepalive(5)
+        self._client = client
+        return self
+
+    def close(self) -> None:
+        if self._broken and self._client is not None:
+            # a hung board: close the transport (no goodbye that would wait for an answer)
+            try:
+                self._client.get_transport().close()
+            except Exception:
+                pass
+        if self._sftp is not None:
+            try:
+                self._sftp.close()
+            except Exception:
+                pass
+            self._sftp = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> "Connection":
+        return self.open() if self._client is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- commands --------------------------------------------------------------------------------
+    def run(self, argv: Sequence[Union[str, Path, int]], timeout: float = COMMAND_TIMEOUT, check: bool = True,
+            stage: str = "command", cwd: Optional[str] = None) -> Result:
+        """Run a command on the board. `argv` is quoted argument by argument; cwd (quoted) is the folder."""
+        assert self._client is not None, "open() first"
+        line = quote(argv)
+        if cwd is not None:
+            line = f"cd {shlex.quote(str(cwd))} && {line}"
+        return self._exec(line, [str(a) for a in argv], timeout, check, stage)
+
+    def start_background(self, argv: Sequence[Union[str, Path, int]], cwd: str, output: str,
+                         stage: str = "start", timeout: float = 20.0) -> int:
+        """Start `argv` detached in `cwd`, stdout and stderr to the file `output` (truncated), stdin from
+        /dev/null; returns its pid (the shell's `$!`). Every argument, the folder and the file name are
+        quoted: the shell sees data only as quoted words."""
+        assert self._client is not None, "open() first"
+        line = (f"cd {shlex.quote(str(cwd))} && {quote(argv)} > {shlex.quote(str(output))} 2>&1 < /dev/null & "
+                "echo $!")
+        res = self._exec(line, [str(a) for a in argv], timeout, True, stage)
+        pid = res.stdout.strip().splitlines()[-1:] or [""]
+        if not pid[0].isdigit():
+            raise BoardError(self.board.name, stage, f"`{line}` did not report a process id: {res.stdout!r}")
+        return int(pid[0])
+
+    def _exec(self, line: str, argv: List[str], timeout: float, check: bool, stage: str) -> Result:
+        b = self.board
+        try:
+            chan = self._client.get_transport().open_session(timeout=self.timeout)
+            chan.settimeout(timeout)
+            chan.exec_command(line)
+            chan.shutdown_write()
+            out, err = bytearray(), bytearray()
+            deadline = time.monotonic() + timeout
+            while True:
+                if chan.recv_ready():
+                    out += chan.recv(65536)
+                    continue
+                if chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                    continue
+                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+                if time.monotonic() > deadline:
+                    chan.close()
+                    raise BoardError(b.name, stage, f"`{line}` did not finish within {timeout:.0f} s")
+                if chan.closed and not chan.exit_status_ready():
+                    raise BoardError(b.name, stage, f"connection closed while running `{line}`")
+                time.sleep(0.005)
+            status = chan.recv_exit_status()
+            chan.close()
+        except (paramiko.SSHException, socket.timeout, OSError, EOFError) as e:
+            raise BoardError(b.name, stage, f"`{line}` failed: {e or type(e).__name__}; is the board still up?") from None
+        res = Result(argv, status, out.decode(errors="replace"), err.decode(errors="replace"))
+        if check and status != 0:
+            detail = (res.stderr or res.stdout).strip().splitlines()
+            raise BoardError(b.name, stage, f"`{line}` exited with status {status}: {' | '.join(detail[-3:]) or 'no output'}")
+        return res
+
+    # --- files -----------------------------------------------------------------------------------
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            try:
+                self._sftp = self._client.open_sftp()
+                self._sftp.get_channel().settimeout(SFTP_TIMEOUT)
+            except (paramiko.SSHException, OSError) as e:
+                raise BoardError(self.board.name, "sftp", f"cannot open SFTP: {e}; does the board's sshd offer sftp?") from None
+        return self._sftp
+
+    @property
+    def home(self) -> str:
+        if self._home is None:
+            try:
+                self._home = self.sftp.normalize(".")
+            except (IOError, paramiko.SSHException, socket.timeout, EOFError) as e:
+                raise self._sftp_error("prepare", "finding the home folder", e) from None
+        return self._home
+
+    def remote_path(self, rel: str) -> str:
+        """A board path: absolute as given; `~` or `~/x` in the user's home (expanded here, on the board's
+        side: the board's home, not this machine's); anything else relative to the home."""
+        rel = str(rel)
+        if rel == "~" or rel.startswith("~/"):
+            rel = rel[2:]
+        elif rel.startswith("~"):
+            raise BoardError(self.board.name, "prepare", f"path {rel!r}: `~user` is not supported; give the "
+                             "folder relative to the home folder or absolute")
+        if rel.startswith("/"):
+            return rel
+        home = self.home.rstrip("/")
+        return f"{home}/{rel}".rstrip("/") if rel else home
+
+    def _sftp_error(self, stage: str, what: str, e: BaseException) -> BoardError:
+        """A BoardError for a failed SFTP request; a timeout says the board stopped answering."""
+        if isinstance(e, (socket.timeout, TimeoutError)):
+            self._broken = True
+            return BoardError(self.board.name, stage, f"the board's SSH server stopped answering while {what} "
+                              f"(no reply within {SFTP_TIMEOUT:.0f} s); the board is hung or overloaded: "
+                              "power-cycle it and deploy again")
+        if isinstance(e, EOFError) or (isinstance(e, paramiko.SSHException) and not str(e)):
+            self._broken = True
+            return BoardError(self.board.name, stage, f"the connection closed while {what}; is the board still up?")
+        return BoardError(self.board.name, stage, f"{what} failed: {e or type(e).__name__}")
+
+    def put(self, local: Path, remote: str, stage: str = "upload") -> None:
+        # not paramiko's put(): it pipelines writes and reports a refused write (a full disk) only as a
+        # size mismatch at the end; here every write's answer is checked, so the board's reason comes back.
+        # No `with` on the remote file: after a timeout its close() would wait once more for the hung board.
+        dst = None
+        try:
+            with open(local, "rb") as src:
+                dst = self.sftp.open(remote, "wb")
+                dst.set_pipelined(False)
+                for chunk in iter(lambda: src.read(32768), b""):
+                    dst.write(chunk)
+            dst.close()
+        except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:
+            raise self._sftp_error(stage, f"writing {remote}", e) from None
+        except IOError as e:
+            text = str(e)
+            if dst is not None:
+                try:
+                    dst.close()
+                except Exception:
+                    pass
+            if "space" in text.lower() or "quota" in text.lower() or getattr(e, "errno", None) == 28:
+                raise BoardError(self.board.name, stage, f"no space left on the board while writing {remote} "
+                                 f"({Path(local).stat().st_size} bytes); free space in its home folder") from None
+            raise BoardError(self.board.name, stage, f"upload of {local} to {remote} failed: {text}") from None
+
+    def put_bytes(self, data: bytes, remote: str, stage: str = "upload", mode: Optional[int] = None,
+                  exclusive: bool = False) -> None:
+        """Write `data` to the board file `remote`. mode: chmod before the data goes in (e.g. 0o600).
+        exclusive: create it, failing with FileExistsError when it exists (O_EXCL: atomic on the board)."""
+        try:
+            f = self.sftp.open(remote, "wbx" if exclusive else "wb")
+            if mode is not None:
+                f.chmod(mode)
+            f.write(data)
+            f.close()
+        except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:
+            raise self._sftp_error(stage, f"writing {remote}", e) from None
+        except IOError as e:
+            if exclusive and self.exists(remote, stage):
+                raise FileExistsError(remote) from None
+            raise BoardError(self.board.name, stage, f"writing {remote} failed: {e}") from None
+
+    def read_text(self, remote: str, stage: str = "read") -> Optional[str]:
+        """A board file's text, or None when it does not exist."""
+        try:
+            with self.sftp.open(remote, "r") as f:
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return None
+        except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:
+            raise self._sftp_error(stage, f"reading {remote}", e) from None
+        except IOError as e:
+            if getattr(e, "errno", None) == 2:
+                return None
+            raise BoardError(self.board.name, stage, f"reading {remote} failed: {e}") from None
+
+    def exists(self, remote: str, stage: str = "read") -> bool:
+        try:
+            self.sftp.stat(remote)
+            return True
+        except FileNotFoundError:
+            return False
+        except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:
+            raise self._sftp_error(stage, f"looking at {remote}", e) from None
+        except IOError as e:
+            if getattr(e, "errno", None) == 2:
+                return False
+            raise BoardError(self.board.name, stage, f"looking at {remote} failed: {e}") from None
+
+    def sftp_call(self, stage: str, what: str, fn, *args):
+        """One SFTP request (`fn(*args)`, e.g. self.sftp.posix_rename) with the board's errors as BoardError."""
+        try:
+            return fn(*args)
+        except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:
+            raise self._sftp_error(stage, what, e) from None
+        except IOError as e:
+            raise BoardError(self.board.name, stage, f"{what} failed: {e}") from None
+
+    def rename(self, src: str, dst: str, stage: str) -> None:
+        """Rename on the board, replacing `dst` (POSIX rename: atomic)."""
+        self.sftp_call(stage, f"renaming {src} to {dst}", self.sftp.posix_rename, src, dst)
+
+    def remove(self, remote: str, stage: str) -> None:
+        """Remove a board file; a missing one is fine."""
+        try:
+            self.sftp.remove(remote)
+        except FileNotFoundError:
+            pass
+        except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:
+            raise self._sftp_error(stage, f"removing {remote}", e) from None
+        except IOError as e:
+            if getattr(e, "errno", None) != 2:
+                raise BoardError(self.board.name, stage, f"removing {remote} failed: {e}") from None
+
+    def mkdirs(self, remote: str, stage: str = "prepare") -> None:
+        """mkdir -p over SFTP (no shell)."""
+        parts = [p for p in remote.split("/") if p]
+        path = "" if remote.startswith("/") else "."
+        for p in parts:
+            path = f"{path}/{p}" if path != "." else p
+            if self.exists(path, stage):
+                continue
+            try:
+                self.sftp.mkdir(path)
+            except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:
+                raise self._sftp_error(stage, f"creating {path}", e) from None
+            except IOError as e:
+                if not self.exists(path, stage):  # made meanwhile by another deployment: fine
+                    raise BoardError(self.board.name, stage, f"cannot create folder {path}: {e}") from None
+
+    def sha256(self, remotes: Iterable[str], stage: str = "verify") -> dict:
+        """{path: sha256} of board files, computed on the board; missing files are absent from the answer."""
+        remotes = list(remotes)
+        if not remotes:
+            return {}
+        res = self.run(["sha256sum", "--", *remotes], timeout=60, check=False, stage=stage)
+        sums = {}
+        for line in res.stdout.splitlines():
+            parts = line.split(None, 1)
+            if len(parts) == 2 and len(parts[0]) == 64:
+                sums[parts[1].lstrip("*")] = parts[0]
+        return sums
+
+
+def local_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def connect(board: Board, timeout: float = CONNECT_TIMEOUT) -> Connection:
+    return Connection(board, timeout).open()

@@ -1,0 +1,228 @@
+"""A virtual PYNQ-Z2: a real SSH server (asyncssh) with its own home folder, address and port.
+
+What a deployment needs from a board, and nothing else: public-key auth, SFTP (starting in the board's home
+folder), and `exec` of commands, which run with `/bin/sh` in the home folder with HOME pointing there. The
+board's "programmable logic" is whatever the agent loads (the hls4ml emulation library of its partition).
+
+To make the board's limits testable, `free` and `df` on this board report the board's own memory and disk
+(`--memory-mb`, `--disk-mb`), and SFTP refuses writes beyond the disk size with "No space left on device",
+as a full SD card would. `--fault corrupt-upload` flips one bit of every uploaded file (a flaky SD card or
+link), so that deployment's sha256 check can be tested.
+
+Run one board per process (a board must be stoppable and freezable on its own):
+
+    python -m harness.rack.virtual_board --name b0 --home DIR --port 2200 --host-key KEY --authorized-keys FILE
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import asyncssh
+
+FAULTS = ("corrupt-upload",)
+
+
+def disk_usage(home: Path) -> int:
+    total = 0
+    for root, dirs, files in os.walk(home):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+# `free` and `df` of the board: small scripts in the board's own bin folder, first on its PATH.
+_FREE = """#!{python}
+import json, sys
+c = json.load(open({cfg!r}))
+total = c["memory_mb"] << 20
+avail = c["memory_free_mb"] << 20
+div = 1 if "-b" in sys.argv else 1024
+print("               total        used        free      shared  buff/cache   available")
+print("Mem:   %12d%12d%12d%12d%12d%12d" % (total // div, (total - avail) // div, avail // div, 0, 0, avail // div))
+print("Swap:  %12d%12d%12d" % (0, 0, 0))
+"""
+
+_DF = """#!{python}
+import json, os
+c = json.load(open({cfg!r}))
+size = int(c["disk_mb"] * 1048576)
+used = sum(os.lstat(os.path.join(r, f)).st_size for r, _, fs in os.walk(c["home"]) for f in fs)
+print("Filesystem     1024-blocks      Used Available Capacity Mounted on")
+print("virtual-sd     %11d %9d %9d %7d%% %s" % (size // 1024, used // 1024, max(0, size - used) // 1024,
+      100 * used // size, c["home"]))
+"""
+
+
+class BoardSFTP(asyncssh.SFTPServer):
+    """SFTP starting in the board's home folder, with a disk size and an optional corruption fault."""
+
+    board: "VirtualBoard"
+
+    def __init__(self, chan, board: "VirtualBoard"):
+        self.board = board
+        self._sizes = {}
+        self._corrupted = set()
+        # no chroot: SFTP and commands must see the same paths, as on a real board; the session starts
+        # in the board's home folder because the board process runs there
+        super().__init__(chan)
+
+    def open(self, path, pflags, attrs):
+        f = super().open(path, pflags, attrs)
+        self._sizes[id(f)] = os.fstat(f.fileno()).st_size
+        return f
+
+    def write(self, file_obj, offset, data):
+        b = self.board
+        old = self._sizes.get(id(file_obj), 0)
+        new = max(old, offset + len(data))
+        if b.disk_mb is not None and disk_usage(b.home) + (new - old) > int(b.disk_mb * 1048576):
+            raise asyncssh.SFTPNoSpaceOnFilesystem("No space left on device")
+        if "corrupt-upload" in b.faults and id(file_obj) not in self._corrupted and data:
+            self._corrupted.add(id(file_obj))
+            data = bytes([data[0] ^ 0x01]) + data[1:]
+        self._sizes[id(file_obj)] = new
+        return super().write(file_obj, offset, data)
+
+    def close(self, file_obj):
+        self._sizes.pop(id(file_obj), None)
+        self._corrupted.discard(id(file_obj))
+        return super().close(file_obj)
+
+
+class VirtualBoard:
+    def __init__(self, name: str, home: Path, host: str, port: int, host_key: Path, authorized_keys: Path,
+                 memory_mb: int = 512, memory_free_mb: Optional[int] = None, disk_mb: Optional[float] = 2048,
+                 faults: List[str] = ()):
+        self.name = name
+        self.home = Path(home).resolve()
+        self.host = host
+        self.port = port
+        self.host_key = Path(host_key)
+        self.authorized_keys = Path(authorized_keys)
+        self.memory_mb = memory_mb
+        self.memory_free_mb = memory_mb * 3 // 4 if memory_free_mb is None else memory_free_mb
+        self.disk_mb = disk_mb
+        self.faults = list(faults)
+        self.state = self.home.parent / (self.home.name + ".board")
+        self.bin = self.state / "bin"
+
+    def _prepare(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.bin.mkdir(parents=True, exist_ok=True)
+        cfg = self.state / "board.json"
+        cfg.write_text(json.dumps({"name": self.name, "home": str(self.home), "memory_mb": self.memory_mb,
+                                   "memory_free_mb": self.memory_free_mb,
+                                   "disk_mb": self.disk_mb if self.disk_mb is not None else 1 << 20}))
+        for name, body in (("free", _FREE), ("df", _DF)):
+            f = self.bin / name
+            f.write_text(body.format(python=sys.executable, cfg=str(cfg)))
+            f.chmod(0o755)
+
+    def env(self) -> dict:
+        # python3 on the board is this interpreter (it has numpy, as a PYNQ image does)
+        path = [str(self.bin), str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin",
+                "/usr/sbin", "/sbin"]
+        env = {"HOME": str(self.home), "PATH": ":".join(path), "USER": "xilinx", "LANG": "C.UTF-8",
+               "SPLITRACK_BOARD": self.name}
+        for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[k] = "1"  # a Z2 has two small cores; do not let numpy spawn thread pools
+        return env
+
+    async def _exec(self, process: asyncssh.SSHServerProcess) -> None:
+        cmd = process.command
+        if not cmd:
+            process.stderr.write("this virtual board runs commands, not interactive shells\n")
+            process.exit(1)
+            return
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", cmd, cwd=str(self.home), env=self.env(),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await proc.communicate()
+        except asyncio.CancelledError:
+            proc.kill()
+            raise
+        process.stdout.write(out.decode(errors="replace"))
+        process.stderr.write(err.decode(errors="replace"))
+        process.exit(proc.returncode if proc.returncode >= 0 else 128 - proc.returncode)
+
+    async def serve(self) -> None:
+        self._prepare()
+        os.chdir(self.home)
+        self._server = await asyncssh.listen(
+            self.host, self.port,
+            server_host_keys=[str(self.host_key)],
+            authorized_client_keys=str(self.authorized_keys),
+            process_factory=self._exec,
+            sftp_factory=lambda chan: BoardSFTP(chan, self),
+            allow_scp=False, password_auth=False, kbdint_auth=False,
+        )
+        print(f"virtual board {self.name} listening on {self.host}:{self.port}, home {self.home}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        self._server.close()
+        killed = kill_home_processes(self.home)
+        print(f"virtual board {self.name} stopped ({killed} board processes ended)", flush=True)
+
+
+def home_processes(home: Path) -> List[int]:
+    """Processes whose working folder is inside this board's home: the ones the board started."""
+    home = str(Path(home).resolve())
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{d}/cwd")
+        except OSError:
+            continue
+        if cwd == home or cwd.startswith(home + "/"):
+            pids.append(int(d))
+    return pids
+
+
+def kill_home_processes(home: Path) -> int:
+    pids = home_processes(home)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(pids)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--home", required=True, type=Path)
+    ap.add_argument("--listen", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--host-key", required=True, type=Path)
+    ap.add_argument("--authorized-keys", required=True, type=Path)
+    ap.add_argument("--memory-mb", type=int, default=512, help="the board's RAM as `free` reports it (Z2: 512)")
+    ap.add_argument("--memory-free-mb", type=int, default=None, help="available memory `free` reports")
+    ap.add_argument("--disk-mb", type=float, default=2048, help="size of the board's disk (home folder)")
+    ap.add_argument("--fault", action="append", default=[], choices=FAULTS)
+    a = ap.parse_args(argv)
+    board = VirtualBoard(a.name, a.home, a.listen, a.port, a.host_key, a.authorized_keys, a.memory_mb,
+                         a.memory_free_mb, a.disk_mb, a.fault)
+    asyncio.run(board.serve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

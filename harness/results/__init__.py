@@ -1,0 +1,1 @@
+"""Results over time: the SQLite history, regression detection, the static dashboard and the nightly job."""

@@ -1,0 +1,63 @@
+"""pytest-benchmark with splitrack's extra_info, on local agents: its JSON carries the per-hop breakdown and
+the plan hash (and `history add` imports it), --benchmark-compare works, and --benchmark-compare-fail
+catches a board that became slower (a timing model of 2 ms switched on by the environment)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from harness.results import history
+
+INNER = '''
+import os
+import numpy as np
+from harness.measure import attribution as measure
+from harness.rack.local_rack import LocalRack, identity_plan
+from harness.measure.stream import Pipeline
+
+
+def test_rack_frame(benchmark, tmp_path):
+    plan = identity_plan(stages=2, shape=(64,))
+    slow = {"s1": {"cycles": 200000, "clock_mhz": 100}} if os.environ.get("SLOW_S1") else None
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 64))
+    got = []
+    with LocalRack(tmp_path) as rack:
+        wiring = rack.start(plan, "passthrough", timing=slow)
+        with Pipeline(wiring) as pipe:
+            before = measure.clock_offsets(pipe, wiring, 20)
+            benchmark.pedantic(lambda: got.append(pipe.stream(x, in_flight=1)), rounds=30, warmup_rounds=2)
+            after = measure.clock_offsets(pipe, wiring, 20)
+    frames = [t for r in got[2:] for t in r.timings()]
+    benchmark.extra_info.update(measure.benchmark_extra_info(plan, "local", wiring, frames, before, after))
+'''
+
+
+def run(tmp_path, *args, slow=False):
+    env = dict(__import__("os").environ)
+    if slow:
+        env["SLOW_S1"] = "1"
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                           str(tmp_path / "test_inner.py"), f"--benchmark-storage=file://{tmp_path / 'store'}", *args],
+                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_json_compare_and_compare_fail(tmp_path):
+    (tmp_path / "test_inner.py").write_text(INNER)
+    out = tmp_path / "out.json"
+    r = run(tmp_path, "--benchmark-autosave", f"--benchmark-json={out}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    extra = json.loads(out.read_text())["benchmarks"][0]["extra_info"]
+    assert extra["rack"] == "local" and len(extra["plan_hash"]) == 16
+    assert set(extra["breakdown_p50_us"]) == {"link host->s0", "board s0", "link s0->s1", "board s1", "link s1->host"}
+    rows = history.rows_from_file(out)
+    assert any(r.hop == "board s1" and r.metric == "pytest test_rack_frame p50" for r in rows)
+    # the same rack again: compare works and a generous gate passes
+    r = run(tmp_path, "--benchmark-compare", "--benchmark-compare-fail=median:300%")
+    assert r.returncode == 0 and "Comparing against" in r.stdout + r.stderr, r.stdout[-3000:]
+    # board s1 now takes 2 ms per frame: the gate fails, and the per-hop breakdown says where
+    slow_json = tmp_path / "slow.json"
+    r = run(tmp_path, "--benchmark-compare", "--benchmark-compare-fail=median:300%", f"--benchmark-json={slow_json}",
+            slow=True)
+    assert r.returncode != 0 and "Performance has regressed" in r.stdout + r.stderr, r.stdout[-3000:]
+    slow_extra = json.loads(slow_json.read_text())["benchmarks"][0]["extra_info"]
+    assert slow_extra["hops"]["board s1"]["p50"] > 1900 > extra["hops"]["board s1"]["p50"]

@@ -1,0 +1,79 @@
+"""hls4ml emulation of the chained partitions against the emulation of the whole model (bit for bit), on the
+FC reference model split all three ways; accuracy on digits; the compiled projects are cached."""
+import json
+
+
+from harness.cli.commands import main
+from splitting import hls
+from splitting.plan import Plan
+from splitting.reference import reference_model
+from splitting.split import split_model, write_plan
+from splitting.verify import verify_plan
+
+
+def test_split_emulation_is_bit_exact_and_keeps_accuracy(fc_plan):
+    kinds = [s.kind for s in fc_plan.stages]
+    assert kinds == ["layers", "neuron", "input", "join"]
+    v = verify_plan(fc_plan, data="digits", n=450, log=lambda *a: None)
+    assert v.float_ok and v.float_rel_err <= 1e-5
+    assert v.hls_chain_max_abs_err == 0.0 and v.hls_bit_exact
+    assert abs(v.accuracy_split_hls - v.accuracy_keras) <= 0.01  # within 1 point of Keras
+    assert v.accuracy_keras > 0.9
+    # the emulation is not trivially equal to Keras: it is quantised
+    assert v.hls_vs_keras_max_abs_err > 0
+    # the FC logits reach about -35 on digits, past ap_fixed<16,6>'s +-32: verify must say where
+    flagged = [(p["partition"], p["peak_layer"]) for p in v.per_partition if p["overflow"]]
+    assert flagged == [("s3", "fc3_join")]  # fc3 is input-split: the full sum is in the join
+    from splitting.verify import render
+    assert "layer fc3_join reaches" in render(v)
+
+
+def test_second_verify_does_not_recompile(fc_plan, monkeypatch, capsys):
+    verify_plan(fc_plan, data="random", n=8, log=lambda *a: None)  # everything compiled (cached) by now
+
+    def no_convert(*a, **k):
+        raise AssertionError("hls4ml conversion ran again for an unchanged plan")
+
+    monkeypatch.setattr(hls, "_convert", no_convert)
+    monkeypatch.setattr(hls, "_loaded", {})  # also reload libraries from the cache folder
+    assert main(["verify", str(fc_plan.root), "--json", "-n", "16"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("float_max_abs_err", "hls_chain_max_abs_err", "accuracy_keras", "accuracy_split_hls",
+                "partitions", "stages"):
+        assert key in out
+    assert out["partitions"] == len(fc_plan.partitions) and out["stages"] == 4
+
+
+def test_verify_fails_when_the_chain_is_wrong(fc_plan, tmp_path, capsys):
+    # corrupt one partition's weights consistently (plan hash and weight hash updated): verify must catch it
+    import keras
+    import shutil
+    from splitting.graph import weights_sha256
+
+    bad = tmp_path / "bad"
+    shutil.copytree(fc_plan.root, bad)
+    plan = Plan.load(bad)
+    p = plan.partition("s2_0")
+    m = keras.models.load_model(bad / p.model_file)
+    w = m.layers[-1].get_weights()
+    w[0][0, 0] += 0.5
+    m.layers[-1].set_weights(w)
+    m.save(bad / p.model_file)
+    p.weights_sha256 = weights_sha256(m)
+    plan.save(bad)
+    assert main(["verify", str(bad), "-n", "64", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert not out["float_ok"] and not out["hls_ok"]
+
+
+def test_cache_key_is_stable_across_splits(tmp_path):
+    # the same split written twice (fresh Keras objects, so fresh shared_object_ids in config.json) must
+    # reuse the compiled projects: the key depends on architecture, weights and config only
+    keys = []
+    for run in ("a", "b"):
+        plan, models = split_model(reference_model("fc"), neurons={"fc2": 2})
+        write_plan(plan, models, tmp_path / run)
+        plan = Plan.load(tmp_path / run)
+        keys.append([hls.cache_key(plan.path(p.model_file), p.weights_sha256, p.hls, plan.hls_defaults)
+                     for p in plan.ordered_partitions()])
+    assert keys[0] == keys[1] and len(set(keys[0])) == len(keys[0])
