@@ -42,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness import wire  # noqa: E402
+from harness.board import wire  # noqa: E402
 from harness.board.files import agent_files  # noqa: E402
 from harness.rack.local_rack import LocalRack, identity_plan  # noqa: E402
 from harness.measure.stream import Pipeline  # noqa: E402

@@ -11,7 +11,7 @@ failing on it.
 Fixtures:
     rack         the healthy boards (a `harness.rack.rackfile.Rack`)
     board        one board, leased for the test
-    deployed     deployed(plan) -> `harness.deploy.Deployment`: `plan` is a plan folder (str or Path) or a
+    deployed     deployed(plan) -> `harness.rack.deploy.Deployment`: `plan` is a plan folder (str or Path) or a
                  loaded `splitting.plan.Plan`; leases as many boards as the plan has partitions, deploys
                  (skipping boards that already carry the same artifact), stops the agents after the test.
                  `dep.stream(x)` sends frames through the boards and returns their outputs;
@@ -23,10 +23,10 @@ Fixtures:
 
 Leases are file locks (one per board, in the temp folder, keyed by the rack file), so with `pytest -n N`
 every xdist worker gets boards of its own; a worker waits (bounded, --board-lease-timeout) when the others
-hold them. A test's boards are also leased on the boards themselves (`harness.lease`), which keeps out
+hold them. A test's boards are also leased on the boards themselves (`harness.rack.lease`), which keeps out
 every other user of the rack, on this machine or another, for as long as the test runs.
 
-A rack file whose [rack] names a labgrid `coordinator` is a shared rack (harness.lab_lease): its boards are
+A rack file whose [rack] names a labgrid `coordinator` is a shared rack (harness.rack.lab_lease): its boards are
 labgrid places, leases are labgrid reservations and locks (each xdist worker, each runner its own), the
 health check tags bad boards in labgrid so no runner gets them, and every lease still held is given back at
 session end.
@@ -128,12 +128,12 @@ class RackState:
 
     def _init_lab(self, check: bool, recover_wait: float) -> None:
         """A rack file naming a labgrid coordinator: the boards are its places. The health check covers the
-        boards nobody holds and those tagged bad, and tags the result in labgrid (harness.lab_lease)."""
-        from harness.deploy import check_rack
-        from harness.lab_client import LabClient
-        from harness.lab_export import TAG_REASON
-        from harness.lab_lease import check_and_tag, lab_boards
-        from harness.rack import Rack
+        boards nobody holds and those tagged bad, and tags the result in labgrid (harness.rack.lab_lease)."""
+        from harness.rack.deploy import check_rack
+        from harness.rack.lab_client import LabClient
+        from harness.rack.lab_export import TAG_REASON
+        from harness.rack.lab_lease import check_and_tag, lab_boards
+        from harness.rack.rackfile import Rack
 
         self.lab = LabClient(self.rack.lab.coordinator)
         if check:
@@ -153,7 +153,7 @@ class RackState:
         """n boards held until .release(): labgrid reservations and locks on a shared rack, file locks else."""
         if self.lab is None:
             return Lease(self, n, timeout)
-        from harness.lab_lease import LabLease
+        from harness.rack.lab_lease import LabLease
 
         self.lab_leases.append(LabLease(self.lab, self.rack, n, timeout))
         return self.lab_leases[-1]
@@ -241,7 +241,7 @@ class Lease:
             if len(self.boards) == n:
                 # the file locks keep this machine's xdist workers apart; the lease on the boards themselves
                 # keeps every other user (another machine, a `splitrack run` beside the tests) out
-                from harness.lease import RackLease
+                from harness.rack.lease import RackLease
 
                 self.board_lease = RackLease(self.boards, "pytest", wait=max(0.0, deadline - time.monotonic()))
                 try:
@@ -313,8 +313,8 @@ def board(lease):
 def deployed(request, lease):
     """deployed(plan, **deploy_kwargs) -> Deployment on leased boards; agents stop after the test. `plan`: a
     plan folder (str or Path) or a `Plan`."""
-    from harness.deploy import deploy, undeploy
-    from harness.rack import Rack
+    from harness.rack.deploy import deploy, undeploy
+    from harness.rack.rackfile import Rack
 
     state = _state(request)
     used = []

@@ -1,5 +1,5 @@
 """Redraw docs/dashboard-index.png and docs/dashboard-run.png (the README's screenshots) from the test
-history of sim_tests/test_dashboard.py (8 runs, the 8th with a 1 ms slower board s1, the 5th incomplete).
+history of sim_tests/results/test_dashboard.py (8 runs, the 8th with a 1 ms slower board s1, the 5th incomplete).
 
     .venv/bin/python scripts/dashboard_screenshots.py      # needs chromium (scripts/setup-system.sh)
 """
@@ -15,7 +15,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "sim_tests")]
 from PIL import Image  # noqa: E402 (matplotlib's dependency)
 from synthetic_history import make_history  # noqa: E402
 
-from harness import dashboard  # noqa: E402
+from harness.results import dashboard  # noqa: E402
 
 
 def main() -> int:

@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from harness.lab_client import LabClient, LabError
-from harness.lab_export import apply_places, exporter_yaml
-from harness.rack import load_rack
-from harness.virtual_rack import rack_down, rack_up
+from harness.rack.lab_client import LabClient, LabError
+from harness.rack.lab_export import apply_places, exporter_yaml
+from harness.rack.rackfile import load_rack
+from harness.rack.virtual_rack import rack_down, rack_up
 
 
 def free_port() -> int:

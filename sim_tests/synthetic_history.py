@@ -7,8 +7,8 @@ short with an error, as `bench` writes it on a fault.
 """
 import numpy as np
 
-from harness import history
-from harness.measure import stats
+from harness.results import history
+from harness.measure.attribution import stats
 
 HOPS = {"link host->s0": 80.0, "board s0": 150.0, "link s0->s1": 60.0, "board s1": 300.0, "link s1->s2": 60.0,
         "board s2": 120.0, "link s2->host": 70.0}

@@ -49,8 +49,8 @@ try:
     import wire  # type: ignore
     from agent_config import AgentConfig, AgentConfigError  # type: ignore
 except ImportError:  # pragma: no cover
-    from harness import wire
-    from harness.agent_config import AgentConfig, AgentConfigError
+    from harness.board import wire
+    from harness.board.agent_config import AgentConfig, AgentConfigError
 
 assemble = _contract.assemble
 Contract = _contract.Contract  # its derived properties are cached: encode/decode per frame stay cheap

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Dict
 
 # board file name -> the project module it is a copy of
-SHIPPED = {"agent.py": "harness.board.agent", "wire.py": "harness.wire", "agent_config.py": "harness.agent_config",
+SHIPPED = {"agent.py": "harness.board.agent", "wire.py": "harness.board.wire", "agent_config.py": "harness.board.agent_config",
            "contract.py": "splitting.contract", "emulation.py": "splitting.emulation"}
 
 

@@ -31,7 +31,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from splitting.plan import Plan
 
-    from harness.lab_lease import leased_rack
+    from harness.rack.lab_lease import leased_rack
     from harness.rack.rackfile import load_rack
 
     plan = Plan.load(args.plan)

@@ -91,7 +91,7 @@ def _check(h: History, args) -> int:
 
 
 def _compare(h: History, args) -> int:
-    from harness.run_compare import compare, resolve
+    from harness.results.compare import compare, resolve
 
     b = resolve(h, args.b)
     a = resolve(h, args.a, other=b)
@@ -111,8 +111,8 @@ def _ack(h: History, args) -> int:
 
 
 def _export(h: History, args) -> int:
-    from harness.bmf import run_bmf
-    from harness.run_compare import resolve
+    from harness.results.bmf import run_bmf
+    from harness.results.compare import resolve
 
     doc = json.dumps(run_bmf(h, resolve(h, args.run)), indent=1)
     if args.out:

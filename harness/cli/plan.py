@@ -150,7 +150,7 @@ PLAUSIBLE_FACTOR = 4.0
 def implausible(part: PartChoice, opts: SearchOptions) -> List[str]:
     """Why this partition's estimate is outside the plausible range ([] when it is not): DSP figures beyond
     PLAUSIBLE_FACTOR of the closed-form count of parallel multipliers at the chosen reuse factor."""
-    from .estimate import analytic_segment
+    from splitting.estimate import analytic_segment
 
     e, c = part.estimate, part.config
     if "rule4ml" not in e.estimator or c.bits < 10:  # below 10 bits hls4ml puts multipliers in LUTs
@@ -256,7 +256,7 @@ def write(model_path, plan: PlanChoice, opts: SearchOptions, version: str, folde
                             precision=opts.precisions[0], reuse_factor=base.reuse_factor, strategy=base.strategy)
     apply(p, plan, opts, version)
     refuse_overwrite(folder, p.hash, force)
-    from .hls_support import check_plan
+    from splitting.hls_support import check_plan
 
     check_plan(p, models, progress=progress)  # know before writing: hls4ml converts every partition
     return write_plan(p, models, folder).parent

@@ -67,7 +67,7 @@ def run(args) -> int:
     plan, models = split_model(model, at=at, neurons=neurons, inputs=inputs, precision=args.precision,
                                reuse_factor=args.reuse, strategy=args.strategy)
     refuse_overwrite(args.out, plan.hash, args.force)
-    from .hls_support import check_plan
+    from splitting.hls_support import check_plan
 
     # know before writing: every partition (and the whole-model reference) converts with hls4ml
     check_plan(plan, models, progress=lambda m: print(f"[split] {m}", file=sys.stderr, flush=True))

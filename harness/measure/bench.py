@@ -86,12 +86,12 @@ def bench(plan, rack, frames: int = 2000, rate: Optional[float] = None, in_fligh
           label: Optional[str] = None) -> Dict:
     """Deploy (unless `deployment` is given), measure, and return the bench document (the --json content).
 
-    The boards are leased for the whole bench (harness.lease; LeaseHeld when another user holds one). On a
+    The boards are leased for the whole bench (harness.rack.lease; LeaseHeld when another user holds one). On a
     fault while measuring, raises BenchIncomplete whose `doc` has the same keys, `"complete": false`, the
     error, and under "frames" every frame received per mode (the attribution needs a finished run).
     `label` names the run's series in the history (default: the plan's model name)."""
-    from . import lease
-    from .deploy import place
+    from harness.rack import lease
+    from harness.rack.deploy import place
 
     if frames < 2:
         raise UserError(f"--frames {frames}: give at least 2 frames")
@@ -106,7 +106,7 @@ def bench(plan, rack, frames: int = 2000, rate: Optional[float] = None, in_fligh
 
 def _bench(plan, rack, ev, frames, rate, in_flight, single_rate, cpu, progress, deployment, held, label) -> Dict:
     from . import cpu_reference
-    from .deploy import deploy
+    from harness.rack.deploy import deploy
     from .stream import Pipeline, StreamResult
 
     x, labels = ev.x, ev.y

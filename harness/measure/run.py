@@ -50,8 +50,8 @@ def run_on_rack(plan: Plan, rack, x: np.ndarray, y: Optional[np.ndarray], out_di
     a coordinator, and on the boards themselves), deploy the plan (boards that already carry a partition are
     not flashed again), then `run_frames` through it; returns its summary. The boards stay leased from before
     the deployment to the last frame. Raises LeaseHeld, DeployError, RunError."""
-    from harness import lease
-    from harness.lab_lease import leased_rack
+    from harness.rack import lease
+    from harness.rack.lab_lease import leased_rack
     from harness.rack.deploy import deploy, place
 
     with leased_rack(rack, len(plan.partitions), progress=progress) as rack:

@@ -35,7 +35,7 @@ from typing import Callable, Dict, List, Optional
 from splitting.errors import UserError
 from splitting.plan import Plan
 
-from harness import wire
+from harness.board import wire
 from harness.rack import wiring as wiring_mod
 from harness.rack.rackfile import Board, Rack
 from harness.board.files import agent_files
@@ -98,11 +98,11 @@ class Deployment:
     def stream(self, frames, in_flight: int = 8, timeout: float = 10.0):
         """Send `frames` (n, *plan input shape), e.g. (n, 64) for a 64-input Dense model, through the boards,
         at most `in_flight` unanswered; returns the outputs (n, values per frame), float, in input order, as
-        the output contract decodes them. Raises harness.stream.StreamError (naming the board and
+        the output contract decodes them. Raises harness.measure.stream.StreamError (naming the board and
         stage) when a frame is lost or a board fails, AgentUnreachable when an agent is gone."""
         import numpy as np
 
-        from .stream import Pipeline
+        from harness.measure.stream import Pipeline
 
         x = np.asarray(frames, dtype=np.float32)
         with Pipeline(self.wiring) as pipe:
@@ -117,7 +117,7 @@ class Deployment:
         from splitting.chain import emulation_runner, run_chain
 
         if self.plan is None:
-            raise UserError("this Deployment was made without its Plan; deploy it with harness.deploy.deploy")
+            raise UserError("this Deployment was made without its Plan; deploy it with harness.rack.deploy.deploy")
         x = np.asarray(frames, dtype=np.float32)
         return run_chain(self.plan, x, emulation_runner(self.plan)).reshape(len(x), -1)
 
@@ -447,7 +447,7 @@ def deploy(plan: Plan, rack: Rack, force: bool = False, progress: Callable[[str]
            connect_timeout: float = CONNECT_TIMEOUT, lease_wait: float = 0.0) -> Deployment:
     """Deploy `plan` onto `rack` (partitions onto boards in order), in parallel over boards.
 
-    The boards are leased for the deployment (harness.lease), unless this process holds them already (a
+    The boards are leased for the deployment (harness.rack.lease), unless this process holds them already (a
     run or bench holds them for the whole job): a board another user holds raises LeaseHeld (after
     waiting up to `lease_wait` seconds), before anything on any board is changed.
     faults: partition -> agent fault-injection entry (tests only, see the agent's docstring).

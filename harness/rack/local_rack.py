@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
-from harness import wire as wire_format
+from harness.board import wire as wire_format
 from harness.board.files import agent_files
-from harness.wiring import Endpoint, Wiring, agent_config, emulation_backend, wire, write_secret_file
+from harness.rack.wiring import Endpoint, Wiring, agent_config, emulation_backend, wire, write_secret_file
 from splitting.errors import UserError
 from splitting.plan import Plan
 

@@ -86,7 +86,7 @@ class Rack:
     boards: List[Board]
     path: Optional[Path] = None
     virtual_state: Optional[Path] = None  # folder of a virtual rack started by `splitrack rack up`
-    lab: Optional["LabSpec"] = None  # a shared rack: boards come from a labgrid coordinator (harness.lab_lease)
+    lab: Optional["LabSpec"] = None  # a shared rack: boards come from a labgrid coordinator (harness.rack.lab_lease)
 
     def board(self, name: str) -> Board:
         for b in self.boards:
@@ -364,7 +364,7 @@ def parse_rack(text: str, path: Path) -> Rack:
                 )
             ends[end] = b
         # two boards reached through different addresses or ports can still be one folder on one machine;
-        # that is found where it can be seen, on the boards (harness.lease: a board finds our own lease)
+        # that is found where it can be seen, on the boards (harness.rack.lease: a board finds our own lease)
         if b.port == b.data_port:
             raise RackError(f"{path}:{b.line}: data_port: equals the SSH port {b.port}; pick another")
     name = rack_t.get("name", path.stem)

@@ -1,10 +1,10 @@
 """Wiring: from a Plan and where each partition's agent listens, the config of every agent.
 
-The agent config is `harness.agent_config.AgentConfig` (the agent reads the same dataclass); this module
+The agent config is `harness.board.agent_config.AgentConfig` (the agent reads the same dataclass); this module
 only fills it in from the plan: the contracts of a partition's incoming and outgoing links, the next hop's
 address for each outgoing link ("host" for links into the host), the partition ids that name partitions in
 timestamp records. The `Wiring` it returns is what the host needs to feed and read the rack
-(`harness.stream`), and it saves to JSON so that `splitrack run` can pick up a deployment made by
+(`harness.measure.stream`), and it saves to JSON so that `splitrack run` can pick up a deployment made by
 `splitrack deploy`.
 
 The deployment's secret (what every connection to an agent must prove) is held by `Wiring.secret`, never in
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from harness.agent_config import AgentConfig
+from harness.board.agent_config import AgentConfig
 from splitting.contract import Contract
 from splitting.errors import UserError
 from splitting.plan import HOST, Plan

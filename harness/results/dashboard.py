@@ -231,7 +231,7 @@ def build_run(h: History, run: RunInfo, prev: Optional[RunInfo]) -> Tuple[str, i
 
 
 def build_comparison(h: History, a: RunInfo, b: RunInfo) -> str:
-    from .run_compare import compare
+    from .compare import compare
 
     c = compare(h, a, b)
     rows = "".join(

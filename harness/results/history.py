@@ -5,7 +5,7 @@ that did come back) and of pytest-benchmark (`--benchmark-json`), flattened to r
 Per run it keeps the label (the user's name for the series, default the model's name), model, plan hash,
 rack, board versions, machine, commit, time, complete or not with the error, each hop's position on the
 critical path, and the per-frame samples of every hop (float32) so that two runs can be compared with a
-two-sample test (`harness.run_compare`). A series is keyed by label, rack, machine, plan hash, metric and
+two-sample test (`harness.results.compare`). A series is keyed by label, rack, machine, plan hash, metric and
 hop: the commit is what changes along it.
 
 The file identifies itself (SQLite application_id) and carries its schema version (user_version); an

@@ -49,7 +49,7 @@ def nightly(boards: Path, db: Path, out: Path, plan_dir: Path = None, frames: in
     the run where it starts."""
     from splitting.plan import Plan
 
-    from harness.lab_lease import leased_rack
+    from harness.rack.lab_lease import leased_rack
     from harness.rack.rackfile import load_rack
 
     rack_file = load_rack(boards)

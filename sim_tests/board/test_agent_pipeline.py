@@ -10,10 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from harness import wire
-from harness.local_rack import LocalRack, identity_plan
-from harness.stream import Pipeline
-from harness.wiring import Wiring
+from harness.board import wire
+from harness.rack.local_rack import LocalRack, identity_plan
+from harness.measure.stream import Pipeline
+from harness.rack.wiring import Wiring
 from splitting.contract import Contract
 
 DTYPE = "ap_fixed<16,6>"

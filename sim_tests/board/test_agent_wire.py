@@ -9,8 +9,8 @@ import threading
 import numpy as np
 import pytest
 
-from harness import agent
-from harness import wire
+from harness.board import agent
+from harness.board import wire
 from harness.board.files import agent_files
 from splitting.contract import Contract
 

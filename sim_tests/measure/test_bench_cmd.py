@@ -74,7 +74,7 @@ def test_bad_user_files_are_one_line_errors(tmp_path, make, match):
 def test_bench_png_parts_add_up_or_say_why(tmp_path):
     from synthetic_history import bench_doc
 
-    from harness.bench_cmd import critical_parts, plot
+    from harness.measure.bench import critical_parts, plot
 
     doc = bench_doc(0)
     parts, e2e, what = critical_parts(doc["reports"]["single"])

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import measure
-from harness.local_rack import AGENT_FILES, _read_line, identity_plan
-from harness.stream import Pipeline
-from harness.wire import new_secret
-from harness.wiring import Endpoint, agent_config, wire, write_secret_file
+from harness.measure import attribution as measure
+from harness.rack.local_rack import AGENT_FILES, _read_line, identity_plan
+from harness.measure.stream import Pipeline
+from harness.board.wire import new_secret
+from harness.rack.wiring import Endpoint, agent_config, wire, write_secret_file
 
 pytestmark = [pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("tc") or not shutil.which("ip"),

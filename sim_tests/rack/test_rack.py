@@ -136,7 +136,7 @@ def test_cli_rack_up_check_down(tmp_path):
             socket.create_connection((b.host, b.port), timeout=2).close()
     assert not (tmp_path / "s").exists()
     r = subprocess.run(exe + ["rack", "down", str(out)], capture_output=True, text=True, timeout=60, cwd=REPO)
-    assert r.returncode == 0 and "already stopped" in r.stdout  # idempotent (sim_tests/test_rack_state.py)
+    assert r.returncode == 0 and "already stopped" in r.stdout  # idempotent (sim_tests/rack/test_rack_state.py)
 
 
 def test_arguments_are_quoted_not_interpreted(vrack):

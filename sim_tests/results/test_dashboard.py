@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from synthetic_history import bench_doc, make_history
 
-from harness import dashboard, history
-from harness.cli import main
-from harness.history import History, HistoryError, Row
+from harness.results import dashboard, history
+from harness.cli.commands import main
+from harness.results.history import History, HistoryError, Row
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 RUNS, SLOW_AT, INCOMPLETE_AT = 8, 7, 4

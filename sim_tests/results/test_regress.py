@@ -102,7 +102,7 @@ def test_history_check_cli_exits_1_on_a_live_regression(tmp_path, capsys):
 
 
 def test_check_says_when_it_cannot_judge_yet(tmp_path, capsys):
-    from harness.cli import main
+    from harness.cli.commands import main
 
     db = tmp_path / "h.sqlite"
     with History(db) as h:

@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .lab_client import LabClient, LabError
-from .lab_export import TAG_ALIVE, TAG_BOARD, TAG_HEALTH, TAG_KIND, TAG_PYNQ, TAG_REASON, TAG_SINCE
-from .rack import Board, Rack, RackError, _board_from
+from harness.rack.lab_client import LabClient, LabError
+from harness.rack.lab_export import TAG_ALIVE, TAG_BOARD, TAG_HEALTH, TAG_KIND, TAG_PYNQ, TAG_REASON, TAG_SINCE
+from harness.rack.rackfile import Board, Rack, RackError, _board_from
 
 REFRESH_S = 10.0  # heartbeat and reservation poll while holding
 STALE_S = 45.0  # a locked place whose heartbeat is older than this belongs to a dead runner
@@ -133,7 +133,7 @@ def check_and_tag(client: LabClient, rack: Rack, check: Callable[[List[Board]], 
                   progress: Optional[Callable[[str], None]] = None) -> Tuple[List[LabBoard], Dict[str, object]]:
     """Health-check the shared rack's boards that nobody holds (and every board tagged bad, so a repaired
     board comes back), and tag the results in labgrid. Boards another runner holds are left alone: it
-    holds them healthy and is using them. check(boards) -> list of harness.deploy.Health, in order.
+    holds them healthy and is using them. check(boards) -> list of harness.rack.deploy.Health, in order.
     Returns (every board, health by board name)."""
     boards = lab_boards(client, rack)
     todo = [lb for lb in boards if lb.board and (not lb.healthy or (not lb.acquired and not lb.reservation))]

@@ -14,12 +14,12 @@ import time
 
 import pytest
 
-from harness import lab_lease
-from harness.lab_cmd import status_rows, status_text
-from harness.lab_export import apply_places
-from harness.lab_lease import LabLease, check_and_tag, lab_boards, mark_health
-from harness.lab_client import LabClient, LabError
-from harness.rack import Rack
+from harness.rack import lab_lease
+from harness.cli.lab import status_rows, status_text
+from harness.rack.lab_export import apply_places
+from harness.rack.lab_lease import LabLease, check_and_tag, lab_boards, mark_health
+from harness.rack.lab_client import LabClient, LabError
+from harness.rack.rackfile import Rack
 from lab_rig import LabRig
 
 N = 4
@@ -128,7 +128,7 @@ def test_an_unhealthy_board_is_never_handed_out_and_its_reason_shows(rig, client
 
 
 def test_health_check_tags_a_hung_board_and_clears_it_when_it_answers_again(rig):
-    from harness.deploy import check_rack
+    from harness.rack.deploy import check_rack
 
     pid = next(p["pid"] for p in json.loads((rig.rack.virtual_state / "rack.json").read_text())["pids"]
                if p["name"] == "vpynq3")
@@ -153,9 +153,9 @@ def test_a_dead_runners_boards_are_taken_back(rig, client, monkeypatch, tmp_path
     # a runner in its own process takes two boards, then is killed without a word
     code = textwrap.dedent(f"""
         import sys, time
-        from harness.rack import load_rack
-        from harness.lab_client import LabClient
-        from harness.lab_lease import LabLease
+        from harness.rack.rackfile import load_rack
+        from harness.rack.lab_client import LabClient
+        from harness.rack.lab_lease import LabLease
         lab = load_rack({str(rig.lab_file)!r})
         lease = LabLease(LabClient(lab.lab.coordinator), lab, 2, timeout=60)
         print(" ".join(lease.places), flush=True)

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from harness.cli import main
+from harness.cli.commands import main
 from splitting.chain import keras_runner, run_chain
 from splitting.emulation import EmulationLib
 from splitting.emulation_guard import EmulationCrash, predict_isolated

@@ -1,4 +1,4 @@
-"""The board agent's configuration: one dataclass, written by the host (`harness.wiring.agent_config`) and
+"""The board agent's configuration: one dataclass, written by the host (`harness.rack.wiring.agent_config`) and
 read by the agent (`AgentConfig.from_dict`), so the schema exists once.
 
 Shipped to every board beside the agent: Python 3.8+, standard library only. On disk it is plain JSON
@@ -89,11 +89,11 @@ class AgentConfig:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(d) - known)
         if unknown:
-            raise AgentConfigError("unknown config field(s) %s: see harness/agent_config.py" % ", ".join(unknown))
+            raise AgentConfigError("unknown config field(s) %s: see harness/board/agent_config.py" % ", ".join(unknown))
         missing = [k for k in ("board", "partition", "stage", "inputs", "outputs", "output_shape", "backend")
                    if k not in d]
         if missing:
-            raise AgentConfigError("config lacks %s: see harness/agent_config.py" % ", ".join(missing))
+            raise AgentConfigError("config lacks %s: see harness/board/agent_config.py" % ", ".join(missing))
         try:
             cfg = cls(**d)
             cfg.board, cfg.partition, cfg.plan_hash = str(cfg.board), str(cfg.partition), str(cfg.plan_hash)
@@ -117,7 +117,7 @@ class AgentConfig:
         except AgentConfigError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise AgentConfigError("config has a bad field (%s: %s): see harness/agent_config.py"
+            raise AgentConfigError("config has a bad field (%s: %s): see harness/board/agent_config.py"
                                    % (type(e).__name__, e))
         if cfg.in_flight < 1 or cfg.max_connections < 2 or cfg.auth_timeout <= 0:
             raise AgentConfigError("in_flight >= 1, max_connections >= 2 and auth_timeout > 0 are needed")

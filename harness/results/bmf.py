@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Dict
 
-from .history import History, RunInfo
+from harness.results.history import History, RunInfo
 
 NS_PER_US = 1000.0
 

@@ -37,7 +37,7 @@ import json, os, time
 import numpy as np
 import pytest
 
-from harness.stream import Pipeline, StreamError
+from harness.measure.stream import Pipeline, StreamError
 from splitting.plan import Plan
 
 pytestmark = pytest.mark.hw
@@ -184,7 +184,7 @@ def test_two_sessions_at_once_never_hold_the_same_board(rig, plans, tmp_path):
     # the two sessions ran side by side: at some moment both held boards (else this proves little)
     assert any(a["start"] < b["end"] and b["start"] < a["end"]
                for a in held for b in held if a["session"] < b["session"]), held
-    from harness.lab_cmd import status_rows
+    from harness.cli.lab import status_rows
 
     assert all(r["held by"] == "-" for r in status_rows(rig.client, {"rack": "virtual"}))
 
@@ -204,7 +204,7 @@ def test_a_killed_session_s_boards_go_to_the_next_session_within_90_s(rig, tmp_p
         os.killpg(holder.pid, signal.SIGKILL)  # pytest, its labgrid client and its refresher die at once
         holder.wait()
     killed = time.time()
-    from harness.lab_cmd import status_rows
+    from harness.cli.lab import status_rows
 
     rows = status_rows(rig.client, {"rack": "virtual"})
     assert all(r["held by"] != "-" for r in rows)  # labgrid still shows the dead session's locks

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from harness.local_rack import identity_plan
-from harness.rack import RackError, parse_rack
+from harness.rack.local_rack import identity_plan
+from harness.rack.rackfile import RackError, parse_rack
 from splitting.names import is_valid_name
 from splitting.plan import Plan, PlanError
 
@@ -70,7 +70,7 @@ def test_cli_refuses_a_plan_without_hash_with_exit_2_and_no_traceback(tmp_path):
     d = json.loads(f.read_text())
     del d["hash"]
     f.write_text(json.dumps(d))
-    r = subprocess.run([sys.executable, "-m", "harness.cli", "deploy", str(f.parent), "--boards", "boards.toml"],
+    r = subprocess.run([sys.executable, "-m", "harness.cli.commands", "deploy", str(f.parent), "--boards", "boards.toml"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     assert "has no content hash" in r.stderr and "Traceback" not in r.stderr

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.deploy import ping, undeploy
-from harness.rack import load_rack
-from harness.virtual_rack import rack_down, rack_up
+from harness.rack.deploy import ping, undeploy
+from harness.rack.rackfile import load_rack
+from harness.rack.virtual_rack import rack_down, rack_up
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ROUNDS = 10
 
 
@@ -51,7 +51,7 @@ def test_concurrent_deploys_never_mix_the_rack(plans, rack_file):
     losers = 0
     for rnd in range(ROUNDS):
         order = plans if rnd % 2 == 0 else plans[::-1]
-        procs = [subprocess.Popen([sys.executable, "-m", "harness.cli", "deploy", str(p.root), "--boards",
+        procs = [subprocess.Popen([sys.executable, "-m", "harness.cli.commands", "deploy", str(p.root), "--boards",
                                    str(rack_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   cwd=REPO) for p in order]
         outs = [(p.wait(timeout=300), *p.communicate()) for p in procs]

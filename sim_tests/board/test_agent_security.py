@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from harness import wire
-from harness.local_rack import LocalRack, identity_plan
-from harness.stream import AgentUnreachable, Pipeline, StreamError
+from harness.board import wire
+from harness.rack.local_rack import LocalRack, identity_plan
+from harness.measure.stream import AgentUnreachable, Pipeline, StreamError
 from splitting.contract import Contract
 
 DTYPE = "ap_fixed<16,6>"
@@ -249,7 +249,7 @@ def test_accept_survives_running_out_of_file_descriptors(tmp_path):
 
 
 def test_the_host_keeps_the_secret_0600_outside_the_plan_folder(tmp_path, monkeypatch):
-    from harness.wiring import Wiring, WiringError, secret_path
+    from harness.rack.wiring import Wiring, WiringError, secret_path
 
     monkeypatch.setenv("SPLITRACK_STATE", str(tmp_path / "state"))
     plan = identity_plan(1, shape=(8,))

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.rack import RackError, normal_host, parse_rack
+from harness.rack.rackfile import RackError, normal_host, parse_rack
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 BOARD = """
 [[boards]]
@@ -49,7 +49,7 @@ def test_bad_rack_file_is_one_line_exit_2(case, tmp_path):
     f.write_text(text)
     with pytest.raises(RackError, match=message):
         parse_rack(text, f)
-    r = subprocess.run([sys.executable, "-m", "harness.cli", "rack", "check", str(f)], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "harness.cli.commands", "rack", "check", str(f)], capture_output=True,
                        text=True, timeout=120, cwd=REPO)
     assert r.returncode == 2, r.stdout + r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
@@ -59,7 +59,7 @@ def test_bad_rack_file_is_one_line_exit_2(case, tmp_path):
 def test_not_utf8_is_one_line(tmp_path):
     f = tmp_path / "r.toml"
     f.write_bytes(b"\xff\xfe[rack]\n")
-    r = subprocess.run([sys.executable, "-m", "harness.cli", "rack", "check", str(f)], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "harness.cli.commands", "rack", "check", str(f)], capture_output=True,
                        text=True, timeout=120, cwd=REPO)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "cannot read" in r.stderr
 
@@ -80,9 +80,9 @@ def test_distinct_boards_still_load(tmp_path):
 def test_tilde_workdir_is_the_boards_home(tmp_path):
     """`workdir = "~/x"` is x in the board user's home (the board's, expanded by the board side), never a
     folder literally named `~`."""
-    from harness.rack import write_rack
-    from harness.ssh import connect
-    from harness.virtual_rack import rack_down, rack_up
+    from harness.rack.rackfile import write_rack
+    from harness.rack.ssh import connect
+    from harness.rack.virtual_rack import rack_down, rack_up
 
     rack = rack_up(1, tmp_path / "rack.toml", state=tmp_path / "s", progress=lambda s: None)
     try:

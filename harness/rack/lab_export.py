@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from .rack import Board, Rack
+from harness.rack.rackfile import Board, Rack
 
 # Tag keys (labgrid: [a-z][a-z0-9_]+). Reservations filter on the place's tags.
 TAG_RACK, TAG_KIND, TAG_BOARD, TAG_PYNQ = "rack", "kind", "board", "pynq_version"

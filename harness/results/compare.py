@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-from .history import History, HistoryError, RunInfo
+from harness.results.history import History, HistoryError, RunInfo
 
 
 @dataclass

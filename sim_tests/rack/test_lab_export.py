@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.lab_export import exporter_yaml, pdudaemon_port, place_specs
-from harness.rack import RackError, parse_rack
+from harness.rack.lab_export import exporter_yaml, pdudaemon_port, place_specs
+from harness.rack.rackfile import RackError, parse_rack
 
 RACK = """\
 [rack]
@@ -121,7 +121,7 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path):
         (["lab", "export", str(tmp_path / "lab.toml")], "names a coordinator"),
     ]
     for args, says in cases:
-        r = subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=120)
+        r = subprocess.run([sys.executable, "-m", "harness.cli.commands", *args], capture_output=True, text=True, timeout=120)
         assert r.returncode == 2, r.stderr
         assert says in r.stderr and "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -130,7 +130,7 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path):
 def test_cli_says_when_no_coordinator_answers(tmp_path):
     from lab_rig import free_port
 
-    r = subprocess.run([sys.executable, "-m", "harness.cli", "lab", "status", "--coordinator",
+    r = subprocess.run([sys.executable, "-m", "harness.cli.commands", "lab", "status", "--coordinator",
                         f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "Could not connect to coordinator" in r.stderr and "Traceback" not in r.stderr

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from harness.lease import LEASE_FILE, LeaseHeld, RackLease, holds
-from harness.rack import load_rack
-from harness.virtual_rack import rack_down, rack_up
+from harness.rack.lease import LEASE_FILE, LeaseHeld, RackLease, holds
+from harness.rack.rackfile import load_rack
+from harness.rack.virtual_rack import rack_down, rack_up
 from splitting.errors import UserError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 HOLDER = """
 import sys, time
-from harness.lease import RackLease
-from harness.rack import load_rack
+from harness.rack.lease import RackLease
+from harness.rack.rackfile import load_rack
 rack = load_rack(sys.argv[1])
 RackLease(rack.boards, "holder test", ttl=float(sys.argv[2])).acquire()
 print("held", flush=True)
@@ -87,7 +87,7 @@ def test_cli_deploy_refused_exit_2_then_waits(rack_file, plan3):
     holder = _holder(rack_file, 4.0)
     try:
         t0 = time.monotonic()
-        r = subprocess.run([sys.executable, "-m", "harness.cli", "deploy", str(fc_plan.root), "--boards",
+        r = subprocess.run([sys.executable, "-m", "harness.cli.commands", "deploy", str(fc_plan.root), "--boards",
                             str(rack_file)], capture_output=True, text=True, cwd=REPO, timeout=300)
         assert r.returncode == 2, r.stdout + r.stderr
         lines = r.stderr.strip().splitlines()
@@ -97,14 +97,14 @@ def test_cli_deploy_refused_exit_2_then_waits(rack_file, plan3):
         # --wait: the holder goes away while we wait, and the deploy goes through
         holder.kill()  # dies holding the lease: it expires 4 s after its last refresh
         holder.wait()
-        r = subprocess.run([sys.executable, "-m", "harness.cli", "deploy", str(fc_plan.root), "--boards",
+        r = subprocess.run([sys.executable, "-m", "harness.cli.commands", "deploy", str(fc_plan.root), "--boards",
                             str(rack_file), "--wait", "120"], capture_output=True, text=True, cwd=REPO, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
         assert "waiting up to 120 s" in r.stdout and "expired" in r.stdout
     finally:
         holder.kill()
         holder.wait()
-        from harness.deploy import undeploy
+        from harness.rack.deploy import undeploy
         undeploy(load_rack(rack_file))
 
 
@@ -136,7 +136,7 @@ def test_holder_refreshes_past_the_ttl(rack_file):
 def test_two_boards_that_are_one_folder_are_refused(rack_file):
     rack = load_rack(rack_file)
     b = rack.boards[0]
-    from harness.ssh import connect
+    from harness.rack.ssh import connect
     with connect(b) as c:
         absolute = c.home + "/splitrack"
     alias = dataclasses.replace(b, name="alias", workdir=absolute)  # "splitrack" vs "/home/.../splitrack"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _env(**kw):
@@ -25,7 +25,8 @@ def _env(**kw):
 _WHERE = """
 import json
 from splitting import hls, reference, estimate
-from harness import nightly, virtual_rack
+from harness.results import nightly
+from harness.rack import virtual_rack
 from harness.cosim import sim
 print(json.dumps({"hls": str(hls.CACHE), "models": str(reference.CACHE), "estimates": str(estimate.cache_root()),
                   "nightly": str(nightly.CACHE), "cosim": str(sim.CACHE),
@@ -65,7 +66,7 @@ def test_no_code_builds_a_cache_folder_of_its_own():
 
 
 def test_cache_command_shows_and_cleans(tmp_path, monkeypatch, capsys):
-    from harness.cli import main
+    from harness.cli.commands import main
 
     root = tmp_path / "cache"
     (root / "hls" / "p").mkdir(parents=True)
@@ -98,7 +99,7 @@ def test_tensorflow_start_up_lines_only_with_v(tmp_path):
     runs = {}
     for flag in ([], ["-v"]):
         out = tmp_path / f"plan{len(flag)}"
-        r = subprocess.run([sys.executable, "-m", "harness.cli", *flag, "split", str(tmp_path / "m.keras"), "--at", "a",
+        r = subprocess.run([sys.executable, "-m", "harness.cli.commands", *flag, "split", str(tmp_path / "m.keras"), "--at", "a",
                             "-o", str(out)], env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         runs[bool(flag)] = r.stdout + r.stderr
@@ -128,7 +129,7 @@ def test_keras_input_structure_warning_is_filtered():
 def test_demo_steps_are_numbered_once_in_order(monkeypatch, tmp_path, capsys):
     import numpy as np
 
-    import harness.cli
+    import harness.cli.commands
     import splitting.reference
     import splitting.split
     import splitting.verify
@@ -151,7 +152,7 @@ def test_demo_steps_are_numbered_once_in_order(monkeypatch, tmp_path, capsys):
                               hls_bit_exact=True, accuracy_keras=1.0, accuracy_split_hls=1.0)
     monkeypatch.setattr(splitting.verify, "verify_plan", lambda *a, **kw: v)
     calls = []
-    monkeypatch.setattr(harness.cli, "main", lambda argv: calls.append(argv) or 0)
+    monkeypatch.setattr(harness.cli.commands, "main", lambda argv: calls.append(argv) or 0)
     monkeypatch.chdir(tmp_path)
     for no_rack, total in ((False, 5), (True, 3)):
         args = types.SimpleNamespace(out=str(tmp_path / "plans"), samples=10, boards=None, no_rack=no_rack, frames=5)

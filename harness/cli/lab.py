@@ -34,14 +34,14 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import logging
 
-    from .lab_client import LabClient, LabError
-    from .rack import load_rack
+    from harness.rack.lab_client import LabClient, LabError
+    from harness.rack.rackfile import load_rack
 
     # labgrid's client logs a lost coordinator on the root logger; the error that follows says it in one line
     logging.getLogger().addHandler(logging.NullHandler())
 
     if args.lab_command == "export":
-        from .lab_export import exporter_yaml
+        from harness.rack.lab_export import exporter_yaml
 
         rack = _board_rack(args.rack)
         text, notes = exporter_yaml(rack)
@@ -52,7 +52,7 @@ def run(args) -> int:
               f"host with: labgrid-exporter -c HOST:PORT --name {rack.name}-host {args.out}")
         return 0
     if args.lab_command == "places":
-        from .lab_export import apply_places
+        from harness.rack.lab_export import apply_places
 
         rack = _board_rack(args.rack)
         with LabClient(args.coordinator) as client:
@@ -70,9 +70,9 @@ def run(args) -> int:
             print(status_text(client, tags))
         return 0
     if args.lab_command == "check":
-        from .deploy import check_rack
-        from .lab_lease import check_and_tag
-        from .rack import Rack
+        from harness.rack.deploy import check_rack
+        from harness.rack.lab_lease import check_and_tag
+        from harness.rack.rackfile import Rack
 
         rack = load_rack(args.rack)
         if not rack.lab:
@@ -88,8 +88,8 @@ def run(args) -> int:
 
 
 def _board_rack(path: Path):
-    from .lab_client import LabError
-    from .rack import parse_rack
+    from harness.rack.lab_client import LabError
+    from harness.rack.rackfile import parse_rack
 
     path = Path(path).expanduser()
     if not path.is_file():
@@ -108,8 +108,8 @@ def _ago(t: float, now: float) -> str:
 
 def status_rows(client, tags: Optional[Dict[str, str]] = None) -> List[Dict[str, str]]:
     """One row per place whose tags include `tags`: place, board, ssh endpoint, holder, since, health."""
-    from .lab_export import TAG_BOARD, TAG_HEALTH, TAG_REASON, TAG_SINCE
-    from .lab_lease import tags_match, network_services
+    from harness.rack.lab_export import TAG_BOARD, TAG_HEALTH, TAG_REASON, TAG_SINCE
+    from harness.rack.lab_lease import tags_match, network_services
 
     client.sync()
     places = client.places()

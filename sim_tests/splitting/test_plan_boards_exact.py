@@ -4,7 +4,7 @@ decimals that tell plans apart; implausible estimates named with the reason; `-o
 import pytest
 
 from sim_tests.test_plan_search import PYNQ, _opts, brute_force, chain  # noqa: F401  (chain is a fixture)
-from splitting.cli_plan import decimals, implausible, pareto_table
+from harness.cli.plan import decimals, implausible, pareto_table
 from splitting.estimate import Analytic, Estimate, HlsConfig, LayerSpec
 from splitting.search import NoFitError, PartChoice, plan_search
 
@@ -90,7 +90,7 @@ def test_implausible_estimates_are_named_with_the_reason():
 def test_plan_o_and_split_o_refuse_to_replace_another_plan(tmp_path, capsys):
     import keras
 
-    from harness.cli import main
+    from harness.cli.commands import main
 
     m = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8, activation="relu", name="a"),
                           keras.layers.Dense(4, name="b")])

@@ -35,8 +35,8 @@ from typing import Callable, Dict, List, Optional
 
 from splitting.errors import UserError
 
-from .rack import Board
-from .ssh import CONNECT_TIMEOUT, BoardError, Connection
+from harness.rack.rackfile import Board
+from harness.rack.ssh import CONNECT_TIMEOUT, BoardError, Connection
 
 LEASE_FILE = "lease.json"
 DEFAULT_TTL = 60.0  # seconds a lease outlives its last refresh (a holder that died frees the board after this)
@@ -370,4 +370,4 @@ def require(board: Board) -> None:
     if err is not None:
         raise err
     raise BoardError(board.name, "lease", "this process does not hold the board's lease; take it first "
-                     "(harness.lease.ensure)")
+                     "(harness.rack.lease.ensure)")

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.deploy import DeployError, agent_stale_state, deploy, ping, undeploy
-from harness.rack import Rack, load_rack
-from harness.ssh import Connection
-from harness.virtual_rack import rack_down, rack_up
+from harness.rack.deploy import DeployError, agent_stale_state, deploy, ping, undeploy
+from harness.rack.rackfile import Rack, load_rack
+from harness.rack.ssh import Connection
+from harness.rack.virtual_rack import rack_down, rack_up
 from splitting.errors import UserError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +233,7 @@ def test_agent_killed_mid_run_leaves_run_json_with_the_frames(plan3, rack_file, 
     out = tmp_path / "runout"
     data = tmp_path / "frames.npy"
     np.save(data, np.random.default_rng(1).uniform(0, 16, (3000, 64)).astype(np.float32))
-    p = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(plan3.root), "--boards", str(rack_file),
+    p = subprocess.Popen([sys.executable, "-m", "harness.cli.commands", "run", str(plan3.root), "--boards", str(rack_file),
                           "--data", str(data), "--rate", "200", "--in-flight", "4", "--timeout", "3",
                           "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     lines, t, when = _kill_agent_when(p, rack, rack.boards[1].name, "frames sent")
@@ -258,7 +258,7 @@ def test_agent_killed_mid_bench_leaves_bench_json_with_the_frames(plan3, rack_fi
     rack = load_rack(rack_file)
     deploy(plan3, rack)
     out = tmp_path / "bench.json"
-    p = subprocess.Popen([sys.executable, "-m", "harness.cli", "bench", str(plan3.root), "--boards", str(rack_file),
+    p = subprocess.Popen([sys.executable, "-m", "harness.cli.commands", "bench", str(plan3.root), "--boards", str(rack_file),
                           "--frames", "3000", "--no-cpu", "--json", str(out)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     lines, t, when = _kill_agent_when(p, rack, rack.boards[2].name, "single frames", after=2.0)
