@@ -151,16 +151,31 @@ def test_demo_steps_are_numbered_once_in_order(monkeypatch, tmp_path, capsys):
     v = types.SimpleNamespace(ok=True, partitions=1, stages=1, float_max_abs_err=0.0, hls_chain_max_abs_err=0.0,
                               hls_bit_exact=True, accuracy_keras=1.0, accuracy_split_hls=1.0)
     monkeypatch.setattr(splitting.verify, "verify_plan", lambda *a, **kw: v)
+    import harness.measure.bench
+    import harness.measure.run
+    import harness.rack.rackfile
+    import harness.rack.virtual_rack
+
     calls = []
-    monkeypatch.setattr(harness.cli.commands, "main", lambda argv: calls.append(argv) or 0)
+
+    def record(name, result=None):
+        return lambda *a, **kw: calls.append(name) or result
+
+    monkeypatch.setattr(harness.rack.virtual_rack, "rack_up", record("rack up"))
+    monkeypatch.setattr(harness.rack.virtual_rack, "rack_down", record("rack down", 5))
+    monkeypatch.setattr(harness.rack.rackfile, "load_rack", record("load rack"))
+    monkeypatch.setattr(harness.measure.run, "load_data",
+                        record("load data", types.SimpleNamespace(x=np.zeros((1, 8, 8, 1)), y=None)))
+    monkeypatch.setattr(harness.measure.run, "run_on_rack", record("run"))
+    monkeypatch.setattr(harness.measure.bench, "bench", record("bench", {}))
+    monkeypatch.setattr(harness.measure.bench, "format_bench", record("format", ""))
+    monkeypatch.setattr(harness.measure.bench, "save", record("save", tmp_path / "bench.png"))
     monkeypatch.chdir(tmp_path)
     for no_rack, total in ((False, 5), (True, 3)):
-        args = types.SimpleNamespace(out=str(tmp_path / "plans"), samples=10, boards=None, no_rack=no_rack, frames=5)
-        assert demo.run(args) == 0
+        assert demo.demo(tmp_path / "plans", samples=10, boards=None, rack=not no_rack, frames=5) == 0
         steps = re.findall(r"\[(\d+)/(\d+)\]", capsys.readouterr().out)
         assert steps == [(str(i), str(total)) for i in range(1, total + 1)]
-    assert [c[:2] for c in calls] == [["rack", "up"], ["run", str(tmp_path / "plans" / "cnn-input")],
-                                      ["bench", str(tmp_path / "plans" / "cnn-input")], ["rack", "down"]]
+    assert [c for c in calls if c in ("rack up", "run", "bench", "rack down")] == ["rack up", "run", "bench", "rack down"]
 
 
 # --- pytest -m hw needs a rack ----------------------------------------------------------------------------
