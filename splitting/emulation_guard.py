@@ -38,7 +38,7 @@ def predict_isolated(lib, batch: np.ndarray, out_shape: Sequence[int] = (), what
     with tempfile.TemporaryDirectory(prefix="splitrack-emu-") as tmp:
         fin, fout = Path(tmp) / "in.npy", Path(tmp) / "out.npy"
         np.save(fin, batch)
-        cmd = [sys.executable, "-m", "splitting.emulation_guard", lib.library, lib.project, str(lib.n_in),
+        cmd = [sys.executable, "-m", "splitting.emulation_guard", str(Path(lib.library).resolve()), lib.project, str(lib.n_in),
                str(lib.n_out), str(fin), str(fout)]
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,

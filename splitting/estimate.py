@@ -253,11 +253,27 @@ def _conv_out(size: int, k: int, s: int, padding: str) -> int:
     return -(-size // s) if padding == "same" else (size - k) // s + 1
 
 
+PIECEWISE_LINEAR = ("relu", "leaky_relu", "relu6", "prelu", "hard_sigmoid", "hard_silu", "hard_swish", "hard_tanh")
+
+
+def priced_as(act: str) -> str:
+    """The activation rule4ml 0.2.0 prices `act` as: it knows linear, relu, sigmoid, tanh and softmax only.
+    Piecewise-linear functions cost like relu, other element-wise ones (tables) like sigmoid; anything not
+    known to be element-wise like softmax (so the planner never puts it into the parts of a neuron split)."""
+    from .rebuild import ELEMENTWISE
+
+    if act in ("linear", "relu", "sigmoid", "tanh", "softmax"):
+        return act
+    if act in PIECEWISE_LINEAR:
+        return "relu"
+    return "sigmoid" if act in ELEMENTWISE else "softmax"
+
+
 def _spec(kind: str, c: Dict[str, Any], shape: Tuple[int, ...]) -> LayerSpec:
+    from .rebuild import function_name
+
     name = c.get("name", kind.lower())
-    act = c.get("activation", "linear")
-    if isinstance(act, dict):
-        act = act.get("config", {}).get("name", act.get("class_name", "linear"))
+    act = priced_as(function_name(c.get("activation", "linear")))
     if kind == "Dense":
         units, bias = int(c["units"]), bool(c.get("use_bias", True))
         if len(shape) != 1:
@@ -286,6 +302,8 @@ def _spec(kind: str, c: Dict[str, Any], shape: Tuple[int, ...]) -> LayerSpec:
         # rule4ml 0.2.0 knows relu, sigmoid, tanh and softmax only: the piecewise-linear LeakyReLU and PReLU
         # are priced as relu (a comparator and a multiplier per element), ELU (an exponential table) as sigmoid
         a = {"ReLU": "relu", "Softmax": "softmax", "LeakyReLU": "relu", "ELU": "sigmoid", "PReLU": "relu"}.get(kind, act)
+        if kind == "Softmax" and c.get("axis", -1) not in (-1, len(shape)):
+            raise UserError(f"layer {name}: Softmax over axis {c.get('axis')}: hls4ml's io_stream softmax works on the last axis only")
         if kind == "ReLU" and (c.get("max_value") is not None or c.get("negative_slope") or c.get("threshold")):
             raise UserError(f"layer {name}: ReLU with max_value/negative_slope/threshold is not supported by the planner")
         return LayerSpec("Activation", name, shape, shape, activation=a)

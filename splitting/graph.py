@@ -119,10 +119,8 @@ class LayerGraph:
         """The layer graph of a Keras model (layers in topological order and their inbound layers).
         Raises SplitError for a model with more than one input or output."""
         if len(model.inputs) != 1 or len(model.outputs) != 1:
-            raise SplitError(
-                f"model {model.name} has {len(model.inputs)} inputs and {len(model.outputs)} outputs: "
-                "splitrack splits models with one input and one output"
-            )
+            what = (f"{len(model.inputs)} inputs" if len(model.inputs) != 1 else f"{len(model.outputs)} outputs")
+            raise SplitError(f"the model has {what}: splitrack splits models with one input and one output")
         order, inbound, input_name = [], {}, None
         for layer in model.layers:
             if type(layer).__name__ == "InputLayer":

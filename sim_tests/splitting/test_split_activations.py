@@ -142,3 +142,14 @@ def test_softmax_over_the_split_axis_runs_after_the_join_with_its_axis():
     assert len(moved) == 1 and moved[0].kind == "layers"
     x = np.random.default_rng(0).uniform(-WIDE, WIDE, (16, 4, 3)).astype(np.float32)
     assert _rel_err(model, plan, models, x) <= TOL
+
+
+@pytest.mark.parametrize("how", ["neurons", "inputs"])
+def test_a_layer_object_as_activation_argument_keeps_its_settings(how):
+    """Dense(activation=LeakyReLU(s)): Keras keeps s in the config; the parts / the join keep it too."""
+    slope = float(np.random.default_rng(7).uniform(0.01, 0.9))
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, activation=keras.layers.LeakyReLU(negative_slope=slope),
+                                                                     name="d"), keras.layers.Dense(2, name="o")])
+    plan, models = split_model(model, **{how: {"d": 2}})
+    x = np.random.default_rng(1).uniform(-WIDE, WIDE, (64, 6)).astype(np.float32)
+    assert _rel_err(model, plan, models, x) <= TOL

@@ -100,7 +100,7 @@ def test_softmax_moves_after_neuron_join():
     parts = [p for p in plan.ordered_partitions() if p.kind == "neuron"]
     assert all("softmax" not in str(models[p.name].get_config()) for p in parts)
     last = plan.ordered_partitions()[-1]
-    assert last.kind == "layers" and last.layers == ["(softmax)"]
+    assert last.kind == "layers" and last.layers == ["(d1_softmax)"]  # d1's own softmax, after the join
     x = np.random.default_rng(0).normal(size=(10, 6)).astype(np.float32)
     assert _rel_err(model, plan, models, x) <= TOL
 
