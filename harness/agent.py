@@ -308,6 +308,7 @@ class Agent:
         self.session = 0  # the tag of the host's session (HELLO); frames of any other are dropped
         self.stale_dropped = 0  # frames of earlier sessions dropped
         self.stop = threading.Event()
+        self.stopped = threading.Event()  # shutdown has finished (connections closed, counters logged)
         self.compute_q = queue.Queue(self.in_flight)
         self.send_q = queue.Queue(self.in_flight)
         # the queues' deques: empty means nothing waits (read without taking the queue's lock)
@@ -468,6 +469,7 @@ class Agent:
         for c in list(self.conns) + list(self.links.values()):
             c.close()
         self.log.info("agent stopped: %s", self.counters)
+        self.stopped.set()
 
     # -- threads --
     def _accept_loop(self):
@@ -969,6 +971,7 @@ def main(argv=None):
     try:
         while not agent.stop.wait(0.5):
             pass
+        agent.stopped.wait(5)  # the shutdown thread logs its last line before the process exits
     finally:
         try:
             os.unlink(pidfile)
