@@ -113,7 +113,7 @@ def bench(plan, rack, frames: int = 2000, rate: Optional[float] = None, in_fligh
 def _bench(plan, rack, x, labels, frames, rate, in_flight, single_rate, cpu, progress, deployment, held) -> Dict:
     from . import cpu_reference
     from .deploy import deploy
-    from .stream import Pipeline, StreamResult
+    from .stream import Pipeline
 
     if deployment is None:
         deployment = deploy(plan, rack, progress=progress)
