@@ -107,7 +107,7 @@ def bench(plan, rack, frames: int = 2000, rate: Optional[float] = None, in_fligh
 def _bench(plan, rack, ev, frames, rate, in_flight, single_rate, cpu, progress, deployment, held, label) -> Dict:
     from . import cpu_reference
     from harness.rack.deploy import deploy
-    from .stream import Pipeline, StreamResult
+    from .stream import Pipeline
 
     x, labels = ev.x, ev.y
     if deployment is None:

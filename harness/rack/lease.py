@@ -299,7 +299,11 @@ class RackLease:
                 if self._stop.is_set():
                     return
                 for name, path in list(self.paths.items()):
-                    conn = self.conns[name]
+                    if self._stop.is_set():
+                        return
+                    conn = self.conns.get(name)
+                    if conn is None:
+                        continue
                     try:
                         text = conn.read_text(path, stage="lease")
                         if text is None or self.token not in text:
@@ -319,10 +323,16 @@ class RackLease:
 
     def release(self) -> None:
         self._stop.set()
+        # a refresher stuck on a hung board (each SFTP request may take SFTP_TIMEOUT) must not hold up the
+        # release: wait a little for it, then give back without it (_give_back bounds its own waits)
         if self._thread is not None:
-            self._thread.join(timeout=30)
-        with self._io:
+            self._thread.join(timeout=GIVE_BACK_WAIT)
+        got = self._io.acquire(timeout=GIVE_BACK_WAIT)
+        try:
             self._give_back()
+        finally:
+            if got:
+                self._io.release()
         with _held_lock:
             for k in [k for k, v in _held.items() if v is self]:
                 del _held[k]

@@ -247,6 +247,11 @@ def rack_up(n: int, out, state: Optional[Path] = None, name: str = "virtual", ne
     if rate and not netns:
         raise UserError("--rate needs --netns: only a namespace's veth link can be rate-limited")
     out = Path(out)
+    if out.parent != Path("") and not out.parent.is_dir():
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--out {out}: cannot create its folder ({e.strerror or e})") from None
     refuse_running(out)
     state = Path(state) if state else default_state(out)
     if state.exists():

@@ -84,11 +84,12 @@ def test_tilde_workdir_is_the_boards_home(tmp_path):
     from harness.rack.ssh import connect
     from harness.rack.virtual_rack import rack_down, rack_up
 
-    rack = rack_up(1, tmp_path / "rack.toml", state=tmp_path / "s", progress=lambda s: None)
+    out = tmp_path / "not" / "yet" / "rack.toml"  # rack up makes the folder of --out
+    rack = rack_up(1, out, state=tmp_path / "s", progress=lambda s: None)
     try:
         b = rack.boards[0]
         b.workdir = "~/x"
-        write_rack(rack, tmp_path / "rack.toml")
+        write_rack(rack, out)
         with connect(b) as c:
             assert c.remote_path(b.workdir) == c.home + "/x"
             assert c.remote_path("~") == c.home
@@ -97,4 +98,4 @@ def test_tilde_workdir_is_the_boards_home(tmp_path):
         home = tmp_path / "s" / b.name / "home"
         assert (home / "x").is_dir() and not (home / "~").exists()
     finally:
-        rack_down(tmp_path / "rack.toml")
+        rack_down(out)
