@@ -100,8 +100,16 @@ def _on_rack(args, plan_dir: Path, step) -> int:
     if started:
         rack = str(Path("build") / "demo-rack.toml")
         Path("build").mkdir(exist_ok=True)
-        if Path(rack).exists():
-            main(["rack", "down", rack])  # a rack left over by an interrupted demo
+        if Path(rack).exists():  # a rack left over by an interrupted demo: stop it (a stopped one says nothing)
+            from splitting.errors import UserError
+
+            from .virtual_rack import rack_down
+
+            try:
+                if rack_down(rack):
+                    print(f"      stopped the virtual rack an interrupted demo left running ({rack})", flush=True)
+            except UserError as e:
+                print(f"      {e}", flush=True)
         step("starting a virtual rack of 5 PYNQ-Z2 boards (real SSH servers on this machine)")
         if main(["rack", "up", "--boards", "5", "--out", rack]) != 0:
             return 1

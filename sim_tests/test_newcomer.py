@@ -153,6 +153,8 @@ def test_demo_steps_are_numbered_once_in_order(monkeypatch, tmp_path, capsys):
     calls = []
     monkeypatch.setattr(harness.cli, "main", lambda argv: calls.append(argv) or 0)
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "demo-rack.toml").write_text("not a rack left over")  # an interrupted demo's file
     for no_rack, total in ((False, 5), (True, 3)):
         args = types.SimpleNamespace(out=str(tmp_path / "plans"), samples=10, boards=None, no_rack=no_rack, frames=5)
         assert demo.run(args) == 0
