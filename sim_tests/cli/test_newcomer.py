@@ -171,6 +171,8 @@ def test_demo_steps_are_numbered_once_in_order(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(harness.measure.bench, "format_bench", record("format", ""))
     monkeypatch.setattr(harness.measure.bench, "save", record("save", tmp_path / "bench.png"))
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "demo-rack.toml").write_text("not a rack left over")  # an interrupted demo's file
     for no_rack, total in ((False, 5), (True, 3)):
         assert demo.demo(tmp_path / "plans", samples=10, boards=None, rack=not no_rack, frames=5) == 0
         steps = re.findall(r"\[(\d+)/(\d+)\]", capsys.readouterr().out)
