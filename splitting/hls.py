@@ -99,7 +99,7 @@ def compiled(keras_file: Path, weights_sha: str, hls_cfg: dict, hls_defaults: di
             shutil.rmtree(folder)  # a compile that died half-way
         t0 = time.time()
         print(f"  hls4ml: compiling {project} ...", file=sys.stderr, flush=True)
-        from .hls_support import HlsUnsupported, failure_message
+        from .hls_errors import HlsUnsupported, failure_message
 
         what = "the whole model" if project == "sr_whole" else (
             f"partition {project[3:]}" if project.startswith("sr_") else project)

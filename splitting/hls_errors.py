@@ -1,0 +1,37 @@
+"""hls4ml's failures as one line that names the partition and the layer (shared by the conversion in
+`splitting.hls` and the know-before-you-write check in `splitting.hls_support`)."""
+from __future__ import annotations
+
+import traceback
+from importlib.metadata import version
+from typing import Optional
+
+from .errors import UserError
+
+ADVICE = ("replace it with layers hls4ml converts (README: supported layers) or leave it out of the model")
+
+
+class HlsUnsupported(UserError):
+    """hls4ml cannot convert (or compile) a layer of a partition; the message names both."""
+
+
+def culprit_layer(tb) -> Optional[object]:
+    """The innermost Keras layer a traceback's frames were handling (a local named `layer`), or None."""
+    found = None
+    for frame, _ in traceback.walk_tb(tb):
+        cand = frame.f_locals.get("layer")
+        if cand is not None and hasattr(cand, "get_config") and hasattr(cand, "name"):
+            found = cand
+    return found
+
+
+def reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    first = text[0].strip() if text else ""
+    return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__
+
+
+def failure_message(e: BaseException, what: str, doing: str = "convert") -> str:
+    layer = culprit_layer(e.__traceback__)
+    where = f"layer {layer.name!r} ({type(layer).__name__}) of {what}" if layer is not None else what
+    return f"hls4ml {version('hls4ml')} cannot {doing} {where} ({reason(e)}): {ADVICE}"
