@@ -82,9 +82,14 @@ def _convert_model(model, hls_cfg: dict, hls_defaults: dict, out: Path, project:
 
 def compiled(keras_file: Path, weights_sha: str, hls_cfg: dict, hls_defaults: dict, project: str,
              cache: Path = None) -> Path:
-    """The cached hls4ml project folder of a model with its config, compiled if it is not there yet."""
+    """The cached hls4ml project folder of a model with its config, compiled if it is not there yet.
+    Raises UserError for a project name that is not a plain name (hls4ml's build script hands it to a shell)."""
     from filelock import FileLock
 
+    from .names import name_problem
+
+    if name_problem("hls4ml project", project):
+        raise UserError(name_problem("hls4ml project", project))
     cache = Path(cache or CACHE)
     key = cache_key(keras_file, weights_sha, hls_cfg, hls_defaults)
     folder = cache / key

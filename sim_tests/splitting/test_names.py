@@ -82,3 +82,14 @@ def test_a_rack_file_with_an_injected_board_name_is_refused(tmp_path, name):
     text = f'[[boards]]\nname = {json.dumps(name)}\nhost = "127.0.0.1"\nkind = "virtual-pynq-z2"\nkey = "id"\n'
     with pytest.raises(RackError, match="is not a valid name"):
         parse_rack(text, tmp_path / "r.toml")
+
+
+def test_hls_project_name_never_reaches_hls4mls_shell(tmp_path):
+    """hls4ml's build runs the project name through a shell on the host: a name that is not plain is refused
+    before anything is converted or compiled (the partition name check at plan load is the first fence)."""
+    from splitting.errors import UserError
+    from splitting.hls import compiled
+
+    with pytest.raises(UserError, match="not a valid name"):
+        compiled(tmp_path / "missing.keras", "0" * 64, {}, {}, "sr_s1$(touch X)", cache=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() and not list(tmp_path.rglob("X"))
