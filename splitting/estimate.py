@@ -12,7 +12,7 @@ rule4ml adapter (`Rule4ml`)
   feature functions (`get_global_inputs`, `get_layers_data`, `to_dataframe`) on layer dicts we build from
   `LayerSpec`s exactly as its Keras parser would, and run its trained models over all candidates in one
   forward pass with `GraphNorm` given the batch vector: each candidate is normalised alone, so every figure
-  equals what `predict` returns for that model and configuration alone (sim_tests/test_plan_estimate.py
+  equals what `predict` returns for that model and configuration alone (sim_tests/splitting/test_plan_rule4ml.py
   checks this against `predict` itself), independent of batching, hence cacheable.
   rule4ml's parser cannot read layers without weights under Keras 3 (pooling, the ReLU/Softmax layers).
   ReLU and Softmax layers are the same as Activation("relu"/"softmax"), which it reads, so we describe them
@@ -60,7 +60,7 @@ VIVADO_VERSION = "2019.1"
 ADAPTER_REVISION = 1  # bump when the way we build rule4ml's inputs changes: it keys the cache
 
 # Layer types rule4ml 0.2.0's Keras parser reads under Keras 3 and its GNN has a category for.
-# sim_tests/test_plan_estimate.py checks each against the parser, and checks that pooling still fails.
+# sim_tests/splitting/test_plan_rule4ml.py checks each against the parser, and checks that pooling still fails.
 RULE4ML_LAYERS = {"Dense", "Conv1D", "Conv2D", "Activation", "Flatten", "BatchNormalization", "Add"}
 # Layers hls4ml removes at conversion (no hardware); rule4ml's parser cannot read them under Keras 3 either.
 REMOVED_BY_HLS4ML = {"Dropout"}

@@ -4,8 +4,8 @@ Per partition, on its board (one partition per board, as one bitstream per FPGA)
 
 1. upload what the board must carry: the partition's artifact (a virtual board: the hls4ml emulation `.so`
    of `splitting.hls.project_dir`; a real PYNQ-Z2: bitstream + .hwh from `splitrack build`), the partition's
-   contracts, the agent config, and the agent with the two modules it imports (`contract.py`,
-   `emulation.py`);
+   contracts, the agent config, the deployment's secret (mode 0600), and the agent with the modules it
+   imports (the one list is `harness.board.files`: `wire.py`, `agent_config.py`, `contract.py`, `emulation.py`);
 2. verify every uploaded file's sha256 *on the board*; a file that arrives corrupted is uploaded once more,
    then the deployment stops with an error naming the board;
 3. skip both the upload and the reprogramming when the board already carries the same files and its agent
@@ -15,8 +15,8 @@ Per partition, on its board (one partition per board, as one bitstream per FPGA)
 
 Board layout, under the board's `workdir` (default ~/splitrack):
 
-    agent.py contract.py emulation.py
-    part/  artifact (lib .so | .bit + .hwh), contracts.json, agent.json,
+    agent.py wire.py agent_config.py contract.py emulation.py     lease.json (who holds the board, harness.rack.lease)
+    part/  artifact (lib .so | .bit + .hwh), contracts.json, agent.json, agent.secret (0600),
            running.json (pid of the agent started with that agent.json), agent-<partition>.pid / .log / .out
 
 `deploy()` returns a `Deployment`; its `wiring` (harness.rack.wiring) is what `harness.measure.stream` needs.
