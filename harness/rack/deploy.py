@@ -532,6 +532,20 @@ class Health:
         return f"{self.board}: {'ok' if self.ok else 'QUARANTINED: ' + self.reason}" + (f" ({d})" if d else "")
 
 
+def board_secret(conn: Connection, board: Board) -> bytes:
+    """The secret of the deployment a board carries (part/agent.secret, read over SSH); b"" when none."""
+    text = conn.read_text(conn.remote_path(f"{board.workdir}/{PART}/{SECRET_FILE}"), stage="health")
+    return bytes.fromhex((text or "").strip())
+
+
+def ping_board(board: Board, timeout: float = 5.0) -> dict:
+    """The PONG of the agent on `board`, whoever deployed it: its secret is read over SSH first (the owner
+    of the board's SSH key may ask its agent anything). Raises BoardError, OSError, ValueError."""
+    with Connection(board, timeout=timeout) as conn:
+        secret = board_secret(conn, board)
+    return ping(board.host, board.data_port, secret)
+
+
 def check_board(board: Board, timeout: float = 5.0) -> Health:
     """SSH reachable, the agent's runtime (python >= 3.8 with numpy) answers, enough free memory and disk,
     and a running agent answers a ping. Never raises: a bad board gets a reason."""
@@ -564,12 +578,12 @@ def check_board(board: Board, timeout: float = 5.0) -> Health:
                                   f"(need {MIN_FREE_DISK >> 20} MiB): clean up the board's SD card", d)
             pids = _remote_pids(conn, conn.remote_path(f"{board.workdir}/{PART}"))
             live = [p for p in pids.values() if _alive(conn, p)]
-            secret_hex = conn.read_text(conn.remote_path(f"{board.workdir}/{PART}/{SECRET_FILE}"), stage="health")
+            secret = board_secret(conn, board)
     except BoardError as e:
         return Health(board.name, False, f"{e.stage}: {str(e).split(': ', 1)[-1]}", d)
     if live:
         try:
-            h = ping(board.host, board.data_port, bytes.fromhex((secret_hex or "").strip()))
+            h = ping(board.host, board.data_port, secret)
             d["agent"] = f"{h.get('partition')} pid {h.get('pid')}"
         except (OSError, ValueError) as e:
             d["agent"] = f"pid {live[0]} does not answer ({e}); deploy restarts it"

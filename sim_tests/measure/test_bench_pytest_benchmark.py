@@ -33,9 +33,9 @@ def test_rack_frame(benchmark, tmp_path):
 
 
 def run(tmp_path, *args, slow=False):
-    env = dict(__import__("os").environ)
-    if slow:
-        env["SLOW_S1"] = "1"
+    from conftest import child_env
+
+    env = child_env(**({"SLOW_S1": "1"} if slow else {}))
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
                            str(tmp_path / "test_inner.py"), f"--benchmark-storage=file://{tmp_path / 'store'}", *args],
                           cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)

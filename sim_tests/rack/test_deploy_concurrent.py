@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.rack.deploy import ping, undeploy
+from harness.rack.deploy import ping_board, undeploy
 from harness.rack.rackfile import load_rack
 from harness.rack.virtual_rack import rack_down, rack_up
 
@@ -56,7 +56,7 @@ def test_concurrent_deploys_never_mix_the_rack(plans, rack_file):
                                   cwd=REPO) for p in order]
         outs = [(p.wait(timeout=300), *p.communicate()) for p in procs]
         codes = sorted(o[0] for o in outs)
-        on_boards = {ping(b.host, b.data_port)["plan_hash"] for b in rack.boards[:3]}
+        on_boards = {ping_board(b)["plan_hash"] for b in rack.boards[:3]}
         detail = f"round {rnd}: exit {[o[0] for o in outs]}, boards carry {[hashes.get(h, h) for h in on_boards]}"
         assert len(on_boards) == 1 and on_boards <= set(hashes), detail + "".join(o[2] for o in outs)
         assert codes in ([0, 2], [0, 0]), detail + "".join(o[2] for o in outs)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.rack.deploy import DeployError, agent_stale_state, deploy, ping, undeploy
+from harness.rack.deploy import DeployError, agent_stale_state, deploy, ping_board, undeploy
 from harness.rack.rackfile import Rack, load_rack
 from harness.rack.ssh import Connection
 from harness.rack.virtual_rack import rack_down, rack_up
@@ -68,21 +68,27 @@ def _renamed(plan, old: str, new: str, root: Path):
 
 
 def test_partition_name_that_is_shell_runs_nothing(plan3, rack_file, tmp_path, monkeypatch):
-    from splitting.hls import project_dir
+    """Two fences: the host refuses such a plan before hls4ml (whose build script hands the project name to a
+    shell on this machine) or any board sees it; and the board side starts an agent under that name taken
+    literally (its output file is named by it), running nothing it says."""
+    from harness.rack.deploy import start_agent
+    from harness.rack.ssh import Connection
+    from splitting.errors import UserError
 
     rack = load_rack(rack_file)
     marker = "X" + tmp_path.name[-8:]
     evil = f"s1$(touch {marker})"
     plan = _renamed(plan3, "s1", evil, tmp_path / "evil")
-    # the library comes from the cache (same content, same key): this test is about the board side, and
-    # hls4ml's own build script would run such a name on this machine (load-time validation stops that)
-    assert project_dir(plan, evil) == project_dir(plan3, "s1")
     monkeypatch.chdir(tmp_path)
-    dep = deploy(plan, rack, force=True)
+    with pytest.raises(UserError, match="not a valid name"):
+        deploy(plan, rack, force=True)
+    dep = deploy(plan3, rack, force=True)
+    b = dep.boards["s1"]
     try:
-        assert dep.placed[evil].restarted
-        b = dep.boards[evil]
-        assert ping(b.host, b.data_port)["partition"] == evil  # it runs, under its name taken literally
+        undeploy(rack)  # the board keeps s1's files; no agent runs
+        with Connection(b) as conn:
+            pid = start_agent(conn, b, evil)  # the name reaches the board's start command
+        assert pid > 0
         home = rack.virtual_state / b.name / "home"
         assert (home / "splitrack" / "part" / f"agent-{evil}.out").is_file()
         found = [p for p in [*rack.virtual_state.rglob(marker), *tmp_path.rglob(marker), *REPO.glob(marker)]]
@@ -120,7 +126,7 @@ def test_frozen_ssh_server_mid_upload_is_a_clear_error_within_30s(plan3, rack_fi
     assert f"board {victim.name}, stage upload: the board's SSH server stopped answering" in msg
     assert "\n" not in msg
     # the upload went to staging names: the board's previous agent still runs and answers
-    h = ping(victim.host, victim.data_port)
+    h = ping_board(victim)
     assert h["pid"] == old_pid and h["partition"] == "s1"
     undeploy(rack)
 

@@ -3,7 +3,7 @@ force), a one-line error naming the fewest and most boards possible otherwise; f
 decimals that tell plans apart; implausible estimates named with the reason; `-o` does not replace another plan."""
 import pytest
 
-from sim_tests.test_plan_search import PYNQ, _opts, brute_force, chain  # noqa: F401  (chain is a fixture)
+from test_plan_search import PYNQ, _opts, brute_force, chain  # noqa: F401  (chain is a fixture)
 from harness.cli.plan import decimals, implausible, pareto_table
 from splitting.estimate import Analytic, Estimate, HlsConfig, LayerSpec
 from splitting.search import NoFitError, PartChoice, plan_search
