@@ -90,10 +90,13 @@ class LayerSpec:
 
     @property
     def is_compute(self) -> bool:
+        """True for the layers with weights and multipliers: Dense, Conv1D, Conv2D."""
         return self.kind in ("Dense", "Conv1D", "Conv2D")
 
     @property
     def fan_in(self) -> int:
+        """Inputs per output unit: last input dimension for Dense, input channels x prod(kernel) for
+        Conv1D/Conv2D; 0 for any other layer."""
         if self.kind == "Dense":
             return int(self.input_shape[-1])
         if self.kind in ("Conv1D", "Conv2D"):
@@ -101,6 +104,7 @@ class LayerSpec:
         return 0
 
     def signature(self) -> Dict[str, Any]:
+        """The fields as a dict without `name`: the part of the cache key that identifies the layer."""
         d = asdict(self)
         d.pop("name")  # names do not change an estimate; identical layers of other models share the cache
         return d
@@ -108,6 +112,11 @@ class LayerSpec:
 
 @dataclass(frozen=True)
 class HlsConfig:
+    """One hls4ml configuration of a segment: precision (an ap_fixed type), reuse factor, strategy.
+
+    Raises ContractError on an unreadable precision, UserError on a strategy other than
+    Latency/Resource, or a reuse factor below 1."""
+
     precision: str = "ap_fixed<16,6>"
     reuse_factor: int = 1
     strategy: str = "Latency"
@@ -121,11 +130,16 @@ class HlsConfig:
 
     @property
     def bits(self) -> int:
+        """Total width of `precision` in bits (W of ap_fixed<W,I>)."""
         return FixedType.parse(self.precision).width
 
 
 @dataclass
 class Estimate:
+    """Resources and latency of one segment: lut, ff, dsp, bram (BRAM18 blocks), cycles (latency in clock
+    cycles), interval (initiation interval in cycles); `estimator` names what produced them
+    (rule4ml, analytic, or rule4ml+analytic). `+` adds resources and cycles and takes the larger interval."""
+
     lut: float
     ff: float
     dsp: float
@@ -136,9 +150,12 @@ class Estimate:
     note: str = ""  # set by the planner when a figure was raised to that of a run it contains
 
     def utilization(self, board: Board) -> Dict[str, float]:
+        """Fraction of the board's capacity used, per resource: {'lut', 'ff', 'dsp', 'bram'} -> float
+        (1.0 = full)."""
         return {r: float(getattr(self, r)) / board.capacity(r) for r in ("lut", "ff", "dsp", "bram")}
 
     def peak(self, board: Board) -> float:
+        """The largest fraction in `utilization(board)` (1.0 = the most used resource is full)."""
         return max(self.utilization(board).values())
 
     def at_least(self, other: "Estimate", why: str) -> "Estimate":
@@ -389,6 +406,8 @@ def closest_reuse_factor(n_in: int, n_out: int, chosen: int) -> int:
 
 
 def effective_reuse(layer: LayerSpec, rf: int) -> int:
+    """The reuse factor hls4ml would apply to `layer` given `rf`: `closest_reuse_factor(fan_in, units, rf)` for
+    Dense/Conv1D/Conv2D, `rf` unchanged for other layers."""
     if layer.kind == "Dense":
         return closest_reuse_factor(layer.fan_in, layer.units, rf)
     if layer.kind in ("Conv1D", "Conv2D"):
@@ -403,6 +422,7 @@ Request = Tuple[Tuple[LayerSpec, ...], HlsConfig]
 
 
 def cache_root() -> Path:
+    """The estimate cache folder: `<user cache>/estimates` ($SPLITRACK_CACHE or the user cache folder)."""
     return user_cache_root() / "estimates"
 
 
@@ -419,9 +439,14 @@ class Estimator:
 
     @property
     def version(self) -> str:
+        """String naming the estimator and everything that changes its figures; part of the cache key.
+
+        Raises NotImplementedError here; subclasses define it."""
         raise NotImplementedError
 
     def key(self, layers: Sequence[LayerSpec], cfg: HlsConfig) -> str:
+        """Cache key of (layers, cfg) on this board: SHA-256 hex digest (64 characters) of the layer signatures,
+        configuration, board name and `version`, as canonical JSON."""
         version = self.__dict__.setdefault("_version", self.version)
         body = json.dumps(
             {"layers": [l.signature() for l in layers], "config": asdict(cfg), "board": self.board.name, "estimator": version},
@@ -454,6 +479,7 @@ class Estimator:
         return out  # type: ignore[return-value]
 
     def estimate(self, layers: Sequence[LayerSpec], cfg: HlsConfig) -> Estimate:
+        """The Estimate of one segment (`layers` in order) under `cfg`, through the cache."""
         return self.estimate_many([(tuple(layers), cfg)])[0]
 
     def _store(self, key: str, est: Estimate) -> None:
@@ -474,6 +500,7 @@ class Analytic(Estimator):
 
     @property
     def version(self) -> str:
+        """'analytic-1' (bump when the formulas in the module docstring change)."""
         return "analytic-1"
 
     def _compute(self, requests: Sequence[Request]) -> List[Estimate]:
@@ -481,6 +508,9 @@ class Analytic(Estimator):
 
 
 def analytic_layer(l: LayerSpec, cfg: HlsConfig) -> Estimate:
+    """Closed-form Estimate of one layer under `cfg` (formulas in the module docstring: our own rough model,
+    not taken from a paper; the reuse rule is hls4ml's via `effective_reuse`). Layers with no hardware
+    (Flatten, Dropout) give all zeros; a compute layer's non-linear activation is added to it."""
     b = cfg.bits
     lut = ff = dsp = bram = cycles = interval = 0.0
     n = math.prod(l.output_shape)
@@ -537,6 +567,7 @@ def analytic_layer(l: LayerSpec, cfg: HlsConfig) -> Estimate:
 
 
 def analytic_segment(layers: Sequence[LayerSpec], cfg: HlsConfig) -> Estimate:
+    """Sum of `analytic_layer` over `layers` (resources and cycles added, interval the largest)."""
     total = Estimate(0, 0, 0, 0, 0, 0, "analytic")
     for l in layers:
         total = total + analytic_layer(l, cfg)
@@ -562,6 +593,8 @@ class Rule4ml(Estimator):
 
     @property
     def version(self) -> str:
+        """rule4ml's installed version plus the GNN, hls4ml and Vivado versions it predicts for and
+        ADAPTER_REVISION; part of the cache key."""
         return f"rule4ml-{_rule4ml_version()}-gnn-v2/hls4ml-{HLS4ML_VERSION}/vivado-{VIVADO_VERSION}/adapter-{ADAPTER_REVISION}"
 
     # -- rule4ml's view of a segment ----------------------------------------------------------------
@@ -606,6 +639,8 @@ class Rule4ml(Estimator):
         return out
 
     def hls_config(self, cfg: HlsConfig) -> Dict[str, Any]:
+        """The hls4ml configuration dict rule4ml's `get_global_inputs` reads: board name and model-level strategy,
+        precision and reuse factor."""
         return {"board": self.board.name, "model": {"strategy": cfg.strategy, "precision": cfg.precision, "reuse_factor": cfg.reuse_factor}}
 
     # -- batched prediction ---------------------------------------------------------------------------
@@ -725,6 +760,10 @@ ESTIMATORS = {"rule4ml": Rule4ml, "analytic": Analytic}
 
 
 def make(name: str, board: Board, cache: Optional[Path] = None, progress=None) -> Estimator:
+    """An estimator called `name` ('rule4ml' or 'analytic') for `board`, caching under `cache`
+    (default `cache_root()`); `progress` gets status lines.
+
+    Raises UserError for another name, or (Rule4ml) for a board rule4ml has no model of."""
     try:
         cls = ESTIMATORS[name]
     except KeyError:
