@@ -80,6 +80,8 @@ class RateLimitedLog:
         self.lock = threading.Lock()
 
     def warning(self, fmt, *args):
+        """Log `fmt % args` as a warning unless `burst` lines were already logged in this `period`; then
+        only count it (the count is logged when the next period starts)."""
         now = time.monotonic()
         with self.lock:
             if now - self.window > self.period:
@@ -132,6 +134,8 @@ class Pacer:
         self.margin_ns = margin_ns
 
     def calibrate(self, sleeps=25, sleep_ns=100000):
+        """Measure how late `sleeps` sleeps of `sleep_ns` ns wake (perf_counter_ns), keep the 10th percentile
+        in `late_ns` (>= 0) and return it, in ns."""
         late = []
         for _ in range(sleeps):
             t = time.perf_counter_ns()
@@ -141,6 +145,8 @@ class Pacer:
         return self.late_ns
 
     def wait_until(self, deadline_ns):
+        """Return no earlier than `deadline_ns` (time.perf_counter_ns clock, ns): sleep until `late_ns` +
+        `margin_ns` before it, then spin with os.sched_yield."""
         sleep_ns = deadline_ns - time.perf_counter_ns() - self.late_ns - self.margin_ns
         if sleep_ns > 0:
             time.sleep(sleep_ns / 1e9)
@@ -156,6 +162,9 @@ wait_until = PACER.wait_until
 
 # --- backends ----------------------------------------------------------------------------------------
 class PassthroughBackend:
+    """Returns its input unchanged (as float64); with one link in and one out of the same encoding and no
+    `decode`, `forward_bytes` lets the agent forward the payload bytes without decoding them."""
+
     kind = "passthrough"
 
     def __init__(self, cfg, inputs, outputs):
@@ -163,6 +172,7 @@ class PassthroughBackend:
                               and outputs[0].select is None and _same_encoding(inputs[0], outputs[0]))
 
     def run(self, x):
+        """`x` as a float64 array of the same shape."""
         return np.asarray(x, dtype=np.float64)
 
 
@@ -171,6 +181,10 @@ def _same_encoding(a, b):
 
 
 class EmulationBackend:
+    """The partition's hls4ml C emulation library (splitting/emulation.py's EmulationLib).
+
+    Raises AgentConfigError when the library file is missing."""
+
     kind = "emulation"
     forward_bytes = False
 
@@ -185,6 +199,8 @@ class EmulationBackend:
         self.lib = _emulation.EmulationLib(lib, cfg["project"], cfg["n_in"], cfg["n_out"])
 
     def run(self, x):
+        """One frame (n_in elements, any shape) in; a flat float64 array of n_out elements out.
+        Raises ValueError when the frame has another number of elements."""
         return self.lib.run(x)
 
 
@@ -213,6 +229,9 @@ class OverlayBackend:
         self.in_fixed = inputs[0].fixed if inputs else None
 
     def run(self, x):
+        """One frame (n_in elements) through the FPGA over AXI DMA (blocking until both transfers end);
+        a flat float64 array of n_out elements. Integer buffers carry raw ap_fixed words, converted with the
+        links' contracts."""
         x = np.asarray(x).reshape(-1)
         if self.in_dtype.kind == "f":
             self.inbuf[:] = x
@@ -244,10 +263,12 @@ class Conn:
         self.closed = False
 
     def send(self, data):
+        """Send all of `data` (bytes) under the write lock; raises OSError when the socket fails."""
         with self.wlock:
             self.sock.sendall(data)
 
     def close(self):
+        """Shut down and close the socket; a second call does nothing."""
         if self.closed:
             return
         self.closed = True
@@ -259,6 +280,10 @@ class Conn:
 
 
 class Agent:
+    """One partition on one board: accepts authenticated connections, joins the parts of each frame, runs
+    the backend (paced by the timing model when `timing` is set) and sends the results on, per the config.
+    serve() starts it; shutdown() stops it."""
+
     def __init__(self, cfg, base="."):
         """cfg: an AgentConfig, or its dict (checked here); AgentConfigError when it cannot run."""
         if not isinstance(cfg, AgentConfig):
@@ -346,11 +371,14 @@ class Agent:
 
     @property
     def counters(self):
+        """Frame counters since start: received, done, sent, errors, dropped, stale_dropped (earlier
+        sessions), refused (connections): dict of str -> int."""
         return {"received": self.received, "done": self.done, "sent": self.sent, "errors": self.errors,
                 "dropped": self.dropped, "stale_dropped": self.stale_dropped, "refused": self.refused}
 
     # -- helpers --
     def now(self):
+        """Wall-clock time in ns (time.time_ns) plus the configured clock skew `clock_skew_ns`."""
         return time.time_ns() + self.skew
 
     def _set_state(self, frame, what):
@@ -388,6 +416,9 @@ class Agent:
             self.unreported.append(msg)
 
     def health(self, ask=None):
+        """The agent's state for a PING reply (dict, JSON-safe): identity, pid, uptime_s (s), backend, counters,
+        free_memory and free_disk (bytes, None when unknown), queue lengths, stale/idle; with `ask`
+        {'frame': n}, also that frame's state here."""
         h = {"board": self.board, "partition": self.partition, "stage": self.stage, "plan_hash": self.plan_hash,
              "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
              "backend": self.backend.kind if self.backend else None, "frames_done": self.done,
@@ -413,6 +444,8 @@ class Agent:
 
     # -- lifecycle --
     def load_backend(self):
+        """Build the backend the config names (passthrough, emulation or overlay) and decide `bypass`.
+        Raises AgentConfigError for another kind or a missing library or bitstream."""
         b = self.cfg.backend
         kind = b.get("kind")
         if kind == "passthrough":
@@ -455,6 +488,8 @@ class Agent:
         return port
 
     def shutdown(self, drain_s=2.0):
+        """Stop: close the listener, let queued frames leave for up to `drain_s` seconds, close every connection
+        and log the counters; a second call does nothing."""
         if self.stop.is_set():
             return
         deadline = time.monotonic() + drain_s
@@ -933,6 +968,9 @@ def _alive(pid):
 
 
 def main(argv=None):
+    """Command line `agent.py CONFIG.json`: serve until SIGTERM, SIGINT or SHUTDOWN. Returns the exit status:
+    0 after a clean stop, 2 for bad usage, an unreadable config or a start failure, 3 when another agent
+    holds the pidfile."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python3 agent.py CONFIG.json", file=sys.stderr)
