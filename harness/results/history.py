@@ -95,6 +95,10 @@ class HistoryError(UserError):
 
 @dataclass(frozen=True)
 class Row:
+    """One figure of one run (a row of the measurements table): time (ISO 8601 UTC), where and what
+    (rack, machine, commit_id, plan_hash, metric, hop), value in `unit` (e.g. us, frames/s), source
+    ('bench' or 'pytest-benchmark')."""
+
     time: str
     rack: str
     machine: str
@@ -109,6 +113,9 @@ class Row:
 
 @dataclass(frozen=True)
 class SeriesKey:
+    """What identifies a series of figures over commits: rack, machine, plan hash, metric, hop and label
+    ('' = any label)."""
+
     rack: str
     machine: str
     plan_hash: str
@@ -117,11 +124,14 @@ class SeriesKey:
     label: str = ""
 
     def describe(self) -> str:
+        """'metric [hop]', for reports."""
         return f"{self.metric} [{self.hop}]"
 
 
 @dataclass(frozen=True)
 class Point:
+    """One value of a series: the run's time (ISO 8601 UTC), commit, value in `unit`, run id."""
+
     time: str
     commit_id: str
     value: float
@@ -149,6 +159,7 @@ class RunInfo:
     run_id: int = 0
 
     def describe(self) -> str:
+        """One line naming the run: id, label, model, plan, rack, commit, time, complete or INCOMPLETE with its error."""
         state = "complete" if self.complete else f"INCOMPLETE ({self.error})"
         return (f"run {self.run_id} {self.label!r} ({self.model or 'model ?'}, plan {self.plan_hash}, rack {self.rack}, "
                 f"commit {self.commit_id}, {self.time[:19]}) {state}")
@@ -165,10 +176,12 @@ class RunInfo:
 
 
 def now_iso() -> str:
+    """The current UTC time, ISO 8601 with microseconds (e.g. 2026-01-02T03:04:05.123456+00:00)."""
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 def machine_name() -> str:
+    """This host's network name (platform.node()), 'unknown' when empty."""
     return platform.node() or "unknown"
 
 
@@ -353,6 +366,7 @@ def load_file(path: Path, rack: Optional[str] = None, label: Optional[str] = Non
 
 
 def rows_from_file(path: Path, rack: Optional[str] = None) -> List[Row]:
+    """All Rows of every run in a results file (see load_file); raises HistoryError as load_file does."""
     return [r for _, rows, _ in load_file(path, rack) for r in rows]
 
 
@@ -435,6 +449,7 @@ class History:
             "COMMIT;")
 
     def close(self) -> None:
+        """Close the SQLite connection."""
         self.db.close()
 
     def __enter__(self) -> "History":
@@ -478,6 +493,8 @@ class History:
         return sum(self.add_run(RunInfo(*k, label=k[4], source=g[0].source), g)[1] for k, g in groups.items())
 
     def ack(self, run_id: int, why: str) -> RunInfo:
+        """Record (or replace) an acknowledgement `why` of run `run_id`, stamped now; returns that run.
+        Raises HistoryError when there is no such run."""
         run = self.run(run_id)
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO acks (run_id, why, time) VALUES (?,?,?)", (run_id, why, now_iso()))
@@ -496,15 +513,19 @@ class History:
         return out
 
     def run(self, run_id: int) -> RunInfo:
+        """The RunInfo of run `run_id`; raises HistoryError when there is none."""
         found = self.run_infos("run_id = ?", (int(run_id),))
         if not found:
             raise HistoryError(f"no run {run_id} in {self.path}: see `splitrack history list --db {self.path}`")
         return found[0]
 
     def acks(self) -> Dict[int, str]:
+        """run id -> why, for every acknowledged run."""
         return dict(self.db.execute("SELECT run_id, why FROM acks"))
 
     def samples(self, run_id: int) -> Samples:
+        """The per-frame samples of one run: (mode, kind, hop) -> float64 array (frames,) in us; empty when the
+        run has none. Raises HistoryError when a stored array does not have its recorded length."""
         out = {}
         for m, k, h, n, data in self.db.execute("SELECT mode, kind, hop, n, data FROM samples WHERE run_id = ?", (run_id,)):
             v = np.frombuffer(zlib.decompress(data), "<f4").astype(np.float64)
@@ -520,6 +541,8 @@ class History:
             "measurements m ON m.run_id = r.run_id GROUP BY r.run_id ORDER BY r.time, r.run_id").fetchall()
 
     def keys(self, metric_like: str = "%") -> List[SeriesKey]:
+        """The distinct series whose metric matches the SQL LIKE pattern `metric_like`, ordered by label, rack,
+        machine, plan, metric, hop."""
         return [SeriesKey(*r) for r in self.db.execute(
             "SELECT DISTINCT m.rack, m.machine, m.plan_hash, m.metric, m.hop, r.label FROM measurements m JOIN runs r "
             "ON m.run_id = r.run_id WHERE m.metric LIKE ? ORDER BY r.label, m.rack, m.machine, m.plan_hash, m.metric, m.hop",
@@ -534,6 +557,7 @@ class History:
             (key.rack, key.machine, key.plan_hash, key.metric, key.hop, key.label, key.label, int(complete_only)))]
 
     def rows(self, where: str = "1", args: Sequence = ()) -> List[Row]:
+        """Measurement Rows matching the SQL condition `where` (with `args`), oldest first."""
         return [Row(*r) for r in self.db.execute(
             f"SELECT {', '.join(f.name for f in fields(Row))} FROM measurements WHERE {where} ORDER BY time", args)]
 
