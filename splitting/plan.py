@@ -50,15 +50,20 @@ class Partition:
 
     @property
     def model_file(self) -> str:
+        """Path of its Keras sub-model relative to the plan folder: '<name>/model.keras'."""
         return f"{self.name}/model.keras"
 
     @property
     def hls_file(self) -> str:
+        """Path of its hls4ml configuration relative to the plan folder: '<name>/hls4ml.json'."""
         return f"{self.name}/hls4ml.json"
 
 
 @dataclass
 class Stage:
+    """One step of the pipeline: its index, its kind ('layers', 'neuron', 'input', 'join') and the names of
+    the partitions that run side by side in it."""
+
     index: int
     kind: str  # "layers", "neuron", "input", "join"
     partitions: List[str]
@@ -66,6 +71,9 @@ class Stage:
 
 @dataclass
 class Plan:
+    """A split model: stages of partitions, and the contracts (`Contract`) of every link between them and the
+    host. `root` is the plan folder once loaded or saved; `hash` identifies the content."""
+
     model: Dict[str, Any]  # name, input_shape, output_shape, output_precision, source sha256
     stages: List[Stage]
     partitions: Dict[str, Partition]
@@ -77,35 +85,44 @@ class Plan:
 
     # --- queries -----------------------------------------------------------------------------------
     def partition(self, name: str) -> Partition:
+        """The partition called `name`; raises PlanError when there is none."""
         try:
             return self.partitions[name]
         except KeyError:
             raise PlanError(f"no partition {name!r} in plan; partitions are {', '.join(self.partitions)}") from None
 
     def ordered_partitions(self) -> List[Partition]:
+        """Every partition, stage by stage in stage order."""
         return [self.partitions[n] for st in self.stages for n in st.partitions]
 
     def inputs_of(self, name: str) -> List[Contract]:
+        """The links into partition `name` (or 'host': the model's outputs), by contract index."""
         return sorted((c for c in self.links if c.dst == name), key=lambda c: c.index)
 
     def outputs_of(self, name: str) -> List[Contract]:
+        """The links out of partition `name` (or 'host': the model's inputs), in plan order."""
         return [c for c in self.links if c.src == name]
 
     @property
     def input_links(self) -> List[Contract]:
+        """The links from the host into the first stage (what the host sends per frame)."""
         return [c for c in self.links if c.src == HOST]
 
     @property
     def output_links(self) -> List[Contract]:
+        """The links back to the host, by contract index (what the host receives per frame)."""
         return self.inputs_of(HOST)
 
     def path(self, rel: str) -> Path:
+        """`rel` (e.g. a partition's model_file) under the plan folder; raises PlanError before the plan has one."""
         if self.root is None:
             raise PlanError("plan has no folder yet: save() it first")
         return self.root / rel
 
     # --- hashing and serialisation -----------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
+        """The content of plan.json without its hash (format, board, model, hls_defaults, stages, partitions in
+        stage order, links, notes): JSON-able."""
         return {
             "format": FORMAT,
             "board": self.board,
@@ -124,6 +141,8 @@ class Plan:
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
     def save(self, root: Path) -> Path:
+        """Write plan.json (with `hash`) and each partition's hls4ml.json under `root` (created if needed) and make
+        it the plan's folder; returns the plan.json path. The Keras sub-models are written by split_model."""
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
@@ -137,6 +156,8 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any], root: Optional[Path] = None) -> "Plan":
+        """The plan of a plan.json dict, checked (`check`). Raises PlanError for another format, a malformed
+        dict or contract, or an inconsistent plan."""
         if d.get("format") != FORMAT:
             raise PlanError(f"plan format {d.get('format')!r} is not {FORMAT}: re-create the plan with this splitrack")
         try:
@@ -158,6 +179,8 @@ class Plan:
 
     @classmethod
     def load(cls, root: Path) -> "Plan":
+        """Read and check the plan in folder `root` (or the plan.json file `root`). Raises PlanError when the
+        file is missing, not JSON, has no hash, does not match its hash, or fails from_dict."""
         root = Path(root)
         f = root / PLAN_FILE if root.is_dir() else root
         if not f.is_file():
