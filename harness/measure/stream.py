@@ -52,6 +52,9 @@ class AgentUnreachable(UserError):
 
 @dataclass
 class FrameResult:
+    """One frame that came back: its id, the output array (the model's output shape), host send and receive
+    times (time.time_ns, ns) and the timestamp records of every partition it passed (board clocks, ns)."""
+
     frame: int
     output: np.ndarray
     t_send: int  # host time.time_ns() when the first part left
@@ -60,6 +63,7 @@ class FrameResult:
 
     @property
     def latency_ns(self) -> int:
+        """End-to-end latency on the host clock: t_recv - t_send, in ns."""
         return self.t_recv - self.t_send
 
 
@@ -77,10 +81,12 @@ class SendSchedule:
 
     @classmethod
     def start_now(cls, rate: float) -> "SendSchedule":
+        """A schedule at `rate` frames/s whose origin is now (time.time_ns, then time.perf_counter_ns)."""
         origin_ns = time.time_ns()
         return cls(rate, origin_ns, time.perf_counter_ns())
 
     def offset_ns(self, i: int) -> int:
+        """How long after the origin input `i` is due: i / rate seconds, in ns (int)."""
         return int(i * 1e9 / self.rate)
 
     def send_ns(self, i: int) -> int:
@@ -99,6 +105,9 @@ class SendSchedule:
 
 @dataclass
 class StreamResult:
+    """What a stream returned: the frames that came back by id, the errors reported, the host times (ns) of
+    the first send and last receive, and the send schedule when paced."""
+
     wiring: Wiring
     frame_ids: List[int]  # ids of the frames sent, in order (input i -> frame_ids[i])
     frames: Dict[int, FrameResult] = field(default_factory=dict)
@@ -109,6 +118,7 @@ class StreamResult:
 
     @property
     def complete(self) -> bool:
+        """True when no error was reported and every frame sent came back."""
         return not self.errors and all(f in self.frames for f in self.frame_ids)
 
     def outputs(self) -> np.ndarray:
@@ -119,6 +129,7 @@ class StreamResult:
         return np.stack([self.frames[f].output for f in self.frame_ids])
 
     def latencies_ns(self) -> np.ndarray:
+        """End-to-end latencies (ns, int64) of the frames that came back, in input order: shape (frames back,)."""
         return np.array([self.frames[f].latency_ns for f in self.frame_ids if f in self.frames], dtype=np.int64)
 
     @property
@@ -336,6 +347,7 @@ class Pipeline:
         return self.conns[partition].request(MsgType.PROBE, wire.PROBE_REQ.pack(t1), MsgType.PROBE_REPLY, timeout)
 
     def shutdown_agents(self) -> None:
+        """Send SHUTDOWN to every connected agent (each stops after draining); send errors are ignored."""
         for name, c in self.conns.items():
             try:
                 c.send(wire.pack_message(MsgType.SHUTDOWN))
@@ -343,6 +355,7 @@ class Pipeline:
                 pass
 
     def close(self) -> None:
+        """Close the connections to the agents (the agents keep running)."""
         self._closed = True
         for c in self.conns.values():
             c.close()
