@@ -45,6 +45,8 @@ _KEY = "_splitrack_rack"
 
 
 def pytest_addoption(parser):
+    """Add the splitrack options: --boards PATH, --board-lease-timeout SECONDS (default 300 s),
+    --no-health-check, --allow-no-boards."""
     group = parser.getgroup("splitrack")
     group.addoption("--boards", metavar="PATH", default=None,
                     help="rack file (boards.toml) of the boards that hw tests run on")
@@ -72,6 +74,8 @@ def _selects_only_hw(markexpr: str) -> bool:
 
 
 def pytest_configure(config):
+    """Register the `hw` marker; raises pytest.UsageError when `-m` selects only hw tests and neither --boards
+    nor --allow-no-boards is given (the run would otherwise pass with everything skipped)."""
     config.addinivalue_line("markers", "hw: needs a rack of boards (real or virtual): run with --boards PATH")
     # asking for the hw tests without a rack would skip them all and exit 0: a CI job that forgot --boards
     # must go red instead
@@ -85,6 +89,7 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    """Without --boards, mark every hw test skipped and count them for the summary."""
     if config.getoption("--boards"):
         return
     skip = pytest.mark.skip(reason="hw test: no rack given (run with --boards boards.toml, or `splitrack rack up`)")
@@ -167,12 +172,16 @@ class RackState:
             self.lab = None
 
     def why_short(self, n: int) -> str:
+        """A skip reason for a test needing `n` boards: how many healthy boards the rack has, and why the others
+        were quarantined."""
         q = "; ".join(f"{k} quarantined: {v}" for k, v in self.quarantined.items())
         return (f"needs {n} healthy board(s), rack {self.path} has {len(self.healthy.boards)}"
                 + (f" ({q})" if q else ""))
 
 
 def pytest_sessionstart(session):
+    """With --boards: load the rack file and health-check its boards (unless --no-health-check). Raises
+    pytest.UsageError when the rack file cannot be used."""
     config = session.config
     path = config.getoption("--boards")
     if not path:
@@ -187,12 +196,14 @@ def pytest_sessionstart(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    """Give back every shared-rack lease still held and close the labgrid client."""
     state = getattr(session.config, _KEY, None)
     if state is not None:
         state.close()
 
 
 def pytest_report_header(config):
+    """Header lines: how many boards of the rack are healthy and each board's health line; None without --boards."""
     state = getattr(config, _KEY, None)
     if state is None:
         return None
@@ -206,6 +217,7 @@ def pytest_report_header(config):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Summary lines: how many hw tests were skipped for want of a rack, and each quarantined board with its reason."""
     n = getattr(config, "_splitrack_hw_skipped", 0)
     if n:
         terminalreporter.write_line(f"splitrack: {n} hw test(s) skipped: no rack given (run with --boards rack.toml)")
@@ -259,6 +271,7 @@ class Lease:
             time.sleep(0.2)
 
     def release(self) -> None:
+        """Release the boards' own lease and the file locks; calling it again does nothing."""
         if self.board_lease is not None:
             self.board_lease.release()
             self.board_lease = None
