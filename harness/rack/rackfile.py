@@ -69,6 +69,7 @@ class Board:
 
     @property
     def virtual(self) -> bool:
+        """True for a virtual board (kind 'virtual-pynq-z2', started by `splitrack rack up`)."""
         return self.kind == "virtual-pynq-z2"
 
     @property
@@ -82,6 +83,9 @@ class Board:
 
 @dataclass
 class Rack:
+    """A named set of boards from one rack file: `path` is that file, `virtual_state` the state folder of a
+    virtual rack, `lab` the labgrid coordinator of a shared rack (whose `boards` are then empty until leased)."""
+
     name: str
     boards: List[Board]
     path: Optional[Path] = None
@@ -89,6 +93,7 @@ class Rack:
     lab: Optional["LabSpec"] = None  # a shared rack: boards come from a labgrid coordinator (harness.rack.lab_lease)
 
     def board(self, name: str) -> Board:
+        """The board called `name`; raises RackError when the rack has none."""
         for b in self.boards:
             if b.name == name:
                 return b
@@ -96,9 +101,12 @@ class Rack:
 
     @property
     def names(self) -> List[str]:
+        """The boards' names, in rack-file order."""
         return [b.name for b in self.boards]
 
     def subset(self, names: List[str]) -> "Rack":
+        """A Rack of the boards called `names` (in that order), same name and file; raises RackError for an
+        unknown name."""
         return Rack(self.name, [self.board(n) for n in names], self.path, self.virtual_state)
 
 
@@ -300,6 +308,9 @@ def normal_workdir(workdir: str) -> str:
 
 
 def parse_rack(text: str, path: Path) -> Rack:
+    """The Rack described by TOML `text` (`path` is used in messages and to resolve relative paths); key
+    files are not checked here. Raises RackError for invalid TOML, a secret-looking key, unknown tables or
+    fields, no boards, duplicate names, or two boards on one SSH or data port, with file:line."""
     path = Path(path)
     try:
         d = tomllib.loads(text)
@@ -425,6 +436,9 @@ def _lab_rack(d: Dict[str, Any], path: Path, lines: _Lines) -> Rack:
 
 
 def load_rack(path) -> Rack:
+    """Read and parse the rack file at `path` and check that its key files exist. Raises RackError when the
+    file is missing or unreadable, invalid (see parse_rack) or a key file is missing; RackStopped (a
+    RackError) for a virtual rack that is not running."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise RackError(
@@ -462,6 +476,8 @@ def _toml_value(v: Any) -> str:
 
 
 def dump_rack(rack: Rack, comment: str = "") -> str:
+    """The TOML text of `rack` ([rack] and one [[boards]] per board, fields at their default left out except
+    name, host, kind, key and known_hosts), each line of `comment` as a leading '# ' line."""
     out = [f"# {c}" for c in comment.splitlines()] if comment else []
     out += ["[rack]", f"name = {_toml_value(rack.name)}"]
     if rack.virtual_state:
@@ -481,6 +497,8 @@ def dump_rack(rack: Rack, comment: str = "") -> str:
 
 
 def write_rack(rack: Rack, path, comment: str = "") -> Path:
+    """Write `dump_rack(rack, comment)` to `path`, set `rack.path` to it (resolved) and return `path`.
+    Raises OSError when the file cannot be written."""
     path = Path(path)
     path.write_text(dump_rack(rack, comment))
     rack.path = path.resolve()
