@@ -65,6 +65,8 @@ class _TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
 
 @dataclass
 class Result:
+    """A finished board command: its argv, exit status, and stdout and stderr as text (undecodable bytes replaced)."""
+
     argv: List[str]
     status: int
     stdout: str
@@ -98,6 +100,9 @@ class Connection:
 
     # --- connecting ------------------------------------------------------------------------------
     def open(self) -> "Connection":
+        """Connect and authenticate with the board's key (connect, banner, key exchange and auth each bounded by
+        `timeout` s; host key checked per `host_key_policy`); returns self. Raises BoardError with stage
+        'auth', 'host-key' or 'connect' and what to do."""
         b = self.board
         key = _load_key(b)
         client = paramiko.SSHClient()
@@ -172,6 +177,7 @@ class Connection:
         return self
 
     def close(self) -> None:
+        """Close SFTP and SSH (the transport abruptly when the board stopped answering); a second call does nothing."""
         if self._broken and self._client is not None:
             # a hung board: close the transport (no goodbye that would wait for an answer)
             try:
@@ -255,6 +261,8 @@ class Connection:
     # --- files -----------------------------------------------------------------------------------
     @property
     def sftp(self) -> paramiko.SFTPClient:
+        """The connection's SFTP client, opened on first use (requests time out after SFTP_TIMEOUT s); raises
+        BoardError (stage 'sftp') when the board offers none."""
         if self._sftp is None:
             try:
                 self._sftp = self._client.open_sftp()
@@ -265,6 +273,7 @@ class Connection:
 
     @property
     def home(self) -> str:
+        """The user's home folder on the board (SFTP normalize of '.'), asked once; raises BoardError."""
         if self._home is None:
             try:
                 self._home = self.sftp.normalize(".")
@@ -302,6 +311,8 @@ class Connection:
         # not paramiko's put(): it pipelines writes and reports a refused write (a full disk) only as a
         # size mismatch at the end; here every write's answer is checked, so the board's reason comes back.
         # No `with` on the remote file: after a timeout its close() would wait once more for the hung board.
+        """Upload the local file `local` to the board path `remote` (replaced), every 32 KiB write checked.
+        Raises BoardError (stage `stage`): no space left, a hung board (timeout), or another failure."""
         dst = None
         try:
             with open(local, "rb") as src:
@@ -356,6 +367,8 @@ class Connection:
             raise BoardError(self.board.name, stage, f"reading {remote} failed: {e}") from None
 
     def exists(self, remote: str, stage: str = "read") -> bool:
+        """True when the board path `remote` exists (SFTP stat); raises BoardError for any failure other than
+        'no such file'."""
         try:
             self.sftp.stat(remote)
             return True
@@ -424,6 +437,7 @@ class Connection:
 
 
 def local_sha256(path: Path) -> str:
+    """SHA-256 hex digest (64 characters) of a local file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -432,4 +446,5 @@ def local_sha256(path: Path) -> str:
 
 
 def connect(board: Board, timeout: float = CONNECT_TIMEOUT) -> Connection:
+    """An open Connection to `board` (see Connection.open for the errors raised)."""
     return Connection(board, timeout).open()
