@@ -30,6 +30,8 @@ FAULTS = ("corrupt-upload",)
 
 
 def disk_usage(home: Path) -> int:
+    """Bytes used under `home`: the sum of the files' sizes (lstat, symlinks not followed); unreadable
+    files are skipped."""
     total = 0
     for root, dirs, files in os.walk(home):
         for f in files:
@@ -77,11 +79,15 @@ class BoardSFTP(asyncssh.SFTPServer):
         super().__init__(chan)
 
     def open(self, path, pflags, attrs):
+        """Open a file as asyncssh does and remember its size in bytes (for the disk limit)."""
         f = super().open(path, pflags, attrs)
         self._sizes[id(f)] = os.fstat(f.fileno()).st_size
         return f
 
     def write(self, file_obj, offset, data):
+        """Write `data` at `offset` unless it would take the home folder beyond `disk_mb` MiB; then raise
+        asyncssh.SFTPNoSpaceOnFilesystem. With the corrupt-upload fault, the first byte written to each file
+        has its lowest bit flipped."""
         b = self.board
         old = self._sizes.get(id(file_obj), 0)
         new = max(old, offset + len(data))
@@ -94,12 +100,16 @@ class BoardSFTP(asyncssh.SFTPServer):
         return super().write(file_obj, offset, data)
 
     def close(self, file_obj):
+        """Forget the file's size and fault state, then close it."""
         self._sizes.pop(id(file_obj), None)
         self._corrupted.discard(id(file_obj))
         return super().close(file_obj)
 
 
 class VirtualBoard:
+    """One virtual board: an asyncssh server on host:port, its home folder, its memory (MiB) and disk
+    (MiB, None = unlimited) as `free` and `df` report them, and its faults. serve() runs it."""
+
     def __init__(self, name: str, home: Path, host: str, port: int, host_key: Path, authorized_keys: Path,
                  memory_mb: int = 512, memory_free_mb: Optional[int] = None, disk_mb: Optional[float] = 2048,
                  faults: List[str] = ()):
@@ -129,6 +139,8 @@ class VirtualBoard:
             f.chmod(0o755)
 
     def env(self) -> dict:
+        """The environment of commands run on the board: HOME its home, PATH with its `free`/`df` first and this
+        interpreter's folder (its python3 has numpy), SPLITRACK_BOARD its name, numpy thread pools of 1."""
         # python3 on the board is this interpreter (it has numpy, as a PYNQ image does)
         path = [str(self.bin), str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin",
                 "/usr/sbin", "/sbin"]
@@ -158,6 +170,8 @@ class VirtualBoard:
         process.exit(proc.returncode if proc.returncode >= 0 else 128 - proc.returncode)
 
     async def serve(self) -> None:
+        """Prepare the board's folders, serve SSH and SFTP until SIGTERM or SIGINT, then kill the processes the
+        board started (see kill_home_processes)."""
         self._prepare()
         os.chdir(self.home)
         self._server = await asyncssh.listen(
@@ -196,6 +210,7 @@ def home_processes(home: Path) -> List[int]:
 
 
 def kill_home_processes(home: Path) -> int:
+    """SIGKILL every process working in `home` (see home_processes); returns how many there were."""
     pids = home_processes(home)
     for pid in pids:
         try:
@@ -206,6 +221,8 @@ def kill_home_processes(home: Path) -> int:
 
 
 def main(argv=None) -> int:
+    """Command line: one virtual board per process (options in the module docstring); returns 0 once
+    stopped by SIGTERM or SIGINT. argparse exits with status 2 on bad options."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--name", required=True)
     ap.add_argument("--home", required=True, type=Path)
