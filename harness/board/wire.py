@@ -41,6 +41,8 @@ import struct
 
 
 class MsgType(enum.IntEnum):
+    """The message type byte of the header (see the module docstring for each type's payload)."""
+
     FRAME = 1  # a frame of a link (host -> first stage, board -> board, last stage -> host)
     ERROR = 2  # JSON {board, partition, stage, frame, message}: sent to the attached host, never swallowed
     PROBE = 3  # host -> agent: t1
@@ -90,10 +92,12 @@ def new_session() -> int:
 
 
 def session_of(frame: int) -> int:
+    """The session tag of a frame id: its bits 40..62 (frame >> SESSION_SHIFT)."""
     return frame >> SESSION_SHIFT
 
 
 def new_secret() -> bytes:
+    """A new deployment secret: SECRET_BYTES (32) random bytes from `secrets`."""
     return secrets.token_bytes(SECRET_BYTES)
 
 
@@ -186,10 +190,14 @@ def pack_records(records):
 
 
 def unpack_records(blob):
+    """Packed timestamp records -> list of 8-tuples (stage, partition id, source id, flags, t_recv,
+    t_compute_start, t_compute_end, t_send; times in ns). Raises struct.error when the length is not a
+    multiple of 40 bytes."""
     return list(RECORD.iter_unpack(blob))
 
 
 def set_socket_options(sock):
+    """Set TCP_NODELAY on `sock` (a frame goes out at once, not batched by Nagle's algorithm)."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
@@ -209,6 +217,8 @@ class Reader:
         self.max_records = max_records
 
     def read(self, n):
+        """Exactly `n` bytes (a bytearray copy) from the socket, buffered. Raises EOFError when the peer closes
+        first, socket.timeout/OSError as recv does."""
         if self.end - self.start < n:
             self._fill(n)
         out = self.buf[self.start:self.start + n]
