@@ -26,6 +26,8 @@ from splitting.search import OBJECTIVES, PartChoice, PlanChoice, SearchOptions, 
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    """Add the arguments of `splitrack plan` (model file, board, cap, objective, search space, estimator, -o)
+    or, when the parser is `splitrack boards`, of the board catalog (--max-util, --json)."""
     if p.prog.split()[-1] == "boards":
         p.add_argument("--max-util", type=float, default=catalog.DEFAULT_CAP, help="utilisation cap to show the budget for")
         p.add_argument("--json", action="store_true", help="print the catalog as JSON")
@@ -54,6 +56,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    """`splitrack boards`: print the catalog. `splitrack plan`: search partitions of the model, print the best
+    plan (table or --json, with --pareto the front) and write the plan folder with -o. Returns 0; a
+    UserError (bad model, option or board) makes the dispatcher exit with status 2."""
     if args.command == "boards":
         if args.json:
             print(json.dumps({"boards": [b.to_dict() for b in catalog.BOARDS.values()], "cap": args.max_util}, indent=1))
@@ -126,6 +131,9 @@ def names(plan: PlanChoice) -> List[List[str]]:
 
 
 def partition_rows(plan: PlanChoice, opts: SearchOptions) -> List[Dict[str, Any]]:
+    """One dict per partition of `plan`, stage by stage: name, kind, layers, hls4ml configuration, utilization
+    (fraction of the board per resource), resources (LUT, FF, DSP, BRAM18), cycles and interval_cycles (clock
+    cycles), estimator, split, note, implausible."""
     rows = []
     for (stage, st), pnames in zip(enumerate(plan.stages), names(plan)):
         for part, pname in zip(st.parts, pnames):
@@ -180,6 +188,9 @@ def decimals(values, least: int = 0, most: int = 3) -> int:
 
 
 def to_json(plan: PlanChoice, model: str, opts: SearchOptions, version: str, result: Optional[SearchResult] = None) -> Dict[str, Any]:
+    """The --json report of a plan: model, board, cap, objective, boards, latency_us (us), interval_cycles,
+    estimator version, hop_overhead_us (us), link_gbps (Gb/s), cuts and splits, partition_rows, and the
+    Pareto front when `result` has one."""
     out = {
         "model": model, "board": opts.board.name, "cap": opts.cap, "objective": opts.objective,
         "boards": plan.boards, "latency_us": round(plan.latency_us, 2), "interval_cycles": round(plan.interval_cycles, 1),
@@ -194,6 +205,8 @@ def to_json(plan: PlanChoice, model: str, opts: SearchOptions, version: str, res
 
 
 def table(plan: PlanChoice, model: str, opts: SearchOptions) -> List[str]:
+    """The plan as text lines: a summary (boards, latency in us, interval in cycles), one row per partition
+    (utilisation in % of one board, cycles), then notes and implausible estimates."""
     rows = partition_rows(plan, opts)
     cap = f"{opts.cap:.0%}"
     di = decimals([plan.interval_cycles])
@@ -230,6 +243,7 @@ def table(plan: PlanChoice, model: str, opts: SearchOptions) -> List[str]:
 
 
 def pareto_table(front: List[PlanChoice]) -> List[str]:
+    """The non-dominated plans as text lines: boards, latency (us), interval (cycles), stages and configurations."""
     lines = ["non-dominated plans (boards, latency, interval):",
              f"{'boards':>6} {'latency us':>11} {'interval':>9}  plan [reuse factor and strategy per stage]"]
     dl = decimals([p.latency_us for p in front], least=1)
