@@ -10,6 +10,7 @@ from harness.measure.bench import (DEFAULT_SINGLE_RATE, BenchIncomplete, bench, 
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    """Add the arguments of `splitrack bench`: plan folder, --boards, frames, rate (frames/s), data, --json, --wait."""
     p.add_argument("plan", type=Path, help="plan folder (from `splitrack split` or `splitrack plan`)")
     p.add_argument("--boards", type=Path, required=True, help="rack file (boards.toml)")
     p.add_argument("--frames", type=int, default=2000)
@@ -29,6 +30,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Deploy the plan, measure latency per hop (single frames and a stream) beside the CPU reference, print it
+    (and write --json and its PNG). Returns 0; a fault raises BenchIncomplete after writing what was
+    measured (the dispatcher exits with status 2, as for any UserError)."""
     from splitting.plan import Plan
 
     from harness.rack.lab_lease import leased_rack

@@ -57,6 +57,9 @@ class _Version(argparse.Action):
 
 
 def main(argv=None) -> int:
+    """The `splitrack` command: parse `argv` (default sys.argv[1:]) and run the sub-command. Returns its exit
+    status: the command's own (0, or 1 where it says so), 2 for no command or a UserError/ContractError
+    (printed in one line), 130 on Ctrl-C."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # -v anywhere before the command: keep TensorFlow's and Keras' start-up noise (silenced by default)
     verbose = False

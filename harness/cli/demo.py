@@ -8,6 +8,7 @@ from harness.demo import demo
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    """Add the arguments of `splitrack demo`: -o, -n samples, --boards, --no-rack, --frames."""
     p.add_argument("-o", "--out", default="plans", help="folder for the plans (default plans/)")
     p.add_argument("-n", "--samples", type=int, default=450, help="digits test samples to verify on (max 450)")
     p.add_argument("--boards", default=None, help="rack file to run on (default: start a 5-board virtual rack)")
@@ -16,5 +17,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    """The main job (harness.demo.demo). Returns its exit status: 0 all verified (and run on the rack), 1 a
+    verification or rack step failed."""
     return demo(Path(args.out), args.samples, Path(args.boards) if args.boards else None, not args.no_rack,
                 args.frames)

@@ -11,6 +11,7 @@ from harness.rack.deploy import deploy
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    """Add the arguments of `splitrack deploy`: plan folder, --boards, --force, --wait."""
     p.add_argument("plan", type=Path, help="plan folder (written by `splitrack split` or `splitrack plan`)")
     p.add_argument("--boards", type=Path, required=True, help="rack file (boards.toml, or rack.toml of `rack up`)")
     p.add_argument("--force", action="store_true", help="upload and program even when a board carries the artifact")
@@ -24,6 +25,8 @@ def add_wait_option(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    """Upload the plan's partitions to the rack's boards, start their agents and print where each runs.
+    Returns 0; a board or plan problem raises UserError (exit status 2)."""
     from harness.rack.rackfile import load_rack
 
     plan = Plan.load(args.plan)

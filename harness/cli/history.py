@@ -18,6 +18,7 @@ from harness.results.history import History, HistoryError, load_file
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    """Add the actions of `splitrack history` (add, list, check, compare, ack, export) and their arguments."""
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     def db(q):
@@ -53,6 +54,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Open the history (created only by `add`) and run the action. Returns 0, or 1 when `check` finds a
+    regression in effect or `compare` a significant slowdown; HistoryError gives exit status 2."""
     with History(args.db, create=args.action == "add") as h:
         return ACTIONS[args.action](h, args)
 

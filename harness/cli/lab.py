@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    """Add the actions of `splitrack lab` (export, places, status, check) and their arguments."""
     sub = p.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
     ex = sub.add_parser("export", help="write a labgrid exporter configuration from a rack file")
     ex.add_argument("rack", type=Path, help="rack file listing boards (boards.toml)")
@@ -32,6 +33,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    """Run the lab action: write the exporter configuration, create the places, print the status, or
+    health-check and tag the free boards. Returns 0, or 1 when `check` finds a bad board; LabError (e.g.
+    the coordinator unreachable) gives exit status 2."""
     import logging
 
     from harness.rack.lab_client import LabClient, LabError
@@ -146,6 +150,8 @@ def status_rows(client, tags: Optional[Dict[str, str]] = None) -> List[Dict[str,
 
 
 def status_text(client, tags: Optional[Dict[str, str]] = None) -> str:
+    """The status table as text: a header (coordinator, tags, boards, held, unhealthy), then one line per
+    place from status_rows."""
     rows = status_rows(client, tags)
     held = sum(r["held by"] != "-" for r in rows)
     bad = sum(r["health"] != "ok" for r in rows)

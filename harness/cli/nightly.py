@@ -9,6 +9,7 @@ from harness.results.nightly import nightly
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    """Add the arguments of `splitrack nightly`: --boards, --db, -o, --plan, frames, rate, label, --min-change, --wait."""
     p.add_argument("--boards", type=Path, required=True, help="rack file (boards.toml)")
     p.add_argument("--db", type=Path, default=Path("results.sqlite"), help="history database (SQLite)")
     p.add_argument("-o", "--out", type=Path, default=Path("site"), help="dashboard folder (index.html, runs/)")
@@ -21,6 +22,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Bench, add the run to the history, check for regressions and write the dashboard. Returns 1 when a
+    regression is in effect (each printed), else 0."""
     live = nightly(args.boards, args.db, args.out, args.plan, args.frames, args.rate, args.min_change,
                    lease_wait=args.wait, label=args.label)
     for c, r in live:

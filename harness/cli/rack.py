@@ -8,6 +8,7 @@ from splitting.user_cache import cache_root
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    """Add the actions of `splitrack rack` (up, down, check) and their arguments."""
     sub = p.add_subparsers(dest="rack_command", metavar="ACTION", required=True)
     up = sub.add_parser("up", help="start a virtual rack of PYNQ-Z2 boards and write its rack file")
     up.add_argument("--boards", type=int, default=5, help="number of virtual boards (default 5)")
@@ -28,6 +29,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    """up: start a virtual rack and write its rack file; down: stop it; check: health-check every board.
+    Returns 0, or 1 when `check` finds a bad board."""
     from harness.rack.virtual_rack import rack_down, rack_up, refuse_running
 
     if args.rack_command == "up":

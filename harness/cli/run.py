@@ -12,6 +12,8 @@ from harness.measure.run import load_data, run_local, run_on_rack
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    """Add the arguments of `splitrack run`: plan folder, --boards or --local, data, frames, in-flight,
+    rate (frames/s), timeout (s), --no-check, --out, --wait."""
     p.add_argument("plan", type=Path, help="plan folder (written by `splitrack split` or `splitrack plan`)")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--boards", type=Path, help="rack file (boards.toml, or rack.toml of `splitrack rack up`)")
@@ -29,6 +31,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    """Stream the data through the plan (on the rack or local agents), write run.json and run.png, check every
+    output against the chained emulation. Returns 0; a mismatch or a fault raises RunError (exit status 2)."""
     plan = Plan.load(args.plan)
     data = load_data(args.data, plan, args.frames)
     print(f"data: {data.describe()}" + (f"\n  note: {data.note}" if data.note else ""), flush=True)

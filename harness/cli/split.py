@@ -44,6 +44,8 @@ def refuse_overwrite(folder, new_hash: str, force: bool) -> None:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    """Add the arguments of `splitrack split`: model, --at, --neurons, --inputs, precision, reuse, strategy,
+    -o, --force."""
     p.add_argument("model", help="Keras model file (.keras)")
     p.add_argument("--at", default="", help="cut after these layers (comma separated)")
     p.add_argument("--neurons", default="", help="neuron splits LAYER:K[,LAYER:K] (Dense units, Conv2D filters)")
@@ -56,6 +58,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    """Cut the model as asked, check that every partition converts with hls4ml, write the plan folder and
+    print its partitions and links. Returns 0; a bad cut, option or folder raises UserError (exit status 2)."""
     from splitting.graph import load_model
     from splitting.split import split_model, write_plan
 

@@ -12,6 +12,7 @@ from splitting.verify import render, verify_plan
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    """Add the arguments of `splitrack verify`: plan folder, --data, -n samples, --no-hls, --json."""
     p.add_argument("plan", help="plan folder (written by `splitrack split` or `splitrack plan`)")
     p.add_argument("--data", default="random", help="digits (splitrack's own split: may overlap your training "
                    "data) | random | your file.npz with x (and y) or file.npy (default: random)")
@@ -21,6 +22,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    """Verify the plan (float composition, and the hls4ml emulation chain unless --no-hls) and print the
+    result. Returns 0 when it verifies, 1 when it does not."""
     plan = Plan.load(Path(args.plan))
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     v = verify_plan(plan, args.data, args.samples, hls=not args.no_hls, log=log)
