@@ -43,6 +43,7 @@ class Endpoint:
 
     @property
     def address(self):
+        """(host, port) where the agent accepts connections."""
         return (self.host, self.port)
 
 
@@ -61,6 +62,8 @@ class Wiring:
     secret: Optional[bytes] = field(default=None, repr=False, compare=False)  # never in to_dict
 
     def partition_name(self, pid: int) -> str:
+        """The partition with id `pid` in timestamp records; 'host' for 0xFFFF (wire.HOST_ID), else
+        'partition#<pid>' when no partition has it."""
         for name, i in self.partition_ids.items():
             if i == pid:
                 return name
@@ -72,6 +75,7 @@ class Wiring:
         return f"{partition} on board {ep.board} (stage {self.stages[partition]})"
 
     def to_dict(self) -> Dict[str, Any]:
+        """The wiring as a JSON-able dict (what wiring.json holds); the secret is left out."""
         return {
             "plan_hash": self.plan_hash,
             "endpoints": {k: asdict(v) for k, v in self.endpoints.items()},
@@ -85,6 +89,7 @@ class Wiring:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Wiring":
+        """The Wiring of a wiring.json dict, without its secret; raises WiringError when it is malformed."""
         try:
             return cls(
                 plan_hash=d["plan_hash"],
@@ -109,6 +114,8 @@ class Wiring:
 
     @classmethod
     def load(cls, path: Path) -> "Wiring":
+        """Read wiring.json at `path` and its secret from `secret_path(path)`. Raises WiringError when the file
+        is missing, not JSON or malformed, or the secret file is missing or unreadable."""
         path = Path(path)
         if not path.is_file():
             raise WiringError(f"{path} not found: deploy the plan first (`splitrack deploy`)")
@@ -156,6 +163,7 @@ def write_secret_file(path: Path, secret: bytes) -> Path:
 
 
 def partition_ids(plan: Plan) -> Dict[str, int]:
+    """Partition name -> id used in timestamp records: 0, 1, ... in stage order (plan.ordered_partitions)."""
     return {p.name: i for i, p in enumerate(plan.ordered_partitions())}
 
 
