@@ -40,15 +40,21 @@ class HopChange:
 
     @property
     def change(self) -> float:
+        """Relative change of the p50 from A to B: (p50_b - p50_a) / |p50_a| (0.05 = 5 % slower); inf when
+        p50_a is 0."""
         return (self.p50_b - self.p50_a) / abs(self.p50_a) if self.p50_a else math.inf
 
     @property
     def regression(self) -> bool:
+        """True when the change is significant and B's p50 is larger (slower)."""
         return self.significant and self.p50_b > self.p50_a
 
 
 @dataclass
 class Comparison:
+    """The A/B comparison of two runs: one HopChange per mode and hop, with the `threshold` (relative p50
+    change) and `alpha` (significance level, after the Bonferroni adjustment) that were used."""
+
     a: RunInfo
     b: RunInfo
     threshold: float
@@ -57,15 +63,20 @@ class Comparison:
 
     @property
     def regressions(self) -> List[HopChange]:
+        """The hops that got significantly slower from A to B."""
         return [h for h in self.hops if h.regression]
 
     def to_dict(self) -> Dict:
+        """The comparison as a JSON-able dict (both runs, threshold, alpha, the test, every hop with its
+        change and regression flag, the regressions' names)."""
         return {"a": asdict(self.a), "b": asdict(self.b), "threshold": self.threshold, "alpha": self.alpha,
                 "test": "two-sided Mann-Whitney U on per-frame times, Bonferroni-adjusted",
                 "hops": [dict(asdict(h), change=h.change, regression=h.regression) for h in self.hops],
                 "regressions": [f"{h.mode} {h.hop}" for h in self.regressions]}
 
     def format(self) -> str:
+        """The comparison as a text table: p50, p99 (us), p50 change and adjusted p-value per hop, SLOWER or
+        faster where significant, and how many regressions."""
         out = [f"A: {self.a.describe()}", f"B: {self.b.describe()}"]
         for r in (self.a, self.b):
             if not r.complete:
