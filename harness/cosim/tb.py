@@ -45,6 +45,7 @@ class Checker:
         self.reset_phase()
 
     def reset_phase(self):
+        """Forget the frames and beats seen (at each phase's reset); violations are kept across phases."""
         self.frame = 0
         self.beat = 0
         self.prev = None  # (tdata, tkeep, tlast) of a beat offered and not taken
@@ -52,11 +53,15 @@ class Checker:
         self.first = None
 
     def flag(self, msg):
+        """Count a violation and keep its message (with the cycle) for the first MAX_VIOLATIONS (20)."""
         self.n_violations += 1
         if len(self.violations) < MAX_VIOLATIONS:
             self.violations.append(f"cycle {self.counter[0]}: {self.name}: {msg}")
 
     async def run(self):
+        """Watch the interface at every rising clock edge, forever: flags X/Z on tvalid after reset, and a beat
+        withdrawn or changed while stalled (AXI4-Stream handshake, ARM IHI 0051A section 2.2: once TVALID
+        is high the transfer stays until TREADY); each accepted beat goes to beat_accepted."""
         s = self.sig
         has_ready = "tready" in s
         while True:
@@ -87,6 +92,8 @@ class Checker:
             self.beat_accepted(data, keep, last)
 
     def beat_accepted(self, data, keep, last):
+        """Check one accepted beat against the expected frames (tdata, tkeep, tlast on the contract's last beat
+        only) and record each frame's (first beat, last beat) cycle numbers."""
         cyc = self.counter[0]
         if self.frame >= len(self.expected):
             self.flag(f"extra beat after the {len(self.expected)} expected frames (duplicated or spurious data)")
@@ -112,6 +119,7 @@ class Checker:
             self.beat = 0
 
     def finish_phase(self, phase):
+        """Flag a phase that ended with frames missing or a partial frame (beats lost, or a hang)."""
         if self.frame != len(self.expected) or self.beat:
             self.flag(f"{phase}: {self.frame} of {len(self.expected)} frames complete"
                       + (f", {self.beat} beats of a partial frame (beats lost)" if self.beat else " (beats lost or hang)"))
@@ -124,6 +132,9 @@ def _pause(rng, p):
 
 @cocotb.test()
 async def cosim(dut):
+    """The cocotb test: 100 MHz clock (10 ns), reset, then per phase of $SPLITRACK_COSIM_CONFIG send every
+    frame, wait for the sinks (up to budget_cycles), collect cycles, per-frame beat times, FIFO high-water
+    marks and received frames into the JSON report. Fails (AssertionError) when any violation was found."""
     cfg = json.loads(open(os.environ["SPLITRACK_COSIM_CONFIG"]).read())
     clk = getattr(dut, cfg["clock"])
     rst = getattr(dut, cfg["reset"])
