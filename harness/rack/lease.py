@@ -91,9 +91,11 @@ class LeaseInfo:
 
     @property
     def expired(self) -> bool:
+        """True when the last refresh is older than the lease's ttl (seconds, board clock)."""
         return self.age > self.ttl
 
     def describe(self) -> str:
+        """One line for messages: who holds the lease, since when, for what, and its age and expiry in seconds."""
         return (f"leased by {self.owner} since {self.since} for {self.purpose or 'a job'} "
                 f"(refreshed {self.age:.0f} s ago, expires {max(0.0, self.ttl - self.age):.0f} s after the last "
                 "refresh)")
@@ -218,6 +220,10 @@ class RackLease:
 
     # --- the whole set -----------------------------------------------------------------------------------
     def acquire(self) -> "RackLease":
+        """Lease every board of the set (all or none), retrying every RETRY_EVERY (1 s) for up to `wait` seconds,
+        then refresh the leases in a thread every ttl/4 s; returns self. Boards that cannot be reached (connect,
+        auth, host-key) are left out and named in `unreachable`. Raises LeaseHeld when a board is still held
+        by another user at the deadline, BoardError for any other board failure."""
         deadline = time.monotonic() + self.wait
         said = False
         while True:
@@ -322,6 +328,8 @@ class RackLease:
             raise LeaseLost(f"{self.lost}; another user may have used the board meanwhile: run again")
 
     def release(self) -> None:
+        """Stop refreshing and remove this set's lease files (waiting at most GIVE_BACK_WAIT, 3 s, per step for
+        hung boards, whose leases then expire by themselves)."""
         self._stop.set()
         # a refresher stuck on a hung board (each SFTP request may take SFTP_TIMEOUT) must not hold up the
         # release: wait a little for it, then give back without it (_give_back bounds its own waits)
