@@ -39,6 +39,9 @@ class LocalRackError(UserError):
 
 @dataclass
 class LocalAgent:
+    """One agent started by LocalRack: its partition, folder (config, log, secret), process, endpoint and
+    config (with the port it listens on)."""
+
     partition: str
     folder: Path
     proc: subprocess.Popen
@@ -47,9 +50,11 @@ class LocalAgent:
 
     @property
     def log(self) -> Path:
+        """Path of the agent's log file (in its folder)."""
         return self.folder / self.config["log"]
 
     def log_tail(self, n: int = 20) -> str:
+        """The last `n` lines of the agent's log, or '(no log)' when it cannot be read."""
         try:
             return "\n".join(self.log.read_text().splitlines()[-n:])
         except OSError:
@@ -67,6 +72,9 @@ def _for(value: PerPartition, name: str, plan: Plan):
 
 
 class LocalRack:
+    """Board agents as local processes (no SSH): one folder per partition under `workdir` with the files a
+    board would carry. start() launches them and returns the Wiring; stop() ends them. A context manager."""
+
     def __init__(self, workdir: Path, python: str = sys.executable, host: str = "127.0.0.1",
                  env: Optional[Dict[str, str]] = None):
         self.workdir = Path(workdir)
