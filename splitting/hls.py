@@ -43,6 +43,9 @@ def _model_config_sha(keras_file: Path) -> str:
 
 
 def cache_key(keras_file: Path, weights_sha: str, hls_cfg: dict, hls_defaults: dict) -> str:
+    """The compiled-project cache key of a partition: first 20 hex digits of the SHA-256 of its architecture
+    (config.json without object ids), weights hash, hls4ml configuration, backend defaults and the
+    installed hls4ml version."""
     body = json.dumps(
         {"arch": _model_config_sha(keras_file), "weights": weights_sha, "hls": hls_cfg, "backend": hls_defaults,
          "hls4ml": version("hls4ml")},
@@ -140,6 +143,8 @@ def _prod(shape) -> int:
 
 
 def load_emulation(folder: Path) -> EmulationLib:
+    """The EmulationLib of a compiled project folder (per its artifact.json), loaded once per process.
+    Raises OSError when artifact.json or the library cannot be read."""
     meta = json.loads((Path(folder) / ARTIFACT).read_text())
     lib = str(Path(folder) / meta["library"])
     if lib not in _loaded:
@@ -155,10 +160,14 @@ def project_dir(plan: Plan, name: str) -> Path:
 
 
 def emulation(plan: Plan, name: str) -> EmulationLib:
+    """The hls4ml emulation library of partition `name`, compiling its project on first use (project_dir)."""
     return load_emulation(project_dir(plan, name))
 
 
 def monolithic_hls_config(plan: Plan) -> dict:
+    """The hls4ml configuration of the whole model: the plan's precision, reuse factor and strategy;
+    BramFactor 10^9 (above every layer's weight count: hls4ml moves no weights out to
+    BRAM ports) and no trace output."""
     m = plan.model
     return {"Model": {"Precision": {"default": m["precision"]}, "ReuseFactor": m.get("reuse_factor", 1),
                       "Strategy": m.get("strategy", "Latency"), "BramFactor": 1000000000, "TraceOutput": False}}
