@@ -24,6 +24,10 @@ FLOAT_TOL = 1e-5  # relative to the output scale
 
 @dataclass
 class Verification:
+    """The result of verify_plan. Errors are max |difference| in the model's output units; float_rel_err is
+    relative to the output scale (FLOAT_TOL 1e-5 is the bound); hls_step is the output type's step (the
+    hls bound: at most one step); accuracies are fractions (None without labels or without hls)."""
+
     plan: str
     plan_hash: str
     data: str
@@ -48,6 +52,7 @@ class Verification:
 
     @property
     def ok(self) -> bool:
+        """True when both the float chain and the hls4ml chain checks passed."""
         return self.float_ok and self.hls_ok
 
 
@@ -98,6 +103,10 @@ def layer_peaks(model, x: np.ndarray) -> Dict[str, float]:
 
 
 def verify_plan(plan: Plan, data: str = "random", n: int = 512, hls: bool = True, log=print) -> Verification:
+    """Check a plan on `n` inputs of `data` ('random', 'digits' or an .npz/.npy file): the chain of Keras
+    partitions against the original model (also over the input type's whole range), and with `hls` the
+    chain of hls4ml emulations against the whole model's emulation. Raises UserError when the plan folder
+    lacks its source model or the data do not fit."""
     from .chain import emulation_runner, keras_runner, run_chain
     from .hls import monolithic_emulation
     from .split import load_models
@@ -162,6 +171,8 @@ def verify_plan(plan: Plan, data: str = "random", n: int = 512, hls: bool = True
 
 
 def render(v: Verification) -> str:
+    """The Verification as text: a table per partition, a table of checks with bounds and ok/FAIL, overflow
+    warnings, and a final PASS/FAIL line."""
     rows = [[p["partition"], p["stage"], p["kind"], ",".join(p["layers"]), "x".join(map(str, p["input_shape"])),
              "x".join(map(str, p["output_shape"])), p["precision"], p["params"], f"{p['hls_vs_keras_max_abs_err']:.3g}"]
             for p in v.per_partition]
