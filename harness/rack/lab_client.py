@@ -128,6 +128,8 @@ class LabClient:
         return self._run(get(), "resources")
 
     def reservations(self) -> List[object]:
+        """The coordinator's current reservations (labgrid Reservation objects: owner, token, created, ...).
+        Raises LabError when the coordinator does not answer or refuses."""
         from labgrid.remote.common import Reservation
         from labgrid.remote.generated import labgrid_coordinator_pb2 as pb
 
@@ -135,6 +137,7 @@ class LabClient:
         return [Reservation.from_pb2(r) for r in resp.reservations]
 
     def close(self) -> None:
+        """Disconnect from the coordinator (errors on a dead connection ignored) and stop the event loop thread."""
         try:
             self._run(self.session.stop(), "disconnect", timeout=5)
             self._run(self.session.close(), "close", timeout=5)

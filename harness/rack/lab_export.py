@@ -34,6 +34,7 @@ class PlaceSpec:
 
 
 def place_name(rack_name: str, board_name: str) -> str:
+    """The labgrid place of a board: '<rack name>-<board name>'."""
     return f"{rack_name}-{board_name}"
 
 

@@ -57,10 +57,12 @@ class LabBoard:
 
     @property
     def healthy(self) -> bool:
+        """True unless the place's health tag says otherwise (no tag counts as ok)."""
         return self.tags.get(TAG_HEALTH, "ok") == "ok"
 
 
 def tags_match(tags: Dict[str, str], want: Dict[str, str]) -> bool:
+    """True when `tags` has every key of `want` with the same value (an empty `want` matches anything)."""
     return all(tags.get(k) == v for k, v in want.items())
 
 

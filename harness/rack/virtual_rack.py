@@ -66,6 +66,9 @@ def _run(argv: List[str]) -> None:
 
 @dataclass
 class BoardProcess:
+    """One running virtual board of a rack: its name, process id, home folder, and network namespace (None
+    without --netns)."""
+
     name: str
     pid: int
     home: str
@@ -73,6 +76,8 @@ class BoardProcess:
 
 
 def default_state(out: Path) -> Path:
+    """The state folder of the virtual rack whose rack file is `out`: <cache>/racks/<stem>-<first 8 hex digits
+    of SHA-256 of the resolved path> ($SPLITRACK_CACHE honoured through cache_root)."""
     out = Path(out).resolve()
     tag = hashlib.sha256(str(out).encode()).hexdigest()[:8]
     return cache_root() / "racks" / f"{out.stem}-{tag}"
