@@ -28,10 +28,13 @@ HLS_DEFAULTS = {"backend": "Vivado", "io_type": "io_parallel", "part": "xc7z020c
 
 
 def is_hgq(model) -> bool:
+    """True when any layer of the Keras model comes from the `hgq` package (an HGQ2-quantised model)."""
     return any(type(l).__module__.split(".")[0] == "hgq" for l in model.layers)
 
 
 def refuse_splits(model, neurons: Dict[str, int], inputs: Dict[str, int]) -> None:
+    """Raise UserError when any neuron or input split is asked for (HGQ2 models are split by cuts only);
+    do nothing when `neurons` and `inputs` are empty."""
     for name in list(neurons) + list(inputs):
         kind = "neuron" if name in neurons else "input"
         raise UserError(

@@ -26,12 +26,15 @@ def culprit_layer(tb) -> Optional[object]:
 
 
 def reason(e: BaseException) -> str:
+    """'ExceptionClass: first line of its message' (the line cut at 200 characters), or just the class name."""
     text = str(e).strip().splitlines()
     first = text[0].strip() if text else ""
     return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__
 
 
 def failure_message(e: BaseException, what: str, doing: str = "convert") -> str:
+    """One line for an hls4ml failure: the hls4ml version, what it could not `doing` (convert or compile),
+    the culprit layer when the traceback shows one, the reason, and the advice."""
     layer = culprit_layer(e.__traceback__)
     where = f"layer {layer.name!r} ({type(layer).__name__}) of {what}" if layer is not None else what
     return f"hls4ml {version('hls4ml')} cannot {doing} {where} ({reason(e)}): {ADVICE}"
