@@ -45,6 +45,7 @@ class EvalData:
     note: str = ""
 
     def describe(self) -> str:
+        """One line for the user: '<source> (<n> frames, <m> labelled | unlabelled)'."""
         lab = f"{len(self.y)} labelled" if self.y is not None else "unlabelled"
         return f"{self.source} ({len(self.x)} frames, {lab})"
 

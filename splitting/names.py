@@ -13,6 +13,8 @@ _NAME = re.compile(NAME_PATTERN)
 
 
 def is_valid_name(name: object) -> bool:
+    """True when `name` is a str that matches NAME_PATTERN in full (letters, digits, '.', '_', '-', first a
+    letter or digit, 1 to 64 characters)."""
     return isinstance(name, str) and _NAME.fullmatch(name) is not None  # fullmatch: no trailing newline
 
 

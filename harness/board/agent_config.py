@@ -126,6 +126,7 @@ class AgentConfig:
         return cfg
 
     def to_dict(self):
+        """The configuration as a JSON-able dict (what config.json holds); `faults` left out when None."""
         d = asdict(self)
         if d["faults"] is None:
             del d["faults"]

@@ -149,6 +149,8 @@ def _bench(plan, rack, ev, frames, rate, in_flight, single_rate, cpu, progress, 
 
 
 def format_bench(doc: Dict) -> str:
+    """The bench document as text: placement, each board's clock offset (us, +- error) and drift (ppm)
+    against the host, the per-hop latency reports (us), the CPU reference, and the accuracy data used."""
     from harness.measure.cpu_reference import format_reference
 
     out = [f"{doc.get('label')}: plan {doc['plan_hash']} ({doc.get('model')}) on rack {doc['rack']}: "

@@ -163,6 +163,8 @@ class Check:
     unjudged: List[Tuple[str, str, str, str, int]]  # too few runs yet
 
     def report(self, runs: Dict[int, RunInfo], acks: Dict[int, str]) -> List[str]:
+        """The `history check` report as lines: series not judged yet (too few runs), each change (marked
+        acknowledged when a user acked it), and a summary count."""
         out = []
         for label, rack, machine, plan, n in self.unjudged:
             out.append(f"cannot judge {label!r} (rack {rack}, machine {machine}, plan {plan}) yet: needs at least "
