@@ -60,8 +60,8 @@ class Checker:
 
     async def run(self):
         """Watch the interface at every rising clock edge, forever: flags X/Z on tvalid after reset, and a beat
-        withdrawn or changed while stalled (AXI4-Stream handshake, ARM IHI 0051A section 2.2: once TVALID
-        is high the transfer stays until TREADY); each accepted beat goes to beat_accepted."""
+        withdrawn or changed while stalled (the AXI4-Stream handshake of ARM IHI 0051A: once TVALID is high the
+        transfer stays until TREADY); each accepted beat goes to beat_accepted."""
         s = self.sig
         has_ready = "tready" in s
         while True:
