@@ -33,7 +33,9 @@ def test_rack_frame(benchmark, tmp_path):
 
 
 def run(tmp_path, *args, slow=False):
-    env = dict(__import__("os").environ)
+    # not as an xdist worker: pytest-benchmark sees PYTEST_XDIST_WORKER (inherited under `pytest -n`) and
+    # disables itself (no timings, no JSON)
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("PYTEST_XDIST")}
     if slow:
         env["SLOW_S1"] = "1"
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",

@@ -49,8 +49,11 @@ def test_import_real_pytest_benchmark_json(tmp_path):
         "    benchmark.extra_info['hops'] = {'link host->p0': {'p50': 12.5, 'p99': 20.0}, 'board p0': {'p50': 3.0}}\n"
         "    benchmark(sum, range(1000))\n")
     out = tmp_path / "out.json"
+    # not as an xdist worker: pytest-benchmark sees PYTEST_XDIST_WORKER (inherited under `pytest -n`) and
+    # disables itself, writing no JSON
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("PYTEST_XDIST")}
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_b.py"),
-                        f"--benchmark-json={out}"], cwd=tmp_path, capture_output=True, text=True)
+                        f"--benchmark-json={out}"], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     rows = history.rows_from_file(out)
     by = {(r.metric, r.hop): r for r in rows}
