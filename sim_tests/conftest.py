@@ -76,10 +76,9 @@ class SchedulingLatency:
         """Latest time (s) by which something the code promises within `promised_s` of waiting (its timeout,
         a grace period, a watchdog's tick) must be done, when its path through threads and processes takes
         up to `wakeups` wake-ups: promised_s + wakeups x the p99 wake-up latency measured so far (at least
-        FLOOR_S). Count the
-        wake-ups of the path generously (every hand-off of every frame, each connect, each round trip): an
-        undercount makes the test flaky, an overcount only makes it looser by a few of this machine's
-        scheduling latencies."""
+        FLOOR_S). Count the wake-ups of the path generously (every hand-off of every frame, each connect,
+        each round trip): an undercount makes the test flaky, an overcount only makes it looser by a few of
+        this machine's scheduling latencies."""
         return promised_s + wakeups * max(self.p99, self.FLOOR_S)
 
     def __repr__(self):
