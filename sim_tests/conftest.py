@@ -37,6 +37,10 @@ class SchedulingLatency:
 
     SLEEP_S = 0.001   # sampled sleep; short, so a quick test still gets a few hundred samples
     WARMUP = 50       # samples taken before the test starts (a test that ends at once still has a figure)
+    # Least cost counted per wake-up: a scheduler tick of a HZ=1000 kernel. On an idle machine a sleep's p99
+    # overshoot (50-100 us) understates a hand-off through Python code on both sides; under load the measured
+    # p99 (milliseconds to tens of ms) takes over.
+    FLOOR_S = 0.001
 
     def __init__(self):
         self._late = []
@@ -71,11 +75,11 @@ class SchedulingLatency:
     def bound(self, promised_s: float, wakeups: int) -> float:
         """Latest time (s) by which something the code promises within `promised_s` of waiting (its timeout,
         a grace period, a watchdog's tick) must be done, when its path through threads and processes takes
-        up to `wakeups` wake-ups: promised_s + wakeups x the p99 wake-up latency measured so far. Count the
-        wake-ups of the path generously (every hand-off of every frame, each connect, each round trip): an
-        undercount makes the test flaky, an overcount only makes it looser by a few of this machine's
-        scheduling latencies."""
-        return promised_s + wakeups * self.p99
+        up to `wakeups` wake-ups: promised_s + wakeups x the p99 wake-up latency measured so far (at least
+        FLOOR_S). Count the wake-ups of the path generously (every hand-off of every frame, each connect,
+        each round trip): an undercount makes the test flaky, an overcount only makes it looser by a few of
+        this machine's scheduling latencies."""
+        return promised_s + wakeups * max(self.p99, self.FLOOR_S)
 
     def __repr__(self):
         return (f"SchedulingLatency(p50={self.percentile(50) * 1e6:.0f} us, p99={self.p99 * 1e6:.0f} us, "

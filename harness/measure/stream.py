@@ -581,7 +581,10 @@ class Pipeline:
         got = len(res.frames)
         lines = [f"{got} of {len(res.frame_ids)} frames came back"]
         if res.errors:
-            lines.append(res.errors[0])
+            # an agent that is gone explains its neighbours' errors (cannot send to it), which can reach the host
+            # before the host notices the lost connection itself: name the agent that is gone first
+            gone = [e for e in res.errors if e.startswith("lost the connection to the agent of")]
+            lines.append(gone[0] if gone else res.errors[0])
         timed_out = sorted(f for f, why in run.failed.items() if why == "timeout")
         if timed_out:
             f = timed_out[0]
