@@ -319,12 +319,9 @@ class Pipeline:
         try:
             for name in wiring.endpoints:
                 self.conns[name] = _AgentConn(self, name, connect_timeout)
-            # An agent takes the HELLO (a new session: it forgets the frames of the last one) on its reader
-            # thread, in its own time. One round trip on each connection makes sure every agent has taken it
-            # before the first frame can reach it through its neighbours: on a busy machine a join took the
-            # HELLO late and dropped the parts of frame 0 that had already arrived, as the last session's.
-            for name in self.conns:
-                self.ping(name, timeout=connect_timeout)
+            # each _AgentConn waited for its agent's answer to HELLO: every agent has opened this session
+            # before the first frame can reach it through its neighbours (a join that took the HELLO late
+            # once dropped parts of frame 0 as the last session's)
         except Exception:
             self.close()
             raise
