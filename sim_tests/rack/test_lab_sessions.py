@@ -8,10 +8,10 @@
 
 These start real pytest processes, so they take a few minutes; they run in `make test`.
 
-On this shared 2-core machine (load average near 20 while these ran), a stream of the neuron-split plan
-through the boards sometimes stalled: a part waited 10 s at the join and never came, while the coordinator
-showed every board of that session held by it alone and no other session on them. A stream that fails so
-is deployed and run once more, and the retry is recorded and printed; a wrong answer is never retried.
+A stream that stalls is a failure, not retried: the stalls seen here once under heavy load (a part waited
+at the join and never came) were the session race the agents' sessions now close (a join that took the
+host's HELLO late dropped parts of frame 0 as the last session's; the host now streams only after every
+agent has answered its HELLO).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ import json, os, time
 import numpy as np
 import pytest
 
-from harness.measure.stream import Pipeline, StreamError
+from harness.measure.stream import Pipeline
 from splitting.plan import Plan
 
 pytestmark = pytest.mark.hw
@@ -62,14 +62,8 @@ def test_deploy_and_stream(round_, deployed, request):
               "placed": {p: b.name for p, b in dep.boards.items()}, "start": lease.since, "ok": False}
     try:
         assert set(holders().values()) == {state.lab.name}  # the coordinator's word, not ours
-        try:
-            with Pipeline(dep.wiring) as pipe:
-                res = pipe.stream(x, in_flight=1, timeout=20.0)
-        except StreamError as e:  # a stall of the overloaded machine (see the module docstring): once more
-            record["retried"] = str(e)[:300]
-            dep = deployed(plan, force=True)  # agents restarted
-            with Pipeline(dep.wiring) as pipe:
-                res = pipe.stream(x, in_flight=1, timeout=20.0)
+        with Pipeline(dep.wiring) as pipe:
+            res = pipe.stream(x, in_flight=1, timeout=20.0)
         assert np.array_equal(res.outputs().reshape(len(x), -1), want)
         assert set(holders().values()) == {state.lab.name}
         record["ok"] = True
@@ -164,8 +158,7 @@ def test_two_sessions_at_once_never_hold_the_same_board(rig, plans, tmp_path):
     held = [json.loads(line) for line in log.read_text().splitlines()]
     for h in sorted(held, key=lambda h: h["start"]):
         print(f"{h['session']:>6} held {h['placed']} {h['start'] % 1000:8.2f} .. {h['end'] % 1000:8.2f}"
-              + ("" if h["ok"] else f" FAILED, holders then: {h['holders']}")
-              + (f" (stream retried after: {h['retried']})" if "retried" in h else ""))
+              + ("" if h["ok"] else f" FAILED, holders then: {h['holders']}"))
     for name, p in procs.items():
         assert p.returncode == 0, f"session {name}:\n{outputs[name][-4000:]}"
         assert f"{ROUNDS} passed" in outputs[name]
