@@ -28,6 +28,9 @@ Config (JSON, plain data; relative paths are relative to the config file's folde
                         buffers allocated once; *_dtype is the AXI data type of the hls4ml accelerator
                         wrapper: "float32", or "int8"/"int16"/"int32" when the wrapper moves raw ap_fixed
                         words (the agent then writes and reads raw words of the links' fixed-point types)
+                    {"kind": "fast", "model": "partition.fast.npz", "check_frames": 4, + the emulation keys}
+                        virtual boards: harness/fast_model.py's vectorised bit-exact model, used only if it
+                        equals the emulation library on the check frames at start (else the library runs)
                     {"kind": "passthrough", "decode": false}
                         transport tests only: the output is the assembled input. With "decode": false and
                         one link in, one out, of the same encoding, the payload bytes are forwarded unchanged
@@ -518,10 +521,16 @@ class Agent:
             self.backend = PassthroughBackend(b, self.inputs, [c for c, _ in self.outputs])
         elif kind == "emulation":
             self.backend = EmulationBackend(b, self.base)
+        elif kind == "fast":  # virtual boards: fast bit-exact model, checked against the emulation at start
+            try:
+                from fast_model import FastBackend  # type: ignore  # on a board, beside agent.py
+            except ImportError:  # pragma: no cover - on the host
+                from harness.fast_model import FastBackend
+            self.backend = FastBackend(b, self.base, EmulationBackend, self.log)
         elif kind == "overlay":
             self.backend = OverlayBackend(b, self.base, self.inputs, [c for c, _ in self.outputs])
         else:
-            raise AgentConfigError("backend kind %r: use emulation, overlay or passthrough" % (kind,))
+            raise AgentConfigError("backend kind %r: use emulation, fast, overlay or passthrough" % (kind,))
         self.bypass = self.backend.forward_bytes and not self.period_ns
 
     def serve(self):
