@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     plan = cnn_plan(a.plan_dir)
     print(f"plan {a.plan_dir} (cnn-sequential), partition {a.partition}", flush=True)
     x = model_inputs("cnn", digits_data()[2])
-    for name in plan.partitions:  # the partition's real input: the emulation chain up to it
+    for name in [p.name for p in plan.ordered_partitions()]:  # its real input: the emulation chain up to it
         if name == a.partition:
             break
         x = hls.emulation(plan, name).predict(x)

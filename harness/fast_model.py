@@ -67,7 +67,7 @@ def _shift_right(raw, s, mode):
 def _overflow(raw, t):
     lo, hi = t.raw_min, t.raw_max
     if t.saturation == "AP_WRAP":
-        return (raw - lo) % (1 << t.width) + lo
+        return ((raw - lo) & ((1 << t.width) - 1)) + lo  # two's complement: the same as % 2^width
     if t.saturation == "AP_SAT_ZERO":
         return np.where((raw > hi) | (raw < lo), 0, raw)
     if t.saturation == "AP_SAT_SYM" and t.signed:
@@ -75,9 +75,12 @@ def _overflow(raw, t):
     return np.clip(raw, lo, hi)
 
 
-def cast(raw, frac, t):
-    """Raw integers with `frac` fractional bits assigned to type t (ap_fixed assignment), int64."""
+def cast(raw, frac, t, src=None):
+    """Raw integers with `frac` fractional bits assigned to type t (ap_fixed assignment), int64.
+    `src`: the type raw already holds, if known; a value of type t is then returned unchanged."""
     raw = np.asarray(raw, dtype=np.int64)
+    if src is not None and _fits(src, t):
+        return raw
     s = frac - t.fractional
     if s > 0:
         raw = _shift_right(raw, s, t.rounding)
@@ -86,10 +89,21 @@ def cast(raw, frac, t):
     return _overflow(raw, t).astype(np.int64, copy=False)
 
 
+def _fits(src, t):
+    """Every value of type src is a value of type t: assigning it changes nothing."""
+    if src.fractional > t.fractional:
+        return False
+    lo, hi = src.raw_min << (t.fractional - src.fractional), src.raw_max << (t.fractional - src.fractional)
+    return t.raw_min <= lo and hi <= t.raw_max
+
+
 # --- layers, batch first ---------------------------------------------------------------------------------
 def _pad(x, p):
-    """x (B, H, W, C)."""
-    return np.pad(x, ((0, 0), (p[0], p[1]), (p[2], p[3]), (0, 0)))
+    """x (B, H, W, C) with zero rows and columns around (top, bottom, left, right)."""
+    b, h, w, c = x.shape
+    out = np.zeros((b, h + p[0] + p[1], w + p[2] + p[3], c), dtype=x.dtype)
+    out[:, p[0]:p[0] + h, p[2]:p[2] + w, :] = x
+    return out
 
 
 def _windows(x, kh, kw, sh, sw):
@@ -106,7 +120,7 @@ def _bits(t):
     return t.width - 1 if t.signed else t.width
 
 
-_BLOCK = 1 << 18  # elements of a per-product temporary (1 MiB of float32)
+_BLOCK = 1 << 19  # elements of a per-product temporary (2 MiB of float32)
 
 
 class _Dense(object):
@@ -114,6 +128,7 @@ class _Dense(object):
 
     def __init__(self, w, b, in_t, w_t, b_t, acc_t, out_t):
         self.acc_t, self.out_t = acc_t, out_t
+        self._buf = None
         self.s = in_t.fractional + w_t.fractional - acc_t.fractional  # bits each product loses to accum_t
         self.bias = cast(b, b_t.fractional, acc_t)  # hls4ml starts the sum from the bias in accum_t
         self.w64 = np.ascontiguousarray(w, dtype=np.int64)
@@ -151,6 +166,12 @@ class _Dense(object):
             return self._rows(x)
         return np.concatenate([self._rows(x[i:i + rows]) for i in range(0, x.shape[0], rows)])
 
+    def _buffer(self, m):
+        buf = self._buf
+        if buf is None or buf.shape[0] < m:
+            buf = self._buf = np.empty((m,) + self.wl_scaled_t.shape, dtype=np.float32)
+        return buf[:m]
+
     def _rows(self, x):
         acc_t, s = self.acc_t, self.s
         if self.mode == "matmul":
@@ -162,7 +183,8 @@ class _Dense(object):
             xh = (x >> s).astype(np.float64)
             xl = x & ((1 << s) - 1)
             base = xh @ self.wf + xl.astype(np.float64) @ self.whf
-            r = xl.astype(np.float32)[:, None, :] * self.wl_scaled_t[None, :, :]  # (M, N, K), K contiguous
+            r = self._buffer(x.shape[0])  # (M, N, K), K contiguous; reused: fresh pages cost page faults
+            np.multiply(xl.astype(np.float32)[:, None, :], self.wl_scaled_t[None, :, :], out=r)
             np.floor(r, out=r)
             acc = (base + r.sum(axis=2)).astype(np.int64) + self.bias  # every term an exact integer
         elif self.mode == "int32":
@@ -181,7 +203,7 @@ class _Dense(object):
             for i in range(prods.shape[1]):
                 acc = cast(acc + prods[:, i, :], acc_t.fractional, acc_t)
         acc = cast(acc, acc_t.fractional, acc_t)
-        return cast(acc, acc_t.fractional, self.out_t)
+        return cast(acc, acc_t.fractional, self.out_t, acc_t)
 
 
 class FastModel(object):
@@ -220,7 +242,7 @@ class FastModel(object):
         shape = tuple(op["out_shape"])
         if kind == "pad":
             pads = (p["pad_top"], p["pad_bottom"], p["pad_left"], p["pad_right"])
-            return lambda x: cast(_pad(x, pads), t.fractional, out)
+            return lambda x: cast(_pad(x, pads), t.fractional, out, t)
         if kind in ("dense", "conv2d"):
             w, b = arrays[name + "/weight"], arrays[name + "/bias"]
             dense = _Dense(w.reshape(-1, w.shape[-1]), b, t, self._type(p["wtype"]), self._type(p["btype"]),
@@ -239,11 +261,11 @@ class FastModel(object):
                 return dense(cols).reshape(bsz, oh, ow, -1)
             return conv
         if kind == "relu":
-            return lambda x: cast(np.maximum(x, 0), t.fractional, out)
+            return lambda x: cast(np.maximum(x, 0), t.fractional, out, t)
         if kind == "linear":
-            return lambda x: cast(x, t.fractional, out)
+            return lambda x: cast(x, t.fractional, out, t)
         if kind == "reshape":
-            return lambda x: cast(x.reshape((x.shape[0],) + shape), t.fractional, out)
+            return lambda x: cast(x.reshape((x.shape[0],) + shape), t.fractional, out, t)
         if kind == "maxpool":
             if any(p[k] for k in ("pad_top", "pad_bottom", "pad_left", "pad_right")):
                 raise NotModelled("%s: padded pooling" % name)
@@ -251,8 +273,8 @@ class FastModel(object):
             ph, pw, sh, sw = p["pool_height"], p["pool_width"], p["stride_height"], p["stride_width"]
 
             def pool(x):
-                x = np.ascontiguousarray(cast(x, t.fractional, red))
-                return cast(_windows(x, ph, pw, sh, sw).max(axis=(3, 4)), red.fractional, out)
+                x = np.ascontiguousarray(cast(x, t.fractional, red, t))
+                return cast(_windows(x, ph, pw, sh, sw).max(axis=(3, 4)), red.fractional, out, red)
             return pool
         if kind == "softmax":
             return self._softmax(op, t, out, arrays)
@@ -402,3 +424,27 @@ class FastBackend(object):
         if self.model is None:
             return self.emulation.run(x)
         return self.model.run(np.asarray(x).reshape(1, -1))[0]
+
+
+def board_files(plan, name, emulation_cfg, log=None):
+    """What a virtual board needs to run partition `name` on its fast model (host side).
+
+    Returns (files, backend): files maps board file names to local files to upload beside the emulation
+    library, backend is the agent's backend config. When the partition has a layer the fast model does not
+    compute, files is empty and backend is `emulation_cfg` unchanged (the reason goes to `log`).
+    The model is written once into the partition's hls4ml cache folder (same key: same model and config).
+    """
+    from splitting.hls import project_dir
+
+    folder = project_dir(plan, name)
+    path = os.path.join(str(folder), "fast_model-v%d.npz" % FORMAT)
+    if not os.path.isfile(path):
+        try:
+            model = FastModel.from_plan(plan, name)
+        except NotModelled as e:
+            (log or logging.getLogger("splitrack.deploy")).info("partition %s: emulation only (%s)", name, e)
+            return {}, emulation_cfg
+        tmp = "%s.%d.tmp.npz" % (path[:-4], os.getpid())
+        model.save(tmp)
+        os.replace(tmp, path)  # parallel deploys of the same partition: the last complete file wins
+    return {"partition.fast.npz": path}, dict(emulation_cfg, kind="fast", model="partition.fast.npz")
