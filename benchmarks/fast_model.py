@@ -6,17 +6,22 @@ The reference CNN split as the demo's "cnn-sequential" plan (`--at conv2,fc1`); 
 conv2. Both run the same digits test frames; the outputs must be equal bit for bit or no figure is printed.
 Timing is interleaved (one emulation frame, then one fast frame, ...) so both see the same machine load:
 per frame p50 of the emulation library (one call per frame, as the agent does), of the fast model on one
-frame, and of the fast model on a batch of 64 (per frame). Prints a table; writes fast_model.json in --out.
+frame, and of the fast model on a batch of 64 (per frame). BLAS runs on one thread, as on a virtual board.
+Prints a table; writes fast_model.json in --out.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+for _k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):  # one thread, as on a virtual board (virtual_board.env)
+    os.environ.setdefault(_k, "1")
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

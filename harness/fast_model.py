@@ -145,8 +145,8 @@ class _Dense(object):
             # [0, 2^s)): floor(x*w / 2^s) = xh*w + xl*wh + floor(xl*wl / 2^s). The first two terms are exact
             # float64 matmuls; only the last is per product, on values small enough for exact float32.
             self.mode = "split"
-            self.wf = self.w64.astype(np.float64)
-            self.whf = (self.w64 >> self.s).astype(np.float64)
+            self.w_stacked = np.concatenate([self.w64, self.w64 >> self.s]).astype(np.float64)  # [w; wh]
+            self.ones = np.ones(k, dtype=np.float32)
             # wl / 2^s is exact in float32, and so is xl * (wl / 2^s) (fewer than 24 significant bits)
             self.wl_scaled_t = np.ascontiguousarray(((self.w64 & ((1 << self.s) - 1)).T).astype(np.float32)
                                                     * np.float32(2.0 ** -self.s))
@@ -180,13 +180,14 @@ class _Dense(object):
                 acc = acc << (-s)
             acc = acc + self.bias
         elif self.mode == "split":
-            xh = (x >> s).astype(np.float64)
             xl = x & ((1 << s) - 1)
-            base = xh @ self.wf + xl.astype(np.float64) @ self.whf
+            base = np.concatenate([x >> s, xl], axis=1).astype(np.float64) @ self.w_stacked  # xh@w + xl@wh
             r = self._buffer(x.shape[0])  # (M, N, K), K contiguous; reused: fresh pages cost page faults
             np.multiply(xl.astype(np.float32)[:, None, :], self.wl_scaled_t[None, :, :], out=r)
             np.floor(r, out=r)
-            acc = (base + r.sum(axis=2)).astype(np.int64) + self.bias  # every term an exact integer
+            # the sum over K as a BLAS matrix-vector product: integers below 2^24, exact in any order
+            low = (r.reshape(-1, r.shape[2]) @ self.ones).reshape(r.shape[:2])
+            acc = (base + low).astype(np.int64) + self.bias  # every term an exact integer
         elif self.mode == "int32":
             prods = x.astype(np.int32)[:, :, None] * self.w32[None, :, :]
             if s > 0:
