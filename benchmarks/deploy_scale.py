@@ -45,6 +45,20 @@ def chain_plan(n: int, folder: Path):
     return plan
 
 
+def stop_started_boards(state: Path) -> None:
+    """Stop the boards a failed `rack up` recorded in its state folder (each by its pid, checked)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from harness.virtual_rack import BoardProcess, stop_board
+
+    f = state / "rack.json"
+    if f.is_file():
+        procs = [BoardProcess(**p) for p in json.loads(f.read_text())["pids"]]
+        with ThreadPoolExecutor(16) as ex:
+            list(ex.map(stop_board, procs))
+        print(f"  stopped the {len(procs)} boards the failed rack up left running", flush=True)
+
+
 def timed(cmd, log) -> float:
     t0 = time.monotonic()
     r = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -71,8 +85,13 @@ def main(argv=None) -> int:
             rack = a.work / f"rack-{n}.toml"
             row = {"boards": n}
             print(f"{n} boards: rack up ...", flush=True)
-            row["rack_up_s"] = timed(SPLITRACK + ["rack", "up", "--boards", str(n), "--out", str(rack),
-                                                  "--state", str(a.work / f"state-{n}")], log)
+            state = a.work / f"state-{n}"
+            try:
+                row["rack_up_s"] = timed(SPLITRACK + ["rack", "up", "--boards", str(n), "--out", str(rack),
+                                                      "--state", str(state)], log)
+            except SystemExit:
+                stop_started_boards(state)  # a failed `rack up` can leave its boards running
+                raise
             try:
                 if n in plans:
                     print(f"{n} boards: deploy --force of {n} partitions ...", flush=True)
