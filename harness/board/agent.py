@@ -452,10 +452,20 @@ class Agent:
             self.backend = PassthroughBackend(b, self.inputs, [c for c, _ in self.outputs])
         elif kind == "emulation":
             self.backend = EmulationBackend(b, self.base)
+        elif kind == "fast":  # virtual boards: fast bit-exact model, checked against the emulation at start
+            try:
+                from fast_model import FastBackend  # type: ignore  # on a board, beside agent.py
+            except ImportError:
+                FastBackend = None
+            if FastBackend is None:  # an older deployment without the module: the emulation is always right
+                self.log.warning("backend fast: fast_model.py is not beside agent.py; running the emulation")
+                self.backend = EmulationBackend(b, self.base)
+            else:
+                self.backend = FastBackend(b, self.base, EmulationBackend, self.log)
         elif kind == "overlay":
             self.backend = OverlayBackend(b, self.base, self.inputs, [c for c, _ in self.outputs])
         else:
-            raise AgentConfigError("backend kind %r: use emulation, overlay or passthrough" % (kind,))
+            raise AgentConfigError("backend kind %r: use emulation, fast, overlay or passthrough" % (kind,))
         self.bypass = self.backend.forward_bytes and not self.period_ns
 
     def serve(self):

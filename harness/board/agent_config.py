@@ -14,7 +14,7 @@ class AgentConfigError(Exception):
     """A config file the agent cannot run with."""
 
 
-BACKEND_KINDS = ("emulation", "overlay", "passthrough")
+BACKEND_KINDS = ("emulation", "fast", "overlay", "passthrough")
 
 
 @dataclass
@@ -34,6 +34,9 @@ class AgentConfig:
                     {"kind": "overlay", "bitfile": "p.bit", "hwh": "p.hwh", "n_in": 64, "n_out": 10,
                      "dma": "hier_0.axi_dma_0", "in_dtype": "float32", "out_dtype": "float32"}
                         a real PYNQ-Z2 (pynq.Overlay; *_dtype: the AXI data type of the accelerator wrapper)
+                    {"kind": "fast", "model": "partition.fast.npz", "check_frames": 4, + the emulation keys}
+                        virtual boards: fast_model.py's vectorised bit-exact model, used only if it equals
+                        the emulation library on the check frames at start (else the library runs)
                     {"kind": "passthrough", "decode": false}
                         transport tests only: the output is the assembled input (bytes forwarded unchanged
                         when "decode" is false and one link in and one out share an encoding)

@@ -1,0 +1,136 @@
+"""How deployment scales with the rack: `rack up`, `deploy --force` and `rack down` at 1, 4, 16 and 64 boards.
+
+    SPLITRACK_CACHE=/work/cache .venv/bin/python benchmarks/deploy_scale.py [--boards 1,4,16,64]
+        [--deploy-max 16] [--out benchmarks/out]
+
+For N boards: `splitrack rack up --boards N`, then `splitrack deploy --force` of an N-partition plan (a chain
+of N small Dense layers, cut after every layer, so partition i goes to board i), then `splitrack rack down`;
+each command timed from outside as a user runs it (wall clock, process start included). The plans' hls4ml
+projects are compiled (or taken from the cache) before any timing. --deploy-max skips the deploy above that
+size (each partition is its own hls4ml compile, about 20 s the first time). Ratios are to the 1-board run of
+this same invocation. Prints a table; writes deploy_scale.json and deploy_scale.png in --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+SPLITRACK = [sys.executable, "-m", "harness.cli"]
+
+
+def chain_plan(n: int, folder: Path):
+    """A plan of n partitions, one Dense(8) each, compiled (cached) before it is returned."""
+    from splitting import hls
+    from splitting.plan import Plan
+    from splitting.split import split_model, write_plan
+
+    if not (folder / "plan.json").is_file():
+        import keras
+
+        keras.utils.set_random_seed(n)
+        layers = [keras.Input((8,))] + [keras.layers.Dense(8, activation="relu", name=f"d{i}") for i in range(n)]
+        plan, models = split_model(keras.Sequential(layers), at=[f"d{i}" for i in range(n - 1)])
+        write_plan(plan, models, folder)
+    plan = Plan.load(folder)
+    for i, name in enumerate(plan.partitions):
+        hls.project_dir(plan, name)
+        print(f"  plan of {n}: partition {i + 1}/{n} compiled", flush=True)
+    return plan
+
+
+def stop_started_boards(state: Path) -> None:
+    """Stop the boards a failed `rack up` recorded in its state folder (each by its pid, checked)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from harness.virtual_rack import BoardProcess, stop_board
+
+    f = state / "rack.json"
+    if f.is_file():
+        procs = [BoardProcess(**p) for p in json.loads(f.read_text())["pids"]]
+        with ThreadPoolExecutor(16) as ex:
+            list(ex.map(stop_board, procs))
+        print(f"  stopped the {len(procs)} boards the failed rack up left running", flush=True)
+
+
+def timed(cmd, log) -> float:
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    dt = time.monotonic() - t0
+    if r.returncode:
+        raise SystemExit(f"{' '.join(map(str, cmd))} failed (exit {r.returncode}); see {log.name}")
+    return dt
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--boards", default="1,4,16,64")
+    ap.add_argument("--deploy-max", type=int, default=64)
+    ap.add_argument("--work", type=Path, default=ROOT / "build" / "deploy-scale")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
+    a = ap.parse_args(argv)
+    sizes = [int(s) for s in a.boards.split(",")]
+    a.work.mkdir(parents=True, exist_ok=True)
+    a.out.mkdir(parents=True, exist_ok=True)
+    plans = {n: chain_plan(n, a.work / f"plan-{n}") for n in sizes if n <= a.deploy_max}
+    rows = []
+    with open(a.work / "commands.log", "w") as log:
+        for n in sizes:
+            rack = a.work / f"rack-{n}.toml"
+            row = {"boards": n}
+            print(f"{n} boards: rack up ...", flush=True)
+            state = a.work / f"state-{n}"
+            try:
+                row["rack_up_s"] = timed(SPLITRACK + ["rack", "up", "--boards", str(n), "--out", str(rack),
+                                                      "--state", str(state)], log)
+            except SystemExit:
+                stop_started_boards(state)  # a failed `rack up` can leave its boards running
+                raise
+            try:
+                if n in plans:
+                    print(f"{n} boards: deploy --force of {n} partitions ...", flush=True)
+                    row["deploy_s"] = timed(SPLITRACK + ["deploy", "--boards", str(rack), "--force",
+                                                         str(plans[n].root)], log)
+            finally:
+                print(f"{n} boards: rack down ...", flush=True)
+                row["rack_down_s"] = timed(SPLITRACK + ["rack", "down", str(rack)], log)
+            rows.append(row)
+            print("  " + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k != "boards"), flush=True)
+    base = rows[0]
+    print(f"\n{'boards':>6s} {'rack up s':>10s} {'x1':>6s} {'deploy s':>9s} {'x1':>6s} {'rack down s':>12s} {'x1':>6s}")
+    for r in rows:
+        cells = []
+        for k in ("rack_up_s", "deploy_s", "rack_down_s"):
+            v = r.get(k)
+            cells.append(f"{v:9.2f} {v / base[k]:5.1f}x" if v is not None and base.get(k) else f"{'-':>9s} {'':6s}")
+        print(f"{r['boards']:6d} " + " ".join(cells))
+    (a.out / "deploy_scale.json").write_text(json.dumps(rows, indent=1))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, label in (("rack_up_s", "rack up"), ("deploy_s", "deploy --force"), ("rack_down_s", "rack down")):
+        pts = [(r["boards"], r[k]) for r in rows if k in r]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("virtual boards (deploy: one partition per board)")
+    ax.set_ylabel("wall clock, s")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(a.out / "deploy_scale.png", dpi=120)
+    print(f"wrote {a.out / 'deploy_scale.json'} and deploy_scale.png", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""A virtual board's compute: the fast bit-exact model (harness/fast_model.py) against hls4ml's C simulation.
+
+    SPLITRACK_CACHE=/work/cache .venv/bin/python benchmarks/fast_model.py [--partition s0] [--frames 200]
+
+The reference CNN split as the demo's "cnn-sequential" plan (`--at conv2,fc1`); partition s0 holds conv1 and
+conv2. Both run the same digits test frames; the outputs must be equal bit for bit or no figure is printed.
+Timing is interleaved (one emulation frame, then one fast frame, ...) so both see the same machine load:
+per frame p50 of the emulation library (one call per frame, as the agent does), of the fast model on one
+frame, and of the fast model on a batch of 64 (per frame). BLAS runs on one thread, as on a virtual board.
+Prints a table; writes fast_model.json in --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+for _k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):  # one thread, as on a virtual board (virtual_board.env)
+    os.environ.setdefault(_k, "1")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--partition", default="s0")
+    ap.add_argument("--frames", type=int, default=200, help="timed frames per variant")
+    ap.add_argument("--plan-dir", type=Path, default=ROOT / "build" / "bench-cnn-sequential")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
+    a = ap.parse_args(argv)
+
+    from benchmarks.cosim_speed import cnn_plan
+    from splitting import hls
+    from splitting.reference import digits_data, model_inputs
+
+    from harness.fast_model import FastModel
+
+    plan = cnn_plan(a.plan_dir)
+    print(f"plan {a.plan_dir} (cnn-sequential), partition {a.partition}", flush=True)
+    x = model_inputs("cnn", digits_data()[2])
+    for name in [p.name for p in plan.ordered_partitions()]:  # its real input: the emulation chain up to it
+        if name == a.partition:
+            break
+        x = hls.emulation(plan, name).predict(x)
+    emu = hls.emulation(plan, a.partition)
+    fm = FastModel.from_plan(plan, a.partition)
+    ours, theirs = fm.run(x), emu.predict(x)
+    bad = int(np.count_nonzero(ours != theirs.reshape(ours.shape)))
+    print(f"bit exactness on {len(x)} digits frames: {bad} of {ours.size} values differ", flush=True)
+    if bad:
+        print("the fast model is not bit exact here: no timing is reported", file=sys.stderr)
+        return 2
+
+    rng = np.random.RandomState(0)
+    batch = 64
+    t_emu, t_one, t_batch = [], [], []
+    for i in range(a.frames):
+        f = x[rng.randint(len(x))]
+        t0 = time.perf_counter_ns()
+        emu.run(f)
+        t1 = time.perf_counter_ns()
+        fm.run(f[None])
+        t2 = time.perf_counter_ns()
+        t_emu.append(t1 - t0)
+        t_one.append(t2 - t1)
+        if i % 8 == 0:
+            b = x[rng.randint(len(x), size=batch)]
+            t3 = time.perf_counter_ns()
+            fm.run(b)
+            t_batch.append((time.perf_counter_ns() - t3) / batch)
+        if (i + 1) % 50 == 0:
+            print(f"  {i + 1}/{a.frames} frames", flush=True)
+    p50 = {k: float(np.median(v)) / 1e3 for k, v in (("emulation", t_emu), ("fast, 1 frame", t_one),
+                                                      ("fast, batch of 64", t_batch))}
+    print(f"\n{'per frame, ' + a.partition:28s} {'p50 us':>10s} {'speed-up vs emulation':>22s}")
+    for k, v in p50.items():
+        print(f"{k:28s} {v:10.1f} {p50['emulation'] / v:21.1f}x")
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "fast_model.json").write_text(json.dumps({"partition": a.partition, "frames": a.frames,
+                                                       "p50_us": p50, "exact_values": int(ours.size)}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,451 @@
+"""Fast, bit-exact integer model of a partition: what a virtual board computes instead of the C simulation.
+
+The arithmetic is the cosimulation's reference (harness/cosim/reference.py: every product assigned to the
+accumulator type, the sum kept in it, the result assigned to the layer's result type), made fast: a batch of
+frames at once, convolutions as one im2col matrix built with stride tricks, products in int32 where they fit,
+softmax lookups as array indexing. No Python loop runs per element or per output position.
+
+Two halves:
+
+* host side (`FastModel.from_plan`): reads the partition's ops from hls4ml's converted graph (the same
+  `harness.cosim.ops` the RTL cosimulation uses), and writes them to one `.npz` (plain arrays plus a JSON
+  string; loaded with allow_pickle=False). A layer the reference does not model raises `NotModelled` and the
+  partition stays on its hls4ml emulation.
+* board side (`FastBackend`, the agent's backend kind "fast"): Python 3.8, standard library and numpy only.
+  At start it runs the fast model and the partition's emulation library on a few frames and keeps the fast
+  model only if every output word is equal; otherwise (or when the model file is missing or unreadable) it
+  logs why and runs the emulation library, so a board never computes something the emulation would not.
+
+Raw words are int64 two's-complement integers of their FixedType (value = raw * 2^-fractional).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+
+try:  # on a board, beside agent.py
+    import contract as _contract  # type: ignore
+except ImportError:  # pragma: no cover - on the host
+    from splitting import contract as _contract
+
+FixedType = _contract.FixedType
+
+FORMAT = 1  # bump when the .npz layout changes
+MAX_WIDTH = 48  # int64 holds every intermediate of types up to this width (as in harness/cosim/fixed.py)
+KINDS = ("pad", "dense", "conv2d", "relu", "linear", "maxpool", "reshape", "softmax")
+
+
+class NotModelled(Exception):
+    """The partition has a layer or a type the fast model does not compute; use the emulation."""
+
+
+# --- ap_fixed assignment on raw integers (same rules as harness/cosim/fixed.py, vectorised) -------------
+def _shift_right(raw, s, mode):
+    half = 1 << (s - 1)
+    if mode == "AP_TRN":
+        return raw >> s
+    if mode == "AP_TRN_ZERO":
+        return np.where(raw >= 0, raw >> s, -((-raw) >> s))
+    if mode == "AP_RND":
+        return (raw + half) >> s
+    if mode == "AP_RND_MIN_INF":
+        return (raw + half - 1) >> s
+    if mode == "AP_RND_ZERO":
+        return np.where(raw >= 0, (raw + half - 1) >> s, -((-raw + half - 1) >> s))
+    if mode == "AP_RND_INF":
+        return np.where(raw >= 0, (raw + half) >> s, -((-raw + half) >> s))
+    if mode == "AP_RND_CONV":
+        q = raw >> s
+        r = raw - (q << s)
+        return q + ((r > half) | ((r == half) & (q & 1 == 1)))
+    raise NotModelled("quantisation mode %s" % mode)
+
+
+def _overflow(raw, t):
+    lo, hi = t.raw_min, t.raw_max
+    if t.saturation == "AP_WRAP":
+        return ((raw - lo) & ((1 << t.width) - 1)) + lo  # two's complement: the same as % 2^width
+    if t.saturation == "AP_SAT_ZERO":
+        return np.where((raw > hi) | (raw < lo), 0, raw)
+    if t.saturation == "AP_SAT_SYM" and t.signed:
+        lo = -hi
+    return np.clip(raw, lo, hi)
+
+
+def cast(raw, frac, t, src=None):
+    """Raw integers with `frac` fractional bits assigned to type t (ap_fixed assignment), int64.
+    `src`: the type raw already holds, if known; a value of type t is then returned unchanged."""
+    raw = np.asarray(raw, dtype=np.int64)
+    if src is not None and _fits(src, t):
+        return raw
+    s = frac - t.fractional
+    if s > 0:
+        raw = _shift_right(raw, s, t.rounding)
+    elif s < 0:
+        raw = raw << (-s)
+    return _overflow(raw, t).astype(np.int64, copy=False)
+
+
+def _fits(src, t):
+    """Every value of type src is a value of type t: assigning it changes nothing."""
+    if src.fractional > t.fractional:
+        return False
+    lo, hi = src.raw_min << (t.fractional - src.fractional), src.raw_max << (t.fractional - src.fractional)
+    return t.raw_min <= lo and hi <= t.raw_max
+
+
+# --- layers, batch first ---------------------------------------------------------------------------------
+def _pad(x, p):
+    """x (B, H, W, C) with zero rows and columns around (top, bottom, left, right)."""
+    b, h, w, c = x.shape
+    out = np.zeros((b, h + p[0] + p[1], w + p[2] + p[3], c), dtype=x.dtype)
+    out[:, p[0]:p[0] + h, p[2]:p[2] + w, :] = x
+    return out
+
+
+def _windows(x, kh, kw, sh, sw):
+    """x (B, H, W, C) -> a strided view (B, OH, OW, kh, kw, C) of every window (valid padding), no copy."""
+    b, h, w, c = x.shape
+    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+    s0, s1, s2, s3 = x.strides
+    return np.lib.stride_tricks.as_strided(x, (b, oh, ow, kh, kw, c), (s0, s1 * sh, s2 * sw, s1, s2, s3),
+                                           writeable=False)
+
+
+def _bits(t):
+    """Bits of the largest magnitude a raw of type t has: |raw| <= 2^_bits(t)."""
+    return t.width - 1 if t.signed else t.width
+
+
+_BLOCK = 1 << 19  # elements of a per-product temporary (2 MiB of float32)
+
+
+class _Dense(object):
+    """y = cast_out(cast_acc(bias) + sum_k cast_acc(x_k * w_kn)) on a matrix x (M, K) of raws."""
+
+    def __init__(self, w, b, in_t, w_t, b_t, acc_t, out_t):
+        self.acc_t, self.out_t = acc_t, out_t
+        self._buf = None
+        self.s = in_t.fractional + w_t.fractional - acc_t.fractional  # bits each product loses to accum_t
+        self.bias = cast(b, b_t.fractional, acc_t)  # hls4ml starts the sum from the bias in accum_t
+        self.w64 = np.ascontiguousarray(w, dtype=np.int64)
+        prod_bits = _bits(in_t) + _bits(w_t)
+        k = w.shape[0]
+        wrap = acc_t.saturation == "AP_WRAP"
+        if wrap and self.s <= 0 and prod_bits + k.bit_length() <= 52:
+            # no product loses a bit: the sum is one exact float64 matmul (BLAS), shifted afterwards
+            self.mode = "matmul"
+            self.wf = self.w64.astype(np.float64)
+        elif (wrap and acc_t.rounding == "AP_TRN" and 0 < self.s <= 12 and k << self.s <= 1 << 24
+              and prod_bits + k.bit_length() <= 52):
+            # Each product loses its low s bits (floor). With x = xh*2^s + xl and w = wh*2^s + wl (xl, wl in
+            # [0, 2^s)): floor(x*w / 2^s) = xh*w + xl*wh + floor(xl*wl / 2^s). The first two terms are exact
+            # float64 matmuls; only the last is per product, on values small enough for exact float32.
+            self.mode = "split"
+            self.w_stacked = np.concatenate([self.w64, self.w64 >> self.s]).astype(np.float64)  # [w; wh]
+            self.ones = np.ones(k, dtype=np.float32)
+            # wl / 2^s is exact in float32, and so is xl * (wl / 2^s) (fewer than 24 significant bits)
+            self.wl_scaled_t = np.ascontiguousarray(((self.w64 & ((1 << self.s) - 1)).T).astype(np.float32)
+                                                    * np.float32(2.0 ** -self.s))
+        elif wrap and acc_t.rounding == "AP_TRN" and acc_t.width <= 32 and prod_bits <= 30:
+            # per-product truncation in int32; the sum wraps modulo 2^32, which is exact modulo 2^acc_width
+            self.mode = "int32"
+            self.w32 = self.w64.astype(np.int32)
+        elif wrap:
+            self.mode = "int64"
+        else:  # a saturating accumulator clips after every addition: the sum runs in order, as in the C++
+            self.mode = "ordered"
+
+    def __call__(self, x):
+        # per-product temporaries are (rows, n_out, n_in): in blocks of rows that stay in the CPU's cache
+        rows = max(1, _BLOCK // max(1, self.w64.size))
+        if self.mode == "matmul" or x.shape[0] <= rows:
+            return self._rows(x)
+        return np.concatenate([self._rows(x[i:i + rows]) for i in range(0, x.shape[0], rows)])
+
+    def _buffer(self, m):
+        buf = self._buf
+        if buf is None or buf.shape[0] < m:
+            buf = self._buf = np.empty((m,) + self.wl_scaled_t.shape, dtype=np.float32)
+        return buf[:m]
+
+    def _rows(self, x):
+        acc_t, s = self.acc_t, self.s
+        if self.mode == "matmul":
+            acc = np.rint(x.astype(np.float64) @ self.wf).astype(np.int64)
+            if s < 0:
+                acc = acc << (-s)
+            acc = acc + self.bias
+        elif self.mode == "split":
+            xl = x & ((1 << s) - 1)
+            base = np.concatenate([x >> s, xl], axis=1).astype(np.float64) @ self.w_stacked  # xh@w + xl@wh
+            r = self._buffer(x.shape[0])  # (M, N, K), K contiguous; reused: fresh pages cost page faults
+            np.multiply(xl.astype(np.float32)[:, None, :], self.wl_scaled_t[None, :, :], out=r)
+            np.floor(r, out=r)
+            # the sum over K as a BLAS matrix-vector product: integers below 2^24, exact in any order
+            low = (r.reshape(-1, r.shape[2]) @ self.ones).reshape(r.shape[:2])
+            acc = (base + low).astype(np.int64) + self.bias  # every term an exact integer
+        elif self.mode == "int32":
+            prods = x.astype(np.int32)[:, :, None] * self.w32[None, :, :]
+            if s > 0:
+                prods >>= s
+            elif s < 0:
+                prods <<= -s  # wraps modulo 2^32 like the final result
+            acc = prods.sum(axis=1, dtype=np.int32).astype(np.int64) + self.bias
+        elif self.mode == "int64":
+            prods = cast(x[:, :, None] * self.w64[None, :, :], acc_t.fractional + s, acc_t)
+            acc = prods.sum(axis=1) + self.bias
+        else:
+            prods = cast(x[:, :, None] * self.w64[None, :, :], acc_t.fractional + s, acc_t)
+            acc = np.broadcast_to(self.bias, prods[:, 0, :].shape)
+            for i in range(prods.shape[1]):
+                acc = cast(acc + prods[:, i, :], acc_t.fractional, acc_t)
+        acc = cast(acc, acc_t.fractional, acc_t)
+        return cast(acc, acc_t.fractional, self.out_t, acc_t)
+
+
+class FastModel(object):
+    """The partition's ops, ready to run on a batch of raw frames.
+
+    `ops` is a list of dicts (kind, name, out_shape, out: ap_fixed text, params) and `arrays` the weights,
+    biases and lookup tables (raw int64) by name "<op name>/<key>"; both as `save` writes them.
+    """
+
+    def __init__(self, ops, arrays):
+        if not ops or ops[0]["kind"] != "input":
+            raise NotModelled("the op list does not start with an input")
+        self.ops = ops
+        self._arrays = dict(arrays)  # kept for save()
+        self.in_type = FixedType.parse(ops[0]["out"])
+        self.out_type = FixedType.parse(ops[-1]["out"])
+        self.in_shape = tuple(ops[0]["out_shape"])
+        self.out_shape = tuple(ops[-1]["out_shape"])
+        self._steps = []
+        t = self.in_type
+        for op in ops[1:]:
+            self._steps.append(self._compile(op, t, arrays))
+            t = FixedType.parse(op["out"])
+
+    # -- building --
+    @staticmethod
+    def _type(text):
+        t = FixedType.parse(text)
+        if t.width > MAX_WIDTH:
+            raise NotModelled("%s is wider than %d bits" % (t, MAX_WIDTH))
+        return t
+
+    def _compile(self, op, t, arrays):
+        kind, name, p = op["kind"], op["name"], op.get("params", {})
+        out = self._type(op["out"])
+        shape = tuple(op["out_shape"])
+        if kind == "pad":
+            pads = (p["pad_top"], p["pad_bottom"], p["pad_left"], p["pad_right"])
+            return lambda x: cast(_pad(x, pads), t.fractional, out, t)
+        if kind in ("dense", "conv2d"):
+            w, b = arrays[name + "/weight"], arrays[name + "/bias"]
+            dense = _Dense(w.reshape(-1, w.shape[-1]), b, t, self._type(p["wtype"]), self._type(p["btype"]),
+                           self._type(p["accum"]), out)
+            if kind == "dense":
+                return lambda x: dense(x.reshape(x.shape[0], -1)).reshape((x.shape[0],) + shape)
+            pads = (p["pad_top"], p["pad_bottom"], p["pad_left"], p["pad_right"])
+            kh, kw, sh, sw = p["filt_height"], p["filt_width"], p["stride_height"], p["stride_width"]
+
+            def conv(x):
+                if any(pads):
+                    x = _pad(x, pads)
+                win = _windows(x, kh, kw, sh, sw)
+                bsz, oh, ow = win.shape[:3]
+                cols = win.reshape(bsz * oh * ow, -1)  # im2col: one copy, rows in (kh, kw, cin) order
+                return dense(cols).reshape(bsz, oh, ow, -1)
+            return conv
+        if kind == "relu":
+            return lambda x: cast(np.maximum(x, 0), t.fractional, out, t)
+        if kind == "linear":
+            return lambda x: cast(x, t.fractional, out, t)
+        if kind == "reshape":
+            return lambda x: cast(x.reshape((x.shape[0],) + shape), t.fractional, out, t)
+        if kind == "maxpool":
+            if any(p[k] for k in ("pad_top", "pad_bottom", "pad_left", "pad_right")):
+                raise NotModelled("%s: padded pooling" % name)
+            red = self._type(p["accum"]) if p.get("accum") else t  # hls4ml reduces in accum_t
+            ph, pw, sh, sw = p["pool_height"], p["pool_width"], p["stride_height"], p["stride_width"]
+
+            def pool(x):
+                x = np.ascontiguousarray(cast(x, t.fractional, red, t))
+                return cast(_windows(x, ph, pw, sh, sw).max(axis=(3, 4)), red.fractional, out, red)
+            return pool
+        if kind == "softmax":
+            return self._softmax(op, t, out, arrays)
+        raise NotModelled("%s: layer kind %r" % (name, kind))
+
+    def _softmax(self, op, t, out, arrays):
+        p = op["params"]
+        exp_raw, inv_raw = arrays[op["name"] + "/exp_table"], arrays[op["name"] + "/inv_table"]
+        norm, acc = self._type(p["inp_norm"]), self._type(p["accum"])
+        exp_t, inv_t, inv_inp_t = (self._type(p[k]) for k in ("exp_table_t", "inv_table_t", "inv_inp_t"))
+        n_exp = int(np.ceil(np.log2(p["exp_table_size"])))
+        n_inv = int(np.ceil(np.log2(p["inv_table_size"])))
+
+        def index(raw, ty, n):  # softmax_idx_from_real_val: the top n bits of the word
+            return ((raw & ((1 << ty.width) - 1)) >> (ty.width - n)) & ((1 << n) - 1)
+
+        def softmax(x):
+            d = cast(x.max(axis=-1, keepdims=True) - x, t.fractional, norm)
+            e = cast(exp_raw[index(d, norm, n_exp)], exp_t.fractional, acc)
+            s = cast(cast(e.sum(axis=-1), acc.fractional, acc), acc.fractional, inv_inp_t)
+            inv = inv_raw[index(s, inv_inp_t, n_inv)]
+            return cast(e * inv[..., None], acc.fractional + inv_t.fractional, out)
+        return softmax
+
+    @classmethod
+    def from_ops(cls, ops):
+        """From harness.cosim.ops.Op objects (host side). Raises NotModelled."""
+        meta, arrays = [], {}
+        for op in ops:
+            if op.kind != "input" and op.kind not in KINDS:
+                raise NotModelled("%s: layer kind %r" % (op.name, op.kind))
+            params = {}
+            for k, v in (op.params or {}).items():
+                if k == "types":
+                    params.update({tk: str(tv) for tk, tv in v.items()})
+                elif isinstance(v, FixedType):
+                    params[k] = str(v)
+                else:
+                    params[k] = v
+            if op.weight is not None:
+                arrays[op.name + "/weight"] = np.asarray(op.weight, np.int64)
+                arrays[op.name + "/bias"] = np.asarray(op.bias, np.int64)
+                params["wtype"], params["btype"] = str(op.wtype), str(op.btype)
+            if op.accum is not None:
+                params["accum"] = str(op.accum)
+            if op.kind == "softmax":
+                from harness.cosim.reference import softmax_tables  # libm's expf, as hls4ml's table init
+
+                arrays[op.name + "/exp_table"], arrays[op.name + "/inv_table"] = softmax_tables(op)
+            meta.append({"kind": op.kind, "name": op.name, "out_shape": list(op.out_shape), "out": str(op.out),
+                         "params": params})
+        return cls(meta, arrays)
+
+    @classmethod
+    def from_plan(cls, plan, name):
+        """The fast model of one partition of a plan (host side: needs hls4ml). Raises NotModelled."""
+        from harness.cosim.ops import UnsupportedLayer, partition_ops
+
+        try:
+            return cls.from_ops(partition_ops(plan, name))
+        except UnsupportedLayer as e:
+            raise NotModelled(str(e))
+
+    def save(self, path):
+        arrays = self._arrays
+        np.savez(path, __meta__=np.array(json.dumps({"format": FORMAT, "ops": self.ops})), **arrays)
+
+    @classmethod
+    def load(cls, path):
+        """Raises NotModelled when the file is not a fast model this code reads."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["__meta__"]))
+                arrays = {k: z[k] for k in z.files if k != "__meta__"}
+        except (OSError, ValueError, KeyError) as e:
+            raise NotModelled("cannot read fast model %s: %s" % (path, e))
+        if meta.get("format") != FORMAT:
+            raise NotModelled("fast model %s has format %r, this agent reads %d" % (path, meta.get("format"), FORMAT))
+        return cls(meta["ops"], arrays)
+
+    # -- running --
+    def run_raw(self, raw):
+        """raw: (B,) + input shape (or B x n_in) raw integers -> (B,) + output shape raw integers (int64)."""
+        x = np.asarray(raw, dtype=np.int64)
+        x = x.reshape((x.shape[0],) + self.in_shape)
+        for step in self._steps:
+            x = step(x)
+        return x
+
+    def run(self, frames):
+        """Float frames (B, ...) -> float64 outputs (B, n_out): input quantised as the emulation's input is."""
+        frames = np.asarray(frames, dtype=np.float64)
+        raw = self.in_type.to_raw(frames.reshape(frames.shape[0], -1))
+        return self.run_raw(raw).reshape(frames.shape[0], -1) * self.out_type.step
+
+
+def check_frames(in_type, n_in, n=4, seed=0):
+    """n frames (n, n_in) of values on in_type's grid, spread over its whole range (overflows included)."""
+    rng = np.random.RandomState(seed)
+    raw = rng.randint(in_type.raw_min, in_type.raw_max + 1, size=(n, n_in), dtype=np.int64)
+    return raw * in_type.step
+
+
+def compare(model, emulation, frames):
+    """Number of output values where the fast model and the emulation library differ on these frames."""
+    ours = model.run(frames)
+    theirs = np.stack([emulation.run(f) for f in np.asarray(frames)])
+    return int(np.count_nonzero(ours.reshape(theirs.shape) != theirs))
+
+
+class FastBackend(object):
+    """The agent's backend kind "fast" (virtual boards).
+
+    Config: {"kind": "fast", "model": "partition.fast.npz", "check_frames": 4,
+             "library": "partition.so", "project": ..., "n_in": ..., "n_out": ...}
+    The emulation library is loaded always: it is the check, and the fallback.
+    """
+
+    forward_bytes = False
+
+    def __init__(self, cfg, base, emulation_backend, log=None):
+        log = log or logging.getLogger("splitrack.agent")
+        self.emulation = emulation_backend(cfg, base)  # raises AgentConfigError when the .so is missing
+        self.model = None
+        self.kind = "emulation"
+        self.note = ""
+        path = cfg.get("model", "")
+        path = path if os.path.isabs(path) else os.path.join(base, path)
+        try:
+            model = FastModel.load(path)
+            frames = check_frames(model.in_type, int(cfg["n_in"]), int(cfg.get("check_frames", 4)))
+            bad = compare(model, self.emulation.lib, frames)
+            if bad:
+                raise NotModelled("%d output values differ from the emulation library on %d check frames"
+                                  % (bad, len(frames)))
+        except NotModelled as e:
+            self.note = str(e)
+        except Exception as e:  # a model that cannot even run is not trusted either
+            self.note = "fast model failed its check: %s: %s" % (type(e).__name__, e)
+        else:
+            self.model, self.kind = model, "fast"
+            self.note = "fast model == emulation library on %d check frames" % len(frames)
+        (log.info if self.model else log.warning)("backend %s: %s", self.kind, self.note
+                                                  + ("" if self.model else "; running the emulation library"))
+
+    def run(self, x):
+        if self.model is None:
+            return self.emulation.run(x)
+        return self.model.run(np.asarray(x).reshape(1, -1))[0]
+
+
+def board_files(plan, name, emulation_cfg, log=None):
+    """What a virtual board needs to run partition `name` on its fast model (host side).
+
+    Returns (files, backend): files maps board file names to local files to upload beside the emulation
+    library, backend is the agent's backend config. When the partition has a layer the fast model does not
+    compute, files is empty and backend is `emulation_cfg` unchanged (the reason goes to `log`).
+    The model is written once into the partition's hls4ml cache folder (same key: same model and config).
+    """
+    from splitting.hls import project_dir
+
+    folder = project_dir(plan, name)
+    path = os.path.join(str(folder), "fast_model-v%d.npz" % FORMAT)
+    if not os.path.isfile(path):
+        try:
+            model = FastModel.from_plan(plan, name)
+        except NotModelled as e:
+            (log or logging.getLogger("splitrack.deploy")).info("partition %s: emulation only (%s)", name, e)
+            return {}, emulation_cfg
+        tmp = "%s.%d.tmp.npz" % (path[:-4], os.getpid())
+        model.save(tmp)
+        os.replace(tmp, path)  # parallel deploys of the same partition: the last complete file wins
+    return {"partition.fast.npz": path}, dict(emulation_cfg, kind="fast", model="partition.fast.npz")

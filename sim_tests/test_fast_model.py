@@ -1,0 +1,191 @@
+"""The fast model (harness/fast_model.py) against hls4ml's emulation library, bit for bit: every partition of
+the reference plans, random models like the property tests', and the virtual board's check and fallback."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from harness.fast_model import FastBackend, FastModel, NotModelled, check_frames
+
+PLANS = {
+    "fc-sequential": ("fc", dict(at=["fc1", "fc2"])),
+    "cnn-sequential": ("cnn", dict(at=["conv2", "fc1"])),
+    "cnn-neuron": ("cnn", dict(neurons={"fc1": 2})),
+    "cnn-input": ("cnn", dict(inputs={"fc1": 2})),
+}
+
+
+def _write(model, kw, folder):
+    from splitting.plan import Plan
+    from splitting.split import split_model, write_plan
+
+    plan, models = split_model(model, **kw)
+    write_plan(plan, models, folder)
+    return Plan.load(folder)
+
+
+def _all_partitions_exact(plan, first_frames):
+    """Each partition on its real inputs (the plan's emulation chain) and on random full-range inputs."""
+    from splitting import hls
+    from splitting.chain import run_chain
+
+    checked = []
+
+    def run(name, x):
+        emu = hls.emulation(plan, name)
+        fm = FastModel.from_plan(plan, name)
+        for frames in (x, check_frames(fm.in_type, emu.n_in, 16, seed=7)):
+            ours, theirs = fm.run(frames), emu.predict(frames)
+            assert np.array_equal(ours, theirs.reshape(ours.shape)), (plan.root, name)
+        checked.append(name)
+        return emu.predict(x, plan.partition(name).output_shape)
+
+    run_chain(plan, first_frames, run)
+    assert sorted(checked) == sorted(plan.partitions)
+
+
+@pytest.mark.parametrize("name", list(PLANS))
+def test_reference_plans_bit_exact(name, tmp_path):
+    from splitting.reference import digits_data, model_inputs, reference_model
+
+    model, kw = PLANS[name]
+    plan = _write(reference_model(model), kw, tmp_path / name)
+    _all_partitions_exact(plan, model_inputs(model, digits_data()[2][:40]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [3, 11])
+def test_random_models_bit_exact(seed, tmp_path):
+    """Random MLPs and CNNs (the property tests' shapes: relu/linear/softmax, same/valid, maxpool), split."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    keras.utils.set_random_seed(seed)
+    w = [int(v) for v in rng.integers(4, 24, size=3)]
+    mlp = keras.Sequential([keras.Input((w[0],)), keras.layers.Dense(w[1], activation="relu", name="d0"),
+                            keras.layers.Dense(w[2], activation="linear", name="d1"),
+                            keras.layers.Dense(5, activation="softmax", name="d2")])
+    _all_partitions_exact(_write(mlp, dict(at=["d0"], neurons={"d1": 2}), tmp_path / "mlp"),
+                          rng.normal(size=(16, w[0])) * 2)
+    pad = ["same", "valid"][seed % 2]
+    cnn = keras.Sequential([keras.Input((7, 7, 2)),
+                            keras.layers.Conv2D(int(rng.integers(2, 8)), 3, padding=pad, activation="relu", name="c1"),
+                            keras.layers.Conv2D(int(rng.integers(2, 8)), 2, padding=pad, activation="relu", name="c2"),
+                            keras.layers.MaxPooling2D(2, name="pool"), keras.layers.Flatten(name="flat"),
+                            keras.layers.Dense(5, activation="softmax", name="out")])
+    _all_partitions_exact(_write(cnn, dict(at=["c1"]), tmp_path / "cnn"), rng.uniform(size=(8, 7, 7, 2)))
+
+
+def test_unmodelled_layer_is_named(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, activation="tanh", name="d0")])
+    plan = _write(m, {}, tmp_path / "tanh")
+    with pytest.raises(NotModelled, match="tanh"):
+        FastModel.from_plan(plan, plan.ordered_partitions()[0].name)
+
+
+@pytest.fixture(scope="module")
+def fc_first(tmp_path_factory):
+    from splitting import hls
+    from splitting.hls import ARTIFACT, project_dir
+    from splitting.reference import reference_model
+    import json
+
+    plan = _write(reference_model("fc"), dict(at=["fc1"]), tmp_path_factory.mktemp("fcb") / "p")
+    name = plan.ordered_partitions()[0].name
+    emu = hls.emulation(plan, name)
+    meta = json.loads((project_dir(plan, name) / ARTIFACT).read_text())
+    folder = project_dir(plan, name)
+    cfg = {"kind": "fast", "model": "", "library": str(folder / meta["library"]), "project": meta["project"],
+           "n_in": emu.n_in, "n_out": emu.n_out, "check_frames": 4}
+    return plan, name, cfg
+
+
+class _Emu:
+    kind = "emulation"
+
+    def __init__(self, cfg, base):
+        from splitting.emulation import EmulationLib
+
+        self.lib = EmulationLib(cfg["library"], cfg["project"], cfg["n_in"], cfg["n_out"])
+
+    def run(self, x):
+        return self.lib.run(x)
+
+
+def test_backend_uses_the_fast_model_only_when_it_matches(fc_first, tmp_path, caplog):
+    plan, name, cfg = fc_first
+    fm = FastModel.from_plan(plan, name)
+    good = tmp_path / "good.npz"
+    fm.save(good)
+    b = FastBackend(dict(cfg, model=str(good)), str(tmp_path), _Emu)
+    assert b.kind == "fast"
+    x = check_frames(fm.in_type, cfg["n_in"], 3, seed=5)
+    for f in x:
+        assert np.array_equal(b.run(f), b.emulation.run(f))
+
+    # one weight off by one LSB: the check at start finds it, the board runs the emulation library
+    ops = [dict(o) for o in fm.ops]
+    arrays = dict(fm._arrays)
+    key = next(k for k in arrays if k.endswith("/weight"))
+    arrays[key] = arrays[key].copy()
+    arrays[key].flat[0] += 1 << 10
+    bad = tmp_path / "bad.npz"
+    FastModel(ops, arrays).save(bad)
+    with caplog.at_level(logging.WARNING):
+        b = FastBackend(dict(cfg, model=str(bad)), str(tmp_path), _Emu, logging.getLogger("t"))
+    assert b.kind == "emulation" and "differ" in b.note
+    assert "running the emulation library" in caplog.text
+    assert np.array_equal(b.run(x[0]), b.emulation.run(x[0]))
+
+    # no model file at all: the same fallback, with the reason
+    b = FastBackend(dict(cfg, model=str(tmp_path / "none.npz")), str(tmp_path), _Emu)
+    assert b.kind == "emulation" and "cannot read" in b.note
+
+
+def test_board_files_for_a_virtual_board(fc_first):
+    from harness.fast_model import board_files
+
+    plan, name, cfg = fc_first
+    emu_cfg = dict(cfg, kind="emulation")
+    files, backend = board_files(plan, name, emu_cfg)
+    assert backend["kind"] == "fast" and backend["model"] == "partition.fast.npz"
+    assert backend["library"] == cfg["library"]
+    model = FastModel.load(files["partition.fast.npz"])
+    x = check_frames(model.in_type, cfg["n_in"], 8, seed=2)
+    from splitting import hls
+    assert np.array_equal(model.run(x), hls.emulation(plan, name).predict(x))
+
+
+def test_agents_on_fast_models_equal_the_chained_emulation(fc_plan, tmp_path, monkeypatch):
+    """The agent's backend kind "fast" with fast_model.py beside it, as a virtual board carries it."""
+    from pathlib import Path
+
+    import harness.local_rack as local_rack
+    from harness.fast_model import board_files
+    from harness.local_rack import LocalRack
+    from harness.stream import Pipeline
+    from harness.wiring import emulation_backend
+    from splitting import hls
+    from splitting.chain import emulation_runner, run_chain
+    from splitting.reference import digits_data
+
+    monkeypatch.setitem(local_rack.AGENT_FILES, "fast_model.py", Path(local_rack.__file__).parent / "fast_model.py")
+    backends = {}
+    for name in fc_plan.partitions:
+        lib = hls.emulation(fc_plan, name)
+        files, backends[name] = board_files(fc_plan, name, emulation_backend(fc_plan, name, lib.library, lib.project))
+        backends[name]["model"] = files["partition.fast.npz"]
+    x = digits_data()[2][:40].reshape(40, 64)
+    ref = run_chain(fc_plan, x, emulation_runner(fc_plan))
+    with LocalRack(tmp_path) as rack:
+        wiring = rack.start(fc_plan, backends, in_flight=4)
+        with Pipeline(wiring) as pipe:
+            res = pipe.stream(x, in_flight=4, timeout=20)
+    np.testing.assert_array_equal(res.outputs(), ref)
+    logs = "".join(p.read_text() for p in tmp_path.rglob("agent-*.log"))
+    assert logs.count("backend fast: fast model == emulation library") == len(fc_plan.partitions), logs[-2000:]
