@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-SPLITRACK = [sys.executable, "-m", "harness.cli"]
+SPLITRACK = [sys.executable, "-m", "harness.cli.commands"]
 
 
 def chain_plan(n: int, folder: Path):
@@ -49,7 +49,7 @@ def stop_started_boards(state: Path) -> None:
     """Stop the boards a failed `rack up` recorded in its state folder (each by its pid, checked)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from harness.virtual_rack import BoardProcess, stop_board
+    from harness.rack.virtual_rack import BoardProcess, stop_board
 
     f = state / "rack.json"
     if f.is_file():

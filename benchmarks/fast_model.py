@@ -1,4 +1,4 @@
-"""A virtual board's compute: the fast bit-exact model (harness/fast_model.py) against hls4ml's C simulation.
+"""A virtual board's compute: the fast bit-exact model (harness/board/fast_model.py) against hls4ml's C simulation.
 
     SPLITRACK_CACHE=/work/cache .venv/bin/python benchmarks/fast_model.py [--partition s0] [--frames 200]
 
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     from splitting import hls
     from splitting.reference import digits_data, model_inputs
 
-    from harness.fast_model import FastModel
+    from harness.board.fast_model import FastModel
 
     plan = cnn_plan(a.plan_dir)
     print(f"plan {a.plan_dir} (cnn-sequential), partition {a.partition}", flush=True)

@@ -1,4 +1,4 @@
-"""The fast model (harness/fast_model.py) against hls4ml's emulation library, bit for bit: every partition of
+"""The fast model (harness/board/fast_model.py) against hls4ml's emulation library, bit for bit: every partition of
 the reference plans, random models like the property tests', and the virtual board's check and fallback."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 
-from harness.fast_model import FastBackend, FastModel, NotModelled, check_frames
+from harness.board.fast_model import FastBackend, FastModel, NotModelled, check_frames
 
 PLANS = {
     "fc-sequential": ("fc", dict(at=["fc1", "fc2"])),
@@ -148,7 +148,7 @@ def test_backend_uses_the_fast_model_only_when_it_matches(fc_first, tmp_path, ca
 
 
 def test_board_files_for_a_virtual_board(fc_first):
-    from harness.fast_model import board_files
+    from harness.board.fast_model import board_files
 
     plan, name, cfg = fc_first
     emu_cfg = dict(cfg, kind="emulation")
@@ -165,11 +165,11 @@ def test_agents_on_fast_models_equal_the_chained_emulation(fc_plan, tmp_path, mo
     """The agent's backend kind "fast" with fast_model.py beside it, as a virtual board carries it."""
     from pathlib import Path
 
-    import harness.local_rack as local_rack
-    from harness.fast_model import board_files
-    from harness.local_rack import LocalRack
-    from harness.stream import Pipeline
-    from harness.wiring import emulation_backend
+    import harness.rack.local_rack as local_rack
+    from harness.board.fast_model import board_files
+    from harness.rack.local_rack import LocalRack
+    from harness.measure.stream import Pipeline
+    from harness.rack.wiring import emulation_backend
     from splitting import hls
     from splitting.chain import emulation_runner, run_chain
     from splitting.reference import digits_data
