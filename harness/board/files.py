@@ -12,6 +12,7 @@ from typing import Dict
 
 # board file name -> the project module it is a copy of
 SHIPPED = {"agent.py": "harness.board.agent", "wire.py": "harness.board.wire", "agent_config.py": "harness.board.agent_config",
+           "fast_model.py": "harness.board.fast_model",  # the "fast" backend of virtual boards
            "contract.py": "splitting.contract", "emulation.py": "splitting.emulation"}
 
 
