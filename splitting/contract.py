@@ -99,19 +99,40 @@ class FixedType:
 
     def to_raw(self, values: np.ndarray) -> np.ndarray:
         """Quantise real values to raw integers with this type's rounding and overflow modes."""
-        raw = self.rounded(values)
+        return self.overflow(self.rounded(values))
+
+    def shift_right(self, raw: np.ndarray, s: int) -> np.ndarray:
+        """Raw integers (int64, any shape) with s > 0 more fractional bits than this type, rounded onto its
+        grid with its rounding mode: the quantisation step of an ap_fixed assignment (ap_fixed_base.h)."""
+        half = 1 << (s - 1)
+        mode = self.rounding
+        if mode == "AP_TRN":
+            return raw >> s
+        if mode == "AP_TRN_ZERO":
+            return np.where(raw >= 0, raw >> s, -((-raw) >> s))
+        if mode == "AP_RND":
+            return (raw + half) >> s
+        if mode == "AP_RND_MIN_INF":
+            return (raw + half - 1) >> s
+        if mode == "AP_RND_ZERO":
+            return np.where(raw >= 0, (raw + half - 1) >> s, -((-raw + half - 1) >> s))
+        if mode == "AP_RND_INF":
+            return np.where(raw >= 0, (raw + half) >> s, -((-raw + half) >> s))
+        q = raw >> s  # AP_RND_CONV: half to even
+        r = raw - (q << s)
+        return q + ((r > half) | ((r == half) & (q & 1 == 1)))
+
+    def overflow(self, raw: np.ndarray) -> np.ndarray:
+        """Integers on this type's grid (int64, any shape) brought into its range with its overflow mode:
+        AP_WRAP wraps (two's complement), AP_SAT clips, AP_SAT_ZERO zeroes, AP_SAT_SYM clips symmetrically."""
+        lo, hi = self.raw_min, self.raw_max
         if self.saturation == "AP_WRAP":
-            span = 1 << self.width
-            raw = (raw - self.raw_min) % span + self.raw_min
-        else:
-            lo = self.raw_min
-            if self.saturation == "AP_SAT_SYM" and self.signed:
-                lo = self.raw_min + 1
-            if self.saturation == "AP_SAT_ZERO":
-                raw = np.where((raw > self.raw_max) | (raw < self.raw_min), 0, raw)
-            else:
-                raw = np.clip(raw, lo, self.raw_max)
-        return raw
+            return (raw - lo) % (1 << self.width) + lo
+        if self.saturation == "AP_SAT_ZERO":
+            return np.where((raw > hi) | (raw < lo), 0, raw)
+        if self.saturation == "AP_SAT_SYM" and self.signed:
+            lo = -hi
+        return np.clip(raw, lo, hi)
 
     def from_raw(self, raw: np.ndarray) -> np.ndarray:
         """Raw integers (any shape) -> their real values as float64 (raw * step), same shape."""

@@ -42,39 +42,7 @@ class NotModelled(Exception):
     """The partition has a layer or a type the fast model does not compute; use the emulation."""
 
 
-# --- ap_fixed assignment on raw integers (same rules as harness/cosim/fixed.py, vectorised) -------------
-def _shift_right(raw, s, mode):
-    half = 1 << (s - 1)
-    if mode == "AP_TRN":
-        return raw >> s
-    if mode == "AP_TRN_ZERO":
-        return np.where(raw >= 0, raw >> s, -((-raw) >> s))
-    if mode == "AP_RND":
-        return (raw + half) >> s
-    if mode == "AP_RND_MIN_INF":
-        return (raw + half - 1) >> s
-    if mode == "AP_RND_ZERO":
-        return np.where(raw >= 0, (raw + half - 1) >> s, -((-raw + half - 1) >> s))
-    if mode == "AP_RND_INF":
-        return np.where(raw >= 0, (raw + half) >> s, -((-raw + half) >> s))
-    if mode == "AP_RND_CONV":
-        q = raw >> s
-        r = raw - (q << s)
-        return q + ((r > half) | ((r == half) & (q & 1 == 1)))
-    raise NotModelled("quantisation mode %s" % mode)
-
-
-def _overflow(raw, t):
-    lo, hi = t.raw_min, t.raw_max
-    if t.saturation == "AP_WRAP":
-        return ((raw - lo) & ((1 << t.width) - 1)) + lo  # two's complement: the same as % 2^width
-    if t.saturation == "AP_SAT_ZERO":
-        return np.where((raw > hi) | (raw < lo), 0, raw)
-    if t.saturation == "AP_SAT_SYM" and t.signed:
-        lo = -hi
-    return np.clip(raw, lo, hi)
-
-
+# --- ap_fixed assignment on raw integers (FixedType.shift_right/overflow of the contract module) ---------
 def cast(raw, frac, t, src=None):
     """Raw integers with `frac` fractional bits assigned to type t (ap_fixed assignment), int64.
     `src`: the type raw already holds, if known; a value of type t is then returned unchanged."""
@@ -83,10 +51,10 @@ def cast(raw, frac, t, src=None):
         return raw
     s = frac - t.fractional
     if s > 0:
-        raw = _shift_right(raw, s, t.rounding)
+        raw = t.shift_right(raw, s)
     elif s < 0:
         raw = raw << (-s)
-    return _overflow(raw, t).astype(np.int64, copy=False)
+    return t.overflow(raw).astype(np.int64, copy=False)
 
 
 def _fits(src, t):

@@ -29,40 +29,6 @@ def fixed_type(precision) -> FixedType:
     return FixedType(width, integer, bool(precision.signed), rnd, sat)
 
 
-def _shift_right(raw: np.ndarray, s: int, mode: str) -> np.ndarray:
-    """raw / 2^s rounded to an integer with an ap_fixed quantisation mode (s > 0)."""
-    half = 1 << (s - 1)
-    if mode == "AP_TRN":
-        return raw >> s
-    if mode == "AP_TRN_ZERO":
-        return np.where(raw >= 0, raw >> s, -((-raw) >> s))
-    if mode == "AP_RND":
-        return (raw + half) >> s
-    if mode == "AP_RND_MIN_INF":
-        return (raw + half - 1) >> s
-    if mode == "AP_RND_ZERO":
-        return np.where(raw >= 0, (raw + half - 1) >> s, -((-raw + half - 1) >> s))
-    if mode == "AP_RND_INF":
-        return np.where(raw >= 0, (raw + half) >> s, -((-raw + half) >> s))
-    if mode == "AP_RND_CONV":
-        q = raw >> s
-        r = raw - (q << s)
-        return q + ((r > half) | ((r == half) & (q & 1 == 1)))
-    raise ValueError(f"unknown quantisation mode {mode}")
-
-
-def overflow(raw: np.ndarray, t: FixedType) -> np.ndarray:
-    """Bring an integer on t's grid into t's range with t's overflow mode."""
-    lo, hi = t.raw_min, t.raw_max
-    if t.saturation == "AP_WRAP":
-        return (raw - lo) % (1 << t.width) + lo
-    if t.saturation == "AP_SAT_ZERO":
-        return np.where((raw > hi) | (raw < lo), 0, raw)
-    if t.saturation == "AP_SAT_SYM" and t.signed:
-        lo = -hi
-    return np.clip(raw, lo, hi)
-
-
 def cast(raw: np.ndarray, frac: int, t: FixedType) -> np.ndarray:
     """A raw integer with `frac` fractional bits, assigned to a variable of type t (ap_fixed assignment)."""
     if t.width > MAX_WIDTH:
@@ -70,10 +36,10 @@ def cast(raw: np.ndarray, frac: int, t: FixedType) -> np.ndarray:
     raw = np.asarray(raw, dtype=np.int64)
     s = frac - t.fractional
     if s > 0:
-        raw = _shift_right(raw, s, t.rounding)
+        raw = t.shift_right(raw, s)
     elif s < 0:
         raw = raw << (-s)
-    return overflow(raw, t).astype(np.int64)
+    return t.overflow(raw).astype(np.int64)
 
 
 def from_float(values: np.ndarray, t: FixedType) -> np.ndarray:
