@@ -29,13 +29,6 @@ def fc_plan_dir(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(scope="module")
-def rack_file(tmp_path_factory):
-    d = tmp_path_factory.mktemp("deployrack")
-    rack_up(3, d / "rack.toml", state=d / "state", progress=lambda s: None)
-    yield d / "rack.toml"
-    rack_down(d / "rack.toml")
-
 
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "harness.cli.commands", *map(str, args)], capture_output=True, text=True,

@@ -11,7 +11,6 @@ import pytest
 
 from harness.rack.deploy import ping_board, undeploy
 from harness.rack.rackfile import load_rack
-from harness.rack.virtual_rack import rack_down, rack_up
 
 REPO = Path(__file__).resolve().parents[2]
 ROUNDS = 10
@@ -36,13 +35,6 @@ def plans(tmp_path_factory):
     assert pa.hash != pb.hash
     return pa, pb
 
-
-@pytest.fixture(scope="module")
-def rack_file(tmp_path_factory):
-    d = tmp_path_factory.mktemp("concrack")
-    rack_up(3, d / "rack.toml", state=d / "state", progress=lambda s: None)
-    yield d / "rack.toml"
-    rack_down(d / "rack.toml")
 
 
 def test_concurrent_deploys_never_mix_the_rack(plans, rack_file):

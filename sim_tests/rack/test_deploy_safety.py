@@ -19,30 +19,11 @@ import pytest
 from harness.rack.deploy import DeployError, agent_stale_state, deploy, ping_board, undeploy
 from harness.rack.rackfile import Rack, load_rack
 from harness.rack.ssh import Connection
-from harness.rack.virtual_rack import rack_down, rack_up
 from splitting.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def plan3(tmp_path_factory):
-    from splitting.plan import Plan
-    from splitting.reference import reference_model
-    from splitting.split import split_model, write_plan
-
-    plan, models = split_model(reference_model("fc"), at=["fc1", "fc2"])
-    folder = tmp_path_factory.mktemp("fc3")
-    write_plan(plan, models, folder)
-    return Plan.load(folder)
-
-
-@pytest.fixture(scope="module")
-def rack_file(tmp_path_factory):
-    d = tmp_path_factory.mktemp("safetyrack")
-    rack_up(3, d / "rack.toml", state=d / "state", progress=lambda s: None)
-    yield d / "rack.toml"
-    rack_down(d / "rack.toml")
 
 
 def _board_pid(rack: Rack, name: str) -> int:

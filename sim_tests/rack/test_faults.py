@@ -25,17 +25,6 @@ from harness.rack.virtual_rack import start_board, stop_board
 BOUND = 60.0  # seconds: "no hang" means an answer well within this (every fault here has a 1-10 s timeout)
 
 
-@pytest.fixture(scope="module")
-def fc_plan(tmp_path_factory):
-    from splitting.plan import Plan
-    from splitting.reference import reference_model
-    from splitting.split import split_model, write_plan
-
-    plan, models = split_model(reference_model("fc"), at=["fc1", "fc2"])
-    folder = tmp_path_factory.mktemp("fc_seq")
-    write_plan(plan, models, folder)
-    return Plan.load(folder)
-
 
 @pytest.fixture(scope="module")
 def x():
@@ -45,10 +34,10 @@ def x():
 
 
 @pytest.fixture(scope="module")
-def expected(fc_plan, x):
+def expected(plan3, x):
     from splitting.chain import emulation_runner, run_chain
 
-    return run_chain(fc_plan, x, emulation_runner(fc_plan)).reshape(len(x), -1)
+    return run_chain(plan3, x, emulation_runner(plan3)).reshape(len(x), -1)
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +85,11 @@ def _deploy_fails(plan, rack_boards, **kw) -> DeployError:
 
 
 # --- deployment faults -----------------------------------------------------------------------------------
-def test_board_that_does_not_answer(fc_plan, boards, extra, x, expected):
+def test_board_that_does_not_answer(plan3, boards, extra, x, expected):
     mute, proc = extra("mute")
     os.kill(proc.pid, signal.SIGSTOP)  # the TCP port still accepts (kernel backlog); SSH never speaks
     try:
-        err = _deploy_fails(fc_plan, [boards[0], mute, boards[1]], connect_timeout=2)
+        err = _deploy_fails(plan3, [boards[0], mute, boards[1]], connect_timeout=2)
         assert [(f.board, f.stage) for f in err.failures] == [("mute", "connect")]
         assert "did not speak SSH within 2 s" in str(err)
         assert sorted(p.board for p in err.done) == sorted([boards[0].name, boards[1].name])
@@ -108,56 +97,56 @@ def test_board_that_does_not_answer(fc_plan, boards, extra, x, expected):
         assert not h.ok and h.reason.startswith("connect")
     finally:
         os.kill(proc.pid, signal.SIGCONT)
-    _usable(boards, fc_plan, x, expected)
+    _usable(boards, plan3, x, expected)
 
 
-def test_wrong_key(fc_plan, boards, state, tmp_path, x, expected):
+def test_wrong_key(plan3, boards, state, tmp_path, x, expected):
     import asyncssh
 
     other = tmp_path / "other_key"
     asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(other))
     wrong = replace(boards[1], key=other)
-    err = _deploy_fails(fc_plan, [boards[0], wrong, boards[2]])
+    err = _deploy_fails(plan3, [boards[0], wrong, boards[2]])
     assert [(f.board, f.stage) for f in err.failures] == [(wrong.name, "auth")]
     assert "refused key" in str(err) and "authorized_keys" in str(err)
-    _usable(boards, fc_plan, x, expected)
+    _usable(boards, plan3, x, expected)
 
 
-def test_unknown_host_key(fc_plan, boards, tmp_path, x, expected):
+def test_unknown_host_key(plan3, boards, tmp_path, x, expected):
     empty = tmp_path / "known_hosts"
     empty.write_text("")
     stranger = replace(boards[2], known_hosts=empty, host_key_policy="strict")
-    err = _deploy_fails(fc_plan, [boards[0], boards[1], stranger])
+    err = _deploy_fails(plan3, [boards[0], boards[1], stranger])
     assert [(f.board, f.stage) for f in err.failures] == [(stranger.name, "host-key")]
     assert "ssh-keyscan" in str(err) and "trust-on-first-use" in str(err)
     assert empty.read_text() == ""  # strict: nothing was trusted behind the user's back
-    _usable(boards, fc_plan, x, expected)
+    _usable(boards, plan3, x, expected)
 
 
-def test_corrupted_upload(fc_plan, boards, extra, x, expected):
+def test_corrupted_upload(plan3, boards, extra, x, expected):
     flaky, _ = extra("flaky", faults=["corrupt-upload"])
-    err = _deploy_fails(fc_plan, [boards[0], flaky, boards[2]])
+    err = _deploy_fails(plan3, [boards[0], flaky, boards[2]])
     assert [(f.board, f.stage) for f in err.failures] == [("flaky", "verify")]
     assert "sha256 mismatch" in str(err)
     with connect(flaky) as c:  # no corrupted file is left under a name the agent would load
         files = c.run(["ls", "-a", c.remote_path("splitrack/part")]).stdout.split()
         assert "partition.so" not in files and not [f for f in files if f.endswith(".upload")]
-    _usable(boards, fc_plan, x, expected)
+    _usable(boards, plan3, x, expected)
 
 
-def test_full_disk(fc_plan, boards, extra, x, expected):
+def test_full_disk(plan3, boards, extra, x, expected):
     full, _ = extra("full", disk_mb=0.1)  # 100 KiB: the agent's code fits, the partition's library does not
-    err = _deploy_fails(fc_plan, [boards[0], boards[1], full])
+    err = _deploy_fails(plan3, [boards[0], boards[1], full])
     assert [(f.board, f.stage) for f in err.failures] == [("full", "upload")]
     assert "no space left" in str(err)
     h = check_board(full)
     assert not h.ok and "disk free" in h.reason
-    _usable(boards, fc_plan, x, expected)
+    _usable(boards, plan3, x, expected)
 
 
 # --- streaming faults ------------------------------------------------------------------------------------
-def test_agent_killed_mid_stream(fc_plan, boards, x, expected):
-    dep = deploy(fc_plan, Rack("t", list(boards)))
+def test_agent_killed_mid_stream(plan3, boards, x, expected):
+    dep = deploy(plan3, Rack("t", list(boards)))
     victim = dep.placed["s1"]
     killed = []
 
@@ -180,17 +169,17 @@ def test_agent_killed_mid_stream(fc_plan, boards, x, expected):
         i = res.frame_ids.index(f)
         assert np.array_equal(r.output.reshape(-1), expected[i])
     # redeploy restarts only the dead agent; the pipeline works again
-    again = deploy(fc_plan, Rack("t", list(boards)))
+    again = deploy(plan3, Rack("t", list(boards)))
     assert again.placed["s1"].restarted and not again.placed["s0"].restarted and not again.placed["s2"].restarted
     assert again.flashed == []
     with Pipeline(again.wiring) as pipe:
         assert np.array_equal(pipe.stream(x[:20], timeout=10).outputs().reshape(20, -1), expected[:20])
 
 
-def test_frame_that_never_comes_back(fc_plan, boards, x, expected):
+def test_frame_that_never_comes_back(plan3, boards, x, expected):
     # force: fresh agents everywhere. Frame ids restart at 0 with every Pipeline, and an agent that served an
     # earlier stream still remembers its frame 7, which would confuse where the lost frame was last seen.
-    dep = deploy(fc_plan, Rack("t", list(boards)), faults={"s1": {"drop_frames": [7]}}, force=True)
+    dep = deploy(plan3, Rack("t", list(boards)), faults={"s1": {"drop_frames": [7]}}, force=True)
     t0 = time.monotonic()
     with Pipeline(dep.wiring) as pipe:
         with pytest.raises(StreamError) as e:
@@ -205,5 +194,5 @@ def test_frame_that_never_comes_back(fc_plan, boards, x, expected):
     for f, r in res.frames.items():
         assert np.array_equal(r.output.reshape(-1), expected[res.frame_ids.index(f)])
     # the rack is fine afterwards (the fault was in that agent's config only)
-    _usable(boards, fc_plan, x, expected)
+    _usable(boards, plan3, x, expected)
     undeploy(Rack("t", list(boards)))

@@ -14,7 +14,6 @@ import pytest
 
 from harness.rack.lease import LEASE_FILE, LeaseHeld, RackLease, holds
 from harness.rack.rackfile import load_rack
-from harness.rack.virtual_rack import rack_down, rack_up
 from splitting.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,25 +29,6 @@ time.sleep(600)
 """
 
 
-@pytest.fixture(scope="module")
-def rack_file(tmp_path_factory):
-    d = tmp_path_factory.mktemp("leaserack")
-    rack_up(3, d / "rack.toml", state=d / "state", progress=lambda s: None)
-    yield d / "rack.toml"
-    rack_down(d / "rack.toml")
-
-
-@pytest.fixture(scope="module")
-def plan3(tmp_path_factory):
-    """The digits FC cut in three (three boards)."""
-    from splitting.plan import Plan
-    from splitting.reference import reference_model
-    from splitting.split import split_model, write_plan
-
-    plan, models = split_model(reference_model("fc"), at=["fc1", "fc2"])
-    folder = tmp_path_factory.mktemp("fc3")
-    write_plan(plan, models, folder)
-    return Plan.load(folder)
 
 
 def _holder(rack_file, ttl):
