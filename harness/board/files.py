@@ -12,7 +12,8 @@ from typing import Dict
 
 # board file name -> the project module it is a copy of
 SHIPPED = {"agent.py": "harness.board.agent", "wire.py": "harness.board.wire", "agent_config.py": "harness.board.agent_config",
-           "contract.py": "splitting.contract", "emulation.py": "splitting.emulation"}
+           "contract.py": "splitting.contract", "emulation.py": "splitting.emulation",
+           "fast_model.py": "harness.board.fast_model"}  # virtual boards' backend kind "fast"; unused elsewhere
 
 
 def agent_files() -> Dict[str, Path]:
