@@ -6,7 +6,7 @@
 For N boards: `splitrack rack up --boards N`, then `splitrack deploy --force` of an N-partition plan (a chain
 of N small Dense layers, cut after every layer, so partition i goes to board i), then `splitrack rack down`;
 each command timed from outside as a user runs it (wall clock, process start included). The plans' hls4ml
-projects are compiled (or taken from the cache) before any timing. --deploy-max skips the deploy above that
+projects are compiled and their fast models written (or taken from the cache) before any timing. --deploy-max skips the deploy above that
 size (each partition is its own hls4ml compile, about 20 s the first time). Ratios are to the 1-board run of
 this same invocation. Prints a table; writes deploy_scale.json and deploy_scale.png in --out.
 """
@@ -38,9 +38,12 @@ def chain_plan(n: int, folder: Path):
         layers = [keras.Input((8,))] + [keras.layers.Dense(8, activation="relu", name=f"d{i}") for i in range(n)]
         plan, models = split_model(keras.Sequential(layers), at=[f"d{i}" for i in range(n - 1)])
         write_plan(plan, models, folder)
+    from harness.board.fast_model import board_files
+
     plan = Plan.load(folder)
     for i, name in enumerate(plan.partitions):
         hls.project_dir(plan, name)
+        board_files(plan, name, {})  # the virtual boards' fast model, cached beside the project like it
         print(f"  plan of {n}: partition {i + 1}/{n} compiled", flush=True)
     return plan
 

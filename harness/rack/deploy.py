@@ -131,7 +131,9 @@ def artifact_files(plan: Plan, name: str, board: Board) -> Dict[str, Path]:
         from splitting.hls import project_dir
 
         folder = project_dir(plan, name)
-        return {"partition.so": checked_library(folder, name)}
+        files = {"partition.so": checked_library(folder, name)}
+        files.update(_fast(plan, name)[0])  # the fast model's file, when the partition has one
+        return files
     hls = plan.path(f"{name}/hls")
     bits = sorted(hls.rglob("*.bit")) if hls.exists() else []
     hwhs = sorted(hls.rglob("*.hwh")) if hls.exists() else []
@@ -175,12 +177,21 @@ def checked_library(folder: Path, name: str) -> Path:
     return lib
 
 
+def _fast(plan: Plan, name: str, emu_cfg: Optional[dict] = None):
+    """(files, backend) of fast_model.board_files for a virtual board: the fast model's file (none when the
+    partition has a layer it does not compute) and the agent backend, kind "fast" (the agent checks it
+    against the emulation library at start and falls back to it) or `emu_cfg` unchanged."""
+    from harness.board.fast_model import board_files
+
+    return board_files(plan, name, emu_cfg or {})
+
+
 def _backend(plan: Plan, name: str, board: Board) -> dict:
     if board.virtual:
         from splitting.hls import ARTIFACT, project_dir
 
         meta = json.loads((project_dir(plan, name) / ARTIFACT).read_text())
-        return wiring_mod.emulation_backend(plan, name, "partition.so", meta["project"])
+        return _fast(plan, name, wiring_mod.emulation_backend(plan, name, "partition.so", meta["project"]))[1]
     return wiring_mod.overlay_backend(plan, name, "partition.bit", "partition.hwh")
 
 

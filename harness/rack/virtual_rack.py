@@ -38,10 +38,25 @@ from splitting.user_cache import cache_root
 READY_TIMEOUT = 20.0
 
 
-def _free_port(host: str = "127.0.0.1") -> int:
+def _os_port(host: str) -> int:
+    """A port the kernel says is free now (bound to port 0, then released: it can be handed out again)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def _free_port(host: str = "127.0.0.1", taken: Optional[set] = None) -> int:
+    """A free port that is not in `taken` (the ports already handed out to this rack's boards, SSH and data
+    ports alike); the port is added to `taken`. The kernel may give a released port 0 port again, so two
+    boards of one rack would otherwise be able to draw the same one."""
+    for _ in range(1000):
+        port = _os_port(host)
+        if taken is None:
+            return port
+        if port not in taken:
+            taken.add(port)
+            return port
+    raise UserError(f"no free port on {host} that this rack has not handed out already")
 
 
 def _ssh_ready(host: str, port: int, timeout: float) -> bool:
@@ -94,11 +109,28 @@ def _keys(state: Path) -> Path:
     return key
 
 
-def start_board(state: Path, name: str, host: str = "127.0.0.1", port: Optional[int] = None,
-                data_port: Optional[int] = None, memory_mb: int = 512, memory_free_mb: Optional[int] = None,
-                disk_mb: float = 2048, faults: List[str] = (), netns: Optional[str] = None,
-                timing: Optional[str] = None, known_hosts: Optional[Path] = None) -> (Board, BoardProcess):
-    """Start one virtual board process; returns its rack entry and its process. Waits until it speaks SSH."""
+@dataclass
+class _Starting:
+    """A board process spawned by _spawn_board, not yet known to speak SSH."""
+
+    name: str
+    host: str
+    port: int
+    data_port: int
+    proc: subprocess.Popen
+    bdir: Path
+    host_key: object
+    key: Path
+    netns: Optional[str]
+    timing: Optional[str]
+
+
+def _spawn_board(state: Path, name: str, host: str = "127.0.0.1", port: Optional[int] = None,
+                 data_port: Optional[int] = None, memory_mb: int = 512, memory_free_mb: Optional[int] = None,
+                 disk_mb: float = 2048, faults: List[str] = (), netns: Optional[str] = None,
+                 timing: Optional[str] = None, taken: Optional[set] = None) -> _Starting:
+    """Start one virtual board process without waiting for it (ports not given are drawn with _free_port,
+    never one of `taken`)."""
     state = Path(state).resolve()  # the board process runs in its own folder: paths must be absolute
     state.mkdir(parents=True, exist_ok=True)
     key = _keys(state)
@@ -111,8 +143,8 @@ def start_board(state: Path, name: str, host: str = "127.0.0.1", port: Optional[
         host_key.chmod(0o600)
     else:
         hk = asyncssh.read_private_key(str(host_key))
-    port = port or _free_port(host)
-    data_port = data_port or _free_port(host)
+    port = port or _free_port(host, taken)
+    data_port = data_port or _free_port(host, taken)
     listen = "0.0.0.0" if netns else host
     argv = [sys.executable, "-m", "harness.rack.virtual_board", "--name", name, "--home", str(bdir / "home"),
             "--listen", listen, "--port", str(port), "--host-key", str(host_key),
@@ -130,18 +162,39 @@ def start_board(state: Path, name: str, host: str = "127.0.0.1", port: Optional[
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, env=env, cwd=str(bdir))
     log.close()
-    if not _ssh_ready(host, port, READY_TIMEOUT):
-        proc.kill()
-        tail = (bdir / "board.log").read_text(errors="replace")[-600:]
-        raise UserError(f"virtual board {name} did not start on {host}:{port}: {tail.strip()}")
-    known_hosts = known_hosts or state / "known_hosts"
-    entry = host if port == 22 else f"[{host}]:{port}"
+    return _Starting(name, host, port, data_port, proc, bdir, hk, key, netns, timing)
+
+
+def _board_process(st: _Starting) -> BoardProcess:
+    return BoardProcess(st.name, st.proc.pid, str(st.bdir / "home"), st.netns)
+
+
+def _finish_board(st: _Starting, state: Path, timeout: float, known_hosts: Optional[Path] = None) -> Board:
+    """Wait (at most `timeout` seconds) until a spawned board speaks SSH, then add its host key to the
+    rack's known_hosts; returns its rack entry. Raises UserError (the process killed) when it does not."""
+    if not _ssh_ready(st.host, st.port, max(timeout, 0.5)):
+        st.proc.kill()
+        tail = (st.bdir / "board.log").read_text(errors="replace")[-600:]
+        raise UserError(f"virtual board {st.name} did not start on {st.host}:{st.port}: {tail.strip()}")
+    known_hosts = known_hosts or Path(state).resolve() / "known_hosts"
+    entry = st.host if st.port == 22 else f"[{st.host}]:{st.port}"
     with open(known_hosts, "a") as f:
-        kind, b64 = hk.export_public_key("openssh").decode().split()[:2]
+        kind, b64 = st.host_key.export_public_key("openssh").decode().split()[:2]
         f.write(f"{entry} {kind} {b64}\n")
-    board = Board(name=name, host=host, kind="virtual-pynq-z2", key=key, port=port, user="xilinx",
-                  known_hosts=known_hosts, host_key_policy="strict", data_port=data_port, timing=timing)
-    return board, BoardProcess(name, proc.pid, str(bdir / "home"), netns)
+    return Board(name=st.name, host=st.host, kind="virtual-pynq-z2", key=st.key, port=st.port, user="xilinx",
+                 known_hosts=known_hosts, host_key_policy="strict", data_port=st.data_port, timing=st.timing)
+
+
+def start_board(state: Path, name: str, host: str = "127.0.0.1", port: Optional[int] = None,
+                data_port: Optional[int] = None, memory_mb: int = 512, memory_free_mb: Optional[int] = None,
+                disk_mb: float = 2048, faults: List[str] = (), netns: Optional[str] = None,
+                timing: Optional[str] = None, known_hosts: Optional[Path] = None,
+                taken: Optional[set] = None) -> (Board, BoardProcess):
+    """Start one virtual board process; returns its rack entry and its process. Waits until it speaks SSH."""
+    st = _spawn_board(state, name, host, port, data_port, memory_mb, memory_free_mb, disk_mb, faults, netns,
+                      timing, taken)
+    board = _finish_board(st, state, READY_TIMEOUT, known_hosts)
+    return board, _board_process(st)
 
 
 def stop_board(bp: BoardProcess, timeout: float = 10.0) -> None:
@@ -172,6 +225,79 @@ def stop_board(bp: BoardProcess, timeout: float = 10.0) -> None:
                 except (ProcessLookupError, ChildProcessError):
                     pass
     kill_home_processes(Path(bp.home))
+
+
+def _ours(bp: BoardProcess) -> bool:
+    """Whether bp.pid is still the board process this rack started (its command line names the module and
+    its home), and not a zombie."""
+    try:
+        cmdline = Path(f"/proc/{bp.pid}/cmdline").read_bytes().split(b"\0")
+        stat = Path(f"/proc/{bp.pid}/stat").read_text()
+    except OSError:
+        return False
+    if stat[stat.rindex(")") + 2:].startswith("Z"):
+        _reap(bp.pid)
+        return False
+    return b"harness.rack.virtual_board" in cmdline and bp.home.encode() in cmdline
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _homes_processes(homes: List[str]) -> List[int]:
+    """Processes working inside any of `homes` (what the boards started), with one scan of /proc."""
+    roots = [str(Path(h).resolve()) for h in homes]
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{d}/cwd")
+        except OSError:
+            continue
+        if any(cwd == r or cwd.startswith(r + "/") for r in roots):
+            pids.append(int(d))
+    return pids
+
+
+def stop_boards(procs: List[BoardProcess], timeout: float = 10.0) -> List[str]:
+    """Stop many board processes at once: SIGTERM to all of them, wait for them under one shared deadline,
+    SIGKILL what is left, then end what they started (one scan of /proc) and check nothing is left. Returns
+    the names of the boards still running after all that (normally none)."""
+    for bp in procs:
+        if _ours(bp):
+            try:
+                os.kill(bp.pid, signal.SIGCONT)  # a frozen board (fault tests) must be able to exit
+                os.kill(bp.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + timeout
+    left = [bp for bp in procs if _ours(bp)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [bp for bp in left if _ours(bp)]
+    for bp in left:
+        try:
+            os.kill(bp.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    homes = [bp.home for bp in procs]
+    for pid in _homes_processes(homes):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    kill_deadline = time.monotonic() + 5.0
+    while time.monotonic() < kill_deadline:
+        left = [bp for bp in procs if _ours(bp)]
+        if not left and not _homes_processes(homes):
+            return []
+        time.sleep(0.05)
+    return [bp.name for bp in procs if _ours(bp)] + [f"pid {p}" for p in _homes_processes(homes)]
 
 
 # --- network namespaces --------------------------------------------------------------------------------
@@ -269,35 +395,44 @@ def rack_up(n: int, out, state: Optional[Path] = None, name: str = "virtual", ne
     k = _claim_netns_index() if netns else 0
     record = {"pids": [], "netns": [], "netns_index": k if netns else None}
     ns_names: List[str] = record["netns"]
+    taken: set = set()  # every port handed out to a board of this rack: none is handed out twice
+    started: List[_Starting] = []
     try:
         if netns:
             _netns_up(k, n, rate, ns_names)
+        # start every board process first, then wait for all of them under one deadline
         for i in range(n):
             bname = f"vpynq{i}"
             if netns:
-                b, p = start_board(state, bname, host=f"10.77.{k}.{10 + i}", port=22, data_port=7700,
-                                   memory_mb=memory_mb, disk_mb=disk_mb, netns=ns_names[i], timing=timing)
+                st = _spawn_board(state, bname, host=f"10.77.{k}.{10 + i}", port=22, data_port=7700,
+                                  memory_mb=memory_mb, disk_mb=disk_mb, netns=ns_names[i], timing=timing)
             else:
-                b, p = start_board(state, bname, memory_mb=memory_mb, disk_mb=disk_mb, timing=timing)
-            boards.append(b)
+                st = _spawn_board(state, bname, memory_mb=memory_mb, disk_mb=disk_mb, timing=timing,
+                                  taken=taken)
+            started.append(st)
+            p = _board_process(st)
             procs.append(p)
             record["pids"].append(p.__dict__)
+        (state / "rack.json").write_text(json.dumps(record, indent=1))
+        deadline = time.monotonic() + READY_TIMEOUT + 0.5 * n  # 2 cores start 64 Pythons in ~10-20 s
+        for st in started:
+            boards.append(_finish_board(st, state, deadline - time.monotonic()))
+        for b, p in zip(boards, procs):
             progress(f"  {b.name}: ssh {b.user}@{b.host}:{b.port}, agent port {b.data_port}"
                      + (f", netns {p.netns}" if netns else ""))
+        rack = Rack(name, boards, None, state.resolve())
+        write_rack(rack, out, comment=(
+            f"A virtual rack of {n} PYNQ-Z2 boards started by `splitrack rack up`"
+            + (f" in network namespaces (links {rate or 'not rate-limited'})" if netns else "")
+            + f".\nStop it with `splitrack rack down {out}`."))
+        return load_rack(out)
     except BaseException:
-        for p in procs:
-            stop_board(p)
+        # a failed `rack up` leaves no board running, wherever it failed
+        stop_boards(procs)
         if netns:
             _netns_down(k, record["netns"])
         shutil.rmtree(state, ignore_errors=True)
         raise
-    (state / "rack.json").write_text(json.dumps(record, indent=1))
-    rack = Rack(name, boards, None, state.resolve())
-    write_rack(rack, out, comment=(
-        f"A virtual rack of {n} PYNQ-Z2 boards started by `splitrack rack up`"
-        + (f" in network namespaces (links {rate or 'not rate-limited'})" if netns else "")
-        + f".\nStop it with `splitrack rack down {out}`."))
-    return load_rack(out)
 
 
 def rack_down(path) -> int:
@@ -314,8 +449,9 @@ def rack_down(path) -> int:
         raise UserError(f"{path}: its virtual rack is not running (no {f})")
     record = json.loads(f.read_text())
     procs = [BoardProcess(**p) for p in record["pids"]]
-    for p in procs:
-        stop_board(p)
+    left = stop_boards(procs)
+    if left:
+        raise UserError(f"{path}: could not stop {', '.join(left)}; its state stays in {rack.virtual_state}")
     if record.get("netns_index"):
         _netns_down(record["netns_index"], record["netns"])
     shutil.rmtree(rack.virtual_state, ignore_errors=True)

@@ -161,11 +161,8 @@ def test_board_files_for_a_virtual_board(fc_first):
     assert np.array_equal(model.run(x), hls.emulation(plan, name).predict(x))
 
 
-def test_agents_on_fast_models_equal_the_chained_emulation(fc_plan, tmp_path, monkeypatch):
+def test_agents_on_fast_models_equal_the_chained_emulation(fc_plan, tmp_path):
     """The agent's backend kind "fast" with fast_model.py beside it, as a virtual board carries it."""
-    from pathlib import Path
-
-    import harness.rack.local_rack as local_rack
     from harness.board.fast_model import board_files
     from harness.rack.local_rack import LocalRack
     from harness.measure.stream import Pipeline

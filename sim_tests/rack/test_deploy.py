@@ -49,6 +49,26 @@ def test_cli_deploy_then_redeploy_skips(fc_plan_dir, rack_file):
     undeploy(load_rack(rack_file))
 
 
+def test_virtual_boards_run_the_fast_model(fc_plan_dir, rack_file):
+    """deploy gives virtual boards fast_model.py, the partition's fast model and the backend kind "fast"; each
+    agent checks it against the emulation library at start and keeps it."""
+    import time
+
+    r = _cli("deploy", fc_plan_dir, "--boards", rack_file, "--force")
+    assert r.returncode == 0, r.stderr
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            logs = "".join(p.read_text(errors="replace") for p in (rack_file.parent / "state").rglob("agent-*.log"))
+            if logs.count("backend fast: fast model == emulation library") == 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert logs.count("backend fast: fast model == emulation library") == 3, logs[-2000:]
+        assert len(list((rack_file.parent / "state").rglob("partition.fast.npz"))) == 3
+    finally:
+        undeploy(load_rack(rack_file))
+
+
 def test_agent_started_with_another_config_is_restarted(fc_plan_dir, rack_file):
     """New files on the board but the agent of an older config still running (a deployment that died between
     upload and restart): the next deployment must restart it, not skip it."""
