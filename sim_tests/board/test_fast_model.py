@@ -164,14 +164,14 @@ def test_board_files_for_a_virtual_board(fc_first):
 def test_agents_on_fast_models_equal_the_chained_emulation(fc_plan, tmp_path):
     """The agent's backend kind "fast" with fast_model.py beside it, as a virtual board carries it."""
     from harness.board.fast_model import board_files
-    from harness.rack.local_rack import LocalRack
+    from harness.rack.local_rack import AGENT_FILES, LocalRack
     from harness.measure.stream import Pipeline
     from harness.rack.wiring import emulation_backend
     from splitting import hls
     from splitting.chain import emulation_runner, run_chain
     from splitting.reference import digits_data
 
-    assert "fast_model.py" in local_rack.AGENT_FILES  # shipped beside the agent (harness.board.files)
+    assert "fast_model.py" in AGENT_FILES  # shipped beside the agent (harness.board.files)
     backends = {}
     for name in fc_plan.partitions:
         lib = hls.emulation(fc_plan, name)
