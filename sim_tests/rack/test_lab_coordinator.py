@@ -74,6 +74,7 @@ def test_boards_come_from_the_acquired_resources(rig, client):
             assert (b.host, b.port, b.data_port, b.user, b.kind) == (want.host, want.port, want.data_port,
                                                                      want.user, want.kind)
             assert b.key == want.key and b.known_hosts == want.known_hosts
+        rig.client.sync()  # another client's view: current once it has every update the coordinator sent
         places = rig.client.places()
         for name in lease.places:
             assert places[name].acquired == client.name
