@@ -193,9 +193,10 @@ class VirtualBoard:
         print(f"virtual board {self.name} stopped ({killed} board processes ended)", flush=True)
 
 
-def home_processes(home: Path) -> List[int]:
-    """Processes whose working folder is inside this board's home: the ones the board started."""
-    home = str(Path(home).resolve())
+def home_processes(*homes) -> List[int]:
+    """Processes whose working folder is inside any of these boards' homes (the ones the boards started),
+    found with one scan of /proc."""
+    roots = [str(Path(h).resolve()) for h in homes]
     pids = []
     for d in os.listdir("/proc"):
         if not d.isdigit() or int(d) == os.getpid():
@@ -204,7 +205,7 @@ def home_processes(home: Path) -> List[int]:
             cwd = os.readlink(f"/proc/{d}/cwd")
         except OSError:
             continue
-        if cwd == home or cwd.startswith(home + "/"):
+        if any(cwd == r or cwd.startswith(r + "/") for r in roots):
             pids.append(int(d))
     return pids
 

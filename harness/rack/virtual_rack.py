@@ -32,7 +32,7 @@ import asyncssh
 from splitting.errors import UserError
 
 from harness.rack.rackfile import Board, Rack, RackError, RackStopped, load_rack, write_rack
-from harness.rack.virtual_board import kill_home_processes
+from harness.rack.virtual_board import home_processes
 from splitting.user_cache import cache_root
 
 READY_TIMEOUT = 20.0
@@ -199,32 +199,7 @@ def start_board(state: Path, name: str, host: str = "127.0.0.1", port: Optional[
 
 def stop_board(bp: BoardProcess, timeout: float = 10.0) -> None:
     """Stop a board process this rack started (checked by its command line), and what it started."""
-    try:
-        cmdline = Path(f"/proc/{bp.pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        cmdline = []
-    if b"harness.rack.virtual_board" in cmdline and bp.home.encode() in cmdline:
-        try:
-            os.kill(bp.pid, signal.SIGCONT)  # a frozen board (fault tests) must be able to exit
-            os.kill(bp.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and Path(f"/proc/{bp.pid}").exists():
-            try:
-                if os.waitpid(bp.pid, os.WNOHANG)[0]:
-                    break
-            except ChildProcessError:
-                pass
-            time.sleep(0.05)
-        else:
-            if Path(f"/proc/{bp.pid}").exists():
-                try:
-                    os.kill(bp.pid, signal.SIGKILL)
-                    os.waitpid(bp.pid, 0)
-                except (ProcessLookupError, ChildProcessError):
-                    pass
-    kill_home_processes(Path(bp.home))
+    stop_boards([bp], timeout)
 
 
 def _ours(bp: BoardProcess) -> bool:
@@ -246,22 +221,6 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
-
-
-def _homes_processes(homes: List[str]) -> List[int]:
-    """Processes working inside any of `homes` (what the boards started), with one scan of /proc."""
-    roots = [str(Path(h).resolve()) for h in homes]
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) == os.getpid():
-            continue
-        try:
-            cwd = os.readlink(f"/proc/{d}/cwd")
-        except OSError:
-            continue
-        if any(cwd == r or cwd.startswith(r + "/") for r in roots):
-            pids.append(int(d))
-    return pids
 
 
 def stop_boards(procs: List[BoardProcess], timeout: float = 10.0) -> List[str]:
@@ -286,7 +245,7 @@ def stop_boards(procs: List[BoardProcess], timeout: float = 10.0) -> List[str]:
         except ProcessLookupError:
             pass
     homes = [bp.home for bp in procs]
-    for pid in _homes_processes(homes):
+    for pid in home_processes(*homes):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -294,10 +253,10 @@ def stop_boards(procs: List[BoardProcess], timeout: float = 10.0) -> List[str]:
     kill_deadline = time.monotonic() + 5.0
     while time.monotonic() < kill_deadline:
         left = [bp for bp in procs if _ours(bp)]
-        if not left and not _homes_processes(homes):
+        if not left and not home_processes(*homes):
             return []
         time.sleep(0.05)
-    return [bp.name for bp in procs if _ours(bp)] + [f"pid {p}" for p in _homes_processes(homes)]
+    return [bp.name for bp in procs if _ours(bp)] + [f"pid {p}" for p in home_processes(*homes)]
 
 
 # --- network namespaces --------------------------------------------------------------------------------
