@@ -308,6 +308,7 @@ class FastModel(object):
             raise NotModelled(str(e))
 
     def save(self, path):
+        """Write the model to one .npz (its weights and tables as plain arrays, the op list as JSON)."""
         arrays = self._arrays
         np.savez(path, __meta__=np.array(json.dumps({"format": FORMAT, "ops": self.ops})), **arrays)
 
@@ -390,6 +391,8 @@ class FastBackend(object):
                                                   + ("" if self.model else "; running the emulation library"))
 
     def run(self, x):
+        """One frame (n_in values) -> its n_out raw outputs: the fast model when it passed its check, else
+        the emulation library."""
         if self.model is None:
             return self.emulation.run(x)
         return self.model.run(np.asarray(x).reshape(1, -1))[0]
