@@ -33,7 +33,7 @@ def test_rack_frame(benchmark, tmp_path):
 
 
 def run(tmp_path, *args, slow=False):
-    from conftest import child_env
+    from child_env import child_env
 
     env = child_env(**({"SLOW_S1": "1"} if slow else {}))
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",

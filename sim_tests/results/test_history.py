@@ -52,7 +52,7 @@ def test_import_real_pytest_benchmark_json(tmp_path):
     out = tmp_path / "out.json"
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_b.py"),
                         f"--benchmark-json={out}"], cwd=tmp_path, capture_output=True, text=True,
-                       env=__import__("conftest").child_env())
+                       env=__import__("child_env").child_env())
     assert r.returncode == 0, r.stdout + r.stderr
     rows = history.rows_from_file(out)
     by = {(r.metric, r.hop): r for r in rows}
