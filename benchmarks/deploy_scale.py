@@ -1,6 +1,6 @@
 """How deployment scales with the rack: `rack up`, `deploy --force` and `rack down` at 1, 4, 16 and 64 boards.
 
-    SPLITRACK_CACHE=/work/cache .venv/bin/python benchmarks/deploy_scale.py [--boards 1,4,16,64]
+    .venv/bin/python benchmarks/deploy_scale.py [--boards 1,4,16,64]
         [--deploy-max 16] [--out benchmarks/out]
 
 For N boards: `splitrack rack up --boards N`, then `splitrack deploy --force` of an N-partition plan (a chain

@@ -1,6 +1,6 @@
 """A virtual board's compute: the fast bit-exact model (harness/board/fast_model.py) against hls4ml's C simulation.
 
-    SPLITRACK_CACHE=/work/cache .venv/bin/python benchmarks/fast_model.py [--partition s0] [--frames 200]
+    .venv/bin/python benchmarks/fast_model.py [--partition s0] [--frames 200]
 
 The reference CNN split as the demo's "cnn-sequential" plan (`--at conv2,fc1`); partition s0 holds conv1 and
 conv2. Both run the same digits test frames; the outputs must be equal bit for bit or no figure is printed.

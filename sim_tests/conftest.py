@@ -103,7 +103,6 @@ def field_cases(tmp_path_factory):
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / ".." / "shared" / "cases" / "models" / "make_cases.py"
-    script = script if script.is_file() else Path("/work/shared/cases/models/make_cases.py")
     if not script.is_file():
         pytest.skip("the field cases script (shared/cases/models/make_cases.py) is not on this machine")
     out = tmp_path_factory.mktemp("field_cases")
