@@ -142,10 +142,29 @@ def _bench(plan, rack, ev, frames, rate, in_flight, single_rate, cpu, progress, 
         got = sum(doc["frames_received"].values())
         raise BenchIncomplete(f"{e} (bench incomplete: {got} frame(s) received, kept)", doc) from None
     doc.update(reports=run.reports, clocks=run.clocks, payload_bytes=run.payload_bytes)
+    bad = _emulation_mismatches(plan, x, rec.results)
+    doc["emulation_mismatches"] = bad
+    if any(bad.values()):  # a fast rack that computes something else is not a result
+        doc.update(complete=False, frames={m: frames_of(r) for m, r in rec.results.items()},
+                   frames_received={m: len(r.frames) for m, r in rec.results.items()},
+                   error="outputs differ from the plan's chained hls4ml emulation ("
+                         + ", ".join(f"{m}: {n} of {len(x)}" for m, n in bad.items()) + "): the boards do not "
+                         "run the plan's partitions (redeploy with --force)")
+        raise BenchIncomplete(doc["error"], doc)
     if cpu:
         ref = cpu_reference.reference(plan, x, in_flight, run.outputs, labels, progress=progress)
         doc["cpu"], doc["accuracy"] = ref["cpu"], ref["accuracy"]
     return doc
+
+
+def _emulation_mismatches(plan, x: np.ndarray, results: Dict) -> Dict[str, int]:
+    """Per mode, how many of the rack's outputs differ (any element) from the plan's chained hls4ml emulation
+    on the same inputs `x` ((frames,) + input shape); every mode's outputs are checked, bit for bit."""
+    from splitting.chain import emulation_runner, run_chain
+
+    ref = np.asarray(run_chain(plan, x, emulation_runner(plan))).reshape(len(x), -1)
+    return {mode: int(np.any(np.asarray(r.outputs()).reshape(len(x), -1) != ref, axis=1).sum())
+            for mode, r in results.items()}
 
 
 def format_bench(doc: Dict) -> str:

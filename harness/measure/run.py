@@ -109,6 +109,7 @@ def run_frames(plan: Plan, wiring, x: np.ndarray, y: Optional[np.ndarray], out_d
     if y is not None and n:
         summary["accuracy"] = float(np.mean(np.argmax(outputs.reshape(n, -1), axis=1) == np.asarray(y)[got]))
     mismatches = None
+    summary["checked_against_emulation"] = bool(check and n)  # --no-check: nothing vouches for the outputs
     if check and n:
         from splitting.chain import emulation_runner, run_chain
         from splitting.hls import project_dir

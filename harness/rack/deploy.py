@@ -405,9 +405,10 @@ def _deploy_one(plan: Plan, name: str, board: Board, config: dict, force: bool,
     except (OSError, ValueError) as e:
         raise BoardError(board.name, "agent-ping", f"agent of {name} started (pid {pid}) but does not answer on "
                          f"{board.host}:{board.data_port} ({e}); is that port reachable from this machine?") from None
-    if h.get("partition") != name:
+    if (h.get("partition"), h.get("plan_hash"), h.get("pid")) != (name, plan.hash, pid):
         raise BoardError(board.name, "agent-ping", f"{board.host}:{board.data_port} answers as partition "
-                         f"{h.get('partition')!r}, not {name!r}: another agent holds the port")
+                         f"{h.get('partition')!r} of plan {h.get('plan_hash')!r} (pid {h.get('pid')}), not {name!r} "
+                         f"of plan {plan.hash!r} (pid {pid}): another agent holds the port")
     what = "uploaded " + ", ".join(sorted(Path(r).name for r in stale)) if stale else "files unchanged"
     progress(f"  {name} on {board.name}: {what}; agent pid {pid} on port {board.data_port}")
     return Placed(name, board.name, board.host, board.data_port, flashed, sorted(stale), True, pid,

@@ -85,3 +85,20 @@ def test_bench_png_parts_add_up_or_say_why(tmp_path):
     assert "need not add up" in what and e2e == doc["reports"]["stream"]["stats"]["e2e"]["p50"]
     png = plot(doc, tmp_path / "bench.png")
     assert png.stat().st_size > 20_000
+
+
+def test_bench_checks_every_modes_outputs_against_the_chained_emulation(fc_plan):
+    """A rack that computes something else is not a bench result: each mode's outputs are compared bit for
+    bit with the plan's chained hls4ml emulation (one element off in one frame counts)."""
+    import types
+
+    from harness.measure.bench import _emulation_mismatches
+    from splitting.chain import emulation_runner, run_chain
+    from splitting.reference import digits_data
+
+    x = digits_data()[2][:12].reshape(12, 64)
+    ref = np.asarray(run_chain(fc_plan, x, emulation_runner(fc_plan)))
+    off = ref.copy()
+    off.reshape(12, -1)[5, 3] += 2.0 ** -10  # one step of the output type, one element, one frame
+    results = {"single": types.SimpleNamespace(outputs=lambda: ref), "stream": types.SimpleNamespace(outputs=lambda: off)}
+    assert _emulation_mismatches(fc_plan, x, results) == {"single": 0, "stream": 1}

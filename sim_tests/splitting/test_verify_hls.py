@@ -77,3 +77,18 @@ def test_cache_key_is_stable_across_splits(tmp_path):
         keys.append([hls.cache_key(plan.path(p.model_file), p.weights_sha256, p.hls, plan.hls_defaults)
                      for p in plan.ordered_partitions()])
     assert keys[0] == keys[1] and len(set(keys[0])) == len(keys[0])
+
+
+def test_no_hls_is_reported_as_skipped_not_as_ok():
+    """verify --no-hls runs the float composition only: the hls row says it was skipped and the verdict says
+    what it covers, never 'ok' for a check that did not run."""
+    from splitting.verify import Verification, render
+
+    v = Verification(plan="p", plan_hash="h", data="random", samples=8, partitions=2, stages=2,
+                     float_max_abs_err=0.0, float_rel_err=0.0, hls_chain_max_abs_err=0.0, hls_step=2 ** -10,
+                     hls_bit_exact=False, hls_vs_keras_max_abs_err=0.0, accuracy_keras=None, accuracy_split_hls=None,
+                     accuracy_whole_hls=None, float_ok=True, hls_ok=True, hls_checked=False)
+    text = render(v)
+    row = next(line for line in text.splitlines() if line.startswith("hls chain vs whole-model hls"))
+    assert "skipped (--no-hls)" in row and " ok" not in row
+    assert text.splitlines()[-1] == "plan h: PASS (float composition only: the hls4ml chain was not checked)"
