@@ -875,6 +875,10 @@ class Agent:
             try:
                 sock = wire.connect(key, self._secret(), self.connect_timeout)
                 break
+            except wire.AgentShed as e:  # the next agent sheds connections for a while: retry
+                if time.monotonic() > deadline or self.stop.is_set():
+                    raise OSError("next hop %s:%d: %s" % (key[0], key[1], e))
+                time.sleep(0.05)
             except wire.AuthError as e:  # retrying would not help: another deployment's agent is there
                 raise OSError("next hop %s:%d: %s" % (key[0], key[1], e))
             except (OSError, EOFError) as e:  # the next agent may still be starting

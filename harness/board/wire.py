@@ -86,6 +86,11 @@ class AuthError(ProtocolError):
     """A peer that does not prove it knows the deployment's secret (or an agent that does not)."""
 
 
+class AgentShed(AuthError):
+    """The agent closed the connection before its challenge: it shed it (at its connection cap, or out of file
+    descriptors). Transient: a connecting side retries until its own timeout."""
+
+
 def new_session() -> int:
     """A random session tag (never 0: 0 is an agent's 'no host yet')."""
     return secrets.randbits(SESSION_BITS) or 1
@@ -148,7 +153,7 @@ def peer_handshake(sock, secret, timeout):
     try:
         hello = recv_exact(sock, len(AUTH_MAGIC) + NONCE_BYTES)
     except EOFError:
-        raise AuthError("the agent closed the connection before its challenge (too many connections?)")
+        raise AgentShed("the agent closed the connection before its challenge (too many connections?)")
     if hello[:len(AUTH_MAGIC)] != AUTH_MAGIC:
         raise AuthError("no splitrack challenge (%r): not a splitrack agent of wire version %d"
                         % (hello[:8], VERSION))

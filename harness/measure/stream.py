@@ -263,6 +263,10 @@ def connect_agent(wiring: Wiring, name: str, timeout: float = 10.0) -> socket.so
     while True:
         try:
             return wire.connect((ep.host, ep.port), wiring.secret, timeout)
+        except wire.AgentShed as e:  # an agent under a crowd sheds connections for a while: retry
+            if time.monotonic() > deadline:
+                raise AgentUnreachable(f"agent of {wiring.describe(name)} at {ep.host}:{ep.port}: {e}") from None
+            time.sleep(0.05)
         except wire.AuthError as e:
             raise AgentUnreachable(f"agent of {wiring.describe(name)} at {ep.host}:{ep.port}: {e}") from None
         except (OSError, EOFError) as e:
