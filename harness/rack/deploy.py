@@ -274,7 +274,14 @@ def _json(text: Optional[str]) -> dict:
 def _alive(conn: Connection, pid: int) -> bool:
     """Whether the board runs process `pid`. A zombie (exited, not yet reaped by init) counts as gone:
     `kill -0` would still succeed on it."""
-    stat = conn.read_text(f"/proc/{pid}/stat", stage="agent-stop")
+    try:
+        stat = conn.read_text(f"/proc/{pid}/stat", stage="agent-stop")
+    except BoardError:
+        # A process reaped between the SFTP open and read makes the read fail (ESRCH), which OpenSSH's
+        # sftp-server reports as a bare "Failure". Gone is gone; anything else fails a second time.
+        if not conn.exists(f"/proc/{pid}", stage="agent-stop"):
+            return False
+        stat = conn.read_text(f"/proc/{pid}/stat", stage="agent-stop")
     if stat is None:
         return False
     fields = stat.rsplit(")", 1)[-1].split()

@@ -265,3 +265,32 @@ def test_agent_killed_mid_bench_leaves_bench_json_with_the_frames(plan3, rack_fi
     assert out.with_suffix(".png").stat().st_size > 0
     assert len(err.strip().splitlines()) == 1
     undeploy(rack)
+
+
+class _ReapedBetweenOpenAndRead:
+    """A board connection on which the agent's /proc/PID/stat opens but fails to read, the way OpenSSH's
+    sftp-server answers when the process is reaped in between (a bare SFTP 'Failure')."""
+
+    def __init__(self, gone: bool):
+        self.gone = gone
+        self.reads = 0
+
+    def read_text(self, remote, stage="read"):
+        from harness.rack.ssh import BoardError
+
+        self.reads += 1
+        raise BoardError("b0", stage, f"reading {remote} failed: Failure")
+
+    def exists(self, remote, stage="read"):
+        return not self.gone
+
+
+def test_agent_reaped_while_its_stat_is_read_counts_as_stopped_and_other_read_failures_still_fail():
+    from harness.rack.deploy import _alive
+    from harness.rack.ssh import BoardError
+
+    assert _alive(_ReapedBetweenOpenAndRead(gone=True), 4242) is False
+    still_there = _ReapedBetweenOpenAndRead(gone=False)
+    with pytest.raises(BoardError, match="Failure"):
+        _alive(still_there, 4242)
+    assert still_there.reads == 2
