@@ -63,15 +63,17 @@ def test_nightly_end_to_end_then_injected_regression(vrack, tmp_path, monkeypatc
     assert "Regressions in effect" in page and "board s1" in page
     assert (site / "runs" / "4.html").is_file() and (site / "runs" / "4-vs-3.html").is_file()
 
-    # A/B on the per-frame samples of the last two nights: the slower board is flagged, by about the 1 ms
-    # injected. (Whether other hops stay unflagged depends on the machine's load during the two nights:
+    # A/B on the per-frame samples of the last two nights: the slower board is flagged, and its p50 holds
+    # the injected 1 ms, which the agent's pacer keeps as a floor (compute ends no earlier than its start
+    # plus the modelled time). Not the difference to the night before: a busy machine slows that night's
+    # board too, and the pacer's wait absorbs it. (Whether other hops stay unflagged depends on the machine's load during the two nights:
     # on a shared 2-core machine a busy night moves every hop, so that is shown on the synthetic history of
     # test_history.py, where only the injected board changes.)
     assert main(["history", "compare", "previous", "latest", "--db", str(db), "--json"]) == 1
     cmp = json.loads(capsys.readouterr().out)
     single = {h["hop"]: h for h in cmp["hops"] if h["mode"] == "single"}
     assert single["board s1"]["regression"] and single["board s1"]["p_value"] < 1e-6
-    assert single["board s1"]["p50_b"] - single["board s1"]["p50_a"] > 800
+    assert single["board s1"]["p50_b"] >= 1000 - 5 and single["board s1"]["p50_b"] > single["board s1"]["p50_a"]
     assert "single board s1" in cmp["regressions"]
 
 def test_bench_with_the_users_data_reports_and_stores_its_accuracy(vrack, tmp_path, capsys):
