@@ -64,6 +64,7 @@ FRAME, ERROR, PROBE, PROBE_REPLY, PING, PONG, SHUTDOWN, HELLO = (int(t) for t in
 OWN_RECORD, RECORD_HEAD, FRAME_HEAD, FRAME_PREFIX = wire.OWN_RECORD, wire.RECORD_HEAD, wire.FRAME_HEAD, wire.FRAME_PREFIX
 PROBE_REQ, PROBE_REP = wire.PROBE_REQ, wire.PROBE_REP
 pack_message = wire.pack_message
+send_parts = wire.send_parts
 SESSION_SHIFT, FRAME_MASK = wire.SESSION_SHIFT, wire.FRAME_MASK
 HOST_ID = wire.HOST_ID
 
@@ -204,15 +205,42 @@ class EmulationBackend:
         return self.lib.run(x)
 
 
+class DmaSlot:
+    """One frame's pair of DMA buffers in raw-word mode, with byte views of them (what the sockets use)."""
+
+    __slots__ = ("inbuf", "outbuf", "inview", "outview")
+
+    def __init__(self, inbuf, outbuf):
+        self.inbuf, self.outbuf = inbuf, outbuf
+        self.inview = memoryview(inbuf).cast("B")  # recv_into this: the payload lands where the DMA reads it
+        self.outview = memoryview(outbuf).cast("B")  # sendmsg this: the DMA's output goes out as it is
+
+
 class OverlayBackend:
-    """A real PYNQ-Z2: the partition's bitstream, its AXI DMA, and two DMA buffers allocated once."""
+    """A real PYNQ-Z2: the partition's bitstream, its AXI DMA, and DMA buffers allocated once.
+
+    Two modes (the backend config's "io"):
+    - "values" (default): buffers of `in_dtype` / `out_dtype` (float32, or integers holding raw ap_fixed
+      words); `run` converts the assembled input into the input buffer and the output buffer into values,
+      one vectorised step each way (what several links or float buffers need).
+    - "raw": the accelerator takes and gives the links' AXI-stream words exactly as they travel on the wire
+      (`Contract.encode`): one link in, one out, no `select`, buffers of the links' word containers whose
+      byte size is the contracts' payload_bytes. The agent receives a frame's payload straight into an input
+      buffer and sends the output buffer as it is (`slots`, `run_raw`): no decode, no encode, no copy.
+    Raises AgentConfigError when the bitstream is missing or "raw" does not fit the links."""
 
     kind = "overlay"
     forward_bytes = False
 
-    def __init__(self, cfg, base, inputs, outputs):
-        from pynq import Overlay, allocate  # only on a board
+    def __init__(self, cfg, base, inputs, outputs, slots=0):
+        from pynq import Overlay, allocate  # only on a board (tests: a stand-in on sys.path)
 
+        self.raw = cfg.get("io", "values") == "raw"
+        if cfg.get("io", "values") not in ("values", "raw"):
+            raise AgentConfigError("overlay backend io %r: use values or raw" % (cfg.get("io"),))
+        if self.raw:
+            self.in_bytes, in_words = _raw_words(inputs, outputs, "in")
+            self.out_bytes, out_words = _raw_words(outputs, inputs, "out")
         bit = _path(cfg["bitfile"], base)
         if not os.path.isfile(bit):
             raise AgentConfigError("bitstream %s not found: upload the partition's artifact" % bit)
@@ -221,12 +249,30 @@ class OverlayBackend:
         for name in cfg.get("dma", "hier_0.axi_dma_0").split("."):
             dma = getattr(dma, name)
         self.send, self.recv = dma.sendchannel, dma.recvchannel
+        if self.raw:
+            # Every frame inside the agent owns one slot (input and output buffer) from its receipt until its
+            # output was sent; then the slot is free again. So the DMA never reads an input buffer a socket
+            # writes, and no output buffer is overwritten before it left. `slots` covers what may be inside
+            # at once (both queues full, one frame computing, one sending, each connection's next receipt).
+            self.slots = [DmaSlot(allocate(shape=(in_words[0],), dtype=in_words[1]),
+                                  allocate(shape=(out_words[0],), dtype=out_words[1])) for _ in range(slots)]
+            return
         self.in_dtype = np.dtype(cfg.get("in_dtype", "float32"))
         self.out_dtype = np.dtype(cfg.get("out_dtype", "float32"))
         self.inbuf = allocate(shape=(int(cfg["n_in"]),), dtype=self.in_dtype)
         self.outbuf = allocate(shape=(int(cfg["n_out"]),), dtype=self.out_dtype)
         self.out_fixed = outputs[0].fixed if outputs else None
         self.in_fixed = inputs[0].fixed if inputs else None
+
+    def run_raw(self, slot):
+        """One frame through the FPGA in raw-word mode: the input buffer's words to the accelerator, its words
+        into the output buffer (blocking until both transfers end). The driver flushes the input buffer from
+        the CPU caches before its transfer and invalidates the output buffer after the wait."""
+        recv = self.recv
+        recv.transfer(slot.outbuf)  # armed first: the accelerator may answer as soon as its input is in
+        self.send.transfer(slot.inbuf)
+        self.send.wait()
+        recv.wait()
 
     def run(self, x):
         """One frame (n_in elements) through the FPGA over AXI DMA (blocking until both transfers end);
@@ -242,8 +288,26 @@ class OverlayBackend:
         self.send.wait()
         self.recv.wait()
         if self.out_dtype.kind == "f":
-            return np.array(self.outbuf, dtype=np.float64)
-        return self.out_fixed.from_raw(np.array(self.outbuf, dtype=np.int64))
+            return self.outbuf.astype(np.float64)
+        return self.out_fixed.from_raw(self.outbuf.astype(np.int64))
+
+
+def _raw_words(links, others, side):
+    """(payload bytes, (words, numpy dtype)) of the one link on this side, for raw-word DMA buffers whose
+    byte size is the contract's payload_bytes; AgentConfigError when raw words cannot carry the links."""
+    if len(links) != 1 or len(others) != 1:
+        raise AgentConfigError("overlay io raw needs one link in and one out (this partition has %d in, %d out): "
+                               "use io values" % ((len(links), len(others)) if side == "in" else (len(others), len(links))))
+    c = links[0]
+    if c.select is not None:
+        raise AgentConfigError("overlay io raw: the outgoing link %s->%s takes a slice of the output: use io values"
+                               % (c.src, c.dst))
+    p = c.packing
+    size = p.element_bits // 8
+    dtype = np.dtype("<f4") if c.fixed is None else np.dtype("<i%d" % size)
+    if c.payload_bytes % size:
+        raise AgentConfigError("overlay io raw: payload of %d bytes is not whole %d-byte words" % (c.payload_bytes, size))
+    return c.payload_bytes, (c.payload_bytes // size, dtype)
 
 
 def _path(p, base):
@@ -329,6 +393,8 @@ class Agent:
         self.quiet_log = RateLimitedLog(self.log)  # what strangers and broken peers cause
         self.backend = None
         self.bypass = False  # set by load_backend: bytes forwarded unchanged, no timing model
+        self.raw = False  # set by load_backend: overlay in raw-word mode (DMA slots, see OverlayBackend)
+        self.slot_ready = threading.Condition()  # raw mode: a receiver waiting for a free slot (rare)
         self.computing = None  # the frame id the backend is running now
         self.session = 0  # the tag of the host's session (HELLO); frames of any other are dropped
         self.stale_dropped = 0  # frames of earlier sessions dropped
@@ -463,10 +529,18 @@ class Agent:
             else:
                 self.backend = FastBackend(b, self.base, EmulationBackend, self.log)
         elif kind == "overlay":
-            self.backend = OverlayBackend(b, self.base, self.inputs, [c for c, _ in self.outputs])
+            # raw words: a slot per frame that can be inside at once: both queues, one computing, one sending,
+            # and the next receipt of each connection that carries frames (a few)
+            self.backend = OverlayBackend(b, self.base, self.inputs, [c for c, _ in self.outputs],
+                                          slots=2 * self.in_flight + 6)
         else:
             raise AgentConfigError("backend kind %r: use emulation, fast, overlay or passthrough" % (kind,))
         self.bypass = self.backend.forward_bytes and not self.period_ns
+        self.raw = getattr(self.backend, "raw", False)
+        if self.raw:
+            self.free_slots = collections.deque(self.backend.slots)  # pop/append: atomic, no lock
+            self.in_bytes = self.backend.in_bytes
+            self._compute, self._send, self._discard = self._compute_raw, self._send_raw, self._free_slot
 
     def serve(self):
         """Listen, start the threads, return the bound port. run() waits for the end."""
@@ -587,9 +661,13 @@ class Agent:
         if not self._authenticate(conn):
             self._forget(conn)
             return
-        message = conn.reader.message
-        on_frame = self._on_lone_frame if self.lone else self._on_frame
         try:
+            if self.raw:
+                self._read_raw(conn)
+                return
+            message = conn.reader.message
+            on_frame = self._on_lone_frame if self.lone else self._on_frame
+            on_control = self._on_control
             while True:  # ends when the peer closes, or at shutdown when the socket is closed under it
                 # views of the receive buffer, not copies: whatever keeps them past this turn copies them
                 mtype, frame, stage, part, records, payload = message(False)
@@ -600,23 +678,8 @@ class Agent:
                         on_frame(frame, part, records, payload)
                     else:
                         self.stale_dropped += 1  # a frame of an earlier session (or none): nobody waits for it
-                elif mtype == PROBE:
-                    t2 = self.now()
-                    (t1,) = PROBE_REQ.unpack(payload)
-                    with conn.wlock:
-                        t3 = self.now()
-                        conn.sock.sendall(pack_message(PROBE_REPLY, payload=PROBE_REP.pack(t1, t2, t3)))
-                elif mtype == PING:
-                    ask = _json_object(payload)
-                    conn.send(pack_message(PONG, payload=json.dumps(self.health(ask)).encode()))
-                elif mtype == HELLO:
-                    self._attach_host(conn, _json_object(payload))
-                elif mtype == SHUTDOWN:
-                    self.log.info("shutdown requested by %s", conn.name)
-                    threading.Thread(target=self.shutdown, daemon=True).start()
+                elif on_control(conn, mtype, payload):
                     return
-                else:
-                    raise ProtocolError("unexpected message type %d" % mtype)
         except (EOFError, ConnectionError):
             pass
         except OSError:
@@ -630,6 +693,179 @@ class Agent:
             self.report("receiving from %s failed: %s" % (conn.name, e), exc=e)
         finally:
             self._forget(conn)
+
+    def _discard(self, item):
+        """A job or send item dropped from a queue (an earlier session's): nothing to give back (raw-word mode
+        gives back its slot: _free_slot)."""
+
+    def _on_control(self, conn, mtype, payload):
+        """A message other than FRAME; True when the connection's loop must end (SHUTDOWN)."""
+        if mtype == PROBE:
+            t2 = self.now()
+            (t1,) = PROBE_REQ.unpack(payload)
+            with conn.wlock:
+                t3 = self.now()
+                conn.sock.sendall(pack_message(PROBE_REPLY, payload=PROBE_REP.pack(t1, t2, t3)))
+        elif mtype == PING:
+            ask = _json_object(payload)
+            conn.send(pack_message(PONG, payload=json.dumps(self.health(ask)).encode()))
+        elif mtype == HELLO:
+            self._attach_host(conn, _json_object(payload))
+        elif mtype == SHUTDOWN:
+            self.log.info("shutdown requested by %s", conn.name)
+            threading.Thread(target=self.shutdown, daemon=True).start()
+            return True
+        else:
+            raise ProtocolError("unexpected message type %d" % mtype)
+        return False
+
+    # -- overlay in raw-word mode: frames received into DMA buffers, sent from them --
+    def _read_raw(self, conn):
+        """The read loop of raw-word mode. Before each message a free slot is taken (when this connection has
+        carried a frame already and one is free) and its input buffer given to the reader as the destination
+        of the next frame's payload: the payload is received there, where the DMA reads it. A frame of the
+        wrong size is refused (reported, never DMA'd); one of another session is dropped; both free the slot."""
+        reader, free, in_bytes = conn.reader, self.free_slots, self.in_bytes
+        message, message_into = reader.message, reader.message_into
+        while True:
+            slot = None
+            if reader.expect_records is not None and free:
+                try:
+                    slot = free.pop()
+                except IndexError:  # another connection's reader took the last one
+                    slot = None
+            if slot is not None:
+                mtype, frame, stage, part, records, payload = message_into(slot.inview)
+            else:
+                mtype, frame, stage, part, records, payload = message(False)
+                if mtype == FRAME:
+                    reader.expect_records = len(records) // 40
+            if mtype != FRAME:
+                if slot is not None:
+                    self._free_slot((0, slot))
+                if self._on_control(conn, mtype, payload):
+                    return
+                continue
+            if frame >> SESSION_SHIFT != self.session:
+                self.stale_dropped += 1  # written into a free buffer, never DMA'd
+                if slot is not None:
+                    self._free_slot((0, slot))
+                continue
+            if slot is None or payload is not slot.inview:
+                if len(payload) != in_bytes:  # refused before any DMA: the accelerator takes exactly this many
+                    if slot is not None:
+                        self._free_slot((0, slot))
+                    c = self.inputs[0]
+                    self.report("stage %d (%s on %s) refused frame %d: link %s->%s: payload of %d bytes, contract "
+                                "says %d" % (self.stage, self.partition, self.board, frame & FRAME_MASK, c.src, c.dst,
+                                             len(payload), in_bytes), frame)
+                    self.received += 1
+                    continue
+                if slot is None:  # every slot was taken when this message came: wait for one, copy once
+                    slot = self._take_slot(frame)
+                    if slot is None:
+                        self.received += 1
+                        continue
+                    slot.inview[:] = payload
+            self._on_raw_frame(frame, slot, records)
+
+    def _take_slot(self, frame):
+        """A free slot, waiting while every one is inside the agent (back-pressure, as a full queue is);
+        None (reported) after part_timeout seconds."""
+        free = self.free_slots
+        deadline = time.monotonic() + self.part_timeout
+        with self.slot_ready:
+            while not free:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.stop.is_set():
+                    self.report("stage %d (%s on %s): no free DMA buffer for frame %d within %.1f s"
+                                % (self.stage, self.partition, self.board, frame & FRAME_MASK, self.part_timeout),
+                                frame)
+                    return None
+                self.slot_ready.wait(min(left, 0.05))
+            return free.pop()
+
+    def _free_slot(self, item):
+        """Give back the slot of a job or send item (its index 1): its frame left, or was dropped."""
+        self.free_slots.append(item[1])
+        if len(self.free_slots) == 1:  # it was empty: a receiver may be waiting
+            with self.slot_ready:
+                self.slot_ready.notify()
+
+    def _on_raw_frame(self, frame, slot, records):
+        """A frame whose payload is in `slot`'s input buffer (records: a view of the reader's buffer, valid
+        until the reader reads on). Run to completion when the agent is idle, as _on_lone_frame; otherwise
+        queued with its slot (records copied)."""
+        t = _time_ns() + self.skew
+        if self.compute_backlog or not self.compute_lock.acquire(False):
+            self._set_state(frame, "queued for compute")
+            self.compute_q.put((frame, slot, bytes(records), (t,)))  # blocks when full: back-pressure
+            self.received += 1
+            return
+        try:
+            item = self._compute_raw((frame, slot, records, (t,)))
+        finally:
+            self.compute_lock.release()
+        if item is not None:
+            if not self.send_backlog and self.send_lock.acquire(False):
+                try:
+                    self._send_raw(*item)
+                finally:
+                    self.send_lock.release()
+            else:
+                self._set_state(frame, "computed, queued for sending")
+                self.send_q.put((frame, slot, bytes(records)) + item[3:])
+        self.received += 1
+
+    def _compute_raw(self, job):
+        frame, slot, records, arrivals = job
+        if self.drop and frame & FRAME_MASK in self.drop:  # fault injection (tests): this frame vanishes here
+            self.dropped += 1
+            self._free_slot(job)
+            self._set_state(frame, "dropped (fault injection)")
+            self.log.warning("frame %d dropped by fault injection", frame & FRAME_MASK)
+            return None
+        self.computing = frame
+        try:
+            t_cs = _time_ns() + self.skew
+            t0 = time.perf_counter_ns() if self.period_ns else 0
+            self.backend.run_raw(slot)
+            if self.period_ns:
+                wait_until(t0 + self.period_ns)
+            t_ce = _time_ns() + self.skew
+        except Exception as e:
+            self.computing = None
+            self._free_slot(job)
+            self.report("stage %d (%s on %s) failed on frame %d: %s: %s"
+                        % (self.stage, self.partition, self.board, frame & FRAME_MASK, type(e).__name__, e), frame, exc=e)
+            return None
+        self.computing = None
+        self.done += 1
+        return (frame, slot, records, arrivals, t_cs, t_ce)
+
+    def _send_raw(self, frame, slot, records, arrivals, t_cs, t_ce):
+        """Header, the earlier records, this partition's record and the output DMA buffer, in one sendmsg (no
+        join, no copy of the output); the slot is free again once its bytes are in the socket."""
+        try:
+            c, to, key = self.routes[0]
+            conn = self.host if key is None else self.links.get(key)
+            if conn is None:
+                conn = self._link(to)
+            out = slot.outview
+            head = FRAME_HEAD.pack(FRAME_PREFIX, frame, self.stage, c.index, len(out), len(records) // 40 + 1)
+            own = OWN_RECORD.pack(self.rec_heads[0], arrivals[0], t_cs, t_ce, _time_ns() + self.skew)
+            with conn.wlock:
+                send_parts(conn.sock, (head, records, own, out), 64 + len(records) + len(out))
+        except (OSError, TimeoutError) as e:
+            self._send_failed(frame, c, to, e)
+            return
+        finally:
+            self._free_slot((frame, slot))
+        self.sent += 1
+        st = self.state
+        st[frame] = "sent"
+        if len(st) > 8192:
+            self._trim_state()
 
     def _attach_host(self, conn, hello):
         # A new host starts a new session with its own tag: frames of earlier sessions still inside are
@@ -774,6 +1010,7 @@ class Agent:
                 return
             if job[0] >> SESSION_SHIFT != self.session:  # queued before a new host attached
                 self.stale_dropped += 1
+                self._discard(job)
                 continue
             with self.compute_lock:
                 item = self._compute(job)
@@ -787,6 +1024,7 @@ class Agent:
                 return
             if item[0] >> SESSION_SHIFT != self.session:
                 self.stale_dropped += 1
+                self._discard(item)
                 continue
             with self.send_lock:
                 self._send(*item)

@@ -33,7 +33,12 @@ class AgentConfig:
                         the partition's hls4ml emulation library (virtual boards; bit-accurate)
                     {"kind": "overlay", "bitfile": "p.bit", "hwh": "p.hwh", "n_in": 64, "n_out": 10,
                      "dma": "hier_0.axi_dma_0", "in_dtype": "float32", "out_dtype": "float32"}
-                        a real PYNQ-Z2 (pynq.Overlay; *_dtype: the AXI data type of the accelerator wrapper)
+                        a real PYNQ-Z2 (pynq.Overlay; *_dtype: the AXI data type of the accelerator wrapper);
+                        "io": "values" (default: the buffers hold values or raw words of n_in / n_out elements,
+                        converted from and to the links' bytes in one vectorised step each way) or "raw" (the
+                        accelerator takes and gives the links' AXI-stream words exactly as on the wire: one link
+                        in, one out, no select; buffers of the links' payload_bytes, *_dtype and n_* unused; the
+                        agent receives a frame into the input DMA buffer and sends the output buffer as it is)
                     {"kind": "fast", "model": "partition.fast.npz", "check_frames": 4, + the emulation keys}
                         virtual boards: fast_model.py's vectorised bit-exact model, used only if it equals
                         the emulation library on the check frames at start (else the library runs)
