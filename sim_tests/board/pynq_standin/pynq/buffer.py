@@ -61,7 +61,12 @@ class PynqBuffer(np.ndarray):
 
     @property
     def virtual_address(self):
-        return self.__array_interface__["data"][0]
+        # pynq reads __array_interface__ each time; the stand-in remembers it (its memory never moves) so that
+        # the benchmark's overlay row measures the agent, not a dict the stand-in builds per cache flush
+        va = self.__dict__.get("_va")
+        if va is None:
+            va = self.__dict__["_va"] = self.__array_interface__["data"][0]
+        return va
 
     def close(self):
         """Unused, as in pynq (backwards compatibility)."""
