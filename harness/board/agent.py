@@ -65,6 +65,7 @@ OWN_RECORD, RECORD_HEAD, FRAME_HEAD, FRAME_PREFIX = wire.OWN_RECORD, wire.RECORD
 PROBE_REQ, PROBE_REP = wire.PROBE_REQ, wire.PROBE_REP
 pack_message = wire.pack_message
 send_parts = wire.send_parts
+_AB_JOIN = bool(os.environ.get("SPLITRACK_AGENT_JOIN"))
 SESSION_SHIFT, FRAME_MASK = wire.SESSION_SHIFT, wire.FRAME_MASK
 HOST_ID = wire.HOST_ID
 
@@ -794,27 +795,45 @@ class Agent:
 
     def _on_raw_frame(self, frame, slot, records):
         """A frame whose payload is in `slot`'s input buffer (records: a view of the reader's buffer, valid
-        until the reader reads on). Run to completion when the agent is idle, as _on_lone_frame; otherwise
-        queued with its slot (records copied)."""
+        until the reader reads on). When the agent is idle it is computed and sent here, in the receiving
+        thread (as _on_lone_frame, inlined: no job tuples, no hand-off); otherwise it queues with its slot
+        (records copied) for the compute thread, or for the send thread once computed."""
         t = _time_ns() + self.skew
-        if self.compute_backlog or not self.compute_lock.acquire(False):
+        if self.compute_backlog or self.drop or not self.compute_lock.acquire(False):
             self._set_state(frame, "queued for compute")
             self.compute_q.put((frame, slot, bytes(records), (t,)))  # blocks when full: back-pressure
             self.received += 1
             return
         try:
-            item = self._compute_raw((frame, slot, records, (t,)))
+            self.computing = frame
+            t_cs = _time_ns() + self.skew
+            try:
+                if self.period_ns:
+                    t0 = time.perf_counter_ns()
+                    self.backend.run_raw(slot)
+                    wait_until(t0 + self.period_ns)
+                else:
+                    self.backend.run_raw(slot)
+            except Exception as e:
+                self.computing = None
+                self._free_slot((frame, slot))
+                self.report("stage %d (%s on %s) failed on frame %d: %s: %s" % (
+                    self.stage, self.partition, self.board, frame & FRAME_MASK, type(e).__name__, e), frame, exc=e)
+                self.received += 1
+                return
+            t_ce = _time_ns() + self.skew
+            self.computing = None
+            self.done += 1
         finally:
             self.compute_lock.release()
-        if item is not None:
-            if not self.send_backlog and self.send_lock.acquire(False):
-                try:
-                    self._send_raw(*item)
-                finally:
-                    self.send_lock.release()
-            else:
-                self._set_state(frame, "computed, queued for sending")
-                self.send_q.put((frame, slot, bytes(records)) + item[3:])
+        if self.send_backlog or not self.send_lock.acquire(False):
+            self._set_state(frame, "computed, queued for sending")
+            self.send_q.put((frame, slot, bytes(records), (t,), t_cs, t_ce))
+        else:
+            try:
+                self._send_raw(frame, slot, records, (t,), t_cs, t_ce)
+            finally:
+                self.send_lock.release()
         self.received += 1
 
     def _compute_raw(self, job):
@@ -925,12 +944,15 @@ class Agent:
             if conn is None:
                 conn = self._link(to)
             own = OWN_RECORD.pack(self.rec_heads[0], t, t_cs, t_ce, _time_ns() + self.skew)
-            msg = b"".join((FRAME_HEAD.pack(FRAME_PREFIX, frame, self.stage, c.index, len(out), len(records) // 40 + 1),
-                            records, own, out))
+            n = len(out)
+            head = FRAME_HEAD.pack(FRAME_PREFIX, frame, self.stage, c.index, n, len(records) // 40 + 1)
             lock = conn.wlock
             lock.acquire()
             try:
-                conn.sock.sendall(msg)
+                if _AB_JOIN:
+                    conn.sock.sendall(b"".join((head, records, own, out)))
+                else:
+                    send_parts(conn.sock, (head, records, own, out), 64 + len(records) + n)
             finally:
                 lock.release()
         except (OSError, TimeoutError) as e:
@@ -1001,7 +1023,8 @@ class Agent:
                 self.send_lock.release()
         else:
             self._set_state(item[0], "computed, queued for sending")
-            self.send_q.put(_own(item))  # may hold views of a receive buffer (_on_frame)
+            # may hold views of a receive buffer (_on_frame); raw-word items hold their slot and copied records
+            self.send_q.put(item if self.raw else _own(item))
 
     def _compute_loop(self):
         while True:

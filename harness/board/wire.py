@@ -230,6 +230,7 @@ class Reader:
         self.max_payload = max_payload
         self.max_records = max_records
         self.expect_records = None  # records per FRAME on this connection, once one came (see message_into)
+        self.scatter = None  # (destination, records end, reader view, buffers of the last recvmsg_into)
 
     def read(self, n):
         """Exactly `n` bytes (a bytearray copy) from the socket, buffered. Raises EOFError when the peer closes
@@ -308,11 +309,15 @@ class Reader:
         if nrec is None or self.start != self.end:  # nothing learnt yet, or bytes already buffered
             return self._into(self.message(False), dest)
         p = 24 + 40 * nrec
-        if len(self.buf) < p + 4096:  # room for the header, records and a following message's start
-            self.buf = bytearray(p + (1 << 16))
-            self.view = memoryview(self.buf)
-        view, sock = self.view, self.sock
-        got = sock.recvmsg_into([view[:p], dest, view[p:]])[0]
+        view = self.view
+        sc = self.scatter
+        if sc is None or sc[0] is not dest or sc[1] != p or sc[2] is not view:
+            if len(self.buf) < p + 4096:  # room for the header, records and a following message's start
+                self.buf = bytearray(p + (1 << 16))
+                self.view = view = memoryview(self.buf)
+            # the buffer list, kept while the destination and layout stay (a slot is usually reused)
+            sc = self.scatter = (dest, p, view, [view[:p], dest, view[p:]])
+        got = self.sock.recvmsg_into(sc[3])[0]
         if not got:
             raise EOFError("connection closed by peer")
         if got >= 24:

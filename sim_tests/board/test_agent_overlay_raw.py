@@ -228,3 +228,83 @@ def test_overlay_raw_refuses_wrong_sizes_and_drops_old_sessions_before_any_dma(t
     assert health["counters"]["stale_dropped"] == 1 and health["counters"]["errors"] == 2
     assert health["backend"] == "overlay"
     assert len(log.read_text().splitlines()) == 4  # only the good frames were DMA'd
+
+
+def test_overlay_raw_frames_through_the_queues_keep_their_own_buffers(tmp_path):
+    """Fault injection sends every frame through the compute and send threads (queued with its DMA slot): with
+    more frames in flight than queue places, each output is still its own frame's, and a dropped frame gives
+    its slot back (the stream goes on past it, many times over the number of slots)."""
+    from harness.measure.stream import StreamError
+
+    plan = identity_plan(2, shape=(64,))
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-8, 8, (150, 64))
+    backends = {n: _raw_backend(tmp_path, {"accelerator": "copy"}, plan, n) for n in plan.partitions}
+    with LocalRack(tmp_path / "rack", env=ENV) as rack:
+        wiring = rack.start(plan, backends, in_flight=2, faults={"s0": {"drop_frames": [7]}, "s1": {"drop_frames": [9]}})
+        with Pipeline(wiring) as pipe, pytest.raises(StreamError) as ei:
+            pipe.stream(x, in_flight=12, timeout=5)
+    res = ei.value.result
+    assert len(res.frames) == 148
+    c = plan.links[0]
+    for i, f in enumerate(res.frame_ids):
+        if f in res.frames:
+            np.testing.assert_array_equal(res.frames[f].output, c.decode(c.encode(x[i])))
+
+
+def test_a_raw_frame_queued_for_sending_keeps_its_slot_until_it_left(tmp_path, monkeypatch):
+    """In process: a frame computed while another thread sends waits in the send queue with its DMA slot (its
+    records copied, as the reader's buffer moves on); the send thread sends that slot's output and frees it.
+    A queued frame of an earlier session is dropped and frees its slot too."""
+    from harness.board import agent as agent_mod
+    from harness.rack.wiring import agent_config
+
+    monkeypatch.syspath_prepend(str(STANDIN))
+    plan = identity_plan(1, shape=(64,))
+    c = plan.links[0]
+    cfg = agent_config(plan, "s0", {}, _raw_backend(tmp_path, {"accelerator": "copy"}, plan), listen_port=0)
+    (tmp_path / "agent.secret").write_text(wire.new_secret().hex())
+    ag = agent_mod.Agent(cfg, str(tmp_path))
+    ag.load_backend()
+    slots = len(ag.free_slots)
+    a, b = socket.socketpair()
+    ag.host = agent_mod.Conn(a, "test host")
+    ag.session = 5
+    threading.Thread(target=ag._send_loop, daemon=True).start()
+    threading.Thread(target=ag._compute_loop, daemon=True).start()
+    frames = [(5 << wire.SESSION_SHIFT) + i for i in range(6)]
+    payloads = [c.encode(np.full(64, i + 1.0)) for i in range(6)]
+    rec = wire.RECORD.pack(1, 2, 3, 0, 4, 5, 6, 7)
+    records = bytearray(rec)
+    with ag.send_lock:  # another thread is sending: these frames are computed, then queued for sending
+        for f, p in zip(frames, payloads):
+            slot = ag.free_slots.pop()
+            slot.inview[:] = p
+            records[:] = rec
+            ag._on_raw_frame(f, slot, memoryview(records))
+            records[:] = b"\xff" * 40  # the reader's buffer moves on under the queued frame
+            if f == frames[2]:
+                # the last three through the compute thread too (fault injection queues every frame)
+                ag.drop = {99}
+        # (the send thread may hold one of them already, waiting for the lock: count states, not the queue)
+        queued = lambda: [ag.state.get(f) for f in frames] == ["computed, queued for sending"] * 6
+        deadline = time.monotonic() + 10
+        while not queued() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert queued() and len(ag.free_slots) == slots - 6, ag.state
+        # a frame of another session (queued before a new host attached): dropped, its slot freed
+        ag.send_q.put(((6 << wire.SESSION_SHIFT) + 9, ag.free_slots.pop(), b"", (0,), 0, 0))
+    reader = wire.Reader(b)
+    b.settimeout(10)
+    for f, p in zip(frames, payloads):
+        m = reader.message()
+        assert m[1] == f and bytes(m[5]) == p
+        assert bytes(m[4][:40]) == rec  # the records as they were when the frame was queued
+    deadline = time.monotonic() + 10
+    while len(ag.free_slots) < slots and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(ag.free_slots) == slots and ag.stale_dropped == 1
+    ag.send_q.put(None)
+    ag.compute_q.put(None)
+    a.close()
+    b.close()
