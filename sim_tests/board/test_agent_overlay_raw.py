@@ -308,3 +308,20 @@ def test_a_raw_frame_queued_for_sending_keeps_its_slot_until_it_left(tmp_path, m
     ag.compute_q.put(None)
     a.close()
     b.close()
+
+
+def test_overlay_raw_runs_on_python38(tmp_path):
+    """What a PYNQ image ships: Python 3.8 and numpy 1 (scatter reads, byte views of DMA buffers, sendmsg)."""
+    from sim_tests.board.test_agent_pipeline import _python38
+
+    py = _python38()
+    plan = identity_plan(2, shape=(10,), dtype="ap_fixed<8,3>")  # padded last beat
+    backends = {n: _raw_backend(tmp_path, {"accelerator": "copy"}, plan, n) for n in plan.partitions}
+    x = np.random.default_rng(11).uniform(-4, 4, (40, 10))
+    with LocalRack(tmp_path / "rack", python=py, env=ENV) as rack:
+        wiring = rack.start(plan, backends)
+        with Pipeline(wiring) as pipe:
+            assert pipe.ping("s0")["python"].startswith("3.8.")
+            out = pipe.stream(x, in_flight=4, timeout=20).outputs()
+    c = plan.links[0]
+    np.testing.assert_array_equal(out, np.stack([c.decode(c.encode(r)) for r in x]))
