@@ -264,6 +264,44 @@ class OverlayBackend:
         self.outbuf = allocate(shape=(int(cfg["n_out"]),), dtype=self.out_dtype)
         self.out_fixed = outputs[0].fixed if outputs else None
         self.in_fixed = inputs[0].fixed if inputs else None
+        self.run_payloads = self._plan_direct(inputs, outputs)
+
+    def _plan_direct(self, inputs, outputs):
+        """`run_payloads` when the links' bytes map onto the buffers one vectorised step per link: 1-D links of
+        one element type concatenated in index order into the input buffer (the assembled input), integer
+        buffers of that type's raw words (or float buffers), and outgoing links of the partition's output
+        type; None otherwise (then the agent decodes, assembles, runs and encodes)."""
+        if not inputs or not outputs or any(len(c.shape) != 1 or c.dtype != inputs[0].dtype for c in inputs) \
+                or any(c.dtype != outputs[0].dtype for c in outputs):
+            return None
+        if sum(c.elements for c in inputs) != len(self.inbuf) or (self.in_dtype.kind != "f" and self.in_fixed is None) \
+                or (self.out_dtype.kind != "f" and self.out_fixed is None):
+            return None
+        off, parts = 0, []
+        for c in inputs:  # inputs are in index order: the assembled input's order
+            parts.append((c, off, off + c.elements))
+            off += c.elements
+        self.in_parts = parts
+        self.out_links = outputs
+        return self._run_payloads
+
+    def _run_payloads(self, payloads, output_shape):
+        """Payloads of the incoming links (index order) -> payloads of the outgoing links, through the FPGA.
+        Integer buffers take the wire's raw words as they are (sign-extended from their containers); float
+        buffers the decoded values. ContractError for a payload of the wrong size (before any DMA)."""
+        inbuf = self.inbuf
+        for (c, a, b), p in zip(self.in_parts, payloads):
+            inbuf[a:b] = c.decode(p) if self.in_dtype.kind == "f" else _wire_words(c, p)
+        self.send.transfer(inbuf)
+        self.recv.transfer(self.outbuf)
+        self.send.wait()
+        self.recv.wait()
+        out = self.outbuf
+        if self.out_dtype.kind == "f":
+            y = out.astype(np.float64).reshape(output_shape)
+            return [c.encode(c.take(y)) for c in self.out_links]
+        raw = self.out_fixed.overflow(out.astype(np.int64)).reshape(output_shape)  # as encode would bring it in
+        return [_words_bytes(c, c.take(raw)) for c in self.out_links]
 
     def run_raw(self, slot):
         """One frame through the FPGA in raw-word mode: the input buffer's words to the accelerator, its words
@@ -291,6 +329,33 @@ class OverlayBackend:
         if self.out_dtype.kind == "f":
             return self.outbuf.astype(np.float64)
         return self.out_fixed.from_raw(self.outbuf.astype(np.int64))
+
+
+def _wire_words(c, payload):
+    """The raw fixed-point words of a link's payload (int64, its elements; checked size, as Contract.decode)."""
+    p = c.packing
+    if len(payload) != c.payload_bytes:
+        raise _contract.ContractError("link %s->%s: payload of %d bytes, contract says %d"
+                                      % (c.src, c.dst, len(payload), c.payload_bytes))
+    bits, ft = p.element_bits, c.fixed
+    if ft.signed:
+        words = np.frombuffer(payload, dtype="<i%d" % (bits // 8), count=c.elements)
+        shift = bits - ft.width
+        return (words.astype(np.int64) << shift) >> shift if shift else words
+    words = np.frombuffer(payload, dtype="<u%d" % (bits // 8), count=c.elements)
+    return words & ((1 << ft.width) - 1) if bits > ft.width else words
+
+
+def _words_bytes(c, raw):
+    """Raw words in the link's range -> the link's payload (Contract.encode's bytes for these values)."""
+    p = c.packing
+    words = np.asarray(raw).reshape(-1).astype("<u%d" % (p.element_bits // 8))  # two's complement in the container
+    slots = p.beats * p.elements_per_beat
+    if slots != words.size:
+        padded = np.zeros(slots, dtype=words.dtype)
+        padded[:words.size] = words
+        words = padded
+    return words.tobytes()
 
 
 def _raw_words(links, others, side):
@@ -395,6 +460,7 @@ class Agent:
         self.backend = None
         self.bypass = False  # set by load_backend: bytes forwarded unchanged, no timing model
         self.raw = False  # set by load_backend: overlay in raw-word mode (DMA slots, see OverlayBackend)
+        self.run_payloads = None  # set by load_backend: a backend that maps payloads to its buffers itself
         self.slot_ready = threading.Condition()  # raw mode: a receiver waiting for a free slot (rare)
         self.computing = None  # the frame id the backend is running now
         self.session = 0  # the tag of the host's session (HELLO); frames of any other are dropped
@@ -538,6 +604,7 @@ class Agent:
             raise AgentConfigError("backend kind %r: use emulation, fast, overlay or passthrough" % (kind,))
         self.bypass = self.backend.forward_bytes and not self.period_ns
         self.raw = getattr(self.backend, "raw", False)
+        self.run_payloads = getattr(self.backend, "run_payloads", None)
         if self.raw:
             self.free_slots = collections.deque(self.backend.slots)  # pop/append: atomic, no lock
             self.in_bytes = self.backend.in_bytes
@@ -1070,6 +1137,10 @@ class Agent:
                 t_cs = time.time_ns() + self.skew
                 t0 = time.perf_counter_ns()
                 outs = payloads
+            elif self.run_payloads is not None:  # the backend maps bytes to its buffers itself (overlay values)
+                t_cs = self.now()
+                t0 = time.perf_counter_ns() if self.period_ns else 0
+                outs = self.run_payloads(payloads, self.output_shape)
             else:
                 x = assemble(self.inputs, [c.decode(p) for c, p in zip(self.inputs, payloads)])
                 t_cs = self.now()
@@ -1078,7 +1149,7 @@ class Agent:
             if self.period_ns:
                 wait_until(t0 + self.period_ns)
             t_ce = _time_ns() + self.skew
-            if not backend.forward_bytes:
+            if not backend.forward_bytes and self.run_payloads is None:
                 outs = [c.encode(c.take(y)) for c in self.out_links]
         except Exception as e:
             self.computing = None
