@@ -362,8 +362,9 @@ def _raw_words(links, others, side):
     """(payload bytes, (words, numpy dtype)) of the one link on this side, for raw-word DMA buffers whose
     byte size is the contract's payload_bytes; AgentConfigError when raw words cannot carry the links."""
     if len(links) != 1 or len(others) != 1:
+        n_in, n_out = (len(links), len(others)) if side == "in" else (len(others), len(links))
         raise AgentConfigError("overlay io raw needs one link in and one out (this partition has %d in, %d out): "
-                               "use io values" % ((len(links), len(others)) if side == "in" else (len(others), len(links))))
+                               "use io values" % (n_in, n_out))
     c = links[0]
     if c.select is not None:
         raise AgentConfigError("overlay io raw: the outgoing link %s->%s takes a slice of the output: use io values"
@@ -372,7 +373,8 @@ def _raw_words(links, others, side):
     size = p.element_bits // 8
     dtype = np.dtype("<f4") if c.fixed is None else np.dtype("<i%d" % size)
     if c.payload_bytes % size:
-        raise AgentConfigError("overlay io raw: payload of %d bytes is not whole %d-byte words" % (c.payload_bytes, size))
+        raise AgentConfigError("overlay io raw: payload of %d bytes is not whole %d-byte words"
+                               % (c.payload_bytes, size))
     return c.payload_bytes, (c.payload_bytes // size, dtype)
 
 
