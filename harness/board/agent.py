@@ -476,6 +476,9 @@ class Agent:
         self.compute_lock = threading.Lock()  # held by whichever thread computes a frame (one at a time)
         self.send_lock = threading.Lock()  # held by whichever thread sends a frame
         self.out_links = [c for c, _ in self.outputs]
+        # a frame's header and this partition's record, packed in place by whoever holds send_lock
+        self.scratch = bytearray(64)
+        self.head_view, self.own_view = memoryview(self.scratch)[:24], memoryview(self.scratch)[24:]
         self.pending = {}  # frame id -> [parts by index, records, arrival ns by index, first arrival monotonic]
         self.pending_lock = threading.Lock()
         self.state = {}  # frame id -> what happened to it here (the latest 4096 to 8192 frames)
@@ -940,10 +943,11 @@ class Agent:
             if conn is None:
                 conn = self._link(to)
             out = slot.outview
-            head = FRAME_HEAD.pack(FRAME_PREFIX, frame, self.stage, c.index, len(out), len(records) // 40 + 1)
-            own = OWN_RECORD.pack(self.rec_heads[0], arrivals[0], t_cs, t_ce, _time_ns() + self.skew)
+            scratch = self.scratch  # send_lock is held: the agent's one sender at a time
+            FRAME_HEAD.pack_into(scratch, 0, FRAME_PREFIX, frame, self.stage, c.index, len(out), len(records) // 40 + 1)
             with conn.wlock:
-                send_parts(conn.sock, (head, records, own, out), 64 + len(records) + len(out))
+                OWN_RECORD.pack_into(scratch, 24, self.rec_heads[0], arrivals[0], t_cs, t_ce, _time_ns() + self.skew)
+                send_parts(conn.sock, (self.head_view, records, self.own_view, out), 64 + len(records) + len(out))
         except (OSError, TimeoutError) as e:
             self._send_failed(frame, c, to, e)
             return
@@ -1012,16 +1016,21 @@ class Agent:
             conn = self.host if key is None else self.links.get(key)
             if conn is None:
                 conn = self._link(to)
-            own = OWN_RECORD.pack(self.rec_heads[0], t, t_cs, t_ce, _time_ns() + self.skew)
             n = len(out)
-            head = FRAME_HEAD.pack(FRAME_PREFIX, frame, self.stage, c.index, n, len(records) // 40 + 1)
             lock = conn.wlock
             lock.acquire()
             try:
                 if _AB_JOIN:
+                    own = OWN_RECORD.pack(self.rec_heads[0], t, t_cs, t_ce, _time_ns() + self.skew)
+                    head = FRAME_HEAD.pack(FRAME_PREFIX, frame, self.stage, c.index, n, len(records) // 40 + 1)
                     conn.sock.sendall(b"".join((head, records, own, out)))
                 else:
-                    send_parts(conn.sock, (head, records, own, out), 64 + len(records) + n)
+                    # header and own record packed into the agent's scratch buffer (safe: send_lock is held),
+                    # sent with the records and payload in one sendmsg: no bytes objects, no join
+                    scratch = self.scratch
+                    FRAME_HEAD.pack_into(scratch, 0, FRAME_PREFIX, frame, self.stage, c.index, n, len(records) // 40 + 1)
+                    OWN_RECORD.pack_into(scratch, 24, self.rec_heads[0], t, t_cs, t_ce, _time_ns() + self.skew)
+                    send_parts(conn.sock, (self.head_view, records, self.own_view, out), 64 + len(records) + n)
             finally:
                 lock.release()
         except (OSError, TimeoutError) as e:
