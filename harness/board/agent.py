@@ -65,7 +65,6 @@ OWN_RECORD, RECORD_HEAD, FRAME_HEAD, FRAME_PREFIX = wire.OWN_RECORD, wire.RECORD
 PROBE_REQ, PROBE_REP = wire.PROBE_REQ, wire.PROBE_REP
 pack_message = wire.pack_message
 send_parts = wire.send_parts
-_AB_JOIN = bool(os.environ.get("SPLITRACK_AGENT_JOIN"))
 SESSION_SHIFT, FRAME_MASK = wire.SESSION_SHIFT, wire.FRAME_MASK
 HOST_ID = wire.HOST_ID
 
@@ -1020,17 +1019,12 @@ class Agent:
             lock = conn.wlock
             lock.acquire()
             try:
-                if _AB_JOIN:
-                    own = OWN_RECORD.pack(self.rec_heads[0], t, t_cs, t_ce, _time_ns() + self.skew)
-                    head = FRAME_HEAD.pack(FRAME_PREFIX, frame, self.stage, c.index, n, len(records) // 40 + 1)
-                    conn.sock.sendall(b"".join((head, records, own, out)))
-                else:
-                    # header and own record packed into the agent's scratch buffer (safe: send_lock is held),
-                    # sent with the records and payload in one sendmsg: no bytes objects, no join
-                    scratch = self.scratch
-                    FRAME_HEAD.pack_into(scratch, 0, FRAME_PREFIX, frame, self.stage, c.index, n, len(records) // 40 + 1)
-                    OWN_RECORD.pack_into(scratch, 24, self.rec_heads[0], t, t_cs, t_ce, _time_ns() + self.skew)
-                    send_parts(conn.sock, (self.head_view, records, self.own_view, out), 64 + len(records) + n)
+                # header and own record packed into the agent's scratch buffer (safe: send_lock is held), sent
+                # with the records and payload in one sendmsg: no bytes objects, no join
+                scratch = self.scratch
+                FRAME_HEAD.pack_into(scratch, 0, FRAME_PREFIX, frame, self.stage, c.index, n, len(records) // 40 + 1)
+                OWN_RECORD.pack_into(scratch, 24, self.rec_heads[0], t, t_cs, t_ce, _time_ns() + self.skew)
+                send_parts(conn.sock, (self.head_view, records, self.own_view, out), 64 + len(records) + n)
             finally:
                 lock.release()
         except (OSError, TimeoutError) as e:
