@@ -39,10 +39,11 @@ class _Channel:
             raise RuntimeError("DMA channel not started")
         if not self.idle:
             raise RuntimeError("DMA channel not idle")
-        if not isinstance(array, PynqBuffer):  # the real driver needs array.physical_address
+        if array.__class__ is not PynqBuffer and not isinstance(array, PynqBuffer):
+            # the real driver needs array.physical_address
             raise AttributeError("'%s' object has no attribute 'physical_address': allocate DMA buffers with "
                                  "pynq.allocate" % type(array).__name__)
-        if nbytes == 0:
+        if not nbytes:
             nbytes = array.nbytes - start
         if self.send:
             array.flush()
@@ -88,7 +89,12 @@ class _DMA:
         if s.idle or r.idle:
             return
         (src, s0, n_in), (dst, d0, n_out) = s._active_buffer, r._active_buffer
-        self.compute(_bytes(src)[s0:s0 + n_in], _bytes(dst)[d0:d0 + n_out])
+        src_b, dst_b = _bytes(src), _bytes(dst)
+        if s0 or n_in != len(src_b):
+            src_b = src_b[s0:s0 + n_in]
+        if d0 or n_out != len(dst_b):
+            dst_b = dst_b[d0:d0 + n_out]
+        self.compute(src_b, dst_b)
         s.transferred, r.transferred = n_in, n_out
         s.idle = r.idle = True
         if self.log:
@@ -97,8 +103,11 @@ class _DMA:
 
     @staticmethod
     def _copy(src, dst):
-        n = min(len(src), len(dst))
-        dst[:n] = src[:n]
+        if len(src) == len(dst):
+            dst[:] = src
+        else:
+            n = min(len(src), len(dst))
+            dst[:n] = src[:n]
 
     def _emulate(self, src, dst):
         x = self.c_in.decode(bytes(src))
