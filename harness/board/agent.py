@@ -463,6 +463,7 @@ class Agent:
         self.raw = False  # set by load_backend: overlay in raw-word mode (DMA slots, see OverlayBackend)
         self.run_payloads = None  # set by load_backend: a backend that maps payloads to its buffers itself
         self.slot_ready = threading.Condition()  # raw mode: a receiver waiting for a free slot (rare)
+        self.slot_waiters = 0  # receivers waiting on slot_ready
         self.computing = None  # the frame id the backend is running now
         self.session = 0  # the tag of the host's session (HELLO); frames of any other are dropped
         self.stale_dropped = 0  # frames of earlier sessions dropped
@@ -843,24 +844,32 @@ class Agent:
 
     def _take_slot(self, frame):
         """A free slot, waiting while every one is inside the agent (back-pressure, as a full queue is);
-        None (reported) after part_timeout seconds."""
+        None (reported) after part_timeout seconds. (A slot freed just before this waiter registered is found
+        by the next check, at most 50 ms later: the wait polls.)"""
         free = self.free_slots
         deadline = time.monotonic() + self.part_timeout
         with self.slot_ready:
-            while not free:
-                left = deadline - time.monotonic()
-                if left <= 0 or self.stop.is_set():
-                    self.report("stage %d (%s on %s): no free DMA buffer for frame %d within %.1f s"
-                                % (self.stage, self.partition, self.board, frame & FRAME_MASK, self.part_timeout),
-                                frame)
-                    return None
-                self.slot_ready.wait(min(left, 0.05))
-            return free.pop()
+            self.slot_waiters += 1
+            try:
+                while True:
+                    try:
+                        return free.pop()
+                    except IndexError:  # none free (other readers pop without this lock)
+                        pass
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self.stop.is_set():
+                        break
+                    self.slot_ready.wait(min(left, 0.05))
+            finally:
+                self.slot_waiters -= 1
+        self.report("stage %d (%s on %s): no free DMA buffer for frame %d within %.1f s"
+                    % (self.stage, self.partition, self.board, frame & FRAME_MASK, self.part_timeout), frame)
+        return None
 
     def _free_slot(self, item):
         """Give back the slot of a job or send item (its index 1): its frame left, or was dropped."""
         self.free_slots.append(item[1])
-        if len(self.free_slots) == 1:  # it was empty: a receiver may be waiting
+        if self.slot_waiters:  # a receiver found none free (rare): wake it
             with self.slot_ready:
                 self.slot_ready.notify()
 
@@ -951,7 +960,10 @@ class Agent:
             self._send_failed(frame, c, to, e)
             return
         finally:
-            self._free_slot((frame, slot))
+            self.free_slots.append(slot)  # _free_slot, inlined
+            if self.slot_waiters:
+                with self.slot_ready:
+                    self.slot_ready.notify()
         self.sent += 1
         st = self.state
         st[frame] = "sent"

@@ -325,3 +325,29 @@ def test_overlay_raw_runs_on_python38(tmp_path):
             out = pipe.stream(x, in_flight=4, timeout=20).outputs()
     c = plan.links[0]
     np.testing.assert_array_equal(out, np.stack([c.decode(c.encode(r)) for r in x]))
+
+
+def test_a_receiver_without_a_free_slot_waits_for_one_and_gives_up_after_the_part_timeout(tmp_path, monkeypatch):
+    from harness.board import agent as agent_mod
+    from harness.rack.wiring import agent_config
+
+    monkeypatch.syspath_prepend(str(STANDIN))
+    plan = identity_plan(1, shape=(8,))
+    cfg = agent_config(plan, "s0", {}, _raw_backend(tmp_path, {"accelerator": "copy"}, plan), listen_port=0)
+    cfg["part_timeout"] = 0.3
+    (tmp_path / "agent.secret").write_text(wire.new_secret().hex())
+    ag = agent_mod.Agent(cfg, str(tmp_path))
+    ag.load_backend()
+    taken = [ag.free_slots.pop() for _ in range(len(ag.free_slots))]  # every frame slot is inside the agent
+    got = {}
+    t = threading.Thread(target=lambda: got.setdefault("slot", ag._take_slot(1)))
+    t.start()
+    time.sleep(0.05)
+    assert t.is_alive()  # waits: back-pressure, not a copy into a buffer the DMA may be reading
+    ag._free_slot((0, taken[3]))
+    t.join(10)
+    assert got["slot"] is taken[3] and ag.slot_waiters == 0
+    t0 = time.monotonic()
+    assert ag._take_slot(2) is None  # none is freed: reported, not waited for forever
+    assert time.monotonic() - t0 >= 0.3 and ag.errors == 1
+    assert "no free DMA buffer for frame 2" in json.loads(ag.unreported[0][24:])["message"]  # kept for the host
