@@ -808,7 +808,11 @@ class Agent:
                 except IndexError:  # another connection's reader took the last one
                     slot = None
             if slot is not None:
-                mtype, frame, stage, part, records, payload = message_into(slot.inview)
+                try:
+                    mtype, frame, stage, part, records, payload = message_into(slot.inview)
+                except BaseException:  # the connection ends (closed, or a bad message): the slot is not lost
+                    self._free_slot((0, slot))
+                    raise
             else:
                 mtype, frame, stage, part, records, payload = message(False)
                 if mtype == FRAME:

@@ -351,3 +351,25 @@ def test_a_receiver_without_a_free_slot_waits_for_one_and_gives_up_after_the_par
     assert ag._take_slot(2) is None  # none is freed: reported, not waited for forever
     assert time.monotonic() - t0 >= 0.3 and ag.errors == 1
     assert "no free DMA buffer for frame 2" in json.loads(ag.unreported[0][24:])["message"]  # kept for the host
+
+
+def test_connections_that_end_give_their_receive_slot_back(tmp_path):
+    """A reader waiting for the next frame holds a free slot as its destination; a connection that closes (or
+    sends something bad) must give it back: more sessions than slots, one after another, all answered."""
+    plan = identity_plan(1, shape=(64,))
+    c = plan.links[0]
+    backend = _raw_backend(tmp_path, {"accelerator": "copy"}, plan)
+    payload = c.encode(np.linspace(-4, 4, 64))
+    with LocalRack(tmp_path / "rack", env=ENV) as rack:
+        wiring = rack.start(plan, {"s0": backend}, in_flight=1)  # 2 * 1 + 6 = 8 slots
+        for i in range(20):
+            host = _Host(wiring, c.payload_bytes)
+            for k in range(2):  # the second frame is received in place, into a slot the reader took
+                fid = host.send(k, payload)
+                m = host.reader.message()
+                assert m[0] == wire.MsgType.FRAME and m[1] == fid and bytes(m[5]) == payload, (i, m[:2])
+            if i % 2:
+                host.sock.sendall(b"not a message of ours, " * 4)  # a bad message ends the connection too
+            host.sock.close()
+        health = _Host(wiring, c.payload_bytes).ping()
+    assert health["counters"]["errors"] == 0 and health["counters"]["sent"] == 40
