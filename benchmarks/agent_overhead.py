@@ -29,6 +29,10 @@ throughput through 5 agents against one stage alone.
    frames streamed with several in flight through harness.measure.stream; against one such agent alone.
    Target: chain throughput >= 0.9 x single stage throughput. The CPU each agent and the host use per frame
    is measured beside it: 5 agents and the host share this machine's CPUs, a real rack has a CPU per board.
+   "cpu need/have" is that CPU (5 agents + host, per frame) over CPUs x stage time: near 1 the virtual rack,
+   not the stages, sets the pace. (Each timed wait of the timing model, like any blocking wait, costs a
+   virtual machine tens of microseconds of CPU: 36-42 us per 170 us sleep measured on the 2-core VM of
+   November 2026, against ~15 us for the rest of an agent's frame.)
 Prints a table and saves agent_overhead.png (+ .json) in --out.
 """
 from __future__ import annotations
