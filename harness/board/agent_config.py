@@ -6,6 +6,8 @@ Shipped to every board beside the agent: Python 3.8+, standard library only. On 
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -149,3 +151,10 @@ def _int(v, name):
 
 def _is_dest(to):
     return to == "host" or (isinstance(to, dict) and "host" in to and "port" in to)
+
+
+def config_path(p, base):
+    """A path of the agent's config (`~` expanded); relative ones are taken from the folder `base` of the
+    config file."""
+    p = os.path.expanduser(str(p))
+    return p if os.path.isabs(p) else os.path.join(base, p)

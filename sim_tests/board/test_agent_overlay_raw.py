@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from harness.board import wire
-from harness.board.agent import AgentConfigError, OverlayBackend
+from harness.board.agent_config import AgentConfigError
+from harness.board.overlay import OverlayBackend
 from harness.measure.stream import Pipeline
 from harness.rack.local_rack import LocalRack, identity_plan
 from harness.rack.wiring import overlay_backend
