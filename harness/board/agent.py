@@ -47,10 +47,12 @@ except ImportError:  # pragma: no cover - depends on where the agent runs
     from splitting import contract as _contract
 try:
     import wire  # type: ignore
-    from agent_config import AgentConfig, AgentConfigError  # type: ignore
+    from agent_config import AgentConfig, AgentConfigError, config_path  # type: ignore
+    from overlay import OverlayBackend  # type: ignore
 except ImportError:  # pragma: no cover
     from harness.board import wire
-    from harness.board.agent_config import AgentConfig, AgentConfigError
+    from harness.board.agent_config import AgentConfig, AgentConfigError, config_path
+    from harness.board.overlay import OverlayBackend
 
 assemble = _contract.assemble
 Contract = _contract.Contract  # its derived properties are cached: encode/decode per frame stay cheap
@@ -64,6 +66,7 @@ FRAME, ERROR, PROBE, PROBE_REPLY, PING, PONG, SHUTDOWN, HELLO = (int(t) for t in
 OWN_RECORD, RECORD_HEAD, FRAME_HEAD, FRAME_PREFIX = wire.OWN_RECORD, wire.RECORD_HEAD, wire.FRAME_HEAD, wire.FRAME_PREFIX
 PROBE_REQ, PROBE_REP = wire.PROBE_REQ, wire.PROBE_REP
 pack_message = wire.pack_message
+send_parts = wire.send_parts
 SESSION_SHIFT, FRAME_MASK = wire.SESSION_SHIFT, wire.FRAME_MASK
 HOST_ID = wire.HOST_ID
 
@@ -193,7 +196,7 @@ class EmulationBackend:
             import emulation as _emulation  # type: ignore
         except ImportError:  # pragma: no cover
             from splitting import emulation as _emulation
-        lib = _path(cfg["library"], base)
+        lib = config_path(cfg["library"], base)
         if not os.path.isfile(lib):
             raise AgentConfigError("emulation library %s not found: upload the partition's artifact" % lib)
         self.lib = _emulation.EmulationLib(lib, cfg["project"], cfg["n_in"], cfg["n_out"])
@@ -202,53 +205,6 @@ class EmulationBackend:
         """One frame (n_in elements, any shape) in; a flat float64 array of n_out elements out.
         Raises ValueError when the frame has another number of elements."""
         return self.lib.run(x)
-
-
-class OverlayBackend:
-    """A real PYNQ-Z2: the partition's bitstream, its AXI DMA, and two DMA buffers allocated once."""
-
-    kind = "overlay"
-    forward_bytes = False
-
-    def __init__(self, cfg, base, inputs, outputs):
-        from pynq import Overlay, allocate  # only on a board
-
-        bit = _path(cfg["bitfile"], base)
-        if not os.path.isfile(bit):
-            raise AgentConfigError("bitstream %s not found: upload the partition's artifact" % bit)
-        self.overlay = Overlay(bit)  # pynq finds the .hwh beside the .bit
-        dma = self.overlay
-        for name in cfg.get("dma", "hier_0.axi_dma_0").split("."):
-            dma = getattr(dma, name)
-        self.send, self.recv = dma.sendchannel, dma.recvchannel
-        self.in_dtype = np.dtype(cfg.get("in_dtype", "float32"))
-        self.out_dtype = np.dtype(cfg.get("out_dtype", "float32"))
-        self.inbuf = allocate(shape=(int(cfg["n_in"]),), dtype=self.in_dtype)
-        self.outbuf = allocate(shape=(int(cfg["n_out"]),), dtype=self.out_dtype)
-        self.out_fixed = outputs[0].fixed if outputs else None
-        self.in_fixed = inputs[0].fixed if inputs else None
-
-    def run(self, x):
-        """One frame (n_in elements) through the FPGA over AXI DMA (blocking until both transfers end);
-        a flat float64 array of n_out elements. Integer buffers carry raw ap_fixed words, converted with the
-        links' contracts."""
-        x = np.asarray(x).reshape(-1)
-        if self.in_dtype.kind == "f":
-            self.inbuf[:] = x
-        else:  # the wrapper takes raw ap_fixed words: quantise as the contract does
-            self.inbuf[:] = self.in_fixed.to_raw(x).astype(self.in_dtype)
-        self.send.transfer(self.inbuf)
-        self.recv.transfer(self.outbuf)
-        self.send.wait()
-        self.recv.wait()
-        if self.out_dtype.kind == "f":
-            return np.array(self.outbuf, dtype=np.float64)
-        return self.out_fixed.from_raw(np.array(self.outbuf, dtype=np.int64))
-
-
-def _path(p, base):
-    p = os.path.expanduser(str(p))
-    return p if os.path.isabs(p) else os.path.join(base, p)
 
 
 # --- the agent ---------------------------------------------------------------------------------------
@@ -305,7 +261,7 @@ class Agent:
             raise AgentConfigError("a link of the config is malformed (%s: %s)" % (type(e).__name__, e))
         self.output_shape = tuple(cfg.output_shape)
         self.listen_addr = (cfg.listen["host"], cfg.listen["port"])
-        self.secret_path = _path(cfg.secret_file, base)
+        self.secret_path = config_path(cfg.secret_file, base)
         self.secret = self._secret()  # refuses to start without one
         self.part_ids = {c.index: self._src_id(c) for c in self.inputs}
         self.part_pos = {c.index: i for i, c in enumerate(self.inputs)}
@@ -329,6 +285,10 @@ class Agent:
         self.quiet_log = RateLimitedLog(self.log)  # what strangers and broken peers cause
         self.backend = None
         self.bypass = False  # set by load_backend: bytes forwarded unchanged, no timing model
+        self.raw = False  # set by load_backend: overlay in raw-word mode (DMA slots, see OverlayBackend)
+        self.run_payloads = None  # set by load_backend: a backend that maps payloads to its buffers itself
+        self.slot_ready = threading.Condition()  # raw mode: a receiver waiting for a free slot (rare)
+        self.slot_waiters = 0  # receivers waiting on slot_ready
         self.computing = None  # the frame id the backend is running now
         self.session = 0  # the tag of the host's session (HELLO); frames of any other are dropped
         self.stale_dropped = 0  # frames of earlier sessions dropped
@@ -341,6 +301,9 @@ class Agent:
         self.compute_lock = threading.Lock()  # held by whichever thread computes a frame (one at a time)
         self.send_lock = threading.Lock()  # held by whichever thread sends a frame
         self.out_links = [c for c, _ in self.outputs]
+        # a frame's header and this partition's record, packed in place by whoever holds send_lock
+        self.scratch = bytearray(64)
+        self.head_view, self.own_view = memoryview(self.scratch)[:24], memoryview(self.scratch)[24:]
         self.pending = {}  # frame id -> [parts by index, records, arrival ns by index, first arrival monotonic]
         self.pending_lock = threading.Lock()
         self.state = {}  # frame id -> what happened to it here (the latest 4096 to 8192 frames)
@@ -463,10 +426,19 @@ class Agent:
             else:
                 self.backend = FastBackend(b, self.base, EmulationBackend, self.log)
         elif kind == "overlay":
-            self.backend = OverlayBackend(b, self.base, self.inputs, [c for c, _ in self.outputs])
+            # raw words: a slot per frame that can be inside at once: both queues, one computing, one sending,
+            # and the next receipt of each connection that carries frames (a few)
+            self.backend = OverlayBackend(b, self.base, self.inputs, [c for c, _ in self.outputs],
+                                          slots=2 * self.in_flight + 6)
         else:
             raise AgentConfigError("backend kind %r: use emulation, fast, overlay or passthrough" % (kind,))
         self.bypass = self.backend.forward_bytes and not self.period_ns
+        self.raw = getattr(self.backend, "raw", False)
+        self.run_payloads = getattr(self.backend, "run_payloads", None)
+        if self.raw:
+            self.free_slots = collections.deque(self.backend.slots)  # pop/append: atomic, no lock
+            self.in_bytes = self.backend.in_bytes
+            self._compute, self._send, self._discard = self._compute_raw, self._send_raw, self._free_slot
 
     def serve(self):
         """Listen, start the threads, return the bound port. run() waits for the end."""
@@ -587,9 +559,13 @@ class Agent:
         if not self._authenticate(conn):
             self._forget(conn)
             return
-        message = conn.reader.message
-        on_frame = self._on_lone_frame if self.lone else self._on_frame
         try:
+            if self.raw:
+                self._read_raw(conn)
+                return
+            message = conn.reader.message
+            on_frame = self._on_lone_frame if self.lone else self._on_frame
+            on_control = self._on_control
             while True:  # ends when the peer closes, or at shutdown when the socket is closed under it
                 # views of the receive buffer, not copies: whatever keeps them past this turn copies them
                 mtype, frame, stage, part, records, payload = message(False)
@@ -600,23 +576,8 @@ class Agent:
                         on_frame(frame, part, records, payload)
                     else:
                         self.stale_dropped += 1  # a frame of an earlier session (or none): nobody waits for it
-                elif mtype == PROBE:
-                    t2 = self.now()
-                    (t1,) = PROBE_REQ.unpack(payload)
-                    with conn.wlock:
-                        t3 = self.now()
-                        conn.sock.sendall(pack_message(PROBE_REPLY, payload=PROBE_REP.pack(t1, t2, t3)))
-                elif mtype == PING:
-                    ask = _json_object(payload)
-                    conn.send(pack_message(PONG, payload=json.dumps(self.health(ask)).encode()))
-                elif mtype == HELLO:
-                    self._attach_host(conn, _json_object(payload))
-                elif mtype == SHUTDOWN:
-                    self.log.info("shutdown requested by %s", conn.name)
-                    threading.Thread(target=self.shutdown, daemon=True).start()
+                elif on_control(conn, mtype, payload):
                     return
-                else:
-                    raise ProtocolError("unexpected message type %d" % mtype)
         except (EOFError, ConnectionError):
             pass
         except OSError:
@@ -630,6 +591,213 @@ class Agent:
             self.report("receiving from %s failed: %s" % (conn.name, e), exc=e)
         finally:
             self._forget(conn)
+
+    def _discard(self, item):
+        """A job or send item dropped from a queue (an earlier session's): nothing to give back (raw-word mode
+        gives back its slot: _free_slot)."""
+
+    def _on_control(self, conn, mtype, payload):
+        """A message other than FRAME; True when the connection's loop must end (SHUTDOWN)."""
+        if mtype == PROBE:
+            t2 = self.now()
+            (t1,) = PROBE_REQ.unpack(payload)
+            with conn.wlock:
+                t3 = self.now()
+                conn.sock.sendall(pack_message(PROBE_REPLY, payload=PROBE_REP.pack(t1, t2, t3)))
+        elif mtype == PING:
+            ask = _json_object(payload)
+            conn.send(pack_message(PONG, payload=json.dumps(self.health(ask)).encode()))
+        elif mtype == HELLO:
+            self._attach_host(conn, _json_object(payload))
+        elif mtype == SHUTDOWN:
+            self.log.info("shutdown requested by %s", conn.name)
+            threading.Thread(target=self.shutdown, daemon=True).start()
+            return True
+        else:
+            raise ProtocolError("unexpected message type %d" % mtype)
+        return False
+
+    # -- overlay in raw-word mode: frames received into DMA buffers, sent from them --
+    def _read_raw(self, conn):
+        """The read loop of raw-word mode. Before each message a free slot is taken (when this connection has
+        carried a frame already and one is free) and its input buffer given to the reader as the destination
+        of the next frame's payload: the payload is received there, where the DMA reads it. A frame of the
+        wrong size is refused (reported, never DMA'd); one of another session is dropped; both free the slot."""
+        reader, free, in_bytes = conn.reader, self.free_slots, self.in_bytes
+        message, message_into = reader.message, reader.message_into
+        while True:
+            slot = None
+            if reader.expect_records is not None and free:
+                try:
+                    slot = free.pop()
+                except IndexError:  # another connection's reader took the last one
+                    slot = None
+            if slot is not None:
+                try:
+                    mtype, frame, stage, part, records, payload = message_into(slot.inview)
+                except BaseException:  # the connection ends (closed, or a bad message): the slot is not lost
+                    self._free_slot((0, slot))
+                    raise
+            else:
+                mtype, frame, stage, part, records, payload = message(False)
+                if mtype == FRAME:
+                    reader.expect_records = len(records) // 40
+            if mtype != FRAME:
+                if slot is not None:
+                    self._free_slot((0, slot))
+                if self._on_control(conn, mtype, payload):
+                    return
+                continue
+            if frame >> SESSION_SHIFT != self.session:
+                self.stale_dropped += 1  # written into a free buffer, never DMA'd
+                if slot is not None:
+                    self._free_slot((0, slot))
+                continue
+            if slot is None or payload is not slot.inview:
+                if len(payload) != in_bytes:  # refused before any DMA: the accelerator takes exactly this many
+                    if slot is not None:
+                        self._free_slot((0, slot))
+                    c = self.inputs[0]
+                    self.report("stage %d (%s on %s) refused frame %d: link %s->%s: payload of %d bytes, contract "
+                                "says %d" % (self.stage, self.partition, self.board, frame & FRAME_MASK, c.src, c.dst,
+                                             len(payload), in_bytes), frame)
+                    self.received += 1
+                    continue
+                if slot is None:  # every slot was taken when this message came: wait for one, copy once
+                    slot = self._take_slot(frame)
+                    if slot is None:
+                        self.received += 1
+                        continue
+                    slot.inview[:] = payload
+            self._on_raw_frame(frame, slot, records)
+
+    def _take_slot(self, frame):
+        """A free slot, waiting while every one is inside the agent (back-pressure, as a full queue is);
+        None (reported) after part_timeout seconds. (A slot freed just before this waiter registered is found
+        by the next check, at most 50 ms later: the wait polls.)"""
+        free = self.free_slots
+        deadline = time.monotonic() + self.part_timeout
+        with self.slot_ready:
+            self.slot_waiters += 1
+            try:
+                while True:
+                    try:
+                        return free.pop()
+                    except IndexError:  # none free (other readers pop without this lock)
+                        pass
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self.stop.is_set():
+                        break
+                    self.slot_ready.wait(min(left, 0.05))
+            finally:
+                self.slot_waiters -= 1
+        self.report("stage %d (%s on %s): no free DMA buffer for frame %d within %.1f s"
+                    % (self.stage, self.partition, self.board, frame & FRAME_MASK, self.part_timeout), frame)
+        return None
+
+    def _free_slot(self, item):
+        """Give back the slot of a job or send item (its index 1): its frame left, or was dropped."""
+        self.free_slots.append(item[1])
+        if self.slot_waiters:  # a receiver found none free (rare): wake it
+            with self.slot_ready:
+                self.slot_ready.notify()
+
+    def _on_raw_frame(self, frame, slot, records):
+        """A frame whose payload is in `slot`'s input buffer (records: a view of the reader's buffer, valid
+        until the reader reads on). When the agent is idle it is computed and sent here, in the receiving
+        thread (as _on_lone_frame, inlined: no job tuples, no hand-off); otherwise it queues with its slot
+        (records copied) for the compute thread, or for the send thread once computed."""
+        t = _time_ns() + self.skew
+        if self.compute_backlog or self.drop or not self.compute_lock.acquire(False):
+            self._set_state(frame, "queued for compute")
+            self.compute_q.put((frame, slot, bytes(records), (t,)))  # blocks when full: back-pressure
+            self.received += 1
+            return
+        try:
+            self.computing = frame
+            t_cs = _time_ns() + self.skew
+            try:
+                if self.period_ns:
+                    t0 = time.perf_counter_ns()
+                    self.backend.run_raw(slot)
+                    wait_until(t0 + self.period_ns)
+                else:
+                    self.backend.run_raw(slot)
+            except Exception as e:
+                self.computing = None
+                self._free_slot((frame, slot))
+                self.report("stage %d (%s on %s) failed on frame %d: %s: %s" % (
+                    self.stage, self.partition, self.board, frame & FRAME_MASK, type(e).__name__, e), frame, exc=e)
+                self.received += 1
+                return
+            t_ce = _time_ns() + self.skew
+            self.computing = None
+            self.done += 1
+        finally:
+            self.compute_lock.release()
+        if self.send_backlog or not self.send_lock.acquire(False):
+            self._set_state(frame, "computed, queued for sending")
+            self.send_q.put((frame, slot, bytes(records), (t,), t_cs, t_ce))
+        else:
+            try:
+                self._send_raw(frame, slot, records, (t,), t_cs, t_ce)
+            finally:
+                self.send_lock.release()
+        self.received += 1
+
+    def _compute_raw(self, job):
+        frame, slot, records, arrivals = job
+        if self.drop and frame & FRAME_MASK in self.drop:  # fault injection (tests): this frame vanishes here
+            self.dropped += 1
+            self._free_slot(job)
+            self._set_state(frame, "dropped (fault injection)")
+            self.log.warning("frame %d dropped by fault injection", frame & FRAME_MASK)
+            return None
+        self.computing = frame
+        try:
+            t_cs = _time_ns() + self.skew
+            t0 = time.perf_counter_ns() if self.period_ns else 0
+            self.backend.run_raw(slot)
+            if self.period_ns:
+                wait_until(t0 + self.period_ns)
+            t_ce = _time_ns() + self.skew
+        except Exception as e:
+            self.computing = None
+            self._free_slot(job)
+            self.report("stage %d (%s on %s) failed on frame %d: %s: %s"
+                        % (self.stage, self.partition, self.board, frame & FRAME_MASK, type(e).__name__, e), frame, exc=e)
+            return None
+        self.computing = None
+        self.done += 1
+        return (frame, slot, records, arrivals, t_cs, t_ce)
+
+    def _send_raw(self, frame, slot, records, arrivals, t_cs, t_ce):
+        """Header, the earlier records, this partition's record and the output DMA buffer, in one sendmsg (no
+        join, no copy of the output); the slot is free again once its bytes are in the socket."""
+        try:
+            c, to, key = self.routes[0]
+            conn = self.host if key is None else self.links.get(key)
+            if conn is None:
+                conn = self._link(to)
+            out = slot.outview
+            scratch = self.scratch  # send_lock is held: the agent's one sender at a time
+            FRAME_HEAD.pack_into(scratch, 0, FRAME_PREFIX, frame, self.stage, c.index, len(out), len(records) // 40 + 1)
+            with conn.wlock:
+                OWN_RECORD.pack_into(scratch, 24, self.rec_heads[0], arrivals[0], t_cs, t_ce, _time_ns() + self.skew)
+                send_parts(conn.sock, (self.head_view, records, self.own_view, out), 64 + len(records) + len(out))
+        except (OSError, TimeoutError) as e:
+            self._send_failed(frame, c, to, e)
+            return
+        finally:
+            self.free_slots.append(slot)  # _free_slot, inlined
+            if self.slot_waiters:
+                with self.slot_ready:
+                    self.slot_ready.notify()
+        self.sent += 1
+        st = self.state
+        st[frame] = "sent"
+        if len(st) > 8192:
+            self._trim_state()
 
     def _attach_host(self, conn, hello):
         # A new host starts a new session with its own tag: frames of earlier sessions still inside are
@@ -688,13 +856,16 @@ class Agent:
             conn = self.host if key is None else self.links.get(key)
             if conn is None:
                 conn = self._link(to)
-            own = OWN_RECORD.pack(self.rec_heads[0], t, t_cs, t_ce, _time_ns() + self.skew)
-            msg = b"".join((FRAME_HEAD.pack(FRAME_PREFIX, frame, self.stage, c.index, len(out), len(records) // 40 + 1),
-                            records, own, out))
+            n = len(out)
             lock = conn.wlock
             lock.acquire()
             try:
-                conn.sock.sendall(msg)
+                # header and own record packed into the agent's scratch buffer (safe: send_lock is held), sent
+                # with the records and payload in one sendmsg: no bytes objects, no join
+                scratch = self.scratch
+                FRAME_HEAD.pack_into(scratch, 0, FRAME_PREFIX, frame, self.stage, c.index, n, len(records) // 40 + 1)
+                OWN_RECORD.pack_into(scratch, 24, self.rec_heads[0], t, t_cs, t_ce, _time_ns() + self.skew)
+                send_parts(conn.sock, (self.head_view, records, self.own_view, out), 64 + len(records) + n)
             finally:
                 lock.release()
         except (OSError, TimeoutError) as e:
@@ -765,7 +936,8 @@ class Agent:
                 self.send_lock.release()
         else:
             self._set_state(item[0], "computed, queued for sending")
-            self.send_q.put(_own(item))  # may hold views of a receive buffer (_on_frame)
+            # may hold views of a receive buffer (_on_frame); raw-word items hold their slot and copied records
+            self.send_q.put(item if self.raw else _own(item))
 
     def _compute_loop(self):
         while True:
@@ -774,6 +946,7 @@ class Agent:
                 return
             if job[0] >> SESSION_SHIFT != self.session:  # queued before a new host attached
                 self.stale_dropped += 1
+                self._discard(job)
                 continue
             with self.compute_lock:
                 item = self._compute(job)
@@ -787,6 +960,7 @@ class Agent:
                 return
             if item[0] >> SESSION_SHIFT != self.session:
                 self.stale_dropped += 1
+                self._discard(item)
                 continue
             with self.send_lock:
                 self._send(*item)
@@ -809,6 +983,10 @@ class Agent:
                 t_cs = time.time_ns() + self.skew
                 t0 = time.perf_counter_ns()
                 outs = payloads
+            elif self.run_payloads is not None:  # the backend maps bytes to its buffers itself (overlay values)
+                t_cs = self.now()
+                t0 = time.perf_counter_ns() if self.period_ns else 0
+                outs = self.run_payloads(payloads, self.output_shape)
             else:
                 x = assemble(self.inputs, [c.decode(p) for c, p in zip(self.inputs, payloads)])
                 t_cs = self.now()
@@ -817,7 +995,7 @@ class Agent:
             if self.period_ns:
                 wait_until(t0 + self.period_ns)
             t_ce = _time_ns() + self.skew
-            if not backend.forward_bytes:
+            if not backend.forward_bytes and self.run_payloads is None:
                 outs = [c.encode(c.take(y)) for c in self.out_links]
         except Exception as e:
             self.computing = None
@@ -998,8 +1176,8 @@ def main(argv=None):
         print("agent: cannot read config %s: %s" % (cfg_path, e), file=sys.stderr)
         return 2
     part = cfg.partition
-    log_path = _path(cfg.log, base)
-    pidfile = _path(cfg.pidfile, base)
+    log_path = config_path(cfg.log, base)
+    pidfile = config_path(cfg.pidfile, base)
     logging.basicConfig(filename=log_path, level=logging.INFO,
                         format="%(asctime)s %(levelname)s [%(threadName)s] %(message)s")
     log = logging.getLogger("splitrack.agent")

@@ -6,6 +6,8 @@ Shipped to every board beside the agent: Python 3.8+, standard library only. On 
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -33,7 +35,12 @@ class AgentConfig:
                         the partition's hls4ml emulation library (virtual boards; bit-accurate)
                     {"kind": "overlay", "bitfile": "p.bit", "hwh": "p.hwh", "n_in": 64, "n_out": 10,
                      "dma": "hier_0.axi_dma_0", "in_dtype": "float32", "out_dtype": "float32"}
-                        a real PYNQ-Z2 (pynq.Overlay; *_dtype: the AXI data type of the accelerator wrapper)
+                        a real PYNQ-Z2 (pynq.Overlay; *_dtype: the AXI data type of the accelerator wrapper);
+                        "io": "values" (default: the buffers hold values or raw words of n_in / n_out elements,
+                        converted from and to the links' bytes in one vectorised step each way) or "raw" (the
+                        accelerator takes and gives the links' AXI-stream words exactly as on the wire: one link
+                        in, one out, no select; buffers of the links' payload_bytes, *_dtype and n_* unused; the
+                        agent receives a frame into the input DMA buffer and sends the output buffer as it is)
                     {"kind": "fast", "model": "partition.fast.npz", "check_frames": 4, + the emulation keys}
                         virtual boards: fast_model.py's vectorised bit-exact model, used only if it equals
                         the emulation library on the check frames at start (else the library runs)
@@ -144,3 +151,10 @@ def _int(v, name):
 
 def _is_dest(to):
     return to == "host" or (isinstance(to, dict) and "host" in to and "port" in to)
+
+
+def config_path(p, base):
+    """A path of the agent's config (`~` expanded); relative ones are taken from the folder `base` of the
+    config file."""
+    p = os.path.expanduser(str(p))
+    return p if os.path.isabs(p) else os.path.join(base, p)

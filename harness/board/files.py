@@ -13,6 +13,7 @@ from typing import Dict
 # board file name -> the project module it is a copy of
 SHIPPED = {"agent.py": "harness.board.agent", "wire.py": "harness.board.wire", "agent_config.py": "harness.board.agent_config",
            "fast_model.py": "harness.board.fast_model",  # the "fast" backend of virtual boards
+           "overlay.py": "harness.board.overlay",  # the "overlay" backend of a real PYNQ-Z2
            "contract.py": "splitting.contract", "emulation.py": "splitting.emulation"}
 
 

@@ -63,6 +63,7 @@ FRAME_HEAD = struct.Struct("<4sqHHIH2x")  # HEADER, with magic, version and type
 PROBE_REQ = struct.Struct("<q")
 PROBE_REP = struct.Struct("<qqq")
 FRAME_PREFIX = MAGIC + bytes((VERSION, MsgType.FRAME))
+FRAME_TYPE = int(MsgType.FRAME)
 HOST_STAGE = 0xFFFF
 HOST_ID = 0xFFFF
 MAX_CONTROL_PAYLOAD = 64 << 10  # JSON of PING/PONG/HELLO/ERROR: a health answer is well under 4 KiB
@@ -201,6 +202,14 @@ def unpack_records(blob):
     return list(RECORD.iter_unpack(blob))
 
 
+def send_parts(sock, parts, total):
+    """Send the concatenation of `parts` (bytes-like, e.g. header, records, a DMA buffer's memoryview; `total`
+    bytes in all) with one sendmsg, without joining them; the rest with sendall if the socket took less."""
+    sent = sock.sendmsg(parts)
+    if sent < total:
+        sock.sendall(b"".join(bytes(p) for p in parts)[sent:])
+
+
 def set_socket_options(sock):
     """Set TCP_NODELAY on `sock` (a frame goes out at once, not batched by Nagle's algorithm)."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -220,6 +229,8 @@ class Reader:
         self.end = 0
         self.max_payload = max_payload
         self.max_records = max_records
+        self.expect_records = None  # records per FRAME on this connection, once one came (see message_into)
+        self.scatter = None  # (destination, records end, reader view, buffers of the last recvmsg_into)
 
     def read(self, n):
         """Exactly `n` bytes (a bytearray copy) from the socket, buffered. Raises EOFError when the peer closes
@@ -280,6 +291,77 @@ class Reader:
             return mtype, frame, stage, part, buf[s + 24:p], buf[p:e]
         view = self.view
         return mtype, frame, stage, part, view[s + 24:p], view[p:e]
+
+    def message_into(self, dest):
+        """message(copy=False), with a FRAME's payload placed in `dest` (a writable byte memoryview, e.g. of a
+        DMA buffer) when its length is len(dest): then the returned payload is `dest` itself. Other messages,
+        and a FRAME of another length (the caller refuses it), come back as message(copy=False) gives them;
+        `dest` may then hold garbage (the caller must not have lent it to anyone: it is written either way).
+
+        Once this connection carried a frame, the next frame is expected to look alike (same number of
+        records, payload of len(dest)): a single recvmsg_into scatters the header and records into this
+        reader's buffer, the payload into `dest`, and whatever follows after them, so the payload is received
+        where it is used, not copied. Anything else (a control message, other record count, several messages
+        already buffered) is put back in order in this reader's buffer and parsed as message() does, header
+        checks included; a right-sized payload is then copied into `dest` once."""
+        n = len(dest)
+        nrec = self.expect_records
+        if nrec is None or self.start != self.end:  # nothing learnt yet, or bytes already buffered
+            return self._into(self.message(False), dest)
+        p = 24 + 40 * nrec
+        view = self.view
+        sc = self.scatter
+        if sc is None or sc[0] is not dest or sc[1] != p or sc[2] is not view:
+            if len(self.buf) < p + 4096:  # room for the header, records and a following message's start
+                self.buf = bytearray(p + (1 << 16))
+                self.view = view = memoryview(self.buf)
+            # the buffer list, kept while the destination and layout stay (a slot is usually reused)
+            sc = self.scatter = (dest, p, view, [view[:p], dest, view[p:]])
+        got = self.sock.recvmsg_into(sc[3])[0]
+        if not got:
+            raise EOFError("connection closed by peer")
+        if got >= 24:
+            magic, version, mtype, frame, stage, part, length, k = HEADER.unpack_from(self.buf, 0)
+            if mtype == FRAME_TYPE and length == n and k == nrec and magic == MAGIC and version == VERSION:
+                if got < p + n:  # the rest of the records, then of the payload: received in place
+                    self.start = self.end = 0
+                    self._exact(view, got, p)
+                    self._exact(dest, max(got - p, 0), n)
+                else:  # a following message's start sits in the buffer behind the records
+                    self.start, self.end = p, got - n
+                    if self.start == self.end:
+                        self.start = self.end = 0
+                return mtype, frame, stage, part, view[24:p], dest
+        # not the expected layout: put the bytes in order (records part, payload part, the rest) and parse
+        in_dest = min(max(got - p, 0), n)
+        tail = max(got - p - n, 0)
+        if tail:
+            if len(self.buf) < p + n + tail:
+                grown = bytearray(p + n + tail + (1 << 16))
+                grown[:p + tail] = self.buf[:p + tail]
+                self.buf, self.view = grown, memoryview(grown)
+            self.buf[p + n:p + n + tail] = self.buf[p:p + tail]  # the slice on the right is a copy: no overlap
+        if in_dest:
+            self.buf[p:p + in_dest] = dest[:in_dest]
+        self.start, self.end = 0, got
+        return self._into(self.message(False), dest)
+
+    def _exact(self, view, have, n):
+        """Receive into view[have:n] until it is full; EOFError if the peer closes first."""
+        recv_into = self.sock.recv_into
+        while have < n:
+            k = recv_into(view[have:n])
+            if not k:
+                raise EOFError("connection closed by peer")
+            have += k
+
+    def _into(self, m, dest):
+        if m[0] == FRAME_TYPE:
+            self.expect_records = len(m[4]) // 40
+            if len(m[5]) == len(dest):
+                dest[:] = m[5]
+                return m[:5] + (dest,)
+        return m
 
     def _bad_header(self, magic, version, length, nrec):
         if magic != MAGIC or version != VERSION:

@@ -15,7 +15,7 @@ Per partition, on its board (one partition per board, as one bitstream per FPGA)
 
 Board layout, under the board's `workdir` (default ~/splitrack):
 
-    agent.py wire.py agent_config.py contract.py emulation.py     lease.json (who holds the board, harness.rack.lease)
+    agent.py wire.py agent_config.py overlay.py fast_model.py contract.py emulation.py     lease.json (who holds the board, harness.rack.lease)
     part/  artifact (lib .so | .bit + .hwh), contracts.json, agent.json, agent.secret (0600),
            running.json (pid of the agent started with that agent.json), agent-<partition>.pid / .log / .out
 

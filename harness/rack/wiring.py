@@ -180,11 +180,15 @@ def emulation_backend(plan: Plan, name: str, library: str, project: str) -> Dict
 
 
 def overlay_backend(plan: Plan, name: str, bitfile: str, hwh: str, in_dtype: str = "float32",
-                    out_dtype: str = "float32") -> Dict[str, Any]:
-    """Backend entry for a real PYNQ-Z2: the partition's bitstream and .hwh as the board sees them."""
+                    out_dtype: str = "float32", io: str = "values") -> Dict[str, Any]:
+    """Backend entry for a real PYNQ-Z2: the partition's bitstream and .hwh as the board sees them.
+    io "raw": the accelerator moves the links' raw AXI-stream words (see harness/board/agent_config.py)."""
     part = plan.partition(name)
-    return {"kind": "overlay", "bitfile": str(bitfile), "hwh": str(hwh), "n_in": incoming_elements(plan, name),
-            "n_out": int(math.prod(part.output_shape)), "in_dtype": in_dtype, "out_dtype": out_dtype}
+    d = {"kind": "overlay", "bitfile": str(bitfile), "hwh": str(hwh), "n_in": incoming_elements(plan, name),
+         "n_out": int(math.prod(part.output_shape)), "in_dtype": in_dtype, "out_dtype": out_dtype}
+    if io != "values":
+        d["io"] = io
+    return d
 
 
 def agent_config(plan: Plan, name: str, endpoints: Mapping[str, Endpoint], backend: Dict[str, Any], *,
