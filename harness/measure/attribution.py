@@ -248,8 +248,9 @@ def _us_list(ns: np.ndarray) -> List[float]:
     return [round(v, 3) for v in (np.asarray(ns, dtype=np.float64) / 1e3).tolist()]
 
 
-def format_report(rep: Mapping[str, object]) -> str:
-    """The stats of one report as an aligned text table (us)."""
+def format_report(rep: Mapping[str, object], notes: Optional[Mapping[str, str]] = None) -> str:
+    """The stats of one report as an aligned text table (us); `notes` {hop: text} is printed after a hop's row
+    (bench: what a board's compute figure is)."""
     head = f"{rep['mode']}: {rep['frames']} frames, {rep['in_flight']} in flight"
     if rep.get("rate_hz"):
         head += f", offered {rep['rate_hz']:g} frames/s"
@@ -257,7 +258,8 @@ def format_report(rep: Mapping[str, object]) -> str:
         head += f", throughput {rep['throughput_hz']:.0f} frames/s"
     lines = [head, f"  {'hop':34s} {'p50':>9s} {'p90':>9s} {'p99':>9s} {'max':>9s} {'jitter':>9s}   (us)"]
     for name, s in rep["stats"].items():
-        lines.append(f"  {name:34s} " + " ".join(f"{s[k]:9.1f}" for k in ("p50", "p90", "p99", "max", "jitter")))
+        lines.append(f"  {name:34s} " + " ".join(f"{s[k]:9.1f}" for k in ("p50", "p90", "p99", "max", "jitter"))
+                     + (f"   {notes[name]}" if notes and name in notes else ""))
     return "\n".join(lines)
 
 
