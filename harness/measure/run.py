@@ -144,8 +144,8 @@ def run_frames(plan: Plan, wiring, x: np.ndarray, y: Optional[np.ndarray], out_d
         for note in dict.fromkeys(c["fpga_note"] for c in compute.values() if c["fpga_note"]):
             progress(f"FPGA compute: {note}")
         if any(c["label"].startswith("CPU") for c in compute.values()):
-            progress("compute on virtual boards is this machine's CPU running a bit-exact model of the partition, "
-                     "not FPGA time")
+            progress("\"CPU: ...\" compute is this machine's CPU running a bit-exact model of the partition "
+                     "(virtual boards), not FPGA time")
     if n:
         progress(f"\nframes {n}{'' if error is None else f' of {len(x)}'}  throughput {summary['throughput_fps']:.0f} "
                  f"frames/s  end-to-end p50 {summary['latency_us']['p50']:.0f} us  p99 {summary['latency_us']['p99']:.0f} us")

@@ -180,3 +180,31 @@ def test_old_bench_document_and_run_json_without_the_fields_still_load_and_print
     bad = dict(bench_doc(1), compute={"s0": "CPU"})
     with pytest.raises(history.HistoryError, match="compute"):
         history.parse_bench(bad)
+
+
+def test_history_keeps_the_compute_source_and_the_run_page_shows_it(tmp_path):
+    """A bench document with "compute" and an older one without it share a history; the newer run's page says
+    what each board computed on and the FPGA compute beside it, the older one's page still renders."""
+    from synthetic_history import PLACEMENT, bench_doc
+
+    from harness.measure.compute_source import ComputeSource
+    from harness.results import dashboard, history
+
+    fpga = {"source": "RTL cosimulation (icarus, da4ml RTL)", "clock_ns": 10.0, "frame_latency_cycles": 12.0,
+            "frame_latency_us": 0.12, "ii_cycles": 5.0, "ii_us": 0.05}
+    new = bench_doc(1)
+    new["compute"] = {p: ComputeSource(p, b, "fast", True, None, fpga if p == "s0" else None,
+                                       "" if p == "s0" else "not cosimulated (run: splitrack cosim plan/)").to_dict()
+                      for p, b in PLACEMENT.items()}
+    with history.History(tmp_path / "h.sqlite") as h:
+        h.add_run(*history.parse_bench(bench_doc(0)))
+        h.add_run(*history.parse_bench(new))
+        old_run, new_run = h.run_infos()
+        assert "compute" not in old_run.env and new_run.env["compute"] == new["compute"]
+        page, _ = dashboard.build_run(h, new_run, old_run)
+        assert "<h2>What a board's compute is</h2>" in page
+        assert "this machine&#x27;s CPU running the partition&#x27;s bit-exact fast model" in page
+        assert "frame latency 12 cycles = 0.12 us, II 5 cycles = 0.05 us at 10 ns (100 MHz)" in page
+        assert "not cosimulated (run: splitrack cosim plan/)" in page
+        old_page, _ = dashboard.build_run(h, old_run, None)
+        assert "What a board" not in old_page
