@@ -5,7 +5,10 @@
 Deploys the plan (nothing is uploaded when the boards already carry it), probes every board's clock,
 sends the frames one at a time (paced, single-frame latency), then as a sustained stream (several in
 flight, optionally at R frames/s: latency under load, throughput), probes the clocks again, attributes
-each frame's time to links and boards, and measures Keras and the hls4ml emulation on this CPU. With
+each frame's time to links and boards, and measures Keras and the hls4ml emulation on this CPU. Per
+partition it says what a board's compute figure is (the backend its agent reports: this machine's CPU running a
+bit-exact model on a virtual board, the overlay on a PYNQ-Z2) and shows beside it the FPGA compute the RTL
+cosimulation measured (plan/cosim.json of `splitrack cosim`), or "not cosimulated (run: ...)". With
 --json the whole result goes to a file that `splitrack history add` imports; a PNG of the per-hop
 breakdown is written beside it.
 """
