@@ -154,5 +154,7 @@ def hop_notes(compute: Optional[Dict[str, dict]]) -> Dict[str, str]:
     for name, src in (compute or {}).items():
         label = src.get("label") or describe(src.get("backend"))[0]
         cpu = label.startswith("CPU")
-        out[f"board {name} compute"] = f"{label}{', not FPGA time' if cpu else ''}; {fpga_short(src)}"
+        t = src.get("timing") if isinstance(src.get("timing"), dict) else {}
+        paced = " (paced to the plan's cycle estimate)" if _num(t.get("cycles")) is not None else ""
+        out[f"board {name} compute"] = f"{label}{paced}{', not FPGA time' if cpu else ''}; {fpga_short(src)}"
     return out
