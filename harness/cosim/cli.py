@@ -50,7 +50,11 @@ def run(args) -> int:
     result = cosimulate(plan, args.sim, frames=_frames(plan, args), n_frames=args.frames, waves=args.waves,
                         write_depths=not args.no_write, log=log)
     # kept beside the plan: bench, run and the demo show these cycles beside a virtual board's CPU time
-    log(f"wrote {record.write(result, plan.root)}")
+    try:
+        log(f"wrote {record.write(result, plan.root)}")
+    except OSError as e:  # a read-only plan folder: the result is still printed, bench will say "not cosimulated"
+        log(f"note: could not keep the result in {plan.root / record.FILE} ({e.strerror or e}); bench and run "
+            "will not show these cycles")
     if args.json:
         print(json.dumps(result.to_dict(), indent=1, default=str))
     else:
