@@ -75,9 +75,8 @@ def run_frames(plan: Plan, wiring, x: np.ndarray, y: Optional[np.ndarray], out_d
     `"complete": false` with the error, and RunError is raised; RunError too when any output differs from
     the emulation."""
     from harness.measure.stream import Pipeline, StreamError, StreamResult
-    from harness.results.history import RUN_KIND, current_commit, machine_name, now_iso
-
     from harness.measure.compute_source import compute_sources, fpga_short
+    from harness.results.history import RUN_KIND, current_commit, machine_name, now_iso
 
     # what each partition's compute figure is (asked of the agents before the frames go)
     compute = {p: c.to_dict() for p, c in compute_sources(plan, wiring).items()}
