@@ -345,8 +345,10 @@ def measure_rack(pipe, wiring, plan, x: np.ndarray, *, rate: Optional[float] = N
 
 def benchmark_extra_info(plan, rack_name: str, wiring, frames: Sequence[FrameTiming], before, after) -> Dict[str, object]:
     """What a pytest-benchmark test puts in `benchmark.extra_info` (JSON-able, imported by `history add`):
-    plan hash, rack, placement, clocks, per-hop stats and the critical-path medians of the timed frames."""
+    plan hash, rack, placement, clocks, per-hop stats and the critical-path medians of the timed frames, and
+    per partition what its compute is with the cosimulated FPGA compute beside it (compute_source)."""
     from harness.measure import clocksync
+    from harness.measure.compute_source import compute_sources
 
     clocks = clocksync.models(before, after)
     topo = Topology.from_plan(plan, {p: ep.board for p, ep in wiring.endpoints.items()})
@@ -360,4 +362,5 @@ def benchmark_extra_info(plan, rack_name: str, wiring, frames: Sequence[FrameTim
         "hops": {h: st for h, st in summary.items() if h != "e2e"},
         "e2e_us": summary["e2e"],
         "breakdown_p50_us": att.breakdown_p50(),
+        "compute": {p: c.to_dict() for p, c in compute_sources(plan, wiring).items()},
     }

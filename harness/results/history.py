@@ -361,6 +361,18 @@ def runs_from_pytest_benchmark(doc: Dict, rack: Optional[str] = None, label: Opt
         if k not in out:
             out[k] = (RunInfo(*k, label=label or r.plan_hash, source="pytest-benchmark"), [], {})
         out[k][1].append(r)
+    for b in doc.get("benchmarks") or []:  # what each board's compute was (older files: not recorded)
+        extra = b.get("extra_info") if isinstance(b, dict) else None
+        if not isinstance(extra, dict) or extra.get("compute") is None:
+            continue
+        try:
+            compute = _compute_field(extra["compute"])
+        except TypeError as e:
+            raise HistoryError(f"pytest-benchmark JSON has a malformed field {e}: write it with splitrack's "
+                               "benchmark_extra_info") from None
+        for run, _, _ in out.values():
+            if run.plan_hash == extra.get("plan_hash", "none") and run.rack == (extra.get("rack") or rack or "none"):
+                run.env.setdefault("compute", compute)
     return list(out.values())
 
 

@@ -51,6 +51,10 @@ def test_json_compare_and_compare_fail(tmp_path):
     assert set(extra["breakdown_p50_us"]) == {"link host->s0", "board s0", "link s0->s1", "board s1", "link s1->host"}
     rows = history.rows_from_file(out)
     assert any(r.hop == "board s1" and r.metric == "pytest test_rack_frame p50" for r in rows)
+    # what each board's compute was goes with the run (the agents are stopped by then: as configured)
+    assert extra["compute"]["s1"]["backend"] == "passthrough" and extra["compute"]["s1"]["label"] == "none: passthrough"
+    (run_info, _, _), = history.load_file(out)
+    assert run_info.env["compute"] == extra["compute"]
     # the same rack again: compare works and a generous gate passes
     r = run(tmp_path, "--benchmark-compare", "--benchmark-compare-fail=median:300%")
     assert r.returncode == 0 and "Comparing against" in r.stdout + r.stderr, r.stdout[-3000:]
