@@ -51,7 +51,7 @@ def run(args) -> int:
                         write_depths=not args.no_write, log=log)
     # kept beside the plan: bench, run and the demo show these cycles beside a virtual board's CPU time
     try:
-        log(f"wrote {record.write(result, plan.root)}")
+        log(f"wrote {record.write(result, plan)}")
     except OSError as e:  # a read-only plan folder: the result is still printed, bench will say "not cosimulated"
         log(f"note: could not keep the result in {plan.root / record.FILE} ({e.strerror or e}); bench and run "
             "will not show these cycles")

@@ -91,6 +91,7 @@ def test_virtual_rack_bench_and_run_label_the_compute_then_show_the_cosimulated_
     assert main(["cosim", str(tiny_plan.root), "--sim", "icarus", "--frames", "4", "--no-write"]) == 0
     stored = json.loads((tiny_plan.root / record.FILE).read_text())
     assert stored["kind"] == record.KIND and stored["result"]["plan_hash"] == tiny_plan.hash and stored["result"]["ok"]
+    assert stored["plan_key"] == record.plan_key(tiny_plan)
     doc = _bench(tiny_plan, rack2)
     clock = float(tiny_plan.hls_defaults.get("clock_period", 10))
     text = format_bench(doc)
@@ -123,20 +124,29 @@ def test_stored_cosim_of_another_plan_version_failed_or_damaged_is_not_shown(tin
     def result(plan_hash, ok=True):
         return CosimResult(plan_hash, "icarus", 4, ok, ok, [], figs, [], 23.0, 5.0, 100, 1.0, 0.5, 0.1, [])
 
-    record.write(result(plan.hash), folder)
+    record.write(result(plan.hash), plan)
     got = record.read(plan)
     assert got.missing == "" and got.figures["s0"].frame_latency == 12 and got.figures["s1"].us(12) == pytest.approx(0.12)
+    # what the cosimulation writes into the plan (FIFO depths, a note), or the same split written again without
+    # them, is still the plan that was cosimulated
+    for link in plan.links:
+        link.fifo_depth = 16
+    plan.notes.append("cosim: link fifo_depth = ...")
+    plan.save(folder)
+    assert record.read(Plan.load(folder)).figures["s0"].frame_latency == 12
     plan.hls_defaults["clock_period"] = 5  # another clock is another plan (and its cycles take other time)
     plan.save(folder)
     plan = Plan.load(folder)
     got = record.read(plan)
     assert not got.figures and "not cosimulated in this version of the plan" in got.missing
     assert f"run: splitrack cosim {folder}" in got.missing
-    record.write(result(plan.hash, ok=False), folder)
+    record.write(result(plan.hash, ok=False), plan)
     assert "failed its checks" in record.read(plan).missing and not record.read(plan).figures
-    for bad in ("{not json", json.dumps({"kind": record.KIND, "version": 1, "result": {"plan_hash": plan.hash, "ok": True,
-                                                                                     "partitions": {"s0": {"ii": "x"}}}}),
-                json.dumps([1, 2]), json.dumps({"kind": record.KIND, "version": 99})):
+    for bad in ("{not json", json.dumps({"kind": record.KIND, "version": 1, "plan_key": record.plan_key(plan),
+                                         "result": {"plan_hash": plan.hash, "ok": True, "partitions": {"s0": {"ii": "x"}}}}),
+                json.dumps([1, 2]), json.dumps({"kind": record.KIND, "version": 99}),
+                json.dumps({"kind": record.KIND, "version": 1, "result": {"plan_hash": plan.hash, "ok": True,
+                                                                         "partitions": {}}})):  # no plan_key
         (folder / record.FILE).write_text(bad)
         got = record.read(plan)
         assert not got.figures and "unreadable" in got.missing and f"run: splitrack cosim {folder}" in got.missing
