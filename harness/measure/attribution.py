@@ -343,12 +343,13 @@ def measure_rack(pipe, wiring, plan, x: np.ndarray, *, rate: Optional[float] = N
                    {link_name(c.src, c.dst): c.payload_bytes for c in plan.links})
 
 
-def benchmark_extra_info(plan, rack_name: str, wiring, frames: Sequence[FrameTiming], before, after) -> Dict[str, object]:
+def benchmark_extra_info(plan, rack_name: str, wiring, frames: Sequence[FrameTiming], before, after,
+                         compute: Optional[Dict[str, dict]] = None) -> Dict[str, object]:
     """What a pytest-benchmark test puts in `benchmark.extra_info` (JSON-able, imported by `history add`):
     plan hash, rack, placement, clocks, per-hop stats and the critical-path medians of the timed frames, and
-    per partition what its compute is with the cosimulated FPGA compute beside it (compute_source)."""
+    `compute` when given: per partition what its compute is with the cosimulated FPGA compute beside it
+    ({p: ComputeSource.to_dict()} of harness.measure.compute_source.compute_sources, asked while the agents run)."""
     from harness.measure import clocksync
-    from harness.measure.compute_source import compute_sources
 
     clocks = clocksync.models(before, after)
     topo = Topology.from_plan(plan, {p: ep.board for p, ep in wiring.endpoints.items()})
@@ -362,5 +363,5 @@ def benchmark_extra_info(plan, rack_name: str, wiring, frames: Sequence[FrameTim
         "hops": {h: st for h, st in summary.items() if h != "e2e"},
         "e2e_us": summary["e2e"],
         "breakdown_p50_us": att.breakdown_p50(),
-        "compute": {p: c.to_dict() for p, c in compute_sources(plan, wiring).items()},
+        **({"compute": compute} if compute is not None else {}),
     }
