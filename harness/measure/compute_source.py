@@ -55,7 +55,7 @@ class ComputeSource:
         """JSON-ready (what bench.json's "compute" and run.json's partitions hold)."""
         short, what = describe(self.backend)
         return {"board": self.board, "backend": self.backend, "backend_reported_by_agent": self.reported,
-                "label": short, "what": what, "timing": self.timing, "fpga": self.fpga, "fpga_note": self.fpga_note}
+                "label": short + ("" if self.reported else " (configured)"), "what": what, "timing": self.timing, "fpga": self.fpga, "fpga_note": self.fpga_note}
 
 
 def reported_backends(wiring, timeout: float = 2.0) -> Dict[str, Optional[str]]:

@@ -162,7 +162,8 @@ def test_overlay_and_timing_model_are_named():
     assert "as configured; the agent did not say" in text and "paced to at least 1200 cycles at 100 MHz" in text
     notes = hop_notes({"s0": real, "s1": paced})
     assert notes["board s0 compute"].startswith("FPGA: PYNQ-Z2 overlay;") and "not FPGA time" not in notes["board s0 compute"]
-    assert notes["board s1 compute"].startswith("CPU: hls4ml emulation (paced to the plan's cycle estimate), not FPGA time")
+    assert notes["board s1 compute"].startswith("CPU: hls4ml emulation (configured) (paced to the plan's cycle estimate), "
+                                                "not FPGA time")  # the agent did not say which backend it runs
 
 
 def test_old_bench_document_and_run_json_without_the_fields_still_load_and_print(tmp_path):
