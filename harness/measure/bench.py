@@ -268,7 +268,11 @@ def plot(doc: Dict, path: Path) -> Path:
     if compute:
         from harness.measure.compute_source import fpga_short
 
-        captions.append("FPGA compute per partition: " + ", ".join(f"{p} {fpga_short(c)}" for p, c in compute.items()))
+        notes = {c.get("fpga_note") for c in compute.values() if not c.get("fpga")}
+        if len(notes) == 1 and not any(c.get("fpga") for c in compute.values()):  # one reason for all: say it once
+            captions.append(f"FPGA compute: {notes.pop()}")
+        else:
+            captions.append("FPGA compute per partition: " + ", ".join(f"{p} {fpga_short(c)}" for p, c in compute.items()))
     fig.text(0.01, 0.01, "\n".join(captions), fontsize=7, va="bottom")
     fig.tight_layout(rect=(0, 0.03 + 0.02 * len(captions), 1, 1))
     fig.savefig(path, dpi=110)
