@@ -102,7 +102,7 @@ def test_virtual_rack_bench_and_run_label_the_compute_then_show_the_cosimulated_
         assert f["frame_latency_cycles"] == cyc["frame_latency"] and f["ii_cycles"] == cyc["ii"]
         assert f["frame_latency_us"] == pytest.approx(cyc["frame_latency"] * clock / 1e3)
         assert (f"FPGA: RTL cosimulation (icarus, da4ml RTL): frame latency {cyc['frame_latency']:.0f} cycles = "
-                f"{cyc['frame_latency'] * clock / 1e3:.2f} us, II {cyc['ii']:.0f} cycles") in text
+                f"{cyc['frame_latency'] * clock / 1e3:.2f} us, II in the chain {cyc['ii']:.0f} cycles") in text
         assert c["label"].startswith("CPU: ")  # the board's own figure is still the CPU's, beside the FPGA's
     assert "not cosimulated" not in text
     lines.clear()
@@ -215,7 +215,7 @@ def test_history_keeps_the_compute_source_and_the_run_page_shows_it(tmp_path):
         page, _ = dashboard.build_run(h, new_run, old_run)
         assert "<h2>What a board's compute is</h2>" in page
         assert "this machine&#x27;s CPU running the partition&#x27;s bit-exact fast model" in page
-        assert "frame latency 12 cycles = 0.12 us, II 5 cycles = 0.05 us at 10 ns (100 MHz)" in page
+        assert "frame latency 12 cycles = 0.12 us, II in the chain 5 cycles = 0.05 us at 10 ns (100 MHz)" in page
         assert "not cosimulated (run: splitrack cosim plan/)" in page
         old_page, _ = dashboard.build_run(h, old_run, None)
         assert "What a board" not in old_page
