@@ -115,7 +115,7 @@ def fpga_text(src: dict) -> str:
     clock = _num(f.get("clock_ns"))
     at = f"at {clock:g} ns ({1e3 / clock:g} MHz)" if clock else "at an unknown clock (the plan's clock_period is bad)"
     parts = [f"frame latency {_f(f.get('frame_latency_cycles'), 'cycles')} = {_f(f.get('frame_latency_us'), 'us')}",
-             f"II in the chain {_f(f.get('ii_cycles'), 'cycles')} = {_f(f.get('ii_us'), 'us')}"]  # the slowest sets it
+             f"II in the chain {_f(f.get('ii_cycles'), 'cycles')} = {_f(f.get('ii_us'), 'us')}"]  # measured chained: a slower partition further on can set it
     return f"{f.get('source', 'RTL cosimulation')}: " + ", ".join(parts) + f" {at}"
 
 
