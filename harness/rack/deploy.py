@@ -50,6 +50,7 @@ PING_TIMEOUT = 3.0
 MIN_FREE_MEMORY = 64 << 20  # below this an agent with its frame queues does not fit next to the OS
 MIN_FREE_DISK = 32 << 20
 MIN_PYTHON = (3, 8)
+MAX_PARALLEL = 32  # boards handled at once (threads waiting on SSH round trips and agent starts)
 
 
 class DeployError(UserError, RuntimeError):
@@ -366,7 +367,7 @@ def _deploy_one(plan: Plan, name: str, board: Board, config: dict, force: bool,
     want.update({rel: hashlib.sha256(data).hexdigest() for rel, data in blobs.items()})
     art_rels = {f"{PART}/{k}" for k in art}
 
-    with Connection(board, timeout=connect_timeout) as conn:
+    with (lease.shared_connection(board) or Connection(board, timeout=connect_timeout)) as conn:
         root = conn.remote_path(board.workdir)
         conn.mkdirs(f"{root}/{PART}")
         have = conn.sha256([f"{root}/{rel}" for rel in want], stage="verify")
@@ -505,7 +506,8 @@ def _deploy(plan: Plan, boards: Dict[str, Board], force: bool, progress: Callabl
         artifact_files(plan, name, b)
     placed: Dict[str, Placed] = {}
     failures: List[BoardError] = []
-    with ThreadPoolExecutor(max_workers=min(8, len(boards))) as pool:
+    # most of a board's deployment is waiting for it (SFTP round trips, the agent's start): many at once
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(boards))) as pool:
         futs = {name: pool.submit(_deploy_one, plan, name, b, configs[name], force, progress, connect_timeout,
                                   secret)
                 for name, b in boards.items()}
@@ -528,7 +530,7 @@ def undeploy(rack: Rack, boards: Optional[List[str]] = None) -> int:
     """Stop the agents on the rack's boards (files stay, so the next deploy skips the upload)."""
     def stop(b: Board) -> int:
         lease.require(b)
-        with Connection(b) as conn:
+        with (lease.shared_connection(b) or Connection(b)) as conn:
             return stop_agents(conn, b)
 
     from . import lease
@@ -536,7 +538,7 @@ def undeploy(rack: Rack, boards: Optional[List[str]] = None) -> int:
     chosen = [b for b in rack.boards if boards is None or b.name in boards]
     if not chosen:
         return 0
-    with lease.ensure(chosen, "undeploy"), ThreadPoolExecutor(max_workers=min(8, len(chosen))) as pool:
+    with lease.ensure(chosen, "undeploy"), ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(chosen))) as pool:
         return sum(pool.map(stop, chosen))
 
 
@@ -649,5 +651,5 @@ def check_rack(rack: Rack, timeout: float = 5.0, recover: bool = False, wait: fl
             h = power_cycle(b, wait, timeout)
         return h
 
-    with ThreadPoolExecutor(max_workers=min(8, len(rack.boards))) as pool:
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(rack.boards))) as pool:
         return list(pool.map(one, rack.boards))

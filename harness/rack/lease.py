@@ -226,6 +226,7 @@ class RackLease:
         by another user at the deadline, BoardError for any other board failure."""
         deadline = time.monotonic() + self.wait
         said = False
+        self._connect_all()
         while True:
             with _held_lock:  # boards another lease of this process holds already are not leased twice
                 todo = [b for b in self.boards if _held.get(_key(b)) in (None, self)]
@@ -268,6 +269,33 @@ class RackLease:
                 self.progress(f"board {b.name} is {info.describe()}; waiting up to {self.wait:.0f} s")
                 said = True
             time.sleep(min(RETRY_EVERY, max(0.0, deadline - time.monotonic())))
+
+    def _connect_all(self) -> None:
+        """Open the connections to every board not connected yet, in parallel (an SSH handshake is most of
+        what leasing a board costs; the leases themselves are then taken one board after another, in the
+        rack's order, so two users who want the same boards never hold half each). Unreachable boards are
+        left to _try_one, which records why; any other failure closes what was opened and is raised."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        todo = [b for b in self.boards if b.name not in self.conns]
+        if len(todo) < 2:
+            return
+
+        def one(b: Board):
+            try:
+                return b, Connection(b, timeout=self.connect_timeout).open(), None
+            except BoardError as e:
+                return b, None, e
+
+        with ThreadPoolExecutor(max_workers=min(32, len(todo))) as pool:
+            results = list(pool.map(one, todo))
+        for b, conn, e in results:
+            if conn is not None:
+                self.conns[b.name] = conn
+        failed = [e for _, _, e in results if e is not None and e.stage not in UNREACHABLE_STAGES]
+        if failed:
+            self._give_back()
+            raise failed[0]
 
     def _give_back(self) -> None:
         """Remove the lease files we created, close every connection. Boards in parallel, and a board that
@@ -370,6 +398,20 @@ def ensure(boards: List[Board], purpose: str, wait: float = 0.0, ttl: float = DE
     if not todo:
         return _Nothing()
     return RackLease(todo, purpose, wait=wait, ttl=ttl, progress=progress, connect_timeout=connect_timeout)
+
+
+def shared_connection(board: Board) -> Optional[Connection]:
+    """A connection to `board` over the SSH transport of the lease this process holds on it (no second
+    handshake; close it as usual), or None when no lease of this process has an open connection to it."""
+    with _held_lock:
+        held = _held.get(_key(board))
+        conn = held.conns.get(board.name) if held is not None else None
+    if conn is None:
+        return None
+    try:
+        return conn.sibling()
+    except BoardError:
+        return None
 
 
 def holds(board: Board) -> bool:

@@ -97,6 +97,19 @@ class Connection:
         self._sftp: Optional[paramiko.SFTPClient] = None
         self._home: Optional[str] = None
         self._broken = False  # an SFTP request timed out: do not wait on this connection again
+        self._owner = True  # False for a sibling: it shares another Connection's SSH transport
+
+    def sibling(self) -> "Connection":
+        """A second connection over this open one's SSH transport: its own SFTP channel and commands, no new
+        key exchange or authentication (paramiko multiplexes channels on one transport, each thread-safe).
+        Closing the sibling leaves the transport open. Raises BoardError (stage 'connect') when this
+        connection is closed or its transport is down."""
+        t = self._client.get_transport() if self._client is not None else None
+        if t is None or not t.is_active() or self._broken:
+            raise BoardError(self.board.name, "connect", "the board's SSH connection is closed; connect again")
+        c = Connection(self.board, self.timeout)
+        c._client, c._owner = self._client, False
+        return c
 
     # --- connecting ------------------------------------------------------------------------------
     def open(self) -> "Connection":
@@ -177,8 +190,9 @@ class Connection:
         return self
 
     def close(self) -> None:
-        """Close SFTP and SSH (the transport abruptly when the board stopped answering); a second call does nothing."""
-        if self._broken and self._client is not None:
+        """Close SFTP and SSH (the transport abruptly when the board stopped answering; a sibling's transport
+        stays open for its owner); a second call does nothing."""
+        if self._broken and self._client is not None and self._owner:
             # a hung board: close the transport (no goodbye that would wait for an answer)
             try:
                 self._client.get_transport().close()
@@ -191,7 +205,8 @@ class Connection:
                 pass
             self._sftp = None
         if self._client is not None:
-            self._client.close()
+            if self._owner:
+                self._client.close()
             self._client = None
 
     def __enter__(self) -> "Connection":

@@ -221,9 +221,54 @@ def kill_home_processes(home: Path) -> int:
     return len(pids)
 
 
+def zygote(requests=None, replies=None) -> int:
+    """`--zygote`: a start-up server for many boards (what `rack up` uses). It imports asyncssh once, then for
+    each request line on stdin (JSON: {"argv": board options, "cwd": folder, "log": file}) forks one board
+    process and answers its pid on stdout. A board is then its own process as before (own session, stoppable
+    and freezable on its own), but does not pay Python's and asyncssh's start-up (about 0.3 CPU s) again: 64
+    boards on 2 cores start in a fraction of the time. Stays single-threaded, so that forking is safe. Ends
+    when stdin closes."""
+    requests = requests or sys.stdin
+    replies = replies or sys.stdout
+    for line in requests:
+        req = json.loads(line)
+        pid = os.fork()
+        if pid == 0:  # the board
+            code = 1
+            try:
+                os.setsid()
+                os.chdir(req["cwd"])
+                fd = os.open(req["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                os.close(fd)
+                os.close(null)
+                sys.stdin = open(0, closefd=False)
+                sys.stdout = open(1, "w", closefd=False)
+                sys.stderr = open(2, "w", closefd=False)
+                code = main(req["argv"])
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        replies.write(f"{pid}\n")
+        replies.flush()
+    return 0
+
+
 def main(argv=None) -> int:
     """Command line: one virtual board per process (options in the module docstring); returns 0 once
-    stopped by SIGTERM or SIGINT. argparse exits with status 2 on bad options."""
+    stopped by SIGTERM or SIGINT. argparse exits with status 2 on bad options. `--zygote` alone: see zygote()."""
+    if list(sys.argv[1:] if argv is None else argv) == ["--zygote"]:
+        return zygote()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--name", required=True)
     ap.add_argument("--home", required=True, type=Path)

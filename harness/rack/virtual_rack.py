@@ -109,6 +109,59 @@ def _keys(state: Path) -> Path:
     return key
 
 
+class _Forked:
+    """A board process forked by the zygote (not a child of this process): its pid, and kill()."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _board_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+class _Zygote:
+    """One `python -m harness.rack.virtual_board --zygote` process that forks boards on request (see
+    virtual_board.zygote): a rack of many boards pays Python's and asyncssh's start-up once."""
+
+    def __init__(self, cwd: Path):
+        self.proc = subprocess.Popen([sys.executable, "-m", "harness.rack.virtual_board", "--zygote"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True, env=_board_env(), cwd=str(cwd), start_new_session=True)
+
+    def fork(self, argv: List[str], cwd: Path, log: Path) -> _Forked:
+        """Start one board (`argv`: virtual_board's options) in folder `cwd`, output to `log`. Raises
+        UserError when the zygote is gone."""
+        try:
+            self.proc.stdin.write(json.dumps({"argv": argv, "cwd": str(cwd), "log": str(log)}) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+            return _Forked(int(line))
+        except (OSError, ValueError):
+            raise UserError(f"the virtual boards' start-up process ended (exit {self.proc.poll()}); "
+                            "run `python -m harness.rack.virtual_board --zygote` to see why") from None
+
+    def close(self) -> None:
+        """End the zygote (its boards run on); waits for it."""
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 @dataclass
 class _Starting:
     """A board process spawned by _spawn_board, not yet known to speak SSH."""
@@ -117,7 +170,7 @@ class _Starting:
     host: str
     port: int
     data_port: int
-    proc: subprocess.Popen
+    proc: object  # subprocess.Popen, or _Forked by the zygote: .pid and .kill()
     bdir: Path
     host_key: object
     key: Path
@@ -128,9 +181,10 @@ class _Starting:
 def _spawn_board(state: Path, name: str, host: str = "127.0.0.1", port: Optional[int] = None,
                  data_port: Optional[int] = None, memory_mb: int = 512, memory_free_mb: Optional[int] = None,
                  disk_mb: float = 2048, faults: List[str] = (), netns: Optional[str] = None,
-                 timing: Optional[str] = None, taken: Optional[set] = None) -> _Starting:
+                 timing: Optional[str] = None, taken: Optional[set] = None,
+                 zygote: Optional[_Zygote] = None) -> _Starting:
     """Start one virtual board process without waiting for it (ports not given are drawn with _free_port,
-    never one of `taken`)."""
+    never one of `taken`); forked by `zygote` when one is given (not for a board in a network namespace)."""
     state = Path(state).resolve()  # the board process runs in its own folder: paths must be absolute
     state.mkdir(parents=True, exist_ok=True)
     key = _keys(state)
@@ -154,13 +208,14 @@ def _spawn_board(state: Path, name: str, host: str = "127.0.0.1", port: Optional
         argv += ["--memory-free-mb", str(memory_free_mb)]
     for f in faults:
         argv += ["--fault", f]
+    if zygote is not None and not netns:
+        proc = zygote.fork(argv[3:], bdir, bdir / "board.log")
+        return _Starting(name, host, port, data_port, proc, bdir, hk, key, netns, timing)
     if netns:
         argv = ["ip", "netns", "exec", netns] + argv
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
     log = open(bdir / "board.log", "ab")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, env=env, cwd=str(bdir))
+                            start_new_session=True, env=_board_env(), cwd=str(bdir))
     log.close()
     return _Starting(name, host, port, data_port, proc, bdir, hk, key, netns, timing)
 
@@ -203,17 +258,22 @@ def stop_board(bp: BoardProcess, timeout: float = 10.0) -> None:
 
 
 def _ours(bp: BoardProcess) -> bool:
-    """Whether bp.pid is still the board process this rack started (its command line names the module and
-    its home), and not a zombie."""
+    """Whether bp.pid is still the board process this rack started, and not a zombie: its command line names
+    the module, and either names its home (started alone) or it works in its home or the board's folder
+    around it (forked by the zygote, whose command line it shares)."""
     try:
         cmdline = Path(f"/proc/{bp.pid}/cmdline").read_bytes().split(b"\0")
         stat = Path(f"/proc/{bp.pid}/stat").read_text()
+        cwd = os.readlink(f"/proc/{bp.pid}/cwd")
     except OSError:
         return False
     if stat[stat.rindex(")") + 2:].startswith("Z"):
         _reap(bp.pid)
         return False
-    return b"harness.rack.virtual_board" in cmdline and bp.home.encode() in cmdline
+    if b"harness.rack.virtual_board" not in cmdline:
+        return False
+    home = str(Path(bp.home).resolve())
+    return bp.home.encode() in cmdline or cwd in (home, str(Path(home).parent))
 
 
 def _reap(pid: int) -> None:
@@ -356,9 +416,12 @@ def rack_up(n: int, out, state: Optional[Path] = None, name: str = "virtual", ne
     ns_names: List[str] = record["netns"]
     taken: set = set()  # every port handed out to a board of this rack: none is handed out twice
     started: List[_Starting] = []
+    zygote = None
     try:
         if netns:
             _netns_up(k, n, rate, ns_names)
+        else:
+            zygote = _Zygote(state)
         # start every board process first, then wait for all of them under one deadline
         for i in range(n):
             bname = f"vpynq{i}"
@@ -367,12 +430,14 @@ def rack_up(n: int, out, state: Optional[Path] = None, name: str = "virtual", ne
                                   memory_mb=memory_mb, disk_mb=disk_mb, netns=ns_names[i], timing=timing)
             else:
                 st = _spawn_board(state, bname, memory_mb=memory_mb, disk_mb=disk_mb, timing=timing,
-                                  taken=taken)
+                                  taken=taken, zygote=zygote)
             started.append(st)
             p = _board_process(st)
             procs.append(p)
             record["pids"].append(p.__dict__)
         (state / "rack.json").write_text(json.dumps(record, indent=1))
+        if zygote is not None:
+            zygote.close()
         deadline = time.monotonic() + READY_TIMEOUT + 0.5 * n  # 2 cores start 64 Pythons in ~10-20 s
         for st in started:
             boards.append(_finish_board(st, state, deadline - time.monotonic()))
@@ -387,6 +452,8 @@ def rack_up(n: int, out, state: Optional[Path] = None, name: str = "virtual", ne
         return load_rack(out)
     except BaseException:
         # a failed `rack up` leaves no board running, wherever it failed
+        if zygote is not None:
+            zygote.close()
         stop_boards(procs)
         if netns:
             _netns_down(k, record["netns"])

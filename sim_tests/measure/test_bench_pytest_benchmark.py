@@ -1,6 +1,10 @@
 """pytest-benchmark with splitrack's extra_info, on local agents: its JSON carries the per-hop breakdown and
 the plan hash (and `history add` imports it), --benchmark-compare works, and --benchmark-compare-fail
-catches a board that became slower (a timing model of 2 ms switched on by the environment)."""
+catches a board that became slower (a timing model switched on by the environment).
+
+Nothing here depends on how busy the machine is: the comparison of two ordinary runs is checked to work, not
+to pass a timing gate, and the slow board's added time is chosen from the stored baseline's own median (at
+least 50 times it), which the agent's pacer keeps as a floor, so the gate must fire."""
 import json
 import subprocess
 import sys
@@ -19,7 +23,7 @@ from harness.measure.stream import Pipeline
 
 def test_rack_frame(benchmark, tmp_path):
     plan = identity_plan(stages=2, shape=(64,))
-    slow = {"s1": {"cycles": 200000, "clock_mhz": 100}} if os.environ.get("SLOW_S1") else None
+    slow = {"s1": {"cycles": int(os.environ["SLOW_S1"]), "clock_mhz": 100}} if os.environ.get("SLOW_S1") else None
     x = np.random.default_rng(0).uniform(-1, 1, (1, 64))
     got = []
     with LocalRack(tmp_path) as rack:
@@ -34,10 +38,10 @@ def test_rack_frame(benchmark, tmp_path):
 '''
 
 
-def run(tmp_path, *args, slow=False):
+def run(tmp_path, *args, slow_cycles=0):
     from child_env import child_env
 
-    env = child_env(**({"SLOW_S1": "1"} if slow else {}))
+    env = child_env(**({"SLOW_S1": str(slow_cycles)} if slow_cycles else {}))
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
                            str(tmp_path / "test_inner.py"), f"--benchmark-storage=file://{tmp_path / 'store'}", *args],
                           cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
@@ -58,13 +62,17 @@ def test_json_compare_and_compare_fail(tmp_path):
     assert extra["compute"]["s1"]["backend_reported_by_agent"] is True
     (run_info, _, _), = history.load_file(out)
     assert run_info.env["compute"] == extra["compute"]
-    # the same rack again: compare works and a generous gate passes
-    r = run(tmp_path, "--benchmark-compare", "--benchmark-compare-fail=median:300%")
+    # the same rack again: the comparison against the stored run works (no gate: two runs of a busy machine
+    # may differ by any factor)
+    r = run(tmp_path, "--benchmark-compare")
     assert r.returncode == 0 and "Comparing against" in r.stdout + r.stderr, r.stdout[-3000:]
-    # board s1 now takes 2 ms per frame: the gate fails, and the per-hop breakdown says where
+    # board s1 now takes at least 50 x the stored median per frame (and at least 2 ms): a 1000 % gate fails,
+    # and the per-hop breakdown says where
+    median_us = json.loads(out.read_text())["benchmarks"][0]["stats"]["median"] * 1e6
+    added_us = max(2000.0, 50 * median_us)
     slow_json = tmp_path / "slow.json"
-    r = run(tmp_path, "--benchmark-compare", "--benchmark-compare-fail=median:300%", f"--benchmark-json={slow_json}",
-            slow=True)
+    r = run(tmp_path, "--benchmark-compare", "--benchmark-compare-fail=median:1000%", f"--benchmark-json={slow_json}",
+            slow_cycles=int(added_us * 100))  # cycles at 100 MHz
     assert r.returncode != 0 and "Performance has regressed" in r.stdout + r.stderr, r.stdout[-3000:]
     slow_extra = json.loads(slow_json.read_text())["benchmarks"][0]["extra_info"]
-    assert slow_extra["hops"]["board s1"]["p50"] > 1900 > extra["hops"]["board s1"]["p50"]
+    assert slow_extra["hops"]["board s1"]["p50"] >= added_us - 5 > extra["hops"]["board s1"]["p50"]

@@ -196,3 +196,32 @@ def test_hw_tests_skip_without_a_rack(pytester):
     res = pytester.runpytest_subprocess("-rs", "-p", "no:xdist")
     res.assert_outcomes(skipped=7)
     assert "no rack given (run with --boards" in res.stdout.str()
+
+
+def test_deploy_reuses_the_lease_s_ssh_connection_one_handshake_per_board(plan3, rack_file, monkeypatch):
+    """Leasing a board opens its SSH connection; the deployment's uploads and commands go over that same
+    transport (a sibling channel), so a deploy costs one SSH handshake per board, and the lease's own
+    connection still works after the deployment's sibling is closed."""
+    from harness.rack import lease
+    from harness.rack.ssh import Connection
+
+    rack = load_rack(rack_file)
+    opened = []
+    real_open = Connection.open
+
+    def counting_open(self):
+        opened.append(self.board.name)
+        return real_open(self)
+
+    monkeypatch.setattr(Connection, "open", counting_open)
+    dep = deploy(plan3, rack, force=True)
+    assert sorted(opened) == sorted(b.name for b in dep.boards.values())
+    opened.clear()
+    with lease.RackLease([rack.boards[0]], "test") as held:
+        with lease.shared_connection(rack.boards[0]) as sib:
+            workdir = sib.remote_path(rack.boards[0].workdir)
+            assert sib.exists(workdir)
+        assert held.conns[rack.boards[0].name].exists(workdir)
+    assert opened == [rack.boards[0].name]
+    assert lease.shared_connection(rack.boards[0]) is None  # no lease held: nothing to share
+    undeploy(rack)

@@ -105,3 +105,33 @@ def test_stop_boards_kills_what_does_not_end_in_time(tmp_path):
             assert not vr._ours(p)
     finally:
         vr.rack_down(tmp_path / "rack.toml")
+
+
+def test_boards_forked_by_the_zygote_are_separate_processes_each_stoppable_alone(tmp_path):
+    """`rack up` forks its boards from one start-up process (virtual_board.zygote), which has ended when
+    `rack up` returns; every board is still its own process in its own session, answers SSH on its own,
+    and stopping one leaves the others serving."""
+    vr.rack_up(3, tmp_path / "rack.toml", state=tmp_path / "state", progress=_quiet)
+    try:
+        procs = [vr.BoardProcess(**p) for p in json.loads((tmp_path / "state" / "rack.json").read_text())["pids"]]
+        assert len({p.pid for p in procs}) == 3
+        assert len({os.getsid(p.pid) for p in procs}) == 3 and all(os.getsid(p.pid) == p.pid for p in procs)
+        assert not [int(d) for d in os.listdir("/proc") if d.isdigit() and _is_zygote(int(d), tmp_path / "state")]
+        vr.stop_board(procs[0])
+        assert not vr._ours(procs[0])
+        rack = vr.load_rack(tmp_path / "rack.toml")
+        for b in rack.boards[1:]:
+            assert vr._ssh_ready(b.host, b.port, 5.0), b.name
+    finally:
+        assert vr.rack_down(tmp_path / "rack.toml") == 3
+    assert not any(vr._ours(p) for p in procs)
+
+
+def _is_zygote(pid: int, state) -> bool:
+    """A zygote process runs in the rack's state folder (its boards in their homes)."""
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return False
+    return b"--zygote" in cmd and cwd == str(state.resolve())
