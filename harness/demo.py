@@ -7,7 +7,9 @@
 4. on a rack (by default a freshly started 5-board virtual rack, or `--boards rack.toml`): deploy the
    five-partition plan over SSH, stream the digits test set through the boards and check every answer
    against the chained emulation, bit for bit;
-5. benchmark it there: end-to-end and per-hop latency beside the CPU reference.
+5. benchmark it there: end-to-end and per-hop latency beside the CPU reference, saying per partition what a
+   board's compute is (on a virtual rack: this machine's CPU running a bit-exact model, not the FPGA) and,
+   beside it, the FPGA compute of the RTL cosimulation when the plan has been cosimulated (`splitrack cosim`).
 """
 from __future__ import annotations
 

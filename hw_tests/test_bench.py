@@ -23,7 +23,10 @@ def digits_frames(plan, n):
 
 
 def attach_breakdown(benchmark, plan, rack_name, wiring, frames, before, after):
-    benchmark.extra_info.update(measure.benchmark_extra_info(plan, rack_name, wiring, frames, before, after))
+    from harness.measure.compute_source import compute_sources
+
+    compute = {p: c.to_dict() for p, c in compute_sources(plan, wiring).items()}  # what each board computed on
+    benchmark.extra_info.update(measure.benchmark_extra_info(plan, rack_name, wiring, frames, before, after, compute))
     clocks = clocksync.models(before, after)
     topo = measure.Topology.from_plan(plan, {p: ep.board for p, ep in wiring.endpoints.items()})
     return measure.attribute(frames, topo, {b: m.to_host for b, m in clocks.items()})

@@ -1,7 +1,8 @@
 """`splitrack cosim plan/`: RTL cosimulation of a plan's partitions and links (cocotb, Verilator or Icarus).
 
 Checks every beat of every AXI-stream interface against the plan's hls4ml emulation, measures latency,
-initiation interval and FIFO high-water marks, and writes the recommended FIFO depths into the plan's links.
+initiation interval and FIFO high-water marks, writes the recommended FIFO depths into the plan's links, and
+keeps the result in the plan's folder (cosim.json, harness.cosim.record).
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def _frames(plan: Plan, args):
 def run(args) -> int:
     """Cosimulate the plan's partitions and links in RTL and print the result (or --json). Returns 0 when
     every check passed, 1 when one failed; a UserError (e.g. --frames below 2) gives exit status 2."""
+    from . import record
     from .cosim import cosimulate
 
     plan = Plan.load(Path(args.plan))
@@ -47,6 +49,12 @@ def run(args) -> int:
         (lambda *a, **k: print(*a, flush=True))
     result = cosimulate(plan, args.sim, frames=_frames(plan, args), n_frames=args.frames, waves=args.waves,
                         write_depths=not args.no_write, log=log)
+    # kept beside the plan: bench, run and the demo show these cycles beside a virtual board's CPU time
+    try:
+        log(f"wrote {record.write(result, plan)}")
+    except OSError as e:  # a read-only plan folder: the result is still printed, bench will say "not cosimulated"
+        log(f"note: could not keep the result in {plan.root / record.FILE} ({e.strerror or e}); bench and run "
+            "will not show these cycles")
     if args.json:
         print(json.dumps(result.to_dict(), indent=1, default=str))
     else:

@@ -248,8 +248,9 @@ def _us_list(ns: np.ndarray) -> List[float]:
     return [round(v, 3) for v in (np.asarray(ns, dtype=np.float64) / 1e3).tolist()]
 
 
-def format_report(rep: Mapping[str, object]) -> str:
-    """The stats of one report as an aligned text table (us)."""
+def format_report(rep: Mapping[str, object], notes: Optional[Mapping[str, str]] = None) -> str:
+    """The stats of one report as an aligned text table (us); `notes` {hop: text} is printed after a hop's row
+    (bench: what a board's compute figure is)."""
     head = f"{rep['mode']}: {rep['frames']} frames, {rep['in_flight']} in flight"
     if rep.get("rate_hz"):
         head += f", offered {rep['rate_hz']:g} frames/s"
@@ -257,7 +258,8 @@ def format_report(rep: Mapping[str, object]) -> str:
         head += f", throughput {rep['throughput_hz']:.0f} frames/s"
     lines = [head, f"  {'hop':34s} {'p50':>9s} {'p90':>9s} {'p99':>9s} {'max':>9s} {'jitter':>9s}   (us)"]
     for name, s in rep["stats"].items():
-        lines.append(f"  {name:34s} " + " ".join(f"{s[k]:9.1f}" for k in ("p50", "p90", "p99", "max", "jitter")))
+        lines.append(f"  {name:34s} " + " ".join(f"{s[k]:9.1f}" for k in ("p50", "p90", "p99", "max", "jitter"))
+                     + (f"   {notes[name]}" if notes and name in notes else ""))
     return "\n".join(lines)
 
 
@@ -341,9 +343,12 @@ def measure_rack(pipe, wiring, plan, x: np.ndarray, *, rate: Optional[float] = N
                    {link_name(c.src, c.dst): c.payload_bytes for c in plan.links})
 
 
-def benchmark_extra_info(plan, rack_name: str, wiring, frames: Sequence[FrameTiming], before, after) -> Dict[str, object]:
+def benchmark_extra_info(plan, rack_name: str, wiring, frames: Sequence[FrameTiming], before, after,
+                         compute: Optional[Dict[str, dict]] = None) -> Dict[str, object]:
     """What a pytest-benchmark test puts in `benchmark.extra_info` (JSON-able, imported by `history add`):
-    plan hash, rack, placement, clocks, per-hop stats and the critical-path medians of the timed frames."""
+    plan hash, rack, placement, clocks, per-hop stats and the critical-path medians of the timed frames, and
+    `compute` when given: per partition what its compute is with the cosimulated FPGA compute beside it
+    ({p: ComputeSource.to_dict()} of harness.measure.compute_source.compute_sources, asked while the agents run)."""
     from harness.measure import clocksync
 
     clocks = clocksync.models(before, after)
@@ -358,4 +363,5 @@ def benchmark_extra_info(plan, rack_name: str, wiring, frames: Sequence[FrameTim
         "hops": {h: st for h, st in summary.items() if h != "e2e"},
         "e2e_us": summary["e2e"],
         "breakdown_p50_us": att.breakdown_p50(),
+        **({"compute": compute} if compute is not None else {}),
     }

@@ -5,7 +5,10 @@
 Deploys the plan (nothing is uploaded when the boards already carry it), probes every board's clock,
 sends the frames one at a time (paced, single-frame latency), then as a sustained stream (several in
 flight, optionally at R frames/s: latency under load, throughput), probes the clocks again, attributes
-each frame's time to links and boards, and measures Keras and the hls4ml emulation on this CPU. With
+each frame's time to links and boards, and measures Keras and the hls4ml emulation on this CPU. Per
+partition it says what a board's compute figure is (the backend its agent reports: this machine's CPU running a
+bit-exact model on a virtual board, the overlay on a PYNQ-Z2) and shows beside it the FPGA compute the RTL
+cosimulation measured (plan/cosim.json of `splitrack cosim`), or "not cosimulated (run: ...)". With
 --json the whole result goes to a file that `splitrack history add` imports; a PNG of the per-hop
 breakdown is written beside it.
 """
@@ -106,6 +109,7 @@ def bench(plan, rack, frames: int = 2000, rate: Optional[float] = None, in_fligh
 
 def _bench(plan, rack, ev, frames, rate, in_flight, single_rate, cpu, progress, deployment, held, label) -> Dict:
     from . import cpu_reference
+    from .compute_source import compute_sources
     from harness.rack.deploy import deploy
     from .stream import Pipeline
 
@@ -125,6 +129,9 @@ def _bench(plan, rack, ev, frames, rate, in_flight, single_rate, cpu, progress, 
         "boards": {b.name: {"kind": b.kind, "pynq_version": b.pynq_version, "partition": p,
                             "timing": getattr(b, "timing", None)} for p, b in deployment.boards.items()},
         "reports": {}, "clocks": {}, "payload_bytes": {}, "cpu": {}, "accuracy": {}, "error": None,
+        # per partition what its "board P compute" is (the backend its agent runs) and the FPGA compute of the
+        # RTL cosimulation beside it, or why there is none (harness.measure.compute_source)
+        "compute": {p: s.to_dict() for p, s in compute_sources(plan, wiring).items()},
     }
     modes = ["single", "stream"]  # the order in which measure_rack streams
     rec = None
@@ -169,7 +176,10 @@ def _emulation_mismatches(plan, x: np.ndarray, results: Dict) -> Dict[str, int]:
 
 def format_bench(doc: Dict) -> str:
     """The bench document as text: placement, each board's clock offset (us, +- error) and drift (ppm)
-    against the host, the per-hop latency reports (us), the CPU reference, and the accuracy data used."""
+    against the host, the per-hop latency reports (us) with what each board's compute is, the legend of
+    those (the backend per partition and the RTL cosimulation's FPGA compute beside it, when the document
+    has them), the CPU reference, and the accuracy data used."""
+    from harness.measure.compute_source import format_sources, hop_notes
     from harness.measure.cpu_reference import format_reference
 
     out = [f"{doc.get('label')}: plan {doc['plan_hash']} ({doc.get('model')}) on rack {doc['rack']}: "
@@ -177,8 +187,11 @@ def format_bench(doc: Dict) -> str:
     out.append("clocks (board - host): " + ", ".join(
         f"{b} {c['offset_ns'] / 1e3:+.1f} us (+-{c['error_ns'] / 1e3:.1f}, drift {c['drift_ppm']:+.2f} ppm)"
         for b, c in doc["clocks"].items()))
+    notes = hop_notes(doc.get("compute"))
     for rep in doc["reports"].values():
-        out.append(measure.format_report(rep))
+        out.append(measure.format_report(rep, notes))
+    if doc.get("compute"):
+        out.append(format_sources(doc["compute"]))
     if doc["cpu"]:
         out.append(format_reference({"cpu": doc["cpu"], "accuracy": doc["accuracy"]}, doc["reports"]))
     if doc.get("data"):
@@ -219,11 +232,14 @@ def plot(doc: Dict, path: Path) -> Path:
     cmap = plt.get_cmap("tab20")
     captions = []
     handles = {}
+    compute = doc.get("compute") or {}
     for i, mode in enumerate(modes):
         parts, e2e, what = critical_parts(doc["reports"][mode])
         base = 0.0
         for k, (h, v) in enumerate(parts.items()):
             name = "host queue + " + h if h.startswith("link host->") else h
+            if h.startswith("board ") and h[len("board "):] in compute:  # who computed: CPU model or FPGA
+                name += f" ({compute[h[len('board '):]].get('label')})"
             handles[name] = ax1.bar(i, v, bottom=base, color=cmap(k % 20), label=name)
             base += v
         ax1.plot([i - 0.45, i + 0.45], [e2e, e2e], color="k", lw=1)
@@ -249,8 +265,16 @@ def plot(doc: Dict, path: Path) -> Path:
     ax2.set_title("rack vs CPU")
     ax2.legend(fontsize=8)
     fig.suptitle(f"{doc.get('label') or ''} plan {doc['plan_hash']} on {doc['rack']}, {doc['time'][:19]}", fontsize=9)
+    if compute:
+        from harness.measure.compute_source import fpga_short
+
+        notes = {c.get("fpga_note") for c in compute.values() if not c.get("fpga")}
+        if len(notes) == 1 and not any(c.get("fpga") for c in compute.values()):  # one reason for all: say it once
+            captions.append(f"FPGA compute: {notes.pop()}")
+        else:
+            captions.append("FPGA compute per partition: " + ", ".join(f"{p} {fpga_short(c)}" for p, c in compute.items()))
     fig.text(0.01, 0.01, "\n".join(captions), fontsize=7, va="bottom")
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.tight_layout(rect=(0, 0.03 + 0.02 * len(captions), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

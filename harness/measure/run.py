@@ -75,8 +75,11 @@ def run_frames(plan: Plan, wiring, x: np.ndarray, y: Optional[np.ndarray], out_d
     `"complete": false` with the error, and RunError is raised; RunError too when any output differs from
     the emulation."""
     from harness.measure.stream import Pipeline, StreamError, StreamResult
+    from harness.measure.compute_source import compute_sources, fpga_short
     from harness.results.history import RUN_KIND, current_commit, machine_name, now_iso
 
+    # what each partition's compute figure is (asked of the agents before the frames go)
+    compute = {p: c.to_dict() for p, c in compute_sources(plan, wiring).items()}
     progress(f"streaming {len(x)} frames through {where}, {in_flight} in flight ...")
     error = None
     try:
@@ -127,13 +130,21 @@ def run_frames(plan: Plan, wiring, x: np.ndarray, y: Optional[np.ndarray], out_d
         d = [res.stamps(f)[name] for f in ids if name in res.stamps(f)]
         if d:
             dwell[name] = {"board": d[0]["board"], "dwell_us": _pcts([(s["t_send"] - s["t_recv"]) / 1e3 for s in d]),
-                           "compute_us": _pcts([(s["t_compute_end"] - s["t_compute_start"]) / 1e3 for s in d])}
+                           "compute_us": _pcts([(s["t_compute_end"] - s["t_compute_start"]) / 1e3 for s in d]),
+                           "compute": compute[name]}
     summary["partitions"] = dwell
 
     if dwell:
-        progress(f"\n{'partition':>12} {'board':>14} {'dwell p50 us':>13} {'compute p50 us':>15}")
+        progress(f"\n{'partition':>12} {'board':>14} {'dwell p50 us':>13} {'compute p50 us':>15}  "
+                 f"{'compute is':24s} FPGA compute")
         for name, d in dwell.items():
-            progress(f"{name:>12} {d['board']:>14} {d['dwell_us']['p50']:13.1f} {d['compute_us']['p50']:15.1f}")
+            progress(f"{name:>12} {d['board']:>14} {d['dwell_us']['p50']:13.1f} {d['compute_us']['p50']:15.1f}  "
+                     f"{d['compute']['label']:24s} {fpga_short(d['compute'])}")
+        for note in dict.fromkeys(c["fpga_note"] for c in compute.values() if c["fpga_note"]):
+            progress(f"FPGA compute: {note}")
+        if any(c["label"].startswith("CPU") for c in compute.values()):
+            progress("\"CPU: ...\" compute is this machine's CPU running a bit-exact model of the partition "
+                     "(virtual boards), not FPGA time")
     if n:
         progress(f"\nframes {n}{'' if error is None else f' of {len(x)}'}  throughput {summary['throughput_fps']:.0f} "
                  f"frames/s  end-to-end p50 {summary['latency_us']['p50']:.0f} us  p99 {summary['latency_us']['p99']:.0f} us")
@@ -146,7 +157,7 @@ def run_frames(plan: Plan, wiring, x: np.ndarray, y: Optional[np.ndarray], out_d
     frames = [{"frame": f, "t_send": res.frames[f].t_send, "t_recv": res.frames[f].t_recv, "stamps": res.stamps(f)}
               for f in ids]
     (out_dir / "run.json").write_text(json.dumps({"summary": summary, "frames": frames}, indent=1))
-    _plot(lat, dwell, res, ids, out_dir / "run.png", error)
+    _plot(lat, dwell, res, ids, out_dir / "run.png", error, compute)
     progress(f"wrote {out_dir / 'run.json'} and {out_dir / 'run.png'}" + ("" if error is None else " (incomplete)"))
     if error is not None:
         raise RunError(f"{error} (the {n} frame(s) received are in {out_dir / 'run.json'}, marked incomplete)")
@@ -167,7 +178,7 @@ def _pcts(v_us) -> dict:
     return stats(v * 1e3)
 
 
-def _plot(lat, dwell, res, ids, path: Path, error: Optional[str] = None) -> None:
+def _plot(lat, dwell, res, ids, path: Path, error: Optional[str] = None, compute: Optional[dict] = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,7 +193,8 @@ def _plot(lat, dwell, res, ids, path: Path, error: Optional[str] = None) -> None
     if names:
         data = [[(res.stamps(f)[n]["t_send"] - res.stamps(f)[n]["t_recv"]) / 1e3 for f in ids if n in res.stamps(f)]
                 for n in names]
-        b.boxplot(data, tick_labels=[f"{n}\n{dwell[n]['board']}" for n in names], showfliers=False)
+        b.boxplot(data, tick_labels=[f"{n}\n{dwell[n]['board']}\n{(compute or {}).get(n, {}).get('label', '')}"
+                                     for n in names], showfliers=False)
     b.set_ylabel("time on the board, receive to send (us)")
     b.set_title("per-partition dwell (board clock)")
     if error is not None:

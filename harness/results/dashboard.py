@@ -204,6 +204,14 @@ def build_run(h: History, run: RunInfo, prev: Optional[RunInfo]) -> Tuple[str, i
         env.append((f"board {b}", ", ".join(f"{k} {v}" for k, v in info.items() if v is not None)))
     tables = ["<div><h2>Environment</h2><table>" + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>"
                                                           for k, v in env) + "</table></div>"]
+    compute = run.env.get("compute") or {}
+    if compute:  # what each "board P" figure is: a virtual board's CPU, or the FPGA (runs before this: unknown)
+        from harness.measure.compute_source import fpga_text
+
+        tables.append("<div><h2>What a board's compute is</h2><table><tr><th>partition</th><th>board computes on"
+                      "</th><th>FPGA compute (RTL cosimulation)</th></tr>" + "".join(
+                          f"<tr><td>{_esc(p)}</td><td>{_esc(c.get('what') or c.get('label') or '?')}</td>"
+                          f"<td>{_esc(fpga_text(c))}</td></tr>" for p, c in compute.items()) + "</table></div>")
     acc = sorted((hop, v) for (m, hop), v in vals.items() if m == "accuracy")
     if acc:
         tables.append("<div><h2>Accuracy</h2><table><tr><th>who</th><th>accuracy</th></tr>" + "".join(

@@ -206,6 +206,18 @@ def rows_from_bench(doc: Dict) -> List[Row]:
 Samples = Dict[Tuple[str, str, str], np.ndarray]  # (mode, kind, hop) -> per-frame us
 
 
+def _compute_field(v) -> Dict[str, Dict]:
+    """A document's per-partition "compute" (harness.measure.compute_source.ComputeSource.to_dict), checked:
+    {partition: {label, what, fpga_note: strings; fpga: a dict or null}}; TypeError names what is wrong."""
+    if not isinstance(v, dict) or not all(isinstance(d, dict) for d in v.values()):
+        raise TypeError("compute (not an object of partitions)")
+    for p, d in v.items():
+        if not all(isinstance(d.get(k, ""), str) for k in ("label", "what", "fpga_note", "board")) \
+                or not isinstance(d.get("fpga") or {}, dict):
+            raise TypeError(f"compute of {p}")
+    return {str(p): dict(d) for p, d in v.items()}
+
+
 def parse_bench(doc: Dict, label: Optional[str] = None) -> Tuple[RunInfo, List[Row], Samples]:
     """The run, its rows and its per-frame samples from one bench document.
 
@@ -229,6 +241,8 @@ def parse_bench(doc: Dict, label: Optional[str] = None) -> Tuple[RunInfo, List[R
                       model=model, complete=complete, error=error,
                       env={k: doc[k] for k in ("boards", "placement", "clocks", "data", "frames", "payload_bytes", "plan",
                                                "frames_received") if k in doc})
+        if doc.get("compute") is not None:  # older documents have no "compute": what each board's compute was
+            run.env["compute"] = _compute_field(doc["compute"])
         rows, samples = [], {}
         reports = doc.get("reports") if not complete else doc["reports"]
         for mode, rep in (reports or {}).items():
@@ -323,6 +337,9 @@ def parse_run(doc: Dict, label: Optional[str] = None) -> Parsed:
                       env={"data": {"source": s.get("data"), "frames": s.get("frames"),
                                     "labelled": s.get("frames") if "accuracy" in s else None, "note": ""},
                            "placement": {p: d["board"] for p, d in s.get("partitions", {}).items()}})
+        compute = {p: d["compute"] for p, d in s.get("partitions", {}).items() if d.get("compute") is not None}
+        if compute:  # older run.json files have none
+            run.env["compute"] = _compute_field(compute)
         rows = [Row(metric=f"run {k}", hop="e2e", value=float(v), unit="us", **base) for k, v in s["latency_us"].items()]
         rows.append(Row(metric="run throughput", hop="e2e", value=float(s["throughput_fps"]), unit="frames/s", **base))
         if s.get("accuracy") is not None:
@@ -344,6 +361,18 @@ def runs_from_pytest_benchmark(doc: Dict, rack: Optional[str] = None, label: Opt
         if k not in out:
             out[k] = (RunInfo(*k, label=label or r.plan_hash, source="pytest-benchmark"), [], {})
         out[k][1].append(r)
+    for b in doc.get("benchmarks") or []:  # what each board's compute was (older files: not recorded)
+        extra = b.get("extra_info") if isinstance(b, dict) else None
+        if not isinstance(extra, dict) or extra.get("compute") is None:
+            continue
+        try:
+            compute = _compute_field(extra["compute"])
+        except TypeError as e:
+            raise HistoryError(f"pytest-benchmark JSON has a malformed field {e}: write it with splitrack's "
+                               "benchmark_extra_info") from None
+        for run, _, _ in out.values():
+            if run.plan_hash == extra.get("plan_hash", "none") and run.rack == (extra.get("rack") or rack or "none"):
+                run.env.setdefault("compute", compute)
     return list(out.values())
 
 

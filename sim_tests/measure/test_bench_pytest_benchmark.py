@@ -16,6 +16,7 @@ INNER = '''
 import os
 import numpy as np
 from harness.measure import attribution as measure
+from harness.measure.compute_source import compute_sources
 from harness.rack.local_rack import LocalRack, identity_plan
 from harness.measure.stream import Pipeline
 
@@ -31,8 +32,9 @@ def test_rack_frame(benchmark, tmp_path):
             before = measure.clock_offsets(pipe, wiring, 20)
             benchmark.pedantic(lambda: got.append(pipe.stream(x, in_flight=1)), rounds=30, warmup_rounds=2)
             after = measure.clock_offsets(pipe, wiring, 20)
+        compute = {p: c.to_dict() for p, c in compute_sources(plan, wiring).items()}  # asked of the running agents
     frames = [t for r in got[2:] for t in r.timings()]
-    benchmark.extra_info.update(measure.benchmark_extra_info(plan, "local", wiring, frames, before, after))
+    benchmark.extra_info.update(measure.benchmark_extra_info(plan, "local", wiring, frames, before, after, compute))
 '''
 
 
@@ -55,6 +57,11 @@ def test_json_compare_and_compare_fail(tmp_path):
     assert set(extra["breakdown_p50_us"]) == {"link host->s0", "board s0", "link s0->s1", "board s1", "link s1->host"}
     rows = history.rows_from_file(out)
     assert any(r.hop == "board s1" and r.metric == "pytest test_rack_frame p50" for r in rows)
+    # what each board's compute was goes with the run, as the agents reported it
+    assert extra["compute"]["s1"]["backend"] == "passthrough" and extra["compute"]["s1"]["label"] == "none: passthrough"
+    assert extra["compute"]["s1"]["backend_reported_by_agent"] is True
+    (run_info, _, _), = history.load_file(out)
+    assert run_info.env["compute"] == extra["compute"]
     # the same rack again: the comparison against the stored run works (no gate: two runs of a busy machine
     # may differ by any factor)
     r = run(tmp_path, "--benchmark-compare")
