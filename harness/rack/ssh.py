@@ -354,18 +354,24 @@ class Connection:
                   exclusive: bool = False) -> None:
         """Write `data` to the board file `remote`. mode: chmod before the data goes in (e.g. 0o600).
         exclusive: create it, failing with FileExistsError when it exists (O_EXCL: atomic on the board)."""
-        try:
-            f = self.sftp.open(remote, "wbx" if exclusive else "wb")
-            if mode is not None:
-                f.chmod(mode)
-            f.write(data)
-            f.close()
-        except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:
-            raise self._sftp_error(stage, f"writing {remote}", e) from None
-        except IOError as e:
-            if exclusive and self.exists(remote, stage):
-                raise FileExistsError(remote) from None
-            raise BoardError(self.board.name, stage, f"writing {remote} failed: {e}") from None
+        # SFTP v3 has no "file exists" status: an exclusive create that finds the file fails with a plain
+        # failure, and the file may be gone again when we look (its owner removed it meanwhile). Then the
+        # create is tried again; a failure with no file behind it, three times, is a real one.
+        for attempt in range(3 if exclusive else 1):
+            try:
+                f = self.sftp.open(remote, "wbx" if exclusive else "wb")
+                if mode is not None:
+                    f.chmod(mode)
+                f.write(data)
+                f.close()
+                return
+            except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:
+                raise self._sftp_error(stage, f"writing {remote}", e) from None
+            except IOError as e:
+                if exclusive and self.exists(remote, stage):
+                    raise FileExistsError(remote) from None
+                error = e
+        raise BoardError(self.board.name, stage, f"writing {remote} failed: {error}") from None
 
     def read_text(self, remote: str, stage: str = "read") -> Optional[str]:
         """A board file's text, or None when it does not exist."""

@@ -123,3 +123,51 @@ def test_two_boards_that_are_one_folder_are_refused(rack_file):
     with pytest.raises(UserError, match=f"boards {b.name} and alias of the rack file are one folder"):
         RackLease([b, alias], "t", wait=30).acquire()  # (an expired lease of an earlier test is broken)
     assert not _lease_file(rack_file).exists()  # what was taken is given back
+
+
+class _RacingSftp:
+    """An SFTP client whose exclusive create fails the way SFTP v3 reports an existing file (a plain failure),
+    while the file is gone again when looked at: its owner removed it in between (`fails` times), or for good."""
+
+    def __init__(self, fails):
+        self.fails = fails
+        self.written = None
+
+    def open(self, remote, mode):
+        import io
+
+        if self.fails:
+            self.fails -= 1
+            raise IOError("Failure")
+        sftp = self
+
+        class _File(io.BytesIO):
+            def close(self):
+                sftp.written = self.getvalue()
+
+        return _File()
+
+    def stat(self, remote):
+        raise FileNotFoundError(remote)
+
+
+def _racing_connection(fails):
+    from harness.rack.rackfile import Board
+    from harness.rack.ssh import Connection
+
+    c = Connection(Board(name="b0", host="127.0.0.1", kind="virtual-pynq-z2", key=Path("/nonexistent")))
+    c._sftp = _RacingSftp(fails)
+    return c
+
+
+def test_exclusive_create_that_meets_a_lease_removed_meanwhile_tries_again():
+    """Found by make test-busy: two deploys at once; the loser's exclusive create met the winner's lease, which
+    was gone when it looked (the winner had given it back), and the deploy failed with 'File exists' instead of
+    trying again."""
+    from harness.rack.ssh import BoardError
+
+    c = _racing_connection(fails=2)
+    c.put_bytes(b"lease", "/x/lease.json", stage="lease", exclusive=True)
+    assert c._sftp.written == b"lease"
+    with pytest.raises(BoardError, match="stage lease: writing /x/lease.json failed: Failure"):
+        _racing_connection(fails=99).put_bytes(b"lease", "/x/lease.json", stage="lease", exclusive=True)
