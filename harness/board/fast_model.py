@@ -30,6 +30,10 @@ try:  # on a board, beside agent.py
     import contract as _contract  # type: ignore
 except ImportError:  # pragma: no cover - on the host
     from splitting import contract as _contract
+try:
+    import fast_kernel as _kernel  # type: ignore
+except ImportError:  # pragma: no cover - on the host
+    from harness.board import fast_kernel as _kernel
 
 FixedType = _contract.FixedType
 
@@ -65,6 +69,17 @@ def _fits(src, t):
     return t.raw_min <= lo and hi <= t.raw_max
 
 
+def _caster(frac, t, src):
+    """cast(raw, frac, t, src) as a function of raw, decided once per layer (not once per frame)."""
+    if _fits(src, t):
+        return _same
+    return lambda raw: cast(raw, frac, t)
+
+
+def _same(raw):
+    return raw
+
+
 # --- layers, batch first ---------------------------------------------------------------------------------
 def _pad(x, p):
     """x (B, H, W, C) with zero rows and columns around (top, bottom, left, right)."""
@@ -83,6 +98,18 @@ def _windows(x, kh, kw, sh, sw):
                                            writeable=False)
 
 
+def _im2col_index(in_shape, pads, kh, kw, sh, sw):
+    """For an input (H, W, C) flattened per frame: the (OH*OW, kh*kw*C) indices of every window's elements,
+    rows in output order, columns in (kh, kw, cin) order (the weights' order); zero padding
+    (top, bottom, left, right) points at index H*W*C, where the caller appends a zero."""
+    h, w, c = in_shape
+    zero = h * w * c
+    grid = np.full((h + pads[0] + pads[1], w + pads[2] + pads[3], c), zero, dtype=np.intp)
+    grid[pads[0]:pads[0] + h, pads[2]:pads[2] + w, :] = np.arange(zero).reshape(h, w, c)
+    win = _windows(grid[None], kh, kw, sh, sw)[0]  # (OH, OW, kh, kw, C)
+    return np.ascontiguousarray(win.reshape(win.shape[0] * win.shape[1], -1))
+
+
 def _bits(t):
     """Bits of the largest magnitude a raw of type t has: |raw| <= 2^_bits(t)."""
     return t.width - 1 if t.signed else t.width
@@ -92,10 +119,12 @@ _BLOCK = 1 << 19  # elements of a per-product temporary (2 MiB of float32)
 
 
 class _Dense(object):
-    """y = cast_out(cast_acc(bias) + sum_k cast_acc(x_k * w_kn)) on a matrix x (M, K) of raws."""
+    """y = cast_out(cast_acc(bias) + sum_k cast_acc(x_k * w_kn)) on a matrix x (M, K) of raws.
+    `kernel`: a loaded fast_kernel.Kernel, used where each product is truncated and fits in int32."""
 
-    def __init__(self, w, b, in_t, w_t, b_t, acc_t, out_t):
+    def __init__(self, w, b, in_t, w_t, b_t, acc_t, out_t, kernel=None):
         self.acc_t, self.out_t = acc_t, out_t
+        self.to_out = _caster(acc_t.fractional, out_t, acc_t)
         self._buf = None
         self.s = in_t.fractional + w_t.fractional - acc_t.fractional  # bits each product loses to accum_t
         self.bias = cast(b, b_t.fractional, acc_t)  # hls4ml starts the sum from the bias in accum_t
@@ -103,7 +132,13 @@ class _Dense(object):
         prod_bits = _bits(in_t) + _bits(w_t)
         k = w.shape[0]
         wrap = acc_t.saturation == "AP_WRAP"
-        if wrap and self.s <= 0 and prod_bits + k.bit_length() <= 52:
+        int32 = wrap and acc_t.rounding == "AP_TRN" and acc_t.width <= 32 and prod_bits <= 30
+        if kernel is not None and int32 and self.s > 0:
+            # every product floored to accum_t, in one compiled pass (fast_kernel.SOURCE); the sum wraps
+            # modulo 2^32, which is exact modulo 2^acc_width
+            self.mode = "kernel"
+            self.product = kernel.prepare(self.w64, self.bias, self.s, acc_t)
+        elif wrap and self.s <= 0 and prod_bits + k.bit_length() <= 52:
             # no product loses a bit: the sum is one exact float64 matmul (BLAS), shifted afterwards
             self.mode = "matmul"
             self.wf = self.w64.astype(np.float64)
@@ -118,7 +153,7 @@ class _Dense(object):
             # wl / 2^s is exact in float32, and so is xl * (wl / 2^s) (fewer than 24 significant bits)
             self.wl_scaled_t = np.ascontiguousarray(((self.w64 & ((1 << self.s) - 1)).T).astype(np.float32)
                                                     * np.float32(2.0 ** -self.s))
-        elif wrap and acc_t.rounding == "AP_TRN" and acc_t.width <= 32 and prod_bits <= 30:
+        elif int32:
             # per-product truncation in int32; the sum wraps modulo 2^32, which is exact modulo 2^acc_width
             self.mode = "int32"
             self.w32 = self.w64.astype(np.int32)
@@ -130,7 +165,7 @@ class _Dense(object):
     def __call__(self, x):
         # per-product temporaries are (rows, n_out, n_in): in blocks of rows that stay in the CPU's cache
         rows = max(1, _BLOCK // max(1, self.w64.size))
-        if self.mode == "matmul" or x.shape[0] <= rows:
+        if self.mode in ("matmul", "kernel") or x.shape[0] <= rows:
             return self._rows(x)
         return np.concatenate([self._rows(x[i:i + rows]) for i in range(0, x.shape[0], rows)])
 
@@ -142,6 +177,8 @@ class _Dense(object):
 
     def _rows(self, x):
         acc_t, s = self.acc_t, self.s
+        if self.mode == "kernel":  # bias, sum and the wrap to accum_t in one call
+            return self.to_out(self.product(x))
         if self.mode == "matmul":
             acc = np.rint(x.astype(np.float64) @ self.wf).astype(np.int64)
             if s < 0:
@@ -171,31 +208,33 @@ class _Dense(object):
             acc = np.broadcast_to(self.bias, prods[:, 0, :].shape)
             for i in range(prods.shape[1]):
                 acc = cast(acc + prods[:, i, :], acc_t.fractional, acc_t)
-        acc = cast(acc, acc_t.fractional, acc_t)
-        return cast(acc, acc_t.fractional, self.out_t, acc_t)
+        return self.to_out(cast(acc, acc_t.fractional, acc_t))
 
 
 class FastModel(object):
     """The partition's ops, ready to run on a batch of raw frames.
 
     `ops` is a list of dicts (kind, name, out_shape, out: ap_fixed text, params) and `arrays` the weights,
-    biases and lookup tables (raw int64) by name "<op name>/<key>"; both as `save` writes them.
+    biases and lookup tables (raw int64) by name "<op name>/<key>"; both as `save` writes them. `kernel`: a
+    loaded fast_kernel.Kernel for the layers whose products are truncated (None: numpy only).
     """
 
-    def __init__(self, ops, arrays):
+    def __init__(self, ops, arrays, kernel=None):
         if not ops or ops[0]["kind"] != "input":
             raise NotModelled("the op list does not start with an input")
         self.ops = ops
         self._arrays = dict(arrays)  # kept for save()
+        self.kernel = kernel
+        self._modes = {}
         self.in_type = FixedType.parse(ops[0]["out"])
         self.out_type = FixedType.parse(ops[-1]["out"])
         self.in_shape = tuple(ops[0]["out_shape"])
         self.out_shape = tuple(ops[-1]["out_shape"])
         self._steps = []
-        t = self.in_type
+        t, in_shape = self.in_type, self.in_shape
         for op in ops[1:]:
-            self._steps.append(self._compile(op, t, arrays))
-            t = FixedType.parse(op["out"])
+            self._steps.append(self._compile(op, t, arrays, in_shape))
+            t, in_shape = FixedType.parse(op["out"]), tuple(op["out_shape"])
 
     # -- building --
     @staticmethod
@@ -205,36 +244,41 @@ class FastModel(object):
             raise NotModelled("%s is wider than %d bits" % (t, MAX_WIDTH))
         return t
 
-    def _compile(self, op, t, arrays):
+    def _compile(self, op, t, arrays, in_shape):
         kind, name, p = op["kind"], op["name"], op.get("params", {})
         out = self._type(op["out"])
         shape = tuple(op["out_shape"])
         if kind == "pad":
             pads = (p["pad_top"], p["pad_bottom"], p["pad_left"], p["pad_right"])
-            return lambda x: cast(_pad(x, pads), t.fractional, out, t)
+            to_out = _caster(t.fractional, out, t)
+            return lambda x: to_out(_pad(x, pads))
         if kind in ("dense", "conv2d"):
             w, b = arrays[name + "/weight"], arrays[name + "/bias"]
             dense = _Dense(w.reshape(-1, w.shape[-1]), b, t, self._type(p["wtype"]), self._type(p["btype"]),
-                           self._type(p["accum"]), out)
+                           self._type(p["accum"]), out, self.kernel)
+            self._modes[name] = dense.mode
             if kind == "dense":
                 return lambda x: dense(x.reshape(x.shape[0], -1)).reshape((x.shape[0],) + shape)
             pads = (p["pad_top"], p["pad_bottom"], p["pad_left"], p["pad_right"])
             kh, kw, sh, sw = p["filt_height"], p["filt_width"], p["stride_height"], p["stride_width"]
+            idx = _im2col_index(in_shape, pads, kh, kw, sh, sw)
+            padded = bool(any(pads))
 
             def conv(x):
-                if any(pads):
-                    x = _pad(x, pads)
-                win = _windows(x, kh, kw, sh, sw)
-                bsz, oh, ow = win.shape[:3]
-                cols = win.reshape(bsz * oh * ow, -1)  # im2col: one copy, rows in (kh, kw, cin) order
-                return dense(cols).reshape(bsz, oh, ow, -1)
+                bsz = x.shape[0]
+                flat = x.reshape(bsz, -1)
+                if padded:  # the index's padding entries point at one zero appended to each frame
+                    flat = np.concatenate([flat, np.zeros((bsz, 1), dtype=flat.dtype)], axis=1)
+                cols = flat[:, idx].reshape(bsz * idx.shape[0], idx.shape[1])  # im2col: one gather
+                return dense(cols).reshape((bsz,) + shape)
             return conv
+        to_out = _caster(t.fractional, out, t)
         if kind == "relu":
-            return lambda x: cast(np.maximum(x, 0), t.fractional, out, t)
+            return lambda x: to_out(np.maximum(x, 0))
         if kind == "linear":
-            return lambda x: cast(x, t.fractional, out, t)
+            return to_out
         if kind == "reshape":
-            return lambda x: cast(x.reshape((x.shape[0],) + shape), t.fractional, out, t)
+            return lambda x: to_out(x.reshape((x.shape[0],) + shape))
         if kind == "maxpool":
             if any(p[k] for k in ("pad_top", "pad_bottom", "pad_left", "pad_right")):
                 raise NotModelled("%s: padded pooling" % name)
@@ -268,8 +312,14 @@ class FastModel(object):
             return cast(e * inv[..., None], acc.fractional + inv_t.fractional, out)
         return softmax
 
+    @property
+    def modes(self):
+        """How each Dense/Conv2D layer computes (name -> "kernel", "matmul", "split", "int32", "int64" or
+        "ordered"; see _Dense)."""
+        return dict(self._modes)
+
     @classmethod
-    def from_ops(cls, ops):
+    def from_ops(cls, ops, kernel=None):
         """From harness.cosim.ops.Op objects (host side). Raises NotModelled."""
         meta, arrays = [], {}
         for op in ops:
@@ -295,15 +345,15 @@ class FastModel(object):
                 arrays[op.name + "/exp_table"], arrays[op.name + "/inv_table"] = softmax_tables(op)
             meta.append({"kind": op.kind, "name": op.name, "out_shape": list(op.out_shape), "out": str(op.out),
                          "params": params})
-        return cls(meta, arrays)
+        return cls(meta, arrays, kernel)
 
     @classmethod
-    def from_plan(cls, plan, name):
+    def from_plan(cls, plan, name, kernel=None):
         """The fast model of one partition of a plan (host side: needs hls4ml). Raises NotModelled."""
         from harness.cosim.ops import UnsupportedLayer, partition_ops
 
         try:
-            return cls.from_ops(partition_ops(plan, name))
+            return cls.from_ops(partition_ops(plan, name), kernel)
         except UnsupportedLayer as e:
             raise NotModelled(str(e))
 
@@ -313,7 +363,7 @@ class FastModel(object):
         np.savez(path, __meta__=np.array(json.dumps({"format": FORMAT, "ops": self.ops})), **arrays)
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, kernel=None):
         """Raises NotModelled when the file is not a fast model this code reads."""
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -323,7 +373,7 @@ class FastModel(object):
             raise NotModelled("cannot read fast model %s: %s" % (path, e))
         if meta.get("format") != FORMAT:
             raise NotModelled("fast model %s has format %r, this agent reads %d" % (path, meta.get("format"), FORMAT))
-        return cls(meta["ops"], arrays)
+        return cls(meta["ops"], arrays, kernel)
 
     # -- running --
     def run_raw(self, raw):
@@ -358,9 +408,10 @@ def compare(model, emulation, frames):
 class FastBackend(object):
     """The agent's backend kind "fast" (virtual boards).
 
-    Config: {"kind": "fast", "model": "partition.fast.npz", "check_frames": 4,
-             "library": "partition.so", "project": ..., "n_in": ..., "n_out": ...}
-    The emulation library is loaded always: it is the check, and the fallback.
+    Config: {"kind": "fast", "model": "partition.fast.npz", "kernel": "libfastkernel.so" (optional),
+             "check_frames": 4, "library": "partition.so", "project": ..., "n_in": ..., "n_out": ...}
+    The emulation library is loaded always: it is the check, and the fallback. A kernel that does not load
+    leaves the model on numpy (checked all the same).
     """
 
     forward_bytes = False
@@ -373,8 +424,15 @@ class FastBackend(object):
         self.note = ""
         path = cfg.get("model", "")
         path = path if os.path.isabs(path) else os.path.join(base, path)
+        kernel, kernel_note = None, ""
+        if cfg.get("kernel"):
+            kpath = cfg["kernel"] if os.path.isabs(cfg["kernel"]) else os.path.join(base, cfg["kernel"])
+            try:
+                kernel = _kernel.Kernel(kpath)
+            except (OSError, AttributeError) as e:  # not loadable here, or an older library: numpy only
+                kernel_note = "; kernel %s not loaded (%s): numpy only" % (cfg["kernel"], e)
         try:
-            model = FastModel.load(path)
+            model = FastModel.load(path, kernel)
             frames = check_frames(model.in_type, int(cfg["n_in"]), int(cfg.get("check_frames", 4)))
             bad = compare(model, self.emulation.lib, frames)
             if bad:
@@ -386,7 +444,9 @@ class FastBackend(object):
             self.note = "fast model failed its check: %s: %s" % (type(e).__name__, e)
         else:
             self.model, self.kind = model, "fast"
-            self.note = "fast model == emulation library on %d check frames" % len(frames)
+            compiled = sorted(n for n, m in model.modes.items() if m == "kernel")
+            self.note = "fast model == emulation library on %d check frames (%s)%s" % (
+                len(frames), "compiled kernel: " + ", ".join(compiled) if compiled else "numpy", kernel_note)
         (log.info if self.model else log.warning)("backend %s: %s", self.kind, self.note
                                                   + ("" if self.model else "; running the emulation library"))
 
@@ -404,7 +464,9 @@ def board_files(plan, name, emulation_cfg, log=None):
     Returns (files, backend): files maps board file names to local files to upload beside the emulation
     library, backend is the agent's backend config. When the partition has a layer the fast model does not
     compute, files is empty and backend is `emulation_cfg` unchanged (the reason goes to `log`).
-    The model is written once into the partition's hls4ml cache folder (same key: same model and config).
+    The model is written once into the partition's hls4ml cache folder (same key: same model and config);
+    the compiled kernel (fast_kernel.build, cached by its source's hash) goes with it when this host can
+    build it.
     """
     from splitting.hls import project_dir
 
@@ -419,4 +481,9 @@ def board_files(plan, name, emulation_cfg, log=None):
         tmp = "%s.%d.tmp.npz" % (path[:-4], os.getpid())
         model.save(tmp)
         os.replace(tmp, path)  # parallel deploys of the same partition: the last complete file wins
-    return {"partition.fast.npz": path}, dict(emulation_cfg, kind="fast", model="partition.fast.npz")
+    files, backend = {"partition.fast.npz": path}, dict(emulation_cfg, kind="fast", model="partition.fast.npz")
+    lib = _kernel.build(log)
+    if lib is not None:
+        files[_kernel.FILE] = str(lib)
+        backend["kernel"] = _kernel.FILE
+    return files, backend

@@ -15,8 +15,10 @@ Per partition, on its board (one partition per board, as one bitstream per FPGA)
 
 Board layout, under the board's `workdir` (default ~/splitrack):
 
-    agent.py wire.py agent_config.py overlay.py fast_model.py contract.py emulation.py     lease.json (who holds the board, harness.rack.lease)
-    part/  artifact (lib .so | .bit + .hwh), contracts.json, agent.json, agent.secret (0600),
+    agent.py wire.py agent_config.py overlay.py fast_model.py fast_kernel.py contract.py emulation.py
+           lease.json (who holds the board, harness.rack.lease)
+    part/  artifact (lib .so [+ partition.fast.npz, libfastkernel.so: virtual boards] | .bit + .hwh),
+           contracts.json, agent.json, agent.secret (0600),
            running.json (pid of the agent started with that agent.json), agent-<partition>.pid / .log / .out
 
 `deploy()` returns a `Deployment`; its `wiring` (harness.rack.wiring) is what `harness.measure.stream` needs.

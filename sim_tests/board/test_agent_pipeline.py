@@ -242,36 +242,9 @@ def test_host_scatters_slices_and_gathers_parts(tmp_path):
     assert set(res.stamps(res.frame_ids[0])) == {"n0", "n1", "n2", "n3"}
 
 
-def _python38():
-    """A Python 3.8 with numpy (what PYNQ images ship), set up once under <cache>/py38."""
-    import shutil
-    from pathlib import Path
-
-    from filelock import FileLock
-
-    import glob
-
-    candidates = [shutil.which("python3.8")] + sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.8*/bin/python3.8")))
-    runs = [c for c in candidates if c and subprocess.run([c, "--version"], capture_output=True).returncode == 0]
-    if not runs:
-        pytest.skip("no python3.8 on this machine")
-    base = runs[0]
-    from splitting.user_cache import cache_root
-
-    venv = cache_root() / "py38"
-    py = venv / "bin" / "python"
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(venv) + ".lock"):
-        if not (venv / ".ok").exists():
-            subprocess.run([base, "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
-            subprocess.run([str(py), "-m", "pip", "install", "-q", "numpy<1.25"], check=True, timeout=600)
-            (venv / ".ok").touch()
-    return str(py)
-
-
 @pytest.mark.slow
-def test_agent_runs_on_python38(tmp_path):
-    py = _python38()
+def test_agent_runs_on_python38(tmp_path, python38):
+    py = python38
     plan = identity_plan(2, shape=(4, 6), fan=2)
     x = np.random.default_rng(9).uniform(-40, 40, (30, 4, 6))
     with LocalRack(tmp_path, python=py) as rack:

@@ -7,7 +7,16 @@ import logging
 import numpy as np
 import pytest
 
+from harness.board import fast_kernel
 from harness.board.fast_model import FastBackend, FastModel, NotModelled, check_frames
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    """The compiled kernel, as deploy builds it (cached by its source's hash)."""
+    lib = fast_kernel.build()
+    assert lib is not None, "no C compiler works here: the fast model's kernel cannot be built"
+    return fast_kernel.Kernel(lib)
 
 PLANS = {
     "fc-sequential": ("fc", dict(at=["fc1", "fc2"])),
@@ -26,38 +35,44 @@ def _write(model, kw, folder):
     return Plan.load(folder)
 
 
-def _all_partitions_exact(plan, first_frames):
-    """Each partition on its real inputs (the plan's emulation chain) and on random full-range inputs."""
+def _all_partitions_exact(plan, first_frames, kernel):
+    """Each partition on its real inputs (the plan's emulation chain) and on random full-range inputs, with
+    the compiled kernel and on numpy only. Returns the kernel model's layer modes."""
     from splitting import hls
     from splitting.chain import run_chain
 
-    checked = []
+    checked, modes = [], {}
 
     def run(name, x):
         emu = hls.emulation(plan, name)
-        fm = FastModel.from_plan(plan, name)
-        for frames in (x, check_frames(fm.in_type, emu.n_in, 16, seed=7)):
-            ours, theirs = fm.run(frames), emu.predict(frames)
-            assert np.array_equal(ours, theirs.reshape(ours.shape)), (plan.root, name)
+        for k in (None, kernel):
+            fm = FastModel.from_plan(plan, name, k)
+            for frames in (x, check_frames(fm.in_type, emu.n_in, 16, seed=7)):
+                ours, theirs = fm.run(frames), emu.predict(frames)
+                assert np.array_equal(ours, theirs.reshape(ours.shape)), (plan.root, name, fm.modes)
+        modes.update(fm.modes)
         checked.append(name)
         return emu.predict(x, plan.partition(name).output_shape)
 
     run_chain(plan, first_frames, run)
     assert sorted(checked) == sorted(plan.partitions)
+    return modes
 
 
 @pytest.mark.parametrize("name", list(PLANS))
-def test_reference_plans_bit_exact(name, tmp_path):
+def test_reference_plans_bit_exact(name, tmp_path, kernel):
     from splitting.reference import digits_data, model_inputs, reference_model
 
     model, kw = PLANS[name]
     plan = _write(reference_model(model), kw, tmp_path / name)
-    _all_partitions_exact(plan, model_inputs(model, digits_data()[2][:40]))
+    modes = _all_partitions_exact(plan, model_inputs(model, digits_data()[2][:40]), kernel)
+    # the reference models' ap_fixed<16,6> products all lose bits to accum_t: every layer runs the kernel
+    assert modes and set(modes.values()) == {"kernel"}, modes
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [3, 11])
-def test_random_models_bit_exact(seed, tmp_path):
+def test_random_models_bit_exact(seed, tmp_path, kernel):
     """Random MLPs and CNNs (the property tests' shapes: relu/linear/softmax, same/valid, maxpool), split."""
     import keras
 
@@ -68,14 +83,14 @@ def test_random_models_bit_exact(seed, tmp_path):
                             keras.layers.Dense(w[2], activation="linear", name="d1"),
                             keras.layers.Dense(5, activation="softmax", name="d2")])
     _all_partitions_exact(_write(mlp, dict(at=["d0"], neurons={"d1": 2}), tmp_path / "mlp"),
-                          rng.normal(size=(16, w[0])) * 2)
+                          rng.normal(size=(16, w[0])) * 2, kernel)
     pad = ["same", "valid"][seed % 2]
     cnn = keras.Sequential([keras.Input((7, 7, 2)),
                             keras.layers.Conv2D(int(rng.integers(2, 8)), 3, padding=pad, activation="relu", name="c1"),
                             keras.layers.Conv2D(int(rng.integers(2, 8)), 2, padding=pad, activation="relu", name="c2"),
                             keras.layers.MaxPooling2D(2, name="pool"), keras.layers.Flatten(name="flat"),
                             keras.layers.Dense(5, activation="softmax", name="out")])
-    _all_partitions_exact(_write(cnn, dict(at=["c1"]), tmp_path / "cnn"), rng.uniform(size=(8, 7, 7, 2)))
+    _all_partitions_exact(_write(cnn, dict(at=["c1"]), tmp_path / "cnn"), rng.uniform(size=(8, 7, 7, 2)), kernel)
 
 
 def test_unmodelled_layer_is_named(tmp_path):
@@ -161,8 +176,10 @@ def test_board_files_for_a_virtual_board(fc_first):
     assert np.array_equal(model.run(x), hls.emulation(plan, name).predict(x))
 
 
-def test_agents_on_fast_models_equal_the_chained_emulation(fc_plan, tmp_path):
-    """The agent's backend kind "fast" with fast_model.py beside it, as a virtual board carries it."""
+@pytest.mark.parametrize("python", ["host", pytest.param("3.8", marks=pytest.mark.slow)])
+def test_agents_on_fast_models_equal_the_chained_emulation(fc_plan, tmp_path, python, request):
+    """The agent's backend kind "fast" with fast_model.py and its compiled kernel beside it, as a virtual board
+    carries them; also under Python 3.8 (a board's)."""
     from harness.board.fast_model import board_files
     from harness.rack.local_rack import AGENT_FILES, LocalRack
     from harness.measure.stream import Pipeline
@@ -171,18 +188,96 @@ def test_agents_on_fast_models_equal_the_chained_emulation(fc_plan, tmp_path):
     from splitting.chain import emulation_runner, run_chain
     from splitting.reference import digits_data
 
-    assert "fast_model.py" in AGENT_FILES  # shipped beside the agent (harness.board.files)
+    assert {"fast_model.py", "fast_kernel.py"} <= set(AGENT_FILES)  # shipped beside the agent (harness.board.files)
     backends = {}
     for name in fc_plan.partitions:
         lib = hls.emulation(fc_plan, name)
         files, backends[name] = board_files(fc_plan, name, emulation_backend(fc_plan, name, lib.library, lib.project))
         backends[name]["model"] = files["partition.fast.npz"]
+        backends[name]["kernel"] = files["libfastkernel.so"]
     x = digits_data()[2][:40].reshape(40, 64)
     ref = run_chain(fc_plan, x, emulation_runner(fc_plan))
-    with LocalRack(tmp_path) as rack:
+    py = {"python": request.getfixturevalue("python38")} if python == "3.8" else {}
+    with LocalRack(tmp_path, **py) as rack:
         wiring = rack.start(fc_plan, backends, in_flight=4)
         with Pipeline(wiring) as pipe:
             res = pipe.stream(x, in_flight=4, timeout=20)
     np.testing.assert_array_equal(res.outputs(), ref)
     logs = "".join(p.read_text() for p in tmp_path.rglob("agent-*.log"))
     assert logs.count("backend fast: fast model == emulation library") == len(fc_plan.partitions), logs[-2000:]
+    assert logs.count("(compiled kernel: ") == len(fc_plan.partitions), logs[-2000:]
+
+
+def _kernel_reference(x, w, bias, s, acc_t):
+    """What the kernel computes, in plain int64 numpy: wrap_acc_t(bias + sum_k floor(x*w / 2^s))."""
+    acc = bias + ((x[:, :, None] * w[None, :, :]) >> s).sum(axis=1)
+    return acc_t.overflow(acc)
+
+
+@pytest.mark.parametrize("acc", ["ap_fixed<16,6>", "ap_fixed<32,12>", "ap_fixed<20,8>", "ap_ufixed<12,4>",
+                                 "ap_ufixed<31,10>", "ap_fixed<8,3>"])
+def test_kernel_equals_the_plain_integer_sum(kernel, acc):
+    """Random raws of 16-bit inputs and weights (products up to 2^30), zero rows and columns (ReLU outputs),
+    every shift the reference types give and more: the kernel's sum wrapped to accum_t equals int64 numpy's,
+    on one row and on many."""
+    from splitting.contract import FixedType
+
+    acc_t = FixedType.parse(acc)
+    rng = np.random.default_rng(len(acc))
+    for s in (0, 1, 6, 10, 17):
+        for m, k, n in ((1, 9, 16), (64, 144, 32), (5, 7, 3), (3, 1, 1)):
+            x = rng.integers(-(1 << 15), 1 << 15, size=(m, k))
+            x[rng.random(size=x.shape) < 0.4] = 0
+            w = rng.integers(-(1 << 15), 1 << 15, size=(k, n))
+            bias = acc_t.overflow(rng.integers(-(1 << 40), 1 << 40, size=n))
+            got = kernel.prepare(w, bias, s, acc_t)(x)
+            assert got.dtype == np.int64
+            np.testing.assert_array_equal(got, _kernel_reference(x, w, bias, s, acc_t), err_msg=(acc, s, m, k, n))
+
+
+def test_kernel_refuses_what_it_does_not_compute(kernel):
+    from splitting.contract import FixedType
+
+    w, b = np.ones((2, 2)), np.zeros(2)
+    for t, s in (("ap_fixed<33,10>", 4), ("ap_ufixed<32,10>", 4), ("ap_fixed<16,6,AP_TRN,AP_SAT>", 4),
+                 ("ap_fixed<16,6>", -1)):
+        with pytest.raises(ValueError, match="does not compute"):
+            kernel.prepare(w, b, s, FixedType.parse(t))
+
+
+def test_without_a_compiler_the_model_stays_on_numpy(fc_first, monkeypatch, tmp_path, caplog):
+    """No C compiler on the host: build says why and returns None, board_files ships no kernel, and the
+    model runs (bit exact) on numpy."""
+    from harness.board.fast_model import board_files
+    from splitting import hls
+
+    monkeypatch.setenv("SPLITRACK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fast_kernel, "COMMAND", ("no-such-cc-splitrack",) + fast_kernel.COMMAND[1:])
+    with caplog.at_level(logging.INFO):
+        assert fast_kernel.build() is None
+    assert "kernel not built" in caplog.text and "numpy" in caplog.text
+    plan, name, cfg = fc_first
+    files, backend = board_files(plan, name, dict(cfg, kind="emulation"))
+    assert "libfastkernel.so" not in files and "kernel" not in backend
+    model = FastModel.load(files["partition.fast.npz"])
+    assert set(model.modes.values()) == {"split"}
+    x = check_frames(model.in_type, cfg["n_in"], 8, seed=3)
+    assert np.array_equal(model.run(x), hls.emulation(plan, name).predict(x))
+
+
+def test_backend_with_a_kernel_that_does_not_load_runs_numpy(fc_first, kernel, tmp_path):
+    """A damaged kernel library on a board: the fast backend says so, checks the numpy model and runs it; a
+    good one is used and named in the note."""
+    plan, name, cfg = fc_first
+    fm = FastModel.from_plan(plan, name)
+    model = tmp_path / "m.npz"
+    fm.save(model)
+    (tmp_path / "libfastkernel.so").write_bytes(b"not a library")
+    b = FastBackend(dict(cfg, model=str(model), kernel="libfastkernel.so"), str(tmp_path), _Emu)
+    assert b.kind == "fast" and "not loaded" in b.note and "(numpy)" in b.note
+    assert set(b.model.modes.values()) == {"split"}
+    good = FastBackend(dict(cfg, model=str(model), kernel=kernel.path), str(tmp_path), _Emu)
+    assert good.kind == "fast" and "compiled kernel: " in good.note
+    x = check_frames(fm.in_type, cfg["n_in"], 3, seed=9)
+    for f in x:
+        assert np.array_equal(good.run(f), b.emulation.run(f)) and np.array_equal(b.run(f), good.run(f))

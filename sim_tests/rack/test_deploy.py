@@ -65,6 +65,7 @@ def test_virtual_boards_run_the_fast_model(fc_plan_dir, rack_file):
             time.sleep(0.2)
         assert logs.count("backend fast: fast model == emulation library") == 3, logs[-2000:]
         assert len(list((rack_file.parent / "state").rglob("partition.fast.npz"))) == 3
+        assert logs.count("(compiled kernel: ") == 3, logs[-2000:]  # and its compiled kernel (libfastkernel.so)
     finally:
         undeploy(load_rack(rack_file))
 
