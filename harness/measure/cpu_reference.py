@@ -73,13 +73,12 @@ def reference(plan, x: np.ndarray, stream_batch: int, rack_outputs: Optional[np.
               labels: Optional[np.ndarray] = None, repeats: int = 200,
               progress: Callable[[str], None] = lambda s: None) -> Dict[str, Dict]:
     """CPU timings and accuracies for a plan: {"cpu": {name: stats}, "accuracy": {name: fraction}}."""
-    import keras
-
     from splitting import hls
+    from splitting.graph import load_model
 
     src = plan.path(plan.model.get("source", "source.keras"))
     progress(f"CPU reference: Keras ({src.name}) at batch 1 and {stream_batch}, hls4ml emulation")
-    model = keras.models.load_model(src, compile=False)
+    model = load_model(src)  # registers HGQ2's layers first; a file that does not load is one line
     xin = np.asarray(x, dtype=np.float32).reshape((len(x),) + tuple(plan.model["input_shape"]))
     cpu = keras_timings(model, xin, (1, stream_batch), repeats)
     emu = hls.monolithic_emulation(plan)
