@@ -385,6 +385,8 @@ class Agent:
         h = {"board": self.board, "partition": self.partition, "stage": self.stage, "plan_hash": self.plan_hash,
              "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
              "backend": self.backend.kind if self.backend else None, "frames_done": self.done,
+             # why a fast backend runs the emulation (or which layers run its compiled kernel)
+             "backend_note": getattr(self.backend, "note", "") if self.backend else "",
              "counters": dict(self.counters), "free_memory": free_memory_bytes(),
              "python": sys.version.split()[0], "queues": [self.compute_q.qsize(), self.send_q.qsize()],
              "waiting_for_parts": len(self.pending), "host_attached": self.host is not None,

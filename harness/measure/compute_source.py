@@ -13,7 +13,7 @@ the configuration only names the one it was asked to run ("fast" falls back to "
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 # backend kind -> (short label for tables, what the compute figure is)
 BACKENDS = {
@@ -41,6 +41,8 @@ class ComputeSource:
     timing     the timing model ({"cycles": N, "clock_mhz": F}) that paces the compute, or None
     fpga       the RTL cosimulation's figures (harness.cosim.record.PartitionCycles.to_dict), or None
     fpga_note  why there is no FPGA figure, with the command that makes one ("" when there is)
+    backend_note  what the agent said about its backend (a fast model's check, or why it fell back to the
+               emulation library); "" when it said nothing
     """
 
     partition: str
@@ -50,26 +52,32 @@ class ComputeSource:
     timing: Optional[dict]
     fpga: Optional[dict]
     fpga_note: str
+    backend_note: str = ""
 
     def to_dict(self) -> dict:
         """JSON-ready (what bench.json's "compute" and run.json's partitions hold)."""
         short, what = describe(self.backend)
+        if self.backend_note:
+            what += f" ({self.backend_note})"
         return {"board": self.board, "backend": self.backend, "backend_reported_by_agent": self.reported,
-                "label": short + ("" if self.reported else " (configured)"), "what": what, "timing": self.timing, "fpga": self.fpga, "fpga_note": self.fpga_note}
+                "label": short + ("" if self.reported else " (configured)"), "what": what, "timing": self.timing,
+                "fpga": self.fpga, "fpga_note": self.fpga_note, "backend_note": self.backend_note}
 
 
-def reported_backends(wiring, timeout: float = 2.0) -> Dict[str, Optional[str]]:
-    """{partition: the backend kind its agent reports in its PONG}, None for an agent that does not answer
-    (or answers without one). Each agent is asked over an authenticated connection (the wiring's secret)."""
+def reported_backends(wiring, timeout: float = 2.0) -> Dict[str, Tuple[Optional[str], str]]:
+    """{partition: (the backend kind its agent reports in its PONG, its note)}: (None, "") for an agent that
+    does not answer (or answers without one); the note is "" when the agent gives none (older agents), at
+    most 300 characters. Each agent is asked over an authenticated connection (the wiring's secret)."""
     from harness.rack.deploy import ping
 
-    out: Dict[str, Optional[str]] = {}
+    out: Dict[str, Tuple[Optional[str], str]] = {}
     for name, ep in wiring.endpoints.items():
         try:
-            kind = ping(ep.host, ep.port, wiring.secret, timeout=timeout).get("backend")
+            pong = ping(ep.host, ep.port, wiring.secret, timeout=timeout)
         except (OSError, ValueError):
-            kind = None
-        out[name] = kind if isinstance(kind, str) else None
+            pong = {}
+        kind, note = pong.get("backend"), pong.get("backend_note")
+        out[name] = (kind if isinstance(kind, str) else None, note[:300] if isinstance(note, str) else "")
     return out
 
 
@@ -84,7 +92,7 @@ def compute_sources(plan, wiring, ask_agents: bool = True) -> Dict[str, ComputeS
     out = {}
     for p in plan.ordered_partitions():
         cfg = wiring.configs.get(p.name, {})
-        kind = told.get(p.name)
+        kind, said = told.get(p.name, (None, ""))
         fig = stored.figures.get(p.name)
         note = stored.missing
         if not note and fig is None:
@@ -92,7 +100,7 @@ def compute_sources(plan, wiring, ask_agents: bool = True) -> Dict[str, ComputeS
         out[p.name] = ComputeSource(
             p.name, wiring.endpoints[p.name].board if p.name in wiring.endpoints else "?",
             kind or (cfg.get("backend") or {}).get("kind"), kind is not None, cfg.get("timing"),
-            fig.to_dict() if fig is not None else None, note)
+            fig.to_dict() if fig is not None else None, note, said)
     return out
 
 

@@ -67,6 +67,8 @@ def test_virtual_rack_bench_and_run_label_the_compute_then_show_the_cosimulated_
         assert c["label"] in ("CPU: fast model", "CPU: hls4ml emulation") and "not the FPGA" in c["what"]
         assert c["board"] == doc["placement"][p]
         assert c["fpga"] is None and c["fpga_note"] == f"not cosimulated (run: {cmd})"
+        if c["backend"] == "fast":  # the agent's own word on its check, in the legend too
+            assert "== emulation library" in c["backend_note"] and c["backend_note"] in c["what"]
     text = format_bench(doc)
     compute_rows = [l for l in text.splitlines() if l.strip().startswith("board s0 compute")]
     assert compute_rows and all("not FPGA time" in l and "FPGA: not cosimulated" in l for l in compute_rows)
@@ -219,3 +221,23 @@ def test_history_keeps_the_compute_source_and_the_run_page_shows_it(tmp_path):
         assert "not cosimulated (run: splitrack cosim plan/)" in page
         old_page, _ = dashboard.build_run(h, old_run, None)
         assert "What a board" not in old_page
+
+
+def test_a_fast_model_that_fell_back_says_why(tiny_plan, monkeypatch):
+    """A virtual board configured for the fast model whose agent runs the emulation library (its check found a
+    difference): the compute is labelled as the emulation, with the agent's reason beside it."""
+    from types import SimpleNamespace
+
+    import harness.rack.deploy as deploy_mod
+    from harness.measure.compute_source import compute_sources
+
+    why = "3 output values differ from the emulation library on 4 check frames"
+    pongs = {"s0": {"backend": "emulation", "backend_note": why}, "s1": {"backend": "fast"}}  # s1: an older agent
+    monkeypatch.setattr(deploy_mod, "ping", lambda host, port, secret, timeout: pongs["s%d" % (port - 9000)])
+    wiring = SimpleNamespace(secret=b"k" * 32, configs={p: {"backend": {"kind": "fast"}} for p in ("s0", "s1")},
+                             endpoints={p: SimpleNamespace(board="b" + p, host="127.0.0.1", port=9000 + i)
+                                        for i, p in enumerate(("s0", "s1"))})
+    src = {k: v.to_dict() for k, v in compute_sources(tiny_plan, wiring).items()}
+    assert src["s0"]["backend"] == "emulation" and src["s0"]["label"] == "CPU: hls4ml emulation"
+    assert src["s0"]["backend_note"] == why and why in src["s0"]["what"]
+    assert src["s1"]["backend"] == "fast" and src["s1"]["backend_note"] == "" and "(" not in src["s1"]["what"][-2:]
