@@ -39,7 +39,8 @@ FixedType = _contract.FixedType
 
 FORMAT = 1  # bump when the .npz layout changes
 MAX_WIDTH = 48  # int64 holds every intermediate of types up to this width (as in harness/cosim/fixed.py)
-KINDS = ("pad", "dense", "conv2d", "relu", "linear", "maxpool", "reshape", "softmax")
+KINDS = ("pad", "dense", "conv2d", "relu", "linear", "maxpool", "reshape", "softmax", "sigmoid", "tanh")
+TABLE_RANGE = {"sigmoid": 16, "tanh": 8}  # the table spans [-R/2, R/2): nnet_activation_stream.h's index divisor
 
 
 class NotModelled(Exception):
@@ -291,7 +292,26 @@ class FastModel(object):
             return pool
         if kind == "softmax":
             return self._softmax(op, t, out, arrays)
+        if kind in TABLE_RANGE:
+            return self._table(op, t, out, arrays)
         raise NotModelled("%s: layer kind %r" % (name, kind))
+
+    def _table(self, op, t, out, arrays):
+        """sigmoid / tanh of nnet_activation_stream.h: index = (int)(x * N / R) + R/2 * N / R, clipped to the
+        table; (int) of an ap_fixed truncates toward zero (x * N / R is exact: N is a power of two >= R)."""
+        n = int(op["params"]["table_size"])
+        table_t = self._type(op["params"]["table_t"])
+        r = TABLE_RANGE[op["kind"]]
+        table = cast(arrays[op["name"] + "/table"], table_t.fractional, out, table_t)  # res = (res_T) table[i]
+        half = (r // 2) * n // r
+        f = t.fractional
+        den = r << f if f >= 0 else r
+
+        def lookup(x):
+            num = x * n if f >= 0 else (x * n) << (-f)
+            q = np.where(num >= 0, num // den, -((-num) // den))
+            return table[np.clip(q + half, 0, n - 1)]
+        return lookup
 
     def _softmax(self, op, t, out, arrays):
         p = op["params"]
@@ -343,6 +363,10 @@ class FastModel(object):
                 from harness.cosim.reference import softmax_tables  # libm's expf, as hls4ml's table init
 
                 arrays[op.name + "/exp_table"], arrays[op.name + "/inv_table"] = softmax_tables(op)
+            if op.kind in TABLE_RANGE:
+                from harness.cosim.reference import activation_table
+
+                arrays[op.name + "/table"] = activation_table(op)
             meta.append({"kind": op.kind, "name": op.name, "out_shape": list(op.out_shape), "out": str(op.out),
                          "params": params})
         return cls(meta, arrays, kernel)
@@ -353,7 +377,7 @@ class FastModel(object):
         from harness.cosim.ops import UnsupportedLayer, partition_ops
 
         try:
-            return cls.from_ops(partition_ops(plan, name), kernel)
+            return cls.from_ops(partition_ops(plan, name, tables=True), kernel)
         except UnsupportedLayer as e:
             raise NotModelled(str(e))
 

@@ -29,6 +29,7 @@ class Op:
     fixed-point type, parameters, and weights and biases as raw integers of their types."""
 
     kind: str                      # input, pad, dense, conv2d, relu, linear, maxpool, reshape, softmax
+                                   # (and sigmoid, tanh: table lookups, for the fast model only)
     name: str
     out_shape: Tuple[int, ...]
     out: FixedType                 # result type
@@ -75,13 +76,18 @@ def _softmax_op(layer, name, shape, out, params, types) -> Op:
     return Op("softmax", name, shape, out, params=params, accum=accum)
 
 
-def ops_from_graph(hm) -> List[Op]:
-    """The op list of a converted hls4ml ModelGraph (io_stream, Vivado-family backend)."""
+TABLE_ACTIVATIONS = ("sigmoid", "tanh")  # lookup tables of nnet_activation(_stream).h
+
+
+def ops_from_graph(hm, tables: bool = False) -> List[Op]:
+    """The op list of a converted hls4ml ModelGraph (io_stream, Vivado-family backend). `tables`: also read
+    sigmoid and tanh activations (their table size and table_t), which the fast model computes and the RTL
+    cosimulation does not; without it they raise UnsupportedLayer."""
     ops: List[Op] = []
     for layer in hm.get_layers():
         cls = layer.class_name
         types = {k: fixed_type(v.precision) for k, v in layer.types.items() if k in
-                 ("result_t", "accum_t", "weight_t", "bias_t", "exp_table_t", "inv_table_t", "inv_inp_t")}
+                 ("result_t", "accum_t", "weight_t", "bias_t", "exp_table_t", "inv_table_t", "inv_inp_t", "table_t")}
         out, shape, name = types["result_t"], _shape(layer), layer.name
         if cls == "Input":
             ops.append(Op("input", name, shape, out))
@@ -102,6 +108,10 @@ def ops_from_graph(hm) -> List[Op]:
                           wtype=wt, btype=bt, accum=types["accum_t"]))
         elif cls in ("Activation", "ReLU"):
             act = (layer.get_attr("activation") or "relu").lower()
+            if tables and act in TABLE_ACTIVATIONS and "table_t" in types:
+                ops.append(Op(act, name, shape, out, params={"table_size": int(layer.get_attr("table_size", 1024)),
+                                                             "types": {"table_t": types["table_t"]}}))
+                continue
             if act not in ("relu", "linear"):
                 raise UnsupportedLayer(f"{name}: activation {act!r} has no cosimulation model (relu and linear do)")
             ops.append(Op(act, name, shape, out))
@@ -131,8 +141,9 @@ def ops_from_graph(hm) -> List[Op]:
     return ops
 
 
-def partition_ops(plan, name: str) -> List[Op]:
-    """The op list of one partition of a plan, converted with the plan's own hls4ml settings."""
+def partition_ops(plan, name: str, tables: bool = False) -> List[Op]:
+    """The op list of one partition of a plan, converted with the plan's own hls4ml settings (`tables`: see
+    ops_from_graph)."""
     import tempfile
 
     from splitting import hls
@@ -140,4 +151,4 @@ def partition_ops(plan, name: str) -> List[Op]:
     p = plan.partition(name)
     with tempfile.TemporaryDirectory(prefix="splitrack-cosim-") as tmp:
         _, hm = hls._convert(plan.path(p.model_file), p.hls, plan.hls_defaults, Path(tmp) / "prj", f"sr_{name}")
-        return ops_from_graph(hm)
+        return ops_from_graph(hm, tables)

@@ -9,6 +9,7 @@ is itself checked against the hls4ml emulation (`compare_with_emulation`).
 from __future__ import annotations
 
 import ctypes
+import math
 import ctypes.util
 from dataclasses import dataclass
 from typing import Dict, List
@@ -101,6 +102,27 @@ def _table_value(i: int, t: FixedType, size: int) -> float:
     if t.signed and word >> (t.width - 1):
         word -= 1 << t.width
     return float(np.float32(word * t.step))
+
+
+def activation_table(op: Op) -> np.ndarray:
+    """The lookup table of an hls4ml sigmoid or tanh op (raw integers of its table_t), as nnet_activation.h
+    initialises it: entry i is f(x_i) at x_i = (float)(2 * R * (i - N/2.0) / N), R = 8 (sigmoid) or 4 (tanh),
+    N = table_size; sigmoid_fcn_float computes 1.0 / (1 + expf(-x)) and returns a float; tanh is the C library's
+    tanh(double) on the float x (the call binds, at the template's definition, to ::tanh). The value is then
+    assigned to table_t (its rounding and overflow modes)."""
+    n = int(op.params["table_size"])
+    table_t = op.params["types"]["table_t"]
+    vals = []
+    for i in range(n):
+        if op.kind == "sigmoid":
+            x = np.float32(2 * 8.0 * (i - n / 2.0) / n)
+            vals.append(float(np.float32(1.0 / float(np.float32(1) + np.float32(_expf(float(-x)))))))
+        elif op.kind == "tanh":
+            x = np.float32(2 * 4.0 * (i - n / 2.0) / n)
+            vals.append(math.tanh(float(x)))
+        else:
+            raise ValueError("no lookup table for %s" % op.kind)
+    return table_t.to_raw(np.array(vals, np.float64))
 
 
 def softmax_tables(op: Op):

@@ -73,21 +73,22 @@ def test_reference_plans_bit_exact(name, tmp_path, kernel):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [3, 11])
 def test_random_models_bit_exact(seed, tmp_path, kernel):
-    """Random MLPs and CNNs (the property tests' shapes: relu/linear/softmax, same/valid, maxpool), split."""
+    """Random MLPs and CNNs (the property tests' shapes: relu/tanh/sigmoid/linear/softmax, same/valid,
+    maxpool), split."""
     import keras
 
     rng = np.random.default_rng(seed)
     keras.utils.set_random_seed(seed)
     w = [int(v) for v in rng.integers(4, 24, size=3)]
     mlp = keras.Sequential([keras.Input((w[0],)), keras.layers.Dense(w[1], activation="relu", name="d0"),
-                            keras.layers.Dense(w[2], activation="linear", name="d1"),
+                            keras.layers.Dense(w[2], activation={3: "tanh", 11: "sigmoid"}[seed], name="d1"),
                             keras.layers.Dense(5, activation="softmax", name="d2")])
     _all_partitions_exact(_write(mlp, dict(at=["d0"], neurons={"d1": 2}), tmp_path / "mlp"),
                           rng.normal(size=(16, w[0])) * 2, kernel)
     pad = ["same", "valid"][seed % 2]
     cnn = keras.Sequential([keras.Input((7, 7, 2)),
                             keras.layers.Conv2D(int(rng.integers(2, 8)), 3, padding=pad, activation="relu", name="c1"),
-                            keras.layers.Conv2D(int(rng.integers(2, 8)), 2, padding=pad, activation="relu", name="c2"),
+                            keras.layers.Conv2D(int(rng.integers(2, 8)), 2, padding=pad, activation="tanh", name="c2"),
                             keras.layers.MaxPooling2D(2, name="pool"), keras.layers.Flatten(name="flat"),
                             keras.layers.Dense(5, activation="softmax", name="out")])
     _all_partitions_exact(_write(cnn, dict(at=["c1"]), tmp_path / "cnn"), rng.uniform(size=(8, 7, 7, 2)), kernel)
@@ -97,10 +98,30 @@ def test_unmodelled_layer_is_named(tmp_path):
     import keras
 
     keras.utils.set_random_seed(0)
-    m = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, activation="tanh", name="d0")])
-    plan = _write(m, {}, tmp_path / "tanh")
-    with pytest.raises(NotModelled, match="tanh"):
+    m = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, activation="elu", name="d0")])
+    plan = _write(m, {}, tmp_path / "elu")
+    with pytest.raises(NotModelled, match="elu"):
         FastModel.from_plan(plan, plan.ordered_partitions()[0].name)
+
+
+def test_sigmoid_and_tanh_tables_on_every_input_value(tmp_path):
+    """hls4ml's sigmoid and tanh are table lookups (nnet_activation_stream.h): every one of the 65536 values
+    of the input type ap_fixed<16,6>, through each, equals the emulation library (the index's truncation
+    toward zero, both clipped ends, the table values computed with expf / tanh as the C++ does)."""
+    import keras
+
+    from splitting import hls
+
+    m = keras.Sequential([keras.Input((8,)), keras.layers.Activation("sigmoid", name="a0"),
+                          keras.layers.Activation("tanh", name="a1"), keras.layers.Dense(3, name="d")])
+    plan = _write(m, dict(at=["a0"]), tmp_path / "tables")
+    for name in ("s0", "s1"):
+        fm = FastModel.from_plan(plan, name)
+        assert [o["kind"] for o in fm.ops][1] == ("sigmoid" if name == "s0" else "tanh")
+        raw = np.arange(fm.in_type.raw_min, fm.in_type.raw_max + 1).reshape(-1, 8)
+        x = raw * fm.in_type.step
+        ours, theirs = fm.run(x), hls.emulation(plan, name).predict(x)
+        assert np.array_equal(ours, theirs.reshape(ours.shape)), name
 
 
 @pytest.fixture(scope="module")
