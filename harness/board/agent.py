@@ -627,6 +627,17 @@ class Agent:
         wrong size is refused (reported, never DMA'd); one of another session is dropped; both free the slot."""
         reader, free, in_bytes = conn.reader, self.free_slots, self.in_bytes
         message, message_into = reader.message, reader.message_into
+        # what the per-frame path uses, bound once (constant for the agent's life; self.host, self.session and
+        # self.state are not: they change when a host attaches, and are read per frame)
+        skew, drop, period_ns = self.skew, self.drop, self.period_ns
+        compute_backlog, send_backlog = self.compute_backlog, self.send_backlog
+        compute_lock, send_lock = self.compute_lock, self.send_lock
+        run_raw, out_bytes, free_append = self.backend.run_raw, self.backend.out_bytes, free.append
+        route = self.routes[0]
+        c_index, key = route[0].index, route[2]
+        stage, rec_head = self.stage, self.rec_heads[0]
+        scratch, head_view, own_view = self.scratch, self.head_view, self.own_view
+        perf_ns = time.perf_counter_ns
         while True:
             slot = None
             if reader.expect_records is not None and free:
@@ -636,12 +647,12 @@ class Agent:
                     slot = None
             if slot is not None:
                 try:
-                    mtype, frame, stage, part, records, payload = message_into(slot.inview)
+                    mtype, frame, stage_in, part, records, payload = message_into(slot.inview)
                 except BaseException:  # the connection ends (closed, or a bad message): the slot is not lost
                     self._free_slot((0, slot))
                     raise
             else:
-                mtype, frame, stage, part, records, payload = message(False)
+                mtype, frame, stage_in, part, records, payload = message(False)
                 if mtype == FRAME:
                     reader.expect_records = len(records) // 40
             if mtype != FRAME:
@@ -671,7 +682,65 @@ class Agent:
                         self.received += 1
                         continue
                     slot.inview[:] = payload
-            self._on_raw_frame(frame, slot, records)
+            t = _time_ns() + skew
+            if compute_backlog or drop or not compute_lock.acquire(False):  # busy: queue it (_on_raw_frame)
+                self._on_raw_frame(frame, slot, records, t)
+                continue
+            # The agent is idle: this frame is computed and sent here, in the receiving thread, with no method
+            # call per step (_on_raw_frame and _send_raw, inlined: the same steps, states and counters).
+            try:
+                self.computing = frame
+                t_cs = _time_ns() + skew
+                try:
+                    if period_ns:
+                        t0 = perf_ns()
+                        run_raw(slot)
+                        wait_until(t0 + period_ns)
+                    else:
+                        run_raw(slot)
+                except Exception as e:
+                    self.computing = None
+                    self._raw_compute_failed(frame, slot, e)
+                    continue
+                t_ce = _time_ns() + skew
+                self.computing = None
+                self.done += 1
+            finally:
+                compute_lock.release()
+            if send_backlog or not send_lock.acquire(False):  # another frame is being sent: queue behind it
+                self._set_state(frame, "computed, queued for sending")
+                self.send_q.put((frame, slot, bytes(records), (t,), t_cs, t_ce))
+                self.received += 1
+                continue
+            try:
+                conn_out = self.host if key is None else self.links.get(key)
+                if conn_out is None:
+                    conn_out = self._link(route[1])
+                nrec = len(records) // 40
+                FRAME_HEAD.pack_into(scratch, 0, FRAME_PREFIX, frame, stage, c_index, out_bytes, nrec + 1)
+                total = 64 + 40 * nrec + out_bytes
+                with conn_out.wlock:
+                    OWN_RECORD.pack_into(scratch, 24, rec_head, t, t_cs, t_ce, _time_ns() + skew)
+                    sock = conn_out.sock
+                    parts = (head_view, records, own_view, slot.outview)
+                    sent = sock.sendmsg(parts)  # send_parts, inlined
+                    if sent < total:
+                        sock.sendall(b"".join(bytes(q) for q in parts)[sent:])
+            except (OSError, TimeoutError) as e:
+                self._send_failed(frame, route[0], route[1], e)
+            else:
+                self.sent += 1
+                st = self.state
+                st[frame] = "sent"
+                if len(st) > 8192:
+                    self._trim_state()
+            finally:
+                free_append(slot)  # the slot is free again once its bytes are in the socket (_free_slot)
+                if self.slot_waiters:
+                    with self.slot_ready:
+                        self.slot_ready.notify()
+                send_lock.release()
+            self.received += 1
 
     def _take_slot(self, frame):
         """A free slot, waiting while every one is inside the agent (back-pressure, as a full queue is);
@@ -704,12 +773,20 @@ class Agent:
             with self.slot_ready:
                 self.slot_ready.notify()
 
-    def _on_raw_frame(self, frame, slot, records):
+    def _raw_compute_failed(self, frame, slot, e):
+        self._free_slot((frame, slot))
+        self.report("stage %d (%s on %s) failed on frame %d: %s: %s" % (
+            self.stage, self.partition, self.board, frame & FRAME_MASK, type(e).__name__, e), frame, exc=e)
+        self.received += 1
+
+    def _on_raw_frame(self, frame, slot, records, t=None):
         """A frame whose payload is in `slot`'s input buffer (records: a view of the reader's buffer, valid
         until the reader reads on). When the agent is idle it is computed and sent here, in the receiving
         thread (as _on_lone_frame, inlined: no job tuples, no hand-off); otherwise it queues with its slot
-        (records copied) for the compute thread, or for the send thread once computed."""
-        t = _time_ns() + self.skew
+        (records copied) for the compute thread, or for the send thread once computed. (_read_raw does the
+        same for a frame that finds the agent idle, inlined.) t: its arrival (ns, the agent's clock)."""
+        if t is None:
+            t = _time_ns() + self.skew
         if self.compute_backlog or self.drop or not self.compute_lock.acquire(False):
             self._set_state(frame, "queued for compute")
             self.compute_q.put((frame, slot, bytes(records), (t,)))  # blocks when full: back-pressure
@@ -727,10 +804,7 @@ class Agent:
                     self.backend.run_raw(slot)
             except Exception as e:
                 self.computing = None
-                self._free_slot((frame, slot))
-                self.report("stage %d (%s on %s) failed on frame %d: %s: %s" % (
-                    self.stage, self.partition, self.board, frame & FRAME_MASK, type(e).__name__, e), frame, exc=e)
-                self.received += 1
+                self._raw_compute_failed(frame, slot, e)
                 return
             t_ce = _time_ns() + self.skew
             self.computing = None

@@ -230,7 +230,7 @@ class Reader:
         self.max_payload = max_payload
         self.max_records = max_records
         self.expect_records = None  # records per FRAME on this connection, once one came (see message_into)
-        self.scatter = None  # (destination, records end, reader view, buffers of the last recvmsg_into)
+        self.scatter = None  # (destination, records end, reader view, buffers of the last recvmsg_into, records view)
 
     def read(self, n):
         """Exactly `n` bytes (a bytearray copy) from the socket, buffered. Raises EOFError when the peer closes
@@ -315,8 +315,9 @@ class Reader:
             if len(self.buf) < p + 4096:  # room for the header, records and a following message's start
                 self.buf = bytearray(p + (1 << 16))
                 self.view = view = memoryview(self.buf)
-            # the buffer list, kept while the destination and layout stay (a slot is usually reused)
-            sc = self.scatter = (dest, p, view, [view[:p], dest, view[p:]])
+            # the buffer list and the records' view, kept while the destination and layout stay (a slot is
+            # usually reused)
+            sc = self.scatter = (dest, p, view, [view[:p], dest, view[p:]], view[24:p])
         got = self.sock.recvmsg_into(sc[3])[0]
         if not got:
             raise EOFError("connection closed by peer")
@@ -331,7 +332,7 @@ class Reader:
                     self.start, self.end = p, got - n
                     if self.start == self.end:
                         self.start = self.end = 0
-                return mtype, frame, stage, part, view[24:p], dest
+                return mtype, frame, stage, part, sc[4], dest
         # not the expected layout: put the bytes in order (records part, payload part, the rest) and parse
         in_dest = min(max(got - p, 0), n)
         tail = max(got - p - n, 0)
