@@ -33,6 +33,9 @@ throughput through 5 agents against one stage alone.
    not the stages, sets the pace. (Each timed wait of the timing model, like any blocking wait, costs a
    virtual machine tens of microseconds of CPU: 36-42 us per 170 us sleep measured on the 2-core VM of
    November 2026, against ~15 us for the rest of an agent's frame.)
+--compare DIR (e.g. /work/main, another checkout) adds "<name> agent" and "<name> overlay": the same two agents
+with the board files (harness/board, splitting) of that checkout, interleaved in the same rounds: before/after of
+the agent itself in one run.
 Prints a table and saves agent_overhead.png (+ .json) in --out.
 """
 from __future__ import annotations
@@ -53,7 +56,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness.board import wire  # noqa: E402
-from harness.board.files import agent_files  # noqa: E402
+from harness.board.files import SHIPPED, agent_files  # noqa: E402
+from harness.rack import local_rack  # noqa: E402
 from harness.rack.local_rack import LocalRack, identity_plan  # noqa: E402
 from harness.rack.wiring import overlay_backend  # noqa: E402
 from harness.measure.stream import Pipeline  # noqa: E402
@@ -187,24 +191,39 @@ def pin(cpus) -> None:
         os.sched_setaffinity(0, cpus)
 
 
-def per_hop(elements: int, sessions: int, rounds: int, per_round: int, workdir: Path, cpus=None):
+def checkout_files(root: Path):
+    """Board file name -> source file in another checkout `root` (the modules harness/board/files.py ships)."""
+    files = {name: root / (module.replace(".", "/") + ".py") for name, module in SHIPPED.items()}
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        raise SystemExit("--compare %s: no %s" % (root, ", ".join(missing)))
+    return files
+
+
+def compare_variants(compare):
+    name = Path(compare).resolve().name
+    return (f"{name} agent", f"{name} overlay")
+
+
+def per_hop(elements: int, sessions: int, rounds: int, per_round: int, workdir: Path, cpus=None, compare=None):
     """Round trips of every variant, interleaved in rounds; each session starts fresh server processes, so
     that one process the scheduler happens to treat badly cannot bias a variant for the whole run.
     cpus: the CPUs client and servers share (None: wherever the scheduler puts them)."""
     before = os.sched_getaffinity(0)
     pin(cpus)
     try:
-        return _per_hop(elements, sessions, rounds, per_round, workdir)
+        return _per_hop(elements, sessions, rounds, per_round, workdir, compare)
     finally:
         pin(before)
 
 
-def _per_hop(elements, sessions, rounds, per_round, workdir):
+def _per_hop(elements, sessions, rounds, per_round, workdir, compare=None):
     plan = identity_plan(1, shape=(elements,))
     c = plan.links[0]
     payload = c.encode(np.random.default_rng(0).uniform(-8, 8, elements))
-    samples = {k: [] for k in VARIANTS}
-    rounds_p50 = {k: [] for k in VARIANTS}
+    variants = VARIANTS + (compare_variants(compare) if compare else ())
+    samples = {k: [] for k in variants}
+    rounds_p50 = {k: [] for k in variants}
     for session in range(sessions):
         folder = workdir / f"session{session}"
         racks, clients = [], {"raw echo": RawEcho(len(payload)), "framed echo": FramedEcho(folder / "framed")}
@@ -213,12 +232,24 @@ def _per_hop(elements, sessions, rounds, per_round, workdir):
             bit.parent.mkdir(parents=True, exist_ok=True)
             bit.write_text(json.dumps({"accelerator": "copy"}))
             overlay = overlay_backend(plan, "s0", str(bit), str(bit.with_suffix(".hwh")), io="raw")
-            for variant, backend in (("agent", {"kind": "passthrough"}),
-                                     ("agent+decode", {"kind": "passthrough", "decode": True}),
-                                     ("agent overlay", overlay)):
-                rack = LocalRack(folder / variant, env={"PYTHONPATH": str(STANDIN)} if variant == "agent overlay" else None)
+            starts = [("agent", {"kind": "passthrough"}, None),
+                      ("agent+decode", {"kind": "passthrough", "decode": True}, None),
+                      ("agent overlay", overlay, None)]
+            if compare:
+                other = checkout_files(Path(compare))
+                starts += [(compare_variants(compare)[0], {"kind": "passthrough"}, other),
+                           (compare_variants(compare)[1], overlay, other)]
+            for variant, backend, files in starts:
+                rack = LocalRack(folder / variant.replace(" ", "_"),
+                                 env={"PYTHONPATH": str(STANDIN)} if backend is overlay else None)
                 racks.append(rack)
-                w = rack.start(plan, {"s0": backend})
+                ours = dict(local_rack.AGENT_FILES)
+                if files:  # the other checkout's board files, copied into this rack's folders
+                    local_rack.AGENT_FILES.update(files)
+                try:
+                    w = rack.start(plan, {"s0": backend})
+                finally:
+                    local_rack.AGENT_FILES.update(ours)
                 clients[variant] = AgentHop(w.endpoints["s0"], len(payload), w.secret)
             for fn in clients.values():  # warm-up: page faults, first connections, import caches
                 for _ in range(200):
@@ -292,6 +323,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
     ap.add_argument("--elements", type=int, nargs="+", default=[64, 1024],
                     help="frame sizes (ap_fixed<16,6> elements) for the per-hop comparison")
+    ap.add_argument("--compare", metavar="DIR", help="another checkout (e.g. /work/main): its agent and overlay "
+                    "agent run beside this one's, interleaved (before/after in one run)")
+    ap.add_argument("--skip-pipelined", action="store_true", help="the per-hop comparison only")
     ap.add_argument("--stage-us", type=float, nargs="+", default=[200.0, 500.0, 1000.0],
                     help="stage time(s) of the timing model for the pipelined run, microseconds")
     args = ap.parse_args(argv)
@@ -307,24 +341,26 @@ def main(argv=None) -> int:
             for el in args.elements:
                 print(f"per hop ({PLACEMENT[key]}): {el} elements, {sessions} sessions x {rounds} rounds x "
                       f"{per_round} round trips per variant ...", flush=True)
-                nbytes, s, ratio = per_hop(el, sessions, rounds, per_round, tmp / f"hop{el}{key}", cpus=cpus)
+                nbytes, s, ratio = per_hop(el, sessions, rounds, per_round, tmp / f"hop{el}{key}", cpus=cpus,
+                                           compare=args.compare)
                 report[key][el] = {"bytes": nbytes, **{k: {"p50": float(np.percentile(v, 50)),
                                                            "p90": float(np.percentile(v, 90)),
                                                            "p99": float(np.percentile(v, 99)),
                                                            "round_ratio": ratio[k],
                                                            "samples": v.tolist()} for k, v in s.items()}}
-        for us in args.stage_us:
+        for us in ([] if args.skip_pipelined else args.stage_us):
             cycles = int(round(us * 100))
             print(f"pipelined: 5 stages of {us:g} us ({cycles} cycles at 100 MHz) and 1 alone, {prounds} rounds of "
                   f"{frames} frames ...", flush=True)
             report["pipelined"][us] = pipelined(5, cycles, frames, prounds, in_flight=16, workdir=tmp / f"pipe{cycles}")
 
+    variants = VARIANTS + (compare_variants(args.compare) if args.compare else ())
     for key in ("per_hop", "per_hop_any_cpu"):
         print(f"\nPer-hop round trip on loopback (us), same payload, interleaved rounds, {PLACEMENT[key]}")
         print(f"{'frame':>14} {'variant':>14} {'p50':>8} {'p90':>8} {'p99':>8} {'p50/raw':>8} {'per-round':>10}")
         for el, d in report[key].items():
             raw = d["raw echo"]["p50"]
-            for k in VARIANTS:
+            for k in variants:
                 v = d[k]
                 label = f"{el} el/{d['bytes']} B"
                 print(f"{label:>14} {k:>14} {v['p50']:8.1f} {v['p90']:8.1f} {v['p99']:8.1f} "
@@ -343,18 +379,19 @@ def main(argv=None) -> int:
               f"{d[5]['latency_p50_us']:11.0f} {d[5]['agent_cpu_us_per_frame']:19.0f} {d[5]['host_cpu_us_per_frame']:18.0f}"
               f" {need:14.2f}")
     print(f"(load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
-    _plot(report, out / "agent_overhead.png")
+    report["compare"] = args.compare
+    _plot(report, out / "agent_overhead.png", variants)
     slim = json.loads(json.dumps(report, default=float))
     for key in ("per_hop", "per_hop_any_cpu"):
         for d in slim[key].values():
-            for k in VARIANTS:
+            for k in variants:
                 d[k].pop("samples")
     (out / "agent_overhead.json").write_text(json.dumps(slim, indent=1))
     print(f"\nsaved {out / 'agent_overhead.png'} and {out / 'agent_overhead.json'}")
     return 0
 
 
-def _plot(report, path: Path) -> None:
+def _plot(report, path: Path, variants=VARIANTS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -365,12 +402,12 @@ def _plot(report, path: Path) -> None:
     for row, key in enumerate(("per_hop", "per_hop_any_cpu")):
         for ax, el in zip(axes[row], sizes):
             d = report[key][el]
-            labels = [f"{k}\np50 {d[k]['p50']:.0f} us\n{d[k]['round_ratio']:.2f}x raw" for k in VARIANTS]
-            ax.boxplot([d[k]["samples"] for k in VARIANTS], tick_labels=labels, showfliers=False, whis=(5, 95))
+            labels = [f"{k}\np50 {d[k]['p50']:.0f} us\n{d[k]['round_ratio']:.2f}x raw" for k in variants]
+            ax.boxplot([d[k]["samples"] for k in variants], tick_labels=labels, showfliers=False, whis=(5, 95))
             ax.axhline(1.3 * d["raw echo"]["p50"], ls="--", c="r", lw=1, label="1.3 x raw p50")
             ax.set_title(f"round trip, {el} elements ({d['bytes']} B), {PLACEMENT[key]}", fontsize=10)
             ax.set_ylabel("us (box p25-p75, whiskers p5-p95)")
-            ax.set_ylim(0, 2.5 * max(d[k]["p50"] for k in VARIANTS))  # a long tail must not flatten the boxes
+            ax.set_ylim(0, 2.5 * max(d[k]["p50"] for k in variants))  # a long tail must not flatten the boxes
             ax.tick_params(axis="x", labelsize=8)
             ax.legend(loc="upper left")
     pipes = report["pipelined"]
