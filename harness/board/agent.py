@@ -683,11 +683,12 @@ class Agent:
                         continue
                     slot.inview[:] = payload
             t = _time_ns() + skew
-            if compute_backlog or drop or not compute_lock.acquire(False):  # busy: queue it (_on_raw_frame)
-                self._on_raw_frame(frame, slot, records, t)
+            if compute_backlog or drop or not compute_lock.acquire(False):  # busy: queue it
+                self._queue_raw_frame(frame, slot, records, t)
                 continue
             # The agent is idle: this frame is computed and sent here, in the receiving thread, with no method
-            # call per step (_on_raw_frame and _send_raw, inlined: the same steps, states and counters).
+            # call per step (as the compute and send threads would, _compute_raw and _send_raw: the same steps,
+            # states and counters).
             try:
                 self.computing = frame
                 t_cs = _time_ns() + skew
@@ -779,46 +780,13 @@ class Agent:
             self.stage, self.partition, self.board, frame & FRAME_MASK, type(e).__name__, e), frame, exc=e)
         self.received += 1
 
-    def _on_raw_frame(self, frame, slot, records, t=None):
-        """A frame whose payload is in `slot`'s input buffer (records: a view of the reader's buffer, valid
-        until the reader reads on). When the agent is idle it is computed and sent here, in the receiving
-        thread (as _on_lone_frame, inlined: no job tuples, no hand-off); otherwise it queues with its slot
-        (records copied) for the compute thread, or for the send thread once computed. (_read_raw does the
-        same for a frame that finds the agent idle, inlined.) t: its arrival (ns, the agent's clock)."""
-        if t is None:
-            t = _time_ns() + self.skew
-        if self.compute_backlog or self.drop or not self.compute_lock.acquire(False):
-            self._set_state(frame, "queued for compute")
-            self.compute_q.put((frame, slot, bytes(records), (t,)))  # blocks when full: back-pressure
-            self.received += 1
-            return
-        try:
-            self.computing = frame
-            t_cs = _time_ns() + self.skew
-            try:
-                if self.period_ns:
-                    t0 = time.perf_counter_ns()
-                    self.backend.run_raw(slot)
-                    wait_until(t0 + self.period_ns)
-                else:
-                    self.backend.run_raw(slot)
-            except Exception as e:
-                self.computing = None
-                self._raw_compute_failed(frame, slot, e)
-                return
-            t_ce = _time_ns() + self.skew
-            self.computing = None
-            self.done += 1
-        finally:
-            self.compute_lock.release()
-        if self.send_backlog or not self.send_lock.acquire(False):
-            self._set_state(frame, "computed, queued for sending")
-            self.send_q.put((frame, slot, bytes(records), (t,), t_cs, t_ce))
-        else:
-            try:
-                self._send_raw(frame, slot, records, (t,), t_cs, t_ce)
-            finally:
-                self.send_lock.release()
+    def _queue_raw_frame(self, frame, slot, records, t):
+        """A frame whose payload is in `slot`'s input buffer, arriving (t: ns, the agent's clock) while the agent
+        is busy: it queues with its slot (records copied: they are a view of the reader's buffer) for the compute
+        thread, and blocks when the queue is full (back-pressure). A frame that finds the agent idle is computed
+        and sent by _read_raw itself."""
+        self._set_state(frame, "queued for compute")
+        self.compute_q.put((frame, slot, bytes(records), (t,)))
         self.received += 1
 
     def _compute_raw(self, job):
