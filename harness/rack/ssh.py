@@ -241,6 +241,7 @@ class Connection:
 
     def _exec(self, line: str, argv: List[str], timeout: float, check: bool, stage: str) -> Result:
         b = self.board
+        chan = None
         try:
             chan = self._client.get_transport().open_session(timeout=self.timeout)
             chan.settimeout(timeout)
@@ -248,25 +249,30 @@ class Connection:
             chan.shutdown_write()
             out, err = bytearray(), bytearray()
             deadline = time.monotonic() + timeout
-            while True:
-                if chan.recv_ready():
+            # Done when the exit status is in (not at EOF: a command that leaves a process in the background
+            # may keep the session's output open, e.g. bash's subshell for `cd D && X &`). Sleep on the status
+            # event, waking every 50 ms to take in output (so that a long one never fills the channel's
+            # window): with 64 boards' commands waiting at once on a busy CPU, waking every 5 ms to look was
+            # a good part of what deploy cost this machine.
+            while not chan.status_event.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
+                while chan.recv_ready():
                     out += chan.recv(65536)
-                    continue
-                if chan.recv_stderr_ready():
+                while chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
-                    continue
-                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
                 if time.monotonic() > deadline:
-                    chan.close()
                     raise BoardError(b.name, stage, f"`{line}` did not finish within {timeout:.0f} s")
-                if chan.closed and not chan.exit_status_ready():
-                    raise BoardError(b.name, stage, f"connection closed while running `{line}`")
-                time.sleep(0.005)
+            while chan.recv_ready():  # what came before the exit status
+                out += chan.recv(65536)
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
             status = chan.recv_exit_status()
-            chan.close()
+            if status == -1:  # paramiko's value when the channel closed without an exit status
+                raise BoardError(b.name, stage, f"connection closed while running `{line}`")
         except (paramiko.SSHException, socket.timeout, OSError, EOFError) as e:
             raise BoardError(b.name, stage, f"`{line}` failed: {e or type(e).__name__}; is the board still up?") from None
+        finally:
+            if chan is not None:
+                chan.close()  # on every path: an open channel holds a session on the board
         res = Result(argv, status, out.decode(errors="replace"), err.decode(errors="replace"))
         if check and status != 0:
             detail = (res.stderr or res.stdout).strip().splitlines()
@@ -387,6 +393,20 @@ class Connection:
                 return None
             raise BoardError(self.board.name, stage, f"reading {remote} failed: {e}") from None
 
+    def size(self, remote: str, stage: str = "read") -> Optional[int]:
+        """The size in bytes of the board file `remote` (one SFTP stat), or None when it does not exist;
+        raises BoardError for any other failure."""
+        try:
+            return int(self.sftp.stat(remote).st_size or 0)
+        except FileNotFoundError:
+            return None
+        except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:
+            raise self._sftp_error(stage, f"looking at {remote}", e) from None
+        except IOError as e:
+            if getattr(e, "errno", None) == 2:
+                return None
+            raise BoardError(self.board.name, stage, f"looking at {remote} failed: {e}") from None
+
     def exists(self, remote: str, stage: str = "read") -> bool:
         """True when the board path `remote` exists (SFTP stat); raises BoardError for any failure other than
         'no such file'."""
@@ -428,13 +448,16 @@ class Connection:
                 raise BoardError(self.board.name, stage, f"removing {remote} failed: {e}") from None
 
     def mkdirs(self, remote: str, stage: str = "prepare") -> None:
-        """mkdir -p over SFTP (no shell)."""
+        """mkdir -p over SFTP (no shell). The deepest folder that exists is looked for from the end of the
+        path (a folder that exists costs one request, a new one under an existing folder three), not from
+        its root: every deployment and lease asks for a folder that is there or one level short."""
         parts = [p for p in remote.split("/") if p]
-        path = "" if remote.startswith("/") else "."
-        for p in parts:
-            path = f"{path}/{p}" if path != "." else p
-            if self.exists(path, stage):
-                continue
+        lead = "/" if remote.startswith("/") else ""
+        paths = [lead + "/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        have = len(paths)
+        while have > 0 and not self.exists(paths[have - 1], stage):
+            have -= 1
+        for path in paths[have:]:
             try:
                 self.sftp.mkdir(path)
             except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:
