@@ -10,7 +10,8 @@ Per partition, on its board (one partition per board, as one bitstream per FPGA)
    then the deployment stops with an error naming the board;
 3. skip both the upload and the reprogramming when the board already carries the same files and its agent
    answers with the same plan and partition (pytest-embedded's "skip flashing when the image matches");
-4. (re)start the agent (pidfile, log and stdout file beside its config). On a real board the agent programs
+4. (re)start the agent (`python3 -m agent part/agent.json` in the workdir; pidfile, log and stdout file beside
+   its config). On a real board the agent programs
    the logic with `pynq.Overlay` when it starts, so a skipped restart is a skipped reprogramming.
 
 Board layout, under the board's `workdir` (default ~/splitrack):
@@ -342,8 +343,11 @@ def start_agent(conn: Connection, board: Board, partition: str, secret: Optional
     # the shell truncates the output file in the background child, maybe after this side has looked at it:
     # the previous agent's ready line must not be there to be found
     conn.remove(f"{part_dir}/{out}", stage="agent-start")
-    argv = (["sudo", "-n"] if board.sudo else []) + ["setsid", board.python, "../agent.py", "agent.json"]
-    launched = conn.start_background(argv, cwd=part_dir, output=out, stage="agent-start")
+    # `python3 -m agent` in the workdir, not `python3 ../agent.py`: a script is compiled from source at every
+    # start, a module's bytecode is cached in __pycache__ (the agent is the largest file it runs)
+    argv = (["sudo", "-n"] if board.sudo else []) + ["setsid", board.python, "-m", "agent", f"{PART}/agent.json"]
+    launched = conn.start_background(argv, cwd=conn.remote_path(board.workdir), output=f"{PART}/{out}",
+                                     stage="agent-start")
     now = time.monotonic()
     deadline = now + AGENT_START_TIMEOUT
     poll = AGENT_POLL if secret is not None else AGENT_POLL_NO_SECRET
