@@ -12,8 +12,10 @@ this module (`cd ... &&`, the redirections and `&` of `start_background`).
 from __future__ import annotations
 
 import hashlib
+import os
 import shlex
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +75,30 @@ class Result:
     stderr: str
 
 
+_known_hosts_cache: dict = {}  # known_hosts path -> ((mtime ns, size, inode), parsed paramiko.HostKeys)
+_known_hosts_lock = threading.Lock()
+
+
+def _known_keys(path: Path, name: str) -> dict:
+    """{key type: key} that the known_hosts file `path` holds for `name` ("host" or "[host]:port", hashed
+    entries included), {} when the file does not exist. The file is parsed once per version of it (its
+    mtime, size and inode) in this process, not once per connection: a rack's known_hosts has a line per
+    board, so parsing it for every board's connection costs the square of the rack's size (paramiko checks
+    every new line against those before it)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return {}
+    sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+    with _known_hosts_lock:
+        hit = _known_hosts_cache.get(str(path))
+        if hit is None or hit[0] != sig:
+            hit = (sig, paramiko.HostKeys(str(path)))
+            _known_hosts_cache[str(path)] = hit
+    keys = hit[1].lookup(name)
+    return dict(keys) if keys else {}
+
+
 def _load_key(board: Board) -> paramiko.PKey:
     try:
         return paramiko.PKey.from_path(str(board.key))
@@ -119,8 +145,9 @@ class Connection:
         b = self.board
         key = _load_key(b)
         client = paramiko.SSHClient()
-        if b.known_hosts.is_file():
-            client.load_host_keys(str(b.known_hosts))
+        name = b.host if b.port == 22 else f"[{b.host}]:{b.port}"  # how paramiko's connect() looks it up
+        for ktype, hkey in _known_keys(b.known_hosts, name).items():
+            client.get_host_keys().add(name, ktype, hkey)
         if b.host_key_policy == "trust-on-first-use":
             client.set_missing_host_key_policy(_TrustOnFirstUse(b.known_hosts))
         else:
