@@ -323,9 +323,10 @@ def stop_agents(conn: Connection, board: Board, pids: Optional[Dict[str, int]] =
 def start_agent(conn: Connection, board: Board, partition: str, secret: Optional[bytes] = None) -> int:
     """Start the agent of part/agent.json in the background; wait for its ready line. Returns its pid.
 
-    The previous agent's log is moved aside first (agent-<partition>.log.1) and its output file removed, so
-    that what an agent that cannot start says, and the ready line found, are its own. An agent that exits is reported with its output, not after the start
-    timeout.
+    The agent runs as `python3 -m agent part/agent.json` in the workdir. The previous agent's log is moved
+    aside first (agent-<partition>.log.1) and its output file removed, so that what an agent that cannot
+    start says, and the ready line found, are its own. An agent that exits is reported with its output, not
+    after the start timeout.
 
     With the deployment's `secret`, readiness is watched on the agent's own port: a connection attempt to a
     port nobody listens on yet is refused by the board's kernel (no process on the board does any work), so
