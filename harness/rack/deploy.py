@@ -432,7 +432,7 @@ def _deploy_one(plan: Plan, name: str, board: Board, art: Dict[str, Path], confi
         pids = _remote_pids(conn, f"{root}/{PART}")
         # the agent that runs must be the one started with exactly this config (running.json says which
         # pid that was): a deployment that died between upload and restart leaves new files, old agent
-        started = _json(conn.read_text(f"{root}/{PART}/running.json", stage="verify"))
+        started = {} if stale else _json(conn.read_text(f"{root}/{PART}/running.json", stage="verify"))
         write_secret(conn, root, secret)
         stale_state = None
         if not stale and pids and started.get("config") == want[f"{PART}/agent.json"]:

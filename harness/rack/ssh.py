@@ -135,6 +135,7 @@ class Connection:
             raise BoardError(self.board.name, "connect", "the board's SSH connection is closed; connect again")
         c = Connection(self.board, self.timeout)
         c._client, c._owner = self._client, False
+        c._home = self._home  # the same user on the same board: its home is known (one request less)
         return c
 
     # --- connecting ------------------------------------------------------------------------------
