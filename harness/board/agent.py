@@ -48,11 +48,19 @@ except ImportError:  # pragma: no cover - depends on where the agent runs
 try:
     import wire  # type: ignore
     from agent_config import AgentConfig, AgentConfigError, config_path  # type: ignore
-    from overlay import OverlayBackend  # type: ignore
 except ImportError:  # pragma: no cover
     from harness.board import wire
     from harness.board.agent_config import AgentConfig, AgentConfigError, config_path
-    from harness.board.overlay import OverlayBackend
+
+
+def _overlay_backend_class():
+    """OverlayBackend (a real board's backend), imported when a config asks for it: the agents of other
+    backends (every virtual board) do not load the module at their start."""
+    try:
+        from overlay import OverlayBackend  # type: ignore
+    except ImportError:  # pragma: no cover
+        from harness.board.overlay import OverlayBackend
+    return OverlayBackend
 
 assemble = _contract.assemble
 Contract = _contract.Contract  # its derived properties are cached: encode/decode per frame stay cheap
@@ -430,7 +438,7 @@ class Agent:
         elif kind == "overlay":
             # raw words: a slot per frame that can be inside at once: both queues, one computing, one sending,
             # and the next receipt of each connection that carries frames (a few)
-            self.backend = OverlayBackend(b, self.base, self.inputs, [c for c, _ in self.outputs],
+            self.backend = _overlay_backend_class()(b, self.base, self.inputs, [c for c, _ in self.outputs],
                                           slots=2 * self.in_flight + 6)
         else:
             raise AgentConfigError("backend kind %r: use emulation, fast, overlay or passthrough" % (kind,))

@@ -10,7 +10,8 @@ Per partition, on its board (one partition per board, as one bitstream per FPGA)
    then the deployment stops with an error naming the board;
 3. skip both the upload and the reprogramming when the board already carries the same files and its agent
    answers with the same plan and partition (pytest-embedded's "skip flashing when the image matches");
-4. (re)start the agent (pidfile, log and stdout file beside its config). On a real board the agent programs
+4. (re)start the agent (`python3 -m agent part/agent.json` in the workdir; pidfile, log and stdout file beside
+   its config). On a real board the agent programs
    the logic with `pynq.Overlay` when it starts, so a skipped restart is a skipped reprogramming.
 
 Board layout, under the board's `workdir` (default ~/splitrack):
@@ -49,6 +50,10 @@ SECRET_FILE = "agent.secret"  # in part/, beside agent.json (whose secret_file n
 AGENT_START_TIMEOUT = 30.0  # python + numpy import + loading the library (a real board: programming the PL)
 AGENT_STOP_TIMEOUT = 5.0
 PING_TIMEOUT = 3.0
+AGENT_POLL = 0.05  # s between pings of a starting agent's port (refused at once while nobody listens)
+AGENT_LOOK = 0.5  # s between looks (one SFTP stat) at a starting agent's output meanwhile
+AGENT_ALIVE = 2.0  # s between looks at its process when its output says nothing (killed without a word?)
+AGENT_POLL_NO_SECRET = 0.1  # s between looks at its output when its port cannot be pinged
 MIN_FREE_MEMORY = 64 << 20  # below this an agent with its frame queues does not fit next to the OS
 MIN_FREE_DISK = 32 << 20
 MIN_PYTHON = (3, 8)
@@ -130,13 +135,23 @@ class Deployment:
 # --- what a partition's board must carry --------------------------------------------------------------
 def artifact_files(plan: Plan, name: str, board: Board) -> Dict[str, Path]:
     """Board file name (inside part/) -> local file of the partition's logic, for this kind of board."""
+    return _artifact(plan, name, board)[0]
+
+
+def _artifact(plan: Plan, name: str, board: Board):
+    """(artifact_files, the agent's backend config) of a partition on this kind of board, the hls4ml project
+    looked up once (its cache key hashes the model and asks for the hls4ml version: milliseconds, once per
+    partition, not once per use)."""
     if board.virtual:
-        from splitting.hls import project_dir
+        from splitting.hls import ARTIFACT, project_dir
 
         folder = project_dir(plan, name)
         files = {"partition.so": checked_library(folder, name)}
-        files.update(_fast(plan, name)[0])  # the fast model's file, when the partition has one
-        return files
+        meta = json.loads((folder / ARTIFACT).read_text())
+        fast_files, backend = _fast(plan, name, wiring_mod.emulation_backend(plan, name, "partition.so",
+                                                                             meta["project"]))
+        files.update(fast_files)  # the fast model's file, when the partition has one
+        return files, backend
     hls = plan.path(f"{name}/hls")
     bits = sorted(hls.rglob("*.bit")) if hls.exists() else []
     hwhs = sorted(hls.rglob("*.hwh")) if hls.exists() else []
@@ -145,7 +160,8 @@ def artifact_files(plan: Plan, name: str, board: Board) -> Dict[str, Path]:
             f"partition {name}: no bitstream (.bit + .hwh) under {hls}; build it with `splitrack build "
             f"{plan.root}` on a machine with Vivado, or deploy to virtual boards"
         )
-    return {"partition.bit": bits[-1], "partition.hwh": hwhs[-1]}
+    return ({"partition.bit": bits[-1], "partition.hwh": hwhs[-1]},
+            wiring_mod.overlay_backend(plan, name, "partition.bit", "partition.hwh"))
 
 
 def checked_library(folder: Path, name: str) -> Path:
@@ -187,15 +203,6 @@ def _fast(plan: Plan, name: str, emu_cfg: Optional[dict] = None):
     from harness.board.fast_model import board_files
 
     return board_files(plan, name, emu_cfg or {})
-
-
-def _backend(plan: Plan, name: str, board: Board) -> dict:
-    if board.virtual:
-        from splitting.hls import ARTIFACT, project_dir
-
-        meta = json.loads((project_dir(plan, name) / ARTIFACT).read_text())
-        return _fast(plan, name, wiring_mod.emulation_backend(plan, name, "partition.so", meta["project"]))[1]
-    return wiring_mod.overlay_backend(plan, name, "partition.bit", "partition.hwh")
 
 
 def _timing(plan: Plan, name: str, board: Board) -> Optional[dict]:
@@ -291,18 +298,21 @@ def _alive(conn: Connection, pid: int) -> bool:
     return bool(fields) and fields[0] not in ("Z", "X")
 
 
-def stop_agents(conn: Connection, board: Board) -> int:
-    """Stop every agent of this board's part/ folder (SIGTERM, then SIGKILL); returns how many ran."""
+def stop_agents(conn: Connection, board: Board, pids: Optional[Dict[str, int]] = None) -> int:
+    """Stop every agent of this board's part/ folder (SIGTERM, then SIGKILL); returns how many ran. pids:
+    its pid files as _remote_pids read them, when the caller (holding the board's lease) has just done so."""
     part_dir = conn.remote_path(f"{board.workdir}/{PART}")
     sudo = ["sudo", "-n"] if board.sudo else []
     n = 0
-    for fname, pid in _remote_pids(conn, part_dir).items():
+    for fname, pid in (_remote_pids(conn, part_dir) if pids is None else pids).items():
         if _alive(conn, pid):
             n += 1
             conn.run(sudo + ["kill", "-TERM", str(pid)], check=False, timeout=10, stage="agent-stop")
             deadline = time.monotonic() + AGENT_STOP_TIMEOUT
+            pause = 0.05  # growing: every look is four SFTP requests, and a busy board's agent takes a while
             while _alive(conn, pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
+                time.sleep(pause)
+                pause = min(0.25, pause * 1.5)
             if _alive(conn, pid):
                 conn.run(sudo + ["kill", "-KILL", str(pid)], check=False, timeout=10, stage="agent-stop")
                 time.sleep(0.1)
@@ -312,31 +322,61 @@ def stop_agents(conn: Connection, board: Board) -> int:
     return n
 
 
-def start_agent(conn: Connection, board: Board, partition: str) -> int:
+def start_agent(conn: Connection, board: Board, partition: str, secret: Optional[bytes] = None) -> int:
     """Start the agent of part/agent.json in the background; wait for its ready line. Returns its pid.
 
-    The previous agent's log is moved aside first (agent-<partition>.log.1), so that what an agent that
-    cannot start says is its own. An agent that exits is reported at once with its output, not after the
-    start timeout."""
+    The agent runs as `python3 -m agent part/agent.json` in the workdir. The previous agent's log is moved
+    aside first (agent-<partition>.log.1) and its output file removed, so that what an agent that cannot
+    start says, and the ready line found, are its own. An agent that exits is reported with its output, not
+    after the start timeout.
+
+    With the deployment's `secret`, readiness is watched on the agent's own port: a connection attempt to a
+    port nobody listens on yet is refused by the board's kernel (no process on the board does any work), so
+    it is tried every AGENT_POLL s. Meanwhile the output file is looked at every AGENT_LOOK s (without the
+    secret: every AGENT_POLL_NO_SECRET s), with one SFTP stat, and read only when it has grown (a ready line
+    or an error); the process is looked at when the output grew without a ready line, and every
+    AGENT_ALIVE s (an agent killed without a word). Every SFTP request costs both sides' SSH stacks some
+    CPU: with many boards starting on a few cores, reading the output and the process every 0.1 s was a
+    good part of what a deployment cost."""
     part_dir = conn.remote_path(f"{board.workdir}/{PART}")
     out = f"agent-{partition}.out"
     log = f"{part_dir}/agent-{partition}.log"
     if conn.exists(log, stage="agent-start"):
         conn.rename(log, f"{log}.1", stage="agent-start")
-    argv = (["sudo", "-n"] if board.sudo else []) + ["setsid", board.python, "../agent.py", "agent.json"]
-    launched = conn.start_background(argv, cwd=part_dir, output=out, stage="agent-start")
-    deadline = time.monotonic() + AGENT_START_TIMEOUT
-    text, gone = "", False
+    # the shell truncates the output file in the background child, maybe after this side has looked at it:
+    # the previous agent's ready line must not be there to be found
+    conn.remove(f"{part_dir}/{out}", stage="agent-start")
+    # `python3 -m agent` in the workdir, not `python3 ../agent.py`: a script is compiled from source at every
+    # start, a module's bytecode is cached in __pycache__ (the agent is the largest file it runs)
+    argv = (["sudo", "-n"] if board.sudo else []) + ["setsid", board.python, "-m", "agent", f"{PART}/agent.json"]
+    launched = conn.start_background(argv, cwd=conn.remote_path(board.workdir), output=f"{PART}/{out}",
+                                     stage="agent-start")
+    now = time.monotonic()
+    deadline = now + AGENT_START_TIMEOUT
+    poll = AGENT_POLL if secret is not None else AGENT_POLL_NO_SECRET
+    look_every = AGENT_LOOK if secret is not None else AGENT_POLL_NO_SECRET
+    text, gone, seen = "", False, 0
+    next_look, next_alive = now + look_every, now + AGENT_ALIVE
     while time.monotonic() < deadline:
-        text = conn.read_text(f"{part_dir}/{out}", stage="agent-start") or ""
-        for line in text.splitlines():
-            if line.startswith("{") and '"ready"' in line:
-                return int(json.loads(line)["pid"])
-        if gone:  # it had exited before this last read of its output: nothing more will come
-            break
-        gone = not _alive(conn, launched)
-        if not gone:
-            time.sleep(0.1)
+        answers = secret is not None and _answers(board, secret)
+        now = time.monotonic()
+        if answers or gone or now >= next_look:
+            next_look = now + look_every
+            size = conn.size(f"{part_dir}/{out}", stage="agent-start") or 0
+            grew, seen = size != seen, size
+            if grew or answers or gone:
+                text = conn.read_text(f"{part_dir}/{out}", stage="agent-start") or ""
+                for line in text.splitlines():
+                    if line.startswith("{") and '"ready"' in line:
+                        return int(json.loads(line)["pid"])
+            if gone:  # it had exited before this last read of its output: nothing more will come
+                break
+            if grew or answers or now >= next_alive:
+                next_alive = now + AGENT_ALIVE
+                gone = not _alive(conn, launched)
+                if gone:
+                    continue  # read its output once more, at once
+        time.sleep(poll)
     log_text = conn.read_text(log, stage="agent-start") or ""
     detail = " | ".join((text.strip() or log_text.strip() or "no output").splitlines()[-3:])
     if gone:
@@ -345,14 +385,27 @@ def start_agent(conn: Connection, board: Board, partition: str) -> int:
                      f"{AGENT_START_TIMEOUT:.0f} s: {detail}")
 
 
+def _answers(board: Board, secret: bytes) -> bool:
+    """Whether an agent that knows `secret` answers a ping on the board's data port now (False while nobody
+    listens there, or whoever listens does not prove the secret)."""
+    try:
+        ping(board.host, board.data_port, secret)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 # --- one board -----------------------------------------------------------------------------------------
-def _deploy_one(plan: Plan, name: str, board: Board, config: dict, force: bool,
-                progress: Callable[[str], None], connect_timeout: float, secret: bytes) -> Placed:
+def _deploy_one(plan: Plan, name: str, board: Board, art: Dict[str, Path], config: dict, force: bool,
+                progress: Callable[[str], None], connect_timeout: float, secret: bytes, plan_hash: str,
+                sums: Dict[Path, str]) -> Placed:
+    """Deploy partition `name` onto `board`: `art` its artifact_files, `sums` the sha256 of every local
+    file to upload (the agent's code and `art`), `plan_hash` the plan's hash (each computed once per
+    deployment, not once per board)."""
     from . import lease
 
     t0 = time.monotonic()
     lease.require(board)  # never change a board another user may hold
-    art = artifact_files(plan, name, board)
     p = plan.partition(name)
     contracts = {"partition": name, "stage": p.stage,
                  "inputs": [c.to_dict() for c in plan.inputs_of(name)],
@@ -365,27 +418,29 @@ def _deploy_one(plan: Plan, name: str, board: Board, config: dict, force: bool,
     files.update({f"{PART}/{k}": v for k, v in art.items()})
     import hashlib
 
-    want = {rel: local_sha256(src) for rel, src in files.items()}
+    want = {rel: sums[src] for rel, src in files.items()}
     want.update({rel: hashlib.sha256(data).hexdigest() for rel, data in blobs.items()})
     art_rels = {f"{PART}/{k}" for k in art}
 
     with (lease.shared_connection(board) or Connection(board, timeout=connect_timeout)) as conn:
         root = conn.remote_path(board.workdir)
         conn.mkdirs(f"{root}/{PART}")
-        have = conn.sha256([f"{root}/{rel}" for rel in want], stage="verify")
-        have = {rel: have.get(f"{root}/{rel}") for rel in want}
-        stale = [rel for rel in want if force or have[rel] != want[rel]]
+        if force:  # everything is uploaded again: what the board holds now does not matter (one command less)
+            stale = list(want)
+        else:
+            have = conn.sha256([f"{root}/{rel}" for rel in want], stage="verify")
+            stale = [rel for rel in want if have.get(f"{root}/{rel}") != want[rel]]
         running = None
         pids = _remote_pids(conn, f"{root}/{PART}")
         # the agent that runs must be the one started with exactly this config (running.json says which
         # pid that was): a deployment that died between upload and restart leaves new files, old agent
-        started = _json(conn.read_text(f"{root}/{PART}/running.json", stage="verify"))
+        started = {} if stale else _json(conn.read_text(f"{root}/{PART}/running.json", stage="verify"))
         write_secret(conn, root, secret)
         stale_state = None
         if not stale and pids and started.get("config") == want[f"{PART}/agent.json"]:
             try:
                 h = ping(board.host, board.data_port, secret)
-                if (h.get("plan_hash"), h.get("partition"), h.get("pid")) == (plan.hash, name, started.get("pid")):
+                if (h.get("plan_hash"), h.get("partition"), h.get("pid")) == (plan_hash, name, started.get("pid")):
                     running = int(h["pid"])
                     stale_state = agent_stale_state(h)
             except (OSError, ValueError):
@@ -399,13 +454,13 @@ def _deploy_one(plan: Plan, name: str, board: Board, config: dict, force: bool,
         # upload leaves the board as it was; only then is the old agent stopped and the files swapped in
         if stale:
             _upload(conn, board, root, stale, files, blobs, want)
-        stop_agents(conn, board)
+        stop_agents(conn, board, pids)
         for rel in stale:
             conn.rename(f"{root}/{rel}.upload", f"{root}/{rel}", stage="swap")
         # running.json names the agent that matches the files; until a new one is up, none does
         conn.remove(f"{root}/{PART}/running.json", stage="agent-start")
         flashed = bool(art_rels & set(stale)) or force
-        pid = start_agent(conn, board, name)
+        pid = start_agent(conn, board, name, secret)
         conn.put_bytes(json.dumps({"pid": pid, "config": want[f"{PART}/agent.json"]}).encode(),
                        f"{root}/{PART}/running.json", stage="agent-start")
         if stale_state and not stale:
@@ -415,10 +470,10 @@ def _deploy_one(plan: Plan, name: str, board: Board, config: dict, force: bool,
     except (OSError, ValueError) as e:
         raise BoardError(board.name, "agent-ping", f"agent of {name} started (pid {pid}) but does not answer on "
                          f"{board.host}:{board.data_port} ({e}); is that port reachable from this machine?") from None
-    if (h.get("partition"), h.get("plan_hash"), h.get("pid")) != (name, plan.hash, pid):
+    if (h.get("partition"), h.get("plan_hash"), h.get("pid")) != (name, plan_hash, pid):
         raise BoardError(board.name, "agent-ping", f"{board.host}:{board.data_port} answers as partition "
                          f"{h.get('partition')!r} of plan {h.get('plan_hash')!r} (pid {h.get('pid')}), not {name!r} "
-                         f"of plan {plan.hash!r} (pid {pid}): another agent holds the port")
+                         f"of plan {plan_hash!r} (pid {pid}): another agent holds the port")
     what = "uploaded " + ", ".join(sorted(Path(r).name for r in stale)) if stale else "files unchanged"
     progress(f"  {name} on {board.name}: {what}; agent pid {pid} on port {board.data_port}")
     return Placed(name, board.name, board.host, board.data_port, flashed, sorted(stale), True, pid,
@@ -479,39 +534,43 @@ def deploy(plan: Plan, rack: Rack, force: bool = False, progress: Callable[[str]
     from . import lease
 
     boards = place(plan, rack)
-    for name, b in boards.items():  # compile (or find and check cached) artifacts before taking the boards
-        artifact_files(plan, name, b)
+    # compile (or find and check cached) artifacts before taking the boards, in this thread: hls4ml must not
+    # compile in parallel threads
+    prepared = {name: _artifact(plan, name, b) for name, b in boards.items()}
     with lease.ensure(list(boards.values()), "deploy", wait=lease_wait, progress=progress,
                       connect_timeout=connect_timeout) as held:
-        dep = _deploy(plan, boards, force, progress, faults, part_timeout, connect_timeout)
+        dep = _deploy(plan, boards, prepared, force, progress, faults, part_timeout, connect_timeout)
         if held is not None:
             held.check()
         return dep
 
 
-def _deploy(plan: Plan, boards: Dict[str, Board], force: bool, progress: Callable[[str], None],
-            faults: Optional[Dict[str, dict]], part_timeout: Optional[float], connect_timeout: float) -> Deployment:
+def _deploy(plan: Plan, boards: Dict[str, Board], prepared: Dict[str, tuple], force: bool,
+            progress: Callable[[str], None], faults: Optional[Dict[str, dict]], part_timeout: Optional[float],
+            connect_timeout: float) -> Deployment:
+    """prepared: partition -> _artifact(plan, partition, its board)."""
     t0 = time.monotonic()
-    progress(f"deploying plan {plan.hash} ({len(boards)} partitions) to {', '.join(b.name for b in boards.values())}")
+    plan_hash = plan.hash  # hashes the whole plan: once, not per partition (64 boards: 64 x a 64-partition plan)
+    progress(f"deploying plan {plan_hash} ({len(boards)} partitions) to {', '.join(b.name for b in boards.values())}")
     endpoints = {n: wiring_mod.Endpoint(b.name, b.host, b.data_port) for n, b in boards.items()}
     secret = wire.new_secret()  # one per deployment: every connection to its agents must prove it
     configs = {}
     for name, b in boards.items():
-        cfg = wiring_mod.agent_config(plan, name, endpoints, _backend(plan, name, b), timing=_timing(plan, name, b),
-                                      faults=(faults or {}).get(name))
+        cfg = wiring_mod.agent_config(plan, name, endpoints, prepared[name][1], timing=_timing(plan, name, b),
+                                      faults=(faults or {}).get(name), plan_hash=plan_hash)
         if part_timeout is not None:
             cfg["part_timeout"] = part_timeout
         configs[name] = cfg
-    wiring = wiring_mod.wire(plan, endpoints, configs, secret=secret)
-    # compile (or find cached) artifacts first, in this thread: hls4ml must not compile in parallel threads
-    for name, b in boards.items():
-        artifact_files(plan, name, b)
+    wiring = wiring_mod.wire(plan, endpoints, configs, secret=secret, plan_hash=plan_hash)
+    # every local file a board gets, hashed once (the agent's code is the same for every board)
+    local = set(CODE.values()) | {f for files, _ in prepared.values() for f in files.values()}
+    sums = {f: local_sha256(f) for f in local}
     placed: Dict[str, Placed] = {}
     failures: List[BoardError] = []
     # most of a board's deployment is waiting for it (SFTP round trips, the agent's start): many at once
     with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(boards))) as pool:
-        futs = {name: pool.submit(_deploy_one, plan, name, b, configs[name], force, progress, connect_timeout,
-                                  secret)
+        futs = {name: pool.submit(_deploy_one, plan, name, b, prepared[name][0], configs[name], force, progress,
+                                  connect_timeout, secret, plan_hash, sums)
                 for name, b in boards.items()}
         for name, fut in futs.items():
             try:
@@ -522,7 +581,7 @@ def _deploy(plan: Plan, boards: Dict[str, Board], force: bool, progress: Callabl
                 failures.append(BoardError(boards[name].name, "prepare", str(e)))
     if failures:
         raise DeployError(failures, list(placed.values()))
-    dep = Deployment(plan.hash, placed, wiring, boards, time.monotonic() - t0, plan=plan)
+    dep = Deployment(plan_hash, placed, wiring, boards, time.monotonic() - t0, plan=plan)
     if plan.root is not None:
         wiring.save(plan.root / wiring_mod.WIRING_FILE)
     return dep

@@ -12,8 +12,10 @@ this module (`cd ... &&`, the redirections and `&` of `start_background`).
 from __future__ import annotations
 
 import hashlib
+import os
 import shlex
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +75,30 @@ class Result:
     stderr: str
 
 
+_known_hosts_cache: dict = {}  # known_hosts path -> ((mtime ns, size, inode), parsed paramiko.HostKeys)
+_known_hosts_lock = threading.Lock()
+
+
+def _known_keys(path: Path, name: str) -> dict:
+    """{key type: key} that the known_hosts file `path` holds for `name` ("host" or "[host]:port", hashed
+    entries included), {} when the file does not exist. The file is parsed once per version of it (its
+    mtime, size and inode) in this process, not once per connection: a rack's known_hosts has a line per
+    board, so parsing it for every board's connection costs the square of the rack's size (paramiko checks
+    every new line against those before it)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return {}
+    sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+    with _known_hosts_lock:
+        hit = _known_hosts_cache.get(str(path))
+        if hit is None or hit[0] != sig:
+            hit = (sig, paramiko.HostKeys(str(path)))
+            _known_hosts_cache[str(path)] = hit
+    keys = hit[1].lookup(name)
+    return dict(keys) if keys else {}
+
+
 def _load_key(board: Board) -> paramiko.PKey:
     try:
         return paramiko.PKey.from_path(str(board.key))
@@ -109,6 +135,7 @@ class Connection:
             raise BoardError(self.board.name, "connect", "the board's SSH connection is closed; connect again")
         c = Connection(self.board, self.timeout)
         c._client, c._owner = self._client, False
+        c._home = self._home  # the same user on the same board: its home is known (one request less)
         return c
 
     # --- connecting ------------------------------------------------------------------------------
@@ -119,8 +146,9 @@ class Connection:
         b = self.board
         key = _load_key(b)
         client = paramiko.SSHClient()
-        if b.known_hosts.is_file():
-            client.load_host_keys(str(b.known_hosts))
+        name = b.host if b.port == 22 else f"[{b.host}]:{b.port}"  # how paramiko's connect() looks it up
+        for ktype, hkey in _known_keys(b.known_hosts, name).items():
+            client.get_host_keys().add(name, ktype, hkey)
         if b.host_key_policy == "trust-on-first-use":
             client.set_missing_host_key_policy(_TrustOnFirstUse(b.known_hosts))
         else:
@@ -241,6 +269,7 @@ class Connection:
 
     def _exec(self, line: str, argv: List[str], timeout: float, check: bool, stage: str) -> Result:
         b = self.board
+        chan = None
         try:
             chan = self._client.get_transport().open_session(timeout=self.timeout)
             chan.settimeout(timeout)
@@ -248,25 +277,30 @@ class Connection:
             chan.shutdown_write()
             out, err = bytearray(), bytearray()
             deadline = time.monotonic() + timeout
-            while True:
-                if chan.recv_ready():
+            # Done when the exit status is in (not at EOF: a command that leaves a process in the background
+            # may keep the session's output open, e.g. bash's subshell for `cd D && X &`). Sleep on the status
+            # event, waking every 50 ms to take in output (so that a long one never fills the channel's
+            # window): with 64 boards' commands waiting at once on a busy CPU, waking every 5 ms to look was
+            # a good part of what deploy cost this machine.
+            while not chan.status_event.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
+                while chan.recv_ready():
                     out += chan.recv(65536)
-                    continue
-                if chan.recv_stderr_ready():
+                while chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
-                    continue
-                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
                 if time.monotonic() > deadline:
-                    chan.close()
                     raise BoardError(b.name, stage, f"`{line}` did not finish within {timeout:.0f} s")
-                if chan.closed and not chan.exit_status_ready():
-                    raise BoardError(b.name, stage, f"connection closed while running `{line}`")
-                time.sleep(0.005)
+            while chan.recv_ready():  # what came before the exit status
+                out += chan.recv(65536)
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
             status = chan.recv_exit_status()
-            chan.close()
+            if status == -1:  # paramiko's value when the channel closed without an exit status
+                raise BoardError(b.name, stage, f"connection closed while running `{line}`")
         except (paramiko.SSHException, socket.timeout, OSError, EOFError) as e:
             raise BoardError(b.name, stage, f"`{line}` failed: {e or type(e).__name__}; is the board still up?") from None
+        finally:
+            if chan is not None:
+                chan.close()  # on every path: an open channel holds a session on the board
         res = Result(argv, status, out.decode(errors="replace"), err.decode(errors="replace"))
         if check and status != 0:
             detail = (res.stderr or res.stdout).strip().splitlines()
@@ -387,6 +421,20 @@ class Connection:
                 return None
             raise BoardError(self.board.name, stage, f"reading {remote} failed: {e}") from None
 
+    def size(self, remote: str, stage: str = "read") -> Optional[int]:
+        """The size in bytes of the board file `remote` (one SFTP stat), or None when it does not exist;
+        raises BoardError for any other failure."""
+        try:
+            return int(self.sftp.stat(remote).st_size or 0)
+        except FileNotFoundError:
+            return None
+        except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:
+            raise self._sftp_error(stage, f"looking at {remote}", e) from None
+        except IOError as e:
+            if getattr(e, "errno", None) == 2:
+                return None
+            raise BoardError(self.board.name, stage, f"looking at {remote} failed: {e}") from None
+
     def exists(self, remote: str, stage: str = "read") -> bool:
         """True when the board path `remote` exists (SFTP stat); raises BoardError for any failure other than
         'no such file'."""
@@ -428,13 +476,16 @@ class Connection:
                 raise BoardError(self.board.name, stage, f"removing {remote} failed: {e}") from None
 
     def mkdirs(self, remote: str, stage: str = "prepare") -> None:
-        """mkdir -p over SFTP (no shell)."""
+        """mkdir -p over SFTP (no shell). The deepest folder that exists is looked for from the end of the
+        path (a folder that exists costs one request, a new one under an existing folder three), not from
+        its root: every deployment and lease asks for a folder that is there or one level short."""
         parts = [p for p in remote.split("/") if p]
-        path = "" if remote.startswith("/") else "."
-        for p in parts:
-            path = f"{path}/{p}" if path != "." else p
-            if self.exists(path, stage):
-                continue
+        lead = "/" if remote.startswith("/") else ""
+        paths = [lead + "/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        have = len(paths)
+        while have > 0 and not self.exists(paths[have - 1], stage):
+            have -= 1
+        for path in paths[have:]:
             try:
                 self.sftp.mkdir(path)
             except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:

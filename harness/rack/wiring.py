@@ -195,11 +195,13 @@ def agent_config(plan: Plan, name: str, endpoints: Mapping[str, Endpoint], backe
                  listen_host: Optional[str] = None, listen_port: Optional[int] = None,
                  timing: Optional[Dict[str, Any]] = None, clock_skew_ns: int = 0, in_flight: int = 8,
                  log: Optional[str] = None, pidfile: Optional[str] = None,
-                 faults: Optional[Dict[str, Any]] = None, secret_file: str = "agent.secret") -> Dict[str, Any]:
+                 faults: Optional[Dict[str, Any]] = None, secret_file: str = "agent.secret",
+                 plan_hash: Optional[str] = None) -> Dict[str, Any]:
     """The config of one partition's agent (`AgentConfig.to_dict()`). `endpoints` must hold the partition's
     next hops (not itself, unless listen_port is None: then it gives the port to listen on).
     listen_host: default the partition's endpoint host (the board's address on the data network), else
-    127.0.0.1; never every interface unless asked for."""
+    127.0.0.1; never every interface unless asked for. plan_hash: plan.hash, when the caller has it (it hashes
+    the whole plan: a deployment of N partitions asks once, not N times)."""
     part = plan.partition(name)
     outputs = []
     for c in plan.outputs_of(name):
@@ -221,7 +223,7 @@ def agent_config(plan: Plan, name: str, endpoints: Mapping[str, Endpoint], backe
     ids = partition_ids(plan)
     cfg = AgentConfig(
         board=board, partition=name, partition_id=ids[name], partition_ids=ids, stage=part.stage,
-        plan_hash=plan.hash, listen={"host": listen_host, "port": int(listen_port)}, backend=backend,
+        plan_hash=plan_hash or plan.hash, listen={"host": listen_host, "port": int(listen_port)}, backend=backend,
         output_shape=list(part.output_shape), inputs=[c.to_dict() for c in plan.inputs_of(name)], outputs=outputs,
         timing=timing, clock_skew_ns=int(clock_skew_ns), in_flight=int(in_flight), log=log or "",
         pidfile=pidfile or "", faults=faults or None, secret_file=secret_file)
@@ -229,14 +231,15 @@ def agent_config(plan: Plan, name: str, endpoints: Mapping[str, Endpoint], backe
 
 
 def wire(plan: Plan, endpoints: Mapping[str, Endpoint], configs: Mapping[str, Dict[str, Any]],
-         secret: Optional[bytes] = None) -> Wiring:
+         secret: Optional[bytes] = None, plan_hash: Optional[str] = None) -> Wiring:
     """The Wiring of a placed plan (configs as built by `agent_config`); `secret`: the deployment's secret,
-    which the agents were given (the host needs it to talk to them)."""
+    which the agents were given (the host needs it to talk to them); plan_hash: plan.hash, when the caller
+    has it."""
     missing = [p for p in plan.partitions if p not in endpoints or p not in configs]
     if missing:
         raise WiringError(f"partition(s) {', '.join(missing)} have no board or no agent config: place every partition")
     return Wiring(
-        plan_hash=plan.hash,
+        plan_hash=plan_hash or plan.hash,
         endpoints={k: endpoints[k] for k in plan.partitions},
         configs={k: configs[k] for k in plan.partitions},
         partition_ids=partition_ids(plan),

@@ -294,3 +294,49 @@ def test_agent_reaped_while_its_stat_is_read_counts_as_stopped_and_other_read_fa
     with pytest.raises(BoardError, match="Failure"):
         _alive(still_there, 4242)
     assert still_there.reads == 2
+
+
+def test_agent_that_has_not_written_yet_is_never_taken_for_the_earlier_agent_s_ready_line(plan3, rack_file,
+                                                                                          monkeypatch):
+    """The output file of the previous agent holds its ready line; the shell truncates that file in the
+    background child, possibly after deploy has looked at it. Here the child never gets to it (the start
+    command is replaced by one that writes nothing and exits): start_agent must report that, not return the
+    previous agent's pid."""
+    from harness.board import wire
+    from harness.rack.deploy import BoardError, start_agent
+
+    rack = load_rack(rack_file)
+    dep = deploy(plan3, rack, force=True)
+    b = dep.boards["s1"]
+    part = rack.virtual_state / b.name / "home" / "splitrack" / "part"
+    real = Connection.start_background
+
+    def silent(self, argv, cwd, output, stage="start", timeout=20.0):
+        return real(self, ["sleep", "0.2"], cwd, "/dev/null", stage, timeout)
+
+    try:
+        undeploy(rack)
+        assert '"ready"' in (part / "agent-s1.out").read_text()  # what the agent that ran wrote
+        monkeypatch.setattr(Connection, "start_background", silent)
+        with Connection(b) as conn, pytest.raises(BoardError, match="exited at start: no output"):
+            start_agent(conn, b, "s1", wire.read_secret(str(part / "agent.secret")))
+    finally:
+        monkeypatch.undo()
+        undeploy(rack)
+
+
+def test_agent_runs_as_a_module_whose_bytecode_the_board_caches(plan3, rack_file):
+    """Deploy starts `python3 -m agent part/agent.json` in the workdir: the agent's bytecode is cached in the
+    workdir's __pycache__ like that of the modules it imports (a script would be compiled at every start),
+    and its health check answers as usual."""
+    rack = load_rack(rack_file)
+    dep = deploy(plan3, rack, force=True)
+    try:
+        b = dep.boards["s0"]
+        cache = rack.virtual_state / b.name / "home" / "splitrack" / "__pycache__"
+        assert {"agent", "agent_config", "contract", "wire"} <= {p.name.split(".")[0] for p in cache.glob("*.pyc")}
+        assert [p.name for p in cache.glob("overlay.*.pyc")] == []  # a virtual board's agent never loads it
+        h = ping_board(b)
+        assert (h["partition"], h["pid"]) == ("s0", dep.placed["s0"].pid)
+    finally:
+        undeploy(rack)
