@@ -416,10 +416,17 @@ class FastModel(object):
 
 
 def check_frames(in_type, n_in, n=4, seed=0):
-    """n frames (n, n_in) of values on in_type's grid, spread over its whole range (overflows included)."""
-    rng = np.random.RandomState(seed)
-    raw = rng.randint(in_type.raw_min, in_type.raw_max + 1, size=(n, n_in), dtype=np.int64)
-    return raw * in_type.step
+    """n frames (n, n_in) of values on in_type's grid, spread over its whole range: the smallest and the largest
+    value, then Fibonacci hashing of the element's index (the top `width` bits of index x 0x9E3779B97F4A7C15
+    modulo 2^64, Knuth TAOCP 6.4), which visits every part of the range. Deterministic for a seed; no
+    numpy.random (its import is 7 ms of every agent's start). Types up to 62 bits wide."""
+    width = min(in_type.width, 62)
+    i = np.arange(1, n * n_in + 1, dtype=np.uint64) + np.uint64(seed * n * n_in)
+    with np.errstate(over="ignore"):
+        top = (i * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - width)
+    raw = top.astype(np.int64) + in_type.raw_min
+    raw[:2] = in_type.raw_min, in_type.raw_max
+    return raw.reshape(n, n_in) * in_type.step
 
 
 def compare(model, emulation, frames):
