@@ -192,12 +192,13 @@ def pin(cpus) -> None:
 
 
 def checkout_files(root: Path):
-    """Board file name -> source file in another checkout `root` (the modules harness/board/files.py ships)."""
+    """Board file name -> source file in another checkout `root`: the modules harness/board/files.py ships that
+    the checkout has (an older one may not have a newer backend's module); its agent and wire format at least."""
     files = {name: root / (module.replace(".", "/") + ".py") for name, module in SHIPPED.items()}
-    missing = [str(f) for f in files.values() if not f.is_file()]
+    missing = [str(files[n]) for n in ("agent.py", "wire.py") if not files[n].is_file()]
     if missing:
         raise SystemExit("--compare %s: no %s" % (root, ", ".join(missing)))
-    return files
+    return {n: f for n, f in files.items() if f.is_file()}
 
 
 def compare_variants(compare):
@@ -244,11 +245,13 @@ def _per_hop(elements, sessions, rounds, per_round, workdir, compare=None):
                                  env={"PYTHONPATH": str(STANDIN)} if backend is overlay else None)
                 racks.append(rack)
                 ours = dict(local_rack.AGENT_FILES)
-                if files:  # the other checkout's board files, copied into this rack's folders
+                if files:  # the other checkout's board files (only those), copied into this rack's folders
+                    local_rack.AGENT_FILES.clear()
                     local_rack.AGENT_FILES.update(files)
                 try:
                     w = rack.start(plan, {"s0": backend})
                 finally:
+                    local_rack.AGENT_FILES.clear()
                     local_rack.AGENT_FILES.update(ours)
                 clients[variant] = AgentHop(w.endpoints["s0"], len(payload), w.secret)
             for fn in clients.values():  # warm-up: page faults, first connections, import caches
