@@ -407,48 +407,37 @@ class Connection:
                 error = e
         raise BoardError(self.board.name, stage, f"writing {remote} failed: {error}") from None
 
-    def read_text(self, remote: str, stage: str = "read") -> Optional[str]:
-        """A board file's text, or None when it does not exist."""
+    def _lookup(self, fn, stage: str, what: str):
+        """fn() (an SFTP request about one board path), or None when that path does not exist; BoardError
+        for any other failure, naming `what` (e.g. "reading /x")."""
         try:
-            with self.sftp.open(remote, "r") as f:
-                return f.read().decode(errors="replace")
+            return fn()
         except FileNotFoundError:
             return None
         except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:
-            raise self._sftp_error(stage, f"reading {remote}", e) from None
+            raise self._sftp_error(stage, what, e) from None
         except IOError as e:
             if getattr(e, "errno", None) == 2:
                 return None
-            raise BoardError(self.board.name, stage, f"reading {remote} failed: {e}") from None
+            raise BoardError(self.board.name, stage, f"{what} failed: {e}") from None
+
+    def read_text(self, remote: str, stage: str = "read") -> Optional[str]:
+        """A board file's text, or None when it does not exist."""
+        def read():
+            with self.sftp.open(remote, "r") as f:
+                return f.read().decode(errors="replace")
+        return self._lookup(read, stage, f"reading {remote}")
 
     def size(self, remote: str, stage: str = "read") -> Optional[int]:
         """The size in bytes of the board file `remote` (one SFTP stat), or None when it does not exist;
         raises BoardError for any other failure."""
-        try:
-            return int(self.sftp.stat(remote).st_size or 0)
-        except FileNotFoundError:
-            return None
-        except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:
-            raise self._sftp_error(stage, f"looking at {remote}", e) from None
-        except IOError as e:
-            if getattr(e, "errno", None) == 2:
-                return None
-            raise BoardError(self.board.name, stage, f"looking at {remote} failed: {e}") from None
+        st = self._lookup(lambda: self.sftp.stat(remote), stage, f"looking at {remote}")
+        return None if st is None else int(st.st_size or 0)
 
     def exists(self, remote: str, stage: str = "read") -> bool:
         """True when the board path `remote` exists (SFTP stat); raises BoardError for any failure other than
         'no such file'."""
-        try:
-            self.sftp.stat(remote)
-            return True
-        except FileNotFoundError:
-            return False
-        except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:
-            raise self._sftp_error(stage, f"looking at {remote}", e) from None
-        except IOError as e:
-            if getattr(e, "errno", None) == 2:
-                return False
-            raise BoardError(self.board.name, stage, f"looking at {remote} failed: {e}") from None
+        return self._lookup(lambda: self.sftp.stat(remote), stage, f"looking at {remote}") is not None
 
     def sftp_call(self, stage: str, what: str, fn, *args):
         """One SFTP request (`fn(*args)`, e.g. self.sftp.posix_rename) with the board's errors as BoardError."""
