@@ -708,8 +708,9 @@ class Agent:
                     else:
                         run_raw(slot)
                 except Exception as e:
-                    self.computing = None
-                    self._raw_compute_failed(frame, slot, e)
+                    self._free_slot((frame, slot))
+                    self._compute_failed(frame, e)
+                    self.received += 1
                     continue
                 t_ce = _time_ns() + skew
                 self.computing = None
@@ -782,11 +783,11 @@ class Agent:
             with self.slot_ready:
                 self.slot_ready.notify()
 
-    def _raw_compute_failed(self, frame, slot, e):
-        self._free_slot((frame, slot))
+    def _compute_failed(self, frame, e):
+        """The backend raised on `frame`: nothing is being computed any more, and the error goes to the host."""
+        self.computing = None
         self.report("stage %d (%s on %s) failed on frame %d: %s: %s" % (
             self.stage, self.partition, self.board, frame & FRAME_MASK, type(e).__name__, e), frame, exc=e)
-        self.received += 1
 
     def _queue_raw_frame(self, frame, slot, records, t):
         """A frame whose payload is in `slot`'s input buffer, arriving (t: ns, the agent's clock) while the agent
@@ -814,10 +815,8 @@ class Agent:
                 wait_until(t0 + self.period_ns)
             t_ce = _time_ns() + self.skew
         except Exception as e:
-            self.computing = None
             self._free_slot(job)
-            self.report("stage %d (%s on %s) failed on frame %d: %s: %s"
-                        % (self.stage, self.partition, self.board, frame & FRAME_MASK, type(e).__name__, e), frame, exc=e)
+            self._compute_failed(frame, e)
             return None
         self.computing = None
         self.done += 1
@@ -1050,9 +1049,7 @@ class Agent:
             if not backend.forward_bytes and self.run_payloads is None:
                 outs = [c.encode(c.take(y)) for c in self.out_links]
         except Exception as e:
-            self.computing = None
-            self.report("stage %d (%s on %s) failed on frame %d: %s: %s"
-                        % (self.stage, self.partition, self.board, frame & FRAME_MASK, type(e).__name__, e), frame, exc=e)
+            self._compute_failed(frame, e)
             return None
         self.computing = None
         self.done += 1
