@@ -13,7 +13,7 @@ throughput through 5 agents against one stage alone.
    - agent+decode: the same, decoding the payload and encoding the output through the contract (what an
                 emulation or overlay backend in "values" mode costs on top of the transport, compute excluded).
    - agent overlay: the overlay backend in raw-word mode (io "raw") on a stand-in for pynq
-                (sim_tests/board/pynq_standin: PynqBuffer DMA buffers, simple-mode AXI DMA channels) whose
+                (sim_tests/agent/pynq_standin: PynqBuffer DMA buffers, simple-mode AXI DMA channels) whose
                 accelerator copies the input words to the output buffer: the frame is received into an input
                 DMA buffer, both DMA transfers are posted and waited for, and the output buffer is sent as
                 it is. The real board's DMA takes its own time; this is the agent's data handling around it.
@@ -34,7 +34,7 @@ throughput through 5 agents against one stage alone.
    virtual machine tens of microseconds of CPU: 36-42 us per 170 us sleep measured on the 2-core VM of
    November 2026, against ~15 us for the rest of an agent's frame.)
 --compare DIR (e.g. /work/main, another checkout) adds "<name> agent" and "<name> overlay": the same two agents
-with the board files (harness/board, splitting) of that checkout, interleaved in the same rounds: before/after of
+with the board files (harness/agent, splitting) of that checkout, interleaved in the same rounds: before/after of
 the agent itself in one run.
 Prints a table and saves agent_overhead.png (+ .json) in --out.
 """
@@ -55,8 +55,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.board import wire  # noqa: E402
-from harness.board.files import SHIPPED, agent_files  # noqa: E402
+from harness.agent import wire  # noqa: E402
+from harness.agent.files import SHIPPED, agent_files  # noqa: E402
 from harness.rack import local_rack  # noqa: E402
 from harness.rack.local_rack import LocalRack, identity_plan  # noqa: E402
 from harness.rack.wiring import overlay_backend  # noqa: E402
@@ -110,7 +110,7 @@ class FramedEcho:
 
     def __init__(self, folder: Path):
         folder.mkdir(parents=True, exist_ok=True)
-        for name, src in agent_files().items():  # the files a board gets (harness/board/files.py)
+        for name, src in agent_files().items():  # the files a board gets (harness/agent/files.py)
             (folder / name).write_bytes(src.read_bytes())
         self.proc = subprocess.Popen([sys.executable, "-c", FRAMED_ECHO, str(folder)], stdout=subprocess.PIPE)
         port = int(self.proc.stdout.readline())
@@ -192,7 +192,7 @@ def pin(cpus) -> None:
 
 
 def checkout_files(root: Path):
-    """Board file name -> source file in another checkout `root`: the modules harness/board/files.py ships that
+    """Board file name -> source file in another checkout `root`: the modules harness/agent/files.py ships that
     the checkout has (an older one may not have a newer backend's module); its agent and wire format at least."""
     files = {name: root / (module.replace(".", "/") + ".py") for name, module in SHIPPED.items()}
     missing = [str(files[n]) for n in ("agent.py", "wire.py") if not files[n].is_file()]

@@ -45,7 +45,7 @@ def chain_plan(n: int, folder: Path):
         layers = [keras.Input((8,))] + [keras.layers.Dense(8, activation="relu", name=f"d{i}") for i in range(n)]
         plan, models = split_model(keras.Sequential(layers), at=[f"d{i}" for i in range(n - 1)])
         write_plan(plan, models, folder)
-    from harness.board.fast_model import board_files
+    from harness.agent.fast_model import board_files
 
     plan = Plan.load(folder)
     for i, name in enumerate(plan.partitions):

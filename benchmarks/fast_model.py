@@ -1,4 +1,4 @@
-"""A virtual board's compute: the fast bit-exact model (harness/board/fast_model.py) against hls4ml's C simulation.
+"""A virtual board's compute: the fast bit-exact model (harness/agent/fast_model.py) against hls4ml's C simulation.
 
     .venv/bin/python benchmarks/fast_model.py [--partition s0] [--frames 200]
 
@@ -8,7 +8,7 @@ Timing is interleaved in blocks of 16 frames (16 emulation frames, then 16 fast 
 same machine load while each runs its model frame after frame as an agent does (one frame each in turn would
 time every fast frame with the caches the 4 ms emulation call just filled: 1.5-2x slower): per frame p50 of
 the emulation library (one call per frame, as the agent does), of the fast model on one frame with its
-compiled kernel (harness/board/fast_kernel.py: what deploy gives a virtual board) and without
+compiled kernel (harness/agent/fast_kernel.py: what deploy gives a virtual board) and without
 it (numpy only: where no C compiler works), and with the kernel on a batch of 64 (per frame). BLAS runs on
 one thread, as on a virtual board. Target (issue 15): the fast model >= 20x the emulation.
 Prints a table; writes fast_model.json in --out.
@@ -41,10 +41,10 @@ def main(argv=None) -> int:
 
     from benchmarks.cosim_speed import cnn_plan
     from splitting import hls
-    from splitting.reference import digits_data, model_inputs
+    from splitting.reference_models import digits_data, model_inputs
 
-    from harness.board import fast_kernel
-    from harness.board.fast_model import FastModel
+    from harness.agent import fast_kernel
+    from harness.agent.fast_model import FastModel
 
     plan = cnn_plan(a.plan_dir)
     print(f"plan {a.plan_dir} (cnn-sequential), partition {a.partition}", flush=True)

@@ -1,7 +1,7 @@
 """Strangers on the data network of whatever rack --boards names (real or virtual): while a stream runs, one
 sends SHUTDOWN, junk, HELLO, 64 MiB headers, forged frames, a handshake with a wrong secret and idle
 connections to every agent; the stream completes with every frame equal to the chained emulation.
-(The same on local agents, with more checks: sim_tests/board/test_agent_security.py.)"""
+(The same on local agents, with more checks: sim_tests/agent/test_agent_security.py.)"""
 from __future__ import annotations
 
 import numpy as np

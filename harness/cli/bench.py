@@ -1,11 +1,11 @@
-"""`splitrack bench PLAN --boards RACK`: latency per hop beside the CPU reference (harness.measure.bench)."""
+"""`splitrack bench PLAN --boards RACK`: latency per hop beside the CPU reference (harness.jobs.bench)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from harness.cli.deploy import add_wait_option
-from harness.measure.bench import (DEFAULT_SINGLE_RATE, BenchIncomplete, bench, bench_eval_data, format_bench, save,
+from harness.jobs.bench import (DEFAULT_SINGLE_RATE, BenchIncomplete, bench, bench_eval_data, format_bench, save,
                                    write_incomplete)
 
 

@@ -1,10 +1,10 @@
-"""`splitrack demo` (what `make demo` runs): the main job, harness.demo."""
+"""`splitrack demo` (what `make demo` runs): the main job, harness.jobs.demo."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from harness.demo import demo
+from harness.jobs.demo import demo
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -17,7 +17,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    """The main job (harness.demo.demo). Returns its exit status: 0 all verified (and run on the rack), 1 a
+    """The main job (harness.jobs.demo.demo). Returns its exit status: 0 all verified (and run on the rack), 1 a
     verification or rack step failed."""
     return demo(Path(args.out), args.samples, Path(args.boards) if args.boards else None, not args.no_rack,
                 args.frames)

@@ -1,11 +1,11 @@
-"""`splitrack nightly --boards RACK`: bench, history, regression check, dashboard (harness.results.nightly)."""
+"""`splitrack nightly --boards RACK`: bench, history, regression check, dashboard (harness.jobs.nightly)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from harness.cli.deploy import add_wait_option
-from harness.results.nightly import nightly
+from harness.jobs.nightly import nightly
 
 
 def configure(p: argparse.ArgumentParser) -> None:

@@ -1,5 +1,5 @@
 """`splitrack run PLAN (--boards RACK | --local)`: stream frames through a plan's boards and check every answer
-(harness.measure.run)."""
+(harness.jobs.run)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ from pathlib import Path
 from splitting.plan import Plan
 
 from harness.cli.deploy import add_wait_option
-from harness.measure.run import load_data, run_local, run_on_rack
+from harness.jobs.run import load_data, run_local, run_on_rack
 
 
 def configure(p: argparse.ArgumentParser) -> None:

@@ -34,7 +34,7 @@ from splitting.errors import UserError
 
 from .fixed import cast
 from .ops import Op
-from .reference import softmax_tables
+from .bitexact import softmax_tables
 
 GENERATOR_VERSION = "3"
 HERE = Path(__file__).parent

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 # backend kind -> (short label for tables, what the compute figure is)
 BACKENDS = {
     "fast": ("CPU: fast model", "virtual board: this machine's CPU running the partition's bit-exact fast model "
-                                "(harness/board/fast_model.py), not the FPGA"),
+                                "(harness/agent/fast_model.py), not the FPGA"),
     "emulation": ("CPU: hls4ml emulation", "virtual board: this machine's CPU running the partition's hls4ml "
                                            "emulation library (C simulation), not the FPGA"),
     "overlay": ("FPGA: PYNQ-Z2 overlay", "PYNQ-Z2 overlay: the partition's bitstream on the FPGA, with its AXI DMA "

@@ -11,7 +11,7 @@ back in any order; they are matched by frame id. A frame that does not come back
 an error reported by an agent, or an agent that goes away end the stream with a `StreamError` that names the
 board and stage where the frame was last seen and carries every result already received (`.result`).
 
-Each Pipeline is a session with a random tag (`harness.board.wire`): the tag rides in the high bits of every frame id
+Each Pipeline is a session with a random tag (`harness.agent.wire`): the tag rides in the high bits of every frame id
 on the wire, so frames of an earlier session still inside the rack are dropped by the agents and ignored here.
 Frame ids the caller sees count from 0 for each Pipeline.
 """
@@ -28,8 +28,8 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from harness.board import wire
-from harness.board.wire import MsgType
+from harness.agent import wire
+from harness.agent.wire import MsgType
 from harness.rack.wiring import Wiring
 from splitting.contract import Contract, assemble
 from splitting.errors import UserError

@@ -5,7 +5,7 @@ Per partition, on its board (one partition per board, as one bitstream per FPGA)
 1. upload what the board must carry: the partition's artifact (a virtual board: the hls4ml emulation `.so`
    of `splitting.hls.project_dir`; a real PYNQ-Z2: bitstream + .hwh from `splitrack build`), the partition's
    contracts, the agent config, the deployment's secret (mode 0600), and the agent with the modules it
-   imports (the one list is `harness.board.files`: `wire.py`, `agent_config.py`, `contract.py`, `emulation.py`);
+   imports (the one list is `harness.agent.files`: `wire.py`, `agent_config.py`, `contract.py`, `emulation.py`);
 2. verify every uploaded file's sha256 *on the board*; a file that arrives corrupted is uploaded once more,
    then the deployment stops with an error naming the board;
 3. skip both the upload and the reprogramming when the board already carries the same files and its agent
@@ -38,10 +38,10 @@ from typing import Callable, Dict, List, Optional
 from splitting.errors import UserError
 from splitting.plan import Plan
 
-from harness.board import wire
+from harness.agent import wire
 from harness.rack import wiring as wiring_mod
 from harness.rack.rackfile import Board, Rack
-from harness.board.files import agent_files
+from harness.agent.files import agent_files
 from harness.rack.ssh import CONNECT_TIMEOUT, BoardError, Connection, local_sha256
 
 CODE = agent_files()  # board file name -> local source: the agent and what it imports
@@ -200,7 +200,7 @@ def _fast(plan: Plan, name: str, emu_cfg: Optional[dict] = None):
     """(files, backend) of fast_model.board_files for a virtual board: the fast model's file (none when the
     partition has a layer it does not compute) and the agent backend, kind "fast" (the agent checks it
     against the emulation library at start and falls back to it) or `emu_cfg` unchanged."""
-    from harness.board.fast_model import board_files
+    from harness.agent.fast_model import board_files
 
     return board_files(plan, name, emu_cfg or {})
 

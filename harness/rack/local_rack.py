@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
-from harness.board import wire as wire_format
-from harness.board.files import agent_files
+from harness.agent import wire as wire_format
+from harness.agent.files import agent_files
 from harness.rack.wiring import Endpoint, Wiring, agent_config, emulation_backend, wire, write_secret_file
 from splitting.errors import UserError
 from splitting.plan import Plan
 
 SECRET_FILE = "agent.secret"
-AGENT_FILES = agent_files()  # what a board's working folder holds besides config and secret (harness.board.files)
+AGENT_FILES = agent_files()  # what a board's working folder holds besides config and secret (harness.agent.files)
 
 
 class LocalRackError(UserError):

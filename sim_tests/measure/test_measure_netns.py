@@ -19,7 +19,7 @@ import pytest
 from harness.measure import attribution as measure
 from harness.rack.local_rack import AGENT_FILES, _read_line, identity_plan
 from harness.measure.stream import Pipeline
-from harness.board.wire import new_secret
+from harness.agent.wire import new_secret
 from harness.rack.wiring import Endpoint, agent_config, wire, write_secret_file
 
 pytestmark = [pytest.mark.skipif(

@@ -20,7 +20,7 @@ ROUNDS = 10
 def plans(tmp_path_factory):
     """Two plans of three partitions with different hashes (B is A with a note more: same artifacts)."""
     from splitting.plan import Plan
-    from splitting.reference import reference_model
+    from splitting.reference_models import reference_model
     from splitting.split import split_model, write_plan
 
     plan, models = split_model(reference_model("fc"), at=["fc1", "fc2"])

@@ -96,7 +96,7 @@ def others(tmp_path_factory):
 def test_openssh_board_deploys_and_streams(sshd, others, tmp_path_factory):
     from splitting.chain import emulation_runner, run_chain
     from splitting.plan import Plan
-    from splitting.reference import digits_data, model_inputs, reference_model
+    from splitting.reference_models import digits_data, model_inputs, reference_model
     from splitting.split import split_model, write_plan
 
     plan, models = split_model(reference_model("fc"), at=["fc1", "fc2"])

@@ -171,7 +171,7 @@ def test_new_library_manifest_records_the_checksum(tmp_path):
 
     from splitting.hls import ARTIFACT, compiled
     from splitting.plan import Plan
-    from splitting.reference import reference_model
+    from splitting.reference_models import reference_model
     from splitting.split import split_model, write_plan
 
     plan, models = split_model(reference_model("fc"), at=["fc1", "fc2"])
@@ -302,7 +302,7 @@ def test_agent_that_has_not_written_yet_is_never_taken_for_the_earlier_agent_s_r
     background child, possibly after deploy has looked at it. Here the child never gets to it (the start
     command is replaced by one that writes nothing and exits): start_agent must report that, not return the
     previous agent's pid."""
-    from harness.board import wire
+    from harness.agent import wire
     from harness.rack.deploy import BoardError, start_agent
 
     rack = load_rack(rack_file)

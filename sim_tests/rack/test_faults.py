@@ -28,7 +28,7 @@ BOUND = 60.0  # seconds: "no hang" means an answer well within this (every fault
 
 @pytest.fixture(scope="module")
 def x():
-    from splitting.reference import digits_data, model_inputs
+    from splitting.reference_models import digits_data, model_inputs
 
     return model_inputs("fc", digits_data()[2][:60]).astype(np.float32)
 

@@ -19,7 +19,7 @@ FC_PLANS = {
 
 def _plan(tmp_path_factory, model: str, name: str, kw: dict):
     from splitting.plan import Plan
-    from splitting.reference import reference_model
+    from splitting.reference_models import reference_model
     from splitting.split import split_model, write_plan
 
     plan, models = split_model(reference_model(model), **kw)
@@ -29,7 +29,7 @@ def _plan(tmp_path_factory, model: str, name: str, kw: dict):
 
 
 def _frames(model: str, n: int):
-    from splitting.reference import digits_data, model_inputs
+    from splitting.reference_models import digits_data, model_inputs
 
     return model_inputs(model, digits_data()[2][:n])
 
@@ -51,7 +51,7 @@ def test_fc_reference_plan(tmp_path_factory, name):
 
 
 def test_cnn_reference_plans(tmp_path_factory):
-    from harness.demo import CNN_PLANS
+    from harness.jobs.demo import CNN_PLANS
 
     for name, kw in CNN_PLANS.items():
         _check(_plan(tmp_path_factory, "cnn", name, kw), "cnn")

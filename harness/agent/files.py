@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Dict
 
 # board file name -> the project module it is a copy of
-SHIPPED = {"agent.py": "harness.board.agent", "wire.py": "harness.board.wire", "agent_config.py": "harness.board.agent_config",
-           "fast_model.py": "harness.board.fast_model",  # the "fast" backend of virtual boards ...
-           "fast_kernel.py": "harness.board.fast_kernel",  # ... and its compiled kernel's loader
-           "overlay.py": "harness.board.overlay",  # the "overlay" backend of a real PYNQ-Z2
+SHIPPED = {"agent.py": "harness.agent.agent", "wire.py": "harness.agent.wire", "agent_config.py": "harness.agent.agent_config",
+           "fast_model.py": "harness.agent.fast_model",  # the "fast" backend of virtual boards ...
+           "fast_kernel.py": "harness.agent.fast_kernel",  # ... and its compiled kernel's loader
+           "overlay.py": "harness.agent.overlay",  # the "overlay" backend of a real PYNQ-Z2
            "contract.py": "splitting.contract", "emulation.py": "splitting.emulation"}
 
 

@@ -10,7 +10,7 @@ from harness.cli.commands import main
 from harness.rack.local_rack import LocalRack
 from harness.measure.stream import Pipeline
 from splitting.chain import emulation_runner, run_chain
-from splitting.reference import digits_data
+from splitting.reference_models import digits_data
 
 
 def test_agents_equal_the_chained_emulation_bit_for_bit(fc_plan, tmp_path):

@@ -41,8 +41,8 @@ def _frames(plan: Plan, args):
 def run(args) -> int:
     """Cosimulate the plan's partitions and links in RTL and print the result (or --json). Returns 0 when
     every check passed, 1 when one failed; a UserError (e.g. --frames below 2) gives exit status 2."""
-    from . import record
-    from .cosim import cosimulate
+    from harness.cosim import record
+    from harness.cosim.cosim import cosimulate
 
     plan = Plan.load(Path(args.plan))
     log = (lambda *a, **k: print(*a, file=sys.stderr, flush=True)) if args.json else \

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, List, Tuple
 
 
-from harness.measure import bench as bench_cmd
+from harness.jobs import bench as bench_cmd
 from harness.results import dashboard, history, regress
 from splitting.user_cache import cache_root
 
@@ -33,7 +33,7 @@ def default_plan(progress: Callable[[str], None] = print):
             return Plan.load(folder)
         except PlanError:
             pass  # a half-written or stale folder: make it again
-    from splitting.reference import reference_model
+    from splitting.reference_models import reference_model
     from splitting.split import split_model, write_plan
 
     progress(f"making the reference plan (digits FC cut after fc1 and fc2) in {folder}")

@@ -62,7 +62,7 @@ class _RecordingPipe:
         self.results = {}  # mode -> StreamResult (possibly partial)
 
     def stream(self, *a, **kw):
-        from .stream import StreamError
+        from harness.measure.stream import StreamError
 
         mode = self._modes[len(self.results)] if len(self.results) < len(self._modes) else f"run{len(self.results)}"
         try:
@@ -108,10 +108,10 @@ def bench(plan, rack, frames: int = 2000, rate: Optional[float] = None, in_fligh
 
 
 def _bench(plan, rack, ev, frames, rate, in_flight, single_rate, cpu, progress, deployment, held, label) -> Dict:
-    from . import cpu_reference
-    from .compute_source import compute_sources
+    from harness.measure import cpu_reference
+    from harness.measure.compute_source import compute_sources
     from harness.rack.deploy import deploy
-    from .stream import Pipeline
+    from harness.measure.stream import Pipeline
 
     x, labels = ev.x, ev.y
     if deployment is None:

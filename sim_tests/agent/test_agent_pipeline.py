@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from harness.board import wire
+from harness.agent import wire
 from harness.rack.local_rack import LocalRack, identity_plan
 from harness.measure.stream import Pipeline
 from harness.rack.wiring import Wiring

@@ -1,6 +1,6 @@
 """Fast, bit-exact integer model of a partition: what a virtual board computes instead of the C simulation.
 
-The arithmetic is the cosimulation's reference (harness/cosim/reference.py: every product assigned to the
+The arithmetic is the cosimulation's reference (harness/cosim/bitexact.py: every product assigned to the
 accumulator type, the sum kept in it, the result assigned to the layer's result type), made fast: a batch of
 frames at once, convolutions as one im2col matrix built with stride tricks, products in int32 where they fit,
 softmax lookups as array indexing. No Python loop runs per element or per output position.
@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - on the host
 try:
     import fast_kernel as _kernel  # type: ignore
 except ImportError:  # pragma: no cover - on the host
-    from harness.board import fast_kernel as _kernel
+    from harness.agent import fast_kernel as _kernel
 
 FixedType = _contract.FixedType
 
@@ -360,11 +360,11 @@ class FastModel(object):
             if op.accum is not None:
                 params["accum"] = str(op.accum)
             if op.kind == "softmax":
-                from harness.cosim.reference import softmax_tables  # libm's expf, as hls4ml's table init
+                from harness.cosim.bitexact import softmax_tables  # libm's expf, as hls4ml's table init
 
                 arrays[op.name + "/exp_table"], arrays[op.name + "/inv_table"] = softmax_tables(op)
             if op.kind in TABLE_RANGE:
-                from harness.cosim.reference import activation_table
+                from harness.cosim.bitexact import activation_table
 
                 arrays[op.name + "/table"] = activation_table(op)
             meta.append({"kind": op.kind, "name": op.name, "out_shape": list(op.out_shape), "out": str(op.out),

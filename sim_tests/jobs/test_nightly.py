@@ -89,8 +89,8 @@ def test_bench_with_the_users_data_reports_and_stores_its_accuracy(vrack, tmp_pa
     import numpy as np
 
     from harness.results.history import History
-    from harness.results.nightly import default_plan
-    from splitting.reference import digits_data
+    from harness.jobs.nightly import default_plan
+    from splitting.reference_models import digits_data
 
     plan = default_plan(lambda s: None)
     _, _, x, y = digits_data()

@@ -45,7 +45,7 @@ def demo(out: Path, samples: int = 450, boards: Optional[Path] = None, rack: boo
     import numpy as np
 
     from splitting.plan import Plan
-    from splitting.reference import MODELS, digits_data, model_inputs, reference_model
+    from splitting.reference_models import MODELS, digits_data, model_inputs, reference_model
     from splitting.split import split_model, write_plan
     from splitting.verify import verify_plan
 
@@ -94,8 +94,8 @@ def _on_rack(plan_dir: Path, boards: Optional[Path], frames: int, step) -> int:
     from splitting.errors import UserError
     from splitting.plan import Plan
 
-    from harness.measure.bench import bench, format_bench, save
-    from harness.measure.run import load_data, run_on_rack
+    from harness.jobs.bench import bench, format_bench, save
+    from harness.jobs.run import load_data, run_on_rack
     from harness.rack.rackfile import load_rack
     from harness.rack.virtual_rack import rack_down, rack_up
 

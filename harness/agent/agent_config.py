@@ -99,11 +99,11 @@ class AgentConfig:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(d) - known)
         if unknown:
-            raise AgentConfigError("unknown config field(s) %s: see harness/board/agent_config.py" % ", ".join(unknown))
+            raise AgentConfigError("unknown config field(s) %s: see harness/agent/agent_config.py" % ", ".join(unknown))
         missing = [k for k in ("board", "partition", "stage", "inputs", "outputs", "output_shape", "backend")
                    if k not in d]
         if missing:
-            raise AgentConfigError("config lacks %s: see harness/board/agent_config.py" % ", ".join(missing))
+            raise AgentConfigError("config lacks %s: see harness/agent/agent_config.py" % ", ".join(missing))
         try:
             cfg = cls(**d)
             cfg.board, cfg.partition, cfg.plan_hash = str(cfg.board), str(cfg.partition), str(cfg.plan_hash)
@@ -127,7 +127,7 @@ class AgentConfig:
         except AgentConfigError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise AgentConfigError("config has a bad field (%s: %s): see harness/board/agent_config.py"
+            raise AgentConfigError("config has a bad field (%s: %s): see harness/agent/agent_config.py"
                                    % (type(e).__name__, e))
         if cfg.in_flight < 1 or cfg.max_connections < 2 or cfg.auth_timeout <= 0:
             raise AgentConfigError("in_flight >= 1, max_connections >= 2 and auth_timeout > 0 are needed")

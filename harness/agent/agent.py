@@ -49,8 +49,8 @@ try:
     import wire  # type: ignore
     from agent_config import AgentConfig, AgentConfigError, config_path  # type: ignore
 except ImportError:  # pragma: no cover
-    from harness.board import wire
-    from harness.board.agent_config import AgentConfig, AgentConfigError, config_path
+    from harness.agent import wire
+    from harness.agent.agent_config import AgentConfig, AgentConfigError, config_path
 
 
 def _overlay_backend_class():
@@ -59,7 +59,7 @@ def _overlay_backend_class():
     try:
         from overlay import OverlayBackend  # type: ignore
     except ImportError:  # pragma: no cover
-        from harness.board.overlay import OverlayBackend
+        from harness.agent.overlay import OverlayBackend
     return OverlayBackend
 
 assemble = _contract.assemble

@@ -1,5 +1,5 @@
 """The overlay backend in raw-word mode (io "raw"): frames received straight into DMA buffers and sent from them,
-through a stand-in for pynq (sim_tests/board/pynq_standin: PynqBuffer, AXI DMA channels) whose accelerator is
+through a stand-in for pynq (sim_tests/agent/pynq_standin: PynqBuffer, AXI DMA channels) whose accelerator is
 the partition's hls4ml emulation library on the raw words, or a copy. Outputs equal the plan's chained hls4ml
 emulation bit for bit; wrong-size payloads are refused before any DMA; frames of an old session are dropped."""
 import json
@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.board import wire
-from harness.board.agent_config import AgentConfigError
-from harness.board.overlay import OverlayBackend
+from harness.agent import wire
+from harness.agent.agent_config import AgentConfigError
+from harness.agent.overlay import OverlayBackend
 from harness.measure.stream import Pipeline
 from harness.rack.local_rack import LocalRack, identity_plan
 from harness.rack.wiring import overlay_backend
@@ -140,7 +140,7 @@ def test_overlay_raw_words_equal_the_chained_emulation_bit_for_bit(tmp_path):
     from splitting import hls
     from splitting.chain import emulation_runner, run_chain
     from splitting.plan import Plan
-    from splitting.reference import digits_data, reference_model
+    from splitting.reference_models import digits_data, reference_model
     from splitting.split import split_model, write_plan
 
     plan, models = split_model(reference_model("fc"), at=["fc1", "fc2"])
@@ -257,7 +257,7 @@ def test_a_raw_frame_queued_for_sending_keeps_its_slot_until_it_left(tmp_path, m
     """In process: a frame computed while another thread sends waits in the send queue with its DMA slot (its
     records copied, as the reader's buffer moves on); the send thread sends that slot's output and frees it.
     A queued frame of an earlier session is dropped and frees its slot too."""
-    from harness.board import agent as agent_mod
+    from harness.agent import agent as agent_mod
     from harness.rack.wiring import agent_config
 
     monkeypatch.syspath_prepend(str(STANDIN))
@@ -324,7 +324,7 @@ def test_overlay_raw_runs_on_python38(tmp_path, python38):
 
 
 def test_a_receiver_without_a_free_slot_waits_for_one_and_gives_up_after_the_part_timeout(tmp_path, monkeypatch):
-    from harness.board import agent as agent_mod
+    from harness.agent import agent as agent_mod
     from harness.rack.wiring import agent_config
 
     monkeypatch.syspath_prepend(str(STANDIN))

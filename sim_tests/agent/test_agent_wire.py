@@ -9,9 +9,9 @@ import threading
 import numpy as np
 import pytest
 
-from harness.board import agent
-from harness.board import wire
-from harness.board.files import agent_files
+from harness.agent import agent
+from harness.agent import wire
+from harness.agent.files import agent_files
 from splitting.contract import Contract
 
 AGENT_FILES = agent_files()

@@ -1,4 +1,4 @@
-"""The fast model (harness/board/fast_model.py) against hls4ml's emulation library, bit for bit: every partition of
+"""The fast model (harness/agent/fast_model.py) against hls4ml's emulation library, bit for bit: every partition of
 the reference plans, random models like the property tests', and the virtual board's check and fallback."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import pytest
 
-from harness.board import fast_kernel
-from harness.board.fast_model import FastBackend, FastModel, NotModelled, check_frames
+from harness.agent import fast_kernel
+from harness.agent.fast_model import FastBackend, FastModel, NotModelled, check_frames
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def _all_partitions_exact(plan, first_frames, kernel):
 
 @pytest.mark.parametrize("name", list(PLANS))
 def test_reference_plans_bit_exact(name, tmp_path, kernel):
-    from splitting.reference import digits_data, model_inputs, reference_model
+    from splitting.reference_models import digits_data, model_inputs, reference_model
 
     model, kw = PLANS[name]
     plan = _write(reference_model(model), kw, tmp_path / name)
@@ -128,7 +128,7 @@ def test_sigmoid_and_tanh_tables_on_every_input_value(tmp_path):
 def fc_first(tmp_path_factory):
     from splitting import hls
     from splitting.hls import ARTIFACT, project_dir
-    from splitting.reference import reference_model
+    from splitting.reference_models import reference_model
     import json
 
     plan = _write(reference_model("fc"), dict(at=["fc1"]), tmp_path_factory.mktemp("fcb") / "p")
@@ -184,7 +184,7 @@ def test_backend_uses_the_fast_model_only_when_it_matches(fc_first, tmp_path, ca
 
 
 def test_board_files_for_a_virtual_board(fc_first):
-    from harness.board.fast_model import board_files
+    from harness.agent.fast_model import board_files
 
     plan, name, cfg = fc_first
     emu_cfg = dict(cfg, kind="emulation")
@@ -201,15 +201,15 @@ def test_board_files_for_a_virtual_board(fc_first):
 def test_agents_on_fast_models_equal_the_chained_emulation(fc_plan, tmp_path, python, request):
     """The agent's backend kind "fast" with fast_model.py and its compiled kernel beside it, as a virtual board
     carries them; also under Python 3.8 (a board's)."""
-    from harness.board.fast_model import board_files
+    from harness.agent.fast_model import board_files
     from harness.rack.local_rack import AGENT_FILES, LocalRack
     from harness.measure.stream import Pipeline
     from harness.rack.wiring import emulation_backend
     from splitting import hls
     from splitting.chain import emulation_runner, run_chain
-    from splitting.reference import digits_data
+    from splitting.reference_models import digits_data
 
-    assert {"fast_model.py", "fast_kernel.py"} <= set(AGENT_FILES)  # shipped beside the agent (harness.board.files)
+    assert {"fast_model.py", "fast_kernel.py"} <= set(AGENT_FILES)  # shipped beside the agent (harness.agent.files)
     backends = {}
     for name in fc_plan.partitions:
         lib = hls.emulation(fc_plan, name)
@@ -269,7 +269,7 @@ def test_kernel_refuses_what_it_does_not_compute(kernel):
 def test_without_a_compiler_the_model_stays_on_numpy(fc_first, monkeypatch, tmp_path, caplog):
     """No C compiler on the host: build says why and returns None, board_files ships no kernel, and the
     model runs (bit exact) on numpy."""
-    from harness.board.fast_model import board_files
+    from harness.agent.fast_model import board_files
     from splitting import hls
 
     monkeypatch.setenv("SPLITRACK_CACHE", str(tmp_path / "cache"))

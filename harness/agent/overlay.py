@@ -4,7 +4,7 @@
 values, one vectorised step each way. "raw": the accelerator takes and gives the links' AXI-stream words as
 they travel on the wire, so the agent receives a frame's payload straight into an input buffer and sends the
 output buffer as it is (DmaSlot). Shipped to the board with the agent (Python 3.8, stdlib + numpy; `pynq`
-is imported only when a backend is made: on the board, or the stand-in of sim_tests/board/pynq_standin).
+is imported only when a backend is made: on the board, or the stand-in of sim_tests/agent/pynq_standin).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ try:  # on a board: copies beside this file; in the repository: the splitting an
     from agent_config import AgentConfigError, config_path  # type: ignore
 except ImportError:  # pragma: no cover - depends on where the agent runs
     from splitting import contract as _contract
-    from harness.board.agent_config import AgentConfigError, config_path
+    from harness.agent.agent_config import AgentConfigError, config_path
 
 
 class DmaSlot:

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from harness.measure.bench import bench_data
+from harness.jobs.bench import bench_data
 from harness.cli.commands import main
 from harness.rack.local_rack import identity_plan
 from splitting.errors import UserError
@@ -74,7 +74,7 @@ def test_bad_user_files_are_one_line_errors(tmp_path, make, match):
 def test_bench_png_parts_add_up_or_say_why(tmp_path):
     from synthetic_history import bench_doc
 
-    from harness.measure.bench import critical_parts, plot
+    from harness.jobs.bench import critical_parts, plot
 
     doc = bench_doc(0)
     parts, e2e, what = critical_parts(doc["reports"]["single"])
@@ -92,9 +92,9 @@ def test_bench_checks_every_modes_outputs_against_the_chained_emulation(fc_plan)
     bit with the plan's chained hls4ml emulation (one element off in one frame counts)."""
     import types
 
-    from harness.measure.bench import _emulation_mismatches
+    from harness.jobs.bench import _emulation_mismatches
     from splitting.chain import emulation_runner, run_chain
-    from splitting.reference import digits_data
+    from splitting.reference_models import digits_data
 
     x = digits_data()[2][:12].reshape(12, 64)
     ref = np.asarray(run_chain(fc_plan, x, emulation_runner(fc_plan)))
