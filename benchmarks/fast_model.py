@@ -43,8 +43,8 @@ def main(argv=None) -> int:
     from splitting import hls
     from splitting.reference_models import digits_data, model_inputs
 
-    from harness.agent import fast_kernel
-    from harness.agent.fast_model import FastModel
+    from harness.agent.fast_kernel import Kernel
+    from harness.rack.fast_build import build_kernel, model_of
 
     plan = cnn_plan(a.plan_dir)
     print(f"plan {a.plan_dir} (cnn-sequential), partition {a.partition}", flush=True)
@@ -54,12 +54,12 @@ def main(argv=None) -> int:
             break
         x = hls.emulation(plan, name).predict(x)
     emu = hls.emulation(plan, a.partition)
-    lib = fast_kernel.build()
+    lib = build_kernel()
     if lib is None:
         print("no C compiler works here: the kernel row cannot be measured", file=sys.stderr)
         return 2
-    fm = FastModel.from_plan(plan, a.partition, fast_kernel.Kernel(lib))
-    fm_np = FastModel.from_plan(plan, a.partition)
+    fm = model_of(plan, a.partition, Kernel(lib))
+    fm_np = model_of(plan, a.partition)
     print(f"layers: {fm.modes} (numpy only: {fm_np.modes})")
     theirs = emu.predict(x)
     bad = 0

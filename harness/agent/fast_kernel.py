@@ -11,66 +11,19 @@ for int32 x (M, K) and w (K, N), C order, when every true product fits in int32 
 `fast_model._Dense`, checks the types' widths) and the accumulator wraps (AP_WRAP) at most 32 bits wide, so
 that the sum modulo 2^32 is exact modulo 2^width. Rows of x that are zero (ReLU outputs) are skipped.
 
-Two halves, like fast_model:
-
-* host side (`build`): compiles `SOURCE` with the host's C compiler into the user cache, keyed by the sha256 of
-  the source and the compiler command, once; `deploy` ships the library to virtual boards beside the model.
-  Returns None (and says why) when no compiler works: the model then runs its numpy modes.
-* board side (`Kernel`): Python 3.8, ctypes and numpy. The agent's fast backend loads it when its config names
-  it; the model built on it is checked bit for bit against the emulation library at start like any other.
+This is the board's half, the loader (`Kernel`: Python 3.8, ctypes and numpy). The agent's fast backend loads
+the library when its config names it; the model built on it is checked bit for bit against the emulation
+library at start like any other. The C source and its build (once per source hash, into the user cache, with
+the host's C compiler) are the host's: harness/rack/fast_build.py.
 """
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 
 import numpy as np
 
 FILE = "libfastkernel.so"  # its name on a board, beside the model
-SOURCE = r"""
-#include <stdint.h>
-
-/* out[m*N + n] = wrap(bias[n] + sum_k (x[m*K + k] * w[k*N + n]) >> s), for every m < M, n < N, where wrap
-   keeps the low `width` bits (two's complement when is_signed): ap_fixed's AP_WRAP assignment to accum_t.
-   The caller guarantees that every product fits in int32; >> of a negative int32 is an arithmetic shift
-   (floor) on every compiler this targets (GCC and Clang document it); the sum is kept in uint32, which wraps
-   modulo 2^32 without undefined behaviour, and is exact modulo 2^width. The loop over n is what the compiler
-   vectorises: on x86-64 an AVX2 clone is chosen at load time where the CPU has it (1.5-1.7x faster here
-   than SSE2). Rows of x that are zero (ReLU outputs) are skipped. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("avx2", "default")))
-#endif
-void trunc_dense_i32(const int32_t *x, const int32_t *w, const int32_t *bias, int32_t *out,
-                     int64_t M, int64_t K, int64_t N, int32_t s, int32_t width, int32_t is_signed)
-{
-    const int up = 32 - width;
-    const uint32_t mask = width >= 32 ? 0xffffffffu : ((1u << width) - 1u);
-    for (int64_t m = 0; m < M; m++) {
-        uint32_t *a = (uint32_t *)(out + m * N);
-        const int32_t *xr = x + m * K;
-        for (int64_t n = 0; n < N; n++)
-            a[n] = (uint32_t)bias[n];
-        for (int64_t k = 0; k < K; k++) {
-            const int32_t xv = xr[k];
-            if (xv == 0)
-                continue;
-            const int32_t *wr = w + k * N;
-            for (int64_t n = 0; n < N; n++)
-                a[n] += (uint32_t)((xv * wr[n]) >> s);
-        }
-        if (is_signed) {
-            if (up > 0)
-                for (int64_t n = 0; n < N; n++)
-                    out[m * N + n] = (int32_t)(a[n] << up) >> up;
-        } else {
-            for (int64_t n = 0; n < N; n++)
-                a[n] &= mask;
-        }
-    }
-}
-"""
-COMMAND = ("cc", "-O3", "-shared", "-fPIC")  # portable code: the library may be cached for other CPUs too
 
 
 class Kernel(object):
@@ -114,37 +67,3 @@ class Kernel(object):
             return acc.astype(np.int64)
         product.arrays = (w32, b32)  # keeps the arrays the pointers point into alive with the function
         return product
-
-
-def build(log=None):
-    """Compile SOURCE once into the user cache (host side) -> path of the library, or None when no C compiler
-    works here (the reason goes to `log`). Keyed by the sha256 of the source and the command."""
-    import logging
-    import subprocess
-    import tempfile
-
-    from splitting.user_cache import cache_root
-
-    log = log or logging.getLogger("splitrack.deploy")
-    key = hashlib.sha256(("\0".join(COMMAND) + "\0" + SOURCE).encode()).hexdigest()[:16]
-    folder = cache_root() / "fast_kernel" / key
-    path = folder / FILE
-    if path.is_file():
-        return path
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=str(folder)) as tmp:
-        src = os.path.join(tmp, "fast_kernel.c")
-        out = os.path.join(tmp, FILE)
-        with open(src, "w") as f:
-            f.write(SOURCE)
-        try:
-            r = subprocess.run(list(COMMAND) + ["-o", out, src], capture_output=True, text=True, timeout=120)
-        except (OSError, subprocess.SubprocessError) as e:
-            log.info("fast model kernel not built (%s): virtual boards run the numpy model", e)
-            return None
-        if r.returncode != 0:
-            log.info("fast model kernel not built (%s exit %d: %s): virtual boards run the numpy model",
-                     COMMAND[0], r.returncode, (r.stderr.strip().splitlines() or [""])[-1])
-            return None
-        os.replace(out, str(path))  # parallel builds: the last complete file wins
-    return path

@@ -1,20 +1,17 @@
 """Fast, bit-exact integer model of a partition: what a virtual board computes instead of the C simulation.
 
-The arithmetic is the cosimulation's reference (harness/cosim/bitexact.py: every product assigned to the
-accumulator type, the sum kept in it, the result assigned to the layer's result type), made fast: a batch of
-frames at once, convolutions as one im2col matrix built with stride tricks, products in int32 where they fit,
-softmax lookups as array indexing. No Python loop runs per element or per output position.
+The arithmetic is the cosimulation's bit-exact reference (harness/cosim/bitexact.py: every product assigned to
+the accumulator type, the sum kept in it, the result assigned to the layer's result type), made fast: a batch
+of frames at once, convolutions as one im2col matrix built with stride tricks, products in int32 where they
+fit, softmax lookups as array indexing. No Python loop runs per element or per output position. Each op kind's
+step is registered in STEPS (splitting.op_kinds.Handlers), as the reference's and the RTL generator's are.
 
-Two halves:
-
-* host side (`FastModel.from_plan`): reads the partition's ops from hls4ml's converted graph (the same
-  `harness.cosim.ops` the RTL cosimulation uses), and writes them to one `.npz` (plain arrays plus a JSON
-  string; loaded with allow_pickle=False). A layer the reference does not model raises `NotModelled` and the
-  partition stays on its hls4ml emulation.
-* board side (`FastBackend`, the agent's backend kind "fast"): Python 3.8, standard library and numpy only.
-  At start it runs the fast model and the partition's emulation library on a few frames and keeps the fast
-  model only if every output word is equal; otherwise (or when the model file is missing or unreadable) it
-  logs why and runs the emulation library, so a board never computes something the emulation would not.
+This is the board's half (the agent's backend kind "fast": Python 3.8, standard library and numpy only): the
+model file `.npz` (plain arrays plus a JSON string; loaded with allow_pickle=False) is written on the host by
+harness/rack/fast_build.py from the partition's ops. At start `FastBackend` runs the fast model and the
+partition's emulation library on a few frames and keeps the fast model only if every output word is equal;
+otherwise (or when the model file is missing or unreadable) it logs why and runs the emulation library, so a
+board never computes something the emulation would not.
 
 Raw words are int64 two's-complement integers of their FixedType (value = raw * 2^-fractional).
 """
@@ -26,25 +23,22 @@ import os
 
 import numpy as np
 
-try:  # on a board, beside agent.py
-    import contract as _contract  # type: ignore
-except ImportError:  # pragma: no cover - on the host
-    from splitting import contract as _contract
-try:
-    import fast_kernel as _kernel  # type: ignore
-except ImportError:  # pragma: no cover - on the host
-    from harness.agent import fast_kernel as _kernel
-
-FixedType = _contract.FixedType
+from harness.agent.fast_kernel import Kernel
+from splitting.contract import FixedType
+from splitting.op_kinds import Handlers
 
 FORMAT = 1  # bump when the .npz layout changes
 MAX_WIDTH = 48  # int64 holds every intermediate of types up to this width (as in harness/cosim/fixed.py)
-KINDS = ("pad", "dense", "conv2d", "relu", "linear", "maxpool", "reshape", "softmax", "sigmoid", "tanh")
 TABLE_RANGE = {"sigmoid": 16, "tanh": 8}  # the table spans [-R/2, R/2): nnet_activation_stream.h's index divisor
 
 
 class NotModelled(Exception):
     """The partition has a layer or a type the fast model does not compute; use the emulation."""
+
+
+# the fast model's step of each op kind, built once per op: (model, op dict, input type, output type,
+# input shape (no batch axis), arrays) -> a function of a batch of raws (B, ...) -> raws
+STEPS = Handlers("the fast model", NotModelled)
 
 
 # --- ap_fixed assignment on raw integers (FixedType.shift_right/overflow of the contract module) ---------
@@ -234,7 +228,8 @@ class FastModel(object):
         self._steps = []
         t, in_shape = self.in_type, self.in_shape
         for op in ops[1:]:
-            self._steps.append(self._compile(op, t, arrays, in_shape))
+            build = STEPS.handler(op["kind"], op["name"])
+            self._steps.append(build(self, op, t, self._type(op["out"]), in_shape, arrays))
             t, in_shape = FixedType.parse(op["out"]), tuple(op["out_shape"])
 
     # -- building --
@@ -245,141 +240,11 @@ class FastModel(object):
             raise NotModelled("%s is wider than %d bits" % (t, MAX_WIDTH))
         return t
 
-    def _compile(self, op, t, arrays, in_shape):
-        kind, name, p = op["kind"], op["name"], op.get("params", {})
-        out = self._type(op["out"])
-        shape = tuple(op["out_shape"])
-        if kind == "pad":
-            pads = (p["pad_top"], p["pad_bottom"], p["pad_left"], p["pad_right"])
-            to_out = _caster(t.fractional, out, t)
-            return lambda x: to_out(_pad(x, pads))
-        if kind in ("dense", "conv2d"):
-            w, b = arrays[name + "/weight"], arrays[name + "/bias"]
-            dense = _Dense(w.reshape(-1, w.shape[-1]), b, t, self._type(p["wtype"]), self._type(p["btype"]),
-                           self._type(p["accum"]), out, self.kernel)
-            self._modes[name] = dense.mode
-            if kind == "dense":
-                return lambda x: dense(x.reshape(x.shape[0], -1)).reshape((x.shape[0],) + shape)
-            pads = (p["pad_top"], p["pad_bottom"], p["pad_left"], p["pad_right"])
-            kh, kw, sh, sw = p["filt_height"], p["filt_width"], p["stride_height"], p["stride_width"]
-            idx = _im2col_index(in_shape, pads, kh, kw, sh, sw)
-            padded = bool(any(pads))
-
-            def conv(x):
-                bsz = x.shape[0]
-                flat = x.reshape(bsz, -1)
-                if padded:  # the index's padding entries point at one zero appended to each frame
-                    flat = np.concatenate([flat, np.zeros((bsz, 1), dtype=flat.dtype)], axis=1)
-                cols = flat[:, idx].reshape(bsz * idx.shape[0], idx.shape[1])  # im2col: one gather
-                return dense(cols).reshape((bsz,) + shape)
-            return conv
-        to_out = _caster(t.fractional, out, t)
-        if kind == "relu":
-            return lambda x: to_out(np.maximum(x, 0))
-        if kind == "linear":
-            return to_out
-        if kind == "reshape":
-            return lambda x: to_out(x.reshape((x.shape[0],) + shape))
-        if kind == "maxpool":
-            if any(p[k] for k in ("pad_top", "pad_bottom", "pad_left", "pad_right")):
-                raise NotModelled("%s: padded pooling" % name)
-            red = self._type(p["accum"]) if p.get("accum") else t  # hls4ml reduces in accum_t
-            ph, pw, sh, sw = p["pool_height"], p["pool_width"], p["stride_height"], p["stride_width"]
-
-            def pool(x):
-                x = np.ascontiguousarray(cast(x, t.fractional, red, t))
-                return cast(_windows(x, ph, pw, sh, sw).max(axis=(3, 4)), red.fractional, out, red)
-            return pool
-        if kind == "softmax":
-            return self._softmax(op, t, out, arrays)
-        if kind in TABLE_RANGE:
-            return self._table(op, t, out, arrays)
-        raise NotModelled("%s: layer kind %r" % (name, kind))
-
-    def _table(self, op, t, out, arrays):
-        """sigmoid / tanh of nnet_activation_stream.h: index = (int)(x * N / R) + R/2 * N / R, clipped to the
-        table; (int) of an ap_fixed truncates toward zero (x * N / R is exact: N is a power of two >= R)."""
-        n = int(op["params"]["table_size"])
-        table_t = self._type(op["params"]["table_t"])
-        r = TABLE_RANGE[op["kind"]]
-        table = cast(arrays[op["name"] + "/table"], table_t.fractional, out, table_t)  # res = (res_T) table[i]
-        half = (r // 2) * n // r
-        f = t.fractional
-        den = r << f if f >= 0 else r
-
-        def lookup(x):
-            num = x * n if f >= 0 else (x * n) << (-f)
-            q = np.where(num >= 0, num // den, -((-num) // den))
-            return table[np.clip(q + half, 0, n - 1)]
-        return lookup
-
-    def _softmax(self, op, t, out, arrays):
-        p = op["params"]
-        exp_raw, inv_raw = arrays[op["name"] + "/exp_table"], arrays[op["name"] + "/inv_table"]
-        norm, acc = self._type(p["inp_norm"]), self._type(p["accum"])
-        exp_t, inv_t, inv_inp_t = (self._type(p[k]) for k in ("exp_table_t", "inv_table_t", "inv_inp_t"))
-        n_exp = int(np.ceil(np.log2(p["exp_table_size"])))
-        n_inv = int(np.ceil(np.log2(p["inv_table_size"])))
-
-        def index(raw, ty, n):  # softmax_idx_from_real_val: the top n bits of the word
-            return ((raw & ((1 << ty.width) - 1)) >> (ty.width - n)) & ((1 << n) - 1)
-
-        def softmax(x):
-            d = cast(x.max(axis=-1, keepdims=True) - x, t.fractional, norm)
-            e = cast(exp_raw[index(d, norm, n_exp)], exp_t.fractional, acc)
-            s = cast(cast(e.sum(axis=-1), acc.fractional, acc), acc.fractional, inv_inp_t)
-            inv = inv_raw[index(s, inv_inp_t, n_inv)]
-            return cast(e * inv[..., None], acc.fractional + inv_t.fractional, out)
-        return softmax
-
     @property
     def modes(self):
         """How each Dense/Conv2D layer computes (name -> "kernel", "matmul", "split", "int32", "int64" or
         "ordered"; see _Dense)."""
         return dict(self._modes)
-
-    @classmethod
-    def from_ops(cls, ops, kernel=None):
-        """From harness.cosim.ops.Op objects (host side). Raises NotModelled."""
-        meta, arrays = [], {}
-        for op in ops:
-            if op.kind != "input" and op.kind not in KINDS:
-                raise NotModelled("%s: layer kind %r" % (op.name, op.kind))
-            params = {}
-            for k, v in (op.params or {}).items():
-                if k == "types":
-                    params.update({tk: str(tv) for tk, tv in v.items()})
-                elif isinstance(v, FixedType):
-                    params[k] = str(v)
-                else:
-                    params[k] = v
-            if op.weight is not None:
-                arrays[op.name + "/weight"] = np.asarray(op.weight, np.int64)
-                arrays[op.name + "/bias"] = np.asarray(op.bias, np.int64)
-                params["wtype"], params["btype"] = str(op.wtype), str(op.btype)
-            if op.accum is not None:
-                params["accum"] = str(op.accum)
-            if op.kind == "softmax":
-                from harness.cosim.bitexact import softmax_tables  # libm's expf, as hls4ml's table init
-
-                arrays[op.name + "/exp_table"], arrays[op.name + "/inv_table"] = softmax_tables(op)
-            if op.kind in TABLE_RANGE:
-                from harness.cosim.bitexact import activation_table
-
-                arrays[op.name + "/table"] = activation_table(op)
-            meta.append({"kind": op.kind, "name": op.name, "out_shape": list(op.out_shape), "out": str(op.out),
-                         "params": params})
-        return cls(meta, arrays, kernel)
-
-    @classmethod
-    def from_plan(cls, plan, name, kernel=None):
-        """The fast model of one partition of a plan (host side: needs hls4ml). Raises NotModelled."""
-        from harness.cosim.ops import UnsupportedLayer, partition_ops
-
-        try:
-            return cls.from_ops(partition_ops(plan, name, tables=True), kernel)
-        except UnsupportedLayer as e:
-            raise NotModelled(str(e))
 
     def save(self, path):
         """Write the model to one .npz (its weights and tables as plain arrays, the op list as JSON)."""
@@ -459,7 +324,7 @@ class FastBackend(object):
         if cfg.get("kernel"):
             kpath = cfg["kernel"] if os.path.isabs(cfg["kernel"]) else os.path.join(base, cfg["kernel"])
             try:
-                kernel = _kernel.Kernel(kpath)
+                kernel = Kernel(kpath)
             except (OSError, AttributeError) as e:  # not loadable here, or an older library: numpy only
                 kernel_note = "; kernel %s not loaded (%s): numpy only" % (cfg["kernel"], e)
         try:
@@ -489,32 +354,108 @@ class FastBackend(object):
         return self.model.run(np.asarray(x).reshape(1, -1))[0]
 
 
-def board_files(plan, name, emulation_cfg, log=None):
-    """What a virtual board needs to run partition `name` on its fast model (host side).
+# --- the steps, by op kind ----------------------------------------------------------------------------
+def _pads(p):
+    return (p["pad_top"], p["pad_bottom"], p["pad_left"], p["pad_right"])
 
-    Returns (files, backend): files maps board file names to local files to upload beside the emulation
-    library, backend is the agent's backend config. When the partition has a layer the fast model does not
-    compute, files is empty and backend is `emulation_cfg` unchanged (the reason goes to `log`).
-    The model is written once into the partition's hls4ml cache folder (same key: same model and config);
-    the compiled kernel (fast_kernel.build, cached by its source's hash) goes with it when this host can
-    build it.
-    """
-    from splitting.hls import project_dir
 
-    folder = project_dir(plan, name)
-    path = os.path.join(str(folder), "fast_model-v%d.npz" % FORMAT)
-    if not os.path.isfile(path):
-        try:
-            model = FastModel.from_plan(plan, name)
-        except NotModelled as e:
-            (log or logging.getLogger("splitrack.deploy")).info("partition %s: emulation only (%s)", name, e)
-            return {}, emulation_cfg
-        tmp = "%s.%d.tmp.npz" % (path[:-4], os.getpid())
-        model.save(tmp)
-        os.replace(tmp, path)  # parallel deploys of the same partition: the last complete file wins
-    files, backend = {"partition.fast.npz": path}, dict(emulation_cfg, kind="fast", model="partition.fast.npz")
-    lib = _kernel.build(log)
-    if lib is not None:
-        files[_kernel.FILE] = str(lib)
-        backend["kernel"] = _kernel.FILE
-    return files, backend
+@STEPS.handles("pad")
+def _pad_step(model, op, t, out, in_shape, arrays):
+    pads = _pads(op["params"])
+    to_out = _caster(t.fractional, out, t)
+    return lambda x: to_out(_pad(x, pads))
+
+
+@STEPS.handles("dense", "conv2d")
+def _dense_step(model, op, t, out, in_shape, arrays):
+    name, p, shape = op["name"], op.get("params", {}), tuple(op["out_shape"])
+    w, b = arrays[name + "/weight"], arrays[name + "/bias"]
+    dense = _Dense(w.reshape(-1, w.shape[-1]), b, t, model._type(p["wtype"]), model._type(p["btype"]),
+                   model._type(p["accum"]), out, model.kernel)
+    model._modes[name] = dense.mode
+    if op["kind"] == "dense":
+        return lambda x: dense(x.reshape(x.shape[0], -1)).reshape((x.shape[0],) + shape)
+    pads = _pads(p)
+    idx = _im2col_index(in_shape, pads, p["filt_height"], p["filt_width"], p["stride_height"], p["stride_width"])
+    padded = bool(any(pads))
+
+    def conv(x):
+        bsz = x.shape[0]
+        flat = x.reshape(bsz, -1)
+        if padded:  # the index's padding entries point at one zero appended to each frame
+            flat = np.concatenate([flat, np.zeros((bsz, 1), dtype=flat.dtype)], axis=1)
+        cols = flat[:, idx].reshape(bsz * idx.shape[0], idx.shape[1])  # im2col: one gather
+        return dense(cols).reshape((bsz,) + shape)
+    return conv
+
+
+@STEPS.handles("relu")
+def _relu_step(model, op, t, out, in_shape, arrays):
+    to_out = _caster(t.fractional, out, t)
+    return lambda x: to_out(np.maximum(x, 0))
+
+
+@STEPS.handles("linear")
+def _linear_step(model, op, t, out, in_shape, arrays):
+    return _caster(t.fractional, out, t)
+
+
+@STEPS.handles("reshape")
+def _reshape_step(model, op, t, out, in_shape, arrays):
+    to_out = _caster(t.fractional, out, t)
+    shape = tuple(op["out_shape"])
+    return lambda x: to_out(x.reshape((x.shape[0],) + shape))
+
+
+@STEPS.handles("maxpool")
+def _maxpool_step(model, op, t, out, in_shape, arrays):
+    p = op.get("params", {})
+    if any(_pads(p)):
+        raise NotModelled("%s: padded pooling" % op["name"])
+    red = model._type(p["accum"]) if p.get("accum") else t  # hls4ml reduces in accum_t
+    ph, pw, sh, sw = p["pool_height"], p["pool_width"], p["stride_height"], p["stride_width"]
+
+    def pool(x):
+        x = np.ascontiguousarray(cast(x, t.fractional, red, t))
+        return cast(_windows(x, ph, pw, sh, sw).max(axis=(3, 4)), red.fractional, out, red)
+    return pool
+
+
+@STEPS.handles("sigmoid", "tanh")
+def _table_step(model, op, t, out, in_shape, arrays):
+    """sigmoid / tanh of nnet_activation_stream.h: index = (int)(x * N / R) + R/2 * N / R, clipped to the
+    table; (int) of an ap_fixed truncates toward zero (x * N / R is exact: N is a power of two >= R)."""
+    n = int(op["params"]["table_size"])
+    table_t = model._type(op["params"]["table_t"])
+    r = TABLE_RANGE[op["kind"]]
+    table = cast(arrays[op["name"] + "/table"], table_t.fractional, out, table_t)  # res = (res_T) table[i]
+    half = (r // 2) * n // r
+    f = t.fractional
+    den = r << f if f >= 0 else r
+
+    def lookup(x):
+        num = x * n if f >= 0 else (x * n) << (-f)
+        q = np.where(num >= 0, num // den, -((-num) // den))
+        return table[np.clip(q + half, 0, n - 1)]
+    return lookup
+
+
+@STEPS.handles("softmax")
+def _softmax_step(model, op, t, out, in_shape, arrays):
+    p = op["params"]
+    exp_raw, inv_raw = arrays[op["name"] + "/exp_table"], arrays[op["name"] + "/inv_table"]
+    norm, acc = model._type(p["inp_norm"]), model._type(p["accum"])
+    exp_t, inv_t, inv_inp_t = (model._type(p[k]) for k in ("exp_table_t", "inv_table_t", "inv_inp_t"))
+    n_exp = int(np.ceil(np.log2(p["exp_table_size"])))
+    n_inv = int(np.ceil(np.log2(p["inv_table_size"])))
+
+    def index(raw, ty, n):  # softmax_idx_from_real_val: the top n bits of the word
+        return ((raw & ((1 << ty.width) - 1)) >> (ty.width - n)) & ((1 << n) - 1)
+
+    def softmax(x):
+        d = cast(x.max(axis=-1, keepdims=True) - x, t.fractional, norm)
+        e = cast(exp_raw[index(d, norm, n_exp)], exp_t.fractional, acc)
+        s = cast(cast(e.sum(axis=-1), acc.fractional, acc), acc.fractional, inv_inp_t)
+        inv = inv_raw[index(s, inv_inp_t, n_inv)]
+        return cast(e * inv[..., None], acc.fractional + inv_t.fractional, out)
+    return softmax

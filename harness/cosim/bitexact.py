@@ -17,11 +17,39 @@ from typing import Dict, List
 import numpy as np
 
 from splitting.contract import FixedType
+from splitting.op_kinds import Handlers
 
 from .fixed import cast, from_float, to_float
 from .ops import Op
 
+# the reference's step of each op kind: (x raw, op, input type) -> raw output
+STEPS = Handlers("the bit-exact reference", NotImplementedError)
+STEPS.refuse("sigmoid", "hls4ml's table activations are checked by the fast model against the emulation "
+                        "library (sim_tests/agent/test_fast_model.py), not modelled here")
+STEPS.refuse("tanh", STEPS.refused["sigmoid"])
 
+
+@STEPS.handles("pad")
+def _pad_step(x: np.ndarray, op: Op, in_t: FixedType) -> np.ndarray:
+    return cast(_pad(x, op.params), in_t.fractional, op.out)
+
+
+@STEPS.handles("relu")
+def _relu(x: np.ndarray, op: Op, in_t: FixedType) -> np.ndarray:
+    return cast(np.where(x > 0, x, 0), in_t.fractional, op.out)
+
+
+@STEPS.handles("linear")
+def _linear(x: np.ndarray, op: Op, in_t: FixedType) -> np.ndarray:
+    return cast(x, in_t.fractional, op.out)
+
+
+@STEPS.handles("reshape")
+def _reshape(x: np.ndarray, op: Op, in_t: FixedType) -> np.ndarray:
+    return cast(x.reshape(op.out_shape), in_t.fractional, op.out)
+
+
+@STEPS.handles("dense")
 def _dense(x: np.ndarray, op: Op, in_t: FixedType) -> np.ndarray:
     """x: raw (..., n_in); weights raw (n_in, n_out)."""
     acc_t = op.accum
@@ -52,6 +80,7 @@ def _pad(x: np.ndarray, p: Dict[str, int]) -> np.ndarray:
     return np.pad(x, ((p["pad_top"], p["pad_bottom"]), (p["pad_left"], p["pad_right"]), (0, 0)))
 
 
+@STEPS.handles("conv2d")
 def _conv2d(x: np.ndarray, op: Op, in_t: FixedType) -> np.ndarray:
     p = op.params
     if any(p[k] for k in ("pad_top", "pad_bottom", "pad_left", "pad_right")):
@@ -64,6 +93,7 @@ def _conv2d(x: np.ndarray, op: Op, in_t: FixedType) -> np.ndarray:
     return _dense(flat, dense, in_t)
 
 
+@STEPS.handles("maxpool")
 def _maxpool(x: np.ndarray, op: Op, in_t: FixedType) -> np.ndarray:
     p = op.params
     if any(p[k] for k in ("pad_top", "pad_bottom", "pad_left", "pad_right")):
@@ -146,6 +176,7 @@ def softmax_tables(op: Op):
     return exp_raw, inv_raw
 
 
+@STEPS.handles("softmax")
 def _softmax(x: np.ndarray, op: Op, in_t: FixedType) -> np.ndarray:
     ty = op.params["types"]
     norm = op.params["inp_norm"]
@@ -186,24 +217,7 @@ class Reference:
         t = self.ops[0].out
         steps = []
         for op in self.ops[1:]:
-            if op.kind == "pad":
-                x = cast(_pad(x, op.params), t.fractional, op.out)
-            elif op.kind == "dense":
-                x = _dense(x, op, t)
-            elif op.kind == "conv2d":
-                x = _conv2d(x, op, t)
-            elif op.kind == "relu":
-                x = cast(np.where(x > 0, x, 0), t.fractional, op.out)
-            elif op.kind == "linear":
-                x = cast(x, t.fractional, op.out)
-            elif op.kind == "maxpool":
-                x = _maxpool(x, op, t)
-            elif op.kind == "reshape":
-                x = cast(x.reshape(op.out_shape), t.fractional, op.out)
-            elif op.kind == "softmax":
-                x = _softmax(x, op, t)
-            else:
-                raise NotImplementedError(op.kind)
+            x = STEPS.handler(op.kind, op.name)(x, op, t)
             t = op.out
             if trace:
                 steps.append((op.name, x.copy()))

@@ -7,16 +7,18 @@ import logging
 import numpy as np
 import pytest
 
-from harness.agent import fast_kernel
+from harness.agent.fast_kernel import Kernel
 from harness.agent.fast_model import FastBackend, FastModel, NotModelled, check_frames
+from harness.rack import fast_build
+from harness.rack.fast_build import board_files, model_of
 
 
 @pytest.fixture(scope="module")
 def kernel():
     """The compiled kernel, as deploy builds it (cached by its source's hash)."""
-    lib = fast_kernel.build()
+    lib = fast_build.build_kernel()
     assert lib is not None, "no C compiler works here: the fast model's kernel cannot be built"
-    return fast_kernel.Kernel(lib)
+    return Kernel(lib)
 
 PLANS = {
     "fc-sequential": ("fc", dict(at=["fc1", "fc2"])),
@@ -46,7 +48,7 @@ def _all_partitions_exact(plan, first_frames, kernel):
     def run(name, x):
         emu = hls.emulation(plan, name)
         for k in (None, kernel):
-            fm = FastModel.from_plan(plan, name, k)
+            fm = model_of(plan, name, k)
             for frames in (x, check_frames(fm.in_type, emu.n_in, 16, seed=7)):
                 ours, theirs = fm.run(frames), emu.predict(frames)
                 assert np.array_equal(ours, theirs.reshape(ours.shape)), (plan.root, name, fm.modes)
@@ -101,7 +103,7 @@ def test_unmodelled_layer_is_named(tmp_path):
     m = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, activation="elu", name="d0")])
     plan = _write(m, {}, tmp_path / "elu")
     with pytest.raises(NotModelled, match="elu"):
-        FastModel.from_plan(plan, plan.ordered_partitions()[0].name)
+        model_of(plan, plan.ordered_partitions()[0].name)
 
 
 def test_sigmoid_and_tanh_tables_on_every_input_value(tmp_path):
@@ -116,7 +118,7 @@ def test_sigmoid_and_tanh_tables_on_every_input_value(tmp_path):
                           keras.layers.Activation("tanh", name="a1"), keras.layers.Dense(3, name="d")])
     plan = _write(m, dict(at=["a0"]), tmp_path / "tables")
     for name in ("s0", "s1"):
-        fm = FastModel.from_plan(plan, name)
+        fm = model_of(plan, name)
         assert [o["kind"] for o in fm.ops][1] == ("sigmoid" if name == "s0" else "tanh")
         raw = np.arange(fm.in_type.raw_min, fm.in_type.raw_max + 1).reshape(-1, 8)
         x = raw * fm.in_type.step
@@ -155,7 +157,7 @@ class _Emu:
 
 def test_backend_uses_the_fast_model_only_when_it_matches(fc_first, tmp_path, caplog):
     plan, name, cfg = fc_first
-    fm = FastModel.from_plan(plan, name)
+    fm = model_of(plan, name)
     good = tmp_path / "good.npz"
     fm.save(good)
     b = FastBackend(dict(cfg, model=str(good)), str(tmp_path), _Emu)
@@ -184,8 +186,6 @@ def test_backend_uses_the_fast_model_only_when_it_matches(fc_first, tmp_path, ca
 
 
 def test_board_files_for_a_virtual_board(fc_first):
-    from harness.agent.fast_model import board_files
-
     plan, name, cfg = fc_first
     emu_cfg = dict(cfg, kind="emulation")
     files, backend = board_files(plan, name, emu_cfg)
@@ -201,15 +201,15 @@ def test_board_files_for_a_virtual_board(fc_first):
 def test_agents_on_fast_models_equal_the_chained_emulation(fc_plan, tmp_path, python, request):
     """The agent's backend kind "fast" with fast_model.py and its compiled kernel beside it, as a virtual board
     carries them; also under Python 3.8 (a board's)."""
-    from harness.agent.fast_model import board_files
-    from harness.rack.local_rack import AGENT_FILES, LocalRack
+    from harness.agent.files import agent_files
+    from harness.rack.local_rack import LocalRack
     from harness.measure.stream import Pipeline
     from harness.rack.wiring import emulation_backend
     from splitting import hls
     from splitting.chain import emulation_runner, run_chain
     from splitting.reference_models import digits_data
 
-    assert {"fast_model.py", "fast_kernel.py"} <= set(AGENT_FILES)  # shipped beside the agent (harness.agent.files)
+    assert {"harness/agent/fast_model.py", "harness/agent/fast_kernel.py"} <= set(agent_files())  # shipped
     backends = {}
     for name in fc_plan.partitions:
         lib = hls.emulation(fc_plan, name)
@@ -269,13 +269,12 @@ def test_kernel_refuses_what_it_does_not_compute(kernel):
 def test_without_a_compiler_the_model_stays_on_numpy(fc_first, monkeypatch, tmp_path, caplog):
     """No C compiler on the host: build says why and returns None, board_files ships no kernel, and the
     model runs (bit exact) on numpy."""
-    from harness.agent.fast_model import board_files
     from splitting import hls
 
     monkeypatch.setenv("SPLITRACK_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(fast_kernel, "COMMAND", ("no-such-cc-splitrack",) + fast_kernel.COMMAND[1:])
+    monkeypatch.setattr(fast_build, "COMMAND", ("no-such-cc-splitrack",) + fast_build.COMMAND[1:])
     with caplog.at_level(logging.INFO):
-        assert fast_kernel.build() is None
+        assert fast_build.build_kernel() is None
     assert "kernel not built" in caplog.text and "numpy" in caplog.text
     plan, name, cfg = fc_first
     files, backend = board_files(plan, name, dict(cfg, kind="emulation"))
@@ -290,7 +289,7 @@ def test_backend_with_a_kernel_that_does_not_load_runs_numpy(fc_first, kernel, t
     """A damaged kernel library on a board: the fast backend says so, checks the numpy model and runs it; a
     good one is used and named in the note."""
     plan, name, cfg = fc_first
-    fm = FastModel.from_plan(plan, name)
+    fm = model_of(plan, name)
     model = tmp_path / "m.npz"
     fm.save(model)
     (tmp_path / "libfastkernel.so").write_bytes(b"not a library")
@@ -302,3 +301,32 @@ def test_backend_with_a_kernel_that_does_not_load_runs_numpy(fc_first, kernel, t
     x = check_frames(fm.in_type, cfg["n_in"], 3, seed=9)
     for f in x:
         assert np.array_equal(good.run(f), b.emulation.run(f)) and np.array_equal(b.run(f), good.run(f))
+
+
+def test_an_agent_imported_on_the_host_runs_the_fast_model_it_is_asked_for(fc_first, tmp_path):
+    """An agent imported on the host as a package module (as the tests and benchmarks use it), configured for
+    the "fast" backend, runs the fast model: its backend says so and a frame through the agent's compute step
+    is the fast model's (the agent does not quietly fall back to the emulation library)."""
+    from harness.agent import wire
+    from harness.agent.agent import Agent
+    from harness.rack.wiring import Endpoint, agent_config
+
+    plan, name, cfg = fc_first
+    nxt = {c.dst: Endpoint("next", "127.0.0.1", 1) for c in plan.outputs_of(name) if c.dst != "host"}
+    model = tmp_path / "m.npz"
+    model_of(plan, name).save(model)
+    backend = dict(cfg, model=str(model))
+    (tmp_path / "agent.secret").write_text(wire.new_secret().hex())
+    ag = Agent(agent_config(plan, name, nxt, backend, listen_port=0), str(tmp_path))
+    ag.load_backend()
+    assert ag.backend.kind == "fast" and ag.backend.model is not None, ag.backend.note
+    assert ag.health()["backend"] == "fast"
+    ran = []
+    run = ag.backend.model.run
+    ag.backend.model.run = lambda frames: ran.append(len(frames)) or run(frames)
+    c = ag.inputs[0]
+    x = check_frames(ag.backend.model.in_type, cfg["n_in"], 1, seed=4)[0]
+    item = ag._compute((1, (c.encode(x),), b"", (0,)))
+    assert ran == [1]  # the fast model computed the frame
+    out = ag.outputs[0][0]
+    np.testing.assert_array_equal(out.decode(item[1][0]), out.decode(out.encode(ag.backend.emulation.run(x))))
