@@ -1,12 +1,13 @@
-#!/usr/bin/env python3
 """splitrack board agent: receives frames, runs one partition, forwards the result.
 
-Python 3.8+, standard library and numpy (plus `pynq` for the overlay backend on a real board). On a board it
-sits beside `wire.py` (the wire format and the authentication handshake), `agent_config.py` (its
-configuration) and `contract.py`, `emulation.py` (copies of `splitting/contract.py`, `splitting/emulation.py`),
-and is started as
+Python 3.8+, standard library and numpy (plus `pynq` for the overlay backend on a real board). It is one module
+of the package `harness.agent`, shipped whole to every board with `splitting.contract` and `splitting.emulation`
+at their package paths (harness/agent/files.py), so that it imports the same modules on a board as on the host.
+Beside it: `wire.py` (the wire format and the authentication handshake), `agent_config.py` (its configuration),
+`backends.py` (what computes a frame), `pacer.py` (the timing model's clock), `log_limit.py` and `pidfile.py`;
+the process is `__main__.py`:
 
-    python3 agent.py CONFIG.json
+    python3 -m harness.agent CONFIG.json
 
 It prints one line to stdout when it listens: `{"ready": true, "port": P, "pid": N}`, then logs to its log file
 only. SIGTERM or a SHUTDOWN message (from an authenticated peer) stop it cleanly (pidfile removed, exit 0).
@@ -21,6 +22,13 @@ on. Headers are bounded by the links' contracts before any buffer grows; connect
 A HELLO from the host opens a session with the random tag it carries: frames of any other session (queued
 or late from an earlier host) are dropped where they are found, and what the agent remembered of earlier
 frames is forgotten.
+
+A frame takes three steps, each written once: receive (`_on_frame`: its parts joined, in raw-word mode its
+payload received into a DMA buffer), compute (`_compute`: the backend, paced by the timing model) and send
+(`_send`). Whoever does a step holds its lock; a frame that finds a step's lock free and its queue empty does
+that step at once in the thread it is in (run to completion), otherwise it queues for the compute or send
+thread: a lone frame crosses no thread hand-off, which keeps the per-hop latency near a bare socket echo,
+and with several frames in flight the steps overlap.
 """
 from __future__ import annotations
 
@@ -31,7 +39,6 @@ import json
 import logging
 import os
 import queue
-import signal
 import socket
 import sys
 import threading
@@ -41,32 +48,18 @@ import traceback
 
 import numpy as np
 
-try:  # on a board: copies beside this file; in the repository: the splitting and harness packages
-    import contract as _contract  # type: ignore
-except ImportError:  # pragma: no cover - depends on where the agent runs
-    from splitting import contract as _contract
-try:
-    import wire  # type: ignore
-    from agent_config import AgentConfig, AgentConfigError, config_path  # type: ignore
-except ImportError:  # pragma: no cover
-    from harness.agent import wire
-    from harness.agent.agent_config import AgentConfig, AgentConfigError, config_path
+from harness.agent import wire
+from harness.agent.agent_config import AgentConfig, AgentConfigError, config_path
+from harness.agent.backends import make_backend
+from harness.agent.log_limit import RateLimitedLog
+from harness.agent.pacer import PACER, reduce_timer_slack
+from splitting.contract import Contract, assemble  # Contract's derived properties are cached: cheap per frame
 
-
-def _overlay_backend_class():
-    """OverlayBackend (a real board's backend), imported when a config asks for it: the agents of other
-    backends (every virtual board) do not load the module at their start."""
-    try:
-        from overlay import OverlayBackend  # type: ignore
-    except ImportError:  # pragma: no cover
-        from harness.agent.overlay import OverlayBackend
-    return OverlayBackend
-
-assemble = _contract.assemble
-Contract = _contract.Contract  # its derived properties are cached: encode/decode per frame stay cheap
 ProtocolError = wire.ProtocolError
+wait_until = PACER.wait_until
 
 _time_ns = time.time_ns  # one global lookup per timestamp on the per-frame path
+_perf_ns = time.perf_counter_ns
 # plain ints on the per-frame path (an IntEnum member compares slower)
 FRAME, ERROR, PROBE, PROBE_REPLY, PING, PONG, SHUTDOWN, HELLO = (int(t) for t in (
     wire.MsgType.FRAME, wire.MsgType.ERROR, wire.MsgType.PROBE, wire.MsgType.PROBE_REPLY, wire.MsgType.PING,
@@ -77,35 +70,6 @@ pack_message = wire.pack_message
 send_parts = wire.send_parts
 SESSION_SHIFT, FRAME_MASK = wire.SESSION_SHIFT, wire.FRAME_MASK
 HOST_ID = wire.HOST_ID
-
-
-class RateLimitedLog:
-    """At most `burst` lines per `period` seconds of one kind; the rest counted and summed up in the next line.
-    A stranger hammering the port cannot fill the board's SD card with the agent's log."""
-
-    def __init__(self, log, burst=10, period=10.0):
-        self.log, self.burst, self.period = log, burst, period
-        self.window = 0.0
-        self.count = 0
-        self.suppressed = 0
-        self.lock = threading.Lock()
-
-    def warning(self, fmt, *args):
-        """Log `fmt % args` as a warning unless `burst` lines were already logged in this `period`; then
-        only count it (the count is logged when the next period starts)."""
-        now = time.monotonic()
-        with self.lock:
-            if now - self.window > self.period:
-                if self.suppressed:
-                    self.log.warning("%d more such line(s) suppressed in the last %.0f s", self.suppressed,
-                                     self.period)
-                self.window, self.count, self.suppressed = now, 0, 0
-            self.count += 1
-            if self.count > self.burst:
-                self.suppressed += 1
-                return
-        self.log.warning(fmt, *args)
-
 
 def free_memory_bytes():
     """MemAvailable from /proc/meminfo (what a new allocation can get), or None elsewhere."""
@@ -118,101 +82,6 @@ def free_memory_bytes():
         pass
     return None
 
-
-def _reduce_timer_slack():
-    """Linux rounds sleeps up by the timer slack (50 us by default); 1 us lets the timing model sleep closer
-    to its deadline and spin less."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None)
-        libc.prctl(29, 1000, 0, 0, 0)  # PR_SET_TIMERSLACK, ns
-    except Exception:
-        pass
-
-
-class Pacer:
-    """Waits until a deadline, never returning early, precise to a few us, without burning a CPU.
-
-    A sleep wakes late by the timer's latency (40-60 us on a virtual machine, ~5 us on a quiet board).
-    Spinning through all of that would cost every frame that much CPU: with five agents on two cores the
-    spinning, not the stages, would limit the pipeline. So the pacer measures the latency once, while the
-    agent is idle (a low percentile of a few short sleeps), sleeps until that much before a deadline, and
-    spins (yielding the CPU and the GIL) only the rest. Not re-estimated while running: under load a sleep
-    wakes late because the CPUs are busy, and spinning longer would only make them busier."""
-
-    def __init__(self, late_ns=60000, margin_ns=5000):
-        self.late_ns = late_ns  # how late a sleep wakes on this machine (see calibrate)
-        self.margin_ns = margin_ns
-
-    def calibrate(self, sleeps=25, sleep_ns=100000):
-        """Measure how late `sleeps` sleeps of `sleep_ns` ns wake (perf_counter_ns), keep the 10th percentile
-        in `late_ns` (>= 0) and return it, in ns."""
-        late = []
-        for _ in range(sleeps):
-            t = time.perf_counter_ns()
-            time.sleep(sleep_ns / 1e9)
-            late.append(time.perf_counter_ns() - t - sleep_ns)
-        self.late_ns = max(0, sorted(late)[sleeps // 10])
-        return self.late_ns
-
-    def wait_until(self, deadline_ns):
-        """Return no earlier than `deadline_ns` (time.perf_counter_ns clock, ns): sleep until `late_ns` +
-        `margin_ns` before it, then spin with os.sched_yield."""
-        sleep_ns = deadline_ns - time.perf_counter_ns() - self.late_ns - self.margin_ns
-        if sleep_ns > 0:
-            time.sleep(sleep_ns / 1e9)
-        while time.perf_counter_ns() < deadline_ns:
-            # not sleep(0): on a virtual machine that is a timer wait too (~20 us); sched_yield releases the
-            # GIL (the agent's other threads keep receiving and sending) and lets other processes run
-            os.sched_yield()
-
-
-PACER = Pacer()  # one compute at a time per agent (compute_lock): one pacer is enough
-wait_until = PACER.wait_until
-
-
-# --- backends ----------------------------------------------------------------------------------------
-class PassthroughBackend:
-    """Returns its input unchanged (as float64); with one link in and one out of the same encoding and no
-    `decode`, `forward_bytes` lets the agent forward the payload bytes without decoding them."""
-
-    kind = "passthrough"
-
-    def __init__(self, cfg, inputs, outputs):
-        self.forward_bytes = (not cfg.get("decode", False) and len(inputs) == 1 and len(outputs) == 1
-                              and outputs[0].select is None and _same_encoding(inputs[0], outputs[0]))
-
-    def run(self, x):
-        """`x` as a float64 array of the same shape."""
-        return np.asarray(x, dtype=np.float64)
-
-
-def _same_encoding(a, b):
-    return a.shape == b.shape and a.dtype == b.dtype and a.data_width == b.data_width
-
-
-class EmulationBackend:
-    """The partition's hls4ml C emulation library (splitting/emulation.py's EmulationLib).
-
-    Raises AgentConfigError when the library file is missing."""
-
-    kind = "emulation"
-    forward_bytes = False
-
-    def __init__(self, cfg, base):
-        try:
-            import emulation as _emulation  # type: ignore
-        except ImportError:  # pragma: no cover
-            from splitting import emulation as _emulation
-        lib = config_path(cfg["library"], base)
-        if not os.path.isfile(lib):
-            raise AgentConfigError("emulation library %s not found: upload the partition's artifact" % lib)
-        self.lib = _emulation.EmulationLib(lib, cfg["project"], cfg["n_in"], cfg["n_out"])
-
-    def run(self, x):
-        """One frame (n_in elements, any shape) in; a flat float64 array of n_out elements out.
-        Raises ValueError when the frame has another number of elements."""
-        return self.lib.run(x)
 
 
 # --- the agent ---------------------------------------------------------------------------------------
@@ -274,7 +143,6 @@ class Agent:
         self.part_ids = {c.index: self._src_id(c) for c in self.inputs}
         self.part_pos = {c.index: i for i, c in enumerate(self.inputs)}
         self.n_in = len(self.inputs)
-        self.lone = self.n_in == 1 and len(self.outputs) == 1  # one link in, one out: see _on_lone_frame
         # the fixed fields of this partition's record per incoming link: stage, partition id, source id, flags
         self.rec_heads = [RECORD_HEAD.pack(self.stage, self.partition_id, self.part_ids[c.index], 0)
                           for c in self.inputs]
@@ -292,9 +160,11 @@ class Agent:
         self.log = logging.getLogger("splitrack.agent")
         self.quiet_log = RateLimitedLog(self.log)  # what strangers and broken peers cause
         self.backend = None
-        self.bypass = False  # set by load_backend: bytes forwarded unchanged, no timing model
-        self.raw = False  # set by load_backend: overlay in raw-word mode (DMA slots, see OverlayBackend)
-        self.run_payloads = None  # set by load_backend: a backend that maps payloads to its buffers itself
+        # set by load_backend, what the compute step does around the backend (see _bind_compute)
+        self.bypass = False  # bytes forwarded unchanged, no timing model: nothing to compute or wait for
+        self.raw = False  # overlay in raw-word mode: a frame's data is its DMA slot (see OverlayBackend)
+        self.decode = self.run = self.encode = None
+        self.free_slots = None  # raw-word mode: the DMA slots no frame holds
         self.slot_ready = threading.Condition()  # raw mode: a receiver waiting for a free slot (rare)
         self.slot_waiters = 0  # receivers waiting on slot_ready
         self.computing = None  # the frame id the backend is running now
@@ -309,8 +179,9 @@ class Agent:
         self.compute_lock = threading.Lock()  # held by whichever thread computes a frame (one at a time)
         self.send_lock = threading.Lock()  # held by whichever thread sends a frame
         self.out_links = [c for c, _ in self.outputs]
-        # a frame's header and this partition's record, packed in place by whoever holds send_lock
-        self.scratch = bytearray(64)
+        # a frame's header and this partition's records (one per incoming link), packed in place by whoever
+        # holds send_lock
+        self.scratch = bytearray(24 + 40 * self.n_in)
         self.head_view, self.own_view = memoryview(self.scratch)[:24], memoryview(self.scratch)[24:]
         self.pending = {}  # frame id -> [parts by index, records, arrival ns by index, first arrival monotonic]
         self.pending_lock = threading.Lock()
@@ -417,38 +288,42 @@ class Agent:
 
     # -- lifecycle --
     def load_backend(self):
-        """Build the backend the config names (passthrough, emulation or overlay) and decide `bypass`.
-        Raises AgentConfigError for another kind or a missing library or bitstream."""
-        b = self.cfg.backend
-        kind = b.get("kind")
-        if kind == "passthrough":
-            self.backend = PassthroughBackend(b, self.inputs, [c for c, _ in self.outputs])
-        elif kind == "emulation":
-            self.backend = EmulationBackend(b, self.base)
-        elif kind == "fast":  # virtual boards: fast bit-exact model, checked against the emulation at start
-            try:
-                from fast_model import FastBackend  # type: ignore  # on a board, beside agent.py
-            except ImportError:
-                FastBackend = None
-            if FastBackend is None:  # an older deployment without the module: the emulation is always right
-                self.log.warning("backend fast: fast_model.py is not beside agent.py; running the emulation")
-                self.backend = EmulationBackend(b, self.base)
-            else:
-                self.backend = FastBackend(b, self.base, EmulationBackend, self.log)
-        elif kind == "overlay":
-            # raw words: a slot per frame that can be inside at once: both queues, one computing, one sending,
-            # and the next receipt of each connection that carries frames (a few)
-            self.backend = _overlay_backend_class()(b, self.base, self.inputs, [c for c, _ in self.outputs],
-                                          slots=2 * self.in_flight + 6)
+        """Build the backend the config names (backends.make_backend) and bind what the compute step does
+        around it. Raises AgentConfigError for an unknown kind or a missing library or bitstream."""
+        # raw-word overlays: a DMA slot per frame that can be inside at once: both queues, one computing, one
+        # sending, and the next receipt of each connection that carries frames (a few)
+        self.backend = make_backend(self.cfg.backend, self.base, self.inputs, self.out_links,
+                                    2 * self.in_flight + 6, self.log)
+        self._bind_compute()
+
+    def _bind_compute(self):
+        """What the compute step runs, decided once per backend: `decode` (payloads -> the assembled input),
+        `run` (the backend) and `encode` (output -> payloads of the outgoing links), each None when the backend
+        needs none. The compute window (t_cs to t_ce) holds `run` and the timing model's wait only."""
+        backend = self.backend
+        self.bypass = backend.forward_bytes and not self.period_ns
+        self.raw = getattr(backend, "raw", False)
+        self.decode = self.encode = None
+        run_payloads = getattr(backend, "run_payloads", None)
+        if self.raw:  # the payload is in the slot's input buffer, the output goes out from its output buffer
+            self.free_slots = collections.deque(backend.slots)  # pop/append: atomic, no lock
+            self.in_bytes = backend.in_bytes
+            run_raw = backend.run_raw
+
+            def run(slot):
+                run_raw(slot)
+                return slot
+            self.run = run
+        elif backend.forward_bytes:  # the payload bytes go out unchanged (timed by the timing model)
+            self.run = _same
+        elif run_payloads is not None:  # the backend maps the links' bytes onto its buffers itself
+            shape = self.output_shape
+            self.run = lambda payloads: run_payloads(payloads, shape)
         else:
-            raise AgentConfigError("backend kind %r: use emulation, fast, overlay or passthrough" % (kind,))
-        self.bypass = self.backend.forward_bytes and not self.period_ns
-        self.raw = getattr(self.backend, "raw", False)
-        self.run_payloads = getattr(self.backend, "run_payloads", None)
-        if self.raw:
-            self.free_slots = collections.deque(self.backend.slots)  # pop/append: atomic, no lock
-            self.in_bytes = self.backend.in_bytes
-            self._compute, self._send, self._discard = self._compute_raw, self._send_raw, self._free_slot
+            inputs, out_links, shape, run_values = self.inputs, self.out_links, self.output_shape, backend.run
+            self.decode = lambda payloads: assemble(inputs, [c.decode(p) for c, p in zip(inputs, payloads)])
+            self.run = lambda x: np.asarray(run_values(x)).reshape(shape)
+            self.encode = lambda y: [c.encode(c.take(y)) for c in out_links]
 
     def serve(self):
         """Listen, start the threads, return the bound port. run() waits for the end."""
@@ -457,7 +332,7 @@ class Agent:
         # 5 ms switch interval would then add up to 5 ms to a hop: an agent moves frames, switch sooner
         sys.setswitchinterval(0.0005)
         if self.period_ns:
-            _reduce_timer_slack()
+            reduce_timer_slack()
             self.log.info("timing model: sleeps wake %.0f us late here (calibrated)", PACER.calibrate() / 1e3)
         try:
             family = socket.getaddrinfo(self.listen_addr[0], self.listen_addr[1], 0, socket.SOCK_STREAM)[0][0]
@@ -569,25 +444,40 @@ class Agent:
         if not self._authenticate(conn):
             self._forget(conn)
             return
+        slot = None  # raw-word mode: the DMA slot whose input buffer the next frame's payload is received into
         try:
-            if self.raw:
-                self._read_raw(conn)
-                return
-            message = conn.reader.message
-            on_frame = self._on_lone_frame if self.lone else self._on_frame
-            on_control = self._on_control
+            reader = conn.reader
+            message, message_into = reader.message, reader.message_into
+            on_frame, on_control = self._on_frame, self._on_control
+            raw, free = self.raw, self.free_slots
             while True:  # ends when the peer closes, or at shutdown when the socket is closed under it
+                # once this connection carried a frame (so the reader knows its records' size), a raw-word
+                # frame's payload is received straight into a free slot, where the DMA reads it
+                if raw and free and reader.expect_records is not None:
+                    try:
+                        slot = free.pop()
+                    except IndexError:  # another connection's reader took the last one
+                        slot = None
                 # views of the receive buffer, not copies: whatever keeps them past this turn copies them
-                mtype, frame, stage, part, records, payload = message(False)
+                if slot is None:
+                    mtype, frame, stage, part, records, payload = message(False)
+                else:
+                    mtype, frame, stage, part, records, payload = message_into(slot.inview)
                 if mtype == FRAME:
+                    if raw and slot is None:
+                        reader.expect_records = len(records) // 40
                     # the payload's size was bounded by the reader; its exact size is checked where it is decoded
-                    # (here, or by the host when bytes are forwarded unchanged): not twice on the per-frame path
+                    # (or by the host when bytes are forwarded unchanged): not twice on the per-frame path
                     if frame >> SESSION_SHIFT == self.session:
-                        on_frame(frame, part, records, payload)
-                    else:
-                        self.stale_dropped += 1  # a frame of an earlier session (or none): nobody waits for it
+                        held, slot = slot, None  # the frame holds its slot now
+                        on_frame(frame, part, records, payload, held)
+                        continue
+                    self.stale_dropped += 1  # a frame of an earlier session (or none): nobody waits for it
                 elif on_control(conn, mtype, payload):
                     return
+                if slot is not None:  # received into it, never DMA'd
+                    self._free_slot(slot)
+                    slot = None
         except (EOFError, ConnectionError):
             pass
         except OSError:
@@ -600,11 +490,9 @@ class Agent:
         except Exception as e:  # a bug: say so, keep serving other connections
             self.report("receiving from %s failed: %s" % (conn.name, e), exc=e)
         finally:
+            if slot is not None:  # the connection ended while a slot waited for its next frame
+                self._free_slot(slot)
             self._forget(conn)
-
-    def _discard(self, item):
-        """A job or send item dropped from a queue (an earlier session's): nothing to give back (raw-word mode
-        gives back its slot: _free_slot)."""
 
     def _on_control(self, conn, mtype, payload):
         """A message other than FRAME; True when the connection's loop must end (SHUTDOWN)."""
@@ -627,131 +515,206 @@ class Agent:
             raise ProtocolError("unexpected message type %d" % mtype)
         return False
 
-    # -- overlay in raw-word mode: frames received into DMA buffers, sent from them --
-    def _read_raw(self, conn):
-        """The read loop of raw-word mode. Before each message a free slot is taken (when this connection has
-        carried a frame already and one is free) and its input buffer given to the reader as the destination
-        of the next frame's payload: the payload is received there, where the DMA reads it. A frame of the
-        wrong size is refused (reported, never DMA'd); one of another session is dropped; both free the slot."""
-        reader, free, in_bytes = conn.reader, self.free_slots, self.in_bytes
-        message, message_into = reader.message, reader.message_into
-        # what the per-frame path uses, bound once (constant for the agent's life; self.host, self.session and
-        # self.state are not: they change when a host attaches, and are read per frame)
-        skew, drop, period_ns = self.skew, self.drop, self.period_ns
-        compute_backlog, send_backlog = self.compute_backlog, self.send_backlog
-        compute_lock, send_lock = self.compute_lock, self.send_lock
-        run_raw, out_bytes, free_append = self.backend.run_raw, self.backend.out_bytes, free.append
-        route = self.routes[0]
-        c_index, key = route[0].index, route[2]
-        stage, rec_head = self.stage, self.rec_heads[0]
-        scratch, head_view, own_view = self.scratch, self.head_view, self.own_view
-        perf_ns = time.perf_counter_ns
-        while True:
-            slot = None
-            if reader.expect_records is not None and free:
-                try:
-                    slot = free.pop()
-                except IndexError:  # another connection's reader took the last one
-                    slot = None
-            if slot is not None:
-                try:
-                    mtype, frame, stage_in, part, records, payload = message_into(slot.inview)
-                except BaseException:  # the connection ends (closed, or a bad message): the slot is not lost
-                    self._free_slot((0, slot))
-                    raise
-            else:
-                mtype, frame, stage_in, part, records, payload = message(False)
-                if mtype == FRAME:
-                    reader.expect_records = len(records) // 40
-            if mtype != FRAME:
-                if slot is not None:
-                    self._free_slot((0, slot))
-                if self._on_control(conn, mtype, payload):
-                    return
-                continue
-            if frame >> SESSION_SHIFT != self.session:
-                self.stale_dropped += 1  # written into a free buffer, never DMA'd
-                if slot is not None:
-                    self._free_slot((0, slot))
-                continue
+    # -- the per-frame steps: receive, compute, send --------------------------------------------------------
+    def _on_frame(self, frame, part, records, payload, slot=None):
+        """Receive: one frame (or part of a frame) of the current session, read from a connection. records and
+        payload are views of the reader's buffer; `slot` (raw-word mode) the DMA slot whose input buffer holds
+        the payload, None when every slot was taken at its receipt. The frame is computed and sent here when
+        the agent is idle, else queued for the compute thread (blocking when the queue is full: TCP
+        back-pressure to the previous stage)."""
+        t = _time_ns() + self.skew
+        if self.raw:
             if slot is None or payload is not slot.inview:
-                if len(payload) != in_bytes:  # refused before any DMA: the accelerator takes exactly this many
+                if len(payload) != self.in_bytes:  # refused before any DMA: the accelerator takes exactly this
                     if slot is not None:
-                        self._free_slot((0, slot))
+                        self._free_slot(slot)
                     c = self.inputs[0]
                     self.report("stage %d (%s on %s) refused frame %d: link %s->%s: payload of %d bytes, contract "
-                                "says %d" % (self.stage, self.partition, self.board, frame & FRAME_MASK, c.src, c.dst,
-                                             len(payload), in_bytes), frame)
+                                "says %d" % (self.stage, self.partition, self.board, frame & FRAME_MASK, c.src,
+                                             c.dst, len(payload), self.in_bytes), frame)
                     self.received += 1
-                    continue
+                    return
                 if slot is None:  # every slot was taken when this message came: wait for one, copy once
                     slot = self._take_slot(frame)
                     if slot is None:
                         self.received += 1
-                        continue
+                        return
                     slot.inview[:] = payload
-            t = _time_ns() + skew
-            if compute_backlog or drop or not compute_lock.acquire(False):  # busy: queue it
-                self._queue_raw_frame(frame, slot, records, t)
-                continue
-            # The agent is idle: this frame is computed and sent here, in the receiving thread, with no method
-            # call per step (as the compute and send threads would, _compute_raw and _send_raw: the same steps,
-            # states and counters).
-            try:
-                self.computing = frame
-                t_cs = _time_ns() + skew
-                try:
-                    if period_ns:
-                        t0 = perf_ns()
-                        run_raw(slot)
-                        wait_until(t0 + period_ns)
-                    else:
-                        run_raw(slot)
-                except Exception as e:
-                    self._free_slot((frame, slot))
-                    self._compute_failed(frame, e)
-                    self.received += 1
-                    continue
-                t_ce = _time_ns() + skew
-                self.computing = None
-                self.done += 1
-            finally:
-                compute_lock.release()
-            if send_backlog or not send_lock.acquire(False):  # another frame is being sent: queue behind it
-                self._set_state(frame, "computed, queued for sending")
-                self.send_q.put((frame, slot, bytes(records), (t,), t_cs, t_ce))
+            job = (frame, slot, records, (t,))
+        elif self.n_in == 1:
+            job = (frame, (payload,), records, (t,))
+        else:
+            job = self._gather(frame, part, records, payload, t)
+            if job is None:
                 self.received += 1
-                continue
+                return
+        if self.compute_backlog or not self.compute_lock.acquire(False):
+            self._set_state(frame, "queued for compute")
+            self.compute_q.put(self._own(job))
+        else:
             try:
-                conn_out = self.host if key is None else self.links.get(key)
-                if conn_out is None:
-                    conn_out = self._link(route[1])
-                nrec = len(records) // 40
-                FRAME_HEAD.pack_into(scratch, 0, FRAME_PREFIX, frame, stage, c_index, out_bytes, nrec + 1)
-                total = 64 + 40 * nrec + out_bytes
-                with conn_out.wlock:
-                    OWN_RECORD.pack_into(scratch, 24, rec_head, t, t_cs, t_ce, _time_ns() + skew)
-                    sock = conn_out.sock
-                    parts = (head_view, records, own_view, slot.outview)
-                    sent = sock.sendmsg(parts)  # send_parts, inlined
-                    if sent < total:
-                        sock.sendall(b"".join(bytes(q) for q in parts)[sent:])
-            except (OSError, TimeoutError) as e:
-                self._send_failed(frame, route[0], route[1], e)
-            else:
-                self.sent += 1
-                st = self.state
-                st[frame] = "sent"
-                if len(st) > 8192:
-                    self._trim_state()
+                item = self._compute(job)
             finally:
-                free_append(slot)  # the slot is free again once its bytes are in the socket (_free_slot)
-                if self.slot_waiters:
-                    with self.slot_ready:
-                        self.slot_ready.notify()
-                send_lock.release()
-            self.received += 1
+                self.compute_lock.release()
+            if item is not None:
+                self._to_send(item)
+        self.received += 1
 
+    def _compute(self, job):
+        """Compute: job (frame id, data: payloads by incoming link or the frame's DMA slot, records, arrival ns
+        by link) -> the send item (frame id, outputs: payloads by route or the slot, records, arrivals, t_cs,
+        t_ce), or None when the frame goes no further (dropped by fault injection, or the backend failed:
+        reported). Run by whichever thread holds compute_lock."""
+        frame, data, records, arrivals = job
+        if self.drop and frame & FRAME_MASK in self.drop:  # fault injection (tests): this frame vanishes here
+            self.dropped += 1
+            self._discard(job)
+            self._set_state(frame, "dropped (fault injection)")
+            self.log.warning("frame %d dropped by fault injection", frame & FRAME_MASK)
+            return None
+        if self.bypass:  # bytes forwarded as they came, nothing to compute or wait for: no compute time
+            self.done += 1
+            t = max(arrivals)  # when the last part was in
+            return (frame, data, records, arrivals, t, t)
+        self.computing = frame  # a hung DMA or library leaves this for the host to find (see health)
+        try:
+            decode, encode, period = self.decode, self.encode, self.period_ns
+            x = data if decode is None else decode(data)
+            t_cs = _time_ns() + self.skew
+            if period:
+                t0 = _perf_ns()
+                y = self.run(x)
+                wait_until(t0 + period)
+            else:
+                y = self.run(x)
+            t_ce = _time_ns() + self.skew
+            outs = y if encode is None else encode(y)
+        except Exception as e:
+            self._discard(job)
+            self._compute_failed(frame, e)
+            return None
+        self.computing = None
+        self.done += 1
+        return (frame, outs, records, arrivals, t_cs, t_ce)
+
+    def _send(self, item):
+        """Send: each outgoing link's message (header, the records that came with the frame, this partition's
+        records, the payload) in one sendmsg from the agent's scratch buffer (no bytes objects, no join); in
+        raw-word mode the payload is the slot's output DMA buffer, and the slot is free again once its bytes
+        are in the socket. Run by whichever thread holds send_lock."""
+        frame, outs, records, arrivals, t_cs, t_ce = item
+        scratch, head_view, own_view = self.scratch, self.head_view, self.own_view
+        n_in, rec_heads, stage, skew = self.n_in, self.rec_heads, self.stage, self.skew
+        nrec = len(records) // 40 + n_in
+        size = 24 + len(records) + 40 * n_in
+        c = to = None
+        try:
+            for (c, to, key), payload in zip(self.routes, outs.outs if self.raw else outs):
+                conn = self.host if key is None else self.links.get(key)
+                if conn is None:
+                    conn = self._link(to)
+                n = len(payload)
+                FRAME_HEAD.pack_into(scratch, 0, FRAME_PREFIX, frame, stage, c.index, n, nrec)
+                with conn.wlock:
+                    if n_in == 1:
+                        OWN_RECORD.pack_into(scratch, 24, rec_heads[0], arrivals[0], t_cs, t_ce, _time_ns() + skew)
+                    else:
+                        t_send = _time_ns() + skew
+                        for i in range(n_in):
+                            OWN_RECORD.pack_into(scratch, 24 + 40 * i, rec_heads[i], arrivals[i], t_cs, t_ce, t_send)
+                    send_parts(conn.sock, (head_view, records, own_view, payload), size + n)
+        except (OSError, TimeoutError) as e:
+            self._send_failed(frame, c, to, e)
+            return
+        finally:
+            if self.raw:
+                self._free_slot(outs)
+        self.sent += 1
+        st = self.state
+        st[frame] = "sent"
+        if len(st) > 8192:
+            self._trim_state()
+
+    def _to_send(self, item):
+        """A computed frame: sent at once when no other frame is being sent or waits, else queued for the send
+        thread."""
+        if not self.send_backlog and self.send_lock.acquire(False):
+            try:
+                self._send(item)
+            finally:
+                self.send_lock.release()
+        else:
+            self._set_state(item[0], "computed, queued for sending")
+            self.send_q.put(self._own(item))
+
+    def _own(self, item):
+        """A job or send item with copies of the receive buffer's views: it waits in a queue past this turn. (A
+        raw-word frame's data is its slot, which it holds: only its records are copied.)"""
+        frame, data, records = item[:3]
+        if not self.raw:
+            data = tuple(bytes(p) for p in data)
+        return (frame, data, bytes(records)) + item[3:]
+
+    def _discard(self, item):
+        """A job or send item that goes no further (an earlier session's, dropped, or failed): a raw-word
+        frame gives its slot back."""
+        if self.raw:
+            self._free_slot(item[1])
+
+    def _gather(self, frame, part, records, payload, t):
+        """One part of a frame of several incoming links: the job once all parts are here, else None."""
+        if part not in self.part_pos:
+            self.report("frame %d arrived as part %d, this partition takes parts %s"
+                        % (frame & FRAME_MASK, part, sorted(self.part_pos)), frame)
+            return None
+        with self.pending_lock:
+            entry = self.pending.get(frame)
+            if entry is None:
+                entry = self.pending[frame] = [[None] * self.n_in, [], [0] * self.n_in, time.monotonic()]
+            idx = self.part_pos[part]
+            entry[0][idx] = bytes(payload)  # kept past this turn: copies of the views
+            entry[1].append(bytes(records))
+            entry[2][idx] = t
+            if any(p is None for p in entry[0]):
+                self._set_state(frame, "waiting for parts: have %d of %d"
+                                % (sum(p is not None for p in entry[0]), self.n_in))
+                return None
+            del self.pending[frame]
+        return (frame, entry[0], b"".join(entry[1]), entry[2])
+
+    def _compute_loop(self):
+        while True:
+            job = self.compute_q.get()
+            if job is None:
+                return
+            if job[0] >> SESSION_SHIFT != self.session:  # queued before a new host attached
+                self.stale_dropped += 1
+                self._discard(job)
+                continue
+            with self.compute_lock:
+                item = self._compute(job)
+            if item is not None:
+                self._to_send(item)
+
+    def _send_loop(self):
+        while True:
+            item = self.send_q.get()
+            if item is None:
+                return
+            if item[0] >> SESSION_SHIFT != self.session:
+                self.stale_dropped += 1
+                self._discard(item)
+                continue
+            with self.send_lock:
+                self._send(item)
+
+    def _compute_failed(self, frame, e):
+        """The backend raised on `frame`: nothing is being computed any more, and the error goes to the host."""
+        self.computing = None
+        self.report("stage %d (%s on %s) failed on frame %d: %s: %s" % (
+            self.stage, self.partition, self.board, frame & FRAME_MASK, type(e).__name__, e), frame, exc=e)
+
+    # -- raw-word mode's DMA slots --
     def _take_slot(self, frame):
         """A free slot, waiting while every one is inside the agent (back-pressure, as a full queue is);
         None (reported) after part_timeout seconds. (A slot freed just before this waiter registered is found
@@ -776,79 +739,12 @@ class Agent:
                     % (self.stage, self.partition, self.board, frame & FRAME_MASK, self.part_timeout), frame)
         return None
 
-    def _free_slot(self, item):
-        """Give back the slot of a job or send item (its index 1): its frame left, or was dropped."""
-        self.free_slots.append(item[1])
+    def _free_slot(self, slot):
+        """Give a slot back: its frame left, or was dropped."""
+        self.free_slots.append(slot)
         if self.slot_waiters:  # a receiver found none free (rare): wake it
             with self.slot_ready:
                 self.slot_ready.notify()
-
-    def _compute_failed(self, frame, e):
-        """The backend raised on `frame`: nothing is being computed any more, and the error goes to the host."""
-        self.computing = None
-        self.report("stage %d (%s on %s) failed on frame %d: %s: %s" % (
-            self.stage, self.partition, self.board, frame & FRAME_MASK, type(e).__name__, e), frame, exc=e)
-
-    def _queue_raw_frame(self, frame, slot, records, t):
-        """A frame whose payload is in `slot`'s input buffer, arriving (t: ns, the agent's clock) while the agent
-        is busy: it queues with its slot (records copied: they are a view of the reader's buffer) for the compute
-        thread, and blocks when the queue is full (back-pressure). A frame that finds the agent idle is computed
-        and sent by _read_raw itself."""
-        self._set_state(frame, "queued for compute")
-        self.compute_q.put((frame, slot, bytes(records), (t,)))
-        self.received += 1
-
-    def _compute_raw(self, job):
-        frame, slot, records, arrivals = job
-        if self.drop and frame & FRAME_MASK in self.drop:  # fault injection (tests): this frame vanishes here
-            self.dropped += 1
-            self._free_slot(job)
-            self._set_state(frame, "dropped (fault injection)")
-            self.log.warning("frame %d dropped by fault injection", frame & FRAME_MASK)
-            return None
-        self.computing = frame
-        try:
-            t_cs = _time_ns() + self.skew
-            t0 = time.perf_counter_ns() if self.period_ns else 0
-            self.backend.run_raw(slot)
-            if self.period_ns:
-                wait_until(t0 + self.period_ns)
-            t_ce = _time_ns() + self.skew
-        except Exception as e:
-            self._free_slot(job)
-            self._compute_failed(frame, e)
-            return None
-        self.computing = None
-        self.done += 1
-        return (frame, slot, records, arrivals, t_cs, t_ce)
-
-    def _send_raw(self, frame, slot, records, arrivals, t_cs, t_ce):
-        """Header, the earlier records, this partition's record and the output DMA buffer, in one sendmsg (no
-        join, no copy of the output); the slot is free again once its bytes are in the socket."""
-        try:
-            c, to, key = self.routes[0]
-            conn = self.host if key is None else self.links.get(key)
-            if conn is None:
-                conn = self._link(to)
-            out = slot.outview
-            scratch = self.scratch  # send_lock is held: the agent's one sender at a time
-            FRAME_HEAD.pack_into(scratch, 0, FRAME_PREFIX, frame, self.stage, c.index, len(out), len(records) // 40 + 1)
-            with conn.wlock:
-                OWN_RECORD.pack_into(scratch, 24, self.rec_heads[0], arrivals[0], t_cs, t_ce, _time_ns() + self.skew)
-                send_parts(conn.sock, (self.head_view, records, self.own_view, out), 64 + len(records) + len(out))
-        except (OSError, TimeoutError) as e:
-            self._send_failed(frame, c, to, e)
-            return
-        finally:
-            self.free_slots.append(slot)  # _free_slot, inlined
-            if self.slot_waiters:
-                with self.slot_ready:
-                    self.slot_ready.notify()
-        self.sent += 1
-        st = self.state
-        st[frame] = "sent"
-        if len(st) > 8192:
-            self._trim_state()
 
     def _attach_host(self, conn, hello):
         # A new host starts a new session with its own tag: frames of earlier sessions still inside are
@@ -877,204 +773,6 @@ class Agent:
                 conn.send(self.unreported.popleft())
             except OSError:
                 break
-
-    def _on_lone_frame(self, frame, part, records, payload):
-        """_on_frame for a partition with one link in and one out (every stage of a chain): a frame that finds
-        the agent idle is computed and sent here, without a method call or a tuple per step. The general path
-        costs a hop about 1 us more, 0.06 of a loopback round trip (benchmarks/agent_overhead.py)."""
-        t = _time_ns() + self.skew
-        if self.compute_backlog or self.send_backlog or self.drop or not self.compute_lock.acquire(False):
-            return self._on_frame(frame, part, records, payload, t)
-        try:
-            if self.bypass:
-                out = payload
-                t_cs = t_ce = t
-                self.done += 1
-            else:
-                item = self._compute((frame, (payload,), records, (t,)))
-                if item is None:
-                    self.received += 1
-                    return
-                out, t_cs, t_ce = item[1][0], item[4], item[5]
-        finally:
-            self.compute_lock.release()
-        if not self.send_lock.acquire(False):  # another frame is being sent: this one queues behind it
-            self._to_send((frame, (out,), records, (t,), t_cs, t_ce))
-            self.received += 1
-            return
-        try:
-            c, to, key = self.routes[0]
-            conn = self.host if key is None else self.links.get(key)
-            if conn is None:
-                conn = self._link(to)
-            n = len(out)
-            lock = conn.wlock
-            lock.acquire()
-            try:
-                # header and own record packed into the agent's scratch buffer (safe: send_lock is held), sent
-                # with the records and payload in one sendmsg: no bytes objects, no join
-                scratch = self.scratch
-                FRAME_HEAD.pack_into(scratch, 0, FRAME_PREFIX, frame, self.stage, c.index, n, len(records) // 40 + 1)
-                OWN_RECORD.pack_into(scratch, 24, self.rec_heads[0], t, t_cs, t_ce, _time_ns() + self.skew)
-                send_parts(conn.sock, (self.head_view, records, self.own_view, out), 64 + len(records) + n)
-            finally:
-                lock.release()
-        except (OSError, TimeoutError) as e:
-            self._send_failed(frame, c, to, e)
-            return
-        finally:
-            self.send_lock.release()
-        self.sent += 1
-        st = self.state
-        st[frame] = "sent"
-        if len(st) > 8192:
-            self._trim_state()
-        self.received += 1
-
-    def _on_frame(self, frame, part, records, payload, t=None):
-        if t is None:
-            t = _time_ns() + self.skew
-        if self.n_in == 1:
-            job = (frame, (payload,), records, (t,))
-        else:
-            job = self._gather(frame, part, records, payload, t)
-            if job is None:
-                self.received += 1
-                return
-        # Receive, compute and send run in separate threads joined by bounded queues, so that with several
-        # frames in flight they overlap. Whoever does a step holds its lock; a frame that finds a step's lock
-        # free and its queue empty does that step at once in the thread it is in (run to completion): a lone
-        # frame then crosses no thread hand-off, which keeps the per-hop latency near a bare socket echo.
-        # (_on_lone_frame is the same for one link in and one out, inlined.) Counting is done after sending.
-        if not self.compute_backlog and self.compute_lock.acquire(False):
-            try:
-                item = self._compute(job)
-            finally:
-                self.compute_lock.release()
-            if item is not None:
-                self._to_send(item)
-        else:
-            self._set_state(frame, "queued for compute")
-            self.compute_q.put(_own(job))  # blocks when full: TCP back-pressure to the previous stage
-        self.received += 1
-
-    def _gather(self, frame, part, records, payload, t):
-        """One part of a frame of several incoming links: the job once all parts are here, else None."""
-        if part not in self.part_pos:
-            self.report("frame %d arrived as part %d, this partition takes parts %s"
-                        % (frame & FRAME_MASK, part, sorted(self.part_pos)), frame)
-            return None
-        with self.pending_lock:
-            entry = self.pending.get(frame)
-            if entry is None:
-                entry = self.pending[frame] = [[None] * self.n_in, [], [0] * self.n_in, time.monotonic()]
-            idx = self.part_pos[part]
-            entry[0][idx] = bytes(payload)  # kept past this turn: copies of the views
-            entry[1].append(bytes(records))
-            entry[2][idx] = t
-            if any(p is None for p in entry[0]):
-                self._set_state(frame, "waiting for parts: have %d of %d"
-                                % (sum(p is not None for p in entry[0]), self.n_in))
-                return None
-            del self.pending[frame]
-        return (frame, entry[0], b"".join(entry[1]), entry[2])
-
-    def _to_send(self, item):
-        if not self.send_backlog and self.send_lock.acquire(False):
-            try:
-                self._send(*item)
-            finally:
-                self.send_lock.release()
-        else:
-            self._set_state(item[0], "computed, queued for sending")
-            # may hold views of a receive buffer (_on_frame); raw-word items hold their slot and copied records
-            self.send_q.put(item if self.raw else _own(item))
-
-    def _compute_loop(self):
-        while True:
-            job = self.compute_q.get()
-            if job is None:
-                return
-            if job[0] >> SESSION_SHIFT != self.session:  # queued before a new host attached
-                self.stale_dropped += 1
-                self._discard(job)
-                continue
-            with self.compute_lock:
-                item = self._compute(job)
-            if item is not None:
-                self._to_send(item)
-
-    def _send_loop(self):
-        while True:
-            item = self.send_q.get()
-            if item is None:
-                return
-            if item[0] >> SESSION_SHIFT != self.session:
-                self.stale_dropped += 1
-                self._discard(item)
-                continue
-            with self.send_lock:
-                self._send(*item)
-
-    def _compute(self, job):
-        frame, payloads, records, arrivals = job
-        if self.drop and frame & FRAME_MASK in self.drop:  # fault injection (tests): this frame vanishes here
-            self.dropped += 1
-            self._set_state(frame, "dropped (fault injection)")
-            self.log.warning("frame %d dropped by fault injection", frame & FRAME_MASK)
-            return None
-        if self.bypass:  # bytes forwarded as they came, nothing to compute or wait for: no compute time
-            self.done += 1
-            t = max(arrivals)  # when the last part was in
-            return (frame, payloads, records, arrivals, t, t)
-        backend = self.backend
-        self.computing = frame  # a hung DMA or library leaves this for the host to find (see health)
-        try:
-            if backend.forward_bytes:
-                t_cs = time.time_ns() + self.skew
-                t0 = time.perf_counter_ns()
-                outs = payloads
-            elif self.run_payloads is not None:  # the backend maps bytes to its buffers itself (overlay values)
-                t_cs = self.now()
-                t0 = time.perf_counter_ns() if self.period_ns else 0
-                outs = self.run_payloads(payloads, self.output_shape)
-            else:
-                x = assemble(self.inputs, [c.decode(p) for c, p in zip(self.inputs, payloads)])
-                t_cs = self.now()
-                t0 = time.perf_counter_ns() if self.period_ns else 0
-                y = np.asarray(backend.run(x)).reshape(self.output_shape)
-            if self.period_ns:
-                wait_until(t0 + self.period_ns)
-            t_ce = _time_ns() + self.skew
-            if not backend.forward_bytes and self.run_payloads is None:
-                outs = [c.encode(c.take(y)) for c in self.out_links]
-        except Exception as e:
-            self._compute_failed(frame, e)
-            return None
-        self.computing = None
-        self.done += 1
-        return (frame, outs, records, arrivals, t_cs, t_ce)
-
-    def _send(self, frame, outs, records, arrivals, t_cs, t_ce):
-        t_send = _time_ns() + self.skew
-        # this partition's records (one per incoming link): the fixed fields are packed once, in __init__
-        if self.n_in == 1:
-            own = OWN_RECORD.pack(self.rec_heads[0], arrivals[0], t_cs, t_ce, t_send)
-        else:
-            own = b"".join(OWN_RECORD.pack(h, t_r, t_cs, t_ce, t_send) for h, t_r in zip(self.rec_heads, arrivals))
-        nrec = len(records) // 40 + self.n_in
-        stage = self.stage
-        for (c, to, key), payload in zip(self.routes, outs):
-            msg = b"".join((FRAME_HEAD.pack(FRAME_PREFIX, frame, stage, c.index, len(payload), nrec),
-                            records, own, payload))
-            conn = self.host if key is None else self.links.get(key)
-            try:
-                (conn or self._link(to)).send(msg)
-            except (OSError, TimeoutError) as e:
-                self._send_failed(frame, c, to, e)
-                return
-        self.sent += 1
-        self._set_state(frame, "sent")
 
     def _send_failed(self, frame, c, to, e):
         self._drop_link(to)
@@ -1170,95 +868,9 @@ def _spare_fd():
         return None
 
 
-def _own(item):
-    """A job or send item with copies of the receive buffer's views: it waits in a queue past this turn."""
-    frame, payloads, records = item[:3]
-    return (frame, tuple(bytes(p) for p in payloads), bytes(records)) + item[3:]
-
-
 def _where(to, c):
     return "the host" if to == "host" else "%s at %s:%s" % (c.dst, to["host"], to["port"])
 
 
-# --- process entry point -----------------------------------------------------------------------------
-def _write_pidfile(path):
-    """Refuse to start twice; a pidfile left by a crashed agent is stale and replaced."""
-    if os.path.exists(path):
-        try:
-            old = int(open(path).read().strip() or 0)
-        except (OSError, ValueError):
-            old = 0
-        if old and old != os.getpid() and _alive(old):
-            raise AgentConfigError("another agent (pid %d) runs with pidfile %s: stop it first" % (old, path))
-    with open(path, "w") as f:
-        f.write("%d\n" % os.getpid())
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return b"agent" in f.read()
-    except OSError:
-        return True
-
-
-def main(argv=None):
-    """Command line `agent.py CONFIG.json`: serve until SIGTERM, SIGINT or SHUTDOWN. Returns the exit status:
-    0 after a clean stop, 2 for bad usage, an unreadable config or a start failure, 3 when another agent
-    holds the pidfile."""
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python3 agent.py CONFIG.json", file=sys.stderr)
-        return 2
-    cfg_path = os.path.abspath(argv[0])
-    base = os.path.dirname(cfg_path)
-    try:
-        with open(cfg_path) as f:
-            cfg = AgentConfig.from_dict(json.load(f))
-    except (OSError, ValueError, AgentConfigError) as e:
-        print("agent: cannot read config %s: %s" % (cfg_path, e), file=sys.stderr)
-        return 2
-    part = cfg.partition
-    log_path = config_path(cfg.log, base)
-    pidfile = config_path(cfg.pidfile, base)
-    logging.basicConfig(filename=log_path, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s [%(threadName)s] %(message)s")
-    log = logging.getLogger("splitrack.agent")
-    try:
-        _write_pidfile(pidfile)
-    except AgentConfigError as e:
-        log.error("%s", e)
-        print("agent: %s" % e, file=sys.stderr)
-        return 3
-    try:
-        agent = Agent(cfg, base)
-        port = agent.serve()
-    except Exception as e:
-        log.error("cannot start: %s", e, exc_info=not isinstance(e, AgentConfigError))
-        print("agent %s: cannot start: %s" % (part, e), file=sys.stderr)
-        os.unlink(pidfile)
-        return 2
-    signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=agent.shutdown, daemon=True).start())
-    signal.signal(signal.SIGINT, lambda *a: threading.Thread(target=agent.shutdown, daemon=True).start())
-    print(json.dumps({"ready": True, "port": port, "pid": os.getpid()}), flush=True)
-    try:
-        while not agent.stop.wait(0.5):
-            pass
-        agent.stopped.wait(5)  # the shutdown thread logs its last line before the process exits
-    finally:
-        try:
-            os.unlink(pidfile)
-        except OSError:
-            pass
-        logging.shutdown()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def _same(x):
+    return x

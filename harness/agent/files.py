@@ -1,23 +1,26 @@
-"""The files a board's working folder gets, in one list: the agent, its wire format and configuration, and the splitting modules it imports.
+"""The code a board's working folder gets, in one place: the agent's package `harness.agent` whole, and the
+modules of `splitting` it imports, each at its package path, so that the agent imports them on a board exactly
+as on the host (one import world: no copies under other names, no fallback imports). The agent is started in
+that folder as `python3 -m harness.agent part/agent.json` (MODULE). Both packages' `__init__.py` ship too and
+stay import-light (a docstring only): importing `splitting.contract` on a board runs nothing else of `splitting`.
 
-`deploy` uploads them over SSH and `local_rack` copies them into each local agent's folder; both take them
-from here, so that a module the agent starts to import is added once. The agent imports them as top-level
-modules by the board file names below (Python 3.8, stdlib and numpy only).
+`deploy` uploads these files over SSH and `local_rack` copies them into each local agent's folder; both take
+them from here (nothing is imported to list them).
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Dict
 
-# board file name -> the project module it is a copy of
-SHIPPED = {"agent.py": "harness.agent.agent", "wire.py": "harness.agent.wire", "agent_config.py": "harness.agent.agent_config",
-           "fast_model.py": "harness.agent.fast_model",  # the "fast" backend of virtual boards ...
-           "fast_kernel.py": "harness.agent.fast_kernel",  # ... and its compiled kernel's loader
-           "overlay.py": "harness.agent.overlay",  # the "overlay" backend of a real PYNQ-Z2
-           "contract.py": "splitting.contract", "emulation.py": "splitting.emulation"}
+MODULE = "harness.agent"  # `python3 -m harness.agent CONFIG.json` (harness/agent/__main__.py)
+SPLITTING_MODULES = ("__init__", "contract", "emulation", "op_kinds")  # what the agent's package imports of it
 
 
 def agent_files() -> Dict[str, Path]:
-    """Board file name -> local source file, for every module shipped to a board (none is imported here)."""
-    return {name: Path(importlib.util.find_spec(module).origin) for name, module in SHIPPED.items()}
+    """Path in the board's working folder (relative, with /) -> local source file, for every shipped module."""
+    here = Path(__file__).resolve().parent  # harness/agent
+    harness, splitting = here.parent, here.parent.parent / "splitting"
+    files = {"harness/__init__.py": harness / "__init__.py"}
+    files.update({"harness/agent/" + f.name: f for f in sorted(here.glob("*.py"))})
+    files.update({"splitting/%s.py" % m: splitting / ("%s.py" % m) for m in SPLITTING_MODULES})
+    return files

@@ -12,23 +12,20 @@ import os
 
 import numpy as np
 
-try:  # on a board: copies beside this file; in the repository: the splitting and harness packages
-    import contract as _contract  # type: ignore
-    from agent_config import AgentConfigError, config_path  # type: ignore
-except ImportError:  # pragma: no cover - depends on where the agent runs
-    from splitting import contract as _contract
-    from harness.agent.agent_config import AgentConfigError, config_path
+from harness.agent.agent_config import AgentConfigError, config_path
+from splitting.contract import ContractError
 
 
 class DmaSlot:
     """One frame's pair of DMA buffers in raw-word mode, with byte views of them (what the sockets use)."""
 
-    __slots__ = ("inbuf", "outbuf", "inview", "outview")
+    __slots__ = ("inbuf", "outbuf", "inview", "outview", "outs")
 
     def __init__(self, inbuf, outbuf):
         self.inbuf, self.outbuf = inbuf, outbuf
         self.inview = memoryview(inbuf).cast("B")  # recv_into this: the payload lands where the DMA reads it
         self.outview = memoryview(outbuf).cast("B")  # sendmsg this: the DMA's output goes out as it is
+        self.outs = (self.outview,)  # the payloads of the one outgoing link, as the agent's send step takes them
 
 
 class OverlayBackend:
@@ -149,7 +146,7 @@ def _wire_words(c, payload):
     """The raw fixed-point words of a link's payload (int64, its elements; checked size, as Contract.decode)."""
     p = c.packing
     if len(payload) != c.payload_bytes:
-        raise _contract.ContractError("link %s->%s: payload of %d bytes, contract says %d"
+        raise ContractError("link %s->%s: payload of %d bytes, contract says %d"
                                       % (c.src, c.dst, len(payload), c.payload_bytes))
     bits, ft = p.element_bits, c.fixed
     if ft.signed:

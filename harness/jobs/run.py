@@ -117,7 +117,7 @@ def run_frames(plan: Plan, wiring, x: np.ndarray, y: Optional[np.ndarray], out_d
         from splitting.chain import emulation_runner, run_chain
         from splitting.hls import project_dir
 
-        from harness.rack.deploy import checked_library
+        from harness.rack.artifacts import checked_library
 
         for p in plan.ordered_partitions():  # the reference must not come from a damaged library either
             checked_library(project_dir(plan, p.name), p.name)

@@ -68,7 +68,7 @@ def reported_backends(wiring, timeout: float = 2.0) -> Dict[str, Tuple[Optional[
     """{partition: (the backend kind its agent reports in its PONG, its note)}: (None, "") for an agent that
     does not answer (or answers without one); the note is "" when the agent gives none (older agents), at
     most 300 characters. Each agent is asked over an authenticated connection (the wiring's secret)."""
-    from harness.rack.deploy import ping
+    from harness.rack.agent_control import ping
 
     out: Dict[str, Tuple[Optional[str], str]] = {}
     for name, ep in wiring.endpoints.items():

@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from harness.rack.local_rack import LocalRack, LocalRackError, identity_plan
+from harness.rack.local_rack import LocalRack, LocalRackError
+from identity_plan import identity_plan
 from harness.measure.stream import AgentUnreachable, Pipeline, StreamError
 from harness.rack.wiring import Endpoint, agent_config, wire
 
@@ -122,6 +123,6 @@ def test_bad_configs_fail_at_start_with_a_reason(tmp_path):
             rack.start(plan, {"s0": {"kind": "emulation", "library": "nope.so", "project": "p", "n_in": 8,
                                      "n_out": 8}})
     (tmp_path / "bad.json").write_text("{not json")
-    p = subprocess.run([sys.executable, "harness/agent/agent.py", str(tmp_path / "bad.json")], capture_output=True,
+    p = subprocess.run([sys.executable, "-m", "harness.agent", str(tmp_path / "bad.json")], capture_output=True,
                        text=True, timeout=30)
     assert p.returncode == 2 and "cannot read config" in p.stderr

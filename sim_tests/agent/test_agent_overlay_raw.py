@@ -15,7 +15,8 @@ from harness.agent import wire
 from harness.agent.agent_config import AgentConfigError
 from harness.agent.overlay import OverlayBackend
 from harness.measure.stream import Pipeline
-from harness.rack.local_rack import LocalRack, identity_plan
+from harness.rack.local_rack import LocalRack
+from identity_plan import identity_plan
 from harness.rack.wiring import overlay_backend
 from splitting.contract import Contract
 
@@ -282,7 +283,8 @@ def test_a_raw_frame_queued_for_sending_keeps_its_slot_until_it_left(tmp_path, m
             slot = ag.free_slots.pop()
             slot.inview[:] = p
             records[:] = rec
-            ag._queue_raw_frame(f, slot, memoryview(records), 0)  # as the reader does while the agent is busy
+            with ag.compute_lock:  # received while another frame is computed: queued for the compute thread
+                ag._on_frame(f, 0, memoryview(records), slot.inview, slot)
             records[:] = b"\xff" * 40  # the reader's buffer moves on under the queued frame
         # (the send thread may hold one of them already, waiting for the lock: count states, not the queue)
         queued = lambda: [ag.state.get(f) for f in frames] == ["computed, queued for sending"] * 6
@@ -340,7 +342,7 @@ def test_a_receiver_without_a_free_slot_waits_for_one_and_gives_up_after_the_par
     t.start()
     time.sleep(0.05)
     assert t.is_alive()  # waits: back-pressure, not a copy into a buffer the DMA may be reading
-    ag._free_slot((0, taken[3]))
+    ag._free_slot(taken[3])
     t.join(10)
     assert got["slot"] is taken[3] and ag.slot_waiters == 0
     t0 = time.monotonic()

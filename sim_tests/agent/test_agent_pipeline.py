@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from harness.agent import wire
-from harness.rack.local_rack import LocalRack, identity_plan
+from harness.rack.local_rack import LocalRack
+from identity_plan import identity_plan
 from harness.measure.stream import Pipeline
 from harness.rack.wiring import Wiring
 from splitting.contract import Contract
@@ -205,7 +206,7 @@ def test_second_agent_with_the_same_pidfile_refuses_to_start(tmp_path):
     with LocalRack(tmp_path) as rack:
         rack.start(plan)
         folder = rack.agents["s0"].folder
-        p = subprocess.run([sys.executable, "agent.py", "config.json"], cwd=folder, capture_output=True,
+        p = subprocess.run([sys.executable, "-m", "harness.agent", "config.json"], cwd=folder, capture_output=True,
                            text=True, timeout=30)
         assert p.returncode == 3 and "another agent" in p.stderr
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from harness.agent import wire
-from harness.rack.local_rack import LocalRack, identity_plan
+from harness.rack.local_rack import LocalRack
+from identity_plan import identity_plan
 from harness.measure.stream import AgentUnreachable, Pipeline, StreamError
 from splitting.contract import Contract
 

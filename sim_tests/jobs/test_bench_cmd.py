@@ -4,7 +4,7 @@ import pytest
 
 from harness.jobs.bench import bench_data
 from harness.cli.commands import main
-from harness.rack.local_rack import identity_plan
+from identity_plan import identity_plan
 from splitting.errors import UserError
 
 

@@ -17,7 +17,8 @@ import os
 import numpy as np
 from harness.measure import attribution as measure
 from harness.measure.compute_source import compute_sources
-from harness.rack.local_rack import LocalRack, identity_plan
+from harness.rack.local_rack import LocalRack
+from identity_plan import identity_plan
 from harness.measure.stream import Pipeline
 
 

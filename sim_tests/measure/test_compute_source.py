@@ -228,7 +228,7 @@ def test_a_fast_model_that_fell_back_says_why(tiny_plan, monkeypatch):
     difference): the compute is labelled as the emulation, with the agent's reason beside it."""
     from types import SimpleNamespace
 
-    import harness.rack.deploy as deploy_mod
+    import harness.rack.agent_control as deploy_mod
     from harness.measure.compute_source import compute_sources
 
     why = "3 output values differ from the emulation library on 4 check frames"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.rack.deploy import ping_board, undeploy
+from harness.rack.deploy import undeploy
+from harness.rack.health import ping_board
 from harness.rack.rackfile import load_rack
 
 REPO = Path(__file__).resolve().parents[2]

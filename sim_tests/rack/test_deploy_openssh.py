@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.rack.deploy import check_board, deploy, undeploy
+from harness.rack.deploy import deploy, undeploy
+from harness.rack.health import check_board
 from harness.rack.rackfile import Board, Rack
 from harness.measure.stream import Pipeline
 from harness.rack.virtual_rack import start_board, stop_board

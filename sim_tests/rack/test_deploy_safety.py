@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.rack.deploy import DeployError, agent_stale_state, deploy, ping_board, undeploy
+from harness.rack.agent_control import agent_stale_state
+from harness.rack.deploy import DeployError, deploy, undeploy
+from harness.rack.health import ping_board
 from harness.rack.rackfile import Rack, load_rack
 from harness.rack.ssh import Connection
 from splitting.errors import UserError
@@ -52,7 +54,7 @@ def test_partition_name_that_is_shell_runs_nothing(plan3, rack_file, tmp_path, m
     """Two fences: the host refuses such a plan before hls4ml (whose build script hands the project name to a
     shell on this machine) or any board sees it; and the board side starts an agent under that name taken
     literally (its output file is named by it), running nothing it says."""
-    from harness.rack.deploy import start_agent
+    from harness.rack.agent_control import start_agent
     from harness.rack.ssh import Connection
     from splitting.errors import UserError
 
@@ -286,7 +288,7 @@ class _ReapedBetweenOpenAndRead:
 
 
 def test_agent_reaped_while_its_stat_is_read_counts_as_stopped_and_other_read_failures_still_fail():
-    from harness.rack.deploy import _alive
+    from harness.rack.agent_control import alive as _alive
     from harness.rack.ssh import BoardError
 
     assert _alive(_ReapedBetweenOpenAndRead(gone=True), 4242) is False
@@ -303,7 +305,7 @@ def test_agent_that_has_not_written_yet_is_never_taken_for_the_earlier_agent_s_r
     command is replaced by one that writes nothing and exits): start_agent must report that, not return the
     previous agent's pid."""
     from harness.agent import wire
-    from harness.rack.deploy import BoardError, start_agent
+    from harness.rack.agent_control import BoardError, start_agent
 
     rack = load_rack(rack_file)
     dep = deploy(plan3, rack, force=True)

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.rack.deploy import DeployError, check_board, deploy, undeploy
+from harness.rack.deploy import DeployError, deploy, undeploy
+from harness.rack.health import check_board
 from harness.rack.rackfile import Rack
 from harness.rack.ssh import BoardError, connect
 from harness.measure.stream import Pipeline, StreamError
