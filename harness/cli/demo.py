@@ -5,13 +5,14 @@ import argparse
 from pathlib import Path
 
 from harness.jobs.demo import demo
+from harness.cli.options import add_rack_file
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     """Add the arguments of `splitrack demo`: -o, -n samples, --boards, --no-rack, --frames."""
     p.add_argument("-o", "--out", default="plans", help="folder for the plans (default plans/)")
     p.add_argument("-n", "--samples", type=int, default=450, help="digits test samples to verify on (max 450)")
-    p.add_argument("--boards", default=None, help="rack file to run on (default: start a 5-board virtual rack)")
+    add_rack_file(p, required=False, help="rack file to run on (default: start a 5-board virtual rack)")
     p.add_argument("--no-rack", action="store_true", help="stop after verification (no deployment)")
     p.add_argument("--frames", type=int, default=500, help="frames for the rack benchmark (default 500)")
 

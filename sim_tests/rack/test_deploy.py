@@ -93,7 +93,7 @@ def test_too_few_boards_says_what_to_do(fc_plan_dir, rack_file):
     from splitting.plan import Plan
 
     rack = load_rack(rack_file)
-    with pytest.raises(UserError, match=r"3 partitions and the rack 2 usable boards.*rack up --boards 3"):
+    with pytest.raises(UserError, match=r"3 partitions and the rack 2 usable boards.*rack up --n-boards 3"):
         deploy(Plan.load(fc_plan_dir), rack.subset(rack.names[:2]))
 
 
