@@ -141,6 +141,57 @@ def place(plan: Plan, rack: Rack) -> Dict[str, Board]:
 
 
 # --- one board -----------------------------------------------------------------------------------------
+def _board_files(plan: Plan, name: str, art: Dict[str, Path], config: dict, sums: Dict[Path, str]):
+    """What partition `name`'s board must hold, under its workdir: (files: path -> local file, blobs: path ->
+    generated content, want: path -> sha256 of every one)."""
+    p = plan.partition(name)
+    contracts = {"partition": name, "stage": p.stage,
+                 "inputs": [c.to_dict() for c in plan.inputs_of(name)],
+                 "outputs": [c.to_dict() for c in plan.outputs_of(name)]}
+    blobs = {  # generated files: content in memory
+        f"{PART}/contracts.json": (json.dumps(contracts, indent=1, sort_keys=True) + "\n").encode(),
+        f"{PART}/agent.json": (json.dumps(config, indent=1, sort_keys=True) + "\n").encode(),
+    }
+    files = dict(CODE)
+    files.update({f"{PART}/{k}": v for k, v in art.items()})
+    want = {rel: sums[src] for rel, src in files.items()}
+    want.update({rel: hashlib.sha256(data).hexdigest() for rel, data in blobs.items()})
+    return files, blobs, want
+
+
+def _running_agent(conn: Connection, board: Board, name: str, plan_hash: str, secret: bytes, config_sum: str,
+                   pids: Dict[str, int]):
+    """(pid, stale state) of the agent that already runs this partition with exactly this config, or (None,
+    None); asked with this deployment's secret (already written to the board). The agent that runs must be the
+    one started with this config (running.json says which pid that was): a deployment that died between
+    upload and restart leaves new files and the old agent."""
+    root = conn.remote_path(board.workdir)
+    started = json_object(conn.read_text(f"{root}/{PART}/running.json", stage="verify"))
+    if not pids or started.get("config") != config_sum:
+        return None, None
+    try:
+        h = ping(board.host, board.data_port, secret)
+    except (OSError, ValueError):
+        return None, None
+    if (h.get("plan_hash"), h.get("partition"), h.get("pid")) != (plan_hash, name, started.get("pid")):
+        return None, None
+    return int(h["pid"]), agent_stale_state(h)
+
+
+def _check_answers(board: Board, name: str, plan_hash: str, pid: int, secret: bytes) -> None:
+    """The agent just started answers on the board's data port, as this partition of this plan; BoardError
+    otherwise (the port unreachable from here, or another agent holding it)."""
+    try:
+        h = ping(board.host, board.data_port, secret)
+    except (OSError, ValueError) as e:
+        raise BoardError(board.name, "agent-ping", f"agent of {name} started (pid {pid}) but does not answer on "
+                         f"{board.host}:{board.data_port} ({e}); is that port reachable from this machine?") from None
+    if (h.get("partition"), h.get("plan_hash"), h.get("pid")) != (name, plan_hash, pid):
+        raise BoardError(board.name, "agent-ping", f"{board.host}:{board.data_port} answers as partition "
+                         f"{h.get('partition')!r} of plan {h.get('plan_hash')!r} (pid {h.get('pid')}), not {name!r} "
+                         f"of plan {plan_hash!r} (pid {pid}): another agent holds the port")
+
+
 def _deploy_one(plan: Plan, name: str, board: Board, art: Dict[str, Path], config: dict, force: bool,
                 progress: Callable[[str], None], connect_timeout: float, secret: bytes, plan_hash: str,
                 sums: Dict[Path, str]) -> Placed:
@@ -151,20 +202,7 @@ def _deploy_one(plan: Plan, name: str, board: Board, art: Dict[str, Path], confi
 
     t0 = time.monotonic()
     lease.require(board)  # never change a board another user may hold
-    p = plan.partition(name)
-    contracts = {"partition": name, "stage": p.stage,
-                 "inputs": [c.to_dict() for c in plan.inputs_of(name)],
-                 "outputs": [c.to_dict() for c in plan.outputs_of(name)]}
-    blobs = {  # generated files: content in memory
-        f"{PART}/contracts.json": (json.dumps(contracts, indent=1, sort_keys=True) + "\n").encode(),
-        f"{PART}/agent.json": (json.dumps(config, indent=1, sort_keys=True) + "\n").encode(),
-    }
-    files = {k: v for k, v in CODE.items()}
-    files.update({f"{PART}/{k}": v for k, v in art.items()})
-    want = {rel: sums[src] for rel, src in files.items()}
-    want.update({rel: hashlib.sha256(data).hexdigest() for rel, data in blobs.items()})
-    art_rels = {f"{PART}/{k}" for k in art}
-
+    files, blobs, want = _board_files(plan, name, art, config, sums)
     with (lease.shared_connection(board) or Connection(board, timeout=connect_timeout)) as conn:
         root = conn.remote_path(board.workdir)
         conn.mkdirs(f"{root}/{PART}")
@@ -173,22 +211,11 @@ def _deploy_one(plan: Plan, name: str, board: Board, art: Dict[str, Path], confi
         else:
             have = conn.sha256([f"{root}/{rel}" for rel in want], stage="verify")
             stale = [rel for rel in want if have.get(f"{root}/{rel}") != want[rel]]
-        running = None
         pids = remote_pids(conn, f"{root}/{PART}")
-        # the agent that runs must be the one started with exactly this config (running.json says which
-        # pid that was): a deployment that died between upload and restart leaves new files, old agent
-        started = {} if stale else json_object(conn.read_text(f"{root}/{PART}/running.json", stage="verify"))
-        write_secret(conn, root, secret)
-        stale_state = None
-        if not stale and pids and started.get("config") == want[f"{PART}/agent.json"]:
-            try:
-                h = ping(board.host, board.data_port, secret)
-                if (h.get("plan_hash"), h.get("partition"), h.get("pid")) == (plan_hash, name, started.get("pid")):
-                    running = int(h["pid"])
-                    stale_state = agent_stale_state(h)
-            except (OSError, ValueError):
-                running = None
-        if not stale and running and not stale_state:
+        write_secret(conn, root, secret)  # a running agent reads it at each new connection: the ping below too
+        running, stale_state = (None, None) if stale else \
+            _running_agent(conn, board, name, plan_hash, secret, want[f"{PART}/agent.json"], pids)
+        if running and not stale_state:
             progress(f"  {name} on {board.name}: board carries the same artifact and agent (pid {running}); "
                      "not uploaded, not reprogrammed")
             return Placed(name, board.name, board.host, board.data_port, False, [], False, running,
@@ -204,25 +231,17 @@ def _deploy_one(plan: Plan, name: str, board: Board, art: Dict[str, Path], confi
             conn.rename(f"{root}/{rel}.upload", f"{root}/{rel}", stage="swap")
         # running.json names the agent that matches the files; until a new one is up, none does
         conn.remove(f"{root}/{PART}/running.json", stage="agent-start")
-        flashed = bool(art_rels & set(stale)) or force
         pid = start_agent(conn, board, name, secret)
         conn.put_bytes(json.dumps({"pid": pid, "config": want[f"{PART}/agent.json"]}).encode(),
                        f"{root}/{PART}/running.json", stage="agent-start")
-        if stale_state and not stale:
+        if stale_state:
             progress(f"  {name} on {board.name}: same artifact, but its agent held {stale_state}: restarted")
-    try:
-        h = ping(board.host, board.data_port, secret)
-    except (OSError, ValueError) as e:
-        raise BoardError(board.name, "agent-ping", f"agent of {name} started (pid {pid}) but does not answer on "
-                         f"{board.host}:{board.data_port} ({e}); is that port reachable from this machine?") from None
-    if (h.get("partition"), h.get("plan_hash"), h.get("pid")) != (name, plan_hash, pid):
-        raise BoardError(board.name, "agent-ping", f"{board.host}:{board.data_port} answers as partition "
-                         f"{h.get('partition')!r} of plan {h.get('plan_hash')!r} (pid {h.get('pid')}), not {name!r} "
-                         f"of plan {plan_hash!r} (pid {pid}): another agent holds the port")
+    _check_answers(board, name, plan_hash, pid, secret)
     code = [r for r in stale if r in CODE]
     what = "uploaded " + ", ".join(sorted(Path(r).name for r in stale if r not in CODE)
                                    + ([f"the agent's code ({len(code)} files)"] if code else [])) if stale else "files unchanged"
     progress(f"  {name} on {board.name}: {what}; agent pid {pid} on port {board.data_port}")
+    flashed = bool({f"{PART}/{k}" for k in art} & set(stale)) or force
     return Placed(name, board.name, board.host, board.data_port, flashed, sorted(stale), True, pid,
                   time.monotonic() - t0)
 

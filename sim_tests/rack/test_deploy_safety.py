@@ -328,16 +328,18 @@ def test_agent_that_has_not_written_yet_is_never_taken_for_the_earlier_agent_s_r
 
 
 def test_agent_runs_as_a_module_whose_bytecode_the_board_caches(plan3, rack_file):
-    """Deploy starts `python3 -m agent part/agent.json` in the workdir: the agent's bytecode is cached in the
-    workdir's __pycache__ like that of the modules it imports (a script would be compiled at every start),
-    and its health check answers as usual."""
+    """Deploy starts `python3 -m harness.agent part/agent.json` in the workdir: the agent's package sits at its
+    package path there, its bytecode is cached in the package's __pycache__ like that of the modules it imports
+    (a script would be compiled at every start), and its health check answers as usual."""
     rack = load_rack(rack_file)
     dep = deploy(plan3, rack, force=True)
     try:
         b = dep.boards["s0"]
-        cache = rack.virtual_state / b.name / "home" / "splitrack" / "__pycache__"
-        assert {"agent", "agent_config", "contract", "wire"} <= {p.name.split(".")[0] for p in cache.glob("*.pyc")}
-        assert [p.name for p in cache.glob("overlay.*.pyc")] == []  # a virtual board's agent never loads it
+        home = rack.virtual_state / b.name / "home" / "splitrack"
+        cached = {p.name.split(".")[0] for p in (home / "harness" / "agent" / "__pycache__").glob("*.pyc")}
+        assert {"__main__", "agent", "agent_config", "wire", "backends"} <= cached, cached
+        assert {"contract"} <= {p.name.split(".")[0] for p in (home / "splitting" / "__pycache__").glob("*.pyc")}
+        assert "overlay" not in cached  # a virtual board's agent never loads it
         h = ping_board(b)
         assert (h["partition"], h["pid"]) == ("s0", dep.placed["s0"].pid)
     finally:
