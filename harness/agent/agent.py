@@ -295,25 +295,27 @@ class Agent:
         self.backend = make_backend(self.cfg.backend, self.base, self.inputs, self.out_links,
                                     2 * self.in_flight + 6, self.log)
         self._bind_compute()
+        # the per-frame steps, each written once, with what is constant for the agent's life bound as locals
+        self._compute = self._compute_step()
+        self._send = self._send_step()
+        self._to_send = self._to_send_step()
+        self._on_frame = self._receive_step()
 
     def _bind_compute(self):
         """What the compute step runs, decided once per backend: `decode` (payloads -> the assembled input),
         `run` (the backend) and `encode` (output -> payloads of the outgoing links), each None when the backend
         needs none. The compute window (t_cs to t_ce) holds `run` and the timing model's wait only."""
         backend = self.backend
-        self.bypass = backend.forward_bytes and not self.period_ns
+        # bytes forwarded as they came, nothing to compute or wait for: such a frame skips the compute step (its
+        # compute window is its arrival); with fault injection every frame still passes the compute step
+        self.bypass = backend.forward_bytes and not self.period_ns and not self.drop
         self.raw = getattr(backend, "raw", False)
         self.decode = self.encode = None
         run_payloads = getattr(backend, "run_payloads", None)
         if self.raw:  # the payload is in the slot's input buffer, the output goes out from its output buffer
             self.free_slots = collections.deque(backend.slots)  # pop/append: atomic, no lock
             self.in_bytes = backend.in_bytes
-            run_raw = backend.run_raw
-
-            def run(slot):
-                run_raw(slot)
-                return slot
-            self.run = run
+            self.run = backend.run_raw  # returns the slot: the frame's outputs
         elif backend.forward_bytes:  # the payload bytes go out unchanged (timed by the timing model)
             self.run = _same
         elif run_payloads is not None:  # the backend maps the links' bytes onto its buffers itself
@@ -516,136 +518,198 @@ class Agent:
         return False
 
     # -- the per-frame steps: receive, compute, send --------------------------------------------------------
-    def _on_frame(self, frame, part, records, payload, slot=None):
-        """Receive: one frame (or part of a frame) of the current session, read from a connection. records and
-        payload are views of the reader's buffer; `slot` (raw-word mode) the DMA slot whose input buffer holds
-        the payload, None when every slot was taken at its receipt. The frame is computed and sent here when
-        the agent is idle, else queued for the compute thread (blocking when the queue is full: TCP
-        back-pressure to the previous stage)."""
-        t = _time_ns() + self.skew
-        if self.raw:
-            if slot is None or payload is not slot.inview:
-                if len(payload) != self.in_bytes:  # refused before any DMA: the accelerator takes exactly this
-                    if slot is not None:
-                        self._free_slot(slot)
-                    c = self.inputs[0]
-                    self.report("stage %d (%s on %s) refused frame %d: link %s->%s: payload of %d bytes, contract "
-                                "says %d" % (self.stage, self.partition, self.board, frame & FRAME_MASK, c.src,
-                                             c.dst, len(payload), self.in_bytes), frame)
-                    self.received += 1
-                    return
-                if slot is None:  # every slot was taken when this message came: wait for one, copy once
-                    slot = self._take_slot(frame)
-                    if slot is None:
-                        self.received += 1
-                        return
-                    slot.inview[:] = payload
-            job = (frame, slot, records, (t,))
-        elif self.n_in == 1:
-            job = (frame, (payload,), records, (t,))
-        else:
-            job = self._gather(frame, part, records, payload, t)
-            if job is None:
+    # Each is a function made once by load_backend, with the agent's constants bound (a frame pays for no
+    # attribute lookup of what never changes): _on_frame (receive), _compute, _send, and _to_send (send now,
+    # or queue for the send thread).
+    def _receive_step(self):
+        """_on_frame(frame, part, records, payload, slot=None), receive: one frame (or part of a frame) of the
+        current session, read from a connection. records and payload are views of the reader's buffer; `slot`
+        (raw-word mode) the DMA slot whose input buffer holds the payload, None when every slot was taken at its
+        receipt. The frame is computed and sent here when the agent is idle, else queued for the compute thread
+        (blocking when the queue is full: TCP back-pressure to the previous stage). (The hand-over to the send
+        step is _to_send's, inlined: one call less per frame.)"""
+        skew, raw, lone, bypass = self.skew, self.raw, self.n_in == 1, self.bypass
+        compute, send, own = self._compute, self._send, self._own
+        compute_backlog, compute_lock, compute_put = self.compute_backlog, self.compute_lock, self.compute_q.put
+        compute_acquire, compute_release = compute_lock.acquire, compute_lock.release
+        send_backlog, send_put = self.send_backlog, self.send_q.put
+        send_acquire, send_release = self.send_lock.acquire, self.send_lock.release
+
+        def on_frame(frame, part, records, payload, slot=None):
+            t = _time_ns() + skew
+            arrivals = (t,)
+            if raw:
+                data = slot if slot is not None and payload is slot.inview else \
+                    self._raw_data(frame, payload, slot)
+            elif lone:
+                data = (payload,)
+            else:  # a part of a frame of several incoming links: the frame once all its parts are here
+                job = self._gather(frame, part, records, payload, t)
+                data = None
+                if job is not None:
+                    _, data, records, arrivals = job
+            if data is None:  # refused, or waiting for its other parts
                 self.received += 1
                 return
-        if self.compute_backlog or not self.compute_lock.acquire(False):
-            self._set_state(frame, "queued for compute")
-            self.compute_q.put(self._own(job))
-        else:
-            try:
-                item = self._compute(job)
-            finally:
-                self.compute_lock.release()
-            if item is not None:
-                self._to_send(item)
-        self.received += 1
-
-    def _compute(self, job):
-        """Compute: job (frame id, data: payloads by incoming link or the frame's DMA slot, records, arrival ns
-        by link) -> the send item (frame id, outputs: payloads by route or the slot, records, arrivals, t_cs,
-        t_ce), or None when the frame goes no further (dropped by fault injection, or the backend failed:
-        reported). Run by whichever thread holds compute_lock."""
-        frame, data, records, arrivals = job
-        if self.drop and frame & FRAME_MASK in self.drop:  # fault injection (tests): this frame vanishes here
-            self.dropped += 1
-            self._discard(job)
-            self._set_state(frame, "dropped (fault injection)")
-            self.log.warning("frame %d dropped by fault injection", frame & FRAME_MASK)
-            return None
-        if self.bypass:  # bytes forwarded as they came, nothing to compute or wait for: no compute time
-            self.done += 1
-            t = max(arrivals)  # when the last part was in
-            return (frame, data, records, arrivals, t, t)
-        self.computing = frame  # a hung DMA or library leaves this for the host to find (see health)
-        try:
-            decode, encode, period = self.decode, self.encode, self.period_ns
-            x = data if decode is None else decode(data)
-            t_cs = _time_ns() + self.skew
-            if period:
-                t0 = _perf_ns()
-                y = self.run(x)
-                wait_until(t0 + period)
+            if bypass:  # nothing to compute: the frame's compute window is its (last part's) arrival
+                self.done += 1
+                t_cs = t_ce = t if lone else max(arrivals)
+                outs = data
+            elif compute_backlog or not compute_acquire(False):
+                self._set_state(frame, "queued for compute")
+                compute_put(own((frame, data, records, arrivals)))
+                self.received += 1
+                return
             else:
-                y = self.run(x)
-            t_ce = _time_ns() + self.skew
-            outs = y if encode is None else encode(y)
-        except Exception as e:
-            self._discard(job)
-            self._compute_failed(frame, e)
+                try:
+                    done = compute(frame, data)
+                finally:
+                    compute_release()
+                if done is None:
+                    self.received += 1
+                    return
+                outs, t_cs, t_ce = done
+            if send_backlog or not send_acquire(False):  # another frame is being sent: queue behind it
+                self._set_state(frame, "computed, queued for sending")
+                send_put(own((frame, outs, records, arrivals, t_cs, t_ce)))
+            else:
+                try:
+                    send(frame, outs, records, arrivals, t_cs, t_ce)
+                finally:
+                    send_release()
+            self.received += 1
+        return on_frame
+
+    def _raw_data(self, frame, payload, slot):
+        """A raw-word frame's slot when its payload was not received into `slot` (every slot was taken, or it
+        has another size): the payload copied into a free slot's input buffer (waiting for one); None when it is
+        refused (the wrong size: never DMA'd) or no slot came free in time (reported)."""
+        if len(payload) != self.in_bytes:  # refused before any DMA: the accelerator takes exactly this many
+            if slot is not None:
+                self._free_slot(slot)
+            c = self.inputs[0]
+            self.report("stage %d (%s on %s) refused frame %d: link %s->%s: payload of %d bytes, contract "
+                        "says %d" % (self.stage, self.partition, self.board, frame & FRAME_MASK, c.src, c.dst,
+                                     len(payload), self.in_bytes), frame)
             return None
-        self.computing = None
-        self.done += 1
-        return (frame, outs, records, arrivals, t_cs, t_ce)
+        if slot is None:  # every slot was taken when this message came: wait for one, copy once
+            slot = self._take_slot(frame)
+            if slot is None:
+                return None
+            slot.inview[:] = payload
+        return slot
 
-    def _send(self, item):
-        """Send: each outgoing link's message (header, the records that came with the frame, this partition's
-        records, the payload) in one sendmsg from the agent's scratch buffer (no bytes objects, no join); in
-        raw-word mode the payload is the slot's output DMA buffer, and the slot is free again once its bytes
-        are in the socket. Run by whichever thread holds send_lock."""
-        frame, outs, records, arrivals, t_cs, t_ce = item
-        scratch, head_view, own_view = self.scratch, self.head_view, self.own_view
-        n_in, rec_heads, stage, skew = self.n_in, self.rec_heads, self.stage, self.skew
-        nrec = len(records) // 40 + n_in
-        size = 24 + len(records) + 40 * n_in
-        c = to = None
-        try:
-            for (c, to, key), payload in zip(self.routes, outs.outs if self.raw else outs):
-                conn = self.host if key is None else self.links.get(key)
-                if conn is None:
-                    conn = self._link(to)
-                n = len(payload)
-                FRAME_HEAD.pack_into(scratch, 0, FRAME_PREFIX, frame, stage, c.index, n, nrec)
-                with conn.wlock:
-                    if n_in == 1:
-                        OWN_RECORD.pack_into(scratch, 24, rec_heads[0], arrivals[0], t_cs, t_ce, _time_ns() + skew)
-                    else:
-                        t_send = _time_ns() + skew
-                        for i in range(n_in):
-                            OWN_RECORD.pack_into(scratch, 24 + 40 * i, rec_heads[i], arrivals[i], t_cs, t_ce, t_send)
-                    send_parts(conn.sock, (head_view, records, own_view, payload), size + n)
-        except (OSError, TimeoutError) as e:
-            self._send_failed(frame, c, to, e)
-            return
-        finally:
-            if self.raw:
-                self._free_slot(outs)
-        self.sent += 1
-        st = self.state
-        st[frame] = "sent"
-        if len(st) > 8192:
-            self._trim_state()
+    def _compute_step(self):
+        """_compute(frame, data), compute: a frame's data (payloads by incoming link, or its DMA slot) -> (its
+        outputs: payloads by outgoing link, or the slot; t_cs; t_ce), or None when the frame goes no further
+        (dropped by fault injection, or the backend failed: reported). Run by whichever thread holds
+        compute_lock. The compute window (t_cs to t_ce) holds the backend's run and the timing model's wait,
+        not the decoding and encoding around it. (Bytes forwarded unchanged with no timing model skip this
+        step: see _bind_compute.)"""
+        drop, skew, period = self.drop, self.skew, self.period_ns
+        decode, run, encode = self.decode, self.run, self.encode
 
-    def _to_send(self, item):
-        """A computed frame: sent at once when no other frame is being sent or waits, else queued for the send
-        thread."""
-        if not self.send_backlog and self.send_lock.acquire(False):
+        def compute(frame, data):
+            if drop and frame & FRAME_MASK in drop:  # fault injection (tests): this frame vanishes here
+                self.dropped += 1
+                self._discard(data)
+                self._set_state(frame, "dropped (fault injection)")
+                self.log.warning("frame %d dropped by fault injection", frame & FRAME_MASK)
+                return None
+            self.computing = frame  # a hung DMA or library leaves this for the host to find (see health)
             try:
-                self._send(item)
+                x = data if decode is None else decode(data)
+                t_cs = _time_ns() + skew
+                if period:
+                    t0 = _perf_ns()
+                    y = run(x)
+                    wait_until(t0 + period)
+                else:
+                    y = run(x)
+                t_ce = _time_ns() + skew
+                outs = y if encode is None else encode(y)
+            except Exception as e:
+                self._discard(data)
+                self._compute_failed(frame, e)
+                return None
+            self.computing = None
+            self.done += 1
+            return outs, t_cs, t_ce
+        return compute
+
+    def _send_step(self):
+        """_send(frame, outs, records, arrivals, t_cs, t_ce), send: each outgoing link's message (header, the
+        records that came with the frame, this partition's records, the payload) in one sendmsg from the agent's
+        scratch buffer (no bytes objects, no join); in raw-word mode the payload is the slot's output DMA buffer
+        (`outs` is the slot), and the slot is free again once its bytes are in the socket. Run by whichever
+        thread holds send_lock."""
+        scratch, head_view, own_view = self.scratch, self.head_view, self.own_view
+        n_in, rec_heads, stage, skew, raw = self.n_in, self.rec_heads, self.stage, self.skew, self.raw
+        routes, links = list(self.routes), self.links  # (a list: the loop over it is specialised)
+        free_append = self.free_slots.append if raw else None
+        pack_head, pack_own, rec0, own = FRAME_HEAD.pack_into, OWN_RECORD.pack_into, rec_heads[0], 40 * n_in
+
+        def send(frame, outs, records, arrivals, t_cs, t_ce):
+            nrec = len(records) // 40 + n_in
+            size = 24 + len(records) + own
+            c = to = None
+            try:
+                i = 0
+                for c, to, key in routes:  # a raw-word frame's outputs are its slot: a tuple of its output buffer
+                    payload = outs[i]
+                    i += 1
+                    conn = self.host if key is None else links.get(key)
+                    if conn is None:
+                        conn = self._link(to)
+                    n = len(payload)
+                    pack_head(scratch, 0, FRAME_PREFIX, frame, stage, c.index, n, nrec)
+                    lock = conn.wlock
+                    lock.acquire()
+                    try:
+                        if n_in == 1:
+                            pack_own(scratch, 24, rec0, arrivals[0], t_cs, t_ce, _time_ns() + skew)
+                        else:
+                            t_send = _time_ns() + skew
+                            for j in range(n_in):
+                                pack_own(scratch, 24 + 40 * j, rec_heads[j], arrivals[j], t_cs, t_ce, t_send)
+                        parts = (head_view, records, own_view, payload)
+                        sock = conn.sock
+                        sent = sock.sendmsg(parts)  # wire.send_parts, inlined: the rest when the socket took less
+                        if sent < size + n:
+                            sock.sendall(b"".join(bytes(q) for q in parts)[sent:])
+                    finally:
+                        lock.release()
+            except (OSError, TimeoutError) as e:
+                self._send_failed(frame, c, to, e)
+                return
             finally:
-                self.send_lock.release()
-        else:
-            self._set_state(item[0], "computed, queued for sending")
-            self.send_q.put(self._own(item))
+                if raw:  # the slot is free again once its bytes are in the socket (_free_slot, inlined)
+                    free_append(outs)
+                    if self.slot_waiters:
+                        self._wake_slot_waiter()
+            self.sent += 1
+            st = self.state
+            st[frame] = "sent"
+            if len(st) > 8192:
+                self._trim_state()
+        return send
+
+    def _to_send_step(self):
+        """_to_send(item): a computed frame (frame, outs, records, arrivals, t_cs, t_ce), sent at once when no
+        other frame is being sent or waits, else queued for the send thread."""
+        send, own, send_backlog, send_put = self._send, self._own, self.send_backlog, self.send_q.put
+        send_acquire, send_release = self.send_lock.acquire, self.send_lock.release
+
+        def to_send(item):
+            if not send_backlog and send_acquire(False):
+                try:
+                    send(*item)
+                finally:
+                    send_release()
+            else:
+                self._set_state(item[0], "computed, queued for sending")
+                send_put(own(item))
+        return to_send
 
     def _own(self, item):
         """A job or send item with copies of the receive buffer's views: it waits in a queue past this turn. (A
@@ -655,11 +719,11 @@ class Agent:
             data = tuple(bytes(p) for p in data)
         return (frame, data, bytes(records)) + item[3:]
 
-    def _discard(self, item):
-        """A job or send item that goes no further (an earlier session's, dropped, or failed): a raw-word
-        frame gives its slot back."""
+    def _discard(self, data):
+        """A frame's data or outputs (a job's or send item's [1]) that go no further (an earlier session's,
+        dropped, or failed): a raw-word frame gives its slot back."""
         if self.raw:
-            self._free_slot(item[1])
+            self._free_slot(data)
 
     def _gather(self, frame, part, records, payload, t):
         """One part of a frame of several incoming links: the job once all parts are here, else None."""
@@ -687,14 +751,15 @@ class Agent:
             job = self.compute_q.get()
             if job is None:
                 return
-            if job[0] >> SESSION_SHIFT != self.session:  # queued before a new host attached
+            frame, data, records, arrivals = job
+            if frame >> SESSION_SHIFT != self.session:  # queued before a new host attached
                 self.stale_dropped += 1
-                self._discard(job)
+                self._discard(data)
                 continue
             with self.compute_lock:
-                item = self._compute(job)
-            if item is not None:
-                self._to_send(item)
+                done = self._compute(frame, data)
+            if done is not None:
+                self._to_send((frame, done[0], records, arrivals, done[1], done[2]))
 
     def _send_loop(self):
         while True:
@@ -703,10 +768,10 @@ class Agent:
                 return
             if item[0] >> SESSION_SHIFT != self.session:
                 self.stale_dropped += 1
-                self._discard(item)
+                self._discard(item[1])
                 continue
             with self.send_lock:
-                self._send(item)
+                self._send(*item)
 
     def _compute_failed(self, frame, e):
         """The backend raised on `frame`: nothing is being computed any more, and the error goes to the host."""
@@ -743,8 +808,11 @@ class Agent:
         """Give a slot back: its frame left, or was dropped."""
         self.free_slots.append(slot)
         if self.slot_waiters:  # a receiver found none free (rare): wake it
-            with self.slot_ready:
-                self.slot_ready.notify()
+            self._wake_slot_waiter()
+
+    def _wake_slot_waiter(self):
+        with self.slot_ready:
+            self.slot_ready.notify()
 
     def _attach_host(self, conn, hello):
         # A new host starts a new session with its own tag: frames of earlier sessions still inside are

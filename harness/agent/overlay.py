@@ -16,16 +16,25 @@ from harness.agent.agent_config import AgentConfigError, config_path
 from splitting.contract import ContractError
 
 
-class DmaSlot:
-    """One frame's pair of DMA buffers in raw-word mode, with byte views of them (what the sockets use)."""
+class DmaSlot(tuple):
+    """One frame's pair of DMA buffers in raw-word mode, with byte views of them (what the sockets use). The
+    slot is the tuple of its frame's outputs, (outview,): the agent's send step takes it as it takes any
+    frame's payloads by outgoing link."""
 
-    __slots__ = ("inbuf", "outbuf", "inview", "outview", "outs")
-
-    def __init__(self, inbuf, outbuf):
-        self.inbuf, self.outbuf = inbuf, outbuf
+    def __new__(cls, inbuf, outbuf):
+        outview = memoryview(outbuf).cast("B")  # sendmsg this: the DMA's output goes out as it is
+        self = tuple.__new__(cls, (outview,))
+        self.inbuf, self.outbuf, self.outview = inbuf, outbuf, outview
         self.inview = memoryview(inbuf).cast("B")  # recv_into this: the payload lands where the DMA reads it
-        self.outview = memoryview(outbuf).cast("B")  # sendmsg this: the DMA's output goes out as it is
-        self.outs = (self.outview,)  # the payloads of the one outgoing link, as the agent's send step takes them
+        return self
+
+    def __eq__(self, other):  # a slot is itself, not any tuple of equal views
+        return self is other
+
+    def __ne__(self, other):
+        return self is not other
+
+    __hash__ = object.__hash__
 
 
 class OverlayBackend:
@@ -116,13 +125,14 @@ class OverlayBackend:
 
     def run_raw(self, slot):
         """One frame through the FPGA in raw-word mode: the input buffer's words to the accelerator, its words
-        into the output buffer (blocking until both transfers end). The driver flushes the input buffer from
+        into the output buffer (blocking until both transfers end); returns the slot (the frame's outputs). The driver flushes the input buffer from
         the CPU caches before its transfer and invalidates the output buffer after the wait."""
         recv = self.recv
         recv.transfer(slot.outbuf)  # armed first: the accelerator may answer as soon as its input is in
         self.send.transfer(slot.inbuf)
         self.send.wait()
         recv.wait()
+        return slot
 
     def run(self, x):
         """One frame (n_in elements) through the FPGA over AXI DMA (blocking until both transfers end);

@@ -53,7 +53,7 @@ def test_run_command_rejects_data_of_the_wrong_shape(fc_plan, tmp_path, capsys):
 FAKE_PYNQ = '''
 import json, os, types
 import numpy as np
-import contract, emulation
+from splitting import contract, emulation  # at their package paths in the agent's folder
 
 def allocate(shape, dtype):
     with open("allocations.log", "a") as f:

@@ -326,7 +326,7 @@ def test_an_agent_imported_on_the_host_runs_the_fast_model_it_is_asked_for(fc_fi
     ag.backend.model.run = lambda frames: ran.append(len(frames)) or run(frames)
     c = ag.inputs[0]
     x = check_frames(ag.backend.model.in_type, cfg["n_in"], 1, seed=4)[0]
-    item = ag._compute((1, (c.encode(x),), b"", (0,)))
+    outs, _, _ = ag._compute(1, (c.encode(x),))
     assert ran == [1]  # the fast model computed the frame
     out = ag.outputs[0][0]
-    np.testing.assert_array_equal(out.decode(item[1][0]), out.decode(out.encode(ag.backend.emulation.run(x))))
+    np.testing.assert_array_equal(out.decode(outs[0]), out.decode(out.encode(ag.backend.emulation.run(x))))

@@ -71,11 +71,8 @@ class _DMA:
         if kind == "copy":
             self.compute = self._copy
         elif kind == "emulation":
-            try:
-                import contract
-                import emulation
-            except ImportError:
-                from splitting import contract, emulation
+            from splitting import contract, emulation  # as the agent's folder has them (harness/agent/files.py)
+
             self.lib = emulation.EmulationLib(spec["library"], spec["project"], spec["n_in"], spec["n_out"])
             self.c_in = contract.Contract.from_dict(spec["in"])
             self.c_out = contract.Contract.from_dict(spec["out"])
