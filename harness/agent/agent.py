@@ -23,11 +23,12 @@ A HELLO from the host opens a session with the random tag it carries: frames of 
 or late from an earlier host) are dropped where they are found, and what the agent remembered of earlier
 frames is forgotten.
 
-A frame takes three steps, each written once: receive (`_on_frame`: its parts joined, in raw-word mode its
-payload received into a DMA buffer), compute (`_compute`: the backend, paced by the timing model) and send
-(`_send`). Whoever does a step holds its lock; a frame that finds a step's lock free and its queue empty does
-that step at once in the thread it is in (run to completion), otherwise it queues for the compute or send
-thread: a lone frame crosses no thread hand-off, which keeps the per-hop latency near a bare socket echo,
+A frame takes three steps, each written once: receive (the read loop: its parts joined, in raw-word mode its
+payload received into a DMA buffer), compute (the backend, paced by the timing model) and send; the last two
+are `_advance`, which takes a frame as far as it can go in the thread it is in. Whoever does a step holds its
+lock; a frame that finds a step's lock free and its queue empty does that step at once in the thread it is in
+(run to completion), otherwise it queues for the compute or send thread, which take it on with the same
+`_advance`: a lone frame crosses no thread hand-off, which keeps the per-hop latency near a bare socket echo,
 and with several frames in flight the steps overlap.
 """
 from __future__ import annotations
@@ -295,11 +296,8 @@ class Agent:
         self.backend = make_backend(self.cfg.backend, self.base, self.inputs, self.out_links,
                                     2 * self.in_flight + 6, self.log)
         self._bind_compute()
-        # the per-frame steps, each written once, with what is constant for the agent's life bound as locals
-        self._compute = self._compute_step()
-        self._send = self._send_step()
-        self._to_send = self._to_send_step()
-        self._on_frame = self._receive_step()
+        # compute and send, written once, with what is constant for the agent's life bound as locals
+        self._advance = self._advance_step()
 
     def _bind_compute(self):
         """What the compute step runs, decided once per backend: `decode` (payloads -> the assembled input),
@@ -443,6 +441,9 @@ class Agent:
         return True
 
     def _read_loop(self, conn):
+        """The receive step, for one connection: each frame of the current session read (views of the reader's
+        buffer, not copies: whatever keeps them past this turn copies them), its parts joined, and handed to
+        _advance; control messages answered."""
         if not self._authenticate(conn):
             self._forget(conn)
             return
@@ -450,8 +451,8 @@ class Agent:
         try:
             reader = conn.reader
             message, message_into = reader.message, reader.message_into
-            on_frame, on_control = self._on_frame, self._on_control
-            raw, free = self.raw, self.free_slots
+            advance, on_control, raw_data, gather = self._advance, self._on_control, self._raw_data, self._gather
+            raw, free, skew, lone = self.raw, self.free_slots, self.skew, self.n_in == 1
             while True:  # ends when the peer closes, or at shutdown when the socket is closed under it
                 # once this connection carried a frame (so the reader knows its records' size), a raw-word
                 # frame's payload is received straight into a free slot, where the DMA reads it
@@ -460,7 +461,6 @@ class Agent:
                         slot = free.pop()
                     except IndexError:  # another connection's reader took the last one
                         slot = None
-                # views of the receive buffer, not copies: whatever keeps them past this turn copies them
                 if slot is None:
                     mtype, frame, stage, part, records, payload = message(False)
                 else:
@@ -471,8 +471,22 @@ class Agent:
                     # the payload's size was bounded by the reader; its exact size is checked where it is decoded
                     # (or by the host when bytes are forwarded unchanged): not twice on the per-frame path
                     if frame >> SESSION_SHIFT == self.session:
-                        held, slot = slot, None  # the frame holds its slot now
-                        on_frame(frame, part, records, payload, held)
+                        t = _time_ns() + skew
+                        arrivals = (t,)
+                        if raw:  # the frame holds its slot now (refused, or copied into one, if not received there)
+                            data = slot if slot is not None and payload is slot.inview else \
+                                raw_data(frame, payload, slot)
+                            slot = None
+                        elif lone:
+                            data = (payload,)
+                        else:  # a part of a frame of several incoming links: the frame once all its parts are here
+                            job = gather(frame, part, records, payload, t)
+                            data = None
+                            if job is not None:
+                                _, data, records, arrivals = job
+                        if data is not None:
+                            advance(frame, data, records, arrivals)
+                        self.received += 1
                         continue
                     self.stale_dropped += 1  # a frame of an earlier session (or none): nobody waits for it
                 elif on_control(conn, mtype, payload):
@@ -517,68 +531,134 @@ class Agent:
             raise ProtocolError("unexpected message type %d" % mtype)
         return False
 
-    # -- the per-frame steps: receive, compute, send --------------------------------------------------------
-    # Each is a function made once by load_backend, with the agent's constants bound (a frame pays for no
-    # attribute lookup of what never changes): _on_frame (receive), _compute, _send, and _to_send (send now,
-    # or queue for the send thread).
-    def _receive_step(self):
-        """_on_frame(frame, part, records, payload, slot=None), receive: one frame (or part of a frame) of the
-        current session, read from a connection. records and payload are views of the reader's buffer; `slot`
-        (raw-word mode) the DMA slot whose input buffer holds the payload, None when every slot was taken at its
-        receipt. The frame is computed and sent here when the agent is idle, else queued for the compute thread
-        (blocking when the queue is full: TCP back-pressure to the previous stage). (The hand-over to the send
-        step is _to_send's, inlined: one call less per frame.)"""
-        skew, raw, lone, bypass = self.skew, self.raw, self.n_in == 1, self.bypass
-        compute, send, own = self._compute, self._send, self._own
-        compute_backlog, compute_lock, compute_put = self.compute_backlog, self.compute_lock, self.compute_q.put
-        compute_acquire, compute_release = compute_lock.acquire, compute_lock.release
+    # -- the per-frame steps: compute and send (receive is the read loop) --------------------------------------
+    def _advance_step(self):
+        """_advance(frame, data, records, arrivals, computed=None, queued=False), made once by load_backend with the
+        agent's constants bound (a frame pays for no attribute lookup of what never changes): takes one frame as
+        far as it can go in this thread.
+
+        Compute (unless `computed`, the frame's (outputs, t_cs, t_ce), is given): `data` (payloads by incoming link,
+        or in raw-word mode the frame's DMA slot) through the backend; the compute window (t_cs to t_ce) holds
+        the backend's run and the timing model's wait, not the decoding and encoding around it. A frame whose
+        bytes go out unchanged with no timing model has nothing to compute (its window is its last part's
+        arrival). A frame dropped by fault injection, or that the backend fails on (reported), goes no further.
+        Send: each outgoing link's message (header, the records that came with the frame, this partition's
+        records, the payload) in one sendmsg from the agent's scratch buffer (no bytes objects, no join); in
+        raw-word mode the payload is the slot's output DMA buffer, and the slot is free again once its bytes
+        are in the socket.
+
+        A step whose lock another thread holds, or whose queue holds earlier frames, gets the frame through its
+        queue instead (copies of the reader's views; blocking when full: TCP back-pressure). `queued`: the frame
+        comes from the queue of its first step (the compute or send thread): it waits for that step's lock."""
+        drop, skew, period, bypass, raw, lone = self.drop, self.skew, self.period_ns, self.bypass, self.raw, \
+            self.n_in == 1
+        decode, run, encode, own = self.decode, self.run, self.encode, self._own
+        compute_backlog, compute_put = self.compute_backlog, self.compute_q.put
+        compute_acquire, compute_release = self.compute_lock.acquire, self.compute_lock.release
         send_backlog, send_put = self.send_backlog, self.send_q.put
         send_acquire, send_release = self.send_lock.acquire, self.send_lock.release
+        scratch, head_view, own_view = self.scratch, self.head_view, self.own_view
+        n_in, rec_heads, stage = self.n_in, self.rec_heads, self.stage
+        routes, links = list(self.routes), self.links  # (a list: the loop over it is specialised)
+        free_append = self.free_slots.append if raw else None
+        pack_head, pack_own, rec0, own_size = FRAME_HEAD.pack_into, OWN_RECORD.pack_into, rec_heads[0], 40 * n_in
 
-        def on_frame(frame, part, records, payload, slot=None):
-            t = _time_ns() + skew
-            arrivals = (t,)
-            if raw:
-                data = slot if slot is not None and payload is slot.inview else \
-                    self._raw_data(frame, payload, slot)
-            elif lone:
-                data = (payload,)
-            else:  # a part of a frame of several incoming links: the frame once all its parts are here
-                job = self._gather(frame, part, records, payload, t)
-                data = None
-                if job is not None:
-                    _, data, records, arrivals = job
-            if data is None:  # refused, or waiting for its other parts
-                self.received += 1
-                return
-            if bypass:  # nothing to compute: the frame's compute window is its (last part's) arrival
+        def advance(frame, data, records, arrivals, computed=None, queued=False):
+            # -- compute --
+            if computed is not None:
+                outs, t_cs, t_ce = computed
+            elif bypass:  # nothing to compute
                 self.done += 1
-                t_cs = t_ce = t if lone else max(arrivals)
+                t_cs = t_ce = arrivals[0] if lone else max(arrivals)
                 outs = data
-            elif compute_backlog or not compute_acquire(False):
-                self._set_state(frame, "queued for compute")
-                compute_put(own((frame, data, records, arrivals)))
-                self.received += 1
-                return
             else:
+                if queued:
+                    compute_acquire()
+                elif compute_backlog or not compute_acquire(False):
+                    self._set_state(frame, "queued for compute")
+                    compute_put(own((frame, data, records, arrivals)))
+                    return
                 try:
-                    done = compute(frame, data)
+                    if drop and frame & FRAME_MASK in drop:  # fault injection (tests): this frame vanishes here
+                        self.dropped += 1
+                        self._discard(data)
+                        self._set_state(frame, "dropped (fault injection)")
+                        self.log.warning("frame %d dropped by fault injection", frame & FRAME_MASK)
+                        return
+                    self.computing = frame  # a hung DMA or library leaves this for the host to find (see health)
+                    try:
+                        x = data if decode is None else decode(data)
+                        t_cs = _time_ns() + skew
+                        if period:
+                            t0 = _perf_ns()
+                            y = run(x)
+                            wait_until(t0 + period)
+                        else:
+                            y = run(x)
+                        t_ce = _time_ns() + skew
+                        outs = y if encode is None else encode(y)
+                    except Exception as e:
+                        self._discard(data)
+                        self._compute_failed(frame, e)
+                        return
+                    self.computing = None
+                    self.done += 1
                 finally:
                     compute_release()
-                if done is None:
-                    self.received += 1
-                    return
-                outs, t_cs, t_ce = done
-            if send_backlog or not send_acquire(False):  # another frame is being sent: queue behind it
+            # -- send --
+            if queued and computed is not None:
+                send_acquire()
+            elif send_backlog or not send_acquire(False):  # another frame is being sent: queue behind it
                 self._set_state(frame, "computed, queued for sending")
                 send_put(own((frame, outs, records, arrivals, t_cs, t_ce)))
-            else:
-                try:
-                    send(frame, outs, records, arrivals, t_cs, t_ce)
-                finally:
-                    send_release()
-            self.received += 1
-        return on_frame
+                return
+            try:
+                nrec = len(records) // 40 + n_in
+                size = 24 + len(records) + own_size
+                payloads = outs.outs if raw else outs  # a raw-word frame's outputs are its slot's output buffer
+                # this partition's records, one per incoming link: one t_send for every outgoing link (the records
+                # reach the host by every path, and must say the same)
+                if n_in == 1:
+                    pack_own(scratch, 24, rec0, arrivals[0], t_cs, t_ce, _time_ns() + skew)
+                else:
+                    t_send = _time_ns() + skew
+                    for j in range(n_in):
+                        pack_own(scratch, 24 + 40 * j, rec_heads[j], arrivals[j], t_cs, t_ce, t_send)
+                c = to = None
+                i = 0
+                for c, to, key in routes:
+                    payload = payloads[i]
+                    i += 1
+                    conn = self.host if key is None else links.get(key)
+                    if conn is None:
+                        conn = self._link(to)
+                    n = len(payload)
+                    pack_head(scratch, 0, FRAME_PREFIX, frame, stage, c.index, n, nrec)
+                    lock = conn.wlock
+                    lock.acquire()
+                    try:
+                        parts = (head_view, records, own_view, payload)
+                        sock = conn.sock
+                        sent = sock.sendmsg(parts)  # wire.send_parts, inlined: the rest when the socket took less
+                        if sent < size + n:
+                            sock.sendall(b"".join(bytes(q) for q in parts)[sent:])
+                    finally:
+                        lock.release()
+            except (OSError, TimeoutError) as e:
+                self._send_failed(frame, c, to, e)
+                return
+            finally:
+                if raw:  # the slot is free again once its bytes are in the socket (_free_slot, inlined)
+                    free_append(outs)
+                    if self.slot_waiters:
+                        self._wake_slot_waiter()
+                send_release()
+            self.sent += 1
+            st = self.state
+            st[frame] = "sent"
+            if len(st) > 8192:
+                self._trim_state()
+        return advance
 
     def _raw_data(self, frame, payload, slot):
         """A raw-word frame's slot when its payload was not received into `slot` (every slot was taken, or it
@@ -598,118 +678,6 @@ class Agent:
                 return None
             slot.inview[:] = payload
         return slot
-
-    def _compute_step(self):
-        """_compute(frame, data), compute: a frame's data (payloads by incoming link, or its DMA slot) -> (its
-        outputs: payloads by outgoing link, or the slot; t_cs; t_ce), or None when the frame goes no further
-        (dropped by fault injection, or the backend failed: reported). Run by whichever thread holds
-        compute_lock. The compute window (t_cs to t_ce) holds the backend's run and the timing model's wait,
-        not the decoding and encoding around it. (Bytes forwarded unchanged with no timing model skip this
-        step: see _bind_compute.)"""
-        drop, skew, period = self.drop, self.skew, self.period_ns
-        decode, run, encode = self.decode, self.run, self.encode
-
-        def compute(frame, data):
-            if drop and frame & FRAME_MASK in drop:  # fault injection (tests): this frame vanishes here
-                self.dropped += 1
-                self._discard(data)
-                self._set_state(frame, "dropped (fault injection)")
-                self.log.warning("frame %d dropped by fault injection", frame & FRAME_MASK)
-                return None
-            self.computing = frame  # a hung DMA or library leaves this for the host to find (see health)
-            try:
-                x = data if decode is None else decode(data)
-                t_cs = _time_ns() + skew
-                if period:
-                    t0 = _perf_ns()
-                    y = run(x)
-                    wait_until(t0 + period)
-                else:
-                    y = run(x)
-                t_ce = _time_ns() + skew
-                outs = y if encode is None else encode(y)
-            except Exception as e:
-                self._discard(data)
-                self._compute_failed(frame, e)
-                return None
-            self.computing = None
-            self.done += 1
-            return outs, t_cs, t_ce
-        return compute
-
-    def _send_step(self):
-        """_send(frame, outs, records, arrivals, t_cs, t_ce), send: each outgoing link's message (header, the
-        records that came with the frame, this partition's records, the payload) in one sendmsg from the agent's
-        scratch buffer (no bytes objects, no join); in raw-word mode the payload is the slot's output DMA buffer
-        (`outs` is the slot), and the slot is free again once its bytes are in the socket. Run by whichever
-        thread holds send_lock."""
-        scratch, head_view, own_view = self.scratch, self.head_view, self.own_view
-        n_in, rec_heads, stage, skew, raw = self.n_in, self.rec_heads, self.stage, self.skew, self.raw
-        routes, links = list(self.routes), self.links  # (a list: the loop over it is specialised)
-        free_append = self.free_slots.append if raw else None
-        pack_head, pack_own, rec0, own = FRAME_HEAD.pack_into, OWN_RECORD.pack_into, rec_heads[0], 40 * n_in
-
-        def send(frame, outs, records, arrivals, t_cs, t_ce):
-            nrec = len(records) // 40 + n_in
-            size = 24 + len(records) + own
-            c = to = None
-            try:
-                i = 0
-                for c, to, key in routes:  # a raw-word frame's outputs are its slot: a tuple of its output buffer
-                    payload = outs[i]
-                    i += 1
-                    conn = self.host if key is None else links.get(key)
-                    if conn is None:
-                        conn = self._link(to)
-                    n = len(payload)
-                    pack_head(scratch, 0, FRAME_PREFIX, frame, stage, c.index, n, nrec)
-                    lock = conn.wlock
-                    lock.acquire()
-                    try:
-                        if n_in == 1:
-                            pack_own(scratch, 24, rec0, arrivals[0], t_cs, t_ce, _time_ns() + skew)
-                        else:
-                            t_send = _time_ns() + skew
-                            for j in range(n_in):
-                                pack_own(scratch, 24 + 40 * j, rec_heads[j], arrivals[j], t_cs, t_ce, t_send)
-                        parts = (head_view, records, own_view, payload)
-                        sock = conn.sock
-                        sent = sock.sendmsg(parts)  # wire.send_parts, inlined: the rest when the socket took less
-                        if sent < size + n:
-                            sock.sendall(b"".join(bytes(q) for q in parts)[sent:])
-                    finally:
-                        lock.release()
-            except (OSError, TimeoutError) as e:
-                self._send_failed(frame, c, to, e)
-                return
-            finally:
-                if raw:  # the slot is free again once its bytes are in the socket (_free_slot, inlined)
-                    free_append(outs)
-                    if self.slot_waiters:
-                        self._wake_slot_waiter()
-            self.sent += 1
-            st = self.state
-            st[frame] = "sent"
-            if len(st) > 8192:
-                self._trim_state()
-        return send
-
-    def _to_send_step(self):
-        """_to_send(item): a computed frame (frame, outs, records, arrivals, t_cs, t_ce), sent at once when no
-        other frame is being sent or waits, else queued for the send thread."""
-        send, own, send_backlog, send_put = self._send, self._own, self.send_backlog, self.send_q.put
-        send_acquire, send_release = self.send_lock.acquire, self.send_lock.release
-
-        def to_send(item):
-            if not send_backlog and send_acquire(False):
-                try:
-                    send(*item)
-                finally:
-                    send_release()
-            else:
-                self._set_state(item[0], "computed, queued for sending")
-                send_put(own(item))
-        return to_send
 
     def _own(self, item):
         """A job or send item with copies of the receive buffer's views: it waits in a queue past this turn. (A
@@ -747,6 +715,7 @@ class Agent:
         return (frame, entry[0], b"".join(entry[1]), entry[2])
 
     def _compute_loop(self):
+        advance = self._advance
         while True:
             job = self.compute_q.get()
             if job is None:
@@ -756,22 +725,20 @@ class Agent:
                 self.stale_dropped += 1
                 self._discard(data)
                 continue
-            with self.compute_lock:
-                done = self._compute(frame, data)
-            if done is not None:
-                self._to_send((frame, done[0], records, arrivals, done[1], done[2]))
+            advance(frame, data, records, arrivals, queued=True)
 
     def _send_loop(self):
+        advance = self._advance
         while True:
             item = self.send_q.get()
             if item is None:
                 return
-            if item[0] >> SESSION_SHIFT != self.session:
+            frame, outs, records, arrivals, t_cs, t_ce = item
+            if frame >> SESSION_SHIFT != self.session:
                 self.stale_dropped += 1
-                self._discard(item[1])
+                self._discard(outs)
                 continue
-            with self.send_lock:
-                self._send(*item)
+            advance(frame, outs, records, arrivals, (outs, t_cs, t_ce), queued=True)
 
     def _compute_failed(self, frame, e):
         """The backend raised on `frame`: nothing is being computed any more, and the error goes to the host."""

@@ -16,25 +16,17 @@ from harness.agent.agent_config import AgentConfigError, config_path
 from splitting.contract import ContractError
 
 
-class DmaSlot(tuple):
-    """One frame's pair of DMA buffers in raw-word mode, with byte views of them (what the sockets use). The
-    slot is the tuple of its frame's outputs, (outview,): the agent's send step takes it as it takes any
-    frame's payloads by outgoing link."""
+class DmaSlot:
+    """One frame's pair of DMA buffers in raw-word mode, with byte views of them (what the sockets use); `outs`
+    is the frame's outputs as the agent's send step takes them, (outview,)."""
 
-    def __new__(cls, inbuf, outbuf):
-        outview = memoryview(outbuf).cast("B")  # sendmsg this: the DMA's output goes out as it is
-        self = tuple.__new__(cls, (outview,))
-        self.inbuf, self.outbuf, self.outview = inbuf, outbuf, outview
+    __slots__ = ("inbuf", "outbuf", "inview", "outview", "outs")
+
+    def __init__(self, inbuf, outbuf):
+        self.inbuf, self.outbuf = inbuf, outbuf
         self.inview = memoryview(inbuf).cast("B")  # recv_into this: the payload lands where the DMA reads it
-        return self
-
-    def __eq__(self, other):  # a slot is itself, not any tuple of equal views
-        return self is other
-
-    def __ne__(self, other):
-        return self is not other
-
-    __hash__ = object.__hash__
+        self.outview = memoryview(outbuf).cast("B")  # sendmsg this: the DMA's output goes out as it is
+        self.outs = (self.outview,)
 
 
 class OverlayBackend:

@@ -284,7 +284,7 @@ def test_a_raw_frame_queued_for_sending_keeps_its_slot_until_it_left(tmp_path, m
             slot.inview[:] = p
             records[:] = rec
             with ag.compute_lock:  # received while another frame is computed: queued for the compute thread
-                ag._on_frame(f, 0, memoryview(records), slot.inview, slot)
+                ag._advance(f, slot, memoryview(records), (0,))
             records[:] = b"\xff" * 40  # the reader's buffer moves on under the queued frame
         # (the send thread may hold one of them already, waiting for the lock: count states, not the queue)
         queued = lambda: [ag.state.get(f) for f in frames] == ["computed, queued for sending"] * 6

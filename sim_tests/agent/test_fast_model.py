@@ -307,8 +307,10 @@ def test_an_agent_imported_on_the_host_runs_the_fast_model_it_is_asked_for(fc_fi
     """An agent imported on the host as a package module (as the tests and benchmarks use it), configured for
     the "fast" backend, runs the fast model: its backend says so and a frame through the agent's compute step
     is the fast model's (the agent does not quietly fall back to the emulation library)."""
+    import socket
+
     from harness.agent import wire
-    from harness.agent.agent import Agent
+    from harness.agent.agent import Agent, Conn
     from harness.rack.wiring import Endpoint, agent_config
 
     plan, name, cfg = fc_first
@@ -326,7 +328,13 @@ def test_an_agent_imported_on_the_host_runs_the_fast_model_it_is_asked_for(fc_fi
     ag.backend.model.run = lambda frames: ran.append(len(frames)) or run(frames)
     c = ag.inputs[0]
     x = check_frames(ag.backend.model.in_type, cfg["n_in"], 1, seed=4)[0]
-    outs, _, _ = ag._compute(1, (c.encode(x),))
+    a, b = socket.socketpair()  # the next hop: a frame goes out on it
+    ag.links[ag.routes[0][2]] = Conn(a, "next hop")
+    ag._advance(1, (c.encode(x),), b"", (0,))  # a frame through the agent's compute and send steps
     assert ran == [1]  # the fast model computed the frame
     out = ag.outputs[0][0]
-    np.testing.assert_array_equal(out.decode(outs[0]), out.decode(out.encode(ag.backend.emulation.run(x))))
+    b.settimeout(10)
+    got = wire.Reader(b, max_payload=out.payload_bytes).message()
+    np.testing.assert_array_equal(out.decode(got[5]), out.decode(out.encode(ag.backend.emulation.run(x))))
+    a.close()
+    b.close()
