@@ -559,7 +559,9 @@ class Agent:
         send_acquire, send_release = self.send_lock.acquire, self.send_lock.release
         scratch, head_view, own_view = self.scratch, self.head_view, self.own_view
         n_in, rec_heads, stage = self.n_in, self.rec_heads, self.stage
-        routes, links = list(self.routes), self.links  # (a list: the loop over it is specialised)
+        # (link index, key of its connection, destination, contract) per outgoing link; a list: the loop over it
+        # is specialised
+        routes, links = [(c.index, key, to, c) for c, to, key in self.routes], self.links
         free_append = self.free_slots.append if raw else None
         pack_head, pack_own, rec0, own_size = FRAME_HEAD.pack_into, OWN_RECORD.pack_into, rec_heads[0], 40 * n_in
 
@@ -613,8 +615,9 @@ class Agent:
                 send_put(own((frame, outs, records, arrivals, t_cs, t_ce)))
                 return
             try:
-                nrec = len(records) // 40 + n_in
-                size = 24 + len(records) + own_size
+                r = len(records)
+                nrec = r // 40 + n_in
+                size = 24 + r + own_size
                 payloads = outs.outs if raw else outs  # a raw-word frame's outputs are its slot's output buffer
                 # this partition's records, one per incoming link: one t_send for every outgoing link (the records
                 # reach the host by every path, and must say the same)
@@ -626,14 +629,14 @@ class Agent:
                         pack_own(scratch, 24 + 40 * j, rec_heads[j], arrivals[j], t_cs, t_ce, t_send)
                 c = to = None
                 i = 0
-                for c, to, key in routes:
+                for index, key, to, c in routes:
                     payload = payloads[i]
                     i += 1
                     conn = self.host if key is None else links.get(key)
                     if conn is None:
                         conn = self._link(to)
                     n = len(payload)
-                    pack_head(scratch, 0, FRAME_PREFIX, frame, stage, c.index, n, nrec)
+                    pack_head(scratch, 0, FRAME_PREFIX, frame, stage, index, n, nrec)
                     lock = conn.wlock
                     lock.acquire()
                     try:
