@@ -33,12 +33,7 @@ def identity_plan(stages: int = 3, shape=(64,), dtype: str = "ap_fixed<16,6>", f
         links.append(Contract(prev, name, shape, dtype))
         prev, idx = name, idx + 1
         if i == 0 and fan > 1:
-            width = shape[-1]
-            if width % fan:
-                raise ValueError(f"fan {fan} must divide the last axis {width}")
-            w = width // fan
-            names = [f"n{k}" for k in range(fan)]
-            part_shape = shape[:-1] + (w,)
+            w, part_shape, names = _slices(shape, fan)
             for k, n in enumerate(names):
                 add(n, idx, "neuron", shape, part_shape)
                 links.append(Contract(prev, n, part_shape, dtype, select=Select(len(shape) - 1, k * w, (k + 1) * w)))
@@ -51,12 +46,7 @@ def identity_plan(stages: int = 3, shape=(64,), dtype: str = "ap_fixed<16,6>", f
             stage_list.append(Stage(idx, "layers", [join]))
             prev, idx = join, idx + 1
     if stages == 0 and fan > 1:
-        width = shape[-1]
-        if width % fan:
-            raise ValueError(f"fan {fan} must divide the last axis {width}")
-        w = width // fan
-        part_shape = shape[:-1] + (w,)
-        names = [f"n{k}" for k in range(fan)]
+        w, part_shape, names = _slices(shape, fan)
         for k, n in enumerate(names):
             add(n, 0, "neuron", part_shape, part_shape)
             links.append(Contract("host", n, part_shape, dtype, select=Select(len(shape) - 1, k * w, (k + 1) * w)))
@@ -68,3 +58,12 @@ def identity_plan(stages: int = 3, shape=(64,), dtype: str = "ap_fixed<16,6>", f
     plan = Plan(model=model, stages=stage_list, partitions=parts, links=links)
     plan.check()
     return plan
+
+
+def _slices(shape, fan: int):
+    """(slice width, a slice's shape, the parallel partitions' names) of `fan` slices along the last axis."""
+    width = shape[-1]
+    if width % fan:
+        raise ValueError(f"fan {fan} must divide the last axis {width}")
+    w = width // fan
+    return w, shape[:-1] + (w,), [f"n{k}" for k in range(fan)]

@@ -718,30 +718,26 @@ class Agent:
         return (frame, entry[0], b"".join(entry[1]), entry[2])
 
     def _compute_loop(self):
-        advance = self._advance
-        while True:
-            job = self.compute_q.get()
-            if job is None:
-                return
-            frame, data, records, arrivals = job
-            if frame >> SESSION_SHIFT != self.session:  # queued before a new host attached
-                self.stale_dropped += 1
-                self._discard(data)
-                continue
-            advance(frame, data, records, arrivals, queued=True)
+        self._queue_loop(self.compute_q)
 
     def _send_loop(self):
+        self._queue_loop(self.send_q)
+
+    def _queue_loop(self, q):
+        """The compute or send thread: the frames of its queue (None ends it) taken on with _advance, waiting
+        for the step's lock; a frame queued before a new host attached is dropped (its slot given back)."""
         advance = self._advance
         while True:
-            item = self.send_q.get()
+            item = q.get()
             if item is None:
                 return
-            frame, outs, records, arrivals, t_cs, t_ce = item
-            if frame >> SESSION_SHIFT != self.session:
+            if item[0] >> SESSION_SHIFT != self.session:
                 self.stale_dropped += 1
-                self._discard(outs)
-                continue
-            advance(frame, outs, records, arrivals, (outs, t_cs, t_ce), queued=True)
+                self._discard(item[1])
+            elif len(item) == 4:  # to compute: frame, data, records, arrivals
+                advance(*item, queued=True)
+            else:  # computed: frame, outputs, records, arrivals, t_cs, t_ce
+                advance(item[0], item[1], item[2], item[3], item[1:2] + item[4:], queued=True)
 
     def _compute_failed(self, frame, e):
         """The backend raised on `frame`: nothing is being computed any more, and the error goes to the host."""
