@@ -1,4 +1,4 @@
-"""splitrack's pytest plugin: `--boards PATH`, the `hw` marker, and fixtures for a rack of boards.
+"""splitrack's pytest plugin: `--boards FILE` (the rack file), the `hw` marker, and fixtures for a rack of boards.
 
 Tests marked `hw` need a rack (real or virtual). Without `--boards` they are skipped with the reason.
 
@@ -45,10 +45,10 @@ _KEY = "_splitrack_rack"
 
 
 def pytest_addoption(parser):
-    """Add the splitrack options: --boards PATH, --board-lease-timeout SECONDS (default 300 s),
+    """Add the splitrack options: --boards FILE, --board-lease-timeout SECONDS (default 300 s),
     --no-health-check, --allow-no-boards."""
     group = parser.getgroup("splitrack")
-    group.addoption("--boards", metavar="PATH", default=None,
+    group.addoption("--boards", metavar="FILE", default=None,
                     help="rack file (boards.toml) of the boards that hw tests run on")
     group.addoption("--board-lease-timeout", metavar="SECONDS", type=float, default=300.0,
                     help="how long a test waits for boards that other xdist workers hold (default 300)")
@@ -76,7 +76,7 @@ def _selects_only_hw(markexpr: str) -> bool:
 def pytest_configure(config):
     """Register the `hw` marker; raises pytest.UsageError when `-m` selects only hw tests and neither --boards
     nor --allow-no-boards is given (the run would otherwise pass with everything skipped)."""
-    config.addinivalue_line("markers", "hw: needs a rack of boards (real or virtual): run with --boards PATH")
+    config.addinivalue_line("markers", "hw: needs a rack of boards (real or virtual): run with --boards FILE")
     # asking for the hw tests without a rack would skip them all and exit 0: a CI job that forgot --boards
     # must go red instead
     if (_selects_only_hw(config.getoption("markexpr", "") or "") and not config.getoption("--boards")

@@ -68,7 +68,6 @@ FRAME, ERROR, PROBE, PROBE_REPLY, PING, PONG, SHUTDOWN, HELLO = (int(t) for t in
 OWN_RECORD, RECORD_HEAD, FRAME_HEAD, FRAME_PREFIX = wire.OWN_RECORD, wire.RECORD_HEAD, wire.FRAME_HEAD, wire.FRAME_PREFIX
 PROBE_REQ, PROBE_REP = wire.PROBE_REQ, wire.PROBE_REP
 pack_message = wire.pack_message
-send_parts = wire.send_parts
 SESSION_SHIFT, FRAME_MASK = wire.SESSION_SHIFT, wire.FRAME_MASK
 HOST_ID = wire.HOST_ID
 

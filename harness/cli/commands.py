@@ -1,5 +1,5 @@
-"""The `splitrack` command: the dispatcher. Each sub-command's argparse code is a module of harness/cli/ (the
-cosim command's is harness/cli/cosim.py) that calls the library; this file only knows their names, so that
+"""The `splitrack` command: the dispatcher. Each sub-command's argparse code is a module of harness/cli/ that
+calls the library; this file only knows their names, so that
 `splitrack --help` does not import TensorFlow."""
 from __future__ import annotations
 

@@ -84,9 +84,9 @@ class LocalRack:
         self.workdir = Path(workdir)
         self.python = python
         self.host = host
-        # the agent imports only what its folder holds: none of this checkout's packages on its path
-        env = dict(os.environ, **(env or {}))
-        self.env = env  # e.g. PYTHONPATH of board-side modules (pynq)
+        # e.g. PYTHONPATH of board-side modules (pynq); the agent's own packages come first from its folder
+        # (`python -m` puts it at the front of sys.path)
+        self.env = dict(os.environ, **(env or {}))
         self.files, self.module = code or (agent_files(), MODULE)
         self.agents: Dict[str, LocalAgent] = {}
         self.wiring: Optional[Wiring] = None
