@@ -185,7 +185,8 @@ class Agent:
         self.head_view, self.own_view = memoryview(self.scratch)[:24], memoryview(self.scratch)[24:]
         self.pending = {}  # frame id -> [parts by index, records, arrival ns by index, first arrival monotonic]
         self.pending_lock = threading.Lock()
-        self.state = {}  # frame id -> what happened to it here (the latest 4096 to 8192 frames)
+        self.state = {}  # frame id -> what happened to it here (the latest 4096 to 8192 frames), unless sent:
+        self.sent_frames = collections.deque(maxlen=8192)  # the ids of the latest frames sent (one C call a frame)
         self.host = None  # the Conn of the host that said HELLO
         self.host_ready = threading.Condition()
         self.links = {}  # (host, port) -> Conn of a next hop
@@ -283,7 +284,8 @@ class Agent:
         if ask is not None and "frame" in ask:
             h["frame"] = int(ask["frame"])
             f = int(ask["frame"])
-            h["frame_state"] = "computing" if f == self.computing else self.state.get(f, "unknown")
+            h["frame_state"] = "computing" if f == self.computing else "sent" if f in self.sent_frames else \
+                self.state.get(f, "unknown")
         return h
 
     # -- lifecycle --
@@ -561,7 +563,7 @@ class Agent:
         # (link index, key of its connection, destination, contract) per outgoing link; a list: the loop over it
         # is specialised
         routes, links = [(c.index, key, to, c) for c, to, key in self.routes], self.links
-        free_append = self.free_slots.append if raw else None
+        free_append, sent_append = self.free_slots.append if raw else None, self.sent_frames.append
         pack_head, pack_own, rec0, own_size = FRAME_HEAD.pack_into, OWN_RECORD.pack_into, rec_heads[0], 40 * n_in
 
         def advance(frame, data, records, arrivals, computed=None, queued=False):
@@ -656,10 +658,7 @@ class Agent:
                         self._wake_slot_waiter()
                 send_release()
             self.sent += 1
-            st = self.state
-            st[frame] = "sent"
-            if len(st) > 8192:
-                self._trim_state()
+            sent_append(frame)
         return advance
 
     def _raw_data(self, frame, payload, slot):
@@ -793,6 +792,7 @@ class Agent:
             stale = len(self.pending)
             self.pending.clear()
         self.state = {}
+        self.sent_frames.clear()
         # the answer goes out before the connection becomes the host's: it is the first message the host reads
         # (a frame of the old session in its last step may still follow; the host drops it by its tag)
         conn.send(pack_message(PONG, payload=json.dumps(self.health()).encode()))
