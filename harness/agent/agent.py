@@ -1,11 +1,11 @@
 """splitrack board agent: receives frames, runs one partition, forwards the result.
 
-Python 3.8+, standard library and numpy (plus `pynq` for the overlay backend on a real board). It is one module
-of the package `harness.agent`, shipped whole to every board with `splitting.contract` and `splitting.emulation`
-at their package paths (harness/agent/files.py), so that it imports the same modules on a board as on the host.
-Beside it: `wire.py` (the wire format and the authentication handshake), `agent_config.py` (its configuration),
-`backends.py` (what computes a frame), `pacer.py` (the timing model's clock), `log_limit.py` and `pidfile.py`;
-the process is `__main__.py`:
+Python 3.8+, standard library and numpy (plus `pynq` for the overlay backend on a real board). On a board it
+sits in the package `harness.agent` (shipped whole, with `splitting.contract` and `splitting.emulation` at their
+package paths: harness/agent/files.py, so that it imports the same modules on a board as on the host) beside
+`wire.py` (the wire format and the authentication handshake), `agent_config.py` (its configuration),
+`backends.py` (what computes a frame), `pacer.py` (the timing model's clock), `log_limit.py` and `pidfile.py`,
+and is started as
 
     python3 -m harness.agent CONFIG.json
 
@@ -25,11 +25,11 @@ frames is forgotten.
 
 A frame takes three steps, each written once: receive (the read loop: its parts joined, in raw-word mode its
 payload received into a DMA buffer), compute (the backend, paced by the timing model) and send; the last two
-are `_advance`, which takes a frame as far as it can go in the thread it is in. Whoever does a step holds its
-lock; a frame that finds a step's lock free and its queue empty does that step at once in the thread it is in
-(run to completion), otherwise it queues for the compute or send thread, which take it on with the same
-`_advance`: a lone frame crosses no thread hand-off, which keeps the per-hop latency near a bare socket echo,
-and with several frames in flight the steps overlap.
+are `_advance`, which takes a frame as far as it can go in the thread it is in. Receive, compute and send run in
+separate threads joined by bounded queues, so that with several frames in flight they overlap. Whoever does a
+step holds its lock; a frame that finds a step's lock free and its queue empty does that step at once in the
+thread it is in (run to completion): a lone frame then crosses no thread hand-off, which keeps the per-hop
+latency near a bare socket echo.
 """
 from __future__ import annotations
 
@@ -442,9 +442,8 @@ class Agent:
         return True
 
     def _read_loop(self, conn):
-        """The receive step, for one connection: each frame of the current session read (views of the reader's
-        buffer, not copies: whatever keeps them past this turn copies them), its parts joined, and handed to
-        _advance; control messages answered."""
+        """The receive step, for one connection: each frame of the current session read, its parts joined, and
+        handed to _advance; control messages answered."""
         if not self._authenticate(conn):
             self._forget(conn)
             return
@@ -462,6 +461,7 @@ class Agent:
                         slot = free.pop()
                     except IndexError:  # another connection's reader took the last one
                         slot = None
+                # views of the receive buffer, not copies: whatever keeps them past this turn copies them
                 if slot is None:
                     mtype, frame, stage, part, records, payload = message(False)
                 else:
@@ -616,6 +616,8 @@ class Agent:
                 send_put(own((frame, outs, records, arrivals, t_cs, t_ce)))
                 return
             try:
+                # header and own record packed into the agent's scratch buffer (safe: send_lock is held), sent
+                # with the records and payload in one sendmsg: no bytes objects, no join
                 r = len(records)
                 nrec = r // 40 + n_in
                 size = 24 + r + own_size
