@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from harness.measure.stream import Pipeline
-from sim_tests.board.test_agent_security import Stranger
+from sim_tests.agent.test_agent_security import Stranger
 
 pytestmark = pytest.mark.hw
 

@@ -24,11 +24,11 @@ def _env(**kw):
 # --- one cache per user --------------------------------------------------------------------------------
 _WHERE = """
 import json
-from splitting import hls, reference, estimate
+from splitting import hls, reference_models, estimate
 from harness.jobs import nightly
 from harness.rack import virtual_rack
 from harness.cosim import sim
-print(json.dumps({"hls": str(hls.CACHE), "models": str(reference.CACHE), "estimates": str(estimate.cache_root()),
+print(json.dumps({"hls": str(hls.CACHE), "models": str(reference_models.CACHE), "estimates": str(estimate.cache_root()),
                   "nightly": str(nightly.CACHE), "cosim": str(sim.CACHE),
                   "racks": str(virtual_rack.default_state("rack.toml"))}))
 """
@@ -133,7 +133,7 @@ def test_demo_steps_are_numbered_once_in_order(monkeypatch, tmp_path, capsys):
     import splitting.reference_models
     import splitting.split
     import splitting.verify
-    from harness import demo
+    from harness.jobs import demo
     from splitting.plan import Plan
 
     class Model:
