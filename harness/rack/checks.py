@@ -11,7 +11,7 @@ registered by name in CHECKS, in the order they run:
   whose version must match), and what the board is: its machine and the PYNQ image's board name
   (/proc/device-tree/chosen/pynq_board, or $BOARD) against the rack file's `kind` (KINDS);
 - memory: `free -b`; disk: `df -Pk` of the workdir (or the folder it will be made in) against the bytes a
-  deploy uploads plus headroom;
+  deploy uploads plus headroom (both run by the runtime check's probe: one command per board);
 - data-port: a TCP connect from this machine: refused (free), or an agent this rack file's key deployed
   (`port_owner`), or another program (a problem).
 
@@ -113,6 +113,7 @@ class Context:
     imports: bool
     port_owner: Optional[PortOwner]
     report: BoardReport
+    probe: Dict[str, Any] = field(default_factory=dict)  # what the runtime check's probe answered
 
     def fail(self, check: str, message: str) -> None:
         """Add a Problem of this board: `check` names the check, `message` what is wrong and what to do."""
@@ -126,10 +127,11 @@ class Context:
 
 # --- runtime: python, numpy, pynq, what the board is ---------------------------------------------------
 # Runs on the board's python, whatever its version: no f-strings, prints one JSON line. argv[1]: "import"
-# (import numpy and pynq, their versions) or "find" (find them without importing: fast). argv[2]: "pynq" to
-# look for pynq.
+# (import numpy and pynq, their versions) or "find" (find them without importing: fast); argv[2]: "pynq" to
+# look for pynq, else "-"; argv[3]: the workdir. It also runs `free -b` and `df -Pk` (of the workdir, or the
+# folder it will be made in): one command per board, not three (each costs a virtual board a process).
 PROBE = r"""
-import json, os, platform, sys
+import json, os, platform, subprocess, sys
 out = {"python": list(sys.version_info[:3]), "executable": sys.executable, "machine": platform.machine()}
 def module(name):
     try:
@@ -145,8 +147,19 @@ def module(name):
     except Exception as e:
         return {"error": "%s: %s" % (type(e).__name__, str(e).splitlines()[0] if str(e) else "")}
 out["numpy"] = module("numpy")
-if sys.argv[2:] == ["pynq"]:
+if sys.argv[2] == "pynq":
     out["pynq"] = module("pynq")
+def command(argv):
+    try:
+        return subprocess.check_output(argv, stderr=subprocess.STDOUT, universal_newlines=True)
+    except Exception:
+        return None
+out["free"] = command(["free", "-b"])
+folder = sys.argv[3]
+while folder not in ("", "/") and not os.path.isdir(folder):
+    folder = os.path.dirname(folder)
+folder = folder or "/"
+out["df"] = [folder, command(["df", "-Pk", folder])]
 def first_line(path):
     try:
         with open(path) as f:
@@ -181,9 +194,8 @@ def _sudo_refused(res) -> Optional[str]:
 
 def _run_probe(ctx: Context, sudo: bool):
     b = ctx.board
-    argv = [b.python, "-c", PROBE, "import" if ctx.imports else "find"]
-    if _pynq_expected(b):
-        argv.append("pynq")
+    argv = [b.python, "-c", PROBE, "import" if ctx.imports else "find", "pynq" if _pynq_expected(b) else "-",
+            ctx.conn.remote_path(b.workdir)]
     if sudo:
         argv = ["sudo", "-n", "setsid", "-w"] + argv  # as the agent is started (deploy.start_agent)
     return ctx.conn.run(argv, check=False, timeout=60, stage="runtime")
@@ -229,6 +241,7 @@ def check_runtime(ctx: Context) -> None:
                  f"{MIN_PYTHON[0]}.{MIN_PYTHON[1]}+, or set python = in the rack file")
         return
     version = tuple(int(v) for v in info.get("python", [0, 0])[:3])
+    ctx.probe = info
     ctx.facts["python"] = ".".join(str(v) for v in version)
     if version[:2] < MIN_PYTHON:
         ctx.fail("python", f"{how} is Python {ctx.facts['python']}, older than {MIN_PYTHON[0]}.{MIN_PYTHON[1]} "
@@ -308,7 +321,7 @@ def _check_kind(ctx: Context, info: dict) -> None:
 # --- memory, disk -----------------------------------------------------------------------------------------
 def check_memory(ctx: Context) -> None:
     """Available memory (`free -b`) against MIN_FREE_MEMORY."""
-    free = ctx.conn.run(["free", "-b"], check=False, timeout=10, stage="memory").stdout
+    free = ctx.probe.get("free") or ctx.conn.run(["free", "-b"], check=False, timeout=10, stage="memory").stdout
     mem = [ln.split() for ln in free.splitlines() if ln.startswith("Mem:")]
     if not mem:
         ctx.facts["free_memory_mib"] = None
@@ -331,8 +344,11 @@ def _existing_folder(conn: Connection, path: str) -> str:
 def check_disk(ctx: Context) -> None:
     """Free space (`df -Pk`) where the workdir is, against the files a deploy uploads plus MIN_FREE_DISK."""
     conn, need = ctx.conn, ctx.need
-    folder = _existing_folder(conn, conn.remote_path(ctx.board.workdir))
-    df = conn.run(["df", "-Pk", folder], check=False, timeout=10, stage="disk").stdout.splitlines()
+    folder, df = ctx.probe.get("df") or (None, None)
+    if not df:  # the probe did not run (no working python) or its df failed: ask once more, by itself
+        folder = _existing_folder(conn, conn.remote_path(ctx.board.workdir))
+        df = conn.run(["df", "-Pk", folder], check=False, timeout=10, stage="disk").stdout
+    df = df.splitlines()
     try:
         avail = int(df[-1].split()[3]) << 10
     except (IndexError, ValueError):

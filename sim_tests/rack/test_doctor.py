@@ -184,6 +184,9 @@ class _Board:
     def run(self, argv, **kw):
         return Result(list(argv), 0, json.dumps(self.info) + "\n", "")
 
+    def remote_path(self, rel):
+        return f"/home/xilinx/{rel}"
+
 
 def _runtime(board: Board, /, **info):
     full = {"python": [3, 10, 12], "machine": "armv7l", "board": "Pynq-Z2", "numpy": {"version": "1.26.4"},
