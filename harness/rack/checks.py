@@ -181,6 +181,33 @@ print(json.dumps(out))
 """
 
 
+def _text(v: Any, limit: int = 80) -> Optional[str]:
+    """A board's word as one printable line of at most `limit` characters (None stays None)."""
+    lines = str(v).strip().splitlines() if v is not None else []
+    return "".join(c if c.isprintable() else "?" for c in lines[0])[:limit] if lines else None
+
+
+def parse_probe(stdout: str) -> Dict[str, Any]:
+    """The probe's answer (its last line of output), checked field by field: it comes from the board, so
+    nothing in it is trusted to have the right type or a printable value. Raises ValueError when it is not
+    the probe's answer."""
+    d = json.loads(stdout.strip().splitlines()[-1])
+    if not isinstance(d, dict) or not isinstance(d.get("python"), list) or len(d["python"]) < 2:
+        raise ValueError("not the probe's answer")
+    out: Dict[str, Any] = {"python": tuple(int(v) for v in d["python"][:3])}
+    for name in ("numpy", "pynq"):
+        if name in d:
+            m = d[name] if isinstance(d[name], dict) else {}
+            out[name] = {k: (_text(m[k], 200) if k != "found" else bool(m[k])) for k in ("version", "found", "error")
+                         if k in m}
+    for name in ("machine", "board", "image", "virtual"):
+        out[name] = _text(d.get(name))
+    out["free"] = d["free"] if isinstance(d.get("free"), str) else None
+    df = d.get("df")
+    out["df"] = (str(df[0]), df[1]) if isinstance(df, list) and len(df) == 2 and isinstance(df[1], str) else None
+    return out
+
+
 def _sudo_refused(res) -> Optional[str]:
     """sudo's own refusal (its message), or None when the command ran (whatever it then said)."""
     text = (res.stderr or "").strip()
@@ -231,23 +258,23 @@ def check_runtime(ctx: Context) -> None:
                  f"(PYNQ 3: \"{PYNQ_PYTHON}\")")
         return
     try:
-        info = json.loads(res.stdout.strip().splitlines()[-1]) if res.status == 0 else None
-    except (ValueError, IndexError):
+        info = parse_probe(res.stdout) if res.status == 0 else None
+    except (ValueError, TypeError, IndexError):
         info = None
-    if not isinstance(info, dict):
+    if info is None:
         ctx.facts["python"] = "fails"
         detail = " | ".join(out.splitlines()[-2:]) or "no output"
         ctx.fail("python", f"{how} does not run a short script ({detail}): check that it is a working Python "
                  f"{MIN_PYTHON[0]}.{MIN_PYTHON[1]}+, or set python = in the rack file")
         return
-    version = tuple(int(v) for v in info.get("python", [0, 0])[:3])
+    version = info["python"]
     ctx.probe = info
     ctx.facts["python"] = ".".join(str(v) for v in version)
     if version[:2] < MIN_PYTHON:
         ctx.fail("python", f"{how} is Python {ctx.facts['python']}, older than {MIN_PYTHON[0]}.{MIN_PYTHON[1]} "
                  f"(the agent's minimum; PYNQ 2.7 and later ship 3.8 to 3.10): flash a newer PYNQ image, or set "
                  f"python = to a {MIN_PYTHON[0]}.{MIN_PYTHON[1]}+ interpreter with numpy")
-    _module_fact(ctx, "numpy", info.get("numpy") or {}, how,
+    _module_fact(ctx, "numpy", info.get("numpy", {}), how,
                  f"install it for that interpreter ({b.python} -m pip install numpy), or set python = to one "
                  f"that has it (PYNQ 3: \"{PYNQ_PYTHON}\")")
     if "pynq" in info:
@@ -259,13 +286,13 @@ def check_runtime(ctx: Context) -> None:
 
 def _module_fact(ctx: Context, name: str, m: dict, how: str, fix: str) -> bool:
     """Record a module's fact ('1.26.4', 'found', 'missing', 'broken'); a problem when it cannot be had."""
-    if "version" in m:
+    if m.get("version"):
         ctx.facts[name] = m["version"]
         return True
     if m.get("found"):
         ctx.facts[name] = "found"
         return True
-    if "error" in m and not m["error"].startswith(("ModuleNotFoundError", "ImportError: No module")):
+    if m.get("error") and not m["error"].startswith(("ModuleNotFoundError", "ImportError: No module")):
         ctx.facts[name] = "broken"
         ctx.fail(name, f"{how} cannot import {name} ({m['error']}): reinstall it, {fix}")
         return False
@@ -278,7 +305,7 @@ def _check_pynq(ctx: Context, m: dict, how: str) -> None:
     b = ctx.board
     ok = _module_fact(ctx, "pynq", m, how, f"use the PYNQ image's own Python (python = \"{PYNQ_PYTHON}\" on "
                       "PYNQ 3), or install pynq into it")
-    if not ok or b.pynq_version is None or "version" not in m:
+    if not ok or b.pynq_version is None or not m.get("version"):
         return  # the version is only known when pynq was imported (doctor), and only checked when stated
     from packaging.version import InvalidVersion, Version
 
@@ -296,7 +323,7 @@ def _check_kind(ctx: Context, info: dict) -> None:
     """The board is what the rack file's `kind` says (KINDS): its machine, and the PYNQ image's board name."""
     b = ctx.board
     spec = KINDS[b.kind]
-    machine = str(info.get("machine") or "?")
+    machine = info.get("machine") or "?"
     name = info.get("board")
     ctx.facts["image"] = (f"virtual ({info['virtual']})" if info.get("virtual") else
                           info.get("image") or name or machine)
@@ -327,7 +354,13 @@ def check_memory(ctx: Context) -> None:
         ctx.facts["free_memory_mib"] = None
         ctx.fail("memory", "`free -b` gave no Mem: line: install procps on the board")
         return
-    avail = int(mem[0][6] if len(mem[0]) > 6 else mem[0][3])
+    try:
+        avail = int(mem[0][6] if len(mem[0]) > 6 else mem[0][3])
+    except (IndexError, ValueError):
+        ctx.facts["free_memory_mib"] = None
+        ctx.fail("memory", f"`free -b` answered a Mem: line this check cannot read ({_text(' '.join(mem[0]))}): "
+                 "install procps on the board")
+        return
     ctx.facts["free_memory_mib"] = avail >> 20
     if avail < MIN_FREE_MEMORY:
         ctx.fail("memory", f"only {avail >> 20} MiB of memory available (an agent needs {MIN_FREE_MEMORY >> 20} "

@@ -182,10 +182,13 @@ class _Board:
         self.info = info
 
     def run(self, argv, **kw):
-        return Result(list(argv), 0, json.dumps(self.info) + "\n", "")
+        return Result(list(argv), 0, (self.info if isinstance(self.info, str) else json.dumps(self.info)) + "\n", "")
 
     def remote_path(self, rel):
         return f"/home/xilinx/{rel}"
+
+    def exists(self, path, stage=""):
+        return True
 
 
 def _runtime(board: Board, /, **info):
@@ -235,3 +238,16 @@ def test_clock_rule(offset_s, error_s, problem):
     est = clock_offset([(t1, board, board, t1 + delay), (t1, board, board, t1 + 3 * delay)])
     assert est.error_ns == pytest.approx(error_s * 1e9)  # the lowest-delay exchange kept
     assert (clock_problem(est) is not None) == problem
+
+
+@pytest.mark.parametrize("answer", ['{"python": "3.10"}', '{"python": ["x", 1]}', "[1, 2]", "Segmentation fault",
+                                    '{"python": [3, 10], "numpy": "yes", "machine": ["armv7l"], "df": 5}'])
+def test_a_board_s_odd_answer_is_a_problem_not_a_traceback(tmp_path, answer):
+    """The probe's answer comes from the board: whatever it says, the check ends in facts and problems."""
+    b = Board(name="z", host="h", kind="pynq-z2", key=tmp_path / "k")
+    report = checks.BoardReport(b.name, b.kind)
+    ctx = checks.Context(b, _Board(answer), checks.Need(), True, None, report)
+    for check in checks.CHECKS.values():
+        if check is not checks.check_data_port:
+            check(ctx)
+    assert report.problems and all(p.board == "z" and "\n" not in p.message for p in report.problems)
