@@ -537,26 +537,39 @@ def deploy(plan: Plan, rack: Rack, force: bool = False, progress: Callable[[str]
     prepared = {name: _artifact(plan, name, b) for name, b in boards.items()}
     with lease.ensure(list(boards.values()), "deploy", wait=lease_wait, progress=progress,
                       connect_timeout=connect_timeout) as held:
-        _preflight(boards, prepared, connect_timeout)
+        _preflight(boards, prepared, connect_timeout, plan.hash)
         dep = _deploy(plan, boards, prepared, force, progress, faults, part_timeout, connect_timeout)
         if held is not None:
             held.check()
         return dep
 
 
-def _preflight(boards: Dict[str, Board], prepared: Dict[str, tuple], connect_timeout: float) -> None:
+def _preflight(boards: Dict[str, Board], prepared: Dict[str, tuple], connect_timeout: float, plan_hash: str) -> None:
     """The checks of harness.rack.checks on every board (numpy and pynq found, not imported), over the lease's
-    connections, before anything is uploaded: DeployError naming every problem, nothing deployed."""
+    connections, before anything is uploaded: DeployError naming every problem, nothing deployed. A board whose
+    agent answers as this plan's partition is not checked again: that agent runs on the board's python, with
+    numpy, under its sudo (a redeploy then costs a ping, not a Python start per board)."""
     from . import lease
 
     def connect(b: Board) -> Connection:
         lease.require(b)  # unreachable: the lease's own BoardError says why
         return lease.shared_connection(b) or Connection(b, timeout=connect_timeout)
 
+    def runs_it(item) -> bool:
+        name, b = item
+        try:
+            with connect(b) as conn:
+                h = ping(b.host, b.data_port, board_secret(conn, b))
+        except (BoardError, OSError, ValueError):
+            return False
+        return (h.get("plan_hash"), h.get("partition")) == (plan_hash, name)
+
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(boards))) as pool:
+        todo = [b for (name, b), runs in zip(boards.items(), pool.map(runs_it, boards.items())) if not runs]
     needs = {b.name: checks.Need(name, checks.upload_bytes(list(CODE.values()) + list(prepared[name][0].values())))
              for name, b in boards.items()}
-    reports = checks.inspect_boards(list(boards.values()), needs, imports=False, port_owner=agent_on_port,
-                                    connect=connect, timeout=connect_timeout)
+    reports = checks.inspect_boards(todo, needs, imports=False, port_owner=agent_on_port, connect=connect,
+                                    timeout=connect_timeout)
     problems = [BoardError(p.board, p.check, p.message) for r in reports for p in r.problems]
     if problems:
         raise DeployError(problems, [], before="nothing deployed: ")
