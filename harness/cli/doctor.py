@@ -1,4 +1,4 @@
-"""`splitrack doctor --boards RACK [PLAN]`: is the rack ready for a deploy (of this plan)? (harness.doctor)"""
+"""`splitrack doctor --boards RACK [PLAN]`: is the rack ready for a deploy (of this plan)? (harness.jobs.doctor)"""
 from __future__ import annotations
 
 import argparse
@@ -6,12 +6,14 @@ import json
 import sys
 from pathlib import Path
 
+from harness.cli.options import add_rack_file
+
 
 def configure(p: argparse.ArgumentParser) -> None:
     """Add the arguments of `splitrack doctor`: --boards, the optional plan folder, --json."""
     p.add_argument("plan", type=Path, nargs="?", default=None,
                    help="plan folder: also check what it needs (enough boards, bitstreams, disk for its files)")
-    p.add_argument("--boards", type=Path, required=True, help="rack file (boards.toml, or rack.toml of `rack up`)")
+    add_rack_file(p)
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout (the problems and "
                    "every board's facts) instead of the table")
 
@@ -23,7 +25,7 @@ def run(args) -> int:
     from splitting.errors import UserError
     from splitting.plan import Plan
 
-    from harness.doctor import doctor
+    from harness.jobs.doctor import doctor
     from harness.rack.rackfile import load_rack
 
     def refuse(what: str, e: Exception) -> int:

@@ -1,6 +1,6 @@
 """Checks of one board: can it run the agent, and will a plan's files fit? One implementation for
-`splitrack doctor` (harness.doctor, which adds the clock), `rack check` and the pytest plugin's health check
-(harness.rack.deploy.check_board), and the cheap checks every deploy runs before it uploads anything.
+`splitrack doctor` (harness.jobs.doctor, which adds the clock), `rack check` and the pytest plugin's health check
+(harness.rack.health.check_board), and the cheap checks every deploy runs before it uploads anything.
 
 A check reads the board over SSH (harness.rack.ssh) and records what it found (`facts`) and, for each thing
 that is wrong, one `Problem`: one line that names the board, says what is wrong and what to do. Checks are

@@ -1,4 +1,4 @@
-"""`splitrack doctor` (harness.doctor, harness.rack.checks): a virtual rack that is all good, and virtual boards
+"""`splitrack doctor` (harness.jobs.doctor, harness.rack.checks): a virtual rack that is all good, and virtual boards
 made wrong on purpose (virtual_board FAULTS, a full disk, a pynq_version the board does not carry): one line
 per problem naming the board and what to do, exit 2; deploy runs the same checks and refuses before it
 uploads anything."""
@@ -11,9 +11,9 @@ from dataclasses import replace
 import pytest
 
 from harness.cli.commands import main
-from harness.doctor import clock_offset, clock_problem, doctor
+from harness.jobs.doctor import clock_offset, clock_problem, doctor
 from harness.rack import checks
-from harness.rack.deploy import DeployError, check_board, deploy, undeploy
+from harness.rack.deploy import DeployError, deploy, undeploy
 from harness.rack.rackfile import Board, Rack, RackError, load_rack, parse_rack, write_rack
 from harness.rack.ssh import Connection, Result
 from harness.rack.virtual_rack import start_board, stop_board
@@ -150,7 +150,7 @@ def test_plan_needs_more_boards_and_bitstreams_for_real_boards(plan3, tmp_path):
     key.write_text("")
     real = [Board(name=f"z{i}", host="192.0.2.1", port=22 + i, data_port=7700 + i, kind="pynq-z2", key=key)
             for i in range(3)]
-    from harness.doctor import plan_needs
+    from harness.jobs.doctor import plan_needs
 
     needs, facts, problems = plan_needs(plan3, Rack("lab", real[:2]))
     assert [(p.board, p.check) for p in problems] == [("plan", "placement")]

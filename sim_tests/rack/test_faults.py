@@ -7,6 +7,7 @@ Plan: the FC reference model cut in three (one partition per board).
 from __future__ import annotations
 
 import os
+import posixpath
 import signal
 import threading
 import time
@@ -16,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.rack.deploy import CODE, DeployError, artifact_files, check_board, deploy, undeploy
+from harness.rack.artifacts import artifact_files
+from harness.rack.deploy import CODE, DeployError, deploy, undeploy
+from harness.rack.health import check_board
 from harness.rack.rackfile import Rack
 from harness.rack.ssh import BoardError, connect
 from harness.measure.stream import Pipeline, StreamError
@@ -28,7 +31,7 @@ BOUND = 60.0  # seconds: "no hang" means an answer well within this (every fault
 
 @pytest.fixture(scope="module")
 def x():
-    from splitting.reference import digits_data, model_inputs
+    from splitting.reference_models import digits_data, model_inputs
 
     return model_inputs("fc", digits_data()[2][:60]).astype(np.float32)
 
@@ -146,7 +149,8 @@ def test_full_disk(plan3, boards, extra, x, expected):
         # a disk that fills up after the check: the upload itself says so (every SFTP write's answer is read)
         files = list(CODE.items()) + list(artifact_files(plan3, "s2", full).items())
         with pytest.raises(BoardError, match="stage upload: no space left on the board"):
-            for name, local in files:  # what deploy would upload, until the disk is full
+            for name, local in files:  # what deploy would upload (the agent's package in its folders), until full
+                c.mkdirs(posixpath.dirname(c.remote_path(name)))
                 c.put(local, c.remote_path(name))
     h = check_board(full)
     assert not h.ok and "disk free" in h.reason
