@@ -159,6 +159,14 @@ def project_dir(plan: Plan, name: str) -> Path:
     return compiled(plan.path(p.model_file), p.weights_sha256, p.hls, plan.hls_defaults, f"sr_{name}")
 
 
+def cached_project(plan: Plan, name: str) -> "Path | None":
+    """The compiled hls4ml project of partition `name` when the cache holds it (project_dir's folder), None
+    when it does not: a look, never a compile (milliseconds, for checks that must stay quick)."""
+    p = plan.partition(name)
+    folder = CACHE / cache_key(plan.path(p.model_file), p.weights_sha256, p.hls, plan.hls_defaults)
+    return folder if (folder / ARTIFACT).is_file() else None
+
+
 def emulation(plan: Plan, name: str) -> EmulationLib:
     """The hls4ml emulation library of partition `name`, compiling its project on first use (project_dir)."""
     return load_emulation(project_dir(plan, name))

@@ -14,7 +14,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     """Add the arguments of `splitrack bench`: plan folder, --boards, frames, rate (frames/s), data, --json, --wait."""
     p.add_argument("plan", type=Path, help="plan folder (from `splitrack split` or `splitrack plan`)")
     add_rack_file(p)
-    p.add_argument("--frames", type=int, default=2000)
+    p.add_argument("--frames", type=int, default=2000, help="frames in each run, the single frames and the stream "
+                   "(default 2000; the data set is cycled when it has fewer)")
     p.add_argument("--rate", type=float, default=None, help="offered rate of the stream, frames/s (default: as fast "
                    "as the rack takes them)")
     p.add_argument("--in-flight", type=int, default=8, help="frames in flight in the stream (and the CPU's batch)")

@@ -15,7 +15,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", type=Path, default=Path("results.sqlite"), help="history database (SQLite)")
     p.add_argument("-o", "--out", type=Path, default=Path("site"), help="dashboard folder (index.html, runs/)")
     p.add_argument("--plan", type=Path, default=None, help="plan folder (default: the digits FC reference plan)")
-    p.add_argument("--frames", type=int, default=500)
+    p.add_argument("--frames", type=int, default=500, help="frames in each run of the bench (default 500)")
     p.add_argument("--rate", type=float, default=None, help="offered rate of the stream, frames/s")
     p.add_argument("--label", default=None, help="name of the series (default: the plan's model name)")
     p.add_argument("--min-change", type=float, default=0.05, help="smallest relative change that counts (0.05 = 5%%)")
