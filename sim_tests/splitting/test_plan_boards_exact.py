@@ -5,7 +5,9 @@ import pytest
 
 from test_plan_search import PYNQ, _opts, brute_force, chain  # noqa: F401  (chain is a fixture)
 from harness.cli.plan import decimals, implausible, pareto_table
-from splitting.estimate import Analytic, Estimate, HlsConfig, LayerSpec
+from splitting.estimates import Estimate
+from splitting.estimators import Analytic
+from splitting.layerspec import HlsConfig, LayerSpec
 from splitting.search import NoFitError, PartChoice, plan_search
 
 

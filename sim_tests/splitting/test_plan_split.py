@@ -14,7 +14,9 @@ import pytest
 from harness.cli.commands import main
 from splitting import catalog
 from harness.cli.plan import write
-from splitting.estimate import Analytic, Rule4ml, load_layers
+from splitting.estimators import Analytic
+from splitting.layerspec import load_layers
+from splitting.rule4ml_adapter import Rule4ml
 from splitting.plan import Plan
 from splitting.search import NoFitError, SearchOptions, plan_search
 from splitting.verify import verify_plan
