@@ -112,6 +112,10 @@ class Estimator:
     """Estimates segments under configurations for one device, through the on-disk cache."""
 
     name = "estimator"
+    # A learned model is not monotone in the layers it is given (rule4ml predicts less for a run than for a
+    # layer inside it); the planner's containment rule raises such figures. A structural model is exact
+    # there: a longer run with a slower layer may rightly need less (its other layers keep a slower pace).
+    learned = True
 
     def __init__(self, board: Device, cache: Optional[Path] = None, progress=None):
         self.board = board

@@ -21,24 +21,29 @@ from .intervals import analytic_estimate
 from .layerspec import HlsConfig, LayerSpec
 
 CHOICE = Path(__file__).with_name("data") / "estimator_choice.json"
-ANALYTIC_REVISION = 2  # bump when analytic_model's formulas change (its coefficients key the cache by the data's hash)
-
-
 def _data_hash() -> str:
+    """First 12 hex digits of the SHA-256 of the calibration data and of the analytic model's sources: the
+    analytic figures change with either, and key the estimate cache."""
     import hashlib
 
-    return hashlib.sha256(DATA.read_bytes()).hexdigest()[:12]
+    from . import analytic_model, intervals, layerspec, reuse
+
+    h = hashlib.sha256(DATA.read_bytes())
+    for mod in (analytic_model, intervals, layerspec, reuse):
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()[:12]
 
 
 class Analytic(Estimator):
     """The structural model fitted on the calibration set, with its calibrated range (see analytic_model)."""
 
     name = "analytic"
+    learned = False
 
     @property
     def version(self) -> str:
-        """'analytic-<revision>-<calibration data hash>'."""
-        return f"analytic-{ANALYTIC_REVISION}-{_data_hash()}"
+        """'analytic-<hash of the calibration data and the model's sources>'."""
+        return f"analytic-{_data_hash()}"
 
     def _compute(self, requests: Sequence[Request]) -> List[Estimate]:
         return [analytic_estimate(layers, cfg) for layers, cfg in requests]
@@ -63,12 +68,13 @@ class Auto(Estimator):
         super().__init__(board, cache, progress)
         self.choice = choice()
         self._rule4ml = None
+        self.learned = "rule4ml" in self.choice.values()
 
     @property
     def version(self) -> str:
         """The analytic version plus the choice per kind."""
         kinds = ",".join(f"{k}={v}" for k, v in sorted(self.choice.items()))
-        return f"auto-{ANALYTIC_REVISION}-{_data_hash()}-[{kinds}]"
+        return f"auto-{_data_hash()}-[{kinds}]"
 
     def uses(self, layers: Sequence[LayerSpec]) -> List[str]:
         """The estimator names the segment's layers use."""

@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 from . import analytic_model as am
-from .calibration import CalibrationRow, kind_of, load_rows
+from .calibration import DATA, CalibrationRow, kind_of, load_rows
 from .estimates import Estimate
 from .layerspec import COMPUTE, HlsConfig, LayerSpec
 
@@ -68,11 +69,34 @@ def not_cross_validated(rows: Sequence[CalibrationRow] = ()) -> List[str]:
 
 @lru_cache(maxsize=1)
 def analytic_spread() -> Dict[str, Tuple[float, float]]:
-    """figure -> (low factor, high factor) of the analytic estimate, from `loo_ratios` (always low <= 1 <= high)."""
+    """figure -> (low factor, high factor) of the analytic estimate, from `loo_ratios` (always low <= 1 <= high).
+    Cached in the estimate cache by the hash of the data and of the model's source (a second hundred folds
+    per planner start cost a second)."""
+    import hashlib
+    import json
+    import os
+
+    from .estimates import cache_root
+
+    h = hashlib.sha256()
+    for f in (DATA, Path(am.__file__), Path(__file__)):
+        h.update(Path(f).read_bytes())
+    path = cache_root() / f"spread-{h.hexdigest()[:16]}.json"
+    try:
+        return {k: tuple(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError):
+        pass
     out = {}
     for fig, pairs in loo_ratios().items():
         ratios = [r for _, r in pairs]
         out[fig] = (min([1.0] + ratios), max([1.0] + ratios))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(out))
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only cache only costs the second again
     return out
 
 

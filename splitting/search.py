@@ -12,8 +12,11 @@ from boundary 0 to the end:
           board) that sums them and applies the activations
 
 Splits are considered only for layers that do not fit one board alone under any configuration (the issue's
-rule), with k = 2..max_parts. Every partition of an option takes its own configuration (precision, reuse
-factor, strategy) among the candidates; a configuration is usable when every resource is under the cap.
+rule), with k = 2..max_parts. Every partition of an option takes its own configuration (precision,
+model-level reuse factor, strategy) among the candidates, each layer its own reuse factor from it
+(`reuse.layer_reuse`: the largest that keeps pace with the partition's slowest layer). A configuration is
+usable when the chosen end of every resource's range (`fit`, default the upper bound) is under the cap and
+the estimate is not one `estimators.implausible` flags (`_usable`).
 The join of an input split is a Dense/1x1 Conv whose kernel is k stacked identity matrices: under the
 Latency strategy hls4ml's constant weights let HLS fold the products by 0 and 1 away, so it is planned with
 Latency, reuse 1, and estimated as the k-operand sum (an Add, to rule4ml) plus the activations.
@@ -307,7 +310,7 @@ class Planner:
         for n, (i, j) in enumerate(segs):
             seg_est[(i, j)] = list(zip(cfgs, ests[n * len(cfgs) : (n + 1) * len(cfgs)]))
 
-        if self.opt.monotone:
+        if self.opt.monotone and self.est.learned:
             self._monotone(seg_est)
 
         opts: List[_Option] = []
