@@ -104,7 +104,7 @@ def run(args) -> int:
         print("\n".join(table(result.best, name, opts, est.describe())))
         if args.pareto:
             print()
-            print("\n".join(pareto_table(result.pareto)))
+            print("\n".join(pareto_table(result.pareto, opts)))
         if args.output:
             print(f"\nplan written to {args.output} (check it with: splitrack verify {args.output})")
     return 0
@@ -282,14 +282,20 @@ def table(plan: PlanChoice, model: str, opts: SearchOptions, estimator: str = ""
     return lines
 
 
-def pareto_table(front: List[PlanChoice]) -> List[str]:
-    """The non-dominated plans as text lines: boards, latency (us), interval (cycles), stages and configurations."""
-    lines = ["non-dominated plans (boards, latency, interval):",
+def pareto_table(front: List[PlanChoice], opts: Optional[SearchOptions] = None) -> List[str]:
+    """The non-dominated plans as text lines: boards, latency (us), interval (cycles), each with its range
+    when `opts` is given, then stages and configurations."""
+    lines = ["non-dominated plans (boards, latency, interval; [range]):",
              f"{'boards':>6} {'latency us':>11} {'interval':>9}  plan [reuse factor and strategy per stage]"]
     dl = decimals([p.latency_us for p in front], least=1)
     di = decimals([p.interval_cycles for p in front])
     for p in front:
-        lines.append(f"{p.boards:>6} {p.latency_us:>11.{dl}f} {p.interval_cycles:>9.{di}f}  {p.describe()} [{p.configs()}]")
+        rng = ""
+        if opts is not None and p.partitions:
+            r = plan_range(p, opts)
+            rng = (f"  latency [{r['low']['latency_us']:.{dl}f}-{r['high']['latency_us']:.{dl}f}] us,"
+                   f" interval [{r['low']['interval_cycles']:.{di}f}-{r['high']['interval_cycles']:.{di}f}]")
+        lines.append(f"{p.boards:>6} {p.latency_us:>11.{dl}f} {p.interval_cycles:>9.{di}f}  {p.describe()} [{p.configs()}]{rng}")
     return lines
 
 

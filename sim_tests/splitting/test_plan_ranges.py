@@ -43,13 +43,19 @@ def _reference(name):
 MODELS = {"fc": lambda: _reference("fc"), "cnn": lambda: _reference("cnn"), "jet": _jet, "cnn32": _cnn32}
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One splitrack cache for the module (estimates under estimates/): the models' runs are estimated once."""
+    return tmp_path_factory.mktemp("splitrack-cache")
+
+
 @pytest.mark.parametrize("name", list(MODELS))
-def test_default_plans_fit_at_their_upper_bound_and_flag_nothing(name, tmp_path):
+def test_default_plans_fit_at_their_upper_bound_and_flag_nothing(name, cache):
     model = MODELS[name]()
     if name == "cnn32":
         assert 66_000 < model.count_params() < 68_000
     _, specs = load_layers(model)
-    est = make("auto", PYNQ, cache=tmp_path)
+    est = make("auto", PYNQ, cache=cache / "estimates")
     opts = SearchOptions(board=PYNQ)
     best = plan_search(specs, est, opts).best
     for part in best.partitions:
@@ -64,8 +70,8 @@ def test_default_plans_fit_at_their_upper_bound_and_flag_nothing(name, tmp_path)
         assert best.boards <= 5
 
 
-def test_plan_prints_every_figure_with_its_range_and_names_the_estimator(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("SPLITRACK_CACHE", str(tmp_path / "cache"))
+def test_plan_prints_every_figure_with_its_range_and_names_the_estimator(tmp_path, cache, capsys, monkeypatch):
+    monkeypatch.setenv("SPLITRACK_CACHE", str(cache))
     _reference("cnn").save(tmp_path / "cnn.keras")
     assert main(["plan", str(tmp_path / "cnn.keras")]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -83,14 +89,16 @@ def test_plan_prints_every_figure_with_its_range_and_names_the_estimator(tmp_pat
 def test_analytic_only_run_says_nothing_about_rule4ml(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SPLITRACK_CACHE", str(tmp_path / "cache"))
     _jet().save(tmp_path / "jet.keras")
-    assert main(["plan", str(tmp_path / "jet.keras"), "--estimator", "analytic"]) == 0
+    assert main(["plan", str(tmp_path / "jet.keras"), "--estimator", "analytic", "--pareto"]) == 0
     captured = capsys.readouterr()
     assert "rule4ml" not in captured.out and "rule4ml" not in captured.err
+    front = captured.out.split("non-dominated plans")[1].splitlines()[2:]
+    assert front and all("latency [" in ln and "interval [" in ln for ln in front)  # the front's figures have ranges too
 
 
-def test_fit_point_never_needs_more_boards_than_fit_high(tmp_path):
+def test_fit_point_never_needs_more_boards_than_fit_high(cache):
     _, specs = load_layers(_reference("cnn"))
-    est = make("analytic", PYNQ, cache=tmp_path)
+    est = make("analytic", PYNQ, cache=cache / "estimates")
     high = plan_search(specs, est, SearchOptions(board=PYNQ)).best
     point = plan_search(specs, est, SearchOptions(board=PYNQ, fit="point")).best
     assert point.boards <= high.boards
