@@ -70,10 +70,12 @@ def analytic_predictions(rows: Sequence[CalibrationRow] = ()) -> List[Prediction
 
 
 def rule4ml_predictions(rows: Sequence[CalibrationRow] = (), cache=None, progress=None) -> List[Prediction]:
-    """rule4ml's predictions with its MC-dropout ranges for the C-synthesis rows it can read (no FIFO rows)."""
+    """rule4ml's predictions with its MC-dropout ranges for the C-synthesis rows it can read: not the FIFO rows,
+    nor rows of pooling layers alone (its adapter would answer with the analytic model there)."""
     from .rule4ml_adapter import Rule4ml
 
-    rows = [r for r in (rows or load_rows()) if r.level == "csynth" and "fifo" not in r.kinds]
+    rows = [r for r in (rows or load_rows())
+            if r.level == "csynth" and "fifo" not in r.kinds and set(r.kinds) - {"pooling", "flatten"}]
     by_board: Dict[str, Rule4ml] = {}
     out = []
     for row in rows:
@@ -89,8 +91,8 @@ def rule4ml_predictions(rows: Sequence[CalibrationRow] = (), cache=None, progres
 
 
 def score(preds: Sequence[Prediction], keep: Callable[[CalibrationRow], bool] = lambda r: True) -> Dict[str, Score]:
-    """Per figure, the Score of `preds` over the rows `keep` accepts that publish that figure (pairs where
-    both published and estimated are under intervals.FLOOR are left out, as for the spread)."""
+    """Per figure, the Score of `preds` over the rows `keep` accepts that publish that figure (a pair with both
+    published and estimated under intervals.FLOOR counts as agreeing: error 0, in range)."""
     out = {f: Score(f) for f in ROW_FIGS}
     for p in preds:
         if not keep(p.row):
@@ -100,13 +102,12 @@ def score(preds: Sequence[Prediction], keep: Callable[[CalibrationRow], bool] = 
             if a is None:
                 continue
             point, lo, hi = p.figures[fig]
-            if a < FLOOR[fig] and point < FLOOR[fig]:
-                continue  # both too small to say anything relative (intervals.FLOOR)
+            agree = a < FLOOR[fig] and point < FLOOR[fig]  # both too small to differ relatively: agreement
             s = out[fig]
-            e = smape(point, a)
+            e = 0.0 if agree else smape(point, a)
             s.n += 1
             s.smape += e
-            s.covered += lo - 1e-9 <= a <= hi + 1e-9
+            s.covered += agree or lo - 1e-9 <= a <= hi + 1e-9
             s.pairs.append((p.row.id, a, point, lo, hi))
             if e >= s.worst:
                 s.worst, s.worst_row = e, p.row.id
@@ -123,8 +124,8 @@ def row_kind(row: CalibrationRow) -> str:
 
 
 def kind_errors(preds: Sequence[Prediction]) -> Dict[str, Optional[float]]:
-    """Per layer kind, the mean sMAPE over LUT, FF, DSP and BRAM of the rows isolating that kind (None:
-    no such row with a figure above intervals.FLOOR)."""
+    """Per layer kind, the mean sMAPE over LUT, FF, DSP and BRAM of the rows isolating that kind (None: no
+    such row)."""
     out: Dict[str, Optional[float]] = {}
     for kind in KINDS:
         sc = score(preds, lambda r, k=kind: row_kind(r) == k)

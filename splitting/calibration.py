@@ -54,8 +54,9 @@ class CalibrationRow:
 
     @property
     def config(self) -> HlsConfig:
-        """The row's hls4ml configuration."""
-        return HlsConfig(self.precision, self.reuse, self.strategy, self.io_type)
+        """The row's hls4ml configuration; the reuse factor per layer as hls4ml applies a model-level value
+        (balance off: the published designs were configured so)."""
+        return HlsConfig(self.precision, self.reuse, self.strategy, self.io_type, balance=False)
 
     @cached_property
     def chains(self) -> List[List[LayerSpec]]:
