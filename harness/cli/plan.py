@@ -5,10 +5,12 @@
     splitrack plan model.keras --boards 3 -o plan/      # exactly 3 boards
     splitrack boards
 
-Planning reads only the model's architecture (the `.keras` file's config.json) and the estimate cache, so a
-plan whose estimates are cached needs neither TensorFlow nor torch; writing the plan folder (`-o`) loads the
-model with Keras and cuts it with `split.split_model`, then records each partition's chosen hls4ml
-configuration and estimate in plan.json, ready for `splitrack verify`.
+Planning reads only the model's architecture (the `.keras` file's config.json); the default estimator (auto:
+per layer kind the one with the lowest error on published hls4ml results, the analytic model today) needs
+neither TensorFlow nor torch. Every figure is printed with its range, and the chosen end of each range
+(`--fit`, default the upper bound) fits under `--max-util`. Writing the plan folder (`-o`) loads the model
+with Keras and cuts it with `split.split_model`, then records each partition's hls4ml configuration (with
+each compute layer's own reuse factor and strategy) and estimate in plan.json, ready for `splitrack verify`.
 """
 from __future__ import annotations
 
