@@ -1,4 +1,4 @@
-"""`splitrack plan --boards N`: exactly N boards, the best plan of that size for each objective (against brute
+"""`splitrack plan --n-boards N`: exactly N boards, the best plan of that size for each objective (against brute
 force), a one-line error naming the fewest and most boards possible otherwise; figures printed with the
 decimals that tell plans apart; implausible estimates named with the reason; `-o` does not replace another plan."""
 import pytest
@@ -106,9 +106,9 @@ def test_plan_o_and_split_o_refuse_to_replace_another_plan(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "holds another plan" in err and "--force" in err and err.count("\n") == 1
     assert (tmp_path / "plan" / "plan.json").read_text() == before
-    assert main(["plan", model, "--estimator", "analytic", "--boards", "1", "-o", out]) == 2
+    assert main(["plan", model, "--estimator", "analytic", "--n-boards", "1", "-o", out]) == 2
     assert (tmp_path / "plan" / "plan.json").read_text() == before
-    assert main(["plan", model, "--estimator", "analytic", "--boards", "1", "-o", out, "--force"]) == 0
+    assert main(["plan", model, "--estimator", "analytic", "--n-boards", "1", "-o", out, "--force"]) == 0
     assert (tmp_path / "plan" / "plan.json").read_text() != before
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")

@@ -35,7 +35,7 @@ def _cnn32():
 
 
 def _reference(name):
-    from splitting.reference import _architecture
+    from splitting.reference_models import _architecture
 
     return _architecture(name)
 
