@@ -30,6 +30,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from splitting.errors import UserError
+from splitting.untrusted import read_json
 
 BENCH_KIND = "splitrack-bench"
 RUN_KIND = "splitrack-run"  # summary of `splitrack run`'s run.json
@@ -379,12 +380,10 @@ def runs_from_pytest_benchmark(doc: Dict, rack: Optional[str] = None, label: Opt
 def load_file(path: Path, rack: Optional[str] = None, label: Optional[str] = None) -> List[Parsed]:
     """The runs of a `splitrack bench --json` or pytest-benchmark JSON file. Raises HistoryError."""
     path = Path(path)
-    if not path.is_file():
-        raise HistoryError(f"{path} not found: give a file written by `splitrack bench --json` or `--benchmark-json`")
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HistoryError(f"{path} is not JSON ({e})") from None
+    try:  # bounded, never blocking, depth-limited: a results file is untrusted input
+        doc = read_json(path, str(path), error=HistoryError)
+    except FileNotFoundError:
+        raise HistoryError(f"{path} not found: give a file written by `splitrack bench --json` or `--benchmark-json`") from None
     if isinstance(doc, dict) and doc.get("kind") == BENCH_KIND:
         return [parse_bench(doc, label)]
     if isinstance(doc, dict) and isinstance(doc.get("summary"), dict) and doc["summary"].get("kind") == RUN_KIND:
@@ -457,13 +456,29 @@ class History:
                                "(the file was not changed)")
 
     def _create_or_migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version >= SCHEMA_VERSION:
+        if self.db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
             return
-        # one transaction (DDL is transactional in SQLite): a failure leaves the file as it was.
+        # BEGIN IMMEDIATE takes the write lock before the version is read again: of two processes creating
+        # (or migrating) one file at once, the second waits, then finds the schema made and does nothing
+        # (a plain BEGIN let both read version 0 and the second fail on the first's tables)
+        old, self.db.isolation_level = self.db.isolation_level, None
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                if self.db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                    for stmt in _statements(self._migration()):
+                        self.db.execute(stmt)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")  # DDL is transactional in SQLite: the file stays as it was
+                raise
+        finally:
+            self.db.isolation_level = old
+
+    @staticmethod
+    def _migration() -> str:
         # version < 2 is either a new file or a version-1 history (measurements without run ids)
-        self.db.executescript(
-            "BEGIN;" + SCHEMA_V1 + SCHEMA_V2 +
+        return (SCHEMA_V1 + SCHEMA_V2 +
             "ALTER TABLE measurements ADD COLUMN run_id INTEGER REFERENCES runs(run_id);"
             # a version-1 history: one run per (time, rack, machine, commit, plan), labelled by its plan hash
             "INSERT OR IGNORE INTO runs (time, rack, machine, commit_id, plan_hash, label, model, source, complete, "
@@ -474,8 +489,7 @@ class History:
             "AND r.plan_hash = measurements.plan_hash);"
             "CREATE INDEX IF NOT EXISTS by_run ON measurements (run_id);"
             f"PRAGMA application_id = {APPLICATION_ID};"
-            f"PRAGMA user_version = {SCHEMA_VERSION};"
-            "COMMIT;")
+            f"PRAGMA user_version = {SCHEMA_VERSION};")
 
     def close(self) -> None:
         """Close the SQLite connection."""
@@ -594,6 +608,12 @@ class History:
         """(metric, hop) -> value of one run."""
         return {(m, h): v for m, h, v in self.db.execute(
             "SELECT metric, hop, value FROM measurements WHERE run_id = ?", (run_id,))}
+
+
+def _statements(script: str) -> List[str]:
+    """The statements of an SQL script of this module (`--` comments dropped, split at `;`)."""
+    text = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
+    return [st.strip() for st in text.split(";") if st.strip()]
 
 
 def _json_default(o):
