@@ -116,13 +116,15 @@ class Wiring:
     def load(cls, path: Path) -> "Wiring":
         """Read wiring.json at `path` and its secret from `secret_path(path)`. Raises WiringError when the file
         is missing, not JSON or malformed, or the secret file is missing or unreadable."""
+        from splitting.untrusted import read_json
+
         path = Path(path)
-        if not path.is_file():
-            raise WiringError(f"{path} not found: deploy the plan first (`splitrack deploy`)")
-        try:
-            w = cls.from_dict(json.loads(path.read_text()))
-        except json.JSONDecodeError as e:
-            raise WiringError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}): deploy the plan again") from None
+        try:  # bounded, never blocking (it lives in the plan folder, which users share)
+            w = cls.from_dict(read_json(path, str(path), error=WiringError))
+        except FileNotFoundError:
+            raise WiringError(f"{path} not found: deploy the plan first (`splitrack deploy`)") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise WiringError(f"{path} is malformed ({e}): deploy the plan again") from None
         key = secret_path(path)
         try:
             w.secret = bytes.fromhex(key.read_text().strip())
