@@ -20,8 +20,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 HOLDER = """
 import sys, time
+from harness.rack import lease
 from harness.rack.lease import RackLease
 from harness.rack.rackfile import load_rack
+if sys.argv[3:] == ["elsewhere"]:  # as a holder on another machine: only the lease's expiry frees the boards
+    ident = lease._holder_identity()
+    lease._holder_identity = lambda: dict(ident, host_boot="another-machine")
 rack = load_rack(sys.argv[1])
 RackLease(rack.boards, "holder test", ttl=float(sys.argv[2])).acquire()
 print("held", flush=True)
@@ -31,9 +35,9 @@ time.sleep(600)
 
 
 
-def _holder(rack_file, ttl):
+def _holder(rack_file, ttl, *where):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(rack_file), str(ttl)], stdout=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(rack_file), str(ttl), *where], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
     assert p.stdout.readline().strip() == "held", p.stderr.read()
     return p
@@ -64,7 +68,7 @@ def test_second_user_gets_one_line_naming_the_holder(rack_file):
 
 def test_cli_deploy_refused_exit_2_then_waits(rack_file, plan3):
     fc_plan = plan3
-    holder = _holder(rack_file, 4.0)
+    holder = _holder(rack_file, 4.0, "elsewhere")  # its death is seen by the expiry, after a wait
     try:
         t0 = time.monotonic()
         r = subprocess.run([sys.executable, "-m", "harness.cli.commands", "deploy", str(fc_plan.root), "--boards",
@@ -90,7 +94,7 @@ def test_cli_deploy_refused_exit_2_then_waits(rack_file, plan3):
 
 def test_lease_of_a_dead_holder_expires(rack_file):
     rack = load_rack(rack_file)
-    holder = _holder(rack_file, 2.0)
+    holder = _holder(rack_file, 2.0, "elsewhere")  # (a dead holder of this machine is seen at once)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     with pytest.raises(LeaseHeld, match=f"leased by .*:{holder.pid} since"):
