@@ -89,3 +89,18 @@ def test_a_bench_doc_of_the_wrong_shape_is_one_line(tmp_path):
     f.write_text(json.dumps(doc))
     with pytest.raises(HistoryError, match="mangles field"):
         history.load_file(f)
+
+
+def test_nightly_run_files_of_one_second_or_one_instant_do_not_collide(tmp_path):
+    """Two nights' bench files within one second (and, claimed from 8 threads at once, at one instant) get
+    names of their own: none overwrites another (the names were the time to the second)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from harness.results.nightly import run_file
+
+    a = run_file(tmp_path, "2026-01-01T03:00:00.100000+00:00", "p1")
+    b = run_file(tmp_path, "2026-01-01T03:00:00.900000+00:00", "p1")
+    assert a != b and a.name.startswith("2026-01-01T030000_100000")
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda _: run_file(tmp_path, "2026-01-01T04:00:00.000000+00:00", "p1"), range(8)))
+    assert len(set(paths)) == 8 and all(p.exists() for p in paths)
