@@ -277,6 +277,7 @@ def parse_bench(doc: Dict, label: Optional[str] = None) -> Tuple[RunInfo, List[R
         raise HistoryError(f"bench JSON is missing or mangles field {e}: write it with `splitrack bench --json`") from None
     if samples and any(len({len(v) for (m2, _, _), v in samples.items() if m2 == m}) != 1 for m in run.hops):
         raise HistoryError("bench JSON: the per-frame samples of one mode differ in length: the file is damaged")
+    _mark_untrusted(run, doc.get("untrusted"), samples)
     # NaN (e.g. throughput of one frame) is no measurement
     return run, [r for r in rows if r.value == r.value], samples
 
@@ -350,7 +351,38 @@ def parse_run(doc: Dict, label: Optional[str] = None) -> Parsed:
         e2e = _floats([(f["t_recv"] - f["t_send"]) / 1e3 for f in doc.get("frames", [])])
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise HistoryError(f"run JSON is missing or mangles field {e}: write it with `splitrack run`") from None
-    return run, [r for r in rows if r.value == r.value], ({("run", "e2e", "e2e"): e2e} if len(e2e) else {})
+    samples = {("run", "e2e", "e2e"): e2e} if len(e2e) else {}
+    _mark_untrusted(run, s.get("untrusted"), samples)
+    return run, [r for r in rows if r.value == r.value], samples
+
+
+LINK_SLACK_US = 1000.0  # a link may come out below zero by the clock mapping's error, never by more than this
+
+
+def implausible(samples: Samples) -> str:
+    """'' when every per-frame time could be a measurement, else why not: an end-to-end time (one host clock)
+    at or below zero, a time within one board (one board clock) below zero, or a link below -LINK_SLACK_US.
+    The bench and run that made the file check the stamps themselves, with the clock mapping's error; this
+    is the history's own check of what it is handed."""
+    for (mode, _, hop), v in samples.items():
+        low = float(np.min(v)) if len(v) else 0.0
+        if hop == "e2e" and low <= 0:
+            return f"{mode} end-to-end time of {low:.1f} us"
+        if hop.startswith("board ") and low < 0:
+            return f"{mode} {hop} time of {low:.1f} us"
+        if hop.startswith("link ") and low < -LINK_SLACK_US:
+            return f"{mode} {hop} time of {low:.1f} us"
+    return ""
+
+
+def _mark_untrusted(run: RunInfo, said, samples: Samples) -> None:
+    """A run whose file says it is untrusted, or whose samples are implausible, is stored incomplete with
+    the reason ('untrusted: ...'): shown, never used to judge a trend, never taken for a good run."""
+    why = (str(said) if said else "") or implausible(samples)
+    if why:
+        why = why if why.startswith("untrusted") else f"untrusted: {why}"
+        run.error = why + (f"; {run.error}" if run.error and run.error not in why and why not in run.error else "")
+        run.complete = False
 
 
 def runs_from_pytest_benchmark(doc: Dict, rack: Optional[str] = None, label: Optional[str] = None) -> List[Parsed]:

@@ -104,3 +104,28 @@ def test_nightly_run_files_of_one_second_or_one_instant_do_not_collide(tmp_path)
     with ThreadPoolExecutor(8) as pool:
         paths = list(pool.map(lambda _: run_file(tmp_path, "2026-01-01T04:00:00.000000+00:00", "p1"), range(8)))
     assert len(set(paths)) == 8 and all(p.exists() for p in paths)
+
+
+@pytest.mark.parametrize("hop,value,says", [("e2e", -5.0, None), ("board s0", -1e9, None), ("link host->s0", -3.6e9, None),
+                                            ("link host->s0", 50.0, "untrusted: a board's stamps are out of order")])
+def test_history_add_never_stores_implausible_or_untrusted_times_as_a_good_run(tmp_path, hop, value, says):
+    """A bench file with a board dwell of -1e9 us, a link of -3.6e9 us (a clock probe an hour off), a negative
+    end-to-end time, or one that says itself it is untrusted: `history add` keeps it as an incomplete run
+    with the reason, which no trend check uses."""
+    doc = _doc(0)
+    doc["reports"]["single"]["hops"] = ["link host->s0", "board s0"]
+    doc["reports"]["single"]["samples_us"] = {"e2e": [100.0, 101.0], "hops": {"link host->s0": [40.0, 41.0],
+                                                                           "board s0": [50.0, 51.0]},
+                                              "critical": {"link host->s0": [40.0, 41.0], "board s0": [50.0, 51.0]}}
+    sm = doc["reports"]["single"]["samples_us"]
+    (sm if hop == "e2e" else sm["hops"])[hop] = [value, 100.0]
+    if says:
+        doc["untrusted"] = says
+    f = tmp_path / "b.json"
+    f.write_text(json.dumps(doc))
+    r = _cli("history", "add", str(f), "--db", str(tmp_path / "h.sqlite"))
+    assert r.returncode == 0, r.stderr
+    with History(tmp_path / "h.sqlite", create=False) as h:
+        (run,) = h.run_infos()
+    assert not run.complete and run.error.startswith("untrusted: ")
+    assert (says or f"{value:.1f}") in run.error
