@@ -64,9 +64,12 @@ class Wiring:
     def partition_name(self, pid: int) -> str:
         """The partition with id `pid` in timestamp records; 'host' for 0xFFFF (wire.HOST_ID), else
         'partition#<pid>' when no partition has it."""
-        for name, i in self.partition_ids.items():
-            if i == pid:
-                return name
+        names = self.__dict__.get("_names_by_id")
+        if names is None or len(names) != len(self.partition_ids):  # a dict, once: called per timestamp record
+            names = self.__dict__["_names_by_id"] = {i: n for n, i in self.partition_ids.items()}
+        name = names.get(pid)
+        if name is not None:
+            return name
         return "host" if pid == 0xFFFF else f"partition#{pid}"
 
     def describe(self, partition: str) -> str:

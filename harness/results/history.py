@@ -396,6 +396,10 @@ def runs_from_pytest_benchmark(doc: Dict, rack: Optional[str] = None, label: Opt
         out[k][1].append(r)
     for b in doc.get("benchmarks") or []:  # what each board's compute was (older files: not recorded)
         extra = b.get("extra_info") if isinstance(b, dict) else None
+        if isinstance(extra, dict) and extra.get("untrusted"):  # stamps the measurement found impossible
+            for run, _, _ in out.values():
+                if run.plan_hash == extra.get("plan_hash", "none"):
+                    _mark_untrusted(run, extra["untrusted"], {})
         if not isinstance(extra, dict) or extra.get("compute") is None:
             continue
         try:
