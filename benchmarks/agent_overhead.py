@@ -159,20 +159,32 @@ class RawEcho:
 
 
 class AgentHop:
-    """A synchronous client of one agent whose output link is the host (this connection)."""
+    """A synchronous client of one agent whose output link is the host (this connection). wire_mod: the wire
+    format module of the agent's checkout (--compare: an older one may authenticate another way)."""
 
-    def __init__(self, endpoint, payload_len, secret):
-        self.sock = wire.connect(endpoint.address, secret, 10)
-        session = wire.new_session()
-        self.sock.sendall(wire.pack_message(wire.MsgType.HELLO, payload=json.dumps(
+    def __init__(self, wiring, payload_len, wire_mod=wire):
+        endpoint = wiring.endpoints["s0"]
+        if wire_mod is wire:
+            self.sock = wire.connect(endpoint.address, wiring.secret, 10, wiring.agent_id("s0"), wiring.host_id())
+        else:  # an older checkout's handshake (bound to nothing, or to what its own connect takes)
+            import inspect
+
+            args = (endpoint.address, wiring.secret, 10)
+            if len(inspect.signature(wire_mod.connect).parameters) > 3:
+                args += (wiring.agent_id("s0"), wiring.host_id())
+            self.sock = wire_mod.connect(*args)
+        w = self.w = wire_mod
+        session = w.new_session()
+        self.sock.sendall(w.pack_message(w.MsgType.HELLO, payload=json.dumps(
             {"role": "host", "session": session}).encode()))
-        self.reader = wire.Reader(self.sock, max_payload=max(payload_len, wire.MAX_CONTROL_PAYLOAD))
-        assert self.reader.message()[0] == wire.MsgType.PONG  # the session is open
-        self.frame = session << wire.SESSION_SHIFT
+        self.reader = w.Reader(self.sock, max_payload=max(payload_len, w.MAX_CONTROL_PAYLOAD))
+        assert self.reader.message()[0] == w.MsgType.PONG  # the session is open
+        self.frame = session << w.SESSION_SHIFT
 
     def rtt(self, payload):
         self.frame += 1
-        msg = wire.pack_message(FRAME, frame=self.frame, stage=wire.HOST_STAGE, payload=payload)
+        w = self.w
+        msg = w.pack_message(FRAME, frame=self.frame, stage=w.HOST_STAGE, payload=payload)
         t = time.perf_counter_ns()
         self.sock.sendall(msg)
         # like the raw echo's client: the reply read into a reused buffer, not copied out (views)
@@ -199,6 +211,27 @@ def checkout_files(root: Path):
     if missing:
         raise SystemExit("--compare %s: no %s" % (root, ", ".join(missing)))
     return {n: f for n, f in files.items() if f.is_file()}
+
+
+def _module_of(path: Path, name: str):
+    """A module of another checkout, loaded from its file under a name of its own (not imported as ours)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _config_for(files):
+    """local_rack's agent_config, keeping only the fields the other checkout's AgentConfig knows (an older
+    agent refuses a config with fields it does not know)."""
+    known = set(_module_of(files["agent_config.py"], "other_agent_config").AgentConfig.__dataclass_fields__)
+    ours = local_rack.agent_config
+
+    def config(*a, **k):
+        return {f: v for f, v in ours(*a, **k).items() if f in known}
+    return config
 
 
 def compare_variants(compare):
@@ -244,16 +277,19 @@ def _per_hop(elements, sessions, rounds, per_round, workdir, compare=None):
                 rack = LocalRack(folder / variant.replace(" ", "_"),
                                  env={"PYTHONPATH": str(STANDIN)} if backend is overlay else None)
                 racks.append(rack)
-                ours = dict(local_rack.AGENT_FILES)
+                ours, our_config = dict(local_rack.AGENT_FILES), local_rack.agent_config
                 if files:  # the other checkout's board files (only those), copied into this rack's folders
                     local_rack.AGENT_FILES.clear()
                     local_rack.AGENT_FILES.update(files)
+                    local_rack.agent_config = _config_for(files)
                 try:
                     w = rack.start(plan, {"s0": backend})
                 finally:
                     local_rack.AGENT_FILES.clear()
                     local_rack.AGENT_FILES.update(ours)
-                clients[variant] = AgentHop(w.endpoints["s0"], len(payload), w.secret)
+                    local_rack.agent_config = our_config
+                clients[variant] = AgentHop(w, len(payload),
+                                            _module_of(files["wire.py"], "other_wire") if files else wire)
             for fn in clients.values():  # warm-up: page faults, first connections, import caches
                 for _ in range(200):
                     fn.rtt(payload)

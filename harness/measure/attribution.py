@@ -343,8 +343,9 @@ def measure_rack(pipe, wiring, plan, x: np.ndarray, *, rate: Optional[float] = N
     to_host = {b: m.to_host for b, m in clocks.items()}
     timings = {mode: r.timings() for mode, (r, _, _) in runs.items()}
     untrusted = plausibility.problems([f for t in timings.values() for f in t], topo, clocks)
-    reports = {mode: report(mode, timings[mode], topo, to_host, rate_hz=rt, in_flight=k)
-               for mode, (r, k, rt) in runs.items()}
+    # stamps that cannot be true are not attributed: the run's figures would be made of them
+    reports = {} if untrusted else {mode: report(mode, timings[mode], topo, to_host, rate_hz=rt, in_flight=k)
+                                    for mode, (r, k, rt) in runs.items()}
     first = runs["single" if single else "stream"][0]
     return RackRun(reports, {b: m.to_dict() for b, m in clocks.items()}, first.outputs(),
                    {link_name(c.src, c.dst): c.payload_bytes for c in plan.links}, untrusted)

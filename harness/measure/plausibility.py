@@ -5,6 +5,7 @@ the boards alone. A board whose clock steps, whose agent is buggy or hostile, or
 an hour ahead would otherwise give a dwell of -1e15 us or a link of -3.6e9 us, reported as measured. Each
 frame's stamps are checked against what cannot be otherwise:
 
+- every partition of the plan stamped the frame (a board that drops or forges its upstream records);
 - order within one board (one clock): t_recv (and each incoming link's receive) <= t_compute_start <=
   t_compute_end <= t_send;
 - the host's window: every stamp, once mapped to the host clock (clocksync), lies between the host's send
@@ -56,6 +57,9 @@ def frame_problems(f, topo, clocks: Optional[Mapping[str, object]] = None) -> Li
     e2e = f.t_host_recv - f.t_host_send
     if e2e <= 0:
         out.append(f"frame {f.frame}: the host received it {_us(-e2e)} before sending it")
+    missing = [p for p in topo.boards if p not in f.stages]
+    if missing:  # every partition on the frame's paths stamps it (records per frame are the plan's)
+        out.append(f"frame {f.frame}: no stamps from {', '.join(missing)}")
     sent: Dict[str, int] = {}
     tol: Dict[str, float] = {HOST: 0.0}
     for p, st in f.stages.items():

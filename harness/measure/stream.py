@@ -115,6 +115,7 @@ class StreamResult:
     t_start: int = 0
     t_end: int = 0
     schedule: Optional[SendSchedule] = None  # a paced stream's (rate given): when each input was due to leave
+    _stamps: Dict[int, Dict[str, Dict[str, Any]]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def complete(self) -> bool:
@@ -142,8 +143,13 @@ class StreamResult:
         return len(got) / (span / 1e9)
 
     def stamps(self, frame: int) -> Dict[str, Dict[str, Any]]:
-        """partition -> {board, stage, t_recv (last part), t_recv_by_src, t_compute_start, t_compute_end, t_send}."""
+        """partition -> {board, stage, t_recv (last part), t_recv_by_src, t_compute_start, t_compute_end, t_send}
+        (worked out once per frame; do not change what it returns)."""
+        known = self._stamps.get(frame)
+        if known is not None:
+            return known
         out: Dict[str, Dict[str, Any]] = {}
+        self._stamps[frame] = out
         w = self.wiring
         for stage, pid, src, _flags, t_r, t_cs, t_ce, t_s in self.frames[frame].records:
             name = w.partition_name(pid)
@@ -179,8 +185,13 @@ class _AgentConn:
         self.name = name
         ep = pipe.wiring.endpoints[name]
         self.sock = connect_agent(pipe.wiring, name, connect_timeout)
-        max_payload = max([c.payload_bytes for c in pipe.wiring.output_links] + [wire.MAX_CONTROL_PAYLOAD])
-        self.reader = wire.Reader(self.sock, max_payload=max_payload)
+        w = pipe.wiring
+        max_payload = max([c.payload_bytes for c in w.output_links] + [wire.MAX_CONTROL_PAYLOAD])
+        # an agent's frames to the host carry the records of the plan's paths through it, and no more: a header
+        # announcing more is refused before anything is read (other agents send the host no frames at all)
+        sends_out = any(c.src == name for c in w.output_links)
+        self.reader = wire.Reader(self.sock, max_payload=max_payload,
+                                  max_records=w.records_to_host() if sends_out else 0)
         self.wlock = threading.Lock()
         self.replies: "queue.Queue[Tuple[int, Any]]" = queue.Queue()
         self.alive = True
@@ -200,7 +211,11 @@ class _AgentConn:
             self.close()
             raise AgentUnreachable(f"agent of {pipe.wiring.describe(name)} answered HELLO with message type "
                                    f"{mtype}: redeploy (`splitrack deploy`)")
-        self.hello = json.loads(payload.decode())
+        try:
+            self.hello = wire.json_object(payload, "its answer to HELLO")
+        except wire.ProtocolError as e:
+            self.close()
+            raise AgentUnreachable(f"agent of {pipe.wiring.describe(name)}: {e}: redeploy (`splitrack deploy`)") from None
         self.thread = threading.Thread(target=self._read_loop, name=f"host<-{name}", daemon=True)
         self.thread.start()
 
@@ -214,19 +229,27 @@ class _AgentConn:
             while True:
                 mtype, frame, stage, part, records, payload = self.reader.message()
                 t = time.time_ns()
+                # what a board sends is untrusted input: a message this side cannot read ends this connection
+                # with a ProtocolError naming it (below), never the reader thread without a word
                 if mtype == FRAME:
                     self.pipe._on_output(self.name, frame, part, records, payload, t)
                 elif mtype == MsgType.ERROR:
-                    self.pipe._on_error(self.name, json.loads(payload.decode()))
+                    self.pipe._on_error(self.name, wire.json_object(payload, "an ERROR message"))
                 elif mtype == MsgType.PROBE_REPLY:
+                    if len(payload) != wire.PROBE_REP.size:
+                        raise wire.ProtocolError(f"a PROBE_REPLY of {len(payload)} bytes, not {wire.PROBE_REP.size}")
                     t1, t2, t3 = wire.PROBE_REP.unpack(payload)
                     self.replies.put((mtype, (t1, t2, t3, t)))
                 elif mtype == MsgType.PONG:
-                    self.replies.put((mtype, json.loads(payload.decode())))
+                    self.replies.put((mtype, wire.json_object(payload, "a PONG")))
+                else:
+                    raise wire.ProtocolError(f"message type {mtype}, which an agent never sends the host")
         except (EOFError, OSError) as e:
             why = str(e) or type(e).__name__
         except wire.ProtocolError as e:
             why = f"protocol error: {e}"
+        except Exception as e:  # a bug on this side: still one line naming it, never a silent reader thread
+            why = f"the host could not handle its message ({type(e).__name__}: {e})"
         self.alive = False
         self.pipe._on_lost(self.name, why)
 
@@ -262,7 +285,7 @@ def connect_agent(wiring: Wiring, name: str, timeout: float = 10.0) -> socket.so
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return wire.connect((ep.host, ep.port), wiring.secret, timeout)
+            return wire.connect((ep.host, ep.port), wiring.secret, timeout, wiring.agent_id(name), wiring.host_id())
         except wire.AgentShed as e:  # an agent under a crowd sheds connections for a while: retry
             if time.monotonic() > deadline:
                 raise AgentUnreachable(f"agent of {wiring.describe(name)} at {ep.host}:{ep.port}: {e}") from None
@@ -284,7 +307,8 @@ class _Run:
     def __init__(self, result: StreamResult, n_out_parts: int):
         self.result = result
         self.cond = threading.Condition()
-        self.outstanding: Dict[int, int] = {}  # frame -> host send time
+        self.outstanding: Dict[int, int] = {}  # frame -> host send time (time.time_ns, the stamps' clock)
+        self.deadline_from: Dict[int, int] = {}  # frame -> host send time on the monotonic clock (its timeout's)
         self.parts: Dict[int, Dict[Tuple[str, int], Tuple[bytes, List[Record], int]]] = {}
         self.n_out_parts = n_out_parts
         self.failed: Dict[int, str] = {}  # frame -> reason, from agents' errors
@@ -518,6 +542,7 @@ class Pipeline:
         """Send one frame's messages (one per input link); False when that failed (run.fatal says why)."""
         with run.cond:
             run.outstanding[fid] = time.time_ns()
+            run.deadline_from[fid] = time.monotonic_ns()
             run.sent += 1
         conn = None
         try:
@@ -554,11 +579,13 @@ class Pipeline:
             progress(run.reported, n)
 
     def _wait(self, run: _Run, timeout_ns: int) -> None:
-        """Wait (cond held) for progress or a watchdog tick; frames past their deadline fail as timed out."""
-        now = time.time_ns()
-        oldest = min(run.outstanding.values()) if run.outstanding else now
+        """Wait (cond held) for progress or a watchdog tick; frames past their deadline fail as timed out.
+        Deadlines run on the monotonic clock: a step of the host's wall clock neither hides nor fakes one."""
+        now = time.monotonic_ns()
+        sent = run.deadline_from
+        oldest = min(sent[f] for f in run.outstanding) if run.outstanding else now
         if oldest + timeout_ns <= now:
-            late = [f for f, t in run.outstanding.items() if now - t >= timeout_ns]
+            late = [f for f in run.outstanding if now - sent[f] >= timeout_ns]
             for f in late:
                 run.outstanding.pop(f)
                 run.failed[f] = "timeout"

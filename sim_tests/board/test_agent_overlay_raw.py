@@ -14,7 +14,7 @@ import pytest
 from harness.board import wire
 from harness.board.agent_config import AgentConfigError
 from harness.board.overlay import OverlayBackend
-from harness.measure.stream import Pipeline
+from harness.measure.stream import Pipeline, connect_agent
 from harness.rack.local_rack import LocalRack, identity_plan
 from harness.rack.wiring import overlay_backend
 from splitting.contract import Contract
@@ -173,8 +173,7 @@ class _Host:
     """A bare host connection: HELLO with a session, then frames and the replies, read synchronously."""
 
     def __init__(self, wiring, n_bytes):
-        ep = wiring.endpoints["s0"]
-        self.sock = wire.connect(ep.address, wiring.secret, 10)
+        self.sock = connect_agent(wiring, "s0", 10)
         self.session = wire.new_session()
         self.sock.sendall(wire.pack_message(wire.MsgType.HELLO, payload=json.dumps(
             {"role": "host", "session": self.session}).encode()))

@@ -1,0 +1,367 @@
+"""Trust on the data network, second round (issue 24), on local agents over real TCP: each test sets up the
+attack or the fault and asserts what the agents and the host do.
+
+- a stranger on a dead agent's port relays the host's (and a neighbour's) handshake to the next agent;
+- a crowd of idle strangers re-opening their connections, and a sender of a byte every few seconds;
+- a peer that sends what it may not (frames of links it does not produce, control messages, 4096 records);
+- an agent that answers with a PONG or an ERROR that is not JSON, not UTF-8, or a list;
+- the host's wall clock stepping back an hour during a stream whose frame never comes back.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from harness.board import wire
+from harness.measure.stream import AgentUnreachable, Pipeline, StreamError, connect_agent
+from harness.rack.local_rack import LocalRack, identity_plan
+
+M = wire.MsgType
+
+
+class Relay(threading.Thread):
+    """A stranger listening on `listen` (a dead agent's port) that relays every connection to `to` (another
+    agent of the same deployment), byte for byte, and once the handshake's bytes have passed, injects a PING
+    and a SHUTDOWN towards `to` as if it were the authenticated peer."""
+
+    def __init__(self, listen, to):
+        super().__init__(daemon=True)
+        self.srv = socket.socket()
+        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.srv.bind(listen)
+        self.srv.listen(8)
+        self.to = to
+        self.relayed = 0
+        self.answers = []  # what came back to the injected messages
+
+    def run(self):
+        while True:
+            try:
+                a, _ = self.srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._pump, args=(a,), daemon=True).start()
+
+    def _pump(self, a):
+        b = socket.create_connection(self.to, timeout=5)
+        self.relayed += 1
+        a.settimeout(5)
+        b.settimeout(5)
+        try:
+            challenge = wire.recv_exact(b, 24)
+            a.sendall(challenge)
+            b.sendall(wire.recv_exact(a, 48))
+            a.sendall(wire.recv_exact(b, 32))  # the agent's answer (a proof, or REFUSED), passed on
+            b.sendall(wire.pack_message(M.PING, payload=b"{}") + wire.pack_message(M.SHUTDOWN))
+            self.answers.append(b.recv(4096))
+        except (OSError, EOFError) as e:
+            self.answers.append(repr(e).encode())
+        finally:
+            a.close()
+            b.close()
+
+    def close(self):
+        self.srv.close()
+
+
+def test_a_relayed_handshake_is_refused_by_the_next_agent(tmp_path):
+    """The agent of s1 is dead; a stranger on its port relays every connection to s2's agent (same secret).
+    The host's handshake, meant for s1 at that port, is refused by s2 (its proof is bound to s1's identity),
+    and so is s0's when it forwards a frame to s1: the stranger gets no authenticated connection, its PING and
+    SHUTDOWN reach nothing, and the host is told why in one line."""
+    plan = identity_plan(3, shape=(8,))  # host -> s0 -> s1 -> s2 -> host
+    with LocalRack(tmp_path) as rack:
+        wiring = rack.start(plan)
+        ep1, ep2 = wiring.endpoints["s1"], wiring.endpoints["s2"]
+        rack.agents["s1"].proc.kill()
+        rack.agents["s1"].proc.wait()
+        relay = Relay(ep1.address, ep2.address)
+        relay.start()
+        try:
+            with pytest.raises(AgentUnreachable, match=rf"refused our proof.*not {wiring.plan_hash}/s1@127.0.0.1:{ep1.port}"):
+                Pipeline(wiring, connect_timeout=5)
+            # a neighbour's handshake: s0 forwards a frame to "s1" (the stranger), who relays it to s2
+            host = connect_agent(wiring, "s0", 5)
+            host.sendall(wire.pack_message(M.HELLO, payload=json.dumps({"role": "host", "session": 9}).encode()))
+            reader = wire.Reader(host)
+            host.settimeout(30)
+            assert reader.message()[0] == M.PONG
+            c = wiring.input_links[0]
+            host.sendall(wire.pack_message(M.FRAME, frame=9 << wire.SESSION_SHIFT, stage=wire.HOST_STAGE,
+                                           part=c.index, payload=c.encode(np.ones(8))))
+            mtype, *_, payload = reader.message()
+            assert mtype == M.ERROR
+            err = wire.json_object(payload)
+            assert "cannot send frame 0 to s1" in err["message"] and "refused our proof" in err["message"], err
+            host.close()
+        finally:
+            relay.close()
+        assert relay.relayed >= 2
+        assert all(not a.startswith(b"SR") for a in relay.answers), relay.answers  # no PONG ever came back
+        # s2 took nothing: it runs, counted the refusals, and answers the real host
+        assert rack.agents["s2"].proc.poll() is None
+        with connect_agent(wiring, "s2", 5) as s:
+            s.sendall(wire.pack_message(M.PING, payload=b"{}"))
+            h = wire.json_object(wire.Reader(s).message()[5])
+        assert h["counters"]["refused"] >= 2 and h["counters"]["received"] == 0
+        assert "meant for another agent" in rack.agents["s2"].log.read_text()
+
+
+class Crowd(threading.Thread):
+    """`n` idle connections to `address`, each re-opened 50 ms after the agent closes it."""
+
+    def __init__(self, address, n=32):
+        super().__init__(daemon=True)
+        self.address, self.n = address, n
+        self.halt = threading.Event()
+        self.opened = 0
+
+    def run(self):
+        socks = []
+        while not self.halt.is_set():
+            while len(socks) < self.n:
+                try:
+                    socks.append(socket.create_connection(self.address, timeout=2))
+                    self.opened += 1
+                except OSError:
+                    break
+            alive = []
+            for s in socks:
+                try:
+                    s.setblocking(False)
+                    closed = s.recv(4096, socket.MSG_PEEK) == b""
+                except BlockingIOError:
+                    closed = False
+                except OSError:
+                    closed = True
+                if closed:
+                    s.close()
+                else:
+                    alive.append(s)
+            socks = alive
+            self.halt.wait(0.05)
+        for s in socks:
+            s.close()
+
+
+def test_a_crowd_of_idle_strangers_does_not_lock_the_host_out(tmp_path):
+    """32 idle connections to every agent, each re-opened within 50 ms of being closed (they used to fill
+    every slot, and the run failed in 4.8 s): the host connects and streams every frame."""
+    plan = identity_plan(2, shape=(8,))
+    with LocalRack(tmp_path) as rack:
+        wiring = rack.start(plan)
+        crowds = [Crowd(ep.address) for ep in wiring.endpoints.values()]
+        for c in crowds:
+            c.start()
+        try:
+            time.sleep(1.0)  # the crowds are in place
+            with Pipeline(wiring, connect_timeout=20) as pipe:
+                res = pipe.stream(np.ones((200, 8)), in_flight=4, timeout=20)
+                h = pipe.ping("s1")
+        finally:
+            for c in crowds:
+                c.halt.set()
+                c.join(10)
+        assert res.complete and len(res.frames) == 200
+        assert all(c.opened >= 32 for c in crowds)
+        assert h["counters"]["refused"] > 0  # the crowd was there, and pushed out
+
+
+def test_a_byte_every_few_seconds_does_not_keep_a_connection(tmp_path, sched_latency):
+    """A stranger sends a byte of its 'proof' every 0.9 s to an agent whose auth_timeout is 2 s: the
+    handshake's deadline is for all of it, so the connection is closed 2 s after it opened (it used to live
+    as long as bytes kept coming, each read getting a fresh timeout)."""
+    plan = identity_plan(1, shape=(8,))
+    with LocalRack(tmp_path) as rack:
+        rack.start(plan)
+        rack.agents["s0"].config = dict(rack.agents["s0"].config, auth_timeout=2.0)
+        rack.restart("s0")
+        address = rack.wiring.endpoints["s0"].address
+        s = socket.create_connection(address, timeout=5)
+        t0 = time.monotonic()
+        assert len(wire.recv_exact(s, 24)) == 24
+        closed_at = None
+        for _ in range(20):
+            try:
+                s.send(b"x")
+            except OSError:
+                closed_at = time.monotonic()
+                break
+            s.settimeout(0.9)
+            try:
+                if s.recv(64) == b"":
+                    closed_at = time.monotonic()
+                    break
+            except socket.timeout:
+                pass
+        s.close()
+        assert closed_at is not None, "still open after 18 s"
+        took = closed_at - t0
+        assert 2.0 - 0.05 <= took <= sched_latency.bound(2.0 + 0.9, 10), took
+
+
+def test_a_peer_may_send_only_what_its_role_allows(tmp_path):
+    """Authenticated with the deployment's secret, each peer is still held to its role: the host sends no
+    frames into a middle stage (only s0 produces s1's link), a producer sends no control message, and a
+    frame whose header announces more records than the plan's paths carry is refused before it is read."""
+    plan = identity_plan(3, shape=(8,))
+    with LocalRack(tmp_path) as rack:
+        wiring = rack.start(plan)
+        ep = wiring.endpoints["s1"]
+        c = plan.inputs_of("s1")[0]
+        as_s0 = lambda: wire.connect(ep.address, wiring.secret, 5, wiring.agent_id("s1"),
+                                     wire.peer_id(wiring.plan_hash, "s0"))
+        cases = {
+            "host sends a frame into s1": (connect_agent(wiring, "s1", 5), wire.pack_message(
+                M.FRAME, frame=0, stage=0, part=c.index, payload=c.encode(np.ones(8)))),
+            "s0 sends SHUTDOWN": (as_s0(), wire.pack_message(M.SHUTDOWN)),
+            "s0 announces 4096 records": (as_s0(), wire.pack_message(
+                M.FRAME, frame=0, stage=0, part=c.index, payload=c.encode(np.ones(8)), records=b"\0" * 40 * 4096)),
+        }
+        for what, (s, msg) in cases.items():
+            s.settimeout(10)
+            s.sendall(msg)
+            assert s.recv(4096) == b"", what  # closed, nothing answered
+            s.close()
+        log = rack.agents["s1"].log.read_text()
+        assert "produces none of this agent's links" in log and "only the host sends control messages" in log
+        assert "announces" in log and "4096 records" in log
+        assert rack.agents["s1"].proc.poll() is None
+        with Pipeline(wiring) as pipe:  # the agents serve the host as before
+            assert pipe.stream(np.ones((5, 8))).complete
+
+
+class FakeAgent(threading.Thread):
+    """A board that answers in bytes of its choosing: it authenticates as the agent of `name` (it has the
+    secret: a buggy or hostile board of this deployment), answers HELLO with `hello`, and then sends
+    `then` (raw bytes) once the first frame arrives."""
+
+    def __init__(self, wiring, name, hello: bytes, then: bytes = b""):
+        super().__init__(daemon=True)
+        self.wiring, self.name, self.hello, self.then = wiring, name, hello, then
+        self.srv = socket.socket()
+        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.srv.bind(wiring.endpoints[name].address)
+        self.srv.listen(4)
+
+    def run(self):
+        while True:
+            try:
+                s, _ = self.srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+
+    def _serve(self, s):
+        w = self.wiring
+        peers = {w.host_id(): "host"}
+        peers.update((wire.peer_id(w.plan_hash, c.src), c.src) for c in self._inputs() if c.src != "host")
+        try:
+            wire.agent_handshake(s, w.secret, 5, w.agent_id(self.name), peers)
+            r = wire.Reader(s)
+            while True:
+                mtype = r.message()[0]
+                if mtype == M.HELLO:
+                    self.host = s
+                    s.sendall(wire.pack_message(M.PONG, payload=self.hello))
+                elif mtype == M.FRAME and self.then:
+                    self.host.sendall(self.then)  # to the host, as an agent reports an error
+                elif mtype == M.PING:
+                    s.sendall(wire.pack_message(M.PONG, payload=b"{}"))
+        except (OSError, EOFError, wire.ProtocolError, AttributeError):
+            pass
+
+    def _inputs(self):
+        from splitting.contract import Contract
+
+        return [Contract.from_dict(c) for c in self.wiring.configs[self.name]["inputs"]]
+
+    def close(self):
+        self.srv.close()
+
+
+def _with_fake(tmp_path, name, hello, then=b""):
+    plan = identity_plan(2, shape=(8,))
+    rack = LocalRack(tmp_path)
+    wiring = rack.start(plan)
+    rack.agents[name].proc.kill()
+    rack.agents[name].proc.wait()
+    fake = FakeAgent(wiring, name, hello, then)
+    fake.start()
+    return rack, wiring, fake
+
+
+GOOD = json.dumps({"partition": "s1"}).encode()
+
+
+@pytest.mark.parametrize("hello,words", [(b"\xff\xfe\x00junk", "not JSON"), (b"{not json", "not JSON"),
+                                         (b"[1, 2, 3]", "not a JSON object"), (b"[" * 5000 + b"]" * 5000, "not JSON")],
+                         ids=["not-utf8", "not-json", "a-list", "nested-5000"])
+def test_a_pong_the_host_cannot_read_is_one_line(tmp_path, hello, words):
+    rack, wiring, fake = _with_fake(tmp_path, "s1", hello)
+    try:
+        with pytest.raises(AgentUnreachable, match=words) as e:
+            Pipeline(wiring, connect_timeout=5)
+        assert "s1 on board" in str(e.value) and "\n" not in str(e.value)
+    finally:
+        fake.close()
+        rack.stop()
+
+
+def test_an_error_that_is_not_json_ends_the_stream_at_once_naming_it(tmp_path, sched_latency):
+    """The last agent answers the first frame with an ERROR whose payload is not JSON. The host's reader
+    names the protocol error and the stream ends at once (it used to lose its reader thread without a word,
+    and blame a frame that 'did not come back' when the timeout passed)."""
+    bad = wire.pack_message(M.ERROR, payload=b"\x80\x81 not json")
+    rack, wiring, fake = _with_fake(tmp_path, "s1", GOOD, then=bad)
+    try:
+        with Pipeline(wiring, connect_timeout=5) as pipe:
+            t0 = time.monotonic()
+            with pytest.raises(StreamError) as e:
+                pipe.stream(np.ones((3, 8)), timeout=20)
+            took = time.monotonic() - t0
+        msg = str(e.value)
+        assert "protocol error: an ERROR message is not JSON" in msg and "s1 on board" in msg, msg
+        assert took < sched_latency.bound(2.0, 20), took  # the 2 s grace for frames ahead, not the 20 s timeout
+    finally:
+        fake.close()
+        rack.stop()
+
+
+def test_the_frame_timeout_holds_when_the_hosts_wall_clock_steps_back(tmp_path, monkeypatch, sched_latency):
+    """A frame is dropped in the rack; right after the frames leave, the host's wall clock steps back an hour.
+    The stream still fails after its 2 s timeout, naming the frame (deadlines run on the monotonic clock; on
+    the wall clock the timeout never fired)."""
+    import harness.measure.stream as stream
+
+    plan = identity_plan(2, shape=(8,))
+    with LocalRack(tmp_path) as rack:
+        wiring = rack.start(plan, faults={"s1": {"drop_frames": [3]}})
+        real = time.time_ns
+        step = {"at": None}
+
+        def stepped():  # an hour back, from the moment the last frame has been sent
+            t = real()
+            return t - 3600 * 10 ** 9 if step["at"] is not None else t
+
+        with Pipeline(wiring) as pipe:
+            orig_send = pipe._send_frame
+
+            def send_then_step(run, fid, parts):
+                ok = orig_send(run, fid, parts)
+                if fid == 4:
+                    step["at"] = time.monotonic()
+                return ok
+
+            monkeypatch.setattr(pipe, "_send_frame", send_then_step)
+            monkeypatch.setattr(stream.time, "time_ns", stepped)
+            t0 = time.monotonic()
+            with pytest.raises(StreamError, match="frame 3 did not come back within 2 s"):
+                pipe.stream(np.ones((5, 8)), in_flight=5, timeout=2.0)
+            took = time.monotonic() - t0
+        assert step["at"] is not None and took <= sched_latency.bound(2.0 + 1.0, 40), took
