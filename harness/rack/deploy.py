@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from splitting.errors import UserError
 from splitting.plan import Plan
@@ -231,32 +232,56 @@ def place(plan: Plan, rack: Rack) -> Dict[str, Board]:
 
 
 # --- talking to the agent ------------------------------------------------------------------------------
-def ping(host: str, port: int, secret: bytes, timeout: float = PING_TIMEOUT) -> dict:
-    """The agent's health answer (PONG) over an authenticated connection, or OSError/TimeoutError (an agent
-    that does not share `secret` refuses the connection: wire.AuthError, an OSError here)."""
+def agent_identity(config: dict) -> Tuple[bytes, bytes]:
+    """(the agent's identity, the host's) in the handshake with the agent of an agent config (agent.json as
+    a dict): what the host's connection to it is bound to (wire.agent_id, wire.peer_id). ValueError for a
+    config without what that needs."""
     try:
-        with wire.connect((host, port), secret, timeout) as s:
+        plan_hash, partition = str(config["plan_hash"]), str(config["partition"])
+        endpoint = str(config.get("endpoint") or "")
+        if endpoint:
+            host, _, port = endpoint.rpartition(":")
+        else:
+            host, port = str(config["listen"]["host"]), config["listen"]["port"]
+        return wire.agent_id(plan_hash, partition, host, int(port)), wire.peer_id(plan_hash, wire.HOST)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"agent config without a usable identity ({type(e).__name__}: {e})") from None
+
+
+def board_identity(conn: Connection, board: Board) -> Tuple[bytes, bytes]:
+    """agent_identity of the agent config a board carries (part/agent.json, read over SSH); ValueError when it
+    has none or it cannot be read as one."""
+    text = conn.read_text(conn.remote_path(f"{board.workdir}/{PART}/agent.json"), stage="health")
+    if text is None:
+        raise ValueError("the board carries no agent config (nothing deployed)")
+    return agent_identity(_json(text))
+
+
+def ping(host: str, port: int, secret: bytes, timeout: float = PING_TIMEOUT, *, ident: Tuple[bytes, bytes]) -> dict:
+    """The agent's health answer (PONG, a JSON object) over an authenticated connection bound to `ident`
+    ((the agent's identity, the host's): agent_identity), or OSError/TimeoutError: an agent that does not
+    share `secret`, or is not the agent meant, refuses the connection (wire.AuthError, an OSError here); an
+    answer that is not a PONG holding a JSON object is an OSError naming what came."""
+    try:
+        with wire.connect((host, port), secret, timeout, ident[0], ident[1]) as s:
             s.settimeout(timeout)
             s.sendall(wire.pack_message(wire.MsgType.PING, payload=b"{}"))
-            mtype, *_rest, payload = wire.Reader(s).message()
+            mtype, *_rest, payload = wire.Reader(s, max_records=0).message()
     except (EOFError, wire.ProtocolError) as e:
         raise OSError(str(e) or type(e).__name__) from None
     if mtype != wire.MsgType.PONG:
         raise OSError(f"agent answered message type {mtype}, not PONG")
-    return json.loads(payload.decode())
+    return wire.json_object(payload, "PONG")
 
 
 def write_secret(conn: Connection, root: str, secret: bytes) -> None:
     """The deployment's secret onto the board, part/agent.secret, mode 0600 before it holds a byte; the
     running agent reads it at each new connection. Never logged."""
     tmp, path = f"{root}/{PART}/{SECRET_FILE}.upload", f"{root}/{PART}/{SECRET_FILE}"
-    try:
-        with conn.sftp.open(tmp, "w") as f:
-            conn.sftp.chmod(tmp, 0o600)
-            f.write(secret.hex() + "\n")
-        conn.sftp.posix_rename(tmp, path)
-    except (IOError, OSError) as e:
-        raise BoardError(conn.board.name, "upload", f"cannot write the agent's secret to {path}: {e}") from None
+    # the connection's own writes: a board that stops answering is named as hung (no reply within the SFTP
+    # timeout), a full disk as full; never an error with an empty reason
+    conn.put_bytes((secret.hex() + "\n").encode(), tmp, stage="upload", mode=0o600)
+    conn.rename(tmp, path, stage="upload")
 
 
 def _remote_pids(conn: Connection, part_dir: str) -> Dict[str, int]:
@@ -322,7 +347,69 @@ def stop_agents(conn: Connection, board: Board, pids: Optional[Dict[str, int]] =
     return n
 
 
-def start_agent(conn: Connection, board: Board, partition: str, secret: Optional[bytes] = None) -> int:
+def _port_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether something accepts TCP connections at host:port now (seen from this machine)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _port_holder(conn: Connection, board: Board) -> Optional[Tuple[int, str, str]]:
+    """(pid, working folder, command line) of the board's process listening on its data port, from `ss -ltnp`
+    and /proc (over SFTP); None when the board cannot say (no `ss`, or another user's process)."""
+    r = conn.run(["ss", "-Hltnp", f"sport = :{board.data_port}"], check=False, timeout=10, stage="agent-start")
+    m = re.search(r"pid=(\d+)", r.stdout)
+    if r.status != 0 or not m:
+        return None
+    pid = int(m.group(1))
+    try:
+        cwd = conn.sftp_call("agent-start", f"reading /proc/{pid}/cwd", conn.sftp.readlink, f"/proc/{pid}/cwd")
+        cmd = (conn.read_text(f"/proc/{pid}/cmdline", stage="agent-start") or "").replace("\0", " ").strip()
+    except BoardError:
+        return None
+    return pid, str(cwd or "?"), cmd
+
+
+def _free_data_port(conn: Connection, board: Board, root: str, progress: Callable[[str], None]) -> None:
+    """Before an agent starts: the board's data port must be free. When it is held (the rack file's workdir
+    changed and the agent of the old one still runs there, or any other process), the holder is found: a
+    splitrack agent of another workdir nobody holds a lease on is stopped, saying so; otherwise BoardError
+    names it (pid, folder, command, leaseholder) and what to do."""
+    if not _port_open(board.host, board.data_port):
+        return
+    holder = _port_holder(conn, board)
+    where = f"{board.host}:{board.data_port}"
+    if holder is None:
+        raise BoardError(board.name, "agent-start", f"{where} is held by a process this board does not name (no `ss`, "
+                         "or another user's): stop it, or give the board another data_port in the rack file")
+    pid, cwd, cmd = holder
+    if not re.search(r"(^|\s|/)(-m agent|agent\.py)(\s|$)", cmd):
+        raise BoardError(board.name, "agent-start", f"{where} is held by pid {pid} ({cmd[:80]!r} in {cwd}), not a "
+                         "splitrack agent: stop it, or give the board another data_port in the rack file")
+    folder = cwd.rsplit(f"/{PART}", 1)[0] if cwd.endswith(f"/{PART}") else cwd
+    if folder != root:  # an agent of another workdir: in use if someone leases that workdir
+        from .lease import LEASE_FILE, RackLease
+
+        info = RackLease([board], "probe")._read(conn, f"{folder}/{LEASE_FILE}", folder, board.name)
+        if info is not None and not info.expired:
+            raise BoardError(board.name, "agent-start", f"{where} is held by the agent of workdir {folder} (pid {pid}), "
+                             f"{info.describe()}: this rack file's workdir is {root}; use the same workdir, or another "
+                             "data_port")
+    sudo = ["sudo", "-n"] if board.sudo else []
+    conn.run(sudo + ["kill", "-TERM", str(pid)], check=False, timeout=10, stage="agent-stop")
+    deadline = time.monotonic() + AGENT_STOP_TIMEOUT
+    while _alive(conn, pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(conn, pid):
+        conn.run(sudo + ["kill", "-KILL", str(pid)], check=False, timeout=10, stage="agent-stop")
+    progress(f"  {board.name}: stopped the agent of workdir {folder} (pid {pid}) that held port {board.data_port} "
+             f"(this rack file's workdir is {root})")
+
+
+def start_agent(conn: Connection, board: Board, partition: str, secret: Optional[bytes] = None,
+                ident: Optional[Tuple[bytes, bytes]] = None) -> int:
     """Start the agent of part/agent.json in the background; wait for its ready line. Returns its pid.
 
     The agent runs as `python3 -m agent part/agent.json` in the workdir. The previous agent's log is moved
@@ -337,9 +424,15 @@ def start_agent(conn: Connection, board: Board, partition: str, secret: Optional
     or an error); the process is looked at when the output grew without a ready line, and every
     AGENT_ALIVE s (an agent killed without a word). Every SFTP request costs both sides' SSH stacks some
     CPU: with many boards starting on a few cores, reading the output and the process every 0.1 s was a
-    good part of what a deployment cost."""
+    good part of what a deployment cost. `ident`: the agent's agent_identity (read from the board's
+    part/agent.json when not given)."""
     part_dir = conn.remote_path(f"{board.workdir}/{PART}")
     out = f"agent-{partition}.out"
+    if secret is not None and ident is None:
+        try:
+            ident = board_identity(conn, board)
+        except ValueError:
+            secret = None  # no identity to watch its port with: its output file says when it is ready
     log = f"{part_dir}/agent-{partition}.log"
     if conn.exists(log, stage="agent-start"):
         conn.rename(log, f"{log}.1", stage="agent-start")
@@ -358,7 +451,7 @@ def start_agent(conn: Connection, board: Board, partition: str, secret: Optional
     text, gone, seen = "", False, 0
     next_look, next_alive = now + look_every, now + AGENT_ALIVE
     while time.monotonic() < deadline:
-        answers = secret is not None and _answers(board, secret)
+        answers = secret is not None and _answers(board, secret, ident)
         now = time.monotonic()
         if answers or gone or now >= next_look:
             next_look = now + look_every
@@ -385,11 +478,11 @@ def start_agent(conn: Connection, board: Board, partition: str, secret: Optional
                      f"{AGENT_START_TIMEOUT:.0f} s: {detail}")
 
 
-def _answers(board: Board, secret: bytes) -> bool:
-    """Whether an agent that knows `secret` answers a ping on the board's data port now (False while nobody
-    listens there, or whoever listens does not prove the secret)."""
+def _answers(board: Board, secret: bytes, ident: Tuple[bytes, bytes]) -> bool:
+    """Whether the agent `ident` names, knowing `secret`, answers a ping on the board's data port now (False
+    while nobody listens there, or whoever listens does not prove the secret)."""
     try:
-        ping(board.host, board.data_port, secret)
+        ping(board.host, board.data_port, secret, ident=ident)
         return True
     except (OSError, ValueError):
         return False
@@ -437,9 +530,10 @@ def _deploy_one(plan: Plan, name: str, board: Board, art: Dict[str, Path], confi
         started = {} if stale else _json(conn.read_text(f"{root}/{PART}/running.json", stage="verify"))
         write_secret(conn, root, secret)
         stale_state = None
+        ident = agent_identity(config)
         if not stale and pids and started.get("config") == want[f"{PART}/agent.json"]:
             try:
-                h = ping(board.host, board.data_port, secret)
+                h = ping(board.host, board.data_port, secret, ident=ident)
                 if (h.get("plan_hash"), h.get("partition"), h.get("pid")) == (plan_hash, name, started.get("pid")):
                     running = int(h["pid"])
                     stale_state = agent_stale_state(h)
@@ -455,18 +549,19 @@ def _deploy_one(plan: Plan, name: str, board: Board, art: Dict[str, Path], confi
         if stale:
             _upload(conn, board, root, stale, files, blobs, want)
         stop_agents(conn, board, pids)
+        _free_data_port(conn, board, root, progress)
         for rel in stale:
             conn.rename(f"{root}/{rel}.upload", f"{root}/{rel}", stage="swap")
         # running.json names the agent that matches the files; until a new one is up, none does
         conn.remove(f"{root}/{PART}/running.json", stage="agent-start")
         flashed = bool(art_rels & set(stale)) or force
-        pid = start_agent(conn, board, name, secret)
+        pid = start_agent(conn, board, name, secret, ident)
         conn.put_bytes(json.dumps({"pid": pid, "config": want[f"{PART}/agent.json"]}).encode(),
                        f"{root}/{PART}/running.json", stage="agent-start")
         if stale_state and not stale:
             progress(f"  {name} on {board.name}: same artifact, but its agent held {stale_state}: restarted")
     try:
-        h = ping(board.host, board.data_port, secret)
+        h = ping(board.host, board.data_port, secret, ident=ident)
     except (OSError, ValueError) as e:
         raise BoardError(board.name, "agent-ping", f"agent of {name} started (pid {pid}) but does not answer on "
                          f"{board.host}:{board.data_port} ({e}); is that port reachable from this machine?") from None
@@ -627,11 +722,12 @@ def board_secret(conn: Connection, board: Board) -> bytes:
 
 
 def ping_board(board: Board, timeout: float = 5.0) -> dict:
-    """The PONG of the agent on `board`, whoever deployed it: its secret is read over SSH first (the owner
-    of the board's SSH key may ask its agent anything). Raises BoardError, OSError, ValueError."""
+    """The PONG of the agent on `board`, whoever deployed it: its secret and identity are read over SSH first
+    (the owner of the board's SSH key may ask its agent anything). Raises BoardError, OSError, ValueError."""
     with Connection(board, timeout=timeout) as conn:
         secret = board_secret(conn, board)
-    return ping(board.host, board.data_port, secret)
+        ident = board_identity(conn, board)
+    return ping(board.host, board.data_port, secret, ident=ident)
 
 
 def check_board(board: Board, timeout: float = 5.0) -> Health:
@@ -645,37 +741,67 @@ def check_board(board: Board, timeout: float = 5.0) -> Health:
             if r.status != 0:
                 return Health(board.name, False, f"`{board.python}` with numpy does not run: "
                               f"{(r.stderr or r.stdout).strip()[-200:]}", d)
-            major, minor, npv = r.stdout.split()[:3]
+            # what the board prints is read defensively: garbage is a reason, never a traceback
+            version = _numbers(r.stdout, 2)
+            if version is None:
+                return Health(board.name, False, f"`{board.python}` printed {_shown(r.stdout)} where its version "
+                              "was expected: is `python` in the rack file the board's Python 3?", d)
+            major, minor = version
             d["python"] = f"{major}.{minor}"
-            if (int(major), int(minor)) < MIN_PYTHON:
+            if (major, minor) < MIN_PYTHON:
                 return Health(board.name, False, f"python {major}.{minor} is older than 3.8", d)
             free = conn.run(["free", "-b"], check=False, timeout=10, stage="health").stdout
             mem = [ln.split() for ln in free.splitlines() if ln.startswith("Mem:")]
-            if mem:
-                avail = int(mem[0][6] if len(mem[0]) > 6 else mem[0][3])
-                d["free_memory_mib"] = avail >> 20
-                if avail < MIN_FREE_MEMORY:
-                    return Health(board.name, False, f"only {avail >> 20} MiB of memory available "
-                                  f"(an agent needs {MIN_FREE_MEMORY >> 20} MiB): reboot the board", d)
-            df = conn.run(["df", "-Pk", conn.home], check=False, timeout=10, stage="health").stdout.splitlines()
-            if len(df) >= 2:
-                avail_k = int(df[1].split()[3])
-                d["free_disk_mib"] = avail_k >> 10
-                if avail_k << 10 < MIN_FREE_DISK:
-                    return Health(board.name, False, f"only {avail_k >> 10} MiB of disk free "
-                                  f"(need {MIN_FREE_DISK >> 20} MiB): clean up the board's SD card", d)
+            avail = _numbers(" ".join(mem[0][6:7] if len(mem[0]) > 6 else mem[0][3:4]), 1) if mem else None
+            if avail is None:
+                return Health(board.name, False, f"`free -b` printed {_shown(free)}, not the memory table of "
+                              "procps' free: check the board's tools", d)
+            d["free_memory_mib"] = avail[0] >> 20
+            if avail[0] < MIN_FREE_MEMORY:
+                return Health(board.name, False, f"only {avail[0] >> 20} MiB of memory available "
+                              f"(an agent needs {MIN_FREE_MEMORY >> 20} MiB): reboot the board", d)
+            df_out = conn.run(["df", "-Pk", conn.home], check=False, timeout=10, stage="health").stdout
+            df = df_out.splitlines()
+            avail_k = _numbers(" ".join(df[1].split()[3:4]), 1) if len(df) >= 2 else None
+            if avail_k is None:
+                return Health(board.name, False, f"`df -Pk` printed {_shown(df_out)}, not a POSIX df table: "
+                              "check the board's tools", d)
+            d["free_disk_mib"] = avail_k[0] >> 10
+            if avail_k[0] << 10 < MIN_FREE_DISK:
+                return Health(board.name, False, f"only {avail_k[0] >> 10} MiB of disk free "
+                              f"(need {MIN_FREE_DISK >> 20} MiB): clean up the board's SD card", d)
             pids = _remote_pids(conn, conn.remote_path(f"{board.workdir}/{PART}"))
             live = [p for p in pids.values() if _alive(conn, p)]
-            secret = board_secret(conn, board)
+            secret = board_secret(conn, board) if live else b""
+            try:
+                ident = board_identity(conn, board) if live else None
+            except ValueError as e:
+                ident, d["agent"] = None, f"pid {live[0]} runs, but {e}; deploy restarts it"
     except BoardError as e:
         return Health(board.name, False, f"{e.stage}: {str(e).split(': ', 1)[-1]}", d)
-    if live:
+    except ValueError as e:  # the board's secret file is not hex
+        return Health(board.name, False, f"the board's agent secret cannot be read ({e}): deploy again", d)
+    if live and ident is not None:
         try:
-            h = ping(board.host, board.data_port, secret)
+            h = ping(board.host, board.data_port, secret, ident=ident)
             d["agent"] = f"{h.get('partition')} pid {h.get('pid')}"
         except (OSError, ValueError) as e:
             d["agent"] = f"pid {live[0]} does not answer ({e}); deploy restarts it"
     return Health(board.name, True, "", d)
+
+
+def _numbers(text: str, n: int) -> Optional[Tuple[int, ...]]:
+    """The first `n` whitespace-separated words of `text` as non-negative integers, None when they are not."""
+    words = text.split()[:n]
+    if len(words) < n or not all(w.isdigit() and len(w) < 30 for w in words):
+        return None
+    return tuple(int(w) for w in words)
+
+
+def _shown(text: str) -> str:
+    """A board's output as a message shows it: one line, at most 80 characters, repr'd."""
+    one = " ".join(text.split())
+    return repr(one[:77] + "..." if len(one) > 80 else one) if one else "nothing"
 
 
 def power_cycle(board: Board, wait: float = 180.0, timeout: float = 5.0) -> Health:
