@@ -365,3 +365,110 @@ def test_the_frame_timeout_holds_when_the_hosts_wall_clock_steps_back(tmp_path, 
                 pipe.stream(np.ones((5, 8)), in_flight=5, timeout=2.0)
             took = time.monotonic() - t0
         assert step["at"] is not None and took <= sched_latency.bound(2.0 + 1.0, 40), took
+
+
+class LyingAgent(FakeAgent):
+    """The last stage of an identity chain, played by a board that computes right (its output is its input,
+    as the passthrough agent's) and lies about time: `stamps(t_now)` gives its record's four stamps, and its
+    clock probes answer `probe_ahead_ns` ahead of its real clock."""
+
+    def __init__(self, wiring, name, stamps, probe_ahead_ns=0, extra_records=0):
+        super().__init__(wiring, name, b"{}")
+        self.stamps, self.ahead, self.extra = stamps, probe_ahead_ns, extra_records
+        self.host = None
+
+    def _serve(self, s):
+        w = self.wiring
+        peers = {w.host_id(): "host"}
+        peers.update((wire.peer_id(w.plan_hash, c.src), c.src) for c in self._inputs() if c.src != "host")
+        ids = w.partition_ids
+        try:
+            role = wire.agent_handshake(s, w.secret, 5, w.agent_id(self.name), peers)
+            r = wire.Reader(s, max_payload=1 << 20)
+            while True:
+                mtype, frame, stage, part, records, payload = r.message()
+                if mtype == M.HELLO:
+                    self.host = s
+                    s.sendall(wire.pack_message(M.PONG, payload=json.dumps({"partition": self.name}).encode()))
+                elif mtype == M.PING:
+                    s.sendall(wire.pack_message(M.PONG, payload=json.dumps({"partition": self.name}).encode()))
+                elif mtype == M.PROBE:
+                    (t1,) = wire.PROBE_REQ.unpack(payload)
+                    t = time.time_ns() + self.ahead
+                    s.sendall(wire.pack_message(M.PROBE_REPLY, payload=wire.PROBE_REP.pack(t1, t, t + 1000)))
+                elif mtype == M.FRAME and role != "host":
+                    own = wire.RECORD.pack(w.stages[self.name], ids[self.name], ids[role], 0,
+                                           *self.stamps(time.time_ns()))
+                    recs = bytes(records) + own + own * self.extra
+                    self.host.sendall(wire.pack_message(M.FRAME, frame=frame, stage=w.stages[self.name], part=0,
+                                                        payload=bytes(payload), records=recs))
+        except (OSError, EOFError, wire.ProtocolError, AttributeError):
+            pass
+
+
+def _lying_rack(tmp_path, **lie):
+    plan = identity_plan(2, shape=(8,))
+    rack = LocalRack(tmp_path)
+    wiring = rack.start(plan)
+    rack.agents["s1"].proc.kill()
+    rack.agents["s1"].proc.wait()
+    fake = LyingAgent(wiring, "s1", **lie)
+    fake.start()
+    return plan, rack, wiring, fake
+
+
+def test_a_board_dwell_of_minus_1e15_us_makes_a_run_untrusted_exit_2(tmp_path):
+    """Every output right, every stamp of s1 impossible (it sends 1e15 us before it receives): `run` writes
+    run.json with every frame, marked untrusted with the reason and never complete, and fails (RunError: a
+    UserError, exit status 2); `history add` keeps it as an incomplete run."""
+    from harness.measure.run import RunError, run_frames
+    from harness.results.history import load_file
+    from splitting.errors import UserError
+
+    plan, rack, wiring, fake = _lying_rack(tmp_path / "rack", stamps=lambda t: (t, t, t, t - 10 ** 18))
+    try:
+        x = np.random.default_rng(0).uniform(-8, 8, (20, 8))
+        with pytest.raises(RunError) as e:
+            run_frames(plan, wiring, x, None, tmp_path / "out", "local agents", check=False, progress=lambda s: None)
+    finally:
+        fake.close()
+        rack.stop()
+    assert isinstance(e.value, UserError) and "untrusted: 20 of 20 frames have impossible board stamps" in str(e.value)
+    doc = json.loads((tmp_path / "out" / "run.json").read_text())
+    s = doc["summary"]
+    assert s["complete"] is False and s["untrusted"].startswith("untrusted:") and len(doc["frames"]) == 20
+    assert "s1 on local-s1: its stamps are out of order" in s["untrusted"]
+    (run, _, _), = load_file(tmp_path / "out" / "run.json")
+    assert not run.complete and run.error.startswith("untrusted:")
+
+
+def test_a_clock_probe_an_hour_ahead_makes_a_bench_untrusted(tmp_path):
+    """The board's stamps are true, but its clock probes answer an hour ahead: mapped with that offset its
+    stamps fall an hour before the host sent the frames (links of -3.6e9 us). The run's figures are refused:
+    untrusted, with the reason, and no report attributed from them."""
+    from harness.measure import attribution as measure
+
+    plan, rack, wiring, fake = _lying_rack(tmp_path, stamps=lambda t: (t, t + 1000, t + 2000, t + 3000),
+                                           probe_ahead_ns=3600 * 10 ** 9)
+    try:
+        with Pipeline(wiring) as pipe:
+            run = measure.measure_rack(pipe, wiring, plan, np.ones((10, 8)), probes=16, single_rate=200.0)
+    finally:
+        fake.close()
+        rack.stop()
+    assert run.untrusted.startswith("untrusted: 20 of 20 frames") and "before the host sent" in run.untrusted
+    assert run.reports == {}
+
+
+def test_a_frame_to_the_host_with_more_records_than_the_plan_is_refused(tmp_path):
+    """4096 records on a frame of a 2-stage chain (which carries 2): the host's reader refuses the header
+    before reading the records, and the stream ends naming the protocol error (it used to spend 0.6-0.8 s of
+    CPU per such frame)."""
+    plan, rack, wiring, fake = _lying_rack(tmp_path, stamps=lambda t: (t, t, t, t), extra_records=4095)
+    try:
+        with Pipeline(wiring) as pipe:
+            with pytest.raises(StreamError, match="announces .* 4097 records .* allows .* and 2"):
+                pipe.stream(np.ones((3, 8)), timeout=10)
+    finally:
+        fake.close()
+        rack.stop()
