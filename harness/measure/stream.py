@@ -523,7 +523,9 @@ class Pipeline:
                 while run.outstanding or (run.queue and not run.fatal):
                     if run.fatal and self.lost:
                         # an agent is gone: frames behind it cannot come; give those ahead of it a moment
-                        grace_end = grace_end or time.monotonic() + min(timeout, 2.0)
+                        # (none, when every agent that sends the host its outputs is the one gone)
+                        outs_gone = all(c.src in self.lost for c in self.wiring.output_links)
+                        grace_end = grace_end or time.monotonic() + (0.0 if outs_gone else min(timeout, 2.0))
                         if time.monotonic() > grace_end:
                             for f in list(run.outstanding):
                                 run.outstanding.pop(f)
