@@ -119,6 +119,7 @@ class FramedEcho:
         wire.set_socket_options(self.hop.sock)
         self.hop.reader = wire.Reader(self.hop.sock)
         self.hop.frame = 0
+        self.hop.w = wire
 
     def rtt(self, payload):
         return self.hop.rtt(payload)
@@ -217,8 +218,11 @@ def _module_of(path: Path, name: str):
     """A module of another checkout, loaded from its file under a name of its own (not imported as ours)."""
     import importlib.util
 
+    if name in sys.modules:
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # (dataclasses look their module up while the class is made)
     spec.loader.exec_module(mod)
     return mod
 
