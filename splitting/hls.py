@@ -95,10 +95,9 @@ def cache_key(keras_file, weights_sha: str, hls_cfg: dict, hls_defaults: dict) -
     return hashlib.sha256(body.encode()).hexdigest()[:20]
 
 
-def _convert(keras_file: Path, hls_cfg: dict, hls_defaults: dict, out: Path, project: str, weights_sha: str = "",
-             what: str = ""):
-    """(Keras model, hls4ml model) of a model file; with `weights_sha`, UserError unless the file's weights
-    have that hash (graph.weights_sha256), before hls4ml sees the model."""
+def _checked_model(keras_file: Path, weights_sha: str, what: str = ""):
+    """The Keras model of a model file; with `weights_sha`, UserError unless its weights have that hash
+    (graph.weights_sha256): checked before hls4ml sees the model."""
     from .graph import load_model, weights_sha256
 
     model = load_model(keras_file)
@@ -106,6 +105,12 @@ def _convert(keras_file: Path, hls_cfg: dict, hls_defaults: dict, out: Path, pro
         raise UserError(f"{what or keras_file}: its weights (hash {weights_sha256(model)}) are not the ones the plan "
                         f"names ({weights_sha}): the file was changed after the plan was written; refused (nothing "
                         "was built or cached): write the plan again with `splitrack split`")
+    return model
+
+
+def _convert(keras_file: Path, hls_cfg: dict, hls_defaults: dict, out: Path, project: str):
+    """(Keras model, hls4ml model) of a model file."""
+    model = _checked_model(keras_file, "")
     return model, _convert_model(model, hls_cfg, hls_defaults, out, project)
 
 
@@ -161,7 +166,6 @@ def compiled(keras_file: Path, weights_sha: str, hls_cfg: dict, hls_defaults: di
         if folder.exists():
             shutil.rmtree(folder)  # a compile that died half-way
         t0 = time.time()
-        print(f"  hls4ml: compiling {project} ...", file=sys.stderr, flush=True)
         from .hls_errors import HlsUnsupported, failure_message
 
         what = "the whole model" if project == "sr_whole" else (
@@ -170,11 +174,13 @@ def compiled(keras_file: Path, weights_sha: str, hls_cfg: dict, hls_defaults: di
         copy = folder / KERAS_COPY
         copy.write_bytes(data)
         try:
-            model, hm = _convert(copy, hls_cfg, hls_defaults, folder / "project", project, weights_sha,
-                                 f"{keras_file} ({what})")
+            model = _checked_model(copy, weights_sha, f"{keras_file} ({what})")
         except UserError:
             shutil.rmtree(folder, ignore_errors=True)  # nothing of a refused model stays in the cache
             raise
+        print(f"  hls4ml: compiling {project} ...", file=sys.stderr, flush=True)
+        try:
+            hm = _convert_model(model, hls_cfg, hls_defaults, folder / "project", project)
         except Exception as e:  # hls4ml's own failures: one line naming the layer (verify never tracebacks)
             raise HlsUnsupported(failure_message(e, what)) from None
         try:

@@ -44,6 +44,7 @@ def test_a_board_frozen_while_the_secret_is_written_gives_the_reason(plan3, rack
     finally:
         os.kill(board_pid, signal.SIGCONT)
     msg = str(e.value)
+    print(f"board frozen while the secret is written: error after {took:.1f} s: {msg}")
     assert f"board {victim.name}, stage upload: the board's SSH server stopped answering while writing" in msg, msg
     assert "agent.secret.upload" in msg and "\n" not in msg
     assert took < sched_latency.bound(2 * 10.0 + 10.0, 40)  # the SFTP timeout (10 s) bounds it
@@ -61,7 +62,10 @@ def test_a_changed_workdir_stops_the_old_agent_on_the_port(plan3, rack_file):
                  rack.virtual_state)
     said = []
     try:
+        t0 = time.monotonic()
         dep = deploy(plan3, moved, progress=said.append)
+        print(f"changed workdir: deployed in {time.monotonic() - t0:.1f} s: " + " | ".join(
+            s.strip() for s in said if "stopped the agent" in s)[:300])
         assert all(pl.pid != old[p] for p, pl in dep.placed.items())
         stops = [s for s in said if "stopped the agent of workdir" in s]
         assert len(stops) == len(plan3.partitions), said

@@ -92,8 +92,10 @@ def test_a_board_clock_stepped_forward_does_not_hand_a_living_holders_boards_to_
     holder = _holder(rack_file, 60.0)
     try:
         clocks(3600.0)
-        with pytest.raises(LeaseHeld, match=f"leased by .*:{holder.pid} since"):
+        t0 = time.monotonic()
+        with pytest.raises(LeaseHeld, match=f"leased by .*:{holder.pid} since") as e:
             RackLease(rack.boards, "intruder").acquire()
+        print(f"clock an hour forward, holder alive: refused in {time.monotonic() - t0:.1f} s: {e.value}")
         body = json.loads((_homes(rack_file)[0] / "splitrack" / LEASE_FILE).read_text())
         assert body["owner"].endswith(f":{holder.pid}")  # still the holder's lease
     finally:
@@ -109,8 +111,10 @@ def test_a_dead_holder_on_this_machine_is_seen_at_once(rack_file):
     holder = _holder(rack_file, 60.0, where="here")
     _kill(holder)
     said = []
+    t0 = time.monotonic()
     with RackLease(rack.boards, "next", progress=said.append) as le:  # wait=0: no waiting at all
         assert set(le.paths) == set(rack.names)
+        print(f"dead holder of this machine: boards taken in {time.monotonic() - t0:.1f} s: {said[0].strip()}")
     assert any("its holder, a process of this machine, has ended" in s for s in said), said
 
 
@@ -134,8 +138,10 @@ def test_a_full_board_disk_is_named_not_taken_for_a_lease(rack_file):
     with open(filler, "wb") as f:
         f.truncate(2048 << 20)  # the board's whole disk (sparse: the virtual board counts sizes)
     try:
+        t0 = time.monotonic()
         with pytest.raises(BoardError, match="no space left on the board while writing .*lease.json") as e:
             RackLease([b], "full").acquire()
+        print(f"full disk: error in {time.monotonic() - t0:.1f} s: {e.value}")
         assert "\n" not in str(e.value) and b.name in str(e.value)
         assert not (home / "splitrack" / LEASE_FILE).exists()
     finally:
