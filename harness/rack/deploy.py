@@ -299,9 +299,10 @@ def _remote_pids(conn: Connection, part_dir: str) -> Dict[str, int]:
 
 
 def _json(text: Optional[str]) -> dict:
+    """A JSON object a board gave (a file, a line of output), {} for anything else: never an exception."""
     try:
         d = json.loads(text) if text else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return d if isinstance(d, dict) else {}
 
@@ -461,7 +462,11 @@ def start_agent(conn: Connection, board: Board, partition: str, secret: Optional
                 text = conn.read_text(f"{part_dir}/{out}", stage="agent-start") or ""
                 for line in text.splitlines():
                     if line.startswith("{") and '"ready"' in line:
-                        return int(json.loads(line)["pid"])
+                        pid = _json(line).get("pid")  # what a board prints is read defensively
+                        if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0:
+                            return pid
+                        raise BoardError(board.name, "agent-start", f"agent of {partition} printed a ready line "
+                                         f"without a process id: {line[:120]!r}")
             if gone:  # it had exited before this last read of its output: nothing more will come
                 break
             if grew or answers or now >= next_alive:
