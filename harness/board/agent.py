@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import itertools
 import json
 import logging
 import os
@@ -327,7 +326,9 @@ class Agent:
         self.head_view, self.own_view = memoryview(self.scratch)[:24], memoryview(self.scratch)[24:]
         self.pending = {}  # frame id -> [parts by index, records, arrival ns by index, first arrival monotonic]
         self.pending_lock = threading.Lock()
-        self.state = {}  # frame id -> what happened to it here (the latest 4096 to 8192 frames)
+        # frame id -> what happened to it here, the latest 8192 frames: an ordered dict whose oldest entry goes
+        # as a new one comes (a plain dict trimmed by half swung the agent's memory by a few hundred KiB)
+        self.state = collections.OrderedDict()
         self.host = None  # the Conn of the host that said HELLO
         self.host_ready = threading.Condition()
         self.links = {}  # (host, port) -> Conn of a next hop
@@ -373,10 +374,10 @@ class Agent:
             self._trim_state()
 
     def _trim_state(self):
-        """Forget the oldest half of the frame states (a dict keeps insertion order): memory stays bounded."""
+        """Forget the oldest frame states beyond 8192: memory stays bounded, and flat once full."""
         st = self.state
-        for frame in list(itertools.islice(st, len(st) - 4096)):
-            del st[frame]
+        while len(st) > 8192:
+            st.popitem(last=False)
 
     def report(self, message, frame=-1, exc=None):
         """Log an error and send it to the host: board, partition and stage named, never silent."""
@@ -930,7 +931,7 @@ class Agent:
         with self.pending_lock:
             stale = len(self.pending)
             self.pending.clear()
-        self.state = {}
+        self.state = collections.OrderedDict()
         # the answer goes out before the connection becomes the host's: it is the first message the host reads
         # (a frame of the old session in its last step may still follow; the host drops it by its tag)
         conn.send(pack_message(PONG, payload=json.dumps(self.health()).encode()))

@@ -280,3 +280,18 @@ def test_a_frame_to_the_host_with_more_records_than_the_plan_is_refused(tmp_path
     finally:
         fake.close()
         rack.stop()
+
+
+def test_what_an_agent_remembers_of_frames_stays_bounded_and_keeps_the_latest(tmp_path):
+    """The per-frame states an agent keeps (for a host asking where a frame was last seen) are the latest
+    8192 frames, an entry dropped as one comes: memory flat once full (benchmarks/soak.py shows the agents'),
+    not a dict trimmed by half that swung it."""
+    from harness.board.agent import Agent
+    from harness.rack.wiring import agent_config
+
+    plan = identity_plan(1, shape=(8,))
+    (tmp_path / "agent.secret").write_text(wire.new_secret().hex() + "\n")
+    ag = Agent(agent_config(plan, "s0", {}, {"kind": "passthrough"}, listen_port=0), str(tmp_path))
+    for f in range(20_000):
+        ag._set_state(f, "sent")
+    assert len(ag.state) == 8192 and next(iter(ag.state)) == 20_000 - 8192 and ag.state[19_999] == "sent"
