@@ -14,9 +14,10 @@ T0 = 1_800_000_000 * 10 ** 9  # an epoch time in ns
 TOPO = Topology([("host", "s0"), ("s0", "s1"), ("s1", "host")], {"s0": "b0", "s1": "b1"})
 
 
-def _clock(board, offset_ns, error_ns=20_000, drift_ppm=0.0):
+def _clock(board, offset_ns, error_ns=20_000, drift_ppm=0.0, span_s=10.0, moved_ns=None):
     before = OffsetEstimate(offset_ns, 2 * error_ns, error_ns, T0, 64, 6)
-    after = OffsetEstimate(offset_ns + drift_ppm * 1e-6 * 10 * 10 ** 9, 2 * error_ns, error_ns, T0 + 10 * 10 ** 9, 64, 6)
+    moved = drift_ppm * 1e-6 * span_s * 10 ** 9 if moved_ns is None else moved_ns
+    after = OffsetEstimate(offset_ns + moved, 2 * error_ns, error_ns, T0 + int(span_s * 10 ** 9), 64, 6)
     return ClockModel(board, before, after)
 
 
@@ -74,6 +75,15 @@ def test_a_clock_that_drifts_like_no_crystal_is_not_believed():
     clocks = dict(CLOCKS, b0=_clock("b0", 5 * MS, drift_ppm=5000.0))
     why = plausibility.problems([_frame(0)], TOPO, clocks)
     assert "5000 ppm" in why and "board b0" in why, why
+
+
+def test_a_short_run_on_a_busy_machine_is_not_taken_for_a_drifting_clock():
+    """Probes 1 s apart whose estimates are good to 2 ms each (a loaded machine) and differ by 3 ms: 3000 ppm
+    apparent, but within the two error bounds: believable. An hour in 1 s is not."""
+    noisy = dict(CLOCKS, b0=_clock("b0", 5 * MS, error_ns=2 * MS, span_s=1.0, moved_ns=3 * MS))
+    assert plausibility.clock_problems(noisy) == []
+    stepped = dict(CLOCKS, b0=_clock("b0", 5 * MS, error_ns=2 * MS, span_s=1.0, moved_ns=3600 * 10 ** 9))
+    assert "board b0: its clock moved" in plausibility.clock_problems(stepped)[0]
 
 
 def test_without_a_clock_mapping_a_dwell_beyond_the_end_to_end_is_caught():

@@ -68,7 +68,9 @@ def test_second_user_gets_one_line_naming_the_holder(rack_file):
 
 def test_cli_deploy_refused_exit_2_then_waits(rack_file, plan3):
     fc_plan = plan3
-    holder = _holder(rack_file, 4.0, "elsewhere")  # its death is seen by the expiry, after a wait
+    # a holder on another machine (its death is seen by the expiry, after a wait), whose ttl outlasts a CLI's
+    # start on a loaded machine: the deploy below must find it still held, and wait
+    holder = _holder(rack_file, 15.0, "elsewhere")
     try:
         t0 = time.monotonic()
         r = subprocess.run([sys.executable, "-m", "harness.cli.commands", "deploy", str(fc_plan.root), "--boards",
@@ -79,7 +81,7 @@ def test_cli_deploy_refused_exit_2_then_waits(rack_file, plan3):
         assert "uploaded" not in r.stdout  # refused before anything on any board changed
         print(f"deploy refused in {time.monotonic() - t0:.1f} s: {lines[0]}")
         # --wait: the holder goes away while we wait, and the deploy goes through
-        holder.kill()  # dies holding the lease: it expires 4 s after its last refresh
+        holder.kill()  # dies holding the lease: it expires 15 s after its last refresh
         holder.wait()
         r = subprocess.run([sys.executable, "-m", "harness.cli.commands", "deploy", str(fc_plan.root), "--boards",
                             str(rack_file), "--wait", "120"], capture_output=True, text=True, cwd=REPO, timeout=300)
