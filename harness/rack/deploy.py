@@ -376,8 +376,8 @@ def _port_holder(conn: Connection, board: Board) -> Optional[Tuple[int, str, str
 def _free_data_port(conn: Connection, board: Board, root: str, progress: Callable[[str], None]) -> None:
     """Before an agent starts: the board's data port must be free. When it is held (the rack file's workdir
     changed and the agent of the old one still runs there, or any other process), the holder is found: a
-    splitrack agent of another workdir nobody holds a lease on is stopped, saying so; otherwise BoardError
-    names it (pid, folder, command, leaseholder) and what to do."""
+    splitrack agent of another workdir in the board user's home that nobody holds a lease on is stopped,
+    saying so; otherwise BoardError names it (pid, folder, command, leaseholder) and what to do."""
     if not _port_open(board.host, board.data_port):
         return
     holder = _port_holder(conn, board)
@@ -390,6 +390,10 @@ def _free_data_port(conn: Connection, board: Board, root: str, progress: Callabl
         raise BoardError(board.name, "agent-start", f"{where} is held by pid {pid} ({cmd[:80]!r} in {cwd}), not a "
                          "splitrack agent: stop it, or give the board another data_port in the rack file")
     folder = cwd.rsplit(f"/{PART}", 1)[0] if cwd.endswith(f"/{PART}") else cwd
+    home = conn.home.rstrip("/")
+    if folder != root and not folder.startswith(home + "/"):  # not this board user's: never ours to stop
+        raise BoardError(board.name, "agent-start", f"{where} is held by an agent working in {folder} (pid {pid}), "
+                         f"outside this board user's home {home}: stop it, or give the board another data_port")
     if folder != root:  # an agent of another workdir: in use if someone leases that workdir
         from .lease import LEASE_FILE, RackLease
 
