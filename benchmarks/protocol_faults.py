@@ -21,10 +21,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.board import wire  # noqa: E402
-from harness.rack.local_rack import LocalRack, identity_plan  # noqa: E402
-from harness.measure.stream import AgentUnreachable, Pipeline, StreamError, connect_agent  # noqa: E402
+from harness.agent import wire  # noqa: E402
+from harness.rack.local_rack import LocalRack  # noqa: E402
+from harness.measure.agent_conn import connect_agent  # noqa: E402
+from harness.measure.stream import AgentUnreachable, Pipeline, StreamError  # noqa: E402
 from splitting.plan import Plan, PlanError  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "sim_tests"))
+from identity_plan import identity_plan  # noqa: E402  (the tests' plan helper)
 
 M = wire.MsgType
 
@@ -144,7 +148,7 @@ def main(argv=None) -> int:
 def trust_rows(timed, tmp: Path) -> None:
     """The faults of issue 24 (the second round): relay, crowds, slow senders, garbage from a board, lying
     stamps and clocks, a host clock step, plan files that exhaust or hang the host."""
-    sys.path.insert(0, str(ROOT / "sim_tests" / "board"))
+    sys.path.insert(0, str(ROOT / "sim_tests" / "agent"))
     import hostile  # noqa: E402  (the tests' hostile peers)
     import numpy as np
 
@@ -254,7 +258,7 @@ def trust_rows(timed, tmp: Path) -> None:
             try:
                 t0 = time.perf_counter()
                 if expect == "run":
-                    from harness.measure.run import RunError, run_frames
+                    from harness.jobs.run import RunError, run_frames
 
                     try:
                         run_frames(plan, w, np.ones((50, 8)), None, fresh(), "local", check=False,

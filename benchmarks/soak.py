@@ -30,7 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness.measure.stream import Pipeline  # noqa: E402
-from harness.rack.local_rack import LocalRack, identity_plan  # noqa: E402
+from harness.rack.local_rack import LocalRack  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "sim_tests"))
+from identity_plan import identity_plan  # noqa: E402  (the tests' plan helper)
 
 OUT = ROOT / "benchmarks" / "out"
 
@@ -65,7 +68,7 @@ def fc_plan():
     try:
         plan = Plan.load(folder)
     except PlanError:
-        from splitting.reference import reference_model
+        from splitting.reference_models import reference_model
         from splitting.split import split_model, write_plan
 
         p, models = split_model(reference_model("fc"), at=["fc1"], neurons={"fc2": 2}, inputs={"fc3": 2})

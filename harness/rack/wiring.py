@@ -1,6 +1,6 @@
 """Wiring: from a Plan and where each partition's agent listens, the config of every agent.
 
-The agent config is `harness.board.agent_config.AgentConfig` (the agent reads the same dataclass); this module
+The agent config is `harness.agent.agent_config.AgentConfig` (the agent reads the same dataclass); this module
 only fills it in from the plan: the contracts of a partition's incoming and outgoing links, the next hop's
 address for each outgoing link ("host" for links into the host), the partition ids that name partitions in
 timestamp records. The `Wiring` it returns is what the host needs to feed and read the rack
@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from harness.board.agent_config import AgentConfig
+from harness.agent import wire as wire_format  # (`wire` below is this module's function)
+from harness.agent.agent_config import AgentConfig
 from splitting.contract import Contract
 from splitting.errors import UserError
 from splitting.plan import HOST, Plan
@@ -76,24 +77,18 @@ class Wiring:
     def agent_id(self, partition: str) -> bytes:
         """The identity the agent of `partition` proves in a handshake (wire.agent_id: plan, partition and the
         endpoint it is reached at); what the host's connection to it is bound to."""
-        from harness.board import wire
-
         ep = self.endpoints[partition]
-        return wire.agent_id(self.plan_hash, partition, ep.host, ep.port)
+        return wire_format.agent_id(self.plan_hash, partition, ep.host, ep.port)
 
     def host_id(self) -> bytes:
         """The host's identity in a handshake (wire.peer_id of 'host' in this deployment's plan)."""
-        from harness.board import wire
-
-        return wire.peer_id(self.plan_hash, wire.HOST)
+        return wire_format.peer_id(self.plan_hash, wire_format.HOST)
 
     def records_to_host(self) -> int:
         """The timestamp records an output frame carries (records_out of the partitions that send to the host):
         what the host's reader accepts, and no more (wire.MAX_RECORDS for a wiring without `records`)."""
-        from harness.board import wire
-
         if not self.records:
-            return wire.MAX_RECORDS
+            return wire_format.MAX_RECORDS
         return max((self.records.get(c.src, 0) for c in self.output_links), default=0)
 
     def describe(self, partition: str) -> str:
@@ -225,7 +220,7 @@ def emulation_backend(plan: Plan, name: str, library: str, project: str) -> Dict
 def overlay_backend(plan: Plan, name: str, bitfile: str, hwh: str, in_dtype: str = "float32",
                     out_dtype: str = "float32", io: str = "values") -> Dict[str, Any]:
     """Backend entry for a real PYNQ-Z2: the partition's bitstream and .hwh as the board sees them.
-    io "raw": the accelerator moves the links' raw AXI-stream words (see harness/board/agent_config.py)."""
+    io "raw": the accelerator moves the links' raw AXI-stream words (see harness/agent/agent_config.py)."""
     part = plan.partition(name)
     d = {"kind": "overlay", "bitfile": str(bitfile), "hwh": str(hwh), "n_in": incoming_elements(plan, name),
          "n_out": int(math.prod(part.output_shape)), "in_dtype": in_dtype, "out_dtype": out_dtype}

@@ -1,6 +1,6 @@
 """The plausibility of board stamps, on frames built by hand: each kind of impossible stamp is named, and
 true stamps (with clock offsets and their error) pass. The same checks on a running rack with a lying board
-are in sim_tests/board/test_lying_board.py."""
+are in sim_tests/agent/test_agent_trust.py."""
 from __future__ import annotations
 
 import pytest

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from harness.rack.deploy import DeployError, check_board, deploy, ping_board, undeploy
+from harness.rack.deploy import DeployError, deploy, undeploy
+from harness.rack.health import check_board, ping_board
 from harness.rack.rackfile import Rack, load_rack
 from harness.rack.ssh import Connection
 

@@ -19,9 +19,9 @@ WARNING_LINE = re.compile(r"^\S*:\d+: \w*Warning: |^\s+warnings\.warn\(|Warning:
 
 
 def _cli(tmp_path, *args):
-    env = child_env(SPLITRACK_CACHE=str(tmp_path / "cache"))
+    # the user cache of the other tests: the plan's hls4ml projects are compiled once for all of them
     return subprocess.run([sys.executable, "-m", "harness.cli.commands", *map(str, args)], capture_output=True,
-                          text=True, timeout=300, cwd=REPO, env=env)
+                          text=True, timeout=1200, cwd=REPO, env=child_env())
 
 
 def _warning_lines(text):
@@ -82,7 +82,7 @@ def test_library_warning_goes_to_the_log_and_own_warnings_stay(tmp_path):
 
 @pytest.fixture(scope="module")
 def fc_plan_dir(tmp_path_factory):
-    from splitting.reference import reference_model
+    from splitting.reference_models import reference_model
     from splitting.split import split_model, write_plan
 
     plan, models = split_model(reference_model("fc"), at=["fc1", "fc2"])

@@ -96,7 +96,7 @@ def test_nightly_run_files_of_one_second_or_one_instant_do_not_collide(tmp_path)
     names of their own: none overwrites another (the names were the time to the second)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from harness.results.nightly import run_file
+    from harness.jobs.nightly import run_file
 
     a = run_file(tmp_path, "2026-01-01T03:00:00.100000+00:00", "p1")
     b = run_file(tmp_path, "2026-01-01T03:00:00.900000+00:00", "p1")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.rack.local_rack import identity_plan
+from identity_plan import identity_plan
 from splitting import untrusted
 from splitting.errors import UserError
 from splitting.plan import Plan, PlanError
