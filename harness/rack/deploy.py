@@ -45,8 +45,8 @@ from harness.agent import wire
 from harness.agent.files import agent_files
 from harness.rack import checks
 from harness.rack import wiring as wiring_mod
-from harness.rack.agent_control import (PART, agent_identity, agent_stale_state, board_identity, free_data_port, json_object, ping,
-                                        remote_pids, start_agent, stop_agents, write_secret)
+from harness.rack.agent_control import (PART, agent_identity, agent_stale_state, board_identity, free_data_port,
+                                        json_object, ping, remote_pids, start_agent, stop_agents, write_secret)
 from harness.rack.artifacts import artifact
 from harness.rack.health import agent_on_port, board_secret
 from harness.rack.rackfile import Board, Rack
