@@ -24,6 +24,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    "or 'auto' (digits for 64 inputs, else random; default)")
     p.add_argument("--label", default=None, help="name of this run's series in the history (default: the plan's "
                    "model name)")
+    p.add_argument("--commit", default=None, help="your project's commit recorded with the run (default: the git commit of the plan's folder)")
     p.add_argument("--no-cpu", action="store_true", help="skip the CPU reference")
     p.add_argument("--json", type=Path, default=None, help="write the result here (and a PNG beside it)")
     add_wait_option(p)
@@ -43,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     with leased_rack(load_rack(args.boards), len(plan.partitions)) as rack:  # a shared rack: leased meanwhile
         try:
             doc = bench(plan, rack, args.frames, args.rate, args.in_flight, args.single_rate or None, args.data,
-                        cpu=not args.no_cpu, lease_wait=args.wait, label=args.label)
+                        cpu=not args.no_cpu, lease_wait=args.wait, label=args.label,
+                        commit=args.commit)
         except BenchIncomplete as e:
             # where the complete result would have gone; without --json, beside the plan (nothing measured is lost)
             path = args.json or (plan.root / "bench" / f"incomplete-{e.doc['time'].replace(':', '')}.json")
