@@ -288,6 +288,11 @@ def plot(doc: Dict, path: Path) -> Path:
     ax2.barh(y + 0.2, p99, 0.4, label="p99")
     ax2.set_yticks(y, names, fontsize=8)
     ax2.set_xscale("log")
+    # decades labelled, minor ticks unlabelled: matplotlib's minor labels of a short log range overlap
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    ax2.xaxis.set_major_locator(LogLocator(base=10))
+    ax2.xaxis.set_minor_formatter(NullFormatter())
     ax2.set_xlabel("latency per call (us)")
     ax2.set_title("rack vs CPU")
     ax2.legend(fontsize=8)

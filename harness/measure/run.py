@@ -205,6 +205,8 @@ def _plot(lat, dwell, res, ids, path: Path, error: Optional[str] = None, compute
                 for n in names]
         b.boxplot(data, tick_labels=[f"{n}\n{dwell[n]['board']}\n{(compute or {}).get(n, {}).get('label', '')}"
                                      for n in names], showfliers=False)
+        # several partitions' three-line labels collide side by side: smaller, and slanted when there are many
+        b.tick_params(axis="x", labelsize=7, rotation=30 if len(names) > 4 else 0)
     b.set_ylabel("time on the board, receive to send (us)")
     b.set_title("per-partition dwell (board clock)")
     if error is not None:

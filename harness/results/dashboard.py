@@ -136,10 +136,11 @@ def _trend(h: History, key, runs: List[RunInfo], changes: List[regress.Change],
         norm = [[None if v is None or not cv else v / cv * med for v, cv in zip(y, c)] for y in ys]
         buttons.append(dict(label=f"normalised by {name}", method="restyle", args=[{"y": norm}]))
     if len(buttons) > 1:
-        fig.update_layout(updatemenus=[dict(type="buttons", direction="right", x=0, y=1.13, xanchor="left",
-                                            showactive=True, buttons=buttons, font=dict(size=11))])
-    fig.update_layout(title=dict(text=f"end-to-end latency per run ({_esc(key[0])})", y=0.97),
-                      legend=dict(orientation="h", y=-0.22), hovermode="closest", margin=dict(t=90))
+        fig.update_layout(updatemenus=[dict(type="buttons", direction="right", x=0.0, y=1.0, xanchor="left",
+                                            yanchor="bottom", pad=dict(b=4), showactive=True, buttons=buttons,
+                                            font=dict(size=11))])
+    fig.update_layout(title=dict(text=f"end-to-end latency per run ({_esc(key[0])})", x=0.01, y=0.98),
+                      legend=dict(orientation="h", y=-0.22), hovermode="closest", margin=dict(t=100))
     # log scale: p50, p99 and the floor stay apart instead of overlapping
     fig.update_yaxes(title="latency (us, log scale)", type="log")
     _run_axis(fig, runs)
@@ -163,14 +164,17 @@ def _controls_plot(h: History, runs: List[RunInfo]):
         fig.add_trace(go.Scatter(x=x, y=[per[r.run_id].get(name) for r in runs], name=name, mode="lines+markers",
                                  line=dict(color=colour, dash=dash, width=2), marker=dict(size=6),
                                  hovertemplate=f"run %{{x}}: {_esc(name)} p50 %{{y:.1f}} us<extra></extra>"))
+    cpus = max([(r.env.get("host") or {}).get("cpus") or 1 for r in runs] + [max([v or 0 for v in load] + [1])])
     if any(v is not None for v in load):
-        fig.add_trace(go.Bar(x=x, y=load, name="other processes' CPUs (right axis)", yaxis="y2", opacity=0.25,
-                             marker_color="#ff7f0e",
+        fig.add_trace(go.Bar(x=x, y=load, name="CPUs other processes kept busy (right axis)", yaxis="y2",
+                             opacity=0.2, marker_color="#ff7f0e",
                              hovertemplate="run %{x}: other processes kept %{y:.2f} CPUs busy<extra></extra>"))
+    # decades only on the log axis: minor labels (2, 3, 5 ...) of a control's few decades overlap
     fig.update_layout(title="the machine per run: controls measured beside the rack (p50)",
                       legend=dict(orientation="h", y=-0.22), hovermode="closest",
-                      yaxis2=dict(title="CPUs", overlaying="y", side="right", rangemode="tozero", showgrid=False))
-    fig.update_yaxes(title="us per call (log scale)", type="log", selector=dict(overlaying=None))
+                      yaxis=dict(title="us per call (log scale)", type="log", dtick=1),
+                      yaxis2=dict(title="CPUs busy (other processes)", overlaying="y", side="right", type="linear",
+                                  range=[0, cpus * 1.05], dtick=0.5, showgrid=False))
     _run_axis(fig, runs)
     return fig
 
