@@ -16,11 +16,12 @@ controls measured in the same runs.
    shown not to follow the machine: a control varied within the segments by SPREAD or more (the load really
    changed) and a least-squares fit of the figure on it, with a level per segment, has a slope below
    INSENSITIVE at two standard errors.
-3. Work or waiting. A hop's floor (its fastest frame of the run, "min") is the work: what it takes when nothing
-   gets in the way; a slower board moves it, a busier machine hardly does. A p50 (or the stream's throughput)
-   that moved while its floor (the boards' floors) did not, by `min_relative` and beyond the floor's own noise,
-   is frames waiting longer, as on a busier machine: the machine's too.
-4. Watched figures (WATCH, on the hops `watched` names): the floors of boards and the end to end, the p50 of
+3. Work or waiting. A board's floor in the stream (its fastest frame of the run, "stream min") is the work: what
+   it takes when nothing gets in the way; a slower board moves it, a busier machine hardly does. A p50 (or the
+   stream's throughput) that moved while the work did not (a board's own floor; for a link, the end to end or
+   the throughput the sum of the boards'), by `min_relative` and beyond the floor's own noise, is frames
+   waiting longer, as on a busier machine: the machine's too.
+4. Watched figures (WATCH, on the hops `watched` names): the floors of the boards in the stream, the p50 of
    every hop and the end to end, the stream's throughput, accuracy. The regressions of one hop at one run are
    one alarm (`Alarm`), whichever figures show it.
 
@@ -45,10 +46,11 @@ HIGHER_IS_BETTER_UNITS = ("frames/s", "fraction")
 # what nightly watches by default (tails and the parts of a board's time go on the dashboard):
 #   floors ("min": the work) of every board and of the end to end, the p50s (what users see) of every hop and
 #   the end to end, the stream's throughput, accuracy
-WATCH = ("single min", "stream min", "run min", "single p50", "stream p50", "run p50", "stream throughput", "accuracy")
-FLOORS = ("single min", "stream min", "run min")
-# a p50 is judged with the floor that says whether the work moved: the same hop's (a throughput: the boards')
-WORK_OF = {"single p50": "single min", "stream p50": "stream min", "run p50": "run min"}
+WATCH = ("stream min", "single p50", "stream p50", "run p50", "stream throughput", "accuracy")
+# the floors watched: of every board in the stream, where a board always has a frame waiting: single frames
+# find a board asleep, and its wake-up on a busier machine moves even their floor (measured: see the README)
+FLOORS = ("stream min",)
+WORK = "stream min"  # the floor that says whether a p50's or a throughput's work moved
 CONTROL_METRICS = ("control p50", "cpu p50", "host load")  # the machine's figures that can explain a change
 MIN_BEFORE = 3  # runs needed before a change: with fewer there is no level to compare against
 MIN_AFTER = 2  # runs that must show a change before it is raised
@@ -256,7 +258,7 @@ def detect_series(key: SeriesKey, points: Sequence[Point], penalty: float = 3.0,
                   events: Sequence[Event] = (), work: Optional[np.ndarray] = None) -> List[Change]:
     """Changes of at least `min_relative` (of the level before), after at least `min_before` runs, each
     judged against the `controls` of the same runs (see the module's docstring) and marked with the `events`
-    at its run. `work`: for a p50 or a throughput, the floor of the same hop per point (WORK_OF): a change
+    at its run. `work`: for a p50 or a throughput, the floor that is its work per point (series_work): a change
     whose floor did not move the same way by `min_relative` is waiting, not work (the machine's)."""
     x = np.array([p.value for p in points], dtype=np.float64)
     unit = points[0].unit if points else ""
@@ -325,19 +327,19 @@ def series_controls(history: History, key: SeriesKey, points: Sequence[Point],
 
 def series_work(history: History, key: SeriesKey, points: Sequence[Point],
                 keys: Sequence[SeriesKey]) -> Optional[np.ndarray]:
-    """The floor that says whether a p50 or throughput's work moved, aligned with `points`: the same hop's floor
-    (WORK_OF), for the stream's throughput the largest board floor of the stream (the bottleneck's); else None."""
+    """The floor that says whether a p50's or throughput's work moved, aligned with `points`: a board's own floor
+    in the stream (WORK), for a link, the end to end or the throughput the sum of every board's; else None."""
     index = {p.run_id: i for i, p in enumerate(points)}
-    if key.metric in WORK_OF:
-        fk = SeriesKey(*key.series, WORK_OF[key.metric], key.hop)
-        return _aligned(history, fk, index, len(points)) if fk in set(keys) else None
-    if key.metric == "stream throughput":
-        boards = [k for k in keys if k.series == key.series and k.metric == "stream min" and k.hop.startswith("board ")
-                  and len(k.hop.split(" ")) == 2]
-        if boards:
-            with np.errstate(all="ignore"):
-                return np.nanmax(np.vstack([_aligned(history, k, index, len(points)) for k in boards]), axis=0)
-    return None
+    if not (key.metric.endswith(" p50") or key.metric.endswith(" throughput")):
+        return None
+    own = SeriesKey(*key.series, WORK, key.hop)
+    if key.hop.startswith("board ") and own in set(keys):
+        return _aligned(history, own, index, len(points))
+    boards = [k for k in keys if k.series == key.series and k.metric == WORK and k.hop.startswith("board ")
+              and len(k.hop.split(" ")) == 2]
+    if not boards:
+        return None
+    return np.sum(np.vstack([_aligned(history, k, index, len(points)) for k in boards]), axis=0)
 
 
 def is_control(metric: str) -> bool:

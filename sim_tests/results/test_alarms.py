@@ -50,7 +50,7 @@ def test_the_machine_that_moved_does_not_hide_a_board_whose_work_moved(tmp_path,
     # one entry per hop and run, whichever figures show it (p50, floor, stream ...)
     assert len([l for l in alarms if " at board s1 " in l]) == 1, alarms
     line = next(l for l in alarms if " at board s1 " in l)
-    assert line.startswith("REGRESSION: single p50 at board s1 (board vb1)") and "also single min +" in line
+    assert line.startswith("REGRESSION: single p50 at board s1 (board vb1)") and "also stream min +" in line
     assert "since run 9 " in line
 
 

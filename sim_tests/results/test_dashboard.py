@@ -96,7 +96,7 @@ def test_one_entry_per_regression_and_the_run_page_shows_the_machine(site):
     entries = re.findall(r"<li>", alert)
     # board s1 and the end to end: two hops, each once, whichever figures (p50, min, stream) show it
     assert len(entries) == 2, alert
-    assert alert.count(" at board s1 ") == 1 and "also single min" in alert
+    assert alert.count(" at board s1 ") == 1 and "also stream min" in alert
     page = html.unescape((out / "runs" / f"{SLOW_AT + 1}.html").read_text())
     assert "Controls (the machine)" in page and "loopback echo" in page and "host load" in page
     assert "splitrack" in page and "0.1.0" in page
