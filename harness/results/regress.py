@@ -18,9 +18,9 @@ controls measured in the same runs.
    INSENSITIVE at two standard errors.
 3. Work or waiting. A board's floor in the stream (its fastest frame of the run, "stream min") is the work: what
    it takes when nothing gets in the way; a slower board moves it, a busier machine hardly does. A p50 (or the
-   stream's throughput) that moved while the work did not (a board's own floor; for a link, the end to end or
-   the throughput the sum of the boards'), by `min_relative` and beyond the floor's own noise, is frames
-   waiting longer, as on a busier machine: the machine's too.
+   stream's throughput) that moved while the same hop's floor in the stream (the end to end's) did not, by
+   `min_relative` and beyond the floor's own noise, is frames waiting longer, as on a busier machine: the
+   machine's too.
 4. Watched figures (WATCH, on the hops `watched` names): the floors of the boards in the stream, the p50 of
    every hop and the end to end, the stream's throughput, accuracy. The regressions of one hop at one run are
    one alarm (`Alarm`), whichever figures show it.
@@ -327,19 +327,13 @@ def series_controls(history: History, key: SeriesKey, points: Sequence[Point],
 
 def series_work(history: History, key: SeriesKey, points: Sequence[Point],
                 keys: Sequence[SeriesKey]) -> Optional[np.ndarray]:
-    """The floor that says whether a p50's or throughput's work moved, aligned with `points`: a board's own floor
-    in the stream (WORK), for a link, the end to end or the throughput the sum of every board's; else None."""
+    """The floor that says whether a p50's or throughput's work moved, aligned with `points`: the same hop's floor
+    in the stream (WORK; the end to end's for the throughput); else None."""
     index = {p.run_id: i for i, p in enumerate(points)}
     if not (key.metric.endswith(" p50") or key.metric.endswith(" throughput")):
         return None
-    own = SeriesKey(*key.series, WORK, key.hop)
-    if key.hop.startswith("board ") and own in set(keys):
-        return _aligned(history, own, index, len(points))
-    boards = [k for k in keys if k.series == key.series and k.metric == WORK and k.hop.startswith("board ")
-              and len(k.hop.split(" ")) == 2]
-    if not boards:
-        return None
-    return np.sum(np.vstack([_aligned(history, k, index, len(points)) for k in boards]), axis=0)
+    own = SeriesKey(*key.series, WORK, "e2e" if key.metric.endswith(" throughput") else key.hop)
+    return _aligned(history, own, index, len(points)) if own in set(keys) else None
 
 
 def is_control(metric: str) -> bool:
