@@ -77,7 +77,7 @@ class Burners:
 def make_plan(folder: Path):
     """The digits FC network cut after fc1 and fc2 (three partitions), each with a cycle estimate of CYCLES."""
     from splitting.plan import Plan
-    from splitting.reference import reference_model
+    from splitting.reference_models import reference_model
     from splitting.split import split_model, write_plan
 
     if (folder / "plan.json").is_file():
@@ -91,7 +91,7 @@ def make_plan(folder: Path):
 
 def collect(out: Path, runs: int, frames: int, k0: int, progress=print) -> None:
     """Run the benches (see the module's docstring) and write each one's JSON under `out`."""
-    from harness.measure.bench import bench
+    from harness.jobs.bench import bench
     from harness.rack import deploy as deploy_mod
     from harness.rack.rackfile import load_rack
     from harness.rack.virtual_rack import rack_down, rack_up

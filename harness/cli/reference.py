@@ -1,4 +1,4 @@
-"""`splitrack reference [fc|cnn]`: train (or load from the cache) and save the reference models (splitting.reference)."""
+"""`splitrack reference [fc|cnn]`: train (or load from the cache) and save the reference models (splitting.reference_models)."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from splitting.reference import MODELS, digits_data, model_inputs, reference_model
+from splitting.reference_models import MODELS, digits_data, model_inputs, reference_model
 
 
 def configure(p: argparse.ArgumentParser) -> None:

@@ -75,8 +75,8 @@ def test_fifo_depths_keep_the_plan_hash_and_are_recorded_as_tuning(tmp_path):
     """`splitrack cosim` keeps its FIFO depths in plan/tuning.json: the plan's hash (its deployments, its series)
     stays; bench records the tuning's own hash; a bad tuning file is not used and says why."""
     from harness.cosim import record
-    from harness.measure.bench import _tuning
-    from harness.rack.local_rack import identity_plan
+    from harness.jobs.bench import _tuning
+    from identity_plan import identity_plan
     from splitting.plan import Plan
 
     plan = identity_plan(stages=3)
