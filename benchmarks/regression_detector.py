@@ -19,7 +19,7 @@
    - A/B: for every size and every change position k in KS, the series A[0:k] + slowed[k:N]. Detected when a
      regression at board s1's hop (or end to end) is in effect; delay = runs after k until then (0: at the
      first slower run). Any other regression in effect is a wrong alarm.
-Prints the table and writes regression_detector.json and .png in --out (the raw bench JSON of every run under
+Prints the table and writes regression_detector.json in --out (the raw bench JSON of every run under
 --out/regression_detector/ so that --replay judges the same runs again, e.g. after tuning the detector).
 """
 from __future__ import annotations
