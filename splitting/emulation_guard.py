@@ -1,7 +1,7 @@
 """Running a compiled hls4ml emulation library in a child process, so that a crash of its C++ code (an
 abort, a segmentation fault) costs a one-line error instead of the verifying process.
 
-    python -m splitting.emulation_guard LIBRARY PROJECT N_IN N_OUT IN.npy OUT.npy
+    python -m splitting.emulation_guard LIBRARY PROJECT N_IN[,N_IN2...] N_OUT[,N_OUT2...] IN.npy OUT.npy
 
 The child imports only numpy and splitting.emulation (a fraction of a second); the batch goes through .npy
 files in a private temporary folder.
@@ -38,8 +38,8 @@ def predict_isolated(lib, batch: np.ndarray, out_shape: Sequence[int] = (), what
     with tempfile.TemporaryDirectory(prefix="splitrack-emu-") as tmp:
         fin, fout = Path(tmp) / "in.npy", Path(tmp) / "out.npy"
         np.save(fin, batch)
-        cmd = [sys.executable, "-m", "splitting.emulation_guard", str(Path(lib.library).resolve()), lib.project, str(lib.n_in),
-               str(lib.n_out), str(fin), str(fout)]
+        cmd = [sys.executable, "-m", "splitting.emulation_guard", str(Path(lib.library).resolve()), lib.project,
+               ",".join(map(str, lib.in_sizes)), ",".join(map(str, lib.out_sizes)), str(fin), str(fout)]
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                                cwd=str(Path(__file__).resolve().parents[1]))
@@ -59,7 +59,7 @@ def _main(argv) -> int:
     from .emulation import EmulationLib
 
     library, project, n_in, n_out, fin, fout = argv
-    lib = EmulationLib(library, project, int(n_in), int(n_out))
+    lib = EmulationLib(library, project, [int(n) for n in n_in.split(",")], [int(n) for n in n_out.split(",")])
     np.save(fout, lib.predict(np.load(fin)))
     return 0
 

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .contract import FixedType, assemble
+from .contract import FixedType, gather
 from .errors import UserError
 from .plan import Plan
 from .report import table
@@ -142,6 +142,9 @@ def verify_plan(plan: Plan, data: str = "random", n: int = 512, hls: bool = True
     if hls:
         log("  hls4ml emulation of the whole model and of every partition (compiled once, then cached)")
         from .emulation_guard import predict_isolated
+        from .hls import compile_plan
+
+        compile_plan(plan, progress=lambda m: log(f"  hls4ml: {m}"))  # in parallel, the cold path
 
         # in child processes: a crash of hls4ml's compiled C++ must not take verify down with it
         whole = predict_isolated(monolithic_emulation(plan), x, plan.model["output_shape"], what="the whole model")
@@ -152,7 +155,8 @@ def verify_plan(plan: Plan, data: str = "random", n: int = 512, hls: bool = True
         acc_split, acc_whole = _accuracy(out_hls, y), _accuracy(whole, y)
         for p in plan.ordered_partitions():
             ft = FixedType.parse(p.output_precision)
-            inp = assemble(plan.inputs_of(p.name), [c.take(kept.get(c.src, x)) for c in plan.inputs_of(p.name)])
+            inp = gather(plan.inputs_of(p.name), [c.take(kept.get(c.src, x)) for c in plan.inputs_of(p.name)])
+            inp = inp if len(inp) > 1 else inp[0]
             peaks = layer_peaks(models[p.name], inp)
             worst = max(peaks, key=peaks.get) if peaks else None
             per.append({"peak_layer": worst, "keras_peak": peaks.get(worst, 0.0), "type_limit": ft.raw_max * ft.step,

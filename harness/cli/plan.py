@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 
 from splitting import catalog
 from splitting.errors import UserError
-from splitting.estimate import HlsConfig, load_layers, make
+from splitting.estimate import HlsConfig, make
 from splitting.search import OBJECTIVES, PartChoice, PlanChoice, SearchOptions, SearchResult, plan_search
 
 
@@ -36,7 +36,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--board", default="pynq-z2", help="board type (see `splitrack boards`); default pynq-z2")
     p.add_argument("--max-util", type=float, default=catalog.DEFAULT_CAP, help="cap on every resource, fraction of the board (default 0.8)")
     p.add_argument("--objective", choices=OBJECTIVES, default="boards", help="fewest boards (default), lowest latency, or lowest pipeline interval")
-    p.add_argument("--boards", type=int, default=None, dest="boards_exact",
+    p.add_argument("--n-boards", "--boards", type=int, default=None, dest="boards_exact",
                    help="use exactly this many boards: the best plan of that size for the objective")
     p.add_argument("--boards-available", type=int, default=None, help="use at most this many boards")
     p.add_argument("--pareto", action="store_true", help="also print the non-dominated plans over (boards, latency, interval)")
@@ -77,9 +77,14 @@ def run(args) -> int:
     )
     for c in opts.configs:  # validates precisions and strategies with a readable message
         HlsConfig(c.precision, c.reuse_factor, c.strategy)
-    name, specs = load_layers(args.model)
+    from splitting.graph import load_model
+    from splitting.layers import model_specs
+
+    # the graph in the topological order split_model cuts, with the layers split takes (splitting.layers)
+    name, specs, reads, unsplittable = model_specs(load_model(args.model))
     est = make(args.estimator, board, progress=progress)
-    result = plan_search(specs, est, opts, pareto=args.pareto, progress=progress)
+    result = plan_search(specs, est, opts, pareto=args.pareto, progress=progress, reads=reads,
+                         unsplittable=unsplittable)
     seconds = time.perf_counter() - t0
     progress(f"searched in {seconds:.2f} s: {result.candidates} (partition, configuration) estimates, "
              f"{est.stats['cached']} from the cache, {est.stats['computed']} computed")
