@@ -501,6 +501,11 @@ def board_files(plan, name, emulation_cfg, log=None):
     """
     from splitting.hls import project_dir
 
+    part = plan.partition(name)
+    if part.input_shapes or part.output_shapes:  # the fast model computes one stream in, one out
+        (log or logging.getLogger("splitrack.deploy")).info(
+            "partition %s: emulation only (it reads or writes several tensors)", name)
+        return {}, emulation_cfg
     folder = project_dir(plan, name)
     path = os.path.join(str(folder), "fast_model-v%d.npz" % FORMAT)
     if not os.path.isfile(path):
