@@ -5,18 +5,22 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-hw test-busy nightly clean
+.PHONY: setup demo test test-hw test-busy test-latest lock nightly clean
 
-$(STAMP): pyproject.toml scripts/setup-system.sh
+# The exact versions CI tests with are in requirements.lock (pip-compile, with hashes): setup installs
+# exactly those, then splitrack itself without dependencies. `make lock` moves the lock forward on purpose;
+# `make test-latest` runs the suite against the newest versions pyproject.toml's ranges allow.
+LOCK := requirements.lock
+$(STAMP): pyproject.toml $(LOCK) scripts/setup-system.sh
 	bash scripts/setup-system.sh
 	python3 -m venv $(VENV)
-	@echo "[setup] pip, wheel, setuptools"
-	$(PIP) install --progress-bar on --upgrade pip wheel setuptools
-	# the CPU torch first: anything else makes pip fetch several GB of CUDA
-	@echo "[setup] torch 2.13.0 (CPU build)"
-	$(PIP) install --progress-bar on torch==2.13.0
-	@echo "[setup] splitrack and its dependencies (TensorFlow, hls4ml, rule4ml, cocotb, ...: a few minutes)"
-	$(PIP) install --progress-bar on -e .
+	@echo "[setup] pip"
+	$(PIP) install --progress-bar on --upgrade pip
+	@echo "[setup] the locked dependencies: TensorFlow, hls4ml, rule4ml, the CPU build of torch, cocotb, ... (a few minutes)"
+	$(PIP) install --progress-bar on --require-hashes --no-deps -r $(LOCK)
+	@echo "[setup] splitrack itself (editable)"
+	$(PIP) install --no-deps --no-build-isolation -e .
+	$(PIP) check
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -24,15 +28,35 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/splitrack demo
 
-# CI: everything but the full-size reference runs (marker `slow`), which `make nightly` adds.
-# The sim tests run on two xdist workers, each test file on one worker (its tests share module fixtures:
-# racks, plans); tests marked `serial` (pinned CPUs, tbf-shaped links, timings compared between two runs)
-# run alone afterwards. pytest-timeout kills a hung test (the limit is in pyproject.toml).
-XDIST ?= -n 2 --dist loadfile
+# CI: everything but the full-size reference runs (marker `slow`), which `make nightly` adds: the sim tests
+# on two xdist workers, the tests marked `serial` alone, then the hw tests on a fresh 5-board virtual rack.
+# Every pass runs whatever the others do; their results are printed together at the end.
+# pytest-timeout kills a hung test (the limit is in pyproject.toml).
 test: setup
-	$(VENV)/bin/python -m pytest -q -m "not slow and not serial" $(XDIST) --durations=15 sim_tests
-	$(VENV)/bin/python -m pytest -q -m "not slow and serial" --durations=5 sim_tests
-	$(MAKE) test-hw
+	bash scripts/run-tests.sh $(VENV)
+
+# The suite against the newest versions pyproject.toml's ranges allow (a venv of its own), so that drift of
+# a dependency is seen on purpose, not discovered by a newcomer. torch stays the CPU build.
+LATEST := .venv-latest
+test-latest:
+	bash scripts/setup-system.sh
+	rm -rf $(LATEST) && python3 -m venv $(LATEST)
+	$(LATEST)/bin/pip install --progress-bar on --upgrade pip
+	$(LATEST)/bin/pip install --progress-bar on torch==2.13.0
+	$(LATEST)/bin/pip install --progress-bar on -e '.[test]'
+	@mkdir -p build && $(LATEST)/bin/pip freeze --all --exclude-editable > build/latest-freeze.txt
+	@echo "[test-latest] versions that differ from requirements.lock:"
+	@$(LATEST)/bin/python scripts/lock_diff.py $(LOCK) build/latest-freeze.txt
+	touch $(LATEST)/.installed
+	bash scripts/run-tests.sh $(LATEST)
+
+# Move requirements.lock forward: the newest versions pyproject.toml allows (torch held back by
+# scripts/lock-constraints.txt), with hashes. Review the diff, run `make test`, commit both.
+lock:
+	python3 -m venv build/lock-venv
+	build/lock-venv/bin/pip install -q --upgrade pip pip-tools
+	build/lock-venv/bin/pip-compile --upgrade --extra test --generate-hashes --allow-unsafe --strip-extras \
+	  --constraint scripts/lock-constraints.txt -o $(LOCK) pyproject.toml
 
 # The hardware tests on a fresh 5-board virtual rack, stopped again whatever the tests do. One worker: board
 # leases would let xdist workers share the rack (a file lock per board), but most tests here deploy plans of
@@ -64,4 +88,4 @@ nightly: setup
 	  $(VENV)/bin/splitrack nightly --boards $(NIGHTLY_RACK) --db results.sqlite -o site
 
 clean:
-	rm -rf $(VENV) build   # the user cache stays: `splitrack cache clean` empties it
+	rm -rf $(VENV) $(LATEST) build   # the user cache stays: `splitrack cache clean` empties it

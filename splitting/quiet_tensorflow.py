@@ -9,6 +9,11 @@ runs; `quiet()` installs an import hook that points descriptor 2 at a temporary 
 Keras 3 warns "The structure of `inputs` doesn't match the expected structure" whenever a one-input
 functional model is called with a list; splitrack's partitions are such models: the warning says nothing
 to a user and is filtered.
+
+Warnings that imported libraries raise (asyncssh under `cryptography` >= 43: "DSA is deprecated", five of
+them at import) say nothing about the user's work either: `quiet()` sends every warning raised outside
+splitrack's own packages to the log file `library_log_path()` instead of the terminal. splitrack's own
+warnings still reach stderr.
 """
 from __future__ import annotations
 
@@ -21,6 +26,49 @@ import tempfile
 import warnings
 
 KERAS_NOISE = r"The structure of `inputs` doesn't match the expected structure"
+_OWN = tuple(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep + pkg + os.sep
+             for pkg in ("splitting", "harness"))
+LOG_BYTES = 1 << 20  # the library log is rotated at 1 MiB (one old file kept): a bounded record, not an archive
+
+
+def library_log_path():
+    """The file that collects what imported libraries would have printed (cache folder/log/libraries.log)."""
+    from .user_cache import cache_root
+
+    return cache_root() / "log" / "libraries.log"
+
+
+def _library_logger() -> logging.Logger:
+    log = logging.getLogger("splitrack.libraries")
+    if not log.handlers:
+        log.propagate = False  # never reaches logging's last-resort handler (stderr)
+        try:
+            from logging.handlers import RotatingFileHandler
+
+            path = library_log_path()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handler = RotatingFileHandler(path, maxBytes=LOG_BYTES, backupCount=1, delay=True, encoding="utf-8")
+            handler.setFormatter(logging.Formatter("%(asctime)s pid %(process)d: %(message)s"))
+        except OSError:  # a read-only cache: the warnings are dropped, as quietly as before
+            handler = logging.NullHandler()
+        log.addHandler(handler)
+    return log
+
+
+class _LibraryWarnings:
+    """warnings.showwarning: a warning raised in splitrack's own code is shown as usual; one raised in an
+    imported library goes to the library log."""
+
+    def __init__(self, shown):
+        self.shown = shown
+
+    def __call__(self, message, category, filename, lineno, file=None, line=None):
+        if os.path.abspath(str(filename)).startswith(_OWN):
+            return self.shown(message, category, filename, lineno, file, line)
+        try:
+            _library_logger().warning("%s:%s: %s: %s", filename, lineno, category.__name__, message)
+        except Exception:  # the log must never turn a warning into an error
+            pass
 
 
 class _QuietImport(importlib.abc.MetaPathFinder):
@@ -60,10 +108,13 @@ class _QuietImport(importlib.abc.MetaPathFinder):
 
 def quiet() -> None:
     """Silence TensorFlow's and Keras' start-up noise in this process and in the Python processes it starts
-    (through the environment). Call before anything imports TensorFlow; harmless after."""
+    (through the environment), and send imported libraries' warnings to `library_log_path()`. Call before
+    anything imports TensorFlow or asyncssh; harmless after."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # keras' predict on partitions of different shapes triggers tf.function "retracing" warnings: noise here
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=KERAS_NOISE)
+    if not isinstance(warnings.showwarning, _LibraryWarnings):
+        warnings.showwarning = _LibraryWarnings(warnings.showwarning)
     if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietImport())
