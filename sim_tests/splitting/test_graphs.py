@@ -125,8 +125,8 @@ def skip_plan(tmp_path_factory):
     from splitting.plan import Plan
 
     model = _skip_model()
-    # a cut inside the residual branch and one before the pooling: 'a' crosses both cuts (skip link s0 -> s2),
-    # and so does the model input (host -> s2)
+    # a cut inside the residual branch (two tensors cross) and one before the padding; the model input
+    # crosses both (host -> s2, a skip link)
     plan, models = split_model(model, at=["b_relu", "add"])
     folder = tmp_path_factory.mktemp("skip") / "plan"
     write_plan(plan, models, folder)
@@ -136,8 +136,8 @@ def skip_plan(tmp_path_factory):
 def test_skip_plan_has_the_links_of_the_graph(skip_plan):
     plan = skip_plan
     assert [len(s.partitions) for s in plan.stages] == [1, 1, 1]
-    assert {(c.src, c.dst) for c in plan.skip_links} == {("s0", "s2"), ("host", "s2")}
-    assert plan.partition("s0").output_shapes == [[4, 4, 4], [4, 4, 4]]
+    assert {(c.src, c.dst) for c in plan.skip_links} == {("host", "s2")}  # the input, read again by 'cat'
+    assert plan.partition("s0").output_shapes == [[4, 4, 4], [4, 4, 4]]  # 'a' and 'b_relu', both read by s1
     assert plan.partition("s2").input_shapes == [[4, 4, 4], [4, 4, 2]]
     assert plan.model["batchnorm_folded"] == {"b_bn": "b"} and plan.model["rewritten"] == {"c_relu6": "Activation('relu6')"}
 
@@ -226,6 +226,9 @@ def test_planner_costs_every_crossing_tensor_and_gives_exact_board_counts():
         assert len(plan.partitions) == n
         x = np.random.default_rng(0).normal(size=(8, 16)).astype(np.float32)
         assert _rel_err(model, plan, models, x) <= TOL
+    # cut after every layer: 'a' goes to s1 and, on a skip link, to s3; the input too
+    plan, _ = split_model(model, at=["a", "b", "c"])
+    assert {(c.src, c.dst) for c in plan.skip_links} == {("s0", "s3"), ("host", "s3")}
     # the stage that holds 'cat' reads c, a and the input: three tensors, three links' bytes
     assert pl._in_tensors(3, 5) == [16, 16, 16]
     assert not pl._clean(3) and pl._clean(1)
