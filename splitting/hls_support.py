@@ -49,9 +49,28 @@ def _padded_pooling(layer, hls_defaults: dict):
     return None
 
 
-# Layers hls4ml converts and then crashes on (its compiled emulation aborts), by Keras class: function
-# (layer, backend settings) -> why, or None. Found by running them; refused before a plan is written.
+# Activations hls4ml 1.3 writes in io_stream as calls of its io_parallel template (nnet_activation.h has them,
+# nnet_activation_stream.h does not): the generated C++ does not compile.
+NO_STREAM_ACTIVATIONS = ("relu6", "relu1")
+
+
+def _activation_without_stream(layer, hls_defaults: dict):
+    """An activation (its own layer, or a layer's `activation=`) that hls4ml has no io_stream version of."""
+    from .rebuild import function_name
+
+    act = function_name(layer.get_config().get("activation"))
+    if act in NO_STREAM_ACTIVATIONS and hls_defaults.get("io_type", "io_stream") == "io_stream":
+        return (f"hls4ml has no io_stream {act} (nnet_activation_stream.h), and the code it writes for it does not "
+                "compile; use relu, or a ReLU without max_value")
+    return None
+
+
+# Layers hls4ml converts and then fails on (its compiled emulation aborts, or its C++ does not compile), by
+# Keras class: function (layer, backend settings) -> why, or None. Found by running them; refused before a
+# plan is written.
 KNOWN_CRASHES = {cls: _padded_pooling for cls in ("AveragePooling1D", "AveragePooling2D", "MaxPooling1D", "MaxPooling2D")}
+KNOWN_CRASHES.update({cls: _activation_without_stream for cls in ("Activation", "Dense", "Conv1D", "Conv2D",
+                                                                   "DepthwiseConv1D", "DepthwiseConv2D")})
 
 
 def check_known_crashes(model, hls_defaults: dict, what: str) -> None:

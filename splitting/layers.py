@@ -48,8 +48,6 @@ def layer_spec(layer, in_shape: Tuple[int, ...], out_shape: Tuple[int, ...], n_i
     """The estimators' LayerSpec of a Keras layer (already built) with its input and output shapes (no batch
     axis). Depthwise convolutions are priced as the Conv2D with one input channel per filter that has their
     multipliers (kernel x channels x depth multiplier); global pooling as one adder per channel over the stream."""
-    from dataclasses import replace
-
     from .estimate import LayerSpec, _spec
 
     cls = type(layer).__name__
@@ -76,26 +74,22 @@ def layer_spec(layer, in_shape: Tuple[int, ...], out_shape: Tuple[int, ...], n_i
         return LayerSpec("Add", layer.name, tuple(out_shape), tuple(out_shape), inputs=max(2, n_inputs))
     if how == "move":
         return LayerSpec("Flatten", layer.name, tuple(in_shape), tuple(out_shape))
-    if cls == "ReLU" and c.get("max_value") is not None:  # rewritten as Activation('relu6') (fold.rewrite_layers)
-        c = {"name": layer.name, "activation": "relu6"}
-        return replace(_spec("Activation", c, tuple(in_shape)), output_shape=tuple(out_shape))
     return _spec(cls if how not in ("pool",) else cls, c, tuple(in_shape))
 
 
 def model_specs(model):
     """(model name, LayerSpecs in the topological order split_model cuts, reads, unsplittable): the planner's view of a
-    Keras model of any graph shape, after the rewrites and BatchNormalization folds split_model makes.
+    Keras model of any graph shape, after the BatchNormalization folds split_model makes.
     reads[i] lists what layer i reads: (position of the producing layer, or -1 for the model input;
     elements of that tensor); unsplittable: positions priced as a Conv that split_model cannot split
     (depthwise). Raises UserError for a layer outside SUPPORTED or a model split cannot cut."""
-    from .fold import fold_batchnorm, rewrite_layers
+    from .fold import fold_batchnorm
     from .graph import LayerGraph
 
     for layer in model.layers:  # refuse before any rebuilding, naming the layer of the user's model
         if type(layer).__name__ != "InputLayer":
             check_supported(type(layer).__name__, layer.name)
     name = model.name
-    model, _ = rewrite_layers(model)
     model, _ = fold_batchnorm(model)
     g = LayerGraph.of(model)
     pos = {n: i for i, n in enumerate(g.order)}

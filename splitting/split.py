@@ -174,7 +174,7 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
 
     from .contract import FixedType
 
-    from .fold import fold_batchnorm, rewrite_layers
+    from .fold import fold_batchnorm
 
     FixedType.parse(precision)
     neurons, inputs = dict(neurons or {}), dict(inputs or {})
@@ -185,9 +185,7 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
     quantised = hgq.is_hgq(model)
     if quantised:
         hgq.refuse_splits(model, neurons, inputs)
-    model, rewritten = rewrite_layers(model)
     model, folded = fold_batchnorm(model)
-    folded_any = bool(folded or rewritten)
     for name in list(neurons) + list(inputs):
         if name in folded:
             raise SplitError(f"layer {name!r} is a BatchNormalization, folded into {folded[name]!r}: split {folded[name]!r}")
@@ -364,23 +362,17 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
                "split": {"at": user_at, "neurons": neurons, "inputs": inputs}},
         stages=b.stages, partitions=b.partitions, links=b.links, board="pynq-z2", hls_defaults=dict(HLS_DEFAULTS),
     )
-    if folded_any:
-        plan.model.update({"hls_source": FOLDED_FILE, "hls_source_weights_sha256": weights_sha256(model)})
     if folded:
-        plan.model["batchnorm_folded"] = dict(folded)
+        plan.model.update({"batchnorm_folded": dict(folded), "hls_source": FOLDED_FILE,
+                           "hls_source_weights_sha256": weights_sha256(model)})
         plan.notes.append("BatchNormalization folded into the layer before it (exact in float): " +
                           ", ".join(f"{bn} into {host}" for bn, host in folded.items()) +
-                          f"; the whole-model hls4ml reference is compiled from {FOLDED_FILE}")
-    if rewritten:
-        plan.model["rewritten"] = dict(rewritten)
-        plan.notes.append("layers rewritten into the equal layer hls4ml converts (same function in float): " +
-                          ", ".join(f"{n} as {w}" for n, w in rewritten.items()) +
                           f"; the whole-model hls4ml reference is compiled from {FOLDED_FILE}")
     if quantised:  # the exact types of HGQ2's quantisers on every link
         hgq.apply(plan, model)
     plan.check()
     b.models.source = original
-    b.models.folded_source = model if folded_any else None
+    b.models.folded_source = model if folded else None
     return plan, b.models
 
 

@@ -107,7 +107,7 @@ def _skip_model():
     b = L.BatchNormalization(name="b_bn")(b)
     b = L.ReLU(name="b_relu")(b)
     c = L.DepthwiseConv2D(3, padding="same", name="c")(b)
-    c = L.ReLU(max_value=6.0, name="c_relu6")(c)
+    c = L.ReLU(name="c_relu")(c)
     add = L.Add(name="add")([a, c])
     z = L.ZeroPadding2D(((0, 1), (0, 1)), name="pad")(add)
     p = L.AveragePooling2D(2, name="pool")(z)
@@ -139,7 +139,7 @@ def test_skip_plan_has_the_links_of_the_graph(skip_plan):
     assert {(c.src, c.dst) for c in plan.skip_links} == {("host", "s2")}  # the input, read again by 'cat'
     assert plan.partition("s0").output_shapes == [[4, 4, 4], [4, 4, 4]]  # 'a' and 'b_relu', both read by s1
     assert plan.partition("s2").input_shapes == [[4, 4, 4], [4, 4, 2]]
-    assert plan.model["batchnorm_folded"] == {"b_bn": "b"} and plan.model["rewritten"] == {"c_relu6": "Activation('relu6')"}
+    assert plan.model["batchnorm_folded"] == {"b_bn": "b"}
 
 
 def test_skip_plan_verifies_bit_exact_against_the_whole_model(skip_plan):
@@ -175,6 +175,15 @@ def test_pooling_that_hls4ml_aborts_on_is_refused_naming_hls4ml(layer, shape, cr
     with pytest.raises(HlsUnsupported) as e:
         check_known_crashes(model, HLS_DEFAULTS, "partition s0")
     assert "hls4ml" in str(e.value) and "nnet_pooling_stream.h" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("layer", [L.Activation("relu6", name="act"), L.Dense(3, activation="relu6", name="act")])
+def test_activation_hls4ml_has_no_stream_version_of_is_refused(layer):
+    inp = keras.Input((4,))
+    model = keras.Model(inp, type(layer).from_config(layer.get_config())(inp))
+    with pytest.raises(HlsUnsupported) as e:
+        check_known_crashes(model, HLS_DEFAULTS, "partition s0")
+    assert "'act'" in str(e.value) and "io_stream relu6" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_split_refuses_padded_pooling_before_writing(tmp_path):
