@@ -19,9 +19,9 @@ WARNING_LINE = re.compile(r"^\S*:\d+: \w*Warning: |^\s+warnings\.warn\(|Warning:
 
 
 def _cli(tmp_path, *args):
-    env = child_env(SPLITRACK_CACHE=str(tmp_path / "cache"))
+    # the user cache of the other tests: the plan's hls4ml projects are compiled once for all of them
     return subprocess.run([sys.executable, "-m", "harness.cli.commands", *map(str, args)], capture_output=True,
-                          text=True, timeout=300, cwd=REPO, env=env)
+                          text=True, timeout=1200, cwd=REPO, env=child_env())
 
 
 def _warning_lines(text):
