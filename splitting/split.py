@@ -98,9 +98,12 @@ class _Builder:
             pieces.append((p, sel, tuple(p.shape[:-1]) + (e - s,)))
         if combine != "sum":
             combine = "single" if len(pieces) == 1 else "concat"
+        # `index` is unique among all the links into `dst` (a board keys the parts of a frame by it); within
+        # one input it orders the pieces
+        first = sum(1 for c in self.links if c.dst == dst)
         for i, (p, sel, shape) in enumerate(pieces):
             self.links.append(Contract(src=p.name, dst=dst, shape=shape, dtype=self.precision, combine=combine,
-                                       axis=-1, index=i, count=len(pieces), select=sel, dst_input=dst_input,
+                                       axis=-1, index=first + i, count=len(pieces), select=sel, dst_input=dst_input,
                                        src_output=p.output))
 
     def _add(self, stage: int, name: str, kind: str, layers: List[str], model, split=None) -> Partition:
