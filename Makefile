@@ -67,7 +67,7 @@ test-hw: setup
 	@mkdir -p build
 	@$(VENV)/bin/splitrack rack down $(HW_RACK) >/dev/null 2>&1 || true
 	@trap '$(VENV)/bin/splitrack rack down $(HW_RACK)' EXIT; \
-	  $(VENV)/bin/splitrack rack up --boards 5 --out $(HW_RACK) && \
+	  $(VENV)/bin/splitrack rack up --n-boards 5 --out $(HW_RACK) && \
 	  $(VENV)/bin/python -m pytest -q -m hw --boards $(HW_RACK) hw_tests
 
 # The test suite with CPU-bound processes beside it (2 unless BURNERS=n), as on a busy CI runner: run it
@@ -84,7 +84,7 @@ nightly: setup
 	@mkdir -p build
 	@$(VENV)/bin/splitrack rack down $(NIGHTLY_RACK) >/dev/null 2>&1 || true
 	@trap '$(VENV)/bin/splitrack rack down $(NIGHTLY_RACK)' EXIT; \
-	  $(VENV)/bin/splitrack rack up --boards 5 --out $(NIGHTLY_RACK) && \
+	  $(VENV)/bin/splitrack rack up --n-boards 5 --out $(NIGHTLY_RACK) && \
 	  $(VENV)/bin/splitrack nightly --boards $(NIGHTLY_RACK) --db results.sqlite -o site
 
 clean:

@@ -13,7 +13,7 @@ throughput through 5 agents against one stage alone.
    - agent+decode: the same, decoding the payload and encoding the output through the contract (what an
                 emulation or overlay backend in "values" mode costs on top of the transport, compute excluded).
    - agent overlay: the overlay backend in raw-word mode (io "raw") on a stand-in for pynq
-                (sim_tests/board/pynq_standin: PynqBuffer DMA buffers, simple-mode AXI DMA channels) whose
+                (sim_tests/agent/pynq_standin: PynqBuffer DMA buffers, simple-mode AXI DMA channels) whose
                 accelerator copies the input words to the output buffer: the frame is received into an input
                 DMA buffer, both DMA transfers are posted and waited for, and the output buffer is sent as
                 it is. The real board's DMA takes its own time; this is the agent's data handling around it.
@@ -34,13 +34,16 @@ throughput through 5 agents against one stage alone.
    virtual machine tens of microseconds of CPU: 36-42 us per 170 us sleep measured on the 2-core VM of
    November 2026, against ~15 us for the rest of an agent's frame.)
 --compare DIR (e.g. /work/main, another checkout) adds "<name> agent" and "<name> overlay": the same two agents
-with the board files (harness/board, splitting) of that checkout, interleaved in the same rounds: before/after of
-the agent itself in one run.
+with the agent's code of that checkout (its own shipped files: the package harness/agent with splitting's
+modules, or an older checkout's flat copies of harness/board/files.py), interleaved in the same rounds:
+before/after of the agent itself in one run.
 Prints a table and saves agent_overhead.png (+ .json) in --out.
 """
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.util
 import json
 import os
 import socket
@@ -55,16 +58,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.board import wire  # noqa: E402
-from harness.board.files import SHIPPED, agent_files  # noqa: E402
-from harness.rack import local_rack  # noqa: E402
-from harness.rack.local_rack import LocalRack, identity_plan  # noqa: E402
+from harness.agent import wire  # noqa: E402
+from harness.agent.files import agent_files  # noqa: E402
+from harness.rack.local_rack import LocalRack  # noqa: E402
 from harness.rack.wiring import overlay_backend  # noqa: E402
 from harness.measure.stream import Pipeline  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "sim_tests"))
+from identity_plan import identity_plan  # noqa: E402  (the tests' plan helper)
+
 FRAME = int(wire.MsgType.FRAME)  # a plain int per message, as the agent uses: an IntEnum packs slower
 VARIANTS = ("raw echo", "framed echo", "agent", "agent+decode", "agent overlay")
-STANDIN = ROOT / "sim_tests" / "board" / "pynq_standin"  # the stand-in pynq (never shipped to a board)
+STANDIN = ROOT / "sim_tests" / "agent" / "pynq_standin"  # the stand-in pynq (never shipped to a board)
 PLACEMENT = {"per_hop": "client and servers on the same CPU", "per_hop_any_cpu": "on any CPU"}
 ECHO_SERVER = r"""
 import socket, sys
@@ -88,7 +93,7 @@ while True:
 FRAMED_ECHO = r"""
 import socket, sys, time
 sys.path.insert(0, sys.argv[1])
-import wire  # the agent's own Reader and pack_message, none of its threads or bookkeeping
+from harness.agent import wire  # the agent's own Reader and pack_message, none of its threads or bookkeeping
 FRAME = int(wire.MsgType.FRAME)
 srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind(("127.0.0.1", 0)); srv.listen(1)
@@ -110,7 +115,8 @@ class FramedEcho:
 
     def __init__(self, folder: Path):
         folder.mkdir(parents=True, exist_ok=True)
-        for name, src in agent_files().items():  # the files a board gets (harness/board/files.py)
+        for name, src in agent_files().items():  # the files a board gets (harness/agent/files.py)
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
             (folder / name).write_bytes(src.read_bytes())
         self.proc = subprocess.Popen([sys.executable, "-c", FRAMED_ECHO, str(folder)], stdout=subprocess.PIPE)
         port = int(self.proc.stdout.readline())
@@ -191,14 +197,27 @@ def pin(cpus) -> None:
         os.sched_setaffinity(0, cpus)
 
 
-def checkout_files(root: Path):
-    """Board file name -> source file in another checkout `root`: the modules harness/board/files.py ships that
-    the checkout has (an older one may not have a newer backend's module); its agent and wire format at least."""
-    files = {name: root / (module.replace(".", "/") + ".py") for name, module in SHIPPED.items()}
+def checkout_code(root: Path):
+    """(files, module) of another checkout's agent, as LocalRack(code=...) takes them: that checkout's own
+    list of shipped files (harness/agent/files.py, loaded from its file: the package layout, started as
+    `python -m harness.agent`), or, in an older checkout, harness/board/files.py's SHIPPED (flat copies, started
+    as `python -m agent`), read without importing it (it looks its modules up in this checkout's packages)."""
+    new, old = root / "harness" / "agent" / "files.py", root / "harness" / "board" / "files.py"
+    if new.is_file():
+        spec = importlib.util.spec_from_file_location("_compared_files", new)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod.agent_files(), mod.MODULE
+    if not old.is_file():
+        raise SystemExit("--compare %s: neither %s nor %s" % (root, new, old))
+    table = next(n.value for n in ast.parse(old.read_text()).body if isinstance(n, ast.Assign)
+                 and getattr(n.targets[0], "id", "") == "SHIPPED")
+    files = {name: root / (module.replace(".", "/") + ".py") for name, module in ast.literal_eval(table).items()}
     missing = [str(files[n]) for n in ("agent.py", "wire.py") if not files[n].is_file()]
     if missing:
         raise SystemExit("--compare %s: no %s" % (root, ", ".join(missing)))
-    return {n: f for n, f in files.items() if f.is_file()}
+    # an older checkout may not have a newer backend's module
+    return {n: f for n, f in files.items() if f.is_file()}, "agent"
 
 
 def compare_variants(compare):
@@ -237,22 +256,14 @@ def _per_hop(elements, sessions, rounds, per_round, workdir, compare=None):
                       ("agent+decode", {"kind": "passthrough", "decode": True}, None),
                       ("agent overlay", overlay, None)]
             if compare:
-                other = checkout_files(Path(compare))
+                other = checkout_code(Path(compare))
                 starts += [(compare_variants(compare)[0], {"kind": "passthrough"}, other),
                            (compare_variants(compare)[1], overlay, other)]
-            for variant, backend, files in starts:
+            for variant, backend, code in starts:
                 rack = LocalRack(folder / variant.replace(" ", "_"),
-                                 env={"PYTHONPATH": str(STANDIN)} if backend is overlay else None)
+                                 env={"PYTHONPATH": str(STANDIN)} if backend is overlay else None, code=code)
                 racks.append(rack)
-                ours = dict(local_rack.AGENT_FILES)
-                if files:  # the other checkout's board files (only those), copied into this rack's folders
-                    local_rack.AGENT_FILES.clear()
-                    local_rack.AGENT_FILES.update(files)
-                try:
-                    w = rack.start(plan, {"s0": backend})
-                finally:
-                    local_rack.AGENT_FILES.clear()
-                    local_rack.AGENT_FILES.update(ours)
+                w = rack.start(plan, {"s0": backend})
                 clients[variant] = AgentHop(w.endpoints["s0"], len(payload), w.secret)
             for fn in clients.values():  # warm-up: page faults, first connections, import caches
                 for _ in range(200):

@@ -4,10 +4,10 @@ the CPU of the boards' agent starts when every virtual board shares this machine
     .venv/bin/python benchmarks/agent_start.py [--runs 11] [--work build/agent-start]
 
 Puts up one virtual board, deploys the one-partition plan of benchmarks/deploy_scale.py onto it, takes a copy
-of the board's working folder (agent, modules, part/ with config, secret, emulation library and fast model;
+of the board's working folder (the agent's package, splitting's modules, part/ with config, secret, emulation library and fast model;
 the copy listens on a free port) and takes the rack down. Then, `--runs` times each (medians): the CPU of
-`python -c pass`, of `python -c "import numpy"`, and of the agent started as deploy starts it (`python -m agent
-part/agent.json`, OPENBLAS/OMP threads 1 as on a board) until its ready line, with and without the bytecode
+`python -c pass`, of `python -c "import numpy"`, and of the agent started as deploy starts it (`python -m
+harness.agent part/agent.json`, OPENBLAS/OMP threads 1 as on a board) until its ready line, with and without the bytecode
 cached; and, in one process, the CPU of each step of the start (imports, backend, fast-model check). CPU =
 user + system of the process (rusage), or time.process_time() for the steps.
 """
@@ -33,16 +33,17 @@ marks = [("start", T())]
 def mark(name): marks.append((name, T()))
 import numpy; mark("numpy")
 import logging, socket, threading, queue, traceback, signal, collections, itertools, errno; mark("stdlib the agent imports")
-import contract; mark("contract.py (dataclasses, re, typing)")
-import wire; mark("wire.py (hashlib, hmac, secrets)")
-import agent_config; mark("agent_config.py")
-import agent; mark("agent.py")
+sys.path.insert(0, "")  # the board's working folder, as `python -m` puts it first
+from splitting import contract; mark("splitting/contract.py (dataclasses, re, typing)")
+from harness.agent import wire; mark("harness/agent/wire.py (hashlib, hmac, secrets)")
+from harness.agent import agent_config; mark("harness/agent/agent_config.py")
+from harness.agent import agent, backends; mark("harness/agent/agent.py and what it imports")
 cfg = agent_config.AgentConfig.from_dict(json.load(open("part/agent.json")))
 logging.basicConfig(filename=os.devnull, level=logging.INFO)
 a = agent.Agent(cfg, os.path.abspath("part")); mark("Agent(config)")
-eb = agent.EmulationBackend(cfg.backend, os.path.abspath("part")); mark("emulation library loaded")
-import fast_model; mark("fast_model.py, fast_kernel.py")
-k = fast_model._kernel.Kernel("part/" + cfg.backend["kernel"]) if cfg.backend.get("kernel") else None
+eb = backends.EmulationBackend(cfg.backend, os.path.abspath("part")); mark("emulation library loaded")
+from harness.agent import fast_model; mark("fast_model.py, fast_kernel.py")
+k = fast_model.Kernel("part/" + cfg.backend["kernel"]) if cfg.backend.get("kernel") else None
 mark("compiled kernel loaded (ctypes)")
 m = fast_model.FastModel.load("part/" + cfg.backend["model"], k); mark("fast model loaded (.npz)")
 frames = fast_model.check_frames(m.in_type, int(cfg.backend["n_in"]), int(cfg.backend.get("check_frames", 4))); mark("check frames made")
@@ -67,7 +68,7 @@ def board_copy(work: Path) -> Path:
     plan = chain_plan(1, work / "plan-1")
     rack, state = work / "rack.toml", work / "state"
     run = lambda *a: subprocess.run(SPLITRACK + list(a), cwd=ROOT, check=True, capture_output=True)  # noqa: E731
-    run("rack", "up", "--boards", "1", "--out", str(rack), "--state", str(state))
+    run("rack", "up", "--n-boards", "1", "--out", str(rack), "--state", str(state))
     try:
         run("deploy", "--boards", str(rack), "--force", str(plan.root))
         homes = [json.loads((state / "rack.json").read_text())["pids"][0]["home"]]
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
     print("deploying the one-partition plan to one virtual board and copying its working folder ...", flush=True)
     board = board_copy(a.work)
     py = sys.executable
-    agent = [py, "-m", "agent", "part/agent.json"]
+    agent = [py, "-m", "harness.agent", "part/agent.json"]
     rows = {"python -c pass": [], "python -c 'import numpy'": [], "agent to its ready line, bytecode cached": [],
             "agent to its ready line, no bytecode (a fresh board)": []}
     steps = []
@@ -102,7 +103,8 @@ def main(argv=None) -> int:
         rows["python -c 'import numpy'"].append(cpu([py, "-c", "import numpy"]))
         cpu(agent, board, until_line=True)  # writes the bytecode
         rows["agent to its ready line, bytecode cached"].append(cpu(agent, board, until_line=True))
-        shutil.rmtree(board / "__pycache__", ignore_errors=True)
+        for cache in board.rglob("__pycache__"):
+            shutil.rmtree(cache, ignore_errors=True)
         rows["agent to its ready line, no bytecode (a fresh board)"].append(cpu(agent, board, until_line=True))
         out = subprocess.run([py, "-c", STEPS], cwd=board, env=ENV, capture_output=True, text=True, check=True)
         steps.append(json.loads(out.stdout))

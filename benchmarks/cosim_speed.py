@@ -28,10 +28,10 @@ MODES = ("bare", "checked")
 
 def cnn_plan(folder: Path):
     from splitting.plan import Plan
-    from splitting.reference import reference_model
+    from splitting.reference_models import reference_model
     from splitting.split import split_model, write_plan
 
-    from harness.demo import CNN_PLANS
+    from harness.jobs.demo import CNN_PLANS
 
     if not (folder / "plan.json").is_file():
         plan, models = split_model(reference_model("cnn"), **CNN_PLANS["cnn-sequential"])

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/deploy_scale.py [--boards 1,4,16,64]
         [--deploy-max 16] [--out benchmarks/out]
 
-For N boards: `splitrack rack up --boards N`, then `splitrack deploy --force` of an N-partition plan (a chain
+For N boards: `splitrack rack up --n-boards N`, then `splitrack deploy --force` of an N-partition plan (a chain
 of N small Dense layers, cut after every layer, so partition i goes to board i), then `splitrack rack down`;
 each command timed from outside as a user runs it (wall clock, process start included). The plans' hls4ml
 projects are compiled and their fast models written (or taken from the cache) before any timing. --deploy-max skips the deploy above that
@@ -45,7 +45,7 @@ def chain_plan(n: int, folder: Path):
         layers = [keras.Input((8,))] + [keras.layers.Dense(8, activation="relu", name=f"d{i}") for i in range(n)]
         plan, models = split_model(keras.Sequential(layers), at=[f"d{i}" for i in range(n - 1)])
         write_plan(plan, models, folder)
-    from harness.board.fast_model import board_files
+    from harness.rack.fast_build import board_files
 
     plan = Plan.load(folder)
     for i, name in enumerate(plan.partitions):
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
             state = a.work / f"state-{n}"
             try:
                 row["rack_up_s"], row["rack_up_host_cpu_s"], row["rack_up_board_cpu_s"] = timed(
-                    SPLITRACK + ["rack", "up", "--boards", str(n), "--out", str(rack), "--state", str(state)], log, state)
+                    SPLITRACK + ["rack", "up", "--n-boards", str(n), "--out", str(rack), "--state", str(state)], log, state)
             except SystemExit:
                 stop_started_boards(state)  # a failed `rack up` can leave its boards running
                 raise

@@ -1,4 +1,4 @@
-"""A virtual board's compute: the fast bit-exact model (harness/board/fast_model.py) against hls4ml's C simulation.
+"""A virtual board's compute: the fast bit-exact model (harness/agent/fast_model.py) against hls4ml's C simulation.
 
     .venv/bin/python benchmarks/fast_model.py [--partition s0] [--frames 200]
 
@@ -8,7 +8,7 @@ Timing is interleaved in blocks of 16 frames (16 emulation frames, then 16 fast 
 same machine load while each runs its model frame after frame as an agent does (one frame each in turn would
 time every fast frame with the caches the 4 ms emulation call just filled: 1.5-2x slower): per frame p50 of
 the emulation library (one call per frame, as the agent does), of the fast model on one frame with its
-compiled kernel (harness/board/fast_kernel.py: what deploy gives a virtual board) and without
+compiled kernel (harness/agent/fast_kernel.py: what deploy gives a virtual board) and without
 it (numpy only: where no C compiler works), and with the kernel on a batch of 64 (per frame). BLAS runs on
 one thread, as on a virtual board. Target (issue 15): the fast model >= 20x the emulation.
 Prints a table; writes fast_model.json in --out.
@@ -41,10 +41,10 @@ def main(argv=None) -> int:
 
     from benchmarks.cosim_speed import cnn_plan
     from splitting import hls
-    from splitting.reference import digits_data, model_inputs
+    from splitting.reference_models import digits_data, model_inputs
 
-    from harness.board import fast_kernel
-    from harness.board.fast_model import FastModel
+    from harness.agent.fast_kernel import Kernel
+    from harness.rack.fast_build import build_kernel, model_of
 
     plan = cnn_plan(a.plan_dir)
     print(f"plan {a.plan_dir} (cnn-sequential), partition {a.partition}", flush=True)
@@ -54,12 +54,12 @@ def main(argv=None) -> int:
             break
         x = hls.emulation(plan, name).predict(x)
     emu = hls.emulation(plan, a.partition)
-    lib = fast_kernel.build()
+    lib = build_kernel()
     if lib is None:
         print("no C compiler works here: the kernel row cannot be measured", file=sys.stderr)
         return 2
-    fm = FastModel.from_plan(plan, a.partition, fast_kernel.Kernel(lib))
-    fm_np = FastModel.from_plan(plan, a.partition)
+    fm = model_of(plan, a.partition, Kernel(lib))
+    fm_np = model_of(plan, a.partition)
     print(f"layers: {fm.modes} (numpy only: {fm_np.modes})")
     theirs = emu.predict(x)
     bad = 0

@@ -41,7 +41,7 @@ def make_models(folder: Path) -> dict:
     import keras
     from keras import layers
 
-    from splitting.reference import reference_model
+    from splitting.reference_models import reference_model
 
     folder.mkdir(parents=True, exist_ok=True)
     out = {}

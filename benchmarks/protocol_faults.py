@@ -20,10 +20,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.board import wire  # noqa: E402
-from harness.rack.local_rack import LocalRack, identity_plan  # noqa: E402
+from harness.agent import wire  # noqa: E402
+from harness.rack.local_rack import LocalRack  # noqa: E402
 from harness.measure.stream import AgentUnreachable, Pipeline  # noqa: E402
 from splitting.plan import Plan, PlanError  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "sim_tests"))
+from identity_plan import identity_plan  # noqa: E402  (the tests' plan helper)
 
 M = wire.MsgType
 

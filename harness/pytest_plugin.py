@@ -1,4 +1,4 @@
-"""splitrack's pytest plugin: `--boards PATH`, the `hw` marker, and fixtures for a rack of boards.
+"""splitrack's pytest plugin: `--boards FILE` (the rack file), the `hw` marker, and fixtures for a rack of boards.
 
 Tests marked `hw` need a rack (real or virtual). Without `--boards` they are skipped with the reason.
 
@@ -11,9 +11,9 @@ failing on it.
 Fixtures:
     rack         the healthy boards (a `harness.rack.rackfile.Rack`)
     board        one board, leased for the test
-    deployed     deployed(plan) -> `harness.rack.deploy.Deployment`: `plan` is a plan folder (str or Path) or a
-                 loaded `splitting.plan.Plan`; leases as many boards as the plan has partitions, deploys
-                 (skipping boards that already carry the same artifact), stops the agents after the test.
+    deployed     deployed(plan) -> `Deployed` (a `harness.rack.deploy.Deployment` and `stream`): `plan` is a plan
+                 folder (str or Path) or a loaded `splitting.plan.Plan`; leases as many boards as the plan has partitions,
+                 deploys (skipping boards that already carry the same artifact), stops the agents after the test.
                  `dep.stream(x)` sends frames through the boards and returns their outputs;
                  `dep.expected(x)` is what they must return (the chained hls4ml emulation), e.g.
                      def test_my_model(deployed):
@@ -45,10 +45,10 @@ _KEY = "_splitrack_rack"
 
 
 def pytest_addoption(parser):
-    """Add the splitrack options: --boards PATH, --board-lease-timeout SECONDS (default 300 s),
+    """Add the splitrack options: --boards FILE, --board-lease-timeout SECONDS (default 300 s),
     --no-health-check, --allow-no-boards."""
     group = parser.getgroup("splitrack")
-    group.addoption("--boards", metavar="PATH", default=None,
+    group.addoption("--boards", metavar="FILE", default=None,
                     help="rack file (boards.toml) of the boards that hw tests run on")
     group.addoption("--board-lease-timeout", metavar="SECONDS", type=float, default=300.0,
                     help="how long a test waits for boards that other xdist workers hold (default 300)")
@@ -76,13 +76,13 @@ def _selects_only_hw(markexpr: str) -> bool:
 def pytest_configure(config):
     """Register the `hw` marker; raises pytest.UsageError when `-m` selects only hw tests and neither --boards
     nor --allow-no-boards is given (the run would otherwise pass with everything skipped)."""
-    config.addinivalue_line("markers", "hw: needs a rack of boards (real or virtual): run with --boards PATH")
+    config.addinivalue_line("markers", "hw: needs a rack of boards (real or virtual): run with --boards FILE")
     # asking for the hw tests without a rack would skip them all and exit 0: a CI job that forgot --boards
     # must go red instead
     if (_selects_only_hw(config.getoption("markexpr", "") or "") and not config.getoption("--boards")
             and not config.getoption("--allow-no-boards")):
         raise pytest.UsageError("-m hw needs a rack: add --boards rack.toml (start a virtual one with "
-                                "`splitrack rack up --boards 5 --out rack.toml`), or --allow-no-boards to skip")
+                                "`splitrack rack up --n-boards 5 --out rack.toml`), or --allow-no-boards to skip")
     from splitting.quiet_tensorflow import quiet
 
     quiet()  # TensorFlow's start-up lines, once per worker, say nothing about the tests
@@ -105,7 +105,7 @@ class RackState:
     """The session's rack: every board, the healthy ones, and why the others were quarantined."""
 
     def __init__(self, path: str, check: bool, recover_wait: float = 180.0):
-        from harness.rack.deploy import check_rack
+        from harness.rack.health import check_rack
         from harness.rack.rackfile import load_rack
 
         self.path = path
@@ -134,7 +134,7 @@ class RackState:
     def _init_lab(self, check: bool, recover_wait: float) -> None:
         """A rack file naming a labgrid coordinator: the boards are its places. The health check covers the
         boards nobody holds and those tagged bad, and tags the result in labgrid (harness.rack.lab_lease)."""
-        from harness.rack.deploy import check_rack
+        from harness.rack.health import check_rack
         from harness.rack.lab_client import LabClient
         from harness.rack.lab_export import TAG_REASON
         from harness.rack.lab_lease import check_and_tag, lab_boards
@@ -322,6 +322,23 @@ def board(lease):
     return lease(1)[0]
 
 
+class Deployed:
+    """What the `deployed` fixture returns: the `harness.rack.deploy.Deployment` (its attributes read through:
+    placed, wiring, boards, flashed, expected(x), ...) and `stream(x)` for a test."""
+
+    def __init__(self, deployment):
+        self.deployment = deployment
+
+    def __getattr__(self, name):
+        return getattr(self.deployment, name)
+
+    def stream(self, frames, in_flight: int = 8, timeout: float = 10.0):
+        """harness.measure.stream.stream_outputs through this deployment's boards: (n, values per frame)."""
+        from harness.measure.stream import stream_outputs
+
+        return stream_outputs(self.wiring, frames, in_flight=in_flight, timeout=timeout)
+
+
 @pytest.fixture
 def deployed(request, lease):
     """deployed(plan, **deploy_kwargs) -> Deployment on leased boards; agents stop after the test. `plan`: a
@@ -346,7 +363,7 @@ def deployed(request, lease):
         if sub is None:
             sub = Rack(state.rack.name, lease(n), state.rack.path, state.rack.virtual_state)
             used.append(sub)
-        return deploy(plan, sub, **kw)
+        return Deployed(deploy(plan, sub, **kw))
 
     yield do
     for sub in used:

@@ -53,7 +53,7 @@ def make_plan(tmp_path_factory):
 
     def make(name):
         if name not in made:
-            from splitting.reference import reference_model
+            from splitting.reference_models import reference_model
             from splitting.split import split_model, write_plan
             from splitting.plan import Plan
 
@@ -74,7 +74,7 @@ def make_plan(tmp_path_factory):
 @pytest.fixture(scope="session")
 def frames():
     """frames(model name) -> the first FRAMES digits test images in the model's input shape, and labels."""
-    from splitting.reference import digits_data, model_inputs
+    from splitting.reference_models import digits_data, model_inputs
 
     _, _, x, y = digits_data()
 

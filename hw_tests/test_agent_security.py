@@ -1,14 +1,14 @@
 """Strangers on the data network of whatever rack --boards names (real or virtual): while a stream runs, one
 sends SHUTDOWN, junk, HELLO, 64 MiB headers, forged frames, a handshake with a wrong secret and idle
 connections to every agent; the stream completes with every frame equal to the chained emulation.
-(The same on local agents, with more checks: sim_tests/board/test_agent_security.py.)"""
+(The same on local agents, with more checks: sim_tests/agent/test_agent_security.py.)"""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from harness.measure.stream import Pipeline
-from sim_tests.board.test_agent_security import Stranger
+from sim_tests.agent.test_agent_security import Stranger
 
 pytestmark = pytest.mark.hw
 

@@ -17,7 +17,7 @@ ROUNDS = 200
 
 
 def digits_frames(plan, n):
-    from harness.measure.bench import bench_data
+    from harness.jobs.bench import bench_data
 
     return bench_data(plan, n, "digits")
 

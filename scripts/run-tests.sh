@@ -28,7 +28,7 @@ pass() {  # pass NAME CMD...: run one pass, keep its exit status and pytest's su
 hw() {  # the hw pass: a fresh virtual rack, stopped again whatever the tests do
   mkdir -p build
   "$splitrack" rack down "$rack" >/dev/null 2>&1 || true
-  "$splitrack" rack up --boards 5 --out "$rack" || return 1
+  "$splitrack" rack up --n-boards 5 --out "$rack" || return 1
   "$py" -m pytest -q -m hw --boards "$rack" hw_tests
   local code=$?
   "$splitrack" rack down "$rack" >/dev/null 2>&1 || true

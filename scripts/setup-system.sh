@@ -4,7 +4,7 @@
 set -euo pipefail
 need=()
 command -v g++ >/dev/null || need+=(g++)
-# cc: the fast model's kernel of virtual boards (harness/board/fast_kernel.py)
+# cc: the fast model's kernel of virtual boards (harness/agent/fast_kernel.py)
 command -v cc >/dev/null || need+=(gcc)
 # chromium (+ driver): the dashboard test renders the page headless and checks its console
 command -v chromium >/dev/null || need+=(chromium)

@@ -2,7 +2,7 @@
 import pytest
 
 from splitting.plan import Plan
-from splitting.reference import reference_model
+from splitting.reference_models import reference_model
 from splitting.split import split_model, write_plan
 
 

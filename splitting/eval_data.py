@@ -68,7 +68,7 @@ def load(spec: str, input_shape: Sequence[int], n: Optional[int] = None, seed: i
         if size != 64:
             raise DataError(f"--data digits gives 8x8 images, but the model takes {shape}: use --data random "
                             "or your own FILE.npz")
-        from .reference import digits_data
+        from .reference_models import digits_data
 
         _, _, x, y = digits_data()
         d = EvalData(x.reshape((len(x),) + shape).astype(np.float32), y.astype(np.int64), "digits", DIGITS_NOTE)

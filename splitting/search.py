@@ -74,7 +74,7 @@ class SearchOptions:
     strategies: Tuple[str, ...] = ("Latency", "Resource")
     max_parts: int = 16
     boards_available: Optional[int] = None
-    boards_exact: Optional[int] = None  # exactly this many boards (`plan --boards N`)
+    boards_exact: Optional[int] = None  # exactly this many boards (`plan --n-boards N`)
     hop_overhead_us: float = 100.0
     link_gbps: Optional[float] = None  # default: the board's link
     data_width: int = 32
@@ -91,9 +91,9 @@ class SearchOptions:
         if self.boards_available is not None and self.boards_available < 1:
             raise UserError("--boards-available must be at least 1")
         if self.boards_exact is not None and self.boards_exact < 1:
-            raise UserError("--boards must be at least 1")
+            raise UserError("--n-boards must be at least 1")
         if self.boards_exact is not None and self.boards_available is not None:
-            raise UserError("give --boards N (exactly N) or --boards-available N (at most N), not both")
+            raise UserError("give --n-boards N (exactly N) or --boards-available N (at most N), not both")
 
     @property
     def configs(self) -> List[HlsConfig]:
@@ -516,7 +516,7 @@ class Planner:
         cap = f"{self.opt.cap:.0%}"
         others = "" if len(counts) == counts[-1] - counts[0] + 1 else f" (possible: {', '.join(map(str, counts))})"
         raise NoFitError(
-            f"--boards {want}: no plan of exactly {want} {self.board.name} board(s) under the {cap} cap; "
+            f"--n-boards {want}: no plan of exactly {want} {self.board.name} board(s) under the {cap} cap; "
             f"the fewest boards possible is {counts[0]}, the most {counts[-1]}{others} "
             f"(cuts between layers; a layer is split only when it does not fit one board)"
         )

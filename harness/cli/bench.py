@@ -1,18 +1,19 @@
-"""`splitrack bench PLAN --boards RACK`: latency per hop beside the CPU reference (harness.measure.bench)."""
+"""`splitrack bench PLAN --boards FILE`: latency per hop beside the CPU reference (harness.jobs.bench)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from harness.cli.deploy import add_wait_option
-from harness.measure.bench import (DEFAULT_SINGLE_RATE, BenchIncomplete, bench, bench_eval_data, format_bench, save,
-                                   write_incomplete)
+from harness.jobs.bench import (DEFAULT_SINGLE_RATE, BenchIncomplete, bench, bench_eval_data, format_bench, save,
+                                write_incomplete)
+from harness.cli.options import add_rack_file
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     """Add the arguments of `splitrack bench`: plan folder, --boards, frames, rate (frames/s), data, --json, --wait."""
     p.add_argument("plan", type=Path, help="plan folder (from `splitrack split` or `splitrack plan`)")
-    p.add_argument("--boards", type=Path, required=True, help="rack file (boards.toml)")
+    add_rack_file(p)
     p.add_argument("--frames", type=int, default=2000)
     p.add_argument("--rate", type=float, default=None, help="offered rate of the stream, frames/s (default: as fast "
                    "as the rack takes them)")

@@ -1,5 +1,5 @@
-"""The `splitrack` command: the dispatcher. Each sub-command's argparse code is a module of harness/cli/ (the
-cosim command's is harness/cosim/cli.py) that calls the library; this file only knows their names, so that
+"""The `splitrack` command: the dispatcher. Each sub-command's argparse code is a module of harness/cli/ that
+calls the library; this file only knows their names, so that
 `splitrack --help` does not import TensorFlow."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ COMMANDS = [
     ("plan", "harness.cli.plan", "propose partitions from rule4ml resource estimates (cuts, neuron/input splits)"),
     ("boards", "harness.cli.plan", "the board catalog: resources, clock, part"),
     ("build", "harness.cli.build", "build bitstreams for a plan's partitions (needs Vivado)"),
-    ("cosim", "harness.cosim.cli", "RTL cosimulation of a plan's AXI-stream partitions and links (cocotb)"),
+    ("cosim", "harness.cli.cosim", "RTL cosimulation of a plan's AXI-stream partitions and links (cocotb)"),
     ("reference", "harness.cli.reference", "train and save the reference models (digits FC and CNN)"),
     ("rack", "harness.cli.rack", "start, stop or check a rack (`rack up` starts virtual PYNQ-Z2 boards)"),
     ("lab", "harness.cli.lab", "a shared rack through labgrid: exporter config, places, status, health tags"),

@@ -1,4 +1,4 @@
-"""`splitrack deploy PLAN --boards RACK`: upload a plan's partitions and start the agents (harness.rack.deploy)."""
+"""`splitrack deploy PLAN --boards FILE`: upload a plan's partitions and start the agents (harness.rack.deploy)."""
 from __future__ import annotations
 
 import argparse
@@ -8,12 +8,13 @@ from splitting.plan import Plan
 
 from harness.rack import wiring as wiring_mod
 from harness.rack.deploy import deploy
+from harness.cli.options import add_rack_file
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     """Add the arguments of `splitrack deploy`: plan folder, --boards, --force, --wait."""
     p.add_argument("plan", type=Path, help="plan folder (written by `splitrack split` or `splitrack plan`)")
-    p.add_argument("--boards", type=Path, required=True, help="rack file (boards.toml, or rack.toml of `rack up`)")
+    add_rack_file(p)
     p.add_argument("--force", action="store_true", help="upload and program even when a board carries the artifact")
     add_wait_option(p)
 

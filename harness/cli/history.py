@@ -1,7 +1,7 @@
 """`splitrack history`: add, list, check, compare, ack, export. Exit 0 fine, 1 regression, 2 bad input or a
 damaged / foreign database.
 
-    splitrack history add out.json --db results.sqlite [--label NAME]
+    splitrack history add out.json --db results.sqlite [--label NAME] [--boards rack.toml]
     splitrack history list --db results.sqlite
     splitrack history check --db results.sqlite            # exit 1 on a regression in effect
     splitrack history compare previous latest [--json]     # exit 1 on a significant slowdown
@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Optional
 
+from harness.cli.options import RACK_FILE_HELP, add_deprecated, add_rack_file
 from harness.results.history import History, HistoryError, load_file
 
 
@@ -27,7 +29,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     a = sub.add_parser("add", help="import bench --json or pytest-benchmark JSON files")
     a.add_argument("files", nargs="+", type=Path)
     db(a)
-    a.add_argument("--rack", default=None, help="rack name for pytest-benchmark files without one in extra_info")
+    add_rack_file(a, required=False, help=RACK_FILE_HELP + ": names the rack of pytest-benchmark files without one "
+                  "in extra_info")
+    add_deprecated(a, "--rack", "--boards FILE", "rack_name", metavar="NAME")
     a.add_argument("--label", default=None, help="series name (default: the file's label, else the model's name)")
     ls = sub.add_parser("list", help="the runs in the history")
     db(ls)
@@ -60,8 +64,22 @@ def run(args: argparse.Namespace) -> int:
         return ACTIONS[args.action](h, args)
 
 
+def _rack_name(args) -> Optional[str]:
+    """The rack's name: from the rack file of --boards (read, not checked for a running rack: a run is often
+    added after its rack was stopped), or the deprecated --rack NAME."""
+    if args.boards is None:
+        return getattr(args, "rack_name", None)
+    from harness.rack.rackfile import RackError, parse_rack
+
+    try:
+        return parse_rack(args.boards.read_text(), args.boards.resolve()).name
+    except (OSError, UnicodeDecodeError) as e:
+        raise RackError(f"{args.boards}: cannot read the rack file: {e}") from None
+
+
 def _add(h: History, args) -> int:
-    parsed = [(f, p) for f in args.files for p in load_file(f, args.rack, args.label)]  # all valid before any write
+    rack = _rack_name(args)
+    parsed = [(f, p) for f in args.files for p in load_file(f, rack, args.label)]  # all valid before any write
     for f, (run, rows, samples) in parsed:
         run_id, new = h.add_run(run, rows, samples)
         state = "" if run.complete else f", INCOMPLETE: {run.error}"

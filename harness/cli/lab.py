@@ -74,7 +74,7 @@ def run(args) -> int:
             print(status_text(client, tags))
         return 0
     if args.lab_command == "check":
-        from harness.rack.deploy import check_rack
+        from harness.rack.health import check_rack
         from harness.rack.lab_lease import check_and_tag
         from harness.rack.rackfile import Rack
 

@@ -1,16 +1,17 @@
-"""`splitrack nightly --boards RACK`: bench, history, regression check, dashboard (harness.results.nightly)."""
+"""`splitrack nightly --boards FILE`: bench, history, regression check, dashboard (harness.jobs.nightly)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from harness.cli.deploy import add_wait_option
-from harness.results.nightly import nightly
+from harness.jobs.nightly import nightly
+from harness.cli.options import add_rack_file
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     """Add the arguments of `splitrack nightly`: --boards, --db, -o, --plan, frames, rate, label, --min-change, --wait."""
-    p.add_argument("--boards", type=Path, required=True, help="rack file (boards.toml)")
+    add_rack_file(p)
     p.add_argument("--db", type=Path, default=Path("results.sqlite"), help="history database (SQLite)")
     p.add_argument("-o", "--out", type=Path, default=Path("site"), help="dashboard folder (index.html, runs/)")
     p.add_argument("--plan", type=Path, default=None, help="plan folder (default: the digits FC reference plan)")

@@ -2,7 +2,7 @@
 
     splitrack plan model.keras --board pynq-z2 --max-util 0.8 --objective latency -o plan/ [--json]
     splitrack plan model.keras --board pynq-z2 --boards-available 5 --pareto
-    splitrack plan model.keras --boards 3 -o plan/      # exactly 3 boards
+    splitrack plan model.keras --n-boards 3 -o plan/    # exactly 3 boards
     splitrack boards
 
 Planning reads only the model's architecture (the `.keras` file's config.json) and the estimate cache, so a
@@ -23,6 +23,7 @@ from splitting import catalog
 from splitting.errors import UserError
 from splitting.estimate import HlsConfig, make
 from splitting.search import OBJECTIVES, PartChoice, PlanChoice, SearchOptions, SearchResult, plan_search
+from harness.cli.options import add_board_count
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -36,8 +37,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--board", default="pynq-z2", help="board type (see `splitrack boards`); default pynq-z2")
     p.add_argument("--max-util", type=float, default=catalog.DEFAULT_CAP, help="cap on every resource, fraction of the board (default 0.8)")
     p.add_argument("--objective", choices=OBJECTIVES, default="boards", help="fewest boards (default), lowest latency, or lowest pipeline interval")
-    p.add_argument("--n-boards", "--boards", type=int, default=None, dest="boards_exact",
-                   help="use exactly this many boards: the best plan of that size for the objective")
+    add_board_count(p, "boards_exact", None, "use exactly this many boards: the best plan of that size for the objective")
     p.add_argument("--boards-available", type=int, default=None, help="use at most this many boards")
     p.add_argument("--pareto", action="store_true", help="also print the non-dominated plans over (boards, latency, interval)")
     p.add_argument("--precisions", default="ap_fixed<16,6>",

@@ -5,13 +5,14 @@ import argparse
 import time
 from pathlib import Path
 from splitting.user_cache import cache_root
+from harness.cli.options import add_board_count
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     """Add the actions of `splitrack rack` (up, down, check) and their arguments."""
     sub = p.add_subparsers(dest="rack_command", metavar="ACTION", required=True)
     up = sub.add_parser("up", help="start a virtual rack of PYNQ-Z2 boards and write its rack file")
-    up.add_argument("--boards", type=int, default=5, help="number of virtual boards (default 5)")
+    add_board_count(up, "n_boards", 5, "number of virtual boards (default 5)")
     up.add_argument("--out", type=Path, default=Path("rack.toml"), help="rack file to write (default rack.toml)")
     up.add_argument("--state", type=Path, default=None, help="folder for keys, homes and logs "
                     "(default <cache>/racks/..., see `splitrack cache`)")
@@ -36,8 +37,8 @@ def run(args) -> int:
     if args.rack_command == "up":
         refuse_running(args.out)  # before "starting...": nothing starts when the rack is already up
         t0 = time.monotonic()
-        print(f"starting {args.boards} virtual PYNQ-Z2 boards...", flush=True)
-        rack = rack_up(args.boards, args.out, state=args.state, netns=args.netns, rate=args.rate,
+        print(f"starting {args.n_boards} virtual PYNQ-Z2 boards...", flush=True)
+        rack = rack_up(args.n_boards, args.out, state=args.state, netns=args.netns, rate=args.rate,
                        timing=args.timing, disk_mb=args.disk_mb, progress=lambda s: print(s, flush=True))
         print(f"rack {rack.name}: {len(rack.boards)} boards up in {time.monotonic() - t0:.1f} s, "
               f"wrote {args.out}")
@@ -47,7 +48,7 @@ def run(args) -> int:
         print(f"stopped {n} virtual boards of {args.rack}" if n else f"{args.rack}: already stopped")
         return 0
     if args.rack_command == "check":
-        from harness.rack.deploy import check_rack
+        from harness.rack.health import check_rack
         from harness.rack.rackfile import load_rack
 
         rack = load_rack(args.rack)

@@ -1,5 +1,5 @@
 """`splitrack reference [fc|cnn|resnet8|dscnn|ad|vww]`: train (or load from the cache) and save the reference
-models (splitting.reference: digits; splitting.mlperf_tiny: the MLPerf Tiny shapes)."""
+models (splitting.reference_models: digits; splitting.mlperf_tiny: the MLPerf Tiny shapes)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from splitting.mlperf_tiny import ARCHITECTURES, mlperf_tiny_model
-from splitting.reference import MODELS, digits_data, model_inputs, reference_model
+from splitting.reference_models import MODELS, digits_data, model_inputs, reference_model
 
 
 def configure(p: argparse.ArgumentParser) -> None:

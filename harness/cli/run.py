@@ -1,5 +1,5 @@
-"""`splitrack run PLAN (--boards RACK | --local)`: stream frames through a plan's boards and check every answer
-(harness.measure.run)."""
+"""`splitrack run PLAN (--boards FILE | --local)`: stream frames through a plan's boards and check every answer
+(harness.jobs.run)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,8 @@ from pathlib import Path
 from splitting.plan import Plan
 
 from harness.cli.deploy import add_wait_option
-from harness.measure.run import load_data, run_local, run_on_rack
+from harness.jobs.run import load_data, run_local, run_on_rack
+from harness.cli.options import add_rack_file
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -16,7 +17,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     rate (frames/s), timeout (s), --no-check, --out, --wait."""
     p.add_argument("plan", type=Path, help="plan folder (written by `splitrack split` or `splitrack plan`)")
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--boards", type=Path, help="rack file (boards.toml, or rack.toml of `splitrack rack up`)")
+    add_rack_file(where, required=False)
     where.add_argument("--local", action="store_true", help="run the agents as local processes (no SSH, no rack)")
     p.add_argument("--data", default="digits", help="'digits' (splitrack's own split: may overlap your training data) "
                    "or your .npz (x, optional y labels) / .npy file (default digits)")

@@ -20,7 +20,7 @@ from splitting.plan import HOST, Plan
 
 from . import netlist, rtlgen, sim
 from .ops import partition_ops
-from .reference import Agreement, Reference, compare_with_emulation
+from .bitexact import Agreement, Reference, compare_with_emulation
 
 STRESS = {"stall": 64, "pause": 0.3, "backpressure": 0.3}  # 64/256 of cycles stalled on every link
 
@@ -150,7 +150,7 @@ def cosimulate(plan: Plan, sim_name: str = "verilator", frames: Optional[np.ndar
     """Cosimulate `plan` in RTL and check it against the plan's hls4ml emulation, beat by beat.
 
     Steps: (1) the chained hls4ml emulation of the frames gives every interface's expected beats; (2) per
-    partition, the bit-exact reference (harness.cosim.reference) is compared with the emulation and da4ml
+    partition, the bit-exact reference (harness.cosim.bitexact) is compared with the emulation and da4ml
     RTL is generated (unless `cores` is given); (3) the chain top (netlist) is built with `sim_name`
     ('verilator' or 'icarus'), cached by content under `cache`; (4) the cocotb testbench runs a measure phase
     (no stalls) and a stress phase (`stress`: {'stall': n/256 cycles stalled per link, 'pause': source pause

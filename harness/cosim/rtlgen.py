@@ -1,7 +1,7 @@
 """Open RTL for a partition: da4ml traces the op list into a pipelined datapath; we wrap it in the shell.
 
 da4ml (the field's generator for fixed-point datapaths) emits Verilog for a traced computation. We trace
-exactly the arithmetic of `reference.py` with da4ml's symbolic fixed-point variables: every product by a
+exactly the arithmetic of `bitexact.py` with da4ml's symbolic fixed-point variables: every product by a
 constant weight assigned to the accumulator type, sums, bias, result casts, ReLU, max, and for softmax
 lookup tables filled as hls4ml fills them. Where da4ml falls short we say so (UserError): it has only the
 TRN/RND rounding and WRAP/SAT/SAT_SYM overflow modes, and it unrolls everything (no reuse of multipliers
@@ -31,10 +31,11 @@ import numpy as np
 
 from splitting.contract import FixedType, Packing
 from splitting.errors import UserError
+from splitting.op_kinds import Handlers
 
 from .fixed import cast
 from .ops import Op
-from .reference import softmax_tables
+from .bitexact import softmax_tables
 
 GENERATOR_VERSION = "3"
 HERE = Path(__file__).parent
@@ -167,40 +168,69 @@ class _Tracer:
                                           np.full(shape, f, np.int8), self.hw)
         x = inp._vars
         for op in ops[1:]:
-            if op.kind == "pad":
-                x = self.pad(x, op.params)
-                x = np.vectorize(lambda v: _q(v, op.out), otypes=[object])(x)
-            elif op.kind == "dense":
-                x = self.dense(x, op, t)
-            elif op.kind == "conv2d":
-                p = op.params
-                if any(p[k_] for k_ in ("pad_top", "pad_bottom", "pad_left", "pad_right")):
-                    x = self.pad(x, p)
-                win = self.windows(x, p["filt_height"], p["filt_width"], p["stride_height"], p["stride_width"])
-                x = self.dense(win.reshape(win.shape[0], win.shape[1], -1), op, t)
-            elif op.kind == "relu":
-                x = np.vectorize(lambda v: _q(v.relu(), op.out), otypes=[object])(x)
-            elif op.kind in ("linear", "reshape"):
-                x = np.vectorize(lambda v: _q(v, op.out), otypes=[object])(x.reshape(op.out_shape))
-            elif op.kind == "maxpool":
-                p = op.params
-                acc = op.accum or t
-                x = np.vectorize(lambda v: _q(v, acc), otypes=[object])(x)
-                win = self.windows(x, p["pool_height"], p["pool_width"], p["stride_height"], p["stride_width"])
-                out = np.empty(win.shape[:2] + win.shape[-1:], dtype=object)
-                for idx in np.ndindex(out.shape):
-                    vals = list(win[idx[0], idx[1], :, :, idx[2]].reshape(-1))
-                    m = vals[0]
-                    for v in vals[1:]:
-                        m = m.max_of(v)
-                    out[idx] = _q(m, op.out)
-                x = out
-            elif op.kind == "softmax":
-                x = self.softmax(x, op, t)
-            else:
-                raise DA4MLShortfall(f"{op.name}: no da4ml trace for {op.kind}")
+            x = TRACE.handler(op.kind, op.name)(self, x, op, t)
             t = op.out
         return inp, FixedVariableArray(np.asarray(x, dtype=object).reshape(-1), hwconf=self.hw)
+
+
+# the da4ml trace of each op kind: (tracer, x: object array of da4ml variables, op, input type) -> x
+TRACE = Handlers("the RTL generator (da4ml trace)", DA4MLShortfall)
+TRACE.refuse("sigmoid", "hls4ml's table activations have no RTL here (the fast model computes them)")
+TRACE.refuse("tanh", TRACE.refused["sigmoid"])
+
+
+def _each(x: np.ndarray, fn) -> np.ndarray:
+    return np.vectorize(fn, otypes=[object])(x)
+
+
+@TRACE.handles("pad")
+def _trace_pad(tr: _Tracer, x: np.ndarray, op: Op, t: FixedType) -> np.ndarray:
+    return _each(tr.pad(x, op.params), lambda v: _q(v, op.out))
+
+
+@TRACE.handles("dense")
+def _trace_dense(tr: _Tracer, x: np.ndarray, op: Op, t: FixedType) -> np.ndarray:
+    return tr.dense(x, op, t)
+
+
+@TRACE.handles("conv2d")
+def _trace_conv2d(tr: _Tracer, x: np.ndarray, op: Op, t: FixedType) -> np.ndarray:
+    p = op.params
+    if any(p[k_] for k_ in ("pad_top", "pad_bottom", "pad_left", "pad_right")):
+        x = tr.pad(x, p)
+    win = tr.windows(x, p["filt_height"], p["filt_width"], p["stride_height"], p["stride_width"])
+    return tr.dense(win.reshape(win.shape[0], win.shape[1], -1), op, t)
+
+
+@TRACE.handles("relu")
+def _trace_relu(tr: _Tracer, x: np.ndarray, op: Op, t: FixedType) -> np.ndarray:
+    return _each(x, lambda v: _q(v.relu(), op.out))
+
+
+@TRACE.handles("linear", "reshape")
+def _trace_cast(tr: _Tracer, x: np.ndarray, op: Op, t: FixedType) -> np.ndarray:
+    return _each(x.reshape(op.out_shape), lambda v: _q(v, op.out))
+
+
+@TRACE.handles("maxpool")
+def _trace_maxpool(tr: _Tracer, x: np.ndarray, op: Op, t: FixedType) -> np.ndarray:
+    p = op.params
+    acc = op.accum or t
+    x = _each(x, lambda v: _q(v, acc))
+    win = tr.windows(x, p["pool_height"], p["pool_width"], p["stride_height"], p["stride_width"])
+    out = np.empty(win.shape[:2] + win.shape[-1:], dtype=object)
+    for idx in np.ndindex(out.shape):
+        vals = list(win[idx[0], idx[1], :, :, idx[2]].reshape(-1))
+        m = vals[0]
+        for v in vals[1:]:
+            m = m.max_of(v)
+        out[idx] = _q(m, op.out)
+    return out
+
+
+@TRACE.handles("softmax")
+def _trace_softmax(tr: _Tracer, x: np.ndarray, op: Op, t: FixedType) -> np.ndarray:
+    return tr.softmax(x, op, t)
 
 
 @dataclass

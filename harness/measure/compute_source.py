@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 # backend kind -> (short label for tables, what the compute figure is)
 BACKENDS = {
     "fast": ("CPU: fast model", "virtual board: this machine's CPU running the partition's bit-exact fast model "
-                                "(harness/board/fast_model.py), not the FPGA"),
+                                "(harness/agent/fast_model.py), not the FPGA"),
     "emulation": ("CPU: hls4ml emulation", "virtual board: this machine's CPU running the partition's hls4ml "
                                            "emulation library (C simulation), not the FPGA"),
     "overlay": ("FPGA: PYNQ-Z2 overlay", "PYNQ-Z2 overlay: the partition's bitstream on the FPGA, with its AXI DMA "
@@ -68,7 +68,7 @@ def reported_backends(wiring, timeout: float = 2.0) -> Dict[str, Tuple[Optional[
     """{partition: (the backend kind its agent reports in its PONG, its note)}: (None, "") for an agent that
     does not answer (or answers without one); the note is "" when the agent gives none (older agents), at
     most 300 characters. Each agent is asked over an authenticated connection (the wiring's secret)."""
-    from harness.rack.deploy import ping
+    from harness.rack.agent_control import ping
 
     out: Dict[str, Tuple[Optional[str], str]] = {}
     for name, ep in wiring.endpoints.items():

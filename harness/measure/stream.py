@@ -11,271 +11,30 @@ back in any order; they are matched by frame id. A frame that does not come back
 an error reported by an agent, or an agent that goes away end the stream with a `StreamError` that names the
 board and stage where the frame was last seen and carries every result already received (`.result`).
 
-Each Pipeline is a session with a random tag (`harness.board.wire`): the tag rides in the high bits of every frame id
+Each Pipeline is a session with a random tag (`harness.agent.wire`): the tag rides in the high bits of every frame id
 on the wire, so frames of an earlier session still inside the rack are dropped by the agents and ignored here.
 Frame ids the caller sees count from 0 for each Pipeline.
+
+The connection to each agent is harness/measure/agent_conn.py's, what a stream returns harness/measure/stream_result.py's.
 """
 from __future__ import annotations
 
 import collections
 import json
-import queue
-import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from harness.board import wire
-from harness.board.wire import MsgType
+from harness.agent import wire
+from harness.agent.wire import MsgType
+from harness.measure.agent_conn import AgentConn, AgentUnreachable
+from harness.measure.stream_result import FrameResult, Record, SendSchedule, StreamError, StreamResult
 from harness.rack.wiring import Wiring
 from splitting.contract import Contract, assemble
-from splitting.errors import UserError
 
 FRAME = int(MsgType.FRAME)  # per frame: a plain int packs faster than an IntEnum member
-Record = Tuple[int, int, int, int, int, int, int, int]  # stage, partition id, source id, flags, 4 x ns
-
-
-class StreamError(UserError):
-    """Frames that did not come back; `.result` holds everything that did."""
-
-    def __init__(self, message: str, result: "StreamResult"):
-        super().__init__(message)
-        self.result = result
-
-
-class AgentUnreachable(UserError):
-    """An agent that does not accept connections or does not answer."""
-
-
-@dataclass
-class FrameResult:
-    """One frame that came back: its id, the output array (the model's output shape), host send and receive
-    times (time.time_ns, ns) and the timestamp records of every partition it passed (board clocks, ns)."""
-
-    frame: int
-    output: np.ndarray
-    t_send: int  # host time.time_ns() when the first part left
-    t_recv: int  # host time.time_ns() when the last part of the output arrived
-    records: List[Record]  # one per (partition, incoming link), board clocks
-
-    @property
-    def latency_ns(self) -> int:
-        """End-to-end latency on the host clock: t_recv - t_send, in ns."""
-        return self.t_recv - self.t_send
-
-
-@dataclass(frozen=True)
-class SendSchedule:
-    """A paced stream's schedule, fixed before its first frame leaves: input i is sent no earlier than
-    `send_ns(i)` = origin_ns + i / rate seconds, every time from the one origin (a late frame does not push
-    the next ones back). origin_ns is in the clock of FrameResult.t_send (host time.time_ns()); the pacer
-    waits on the monotonic clock from origin_mono_ns, read just after origin_ns, so a frame's t_send is never
-    below its send_ns (the two clocks advance together; only a step of the wall clock could break that)."""
-
-    rate: float  # frames/s
-    origin_ns: int
-    origin_mono_ns: int
-
-    @classmethod
-    def start_now(cls, rate: float) -> "SendSchedule":
-        """A schedule at `rate` frames/s whose origin is now (time.time_ns, then time.perf_counter_ns)."""
-        origin_ns = time.time_ns()
-        return cls(rate, origin_ns, time.perf_counter_ns())
-
-    def offset_ns(self, i: int) -> int:
-        """How long after the origin input `i` is due: i / rate seconds, in ns (int)."""
-        return int(i * 1e9 / self.rate)
-
-    def send_ns(self, i: int) -> int:
-        """When input i is due to leave, in the clock of FrameResult.t_send (ns)."""
-        return self.origin_ns + self.offset_ns(i)
-
-    def wait_for(self, i: int) -> None:
-        """Return once input i is due (never before; late if the machine is busy)."""
-        due = self.origin_mono_ns + self.offset_ns(i)
-        while True:
-            left = due - time.perf_counter_ns()
-            if left <= 0:
-                return
-            time.sleep(left / 1e9)
-
-
-@dataclass
-class StreamResult:
-    """What a stream returned: the frames that came back by id, the errors reported, the host times (ns) of
-    the first send and last receive, and the send schedule when paced."""
-
-    wiring: Wiring
-    frame_ids: List[int]  # ids of the frames sent, in order (input i -> frame_ids[i])
-    frames: Dict[int, FrameResult] = field(default_factory=dict)
-    errors: List[str] = field(default_factory=list)
-    t_start: int = 0
-    t_end: int = 0
-    schedule: Optional[SendSchedule] = None  # a paced stream's (rate given): when each input was due to leave
-
-    @property
-    def complete(self) -> bool:
-        """True when no error was reported and every frame sent came back."""
-        return not self.errors and all(f in self.frames for f in self.frame_ids)
-
-    def outputs(self) -> np.ndarray:
-        """Outputs in input order, (n, *output_shape); raises if a frame is missing."""
-        missing = [f for f in self.frame_ids if f not in self.frames]
-        if missing:
-            raise StreamError(f"{len(missing)} frame(s) missing (first: {missing[0]})", self)
-        return np.stack([self.frames[f].output for f in self.frame_ids])
-
-    def latencies_ns(self) -> np.ndarray:
-        """End-to-end latencies (ns, int64) of the frames that came back, in input order: shape (frames back,)."""
-        return np.array([self.frames[f].latency_ns for f in self.frame_ids if f in self.frames], dtype=np.int64)
-
-    @property
-    def throughput(self) -> float:
-        """Frames per second over the whole run (first send to last receive)."""
-        got = [self.frames[f] for f in self.frame_ids if f in self.frames]
-        if len(got) < 2:
-            return float("nan")
-        span = max(r.t_recv for r in got) - min(r.t_send for r in got)
-        return len(got) / (span / 1e9)
-
-    def stamps(self, frame: int) -> Dict[str, Dict[str, Any]]:
-        """partition -> {board, stage, t_recv (last part), t_recv_by_src, t_compute_start, t_compute_end, t_send}."""
-        out: Dict[str, Dict[str, Any]] = {}
-        w = self.wiring
-        for stage, pid, src, _flags, t_r, t_cs, t_ce, t_s in self.frames[frame].records:
-            name = w.partition_name(pid)
-            d = out.setdefault(name, {"board": w.endpoints[name].board if name in w.endpoints else "", "stage": stage,
-                                      "t_recv": t_r, "t_recv_by_src": {}, "t_compute_start": t_cs,
-                                      "t_compute_end": t_ce, "t_send": t_s})
-            d["t_recv"] = max(d["t_recv"], t_r)
-            d["t_recv_by_src"][w.partition_name(src)] = t_r
-        return out
-
-    def timings(self):
-        """Per-frame timings as `harness.measure.attribution.FrameTiming` (board clocks; clocksync maps them to the host's)."""
-        from harness.measure.attribution import FrameTiming, StageStamp
-
-        out = []
-        for f in self.frame_ids:
-            if f not in self.frames:
-                continue
-            r = self.frames[f]
-            st = {name: StageStamp(partition=name, board=d["board"], t_recv=d["t_recv"],
-                                   t_compute_start=d["t_compute_start"], t_compute_end=d["t_compute_end"],
-                                   t_send=d["t_send"], t_recv_by_src=dict(d["t_recv_by_src"]))
-                  for name, d in self.stamps(f).items()}
-            out.append(FrameTiming(frame=f, t_host_send=r.t_send, t_host_recv=r.t_recv, stages=st))
-        return out
-
-
-class _AgentConn:
-    """The host's connection to one agent: a reader thread dispatching results, errors and replies."""
-
-    def __init__(self, pipe: "Pipeline", name: str, connect_timeout: float):
-        self.pipe = pipe
-        self.name = name
-        ep = pipe.wiring.endpoints[name]
-        self.sock = connect_agent(pipe.wiring, name, connect_timeout)
-        max_payload = max([c.payload_bytes for c in pipe.wiring.output_links] + [wire.MAX_CONTROL_PAYLOAD])
-        self.reader = wire.Reader(self.sock, max_payload=max_payload)
-        self.wlock = threading.Lock()
-        self.replies: "queue.Queue[Tuple[int, Any]]" = queue.Queue()
-        self.alive = True
-        # HELLO opens the session; the agent answers once it has dropped what earlier sessions left, and only
-        # then may frames of this session arrive at it from its neighbours
-        hello = json.dumps({"role": "host", "session": pipe.session}).encode()
-        self.send(wire.pack_message(MsgType.HELLO, payload=hello))
-        self.sock.settimeout(connect_timeout)
-        try:
-            mtype, *_, payload = self.reader.message()
-        except (OSError, EOFError, wire.ProtocolError) as e:
-            self.close()
-            raise AgentUnreachable(f"agent of {pipe.wiring.describe(name)} did not answer the session's HELLO "
-                                   f"({e or type(e).__name__}): check its log on the board") from None
-        self.sock.settimeout(None)
-        if mtype != MsgType.PONG:
-            self.close()
-            raise AgentUnreachable(f"agent of {pipe.wiring.describe(name)} answered HELLO with message type "
-                                   f"{mtype}: redeploy (`splitrack deploy`)")
-        self.hello = json.loads(payload.decode())
-        self.thread = threading.Thread(target=self._read_loop, name=f"host<-{name}", daemon=True)
-        self.thread.start()
-
-    def send(self, data: bytes) -> None:
-        with self.wlock:
-            self.sock.sendall(data)
-
-    def _read_loop(self) -> None:
-        why = "closed by the agent"
-        try:
-            while True:
-                mtype, frame, stage, part, records, payload = self.reader.message()
-                t = time.time_ns()
-                if mtype == FRAME:
-                    self.pipe._on_output(self.name, frame, part, records, payload, t)
-                elif mtype == MsgType.ERROR:
-                    self.pipe._on_error(self.name, json.loads(payload.decode()))
-                elif mtype == MsgType.PROBE_REPLY:
-                    t1, t2, t3 = wire.PROBE_REP.unpack(payload)
-                    self.replies.put((mtype, (t1, t2, t3, t)))
-                elif mtype == MsgType.PONG:
-                    self.replies.put((mtype, json.loads(payload.decode())))
-        except (EOFError, OSError) as e:
-            why = str(e) or type(e).__name__
-        except wire.ProtocolError as e:
-            why = f"protocol error: {e}"
-        self.alive = False
-        self.pipe._on_lost(self.name, why)
-
-    def request(self, mtype: int, payload: bytes, want: int, timeout: float):
-        # drop stale replies of an earlier request that timed out
-        while not self.replies.empty():
-            self.replies.get_nowait()
-        self.send(wire.pack_message(mtype, payload=payload))
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                got, value = self.replies.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AgentUnreachable(f"agent of {self.pipe.wiring.describe(self.name)} did not answer within {timeout} s") from None
-            if got == want:
-                return value
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-
-
-def connect_agent(wiring: Wiring, name: str, timeout: float = 10.0) -> socket.socket:
-    """An authenticated connection to a partition's agent (retried until `timeout` while it starts).
-    Raises AgentUnreachable (not listening, or it does not share this deployment's secret)."""
-    ep = wiring.endpoints[name]
-    if wiring.secret is None:
-        raise AgentUnreachable(f"no secret for the agents of plan {wiring.plan_hash}: they answer only the deployment "
-                               "that started them; deploy the plan (`splitrack deploy`)")
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return wire.connect((ep.host, ep.port), wiring.secret, timeout)
-        except wire.AgentShed as e:  # an agent under a crowd sheds connections for a while: retry
-            if time.monotonic() > deadline:
-                raise AgentUnreachable(f"agent of {wiring.describe(name)} at {ep.host}:{ep.port}: {e}") from None
-            time.sleep(0.05)
-        except wire.AuthError as e:
-            raise AgentUnreachable(f"agent of {wiring.describe(name)} at {ep.host}:{ep.port}: {e}") from None
-        except (OSError, EOFError) as e:
-            if time.monotonic() > deadline:
-                raise AgentUnreachable(
-                    f"agent of {wiring.describe(name)} at {ep.host}:{ep.port} does not accept connections "
-                    f"({e or type(e).__name__}): is it deployed and running? (`splitrack deploy`, or check its "
-                    "log on the board)") from None
-            time.sleep(0.05)
 
 
 class _Run:
@@ -319,11 +78,11 @@ class Pipeline:
         # fresh Contracts: their derived properties are computed once, then cached
         self.in_links = [Contract.from_dict(c.to_dict()) for c in wiring.input_links]
         self.out_links = {(c.src, c.index): Contract.from_dict(c.to_dict()) for c in wiring.output_links}
-        self.conns: Dict[str, _AgentConn] = {}
+        self.conns: Dict[str, AgentConn] = {}
         try:
             for name in wiring.endpoints:
-                self.conns[name] = _AgentConn(self, name, connect_timeout)
-            # each _AgentConn waited for its agent's answer to HELLO: every agent has opened this session
+                self.conns[name] = AgentConn(self, name, connect_timeout)
+            # each AgentConn waited for its agent's answer to HELLO: every agent has opened this session
             # before the first frame can reach it through its neighbours (a join that took the HELLO late
             # once dropped parts of frame 0 as the last session's)
         except Exception:
@@ -431,7 +190,7 @@ class Pipeline:
             run.cond.notify_all()
 
     # -- streaming --
-    def encode_frames(self, x: np.ndarray) -> Tuple[List[int], List[List[Tuple[_AgentConn, bytes]]]]:
+    def encode_frames(self, x: np.ndarray) -> Tuple[List[int], List[List[Tuple[AgentConn, bytes]]]]:
         """Messages of every input frame, encoded before the clock starts; frame ids never reused."""
         x = np.asarray(x)
         links = self.in_links
@@ -620,3 +379,13 @@ def run_frames(wiring: Wiring, x: np.ndarray, **kw) -> StreamResult:
     """Connect, stream `x`, disconnect."""
     with Pipeline(wiring) as pipe:
         return pipe.stream(x, **kw)
+
+
+def stream_outputs(wiring: Wiring, frames, in_flight: int = 8, timeout: float = 10.0) -> np.ndarray:
+    """Send `frames` (n, *plan input shape), e.g. (n, 64) for a 64-input Dense model, through the wired rack, at
+    most `in_flight` unanswered; returns the outputs (n, values per frame), float, in input order, as the output
+    contract decodes them. Raises StreamError (naming the board and stage) when a frame is lost or a board
+    fails, AgentUnreachable when an agent is gone."""
+    x = np.asarray(frames, dtype=np.float32)
+    with Pipeline(wiring) as pipe:
+        return pipe.stream(x, in_flight=in_flight, timeout=timeout).outputs().reshape(len(x), -1)

@@ -135,7 +135,7 @@ def check_and_tag(client: LabClient, rack: Rack, check: Callable[[List[Board]], 
                   progress: Optional[Callable[[str], None]] = None) -> Tuple[List[LabBoard], Dict[str, object]]:
     """Health-check the shared rack's boards that nobody holds (and every board tagged bad, so a repaired
     board comes back), and tag the results in labgrid. Boards another runner holds are left alone: it
-    holds them healthy and is using them. check(boards) -> list of harness.rack.deploy.Health, in order.
+    holds them healthy and is using them. check(boards) -> list of harness.rack.health.Health, in order.
     Returns (every board, health by board name)."""
     boards = lab_boards(client, rack)
     todo = [lb for lb in boards if lb.board and (not lb.healthy or (not lb.acquired and not lb.reservation))]

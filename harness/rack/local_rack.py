@@ -1,8 +1,9 @@
 """Agents as local processes, without SSH: the fast path for tests and benchmarks.
 
-Each partition gets a folder laid out as a board's working folder would be (the agent and the modules it
-ships with, `config.json`, the deployment's secret (mode 0600), log and pidfile) and its own agent process
-listening on 127.0.0.1. Agents start in reverse stage order on port 0, so every agent's next hops are known
+Each partition gets a folder laid out as a board's working folder would be (the agent's package and the modules
+it ships with, at their package paths, `config.json`, the deployment's secret (mode 0600), log and pidfile) and
+its own agent process, started there as on a board (`python -m harness.agent config.json`), listening on
+127.0.0.1. Agents start in reverse stage order on port 0, so every agent's next hops are known
 when its config is written. One secret per `start`, as deploy makes one per deployment.
 
     with LocalRack(tmpdir) as rack:
@@ -21,16 +22,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
-from harness.board import wire as wire_format
-from harness.board.files import agent_files
+from harness.agent import wire as wire_format
+from harness.agent.files import MODULE, agent_files
 from harness.rack.wiring import Endpoint, Wiring, agent_config, emulation_backend, wire, write_secret_file
 from splitting.errors import UserError
 from splitting.plan import Plan
 
 SECRET_FILE = "agent.secret"
-AGENT_FILES = agent_files()  # what a board's working folder holds besides config and secret (harness.board.files)
 
 
 class LocalRackError(UserError):
@@ -73,14 +73,21 @@ def _for(value: PerPartition, name: str, plan: Plan):
 
 class LocalRack:
     """Board agents as local processes (no SSH): one folder per partition under `workdir` with the files a
-    board would carry. start() launches them and returns the Wiring; stop() ends them. A context manager."""
+    board would carry. start() launches them and returns the Wiring; stop() ends them. A context manager.
+
+    code: the agent's files (path in the folder -> source file) and the module started as
+    `python -m MODULE config.json` (default: this checkout's, harness.agent.files; a benchmark may run another
+    checkout's agent beside it)."""
 
     def __init__(self, workdir: Path, python: str = sys.executable, host: str = "127.0.0.1",
-                 env: Optional[Dict[str, str]] = None):
+                 env: Optional[Dict[str, str]] = None, code: Optional[Tuple[Dict[str, Path], str]] = None):
         self.workdir = Path(workdir)
         self.python = python
         self.host = host
-        self.env = dict(os.environ, **(env or {}))  # e.g. PYTHONPATH of board-side modules (pynq)
+        # e.g. PYTHONPATH of board-side modules (pynq); the agent's own packages come first from its folder
+        # (`python -m` puts it at the front of sys.path)
+        self.env = dict(os.environ, **(env or {}))
+        self.files, self.module = code or (agent_files(), MODULE)
         self.agents: Dict[str, LocalAgent] = {}
         self.wiring: Optional[Wiring] = None
         self.secret: Optional[bytes] = None
@@ -131,12 +138,13 @@ class LocalRack:
     def _launch(self, name: str, cfg: Dict[str, Any], ready_timeout: float) -> LocalAgent:
         folder = self.workdir / name
         folder.mkdir(parents=True, exist_ok=True)
-        for dst, src in AGENT_FILES.items():
+        for dst, src in self.files.items():
+            (folder / dst).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, folder / dst)
         write_secret_file(folder / cfg.get("secret_file", SECRET_FILE), self.secret)
         cfg_path = folder / "config.json"
         cfg_path.write_text(json.dumps(cfg, indent=1))
-        proc = subprocess.Popen([self.python, "agent.py", "config.json"], cwd=folder, stdout=subprocess.PIPE,
+        proc = subprocess.Popen([self.python, "-m", self.module, "config.json"], cwd=folder, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=self.env)
         line = _read_line(proc, ready_timeout)
         try:
@@ -213,68 +221,3 @@ def _read_line(proc: subprocess.Popen, timeout: float) -> str:
             break
         buf += chunk
     return buf.decode(errors="replace").split("\n")[0].strip()
-
-
-def identity_plan(stages: int = 3, shape=(64,), dtype: str = "ap_fixed<16,6>", fan: int = 0) -> Plan:
-    """A plan of identity partitions, for transport tests and benchmarks with passthrough agents.
-
-    stages: a chain host -> s0 -> s1 -> ... -> host. fan > 1 adds, after s0, a stage of `fan` parallel
-    partitions each taking a slice of s0's output (along the last axis), and a stage that concatenates them:
-    the neuron-split wiring (select on the producer, concat on the consumer). stages=0 with fan > 1: the host
-    itself scatters the slices to the parallel partitions and concatenates their outputs."""
-    from splitting.contract import Contract, Select
-    from splitting.plan import Partition, Stage
-
-    shape = tuple(int(s) for s in shape)
-    parts: Dict[str, Partition] = {}
-    stage_list = []
-    links = []
-
-    def add(name: str, stage: int, kind: str, in_shape, out_shape) -> None:
-        parts[name] = Partition(name=name, stage=stage, kind=kind, layers=[], input_shape=list(in_shape),
-                                output_shape=list(out_shape), input_precision=dtype, output_precision=dtype, hls={})
-
-    prev = "host"
-    idx = 0
-    for i in range(stages):
-        name = f"s{i}"
-        add(name, idx, "layers", shape, shape)
-        stage_list.append(Stage(idx, "layers", [name]))
-        links.append(Contract(prev, name, shape, dtype))
-        prev, idx = name, idx + 1
-        if i == 0 and fan > 1:
-            width = shape[-1]
-            if width % fan:
-                raise LocalRackError(f"fan {fan} must divide the last axis {width}")
-            w = width // fan
-            names = [f"n{k}" for k in range(fan)]
-            part_shape = shape[:-1] + (w,)
-            for k, n in enumerate(names):
-                add(n, idx, "neuron", shape, part_shape)
-                links.append(Contract(prev, n, part_shape, dtype, select=Select(len(shape) - 1, k * w, (k + 1) * w)))
-            stage_list.append(Stage(idx, "neuron", names))
-            idx += 1
-            join = "join"
-            add(join, idx, "layers", shape, shape)
-            for k, n in enumerate(names):
-                links.append(Contract(n, join, part_shape, dtype, combine="concat", axis=-1, index=k, count=fan))
-            stage_list.append(Stage(idx, "layers", [join]))
-            prev, idx = join, idx + 1
-    if stages == 0 and fan > 1:
-        width = shape[-1]
-        if width % fan:
-            raise LocalRackError(f"fan {fan} must divide the last axis {width}")
-        w = width // fan
-        part_shape = shape[:-1] + (w,)
-        names = [f"n{k}" for k in range(fan)]
-        for k, n in enumerate(names):
-            add(n, 0, "neuron", part_shape, part_shape)
-            links.append(Contract("host", n, part_shape, dtype, select=Select(len(shape) - 1, k * w, (k + 1) * w)))
-            links.append(Contract(n, "host", part_shape, dtype, combine="concat", axis=-1, index=k, count=fan))
-        stage_list.append(Stage(0, "neuron", names))
-    else:
-        links.append(Contract(prev, "host", shape, dtype))
-    model = {"name": "identity", "input_shape": list(shape), "output_shape": list(shape), "output_precision": dtype}
-    plan = Plan(model=model, stages=stage_list, partitions=parts, links=links)
-    plan.check()
-    return plan

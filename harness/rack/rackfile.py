@@ -28,6 +28,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import tomli_w
+
 from splitting.errors import UserError
 from splitting.names import name_problem
 
@@ -443,7 +445,7 @@ def load_rack(path) -> Rack:
     if not path.is_file():
         raise RackError(
             f"{path}: rack file not found; write one like boards.toml in the repository, "
-            "or start a virtual rack with `splitrack rack up --boards 5 --out rack.toml`"
+            "or start a virtual rack with `splitrack rack up --n-boards 5 --out rack.toml`"
         )
     try:
         text = path.read_text()
@@ -453,7 +455,7 @@ def load_rack(path) -> Rack:
     # a stopped virtual rack loses its state folder (keys included): say that, not "key not found"
     if rack.virtual_state is not None and not (rack.virtual_state / "rack.json").is_file():
         raise RackStopped(f"{path}: this virtual rack is stopped; start it with "
-                          f"`splitrack rack up --boards {len(rack.boards)} --out {path}`")
+                          f"`splitrack rack up --n-boards {len(rack.boards)} --out {path}`")
     if rack.lab and not Path(rack.lab.defaults["key"]).is_file():
         raise RackError(f"{path}:{rack.lab.default_lines.get('key', 0)}: key: {rack.lab.defaults['key']} not found")
     for b in rack.boards:
@@ -464,36 +466,36 @@ def load_rack(path) -> Rack:
 
 
 # --- writing (virtual racks write their own file) ------------------------------------------------------
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
+def _toml(v: Any) -> Any:
+    """A field's value as TOML has it: paths as text, lists element by element."""
+    if isinstance(v, Path):
         return str(v)
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{s}"'
+        return [_toml(x) for x in v]
+    return v
 
 
 def dump_rack(rack: Rack, comment: str = "") -> str:
-    """The TOML text of `rack` ([rack] and one [[boards]] per board, fields at their default left out except
-    name, host, kind, key and known_hosts), each line of `comment` as a leading '# ' line."""
-    out = [f"# {c}" for c in comment.splitlines()] if comment else []
-    out += ["[rack]", f"name = {_toml_value(rack.name)}"]
+    """The TOML text of `rack` (written by tomli-w): [rack] and one [[boards]] per board, fields at their
+    default left out except name, host, kind, key and known_hosts, each line of `comment` as a leading '# '
+    line."""
+    head = {"name": rack.name}
     if rack.virtual_state:
-        out.append(f"virtual_state = {_toml_value(rack.virtual_state)}")
+        head["virtual_state"] = str(rack.virtual_state)
     defaults = Board(name="x", host="x", kind="pynq-z2", key=Path("x"))
+    boards = []
     for b in rack.boards:
-        out += ["", "[[boards]]"]
+        d = {}
         for f in fields(Board):
-            if f.name in ("line", "field_lines"):
-                continue
             v = getattr(b, f.name)
-            if v is None or (f.name not in ("name", "host", "kind", "key") and v == getattr(defaults, f.name)
-                             and f.name != "known_hosts"):
+            if f.name in ("line", "field_lines") or v is None or (
+                    f.name not in ("name", "host", "kind", "key", "known_hosts") and v == getattr(defaults, f.name)):
                 continue
-            out.append(f"{f.name} = {_toml_value(v)}")
-    return "\n".join(out) + "\n"
+            d[f.name] = _toml(v)
+        boards.append(d)
+    doc = {"rack": head, "boards": boards} if boards else {"rack": head}
+    lead = "".join(f"# {c}\n" for c in comment.splitlines()) if comment else ""
+    return lead + tomli_w.dumps(doc)
 
 
 def write_rack(rack: Rack, path, comment: str = "") -> Path:

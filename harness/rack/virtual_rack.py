@@ -393,7 +393,7 @@ def rack_up(n: int, out, state: Optional[Path] = None, name: str = "virtual", ne
             disk_mb: int = 2048, progress=print) -> Rack:
     """Start `n` virtual boards and write their rack file to `out`."""
     if n < 1 or n > 64:
-        raise UserError(f"--boards {n}: start between 1 and 64 virtual boards")
+        raise UserError(f"--n-boards {n}: start between 1 and 64 virtual boards")
     if rate and not netns:
         raise UserError("--rate needs --netns: only a namespace's veth link can be rate-limited")
     out = Path(out)

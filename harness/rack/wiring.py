@@ -1,6 +1,6 @@
 """Wiring: from a Plan and where each partition's agent listens, the config of every agent.
 
-The agent config is `harness.board.agent_config.AgentConfig` (the agent reads the same dataclass); this module
+The agent config is `harness.agent.agent_config.AgentConfig` (the agent reads the same dataclass); this module
 only fills it in from the plan: the contracts of a partition's incoming and outgoing links, the next hop's
 address for each outgoing link ("host" for links into the host), the partition ids that name partitions in
 timestamp records. The `Wiring` it returns is what the host needs to feed and read the rack
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from harness.board.agent_config import AgentConfig
+from harness.agent.agent_config import AgentConfig
 from splitting.contract import Contract
 from splitting.errors import UserError
 from splitting.plan import HOST, Plan
@@ -185,7 +185,7 @@ def emulation_backend(plan: Plan, name: str, library: str, project: str) -> Dict
 def overlay_backend(plan: Plan, name: str, bitfile: str, hwh: str, in_dtype: str = "float32",
                     out_dtype: str = "float32", io: str = "values") -> Dict[str, Any]:
     """Backend entry for a real PYNQ-Z2: the partition's bitstream and .hwh as the board sees them.
-    io "raw": the accelerator moves the links' raw AXI-stream words (see harness/board/agent_config.py)."""
+    io "raw": the accelerator moves the links' raw AXI-stream words (see harness/agent/agent_config.py)."""
     part = plan.partition(name)
     d = {"kind": "overlay", "bitfile": str(bitfile), "hwh": str(hwh), "n_in": incoming_elements(plan, name),
          "n_out": int(math.prod(part.output_shape)), "in_dtype": in_dtype, "out_dtype": out_dtype}

@@ -1,1 +1,1 @@
-"""Results over time: the SQLite history, regression detection, the static dashboard and the nightly job."""
+"""Results over time: the SQLite history, regression detection, A/B comparison, the static dashboard."""

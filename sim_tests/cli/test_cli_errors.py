@@ -2,7 +2,7 @@
 import pytest
 
 from harness.cli.commands import main
-from splitting.reference import reference_model
+from splitting.reference_models import reference_model
 
 
 @pytest.fixture(scope="module")

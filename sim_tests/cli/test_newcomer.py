@@ -24,11 +24,11 @@ def _env(**kw):
 # --- one cache per user --------------------------------------------------------------------------------
 _WHERE = """
 import json
-from splitting import hls, reference, estimate
-from harness.results import nightly
+from splitting import hls, reference_models, estimate
+from harness.jobs import nightly
 from harness.rack import virtual_rack
 from harness.cosim import sim
-print(json.dumps({"hls": str(hls.CACHE), "models": str(reference.CACHE), "estimates": str(estimate.cache_root()),
+print(json.dumps({"hls": str(hls.CACHE), "models": str(reference_models.CACHE), "estimates": str(estimate.cache_root()),
                   "nightly": str(nightly.CACHE), "cosim": str(sim.CACHE),
                   "racks": str(virtual_rack.default_state("rack.toml"))}))
 """
@@ -130,10 +130,10 @@ def test_demo_steps_are_numbered_once_in_order(monkeypatch, tmp_path, capsys):
     import numpy as np
 
     import harness.cli.commands
-    import splitting.reference
+    import splitting.reference_models
     import splitting.split
     import splitting.verify
-    from harness import demo
+    from harness.jobs import demo
     from splitting.plan import Plan
 
     class Model:
@@ -144,15 +144,15 @@ def test_demo_steps_are_numbered_once_in_order(monkeypatch, tmp_path, capsys):
             return 1
 
     plan = types.SimpleNamespace(partitions={"s0": 0}, stages=[0])
-    monkeypatch.setattr(splitting.reference, "reference_model", lambda name, verbose=False: Model())
+    monkeypatch.setattr(splitting.reference_models, "reference_model", lambda name, verbose=False: Model())
     monkeypatch.setattr(splitting.split, "split_model", lambda model, **kw: (plan, None))
     monkeypatch.setattr(splitting.split, "write_plan", lambda *a: None)
     monkeypatch.setattr(Plan, "load", staticmethod(lambda folder: plan))
     v = types.SimpleNamespace(ok=True, partitions=1, stages=1, float_max_abs_err=0.0, hls_chain_max_abs_err=0.0,
                               hls_bit_exact=True, accuracy_keras=1.0, accuracy_split_hls=1.0)
     monkeypatch.setattr(splitting.verify, "verify_plan", lambda *a, **kw: v)
-    import harness.measure.bench
-    import harness.measure.run
+    import harness.jobs.bench
+    import harness.jobs.run
     import harness.rack.rackfile
     import harness.rack.virtual_rack
 
@@ -164,12 +164,12 @@ def test_demo_steps_are_numbered_once_in_order(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(harness.rack.virtual_rack, "rack_up", record("rack up"))
     monkeypatch.setattr(harness.rack.virtual_rack, "rack_down", record("rack down", 5))
     monkeypatch.setattr(harness.rack.rackfile, "load_rack", record("load rack"))
-    monkeypatch.setattr(harness.measure.run, "load_data",
+    monkeypatch.setattr(harness.jobs.run, "load_data",
                         record("load data", types.SimpleNamespace(x=np.zeros((1, 8, 8, 1)), y=None)))
-    monkeypatch.setattr(harness.measure.run, "run_on_rack", record("run"))
-    monkeypatch.setattr(harness.measure.bench, "bench", record("bench", {}))
-    monkeypatch.setattr(harness.measure.bench, "format_bench", record("format", ""))
-    monkeypatch.setattr(harness.measure.bench, "save", record("save", tmp_path / "bench.png"))
+    monkeypatch.setattr(harness.jobs.run, "run_on_rack", record("run"))
+    monkeypatch.setattr(harness.jobs.bench, "bench", record("bench", {}))
+    monkeypatch.setattr(harness.jobs.bench, "format_bench", record("format", ""))
+    monkeypatch.setattr(harness.jobs.bench, "save", record("save", tmp_path / "bench.png"))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "build").mkdir()
     (tmp_path / "build" / "demo-rack.toml").write_text("not a rack left over")  # an interrupted demo's file

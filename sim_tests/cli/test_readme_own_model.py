@@ -37,7 +37,7 @@ def example():
 def test_readme_example_parses():
     files, commands = example()
     assert set(files) == {"train_model.py", "test_my_model.py"}
-    assert "splitrack plan model.keras --boards 3 -o plan" in commands
+    assert "splitrack plan model.keras --n-boards 3 -o plan" in commands
     assert commands[-1].startswith("splitrack rack down")
     assert "reference" not in " ".join(commands)  # the user's own model, not one of ours
 
@@ -64,7 +64,7 @@ def test_readme_example_runs_on_a_virtual_rack(tmp_path):
         if (tmp_path / "rack.toml").exists():
             subprocess.run(["splitrack", "rack", "down", "rack.toml"], cwd=tmp_path, env=env, capture_output=True,
                            timeout=120)
-    plan_out = outputs["splitrack plan model.keras --boards 3 -o plan"]
+    plan_out = outputs["splitrack plan model.keras --n-boards 3 -o plan"]
     assert "3 board(s)" in plan_out
     assert "PASS" in outputs["splitrack verify plan --data digits"]
     test_out = outputs["pytest -m hw --boards rack.toml test_my_model.py"]

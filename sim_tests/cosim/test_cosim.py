@@ -73,7 +73,7 @@ def chain_results(small_plan):
 def test_reference_matches_hls4ml_emulation(small_plan):
     from harness.cosim.cosim import default_frames
     from harness.cosim.ops import partition_ops
-    from harness.cosim.reference import Reference, compare_with_emulation
+    from harness.cosim.bitexact import Reference, compare_with_emulation
     from splitting import hls
     from splitting.chain import emulation_runner, run_chain
     from splitting.contract import assemble
@@ -94,7 +94,7 @@ def test_reference_check_can_fail(small_plan):
     """The agreement check is not vacuous: a reference with a wider accumulator than hls4ml's disagrees."""
     from harness.cosim.cosim import default_frames
     from harness.cosim.ops import partition_ops
-    from harness.cosim.reference import Reference, compare_with_emulation
+    from harness.cosim.bitexact import Reference, compare_with_emulation
     from splitting import hls
 
     name = small_plan.ordered_partitions()[0].name

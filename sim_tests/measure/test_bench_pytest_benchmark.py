@@ -14,10 +14,13 @@ from harness.results import history
 
 INNER = '''
 import os
+import sys
 import numpy as np
+sys.path.insert(0, SIM_TESTS)  # the tests' helpers (identity_plan)
 from harness.measure import attribution as measure
 from harness.measure.compute_source import compute_sources
-from harness.rack.local_rack import LocalRack, identity_plan
+from harness.rack.local_rack import LocalRack
+from identity_plan import identity_plan
 from harness.measure.stream import Pipeline
 
 
@@ -48,7 +51,7 @@ def run(tmp_path, *args, slow_cycles=0):
 
 
 def test_json_compare_and_compare_fail(tmp_path):
-    (tmp_path / "test_inner.py").write_text(INNER)
+    (tmp_path / "test_inner.py").write_text(INNER.replace("SIM_TESTS", repr(str(Path(__file__).resolve().parents[1]))))
     out = tmp_path / "out.json"
     r = run(tmp_path, "--benchmark-autosave", f"--benchmark-json={out}")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

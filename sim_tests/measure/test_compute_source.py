@@ -46,15 +46,15 @@ def rack2(tmp_path_factory):
 
 
 def _bench(plan, rack):
-    from harness.measure.bench import bench
+    from harness.jobs.bench import bench
 
     return bench(plan, rack, frames=20, cpu=False, progress=lambda s: None)
 
 
 def test_virtual_rack_bench_and_run_label_the_compute_then_show_the_cosimulated_fpga(tiny_plan, rack2, tmp_path):
     from harness.cosim import record
-    from harness.measure.bench import format_bench, save
-    from harness.measure.run import run_on_rack
+    from harness.jobs.bench import format_bench, save
+    from harness.jobs.run import run_on_rack
     from harness.results import history
 
     cmd = f"splitrack cosim {tiny_plan.root}"
@@ -171,7 +171,7 @@ def test_overlay_and_timing_model_are_named():
 def test_old_bench_document_and_run_json_without_the_fields_still_load_and_print(tmp_path):
     from synthetic_history import bench_doc
 
-    from harness.measure.bench import format_bench, plot
+    from harness.jobs.bench import format_bench, plot
     from harness.results import history
 
     doc = bench_doc(0)
@@ -228,7 +228,7 @@ def test_a_fast_model_that_fell_back_says_why(tiny_plan, monkeypatch):
     difference): the compute is labelled as the emulation, with the agent's reason beside it."""
     from types import SimpleNamespace
 
-    import harness.rack.deploy as deploy_mod
+    import harness.rack.agent_control as deploy_mod
     from harness.measure.compute_source import compute_sources
 
     why = "3 output values differ from the emulation library on 4 check frames"

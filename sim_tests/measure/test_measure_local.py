@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from harness.measure import attribution as measure
-from harness.rack.local_rack import LocalRack, identity_plan
+from harness.rack.local_rack import LocalRack
+from identity_plan import identity_plan
 from harness.measure.stream import Pipeline
 
 # alone, after the parallel pass of `make test`: it pins itself to one CPU and compares hop times between two

@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 
 from harness.measure import attribution as measure
-from harness.rack.local_rack import AGENT_FILES, _read_line, identity_plan
+from harness.agent.files import MODULE, agent_files
+from harness.rack.local_rack import _read_line
+from identity_plan import identity_plan
 from harness.measure.stream import Pipeline
-from harness.board.wire import new_secret
+from harness.agent.wire import new_secret
 from harness.rack.wiring import Endpoint, agent_config, wire, write_secret_file
 
 pytestmark = [pytest.mark.skipif(
@@ -69,11 +71,12 @@ class NetnsAgents:
                                timing=(timing or {}).get(p), clock_skew_ns=SKEWS[p])
             folder = workdir / p
             folder.mkdir(parents=True)
-            for dst, src in AGENT_FILES.items():
+            for dst, src in agent_files().items():
+                (folder / dst).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, folder / dst)
             write_secret_file(folder / cfg["secret_file"], secret)
             (folder / "config.json").write_text(json.dumps(cfg))
-            proc = subprocess.Popen(["ip", "netns", "exec", f"sr{k}b{i}", sys.executable, "agent.py", "config.json"],
+            proc = subprocess.Popen(["ip", "netns", "exec", f"sr{k}b{i}", sys.executable, "-m", MODULE, "config.json"],
                                     cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             self.procs.append(proc)
             line = _read_line(proc, 30)

@@ -17,7 +17,7 @@ def rack_file(tmp_path_factory):
 def plan3(tmp_path_factory):
     """The digits FC model cut after fc1 and fc2: three partitions, one per board of `rack_file`."""
     from splitting.plan import Plan
-    from splitting.reference import reference_model
+    from splitting.reference_models import reference_model
     from splitting.split import split_model, write_plan
 
     plan, models = split_model(reference_model("fc"), at=["fc1", "fc2"])

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def fc_plan_dir(tmp_path_factory):
-    from splitting.reference import reference_model
+    from splitting.reference_models import reference_model
     from splitting.split import split_model, write_plan
 
     plan, models = split_model(reference_model("fc"), at=["fc1", "fc2"])
@@ -93,7 +93,7 @@ def test_too_few_boards_says_what_to_do(fc_plan_dir, rack_file):
     from splitting.plan import Plan
 
     rack = load_rack(rack_file)
-    with pytest.raises(UserError, match=r"3 partitions and the rack 2 usable boards.*rack up --boards 3"):
+    with pytest.raises(UserError, match=r"3 partitions and the rack 2 usable boards.*rack up --n-boards 3"):
         deploy(Plan.load(fc_plan_dir), rack.subset(rack.names[:2]))
 
 
@@ -121,7 +121,7 @@ def test_timing_model_needs_an_estimate(fc_plan_dir, rack_file):
 def test_timing_model_makes_a_board_take_the_fpga_time(fc_plan_dir, rack_file):
     from harness.measure.stream import Pipeline
     from splitting.plan import Plan
-    from splitting.reference import digits_data, model_inputs
+    from splitting.reference_models import digits_data, model_inputs
 
     plan = Plan.load(fc_plan_dir)
     plan.partitions["s1"].estimate = {"cycles": 200000}  # 2 ms at the plan's 100 MHz: far above the emulation

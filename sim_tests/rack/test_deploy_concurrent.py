@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.rack.deploy import ping_board, undeploy
+from harness.rack.deploy import undeploy
+from harness.rack.health import ping_board
 from harness.rack.rackfile import load_rack
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,7 +21,7 @@ ROUNDS = 10
 def plans(tmp_path_factory):
     """Two plans of three partitions with different hashes (B is A with a note more: same artifacts)."""
     from splitting.plan import Plan
-    from splitting.reference import reference_model
+    from splitting.reference_models import reference_model
     from splitting.split import split_model, write_plan
 
     plan, models = split_model(reference_model("fc"), at=["fc1", "fc2"])

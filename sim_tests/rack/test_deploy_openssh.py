@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.rack.deploy import check_board, deploy, undeploy
+from harness.rack.deploy import deploy, undeploy
+from harness.rack.health import check_board
 from harness.rack.rackfile import Board, Rack
 from harness.measure.stream import Pipeline
 from harness.rack.virtual_rack import start_board, stop_board
@@ -96,7 +97,7 @@ def others(tmp_path_factory):
 def test_openssh_board_deploys_and_streams(sshd, others, tmp_path_factory):
     from splitting.chain import emulation_runner, run_chain
     from splitting.plan import Plan
-    from splitting.reference import digits_data, model_inputs, reference_model
+    from splitting.reference_models import digits_data, model_inputs, reference_model
     from splitting.split import split_model, write_plan
 
     plan, models = split_model(reference_model("fc"), at=["fc1", "fc2"])

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.rack.deploy import DeployError, agent_stale_state, deploy, ping_board, undeploy
+from harness.rack.agent_control import agent_stale_state
+from harness.rack.deploy import DeployError, deploy, undeploy
+from harness.rack.health import ping_board
 from harness.rack.rackfile import Rack, load_rack
 from harness.rack.ssh import Connection
 from splitting.errors import UserError
@@ -52,7 +54,7 @@ def test_partition_name_that_is_shell_runs_nothing(plan3, rack_file, tmp_path, m
     """Two fences: the host refuses such a plan before hls4ml (whose build script hands the project name to a
     shell on this machine) or any board sees it; and the board side starts an agent under that name taken
     literally (its output file is named by it), running nothing it says."""
-    from harness.rack.deploy import start_agent
+    from harness.rack.agent_control import start_agent
     from harness.rack.ssh import Connection
     from splitting.errors import UserError
 
@@ -171,7 +173,7 @@ def test_new_library_manifest_records_the_checksum(tmp_path):
 
     from splitting.hls import ARTIFACT, compiled
     from splitting.plan import Plan
-    from splitting.reference import reference_model
+    from splitting.reference_models import reference_model
     from splitting.split import split_model, write_plan
 
     plan, models = split_model(reference_model("fc"), at=["fc1", "fc2"])
@@ -286,7 +288,7 @@ class _ReapedBetweenOpenAndRead:
 
 
 def test_agent_reaped_while_its_stat_is_read_counts_as_stopped_and_other_read_failures_still_fail():
-    from harness.rack.deploy import _alive
+    from harness.rack.agent_control import alive as _alive
     from harness.rack.ssh import BoardError
 
     assert _alive(_ReapedBetweenOpenAndRead(gone=True), 4242) is False
@@ -302,8 +304,8 @@ def test_agent_that_has_not_written_yet_is_never_taken_for_the_earlier_agent_s_r
     background child, possibly after deploy has looked at it. Here the child never gets to it (the start
     command is replaced by one that writes nothing and exits): start_agent must report that, not return the
     previous agent's pid."""
-    from harness.board import wire
-    from harness.rack.deploy import BoardError, start_agent
+    from harness.agent import wire
+    from harness.rack.agent_control import BoardError, start_agent
 
     rack = load_rack(rack_file)
     dep = deploy(plan3, rack, force=True)
@@ -326,16 +328,18 @@ def test_agent_that_has_not_written_yet_is_never_taken_for_the_earlier_agent_s_r
 
 
 def test_agent_runs_as_a_module_whose_bytecode_the_board_caches(plan3, rack_file):
-    """Deploy starts `python3 -m agent part/agent.json` in the workdir: the agent's bytecode is cached in the
-    workdir's __pycache__ like that of the modules it imports (a script would be compiled at every start),
-    and its health check answers as usual."""
+    """Deploy starts `python3 -m harness.agent part/agent.json` in the workdir: the agent's package sits at its
+    package path there, its bytecode is cached in the package's __pycache__ like that of the modules it imports
+    (a script would be compiled at every start), and its health check answers as usual."""
     rack = load_rack(rack_file)
     dep = deploy(plan3, rack, force=True)
     try:
         b = dep.boards["s0"]
-        cache = rack.virtual_state / b.name / "home" / "splitrack" / "__pycache__"
-        assert {"agent", "agent_config", "contract", "wire"} <= {p.name.split(".")[0] for p in cache.glob("*.pyc")}
-        assert [p.name for p in cache.glob("overlay.*.pyc")] == []  # a virtual board's agent never loads it
+        home = rack.virtual_state / b.name / "home" / "splitrack"
+        cached = {p.name.split(".")[0] for p in (home / "harness" / "agent" / "__pycache__").glob("*.pyc")}
+        assert {"__main__", "agent", "agent_config", "wire", "backends"} <= cached, cached
+        assert {"contract"} <= {p.name.split(".")[0] for p in (home / "splitting" / "__pycache__").glob("*.pyc")}
+        assert "overlay" not in cached  # a virtual board's agent never loads it
         h = ping_board(b)
         assert (h["partition"], h["pid"]) == ("s0", dep.placed["s0"].pid)
     finally:

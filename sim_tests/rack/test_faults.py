@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.rack.deploy import DeployError, check_board, deploy, undeploy
+from harness.rack.deploy import DeployError, deploy, undeploy
+from harness.rack.health import check_board
 from harness.rack.rackfile import Rack
 from harness.rack.ssh import BoardError, connect
 from harness.measure.stream import Pipeline, StreamError
@@ -28,7 +29,7 @@ BOUND = 60.0  # seconds: "no hang" means an answer well within this (every fault
 
 @pytest.fixture(scope="module")
 def x():
-    from splitting.reference import digits_data, model_inputs
+    from splitting.reference_models import digits_data, model_inputs
 
     return model_inputs("fc", digits_data()[2][:60]).astype(np.float32)
 

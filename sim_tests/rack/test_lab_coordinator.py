@@ -129,7 +129,7 @@ def test_an_unhealthy_board_is_never_handed_out_and_its_reason_shows(rig, client
 
 
 def test_health_check_tags_a_hung_board_and_clears_it_when_it_answers_again(rig):
-    from harness.rack.deploy import check_rack
+    from harness.rack.health import check_rack
 
     pid = next(p["pid"] for p in json.loads((rig.rack.virtual_state / "rack.json").read_text())["pids"]
                if p["name"] == "vpynq3")

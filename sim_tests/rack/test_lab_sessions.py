@@ -108,7 +108,7 @@ def plans(tmp_path_factory):
     from splitting.chain import emulation_runner, run_chain
     from splitting.hls import project_dir
     from splitting.plan import Plan
-    from splitting.reference import digits_data, model_inputs, reference_model
+    from splitting.reference_models import digits_data, model_inputs, reference_model
     from splitting.split import split_model, write_plan
 
     model = reference_model("fc")

@@ -82,7 +82,7 @@ def test_library_warning_goes_to_the_log_and_own_warnings_stay(tmp_path):
 
 @pytest.fixture(scope="module")
 def fc_plan_dir(tmp_path_factory):
-    from splitting.reference import reference_model
+    from splitting.reference_models import reference_model
     from splitting.split import split_model, write_plan
 
     plan, models = split_model(reference_model("fc"), at=["fc1", "fc2"])

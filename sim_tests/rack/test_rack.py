@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.rack.deploy import check_board, check_rack
+from harness.rack.health import check_board, check_rack
 from harness.rack.rackfile import Board, Rack, RackError, load_rack, parse_rack, write_rack
 from harness.rack.ssh import BoardError, connect
 from harness.rack.virtual_rack import rack_down, rack_up, start_board, stop_board

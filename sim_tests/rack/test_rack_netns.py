@@ -23,7 +23,7 @@ def _netns():
 def test_netns_rack_deploys_streams_and_cleans_up(tmp_path):
     from splitting.chain import emulation_runner, run_chain
     from splitting.plan import Plan
-    from splitting.reference import digits_data, model_inputs, reference_model
+    from splitting.reference_models import digits_data, model_inputs, reference_model
     from splitting.split import split_model, write_plan
 
     plan, models = split_model(reference_model("fc"), at=["fc1", "fc2"])

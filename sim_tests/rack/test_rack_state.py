@@ -32,7 +32,7 @@ def stopped_rack(tmp_path, capsys):
 
 def _says_stopped(err: str, rack: Path) -> None:
     assert "this virtual rack is stopped" in err
-    assert f"splitrack rack up --boards 1 --out {rack}" in err
+    assert f"splitrack rack up --n-boards 1 --out {rack}" in err
     assert "not found" not in err and "Traceback" not in err
     assert err.count("\n") == 1
 
@@ -58,5 +58,5 @@ def test_pytest_boards_on_a_stopped_rack_says_it_is_stopped(stopped_rack, tmp_pa
     r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--boards", str(stopped_rack),
                         str(tmp_path / "test_x.py")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 4, r.stdout + r.stderr  # a usage error, not a pass or a skip
-    assert "this virtual rack is stopped" in r.stderr and "splitrack rack up --boards 1" in r.stderr
+    assert "this virtual rack is stopped" in r.stderr and "splitrack rack up --n-boards 1" in r.stderr
     assert "not found" not in r.stderr

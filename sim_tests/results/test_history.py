@@ -229,7 +229,7 @@ def test_a_slower_link_is_named_with_its_boards_and_frame_size(tmp_path, capsys)
 
 def test_run_with_the_users_data_goes_into_the_history(fc_plan, tmp_path, capsys):
     """`splitrack run --data my.npz` (local agents): accuracy on the user's labels, kept by `history add run.json`."""
-    from splitting.reference import digits_data
+    from splitting.reference_models import digits_data
 
     _, _, x, y = digits_data()
     x, y = x[:40].reshape(40, -1), y[:40].copy()

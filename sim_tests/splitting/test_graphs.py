@@ -150,7 +150,7 @@ def test_skip_plan_verifies_bit_exact_against_the_whole_model(skip_plan):
 
 
 def test_skip_plan_runs_through_the_agents_equal_to_the_chained_emulation(skip_plan, tmp_path):
-    from harness.measure.run import run_local
+    from harness.jobs.run import run_local
     x = np.random.default_rng(3).uniform(0, 1, (12, 4, 4, 2)).astype(np.float32)
     summary = run_local(skip_plan, x, None, tmp_path, progress=lambda m: None)
     # run_local checks every answer of the agents against the chained emulation (RunError otherwise)

@@ -28,7 +28,7 @@ def model_files(tmp_path_factory):
 @pytest.mark.parametrize("n", [2, 3, 4, 5])
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_planned_over_n_boards_verified_and_run(model_files, name, n, tmp_path):
-    from harness.measure.run import run_local
+    from harness.jobs.run import run_local
     from splitting.plan import Plan
     from splitting.verify import verify_plan
 

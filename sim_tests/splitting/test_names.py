@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from harness.rack.local_rack import identity_plan
+from identity_plan import identity_plan
 from harness.rack.rackfile import RackError, parse_rack
 from splitting.names import is_valid_name
 from splitting.plan import Plan, PlanError

@@ -1,4 +1,4 @@
-"""`splitrack plan --boards N`: exactly N boards, the best plan of that size for each objective (against brute
+"""`splitrack plan --n-boards N`: exactly N boards, the best plan of that size for each objective (against brute
 force), a one-line error naming the fewest and most boards possible otherwise; figures printed with the
 decimals that tell plans apart; implausible estimates named with the reason; `-o` does not replace another plan."""
 import pytest

@@ -83,7 +83,7 @@ def test_random_cnn_conv_splits(f1, f2, k, how, pad, seed):
     ("cnn", dict(inputs={"conv2": 2}, neurons={"fc1": 3})),
 ])
 def test_reference_models_split_exactly(name, kw, tmp_path):
-    from splitting.reference import digits_data, model_inputs, reference_model
+    from splitting.reference_models import digits_data, model_inputs, reference_model
 
     model = reference_model(name)
     plan, models = split_model(model, **kw)

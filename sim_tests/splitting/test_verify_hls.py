@@ -6,7 +6,7 @@ import json
 from harness.cli.commands import main
 from splitting import hls
 from splitting.plan import Plan
-from splitting.reference import reference_model
+from splitting.reference_models import reference_model
 from splitting.split import split_model, write_plan
 from splitting.verify import verify_plan
 
