@@ -179,7 +179,10 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
 
     from .fold import fold_batchnorm
 
+    from .layers import check_model
+
     FixedType.parse(precision)
+    check_model(model)  # the one list of layers split, plan and verify take (splitting/layers.py)
     neurons, inputs = dict(neurons or {}), dict(inputs or {})
     user_at = list(at)
     original = model

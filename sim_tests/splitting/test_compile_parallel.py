@@ -39,8 +39,10 @@ def stand_in(monkeypatch):
                 builds.append((project, t0, time.perf_counter()))
             return str(lib)
 
-        model = SimpleNamespace(inputs=[SimpleNamespace(shape=(None, 8))], outputs=[SimpleNamespace(shape=(None, 4))])
-        hm = SimpleNamespace(write=lambda: None, config=SimpleNamespace(backend=SimpleNamespace(compile=compile_)))
+        model = SimpleNamespace(inputs=[SimpleNamespace(shape=(None, 8))], outputs=[SimpleNamespace(shape=(None, 4))],
+                                layers=[])
+        hm = SimpleNamespace(write=lambda: None, get_layers=lambda: [],
+                             config=SimpleNamespace(backend=SimpleNamespace(compile=compile_)))
         return model, hm
 
     monkeypatch.setattr(hls, "_convert", convert)

@@ -199,21 +199,79 @@ def test_split_refuses_padded_pooling_before_writing(tmp_path):
     assert not (tmp_path / "p" / "plan.json").exists()
 
 
-def test_one_list_of_layers_refuses_the_same_way_in_plan():
+def test_one_list_of_layers_refuses_the_same_way_in_split_and_plan():
     from splitting.errors import UserError
-    from splitting.layers import model_specs
+    from splitting.layerspec import model_specs
 
     inp = keras.Input((4,))
-    model = keras.Model(inp, L.Dense(2, name="o")(L.GaussianNoise(0.1, name="noise")(inp)))
-    with pytest.raises(UserError, match=r"'noise' \(GaussianNoise\) is not one splitrack handles"):
-        model_specs(model)
+    model = keras.Model(inp, L.Dense(2, name="o")(L.GaussianNoise(0.1, name="noise")(L.Dense(4, name="a")(inp))))
+    for refuse in (lambda: model_specs(model), lambda: split_model(model, at=["a"])):
+        with pytest.raises(UserError, match=r"'noise' \(GaussianNoise\) is not one splitrack handles"):
+            refuse()
+    # a layer split takes where hls4ml converts it (test_hls_guard runs one) but no estimator models:
+    # the planner names it
+    emb = keras.Sequential([keras.Input((6,), dtype="int32"), L.Embedding(13, 3, name="emb"), L.Flatten(name="fl"),
+                            L.Dense(2, name="out")])
+    plan, _ = split_model(emb, at=["fl"])
+    assert len(plan.partitions) == 2
+    with pytest.raises(UserError, match=r"'emb' \(Embedding\): the planner has no estimate of it"):
+        model_specs(emb)
+
+
+@pytest.mark.parametrize("estimator", ["analytic", "auto"])
+def test_the_planner_prices_every_layer_kind_split_takes(estimator):
+    """Every priced kind of splitting/layers.py (convolutions 1D and 2D, depthwise, pooling and global
+    pooling, merges, data movement, activations, an unfolded BatchNormalization) becomes a LayerSpec the
+    estimators answer for, with finite figures at every resource."""
+    from splitting import catalog
+    from splitting.estimators import make
+    from splitting.layers import SUPPORTED, UNPRICED
+    from splitting.layerspec import HlsConfig, model_specs
+
+    inp = keras.Input((8, 8, 3), name="x")
+    bn = L.BatchNormalization(name="bn_in")(inp)  # reads the model input: a layer of its own
+    z = L.ZeroPadding2D(1, name="zp")(bn)
+    c = L.Conv2D(4, 3, name="c")(z)
+    d = L.DepthwiseConv2D(3, padding="same", name="dw")(c)
+    r6 = L.ReLU(name="relu")(d)
+    a = L.Add(name="add")([r6, c])
+    m = L.Multiply(name="mul")([a, c])
+    cat = L.Concatenate(name="cat")([m, a])
+    p = L.AveragePooling2D(2, name="ap")(cat)
+    u = L.UpSampling2D(2, name="up")(p)
+    mp = L.MaxPooling2D(2, name="mp")(u)
+    g = L.GlobalAveragePooling2D(name="gap")(mp)
+    rs = L.Reshape((8, 1), name="rs")(g)
+    c1 = L.Conv1D(2, 3, activation="tanh", name="c1")(rs)
+    gm = L.GlobalMaxPooling1D(name="gmp")(c1)
+    out = L.Softmax(name="sm")(L.Dense(3, name="fc")(L.Dropout(0.1, name="do")(L.LeakyReLU(name="lr")(gm))))
+    model = keras.Model(inp, out)
+    used = {type(l).__name__ for l in model.layers} - {"InputLayer"}
+    assert used <= set(SUPPORTED) and len({SUPPORTED[c] for c in used}) >= 9
+    assert not any(SUPPORTED[c] == UNPRICED for c in used)
+    _, specs, reads, unsplittable = model_specs(model)
+    assert len(specs) == len(used) and [specs[i].name for i in unsplittable] == ["dw"]
+    assert len(reads[[s.name for s in specs].index("cat")]) == 2  # a merge reads both its tensors
+    # kinds the analytic model has a formula for (analytic_model._layer; it counts any other as free)
+    from splitting.layerspec import COMPUTE, POOLING
+
+    known = set(COMPUTE) | POOLING | {"Activation", "BatchNormalization", "Add", "Flatten", "Dropout"}
+    assert {s.kind for s in specs} <= known, {s.kind for s in specs} - known
+    board = catalog.board("pynq-z2")
+    est = make(estimator, board)
+    for s in specs:
+        e = est.estimate_many([((s,), HlsConfig("ap_fixed<16,6>", 4, "Resource"))])[0]
+        for f in ("lut", "ff", "dsp", "bram", "cycles", "interval"):
+            for at in ("low", "point", "high"):
+                v = e.bound(f, at)
+                assert np.isfinite(v) and v >= 0, (s.name, f, at, v)
 
 
 # --- the planner on graphs -----------------------------------------------------------------------------
 def test_planner_costs_every_crossing_tensor_and_gives_exact_board_counts():
     from splitting import catalog
-    from splitting.estimate import Analytic
-    from splitting.layers import model_specs
+    from splitting.estimators import Analytic
+    from splitting.layerspec import model_specs
     from splitting.search import Planner, SearchOptions
 
     keras.utils.set_random_seed(1)
