@@ -24,11 +24,11 @@ def _keras_file(path: Path, units: int) -> Path:
 
 @pytest.fixture
 def stand_in(monkeypatch):
-    """hls._convert replaced: its `compile` sleeps BUILD_S (outside the GIL, as g++ in a child process does)
-    and records (project, start, end)."""
+    """hls._convert_model (hls4ml's conversion of the checked model) replaced: its `compile` sleeps BUILD_S
+    (outside the GIL, as g++ in a child process does) and records (project, start, end)."""
     builds, lock = [], threading.Lock()
 
-    def convert(keras_file, hls_cfg, hls_defaults, out, project):
+    def convert(model, hls_cfg, hls_defaults, out, project, what=None):
         def compile_(hm):
             t0 = time.perf_counter()
             time.sleep(BUILD_S)
@@ -39,13 +39,10 @@ def stand_in(monkeypatch):
                 builds.append((project, t0, time.perf_counter()))
             return str(lib)
 
-        model = SimpleNamespace(inputs=[SimpleNamespace(shape=(None, 8))], outputs=[SimpleNamespace(shape=(None, 4))],
-                                layers=[])
-        hm = SimpleNamespace(write=lambda: None, get_layers=lambda: [],
-                             config=SimpleNamespace(backend=SimpleNamespace(compile=compile_)))
-        return model, hm
+        return SimpleNamespace(write=lambda: None, get_layers=lambda: [],
+                               config=SimpleNamespace(backend=SimpleNamespace(compile=compile_)))
 
-    monkeypatch.setattr(hls, "_convert", convert)
+    monkeypatch.setattr(hls, "_convert_model", convert)
     return builds
 
 
@@ -57,7 +54,10 @@ def keras_files(tmp_path_factory):
 
 
 def _projects(files, names):
-    return [hls.Project(files[n], "w-" + n, {"Model": {}}, {}, "sr_" + n) for n in names]
+    """Projects naming their files' true weights hashes (the build checks them before converting)."""
+    from splitting.graph import load_model, weights_sha256
+
+    return [hls.Project(files[n], weights_sha256(load_model(files[n])), {"Model": {}}, {}, "sr_" + n) for n in names]
 
 
 def test_whole_model_builds_beside_the_partitions(stand_in, keras_files, tmp_path):
