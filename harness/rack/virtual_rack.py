@@ -60,6 +60,44 @@ def _free_port(host: str = "127.0.0.1", taken: Optional[set] = None) -> int:
     raise UserError(f"no free port on {host} that this rack has not handed out already")
 
 
+DATA_PORTS_LOW = 10000  # data ports are drawn from here up to the kernel's ephemeral range
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (/proc/sys/net/ipv4/ip_local_port_range; Linux's
+    default 32768 where it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _data_port(host: str = "127.0.0.1", taken: Optional[set] = None) -> int:
+    """A data port for a virtual board: free now, not in `taken` (added to it), and below the kernel's
+    ephemeral range. A data port is only listened on once an agent runs; one drawn from the ephemeral range
+    (port 0's) can meanwhile become the local port of any outgoing connection on this machine (seen: a
+    concurrent deploy's 'port held by a process this board does not name'), a port below it cannot."""
+    import random
+
+    low, high = DATA_PORTS_LOW, _ephemeral_low() - 1
+    if high - low < 1000:  # a machine whose ephemeral range starts low: the kernel's choice, as before
+        return _free_port(host, taken)
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        port = rng.randint(low, high)
+        if taken is not None and port in taken:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind((host, port))
+        except OSError:
+            continue
+        if taken is not None:
+            taken.add(port)
+        return port
+    raise UserError(f"no free port on {host} between {low} and {high} for a board's data port")
+
+
 def _ssh_ready(host: str, port: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -200,7 +238,7 @@ def _spawn_board(state: Path, name: str, host: str = "127.0.0.1", port: Optional
     else:
         hk = asyncssh.read_private_key(str(host_key))
     port = port or _free_port(host, taken)
-    data_port = data_port or _free_port(host, taken)
+    data_port = data_port or _data_port(host, taken)
     listen = "0.0.0.0" if netns else host
     argv = [sys.executable, "-m", "harness.rack.virtual_board", "--name", name, "--home", str(bdir / "home"),
             "--listen", listen, "--port", str(port), "--host-key", str(host_key),

@@ -37,11 +37,34 @@ def test_ports_are_distinct_when_the_kernel_hands_one_out_again(tmp_path, monkey
     try:
         ports = [b.port for b in rack.boards] + [b.data_port for b in rack.boards]
         assert len(set(ports)) == 6, ports
-        assert len(drawn) > 6  # the repeats were drawn and refused
+        assert len(drawn) > 3  # the SSH ports' repeats were drawn and refused
         for b in rack.boards:
             socket.create_connection((b.host, b.port), timeout=5).close()
     finally:
         assert vr.rack_down(tmp_path / "rack.toml") == 3
+
+
+def test_data_ports_lie_below_the_ephemeral_range_and_are_distinct(tmp_path, monkeypatch):
+    """A data port is listened on only once an agent runs: until then any outgoing connection could take it
+    as its local port if it lay in the kernel's ephemeral range. Drawn below it, never twice (a random draw
+    that repeats is refused), and never one that is bound already."""
+    low = vr._ephemeral_low()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0 if low <= vr.DATA_PORTS_LOW + 1000 else vr.DATA_PORTS_LOW + 7))
+        held = busy.getsockname()[1]
+        draws = iter([held, held] + list(range(vr.DATA_PORTS_LOW + 100, vr.DATA_PORTS_LOW + 200)))
+
+        class Repeating:  # the first draws: a bound port, then the same port again
+            def randint(self, a, b):
+                return next(draws)
+
+        monkeypatch.setattr("random.SystemRandom", Repeating)
+        taken = set()
+        ports = [vr._data_port("127.0.0.1", taken) for _ in range(3)]
+    if low <= vr.DATA_PORTS_LOW + 1000:
+        pytest.skip(f"this machine's ephemeral range starts at {low}: data ports are the kernel's")
+    assert held not in ports and len(set(ports)) == 3 and all(p < low for p in ports), (ports, held, low)
+    assert set(ports) <= taken
 
 
 def _nothing_left(procs, state):
