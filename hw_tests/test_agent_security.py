@@ -4,11 +4,17 @@ connections to every agent; the stream completes with every frame equal to the c
 (The same on local agents, with more checks: sim_tests/agent/test_agent_security.py.)"""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from harness.measure.stream import Pipeline
-from sim_tests.agent.test_agent_security import Stranger
+
+# the sim tests' module imports its helpers (identity_plan) from sim_tests/, as pytest puts it on the path there
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sim_tests"))
+from sim_tests.agent.test_agent_security import Stranger  # noqa: E402
 
 pytestmark = pytest.mark.hw
 
