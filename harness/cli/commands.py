@@ -56,6 +56,25 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+def build_parser(configured=None) -> argparse.ArgumentParser:
+    """The `splitrack` parser, with the sub-commands named in `configured` (default: all) configured by their
+    modules (imported here: `splitrack --help` configures none, so that it does not import TensorFlow).
+    Every sub-parser is reachable as parser.commands[name]."""
+    parser = argparse.ArgumentParser(prog="splitrack", description="Split neural networks across a rack of PYNQ-Z2 boards, verify the split, deploy it over SSH (real or virtual rack) and measure it hop by hop.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show TensorFlow's and Keras' start-up messages (silenced by default)")
+    parser.add_argument("--version", action=_Version, nargs=0, help="version and the cache folder, then exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.commands = {}
+    for name, module, help_ in COMMANDS:
+        p = parser.commands[name] = sub.add_parser(name, help=help_, description=help_)
+        if configured is None or name in configured:
+            mod = importlib.import_module(module)
+            mod.configure(p)
+            p.set_defaults(_run=mod.run)
+    return parser
+
+
 def main(argv=None) -> int:
     """The `splitrack` command: parse `argv` (default sys.argv[1:]) and run the sub-command. Returns its exit
     status: the command's own (0, or 1 where it says so), 2 for no command or a UserError/ContractError
@@ -70,18 +89,7 @@ def main(argv=None) -> int:
         from splitting.quiet_tensorflow import quiet
 
         quiet()
-    parser = argparse.ArgumentParser(prog="splitrack", description="Split neural networks across a rack of PYNQ-Z2 boards, verify the split, deploy it over SSH (real or virtual rack) and measure it hop by hop.")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="show TensorFlow's and Keras' start-up messages (silenced by default)")
-    parser.add_argument("--version", action=_Version, nargs=0, help="version and the cache folder, then exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    chosen = argv[0] if argv else None
-    for name, module, help_ in COMMANDS:
-        p = sub.add_parser(name, help=help_, description=help_)
-        if name == chosen:  # import only the module of the command being run
-            mod = importlib.import_module(module)
-            mod.configure(p)
-            p.set_defaults(_run=mod.run)
+    parser = build_parser([argv[0]] if argv else [])  # import only the module of the command being run
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
