@@ -38,6 +38,6 @@ html_copy_source = False
 html_theme_options = {"navigation_with_keys": True}
 
 autodoc_member_order = "bysource"
-autodoc_typehints = "description"
+autodoc_typehints = "signature"
 autodoc_default_options = {"members": True, "undoc-members": False, "show-inheritance": False}
 nitpicky = False
