@@ -49,7 +49,7 @@ test-latest:
 	rm -rf $(LATEST) && python3 -m venv $(LATEST)
 	$(LATEST)/bin/pip install --progress-bar on --upgrade pip
 	$(LATEST)/bin/pip install --progress-bar on torch==2.13.0
-	$(LATEST)/bin/pip install --progress-bar on -e '.[test]'
+	$(LATEST)/bin/pip install --progress-bar on -e '.[test,docs]'
 	@mkdir -p build && $(LATEST)/bin/pip freeze --all --exclude-editable > build/latest-freeze.txt
 	@echo "[test-latest] versions that differ from requirements.lock:"
 	@$(LATEST)/bin/python scripts/lock_diff.py $(LOCK) build/latest-freeze.txt
@@ -61,7 +61,7 @@ test-latest:
 lock:
 	python3 -m venv build/lock-venv
 	build/lock-venv/bin/pip install -q --upgrade pip pip-tools
-	build/lock-venv/bin/pip-compile --upgrade --extra test --generate-hashes --allow-unsafe --strip-extras \
+	build/lock-venv/bin/pip-compile --upgrade --extra test --extra docs --generate-hashes --allow-unsafe --strip-extras \
 	  --constraint scripts/lock-constraints.txt -o $(LOCK) pyproject.toml
 
 # The hardware tests on a fresh 5-board virtual rack, stopped again whatever the tests do. One worker: board

@@ -77,13 +77,13 @@ def seed_bruteforce(model_path: str) -> dict:
     """The seed's method (see the module docstring); runs in its own process."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     t0 = time.perf_counter()
-    import torch  # noqa: F401  (before TensorFlow: see splitting/estimate.py)
+    import torch  # noqa: F401  (before TensorFlow: see splitting/rule4ml_adapter.py)
     import torch_geometric  # noqa: F401
     from rule4ml.models.wrappers import MultiModelWrapper
 
     import keras
 
-    from splitting.estimate import load_layers
+    from splitting.layerspec import load_layers
     from splitting.search import boundaries
 
     w = MultiModelWrapper()

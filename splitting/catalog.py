@@ -19,9 +19,10 @@ DEFAULT_CAP = 0.8
 
 
 @dataclass(frozen=True)
-class Board:
-    """One FPGA board of the catalog: part, resources (LUT, FF, DSP, BRAM18 blocks), fabric clock in MHz
-    and link speed in Gb/s; figures from the vendor's data sheet."""
+class Device:
+    """One kind of FPGA board of the catalog (not a board of a rack file: that is `harness.rack.rackfile.Board`):
+    part, resources (LUT, FF, DSP, BRAM18 blocks), fabric clock in MHz and link speed in Gb/s; figures from
+    the vendor's data sheet."""
 
     name: str
     part: str
@@ -47,18 +48,18 @@ class Board:
         return asdict(self)
 
 
-BOARDS: Dict[str, Board] = {
+BOARDS: Dict[str, Device] = {
     b.name: b
     for b in (
-        Board("pynq-z2", "xc7z020clg400-1", 53_200, 106_400, 220, 280, 100.0, 1.0, True),
-        Board("zcu102", "xczu9eg-ffvb1156-2-e", 274_080, 548_160, 2_520, 1_824, 200.0, 1.0, True),
-        Board("alveo-u200", "xcu200-fsgd2104-2-e", 1_182_240, 2_364_480, 6_840, 4_320, 200.0, 10.0, True),
-        Board("alveo-u250", "xcu250-figd2104-2L-e", 1_728_000, 3_456_000, 12_288, 5_376, 200.0, 10.0, True),
+        Device("pynq-z2", "xc7z020clg400-1", 53_200, 106_400, 220, 280, 100.0, 1.0, True),
+        Device("zcu102", "xczu9eg-ffvb1156-2-e", 274_080, 548_160, 2_520, 1_824, 200.0, 1.0, True),
+        Device("alveo-u200", "xcu200-fsgd2104-2-e", 1_182_240, 2_364_480, 6_840, 4_320, 200.0, 10.0, True),
+        Device("alveo-u250", "xcu250-figd2104-2L-e", 1_728_000, 3_456_000, 12_288, 5_376, 200.0, 10.0, True),
     )
 }
 
 
-def board(name: str) -> Board:
+def board(name: str) -> Device:
     """The catalog entry named `name` (case-insensitive). Raises UserError listing the boards there are."""
     try:
         return BOARDS[name.lower()]

@@ -46,6 +46,9 @@ def emulation_runner(plan: Plan, isolated: bool = False) -> Runner:
 
             return predict_isolated(emulation(plan, name), x, p.output_shape,
                                     what=f"partition {name} (layers {', '.join(p.layers)})")
-        return emulation(plan, name).predict(x, p.output_shape)
+        from .quiet_tensorflow import library_output
+
+        with library_output(f"hls4ml emulation of partition {name}"):  # its C++ may print (hls::stream warnings)
+            return emulation(plan, name).predict(x, p.output_shape)
 
     return run

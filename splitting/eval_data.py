@@ -9,7 +9,11 @@
     FILE.npy        the user's frames, no labels
 
 A user's file is untrusted input: it is loaded without pickle, must hold finite numbers of the model's
-input size, and its labels must be one integer per frame. Every problem is a UserError saying what to fix.
+input size (and, given a model's `InputDomain`, values it can read), and its labels must be one integer per
+frame. Every problem is a UserError saying what to fix.
+
+The values an input may take come from what the model reads, not only from the input's type: an Embedding
+reads integers below its vocabulary size (`input_domain`, one rule per layer kind in `READS`).
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import math
 from zlib import error as zlib_error
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -50,12 +54,76 @@ class EvalData:
         return f"{self.source} ({len(self.x)} frames, {lab})"
 
 
-def load(spec: str, input_shape: Sequence[int], n: Optional[int] = None, seed: int = 0,
-         allow: Sequence[str] = ("digits", "random", "auto", "file")) -> EvalData:
-    """Frames for a model taking `input_shape` (without batch axis); the first `n` when given.
+@dataclass(frozen=True)
+class InputDomain:
+    """The values a model input may take: [lo, hi], whole numbers only when `integer`; `why` says which
+    layer (or the input's dtype) decides it, "" when only the range given to `input_domain` does."""
 
-    Raises DataError for an unknown spec, a spec not in `allow`, a missing or malformed file, or frames
-    of the wrong size. For "random" `n` is required (how many frames to draw).
+    lo: float
+    hi: float
+    integer: bool = False
+    why: str = ""
+
+    def draw(self, rng: np.random.Generator, shape) -> np.ndarray:
+        """Values spread uniformly over the domain (float32, `shape`)."""
+        if self.integer:
+            return rng.integers(int(math.ceil(self.lo)), int(math.floor(self.hi)) + 1, shape).astype(np.float32)
+        return rng.uniform(self.lo, self.hi, shape).astype(np.float32)
+
+    def problem(self, x: np.ndarray) -> str:
+        """Why `x` holds values outside the domain ("" when it does not)."""
+        bad = (x < self.lo) | (x > self.hi)
+        if self.integer:
+            bad |= x != np.round(x)
+        if not bad.any():
+            return ""
+        v = float(x[bad].flat[0])
+        what = f"integers in [{self.lo:g}, {self.hi:g}]" if self.integer else f"values in [{self.lo:g}, {self.hi:g}]"
+        return f"x holds {v:g}, but the model reads {what}" + (f" ({self.why})" if self.why else "")
+
+
+# layer kind -> the values it reads on its input (an index into a table must be a whole number inside it)
+READS: Dict[str, Callable[[object], InputDomain]] = {
+    "Embedding": lambda layer: InputDomain(0, int(layer.input_dim) - 1, True,
+                                           f"Embedding {layer.name!r} reads integers below {int(layer.input_dim)}"),
+}
+# layers that only move values around: what reads their output reads the input
+_PASS_THROUGH = ("Reshape", "Flatten", "Permute", "RepeatVector", "Cropping1D", "Cropping2D", "InputLayer")
+
+
+def input_domain(model, lo: float, hi: float) -> InputDomain:
+    """The values the first input of the Keras `model` may take: [lo, hi] (the range its type holds),
+    narrowed by what the layers reading it accept (READS: an Embedding reads integers below its vocabulary
+    size) and made whole numbers when the input's dtype is an integer type."""
+    from .quant_bound import inputs_of, tensor_key
+
+    src = model.inputs[0]
+    integer = "int" in str(getattr(src, "dtype", ""))
+    dom = InputDomain(lo, hi, integer, "the model's input is of an integer type" if integer else "")
+    fed = {tensor_key(src)}
+    for layer in model.layers:  # topological order: a pass-through layer's readers come after it
+        try:
+            if not fed.intersection(inputs_of(layer)):
+                continue
+        except (AttributeError, ValueError):  # a shared layer (several call sites): not followed
+            continue
+        kind = type(layer).__name__
+        if kind in _PASS_THROUGH:
+            fed.add((layer.name, 0))
+        elif kind in READS:
+            r = READS[kind](layer)
+            dom = InputDomain(max(dom.lo, r.lo), min(dom.hi, r.hi), dom.integer or r.integer, r.why)
+    return dom
+
+
+def load(spec: str, input_shape: Sequence[int], n: Optional[int] = None, seed: int = 0,
+         allow: Sequence[str] = ("digits", "random", "auto", "file"), domain: Optional[InputDomain] = None) -> EvalData:
+    """Frames for a model taking `input_shape` (without batch axis); the first `n` when given. With a
+    `domain` (from `input_domain`), "random" draws from it when it is whole numbers only, and every frame
+    must lie in it.
+
+    Raises DataError for an unknown spec, a spec not in `allow`, a missing or malformed file, frames of the
+    wrong size, or values outside `domain`. For "random" `n` is required (how many frames to draw).
     """
     shape = tuple(int(s) for s in input_shape)
     size = math.prod(shape)
@@ -75,12 +143,17 @@ def load(spec: str, input_shape: Sequence[int], n: Optional[int] = None, seed: i
     elif spec == "random":
         if n is None:
             raise DataError("--data random needs a frame count")
-        return EvalData(np.random.default_rng(seed).uniform(0, 1, (n,) + shape).astype(np.float32), None, "random")
+        rng = np.random.default_rng(seed)
+        if domain is not None and domain.integer:  # indices: [0, 1) would only ever say 0
+            return EvalData(domain.draw(rng, (n,) + shape), None, "random", f"random: {domain.why}")
+        return EvalData(rng.uniform(0, 1, (n,) + shape).astype(np.float32), None, "random")
     else:
         d = _from_file(Path(spec), shape)
     if n is not None:
         d.x = d.x[:n]
         d.y = d.y[:n] if d.y is not None else None
+    if domain is not None and domain.problem(d.x):
+        raise DataError(f"--data {spec}: {domain.problem(d.x)}: give data made for this model")
     return d
 
 

@@ -16,8 +16,6 @@ their quantisers sliced per element (heterogeneous) and re-derived for partial s
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import tempfile
 from pathlib import Path
 from typing import Dict
@@ -53,11 +51,11 @@ def tensor_types(model, precision: str) -> Dict[str, str]:
     """{Keras layer name: type of its output in hls4ml's conversion of the whole model}, plus '' for the
     model input. The output of a Keras layer is that of the last hls4ml layer made from it (hls4ml names
     them `<layer>`, `<layer>_<activation>`; the next layer's input quantiser `<next>_iq` is not its own)."""
-    from .hls import _convert_model
+    from .hls import _convert_model, owner_of
 
     cfg = {"Model": {"Precision": {"default": precision}, "ReuseFactor": 1, "Strategy": "Latency"}}
-    with tempfile.TemporaryDirectory(prefix="splitrack-hgq-") as tmp, contextlib.redirect_stdout(io.StringIO()):
-        hm = _convert_model(model, cfg, HLS_DEFAULTS, Path(tmp) / "p", "sr_types")
+    with tempfile.TemporaryDirectory(prefix="splitrack-hgq-") as tmp:
+        hm = _convert_model(model, cfg, HLS_DEFAULTS, Path(tmp) / "p", "sr_types", what="the whole model")
     names = [l.name for l in model.layers if type(l).__name__ != "InputLayer"]
     out: Dict[str, str] = {}
     for hl in hm.get_layers():
@@ -65,9 +63,8 @@ def tensor_types(model, precision: str) -> Dict[str, str]:
         if hl.class_name == "Input":
             out[""] = prec
             continue
-        owner = max((n for n in names if hl.name == n or (hl.name.startswith(n + "_") and not hl.name.endswith("_iq"))),
-                    key=len, default=None)
-        if owner is not None:
+        owner = owner_of(hl.name, names)
+        if owner:
             out[owner] = prec  # later hls layers of the same Keras layer overwrite earlier ones
     return out
 

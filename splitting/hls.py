@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
 import zipfile
 from importlib.metadata import version
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Tuple
 
 from .emulation import EmulationLib
 from .errors import UserError
@@ -54,6 +55,61 @@ def cache_key(keras_file: Path, weights_sha: str, hls_cfg: dict, hls_defaults: d
     return hashlib.sha256(body.encode()).hexdigest()[:20]
 
 
+def project_what(project: str) -> str:
+    """What an hls4ml project name stands for, for messages: 'the whole model', 'partition s1', or the name."""
+    if project == "sr_whole":
+        return "the whole model"
+    return f"partition {project[3:]}" if project.startswith("sr_") else project
+
+
+def owner_of(hls_name: str, keras_names) -> str:
+    """The Keras layer an hls4ml layer was made from: hls4ml names them `<layer>` and `<layer>_<activation>`
+    (the longest name that fits wins); the input quantiser `<next>_iq` of an HGQ2 layer, and layers hls4ml
+    inserts, belong to none ("")."""
+    if hls_name.endswith("_iq"):
+        return ""
+    fits = [n for n in keras_names if hls_name == n or hls_name.startswith(n + "_")]
+    return max(fits, key=len, default="")
+
+
+def type_text(precision) -> str:
+    """An hls4ml precision as FixedType text (ap_fixed<W,I,...> with its rounding and overflow modes), ""
+    for types that are not fixed point or integers (exponent, xnor, float)."""
+    from hls4ml.model.types import FixedPrecisionType, IntegerPrecisionType
+
+    from .contract import FixedType
+
+    if not isinstance(precision, (FixedPrecisionType, IntegerPrecisionType)):
+        return ""
+    rnd = getattr(precision, "rounding_mode", None)
+    sat = getattr(precision, "saturation_mode", None)
+    return str(FixedType(int(precision.width), int(precision.integer), bool(precision.signed),
+                         f"AP_{rnd.name}" if rnd is not None else "AP_TRN", f"AP_{sat.name}" if sat is not None else "AP_WRAP"))
+
+
+def layer_records(hm, model) -> list:
+    """What splitrack keeps of each layer of an hls4ml ModelGraph made from the Keras `model` (JSON-ready):
+    name, hls4ml class, owner (the Keras layer, `owner_of`), output shape, its types (FixedType text, and
+    `input_t`: the type it reads), scalar attributes (activation, table sizes, softmax implementation) and
+    whether its output is traced."""
+    names = [l.name for l in model.layers]
+    out = []
+    for hl in hm.get_layers():
+        types = {k: type_text(v.precision) for k, v in hl.types.items()}
+        try:
+            types["input_t"] = type_text(hl.get_input_variable().type.precision)
+        except Exception:  # the input layer reads nothing
+            pass
+        attrs = {k: v for k, v in hl.attributes.items() if isinstance(v, (bool, int, float))
+                 or (isinstance(v, str) and len(v) < 64 and k not in ("name", "class_name", "module"))}
+        out.append({"name": hl.name, "class": hl.class_name, "owner": owner_of(hl.name, names),
+                    "shape": [int(d) for d in hl.get_output_variable().shape],
+                    "types": {k: v for k, v in types.items() if v}, "attrs": attrs,
+                    "traced": bool(hl.get_attr("function_cpp", None) and hl.get_attr("trace", False)),
+                    "variables": len(hl.get_variables())})
+    return out
+
+
 def _convert(keras_file: Path, hls_cfg: dict, hls_defaults: dict, out: Path, project: str):
     from .graph import load_model
 
@@ -61,10 +117,23 @@ def _convert(keras_file: Path, hls_cfg: dict, hls_defaults: dict, out: Path, pro
     return model, _convert_model(model, hls_cfg, hls_defaults, out, project)
 
 
-def _convert_model(model, hls_cfg: dict, hls_defaults: dict, out: Path, project: str):
-    import hls4ml
+def _convert_model(model, hls_cfg: dict, hls_defaults: dict, out: Path, project: str, what: str = None):
+    """hls4ml's ModelGraph of the Keras `model` (converted, not compiled). Every failure of hls4ml's, whatever
+    the layer, is HlsUnsupported: one line naming `what` (default from the project name) and the layer."""
+    from .hls_errors import HlsUnsupported, failure_message
+    from .quiet_tensorflow import library_output
 
     cfg = json.loads(json.dumps(hls_cfg))  # hls4ml mutates its config
+    try:
+        with library_output(f"hls4ml: converting {what or project_what(project)}"):
+            return _hls4ml_convert(model, cfg, hls_defaults, out, project)
+    except Exception as e:  # hls4ml raises every kind (KeyError, NotImplementedError, AssertionError, ...)
+        raise HlsUnsupported(failure_message(e, what or project_what(project))) from None
+
+
+def _hls4ml_convert(model, cfg: dict, hls_defaults: dict, out: Path, project: str):
+    import hls4ml
+
     # no DA fallback: whether it is tried depends on optional packages (da4ml), and where it is it fails
     # for plain Keras layers ("No plugin found for model type from module: keras"); the Keras-2 handlers
     # are the documented fallback for layers without a Keras-3 handler
@@ -109,18 +178,20 @@ def compiled(keras_file: Path, weights_sha: str, hls_cfg: dict, hls_defaults: di
         print(f"  hls4ml: compiling {project} ...", file=sys.stderr, flush=True)
         from .hls_errors import HlsUnsupported, failure_message
 
-        what = "the whole model" if project == "sr_whole" else (
-            f"partition {project[3:]}" if project.startswith("sr_") else project)
+        model, hm = _convert(keras_file, hls_cfg, hls_defaults, folder / "project", project)  # one-line failures
+        # every build can be traced (hls4ml's TraceOutput, as its ModelGraph.trace sets it up): verify reads
+        # each layer's output back; until a frame asks for the trace, the library skips it
+        hm.config.trace_output = True
+        for hl in hm.get_layers():
+            if hl.get_attr("function_cpp", None):
+                hl.set_attr("trace", True)
+        from .quiet_tensorflow import library_output
+
         try:
-            model, hm = _convert(keras_file, hls_cfg, hls_defaults, folder / "project", project)
-        except UserError:
-            raise
-        except Exception as e:  # hls4ml's own failures: one line naming the layer (verify never tracebacks)
-            raise HlsUnsupported(failure_message(e, what)) from None
-        try:
-            hm.compile()
+            with library_output(f"hls4ml: compiling {project_what(project)}"):
+                hm.compile()
         except Exception as e:
-            raise HlsUnsupported(failure_message(e, what, doing="compile")) from None
+            raise HlsUnsupported(failure_message(e, project_what(project), doing="compile")) from None
         libs = sorted((folder / "project" / "firmware").glob(f"{project}-*.so"))
         if not libs:
             raise RuntimeError(f"hls4ml compile of {project} produced no library in {folder}")
@@ -129,7 +200,8 @@ def compiled(keras_file: Path, weights_sha: str, hls_cfg: dict, hls_defaults: di
         # the library's sha256 from the moment it is built: deploy refuses a cached library damaged later
         meta = {"library": str(libs[-1].relative_to(folder)), "project": project, "n_in": n_in, "n_out": n_out,
                 "seconds": round(time.time() - t0, 1), "key": key,
-                "library_sha256": hashlib.sha256(libs[-1].read_bytes()).hexdigest()}
+                "library_sha256": hashlib.sha256(libs[-1].read_bytes()).hexdigest(),
+                "layers": layer_records(hm, model)}  # the types hls4ml chose: verify's quantisation bound
         art.write_text(json.dumps(meta, indent=1))
         print(f"  hls4ml: {project} compiled in {meta['seconds']} s", file=sys.stderr, flush=True)
     return folder
@@ -152,11 +224,33 @@ def load_emulation(folder: Path) -> EmulationLib:
     return _loaded[lib]
 
 
+def build_inputs(plan: Plan, name: str = None) -> Tuple[Path, str, dict, str]:
+    """(Keras file, weights sha256, hls4ml configuration, project name) of partition `name`, or of the
+    whole model (None: the source with its BatchNormalization folded, `hls_source`, when the plan folded
+    any). UserError when the plan folder lacks the whole model's file."""
+    if name is not None:
+        p = plan.partition(name)
+        return plan.path(p.model_file), p.weights_sha256, p.hls, f"sr_{name}"
+    src = plan.path(plan.model.get("hls_source") or plan.model["source"])
+    if not src.is_file():
+        raise UserError(f"{src} is missing: the plan folder has no copy of its source model; split again")
+    sha = plan.model.get("hls_source_weights_sha256") or plan.model["weights_sha256"]
+    return src, sha, monolithic_hls_config(plan), "sr_whole"
+
+
 def project_dir(plan: Plan, name: str) -> Path:
     """The compiled hls4ml project of one partition (compiling it on first use). The `.so`, its name and
     sizes are in `artifact.json` there; the hls4ml project (firmware, weights) is under `project/`."""
+    keras_file, sha, cfg, project = build_inputs(plan, name)
+    return compiled(keras_file, sha, cfg, plan.hls_defaults, project)
+
+
+def cached_project(plan: Plan, name: str) -> "Path | None":
+    """The compiled hls4ml project of partition `name` when the cache holds it (project_dir's folder), None
+    when it does not: a look, never a compile (milliseconds, for checks that must stay quick)."""
     p = plan.partition(name)
-    return compiled(plan.path(p.model_file), p.weights_sha256, p.hls, plan.hls_defaults, f"sr_{name}")
+    folder = CACHE / cache_key(plan.path(p.model_file), p.weights_sha256, p.hls, plan.hls_defaults)
+    return folder if (folder / ARTIFACT).is_file() else None
 
 
 def emulation(plan: Plan, name: str) -> EmulationLib:
@@ -176,12 +270,35 @@ def monolithic_hls_config(plan: Plan) -> dict:
 def monolithic_emulation(plan: Plan) -> EmulationLib:
     """The hls4ml emulation of the whole (unsplit) model, with the plan's precision and reuse factor (of the
     model with its BatchNormalization folded, `hls_source`, when the plan folded any)."""
-    src = plan.path(plan.model.get("hls_source") or plan.model["source"])
-    if not src.is_file():
-        raise UserError(f"{src} is missing: the plan folder has no copy of its source model; split again")
-    sha = plan.model.get("hls_source_weights_sha256") or plan.model["weights_sha256"]
-    folder = compiled(src, sha, monolithic_hls_config(plan), plan.hls_defaults, "sr_whole")
-    return load_emulation(folder)
+    keras_file, sha, cfg, project = build_inputs(plan, None)
+    return load_emulation(compiled(keras_file, sha, cfg, plan.hls_defaults, project))
+
+
+def layers_of(plan: Plan, name: str = None, traced: bool = False) -> Tuple[Path, list]:
+    """(compiled project folder, layer_records) of partition `name` or of the whole model (None). With
+    `traced`, a project whose layers can be traced: every project compiled now can; one compiled by an
+    older splitrack is compiled again with TraceOutput (cached like any build). A project without the
+    records is converted once more to read them."""
+    keras_file, sha, cfg, project = build_inputs(plan, name)
+    folder = compiled(keras_file, sha, cfg, plan.hls_defaults, project)
+    meta = json.loads((folder / ARTIFACT).read_text())
+    if traced and not any(r.get("traced") for r in meta.get("layers", [])):
+        cfg = json.loads(json.dumps(cfg))
+        cfg.setdefault("Model", {})["TraceOutput"] = True
+        folder = compiled(keras_file, sha, cfg, plan.hls_defaults, project)
+        meta = json.loads((folder / ARTIFACT).read_text())
+    if "layers" not in meta:
+        import tempfile
+
+        from .graph import load_model
+
+        model = load_model(keras_file)
+        with tempfile.TemporaryDirectory(prefix="splitrack-types-") as tmp:
+            meta["layers"] = layer_records(_convert_model(model, cfg, plan.hls_defaults, Path(tmp) / "p", project), model)
+        tmpf = folder / f"{ARTIFACT}.{os.getpid()}.tmp"
+        tmpf.write_text(json.dumps(meta, indent=1))
+        tmpf.replace(folder / ARTIFACT)
+    return folder, meta["layers"]
 
 
 def vivado_path() -> str:
@@ -204,5 +321,8 @@ def build_bitstream(plan: Plan, name: str) -> Path:
     p = plan.partition(name)
     out = plan.path(f"{name}/hls")
     _, hm = _convert(plan.path(p.model_file), p.hls, plan.hls_defaults, out, f"sr_{name}")
-    hm.build(csim=False, synth=True, export=True, bitfile=True)
+    from .quiet_tensorflow import library_output
+
+    with library_output(f"hls4ml + Vivado: building partition {name}"):  # hours of tool output: the log
+        hm.build(csim=False, synth=True, export=True, bitfile=True)
     return out

@@ -10,16 +10,14 @@ traceback, hls4ml's dispatcher holds it as `layer`).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
-from .hls_errors import HlsUnsupported, failure_message
+from .hls_errors import HlsUnsupported
 
 
 def _key(model, hls_cfg: dict, hls_defaults: dict) -> str:
@@ -43,11 +41,10 @@ def check_model(model, hls_cfg: dict, hls_defaults: dict, what: str, cache: Path
         raise HlsUnsupported(known["message"].replace("{what}", what))
     with tempfile.TemporaryDirectory(prefix="splitrack-check-") as tmp:
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # hls4ml narrates every layer on stdout
-                _convert_model(model, hls_cfg, hls_defaults, Path(tmp) / "p", "sr_check")
+            _convert_model(model, hls_cfg, hls_defaults, Path(tmp) / "p", "sr_check", what="{what}")
             result = {"ok": True}
-        except Exception as e:  # any failure of hls4ml's conversion means "cannot convert"
-            result = {"ok": False, "message": failure_message(e, "{what}")}
+        except HlsUnsupported as e:  # any failure of hls4ml's conversion means "cannot convert"
+            result = {"ok": False, "message": str(e)}
     folder.mkdir(parents=True, exist_ok=True)
     tmpf = f.with_suffix(f".{os.getpid()}.tmp")
     tmpf.write_text(json.dumps(result))

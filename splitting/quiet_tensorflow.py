@@ -14,15 +14,24 @@ Warnings that imported libraries raise (asyncssh under `cryptography` >= 43: "DS
 them at import) say nothing about the user's work either: `quiet()` sends every warning raised outside
 splitrack's own packages to the log file `library_log_path()` instead of the terminal. splitrack's own
 warnings still reach stderr.
+
+What libraries print while splitrack runs them (hls4ml's converter notes such as "Keras v2 handler used for
+layer ...", its compile and trace messages, C++ code of an emulation library writing to descriptor 1) goes
+to the same log: every call into hls4ml runs inside `library_output()`, which points sys.stdout, sys.stderr
+and descriptors 1 and 2 there for its duration. Without `quiet()` (the CLI's `-v`) it points them at
+stderr instead: never at stdout, which holds what a command means (`--json`: one JSON document).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
+import io
 import logging
 import os
 import sys
 import tempfile
+import time
 import warnings
 
 KERAS_NOISE = r"The structure of `inputs` doesn't match the expected structure"
@@ -71,6 +80,53 @@ class _LibraryWarnings:
             pass
 
 
+_quiet = False  # quiet() was called: library output goes to the log, else (-v) to stderr
+
+
+def _log_descriptor() -> int:
+    """A descriptor appending to the library log (rotated as the warnings' handler rotates it); -1 when the
+    cache cannot be written."""
+    path = library_log_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file() and path.stat().st_size > LOG_BYTES:
+            os.replace(path, path.with_name(path.name + ".1"))
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError:
+        return -1
+
+
+@contextlib.contextmanager
+def library_output(what: str):
+    """Run the body with whatever libraries print (Python's sys.stdout and sys.stderr, descriptors 1 and 2,
+    and so the child processes it starts) sent to the library log after a line naming `what` (e.g.
+    'hls4ml: converting partition s1'), or to stderr when quiet() was not called (the CLI's -v). Never to
+    stdout. An exception raised in the body goes on unchanged."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    target = _log_descriptor() if _quiet else os.dup(2)  # -v: stderr, where nothing is parsed
+    if target < 0:  # a cache that cannot be written: dropped, as quietly as the warnings are
+        target = os.open(os.devnull, os.O_WRONLY)
+    elif _quiet:
+        os.write(target, f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}: {what}\n".encode())
+    saved = [os.dup(1), os.dup(2)]
+    text = io.TextIOWrapper(io.FileIO(os.dup(target), "w"), encoding="utf-8", errors="replace", line_buffering=True)
+    try:
+        os.dup2(target, 1)
+        os.dup2(target, 2)
+        with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+            yield
+    finally:
+        with contextlib.suppress(Exception):
+            text.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved + [target]:
+            os.close(fd)
+        text.close()
+
+
 class _QuietImport(importlib.abc.MetaPathFinder):
     """Finds `tensorflow` through the ordinary finders and runs its import with descriptor 2 redirected."""
 
@@ -108,8 +164,11 @@ class _QuietImport(importlib.abc.MetaPathFinder):
 
 def quiet() -> None:
     """Silence TensorFlow's and Keras' start-up noise in this process and in the Python processes it starts
-    (through the environment), and send imported libraries' warnings to `library_log_path()`. Call before
-    anything imports TensorFlow or asyncssh; harmless after."""
+    (through the environment), and send imported libraries' warnings, and what they print inside
+    `library_output()`, to `library_log_path()`. Call before anything imports TensorFlow or asyncssh;
+    harmless after."""
+    global _quiet
+    _quiet = True
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # keras' predict on partitions of different shapes triggers tf.function "retracing" warnings: noise here
     logging.getLogger("tensorflow").setLevel(logging.ERROR)

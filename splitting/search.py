@@ -12,8 +12,11 @@ from boundary 0 to the end:
           board) that sums them and applies the activations
 
 Splits are considered only for layers that do not fit one board alone under any configuration (the issue's
-rule), with k = 2..max_parts. Every partition of an option takes its own configuration (precision, reuse
-factor, strategy) among the candidates; a configuration is usable when every resource is under the cap.
+rule), with k = 2..max_parts. Every partition of an option takes its own configuration (precision,
+model-level reuse factor, strategy) among the candidates, each layer its own reuse factor from it
+(`reuse.layer_reuse`: the largest that keeps pace with the partition's slowest layer). A configuration is
+usable when the chosen end of every resource's range (`fit`, default the upper bound) is under the cap and
+the estimate is not one `estimators.implausible` flags (`_usable`).
 The join of an input split is a Dense/1x1 Conv whose kernel is k stacked identity matrices: under the
 Latency strategy hls4ml's constant weights let HLS fold the products by 0 and 1 away, so it is planned with
 Latency, reuse 1, and estimated as the k-operand sum (an Add, to rule4ml) plus the activations.
@@ -39,10 +42,12 @@ from dataclasses import dataclass, field
 from itertools import product
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .catalog import DEFAULT_CAP, Board
+from .catalog import DEFAULT_CAP, Device
 from .contract import Packing
 from .errors import UserError
-from .estimate import Estimate, Estimator, HlsConfig, LayerSpec, input_part, join_layers, neuron_part
+from .estimates import BOUNDS, Estimate, Estimator
+from .estimators import implausible
+from .layerspec import HlsConfig, LayerSpec, input_part, join_layers, neuron_part
 
 OBJECTIVES = ("boards", "latency", "interval")
 ELEMENTWISE = ("linear", "relu", "sigmoid", "tanh", "hard_sigmoid", "elu", "selu", "softplus", "softsign",
@@ -60,18 +65,22 @@ class NoFitError(UserError):
 @dataclass
 class SearchOptions:
     """What the planner may choose from and what it optimises: the board and the fraction `cap` of its
-    resources a partition may use, the objective ('boards', 'latency' or 'interval'), the hls4ml precisions,
-    reuse factors and strategies to try, and the most partitions a plan may have."""
+    resources a partition may use, which end of each estimate's range must fit under it (`fit`: 'high', the
+    upper bound, by default; 'point'; 'low'), the objective ('boards', 'latency' or 'interval'), the hls4ml
+    precisions, model-level reuse factors (each layer's own follows: `reuse.layer_reuse`) and strategies to
+    try, and the most partitions a plan may have."""
 
-    board: Board
+    board: Device
     cap: float = DEFAULT_CAP
     objective: str = "boards"
     precisions: Tuple[str, ...] = ("ap_fixed<16,6>",)
-    reuse_factors: Tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    reuse_factors: Tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
     strategies: Tuple[str, ...] = ("Latency", "Resource")
+    fit: str = "high"
+    plausible_only: bool = True  # never propose a candidate `estimators.implausible` flags
     max_parts: int = 16
     boards_available: Optional[int] = None
-    boards_exact: Optional[int] = None  # exactly this many boards (`plan --boards N`)
+    boards_exact: Optional[int] = None  # exactly this many boards (`plan --n-boards N`)
     hop_overhead_us: float = 100.0
     link_gbps: Optional[float] = None  # default: the board's link
     data_width: int = 32
@@ -81,6 +90,8 @@ class SearchOptions:
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise UserError(f"objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+        if self.fit not in BOUNDS:
+            raise UserError(f"--fit {self.fit!r}: choose one of {', '.join(BOUNDS)}")
         if not 0 < self.cap <= 1.0:
             raise UserError(f"--max-util {self.cap}: give a fraction in (0, 1], e.g. 0.8")
         if self.max_parts < 2:
@@ -88,9 +99,9 @@ class SearchOptions:
         if self.boards_available is not None and self.boards_available < 1:
             raise UserError("--boards-available must be at least 1")
         if self.boards_exact is not None and self.boards_exact < 1:
-            raise UserError("--boards must be at least 1")
+            raise UserError("--n-boards must be at least 1")
         if self.boards_exact is not None and self.boards_available is not None:
-            raise UserError("give --boards N (exactly N) or --boards-available N (at most N), not both")
+            raise UserError("give --n-boards N (exactly N) or --boards-available N (at most N), not both")
 
     @property
     def configs(self) -> List[HlsConfig]:
@@ -262,13 +273,18 @@ class Planner:
         return self.opt.hop_overhead_us + nbytes * 8 / (self.opt.gbps * 1e3)
 
     def _fits(self, e: Estimate) -> bool:
-        return e.peak(self.board) <= self.opt.cap + 1e-12
+        return e.peak(self.board, self.opt.fit) <= self.opt.cap + 1e-12
+
+    def _usable(self, specs: Sequence[LayerSpec], c: HlsConfig, e: Estimate) -> bool:
+        """A candidate the planner may propose: the chosen end of its range fits under the cap, and its
+        figures are not ones the plan would flag as implausible (estimators.implausible)."""
+        return self._fits(e) and not (self.opt.plausible_only and implausible(specs, c, e, self.board.capacity("dsp")))
 
     def _estimate(self, requests) -> List[Estimate]:
         self.n_estimates += len(requests)
         out = self.est.estimate_many(requests)
         if self.opt.monotone:  # a clocked design takes at least one cycle per frame
-            out = [e.at_least(_ONE_CYCLE, "raised to 1 cycle (rule4ml predicted less)") for e in out]
+            out = [e.at_least(_ONE_CYCLE, "raised to 1 cycle (the estimator predicted less)") for e in out]
         return out
 
     @staticmethod
@@ -294,12 +310,12 @@ class Planner:
         for n, (i, j) in enumerate(segs):
             seg_est[(i, j)] = list(zip(cfgs, ests[n * len(cfgs) : (n + 1) * len(cfgs)]))
 
-        if self.opt.monotone:
+        if self.opt.monotone and self.est.learned:
             self._monotone(seg_est)
 
         opts: List[_Option] = []
         for (i, j), pairs in seg_est.items():
-            feas = self._pareto_configs([(c, e) for c, e in pairs if self._fits(e)])
+            feas = self._pareto_configs([(c, e) for c, e in pairs if self._usable(self.specs[i:j], c, e)])
             hop = _bytes(self._elements_at(i), self.link_precision, self.opt.data_width)
             for c, e in feas:
                 part = PartChoice("layers", [s.name for s in self.specs[i:j]], tuple(self.specs[i:j]), c, e)
@@ -314,9 +330,9 @@ class Planner:
             e = group_end(self.specs, i)
             if e not in bset:
                 continue
-            if any(self._fits(est) for _, est in seg_est[(i, e)]):
+            if any(self._usable(self.specs[i:e], c, est) for c, est in seg_est[(i, e)]):
                 continue
-            blocked[i] = {"end": e, "single": min(seg_est[(i, e)], key=lambda ce: ce[1].peak(self.board))}
+            blocked[i] = {"end": e, "single": min(seg_est[(i, e)], key=lambda ce: ce[1].peak(self.board, self.opt.fit))}
             if layer.kind not in SPLITTABLE:
                 continue
             acts = [layer.activation] + [s.activation for s in self.specs[i + 1 : e]]
@@ -356,9 +372,11 @@ class Planner:
             info = blocked[i].setdefault("splits", [])
             for c, est in pairs:
                 jest = joins.get((i, k, c.precision)) if kind == "input" else None
-                peak = max(est.peak(self.board), jest.peak(self.board) if jest else 0.0)
+                peak = max(est.peak(self.board, self.opt.fit), jest.peak(self.board, self.opt.fit) if jest else 0.0)
                 info.append((peak, kind, k, c, est, jest))
-            feas = self._pareto_configs([(c, est) for c, est in pairs if self._fits(est)])
+            part_specs = {"neuron": lambda c: (neuron_part(self.specs[i], _split_sizes(self.specs[i].units, k)[0]),) + tuple(self.specs[i + 1 : blocked[i]["end"]]),
+                          "input": lambda c: (input_part(self.specs[i], _split_sizes(self.specs[i].input_shape[-1], k)[0], bias=True),)}[kind]
+            feas = self._pareto_configs([(c, est) for c, est in pairs if self._usable(part_specs(c), c, est)])
             n_in = self._elements_at(i)
             n_out = self._elements_at(e)
             for c, est in feas:
@@ -406,7 +424,7 @@ class Planner:
                 for sub in subs:
                     se = seg_est[sub][n][1]
                     names = f"{self.specs[sub[0]].name}..{self.specs[sub[1] - 1].name}" if sub[1] - sub[0] > 1 else self.specs[sub[0]].name
-                    e = e.at_least(se, f"raised to the estimate of {names}, which it contains (rule4ml predicted less for the whole run)")
+                    e = e.at_least(se, f"raised to the estimate of {names}, which it contains (the estimator predicted less for the whole run)")
                 pairs[n] = (c, e)
 
     # -- the dynamic programme ------------------------------------------------------------------------------
@@ -487,7 +505,7 @@ class Planner:
         cap = f"{self.opt.cap:.0%}"
         others = "" if len(counts) == counts[-1] - counts[0] + 1 else f" (possible: {', '.join(map(str, counts))})"
         raise NoFitError(
-            f"--boards {want}: no plan of exactly {want} {self.board.name} board(s) under the {cap} cap; "
+            f"--n-boards {want}: no plan of exactly {want} {self.board.name} board(s) under the {cap} cap; "
             f"the fewest boards possible is {counts[0]}, the most {counts[-1]}{others} "
             f"(cuts between layers; a layer is split only when it does not fit one board)"
         )
@@ -506,12 +524,12 @@ class Planner:
             if info is None:  # cannot happen for a chain: every layer is in some run; kept for a clear message
                 raise NoFitError(f"layer {self.specs[i].name} cannot be placed on a {self.board.name}")
             best_c, best_e = info["single"]
-            peak, res = _peak(best_e, self.board)
+            peak, res = _peak(best_e, self.board, self.opt.fit)
             how = f"alone at {_cfg(best_c)}"
             for sp, kind, k, c, est, jest in info.get("splits", []):
                 if sp < peak:
-                    worst = est if est.peak(self.board) >= (jest.peak(self.board) if jest else 0) else jest
-                    peak, res = _peak(worst, self.board)
+                    worst = est if est.peak(self.board, self.opt.fit) >= (jest.peak(self.board, self.opt.fit) if jest else 0) else jest
+                    peak, res = _peak(worst, self.board, self.opt.fit)
                     how = f"{kind}-split in {k} parts at {_cfg(c)}" + (" (the join is the limit)" if worst is jest else "")
             what = f"{layer.kind} {'x'.join(map(str, layer.input_shape))} -> {'x'.join(map(str, layer.output_shape))}"
             hint = (
@@ -557,8 +575,8 @@ def _nondominated(labels: List[tuple], per_count: bool = False) -> List[tuple]:
     return keep
 
 
-def _peak(e: Estimate, board: Board) -> Tuple[float, str]:
-    u = e.utilization(board)
+def _peak(e: Estimate, board: Device, at: str = "high") -> Tuple[float, str]:
+    u = e.utilization(board, at)
     r = max(u, key=u.get)
     return u[r], r
 
@@ -569,6 +587,6 @@ def _cfg(c: HlsConfig) -> str:
 
 def plan_search(specs: Sequence[LayerSpec], estimator: Estimator, options: SearchOptions, pareto: bool = False,
                 progress=None) -> SearchResult:
-    """Search partitions of the layers `specs` with `estimator` (Analytic or Rule4ml) under `options`;
+    """Search partitions of the layers `specs` with `estimator` (estimators.make) under `options`;
     returns a SearchResult (with the Pareto front when pareto=True). Raises NoFitError when nothing fits."""
     return Planner(specs, estimator, options, progress).run(pareto)

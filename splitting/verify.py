@@ -4,6 +4,12 @@ float:  the chained Keras partitions against the original model (must agree to 1
 hls:    the chained hls4ml emulation of the partitions against the emulation of the whole model (must agree
         within the output contract's quantisation step; bit for bit when every contract carries the layer
         output precision, which is how `split` writes plans);
+keras:  both emulations against Keras, layer by layer (hls4ml's TraceOutput, `diagnose`): each layer of the
+        whole model and of every partition, computed by Keras on hls4ml's own input, must agree with hls4ml
+        within the bound its fixed-point types explain (`quant_bound`, per element, from the types hls4ml
+        chose and the layer's weights; "quantisation" only where every layer is within it). The first layer
+        beyond its bound is named, for the whole model and the chain, and whether hls4ml itself is the
+        cause (its whole model departs too);
 accuracy on labelled data when given (digits), for Keras, the split emulation and the whole emulation.
 """
 from __future__ import annotations
@@ -50,29 +56,52 @@ class Verification:
     # whole range of the input contract's type (a capped or bent activation cannot hide outside [0, 1])
     data_used: List[Dict] = field(default_factory=list)
     hls_checked: bool = True  # False with --no-hls: the hls chain was not run, nothing vouches for it
+    # hls4ml against Keras, layer by layer: `*_within` is True when every layer is within its quantisation
+    # bound, False when one departs, None when an overflow or an unchecked layer leaves it open;
+    # `layer_checks` holds diagnose.ScopeCheck.summary() of the whole model, then of every partition
+    whole_vs_keras_max_abs_err: float = 0.0
+    chain_within: Optional[bool] = None
+    whole_within: Optional[bool] = None
+    layer_checks: List[Dict] = field(default_factory=list)
+    cause: str = ""  # one line: what the checks show to be the cause of a failure ("" when nothing failed)
+    findings: List[str] = field(default_factory=list)  # departures, overflows, unchecked layers, for the user
 
     @property
     def ok(self) -> bool:
-        """True when both the float chain and the hls4ml chain checks passed."""
-        return self.float_ok and self.hls_ok
+        """True when the float chain and the hls4ml chain checks passed and no layer of either emulation
+        departs from Keras beyond its quantisation bound."""
+        return self.float_ok and self.hls_ok and self.chain_within is not False and self.whole_within is not False
 
 
-def evaluation_data(plan: Plan, data: str, n: int, seed: int = 0) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+def evaluation_data(plan: Plan, data: str, n: int, seed: int = 0, domain=None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Inputs (and labels when known) in the plan's input shape: 'digits', 'random', or an .npz/.npy file
-    (loaded by `splitting.eval_data`, the one home of every --data option)."""
+    (loaded by `splitting.eval_data`, the one home of every --data option), inside `domain` (an
+    eval_data.InputDomain: what the model reads) when given."""
     from .eval_data import load
 
-    d = load(data, plan.model["input_shape"], n, seed=seed, allow=("digits", "random", "file"))
+    d = load(data, plan.model["input_shape"], n, seed=seed, allow=("digits", "random", "file"), domain=domain)
     return d.x, d.y
 
 
-def wide_range_data(plan: Plan, n: int, seed: int = 1) -> np.ndarray:
-    """`n` inputs spread uniformly over the whole range the input contract's type can hold, shape as the
-    plan's input."""
+def plan_input_domain(plan: Plan, source):
+    """The values the plan's input may take (eval_data.InputDomain): the whole range of the input contract's
+    type, narrowed by what the source model reads there (an Embedding: integers below its vocabulary)."""
+    from .eval_data import input_domain
+
     ft = FixedType.parse(plan.input_links[0].dtype)
-    lo, hi = ft.raw_min * ft.step, ft.raw_max * ft.step
+    return input_domain(source, ft.raw_min * ft.step, ft.raw_max * ft.step)
+
+
+def wide_range_data(plan: Plan, n: int, seed: int = 1, domain=None) -> np.ndarray:
+    """`n` inputs spread uniformly over the whole range the input may take (`domain`, default the input
+    contract's type's range), shape as the plan's input."""
+    from .eval_data import InputDomain
+
+    if domain is None:
+        ft = FixedType.parse(plan.input_links[0].dtype)
+        domain = InputDomain(ft.raw_min * ft.step, ft.raw_max * ft.step)
     shape = tuple(plan.model["input_shape"])
-    return np.random.default_rng(seed).uniform(lo, hi, (n,) + shape).astype(np.float32)
+    return domain.draw(np.random.default_rng(seed), (n,) + shape)
 
 
 def _accuracy(out: np.ndarray, y: Optional[np.ndarray]) -> Optional[float]:
@@ -81,14 +110,27 @@ def _accuracy(out: np.ndarray, y: Optional[np.ndarray]) -> Optional[float]:
     return float(np.mean(np.argmax(out.reshape(len(out), -1), axis=1) == y))
 
 
+def separate_activation(layer) -> bool:
+    """True when `layer` applies a non-linear activation after its own computation and that activation can
+    be swapped out (Dense, Conv: hls4ml computes their result in the layer's type, then the activation in
+    a layer of its own). A recurrent layer's activation is inside its cell (LSTM and GRU refuse the swap)."""
+    import keras
+
+    prop = getattr(type(layer), "activation", None)
+    if isinstance(prop, property) and prop.fset is None:
+        return False
+    return getattr(layer, "activation", None) not in (None, keras.activations.linear)
+
+
 def layer_peaks(model, x: np.ndarray) -> Dict[str, float]:
-    """Largest |value| each layer produces on `x`, before its activation (hls4ml computes Dense and Conv
-    results in the layer's own type, then applies the activation: that is where overflow happens)."""
+    """Largest |value| each layer produces on `x`, before its activation where it is separate
+    (`separate_activation`: hls4ml computes Dense and Conv results in the layer's own type, then applies
+    the activation: that is where overflow happens)."""
     import keras
 
     saved = {}
     for layer in model.layers:
-        if getattr(layer, "activation", None) not in (None, keras.activations.linear):
+        if separate_activation(layer):
             saved[layer.name] = layer.activation
             layer.activation = keras.activations.linear
     try:
@@ -108,15 +150,15 @@ def verify_plan(plan: Plan, data: str = "random", n: int = 512, hls: bool = True
     partitions against the original model (also over the input type's whole range), and with `hls` the
     chain of hls4ml emulations against the whole model's emulation. Raises UserError when the plan folder
     lacks its source model or the data do not fit."""
-    from .chain import emulation_runner, keras_runner, run_chain
-    from .hls import monolithic_emulation
+    from .chain import keras_runner, run_chain
     from .split import load_models
 
-    x, y = evaluation_data(plan, data, n)
-    log(f"verify {plan.root}: {len(plan.partitions)} partitions in {len(plan.stages)} stages, {len(x)} samples ({data})")
     models = load_models(plan)
     if models.source is None:
         raise UserError(f"{plan.root} has no source model ({plan.model.get('source')}): split the model again")
+    domain = plan_input_domain(plan, models.source)
+    x, y = evaluation_data(plan, data, n, domain=domain)
+    log(f"verify {plan.root}: {len(plan.partitions)} partitions in {len(plan.stages)} stages, {len(x)} samples ({data})")
     ref = models.source.predict(x, verbose=0, batch_size=256)
     kept: Dict[str, np.ndarray] = {}
     out_keras = run_chain(plan, x, keras_runner(models), keep=kept)
@@ -124,14 +166,15 @@ def verify_plan(plan: Plan, data: str = "random", n: int = 512, hls: bool = True
     scale = float(max(np.max(np.abs(ref)), 1e-12))
     used = [{"name": data, "samples": int(len(x)), "min": float(np.min(x)), "max": float(np.max(x)),
              "float_max_abs_err": ferr, "float_rel_err": ferr / scale}]
-    xw = wide_range_data(plan, min(len(x), 256), seed=1)
+    xw = wide_range_data(plan, min(len(x), 256), seed=1, domain=domain)
     ref_w = models.source.predict(xw, verbose=0, batch_size=256)
     err_w = float(np.max(np.abs(run_chain(plan, xw, keras_runner(models)) - ref_w)))
     # float32 rounding is relative to the values computed, and over the whole input range the layers inside
     # the model reach far more than its output (a softmax stays <= 1 while its logits reach hundreds): the
     # bound is 1e-5 of the largest value the original model computes on these inputs
     scale_w = float(max(np.max(np.abs(ref_w)), max(layer_peaks(models.source, xw).values(), default=0.0), 1e-12))
-    used.append({"name": f"wide: uniform over the input type {plan.input_links[0].dtype}", "samples": int(len(xw)),
+    wide = f"wide: uniform over the input type {plan.input_links[0].dtype}" + (f", {domain.why}" if domain.why else "")
+    used.append({"name": wide, "samples": int(len(xw)),
                  "min": float(np.min(xw)), "max": float(np.max(xw)), "float_max_abs_err": err_w,
                  "float_rel_err": err_w / scale_w, "scale": scale_w})
     used[0]["scale"] = scale
@@ -139,14 +182,23 @@ def verify_plan(plan: Plan, data: str = "random", n: int = 512, hls: bool = True
     herr = hk_err = 0.0
     acc_split = acc_whole = None
     per = []
+    keras_checks: Dict = {}
     if hls:
-        log("  hls4ml emulation of the whole model and of every partition (compiled once, then cached)")
-        from .emulation_guard import predict_isolated
+        log("  hls4ml emulation of the whole model and of every partition, every layer traced (compiled once, then "
+            "cached)")
+        from .diagnose import traced_run
 
         # in child processes: a crash of hls4ml's compiled C++ must not take verify down with it
-        whole = predict_isolated(monolithic_emulation(plan), x, plan.model["output_shape"], what="the whole model")
+        whole_run = traced_run(plan, None, x)
+        whole = whole_run.out
+        runs: Dict[str, object] = {}
+
+        def traced(name: str, inp: np.ndarray) -> np.ndarray:
+            runs[name] = traced_run(plan, name, inp)
+            return runs[name].out
+
         hkept: Dict[str, np.ndarray] = {}
-        out_hls = run_chain(plan, x, emulation_runner(plan, isolated=True), keep=hkept)
+        out_hls = run_chain(plan, x, traced, keep=hkept)
         herr = float(np.max(np.abs(out_hls - whole)))
         hk_err = float(np.max(np.abs(out_hls - ref)))
         acc_split, acc_whole = _accuracy(out_hls, y), _accuracy(whole, y)
@@ -160,26 +212,52 @@ def verify_plan(plan: Plan, data: str = "random", n: int = 512, hls: bool = True
                         "input_shape": p.input_shape, "output_shape": p.output_shape, "precision": p.output_precision,
                         "params": int(models[p.name].count_params()),
                         "hls_vs_keras_max_abs_err": float(np.max(np.abs(hkept[p.name] - kept[p.name])))})
+        keras_checks = _against_keras(plan, models, ref, whole_run, runs, per, herr <= step)
     v = Verification(
         plan=str(plan.root), plan_hash=plan.hash, data=data, samples=len(x), partitions=len(plan.partitions),
         stages=len(plan.stages), float_max_abs_err=ferr, float_rel_err=ferr / scale, hls_chain_max_abs_err=herr,
         hls_step=step, hls_bit_exact=hls and herr == 0.0, hls_vs_keras_max_abs_err=hk_err,
         accuracy_keras=_accuracy(ref, y), accuracy_split_hls=acc_split, accuracy_whole_hls=acc_whole,
         float_ok=all(u["float_rel_err"] <= FLOAT_TOL for u in used), hls_ok=(herr <= step) if hls else True,
-        per_partition=per, data_used=used, hls_checked=bool(hls),
+        per_partition=per, data_used=used, hls_checked=bool(hls), **keras_checks,
     )
     return v
 
 
+def _against_keras(plan, models, ref, whole_run, runs, per, chain_ok: bool) -> Dict:
+    """The Verification fields of hls4ml against Keras: every layer of the whole model and of each
+    partition checked on hls4ml's own input (diagnose.check_plan, on the traced runs), and the cause of
+    what fails."""
+    from .diagnose import cause, check_plan, describe
+
+    pc = check_plan(plan, models, whole_run, runs)
+    for row, part in zip(per, pc.parts):
+        row["within"] = part.check.within
+    found = [line for s in [pc.whole] + pc.parts for line in describe(s)]
+    return {"whole_vs_keras_max_abs_err": float(np.max(np.abs(whole_run.out - ref))), "chain_within": pc.chain_within,
+            "whole_within": pc.whole.check.within, "layer_checks": [s.summary() for s in [pc.whole] + pc.parts],
+            "cause": cause(pc, chain_ok), "findings": found}
+
+
+def _keras_row(what: str, err: float, within: Optional[bool], checked: bool) -> List[str]:
+    if not checked:
+        return [what, "-", "-", "skipped (--no-hls)"]
+    verdict = {True: "ok (quantisation)", False: "DEPARTS", None: "exact" if err == 0 else "open (see below)"}[within]
+    return [what, f"{err:.3g}", "each layer within its types", verdict]
+
+
 def render(v: Verification) -> str:
-    """The Verification as text: a table per partition, a table of checks with bounds and ok/FAIL, overflow
-    warnings, and a final PASS/FAIL line."""
+    """The Verification as text: a table per partition, a table of checks with bounds and ok/FAIL, where
+    hls4ml departs from Keras and why, overflow warnings, and a final PASS/FAIL line."""
+    within = {True: "ok", False: "DEPARTS", None: "open"}
     rows = [[p["partition"], p["stage"], p["kind"], ",".join(p["layers"]), "x".join(map(str, p["input_shape"])),
-             "x".join(map(str, p["output_shape"])), p["precision"], p["params"], f"{p['hls_vs_keras_max_abs_err']:.3g}"]
+             "x".join(map(str, p["output_shape"])), p["precision"], p["params"], f"{p['hls_vs_keras_max_abs_err']:.3g}",
+             within[p.get("within")] if "within" in p else "-"]
             for p in v.per_partition]
     out = []
     if rows:
-        out.append(table(["partition", "stage", "kind", "layers", "in", "out", "precision", "params", "|hls-keras|"], rows))
+        out.append(table(["partition", "stage", "kind", "layers", "in", "out", "precision", "params", "|hls-keras|",
+                          "layers vs Keras"], rows))
         out.append("")
     pct = lambda a: "-" if a is None else f"{100 * a:.2f} %"
     checks = [["float chain vs original" + ("" if i == 0 else f" ({u['name'].split(':')[0]} [{u['min']:.3g}, {u['max']:.3g}])"),
@@ -190,13 +268,18 @@ def render(v: Verification) -> str:
         ["hls chain vs whole-model hls", f"{v.hls_chain_max_abs_err:.3g}" if v.hls_checked else "-",
          f"<= {v.hls_step:g} (1 step)", "skipped (--no-hls)" if not v.hls_checked else
          ("ok, bit exact" if v.hls_bit_exact else "ok") if v.hls_ok else "FAIL"],
-        ["hls chain vs Keras", f"{v.hls_vs_keras_max_abs_err:.3g}", "(quantisation)", "info"],
+        _keras_row("hls chain vs Keras", v.hls_vs_keras_max_abs_err, v.chain_within, v.hls_checked),
+        _keras_row("whole-model hls vs Keras", v.whole_vs_keras_max_abs_err, v.whole_within, v.hls_checked),
         ["accuracy Keras / split hls / whole hls", f"{pct(v.accuracy_keras)} / {pct(v.accuracy_split_hls)} / "
          f"{pct(v.accuracy_whole_hls)}", f"{v.samples} samples", "info"],
     ]
     out.append(table(["check", "value", "bound", "result"], checks))
+    out += v.findings
+    if v.cause:
+        out.append(f"cause: {v.cause}")
     for p in v.per_partition:
-        if p["overflow"]:  # not a split error (the whole model wraps the same way), but worth knowing
+        if p["overflow"] and not any(f.startswith(f"overflow: partition {p['partition']}:") for f in v.findings):
+            # not a split error (the whole model wraps the same way), but worth knowing
             out.append(f"warning: {p['partition']}: layer {p['peak_layer']} reaches {p['keras_peak']:.3g} in Keras (before "
                        f"its activation), beyond the range of "
                        f"{p['precision']} (max {p['type_limit']:.6g}): values wrap or saturate; give more integer bits "

@@ -18,6 +18,8 @@ COMMANDS = [
     ("reference", "harness.cli.reference", "train and save the reference models (digits FC and CNN)"),
     ("rack", "harness.cli.rack", "start, stop or check a rack (`rack up` starts virtual PYNQ-Z2 boards)"),
     ("lab", "harness.cli.lab", "a shared rack through labgrid: exporter config, places, status, health tags"),
+    ("doctor", "harness.cli.doctor", "check a rack before a deploy: SSH, Python and numpy, pynq, sudo, disk, clock, "
+     "data port, and what a plan needs; one line per problem"),
     ("deploy", "harness.cli.deploy", "upload a plan's partitions to a rack over SSH and start the board agents"),
     ("run", "harness.cli.run", "stream frames (e.g. digits) through a deployed plan and check every answer"),
     ("history", "harness.cli.history", "result history (SQLite): add, list, check regressions, compare two runs, ack, export (BMF)"),

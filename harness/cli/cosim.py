@@ -23,19 +23,20 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--waves", action="store_true", help="record waveforms (a separate build; the VCD/FST path is printed at the end)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--frames", type=int, default=6, help="frames per phase (default 6)")
-    p.add_argument("--data", choices=("random", "digits"), default="random",
-                   help="input frames: random over the input type's range, or scikit-learn digits images")
+    p.add_argument("--data", default="random",
+                   help="input frames: random over the input type's range (default), digits (scikit-learn's "
+                        "images), or your FILE.npz (array x) / FILE.npy, cycled to --frames")
     p.add_argument("--no-write", action="store_true", help="do not write the recommended FIFO depths into the plan")
 
 
 def _frames(plan: Plan, args):
     if args.frames < 2:
         raise UserError("--frames must be at least 2 (the initiation interval needs two frames)")
-    if args.data == "digits":
-        from splitting.eval_data import load
+    if args.data == "random":
+        return None  # cosimulate's own: spread over the input type's range
+    from splitting.eval_data import cycled, load
 
-        return load("digits", plan.model["input_shape"], args.frames).x
-    return None
+    return cycled(load(args.data, plan.model["input_shape"], allow=("digits", "random", "file")), args.frames).x
 
 
 def run(args) -> int:

@@ -9,7 +9,7 @@ from harness.results.dashboard import write
 
 def configure(p: argparse.ArgumentParser) -> None:
     """Add the arguments of `splitrack dashboard`: --db (history), -o (output folder)."""
-    p.add_argument("--db", type=Path, default=Path("results.sqlite"))
+    p.add_argument("--db", type=Path, default=Path("results.sqlite"), help="history database (default results.sqlite)")
     p.add_argument("-o", "--out", type=Path, default=Path("site"), help="folder for index.html, runs/ and plotly.min.js")
 
 

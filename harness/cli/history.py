@@ -27,7 +27,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         q.add_argument("--db", type=Path, default=Path("results.sqlite"), help="history database (default results.sqlite)")
 
     a = sub.add_parser("add", help="import bench --json or pytest-benchmark JSON files")
-    a.add_argument("files", nargs="+", type=Path)
+    a.add_argument("files", nargs="+", type=Path, help="bench --json, run.json or pytest-benchmark --benchmark-json files")
     db(a)
     add_rack_file(a, required=False, help=RACK_FILE_HELP + ": names the rack of pytest-benchmark files without one "
                   "in extra_info")
@@ -52,7 +52,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     db(ack)
     e = sub.add_parser("export", help="one run in another tool's format (bmf: Bencher Metric Format JSON)")
     e.add_argument("run", help="run id, label, commit or latest")
-    e.add_argument("--format", choices=("bmf",), required=True)
+    e.add_argument("--format", choices=("bmf",), required=True, help="bmf: Bencher Metric Format JSON")
     e.add_argument("-o", "--out", type=Path, default=None, help="file to write (default: standard output)")
     db(e)
 

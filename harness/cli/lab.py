@@ -23,9 +23,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     ex.add_argument("-o", "--out", type=Path, default=Path("exporter.yaml"), help="default exporter.yaml")
     pl = sub.add_parser("places", help="create or update one labgrid place per board (idempotent)")
     pl.add_argument("rack", type=Path, help="rack file listing boards (boards.toml)")
-    pl.add_argument("--coordinator", required=True, metavar="HOST:PORT")
+    pl.add_argument("--coordinator", required=True, metavar="HOST:PORT", help="labgrid coordinator to create them on")
     st = sub.add_parser("status", help="every board of the coordinator: who holds it, since when, health")
-    st.add_argument("--coordinator", required=True, metavar="HOST:PORT")
+    st.add_argument("--coordinator", required=True, metavar="HOST:PORT", help="labgrid coordinator to ask")
     st.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                     help="only places with this tag (repeatable), e.g. --tag rack=lab")
     ck = sub.add_parser("check", help="health-check a shared rack's free boards and tag them in labgrid")

@@ -5,10 +5,12 @@
     splitrack plan model.keras --n-boards 3 -o plan/    # exactly 3 boards
     splitrack boards
 
-Planning reads only the model's architecture (the `.keras` file's config.json) and the estimate cache, so a
-plan whose estimates are cached needs neither TensorFlow nor torch; writing the plan folder (`-o`) loads the
-model with Keras and cuts it with `split.split_model`, then records each partition's chosen hls4ml
-configuration and estimate in plan.json, ready for `splitrack verify`.
+Planning reads only the model's architecture (the `.keras` file's config.json); the default estimator (auto:
+per layer kind the one with the lowest error on published hls4ml results, the analytic model today) needs
+neither TensorFlow nor torch. Every figure is printed with its range, and the chosen end of each range
+(`--fit`, default the upper bound) fits under `--max-util`. Writing the plan folder (`-o`) loads the model
+with Keras and cuts it with `split.split_model`, then records each partition's hls4ml configuration (with
+each compute layer's own reuse factor and strategy) and estimate in plan.json, ready for `splitrack verify`.
 """
 from __future__ import annotations
 
@@ -21,7 +23,10 @@ from typing import Any, Dict, List, Optional
 
 from splitting import catalog
 from splitting.errors import UserError
-from splitting.estimate import HlsConfig, load_layers, make
+from splitting.estimates import BOUNDS
+from splitting.estimators import ESTIMATORS, make
+from splitting.layerspec import COMPUTE, HlsConfig, load_layers
+from splitting.reuse import layer_reuse
 from splitting.search import OBJECTIVES, PartChoice, PlanChoice, SearchOptions, SearchResult, plan_search
 from harness.cli.options import add_board_count
 
@@ -43,11 +48,18 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precisions", default="ap_fixed<16,6>",
                    help="comma-separated precisions a partition may use, the first also on the links (default ap_fixed<16,6>; "
                         "rule4ml knows ap_fixed<2,1>, <8,3>, <8,4>, <16,6>)")
-    p.add_argument("--reuse-factors", default="1,2,4,8,16,32,64", help="comma-separated reuse factors to consider")
+    p.add_argument("--reuse-factors", default="1,2,4,8,16,32,64,128,256,512,1024,2048,4096",
+                   help="comma-separated model-level reuse factors to consider; each layer then takes the largest "
+                        "valid reuse that keeps pace with the partition's slowest layer")
     p.add_argument("--strategies", default="Latency,Resource", help="comma-separated hls4ml strategies to consider")
     p.add_argument("--max-parts", type=int, default=16, help="most parts a neuron or input split may have (default 16)")
     p.add_argument("--hop-overhead-us", type=float, default=100.0, help="software overhead per link hop, microseconds (default 100)")
-    p.add_argument("--estimator", choices=("rule4ml", "analytic"), default="rule4ml", help="resource estimator (default rule4ml)")
+    p.add_argument("--estimator", choices=tuple(ESTIMATORS), default="auto",
+                   help="resource estimator: auto (default: per layer kind the one with the lowest error measured on "
+                        "published hls4ml results), analytic or rule4ml")
+    p.add_argument("--fit", choices=BOUNDS, default="high",
+                   help="which end of each estimate's range must fit under --max-util: high (default, the upper bound), "
+                        "point or low")
     p.add_argument("--raw-rule4ml", action="store_true",
                    help="use rule4ml's figures as they are, even where a run is predicted smaller than a run it contains")
     p.add_argument("-o", "--output", default=None, help="write the plan folder here (for `splitrack verify`)")
@@ -73,7 +85,7 @@ def run(args) -> int:
         reuse_factors=tuple(_ints(args.reuse_factors, "--reuse-factors")), strategies=tuple(_list(args.strategies)),
         max_parts=args.max_parts, boards_available=args.boards_available, boards_exact=args.boards_exact,
         hop_overhead_us=args.hop_overhead_us,
-        monotone=not args.raw_rule4ml,
+        monotone=not args.raw_rule4ml, fit=args.fit,
     )
     for c in opts.configs:  # validates precisions and strategies with a readable message
         HlsConfig(c.precision, c.reuse_factor, c.strategy)
@@ -84,16 +96,17 @@ def run(args) -> int:
     progress(f"searched in {seconds:.2f} s: {result.candidates} (partition, configuration) estimates, "
              f"{est.stats['cached']} from the cache, {est.stats['computed']} computed")
     report = to_json(result.best, name, opts, est.version, result)
+    report["estimator"] = est.describe()
     if args.output:
         folder = write(args.model, result.best, opts, est.version, args.output, progress, force=args.force)
         report["plan_folder"] = str(folder)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        print("\n".join(table(result.best, name, opts)))
+        print("\n".join(table(result.best, name, opts, est.describe())))
         if args.pareto:
             print()
-            print("\n".join(pareto_table(result.pareto)))
+            print("\n".join(pareto_table(result.pareto, opts)))
         if args.output:
             print(f"\nplan written to {args.output} (check it with: splitrack verify {args.output})")
     return 0
@@ -131,48 +144,45 @@ def names(plan: PlanChoice) -> List[List[str]]:
 
 
 def partition_rows(plan: PlanChoice, opts: SearchOptions) -> List[Dict[str, Any]]:
-    """One dict per partition of `plan`, stage by stage: name, kind, layers, hls4ml configuration, utilization
-    (fraction of the board per resource), resources (LUT, FF, DSP, BRAM18), cycles and interval_cycles (clock
-    cycles), estimator, split, note, implausible."""
+    """One dict per partition of `plan`, stage by stage: name, kind, layers, hls4ml configuration (with the
+    reuse factor per compute layer), utilization (fraction of the board per resource) and its range
+    (utilization_low, utilization_high), resources (LUT, FF, DSP, BRAM18) with range, cycles and
+    interval_cycles (clock cycles) with range, estimator, extrapolated (what lies beyond the calibration
+    data), split, note, implausible."""
     rows = []
     for (stage, st), pnames in zip(enumerate(plan.stages), names(plan)):
         for part, pname in zip(st.parts, pnames):
             e = part.estimate
+            rng = {at: {f: round(e.bound(f, at), 1) for f in ("lut", "ff", "dsp", "bram", "cycles", "interval")} for at in ("low", "high")}
             rows.append({
                 "name": pname, "stage": stage, "kind": part.kind, "layers": list(part.layers),
                 "precision": part.config.precision, "reuse_factor": part.config.reuse_factor, "strategy": part.config.strategy,
+                "layer_reuse": layer_reuses(part),
                 "utilization": {k: round(v, 4) for k, v in e.utilization(opts.board).items()},
+                "utilization_low": {k: round(v, 4) for k, v in e.utilization(opts.board, "low").items()},
+                "utilization_high": {k: round(v, 4) for k, v in e.utilization(opts.board, "high").items()},
                 "resources": {"lut": round(e.lut), "ff": round(e.ff), "dsp": round(e.dsp), "bram": round(e.bram, 1)},
+                "range": rng,
                 "cycles": round(e.cycles, 1), "interval_cycles": round(e.interval, 1), "estimator": e.estimator,
+                "extrapolated": list(e.extrapolated),
                 "split": part.split, "note": e.note, "implausible": implausible(part, opts),
             })
     return rows
 
 
-# rule4ml is a learned model: outside its training data its DSP figure can be far from anything hls4ml
-# builds. The closed-form count (splitting/estimate.py, analytic: one DSP48 per parallel multiplier at
-# >= 10 bits) is rough, a factor of two either way; a figure beyond PLAUSIBLE_FACTOR of it is named.
-PLAUSIBLE_FACTOR = 4.0
+def layer_reuses(part: PartChoice) -> Dict[str, int]:
+    """Reuse factor per compute layer of a partition, by the planner's layer name (a join runs at reuse 1)."""
+    if part.kind == "join":
+        return {}
+    return {l.name: r for l, r in zip(part.specs, layer_reuse(part.specs, part.config)) if l.kind in COMPUTE}
 
 
 def implausible(part: PartChoice, opts: SearchOptions) -> List[str]:
-    """Why this partition's estimate is outside the plausible range ([] when it is not): DSP figures beyond
-    PLAUSIBLE_FACTOR of the closed-form count of parallel multipliers at the chosen reuse factor."""
-    from splitting.estimate import analytic_segment
+    """Why this partition's estimate is outside the plausible range ([] when it is not): see
+    `splitting.estimators.implausible` (the search never proposes such a partition)."""
+    from splitting.estimators import implausible as check
 
-    e, c = part.estimate, part.config
-    if "rule4ml" not in e.estimator or c.bits < 10:  # below 10 bits hls4ml puts multipliers in LUTs
-        return []
-    mults = analytic_segment(part.specs, c).dsp
-    pct = 100 * e.dsp / opts.board.capacity("dsp")
-    what = f"at reuse {c.reuse_factor} it has about {mults:.0f} parallel multipliers (one DSP48 each at {c.bits} bits)"
-    if e.dsp > PLAUSIBLE_FACTOR * mults + 2:
-        return [f"rule4ml's {e.dsp:.1f} DSP ({pct:.1f} %) is implausibly high: {what}; "
-                f"more than {PLAUSIBLE_FACTOR:g}x that"]
-    if mults >= 8 and e.dsp < mults / PLAUSIBLE_FACTOR:
-        return [f"rule4ml's {e.dsp:.1f} DSP ({pct:.1f} %) is implausibly low: {what}; "
-                f"under 1/{PLAUSIBLE_FACTOR:g} of that, so the partition may not fit once synthesised"]
-    return []
+    return check(part.specs, part.config, part.estimate, opts.board.capacity("dsp"))
 
 
 def decimals(values, least: int = 0, most: int = 3) -> int:
@@ -187,69 +197,107 @@ def decimals(values, least: int = 0, most: int = 3) -> int:
     return most
 
 
+def plan_range(plan: PlanChoice, opts: SearchOptions) -> Dict[str, Dict[str, float]]:
+    """The plan's latency (us) and interval (cycles) at the low and high ends of its partitions' ranges."""
+    out = {}
+    for at in ("low", "high"):
+        lat = plan.out_hop_us + sum(max(p.estimate.bound("cycles", at) for p in st.parts) / opts.board.clock_mhz + st.hop_in_us
+                                    for st in plan.stages)
+        itv = max(p.estimate.bound("interval", at) for p in plan.partitions)
+        out[at] = {"latency_us": round(lat, 2), "interval_cycles": round(itv, 1)}
+    return out
+
+
 def to_json(plan: PlanChoice, model: str, opts: SearchOptions, version: str, result: Optional[SearchResult] = None) -> Dict[str, Any]:
-    """The --json report of a plan: model, board, cap, objective, boards, latency_us (us), interval_cycles,
-    estimator version, hop_overhead_us (us), link_gbps (Gb/s), cuts and splits, partition_rows, and the
-    Pareto front when `result` has one."""
+    """The --json report of a plan: model, board, cap, fit (which end of the ranges fits), objective, boards,
+    latency_us (us), interval_cycles and their range, estimator version, hop_overhead_us (us), link_gbps
+    (Gb/s), cuts and splits, partition_rows, and the Pareto front when `result` has one."""
     out = {
-        "model": model, "board": opts.board.name, "cap": opts.cap, "objective": opts.objective,
+        "model": model, "board": opts.board.name, "cap": opts.cap, "fit": opts.fit, "objective": opts.objective,
         "boards": plan.boards, "latency_us": round(plan.latency_us, 2), "interval_cycles": round(plan.interval_cycles, 1),
+        "range": plan_range(plan, opts),
         "exact": plan.exact, "estimator_version": version, "hop_overhead_us": opts.hop_overhead_us, "link_gbps": opts.gbps,
         "cut_after": plan.cut_after, "neurons": plan.neurons, "inputs": plan.inputs,
         "partitions": partition_rows(plan, opts),
     }
     if result is not None and result.pareto:
         out["pareto"] = [{"boards": p.boards, "latency_us": round(p.latency_us, 2), "interval_cycles": round(p.interval_cycles, 1),
-                          "plan": p.describe(), "configs": p.configs()} for p in result.pareto]
+                          "range": plan_range(p, opts), "plan": p.describe(), "configs": p.configs()} for p in result.pareto]
     return out
 
 
-def table(plan: PlanChoice, model: str, opts: SearchOptions) -> List[str]:
-    """The plan as text lines: a summary (boards, latency in us, interval in cycles), one row per partition
-    (utilisation in % of one board, cycles), then notes and implausible estimates."""
+def _pct(r: Dict[str, Any], k: str) -> str:
+    return f"{100 * r['utilization'][k]:.1f} [{100 * r['utilization_low'][k]:.0f}-{100 * r['utilization_high'][k]:.0f}]"
+
+
+def _cyc(v: float, lo: float, hi: float) -> str:
+    return f"{v:.0f} [{lo:.0f}-{hi:.0f}]" if max(v, hi) >= 10 else f"{v:.1f} [{lo:.1f}-{hi:.1f}]"
+
+
+def table(plan: PlanChoice, model: str, opts: SearchOptions, estimator: str = "") -> List[str]:
+    """The plan as text lines: a summary (boards, latency in us and interval in cycles, each with its range),
+    the estimator, one row per partition (utilisation in % of one board, cycles and interval, each as
+    estimate [low-high]), then notes: raised figures (*), figures beyond the calibration data (~)."""
     rows = partition_rows(plan, opts)
     cap = f"{opts.cap:.0%}"
+    rng = plan_range(plan, opts)
     di = decimals([plan.interval_cycles])
-    dc = decimals([r["cycles"] for r in rows] + [r["interval_cycles"] for r in rows])
     lines = [
-        f"{model} on {opts.board.name}, objective {opts.objective}: {plan.boards} board(s), latency {plan.latency_us:.1f} us, "
-        f"interval {plan.interval_cycles:.{di}f} cycles ({plan.describe()})",
-        f"utilisation in % of one {opts.board.name}, cap {cap} on every resource; hops: {opts.hop_overhead_us:g} us + bytes on {opts.gbps:g} Gb/s",
+        f"{model} on {opts.board.name}, objective {opts.objective}: {plan.boards} board(s), latency {plan.latency_us:.1f} us "
+        f"[{rng['low']['latency_us']:.1f}-{rng['high']['latency_us']:.1f}], interval {plan.interval_cycles:.{di}f} cycles "
+        f"[{rng['low']['interval_cycles']:.{di}f}-{rng['high']['interval_cycles']:.{di}f}] ({plan.describe()})",
     ]
-    head = f"{'part':<7}{'kind':<7}{'layers':<28}{'precision':<16}{'reuse':>5} {'strategy':<9}{'LUT':>6}{'FF':>6}{'DSP':>6}{'BRAM':>6}{'cycles':>9}{'interval':>9}  estimator"
+    if estimator:
+        lines.append(f"estimates: {estimator}")
+    lines.append(f"utilisation in % of one {opts.board.name}: estimate [range]; the {'upper bound' if opts.fit == 'high' else opts.fit if opts.fit == 'point' else 'lower bound'} "
+                 f"fits under the {cap} cap (--fit); hops: {opts.hop_overhead_us:g} us + bytes on {opts.gbps:g} Gb/s")
+    head = (f"{'part':<6}{'kind':<7}{'layers':<24}{'reuse':>6} {'strategy':<9}{'LUT %':<14}{'FF %':<14}{'DSP %':<14}"
+            f"{'BRAM %':<14}{'cycles':<18}{'interval':<18}estimator")
     lines += [head, "-" * len(head)]
     for r in rows:
-        u = r["utilization"]
         layers = ",".join(r["layers"])
-        if len(layers) > 27:
-            layers = layers[:24] + "..."
+        if len(layers) > 23:
+            layers = layers[:20] + "..."
+        lo, hi = r["range"]["low"], r["range"]["high"]
+        mark = ("*" if r["note"] else "") + ("~" if r["extrapolated"] else "")
         lines.append(
-            f"{r['name']:<7}{r['kind']:<7}{layers:<28}{r['precision']:<16}{r['reuse_factor']:>5} {r['strategy']:<9}"
-            + "".join(f"{100 * u[k]:>6.1f}" for k in ("lut", "ff", "dsp", "bram"))
-            + f"{r['cycles']:>9.{dc}f}{r['interval_cycles']:>9.{dc}f}  {r['estimator']}{'*' if r['note'] else ''}"
-            + ("  IMPLAUSIBLE" if r["implausible"] else "")
+            f"{r['name']:<6}{r['kind']:<7}{layers:<24}{r['reuse_factor']:>6} {r['strategy']:<9}"
+            + "".join(f"{_pct(r, k):<14}" for k in ("lut", "ff", "dsp", "bram"))
+            + f"{_cyc(r['cycles'], lo['cycles'], hi['cycles']):<18}{_cyc(r['interval_cycles'], lo['interval'], hi['interval']):<18}"
+            + f"{r['estimator']}{mark}" + ("  IMPLAUSIBLE" if r["implausible"] else "")
         )
+    per_layer = [f"{r['name']}: " + ", ".join(f"{k} {v}" for k, v in r["layer_reuse"].items()) for r in rows
+                 if len(set(r["layer_reuse"].values())) > 1]
+    if per_layer:
+        lines.append("reuse per layer (each keeps pace with its partition's slowest layer): " + "; ".join(per_layer))
     for r in rows:
         if r["note"]:
             lines.append(f"* {r['name']}: {r['note']}")
     for r in rows:
+        if r["extrapolated"]:
+            lines.append(f"~ {r['name']}: beyond the published figures, range widened to at least x0.5-x2: " + "; ".join(r["extrapolated"]))
+    for r in rows:
         for why in r["implausible"]:
             lines.append(f"IMPLAUSIBLE {r['name']}: {why}")
-    if any("analytic" in r["estimator"] for r in rows):
-        lines.append("estimator 'analytic': closed-form figures where rule4ml cannot read a layer (see splitting/estimate.py)")
     if not plan.exact:
         lines.append("note: the search dropped labels past its bound; this plan is the best found, not proven optimal")
     return lines
 
 
-def pareto_table(front: List[PlanChoice]) -> List[str]:
-    """The non-dominated plans as text lines: boards, latency (us), interval (cycles), stages and configurations."""
-    lines = ["non-dominated plans (boards, latency, interval):",
+def pareto_table(front: List[PlanChoice], opts: Optional[SearchOptions] = None) -> List[str]:
+    """The non-dominated plans as text lines: boards, latency (us), interval (cycles), each with its range
+    when `opts` is given, then stages and configurations."""
+    lines = ["non-dominated plans (boards, latency, interval; [range]):",
              f"{'boards':>6} {'latency us':>11} {'interval':>9}  plan [reuse factor and strategy per stage]"]
     dl = decimals([p.latency_us for p in front], least=1)
     di = decimals([p.interval_cycles for p in front])
     for p in front:
-        lines.append(f"{p.boards:>6} {p.latency_us:>11.{dl}f} {p.interval_cycles:>9.{di}f}  {p.describe()} [{p.configs()}]")
+        rng = ""
+        if opts is not None and p.partitions:
+            r = plan_range(p, opts)
+            rng = (f"  latency [{r['low']['latency_us']:.{dl}f}-{r['high']['latency_us']:.{dl}f}] us,"
+                   f" interval [{r['low']['interval_cycles']:.{di}f}-{r['high']['interval_cycles']:.{di}f}]")
+        lines.append(f"{p.boards:>6} {p.latency_us:>11.{dl}f} {p.interval_cycles:>9.{di}f}  {p.describe()} [{p.configs()}]{rng}")
     return lines
 
 
@@ -268,7 +316,7 @@ def write(model_path, plan: PlanChoice, opts: SearchOptions, version: str, folde
     base = plan.stages[0].parts[0].config
     p, models = split_model(model, at=plan.cut_after, neurons=plan.neurons, inputs=plan.inputs,
                             precision=opts.precisions[0], reuse_factor=base.reuse_factor, strategy=base.strategy)
-    apply(p, plan, opts, version)
+    apply(p, plan, opts, version, models)
     refuse_overwrite(folder, p.hash, force)
     from splitting.hls_support import check_plan
 
@@ -276,8 +324,10 @@ def write(model_path, plan: PlanChoice, opts: SearchOptions, version: str, folde
     return write_plan(p, models, folder).parent
 
 
-def apply(p, plan: PlanChoice, opts: SearchOptions, version: str) -> None:
-    """Set every partition's hls4ml configuration and estimate on the Plan `p` that split_model made."""
+def apply(p, plan: PlanChoice, opts: SearchOptions, version: str, models=None) -> None:
+    """Set every partition's hls4ml configuration and estimate on the Plan `p` that split_model made; with
+    `models` (split_model's Keras sub-models), each compute layer's own reuse factor and strategy too
+    (hls4ml's LayerName section), matched to the planner's compute layers in order."""
     from splitting.split import hls_config
 
     if len(p.stages) != len(plan.stages) or any(len(a.partitions) != len(b.parts) for a, b in zip(p.stages, plan.stages)):
@@ -292,12 +342,15 @@ def apply(p, plan: PlanChoice, opts: SearchOptions, version: str) -> None:
                 raise RuntimeError(f"partition {pname} is a {part_obj.kind} partition, the planner expected {part.kind}")
             c = part.config
             part_obj.hls = hls_config(c.precision, c.reuse_factor, c.strategy, f"{pname}_in", part_obj.input_precision)
+            if models is not None and part.kind != "join":
+                _layer_configs(part_obj.hls, models[pname], part)
             r = rows[pname]
             part_obj.estimate = {
-                "utilization": r["utilization"], "resources": r["resources"], "cycles": r["cycles"],
+                "utilization": r["utilization"], "utilization_low": r["utilization_low"], "utilization_high": r["utilization_high"],
+                "resources": r["resources"], "range": r["range"], "cycles": r["cycles"],
                 "interval_cycles": r["interval_cycles"], "estimator": r["estimator"], "estimator_version": version,
-                "note": r["note"],
-                "board": opts.board.name, "cap": opts.cap,
+                "extrapolated": r["extrapolated"], "note": r["note"], "layer_reuse": r["layer_reuse"],
+                "board": opts.board.name, "cap": opts.cap, "fit": opts.fit,
             }
     b = opts.board
     p.board = b.name
@@ -308,3 +361,16 @@ def apply(p, plan: PlanChoice, opts: SearchOptions, version: str) -> None:
     }
     p.notes.append(f"splitrack plan: {plan.describe()}; {plan.boards} board(s), latency {plan.latency_us:.1f} us, "
                    f"interval {plan.interval_cycles:.{decimals([plan.interval_cycles])}f} cycles (estimates: {version})")
+
+
+def _layer_configs(hls: Dict[str, Any], model, part: PartChoice) -> None:
+    """Per compute layer of the partition's Keras model, the reuse factor `reuse.layer_reuse` chose and the
+    strategy, in hls4ml's LayerName section (keyed by the Keras layer names, which split_model may change)."""
+    keras_layers = [l for l in model.layers if type(l).__name__ in COMPUTE]
+    planned = [r for l, r in zip(part.specs, layer_reuse(part.specs, part.config)) if l.kind in COMPUTE]
+    if len(keras_layers) != len(planned):
+        raise RuntimeError(f"the partition model has {len(keras_layers)} compute layers, the planner {len(planned)}: "
+                           "the planner's model of split_model is out of date")
+    names = hls.setdefault("LayerName", {})
+    for layer, r in zip(keras_layers, planned):
+        names.setdefault(layer.name, {}).update({"ReuseFactor": int(r), "Strategy": part.config.strategy})

@@ -22,9 +22,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                     help="boards take the time the FPGA would (cycles from the plan at 100 MHz)")
     up.add_argument("--disk-mb", type=int, default=2048, help="disk size of every board (default 2048)")
     down = sub.add_parser("down", help="stop a virtual rack started by `rack up`")
-    down.add_argument("rack", type=Path)
+    down.add_argument("rack", type=Path, help="rack file written by `rack up`")
     check = sub.add_parser("check", help="health check of every board: SSH, python, free memory and disk")
-    check.add_argument("rack", type=Path)
+    check.add_argument("rack", type=Path, help="rack file (boards.toml, or rack.toml of `rack up`)")
     check.add_argument("--power-cycle", action="store_true", help="power-cycle bad boards that have a "
                        "power_cycle command, then check them again")
 

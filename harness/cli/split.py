@@ -52,7 +52,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inputs", default="", help="input splits LAYER:K[,LAYER:K] (Dense inputs, Conv2D channels)")
     p.add_argument("--precision", default="ap_fixed<16,6>", help="fixed-point type of every layer and link")
     p.add_argument("--reuse", type=int, default=1, help="hls4ml reuse factor (default 1)")
-    p.add_argument("--strategy", default="Latency", choices=["Latency", "Resource"])
+    p.add_argument("--strategy", default="Latency", choices=["Latency", "Resource"],
+                   help="hls4ml strategy of every layer (default Latency; Resource shares multipliers, with --reuse)")
     p.add_argument("-o", "--out", required=True, help="plan folder to write")
     p.add_argument("--force", action="store_true", help="replace a different plan already in the -o folder")
 

@@ -286,18 +286,23 @@ def _json_default(o):
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
+def dumps(doc: Dict) -> str:
+    """The bench document as JSON text (what --json writes)."""
+    return json.dumps(doc, indent=1, default=_json_default)
+
+
 def save(doc: Dict, path: Path) -> Path:
     """Write the bench document as JSON to `path` and the per-hop PNG beside it; returns the PNG's path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1, default=_json_default) + "\n")
+    path.write_text(dumps(doc) + "\n")
     return plot(doc, path.with_suffix(".png"))
 
 
 def write_incomplete(doc: Dict, path: Path) -> Path:
     """Write an incomplete bench document and its plot (every frame's end-to-end latency) to `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1, default=_json_default) + "\n")
+    path.write_text(dumps(doc) + "\n")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,6 +1,7 @@
 """`splitrack nightly`: what a cron job runs. Bench, add to the history, detect regressions, write the dashboard.
 
-    splitrack nightly --boards rack.toml --db results.sqlite [--plan plan/] [--frames 500] [-o site/] [--label NAME]
+    splitrack nightly --boards rack.toml --db results.sqlite [--plan plan/] [--frames 500] [--data FILE.npz] [-o site/]
+                      [--label NAME]
 
 Without --plan it benches the reference plan: the digits FC network cut after fc1 and fc2 (three boards),
 made once and kept under <cache>/nightly/ (splitting.user_cache). The bench JSON of every night is kept beside the
@@ -44,9 +45,10 @@ def default_plan(progress: Callable[[str], None] = print):
 
 def nightly(boards: Path, db: Path, out: Path, plan_dir: Path = None, frames: int = 500, rate: float = None,
             min_change: float = 0.05, progress: Callable[[str], None] = print,
-            lease_wait: float = 0.0, label: str = None) -> List[Tuple[regress.Change, history.RunInfo]]:
+            lease_wait: float = 0.0, label: str = None, data: str = "auto") -> List[Tuple[regress.Change, history.RunInfo]]:
     """One night: returns the regressions in effect for this series (label, rack, machine, plan), each with
-    the run where it starts."""
+    the run where it starts. `data` is bench's --data (splitting.eval_data; a bad one is a UserError before
+    any board is touched)."""
     from splitting.plan import Plan
 
     from harness.rack.lab_lease import leased_rack
@@ -54,11 +56,12 @@ def nightly(boards: Path, db: Path, out: Path, plan_dir: Path = None, frames: in
 
     rack_file = load_rack(boards)
     plan = Plan.load(plan_dir) if plan_dir else default_plan(progress)
+    bench_cmd.bench_eval_data(plan, 2, data)  # a bad --data fails here, before the rack is leased
     runs = Path(out) / "runs"
     try:
         with leased_rack(rack_file, len(plan.partitions), progress=progress) as rack:  # a shared rack: leased
             doc = bench_cmd.bench(plan, rack, frames=frames, rate=rate, progress=progress, lease_wait=lease_wait,
-                                  label=label)
+                                  label=label, data=data)
     except bench_cmd.BenchIncomplete as e:  # what was measured is kept where the night's result goes
         path = bench_cmd.write_incomplete(e.doc, runs / f"{e.doc['time'][:19].replace(':', '')}-{plan.hash}.json")
         raise bench_cmd.BenchIncomplete(f"{e}; wrote {path}", e.doc) from None

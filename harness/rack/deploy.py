@@ -43,10 +43,12 @@ from splitting.plan import Plan
 
 from harness.agent import wire
 from harness.agent.files import agent_files
+from harness.rack import checks
 from harness.rack import wiring as wiring_mod
 from harness.rack.agent_control import (PART, agent_stale_state, json_object, ping, remote_pids, start_agent,
                                         stop_agents, write_secret)
 from harness.rack.artifacts import artifact
+from harness.rack.health import agent_on_port, board_secret
 from harness.rack.rackfile import Board, Rack
 from harness.rack.ssh import CONNECT_TIMEOUT, BoardError, Connection, local_sha256
 
@@ -57,12 +59,12 @@ MAX_PARALLEL = 32  # boards handled at once (threads waiting on SSH round trips 
 class DeployError(UserError, RuntimeError):
     """Deployment failed on one or more boards; `failures` lists (board, stage, message), `done` what worked."""
 
-    def __init__(self, failures: List[BoardError], done: List["Placed"]):
+    def __init__(self, failures: List[BoardError], done: List["Placed"], before: str = ""):
         self.failures = failures
         self.done = done
         lines = [str(f) for f in failures]
         ok = ", ".join(f"{p.partition} on {p.board}" for p in done)
-        super().__init__("; ".join(lines) + (f" (deployed fine: {ok})" if ok else ""))
+        super().__init__(before + "; ".join(lines) + (f" (deployed fine: {ok})" if ok else ""))
 
 
 @dataclass
@@ -290,10 +292,42 @@ def deploy(plan: Plan, rack: Rack, force: bool = False, progress: Callable[[str]
     prepared = {name: artifact(plan, name, b) for name, b in boards.items()}
     with lease.ensure(list(boards.values()), "deploy", wait=lease_wait, progress=progress,
                       connect_timeout=connect_timeout) as held:
+        _preflight(boards, prepared, connect_timeout, plan.hash)
         dep = _deploy(plan, boards, prepared, force, progress, faults, part_timeout, connect_timeout)
         if held is not None:
             held.check()
         return dep
+
+
+def _preflight(boards: Dict[str, Board], prepared: Dict[str, tuple], connect_timeout: float, plan_hash: str) -> None:
+    """The checks of harness.rack.checks on every board (numpy and pynq found, not imported), over the lease's
+    connections, before anything is uploaded: DeployError naming every problem, nothing deployed. A board whose
+    agent answers as this plan's partition is not checked again: that agent runs on the board's python, with
+    numpy, under its sudo (a redeploy then costs a ping, not a Python start per board)."""
+    from . import lease
+
+    def connect(b: Board) -> Connection:
+        lease.require(b)  # unreachable: the lease's own BoardError says why
+        return lease.shared_connection(b) or Connection(b, timeout=connect_timeout)
+
+    def runs_it(item) -> bool:
+        name, b = item
+        try:
+            with connect(b) as conn:
+                h = ping(b.host, b.data_port, board_secret(conn, b))
+        except (BoardError, OSError, ValueError):
+            return False
+        return (h.get("plan_hash"), h.get("partition")) == (plan_hash, name)
+
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(boards))) as pool:
+        todo = [b for (name, b), runs in zip(boards.items(), pool.map(runs_it, boards.items())) if not runs]
+    needs = {b.name: checks.Need(name, checks.upload_bytes(list(CODE.values()) + list(prepared[name][0].values())))
+             for name, b in boards.items()}
+    reports = checks.inspect_boards(todo, needs, imports=False, port_owner=agent_on_port, connect=connect,
+                                    timeout=connect_timeout)
+    problems = [BoardError(p.board, p.check, p.message) for r in reports for p in r.problems]
+    if problems:
+        raise DeployError(problems, [], before="nothing deployed: ")
 
 
 def _deploy(plan: Plan, boards: Dict[str, Board], prepared: Dict[str, tuple], force: bool,

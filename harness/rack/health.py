@@ -1,20 +1,19 @@
-"""The health check of a rack's boards: SSH reachable, the agent's runtime (python >= 3.8 with numpy), free memory
-and disk, a running agent that answers; a power cycle for a bad board whose rack file says how."""
+"""The health check of a rack's boards (every check of harness.rack.checks: SSH, the agent's Python with numpy and
+pynq, sudo, free memory and disk, the data port free or held by our agent); a power cycle for a bad board whose
+rack file says how."""
 from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional
 
+from harness.rack import checks
 from harness.rack.agent_control import PART, SECRET_FILE, alive, ping, remote_pids
 from harness.rack.rackfile import Board, Rack
-from harness.rack.ssh import BoardError, Connection
+from harness.rack.ssh import Connection
 from splitting.errors import UserError
 
-MIN_FREE_MEMORY = 64 << 20  # below this an agent with its frame queues does not fit next to the OS
-MIN_FREE_DISK = 32 << 20
-MIN_PYTHON = (3, 8)
 MAX_PARALLEL = 32  # boards checked at once
 
 
@@ -48,48 +47,26 @@ def ping_board(board: Board, timeout: float = 5.0) -> dict:
     return ping(board.host, board.data_port, secret)
 
 
-def check_board(board: Board, timeout: float = 5.0) -> Health:
-    """SSH reachable, the agent's runtime (python >= 3.8 with numpy) answers, enough free memory and disk,
-    and a running agent answers a ping. Never raises: a bad board gets a reason."""
-    d: Dict[str, object] = {}
+def agent_on_port(conn: Connection, board: Board) -> Optional[str]:
+    """Who holds the board's data port when it is an agent of this board's workdir (its deployment's secret
+    is read over `conn`): 'agent of P (pid N)', or 'agent pid N (not answering)' while one of its pid files
+    names a live process; None when the holder is not ours."""
     try:
-        with Connection(board, timeout=timeout) as conn:
-            r = conn.run([board.python, "-c", "import sys, numpy; print(sys.version_info[0], sys.version_info[1], "
-                          "numpy.__version__)"], check=False, timeout=20, stage="health")
-            if r.status != 0:
-                return Health(board.name, False, f"`{board.python}` with numpy does not run: "
-                              f"{(r.stderr or r.stdout).strip()[-200:]}", d)
-            major, minor, npv = r.stdout.split()[:3]
-            d["python"] = f"{major}.{minor}"
-            if (int(major), int(minor)) < MIN_PYTHON:
-                return Health(board.name, False, f"python {major}.{minor} is older than 3.8", d)
-            free = conn.run(["free", "-b"], check=False, timeout=10, stage="health").stdout
-            mem = [ln.split() for ln in free.splitlines() if ln.startswith("Mem:")]
-            if mem:
-                avail = int(mem[0][6] if len(mem[0]) > 6 else mem[0][3])
-                d["free_memory_mib"] = avail >> 20
-                if avail < MIN_FREE_MEMORY:
-                    return Health(board.name, False, f"only {avail >> 20} MiB of memory available "
-                                  f"(an agent needs {MIN_FREE_MEMORY >> 20} MiB): reboot the board", d)
-            df = conn.run(["df", "-Pk", conn.home], check=False, timeout=10, stage="health").stdout.splitlines()
-            if len(df) >= 2:
-                avail_k = int(df[1].split()[3])
-                d["free_disk_mib"] = avail_k >> 10
-                if avail_k << 10 < MIN_FREE_DISK:
-                    return Health(board.name, False, f"only {avail_k >> 10} MiB of disk free "
-                                  f"(need {MIN_FREE_DISK >> 20} MiB): clean up the board's SD card", d)
-            pids = remote_pids(conn, conn.remote_path(f"{board.workdir}/{PART}"))
-            live = [p for p in pids.values() if alive(conn, p)]
-            secret = board_secret(conn, board)
-    except BoardError as e:
-        return Health(board.name, False, f"{e.stage}: {str(e).split(': ', 1)[-1]}", d)
-    if live:
-        try:
-            h = ping(board.host, board.data_port, secret)
-            d["agent"] = f"{h.get('partition')} pid {h.get('pid')}"
-        except (OSError, ValueError) as e:
-            d["agent"] = f"pid {live[0]} does not answer ({e}); deploy restarts it"
-    return Health(board.name, True, "", d)
+        h = ping(board.host, board.data_port, board_secret(conn, board))
+        return f"agent of {h.get('partition')} (pid {h.get('pid')})"
+    except (OSError, ValueError):
+        live = [p for p in remote_pids(conn, conn.remote_path(f"{board.workdir}/{PART}")).values()
+                if alive(conn, p)]
+        return f"agent pid {live[0]} (not answering; deploy restarts it)" if live else None
+
+
+def check_board(board: Board, timeout: float = 5.0) -> Health:
+    """Every check of harness.rack.checks (SSH, the agent's Python with numpy and pynq, what the board is,
+    sudo, free memory and disk, the data port: free or held by our agent). Never raises: a bad board gets a
+    reason (each problem as 'check: what to do', joined by '; ')."""
+    r = checks.inspect_board(board, port_owner=agent_on_port, timeout=timeout)
+    return Health(board.name, r.ok, "; ".join(f"{p.check}: {p.message}" for p in r.problems),
+                  {k: v for k, v in r.facts.items() if k != "ssh"})
 
 
 def power_cycle(board: Board, wait: float = 180.0, timeout: float = 5.0) -> Health:

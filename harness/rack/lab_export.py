@@ -107,7 +107,9 @@ def place_specs(rack: Rack) -> List[PlaceSpec]:
     """One place per board: matched to the board's resource group on any exporter, tagged."""
     specs = []
     for b in rack.boards:
-        tags = {TAG_RACK: rack.name, TAG_KIND: b.kind, TAG_BOARD: b.name, TAG_PYNQ: b.pynq_version}
+        tags = {TAG_RACK: rack.name, TAG_KIND: b.kind, TAG_BOARD: b.name}
+        if b.pynq_version:  # a tag only for what the rack file states
+            tags[TAG_PYNQ] = b.pynq_version
         specs.append(PlaceSpec(place_name(rack.name, b.name), tags, [f"*/{b.name}/*"]))
     return specs
 

@@ -59,7 +59,7 @@ class Board:
     user: str = "xilinx"
     known_hosts: Path = field(default_factory=lambda: Path("~/.ssh/known_hosts").expanduser())
     host_key_policy: str = "strict"
-    pynq_version: str = "3.0.1"
+    pynq_version: Optional[str] = None  # the PYNQ release the board must carry (`splitrack doctor` checks it)
     data_port: int = 7700
     python: str = "python3"  # the board's interpreter that runs the agent (PYNQ 3: its venv's python3)
     sudo: bool = False  # run the agent with sudo (PYNQ's Overlay needs root on a real board)
@@ -207,6 +207,14 @@ def _board_from(d: Dict[str, Any], path: Path, line: int, keys: Dict[str, int]) 
     for name in ("user", "pynq_version", "python", "workdir"):
         if name in d:
             out[name] = text(name)
+    if "pynq_version" in out:
+        from packaging.version import InvalidVersion, Version
+
+        try:
+            Version(out["pynq_version"])
+        except InvalidVersion:
+            raise RackError(f"{where('pynq_version')}: {out['pynq_version']!r} is not a version; give the PYNQ "
+                            "release the board carries, e.g. \"3.0.1\" (`pip show pynq` on the board)") from None
     if "workdir" in out:
         w = out["workdir"]
         if w.startswith("~") and not (w == "~" or w.startswith("~/")):

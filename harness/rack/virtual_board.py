@@ -6,8 +6,15 @@ board's "programmable logic" is whatever the agent loads (the hls4ml emulation l
 
 To make the board's limits testable, `free` and `df` on this board report the board's own memory and disk
 (`--memory-mb`, `--disk-mb`), and SFTP refuses writes beyond the disk size with "No space left on device",
-as a full SD card would. `--fault corrupt-upload` flips one bit of every uploaded file (a flaky SD card or
-link), so that deployment's sha256 check can be tested.
+as a full SD card would. `sudo` runs its command as the board user (a prepared image's NOPASSWD entry for the
+agent's commands). `--pynq-version V` makes the board carry the identity of a PYNQ V image: a `pynq`
+package whose version is V (only that: no Overlay, virtual boards run the emulation). Faults (`--fault`,
+FAULTS) make a board wrong on purpose, as boards in a lab are:
+
+- corrupt-upload: flips one bit of every uploaded file (a flaky SD card or link), for deploy's sha256 check;
+- no-numpy: the board's python3 has no numpy (it runs without site-packages);
+- old-python: the board's python3 says it is Python 3.6.9 (`sys.version_info`, as PYNQ 2.6's image's did);
+- sudo-refused: `sudo -n` asks for a password, as on an image without a sudoers entry for the agent.
 
 Run one board per process (a board must be stoppable and freezable on its own):
 
@@ -19,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -26,7 +34,7 @@ from typing import List, Optional
 
 import asyncssh
 
-FAULTS = ("corrupt-upload",)
+FAULTS = ("corrupt-upload", "no-numpy", "old-python", "sudo-refused")
 
 
 def disk_usage(home: Path) -> int:
@@ -42,8 +50,9 @@ def disk_usage(home: Path) -> int:
     return total
 
 
-# `free` and `df` of the board: small scripts in the board's own bin folder, first on its PATH.
-_FREE = """#!{python}
+# `free` and `df` of the board: small scripts in the board's own bin folder, first on its PATH (-S: no
+# site-packages to scan, so that they start in tens of ms, as the C programs of a real board do).
+_FREE = """#!{python} -S
 import json, sys
 c = json.load(open({cfg!r}))
 total = c["memory_mb"] << 20
@@ -54,7 +63,7 @@ print("Mem:   %12d%12d%12d%12d%12d%12d" % (total // div, (total - avail) // div,
 print("Swap:  %12d%12d%12d" % (0, 0, 0))
 """
 
-_DF = """#!{python}
+_DF = """#!{python} -S
 import json, os
 c = json.load(open({cfg!r}))
 size = int(c["disk_mb"] * 1048576)
@@ -63,6 +72,59 @@ print("Filesystem     1024-blocks      Used Available Capacity Mounted on")
 print("virtual-sd     %11d %9d %9d %7d%% %s" % (size // 1024, used // 1024, max(0, size - used) // 1024,
       100 * used // size, c["home"]))
 """
+
+
+_SUDO = """#!/bin/sh
+# sudo of a virtual board: the board user may run the agent's commands without a password
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -n|-E|-H) shift ;;
+    --) shift; break ;;
+    -*) echo "sudo: this virtual board's sudo knows -n, -E and -H only, not $1" >&2; exit 1 ;;
+    *) break ;;
+  esac
+done
+exec "$@"
+"""
+
+_SUDO_REFUSED = """#!/bin/sh
+# sudo of a virtual board with the fault sudo-refused: no sudoers entry lets the board user skip the password
+echo "sudo: a password is required" >&2
+exit 1
+"""
+
+# python3 of a board with a fault in its Python: the real interpreter (-S: without site-packages for
+# no-numpy) running the command line as `python3` would, after changing what the fault changes
+_PYTHON = """#!{python}{flags}
+import os, runpy, sys
+from collections import namedtuple
+
+if {old!r}:
+    sys.version_info = namedtuple("version_info", "major minor micro releaselevel serial")(3, 6, 9, "final", 0)
+    sys.version = "3.6.9 (a virtual board with the fault old-python)"
+args = sys.argv[1:]
+if args[:1] in (["--version"], ["-V"]):
+    print("Python %d.%d.%d" % tuple(sys.version_info[:3]))
+elif len(args) >= 2 and args[0] == "-c":
+    sys.argv = ["-c"] + args[2:]
+    sys.path[0] = ""
+    exec(compile(args[1], "<string>", "exec"), {{"__name__": "__main__", "__builtins__": __builtins__}})
+elif len(args) >= 2 and args[0] == "-m":
+    sys.argv = [args[1]] + args[2:]
+    sys.path[0] = os.getcwd()
+    runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+elif args and not args[0].startswith("-"):
+    sys.argv = args
+    sys.path[0] = os.path.dirname(os.path.abspath(args[0]))
+    runpy.run_path(args[0], run_name="__main__")
+else:
+    sys.exit("python3 of this virtual board runs -c CODE, -m MODULE or a script, not " + " ".join(args))
+"""
+
+_PYNQ = '''"""Not PYNQ: the identity of the PYNQ image a virtual board plays (harness.rack.virtual_board). Its agent runs
+the hls4ml emulation; there is no Overlay here."""
+__version__ = {version!r}
+'''
 
 
 class BoardSFTP(asyncssh.SFTPServer):
@@ -112,7 +174,7 @@ class VirtualBoard:
 
     def __init__(self, name: str, home: Path, host: str, port: int, host_key: Path, authorized_keys: Path,
                  memory_mb: int = 512, memory_free_mb: Optional[int] = None, disk_mb: Optional[float] = 2048,
-                 faults: List[str] = ()):
+                 faults: List[str] = (), pynq_version: Optional[str] = None):
         self.name = name
         self.home = Path(home).resolve()
         self.host = host
@@ -123,8 +185,10 @@ class VirtualBoard:
         self.memory_free_mb = memory_mb * 3 // 4 if memory_free_mb is None else memory_free_mb
         self.disk_mb = disk_mb
         self.faults = list(faults)
+        self.pynq_version = pynq_version
         self.state = self.home.parent / (self.home.name + ".board")
         self.bin = self.state / "bin"
+        self.site = self.state / "site"  # the PYNQ image's packages (PYTHONPATH), with --pynq-version
 
     def _prepare(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -133,10 +197,27 @@ class VirtualBoard:
         cfg.write_text(json.dumps({"name": self.name, "home": str(self.home), "memory_mb": self.memory_mb,
                                    "memory_free_mb": self.memory_free_mb,
                                    "disk_mb": self.disk_mb if self.disk_mb is not None else 1 << 20}))
-        for name, body in (("free", _FREE), ("df", _DF)):
+        scripts = {"free": _FREE.format(python=sys.executable, cfg=str(cfg)),
+                   "df": _DF.format(python=sys.executable, cfg=str(cfg)),
+                   "sudo": _SUDO_REFUSED if "sudo-refused" in self.faults else _SUDO}
+        if {"no-numpy", "old-python"} & set(self.faults):
+            scripts["python3"] = _PYTHON.format(python=sys.executable, flags=" -S" if "no-numpy" in self.faults else "",
+                                                old="old-python" in self.faults)
+        for name in ("free", "df", "sudo", "python3"):
             f = self.bin / name
-            f.write_text(body.format(python=sys.executable, cfg=str(cfg)))
-            f.chmod(0o755)
+            if name in scripts:
+                f.write_text(scripts[name])
+                f.chmod(0o755)
+            elif f.exists():  # a fault of an earlier start of this board
+                f.unlink()
+        if self.pynq_version:
+            (self.site / "pynq").mkdir(parents=True, exist_ok=True)
+            (self.site / "pynq" / "__init__.py").write_text(_PYNQ.format(version=self.pynq_version))
+            for old in self.site.glob("pynq-*.dist-info"):
+                shutil.rmtree(old)
+            meta = self.site / f"pynq-{self.pynq_version}.dist-info"
+            meta.mkdir()
+            (meta / "METADATA").write_text(f"Metadata-Version: 2.1\nName: pynq\nVersion: {self.pynq_version}\n")
 
     def env(self) -> dict:
         """The environment of commands run on the board: HOME its home, PATH with its `free`/`df` first and this
@@ -146,6 +227,8 @@ class VirtualBoard:
                 "/usr/sbin", "/sbin"]
         env = {"HOME": str(self.home), "PATH": ":".join(path), "USER": "xilinx", "LANG": "C.UTF-8",
                "SPLITRACK_BOARD": self.name}
+        if self.pynq_version:
+            env["PYTHONPATH"] = str(self.site)
         for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[k] = "1"  # a Z2 has two small cores; do not let numpy spawn thread pools
         return env
@@ -279,10 +362,13 @@ def main(argv=None) -> int:
     ap.add_argument("--memory-mb", type=int, default=512, help="the board's RAM as `free` reports it (Z2: 512)")
     ap.add_argument("--memory-free-mb", type=int, default=None, help="available memory `free` reports")
     ap.add_argument("--disk-mb", type=float, default=2048, help="size of the board's disk (home folder)")
-    ap.add_argument("--fault", action="append", default=[], choices=FAULTS)
+    ap.add_argument("--fault", action="append", default=[], choices=FAULTS, help="make the board wrong on "
+                    "purpose (repeatable; see the module docstring)")
+    ap.add_argument("--pynq-version", default=None, help="carry the identity of this PYNQ image (a `pynq` package "
+                    "of that version, without Overlay)")
     a = ap.parse_args(argv)
     board = VirtualBoard(a.name, a.home, a.listen, a.port, a.host_key, a.authorized_keys, a.memory_mb,
-                         a.memory_free_mb, a.disk_mb, a.fault)
+                         a.memory_free_mb, a.disk_mb, a.fault, a.pynq_version)
     asyncio.run(board.serve())
     return 0
 

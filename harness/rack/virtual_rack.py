@@ -36,6 +36,7 @@ from harness.rack.virtual_board import home_processes
 from splitting.user_cache import cache_root
 
 READY_TIMEOUT = 20.0
+PYNQ_VERSION = "3.0.1"  # the PYNQ image the boards of `rack up` play (virtual_board --pynq-version)
 
 
 def _os_port(host: str) -> int:
@@ -176,13 +177,14 @@ class _Starting:
     key: Path
     netns: Optional[str]
     timing: Optional[str]
+    pynq_version: Optional[str] = None
 
 
 def _spawn_board(state: Path, name: str, host: str = "127.0.0.1", port: Optional[int] = None,
                  data_port: Optional[int] = None, memory_mb: int = 512, memory_free_mb: Optional[int] = None,
                  disk_mb: float = 2048, faults: List[str] = (), netns: Optional[str] = None,
                  timing: Optional[str] = None, taken: Optional[set] = None,
-                 zygote: Optional[_Zygote] = None) -> _Starting:
+                 zygote: Optional[_Zygote] = None, pynq_version: Optional[str] = None) -> _Starting:
     """Start one virtual board process without waiting for it (ports not given are drawn with _free_port,
     never one of `taken`); forked by `zygote` when one is given (not for a board in a network namespace)."""
     state = Path(state).resolve()  # the board process runs in its own folder: paths must be absolute
@@ -208,16 +210,18 @@ def _spawn_board(state: Path, name: str, host: str = "127.0.0.1", port: Optional
         argv += ["--memory-free-mb", str(memory_free_mb)]
     for f in faults:
         argv += ["--fault", f]
+    if pynq_version:
+        argv += ["--pynq-version", pynq_version]
     if zygote is not None and not netns:
         proc = zygote.fork(argv[3:], bdir, bdir / "board.log")
-        return _Starting(name, host, port, data_port, proc, bdir, hk, key, netns, timing)
+        return _Starting(name, host, port, data_port, proc, bdir, hk, key, netns, timing, pynq_version)
     if netns:
         argv = ["ip", "netns", "exec", netns] + argv
     log = open(bdir / "board.log", "ab")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, env=_board_env(), cwd=str(bdir))
     log.close()
-    return _Starting(name, host, port, data_port, proc, bdir, hk, key, netns, timing)
+    return _Starting(name, host, port, data_port, proc, bdir, hk, key, netns, timing, pynq_version)
 
 
 def _board_process(st: _Starting) -> BoardProcess:
@@ -237,17 +241,19 @@ def _finish_board(st: _Starting, state: Path, timeout: float, known_hosts: Optio
         kind, b64 = st.host_key.export_public_key("openssh").decode().split()[:2]
         f.write(f"{entry} {kind} {b64}\n")
     return Board(name=st.name, host=st.host, kind="virtual-pynq-z2", key=st.key, port=st.port, user="xilinx",
-                 known_hosts=known_hosts, host_key_policy="strict", data_port=st.data_port, timing=st.timing)
+                 known_hosts=known_hosts, host_key_policy="strict", data_port=st.data_port, timing=st.timing,
+                 pynq_version=st.pynq_version)
 
 
 def start_board(state: Path, name: str, host: str = "127.0.0.1", port: Optional[int] = None,
                 data_port: Optional[int] = None, memory_mb: int = 512, memory_free_mb: Optional[int] = None,
                 disk_mb: float = 2048, faults: List[str] = (), netns: Optional[str] = None,
                 timing: Optional[str] = None, known_hosts: Optional[Path] = None,
-                taken: Optional[set] = None) -> (Board, BoardProcess):
-    """Start one virtual board process; returns its rack entry and its process. Waits until it speaks SSH."""
+                taken: Optional[set] = None, pynq_version: Optional[str] = None) -> (Board, BoardProcess):
+    """Start one virtual board process; returns its rack entry and its process. Waits until it speaks SSH.
+    faults: virtual_board.FAULTS; pynq_version: the PYNQ image it plays (and its rack entry states)."""
     st = _spawn_board(state, name, host, port, data_port, memory_mb, memory_free_mb, disk_mb, faults, netns,
-                      timing, taken)
+                      timing, taken, pynq_version=pynq_version)
     board = _finish_board(st, state, READY_TIMEOUT, known_hosts)
     return board, _board_process(st)
 
@@ -427,10 +433,11 @@ def rack_up(n: int, out, state: Optional[Path] = None, name: str = "virtual", ne
             bname = f"vpynq{i}"
             if netns:
                 st = _spawn_board(state, bname, host=f"10.77.{k}.{10 + i}", port=22, data_port=7700,
-                                  memory_mb=memory_mb, disk_mb=disk_mb, netns=ns_names[i], timing=timing)
+                                  memory_mb=memory_mb, disk_mb=disk_mb, netns=ns_names[i], timing=timing,
+                                  pynq_version=PYNQ_VERSION)
             else:
                 st = _spawn_board(state, bname, memory_mb=memory_mb, disk_mb=disk_mb, timing=timing,
-                                  taken=taken, zygote=zygote)
+                                  taken=taken, zygote=zygote, pynq_version=PYNQ_VERSION)
             started.append(st)
             p = _board_process(st)
             procs.append(p)

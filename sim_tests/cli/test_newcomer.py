@@ -24,11 +24,11 @@ def _env(**kw):
 # --- one cache per user --------------------------------------------------------------------------------
 _WHERE = """
 import json
-from splitting import hls, reference_models, estimate
+from splitting import hls, reference_models, estimates
 from harness.jobs import nightly
 from harness.rack import virtual_rack
 from harness.cosim import sim
-print(json.dumps({"hls": str(hls.CACHE), "models": str(reference_models.CACHE), "estimates": str(estimate.cache_root()),
+print(json.dumps({"hls": str(hls.CACHE), "models": str(reference_models.CACHE), "estimates": str(estimates.cache_root()),
                   "nightly": str(nightly.CACHE), "cosim": str(sim.CACHE),
                   "racks": str(virtual_rack.default_state("rack.toml"))}))
 """

@@ -37,7 +37,7 @@ def _option(p: argparse.ArgumentParser, flag: str):
     return None
 
 
-@pytest.mark.parametrize("command", ["deploy", "run", "bench", "nightly", "demo", "history"])
+@pytest.mark.parametrize("command", ["deploy", "doctor", "run", "bench", "nightly", "demo", "history"])
 def test_the_rack_file_is_boards_file_everywhere(command):
     a = _option(_parser(command), "--boards")
     assert a is not None and a.type is Path and a.metavar == "FILE", (command, a)

@@ -290,6 +290,30 @@ def test_cli_json(small_plan, chain_results, capsys):
     assert out["sim_cycles"] == chain_results["icarus"].sim_cycles
 
 
+def test_cli_data_takes_the_users_file_through_the_one_loader(small_plan, chain_results, tmp_path, capsys,
+                                                              monkeypatch):
+    """`cosim --data FILE.npz`: the user's frames (cycled to --frames) are what is cosimulated; a file that
+    does not fit the plan is one line, exit 2."""
+    from harness.cli.commands import main
+    from harness.cosim import cosim as cosim_mod
+
+    x = np.random.default_rng(4).uniform(-2, 2, (2,) + tuple(small_plan.model["input_shape"])).astype(np.float32)
+    np.savez(tmp_path / "mine.npz", x=x)
+    seen = []
+    real = cosim_mod.cosimulate
+    monkeypatch.setattr(cosim_mod, "cosimulate", lambda plan, *a, **k: seen.append(k["frames"]) or real(plan, *a, **k))
+    rc = main(["cosim", str(small_plan.root), "--sim", "icarus", "--json", "--frames", "3", "--no-write",
+               "--data", str(tmp_path / "mine.npz")])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["ok"] and out["outputs_match"] and out["frames"] == 3
+    assert np.array_equal(seen[0], np.concatenate([x, x[:1]]))
+
+    np.save(tmp_path / "wrong.npy", np.zeros((3, 5), np.float32))
+    assert main(["cosim", str(small_plan.root), "--data", str(tmp_path / "wrong.npy")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "frames have 5 values" in err[0]
+
+
 def test_cli_bad_plan_is_one_line_exit_2(tmp_path, capsys):
     from harness.cli.commands import main
 

@@ -119,3 +119,33 @@ def test_bench_with_the_users_data_reports_and_stores_its_accuracy(vrack, tmp_pa
         assert run.label == "my-model" and run.env["data"]["source"] == str(npz)
         assert h.values(run.run_id)[("accuracy", "rack")] == pytest.approx(doc["accuracy"]["rack"])
         assert h.values(run.run_id)[("accuracy", "keras")] == pytest.approx(expected)
+
+
+def test_nightly_streams_the_users_data_through_the_one_data_loader(vrack, tmp_path, capsys):
+    """`nightly --data my.npz` (what its digits note tells the user to give): the night's bench streams the
+    user's frames and scores their labels; a file that does not fit the plan is one line, exit 2, before
+    any board is touched."""
+    import numpy as np
+
+    from harness.jobs.nightly import default_plan
+    from splitting.reference_models import digits_data
+
+    plan = default_plan(lambda s: None)
+    _, _, x, y = digits_data()
+    npz = tmp_path / "mine.npz"
+    np.savez(npz, x=x[:40].reshape(40, -1), y=y[:40])
+    db, site = tmp_path / "r.sqlite", tmp_path / "site"
+    base = ["nightly", "--boards", str(vrack), "--db", str(db), "-o", str(site), "--frames", "40", "--label", "mine"]
+    assert main(base + ["--data", str(npz)]) == 0
+    out = capsys.readouterr().out
+    assert f"{npz} (40 frames, 40 labelled)" in out and "give your own test set" not in out
+    (doc_file,) = (site / "runs").glob("*.json")
+    assert json.loads(doc_file.read_text())["data"]["source"] == str(npz)
+
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, x=np.zeros((4, 7), np.float32))
+    assert main(base + ["--data", str(wrong)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "frames have 7 values" in err[0] and "Traceback" not in err[0]
+    assert len(list((site / "runs").glob("*.json"))) == 1  # nothing benched
+    assert plan.hash in doc_file.name

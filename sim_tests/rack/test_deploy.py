@@ -179,7 +179,7 @@ def test_plugin_quarantines_and_leases(pytester, monkeypatch, rack_file, tmp_pat
         stop_board(proc)
     out = res.stdout.str()
     res.assert_outcomes(passed=6, skipped=1)
-    assert "starved: QUARANTINED: only 20 MiB of memory available" in out
+    assert "starved: QUARANTINED: memory: only 20 MiB of memory available" in out
     assert "splitrack: quarantined boards" in out
     assert "needs 4 healthy board(s)" in out and "starved quarantined" in out
     # no board was ever held by two tests at once, and both workers ran tests

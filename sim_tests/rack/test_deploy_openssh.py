@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.jobs.doctor import doctor
 from harness.rack.deploy import deploy, undeploy
 from harness.rack.health import check_board
 from harness.rack.rackfile import Board, Rack
@@ -124,4 +125,11 @@ def test_openssh_board_deploys_and_streams(sshd, others, tmp_path_factory):
 
     again = deploy(plan, rack)  # unchanged: OpenSSH's sha256sum agrees, nothing is flashed
     assert again.flashed == [] and again.placed["s0"].pid == dep.placed["s0"].pid
+    # doctor on a stock system's tools (df, free, date of this machine, not the virtual boards' stand-ins)
+    report = doctor(rack, plan)
+    assert report.ok, report.lines()
+    f = report.boards[0].facts  # the OpenSSH board's
+    assert abs(f["free_disk_mib"] - (shutil.disk_usage(sshd.workdir).free >> 20)) < 64  # others write meanwhile
+    assert f["data_port"].startswith(f"{strict.data_port} agent of s0") and f["free_memory_mib"] > 64
+    assert abs(f["clock_offset_ms"]) <= f["clock_error_ms"] + 0.1  # one machine, one clock: the bound holds
     assert undeploy(rack) == 3

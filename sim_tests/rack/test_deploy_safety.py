@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.agent.files import MODULE as AGENT_MODULE
 from harness.rack.agent_control import agent_stale_state
 from harness.rack.deploy import DeployError, deploy, undeploy
 from harness.rack.health import ping_board
@@ -117,7 +118,12 @@ def test_frozen_ssh_server_mid_upload_is_a_clear_error_within_30s(plan3, rack_fi
 def test_agent_that_exits_at_start_is_reported_at_once_with_its_own_output(plan3, rack_file):
     rack = load_rack(rack_file)
     deploy(plan3, rack)  # a working agent first: its log must not be quoted for the next one
-    bad = Rack(rack.name, [dataclasses.replace(b, python="/nonexistent/python3") if i == 1 else b
+    # a python that passes deploy's checks (it runs their probe) but cannot run the agent
+    with Connection(rack.boards[1]) as c:
+        fake = c.remote_path("python-without-modules")
+        c.put_bytes(b'#!/bin/sh\ncase "$1" in -m) echo "$0: this python runs no module ($2)" >&2; exit 3;; esac\n'
+                    b'exec python3 "$@"\n', fake, mode=0o755)
+    bad = Rack(rack.name, [dataclasses.replace(b, python=fake) if i == 1 else b
                            for i, b in enumerate(rack.boards)], rack.path, rack.virtual_state)
     t0 = time.monotonic()
     with pytest.raises(DeployError) as e:
@@ -126,7 +132,8 @@ def test_agent_that_exits_at_start_is_reported_at_once_with_its_own_output(plan3
     msg = str(e.value)
     print(f"agent that exits at start: error after {took:.1f} s: {msg}")
     assert f"board {rack.boards[1].name}, stage agent-start: agent of s1 exited at start" in msg
-    assert "/nonexistent/python3" in msg and "listening" not in msg  # its own output, not the last agent's log
+    assert f"python-without-modules: this python runs no module ({AGENT_MODULE})" in msg
+    assert "listening" not in msg  # its own output, not the last agent's log
     assert took < 25  # not the 30 s start timeout
     undeploy(rack)
 

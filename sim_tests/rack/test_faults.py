@@ -7,6 +7,7 @@ Plan: the FC reference model cut in three (one partition per board).
 from __future__ import annotations
 
 import os
+import posixpath
 import signal
 import threading
 import time
@@ -16,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.rack.deploy import DeployError, deploy, undeploy
+from harness.rack.artifacts import artifact_files
+from harness.rack.deploy import CODE, DeployError, deploy, undeploy
 from harness.rack.health import check_board
 from harness.rack.rackfile import Rack
 from harness.rack.ssh import BoardError, connect
@@ -93,7 +95,8 @@ def test_board_that_does_not_answer(plan3, boards, extra, x, expected):
         err = _deploy_fails(plan3, [boards[0], mute, boards[1]], connect_timeout=2)
         assert [(f.board, f.stage) for f in err.failures] == [("mute", "connect")]
         assert "did not speak SSH within 2 s" in str(err)
-        assert sorted(p.board for p in err.done) == sorted([boards[0].name, boards[1].name])
+        # refused by the checks before anything was uploaded to any board (harness.rack.checks)
+        assert err.done == [] and str(err).startswith("nothing deployed: ")
         h = check_board(mute, timeout=2)
         assert not h.ok and h.reason.startswith("connect")
     finally:
@@ -138,8 +141,17 @@ def test_corrupted_upload(plan3, boards, extra, x, expected):
 def test_full_disk(plan3, boards, extra, x, expected):
     full, _ = extra("full", disk_mb=0.1)  # 100 KiB: the agent's code fits, the partition's library does not
     err = _deploy_fails(plan3, [boards[0], boards[1], full])
-    assert [(f.board, f.stage) for f in err.failures] == [("full", "upload")]
-    assert "no space left" in str(err)
+    # deploy's disk check refuses before any upload, naming the bytes the partition's files need
+    assert [(f.board, f.stage) for f in err.failures] == [("full", "disk")]
+    assert str(err).startswith("nothing deployed: ") and "0 MiB of disk free" in str(err) and "MiB of files for s2" in str(err)
+    with connect(full) as c:
+        assert not c.exists(c.remote_path("splitrack/part"))
+        # a disk that fills up after the check: the upload itself says so (every SFTP write's answer is read)
+        files = list(CODE.items()) + list(artifact_files(plan3, "s2", full).items())
+        with pytest.raises(BoardError, match="stage upload: no space left on the board"):
+            for name, local in files:  # what deploy would upload (the agent's package in its folders), until full
+                c.mkdirs(posixpath.dirname(c.remote_path(name)))
+                c.put(local, c.remote_path(name))
     h = check_board(full)
     assert not h.ok and "disk free" in h.reason
     _usable(boards, plan3, x, expected)

@@ -5,7 +5,9 @@ import pytest
 
 from test_plan_search import PYNQ, _opts, brute_force, chain  # noqa: F401  (chain is a fixture)
 from harness.cli.plan import decimals, implausible, pareto_table
-from splitting.estimate import Analytic, Estimate, HlsConfig, LayerSpec
+from splitting.estimates import Estimate
+from splitting.estimators import Analytic
+from splitting.layerspec import HlsConfig, LayerSpec
 from splitting.search import NoFitError, PartChoice, plan_search
 
 
@@ -104,9 +106,9 @@ def test_plan_o_and_split_o_refuse_to_replace_another_plan(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "holds another plan" in err and "--force" in err and err.count("\n") == 1
     assert (tmp_path / "plan" / "plan.json").read_text() == before
-    assert main(["plan", model, "--estimator", "analytic", "--boards", "1", "-o", out]) == 2
+    assert main(["plan", model, "--estimator", "analytic", "--n-boards", "1", "-o", out]) == 2
     assert (tmp_path / "plan" / "plan.json").read_text() == before
-    assert main(["plan", model, "--estimator", "analytic", "--boards", "1", "-o", out, "--force"]) == 0
+    assert main(["plan", model, "--estimator", "analytic", "--n-boards", "1", "-o", out, "--force"]) == 0
     assert (tmp_path / "plan" / "plan.json").read_text() != before
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")

@@ -3,9 +3,9 @@ input split), every partition is estimated under the cap, and the plan folder pa
 (float composition and bit-exact hls4ml emulation chain). Models that cannot fit get an error naming the layer
 and the smallest utilisation reachable.
 
-The fast tests use the analytic estimator: under rule4ml only layers of ~260k weights and more overflow a
-PYNQ-Z2 (see test_plan_rule4ml.py), too large to compile hls4ml emulations of within the CI budget; the slow
-test does that with rule4ml.
+The fast tests use the analytic estimator at its point figures (fit="point") and one strategy and reuse factor,
+so that the layer sizes that need a split stay small enough to compile within the CI budget; the slow test
+does it with rule4ml.
 """
 import json
 
@@ -14,7 +14,9 @@ import pytest
 from harness.cli.commands import main
 from splitting import catalog
 from harness.cli.plan import write
-from splitting.estimate import Analytic, Rule4ml, load_layers
+from splitting.estimators import Analytic
+from splitting.layerspec import load_layers
+from splitting.rule4ml_adapter import Rule4ml
 from splitting.plan import Plan
 from splitting.search import NoFitError, SearchOptions, plan_search
 from splitting.verify import verify_plan
@@ -49,9 +51,9 @@ def _under_cap(result, cap):
 
 def test_oversized_dense_gets_a_neuron_split_that_verifies(wide, tmp_path):
     _, specs = load_layers(wide)
-    opts = SearchOptions(board=PYNQ)
+    opts = SearchOptions(board=PYNQ, fit="point", strategies=("Resource",), reuse_factors=(64,))
     est = Analytic(PYNQ, cache=tmp_path / "est")
-    # the layer alone does not fit at any configuration considered (analytic: 16384 products, >= 256 DSPs)
+    # the layer alone does not fit at any configuration considered (16384 products at reuse 64: 256 DSPs)
     alone = est.estimate_many([((specs[0],), c) for c in opts.configs])
     assert min(e.peak(PYNQ) for e in alone) > opts.cap
     result = plan_search(specs, est, opts)
@@ -81,7 +83,7 @@ def test_softmax_layer_too_large_gets_an_input_split_that_verifies(tmp_path):
     # a softmax cannot stay in neuron-split parts, so the planner must split the inputs and join
     m = _model(128, [layers.Dense(96, activation="softmax", name="cls")], "wide_cls", seed=1)
     _, specs = load_layers(m)
-    opts = SearchOptions(board=PYNQ)
+    opts = SearchOptions(board=PYNQ, fit="point", strategies=("Resource",), reuse_factors=(64,))
     est = Analytic(PYNQ, cache=tmp_path / "est")
     result = plan_search(specs, est, opts)
     best = result.best
@@ -101,7 +103,7 @@ def test_cannot_fit_names_the_layer_and_smallest_utilisation(tmp_path):
     _, specs = load_layers(m)
     # at most 2 parts and only reuse factors up to 8: the smallest peak is a 2-way split at reuse 8 (8192/8
     # products = 1024 DSPs per part, 465 % of 220)
-    opts = SearchOptions(board=PYNQ, reuse_factors=(1, 2, 4, 8), max_parts=2)
+    opts = SearchOptions(board=PYNQ, reuse_factors=(1, 2, 4, 8), max_parts=2, fit="point")
     with pytest.raises(NoFitError) as err:
         plan_search(specs, Analytic(PYNQ, cache=tmp_path / "est"), opts)
     msg = str(err.value)
@@ -156,12 +158,15 @@ def test_boards_command(capsys):
 
 @pytest.mark.slow
 def test_rule4ml_split_of_a_512x512_layer_verifies(tmp_path):
-    """The same with rule4ml: a 512x512 Dense is over the cap at every configuration (81 % at best)."""
+    """The same with rule4ml: on the reuse factors up to 64 a 512x512 Dense is over the cap at every configuration
+    (81 % at best); with the default grid's larger ones (up to 4096) rule4ml puts it on one board, so the grid
+    here stops at 64."""
     from keras import layers
 
     m = _model(512, [layers.Dense(512, activation="relu", name="big"), layers.Dense(10, name="out")], "big512")
     _, specs = load_layers(m)
-    opts = SearchOptions(board=PYNQ)
+    opts = SearchOptions(board=PYNQ, fit="point", plausible_only=False,  # rule4ml's figures as they are
+                         reuse_factors=(1, 2, 4, 8, 16, 32, 64))
     est = Rule4ml(PYNQ, cache=tmp_path / "est")
     result = plan_search(specs, est, opts)
     assert result.best.neurons or result.best.inputs
@@ -169,3 +174,30 @@ def test_rule4ml_split_of_a_512x512_layer_verifies(tmp_path):
     plan = Plan.load(write(m, result.best, opts, est.version, tmp_path / "plan"))
     v = verify_plan(plan, data="random", n=32, log=lambda *a: None)
     assert v.float_ok and v.hls_ok, v
+
+
+def test_per_layer_reuse_and_strategy_reach_hls4ml_and_verify(tmp_path):
+    """A partition whose Dense keeps pace with its Conv (36 pixels at reuse 1): the Dense gets reuse 32, both the
+    Resource strategy, in the partition's hls4ml LayerName section, and the plan stays bit exact."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(2)
+    m = keras.Sequential([keras.Input((6, 6, 2)), layers.Conv2D(4, 3, activation="relu", name="c"),
+                          layers.Flatten(name="f"), layers.Dense(8, name="d"), layers.Activation("softmax", name="sm")],
+                         name="pace")
+    for layer in m.layers:
+        layer.set_weights([w * 0.3 for w in layer.get_weights()])
+    _, specs = load_layers(m)
+    opts = SearchOptions(board=PYNQ, fit="point", cap=1.0, strategies=("Resource",), reuse_factors=(1,))
+    est = Analytic(PYNQ, cache=tmp_path / "est")
+    best = plan_search(specs, est, opts).best
+    assert best.boards == 1
+    plan = Plan.load(write(m, best, opts, est.version, tmp_path / "plan"))
+    (part,) = plan.ordered_partitions()
+    names = part.hls["LayerName"]
+    assert names["c"] == {"ReuseFactor": 1, "Strategy": "Resource"}
+    assert names["d"] == {"ReuseFactor": 32, "Strategy": "Resource"}
+    assert part.estimate["layer_reuse"] == {"c": 1, "d": 32}
+    v = verify_plan(plan, data="random", n=32, log=lambda *a: None)
+    assert v.float_ok and v.hls_ok and v.hls_bit_exact, v

@@ -25,7 +25,10 @@ def test_split_emulation_is_bit_exact_and_keeps_accuracy(fc_plan):
     flagged = [(p["partition"], p["peak_layer"]) for p in v.per_partition if p["overflow"]]
     assert flagged == [("s3", "fc3_join")]  # fc3 is input-split: the full sum is in the join
     from splitting.verify import render
-    assert "layer fc3_join reaches" in render(v)
+    # said once, by the layer check that found it (layer, kind, the type's range), for the partition
+    assert "overflow: partition s3: layer fc3_join (Dense): its sum reaches" in render(v)
+    s3 = next(c for c in v.layer_checks if c["scope"] == "partition s3")
+    assert s3["overflow"][0] == "fc3_join" and s3["within"] is None  # an overflow is never called quantisation
 
 
 def test_second_verify_does_not_recompile(fc_plan, monkeypatch, capsys):
