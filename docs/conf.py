@@ -26,6 +26,8 @@ root_doc = "index"
 exclude_patterns = ["_build"]
 
 myst_enable_extensions = ["colon_fence", "deflist"]
+# unlabelled code blocks are terminal output and commands, not Python: shown as they are
+highlight_language = "none"
 myst_heading_anchors = 3
 
 html_theme = "furo"
