@@ -52,6 +52,27 @@ def test_readme_is_a_front_door():
     assert missing == []
 
 
+def test_rack_file_reference_has_every_board_field_with_its_default():
+    """docs/reference/rack-file.md's table of board fields against harness.rack.rackfile.Board itself."""
+    import dataclasses
+
+    from harness.rack.rackfile import Board
+
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+) \|", (DOCS / "reference" / "rack-file.md").read_text(), re.M))
+    for f in dataclasses.fields(Board):
+        if f.name in ("line", "field_lines"):
+            continue
+        assert f.name in rows, f"docs/reference/rack-file.md lacks the board field {f.name}"
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            want = "(required)"
+        else:
+            v = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            v = "~/" + str(Path(v).relative_to(Path.home())) if isinstance(v, Path) else v
+            want = "none" if v is None else f"`{str(v).lower()}`" if isinstance(v, bool) else (
+                str(v) if isinstance(v, int) else f"`{v}`")
+        assert rows[f.name].strip() == want, (f.name, rows[f.name], want)
+
+
 def test_every_page_is_built_and_in_the_navigation(site):
     pages = {p.relative_to(site).as_posix() for p in site.rglob("*.html")}
     sources = {p.relative_to(DOCS).with_suffix(".html").as_posix() for p in DOCS.rglob("*.md")
