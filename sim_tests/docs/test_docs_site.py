@@ -73,6 +73,25 @@ def test_rack_file_reference_has_every_board_field_with_its_default():
         assert rows[f.name].strip() == want, (f.name, rows[f.name], want)
 
 
+def test_plan_folder_reference_names_every_key_of_plan_json():
+    """docs/reference/plan-folder.md against a plan's own to_dict(): its example has the same keys at every
+    level, and each key is described on the page."""
+    from identity_plan import identity_plan
+
+    page = (DOCS / "reference" / "plan-folder.md").read_text()
+    example = json.loads(re.search(r"```json\n(.*?)```", page, re.S).group(1))
+    real = identity_plan(2).to_dict()
+    real["hash"] = "0" * 16
+    assert set(example) == set(real)
+    assert set(example["partitions"][0]) == set(real["partitions"][0])
+    assert set(example["stages"][0]) == set(real["stages"][0])
+    assert set(example["links"][0]) == set(real["links"][0])
+    assert set(example["links"][0]["packing"]) == set(real["links"][0]["packing"])
+    described = set(re.findall(r"`(\w+)`", page))
+    keys = set(real) | set(real["partitions"][0]) | set(real["stages"][0]) | set(real["links"][0])
+    assert keys - described == set(), "keys of plan.json the page does not describe"
+
+
 def test_every_page_is_built_and_in_the_navigation(site):
     pages = {p.relative_to(site).as_posix() for p in site.rglob("*.html")}
     sources = {p.relative_to(DOCS).with_suffix(".html").as_posix() for p in DOCS.rglob("*.md")
