@@ -60,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 
 from harness.agent import wire  # noqa: E402
 from harness.agent.files import agent_files  # noqa: E402
+from harness.rack import local_rack  # noqa: E402
 from harness.rack.local_rack import LocalRack  # noqa: E402
 from harness.rack.wiring import overlay_backend  # noqa: E402
 from harness.measure.stream import Pipeline  # noqa: E402
@@ -125,6 +126,7 @@ class FramedEcho:
         wire.set_socket_options(self.hop.sock)
         self.hop.reader = wire.Reader(self.hop.sock)
         self.hop.frame = 0
+        self.hop.w = wire
 
     def rtt(self, payload):
         return self.hop.rtt(payload)
@@ -165,20 +167,32 @@ class RawEcho:
 
 
 class AgentHop:
-    """A synchronous client of one agent whose output link is the host (this connection)."""
+    """A synchronous client of one agent whose output link is the host (this connection). wire_mod: the wire
+    format module of the agent's checkout (--compare: an older one may authenticate another way)."""
 
-    def __init__(self, endpoint, payload_len, secret):
-        self.sock = wire.connect(endpoint.address, secret, 10)
-        session = wire.new_session()
-        self.sock.sendall(wire.pack_message(wire.MsgType.HELLO, payload=json.dumps(
+    def __init__(self, wiring, payload_len, wire_mod=wire):
+        endpoint = wiring.endpoints["s0"]
+        if wire_mod is wire:
+            self.sock = wire.connect(endpoint.address, wiring.secret, 10, wiring.agent_id("s0"), wiring.host_id())
+        else:  # an older checkout's handshake (bound to nothing, or to what its own connect takes)
+            import inspect
+
+            args = (endpoint.address, wiring.secret, 10)
+            if len(inspect.signature(wire_mod.connect).parameters) > 3:
+                args += (wiring.agent_id("s0"), wiring.host_id())
+            self.sock = wire_mod.connect(*args)
+        w = self.w = wire_mod
+        session = w.new_session()
+        self.sock.sendall(w.pack_message(w.MsgType.HELLO, payload=json.dumps(
             {"role": "host", "session": session}).encode()))
-        self.reader = wire.Reader(self.sock, max_payload=max(payload_len, wire.MAX_CONTROL_PAYLOAD))
-        assert self.reader.message()[0] == wire.MsgType.PONG  # the session is open
-        self.frame = session << wire.SESSION_SHIFT
+        self.reader = w.Reader(self.sock, max_payload=max(payload_len, w.MAX_CONTROL_PAYLOAD))
+        assert self.reader.message()[0] == w.MsgType.PONG  # the session is open
+        self.frame = session << w.SESSION_SHIFT
 
     def rtt(self, payload):
         self.frame += 1
-        msg = wire.pack_message(FRAME, frame=self.frame, stage=wire.HOST_STAGE, payload=payload)
+        w = self.w
+        msg = w.pack_message(FRAME, frame=self.frame, stage=w.HOST_STAGE, payload=payload)
         t = time.perf_counter_ns()
         self.sock.sendall(msg)
         # like the raw echo's client: the reply read into a reused buffer, not copied out (views)
@@ -218,6 +232,34 @@ def checkout_code(root: Path):
         raise SystemExit("--compare %s: no %s" % (root, ", ".join(missing)))
     # an older checkout may not have a newer backend's module
     return {n: f for n, f in files.items() if f.is_file()}, "agent"
+
+
+def _shipped(files, name):
+    """The source of the shipped module file `name` (e.g. "wire.py") among another checkout's agent files: at
+    the package path (harness/agent/wire.py) or, in an older checkout, flat (wire.py)."""
+    return next(src for dst, src in files.items() if Path(dst).name == name)
+
+
+def _module_of(path: Path, name: str):
+    """A module of another checkout, loaded from its file under a name of its own (not imported as ours)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # (dataclasses look their module up while the class is made)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _config_for(files):
+    """local_rack's agent_config, keeping only the fields the other checkout's AgentConfig knows (an older
+    agent refuses a config with fields it does not know)."""
+    known = set(_module_of(_shipped(files, "agent_config.py"), "other_agent_config").AgentConfig.__dataclass_fields__)
+    ours = local_rack.agent_config
+
+    def config(*a, **k):
+        return {f: v for f, v in ours(*a, **k).items() if f in known}
+    return config
 
 
 def compare_variants(compare):
@@ -263,8 +305,15 @@ def _per_hop(elements, sessions, rounds, per_round, workdir, compare=None):
                 rack = LocalRack(folder / variant.replace(" ", "_"),
                                  env={"PYTHONPATH": str(STANDIN)} if backend is overlay else None, code=code)
                 racks.append(rack)
-                w = rack.start(plan, {"s0": backend})
-                clients[variant] = AgentHop(w.endpoints["s0"], len(payload), w.secret)
+                our_config = local_rack.agent_config
+                if code:  # only the fields the other checkout's agent knows go into its config
+                    local_rack.agent_config = _config_for(code[0])
+                try:
+                    w = rack.start(plan, {"s0": backend})
+                finally:
+                    local_rack.agent_config = our_config
+                clients[variant] = AgentHop(w, len(payload),
+                                            _module_of(_shipped(code[0], "wire.py"), "other_wire") if code else wire)
             for fn in clients.values():  # warm-up: page faults, first connections, import caches
                 for _ in range(200):
                     fn.rtt(payload)

@@ -2,7 +2,9 @@
 
 `compile()` builds the bit-accurate emulation library (g++ only). Projects are cached by content hash
 under `<cache>/hls/<key>/` (`splitrack cache` shows the folder): a second `verify` of the same plan loads the library without
-recompiling. `splitrack build` runs Vivado when it is on PATH; bitstreams cannot be made without it.
+recompiling. The key is of the model file's bytes as read (never of what plan.json claims alone), and a
+build converts exactly those bytes after checking their weights against the plan's hash, so a model swapped
+under an unchanged plan.json is refused and never poisons the cache. `splitrack build` runs Vivado when it is on PATH; bitstreams cannot be made without it.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Dict, Tuple
 from .emulation import EmulationLib
 from .errors import UserError
 from .plan import Plan
+from .untrusted import MODEL_LIMIT, loads_json, read_bytes
 from .user_cache import cache_root
 
 CACHE = cache_root() / "hls"
@@ -36,19 +39,57 @@ def _without_object_ids(node):
     return node
 
 
-def _model_config_sha(keras_file: Path) -> str:
-    """Hash of the architecture inside a .keras zip (its config.json); weights are hashed by the plan."""
-    with zipfile.ZipFile(keras_file) as z:
-        cfg = _without_object_ids(json.loads(z.read("config.json")))
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
+KERAS_COPY = "model.keras"  # the exact bytes a cache entry was keyed on and built from
 
 
-def cache_key(keras_file: Path, weights_sha: str, hls_cfg: dict, hls_defaults: dict) -> str:
-    """The compiled-project cache key of a partition: first 20 hex digits of the SHA-256 of its architecture
-    (config.json without object ids), weights hash, hls4ml configuration, backend defaults and the
-    installed hls4ml version."""
+def _model_content(data: bytes, what: str) -> tuple:
+    """(architecture sha, content sha) of a .keras zip's bytes: the architecture is its config.json without
+    object ids; the content is every member but metadata.json (the save date), config.json normalised the
+    same way, so two saves of one model give one key. Raises UserError for bytes that are not a .keras zip
+    or that unpack to more than MODEL_LIMIT."""
+    import io
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            infos = sorted(z.infolist(), key=lambda i: i.filename)
+            if sum(i.file_size for i in infos) > MODEL_LIMIT:
+                raise UserError(f"{what} unpacks to more than {MODEL_LIMIT} bytes: refused")
+            if "config.json" not in {i.filename for i in infos}:
+                raise UserError(f"{what} is a zip without config.json, not a Keras 3 model: write it again with "
+                                "`splitrack split`")
+            cfg = _without_object_ids(loads_json(z.read("config.json"), f"{what}: config.json"))
+            arch = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
+            h = hashlib.sha256()
+            for i in infos:
+                if i.filename == "metadata.json" or i.is_dir():
+                    continue
+                h.update(f"{i.filename}\0{i.file_size}\0".encode())
+                h.update(arch.encode() if i.filename == "config.json" else z.read(i))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, ValueError) as e:
+        raise UserError(f"{what} is not a Keras model file ({type(e).__name__}: {e}): write the plan again with "
+                        "`splitrack split`") from None
+    return arch, h.hexdigest()
+
+
+def _model_bytes(keras_file: Path) -> bytes:
+    """The bytes of a model file, bounded and never blocking (splitting.untrusted); UserError naming it."""
+    try:
+        return read_bytes(keras_file, MODEL_LIMIT, str(keras_file))
+    except FileNotFoundError:
+        raise UserError(f"{keras_file} is missing: the plan folder is incomplete; write it again with "
+                        "`splitrack split`") from None
+
+
+def cache_key(keras_file, weights_sha: str, hls_cfg: dict, hls_defaults: dict) -> str:
+    """The compiled-project cache key of a model (a .keras path, or its bytes): first 20 hex digits of the
+    SHA-256 of what the file holds (architecture and weights, `_model_content`), the weights hash the plan
+    claims (`weights_sha`; the build checks the file against it), the hls4ml configuration, backend defaults
+    and the installed hls4ml version. Keyed on the bytes present, a model swapped under an unchanged
+    plan.json never finds the original's build."""
+    data = keras_file if isinstance(keras_file, bytes) else _model_bytes(Path(keras_file))
+    arch, content = _model_content(data, str(keras_file) if not isinstance(keras_file, bytes) else "model")
     body = json.dumps(
-        {"arch": _model_config_sha(keras_file), "weights": weights_sha, "hls": hls_cfg, "backend": hls_defaults,
+        {"arch": arch, "content": content, "weights": weights_sha, "hls": hls_cfg, "backend": hls_defaults,
          "hls4ml": version("hls4ml")},
         sort_keys=True,
     )
@@ -110,10 +151,22 @@ def layer_records(hm, model) -> list:
     return out
 
 
-def _convert(keras_file: Path, hls_cfg: dict, hls_defaults: dict, out: Path, project: str):
-    from .graph import load_model
+def _checked_model(keras_file: Path, weights_sha: str, what: str = ""):
+    """The Keras model of a model file; with `weights_sha`, UserError unless its weights have that hash
+    (graph.weights_sha256): checked before hls4ml sees the model."""
+    from .graph import load_model, weights_sha256
 
     model = load_model(keras_file)
+    if weights_sha and weights_sha256(model) != weights_sha:
+        raise UserError(f"{what or keras_file}: its weights (hash {weights_sha256(model)}) are not the ones the plan "
+                        f"names ({weights_sha}): the file was changed after the plan was written; refused (nothing "
+                        "was built or cached): write the plan again with `splitrack split`")
+    return model
+
+
+def _convert(keras_file: Path, hls_cfg: dict, hls_defaults: dict, out: Path, project: str):
+    """(Keras model, hls4ml model) of a model file."""
+    model = _checked_model(keras_file, "")
     return model, _convert_model(model, hls_cfg, hls_defaults, out, project)
 
 
@@ -155,7 +208,13 @@ def _hls4ml_convert(model, cfg: dict, hls_defaults: dict, out: Path, project: st
 def compiled(keras_file: Path, weights_sha: str, hls_cfg: dict, hls_defaults: dict, project: str,
              cache: Path = None) -> Path:
     """The cached hls4ml project folder of a model with its config, compiled if it is not there yet.
-    Raises UserError for a project name that is not a plain name (hls4ml's build script hands it to a shell)."""
+
+    The model file is read once (bounded: splitting.untrusted); the key is of those bytes (cache_key), and a
+    build copies them into the entry (`model.keras`) and converts that copy, so what is built is what was
+    keyed. Before anything is compiled, the copy's weights are checked against `weights_sha` (the plan's
+    claim; '' skips the check): a model swapped under an unchanged plan.json is refused, and no entry is
+    written. Raises UserError for that, for a file that is not a model, and for a project name that is not a
+    plain name (hls4ml's build script hands it to a shell)."""
     from filelock import FileLock
 
     from .names import name_problem
@@ -163,7 +222,8 @@ def compiled(keras_file: Path, weights_sha: str, hls_cfg: dict, hls_defaults: di
     if name_problem("hls4ml project", project):
         raise UserError(name_problem("hls4ml project", project))
     cache = Path(cache or CACHE)
-    key = cache_key(keras_file, weights_sha, hls_cfg, hls_defaults)
+    data = _model_bytes(Path(keras_file))
+    key = cache_key(data, weights_sha, hls_cfg, hls_defaults)
     folder = cache / key
     art = folder / ARTIFACT
     if art.is_file():
@@ -175,10 +235,17 @@ def compiled(keras_file: Path, weights_sha: str, hls_cfg: dict, hls_defaults: di
         if folder.exists():
             shutil.rmtree(folder)  # a compile that died half-way
         t0 = time.time()
-        print(f"  hls4ml: compiling {project} ...", file=sys.stderr, flush=True)
         from .hls_errors import HlsUnsupported, failure_message
 
-        model, hm = _convert(keras_file, hls_cfg, hls_defaults, folder / "project", project)  # one-line failures
+        folder.mkdir(parents=True)
+        copy = folder / KERAS_COPY
+        copy.write_bytes(data)
+        try:
+            model = _checked_model(copy, weights_sha, f"{keras_file} ({project_what(project)})")
+        except UserError:
+            shutil.rmtree(folder, ignore_errors=True)  # nothing of a refused model stays in the cache
+            raise
+        hm = _convert_model(model, hls_cfg, hls_defaults, folder / "project", project)  # one-line failures
         # every build can be traced (hls4ml's TraceOutput, as its ModelGraph.trace sets it up): verify reads
         # each layer's output back; until a frame asks for the trace, the library skips it
         hm.config.trace_output = True
@@ -201,6 +268,7 @@ def compiled(keras_file: Path, weights_sha: str, hls_cfg: dict, hls_defaults: di
         meta = {"library": str(libs[-1].relative_to(folder)), "project": project, "n_in": n_in, "n_out": n_out,
                 "seconds": round(time.time() - t0, 1), "key": key,
                 "library_sha256": hashlib.sha256(libs[-1].read_bytes()).hexdigest(),
+                "model_sha256": hashlib.sha256(data).hexdigest(), "weights_sha256": weights_sha,
                 "layers": layer_records(hm, model)}  # the types hls4ml chose: verify's quantisation bound
         art.write_text(json.dumps(meta, indent=1))
         print(f"  hls4ml: {project} compiled in {meta['seconds']} s", file=sys.stderr, flush=True)
@@ -227,29 +295,43 @@ def load_emulation(folder: Path) -> EmulationLib:
 def build_inputs(plan: Plan, name: str = None) -> Tuple[Path, str, dict, str]:
     """(Keras file, weights sha256, hls4ml configuration, project name) of partition `name`, or of the
     whole model (None: the source with its BatchNormalization folded, `hls_source`, when the plan folded
-    any). UserError when the plan folder lacks the whole model's file."""
+    any). UserError when the plan folder lacks the whole model's file; PlanError for a model file that is
+    not a regular file inside the plan folder (plan.file)."""
     if name is not None:
         p = plan.partition(name)
-        return plan.path(p.model_file), p.weights_sha256, p.hls, f"sr_{name}"
-    src = plan.path(plan.model.get("hls_source") or plan.model["source"])
-    if not src.is_file():
-        raise UserError(f"{src} is missing: the plan folder has no copy of its source model; split again")
+        return plan.file(p.model_file), p.weights_sha256, p.hls, f"sr_{name}"
+    rel = plan.model.get("hls_source") or plan.model["source"]
+    if not (plan.path(rel).exists() or plan.path(rel).is_symlink()):
+        raise UserError(f"{plan.path(rel)} is missing: the plan folder has no copy of its source model; split again")
     sha = plan.model.get("hls_source_weights_sha256") or plan.model["weights_sha256"]
-    return src, sha, monolithic_hls_config(plan), "sr_whole"
+    return plan.file(rel), sha, monolithic_hls_config(plan), "sr_whole"
 
 
 def project_dir(plan: Plan, name: str) -> Path:
     """The compiled hls4ml project of one partition (compiling it on first use). The `.so`, its name and
-    sizes are in `artifact.json` there; the hls4ml project (firmware, weights) is under `project/`."""
+    sizes are in `artifact.json` there; the hls4ml project (firmware, weights) is under `project/`, and the
+    exact model it was built from, checked against the plan's weights hash, is `model.keras`
+    (`model_file`). Raises PlanError for a model file that is not a regular file inside the plan folder."""
     keras_file, sha, cfg, project = build_inputs(plan, name)
     return compiled(keras_file, sha, cfg, plan.hls_defaults, project)
+
+
+def model_file(plan: Plan, name: str) -> Path:
+    """The Keras model of partition `name` as its compiled project was built from it (the bytes the cache key
+    was computed from, weights checked against the plan): what later conversions (cosimulation ops, the fast
+    model, a bitstream) must read instead of the plan folder's file, which may have changed since."""
+    return project_dir(plan, name) / KERAS_COPY
 
 
 def cached_project(plan: Plan, name: str) -> "Path | None":
     """The compiled hls4ml project of partition `name` when the cache holds it (project_dir's folder), None
     when it does not: a look, never a compile (milliseconds, for checks that must stay quick)."""
     p = plan.partition(name)
-    folder = CACHE / cache_key(plan.path(p.model_file), p.weights_sha256, p.hls, plan.hls_defaults)
+    try:
+        data = _model_bytes(plan.file(p.model_file))
+    except (OSError, UserError):
+        return None
+    folder = CACHE / cache_key(data, p.weights_sha256, p.hls, plan.hls_defaults)
     return folder if (folder / ARTIFACT).is_file() else None
 
 
@@ -292,7 +374,8 @@ def layers_of(plan: Plan, name: str = None, traced: bool = False) -> Tuple[Path,
 
         from .graph import load_model
 
-        model = load_model(keras_file)
+        built = folder / KERAS_COPY  # the bytes the project was built from
+        model = load_model(built if built.is_file() else keras_file)
         with tempfile.TemporaryDirectory(prefix="splitrack-types-") as tmp:
             meta["layers"] = layer_records(_convert_model(model, cfg, plan.hls_defaults, Path(tmp) / "p", project), model)
         tmpf = folder / f"{ARTIFACT}.{os.getpid()}.tmp"
@@ -320,7 +403,7 @@ def build_bitstream(plan: Plan, name: str) -> Path:
     vivado_path()
     p = plan.partition(name)
     out = plan.path(f"{name}/hls")
-    _, hm = _convert(plan.path(p.model_file), p.hls, plan.hls_defaults, out, f"sr_{name}")
+    _, hm = _convert(model_file(plan, name), p.hls, plan.hls_defaults, out, f"sr_{name}")
     from .quiet_tensorflow import library_output
 
     with library_output(f"hls4ml + Vivado: building partition {name}"):  # hours of tool output: the log

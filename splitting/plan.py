@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Optional
 from .contract import Contract, ContractError
 from .errors import UserError
 from .names import name_problem
+from .plan_schema import plan_dict_problem
+from .untrusted import MODEL_LIMIT, checked_path, read_json
 
 PLAN_FILE = "plan.json"
 FORMAT = 1
@@ -119,6 +121,16 @@ class Plan:
             raise PlanError("plan has no folder yet: save() it first")
         return self.root / rel
 
+    def file(self, rel: str, limit: int = MODEL_LIMIT) -> Path:
+        """The file `rel` of the plan folder, resolved, once checked to be a regular file of at most `limit`
+        bytes inside the folder (a link out of the folder, a FIFO or a device such as /dev/zero is refused
+        before anything reads it; see splitting.untrusted). Raises PlanError, naming the file."""
+        f = self.path(rel)
+        try:
+            return checked_path(f, limit, str(f), inside=self.root, error=PlanError)
+        except FileNotFoundError:
+            raise PlanError(f"{f} is missing: the plan folder is incomplete; write it again with `splitrack split`") from None
+
     # --- hashing and serialisation -----------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
         """The content of plan.json without its hash (format, board, model, hls_defaults, stages, partitions in
@@ -158,8 +170,12 @@ class Plan:
     def from_dict(cls, d: Dict[str, Any], root: Optional[Path] = None) -> "Plan":
         """The plan of a plan.json dict, checked (`check`). Raises PlanError for another format, a malformed
         dict or contract, or an inconsistent plan."""
-        if d.get("format") != FORMAT:
-            raise PlanError(f"plan format {d.get('format')!r} is not {FORMAT}: re-create the plan with this splitrack")
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            got = d.get("format") if isinstance(d, dict) else d
+            raise PlanError(f"plan format {got!r} is not {FORMAT}: re-create the plan with this splitrack")
+        bad = plan_dict_problem(d)
+        if bad:
+            raise PlanError(f"plan.json is malformed ({bad}): re-create it with `splitrack split` or `splitrack plan`")
         try:
             parts = {p["name"]: Partition(**p) for p in d["partitions"]}
             plan = cls(
@@ -172,7 +188,7 @@ class Plan:
                 notes=d.get("notes", []),
                 root=root,
             )
-        except (KeyError, TypeError, ContractError) as e:
+        except (KeyError, TypeError, ValueError, ContractError) as e:
             raise PlanError(f"plan.json is malformed ({e}): re-create it with `splitrack split` or `splitrack plan`") from None
         plan.check()
         return plan
@@ -183,12 +199,10 @@ class Plan:
         file is missing, not JSON, has no hash, does not match its hash, or fails from_dict."""
         root = Path(root)
         f = root / PLAN_FILE if root.is_dir() else root
-        if not f.is_file():
-            raise PlanError(f"{f} not found: give the folder written by `splitrack split` or `splitrack plan`")
-        try:
-            d = json.loads(f.read_text())
-        except json.JSONDecodeError as e:
-            raise PlanError(f"{f} is not valid JSON ({e.msg}, line {e.lineno})") from None
+        try:  # bounded, never blocking, depth-limited: a plan folder is untrusted input
+            d = read_json(f, str(f), inside=f.parent, error=PlanError)
+        except FileNotFoundError:
+            raise PlanError(f"{f} not found: give the folder written by `splitrack split` or `splitrack plan`") from None
         if not isinstance(d, dict) or not isinstance(d.get("hash"), str):
             raise PlanError(f"{f} has no content hash: it was not written by splitrack (or was edited by hand); "
                             "re-create it with `splitrack split` or `splitrack plan`")
@@ -198,12 +212,21 @@ class Plan:
         return plan
 
     def check(self) -> None:
-        """Structural consistency: every partition in exactly one stage, links connect known ends."""
+        """Structural consistency: every partition in exactly one stage (the one its `stage` names), links
+        connect known ends, no partition is called `host` (the links' name for the host)."""
         for name, p in self.partitions.items():  # names reach boards (file names, messages): data only
             problem = name_problem("partition", name) or (
                 "" if p.name == name else f"partition {name!r} calls itself {p.name!r}")
+            if not problem and name.lower() == HOST:
+                problem = (f"partition {name!r}: {HOST!r} is what links call the host, not a partition name; "
+                           "rename the partition")
             if problem:
                 raise PlanError(problem)
+        for i, st in enumerate(self.stages):
+            for n in st.partitions:
+                if n in self.partitions and self.partitions[n].stage != st.index:
+                    raise PlanError(f"partition {n} says it is in stage {self.partitions[n].stage}, but stage "
+                                    f"{st.index} lists it")
         seen = [n for s in self.stages for n in s.partitions]
         if sorted(seen) != sorted(self.partitions):
             raise PlanError("stages and partitions disagree: every partition must be in exactly one stage")

@@ -378,18 +378,23 @@ def load_models(plan: Plan) -> PlanModels:
     from .graph import register_layer_packages
     from .plan import PlanError
 
-    out = PlanModels()
-    for p in plan.ordered_partitions():
-        f = plan.path(p.model_file)
-        if not f.is_file():
-            raise PlanError(f"{f} is missing: the plan folder is incomplete; write it again with `splitrack split`")
+    def load(f, claimed: str, what: str):
         register_layer_packages(f)  # HGQ2 layers
-        m = keras.models.load_model(f, compile=False)
-        if p.weights_sha256 and weights_sha256(m) != p.weights_sha256:
-            raise PlanError(f"{f}: weights do not match the plan (hash {weights_sha256(m)} != {p.weights_sha256})")
-        out[p.name] = m
-    src = plan.path(plan.model.get("source", SOURCE_FILE))
-    if src.is_file():
-        register_layer_packages(src)
-        out.source = keras.models.load_model(src, compile=False)
+        try:
+            m = keras.models.load_model(f, compile=False)
+        except Exception as e:  # Keras raises many kinds for a file that is not a model
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise PlanError(f"{what}: cannot load it as a Keras model ({first[:160]}): write the plan again with "
+                            "`splitrack split`") from None
+        if claimed and weights_sha256(m) != claimed:
+            raise PlanError(f"{what}: weights do not match the plan (hash {weights_sha256(m)} != {claimed}): the "
+                            "file was changed after the plan was written; write the plan again with `splitrack split`")
+        return m
+
+    out = PlanModels()
+    for p in plan.ordered_partitions():  # regular files inside the plan folder only (Plan.file)
+        out[p.name] = load(plan.file(p.model_file), p.weights_sha256, str(plan.path(p.model_file)))
+    rel = plan.model.get("source", SOURCE_FILE)
+    if plan.path(rel).exists() or plan.path(rel).is_symlink():
+        out.source = load(plan.file(rel), plan.model.get("weights_sha256", ""), str(plan.path(rel)))
     return out

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import itertools
 import json
 import logging
 import os
@@ -94,6 +93,9 @@ class Conn:
         self.reader = wire.Reader(sock, max_payload=max_payload, max_records=max_records)
         self.wlock = threading.Lock()
         self.closed = False
+        self.source = ""  # the peer's address (accepted connections)
+        self.role = None  # who proved itself on it: "host", or the partition of a link's producer
+        self.parts = frozenset()  # the incoming links (by index) whose frames it may carry
 
     def send(self, data):
         """Send all of `data` (bytes) under the write lock; raises OSError when the socket fails."""
@@ -149,7 +151,17 @@ class Agent:
         # what a message on a connection may announce, checked before any buffer grows: the largest payload
         # of an incoming link (or a control message), and a record per partition and link of the plan
         self.max_payload = max([c.payload_bytes for c in self.inputs] + [wire.MAX_CONTROL_PAYLOAD])
-        self.max_records = 4 * max(16, len(cfg.partition_ids))
+        self.max_records = 4 * max(16, len(cfg.partition_ids))  # before authentication, and for older configs
+        # who may connect (the host; the producers of incoming links), what each may send (frames of its own
+        # links only), and how many records each frame from it carries (the plan's paths into it)
+        self.peers = {wire.peer_id(cfg.plan_hash, wire.HOST): wire.HOST}
+        self.peers.update((wire.peer_id(cfg.plan_hash, c.src), c.src) for c in self.inputs if c.src != wire.HOST)
+        self.parts_from = {r: frozenset(c.index for c in self.inputs if c.src == r) for r in self.peers.values()}
+        self.my_peer_id = wire.peer_id(cfg.plan_hash, cfg.partition)
+        # the identity of each next hop, as its handshake proves it (its partition and the endpoint it is reached at)
+        self.link_ids = {key: wire.agent_id(cfg.plan_hash, c.dst, key[0], key[1]) for c, _, key in self.routes
+                         if key is not None}
+        self.me = None  # this agent's identity, once its port is known (serve)
         self.skew = cfg.clock_skew_ns
         timing = cfg.timing or None
         self.period_ns = int(round(timing["cycles"] * 1000.0 / timing.get("clock_mhz", 100.0))) if timing else 0
@@ -185,12 +197,15 @@ class Agent:
         self.head_view, self.own_view = memoryview(self.scratch)[:24], memoryview(self.scratch)[24:]
         self.pending = {}  # frame id -> [parts by index, records, arrival ns by index, first arrival monotonic]
         self.pending_lock = threading.Lock()
-        self.state = {}  # frame id -> what happened to it here (the latest 4096 to 8192 frames), unless sent:
+        # frame id -> what happened to it here, unless sent, the latest 8192 frames: an ordered dict whose oldest
+        # entry goes as a new one comes (a plain dict trimmed by half swung the agent's memory by a few hundred KiB)
+        self.state = collections.OrderedDict()
         self.sent_frames = collections.deque(maxlen=8192)  # the ids of the latest frames sent (one C call a frame)
         self.host = None  # the Conn of the host that said HELLO
         self.host_ready = threading.Condition()
         self.links = {}  # (host, port) -> Conn of a next hop
-        self.conns = set()  # every accepted connection (authenticated or not): capped at max_connections
+        self.conns = set()  # authenticated connections: capped at max_connections
+        self.unauthenticated = collections.OrderedDict()  # accepted, not yet authenticated (oldest first)
         self.conns_lock = threading.Lock()
         # frame counters: attributes, not a dict, as they are counted on the per-frame path (see `counters`)
         self.received = self.done = self.sent = self.errors = self.dropped = 0
@@ -231,10 +246,10 @@ class Agent:
             self._trim_state()
 
     def _trim_state(self):
-        """Forget the oldest half of the frame states (a dict keeps insertion order): memory stays bounded."""
+        """Forget the oldest frame states beyond 8192: memory stays bounded, and flat once full."""
         st = self.state
-        for frame in list(itertools.islice(st, len(st) - 4096)):
-            del st[frame]
+        while len(st) > 8192:
+            st.popitem(last=False)
 
     def report(self, message, frame=-1, exc=None):
         """Log an error and send it to the host: board, partition and stage named, never silent."""
@@ -341,15 +356,21 @@ class Agent:
             srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart at once after a crash
             srv.bind(self.listen_addr)
         except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise AgentConfigError("cannot listen on %s:%d: another process holds that port (an agent started "
+                                       "from another workdir?)" % self.listen_addr)
             raise AgentConfigError("cannot listen on %s:%d (%s): the board's address in the rack file must be one "
                                    "of this board's own addresses on the data network" % (self.listen_addr + (e,)))
         srv.listen(64)
         self.listener = srv
         self._spare_fd = _spare_fd()
+        port = srv.getsockname()[1]
+        endpoint = self.cfg.endpoint or "%s:%d" % (self.listen_addr[0], port)
+        host, _, eport = endpoint.rpartition(":")
+        self.me = wire.agent_id(self.plan_hash, self.partition, host, int(eport))  # what every handshake binds
         for target, name in ((self._accept_loop, "accept"), (self._compute_loop, "compute"),
                              (self._send_loop, "send"), (self._housekeeping, "housekeeping")):
             threading.Thread(target=target, name=name, daemon=True).start()
-        port = srv.getsockname()[1]
         self.log.info("agent %s/%s (stage %d, plan %s) listening on %s:%d, backend %s, timing %s ns",
                       self.board, self.partition, self.stage, self.plan_hash, self.listen_addr[0], port,
                       self.backend.kind, self.period_ns or "none")
@@ -369,7 +390,9 @@ class Agent:
         while time.monotonic() < deadline and (self.compute_q.qsize() or self.send_q.qsize()):
             time.sleep(0.01)
         self.stop.set()
-        for c in list(self.conns) + list(self.links.values()):
+        with self.conns_lock:
+            pending = list(self.unauthenticated)
+        for c in list(self.conns) + pending + list(self.links.values()):
             c.close()
         self.log.info("agent stopped: %s", self.counters)
         self.stopped.set()
@@ -390,22 +413,36 @@ class Agent:
                 self._shed_one(listener)
                 continue
             name = "%s:%d" % addr[:2]
+            # Not yet authenticated connections have slots of their own (max_pending); a new one beyond them
+            # pushes out the oldest of the address that holds the most (a crowd from one address pushes out
+            # its own). Strangers who open connections and say nothing, or a byte now and then, only push each
+            # other out: a peer that authenticates within milliseconds gets through, and the authenticated
+            # connections (max_connections) are never taken by strangers.
+            conn = Conn(sock, name, self.max_payload, self.max_records)
+            conn.source = addr[0]
             with self.conns_lock:
-                full = len(self.conns) >= self.cfg.max_connections
-                if not full:
-                    conn = Conn(sock, name, self.max_payload, self.max_records)
-                    self.conns.add(conn)
-            if full:
+                victim = self._crowded() if len(self.unauthenticated) >= self.cfg.max_pending else None
+                if victim is not None:
+                    del self.unauthenticated[victim]
+                self.unauthenticated[conn] = time.monotonic()
+            if victim is not None:
                 self.refused += 1
-                self.quiet_log.warning("connection from %s closed: %d connections open (max_connections)",
-                                       name, len(self.conns))
-                sock.close()
-                continue
+                self.quiet_log.warning("connection from %s closed before it authenticated: newer ones came "
+                                       "(max_pending %d)", victim.name, self.cfg.max_pending)
+                victim.close()
+                self.stop.wait(0.001)  # pushing out is bounded in rate: a crowd cannot churn the slots at will
             try:
                 threading.Thread(target=self._read_loop, args=(conn,), name="read " + name, daemon=True).start()
             except RuntimeError as e:  # no thread to serve it: refuse this one, keep accepting
                 self.quiet_log.warning("connection from %s closed: %s", name, e)
                 self._forget(conn)
+
+    def _crowded(self):
+        """The not yet authenticated connection to push out (conns_lock held): the oldest of the source
+        address that holds the most of them."""
+        counts = collections.Counter(c.source for c in self.unauthenticated)
+        top = max(counts.values())
+        return next(c for c in self.unauthenticated if counts[c.source] == top)  # oldest first (insertion order)
 
     def _shed_one(self, listener):
         if self._spare_fd is not None:
@@ -422,20 +459,39 @@ class Agent:
     def _forget(self, conn):
         with self.conns_lock:
             self.conns.discard(conn)
+            self.unauthenticated.pop(conn, None)
         if self.host is conn:
             self.host = None
         conn.close()
 
     def _authenticate(self, conn):
-        """True when the peer proved the secret; otherwise the connection is closed, one line logged."""
+        """True when the peer proved the secret, bound to this agent and to a peer it accepts (the host, or a
+        link's producer: wire.agent_handshake), within auth_timeout in all; the connection then carries only
+        what that peer may send. Otherwise the connection is closed, one line logged."""
         try:
-            wire.agent_handshake(conn.sock, self._secret(), self.cfg.auth_timeout)
+            role = wire.agent_handshake(conn.sock, self._secret(), self.cfg.auth_timeout, self.me, self.peers)
         except (wire.AuthError, EOFError, OSError, AgentConfigError) as e:
             self.refused += 1
-            self.quiet_log.warning("connection from %s refused at authentication: %s", conn.name,
-                                   "no answer within %g s" % self.cfg.auth_timeout
-                                   if isinstance(e, socket.timeout) else e)
+            if not conn.closed:  # (closed: pushed out by newer connections, logged there)
+                self.quiet_log.warning("connection from %s refused at authentication: %s", conn.name,
+                                       "not authenticated within %g s" % self.cfg.auth_timeout
+                                       if isinstance(e, socket.timeout) else e)
             return False
+        with self.conns_lock:
+            if self.unauthenticated.pop(conn, None) is None:  # pushed out meanwhile
+                return False
+            full = len(self.conns) >= self.cfg.max_connections
+            if not full:
+                self.conns.add(conn)
+        if full:
+            self.refused += 1
+            self.quiet_log.warning("connection of %s from %s closed: %d authenticated connections open "
+                                   "(max_connections)", role, conn.name, len(self.conns))
+            return False
+        conn.role = role
+        conn.parts = self.parts_from.get(role, frozenset())
+        if self.cfg.records_in:  # a frame of this peer carries its paths' records (the host's: none): no more is read
+            conn.reader.max_records = self.cfg.records_in.get(role, 0)
         wire.set_socket_options(conn.sock)
         # an authenticated peer that vanishes without closing (a host powered off) is found by TCP keepalive
         conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -453,6 +509,7 @@ class Agent:
             message, message_into = reader.message, reader.message_into
             advance, on_control, raw_data, gather = self._advance, self._on_control, self._raw_data, self._gather
             raw, free, skew, lone = self.raw, self.free_slots, self.skew, self.n_in == 1
+            parts = conn.parts  # the links whose frames this peer may send (its own)
             while True:  # ends when the peer closes, or at shutdown when the socket is closed under it
                 # once this connection carried a frame (so the reader knows its records' size), a raw-word
                 # frame's payload is received straight into a free slot, where the DMA reads it
@@ -467,6 +524,9 @@ class Agent:
                 else:
                     mtype, frame, stage, part, records, payload = message_into(slot.inview)
                 if mtype == FRAME:
+                    if part not in parts:  # only a link's producer sends its frames (a slot held: freed below)
+                        raise ProtocolError("a frame on link %d from %s, which produces none of this agent's links "
+                                            "%s" % (part, conn.role, sorted(parts)))
                     if raw and slot is None:
                         reader.expect_records = len(records) // 40
                     # the payload's size was bounded by the reader; its exact size is checked where it is decoded
@@ -512,7 +572,10 @@ class Agent:
             self._forget(conn)
 
     def _on_control(self, conn, mtype, payload):
-        """A message other than FRAME; True when the connection's loop must end (SHUTDOWN)."""
+        """A message other than FRAME; True when the connection's loop must end (SHUTDOWN). Only the host
+        sends them (ProtocolError on another peer's connection)."""
+        if conn.role != wire.HOST:
+            raise ProtocolError("message type %d from %s: only the host sends control messages" % (mtype, conn.role))
         if mtype == PROBE:
             t2 = self.now()
             (t1,) = PROBE_REQ.unpack(payload)
@@ -520,10 +583,10 @@ class Agent:
                 t3 = self.now()
                 conn.sock.sendall(pack_message(PROBE_REPLY, payload=PROBE_REP.pack(t1, t2, t3)))
         elif mtype == PING:
-            ask = _json_object(payload)
+            ask = wire.json_object(payload)
             conn.send(pack_message(PONG, payload=json.dumps(self.health(ask)).encode()))
         elif mtype == HELLO:
-            self._attach_host(conn, _json_object(payload))
+            self._attach_host(conn, wire.json_object(payload))
         elif mtype == SHUTDOWN:
             self.log.info("shutdown requested by %s", conn.name)
             threading.Thread(target=self.shutdown, daemon=True).start()
@@ -793,7 +856,7 @@ class Agent:
         with self.pending_lock:
             stale = len(self.pending)
             self.pending.clear()
-        self.state = {}
+        self.state = collections.OrderedDict()
         self.sent_frames.clear()
         # the answer goes out before the connection becomes the host's: it is the first message the host reads
         # (a frame of the old session in its last step may still follow; the host drops it by its tag)
@@ -833,7 +896,7 @@ class Agent:
         deadline = time.monotonic() + self.connect_timeout
         while True:
             try:
-                sock = wire.connect(key, self._secret(), self.connect_timeout)
+                sock = wire.connect(key, self._secret(), self.connect_timeout, self.link_ids[key], self.my_peer_id)
                 break
             except wire.AgentShed as e:  # the next agent sheds connections for a while: retry
                 if time.monotonic() > deadline or self.stop.is_set():
@@ -882,17 +945,6 @@ class Agent:
                 self.report("stage %d (%s on %s): frame %d waited %.1f s for its part(s) from %s, which never came"
                             % (self.stage, self.partition, self.board, frame & FRAME_MASK, self.part_timeout,
                                ", ".join(missing)), frame)
-
-
-def _json_object(payload):
-    """A control message's JSON object ({} when empty); ProtocolError for anything else."""
-    try:
-        d = json.loads(bytes(payload).decode() or "{}")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ProtocolError("control message is not JSON: %s" % e)
-    if not isinstance(d, dict):
-        raise ProtocolError("control message is not a JSON object")
-    return d
 
 
 def _spare_fd():

@@ -51,13 +51,19 @@ class AgentConfig:
     inputs          [Contract.to_dict(), ...]   incoming links; assembled in `index` order
     outputs         [{"contract": Contract.to_dict(), "to": {"host": h, "port": p} or "host"}, ...]
     secret_file     file holding the deployment's secret (hex, mode 0600): every connection must prove it
+    endpoint        "host:port" where the host and other agents reach this agent (the wiring's endpoint), part
+                    of the identity every handshake is bound to; "" = the listen host and the bound port
+    records_in      {producer: timestamp records each frame from it carries} (the plan's paths into it): a
+                    header announcing more is refused before any buffer grows; {} = a bound from the plan size
     timing          optional {"cycles": N, "clock_mhz": 100}: a frame's compute takes at least N / clock
     clock_skew_ns   virtual boards: added to every timestamp this agent reports
     in_flight       frames held in each internal queue (receive -> compute -> send)
     connect_timeout seconds to keep retrying a next hop that does not accept yet
     part_timeout    seconds a frame may wait for its other parts before it is reported lost
-    auth_timeout    seconds a new connection has to prove the secret before it is closed
-    max_connections connections served at once; more are closed at accept
+    auth_timeout    seconds a new connection has, in all, to prove the secret before it is closed
+    max_connections authenticated connections served at once; more are closed after authentication
+    max_pending     connections not yet authenticated at once; a new one beyond this closes the oldest (a
+                    crowd of strangers can only push each other out, never keep the host from a slot)
     log, pidfile    default "agent-<partition>.log" / ".pid"
     faults          tests only: {"drop_frames": [frame numbers within a session]}
     """
@@ -74,6 +80,8 @@ class AgentConfig:
     plan_hash: str = ""
     listen: Dict[str, Any] = field(default_factory=lambda: {"host": "127.0.0.1", "port": 0})
     secret_file: str = "agent.secret"
+    endpoint: str = ""
+    records_in: Dict[str, int] = field(default_factory=dict)
     timing: Optional[Dict[str, Any]] = None
     clock_skew_ns: int = 0
     in_flight: int = 8
@@ -81,6 +89,7 @@ class AgentConfig:
     part_timeout: float = 10.0
     auth_timeout: float = 5.0
     max_connections: int = 32
+    max_pending: int = 16
     log: str = ""
     pidfile: str = ""
     faults: Optional[Dict[str, Any]] = None
@@ -108,7 +117,9 @@ class AgentConfig:
             cfg = cls(**d)
             cfg.board, cfg.partition, cfg.plan_hash = str(cfg.board), str(cfg.partition), str(cfg.plan_hash)
             cfg.secret_file, cfg.log, cfg.pidfile = str(cfg.secret_file), str(cfg.log), str(cfg.pidfile)
-            for k in ("stage", "partition_id", "clock_skew_ns", "in_flight", "max_connections"):
+            cfg.endpoint = str(cfg.endpoint)
+            cfg.records_in = {str(k): _int(v, "records_in") for k, v in dict(cfg.records_in).items()}
+            for k in ("stage", "partition_id", "clock_skew_ns", "in_flight", "max_connections", "max_pending"):
                 setattr(cfg, k, _int(getattr(cfg, k), k))
             for k in ("connect_timeout", "part_timeout", "auth_timeout"):
                 setattr(cfg, k, float(getattr(cfg, k)))
@@ -129,8 +140,9 @@ class AgentConfig:
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise AgentConfigError("config has a bad field (%s: %s): see harness/agent/agent_config.py"
                                    % (type(e).__name__, e))
-        if cfg.in_flight < 1 or cfg.max_connections < 2 or cfg.auth_timeout <= 0:
-            raise AgentConfigError("in_flight >= 1, max_connections >= 2 and auth_timeout > 0 are needed")
+        if cfg.in_flight < 1 or cfg.max_connections < 2 or cfg.max_pending < 1 or cfg.auth_timeout <= 0:
+            raise AgentConfigError("in_flight >= 1, max_connections >= 2, max_pending >= 1 and auth_timeout > 0 "
+                                   "are needed")
         if not cfg.inputs or not cfg.outputs:
             raise AgentConfigError("config needs at least one incoming and one outgoing link")
         return cfg

@@ -6,15 +6,23 @@ module, so both ends speak one definition.
 Connection (TCP, TCP_NODELAY; all integers little-endian)
 ---------------------------------------------------------
 Every connection to an agent starts with a challenge-response over the deployment's secret (32 random
-bytes that `deploy` writes to each board, mode 0600), before the agent reads anything else:
+bytes that `deploy` writes to each board, mode 0600), before the agent reads anything else. Each proof is
+bound to who proves it to whom: the agent's identity A = "PLAN/PARTITION@HOST:PORT" (its plan hash,
+partition and the endpoint its peers reach it at) and the peer's P = "PLAN/host" (the host) or
+"PLAN/PARTITION" (the agent of a link's producer):
 
-    agent  -> peer   AUTH_HELLO: b"SRAUTH1\\0" + nonce_a (16 bytes)
-    peer   -> agent  nonce_p (16 bytes) + HMAC-SHA256(secret, b"peer" + nonce_a + nonce_p)     (48 bytes)
-    agent  -> peer   HMAC-SHA256(secret, b"agent" + nonce_p + nonce_a)                         (32 bytes)
+    agent  -> peer   AUTH_HELLO: b"SRAUTH2\0" + nonce_a (16 bytes)
+    peer   -> agent  nonce_p (16 bytes) + HMAC-SHA256(secret, "peer" | nonce_a | nonce_p | A | P)    (48 bytes)
+    agent  -> peer   HMAC-SHA256(secret, "agent" | nonce_p | nonce_a | A | P)                      (32 bytes)
+                     or REFUSED (32 bytes) when no peer it accepts made that proof
 
-The agent reads exactly 48 bytes, within a deadline, and closes a connection whose proof is wrong; the peer
-checks the agent's proof in turn (a stranger squatting on the port cannot pose as the agent). Messages then
-cost nothing extra per frame: the connection is the peer's proof.
+(A and P length-prefixed.) The agent tries the peers it accepts (the host, the producers of its incoming
+links), learns which one connected, and from then on takes only what that peer may send: control messages
+from the host, frames only on links whose producer it is. A proof meant for one agent is refused by every
+other: a stranger on a dead agent's port who relays the host's handshake to the next agent gets nothing. The
+peer checks the agent's proof in turn (a stranger squatting on the port cannot pose as the agent). The whole
+handshake has one deadline (`timeout`, each side), however the bytes trickle in. Messages then cost nothing
+extra per frame: the connection is the peer's proof.
 
 Messages
 --------
@@ -35,9 +43,11 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import json
 import secrets
 import socket
 import struct
+import time
 
 
 class MsgType(enum.IntEnum):
@@ -54,7 +64,7 @@ class MsgType(enum.IntEnum):
 
 
 MAGIC = b"SR"
-VERSION = 2  # 2: authenticated connections, session tags in frame ids, HELLO answered
+VERSION = 2  # 2: authenticated connections, session tags in frame ids, HELLO answered (the handshake: AUTH_MAGIC)
 HEADER = struct.Struct("<2sBBqHHIH2x")
 RECORD = struct.Struct("<hHHHqqqq")
 RECORD_HEAD = struct.Struct("<hHHH")  # a record's fixed fields, packed once per agent ...
@@ -73,10 +83,12 @@ SESSION_SHIFT = 40
 FRAME_MASK = (1 << SESSION_SHIFT) - 1
 SESSION_BITS = 23  # bits 40..62: frame ids stay positive int64
 
-AUTH_MAGIC = b"SRAUTH1\0"
+AUTH_MAGIC = b"SRAUTH2\0"  # 2: proofs bound to both parties' identities (SRAUTH1: bound to nothing)
 NONCE_BYTES = 16
 MAC_BYTES = 32
 SECRET_BYTES = 32
+REFUSED = b"SRAUTH2 refused: no matching peer".ljust(MAC_BYTES, b"\0")[:MAC_BYTES]
+HOST = "host"
 
 
 class ProtocolError(Exception):
@@ -118,14 +130,33 @@ def read_secret(path) -> bytes:
 
 
 # --- authentication -------------------------------------------------------------------------------------
-def _mac(secret, label, a, b):
-    return hmac.new(secret, label + a + b, hashlib.sha256).digest()
+def agent_id(plan_hash, partition, host, port):
+    """The identity an agent proves and is proven to: b"PLAN/PARTITION@HOST:PORT" (HOST:PORT as its peers
+    reach it: the wiring's endpoint)."""
+    return ("%s/%s@%s:%d" % (plan_hash, partition, host, int(port))).encode()
 
 
-def recv_exact(sock, n):
-    """Exactly n bytes (n small and fixed: the handshake's); EOFError if the peer closes first."""
+def peer_id(plan_hash, who):
+    """The identity of a connecting peer: b"PLAN/host" for the host, b"PLAN/PARTITION" for the agent of a
+    link's producer."""
+    return ("%s/%s" % (plan_hash, who)).encode()
+
+
+def _mac(secret, label, n1, n2, agent, peer):
+    body = b"".join((label, n1, n2, len(agent).to_bytes(2, "little"), agent, len(peer).to_bytes(2, "little"), peer))
+    return hmac.new(secret, body, hashlib.sha256).digest()
+
+
+def recv_exact(sock, n, deadline=None):
+    """Exactly n bytes (n small and fixed: the handshake's); EOFError if the peer closes first. With
+    `deadline` (time.monotonic() seconds) socket.timeout once it passes, however the bytes trickle in."""
     buf = bytearray()
     while len(buf) < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("handshake not finished within its deadline (%d of %d bytes)" % (len(buf), n))
+            sock.settimeout(left)
         chunk = sock.recv(n - len(buf))
         if not chunk:
             raise EOFError("connection closed by peer")
@@ -133,49 +164,70 @@ def recv_exact(sock, n):
     return bytes(buf)
 
 
-def agent_handshake(sock, secret, timeout):
-    """The agent's side, on an accepted socket: AuthError/EOFError/OSError unless the peer proves the secret.
-    Reads exactly NONCE_BYTES + MAC_BYTES bytes, within `timeout` seconds in all."""
+def agent_handshake(sock, secret, timeout, me, peers):
+    """The agent's side, on an accepted socket. me: this agent's agent_id; peers: {peer_id: role} of every
+    peer it accepts. Returns the role of the peer whose proof matched; AuthError (after sending REFUSED) when
+    none did, EOFError/OSError (socket.timeout past `timeout` seconds in all) otherwise. Reads exactly
+    NONCE_BYTES + MAC_BYTES bytes."""
+    deadline = time.monotonic() + timeout
     sock.settimeout(timeout)
     nonce_a = secrets.token_bytes(NONCE_BYTES)
     sock.sendall(AUTH_MAGIC + nonce_a)
-    got = recv_exact(sock, NONCE_BYTES + MAC_BYTES)
+    got = recv_exact(sock, NONCE_BYTES + MAC_BYTES, deadline)
     nonce_p, proof = got[:NONCE_BYTES], got[NONCE_BYTES:]
-    if not hmac.compare_digest(proof, _mac(secret, b"peer", nonce_a, nonce_p)):
-        raise AuthError("wrong proof of the deployment's secret")
-    sock.sendall(_mac(secret, b"agent", nonce_p, nonce_a))
+    role = who = None
+    for ident, r in peers.items():  # every candidate compared (constant time each): the role is no secret
+        if hmac.compare_digest(proof, _mac(secret, b"peer", nonce_a, nonce_p, me, ident)) and role is None:
+            role, who = r, ident
+    if role is None:
+        try:
+            sock.sendall(REFUSED)
+        except OSError:
+            pass
+        raise AuthError("wrong proof: not the deployment's secret, or meant for another agent than %s"
+                        % me.decode(errors="replace"))
+    sock.settimeout(max(0.001, deadline - time.monotonic()))
+    sock.sendall(_mac(secret, b"agent", nonce_p, nonce_a, me, who))
     sock.settimeout(None)
+    return role
 
 
-def peer_handshake(sock, secret, timeout):
-    """The connecting side (host or a neighbouring agent): AuthError when the agent refuses our proof or
-    cannot prove the secret itself."""
+def peer_handshake(sock, secret, timeout, target, me):
+    """The connecting side (host or a neighbouring agent): target is the agent_id of the agent it means to
+    reach, me its own peer_id. AgentShed when the agent closed the connection during the handshake (it sheds
+    connections under a crowd: retry); AuthError when it refused our proof (another secret, or it is not
+    `target`) or cannot prove the secret itself; socket.timeout past `timeout` seconds in all."""
+    deadline = time.monotonic() + timeout
     sock.settimeout(timeout)
     try:
-        hello = recv_exact(sock, len(AUTH_MAGIC) + NONCE_BYTES)
+        hello = recv_exact(sock, len(AUTH_MAGIC) + NONCE_BYTES, deadline)
     except EOFError:
         raise AgentShed("the agent closed the connection before its challenge (too many connections?)")
     if hello[:len(AUTH_MAGIC)] != AUTH_MAGIC:
-        raise AuthError("no splitrack challenge (%r): not a splitrack agent of wire version %d"
-                        % (hello[:8], VERSION))
+        raise AuthError("no splitrack challenge (%r): not a splitrack agent of wire version %d (an agent of an older "
+                        "splitrack: deploy again)" % (hello[:8], VERSION))
     nonce_a = hello[len(AUTH_MAGIC):]
     nonce_p = secrets.token_bytes(NONCE_BYTES)
-    sock.sendall(nonce_p + _mac(secret, b"peer", nonce_a, nonce_p))
+    sock.sendall(nonce_p + _mac(secret, b"peer", nonce_a, nonce_p, target, me))
     try:
-        proof = recv_exact(sock, MAC_BYTES)
+        proof = recv_exact(sock, MAC_BYTES, deadline)
     except EOFError:
-        raise AuthError("the agent refused our proof: it was deployed with another secret (deploy again)")
-    if not hmac.compare_digest(proof, _mac(secret, b"agent", nonce_p, nonce_a)):
+        raise AgentShed("the agent closed the connection during the handshake (too many connections?)")
+    if proof == REFUSED:
+        raise AuthError("the agent refused our proof: it was deployed with another secret, or it is not %s "
+                        "(deploy again)" % target.decode(errors="replace"))
+    if not hmac.compare_digest(proof, _mac(secret, b"agent", nonce_p, nonce_a, target, me)):
         raise AuthError("the agent cannot prove the deployment's secret: another process holds its port")
     sock.settimeout(None)
 
 
-def connect(address, secret, timeout):
-    """A TCP connection to an agent, authenticated, TCP_NODELAY, blocking (no timeout) once open."""
+def connect(address, secret, timeout, target, me):
+    """A TCP connection to the agent `target` (its agent_id) at `address`, authenticated as `me` (a peer_id),
+    TCP_NODELAY, blocking (no timeout) once open."""
     sock = socket.create_connection(address, timeout=timeout)
     try:
         set_socket_options(sock)
-        peer_handshake(sock, secret, timeout)
+        peer_handshake(sock, secret, timeout, target, me)
     except BaseException:
         sock.close()
         raise
@@ -200,6 +252,18 @@ def unpack_records(blob):
     t_compute_start, t_compute_end, t_send; times in ns). Raises struct.error when the length is not a
     multiple of 40 bytes."""
     return list(RECORD.iter_unpack(blob))
+
+
+def json_object(payload, what="control message"):
+    """A control message's JSON object ({} when empty): UTF-8, JSON, an object, or ProtocolError naming what
+    came (a board's PONG, ERROR or HELLO is untrusted input)."""
+    try:
+        d = json.loads(bytes(payload).decode() or "{}")
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ProtocolError("%s is not JSON (%s: %s)" % (what, type(e).__name__, str(e)[:80]))
+    if not isinstance(d, dict):
+        raise ProtocolError("%s is not a JSON object (a %s)" % (what, type(d).__name__))
+    return d
 
 
 def send_parts(sock, parts, total):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import json
 from pathlib import Path
 
 from splitting.errors import UserError
@@ -30,9 +29,11 @@ def refuse_overwrite(folder, new_hash: str, force: bool) -> None:
     if not folder.is_dir():
         raise UserError(f"{folder} is a file; give a folder for the plan")
     f = folder / "plan.json"
-    if f.is_file():
+    if f.exists() or f.is_symlink():
+        from splitting.untrusted import read_json
+
         try:
-            old = json.loads(f.read_text()).get("hash")
+            old = read_json(f, str(f), error=ValueError).get("hash")
         except (ValueError, OSError, AttributeError):
             old = None
         if old == new_hash:

@@ -150,5 +150,6 @@ def partition_ops(plan, name: str, tables: bool = False) -> List[Op]:
 
     p = plan.partition(name)
     with tempfile.TemporaryDirectory(prefix="splitrack-cosim-") as tmp:
-        _, hm = hls._convert(plan.path(p.model_file), p.hls, plan.hls_defaults, Path(tmp) / "prj", f"sr_{name}")
+        # the model its compiled project was built from (keyed and checked), not the plan folder's file
+        _, hm = hls._convert(hls.model_file(plan, name), p.hls, plan.hls_defaults, Path(tmp) / "prj", f"sr_{name}")
         return ops_from_graph(hm, tables)

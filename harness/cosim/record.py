@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, Optional
 
+from splitting.untrusted import read_json
+
 KIND = "splitrack-cosim"
 VERSION = 1
 FILE = "cosim.json"
@@ -116,11 +118,11 @@ def read(plan) -> StoredCosim:
     depths and notes the cosimulation writes do not count), or one whose cosimulation failed its checks.
     Never raises for a bad file."""
     cmd = command(plan)
-    if plan.root is None or not (Path(plan.root) / FILE).is_file():
+    path = Path(plan.root) / FILE if plan.root is not None else None
+    if path is None or not (path.exists() or path.is_symlink()):
         return StoredCosim(missing=f"not cosimulated (run: {cmd})")
-    path = Path(plan.root) / FILE
-    try:
-        doc = json.loads(path.read_text())
+    try:  # bounded, never blocking, depth-limited, inside the plan folder: untrusted input
+        doc = read_json(path, str(path), inside=plan.root, error=ValueError)
         if not isinstance(doc, dict) or doc.get("kind") != KIND:
             raise ValueError("not a splitrack cosim result")
         if doc.get("version") != VERSION:
@@ -147,6 +149,6 @@ def read(plan) -> StoredCosim:
             figures[str(name)] = PartitionCycles(str(name), _cycles(p.get("latency"), f"{name}.latency"),
                                                  _cycles(p.get("frame_latency"), f"{name}.frame_latency"),
                                                  _cycles(p.get("ii"), f"{name}.ii"), clock, sim, rtl)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+    except (OSError, KeyError, TypeError, ValueError) as e:
         return StoredCosim(missing=f"not cosimulated: {path} is unreadable ({type(e).__name__}: {e}; run: {cmd})")
     return StoredCosim(figures)

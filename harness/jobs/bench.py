@@ -149,6 +149,11 @@ def _bench(plan, rack, ev, frames, rate, in_flight, single_rate, cpu, progress, 
         got = sum(doc["frames_received"].values())
         raise BenchIncomplete(f"{e} (bench incomplete: {got} frame(s) received, kept)", doc) from None
     doc.update(reports=run.reports, clocks=run.clocks, payload_bytes=run.payload_bytes)
+    if run.untrusted:  # the boards' stamps cannot be true: the figures are no result (harness.measure.plausibility)
+        doc.update(complete=False, untrusted=run.untrusted, error=run.untrusted,
+                   frames={m: frames_of(r) for m, r in rec.results.items()},
+                   frames_received={m: len(r.frames) for m, r in rec.results.items()})
+        raise BenchIncomplete(f"{run.untrusted} (bench marked untrusted, its frames kept)", doc)
     bad = _emulation_mismatches(plan, x, rec.results)
     doc["emulation_mismatches"] = bad
     if any(bad.values()):  # a fast rack that computes something else is not a result

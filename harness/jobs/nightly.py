@@ -43,6 +43,22 @@ def default_plan(progress: Callable[[str], None] = print):
     return Plan.load(folder)
 
 
+def run_file(runs: Path, time: str, plan_hash: str) -> Path:
+    """A new file name in `runs` for one night's bench JSON: the run's time to the microsecond and the plan
+    hash, claimed with an exclusive create (two runs in one second, or at one instant, get two files; a
+    second-resolution name let the later one overwrite the earlier)."""
+    runs.mkdir(parents=True, exist_ok=True)
+    stamp = time[:26].replace(":", "").replace(".", "_")
+    for n in range(1, 1000):
+        path = runs / f"{stamp}-{plan_hash}{'' if n == 1 else f'-{n}'}.json"
+        try:
+            with open(path, "x"):
+                return path
+        except FileExistsError:
+            continue
+    raise OSError(f"{runs}: 999 runs of plan {plan_hash} at {time}: clean the folder")
+
+
 def nightly(boards: Path, db: Path, out: Path, plan_dir: Path = None, frames: int = 500, rate: float = None,
             min_change: float = 0.05, progress: Callable[[str], None] = print,
             lease_wait: float = 0.0, label: str = None, data: str = "auto") -> List[Tuple[regress.Change, history.RunInfo]]:
@@ -63,12 +79,10 @@ def nightly(boards: Path, db: Path, out: Path, plan_dir: Path = None, frames: in
             doc = bench_cmd.bench(plan, rack, frames=frames, rate=rate, progress=progress, lease_wait=lease_wait,
                                   label=label, data=data)
     except bench_cmd.BenchIncomplete as e:  # what was measured is kept where the night's result goes
-        path = bench_cmd.write_incomplete(e.doc, runs / f"{e.doc['time'][:19].replace(':', '')}-{plan.hash}.json")
+        path = bench_cmd.write_incomplete(e.doc, run_file(runs, e.doc["time"], plan.hash))
         raise bench_cmd.BenchIncomplete(f"{e}; wrote {path}", e.doc) from None
     progress(bench_cmd.format_bench(doc))
-    runs.mkdir(parents=True, exist_ok=True)
-    stamp = doc["time"][:19].replace(":", "")
-    bench_json = runs / f"{stamp}-{plan.hash}.json"
+    bench_json = run_file(runs, doc["time"], plan.hash)
     bench_cmd.save(doc, bench_json)
     with history.History(db) as h:
         run, rows, samples = history.parse_bench(doc)

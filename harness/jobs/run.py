@@ -97,6 +97,15 @@ def run_frames(plan: Plan, wiring, x: np.ndarray, y: Optional[np.ndarray], out_d
             error = str(e)
     if error is None and not res.complete:
         error = "; ".join(res.errors) or "frames missing"
+    from harness.measure import plausibility
+    from harness.measure.attribution import Topology
+
+    # the boards' stamps, checked (order on each board, no dwell beyond the frame's end to end): a run whose
+    # stamps cannot be true is marked untrusted, never complete (harness.measure.plausibility)
+    untrusted = plausibility.problems(res.timings(), Topology.from_plan(
+        plan, {p: ep.board for p, ep in wiring.endpoints.items()}))
+    if untrusted:
+        error = untrusted + (f"; {error}" if error else "")
     got = [i for i, f in enumerate(res.frame_ids) if f in res.frames]  # inputs whose answer came back
     ids = [res.frame_ids[i] for i in got]
     n = len(got)
@@ -108,6 +117,7 @@ def run_frames(plan: Plan, wiring, x: np.ndarray, y: Optional[np.ndarray], out_d
                "commit": current_commit(Path(__file__).resolve().parent),
                "data": data_source, "frames": len(x), "frames_received": n,
                "complete": error is None, "error": error, "in_flight": in_flight,
+               **({"untrusted": untrusted} if untrusted else {}),
                "throughput_fps": res.throughput if n else float("nan"), "latency_us": _pcts(lat)}
     if y is not None and n:
         summary["accuracy"] = float(np.mean(np.argmax(outputs.reshape(n, -1), axis=1) == np.asarray(y)[got]))
@@ -125,9 +135,10 @@ def run_frames(plan: Plan, wiring, x: np.ndarray, y: Optional[np.ndarray], out_d
         bad = np.any(ref.reshape(n, -1) != outputs.reshape(n, -1), axis=1)
         mismatches = int(bad.sum())
         summary["emulation_mismatches"] = mismatches
+    stamps = {f: res.stamps(f) for f in ids}  # once per frame (each call walks the frame's records)
     dwell = {}
     for name in (p.name for p in plan.ordered_partitions()):
-        d = [res.stamps(f)[name] for f in ids if name in res.stamps(f)]
+        d = [stamps[f][name] for f in ids if name in stamps[f]]
         if d:
             dwell[name] = {"board": d[0]["board"], "dwell_us": _pcts([(s["t_send"] - s["t_recv"]) / 1e3 for s in d]),
                            "compute_us": _pcts([(s["t_compute_end"] - s["t_compute_start"]) / 1e3 for s in d]),
@@ -154,10 +165,10 @@ def run_frames(plan: Plan, wiring, x: np.ndarray, y: Optional[np.ndarray], out_d
         progress(f"outputs equal to the chained emulation, bit for bit: {n - mismatches}/{n}")
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    frames = [{"frame": f, "t_send": res.frames[f].t_send, "t_recv": res.frames[f].t_recv, "stamps": res.stamps(f)}
+    frames = [{"frame": f, "t_send": res.frames[f].t_send, "t_recv": res.frames[f].t_recv, "stamps": stamps[f]}
               for f in ids]
     (out_dir / "run.json").write_text(json.dumps({"summary": summary, "frames": frames}, indent=1))
-    _plot(lat, dwell, res, ids, out_dir / "run.png", error, compute)
+    _plot(lat, dwell, res, ids, out_dir / "run.png", error, compute, stamps)
     progress(f"wrote {out_dir / 'run.json'} and {out_dir / 'run.png'}" + ("" if error is None else " (incomplete)"))
     if error is not None:
         raise RunError(f"{error} (the {n} frame(s) received are in {out_dir / 'run.json'}, marked incomplete)")
@@ -178,7 +189,8 @@ def _pcts(v_us) -> dict:
     return stats(v * 1e3)
 
 
-def _plot(lat, dwell, res, ids, path: Path, error: Optional[str] = None, compute: Optional[dict] = None) -> None:
+def _plot(lat, dwell, res, ids, path: Path, error: Optional[str] = None, compute: Optional[dict] = None,
+          stamps: Optional[dict] = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,8 +203,8 @@ def _plot(lat, dwell, res, ids, path: Path, error: Optional[str] = None, compute
     a.set_title(f"{len(lat)} frames" + (f", {res.throughput:.0f} frames/s" if len(lat) > 1 else ""))
     names = list(dwell)
     if names:
-        data = [[(res.stamps(f)[n]["t_send"] - res.stamps(f)[n]["t_recv"]) / 1e3 for f in ids if n in res.stamps(f)]
-                for n in names]
+        stamps = stamps or {f: res.stamps(f) for f in ids}
+        data = [[(stamps[f][n]["t_send"] - stamps[f][n]["t_recv"]) / 1e3 for f in ids if n in stamps[f]] for n in names]
         b.boxplot(data, tick_labels=[f"{n}\n{dwell[n]['board']}\n{(compute or {}).get(n, {}).get('label', '')}"
                                      for n in names], showfliers=False)
     b.set_ylabel("time on the board, receive to send (us)")

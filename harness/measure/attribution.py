@@ -173,6 +173,7 @@ def attribute(frames: Sequence[FrameTiming], topo: Topology,
         if b not in to_host:
             raise MeasureError(f"no clock offset for board {b}: run a clock probe burst before the stream")
     order = topo.hops()
+    inputs = {d: topo.inputs(d) for d in list(topo.boards) + [HOST]}  # once, not a scan of the links per frame
     n = len(frames)
     hops = {h: np.zeros(n) for h in order}
     crit = {h: np.zeros(n) for h in order}
@@ -189,14 +190,14 @@ def attribute(frames: Sequence[FrameTiming], topo: Topology,
                 raise MeasureError(f"frame {f.frame} has no timestamps from partition {p}: did its board answer?")
             conv = to_host[board]
             send_h[p] = conv(st.t_send)
-            for s in topo.inputs(p):
+            for s in inputs[p]:
                 recv_h[(s, p)] = conv(st.recv_from(s))
             h = board_hop(p)
             hops[h][i] = st.t_send - st.t_recv
             parts[h]["queue"][i] = st.t_compute_start - st.t_recv
             parts[h]["compute"][i] = st.t_compute_end - st.t_compute_start
             parts[h]["out"][i] = st.t_send - st.t_compute_end
-        for s in topo.inputs(HOST):
+        for s in inputs[HOST]:
             recv_h[(s, HOST)] = int(f.t_host_recv)
         for s, d in topo.links:
             hops[link_name(s, d)][i] = recv_h[(s, d)] - send_h[s]
@@ -204,7 +205,7 @@ def attribute(frames: Sequence[FrameTiming], topo: Topology,
         # a board's share is its send minus that arrival, so the path telescopes to exactly e2e
         node = HOST
         for _ in range(len(topo.links) + 1):
-            src = max(topo.inputs(node), key=lambda s: recv_h[(s, node)])
+            src = max(inputs[node], key=lambda s: recv_h[(s, node)])
             t_arr = recv_h[(src, node)]
             if node != HOST:
                 crit[board_hop(node)][i] = send_h[node] - t_arr
@@ -307,6 +308,7 @@ class RackRun:
     clocks: Dict[str, Dict[str, object]]
     outputs: np.ndarray
     payload_bytes: Dict[str, int]
+    untrusted: str = ""  # why the boards' stamps cannot be true (harness.measure.plausibility), '' when they can
 
 
 def measure_rack(pipe, wiring, plan, x: np.ndarray, *, rate: Optional[float] = None, in_flight: int = 8,
@@ -335,12 +337,18 @@ def measure_rack(pipe, wiring, plan, x: np.ndarray, *, rate: Optional[float] = N
         runs["stream"] = (pipe.stream(x, in_flight=in_flight, rate=rate, timeout=timeout), in_flight, rate)
         progress("clock probes after the run")
         after = clock_offsets(pipe, wiring, probes)
+    from harness.measure import plausibility
+
     clocks = clocksync.models(before, after)
     to_host = {b: m.to_host for b, m in clocks.items()}
-    reports = {mode: report(mode, r.timings(), topo, to_host, rate_hz=rt, in_flight=k) for mode, (r, k, rt) in runs.items()}
+    timings = {mode: r.timings() for mode, (r, _, _) in runs.items()}
+    untrusted = plausibility.problems([f for t in timings.values() for f in t], topo, clocks)
+    # stamps that cannot be true are not attributed: the run's figures would be made of them
+    reports = {} if untrusted else {mode: report(mode, timings[mode], topo, to_host, rate_hz=rt, in_flight=k)
+                                    for mode, (r, k, rt) in runs.items()}
     first = runs["single" if single else "stream"][0]
     return RackRun(reports, {b: m.to_dict() for b, m in clocks.items()}, first.outputs(),
-                   {link_name(c.src, c.dst): c.payload_bytes for c in plan.links})
+                   {link_name(c.src, c.dst): c.payload_bytes for c in plan.links}, untrusted)
 
 
 def benchmark_extra_info(plan, rack_name: str, wiring, frames: Sequence[FrameTiming], before, after,
@@ -349,13 +357,15 @@ def benchmark_extra_info(plan, rack_name: str, wiring, frames: Sequence[FrameTim
     plan hash, rack, placement, clocks, per-hop stats and the critical-path medians of the timed frames, and
     `compute` when given: per partition what its compute is with the cosimulated FPGA compute beside it
     ({p: ComputeSource.to_dict()} of harness.measure.compute_source.compute_sources, asked while the agents run)."""
-    from harness.measure import clocksync
+    from harness.measure import clocksync, plausibility
 
     clocks = clocksync.models(before, after)
     topo = Topology.from_plan(plan, {p: ep.board for p, ep in wiring.endpoints.items()})
     att = attribute(frames, topo, {b: m.to_host for b, m in clocks.items()})
     summary = att.summary()
+    untrusted = plausibility.problems(frames, topo, clocks)
     return {
+        **({"untrusted": untrusted} if untrusted else {}),  # `history add` keeps such a run as incomplete
         "plan_hash": plan.hash,
         "rack": rack_name,
         "placement": {p: ep.board for p, ep in wiring.endpoints.items()},

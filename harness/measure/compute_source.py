@@ -73,7 +73,7 @@ def reported_backends(wiring, timeout: float = 2.0) -> Dict[str, Tuple[Optional[
     out: Dict[str, Tuple[Optional[str], str]] = {}
     for name, ep in wiring.endpoints.items():
         try:
-            pong = ping(ep.host, ep.port, wiring.secret, timeout=timeout)
+            pong = ping(ep.host, ep.port, wiring.secret, timeout=timeout, ident=(wiring.agent_id(name), wiring.host_id()))
         except (OSError, ValueError):
             pong = {}
         kind, note = pong.get("backend"), pong.get("backend_note")

@@ -43,7 +43,8 @@ class _Run:
     def __init__(self, result: StreamResult, n_out_parts: int):
         self.result = result
         self.cond = threading.Condition()
-        self.outstanding: Dict[int, int] = {}  # frame -> host send time
+        self.outstanding: Dict[int, int] = {}  # frame -> host send time (time.time_ns, the stamps' clock)
+        self.deadline_from: Dict[int, int] = {}  # frame -> host send time on the monotonic clock (its timeout's)
         self.parts: Dict[int, Dict[Tuple[str, int], Tuple[bytes, List[Record], int]]] = {}
         self.n_out_parts = n_out_parts
         self.failed: Dict[int, str] = {}  # frame -> reason, from agents' errors
@@ -258,7 +259,9 @@ class Pipeline:
                 while run.outstanding or (run.queue and not run.fatal):
                     if run.fatal and self.lost:
                         # an agent is gone: frames behind it cannot come; give those ahead of it a moment
-                        grace_end = grace_end or time.monotonic() + min(timeout, 2.0)
+                        # (none, when every agent that sends the host its outputs is the one gone)
+                        outs_gone = all(c.src in self.lost for c in self.wiring.output_links)
+                        grace_end = grace_end or time.monotonic() + (0.0 if outs_gone else min(timeout, 2.0))
                         if time.monotonic() > grace_end:
                             for f in list(run.outstanding):
                                 run.outstanding.pop(f)
@@ -277,6 +280,7 @@ class Pipeline:
         """Send one frame's messages (one per input link); False when that failed (run.fatal says why)."""
         with run.cond:
             run.outstanding[fid] = time.time_ns()
+            run.deadline_from[fid] = time.monotonic_ns()
             run.sent += 1
         conn = None
         try:
@@ -313,11 +317,13 @@ class Pipeline:
             progress(run.reported, n)
 
     def _wait(self, run: _Run, timeout_ns: int) -> None:
-        """Wait (cond held) for progress or a watchdog tick; frames past their deadline fail as timed out."""
-        now = time.time_ns()
-        oldest = min(run.outstanding.values()) if run.outstanding else now
+        """Wait (cond held) for progress or a watchdog tick; frames past their deadline fail as timed out.
+        Deadlines run on the monotonic clock: a step of the host's wall clock neither hides nor fakes one."""
+        now = time.monotonic_ns()
+        sent = run.deadline_from
+        oldest = min(sent[f] for f in run.outstanding) if run.outstanding else now
         if oldest + timeout_ns <= now:
-            late = [f for f, t in run.outstanding.items() if now - t >= timeout_ns]
+            late = [f for f in run.outstanding if now - sent[f] >= timeout_ns]
             for f in late:
                 run.outstanding.pop(f)
                 run.failed[f] = "timeout"

@@ -88,6 +88,7 @@ class StreamResult:
     t_start: int = 0
     t_end: int = 0
     schedule: Optional[SendSchedule] = None  # a paced stream's (rate given): when each input was due to leave
+    _stamps: Dict[int, Dict[str, Dict[str, Any]]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def complete(self) -> bool:
@@ -115,8 +116,13 @@ class StreamResult:
         return len(got) / (span / 1e9)
 
     def stamps(self, frame: int) -> Dict[str, Dict[str, Any]]:
-        """partition -> {board, stage, t_recv (last part), t_recv_by_src, t_compute_start, t_compute_end, t_send}."""
+        """partition -> {board, stage, t_recv (last part), t_recv_by_src, t_compute_start, t_compute_end, t_send}
+        (worked out once per frame; do not change what it returns)."""
+        known = self._stamps.get(frame)
+        if known is not None:
+            return known
         out: Dict[str, Dict[str, Any]] = {}
+        self._stamps[frame] = out
         w = self.wiring
         for stage, pid, src, _flags, t_r, t_cs, t_ce, t_s in self.frames[frame].records:
             name = w.partition_name(pid)

@@ -6,8 +6,10 @@ deployment's secret in part/agent.secret (mode 0600)."""
 from __future__ import annotations
 
 import json
+import re
+import socket
 import time
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 from harness.agent import wire
 from harness.agent.files import MODULE as AGENT_MODULE
@@ -25,32 +27,56 @@ AGENT_ALIVE = 2.0  # s between looks at its process when its output says nothing
 AGENT_POLL_NO_SECRET = 0.1  # s between looks at its output when its port cannot be pinged
 
 
-def ping(host: str, port: int, secret: bytes, timeout: float = PING_TIMEOUT) -> dict:
-    """The agent's health answer (PONG) over an authenticated connection, or OSError/TimeoutError (an agent
-    that does not share `secret` refuses the connection: wire.AuthError, an OSError here)."""
+def agent_identity(config: dict) -> Tuple[bytes, bytes]:
+    """(the agent's identity, the host's) in the handshake with the agent of an agent config (agent.json as
+    a dict): what the host's connection to it is bound to (wire.agent_id, wire.peer_id). ValueError for a
+    config without what that needs."""
     try:
-        with wire.connect((host, port), secret, timeout) as s:
+        plan_hash, partition = str(config["plan_hash"]), str(config["partition"])
+        endpoint = str(config.get("endpoint") or "")
+        if endpoint:
+            host, _, port = endpoint.rpartition(":")
+        else:
+            host, port = str(config["listen"]["host"]), config["listen"]["port"]
+        return wire.agent_id(plan_hash, partition, host, int(port)), wire.peer_id(plan_hash, wire.HOST)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"agent config without a usable identity ({type(e).__name__}: {e})") from None
+
+
+def board_identity(conn: Connection, board: Board) -> Tuple[bytes, bytes]:
+    """agent_identity of the agent config a board carries (part/agent.json, read over SSH); ValueError when it
+    has none or it cannot be read as one."""
+    text = conn.read_text(conn.remote_path(f"{board.workdir}/{PART}/agent.json"), stage="health")
+    if text is None:
+        raise ValueError("the board carries no agent config (nothing deployed)")
+    return agent_identity(json_object(text))
+
+
+def ping(host: str, port: int, secret: bytes, timeout: float = PING_TIMEOUT, *, ident: Tuple[bytes, bytes]) -> dict:
+    """The agent's health answer (PONG, a JSON object) over an authenticated connection bound to `ident`
+    ((the agent's identity, the host's): agent_identity), or OSError/TimeoutError: an agent that does not
+    share `secret`, or is not the agent meant, refuses the connection (wire.AuthError, an OSError here); an
+    answer that is not a PONG holding a JSON object is an OSError naming what came."""
+    try:
+        with wire.connect((host, port), secret, timeout, ident[0], ident[1]) as s:
             s.settimeout(timeout)
             s.sendall(wire.pack_message(wire.MsgType.PING, payload=b"{}"))
-            mtype, *_rest, payload = wire.Reader(s).message()
+            mtype, *_rest, payload = wire.Reader(s, max_records=0).message()
     except (EOFError, wire.ProtocolError) as e:
         raise OSError(str(e) or type(e).__name__) from None
     if mtype != wire.MsgType.PONG:
         raise OSError(f"agent answered message type {mtype}, not PONG")
-    return json.loads(payload.decode())
+    return wire.json_object(payload, "PONG")
 
 
 def write_secret(conn: Connection, root: str, secret: bytes) -> None:
     """The deployment's secret onto the board, part/agent.secret, mode 0600 before it holds a byte; the
     running agent reads it at each new connection. Never logged."""
     tmp, path = f"{root}/{PART}/{SECRET_FILE}.upload", f"{root}/{PART}/{SECRET_FILE}"
-    try:
-        with conn.sftp.open(tmp, "w") as f:
-            conn.sftp.chmod(tmp, 0o600)
-            f.write(secret.hex() + "\n")
-        conn.sftp.posix_rename(tmp, path)
-    except (IOError, OSError) as e:
-        raise BoardError(conn.board.name, "upload", f"cannot write the agent's secret to {path}: {e}") from None
+    # the connection's own writes: a board that stops answering is named as hung (no reply within the SFTP
+    # timeout), a full disk as full; never an error with an empty reason
+    conn.put_bytes((secret.hex() + "\n").encode(), tmp, stage="upload", mode=0o600)
+    conn.rename(tmp, path, stage="upload")
 
 
 def remote_pids(conn: Connection, part_dir: str) -> Dict[str, int]:
@@ -69,10 +95,11 @@ def remote_pids(conn: Connection, part_dir: str) -> Dict[str, int]:
 
 
 def json_object(text: Optional[str]) -> dict:
-    """A board file's JSON object ({} when it is missing, not JSON or not an object)."""
+    """A JSON object a board gave (a file, a line of output), {} for anything else (missing, not JSON, nested
+    beyond the parser's depth, not an object): never an exception."""
     try:
         d = json.loads(text) if text else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return d if isinstance(d, dict) else {}
 
@@ -118,7 +145,77 @@ def stop_agents(conn: Connection, board: Board, pids: Optional[Dict[str, int]] =
     return n
 
 
-def start_agent(conn: Connection, board: Board, partition: str, secret: Optional[bytes] = None) -> int:
+def _port_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether something accepts TCP connections at host:port now (seen from this machine)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _port_holder(conn: Connection, board: Board) -> Optional[Tuple[int, str, str]]:
+    """(pid, working folder, command line) of the board's process listening on its data port, from `ss -ltnp`
+    and /proc (over SFTP); None when the board cannot say (no `ss`, or another user's process)."""
+    r = conn.run(["ss", "-Hltnp", f"sport = :{board.data_port}"], check=False, timeout=10, stage="agent-start")
+    m = re.search(r"pid=(\d+)", r.stdout)
+    if r.status != 0 or not m:
+        return None
+    pid = int(m.group(1))
+    try:
+        cwd = conn.sftp_call("agent-start", f"reading /proc/{pid}/cwd", conn.sftp.readlink, f"/proc/{pid}/cwd")
+        cmd = (conn.read_text(f"/proc/{pid}/cmdline", stage="agent-start") or "").replace("\0", " ").strip()
+    except BoardError:
+        return None
+    return pid, str(cwd or "?"), cmd
+
+
+# an agent's command line: the package's module (`-m harness.agent`), or an older splitrack's flat agent
+_AGENT_COMMAND = re.compile(r"(^|\s|/)(-m (%s|agent)|agent\.py)(\s|$)" % re.escape(AGENT_MODULE))
+
+
+def free_data_port(conn: Connection, board: Board, root: str, progress: Callable[[str], None]) -> None:
+    """Before an agent starts: the board's data port must be free. When it is held (the rack file's workdir
+    changed and the agent of the old one still runs there, or any other process), the holder is found: a
+    splitrack agent of another workdir in the board user's home that nobody holds a lease on is stopped,
+    saying so; otherwise BoardError names it (pid, folder, command, leaseholder) and what to do."""
+    if not _port_open(board.host, board.data_port):
+        return
+    holder = _port_holder(conn, board)
+    where = f"{board.host}:{board.data_port}"
+    if holder is None:
+        raise BoardError(board.name, "agent-start", f"{where} is held by a process this board does not name (no `ss`, "
+                         "or another user's): stop it, or give the board another data_port in the rack file")
+    pid, cwd, cmd = holder
+    if not _AGENT_COMMAND.search(cmd):
+        raise BoardError(board.name, "agent-start", f"{where} is held by pid {pid} ({cmd[:80]!r} in {cwd}), not a "
+                         "splitrack agent: stop it, or give the board another data_port in the rack file")
+    folder = cwd.rsplit(f"/{PART}", 1)[0] if cwd.endswith(f"/{PART}") else cwd
+    home = conn.home.rstrip("/")
+    if folder != root and not folder.startswith(home + "/"):  # not this board user's: never ours to stop
+        raise BoardError(board.name, "agent-start", f"{where} is held by an agent working in {folder} (pid {pid}), "
+                         f"outside this board user's home {home}: stop it, or give the board another data_port")
+    if folder != root:  # an agent of another workdir: in use if someone leases that workdir
+        from harness.rack.lease import LEASE_FILE, RackLease
+
+        info = RackLease([board], "probe")._read(conn, f"{folder}/{LEASE_FILE}", folder, board.name)
+        if info is not None and not info.expired:
+            raise BoardError(board.name, "agent-start", f"{where} is held by the agent of workdir {folder} (pid {pid}), "
+                             f"{info.describe()}: this rack file's workdir is {root}; use the same workdir, or another "
+                             "data_port")
+    sudo = ["sudo", "-n"] if board.sudo else []
+    conn.run(sudo + ["kill", "-TERM", str(pid)], check=False, timeout=10, stage="agent-stop")
+    deadline = time.monotonic() + AGENT_STOP_TIMEOUT
+    while alive(conn, pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive(conn, pid):
+        conn.run(sudo + ["kill", "-KILL", str(pid)], check=False, timeout=10, stage="agent-stop")
+    progress(f"  {board.name}: stopped the agent of workdir {folder} (pid {pid}) that held port {board.data_port} "
+             f"(this rack file's workdir is {root})")
+
+
+def start_agent(conn: Connection, board: Board, partition: str, secret: Optional[bytes] = None,
+                ident: Optional[Tuple[bytes, bytes]] = None) -> int:
     """Start the agent of part/agent.json in the background; wait for its ready line. Returns its pid.
 
     The agent runs as `python3 -m harness.agent part/agent.json` in the workdir. The previous agent's log is moved
@@ -133,9 +230,15 @@ def start_agent(conn: Connection, board: Board, partition: str, secret: Optional
     or an error); the process is looked at when the output grew without a ready line, and every
     AGENT_ALIVE s (an agent killed without a word). Every SFTP request costs both sides' SSH stacks some
     CPU: with many boards starting on a few cores, reading the output and the process every 0.1 s was a
-    good part of what a deployment cost."""
+    good part of what a deployment cost. `ident`: the agent's agent_identity (read from the board's
+    part/agent.json when not given)."""
     part_dir = conn.remote_path(f"{board.workdir}/{PART}")
     out = f"agent-{partition}.out"
+    if secret is not None and ident is None:
+        try:
+            ident = board_identity(conn, board)
+        except ValueError:
+            secret = None  # no identity to watch its port with: its output file says when it is ready
     log = f"{part_dir}/agent-{partition}.log"
     if conn.exists(log, stage="agent-start"):
         conn.rename(log, f"{log}.1", stage="agent-start")
@@ -155,7 +258,7 @@ def start_agent(conn: Connection, board: Board, partition: str, secret: Optional
     text, gone, seen = "", False, 0
     next_look, next_alive = now + look_every, now + AGENT_ALIVE
     while time.monotonic() < deadline:
-        answers = secret is not None and _answers(board, secret)
+        answers = secret is not None and _answers(board, secret, ident)
         now = time.monotonic()
         if answers or gone or now >= next_look:
             next_look = now + look_every
@@ -165,7 +268,11 @@ def start_agent(conn: Connection, board: Board, partition: str, secret: Optional
                 text = conn.read_text(f"{part_dir}/{out}", stage="agent-start") or ""
                 for line in text.splitlines():
                     if line.startswith("{") and '"ready"' in line:
-                        return int(json.loads(line)["pid"])
+                        pid = json_object(line).get("pid")  # what a board prints is read defensively
+                        if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0:
+                            return pid
+                        raise BoardError(board.name, "agent-start", f"agent of {partition} printed a ready line "
+                                         f"without a process id: {line[:120]!r}")
             if gone:  # it had exited before this last read of its output: nothing more will come
                 break
             if grew or answers or now >= next_alive:
@@ -182,11 +289,11 @@ def start_agent(conn: Connection, board: Board, partition: str, secret: Optional
                      f"{AGENT_START_TIMEOUT:.0f} s: {detail}")
 
 
-def _answers(board: Board, secret: bytes) -> bool:
-    """Whether an agent that knows `secret` answers a ping on the board's data port now (False while nobody
-    listens there, or whoever listens does not prove the secret)."""
+def _answers(board: Board, secret: bytes, ident: Tuple[bytes, bytes]) -> bool:
+    """Whether the agent `ident` names, knowing `secret`, answers a ping on the board's data port now (False
+    while nobody listens there, or whoever listens does not prove the secret)."""
     try:
-        ping(board.host, board.data_port, secret)
+        ping(board.host, board.data_port, secret, ident=ident)
         return True
     except (OSError, ValueError):
         return False

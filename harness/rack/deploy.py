@@ -36,7 +36,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from splitting.errors import UserError
 from splitting.plan import Plan
@@ -45,8 +45,8 @@ from harness.agent import wire
 from harness.agent.files import agent_files
 from harness.rack import checks
 from harness.rack import wiring as wiring_mod
-from harness.rack.agent_control import (PART, agent_stale_state, json_object, ping, remote_pids, start_agent,
-                                        stop_agents, write_secret)
+from harness.rack.agent_control import (PART, agent_identity, agent_stale_state, board_identity, free_data_port,
+                                        json_object, ping, remote_pids, start_agent, stop_agents, write_secret)
 from harness.rack.artifacts import artifact
 from harness.rack.health import agent_on_port, board_secret
 from harness.rack.rackfile import Board, Rack
@@ -162,9 +162,10 @@ def _board_files(plan: Plan, name: str, art: Dict[str, Path], config: dict, sums
 
 
 def _running_agent(conn: Connection, board: Board, name: str, plan_hash: str, secret: bytes, config_sum: str,
-                   pids: Dict[str, int]):
+                   pids: Dict[str, int], ident: Tuple[bytes, bytes]):
     """(pid, stale state) of the agent that already runs this partition with exactly this config, or (None,
-    None); asked with this deployment's secret (already written to the board). The agent that runs must be the
+    None); asked with this deployment's secret (already written to the board), bound to the identity `ident` of
+    this config's agent (agent_control.agent_identity). The agent that runs must be the
     one started with this config (running.json says which pid that was): a deployment that died between
     upload and restart leaves new files and the old agent."""
     root = conn.remote_path(board.workdir)
@@ -172,7 +173,7 @@ def _running_agent(conn: Connection, board: Board, name: str, plan_hash: str, se
     if not pids or started.get("config") != config_sum:
         return None, None
     try:
-        h = ping(board.host, board.data_port, secret)
+        h = ping(board.host, board.data_port, secret, ident=ident)
     except (OSError, ValueError):
         return None, None
     if (h.get("plan_hash"), h.get("partition"), h.get("pid")) != (plan_hash, name, started.get("pid")):
@@ -180,11 +181,12 @@ def _running_agent(conn: Connection, board: Board, name: str, plan_hash: str, se
     return int(h["pid"]), agent_stale_state(h)
 
 
-def _check_answers(board: Board, name: str, plan_hash: str, pid: int, secret: bytes) -> None:
-    """The agent just started answers on the board's data port, as this partition of this plan; BoardError
-    otherwise (the port unreachable from here, or another agent holding it)."""
+def _check_answers(board: Board, name: str, plan_hash: str, pid: int, secret: bytes,
+                   ident: Tuple[bytes, bytes]) -> None:
+    """The agent just started answers on the board's data port, as this partition of this plan (its handshake
+    bound to `ident`); BoardError otherwise (the port unreachable from here, or another agent holding it)."""
     try:
-        h = ping(board.host, board.data_port, secret)
+        h = ping(board.host, board.data_port, secret, ident=ident)
     except (OSError, ValueError) as e:
         raise BoardError(board.name, "agent-ping", f"agent of {name} started (pid {pid}) but does not answer on "
                          f"{board.host}:{board.data_port} ({e}); is that port reachable from this machine?") from None
@@ -215,8 +217,9 @@ def _deploy_one(plan: Plan, name: str, board: Board, art: Dict[str, Path], confi
             stale = [rel for rel in want if have.get(f"{root}/{rel}") != want[rel]]
         pids = remote_pids(conn, f"{root}/{PART}")
         write_secret(conn, root, secret)  # a running agent reads it at each new connection: the ping below too
+        ident = agent_identity(config)  # who the agent of this config proves to be (its plan, partition, endpoint)
         running, stale_state = (None, None) if stale else \
-            _running_agent(conn, board, name, plan_hash, secret, want[f"{PART}/agent.json"], pids)
+            _running_agent(conn, board, name, plan_hash, secret, want[f"{PART}/agent.json"], pids, ident)
         if running and not stale_state:
             progress(f"  {name} on {board.name}: board carries the same artifact and agent (pid {running}); "
                      "not uploaded, not reprogrammed")
@@ -229,16 +232,17 @@ def _deploy_one(plan: Plan, name: str, board: Board, art: Dict[str, Path], confi
                 conn.mkdirs(f"{root}/{folder}")
             _upload(conn, board, root, stale, files, blobs, want)
         stop_agents(conn, board, pids)
+        free_data_port(conn, board, root, progress)  # an agent of another workdir (the rack file changed) may hold it
         for rel in stale:
             conn.rename(f"{root}/{rel}.upload", f"{root}/{rel}", stage="swap")
         # running.json names the agent that matches the files; until a new one is up, none does
         conn.remove(f"{root}/{PART}/running.json", stage="agent-start")
-        pid = start_agent(conn, board, name, secret)
+        pid = start_agent(conn, board, name, secret, ident)
         conn.put_bytes(json.dumps({"pid": pid, "config": want[f"{PART}/agent.json"]}).encode(),
                        f"{root}/{PART}/running.json", stage="agent-start")
         if stale_state:
             progress(f"  {name} on {board.name}: same artifact, but its agent held {stale_state}: restarted")
-    _check_answers(board, name, plan_hash, pid, secret)
+    _check_answers(board, name, plan_hash, pid, secret, ident)
     code = [r for r in stale if r in CODE]
     what = "uploaded " + ", ".join(sorted(Path(r).name for r in stale if r not in CODE)
                                    + ([f"the agent's code ({len(code)} files)"] if code else [])) if stale else "files unchanged"
@@ -314,7 +318,7 @@ def _preflight(boards: Dict[str, Board], prepared: Dict[str, tuple], connect_tim
         name, b = item
         try:
             with connect(b) as conn:
-                h = ping(b.host, b.data_port, board_secret(conn, b))
+                h = ping(b.host, b.data_port, board_secret(conn, b), ident=board_identity(conn, b))
         except (BoardError, OSError, ValueError):
             return False
         return (h.get("plan_hash"), h.get("partition")) == (plan_hash, name)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from harness.rack import checks
-from harness.rack.agent_control import PART, SECRET_FILE, alive, ping, remote_pids
+from harness.rack.agent_control import PART, SECRET_FILE, alive, board_identity, ping, remote_pids
 from harness.rack.rackfile import Board, Rack
 from harness.rack.ssh import Connection
 from splitting.errors import UserError
@@ -40,11 +40,12 @@ def board_secret(conn: Connection, board: Board) -> bytes:
 
 
 def ping_board(board: Board, timeout: float = 5.0) -> dict:
-    """The PONG of the agent on `board`, whoever deployed it: its secret is read over SSH first (the owner
-    of the board's SSH key may ask its agent anything). Raises BoardError, OSError, ValueError."""
+    """The PONG of the agent on `board`, whoever deployed it: its secret and identity are read over SSH first
+    (the owner of the board's SSH key may ask its agent anything). Raises BoardError, OSError, ValueError."""
     with Connection(board, timeout=timeout) as conn:
         secret = board_secret(conn, board)
-    return ping(board.host, board.data_port, secret)
+        ident = board_identity(conn, board)
+    return ping(board.host, board.data_port, secret, ident=ident)
 
 
 def agent_on_port(conn: Connection, board: Board) -> Optional[str]:
@@ -52,7 +53,7 @@ def agent_on_port(conn: Connection, board: Board) -> Optional[str]:
     is read over `conn`): 'agent of P (pid N)', or 'agent pid N (not answering)' while one of its pid files
     names a live process; None when the holder is not ours."""
     try:
-        h = ping(board.host, board.data_port, board_secret(conn, board))
+        h = ping(board.host, board.data_port, board_secret(conn, board), ident=board_identity(conn, board))
         return f"agent of {h.get('partition')} (pid {h.get('pid')})"
     except (OSError, ValueError):
         live = [p for p in remote_pids(conn, conn.remote_path(f"{board.workdir}/{PART}")).values()

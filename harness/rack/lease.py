@@ -3,10 +3,15 @@
 A lease is the file `lease.json` in the board's workdir, created atomically over SFTP (O_EXCL: of two
 users who try at once, exactly one creates it), holding who (user@host:pid), since when and until when.
 The holder refreshes it while it works (a thread rewrites it every ttl/4) and removes it at the end. A
-lease whose holder died is not refreshed and expires after `ttl` seconds, measured by the board's own
-clock (the file's modification time against the time the board gives a file written now), so the
-clocks of the users' machines never matter. Because the lease lives on the board, it keeps users on
-different machines apart too.
+lease whose holder died is not refreshed and expires after `ttl` seconds. Its age is measured on clocks
+that never step: the board's monotonic clock (/proc/uptime, written into every refresh with the board's
+boot id; a PYNQ-Z2 has no RTC battery, so its wall clock steps when NTP finds it, back or forward), and,
+while a user waits, that user's own monotonic clock watching the file not change. A board without
+/proc/uptime falls back to its wall clock (the file's modification time against the time the board gives a
+file written now), and an age below zero there (the board's clock stepped back) counts as unknown, not as
+young. A holder on this very machine that has died (its pid gone, or reused by another process) is seen at
+once. The clocks of the users' machines never matter. Because the lease lives on the board, it keeps users
+on different machines apart too.
 
 Boards are leased one at a time in the rack's order and given back at once when one of them is held by
 someone else: of two users wanting the same boards, the first to lease the first board gets them all and
@@ -76,6 +81,46 @@ def _key(board: Board) -> tuple:
     return (board.host, board.port, board.workdir)
 
 
+def _read_local(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _start_ticks(pid: int) -> str:
+    """A process's start time (clock ticks since boot, /proc/PID/stat field 22), '' when it does not exist:
+    with the pid it names one process for the life of the machine (a pid alone is reused)."""
+    stat = _read_local(f"/proc/{pid}/stat")
+    try:
+        return stat.rsplit(")", 1)[1].split()[19] if stat else ""
+    except IndexError:
+        return ""
+
+
+def _holder_identity() -> Dict[str, str]:
+    """What tells another process on this machine whether this holder still lives: the host's boot id, the
+    pid namespace, the hostname and this process's start time (see _dead_here)."""
+    try:
+        ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        ns = ""
+    return {"host_boot": _read_local("/proc/sys/kernel/random/boot_id"), "pid_ns": ns,
+            "hostname": socket.gethostname(), "pid": str(os.getpid()), "pid_start": _start_ticks(os.getpid())}
+
+
+def _dead_here(d: dict) -> bool:
+    """True when the lease body `d` was written by a process of this very machine, boot and pid namespace that
+    no longer runs (its pid is gone, or belongs to a process started at another time). False whenever that
+    cannot be known (another machine, a container, an older lease without these fields)."""
+    me = _holder_identity()
+    theirs = {k: str(d.get(k, "")) for k in ("host_boot", "pid_ns", "hostname", "pid", "pid_start")}
+    if not all(theirs.values()) or any(theirs[k] != me[k] for k in ("host_boot", "pid_ns", "hostname")):
+        return False
+    return _start_ticks(int(theirs["pid"])) != theirs["pid_start"] if theirs["pid"].isdigit() else False
+
+
 @dataclass
 class LeaseInfo:
     """What a lease file says, and how old it is by the board's clock."""
@@ -86,19 +131,22 @@ class LeaseInfo:
     ttl: float
     token: str  # random, per lease: tells our own lease from someone else's
     purpose: str
-    age: float  # seconds since the last refresh, board clock
+    age: float  # seconds since the last refresh (see `clock`); inf: certainly expired (a dead holder)
     board: str = ""  # the board (as the holder's rack file names it) the lease was taken for
+    clock: str = "board uptime"  # what measured `age`: "board uptime", "board clock", "watched" or "holder"
+    note: str = ""  # why the age is what it is, when that is not the ordinary case
 
     @property
     def expired(self) -> bool:
-        """True when the last refresh is older than the lease's ttl (seconds, board clock)."""
+        """True when the last refresh is older than the lease's ttl (seconds)."""
         return self.age > self.ttl
 
     def describe(self) -> str:
         """One line for messages: who holds the lease, since when, for what, and its age and expiry in seconds."""
+        note = f"; {self.note}" if self.note else ""
         return (f"leased by {self.owner} since {self.since} for {self.purpose or 'a job'} "
                 f"(refreshed {self.age:.0f} s ago, expires {max(0.0, self.ttl - self.age):.0f} s after the last "
-                "refresh)")
+                f"refresh{note})")
 
 
 class RackLease:
@@ -129,13 +177,30 @@ class RackLease:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._io = threading.Lock()  # the refresher and release() share the connections
+        self._seq = 0  # refreshes so far: every refresh changes the file, which a watcher sees
+        self._watched: Dict[str, tuple] = {}  # board name -> (a held lease's text, monotonic time first seen)
+        self._me = _holder_identity()
 
     # --- the lease file --------------------------------------------------------------------------------
-    def _body(self, board: str) -> bytes:
+    def _body(self, board: str, uptime: Optional[tuple] = None) -> bytes:
         now = time.time()
-        return (json.dumps({"owner": self.owner, "since": _iso(self.since), "expires": _iso(now + self.ttl),
-                            "ttl": self.ttl, "token": self.token, "purpose": self.purpose, "board": board})
-                + "\n").encode()
+        self._seq += 1
+        d = {"owner": self.owner, "since": _iso(self.since), "expires": _iso(now + self.ttl), "ttl": self.ttl,
+             "token": self.token, "purpose": self.purpose, "board": board, "seq": self._seq, **self._me}
+        if uptime is not None:  # the board's monotonic clock at this refresh (and which boot it counts from)
+            d["board_boot"], d["board_uptime"] = uptime
+        return (json.dumps(d) + "\n").encode()
+
+    def _uptime(self, conn: Connection) -> Optional[tuple]:
+        """(boot id, seconds since boot) of the board, from /proc over SFTP: a clock that does not step when
+        the board's wall clock does. None when the board does not have them (then the lease falls back to
+        the board's wall clock)."""
+        try:
+            boot = (conn.read_text("/proc/sys/kernel/random/boot_id", stage="lease") or "").strip()
+            up = float((conn.read_text("/proc/uptime", stage="lease") or "").split()[0])
+        except (BoardError, ValueError, IndexError):
+            return None
+        return (boot, up) if boot and up > 0 else None
 
     def _board_now(self, conn: Connection, folder: str) -> float:
         """The board's clock, as the modification time it gives a file written now."""
@@ -146,26 +211,64 @@ class RackLease:
         finally:
             conn.remove(probe, stage="lease")
 
-    def _read(self, conn: Connection, path: str, folder: str) -> Optional[LeaseInfo]:
+    def _read(self, conn: Connection, path: str, folder: str, board: str = "") -> Optional[LeaseInfo]:
         """The lease at `path`, or None when there is none. An unreadable or half-written file counts as a
-        lease by an unknown holder (expired after EMPTY_GRACE)."""
+        lease by an unknown holder (expired after EMPTY_GRACE).
+
+        Its age, in this order: infinite when its holder is a dead process of this machine; the board's
+        uptime since the refresh (same boot; another boot: the board restarted, infinite); else the board's
+        wall clock (mtime). An age below zero on either board clock (the clock stepped back, or a forged
+        file) is unknown, not young: then only watching counts. Watching: the seconds, on this process's
+        monotonic clock, that the file has stayed the same while we looked (a living holder rewrites it every
+        ttl/4); the age is never less than that."""
         text = conn.read_text(path, stage="lease")
         if text is None:
+            self._watched.pop(board, None)
             return None
-        try:
-            mtime = float(conn.sftp_call("lease", f"looking at {path}", conn.sftp.stat, path).st_mtime)
-        except BoardError:
-            if not conn.exists(path, stage="lease"):
-                return None
-            raise
-        age = self._board_now(conn, folder) - mtime
+        seen = self._watched.get(board)
+        if seen is None or seen[0] != text:
+            seen = (text, time.monotonic())
+            self._watched[board] = seen
+        watched = time.monotonic() - seen[1]
         try:
             d = json.loads(text)
-            return LeaseInfo(str(d["owner"]), str(d["since"]), str(d["expires"]), float(d["ttl"]), str(d["token"]),
-                             str(d.get("purpose", "")), age, str(d.get("board", "")))
+            if not isinstance(d, dict):
+                raise TypeError("not an object")
+            info = LeaseInfo(str(d["owner"]), str(d["since"]), str(d["expires"]), float(d["ttl"]), str(d["token"]),
+                             str(d.get("purpose", "")), 0.0, str(d.get("board", "")))
         except (ValueError, KeyError, TypeError):
-            return LeaseInfo("an unknown holder (the lease file is empty or damaged)", "?", "?", EMPTY_GRACE, "",
-                             "", age)
+            d, info = {}, LeaseInfo("an unknown holder (the lease file is empty or damaged)", "?", "?", EMPTY_GRACE,
+                                    "", "", 0.0)
+        if _dead_here(d):
+            info.age, info.clock, info.note = float("inf"), "holder", "its holder, a process of this machine, has ended"
+            return info
+        age: Optional[float] = None
+        up = self._uptime(conn) if "board_uptime" in d else None
+        if up is not None:
+            if up[0] != d.get("board_boot"):
+                age, info.note = float("inf"), "the board has restarted since"
+            else:
+                try:
+                    age = up[1] - float(d["board_uptime"])
+                except (TypeError, ValueError):
+                    age = None
+        else:
+            try:
+                mtime = float(conn.sftp_call("lease", f"looking at {path}", conn.sftp.stat, path).st_mtime)
+            except BoardError:
+                if not conn.exists(path, stage="lease"):
+                    return None
+                raise
+            age = self._board_now(conn, folder) - mtime
+            info.clock = "board clock"
+        if age is not None and age < -2.0:  # refused: a negative age is a clock step (or a forged file)
+            info.note = (f"its time lies {-age:.0f} s in the board's future (the board's clock stepped back?): "
+                         "judged by watching it instead")
+            age = None
+        if age is None or watched > age:
+            age, info.clock = watched, "watched"
+        info.age = max(0.0, age)
+        return info
 
     def _try_one(self, board: Board) -> Optional[LeaseInfo]:
         """Lease one board. None when leased; the holder's LeaseInfo when someone else holds it."""
@@ -176,14 +279,16 @@ class RackLease:
         folder = conn.remote_path(board.workdir)
         conn.mkdirs(folder, stage="lease")
         path = f"{folder}/{LEASE_FILE}"
+        uptime = self._uptime(conn)
         for _ in range(5):  # a lease that vanishes or is broken between our steps: look again
             try:
-                conn.put_bytes(self._body(board.name), path, stage="lease", exclusive=True)
+                conn.put_bytes(self._body(board.name, uptime), path, stage="lease", exclusive=True)
                 self.paths[board.name] = path
+                self._watched.pop(board.name, None)
                 return None
             except FileExistsError:
                 pass
-            info = self._read(conn, path, folder)
+            info = self._read(conn, path, folder, board.name)
             if info is None:
                 continue
             if info.token == self.token:
@@ -197,7 +302,7 @@ class RackLease:
             if not info.expired and not ours:
                 return info
             self._break(conn, path, info, board)
-        return self._read(conn, path, folder) or LeaseInfo("someone", "?", "?", 0, "", "", 0)
+        return self._read(conn, path, folder, board.name) or LeaseInfo("someone", "?", "?", 0, "", "", 0)
 
     def _break(self, conn: Connection, path: str, info: LeaseInfo, board: Board) -> None:
         """Remove an expired lease, unless it was replaced by a fresh one between our read and now."""
@@ -214,8 +319,10 @@ class RackLease:
             except FileExistsError:
                 pass
         else:
-            self.progress(f"  {board.name}: the lease of {info.owner} expired {info.age - info.ttl:.0f} s ago; "
-                          "taking the board")
+            why = (f"is void ({info.note})" if info.age == float("inf") else
+                   f"expired {info.age - info.ttl:.0f} s ago" + (" (unchanged while we watched)"
+                                                                 if info.clock == "watched" else ""))
+            self.progress(f"  {board.name}: the lease of {info.owner} {why}; taking the board")
         conn.remove(aside, stage="lease")
 
     # --- the whole set -----------------------------------------------------------------------------------
@@ -345,7 +452,7 @@ class RackLease:
                                          + ("removed" if text is None else "taken over") + " while we held it")
                             continue
                         tmp = f"{path}.refresh-{self.token}"
-                        conn.put_bytes(self._body(name), tmp, stage="lease")
+                        conn.put_bytes(self._body(name, self._uptime(conn)), tmp, stage="lease")
                         conn.rename(tmp, path, stage="lease")
                     except BoardError:
                         pass  # a board that stops answering: the job on it fails by itself; try again later

@@ -121,6 +121,8 @@ class _Lines:
 
     def __init__(self, text: str):
         self.tables: List[Tuple[str, int, Dict[str, int]]] = []  # (table name, header line, key -> line)
+        self._by_name: Dict[str, List[Tuple[int, Dict[str, int]]]] = {}  # name -> its tables in file order
+        self.first_line: Dict[str, int] = {}  # key -> the first line that sets it, in any table
         current: Dict[str, int] = {}
         self.tables.append(("", 0, current))
         for n, raw in enumerate(text.splitlines(), start=1):
@@ -129,13 +131,18 @@ class _Lines:
             if m:
                 current = {}
                 self.tables.append((m.group(1), n, current))
+                self._by_name.setdefault(m.group(1), []).append((n, current))
                 continue
             k = self._KEY.match(line)
             if k:
-                current.setdefault(k.group(1).strip('"'), n)
+                key = k.group(1).strip('"')
+                current.setdefault(key, n)
+                self.first_line.setdefault(key, n)
 
     def table(self, name: str, nth: int = 0) -> Tuple[int, Dict[str, int]]:
-        found = [(ln, keys) for t, ln, keys in self.tables if t == name]
+        """(header line, key -> line) of the nth table called `name`, (0, {}) when there is none: a lookup,
+        not a scan (a rack of 10,000 boards looks up 10,000 tables)."""
+        found = self._by_name.get(name, ())
         return found[nth] if nth < len(found) else (0, {})
 
 
@@ -147,11 +154,7 @@ def _check_no_secrets(d: Any, path: Path, lines: _Lines, trail: str = "") -> Non
     if isinstance(d, dict):
         for k, v in d.items():
             if _SECRET_RE.search(str(k)):
-                line = 0
-                for _, _, keys in lines.tables:
-                    if k in keys:
-                        line = keys[k]
-                        break
+                line = lines.first_line.get(k, 0)
                 raise RackError(
                     f"{_where(path, line, trail + k)}: passwords and secrets do not belong in a rack file; "
                     f"give a key file with `key = \"...\"` (unlock a protected key with ssh-agent)"
@@ -273,11 +276,7 @@ def _depth(v: Any) -> int:
 
 
 def _key_line(lines: "_Lines", key: str) -> int:
-    for _, _, keys in lines.tables:
-        if key in keys:
-            return keys[key]
-    ln, _ = lines.table(key)
-    return ln
+    return lines.first_line.get(key) or lines.table(key)[0]
 
 
 _LOOPBACK = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback", "127.0.0.1", "::1"}
@@ -449,15 +448,17 @@ def load_rack(path) -> Rack:
     """Read and parse the rack file at `path` and check that its key files exist. Raises RackError when the
     file is missing or unreadable, invalid (see parse_rack) or a key file is missing; RackStopped (a
     RackError) for a virtual rack that is not running."""
+    from splitting.untrusted import MiB, read_bytes
+
     path = Path(path).expanduser()
-    if not path.is_file():
+    try:  # bounded and never blocking (a FIFO or /dev/zero given as the rack file is refused at once)
+        text = read_bytes(path, 16 * MiB, str(path), error=RackError).decode()
+    except FileNotFoundError:
         raise RackError(
             f"{path}: rack file not found; write one like boards.toml in the repository, "
             "or start a virtual rack with `splitrack rack up --n-boards 5 --out rack.toml`"
-        )
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
+        ) from None
+    except UnicodeDecodeError as e:
         raise RackError(f"{path}: cannot read the rack file: {e}") from None
     rack = parse_rack(text, path.resolve())
     # a stopped virtual rack loses its state folder (keys included): say that, not "key not found"

@@ -43,6 +43,12 @@ class BoardError(UserError, RuntimeError):
         super().__init__(f"board {board}, stage {stage}: {message}")
 
 
+def _no_space(e: BaseException) -> bool:
+    """Whether an SFTP failure is a full disk or quota (SFTP v3 has no code for it: the server's text says)."""
+    text = str(e).lower()
+    return "space" in text or "quota" in text or getattr(e, "errno", None) == 28
+
+
 def quote(argv: Sequence[Union[str, Path, int]]) -> str:
     """An argument list as one shell command line, every argument quoted."""
     return " ".join(shlex.quote(str(a)) for a in argv)
@@ -379,7 +385,7 @@ class Connection:
                     dst.close()
                 except Exception:
                     pass
-            if "space" in text.lower() or "quota" in text.lower() or getattr(e, "errno", None) == 28:
+            if _no_space(e):
                 raise BoardError(self.board.name, stage, f"no space left on the board while writing {remote} "
                                  f"({Path(local).stat().st_size} bytes); free space in its home folder") from None
             raise BoardError(self.board.name, stage, f"upload of {local} to {remote} failed: {text}") from None
@@ -392,6 +398,7 @@ class Connection:
         # failure, and the file may be gone again when we look (its owner removed it meanwhile). Then the
         # create is tried again; a failure with no file behind it, three times, is a real one.
         for attempt in range(3 if exclusive else 1):
+            f = None
             try:
                 f = self.sftp.open(remote, "wbx" if exclusive else "wb")
                 if mode is not None:
@@ -402,9 +409,22 @@ class Connection:
             except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException) as e:
                 raise self._sftp_error(stage, f"writing {remote}", e) from None
             except IOError as e:
+                if f is not None:  # created (it is ours), then the write failed: a full disk, a quota
+                    try:
+                        f.close()
+                    except Exception:
+                        pass
+                    self.remove(remote, stage)  # never leave a half-written file (an empty lease) behind
+                    if _no_space(e):
+                        raise BoardError(self.board.name, stage, f"no space left on the board while writing {remote} "
+                                         f"({len(data)} bytes); free space in its home folder") from None
+                    raise BoardError(self.board.name, stage, f"writing {remote} failed: {e}") from None
                 if exclusive and self.exists(remote, stage):
                     raise FileExistsError(remote) from None
                 error = e
+        if _no_space(error):
+            raise BoardError(self.board.name, stage, f"no space left on the board for {remote}; free space in its "
+                             "home folder") from None
         raise BoardError(self.board.name, stage, f"writing {remote} failed: {error}") from None
 
     def _lookup(self, fn, stage: str, what: str):

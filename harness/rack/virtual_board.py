@@ -14,7 +14,10 @@ FAULTS) make a board wrong on purpose, as boards in a lab are:
 - corrupt-upload: flips one bit of every uploaded file (a flaky SD card or link), for deploy's sha256 check;
 - no-numpy: the board's python3 has no numpy (it runs without site-packages);
 - old-python: the board's python3 says it is Python 3.6.9 (`sys.version_info`, as PYNQ 2.6's image's did);
-- sudo-refused: `sudo -n` asks for a password, as on an image without a sudoers entry for the agent.
+- sudo-refused: `sudo -n` asks for a password, as on an image without a sudoers entry for the agent. The board's wall clock
+can be stepped while it runs (`set_clock`: files written from then on get modification times that far off, as
+on a PYNQ-Z2 whose clock NTP corrects; its monotonic clock, /proc/uptime, does not move), and /proc hidden from
+SFTP (a board whose uptime cannot be read).
 
 Run one board per process (a board must be stoppable and freezable on its own):
 
@@ -29,12 +32,24 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
 import asyncssh
 
 FAULTS = ("corrupt-upload", "no-numpy", "old-python", "sudo-refused")
+CLOCK_FILE = "clock.json"  # in the board's state folder: {"offset_s": wall-clock step, "hide_proc": bool}
+
+
+def set_clock(home: Path, offset_s: float = 0.0, hide_proc: bool = False) -> None:
+    """Step the wall clock of the running virtual board whose home is `home` to `offset_s` seconds off the
+    host's (files it writes from now on carry that time), and hide /proc from its SFTP or not. For tests."""
+    home = Path(home).resolve()
+    f = home.parent / (home.name + ".board") / CLOCK_FILE
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"offset_s": float(offset_s), "hide_proc": bool(hide_proc)}))
+    os.replace(tmp, f)
 
 
 def disk_usage(home: Path) -> int:
@@ -135,15 +150,28 @@ class BoardSFTP(asyncssh.SFTPServer):
     def __init__(self, chan, board: "VirtualBoard"):
         self.board = board
         self._sizes = {}
+        self._paths = {}  # files open for writing -> their path: stamped with the board's clock when closed
         self._corrupted = set()
         # no chroot: SFTP and commands must see the same paths, as on a real board; the session starts
         # in the board's home folder because the board process runs there
         super().__init__(chan)
 
+    def _clock(self) -> dict:
+        try:
+            with open(self.board.state / CLOCK_FILE) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
     def open(self, path, pflags, attrs):
-        """Open a file as asyncssh does and remember its size in bytes (for the disk limit)."""
+        """Open a file as asyncssh does and remember its size in bytes (for the disk limit) and its path (for
+        the board's clock). /proc is missing while the board's clock hides it."""
+        if self._clock().get("hide_proc") and self.map_path(path).startswith(b"/proc/"):
+            raise asyncssh.SFTPNoSuchFile("No such file")
         f = super().open(path, pflags, attrs)
         self._sizes[id(f)] = os.fstat(f.fileno()).st_size
+        if pflags & asyncssh.FXF_WRITE:
+            self._paths[id(f)] = self.map_path(path)
         return f
 
     def write(self, file_obj, offset, data):
@@ -165,7 +193,13 @@ class BoardSFTP(asyncssh.SFTPServer):
         """Forget the file's size and fault state, then close it."""
         self._sizes.pop(id(file_obj), None)
         self._corrupted.discard(id(file_obj))
-        return super().close(file_obj)
+        path = self._paths.pop(id(file_obj), None)
+        result = super().close(file_obj)
+        offset = float(self._clock().get("offset_s") or 0.0)
+        if path is not None and offset:
+            now = time.time() + offset  # the board's wall clock, stepped
+            os.utime(path, (now, now))
+        return result
 
 
 class VirtualBoard:

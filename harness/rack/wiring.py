@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
+from harness.agent import wire as wire_format  # (`wire` below is this module's function)
 from harness.agent.agent_config import AgentConfig
 from splitting.contract import Contract
 from splitting.errors import UserError
@@ -60,14 +61,35 @@ class Wiring:
     output_links: List[Contract]  # partition -> host, in assembly (`index`) order
     output_shape: List[int]
     secret: Optional[bytes] = field(default=None, repr=False, compare=False)  # never in to_dict
+    records: Dict[str, int] = field(default_factory=dict)  # partition -> records per frame it sends (records_out)
 
     def partition_name(self, pid: int) -> str:
         """The partition with id `pid` in timestamp records; 'host' for 0xFFFF (wire.HOST_ID), else
         'partition#<pid>' when no partition has it."""
-        for name, i in self.partition_ids.items():
-            if i == pid:
-                return name
+        names = self.__dict__.get("_names_by_id")
+        if names is None or len(names) != len(self.partition_ids):  # a dict, once: called per timestamp record
+            names = self.__dict__["_names_by_id"] = {i: n for n, i in self.partition_ids.items()}
+        name = names.get(pid)
+        if name is not None:
+            return name
         return "host" if pid == 0xFFFF else f"partition#{pid}"
+
+    def agent_id(self, partition: str) -> bytes:
+        """The identity the agent of `partition` proves in a handshake (wire.agent_id: plan, partition and the
+        endpoint it is reached at); what the host's connection to it is bound to."""
+        ep = self.endpoints[partition]
+        return wire_format.agent_id(self.plan_hash, partition, ep.host, ep.port)
+
+    def host_id(self) -> bytes:
+        """The host's identity in a handshake (wire.peer_id of 'host' in this deployment's plan)."""
+        return wire_format.peer_id(self.plan_hash, wire_format.HOST)
+
+    def records_to_host(self) -> int:
+        """The timestamp records an output frame carries (records_out of the partitions that send to the host):
+        what the host's reader accepts, and no more (wire.MAX_RECORDS for a wiring without `records`)."""
+        if not self.records:
+            return wire_format.MAX_RECORDS
+        return max((self.records.get(c.src, 0) for c in self.output_links), default=0)
 
     def describe(self, partition: str) -> str:
         """'p2 on board vb2 (stage 2)': how errors name a place in the pipeline."""
@@ -85,6 +107,7 @@ class Wiring:
             "input_links": [c.to_dict() for c in self.input_links],
             "output_links": [c.to_dict() for c in self.output_links],
             "output_shape": list(self.output_shape),
+            "records": dict(self.records),
         }
 
     @classmethod
@@ -100,6 +123,7 @@ class Wiring:
                 input_links=[Contract.from_dict(c) for c in d["input_links"]],
                 output_links=[Contract.from_dict(c) for c in d["output_links"]],
                 output_shape=list(d["output_shape"]),
+                records={str(k): int(v) for k, v in (d.get("records") or {}).items()},
             )
         except (KeyError, TypeError, ValueError) as e:
             raise WiringError(f"wiring is malformed ({e}): deploy the plan again") from None
@@ -116,13 +140,15 @@ class Wiring:
     def load(cls, path: Path) -> "Wiring":
         """Read wiring.json at `path` and its secret from `secret_path(path)`. Raises WiringError when the file
         is missing, not JSON or malformed, or the secret file is missing or unreadable."""
+        from splitting.untrusted import read_json
+
         path = Path(path)
-        if not path.is_file():
-            raise WiringError(f"{path} not found: deploy the plan first (`splitrack deploy`)")
-        try:
-            w = cls.from_dict(json.loads(path.read_text()))
-        except json.JSONDecodeError as e:
-            raise WiringError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}): deploy the plan again") from None
+        try:  # bounded, never blocking (it lives in the plan folder, which users share)
+            w = cls.from_dict(read_json(path, str(path), error=WiringError))
+        except FileNotFoundError:
+            raise WiringError(f"{path} not found: deploy the plan first (`splitrack deploy`)") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise WiringError(f"{path} is malformed ({e}): deploy the plan again") from None
         key = secret_path(path)
         try:
             w.secret = bytes.fromhex(key.read_text().strip())
@@ -167,6 +193,18 @@ def partition_ids(plan: Plan) -> Dict[str, int]:
     return {p.name: i for i, p in enumerate(plan.ordered_partitions())}
 
 
+def records_out(plan: Plan) -> Dict[str, int]:
+    """Partition -> the timestamp records each frame it sends carries: one per incoming link of every
+    partition on the frame's paths from the host (an agent forwards the records of all its parts and adds one
+    per incoming link). What a reader of that partition's frames may accept, and no more."""
+    out: Dict[str, int] = {HOST: 0}
+    for p in plan.ordered_partitions():  # links run from a stage to a later one: producers come first
+        ins = plan.inputs_of(p.name)
+        out[p.name] = len(ins) + sum(out.get(c.src, 0) for c in ins)
+    del out[HOST]
+    return out
+
+
 def incoming_elements(plan: Plan, name: str) -> int:
     """Elements of a partition's assembled input: what its emulation library takes (n_in)."""
     return sum(c.elements for c in plan.inputs_of(name))
@@ -196,12 +234,13 @@ def agent_config(plan: Plan, name: str, endpoints: Mapping[str, Endpoint], backe
                  timing: Optional[Dict[str, Any]] = None, clock_skew_ns: int = 0, in_flight: int = 8,
                  log: Optional[str] = None, pidfile: Optional[str] = None,
                  faults: Optional[Dict[str, Any]] = None, secret_file: str = "agent.secret",
-                 plan_hash: Optional[str] = None) -> Dict[str, Any]:
+                 plan_hash: Optional[str] = None, records: Optional[Mapping[str, int]] = None) -> Dict[str, Any]:
     """The config of one partition's agent (`AgentConfig.to_dict()`). `endpoints` must hold the partition's
     next hops (not itself, unless listen_port is None: then it gives the port to listen on).
     listen_host: default the partition's endpoint host (the board's address on the data network), else
     127.0.0.1; never every interface unless asked for. plan_hash: plan.hash, when the caller has it (it hashes
-    the whole plan: a deployment of N partitions asks once, not N times)."""
+    the whole plan: a deployment of N partitions asks once, not N times); records: records_out(plan), likewise.
+    The agent's `endpoint` (what its handshakes are bound to) is its entry in `endpoints` when there is one."""
     part = plan.partition(name)
     outputs = []
     for c in plan.outputs_of(name):
@@ -220,13 +259,16 @@ def agent_config(plan: Plan, name: str, endpoints: Mapping[str, Endpoint], backe
     if listen_host is None:
         listen_host = endpoints[name].host if name in endpoints else "127.0.0.1"
     board = endpoints[name].board if name in endpoints else ""
+    endpoint = f"{endpoints[name].host}:{endpoints[name].port}" if name in endpoints else ""
+    records = records if records is not None else records_out(plan)
     ids = partition_ids(plan)
     cfg = AgentConfig(
         board=board, partition=name, partition_id=ids[name], partition_ids=ids, stage=part.stage,
         plan_hash=plan_hash or plan.hash, listen={"host": listen_host, "port": int(listen_port)}, backend=backend,
         output_shape=list(part.output_shape), inputs=[c.to_dict() for c in plan.inputs_of(name)], outputs=outputs,
         timing=timing, clock_skew_ns=int(clock_skew_ns), in_flight=int(in_flight), log=log or "",
-        pidfile=pidfile or "", faults=faults or None, secret_file=secret_file)
+        pidfile=pidfile or "", faults=faults or None, secret_file=secret_file, endpoint=endpoint,
+        records_in={c.src: records[c.src] for c in plan.inputs_of(name) if c.src != HOST})
     return cfg.to_dict()
 
 
@@ -248,6 +290,7 @@ def wire(plan: Plan, endpoints: Mapping[str, Endpoint], configs: Mapping[str, Di
         output_links=list(plan.output_links),
         output_shape=_output_shape(plan),
         secret=secret,
+        records=records_out(plan),
     )
 
 

@@ -30,6 +30,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from splitting.errors import UserError
+from splitting.untrusted import read_json
 
 BENCH_KIND = "splitrack-bench"
 RUN_KIND = "splitrack-run"  # summary of `splitrack run`'s run.json
@@ -276,6 +277,7 @@ def parse_bench(doc: Dict, label: Optional[str] = None) -> Tuple[RunInfo, List[R
         raise HistoryError(f"bench JSON is missing or mangles field {e}: write it with `splitrack bench --json`") from None
     if samples and any(len({len(v) for (m2, _, _), v in samples.items() if m2 == m}) != 1 for m in run.hops):
         raise HistoryError("bench JSON: the per-frame samples of one mode differ in length: the file is damaged")
+    _mark_untrusted(run, doc.get("untrusted"), samples)
     # NaN (e.g. throughput of one frame) is no measurement
     return run, [r for r in rows if r.value == r.value], samples
 
@@ -349,7 +351,38 @@ def parse_run(doc: Dict, label: Optional[str] = None) -> Parsed:
         e2e = _floats([(f["t_recv"] - f["t_send"]) / 1e3 for f in doc.get("frames", [])])
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise HistoryError(f"run JSON is missing or mangles field {e}: write it with `splitrack run`") from None
-    return run, [r for r in rows if r.value == r.value], ({("run", "e2e", "e2e"): e2e} if len(e2e) else {})
+    samples = {("run", "e2e", "e2e"): e2e} if len(e2e) else {}
+    _mark_untrusted(run, s.get("untrusted"), samples)
+    return run, [r for r in rows if r.value == r.value], samples
+
+
+LINK_SLACK_US = 1000.0  # a link may come out below zero by the clock mapping's error, never by more than this
+
+
+def implausible(samples: Samples) -> str:
+    """'' when every per-frame time could be a measurement, else why not: an end-to-end time (one host clock)
+    at or below zero, a time within one board (one board clock) below zero, or a link below -LINK_SLACK_US.
+    The bench and run that made the file check the stamps themselves, with the clock mapping's error; this
+    is the history's own check of what it is handed."""
+    for (mode, _, hop), v in samples.items():
+        low = float(np.min(v)) if len(v) else 0.0
+        if hop == "e2e" and low <= 0:
+            return f"{mode} end-to-end time of {low:.1f} us"
+        if hop.startswith("board ") and low < 0:
+            return f"{mode} {hop} time of {low:.1f} us"
+        if hop.startswith("link ") and low < -LINK_SLACK_US:
+            return f"{mode} {hop} time of {low:.1f} us"
+    return ""
+
+
+def _mark_untrusted(run: RunInfo, said, samples: Samples) -> None:
+    """A run whose file says it is untrusted, or whose samples are implausible, is stored incomplete with
+    the reason ('untrusted: ...'): shown, never used to judge a trend, never taken for a good run."""
+    why = (str(said) if said else "") or implausible(samples)
+    if why:
+        why = why if why.startswith("untrusted") else f"untrusted: {why}"
+        run.error = why + (f"; {run.error}" if run.error and run.error not in why and why not in run.error else "")
+        run.complete = False
 
 
 def runs_from_pytest_benchmark(doc: Dict, rack: Optional[str] = None, label: Optional[str] = None) -> List[Parsed]:
@@ -363,6 +396,10 @@ def runs_from_pytest_benchmark(doc: Dict, rack: Optional[str] = None, label: Opt
         out[k][1].append(r)
     for b in doc.get("benchmarks") or []:  # what each board's compute was (older files: not recorded)
         extra = b.get("extra_info") if isinstance(b, dict) else None
+        if isinstance(extra, dict) and extra.get("untrusted"):  # stamps the measurement found impossible
+            for run, _, _ in out.values():
+                if run.plan_hash == extra.get("plan_hash", "none"):
+                    _mark_untrusted(run, extra["untrusted"], {})
         if not isinstance(extra, dict) or extra.get("compute") is None:
             continue
         try:
@@ -379,12 +416,10 @@ def runs_from_pytest_benchmark(doc: Dict, rack: Optional[str] = None, label: Opt
 def load_file(path: Path, rack: Optional[str] = None, label: Optional[str] = None) -> List[Parsed]:
     """The runs of a `splitrack bench --json` or pytest-benchmark JSON file. Raises HistoryError."""
     path = Path(path)
-    if not path.is_file():
-        raise HistoryError(f"{path} not found: give a file written by `splitrack bench --json` or `--benchmark-json`")
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HistoryError(f"{path} is not JSON ({e})") from None
+    try:  # bounded, never blocking, depth-limited: a results file is untrusted input
+        doc = read_json(path, str(path), error=HistoryError)
+    except FileNotFoundError:
+        raise HistoryError(f"{path} not found: give a file written by `splitrack bench --json` or `--benchmark-json`") from None
     if isinstance(doc, dict) and doc.get("kind") == BENCH_KIND:
         return [parse_bench(doc, label)]
     if isinstance(doc, dict) and isinstance(doc.get("summary"), dict) and doc["summary"].get("kind") == RUN_KIND:
@@ -457,13 +492,29 @@ class History:
                                "(the file was not changed)")
 
     def _create_or_migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version >= SCHEMA_VERSION:
+        if self.db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
             return
-        # one transaction (DDL is transactional in SQLite): a failure leaves the file as it was.
+        # BEGIN IMMEDIATE takes the write lock before the version is read again: of two processes creating
+        # (or migrating) one file at once, the second waits, then finds the schema made and does nothing
+        # (a plain BEGIN let both read version 0 and the second fail on the first's tables)
+        old, self.db.isolation_level = self.db.isolation_level, None
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                if self.db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                    for stmt in _statements(self._migration()):
+                        self.db.execute(stmt)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")  # DDL is transactional in SQLite: the file stays as it was
+                raise
+        finally:
+            self.db.isolation_level = old
+
+    @staticmethod
+    def _migration() -> str:
         # version < 2 is either a new file or a version-1 history (measurements without run ids)
-        self.db.executescript(
-            "BEGIN;" + SCHEMA_V1 + SCHEMA_V2 +
+        return (SCHEMA_V1 + SCHEMA_V2 +
             "ALTER TABLE measurements ADD COLUMN run_id INTEGER REFERENCES runs(run_id);"
             # a version-1 history: one run per (time, rack, machine, commit, plan), labelled by its plan hash
             "INSERT OR IGNORE INTO runs (time, rack, machine, commit_id, plan_hash, label, model, source, complete, "
@@ -474,8 +525,7 @@ class History:
             "AND r.plan_hash = measurements.plan_hash);"
             "CREATE INDEX IF NOT EXISTS by_run ON measurements (run_id);"
             f"PRAGMA application_id = {APPLICATION_ID};"
-            f"PRAGMA user_version = {SCHEMA_VERSION};"
-            "COMMIT;")
+            f"PRAGMA user_version = {SCHEMA_VERSION};")
 
     def close(self) -> None:
         """Close the SQLite connection."""
@@ -594,6 +644,12 @@ class History:
         """(metric, hop) -> value of one run."""
         return {(m, h): v for m, h, v in self.db.execute(
             "SELECT metric, hop, value FROM measurements WHERE run_id = ?", (run_id,))}
+
+
+def _statements(script: str) -> List[str]:
+    """The statements of an SQL script of this module (`--` comments dropped, split at `;`)."""
+    text = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
+    return [st.strip() for st in text.split(";") if st.strip()]
 
 
 def _json_default(o):

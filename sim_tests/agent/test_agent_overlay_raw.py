@@ -14,6 +14,7 @@ import pytest
 from harness.agent import wire
 from harness.agent.agent_config import AgentConfigError
 from harness.agent.overlay import OverlayBackend
+from harness.measure.agent_conn import connect_agent
 from harness.measure.stream import Pipeline
 from harness.rack.local_rack import LocalRack
 from identity_plan import identity_plan
@@ -174,8 +175,7 @@ class _Host:
     """A bare host connection: HELLO with a session, then frames and the replies, read synchronously."""
 
     def __init__(self, wiring, n_bytes):
-        ep = wiring.endpoints["s0"]
-        self.sock = wire.connect(ep.address, wiring.secret, 10)
+        self.sock = connect_agent(wiring, "s0", 10)
         self.session = wire.new_session()
         self.sock.sendall(wire.pack_message(wire.MsgType.HELLO, payload=json.dumps(
             {"role": "host", "session": self.session}).encode()))

@@ -102,10 +102,14 @@ def test_a_new_host_session_forgets_the_frames_of_the_last_one(fan_rack):
         assert pipe.ping("join", frame=first.frame_ids[1])["frame_state"] == "sent"
     # parts of frame 1 from two of the join's three producers, left waiting as if their stream had broken off
     stale = np.full((4, 4), 7.0)
-    with Pipeline(wiring) as session, wire.connect(wiring.endpoints["join"].address, wiring.secret, 5) as s:
-        for c in plan.inputs_of("join")[1:]:
-            s.sendall(wire.pack_message(wire.MsgType.FRAME, frame=session._base | 1, stage=plan.partition(c.src).stage, part=c.index,
-                                        payload=c.encode(stale)))
+    ep = wiring.endpoints["join"]
+    with Pipeline(wiring) as session:
+        for c in plan.inputs_of("join")[1:]:  # each part from a connection of its producer (only it may send it)
+            with wire.connect(ep.address, wiring.secret, 5, wiring.agent_id("join"),
+                              wire.peer_id(wiring.plan_hash, c.src)) as s:
+                s.sendall(wire.pack_message(wire.MsgType.FRAME, frame=session._base | 1,
+                                            stage=plan.partition(c.src).stage, part=c.index,
+                                            payload=c.encode(stale), records=b"\0" * 40 * wiring.records[c.src]))
         deadline = time.monotonic() + 5
         while session.ping("join", frame=1)["frame_state"] != "waiting for parts: have 2 of 3":
             assert time.monotonic() < deadline, "the stale parts never arrived"

@@ -13,6 +13,7 @@ import pytest
 from harness.agent import wire
 from harness.rack.local_rack import LocalRack
 from identity_plan import identity_plan
+from harness.measure.agent_conn import connect_agent
 from harness.measure.stream import AgentUnreachable, Pipeline, StreamError
 from splitting.contract import Contract
 
@@ -75,11 +76,12 @@ class Stranger(threading.Thread):
     def run(self):
         crowd = []
         while not self.halt.is_set():
-            for ep in self.wiring.endpoints.values():
+            for name, ep in self.wiring.endpoints.items():
                 for data in _attacks(ep.address, self.base, self.payload_bytes):
                     threading.Thread(target=_send_raw, args=(ep.address, data), daemon=True).start()
                 try:
-                    wire.connect(ep.address, wire.new_secret(), 2).close()
+                    wire.connect(ep.address, wire.new_secret(), 2, self.wiring.agent_id(name),
+                                 self.wiring.host_id()).close()
                 except wire.AuthError:
                     self.wrong_secret_refused += 1
                 except OSError:
@@ -136,7 +138,8 @@ def test_an_unauthenticated_connection_is_refused_before_anything_is_read(tmp_pa
                   + wire.pack_message(M.FRAME, frame=5 << 40, stage=wire.HOST_STAGE, payload=b"\0" * 16))
         got = _send_raw(address, attack, read=True)
         assert got[:len(wire.AUTH_MAGIC)] == wire.AUTH_MAGIC
-        assert len(got) == len(wire.AUTH_MAGIC) + wire.NONCE_BYTES  # the challenge, then nothing: closed
+        # the challenge, then the refusal of the proof, then nothing: closed
+        assert got[len(wire.AUTH_MAGIC) + wire.NONCE_BYTES:] == wire.REFUSED
         with pytest.raises(AgentUnreachable, match="another secret"):  # a host of another deployment
             Pipeline(type(wiring)(**{**wiring.__dict__, "secret": wire.new_secret()}), connect_timeout=3)
         with Pipeline(wiring) as pipe:  # still there, nothing of the attack taken in
@@ -156,11 +159,11 @@ def test_three_sessions_after_an_abandoned_one_get_every_frame_right(tmp_path):
     with LocalRack(tmp_path) as rack:
         wiring = rack.start(plan, timing={"cycles": 100_000, "clock_mhz": 100}, in_flight=8)  # 1 ms a frame
         c = wiring.input_links[0]
-        abandoned = wire.connect(wiring.endpoints["s0"].address, wiring.secret, 5)
+        abandoned = connect_agent(wiring, "s0", 5)
         tag = wire.new_session()
         hellos = {}
         for name in wiring.endpoints:  # the old host had its session open on every agent
-            s = abandoned if name == "s0" else wire.connect(wiring.endpoints[name].address, wiring.secret, 5)
+            s = abandoned if name == "s0" else connect_agent(wiring, name, 5)
             s.sendall(wire.pack_message(M.HELLO, payload=json.dumps({"role": "host", "session": tag}).encode()))
             assert wire.Reader(s).message()[0] == M.PONG
             hellos[name] = s
@@ -195,7 +198,7 @@ def test_ping_says_whether_an_agent_holds_state_of_a_session(tmp_path):
             assert pipe.ping("s0")["idle"] is False  # this host is attached
         deadline = time.monotonic() + 10
         while True:
-            s = wire.connect(wiring.endpoints["s0"].address, wiring.secret, 5)
+            s = connect_agent(wiring, "s0", 5)
             s.sendall(wire.pack_message(M.PING, payload=b"{}"))
             h = json.loads(bytes(wire.Reader(s).message()[5]).decode())
             s.close()

@@ -11,38 +11,119 @@ from harness.agent.pacer import PACER, Pacer
 from splitting.contract import Contract
 
 
+ME = wire.agent_id("plan1", "s1", "127.0.0.1", 7701)
+PEERS = {wire.peer_id("plan1", "host"): "host", wire.peer_id("plan1", "s0"): "s0"}
+
+
+def _agent_side(a, secret, got, me=ME, timeout=5):
+    def run():
+        try:
+            got["role"] = wire.agent_handshake(a, secret, timeout, me, PEERS)
+        except (wire.AuthError, OSError, EOFError) as e:
+            got["error"] = e
+            a.close()
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
 def test_handshake_admits_the_secret_and_refuses_anything_else_before_reading_more():
     secret = wire.new_secret()
     for peer_secret, ok in ((secret, True), (wire.new_secret(), False)):
         a, b = socket.socketpair()
         got = {}
-
-        def agent_side():
-            try:
-                wire.agent_handshake(a, secret, timeout=5)
-                got["ok"] = True
-            except wire.AuthError:
-                got["ok"] = False
-                a.close()
-
-        t = threading.Thread(target=agent_side)
-        t.start()
+        t = _agent_side(a, secret, got)
         if ok:
-            wire.peer_handshake(b, peer_secret, timeout=5)
+            wire.peer_handshake(b, peer_secret, 5, ME, wire.peer_id("plan1", "host"))
         else:
             with pytest.raises(wire.AuthError, match="another secret"):
-                wire.peer_handshake(b, peer_secret, timeout=5)
+                wire.peer_handshake(b, peer_secret, 5, ME, wire.peer_id("plan1", "host"))
         t.join()
-        assert got["ok"] is ok
+        assert (got.get("role") == "host") is ok
         b.close()
     # a peer that sends anything but a proof: the agent reads exactly the proof's 48 bytes and refuses
     a, b = socket.socketpair()
     b.sendall(wire.pack_message(wire.MsgType.SHUTDOWN) * 4)
     with pytest.raises(wire.AuthError):
-        wire.agent_handshake(a, secret, timeout=5)
+        wire.agent_handshake(a, secret, 5, ME, PEERS)
     assert len(a.recv(4096)) == 4 * 24 - 48  # the rest was never read by the handshake
     a.close()
     b.close()
+
+
+def test_the_agent_learns_who_connected_and_a_producer_is_no_host():
+    secret = wire.new_secret()
+    a, b = socket.socketpair()
+    got = {}
+    t = _agent_side(a, secret, got)
+    wire.peer_handshake(b, secret, 5, ME, wire.peer_id("plan1", "s0"))
+    t.join()
+    assert got["role"] == "s0"
+    # a partition the agent takes no link from is nobody it accepts, even with the secret
+    a, b = socket.socketpair()
+    got = {}
+    t = _agent_side(a, secret, got)
+    with pytest.raises(wire.AuthError, match="refused our proof"):
+        wire.peer_handshake(b, secret, 5, ME, wire.peer_id("plan1", "s7"))
+    t.join()
+    assert isinstance(got["error"], wire.AuthError)
+
+
+def test_a_proof_meant_for_one_agent_is_refused_by_every_other():
+    """The relay: a stranger on a dead agent's port hands the host's handshake to another agent of the same
+    deployment (same secret). Every field of the identity counts: partition, endpoint (host and port), plan."""
+    secret = wire.new_secret()
+    meant = wire.agent_id("plan1", "s1", "127.0.0.1", 7701)
+    for other in (wire.agent_id("plan1", "s2", "127.0.0.1", 7701), wire.agent_id("plan1", "s1", "127.0.0.1", 7702),
+                  wire.agent_id("plan1", "s1", "10.0.0.9", 7701), wire.agent_id("plan2", "s1", "127.0.0.1", 7701)):
+        a, b = socket.socketpair()
+        got = {}
+        t = _agent_side(a, secret, got, me=other)  # the agent actually reached
+        with pytest.raises(wire.AuthError, match="not plan1/s1@127.0.0.1:7701"):
+            wire.peer_handshake(b, secret, 5, meant, wire.peer_id("plan1", "host"))
+        t.join()
+        assert isinstance(got["error"], wire.AuthError) and "role" not in got, other
+        b.close()
+
+
+def test_an_agent_proof_for_another_identity_is_refused_by_the_peer():
+    """The other direction of a relay: whatever answers must prove the identity the peer meant."""
+    secret = wire.new_secret()
+    a, b = socket.socketpair()
+
+    def impostor():  # knows the secret (another agent of the deployment), answers as itself
+        a.sendall(wire.AUTH_MAGIC + b"n" * wire.NONCE_BYTES)
+        got = wire.recv_exact(a, 48)
+        a.sendall(wire._mac(secret, b"agent", got[:16], b"n" * 16, wire.agent_id("plan1", "s2", "127.0.0.1", 7702),
+                            wire.peer_id("plan1", "host")))
+
+    t = threading.Thread(target=impostor)
+    t.start()
+    with pytest.raises(wire.AuthError, match="cannot prove"):
+        wire.peer_handshake(b, secret, 5, ME, wire.peer_id("plan1", "host"))
+    t.join()
+
+
+def test_the_handshake_has_one_deadline_however_the_bytes_trickle_in():
+    """A peer that sends one byte every 0.3 s keeps a per-read timeout of 1 s from firing forever; the
+    handshake's deadline is for all of it: 1 s after the challenge, whatever came."""
+    import time
+
+    secret = wire.new_secret()
+    a, b = socket.socketpair()
+    got = {}
+    t0 = time.monotonic()
+    t = _agent_side(a, secret, got, timeout=1.0)
+    b.recv(24)
+    try:
+        for _ in range(20):
+            time.sleep(0.3)
+            b.send(b"x")
+    except OSError:
+        pass
+    t.join()
+    took = time.monotonic() - t0
+    assert isinstance(got["error"], socket.timeout) and took < 3.0, (got, took)
 
 
 def test_session_tag_rides_in_the_frame_id():

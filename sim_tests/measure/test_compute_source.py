@@ -233,10 +233,11 @@ def test_a_fast_model_that_fell_back_says_why(tiny_plan, monkeypatch):
 
     why = "3 output values differ from the emulation library on 4 check frames"
     pongs = {"s0": {"backend": "emulation", "backend_note": why}, "s1": {"backend": "fast"}}  # s1: an older agent
-    monkeypatch.setattr(deploy_mod, "ping", lambda host, port, secret, timeout: pongs["s%d" % (port - 9000)])
+    monkeypatch.setattr(deploy_mod, "ping", lambda host, port, secret, timeout, ident: pongs["s%d" % (port - 9000)])
     wiring = SimpleNamespace(secret=b"k" * 32, configs={p: {"backend": {"kind": "fast"}} for p in ("s0", "s1")},
                              endpoints={p: SimpleNamespace(board="b" + p, host="127.0.0.1", port=9000 + i)
-                                        for i, p in enumerate(("s0", "s1"))})
+                                        for i, p in enumerate(("s0", "s1"))},
+                             agent_id=lambda p: p.encode(), host_id=lambda: b"host")
     src = {k: v.to_dict() for k, v in compute_sources(tiny_plan, wiring).items()}
     assert src["s0"]["backend"] == "emulation" and src["s0"]["label"] == "CPU: hls4ml emulation"
     assert src["s0"]["backend_note"] == why and why in src["s0"]["what"]

@@ -20,8 +20,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 HOLDER = """
 import sys, time
+from harness.rack import lease
 from harness.rack.lease import RackLease
 from harness.rack.rackfile import load_rack
+if sys.argv[3:] == ["elsewhere"]:  # as a holder on another machine: only the lease's expiry frees the boards
+    ident = lease._holder_identity()
+    lease._holder_identity = lambda: dict(ident, host_boot="another-machine")
 rack = load_rack(sys.argv[1])
 RackLease(rack.boards, "holder test", ttl=float(sys.argv[2])).acquire()
 print("held", flush=True)
@@ -31,9 +35,9 @@ time.sleep(600)
 
 
 
-def _holder(rack_file, ttl):
+def _holder(rack_file, ttl, *where):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(rack_file), str(ttl)], stdout=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(rack_file), str(ttl), *where], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
     assert p.stdout.readline().strip() == "held", p.stderr.read()
     return p
@@ -64,7 +68,9 @@ def test_second_user_gets_one_line_naming_the_holder(rack_file):
 
 def test_cli_deploy_refused_exit_2_then_waits(rack_file, plan3):
     fc_plan = plan3
-    holder = _holder(rack_file, 4.0)
+    # a holder on another machine (its death is seen by the expiry, after a wait), whose ttl outlasts a CLI's
+    # start on a loaded machine: the deploy below must find it still held, and wait
+    holder = _holder(rack_file, 15.0, "elsewhere")
     try:
         t0 = time.monotonic()
         r = subprocess.run([sys.executable, "-m", "harness.cli.commands", "deploy", str(fc_plan.root), "--boards",
@@ -75,7 +81,7 @@ def test_cli_deploy_refused_exit_2_then_waits(rack_file, plan3):
         assert "uploaded" not in r.stdout  # refused before anything on any board changed
         print(f"deploy refused in {time.monotonic() - t0:.1f} s: {lines[0]}")
         # --wait: the holder goes away while we wait, and the deploy goes through
-        holder.kill()  # dies holding the lease: it expires 4 s after its last refresh
+        holder.kill()  # dies holding the lease: it expires 15 s after its last refresh
         holder.wait()
         r = subprocess.run([sys.executable, "-m", "harness.cli.commands", "deploy", str(fc_plan.root), "--boards",
                             str(rack_file), "--wait", "120"], capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -90,7 +96,7 @@ def test_cli_deploy_refused_exit_2_then_waits(rack_file, plan3):
 
 def test_lease_of_a_dead_holder_expires(rack_file):
     rack = load_rack(rack_file)
-    holder = _holder(rack_file, 2.0)
+    holder = _holder(rack_file, 2.0, "elsewhere")  # (a dead holder of this machine is seen at once)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     with pytest.raises(LeaseHeld, match=f"leased by .*:{holder.pid} since"):

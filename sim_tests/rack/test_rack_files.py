@@ -99,3 +99,48 @@ def test_tilde_workdir_is_the_boards_home(tmp_path):
         assert (home / "x").is_dir() and not (home / "~").exists()
     finally:
         rack_down(out)
+
+
+def _rack_text(n: int) -> str:
+    return '[rack]\nname = "big"\n[defaults]\nkind = "pynq-z2"\nkey = "id"\n' + "".join(
+        f'\n[[boards]]\nname = "b{i}"\nhost = "10.0.{i // 250}.{i % 250}"\n' for i in range(n))
+
+
+def test_rack_files_parse_in_linear_time(tmp_path):
+    """The work parse_rack does (Python line events in rackfile.py, a count that does not depend on the
+    machine's load) grows with the number of boards, not with its square: 4x the boards, about 4x the events
+    (a table lookup that scanned every table made it 8x here, and 10,000 boards took minutes)."""
+    def events(n: int) -> int:
+        count = [0]
+        text = _rack_text(n)
+
+        def tracer(frame, event, arg):
+            if event == "call":
+                return tracer if frame.f_code.co_filename.endswith("rackfile.py") else None
+            count[0] += 1
+            return tracer
+
+        sys.settrace(tracer)
+        try:
+            rack = parse_rack(text, tmp_path / "r.toml")
+        finally:
+            sys.settrace(None)
+        assert len(rack.boards) == n
+        return count[0]
+
+    small, large = events(100), events(400)
+    assert large / small < 4.5, (small, large)
+
+
+def test_a_rack_file_that_is_a_fifo_or_dev_zero_is_refused_at_once(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.toml"
+    zero.symlink_to("/dev/zero")
+    for f in (fifo, zero):
+        r = subprocess.run([sys.executable, "-m", "harness.cli.commands", "rack", "check", str(f)],
+                           capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert r.returncode == 2 and "not a regular file" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
