@@ -1,5 +1,6 @@
-"""Redraw docs/dashboard-index.png and docs/dashboard-run.png (the README's screenshots) from the test
-history of sim_tests/results/test_dashboard.py (8 runs, the 8th with a 1 ms slower board s1, the 5th incomplete).
+"""Redraw docs/dashboard-index.png, docs/dashboard-run.png and docs/dashboard-compare.png (the README's screenshots)
+from the test
+history of sim_tests/results/test_dashboard.py (9 runs, board s1 1 ms slower from the 8th, the 5th incomplete).
 
     .venv/bin/python scripts/dashboard_screenshots.py      # needs chromium (scripts/setup-system.sh)
 """
@@ -22,9 +23,10 @@ def main() -> int:
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        make_history(tmp / "h.sqlite", runs=8, slow_at=7, incomplete_at=4)
+        make_history(tmp / "h.sqlite", runs=9, slow_at=7, incomplete_at=4)
         dashboard.write(tmp / "h.sqlite", tmp / "site")
-        for page, name, height in (("index.html", "dashboard-index.png", 1500), ("runs/8.html", "dashboard-run.png", 1250)):
+        for page, name, height in (("index.html", "dashboard-index.png", 2300), ("runs/8.html", "dashboard-run.png", 1900),
+                                   ("runs/8-vs-7.html", "dashboard-compare.png", 1000)):
             shot = tmp / name
             subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                             "--disable-background-networking", f"--user-data-dir={tmp / 'profile'}",

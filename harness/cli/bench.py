@@ -25,6 +25,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_data_option(p)
     p.add_argument("--label", default=None, help="name of this run's series in the history (default: the plan's "
                    "model name)")
+    p.add_argument("--commit", default=None, help="your project's commit recorded with the run (default: the git "
+                   "commit of the plan's folder)")
     p.add_argument("--no-cpu", action="store_true", help="skip the CPU reference")
     p.add_argument("--json", type=Path, default=None, metavar="FILE",
                    help="write the result here (and a PNG beside it); '-': print it on stdout as one JSON document "
@@ -56,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     with leased_rack(load_rack(args.boards), len(plan.partitions), progress=say) as rack:  # a shared rack: leased
         try:
             doc = bench(plan, rack, args.frames, args.rate, args.in_flight, args.single_rate or None, args.data,
-                        cpu=not args.no_cpu, progress=say, lease_wait=args.wait, label=args.label)
+                        cpu=not args.no_cpu, progress=say, lease_wait=args.wait, label=args.label,
+                        commit=args.commit)
         except BenchIncomplete as e:
             # where the complete result would have gone; without a --json file, beside the plan (nothing
             # measured is lost)

@@ -21,6 +21,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=None, help="offered rate of the stream, frames/s")
     add_data_option(p)
     p.add_argument("--label", default=None, help="name of the series (default: the plan's model name)")
+    p.add_argument("--commit", default=None, help="your project's commit recorded with the run (default: the git "
+                   "commit of the plan's folder)")
     p.add_argument("--min-change", type=float, default=0.05, help="smallest relative change that counts (0.05 = 5%%)")
     add_wait_option(p)
 
@@ -29,11 +31,11 @@ def run(args: argparse.Namespace) -> int:
     """Bench, add the run to the history, check for regressions and write the dashboard. Returns 1 when a
     regression is in effect (each printed), else 0."""
     live = nightly(args.boards, args.db, args.out, args.plan, args.frames, args.rate, args.min_change,
-                   lease_wait=args.wait, label=args.label, data=args.data)
-    for c, r in live:
-        print(c.describe(r))
+                   lease_wait=args.wait, label=args.label, data=args.data, commit=args.commit)
+    for al, r in live:
+        print(al.describe(r))
     if live:
-        hops = sorted({c.key.hop for c, _ in live})
+        hops = sorted({al.primary.key.hop for al, _ in live})
         print(f"nightly: {len(live)} regression(s) in effect, at {', '.join(hops)}: exit 1")
         return 1
     print("nightly: no regression in effect")

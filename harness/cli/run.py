@@ -22,6 +22,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="digits", help="'digits' (splitrack's own split: may overlap your training data) "
                    "or your .npz (x, optional y labels) / .npy file (default digits)")
     p.add_argument("--label", default=None, help="name of this run's series (default: the plan's model name)")
+    p.add_argument("--commit", default=None, help="your project's commit recorded with the run (default: the git commit of the plan's folder)")
     p.add_argument("--frames", type=int, default=None, help="stream only the first N frames")
     p.add_argument("--in-flight", type=int, default=8, help="frames in flight (default 8)")
     p.add_argument("--rate", type=float, default=None, help="offered rate, frames/s (default: as fast as it goes)")
@@ -39,12 +40,15 @@ def run(args) -> int:
     print(f"data: {data.describe()}" + (f"\n  note: {data.note}" if data.note else ""), flush=True)
     out_dir = args.out or plan.root / "run"
     kw = dict(in_flight=args.in_flight, rate=args.rate, timeout=args.timeout, check=not args.no_check,
-              progress=lambda s: print(s, flush=True), label=args.label, data_source=data.source)
+              progress=lambda s: print(s, flush=True), label=args.label, data_source=data.source,
+              commit=args.commit)
     if args.local:
         run_local(plan, data.x, data.y, out_dir, **kw)
     else:
         from harness.rack.rackfile import load_rack
 
-        run_on_rack(plan, load_rack(args.boards), data.x, data.y, out_dir, lease_wait=args.wait,
-                    where=f"rack {args.boards}", **kw)
+        rack = load_rack(args.boards)
+        # the rack by its name, as `bench` records it: one rack, one series (the file is named on screen)
+        run_on_rack(plan, rack, data.x, data.y, out_dir, lease_wait=args.wait, where=f"rack {rack.name} ({args.boards})",
+                    **kw)
     return 0

@@ -18,7 +18,7 @@ from splitting.contract import Contract, assemble
 from splitting.errors import UserError
 from splitting.plan import HOST, Plan
 
-from . import netlist, rtlgen, sim
+from . import netlist, record, rtlgen, sim
 from .ops import partition_ops
 from .bitexact import Agreement, Reference, compare_with_emulation
 
@@ -191,7 +191,8 @@ def cosimulate(plan: Plan, sim_name: str = "verilator", frames: Optional[np.ndar
             cores[part.name] = rtlgen.generate(part.name, ops, Path(cache), plan.links[0].data_width, latency_cutoff, log=log)
     # 3. the chain top, built once per content
     log(f"[3/4] chain top ({len(plan.links)} links) and {sim_name} build")
-    net = netlist.build(plan, cores)
+    # link FIFO depths: the plan's tuning (tuning.json of an earlier cosimulation), else the links' own or defaults
+    net = netlist.build(plan, cores, depths=record.read_tuning(plan).fifo_depths)
     top_hash = hashlib.sha256(net.verilog.encode()).hexdigest()[:16]
     top_file = Path(cache).resolve() / "tops" / f"chain_top-{top_hash}.v"
     top_file.parent.mkdir(parents=True, exist_ok=True)
@@ -325,14 +326,17 @@ def _result(plan, sim_name, n, net, cores, report, final, agreements, build_seco
     notes = []
     if write_depths:
         if ok and plan.root is not None:
-            for l in links:
-                plan.links[l.index].fifo_depth = l.recommended_depth
-            note = (f"cosim: link fifo_depth = high-water mark of the link FIFO, rounded up to a power of two, over "
+            note = (f"link fifo_depth = high-water mark of the link FIFO, rounded up to a power of two, over "
                     f"{n} frames with no stalls and with random stalls ({STRESS['stall']}/256 per link, source pause "
                     f"{STRESS['pause']}, sink backpressure {STRESS['backpressure']})")
-            plan.notes = [x for x in plan.notes if not x.startswith("cosim: link fifo_depth")] + [note]
-            plan.save(plan.root)
-            notes.append(f"FIFO depths written into {plan.root / 'plan.json'}")
+            before = record.read_tuning(plan).fifo_depths
+            depths = {l.index: l.recommended_depth for l in links}
+            path = record.write_fifo_depths(plan, depths, note)
+            # the plan itself is not rewritten: its hash (and so its deployments and its history series) stays
+            what = "unchanged" if before == depths else ("new" if not before else "changed")
+            notes.append(f"FIFO depths written into {path} ({what}; plan hash {plan.hash} unchanged: the depths tune "
+                         "the plan for the RTL target, boards are not re-flashed, the history marks new depths as an "
+                         "event of the series)")
         elif not ok:
             notes.append("FIFO depths not written: the cosimulation failed")
     return CosimResult(plan.hash, sim_name, n, ok, outputs_match, violations, parts, links, chain_lat, chain_ii,

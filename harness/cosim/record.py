@@ -152,3 +152,73 @@ def read(plan) -> StoredCosim:
     except (OSError, KeyError, TypeError, ValueError) as e:
         return StoredCosim(missing=f"not cosimulated: {path} is unreadable ({type(e).__name__}: {e}; run: {cmd})")
     return StoredCosim(figures)
+
+
+# --- tuning: what tunes a plan for one target without being part of it ----------------------------------
+TUNING_KIND = "splitrack-tuning"
+TUNING_VERSION = 1
+TUNING_FILE = "tuning.json"
+MAX_FIFO_DEPTH = 1 << 20
+
+
+def write_fifo_depths(plan, depths: Dict[int, int], note: str) -> Path:
+    """Keep the link FIFO depths found by the cosimulation in plan.root/tuning.json (not in plan.json): they tune
+    the plan for the RTL target and are not part of the plan's hash, so that a cosimulation never turns one
+    experiment into another (the history marks new depths as an event on the series). `depths`: link index ->
+    depth in beats; `note`: how they were found. Returns the file's path."""
+    path = Path(plan.root) / TUNING_FILE
+    doc = {"kind": TUNING_KIND, "version": TUNING_VERSION, "plan_hash": plan.hash,
+           "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "fifo_depths": {str(k): int(v) for k, v in sorted(depths.items())}, "note": note}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+@dataclass
+class Tuning:
+    """The FIFO depths (link index -> beats) a plan's tuning.json holds for this very plan; empty, with `why`,
+    when there is none or it cannot be used."""
+
+    fifo_depths: Dict[int, int] = field(default_factory=dict)
+    why: str = ""
+    content_hash: str = ""
+
+
+def read_tuning(plan) -> Tuning:
+    """plan.root/tuning.json, checked (untrusted: every depth an integer 2..2^20 of an existing link, written for
+    this plan's hash). Never raises for a bad file: its depths are not used and `why` says so."""
+    if plan.root is None or not (Path(plan.root) / TUNING_FILE).is_file():
+        return Tuning(why="no tuning.json")
+    path = Path(plan.root) / TUNING_FILE
+    try:
+        raw = path.read_bytes()
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or doc.get("kind") != TUNING_KIND or doc.get("version") != TUNING_VERSION:
+            raise ValueError("not a splitrack tuning file of this version")
+        if doc.get("plan_hash") != plan.hash:
+            return Tuning(why=f"{path} was written for plan {doc.get('plan_hash')!r}, not {plan.hash}: not used "
+                              f"(run: {command(plan)})")
+        depths = {}
+        for k, v in (doc.get("fifo_depths") or {}).items():
+            i = int(k)
+            if not 0 <= i < len(plan.links) or isinstance(v, bool) or not isinstance(v, int) \
+                    or not 2 <= v <= MAX_FIFO_DEPTH:
+                raise ValueError(f"fifo_depths[{k!r}] = {v!r} (a link index of the plan and a depth 2..{MAX_FIFO_DEPTH})")
+            depths[i] = v
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as e:
+        return Tuning(why=f"{path} is unreadable ({type(e).__name__}: {e}): not used (run: {command(plan)})")
+    return Tuning(depths, content_hash=hashlib.sha256(json.dumps(
+        {str(k): v for k, v in sorted(depths.items())}, sort_keys=True).encode()).hexdigest()[:12])
+
+
+def tuning_summary(plan) -> Optional[dict]:
+    """What a run records of the plan's tuning: {"fifo_depths": {link "src->dst": depth}, "hash": content hash};
+    None when the plan has no usable tuning."""
+    t = read_tuning(plan)
+    if not t.fifo_depths:
+        return None
+    links = plan.links
+    return {"fifo_depths": {f"{links[i].src}->{links[i].dst}": d for i, d in sorted(t.fifo_depths.items())},
+            "hash": t.content_hash}

@@ -22,7 +22,7 @@ import numpy as np
 
 from splitting.errors import UserError
 
-from harness.results import history
+from harness.results import stamp
 from harness.measure import attribution as measure
 
 DEFAULT_SINGLE_RATE = 200.0  # frames/s for the single-frame run: see measure.measure_rack(single_rate)
@@ -86,13 +86,15 @@ def frames_of(res) -> list:
 def bench(plan, rack, frames: int = 2000, rate: Optional[float] = None, in_flight: int = 8,
           single_rate: Optional[float] = DEFAULT_SINGLE_RATE, data: str = "auto", cpu: bool = True,
           progress: Callable[[str], None] = print, deployment=None, lease_wait: float = 0.0,
-          label: Optional[str] = None) -> Dict:
+          label: Optional[str] = None, commit: Optional[str] = None) -> Dict:
     """Deploy (unless `deployment` is given), measure, and return the bench document (the --json content).
 
     The boards are leased for the whole bench (harness.rack.lease; LeaseHeld when another user holds one). On a
     fault while measuring, raises BenchIncomplete whose `doc` has the same keys, `"complete": false`, the
     error, and under "frames" every frame received per mode (the attribution needs a finished run).
-    `label` names the run's series in the history (default: the plan's model name)."""
+    `label` names the run's series in the history (default: the plan's model name); `commit` is the user's commit
+    (default: the git commit of the plan's folder, harness.results.stamp.user_commit). Controls are measured
+    before and after the frames (harness.measure.controls) and the host's load over the whole bench."""
     from harness.rack import lease
     from harness.rack.deploy import place
 
@@ -104,10 +106,13 @@ def bench(plan, rack, frames: int = 2000, rate: Optional[float] = None, in_fligh
     progress(f"data: {ev.describe()}" + (f"; note: {ev.note}" if ev.note else ""))
     boards = list(deployment.boards.values()) if deployment is not None else list(place(plan, rack).values())
     with lease.ensure(boards, "bench", wait=lease_wait, progress=progress) as held:
-        return _bench(plan, rack, ev, frames, rate, in_flight, single_rate, cpu, progress, deployment, held, label)
+        return _bench(plan, rack, ev, frames, rate, in_flight, single_rate, cpu, progress, deployment, held, label,
+                      commit)
 
 
-def _bench(plan, rack, ev, frames, rate, in_flight, single_rate, cpu, progress, deployment, held, label) -> Dict:
+def _bench(plan, rack, ev, frames, rate, in_flight, single_rate, cpu, progress, deployment, held, label,
+           commit=None) -> Dict:
+    from harness.measure import controls as controls_mod
     from harness.measure import cpu_reference
     from harness.measure.compute_source import compute_sources
     from harness.rack.deploy import deploy
@@ -117,10 +122,11 @@ def _bench(plan, rack, ev, frames, rate, in_flight, single_rate, cpu, progress, 
     if deployment is None:
         deployment = deploy(plan, rack, progress=progress)
     wiring = deployment.wiring
-    time = history.now_iso()
+    time = stamp.now_iso()
+    host_load = controls_mod.HostLoad()
     doc = {
-        "kind": history.BENCH_KIND, "version": 1, "time": time, "rack": rack.name, "machine": history.machine_name(),
-        "commit": history.current_commit(Path(__file__).resolve().parents[1]), "plan_hash": plan.hash,
+        "kind": stamp.BENCH_KIND, "version": 1, "time": time, "rack": rack.name, "machine": stamp.machine_name(),
+        "commit": stamp.user_commit(plan.root, commit), "splitrack": stamp.splitrack_version(), "plan_hash": plan.hash,
         "plan": str(plan.root) if plan.root else None, "model": plan.model.get("name"), "frames": frames,
         "label": label or plan.model.get("name") or plan.hash, "complete": True,
         "data": {"source": ev.source, "frames": len(ev.x), "labelled": None if ev.y is None else len(ev.y),
@@ -133,13 +139,19 @@ def _bench(plan, rack, ev, frames, rate, in_flight, single_rate, cpu, progress, 
         # RTL cosimulation beside it, or why there is none (harness.measure.compute_source)
         "compute": {p: s.to_dict() for p, s in compute_sources(plan, wiring).items()},
     }
+    tuning = _tuning(plan)
+    if tuning:
+        doc["tuning"] = tuning
     modes = ["single", "stream"]  # the order in which measure_rack streams
     rec = None
+    ctl = controls_mod.Controls()
     try:
         with Pipeline(wiring) as pipe:
+            ctl.sample(pipe, wiring)  # the machine before the frames ...
             rec = _RecordingPipe(pipe, modes)
             run = measure.measure_rack(rec, wiring, plan, x, rate=rate, in_flight=in_flight, single_rate=single_rate,
                                        progress=progress)
+            ctl.sample(pipe, wiring)  # ... and after them
         if held is not None:
             held.check()
     except (UserError, OSError) as e:
@@ -166,7 +178,18 @@ def _bench(plan, rack, ev, frames, rate, in_flight, single_rate, cpu, progress, 
     if cpu:
         ref = cpu_reference.reference(plan, x, in_flight, run.outputs, labels, progress=progress)
         doc["cpu"], doc["accuracy"] = ref["cpu"], ref["accuracy"]
+    doc["controls"], doc["host"] = ctl.summary(), host_load.stop()
+    if ctl.errors:
+        doc["controls_errors"] = ctl.errors
     return doc
+
+
+def _tuning(plan) -> Optional[Dict]:
+    """What tunes the plan for one target without being part of its hash (plan/tuning.json of `splitrack
+    cosim`: FIFO depths), with its content hash; None when there is none."""
+    from harness.cosim import record
+
+    return record.tuning_summary(plan)
 
 
 def _emulation_mismatches(plan, x: np.ndarray, results: Dict) -> Dict[str, int]:
@@ -199,6 +222,10 @@ def format_bench(doc: Dict) -> str:
         out.append(format_sources(doc["compute"]))
     if doc["cpu"]:
         out.append(format_reference({"cpu": doc["cpu"], "accuracy": doc["accuracy"]}, doc["reports"]))
+    if doc.get("controls") or doc.get("host"):
+        from harness.measure.controls import format_controls
+
+        out.append(format_controls(doc.get("controls"), doc.get("host")))
     if doc.get("data"):
         d = doc["data"]
         out.append(f"accuracy data: {d['source']}" + (f" ({d['labelled']} labelled frames)" if d.get("labelled") else
@@ -266,6 +293,11 @@ def plot(doc: Dict, path: Path) -> Path:
     ax2.barh(y + 0.2, p99, 0.4, label="p99")
     ax2.set_yticks(y, names, fontsize=8)
     ax2.set_xscale("log")
+    # decades labelled, minor ticks unlabelled: matplotlib's minor labels of a short log range overlap
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    ax2.xaxis.set_major_locator(LogLocator(base=10))
+    ax2.xaxis.set_minor_formatter(NullFormatter())
     ax2.set_xlabel("latency per call (us)")
     ax2.set_title("rack vs CPU")
     ax2.legend(fontsize=8)

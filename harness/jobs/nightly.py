@@ -19,6 +19,7 @@ from typing import Callable, List, Tuple
 
 from harness.jobs import bench as bench_cmd
 from harness.results import dashboard, history, regress
+from harness.results import series as series_mod
 from splitting.user_cache import cache_root
 
 CACHE = cache_root()
@@ -61,10 +62,12 @@ def run_file(runs: Path, time: str, plan_hash: str) -> Path:
 
 def nightly(boards: Path, db: Path, out: Path, plan_dir: Path = None, frames: int = 500, rate: float = None,
             min_change: float = 0.05, progress: Callable[[str], None] = print,
-            lease_wait: float = 0.0, label: str = None, data: str = "auto") -> List[Tuple[regress.Change, history.RunInfo]]:
-    """One night: returns the regressions in effect for this series (label, rack, machine, plan), each with
-    the run where it starts. `data` is bench's --data (splitting.eval_data; a bad one is a UserError before
-    any board is touched)."""
+            lease_wait: float = 0.0, label: str = None, data: str = "auto",
+            commit: str = None) -> List[Tuple[regress.Alarm, history.RunInfo]]:
+    """One night: returns the regressions in effect for this series (label, model, rack), one Alarm per hop and
+    run, each with the run where it starts. Changes the controls explain (the machine's) and changes only this
+    run shows are printed, and fail nothing. `data` is bench's --data (splitting.eval_data; a bad one is a
+    UserError before any board is touched)."""
     from splitting.plan import Plan
 
     from harness.rack.lab_lease import leased_rack
@@ -77,7 +80,7 @@ def nightly(boards: Path, db: Path, out: Path, plan_dir: Path = None, frames: in
     try:
         with leased_rack(rack_file, len(plan.partitions), progress=progress) as rack:  # a shared rack: leased
             doc = bench_cmd.bench(plan, rack, frames=frames, rate=rate, progress=progress, lease_wait=lease_wait,
-                                  label=label, data=data)
+                                  label=label, data=data, commit=commit)
     except bench_cmd.BenchIncomplete as e:  # what was measured is kept where the night's result goes
         path = bench_cmd.write_incomplete(e.doc, run_file(runs, e.doc["time"], plan.hash))
         raise bench_cmd.BenchIncomplete(f"{e}; wrote {path}", e.doc) from None
@@ -91,13 +94,16 @@ def nightly(boards: Path, db: Path, out: Path, plan_dir: Path = None, frames: in
         check = regress.check(h, regress.WATCH, min_relative=min_change)
         runs = {r.run_id: r for r in h.run_infos()}
     progress(f"history: run {run_id} ({run.label!r}), {new} rows added to {db} ({n_runs} runs)")
-    series = (run.label, doc["rack"], doc["machine"], plan.hash)
-    for label, rack, machine, plan_hash, n in check.unjudged:
-        if (label, rack, machine, plan_hash) == series:
+    for label, model, rack, n in check.unjudged:
+        if (label, model, rack) == run.series:
             progress(f"cannot judge {label!r} yet: needs at least {regress.MIN_BEFORE} earlier runs of this series, "
                      f"has {max(n - 1, 0)}")
-    mine = [c for c in check.live if (c.key.label, c.key.rack, c.key.machine, c.key.plan_hash) == series]
+    for e in series_mod.events_at(check.events.get(run.series, []), run_id):
+        progress(f"event on the series at this run: {e.describe()}")
+    mine = [c for c in check.changes if c.key.series == run.series and c.latest]
+    for al in regress.alarms([c for c in mine if c.explained or not c.confirmed]):  # said, but fails nothing
+        progress(al.describe(runs.get(al.primary.run_id)))
     index, _ = dashboard.write(db, out)
     progress(f"dashboard: {index}")
-    return [(c, runs.get(c.run_id)) for c in mine]
-
+    return [(al, runs.get(al.primary.run_id)) for al in regress.alarms([c for c in check.live
+                                                                        if c.key.series == run.series])]

@@ -61,31 +61,38 @@ def run_on_rack(plan: Plan, rack, x: np.ndarray, y: Optional[np.ndarray], out_di
             progress(f"deployed in {dep.seconds:.1f} s "
                      f"({'flashed ' + ', '.join(flashed) if flashed else 'nothing to flash'})")
             return run_frames(plan, dep.wiring, x, y, out_dir, where or f"rack {rack.name}", progress=progress,
-                              held=held, **kw)
+                              held=held, rack_name=rack.name, **kw)
 
 
 def run_frames(plan: Plan, wiring, x: np.ndarray, y: Optional[np.ndarray], out_dir: Path, where: str,
                in_flight: int = 8, rate: Optional[float] = None, timeout: float = 10.0, check: bool = True,
-               progress=print, label: Optional[str] = None, data_source: Optional[str] = None, held=None) -> dict:
+               progress=print, label: Optional[str] = None, data_source: Optional[str] = None, held=None,
+               rack_name: Optional[str] = None, commit: Optional[str] = None) -> dict:
     """Stream the frames `x` (shape (n,) + the plan's input shape) through a started rack (`wiring`), several in
     flight, and check every output against the plan's chained hls4ml emulation (unless check=False) and the
     labels `y` (accuracy). Writes out_dir/run.json (per-frame stamps) and run.png; returns the summary
     (latencies in microseconds). On a fault (a lost frame or agent, an agent that cannot be reached, a lease
     lost: `held.check()`) both files are still written, with every frame that came back, marked
     `"complete": false` with the error, and RunError is raised; RunError too when any output differs from
-    the emulation."""
+    the emulation. `rack_name` is the rack's name as `bench` records it (default: `where`), `commit` the user's
+    commit (default: the plan folder's, harness.results.stamp.user_commit); the controls
+    (harness.measure.controls) are measured before and after the frames."""
+    from harness.measure import controls as controls_mod
     from harness.measure.stream import Pipeline, StreamError, StreamResult
     from harness.measure.compute_source import compute_sources, fpga_short
-    from harness.results.history import RUN_KIND, current_commit, machine_name, now_iso
+    from harness.results.stamp import RUN_KIND, machine_name, now_iso, splitrack_version, user_commit
 
     # what each partition's compute figure is (asked of the agents before the frames go)
     compute = {p: c.to_dict() for p, c in compute_sources(plan, wiring).items()}
     progress(f"streaming {len(x)} frames through {where}, {in_flight} in flight ...")
     error = None
+    host_load, ctl = controls_mod.HostLoad(), controls_mod.Controls()
     try:
         with Pipeline(wiring) as pipe:
+            ctl.sample(pipe, wiring)  # the machine before the frames ...
             res = pipe.stream(x, in_flight=in_flight, rate=rate, timeout=timeout,
                               progress=lambda i, n: progress(f"  {i}/{n} frames sent"))
+            ctl.sample(pipe, wiring)  # ... and after them
     except StreamError as e:
         res, error = e.result, str(e)
     except (UserError, OSError) as e:  # no stream at all (an agent that does not accept connections ...)
@@ -113,8 +120,10 @@ def run_frames(plan: Plan, wiring, x: np.ndarray, y: Optional[np.ndarray], out_d
     lat = np.array([res.frames[f].latency_ns for f in ids], dtype=np.int64) / 1e3
     # kind, time, machine, commit and model: what `splitrack history add run.json` needs to keep this run
     summary = {"kind": RUN_KIND, "plan": plan.hash, "label": label or plan.model.get("name") or plan.hash,
-               "model": plan.model.get("name") or "", "where": where, "time": now_iso(), "machine": machine_name(),
-               "commit": current_commit(Path(__file__).resolve().parent),
+               "model": plan.model.get("name") or "", "where": where, "rack": rack_name or where, "time": now_iso(),
+               "machine": machine_name(), "commit": user_commit(plan.root, commit), "splitrack": splitrack_version(),
+               "controls": ctl.summary(), "host": host_load.stop(),
+               **({"controls_errors": ctl.errors} if ctl.errors else {}),
                "data": data_source, "frames": len(x), "frames_received": n,
                "complete": error is None, "error": error, "in_flight": in_flight,
                **({"untrusted": untrusted} if untrusted else {}),
@@ -161,6 +170,7 @@ def run_frames(plan: Plan, wiring, x: np.ndarray, y: Optional[np.ndarray], out_d
                  f"frames/s  end-to-end p50 {summary['latency_us']['p50']:.0f} us  p99 {summary['latency_us']['p99']:.0f} us")
     if "accuracy" in summary:
         progress(f"accuracy {summary['accuracy']:.4f}")
+    progress(controls_mod.format_controls(summary["controls"], summary["host"]))
     if mismatches is not None:
         progress(f"outputs equal to the chained emulation, bit for bit: {n - mismatches}/{n}")
 
@@ -207,6 +217,8 @@ def _plot(lat, dwell, res, ids, path: Path, error: Optional[str] = None, compute
         data = [[(stamps[f][n]["t_send"] - stamps[f][n]["t_recv"]) / 1e3 for f in ids if n in stamps[f]] for n in names]
         b.boxplot(data, tick_labels=[f"{n}\n{dwell[n]['board']}\n{(compute or {}).get(n, {}).get('label', '')}"
                                      for n in names], showfliers=False)
+        # several partitions' three-line labels collide side by side: smaller, and slanted when there are many
+        b.tick_params(axis="x", labelsize=7, rotation=30 if len(names) > 4 else 0)
     b.set_ylabel("time on the board, receive to send (us)")
     b.set_title("per-partition dwell (board clock)")
     if error is not None:

@@ -174,6 +174,26 @@ def _port_holder(conn: Connection, board: Board) -> Optional[Tuple[int, str, str
 _AGENT_COMMAND = re.compile(r"(^|\s|/)(-m (%s|agent)|agent\.py)(\s|$)" % re.escape(AGENT_MODULE))
 
 
+def agent_folder(holder: Tuple[int, str, str]) -> Optional[str]:
+    """The workdir of a data port's holder (pid, cwd, command line: _port_holder) when it is a splitrack agent
+    (of any version: `-m harness.agent`, `-m agent`, agent.py), None when it is another program."""
+    pid, cwd, cmd = holder
+    if not _AGENT_COMMAND.search(cmd):
+        return None
+    return cwd.rsplit(f"/{PART}", 1)[0] if cwd.endswith(f"/{PART}") else cwd
+
+
+def other_workdir_agent(conn: Connection, board: Board) -> Optional[Tuple[int, str]]:
+    """(pid, workdir) of a splitrack agent of another workdir in this board user's home holding the board's
+    data port (one deploy stops with free_data_port, unless that workdir is leased); None otherwise."""
+    holder = _port_holder(conn, board)
+    folder = agent_folder(holder) if holder else None
+    home = conn.home.rstrip("/")
+    if folder is None or not folder.startswith(home + "/") or folder == conn.remote_path(board.workdir):
+        return None
+    return holder[0], folder
+
+
 def free_data_port(conn: Connection, board: Board, root: str, progress: Callable[[str], None]) -> None:
     """Before an agent starts: the board's data port must be free. When it is held (the rack file's workdir
     changed and the agent of the old one still runs there, or any other process), the holder is found: a
@@ -187,10 +207,10 @@ def free_data_port(conn: Connection, board: Board, root: str, progress: Callable
         raise BoardError(board.name, "agent-start", f"{where} is held by a process this board does not name (no `ss`, "
                          "or another user's): stop it, or give the board another data_port in the rack file")
     pid, cwd, cmd = holder
-    if not _AGENT_COMMAND.search(cmd):
+    folder = agent_folder(holder)
+    if folder is None:
         raise BoardError(board.name, "agent-start", f"{where} is held by pid {pid} ({cmd[:80]!r} in {cwd}), not a "
                          "splitrack agent: stop it, or give the board another data_port in the rack file")
-    folder = cwd.rsplit(f"/{PART}", 1)[0] if cwd.endswith(f"/{PART}") else cwd
     home = conn.home.rstrip("/")
     if folder != root and not folder.startswith(home + "/"):  # not this board user's: never ours to stop
         raise BoardError(board.name, "agent-start", f"{where} is held by an agent working in {folder} (pid {pid}), "

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from harness.rack import checks
-from harness.rack.agent_control import PART, SECRET_FILE, alive, board_identity, ping, remote_pids
+from harness.rack.agent_control import (PART, SECRET_FILE, alive, board_identity, other_workdir_agent, ping,
+                                        remote_pids)
 from harness.rack.rackfile import Board, Rack
 from harness.rack.ssh import Connection
 from splitting.errors import UserError
@@ -51,14 +52,18 @@ def ping_board(board: Board, timeout: float = 5.0) -> dict:
 def agent_on_port(conn: Connection, board: Board) -> Optional[str]:
     """Who holds the board's data port when it is an agent of this board's workdir (its deployment's secret
     is read over `conn`): 'agent of P (pid N)', or 'agent pid N (not answering)' while one of its pid files
-    names a live process; None when the holder is not ours."""
+    names a live process, or the agent of another workdir in this board user's home (free_data_port stops
+    it); None when the holder is not ours."""
     try:
         h = ping(board.host, board.data_port, board_secret(conn, board), ident=board_identity(conn, board))
         return f"agent of {h.get('partition')} (pid {h.get('pid')})"
     except (OSError, ValueError):
         live = [p for p in remote_pids(conn, conn.remote_path(f"{board.workdir}/{PART}")).values()
                 if alive(conn, p)]
-        return f"agent pid {live[0]} (not answering; deploy restarts it)" if live else None
+        if live:
+            return f"agent pid {live[0]} (not answering; deploy restarts it)"
+    other = other_workdir_agent(conn, board)  # the rack file's workdir changed: deploy stops the old agent
+    return f"agent of workdir {other[1]} (pid {other[0]}; deploy stops it unless that workdir is leased)" if other else None
 
 
 def check_board(board: Board, timeout: float = 5.0) -> Health:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-from harness.results.history import History, HistoryError, RunInfo
+from harness.results.history import History, HistoryError, RunInfo, run_controls
+
+MACHINE_MOVE = 0.10  # a control that moved by this much between A and B: the machine differed
 
 
 @dataclass
@@ -60,6 +62,12 @@ class Comparison:
     threshold: float
     alpha: float
     hops: List[HopChange] = field(default_factory=list)
+    controls: List[Tuple[str, float, float]] = field(default_factory=list)  # (control, p50 A, p50 B) in us
+
+    @property
+    def machine_moved(self) -> List[Tuple[str, float, float]]:
+        """The controls whose p50 moved by MACHINE_MOVE or more from A to B: the machine was not the same."""
+        return [c for c in self.controls if c[1] and abs(c[2] / c[1] - 1) >= MACHINE_MOVE]
 
     @property
     def regressions(self) -> List[HopChange]:
@@ -72,7 +80,10 @@ class Comparison:
         return {"a": asdict(self.a), "b": asdict(self.b), "threshold": self.threshold, "alpha": self.alpha,
                 "test": "two-sided Mann-Whitney U on per-frame times, Bonferroni-adjusted",
                 "hops": [dict(asdict(h), change=h.change, regression=h.regression) for h in self.hops],
-                "regressions": [f"{h.mode} {h.hop}" for h in self.regressions]}
+                "regressions": [f"{h.mode} {h.hop}" for h in self.regressions],
+                "controls": [{"control": n, "p50_a": x, "p50_b": y, "change": (y / x - 1) if x else None}
+                             for n, x, y in self.controls],
+                "machine_moved": [n for n, _, _ in self.machine_moved]}
 
     def format(self) -> str:
         """The comparison as a text table: p50, p99 (us), p50 change and adjusted p-value per hop, SLOWER or
@@ -88,8 +99,15 @@ class Comparison:
             flag = "  SLOWER" if h.regression else ("  faster" if h.significant else "")
             out.append(f"{h.mode:7s} {h.hop:28s} {h.p50_a:9.1f} {h.p50_b:9.1f} {h.change:+8.1%} {h.p99_a:9.1f} "
                        f"{h.p99_b:9.1f} {p:>9s}{flag}")
+        for name, x, y in self.controls:
+            out.append(f"{'control':7s} {name:28s} {x:9.1f} {y:9.1f} {(y / x - 1) if x else float('nan'):+8.1%}")
         out.append(f"significant: adjusted p < {self.alpha:g} and p50 change of at least {self.threshold:.0%}; "
                    f"{len(self.regressions)} regression(s)")
+        moved = self.machine_moved
+        if moved:
+            out.append("note: the machine was not the same in both runs (" + ", ".join(
+                f"control {n!r} {y / x - 1:+.0%}" for n, x, y in moved) + "): a change the controls share is the "
+                "machine's, not the plan's (see `splitrack history check`)")
         return "\n".join(out)
 
 
@@ -151,6 +169,8 @@ def compare(history: History, a: RunInfo, b: RunInfo, threshold: float = 0.05, a
         h.p_value = min(1.0, p * tests)
         h.significant = h.p_value < alpha and abs(h.change) >= threshold
         out.hops.append(h)
+    ca, cb = run_controls(va), run_controls(vb)
+    out.controls = [(n, ca[n], cb[n]) for n in ca if n in cb]
     if not out.hops:
         raise HistoryError(f"runs {a.run_id} and {b.run_id} share no measured hop: compare runs of the same plan")
     out.hops.sort(key=lambda h: (h.mode, -1 if h.position is None else h.position))

@@ -3,10 +3,13 @@
 What goes in: the JSON of `splitrack bench --json` (complete, or incomplete with its error and the frames
 that did come back) and of pytest-benchmark (`--benchmark-json`), flattened to rows by the importers here.
 Per run it keeps the label (the user's name for the series, default the model's name), model, plan hash,
-rack, board versions, machine, commit, time, complete or not with the error, each hop's position on the
-critical path, and the per-frame samples of every hop (float32) so that two runs can be compared with a
-two-sample test (`harness.results.compare`). A series is keyed by label, rack, machine, plan hash, metric and
-hop: the commit is what changes along it.
+rack, board versions, machine, the user's commit and splitrack's version (`harness.results.stamp`), time,
+complete or not with the error, each hop's position on the critical path, the controls measured beside the
+rack (`harness.measure.controls`: loopback echo, CPU, board probes; the host's load in the environment), and
+the per-frame samples of every hop (float32) so that two runs can be compared with a two-sample test
+(`harness.results.compare`). A series is the user's label, model and rack (`SeriesKey`, one metric of one hop
+of it): the commit is what changes along it, and a new plan hash, splitrack version, tuning (FIFO depths)
+or machine is an event on it (`harness.results.series`), not another series.
 
 The file identifies itself (SQLite application_id) and carries its schema version (user_version); an
 older splitrack history is migrated in place, any other SQLite file is refused untouched, and a damaged
@@ -18,12 +21,10 @@ one (SQLite's integrity check) is refused with exit status 2.
 from __future__ import annotations
 
 import json
-import platform
 import sqlite3
-import subprocess
 import zlib
 from dataclasses import astuple, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -32,11 +33,11 @@ import numpy as np
 from splitting.errors import UserError
 from splitting.untrusted import read_json
 
-BENCH_KIND = "splitrack-bench"
-RUN_KIND = "splitrack-run"  # summary of `splitrack run`'s run.json
+from .stamp import BENCH_KIND, RUN_KIND, machine_name, now_iso
+
 STAT_KEYS = ("p50", "p90", "p99", "max", "jitter")
 APPLICATION_ID = 0x53504C54  # "SPLT": marks the file as a splitrack history (PRAGMA application_id)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 SCHEMA_V1 = """
@@ -114,15 +115,20 @@ class Row:
 
 @dataclass(frozen=True)
 class SeriesKey:
-    """What identifies a series of figures over commits: rack, machine, plan hash, metric, hop and label
-    ('' = any label)."""
+    """One metric of one hop of a series. A series is the user's label, model and rack: a new plan hash,
+    splitrack version, tuning or machine along it is an event on the series (harness.results.series), not a
+    new series."""
 
+    label: str
+    model: str
     rack: str
-    machine: str
-    plan_hash: str
     metric: str
     hop: str
-    label: str = ""
+
+    @property
+    def series(self) -> Tuple[str, str, str]:
+        """(label, model, rack): the series this metric belongs to."""
+        return (self.label, self.model, self.rack)
 
     def describe(self) -> str:
         """'metric [hop]', for reports."""
@@ -142,8 +148,9 @@ class Point:
 
 @dataclass
 class RunInfo:
-    """One run's context (a row of the runs table). env: JSON-able dict (boards, placement, data, ...);
-    hops: mode -> hop names in critical-path order."""
+    """One run's context (a row of the runs table). env: JSON-able dict (boards, placement, data, host load,
+    tuning, ...); hops: mode -> hop names in critical-path order; commit_id: the user's commit; splitrack:
+    splitrack's version (harness.results.stamp.splitrack_version; '' in histories written before it was kept)."""
 
     time: str
     rack: str
@@ -158,6 +165,12 @@ class RunInfo:
     env: Dict = field(default_factory=dict)
     hops: Dict[str, List[str]] = field(default_factory=dict)
     run_id: int = 0
+    splitrack: str = ""
+
+    @property
+    def series(self) -> Tuple[str, str, str]:
+        """(label, model, rack): the series the run belongs to."""
+        return (self.label, self.model, self.rack)
 
     def describe(self) -> str:
         """One line naming the run: id, label, model, plan, rack, commit, time, complete or INCOMPLETE with its error."""
@@ -174,28 +187,6 @@ class RunInfo:
             a, b = hop[5:].split("->", 1)
             return f"{placement.get(a, a)} -> {placement.get(b, b)}"
         return ""
-
-
-def now_iso() -> str:
-    """The current UTC time, ISO 8601 with microseconds (e.g. 2026-01-02T03:04:05.123456+00:00)."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-def machine_name() -> str:
-    """This host's network name (platform.node()), 'unknown' when empty."""
-    return platform.node() or "unknown"
-
-
-def current_commit(cwd: Optional[Path] = None) -> str:
-    """Short hash of HEAD, "+dirty" when tracked files changed; "unknown" outside git."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 # --- importers ------------------------------------------------------------------------------------
@@ -239,9 +230,9 @@ def parse_bench(doc: Dict, label: Optional[str] = None) -> Tuple[RunInfo, List[R
         datetime.fromisoformat(base["time"])
         model = str(doc.get("model") or "")
         run = RunInfo(**{k: v for k, v in base.items()}, label=str(label or doc.get("label") or model or base["plan_hash"]),
-                      model=model, complete=complete, error=error,
+                      model=model, complete=complete, error=error, splitrack=str(doc.get("splitrack") or ""),
                       env={k: doc[k] for k in ("boards", "placement", "clocks", "data", "frames", "payload_bytes", "plan",
-                                               "frames_received") if k in doc})
+                                               "frames_received", "host", "tuning", "controls_errors") if k in doc})
         if doc.get("compute") is not None:  # older documents have no "compute": what each board's compute was
             run.env["compute"] = _compute_field(doc["compute"])
         rows, samples = [], {}
@@ -262,6 +253,9 @@ def parse_bench(doc: Dict, label: Optional[str] = None) -> Tuple[RunInfo, List[R
                 for kind in ("hops", "critical"):
                     for hop, v in sm[kind].items():
                         samples[(mode, kind.rstrip("s") if kind == "hops" else kind, hop)] = _floats(v)
+                for (m2, kind, hop), v in list(samples.items()):  # the floor: what a hop takes undisturbed
+                    if m2 == mode and kind in ("hop", "e2e") and len(v):
+                        rows.append(Row(metric=f"{mode} min", hop=hop, value=float(np.min(v)), unit="us", **base))
                 mean_parts = {h: float(np.mean(samples[(mode, "critical", h)])) for h in run.hops[mode]
                               if (mode, "critical", h) in samples}
                 for hop, v in mean_parts.items():
@@ -273,6 +267,7 @@ def parse_bench(doc: Dict, label: Optional[str] = None) -> Tuple[RunInfo, List[R
         for name, acc in (doc.get("accuracy") or {}).items():
             if acc is not None:
                 rows.append(Row(metric="accuracy", hop=name, value=float(acc), unit="fraction", **base))
+        rows += control_rows(doc.get("controls"), base) + host_rows(doc.get("host"), base)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise HistoryError(f"bench JSON is missing or mangles field {e}: write it with `splitrack bench --json`") from None
     if samples and any(len({len(v) for (m2, _, _), v in samples.items() if m2 == m}) != 1 for m in run.hops):
@@ -280,6 +275,29 @@ def parse_bench(doc: Dict, label: Optional[str] = None) -> Tuple[RunInfo, List[R
     _mark_untrusted(run, doc.get("untrusted"), samples)
     # NaN (e.g. throughput of one frame) is no measurement
     return run, [r for r in rows if r.value == r.value], samples
+
+
+CONTROL_KEYS = ("p50", "p99")
+
+
+def control_rows(controls, base: Dict) -> List[Row]:
+    """Rows "control p50" / "control p99" per control (harness.measure.controls: {name: stats in us}) of a
+    document; none for an older document without controls. Raises TypeError / ValueError for a mangled one."""
+    if controls is None:
+        return []
+    if not isinstance(controls, dict):
+        raise TypeError("controls")
+    return [Row(metric=f"control {k}", hop=str(name), value=float(st[k]), unit="us", **base)
+            for name, st in controls.items() for k in CONTROL_KEYS if k in st]
+
+
+def host_rows(host, base: Dict) -> List[Row]:
+    """Rows "host load" (CPUs kept busy during the run by other processes, and by all) of a document's host
+    figures (harness.measure.controls.HostLoad); none when it has none."""
+    if not isinstance(host, dict):
+        return []
+    return [Row(metric="host load", hop=hop, value=float(host[k]), unit="CPUs", **base)
+            for k, hop in (("other_cpus", "other cpus"), ("busy_cpus", "busy cpus")) if host.get(k) is not None]
 
 
 def _floats(v) -> np.ndarray:
@@ -330,15 +348,19 @@ def parse_run(doc: Dict, label: Optional[str] = None) -> Parsed:
     try:
         s = doc["summary"]
         where = str(s["where"])
-        base = dict(time=str(s["time"]), rack=where[len("rack "):] if where.startswith("rack ") else where,
-                    machine=str(s["machine"]), commit_id=str(s["commit"]), plan_hash=str(s["plan"]), source="run")
+        # the rack's name (newer run.json files say it; older ones only "where", e.g. "rack rack.toml")
+        rack = s.get("rack") or (where[len("rack "):] if where.startswith("rack ") else where)
+        base = dict(time=str(s["time"]), rack=str(rack), machine=str(s["machine"]), commit_id=str(s["commit"]),
+                    plan_hash=str(s["plan"]), source="run")
         datetime.fromisoformat(base["time"])
         complete = s.get("complete", True)
         run = RunInfo(**base, label=str(label or s.get("label") or s.get("model") or base["plan_hash"]),
                       model=str(s.get("model") or ""), complete=bool(complete), error=str(s.get("error") or ""),
+                      splitrack=str(s.get("splitrack") or ""),
                       env={"data": {"source": s.get("data"), "frames": s.get("frames"),
                                     "labelled": s.get("frames") if "accuracy" in s else None, "note": ""},
-                           "placement": {p: d["board"] for p, d in s.get("partitions", {}).items()}})
+                           "placement": {p: d["board"] for p, d in s.get("partitions", {}).items()},
+                           **{k: s[k] for k in ("host", "tuning", "controls_errors") if k in s}})
         compute = {p: d["compute"] for p, d in s.get("partitions", {}).items() if d.get("compute") is not None}
         if compute:  # older run.json files have none
             run.env["compute"] = _compute_field(compute)
@@ -348,7 +370,10 @@ def parse_run(doc: Dict, label: Optional[str] = None) -> Parsed:
             rows.append(Row(metric="accuracy", hop="rack", value=float(s["accuracy"]), unit="fraction", **base))
         for p, d in s.get("partitions", {}).items():
             rows.append(Row(metric="run dwell p50", hop=f"board {p}", value=float(d["dwell_us"]["p50"]), unit="us", **base))
+        rows += control_rows(s.get("controls"), base) + host_rows(s.get("host"), base)
         e2e = _floats([(f["t_recv"] - f["t_send"]) / 1e3 for f in doc.get("frames", [])])
+        if len(e2e):
+            rows.append(Row(metric="run min", hop="e2e", value=float(np.min(e2e)), unit="us", **base))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise HistoryError(f"run JSON is missing or mangles field {e}: write it with `splitrack run`") from None
     samples = {("run", "e2e", "e2e"): e2e} if len(e2e) else {}
@@ -501,8 +526,9 @@ class History:
         try:
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                if self.db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                    for stmt in _statements(self._migration()):
+                version = self.db.execute("PRAGMA user_version").fetchone()[0]
+                if version < SCHEMA_VERSION:
+                    for stmt in _statements(self._migration(version)):
                         self.db.execute(stmt)
                 self.db.execute("COMMIT")
             except BaseException:
@@ -512,20 +538,25 @@ class History:
             self.db.isolation_level = old
 
     @staticmethod
-    def _migration() -> str:
-        # version < 2 is either a new file or a version-1 history (measurements without run ids)
-        return (SCHEMA_V1 + SCHEMA_V2 +
-            "ALTER TABLE measurements ADD COLUMN run_id INTEGER REFERENCES runs(run_id);"
-            # a version-1 history: one run per (time, rack, machine, commit, plan), labelled by its plan hash
-            "INSERT OR IGNORE INTO runs (time, rack, machine, commit_id, plan_hash, label, model, source, complete, "
-            "error, env, hops) SELECT time, rack, machine, commit_id, plan_hash, plan_hash, '', MIN(source), 1, '', "
-            "'{}', '{}' FROM measurements GROUP BY time, rack, machine, commit_id, plan_hash;"
-            "UPDATE measurements SET run_id = (SELECT r.run_id FROM runs r WHERE r.time = measurements.time AND "
-            "r.rack = measurements.rack AND r.machine = measurements.machine AND r.commit_id = measurements.commit_id "
-            "AND r.plan_hash = measurements.plan_hash);"
-            "CREATE INDEX IF NOT EXISTS by_run ON measurements (run_id);"
-            f"PRAGMA application_id = {APPLICATION_ID};"
-            f"PRAGMA user_version = {SCHEMA_VERSION};")
+    def _migration(version: int) -> str:
+        """The SQL that takes a history of schema `version` (0: a new file) to SCHEMA_VERSION."""
+        script = ""
+        if version < 2:  # a new file or a version-1 history (measurements without run ids)
+            script += (
+                SCHEMA_V1 + SCHEMA_V2 +
+                "ALTER TABLE measurements ADD COLUMN run_id INTEGER REFERENCES runs(run_id);"
+                # a version-1 history: one run per (time, rack, machine, commit, plan), labelled by its plan hash
+                "INSERT OR IGNORE INTO runs (time, rack, machine, commit_id, plan_hash, label, model, source, "
+                "complete, error, env, hops) SELECT time, rack, machine, commit_id, plan_hash, plan_hash, '', "
+                "MIN(source), 1, '', '{}', '{}' FROM measurements GROUP BY time, rack, machine, commit_id, plan_hash;"
+                "UPDATE measurements SET run_id = (SELECT r.run_id FROM runs r WHERE r.time = measurements.time AND "
+                "r.rack = measurements.rack AND r.machine = measurements.machine AND r.commit_id = "
+                "measurements.commit_id AND r.plan_hash = measurements.plan_hash);"
+                "CREATE INDEX IF NOT EXISTS by_run ON measurements (run_id);")
+        if version < 3:  # version 3: splitrack's version per run; controls are measurements like any other
+            script += ("ALTER TABLE runs ADD COLUMN splitrack TEXT NOT NULL DEFAULT '';"
+                       "CREATE INDEX IF NOT EXISTS by_series ON runs (label, model, rack);")
+        return script + f"PRAGMA application_id = {APPLICATION_ID};PRAGMA user_version = {SCHEMA_VERSION};"
 
     def close(self) -> None:
         """Close the SQLite connection."""
@@ -544,9 +575,10 @@ class History:
         with self.db:
             cur = self.db.execute(
                 "INSERT OR IGNORE INTO runs (time, rack, machine, commit_id, plan_hash, label, model, source, complete, "
-                "error, env, hops) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "error, env, hops, splitrack) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run.time, run.rack, run.machine, run.commit_id, run.plan_hash, run.label, run.model, run.source,
-                 int(run.complete), run.error, json.dumps(run.env, default=_json_default), json.dumps(run.hops)))
+                 int(run.complete), run.error, json.dumps(run.env, default=_json_default), json.dumps(run.hops),
+                 run.splitrack))
             new_run = cur.rowcount == 1
             run.run_id = self.db.execute(
                 "SELECT run_id FROM runs WHERE time=? AND rack=? AND machine=? AND commit_id=? AND plan_hash=?",
@@ -584,11 +616,11 @@ class History:
         """Runs, oldest first."""
         out = []
         for r in self.db.execute(
-                "SELECT run_id, time, rack, machine, commit_id, plan_hash, label, model, source, complete, error, env, hops "
-                f"FROM runs WHERE {where} ORDER BY time, run_id", args):
+                "SELECT run_id, time, rack, machine, commit_id, plan_hash, label, model, source, complete, error, env, hops, "
+                f"splitrack FROM runs WHERE {where} ORDER BY time, run_id", args):
             out.append(RunInfo(time=r[1], rack=r[2], machine=r[3], commit_id=r[4], plan_hash=r[5], label=r[6],
                                model=r[7], source=r[8], complete=bool(r[9]), error=r[10], env=json.loads(r[11]),
-                               hops=json.loads(r[12]), run_id=r[0]))
+                               hops=json.loads(r[12]), run_id=r[0], splitrack=r[13]))
         return out
 
     def run(self, run_id: int) -> RunInfo:
@@ -620,20 +652,20 @@ class History:
             "measurements m ON m.run_id = r.run_id GROUP BY r.run_id ORDER BY r.time, r.run_id").fetchall()
 
     def keys(self, metric_like: str = "%") -> List[SeriesKey]:
-        """The distinct series whose metric matches the SQL LIKE pattern `metric_like`, ordered by label, rack,
-        machine, plan, metric, hop."""
+        """The distinct (series, metric, hop) whose metric matches the SQL LIKE pattern `metric_like`, ordered by
+        label, model, rack, metric, hop."""
         return [SeriesKey(*r) for r in self.db.execute(
-            "SELECT DISTINCT m.rack, m.machine, m.plan_hash, m.metric, m.hop, r.label FROM measurements m JOIN runs r "
-            "ON m.run_id = r.run_id WHERE m.metric LIKE ? ORDER BY r.label, m.rack, m.machine, m.plan_hash, m.metric, m.hop",
+            "SELECT DISTINCT r.label, r.model, r.rack, m.metric, m.hop FROM measurements m JOIN runs r "
+            "ON m.run_id = r.run_id WHERE m.metric LIKE ? ORDER BY r.label, r.model, r.rack, m.metric, m.hop",
             (metric_like,))]
 
     def series(self, key: SeriesKey, complete_only: bool = False) -> List[Point]:
-        """One metric of one hop over the runs of a series, oldest first (label '' = any label)."""
+        """One metric of one hop over the runs of its series (label, model, rack), oldest first."""
         return [Point(*r) for r in self.db.execute(
             "SELECT m.time, m.commit_id, m.value, m.unit, m.run_id FROM measurements m JOIN runs r ON m.run_id = r.run_id "
-            "WHERE m.rack=? AND m.machine=? AND m.plan_hash=? AND m.metric=? AND m.hop=? AND (? = '' OR r.label = ?) "
-            "AND (? = 0 OR r.complete = 1) ORDER BY m.time, m.run_id",
-            (key.rack, key.machine, key.plan_hash, key.metric, key.hop, key.label, key.label, int(complete_only)))]
+            "WHERE r.label=? AND r.model=? AND r.rack=? AND m.metric=? AND m.hop=? AND (? = 0 OR r.complete = 1) "
+            "ORDER BY r.time, r.run_id",
+            (key.label, key.model, key.rack, key.metric, key.hop, int(complete_only)))]
 
     def rows(self, where: str = "1", args: Sequence = ()) -> List[Row]:
         """Measurement Rows matching the SQL condition `where` (with `args`), oldest first."""
@@ -650,6 +682,14 @@ def _statements(script: str) -> List[str]:
     """The statements of an SQL script of this module (`--` comments dropped, split at `;`)."""
     text = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
     return [st.strip() for st in text.split(";") if st.strip()]
+
+
+def run_controls(values: Dict[Tuple[str, str], float]) -> Dict[str, float]:
+    """A run's controls' p50 (us) by name, from History.values: the CPU reference as 'cpu NAME', then the controls
+    of harness.measure.controls by their names."""
+    out = {f"cpu {hop}": v for (m, hop), v in sorted(values.items()) if m == "cpu p50"}
+    out.update({hop: v for (m, hop), v in sorted(values.items()) if m == "control p50"})
+    return out
 
 
 def _json_default(o):

@@ -116,10 +116,27 @@ def test_bench_json_dash_on_an_empty_cache(models, tmp_path):
     assert re.search(r"^data: random", r.stderr, re.M)  # progress went to stderr
 
 
+def test_doctor_json_with_a_plan_on_an_empty_cache(models, tmp_path):
+    """`doctor --boards RACK PLAN --json` in a fresh process on an empty cache: one document naming every
+    board, nothing the libraries say on stdout (a fresh virtual rack: all good, exit 0)."""
+    from harness.rack.virtual_rack import rack_down, rack_up
+
+    rack = tmp_path / "rack.toml"
+    rack_up(1, rack, state=tmp_path / "state", progress=lambda s: None)
+    try:
+        r, _ = _cli(tmp_path, "doctor", "--boards", rack, models / "mlp_plan", "--json")
+    finally:
+        rack_down(rack)
+    doc = _one_document(r)
+    assert r.returncode == 0 and doc["ok"] and [b["board"] for b in doc["boards"]] == ["vpynq0"], r.stderr[-2000:]
+    # the plan's partition is named, and an empty cache is said as such (deploy compiles it), not as a problem
+    assert doc["boards"][0]["facts"]["partition"] == "s0" and "not compiled" in doc["boards"][0]["facts"]["artifact"]
+
+
 def test_every_json_option_is_tested_here():
     """The commands with a --json option are the ones above (a new one must join this file)."""
     found = set()
     for f in (REPO / "harness" / "cli").glob("*.py"):  # argparse lives in harness/cli only (test_layout)
         if '"--json"' in f.read_text():
             found.add(f.stem)
-    assert found == {"verify", "plan", "history", "bench", "cosim"}, found
+    assert found == {"verify", "plan", "history", "bench", "cosim", "doctor"}, found

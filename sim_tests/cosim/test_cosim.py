@@ -127,17 +127,27 @@ def test_simulators_agree_cycle_for_cycle(chain_results):
     assert [l.high_water for l in v.links] == [l.high_water for l in i.links]
 
 
-def test_fifo_depths_written_into_plan(chain_results, small_plan):
+def test_fifo_depths_kept_as_tuning_beside_the_plan(chain_results, small_plan):
+    """The depths tune the plan for the RTL target: kept in tuning.json, the plan (and its hash) untouched."""
+    from harness.cosim import record
     from splitting.plan import Plan
 
     r = chain_results["verilator"]
     saved = Plan.load(small_plan.root)
-    assert any(n.startswith("cosim: link fifo_depth") for n in saved.notes)
-    for link, c in zip(r.links, saved.links):
-        assert c.fifo_depth == link.recommended_depth
+    assert saved.hash == small_plan.hash == r.plan_hash  # not another experiment
+    assert all(c.fifo_depth is None for c in saved.links) and not any("fifo" in n for n in saved.notes)
+    assert any("FIFO depths written into" in n and "plan hash " + saved.hash + " unchanged" in n for n in r.notes)
+    tuned = record.read_tuning(saved)
+    assert tuned.why == "" and set(tuned.fifo_depths) == set(range(len(saved.links)))
+    for link in r.links:
+        assert tuned.fifo_depths[link.index] == link.recommended_depth
         peak = max(link.high_water.values())
         assert peak <= link.sim_depth and not link.saturated
         assert link.recommended_depth >= max(peak, 2) and link.recommended_depth & (link.recommended_depth - 1) == 0
+    # the next cosimulation (icarus, after verilator) built its FIFOs with the tuned depths
+    assert [l.sim_depth for l in chain_results["icarus"].links] == [l.recommended_depth for l in r.links]
+    summary = record.tuning_summary(saved)
+    assert set(summary["fifo_depths"]) == {f"{c.src}->{c.dst}" for c in saved.links} and summary["hash"]
     # random stalls make the links buffer more than a steady stream does
     assert sum(l.high_water["stress"] for l in r.links) > sum(l.high_water["measure"] for l in r.links)
 

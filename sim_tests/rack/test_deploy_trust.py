@@ -84,10 +84,10 @@ def _garbage(home, name: str, text: str):
 
 
 @pytest.mark.parametrize("tool,text,words", [
-    ("free", "Mem: lots of it\\n", "`free -b` printed"),
-    ("free", "", "`free -b` printed nothing"),
-    ("df", "Filesystem\\nvirtual-sd x y many 5%% /\\n", "`df -Pk` printed"),
-    ("python", "Python three point eight\\n", "printed 'Python three point eight' where its version"),
+    ("free", "Mem: lots of it\\n", "`free -b` answered a Mem: line this check cannot read (Mem: lots of it)"),
+    ("free", "", "`free -b` gave no Mem: line"),
+    ("df", "Filesystem\\nvirtual-sd x y many 5%% /\\n", "gave no answer to read"),
+    ("python", "Python three point eight\\n", "does not run a short script (Python three point eight)"),
 ])
 def test_rack_check_of_a_board_printing_garbage_is_a_reason_not_a_traceback(rack_file, tmp_path, tool, text, words):
     rack = load_rack(rack_file)

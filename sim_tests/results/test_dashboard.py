@@ -15,7 +15,7 @@ from harness.cli.commands import main
 from harness.results.history import History, HistoryError, Row
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-RUNS, SLOW_AT, INCOMPLETE_AT = 8, 7, 4
+RUNS, SLOW_AT, INCOMPLETE_AT = 9, 7, 4  # two slower runs: one alone is not raised yet
 
 
 @pytest.fixture
@@ -69,14 +69,39 @@ def test_waterfall_parts_add_up_and_hops_follow_the_recorded_order(tmp_path):
         parts, e2e = dashboard._critical_means(h, runs[-1], "single")
         assert list(parts) == list(hops)
         assert sum(parts.values()) == pytest.approx(e2e, abs=0.01)
-        fig = dashboard._breakdown(h, ("digits-fc", "vrack", "m1", "plan0001"), runs, "single")
+        key = ("digits-fc", "digits_fc", "vrack")
+        fig = dashboard._breakdown(h, key, runs, "single")
         assert [t.name for t in fig.data] == [dashboard.hop_label(x) for x in hops]
         assert fig.data[0].name == "host queue + link host->zeta"  # host-side wait is not called link time
         assert fig.layout.legend.traceorder == "reversed"  # legend top to bottom as the stack
-        trend = dashboard._trend(h, ("digits-fc", "vrack", "m1", "plan0001"), runs, [])
-        cpu = [t for t in trend.data if t.name.startswith("CPU ")]
+        # bars stand on a categorical axis, one place per run, labelled by the run's id
+        assert fig.layout.xaxis.type == "category" and list(fig.data[0].x) == [str(r.run_id) for r in runs]
+        trend = dashboard._trend(h, key, runs, [])
+        assert trend.layout.xaxis.type == "category" and trend.layout.yaxis.type == "log"
+        # buttons show the same figures normalised by a control of the same run
+        labels = [b.label for b in trend.layout.updatemenus[0].buttons]
+        assert labels[0] == "us" and "normalised by loopback echo" in labels and "normalised by cpu keras batch 1" in labels
+        # the CPU reference and the controls are drawn per run (one value per run, not the latest run's as a line)
+        ctl = dashboard._controls_plot(h, runs)
+        cpu = [t for t in ctl.data if t.name.startswith("cpu ")]
         assert len(cpu) == 3 and len({(t.line.color, t.line.dash) for t in cpu}) == 3  # told apart
-        assert trend.layout.xaxis.tickformat.startswith("%Y-%m-%d") and trend.layout.yaxis.type == "log"
+        vals = [h.values(r.run_id)[("cpu p50", "keras batch 1")] for r in runs]
+        assert list(next(t for t in cpu if t.name == "cpu keras batch 1").y) == vals and vals[0] != vals[1]
+
+
+def test_one_entry_per_regression_and_the_run_page_shows_the_machine(site):
+    out, _ = site
+    index = html.unescape((out / "index.html").read_text())
+    alert = index[index.index('class="alert"'): index.index("</div>", index.index('class="alert"'))]
+    entries = re.findall(r"<li>", alert)
+    # board s1 and the end to end: two hops, each once, whichever figures (p50, min, stream) show it
+    assert len(entries) == 2, alert
+    assert alert.count(" at board s1 ") == 1 and "also stream min" in alert
+    page = html.unescape((out / "runs" / f"{SLOW_AT + 1}.html").read_text())
+    assert "Controls (the machine)" in page and "loopback echo" in page and "host load" in page
+    assert "splitrack" in page and "0.1.0" in page
+    cmp = html.unescape((out / "runs" / f"{SLOW_AT + 1}-vs-{SLOW_AT}.html").read_text())
+    assert "Controls (the machine)" in cmp and "cpu keras batch 1" in cmp
 
 
 def test_empty_or_missing_history_is_a_user_error(tmp_path, capsys):
@@ -114,7 +139,7 @@ def test_pages_render_in_headless_chromium_without_console_errors(site, tmp_path
     out, _ = site
     profile = tmp_path / "profile"
     profile.mkdir()
-    for page, plots in (("index.html", 3), (f"runs/{SLOW_AT + 1}.html", 2), (f"runs/{INCOMPLETE_AT + 1}.html", 2)):
+    for page, plots in (("index.html", 4), (f"runs/{SLOW_AT + 1}.html", 2), (f"runs/{INCOMPLETE_AT + 1}.html", 2)):
         shot = tmp_path / (page.replace("/", "_") + ".png")
         console = _chromium((out / page).as_uri(), shot, profile, 1800)
         # the page's own line proves console capture works and that plotly drew every plot

@@ -5,7 +5,7 @@ import pytest
 from harness.results import history, regress
 from harness.results.history import History, Point, Row, SeriesKey
 
-KEY = SeriesKey("vrack", "m1", "plan0001", "single p50", "link p0->p1")
+KEY = SeriesKey("digits-fc", "digits_fc", "vrack", "single p50", "link p0->p1")
 
 
 def points(values, unit="us"):
@@ -51,7 +51,7 @@ def test_heavy_tailed_noise_and_single_outlier_are_not_flagged():
 
 def test_direction_depends_on_the_unit():
     x = [1000.0] * 10 + [800.0] * 10
-    (c,) = regress.detect_series(SeriesKey("r", "m", "p", "stream throughput", "e2e"), points(x, "frames/s"))
+    (c,) = regress.detect_series(SeriesKey("l", "m", "r", "stream throughput", "e2e"), points(x, "frames/s"))
     assert c.regression and c.relative == pytest.approx(-0.2)
     (c,) = regress.detect_series(KEY, points(x, "us"))
     assert not c.regression  # latency went down: an improvement
