@@ -27,9 +27,20 @@ def run_chain(plan: Plan, x: np.ndarray, runner: Runner, keep: Dict[str, np.ndar
 
 
 def keras_runner(models) -> Runner:
-    """A Runner that runs partition `name` with its Keras sub-model (`models[name]`, float)."""
+    """A Runner that runs partition `name` with its Keras sub-model (`models[name]`, float). A sub-model with
+    several inputs gets its batch as the flat concatenation of them (what `assemble` builds), and gives the
+    flat concatenation of its outputs, as its emulation does."""
     def run(name: str, x: np.ndarray) -> np.ndarray:
-        return models[name].predict(x, verbose=0, batch_size=256)
+        m = models[name]
+        if len(m.inputs) > 1:
+            sizes = [int(np.prod(t.shape[1:])) for t in m.inputs]
+            edges = np.cumsum([0] + sizes)
+            x = [x[:, edges[i]:edges[i + 1]].reshape((len(x),) + tuple(int(d) for d in t.shape[1:]))
+                 for i, t in enumerate(m.inputs)]
+        y = m.predict(x, verbose=0, batch_size=256)
+        if isinstance(y, (list, tuple)):
+            y = np.concatenate([np.asarray(o).reshape(len(o), -1) for o in y], axis=1)
+        return y
 
     return run
 

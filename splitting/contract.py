@@ -212,11 +212,15 @@ class Packing:
 
 @dataclass(frozen=True)
 class Select:
-    """The slice of the producer's output that a consumer takes (input splits scatter this way)."""
+    """The slice of the producer's output that a consumer takes: elements start..stop-1 along `axis` (input
+    splits scatter this way). With `flat`, the producer's output is the flat concatenation of several tensors
+    (a partition with several outputs) and the slice start..stop-1 of it is one of them, reshaped to the
+    contract's shape."""
 
     axis: int
     start: int
     stop: int
+    flat: bool = False
 
 
 @dataclass
@@ -230,6 +234,11 @@ class Contract:
              "single" (one link), "concat" (neuron-split parts, along `axis`), or "sum" (input-split partial
              sums: concatenated along `axis` on arrival, then summed by the consumer, which is the join
              partition, before bias and activation)
+    dst_input: which input of the consumer the link feeds (a partition cut out of a graph may read several
+             tensors: each is assembled from its own links as above; the consumer's input is then the flat
+             concatenation of its inputs in `dst_input` order, which is what its one input stream carries)
+    src_output: which output of the producer the link carries (informational: `select` with `flat` says
+             where it sits in the producer's flat output)
     """
 
     src: str
@@ -244,6 +253,8 @@ class Contract:
     data_width: int = 32
     fifo_depth: Optional[int] = None
     order: str = "row-major, channels-last"
+    dst_input: int = 0
+    src_output: int = 0
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)
@@ -299,7 +310,10 @@ class Contract:
         s = self.select
         idx = [slice(None)] * producer_output.ndim
         idx[s.axis] = slice(s.start, s.stop)
-        return producer_output[tuple(idx)]
+        out = producer_output[tuple(idx)]
+        if s.flat:  # a flat output is 1-D per frame: 2-D is a batch
+            out = out.reshape(self.shape if out.ndim == 1 else (out.shape[0],) + self.shape)
+        return out
 
     def encode(self, values: np.ndarray) -> bytes:
         """One frame (shape `self.shape`) -> the bytes of its AXI-stream beats, little-endian."""
@@ -365,6 +379,11 @@ class Contract:
         (those are ignored again by `from_dict`)."""
         d = asdict(self)
         d["shape"] = list(self.shape)
+        for k in ("dst_input", "src_output"):  # written only when set: the plans of chains keep their hash
+            if not d[k]:
+                del d[k]
+        if d["select"] is not None and not d["select"]["flat"]:
+            del d["select"]["flat"]
         d["elements"] = self.elements
         d["payload_bytes"] = self.payload_bytes
         d["packing"] = asdict(self.packing)
@@ -379,11 +398,36 @@ class Contract:
         return cls(**keep)
 
 
-def assemble(contracts: Sequence[Contract], parts: Sequence[np.ndarray]) -> np.ndarray:
-    """Build a consumer's input from the frames of its incoming links (ordered as `contracts`)."""
-    if len(contracts) != len(parts):
-        raise ContractError(f"expected {len(contracts)} incoming frames, got {len(parts)}")
+def _assemble_one(contracts: Sequence[Contract], parts: Sequence[np.ndarray]) -> np.ndarray:
     if len(parts) == 1:
         return parts[0]
     order = sorted(range(len(contracts)), key=lambda i: contracts[i].index)
     return np.concatenate([parts[i] for i in order], axis=contracts[order[0]].axis)
+
+
+def gather(contracts: Sequence[Contract], parts: Sequence[np.ndarray]) -> List[np.ndarray]:
+    """A consumer's inputs, one array per `dst_input` (in that order), each assembled from its links (concat
+    in `index` order along `axis` when several). `parts` are the links' frames (or batches), as `contracts`."""
+    if len(contracts) != len(parts):
+        raise ContractError(f"expected {len(contracts)} incoming frames, got {len(parts)}")
+    groups: Dict[int, List[int]] = {}
+    for i, c in enumerate(contracts):
+        groups.setdefault(c.dst_input, []).append(i)
+    if sorted(groups) != list(range(len(groups))):
+        raise ContractError(f"links into {contracts[0].dst} feed inputs {sorted(groups)}: expected 0..{len(groups) - 1}")
+    return [_assemble_one([contracts[i] for i in groups[g]], [parts[i] for i in groups[g]]) for g in sorted(groups)]
+
+
+def assemble(contracts: Sequence[Contract], parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Build a consumer's input from the frames of its incoming links (ordered as `contracts`): for one input,
+    the links' frames concatenated in `index` order; for several (`dst_input`), the flat concatenation of
+    the inputs, each assembled so (a batch keeps its first axis)."""
+    inputs = gather(contracts, parts)
+    if len(inputs) == 1:
+        return inputs[0]
+    first = {c.dst_input: c for c in reversed(contracts)}
+    flat = []
+    for g, arr in enumerate(inputs):
+        batched = arr.ndim > len(first[g].shape)
+        flat.append(arr.reshape(arr.shape[0], -1) if batched else arr.reshape(-1))
+    return np.concatenate(flat, axis=-1)

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .plan import Plan
-from .quant_bound import HlsLayer, ModelCheck, check_model, input_values
+from .quant_bound import HlsLayer, ModelCheck, check_model, input_values, split_inputs
 
 
 @dataclass
@@ -81,6 +81,11 @@ def _input_type(layers: List[HlsLayer]):
 
 
 def _check(model, run: TracedRun) -> ModelCheck:
+    types = [h.types["result_t"] for h in run.layers if h.cls == "Input" and "result_t" in h.types]
+    if len(model.inputs) > 1 and len(types) == len(model.inputs):
+        # several inputs, one hls4ml input layer each (in the Keras model's input order): each cast to its type
+        parts = [input_values(t, v).reshape(len(v), -1) for t, v in zip(types, split_inputs(model, run.batch))]
+        return check_model(model, np.concatenate(parts, axis=1), run.layers, run.trace)
     t = _input_type(run.layers)
     return check_model(model, run.batch if t is None else input_values(t, run.batch), run.layers, run.trace)
 

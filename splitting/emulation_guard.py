@@ -1,8 +1,10 @@
 """Running a compiled hls4ml emulation library in a child process, so that a crash of its C++ code (an
 abort, a segmentation fault) costs a one-line error instead of the verifying process.
 
-    python -m splitting.emulation_guard LIBRARY PROJECT N_IN N_OUT IN.npy OUT.npy
-    python -m splitting.emulation_guard --trace LIBRARY PROJECT N_IN N_OUT IN.npy OUT.npy TRACE.npz LAYERS.json
+    python -m splitting.emulation_guard LIBRARY PROJECT N_IN[,N_IN2...] N_OUT[,N_OUT2...] IN.npy OUT.npy
+    python -m splitting.emulation_guard --trace LIBRARY PROJECT N_IN[,...] N_OUT[,...] IN.npy OUT.npy TRACE.npz LAYERS.json
+
+(N_IN, N_OUT: the flat size of each input / output of the partition, comma-separated when it has several.)
 
 The child imports only numpy and splitting.emulation (a fraction of a second); the batch goes through .npy
 files in a private temporary folder. `--trace` runs a library compiled with hls4ml's TraceOutput and
@@ -56,8 +58,8 @@ def predict_isolated(lib, batch: np.ndarray, out_shape: Sequence[int] = (), what
     with tempfile.TemporaryDirectory(prefix="splitrack-emu-") as tmp:
         fin, fout = Path(tmp) / "in.npy", Path(tmp) / "out.npy"
         np.save(fin, batch)
-        _run_child([str(Path(lib.library).resolve()), lib.project, str(lib.n_in), str(lib.n_out), str(fin), str(fout)],
-                   what, timeout, lib)
+        _run_child([str(Path(lib.library).resolve()), lib.project, _sizes(lib.in_sizes), _sizes(lib.out_sizes), str(fin),
+                    str(fout)], what, timeout, lib)
         if not fout.is_file():
             raise EmulationCrash(f"the compiled hls4ml emulation of {what or lib.project} wrote no result")
         out = np.load(fout)
@@ -75,7 +77,7 @@ def trace_isolated(lib, batch: np.ndarray, layers: Sequence[dict], out_shape: Se
         fin, fout, ftr, flay = (Path(tmp) / f for f in ("in.npy", "out.npy", "trace.npz", "layers.json"))
         np.save(fin, batch)
         flay.write_text(json.dumps(traced))
-        _run_child(["--trace", str(Path(lib.library).resolve()), lib.project, str(lib.n_in), str(lib.n_out), str(fin),
+        _run_child(["--trace", str(Path(lib.library).resolve()), lib.project, _sizes(lib.in_sizes), _sizes(lib.out_sizes), str(fin),
                     str(fout), str(ftr), str(flay)], what, timeout, lib)
         out = np.load(fout)
         with np.load(ftr) as z:
@@ -115,18 +117,26 @@ def _trace(lib, batch: np.ndarray, traced) -> Tuple[np.ndarray, Dict[str, np.nda
     return results, {k: np.asarray(v) for k, v in out.items()}
 
 
+def _sizes(sizes) -> str:
+    return ",".join(map(str, sizes))
+
+
+def _ints(arg: str):
+    return [int(n) for n in arg.split(",")]
+
+
 def _main(argv) -> int:
     from .emulation import EmulationLib
 
     if argv[0] == "--trace":
         library, project, n_in, n_out, fin, fout, ftrace, flay = argv[1:]
-        lib = EmulationLib(library, project, int(n_in), int(n_out))
+        lib = EmulationLib(library, project, _ints(n_in), _ints(n_out))
         results, trace = _trace(lib, np.load(fin), json.loads(Path(flay).read_text()))
         np.save(fout, results)
         np.savez(ftrace, **trace)
         return 0
     library, project, n_in, n_out, fin, fout = argv
-    lib = EmulationLib(library, project, int(n_in), int(n_out))
+    lib = EmulationLib(library, project, _ints(n_in), _ints(n_out))
     np.save(fout, lib.predict(np.load(fin)))
     return 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -132,9 +132,11 @@ class LayerGraph:
             order.append(layer.name)
             inbound[layer.name] = parents
         if input_name is None:  # Sequential models hide their InputLayer from .layers
-            input_name = model.inputs[0].name if hasattr(model.inputs[0], "name") else "input"
             first = order[0]
-            if not inbound.get(first):
+            if inbound.get(first):  # the hidden InputLayer's name, as the first layer's node knows it
+                input_name = inbound[first][0]
+            else:
+                input_name = model.inputs[0].name if hasattr(model.inputs[0], "name") else "input"
                 inbound[first] = [input_name]
         return cls(model, order, inbound, input_name)
 
@@ -176,25 +178,51 @@ class LayerGraph:
             return cons[0]
         return None
 
+    def is_clean(self, after: str) -> bool:
+        """True when exactly one tensor, `after`'s own output, crosses a cut after `after`."""
+        return self.crossing(after) == [after]
+
+    def tensor_shape(self, name: str) -> Tuple[int, ...]:
+        """Shape (no batch axis) of the tensor `name`: a layer's output, or the model input."""
+        t = self.model.inputs[0] if name == self.input_name else self.layer(name).output
+        return tuple(int(d) for d in t.shape[1:])
+
+    def segment_io(self, names: Sequence[str]) -> Tuple[List[str], List[str]]:
+        """(inputs, outputs) of the run of layers `names` (contiguous in the topological order): the tensors
+        it reads from before it, in the order it first reads them, and the tensors it produces that layers
+        after it read (or the model's output), in graph order."""
+        inside = set(names)
+        ins: List[str] = []
+        for n in names:
+            for p in self.inbound[n]:
+                if p not in inside and p not in ins:
+                    ins.append(p)
+        after = set(self.order[self.order.index(names[-1]) + 1:])
+        outs = [n for n in names if n == self.order[-1] or any(c in after for c in self.consumers(n))]
+        return ins, outs
+
     def check_cut(self, after: str) -> None:
-        """Raise SplitError unless cutting after layer `after` leaves exactly one tensor crossing the cut
-        (the error names the nearest layer where a cut is clean); the last layer cannot be cut after."""
+        """Raise SplitError when a cut after layer `after` (in the topological order) cannot be made: after the
+        model's last layer, or between a layer and the activation layer that follows it. Any number of tensors
+        may cross the cut (each gets its own link)."""
         self.layer(after)
         if after == self.order[-1]:
             raise SplitError(f"cannot cut after {after!r}: it is the model's last layer; cut after an earlier layer")
-        crossing = self.crossing(after)
-        if crossing != [after]:
-            valid = self._nearest_clean(after)
-            raise SplitError(
-                f"cannot cut after {after!r}: {len(crossing)} tensors cross there ({', '.join(crossing)}), the cut is "
-                f"inside a branch; cut after {valid!r} instead" if valid else
-                f"cannot cut after {after!r}: the cut is inside a branch and the model has no clean cut"
-            )
         act = self._separates_activation(after)
         if act:
             raise SplitError(
                 f"cannot cut after {after!r}: it would separate the layer from its activation {act!r}; "
                 f"cut after {act!r} instead"
+            )
+
+    def check_clean(self, after: str, why: str) -> None:
+        """SplitError (naming the nearest clean cut) unless only `after`'s output crosses a cut after it."""
+        crossing = self.crossing(after)
+        if crossing != [after]:
+            valid = self._nearest_clean(after)
+            raise SplitError(
+                f"{why}: {len(crossing)} tensors cross after {after!r} ({', '.join(crossing)}), inside a branch; "
+                + (f"use {valid!r} instead" if valid else "the model has no clean cut")
             )
 
     def _nearest_clean(self, after: str):
@@ -212,27 +240,39 @@ def clone_layer(layer, **overrides):
     return type(layer).from_config(cfg)
 
 
-def submodel(graph: LayerGraph, names: Sequence[str], input_shape, name: str, prefix=()):
-    """A functional model computing layers `names` (a contiguous, cleanly cut run) from a fresh input.
+def submodel(graph: LayerGraph, names: Sequence[str], input_shape, name: str, prefix=(),
+             inputs: Sequence[str] = (), outputs: Sequence[str] = ()):
+    """A functional model computing layers `names` (a contiguous run of the topological order).
 
-    `prefix` are extra (new layer, weights) pairs applied to the input first: activation layers moved
-    after a neuron join (rebuild.rebuild makes them).
+    With `inputs` (tensor names, as LayerGraph.segment_io gives them) of more than one tensor, the model has
+    one Keras input per tensor, named `<name>_in<i>`, shapes from the graph; else one input `<name>_in` of
+    `input_shape`. Its outputs are the tensors `outputs` (default: the last layer's). `prefix` are extra (new
+    layer, weights) pairs applied to a single input first: activation layers moved after a neuron join
+    (rebuild.rebuild makes them).
     """
     import keras
 
-    inp = keras.Input(tuple(input_shape), name=f"{name}_in")
-    x = inp
-    for extra, w in prefix:
-        x = apply(x, extra, w)
-    first_parents = set(graph.inbound[names[0]])
-    tensors = {p: x for p in first_parents}
+    ins = list(inputs) or list(dict.fromkeys(p for p in graph.inbound[names[0]]))
+    tensors = {}
+    if len(ins) > 1:
+        model_inputs = [keras.Input(graph.tensor_shape(t), name=f"{name}_in{i}") for i, t in enumerate(ins)]
+        tensors.update(zip(ins, model_inputs))
+    else:
+        inp = keras.Input(tuple(input_shape), name=f"{name}_in")
+        x = inp
+        for extra, w in prefix:
+            x = apply(x, extra, w)
+        model_inputs = [inp]
+        tensors.update({p: x for p in (ins or graph.inbound[names[0]])})
     for n in names:
         src = graph.layer(n)
         new = clone_layer(src)
-        args = [tensors[p] for p in graph.inbound[n]]
+        args = [tensors.get(p) for p in graph.inbound[n]]
         if any(a is None for a in args):
             raise SplitError(f"layer {n!r} reads a tensor from outside its partition: cut elsewhere")
         out = new(args[0] if len(args) == 1 else args)
         new.set_weights(src.get_weights())
         tensors[n] = out
-    return keras.Model(inp, tensors[names[-1]], name=name)
+    outs = [tensors[o] for o in (list(outputs) or [names[-1]])]
+    return keras.Model(model_inputs if len(model_inputs) > 1 else model_inputs[0],
+                       outs if len(outs) > 1 else outs[0], name=name)

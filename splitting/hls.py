@@ -15,6 +15,7 @@ import shutil
 import sys
 import time
 import zipfile
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Dict, Tuple
@@ -27,6 +28,7 @@ from .user_cache import cache_root
 
 CACHE = cache_root() / "hls"
 ARTIFACT = "artifact.json"
+COMPILE_GIB = 2.0  # memory one hls4ml build may take (see default_workers)
 _loaded: Dict[str, EmulationLib] = {}  # one ctypes handle per library per process
 
 
@@ -187,6 +189,15 @@ def _convert_model(model, hls_cfg: dict, hls_defaults: dict, out: Path, project:
 def _hls4ml_convert(model, cfg: dict, hls_defaults: dict, out: Path, project: str):
     import hls4ml
 
+    if len(model.inputs) > 1 or len(model.outputs) > 1:
+        # hls4ml's VivadoAccelerator backend takes one input and one output only (vivado_accelerator_config.py
+        # asserts it); its parent Vivado backend writes the same firmware (same nnet templates, same types:
+        # the emulation is the same C++) with a top function per input and output stream. On a board such a
+        # partition needs a wrapper that splits its one DMA stream into its inputs: `build` refuses it.
+        return hls4ml.converters.convert_from_keras_model(
+            model, hls_config=cfg, output_dir=str(out), project_name=project, backend="Vivado",
+            part=hls_defaults.get("part", "xc7z020clg400-1"), io_type=hls_defaults.get("io_type", "io_stream"),
+            clock_period=hls_defaults.get("clock_period", 10), allow_da_fallback=False)
     # no DA fallback: whether it is tried depends on optional packages (da4ml), and where it is it fails
     # for plain Keras layers ("No plugin found for model type from module: keras"); the Keras-2 handlers
     # are the documented fallback for layers without a Keras-3 handler
@@ -205,6 +216,23 @@ def _hls4ml_convert(model, cfg: dict, hls_defaults: dict, out: Path, project: st
     )
 
 
+@dataclass
+class Project:
+    """One hls4ml project to compile: a Keras file, its weights hash, hls4ml configuration and backend
+    settings, and the project name (`sr_whole`, `sr_<partition>`)."""
+
+    keras_file: Path
+    weights_sha: str
+    hls_cfg: dict
+    hls_defaults: dict
+    project: str
+
+    @property
+    def what(self) -> str:
+        """How messages name it: 'the whole model', 'partition s1'."""
+        return project_what(self.project)
+
+
 def compiled(keras_file: Path, weights_sha: str, hls_cfg: dict, hls_defaults: dict, project: str,
              cache: Path = None) -> Path:
     """The cached hls4ml project folder of a model with its config, compiled if it is not there yet.
@@ -215,64 +243,146 @@ def compiled(keras_file: Path, weights_sha: str, hls_cfg: dict, hls_defaults: di
     claim; '' skips the check): a model swapped under an unchanged plan.json is refused, and no entry is
     written. Raises UserError for that, for a file that is not a model, and for a project name that is not a
     plain name (hls4ml's build script hands it to a shell)."""
-    from filelock import FileLock
+    return compile_projects([Project(Path(keras_file), weights_sha, hls_cfg, hls_defaults, project)], cache=cache)[0]
 
+
+def _trace_all(hm) -> None:
+    """Make every build traceable (hls4ml's TraceOutput, as its ModelGraph.trace sets it up): verify reads
+    each layer's output back; until a frame asks for the trace, the library skips it."""
+    hm.config.trace_output = True
+    for hl in hm.get_layers():
+        if hl.get_attr("function_cpp", None):
+            hl.set_attr("trace", True)
+
+
+def default_workers(n_projects: int) -> int:
+    """How many hls4ml builds run at once: one per core, at most one per COMPILE_GIB of available memory
+    (g++ -O3 of a large firmware file peaks near 1.5 GiB here), at most one per project, at least one.
+    SPLITRACK_COMPILE_JOBS overrides it."""
+    env = os.environ.get("SPLITRACK_COMPILE_JOBS", "")
+    if env.isdigit() and int(env) > 0:
+        return min(int(env), max(1, n_projects))
+    avail_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail_gib = int(line.split()[1]) / 2 ** 20
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    by_mem = int(avail_gib // COMPILE_GIB) if avail_gib is not None else cores
+    return max(1, min(cores, by_mem, n_projects))
+
+
+def compile_projects(projects, cache: Path = None, workers: int = None, progress=None) -> list:
+    """The cached project folders of `projects` (a list of Project), compiling those not cached yet.
+
+    The cold path: each project is converted and written by hls4ml in this process, one after another, and
+    its C++ is built (hls4ml's build_lib.sh: g++) in a pool of `workers` threads (default_workers) while
+    the next is converted; the largest first. A project another process is compiling (its lock is held) is
+    waited for. Projects with the same content share one build (the cache key). `progress` gets one line per
+    project started and finished. Raises HlsUnsupported naming the project and layer when hls4ml fails."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from filelock import FileLock, Timeout
+
+    from .hls_errors import HlsUnsupported, failure_message
     from .names import name_problem
+    from .quiet_tensorflow import library_output
 
-    if name_problem("hls4ml project", project):
-        raise UserError(name_problem("hls4ml project", project))
+    say = progress or (lambda m: print(f"  hls4ml: {m}", file=sys.stderr, flush=True))
     cache = Path(cache or CACHE)
-    data = _model_bytes(Path(keras_file))
-    key = cache_key(data, weights_sha, hls_cfg, hls_defaults)
-    folder = cache / key
-    art = folder / ARTIFACT
-    if art.is_file():
-        return folder
+    folders, todo, seen = [], [], set()
+    for pr in projects:
+        if name_problem("hls4ml project", pr.project):
+            raise UserError(name_problem("hls4ml project", pr.project))
+        data = _model_bytes(Path(pr.keras_file))  # read once: what is keyed is what is built (compiled())
+        key = cache_key(data, pr.weights_sha, pr.hls_cfg, pr.hls_defaults)
+        folders.append(cache / key)
+        if not (cache / key / ARTIFACT).is_file() and key not in seen:
+            seen.add(key)
+            todo.append((pr, key, data))
+    if not todo:
+        return folders
     cache.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(cache / f"{key}.lock")):  # parallel workers compile a project once
-        if art.is_file():
-            return folder
-        if folder.exists():
-            shutil.rmtree(folder)  # a compile that died half-way
-        t0 = time.time()
-        from .hls_errors import HlsUnsupported, failure_message
+    todo.sort(key=lambda t: -len(t[2]))  # the largest first: it ends last otherwise
+    n = len(todo)
+    workers = workers or default_workers(n)
+    if n > 1:
+        say(f"compiling {n} projects, {workers} at a time")
+    locks, waiting, futures = [], [], []
+    done = [0]
 
-        folder.mkdir(parents=True)
-        copy = folder / KERAS_COPY
-        copy.write_bytes(data)
+    def build(pr, key, folder, model, hm, records, data, t0):
         try:
-            model = _checked_model(copy, weights_sha, f"{keras_file} ({project_what(project)})")
-        except UserError:
-            shutil.rmtree(folder, ignore_errors=True)  # nothing of a refused model stays in the cache
-            raise
-        hm = _convert_model(model, hls_cfg, hls_defaults, folder / "project", project)  # one-line failures
-        # every build can be traced (hls4ml's TraceOutput, as its ModelGraph.trace sets it up): verify reads
-        # each layer's output back; until a frame asks for the trace, the library skips it
-        hm.config.trace_output = True
-        for hl in hm.get_layers():
-            if hl.get_attr("function_cpp", None):
-                hl.set_attr("trace", True)
-        from .quiet_tensorflow import library_output
-
-        try:
-            with library_output(f"hls4ml: compiling {project_what(project)}"):
-                hm.compile()
+            lib = hm.config.backend.compile(hm)  # build_lib.sh: g++ in a child process (the GIL is released)
         except Exception as e:
-            raise HlsUnsupported(failure_message(e, project_what(project), doing="compile")) from None
-        libs = sorted((folder / "project" / "firmware").glob(f"{project}-*.so"))
-        if not libs:
-            raise RuntimeError(f"hls4ml compile of {project} produced no library in {folder}")
-        n_in = int(_prod(model.inputs[0].shape[1:]))
-        n_out = int(_prod(model.outputs[0].shape[1:]))
-        # the library's sha256 from the moment it is built: deploy refuses a cached library damaged later
-        meta = {"library": str(libs[-1].relative_to(folder)), "project": project, "n_in": n_in, "n_out": n_out,
+            return HlsUnsupported(failure_message(e, pr.what, doing="compile"))
+        ins = [int(_prod(t.shape[1:])) for t in model.inputs]
+        outs = [int(_prod(t.shape[1:])) for t in model.outputs]
+        libp = Path(lib)
+        if not libp.is_file():
+            return RuntimeError(f"hls4ml compile of {pr.project} produced no library in {folder}")
+        # several inputs/outputs: lists of their sizes (EmulationLib takes either); the library's sha256 from
+        # the moment it is built: deploy refuses a cached library damaged later
+        meta = {"library": str(libp.relative_to(folder)), "project": pr.project,
+                "n_in": ins if len(ins) > 1 else ins[0], "n_out": outs if len(outs) > 1 else outs[0],
                 "seconds": round(time.time() - t0, 1), "key": key,
-                "library_sha256": hashlib.sha256(libs[-1].read_bytes()).hexdigest(),
-                "model_sha256": hashlib.sha256(data).hexdigest(), "weights_sha256": weights_sha,
-                "layers": layer_records(hm, model)}  # the types hls4ml chose: verify's quantisation bound
-        art.write_text(json.dumps(meta, indent=1))
-        print(f"  hls4ml: {project} compiled in {meta['seconds']} s", file=sys.stderr, flush=True)
-    return folder
+                "library_sha256": hashlib.sha256(libp.read_bytes()).hexdigest(),
+                "model_sha256": hashlib.sha256(data).hexdigest(), "weights_sha256": pr.weights_sha,
+                "layers": records}  # the types hls4ml chose: verify's quantisation bound
+        (folder / ARTIFACT).write_text(json.dumps(meta, indent=1))
+        done[0] += 1
+        say(f"{pr.project} compiled in {meta['seconds']} s" + (f" ({done[0]}/{n})" if n > 1 else ""))
+        return None
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for pr, key, data in todo:
+                folder = cache / key
+                lock = FileLock(str(cache / f"{key}.lock"))
+                try:
+                    lock.acquire(timeout=0)
+                except Timeout:  # another process compiles it: wait for it after ours are under way
+                    waiting.append(lock)
+                    continue
+                locks.append(lock)
+                if (folder / ARTIFACT).is_file():
+                    continue
+                if folder.exists():
+                    shutil.rmtree(folder)  # a compile that died half-way
+                t0 = time.time()
+                folder.mkdir(parents=True)
+                copy = folder / KERAS_COPY
+                copy.write_bytes(data)
+                try:
+                    model = _checked_model(copy, pr.weights_sha, f"{pr.keras_file} ({pr.what})")
+                except UserError:
+                    shutil.rmtree(folder, ignore_errors=True)  # nothing of a refused model stays in the cache
+                    raise
+                say(f"compiling {pr.project} ...")
+                hm = _convert_model(model, pr.hls_cfg, pr.hls_defaults, folder / "project", pr.project)
+                try:
+                    _trace_all(hm)
+                    with library_output(f"hls4ml: writing {pr.what}"):
+                        hm.write()
+                    records = layer_records(hm, model)
+                except UserError:
+                    raise
+                except Exception as e:  # hls4ml's own failures: one line naming the layer (never a traceback)
+                    raise HlsUnsupported(failure_message(e, pr.what)) from None
+                futures.append(pool.submit(build, pr, key, folder, model, hm, records, data, t0))
+            for f in futures:
+                err = f.result()
+                if err is not None:
+                    raise err
+    finally:
+        for lock in locks:
+            lock.release()
+    for lock in waiting:
+        with lock:  # the other process finished (or died: then its project is compiled on the next call)
+            pass
+    return folders
 
 
 def _prod(shape) -> int:
@@ -340,6 +450,23 @@ def emulation(plan: Plan, name: str) -> EmulationLib:
     return load_emulation(project_dir(plan, name))
 
 
+def plan_projects(plan: Plan, whole: bool = True) -> list:
+    """The hls4ml Projects of a plan: the whole model (with `whole`) and every partition (build_inputs:
+    UserError for a missing whole model, PlanError for a model file outside the plan folder)."""
+    names = ([None] if whole else []) + [p.name for p in plan.ordered_partitions()]
+    out = []
+    for name in names:
+        keras_file, sha, cfg, project = build_inputs(plan, name)
+        out.append(Project(keras_file, sha, cfg, plan.hls_defaults, project))
+    return out
+
+
+def compile_plan(plan: Plan, whole: bool = True, workers: int = None, progress=None) -> list:
+    """Compile (or find in the cache) every hls4ml project of a plan in parallel (compile_projects); the
+    project folders, whole model first when `whole`."""
+    return compile_projects(plan_projects(plan, whole), workers=workers, progress=progress)
+
+
 def monolithic_hls_config(plan: Plan) -> dict:
     """The hls4ml configuration of the whole model: the plan's precision, reuse factor and strategy;
     BramFactor 10^9 (above every layer's weight count: hls4ml moves no weights out to
@@ -402,6 +529,10 @@ def build_bitstream(plan: Plan, name: str) -> Path:
     Needs Vivado on PATH (UserError otherwise, from `vivado_path`); takes hours for a large partition."""
     vivado_path()
     p = plan.partition(name)
+    if p.input_shapes or p.output_shapes:
+        raise UserError(f"partition {name} reads or writes several tensors: hls4ml's VivadoAccelerator backend builds "
+                        "one input and one output stream only, and splitrack has no wrapper for it yet; cut the "
+                        "model where one tensor crosses (`splitrack split --at`) to build bitstreams")
     out = plan.path(f"{name}/hls")
     _, hm = _convert(model_file(plan, name), p.hls, plan.hls_defaults, out, f"sr_{name}")
     from .quiet_tensorflow import library_output

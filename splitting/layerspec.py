@@ -3,7 +3,8 @@
 `LayerSpec` is one layer (type, shapes, the settings that change hardware); `HlsConfig` one hls4ml
 configuration of a segment (precision, model-level reuse factor, strategy). `load_layers` reads a `.keras`
 file's config.json (or a Keras model) into a chain of LayerSpecs, folding BatchNormalization into the layer
-before it as `split_model` does. `neuron_part`, `input_part` and `join_layers` describe what one board of a
+before it as `split_model` does; `model_specs` reads a Keras model of any graph shape `split` takes (every
+layer of `splitting.layers`' one list) in the topological order split_model cuts, with what each layer reads. `neuron_part`, `input_part` and `join_layers` describe what one board of a
 neuron or input split computes. Plain data, no TensorFlow unless a Keras model object is given.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .contract import FixedType
 from .errors import UserError
+from .layers import SUPPORTED, base_class, check_model, check_priced
 
 POOLING = {"MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D"}
 COMPUTE = ("Dense", "Conv1D", "Conv2D")
@@ -247,10 +249,72 @@ def _spec(kind: str, c: Dict[str, Any], shape: Tuple[int, ...]) -> LayerSpec:
         ch = shape[-1]
         n = 2 + int(c.get("center", True)) + int(c.get("scale", True))
         return LayerSpec(kind, name, shape, shape, n * ch, (n - 2) * ch)
+    check_priced(kind, name)  # the one refusal of split, plan and verify, or the planner's of a layer it cannot price
     raise UserError(
-        f"layer {name} ({kind}) is not supported by the planner: it reads Dense, Conv1D/2D, pooling, Flatten,"
-        " Activation/ReLU/Softmax, Dropout and BatchNormalization"
+        f"layer {name} ({kind}): this reader of a model's config takes chains of Dense, Conv1D/2D, pooling, "
+        "Flatten, Activation, Dropout and BatchNormalization; `splitrack plan` reads every layer split takes "
+        "(model_specs)"
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A Keras model of any graph shape (what `splitrack plan` reads): every layer of splitting.layers' one list
+# ---------------------------------------------------------------------------------------------------------
+def layer_spec(layer, in_shape: Tuple[int, ...], out_shape: Tuple[int, ...], n_inputs: int = 1):
+    """The estimators' LayerSpec of a Keras layer (already built) with its input and output shapes (no batch
+    axis). Depthwise convolutions are priced as the Conv2D with one input channel per filter that has their
+    multipliers (kernel x channels x depth multiplier); global pooling as one adder per channel over the stream."""
+    from .rebuild import function_name
+
+    cls = type(layer).__name__
+    how = check_priced(cls, layer.name)
+    c = layer.get_config()
+    if how == "depthwise":
+        nd = len(in_shape) - 1
+        k, s = _tuple(c["kernel_size"], nd), _tuple(c.get("strides", 1), nd)
+        units = int(out_shape[-1])
+        p = math.prod(k) * units + (units if c.get("use_bias", True) else 0)
+        return LayerSpec("Conv2D" if nd == 2 else "Conv1D", layer.name, tuple(in_shape[:-1]) + (1,), tuple(out_shape),
+                         p, p, units, priced_as(function_name(c.get("activation", "linear"))),
+                         bool(c.get("use_bias", True)), k, s, c.get("padding", "valid"))
+    if how == "global_pool":
+        # hls4ml's io_stream global pooling keeps one accumulator per channel and adds each pixel as it
+        # arrives: priced as a pooling whose window adds two values per channel, over the whole stream
+        kind = ("Max" if "Max" in cls else "Average") + f"Pooling{len(in_shape) - 1}D"
+        window = (2,) + (1,) * (len(in_shape) - 2)
+        return LayerSpec(kind, layer.name, tuple(in_shape), tuple(out_shape), kernel=window, strides=window)
+    if how == "merge":
+        return LayerSpec("Add", layer.name, tuple(out_shape), tuple(out_shape), inputs=max(2, n_inputs))
+    if how == "move":
+        return LayerSpec("Flatten", layer.name, tuple(in_shape), tuple(out_shape))
+    return _spec(base_class(cls), c, tuple(in_shape))
+
+
+def model_specs(model):
+    """(model name, LayerSpecs in the topological order split_model cuts, reads, unsplittable): the planner's view of a
+    Keras model of any graph shape, after the BatchNormalization folds split_model makes.
+    reads[i] lists what layer i reads: (position of the producing layer, or -1 for the model input;
+    elements of that tensor); unsplittable: positions priced as a Conv that split_model cannot split
+    (depthwise). Raises UserError for a layer outside SUPPORTED or a model split cannot cut."""
+    from .fold import fold_batchnorm
+    from .graph import LayerGraph
+
+    check_model(model)  # refuse before any rebuilding, naming the layer of the user's model
+    for layer in model.layers:
+        if type(layer).__name__ != "InputLayer":
+            check_priced(type(layer).__name__, layer.name)
+    name = model.name
+    model, _ = fold_batchnorm(model)
+    g = LayerGraph.of(model)
+    pos = {n: i for i, n in enumerate(g.order)}
+    specs, reads, unsplittable = [], [], []
+    for n in g.order:
+        if SUPPORTED.get(base_class(type(g.layer(n)).__name__)) == "depthwise":
+            unsplittable.append(len(specs))
+        parents = list(dict.fromkeys(g.inbound[n]))
+        specs.append(layer_spec(g.layer(n), g.tensor_shape(parents[0]), g.tensor_shape(n), len(g.inbound[n])))
+        reads.append([(pos.get(p, -1), math.prod(g.tensor_shape(p))) for p in parents])
+    return name, specs, reads, unsplittable
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -35,6 +35,11 @@ class Partition:
     output units or filters), "input" (one part of an input split: a partial sum over a slice of the
     inputs or input channels, no activation), "join" (sums input-split partial sums, adds the bias,
     applies the activation, then any layers that follow in the same stage).
+
+    A partition cut out of a graph may read several tensors and produce several: `input_shapes` /
+    `output_shapes` then list them (in the order of its Keras model's inputs / outputs) and `input_shape` /
+    `output_shape` are the flat concatenation ([total elements]) that its one input and one output stream
+    carry. Both are None for a partition with one input and one output.
     """
 
     name: str
@@ -49,6 +54,8 @@ class Partition:
     weights_sha256: str = ""
     split: Optional[Dict[str, Any]] = None
     estimate: Optional[Dict[str, Any]] = None
+    input_shapes: Optional[List[List[int]]] = None
+    output_shapes: Optional[List[List[int]]] = None
 
     @property
     def model_file(self) -> str:
@@ -59,6 +66,14 @@ class Partition:
     def hls_file(self) -> str:
         """Path of its hls4ml configuration relative to the plan folder: '<name>/hls4ml.json'."""
         return f"{self.name}/hls4ml.json"
+
+
+def _partition_dict(p: Partition) -> Dict[str, Any]:
+    d = asdict(p)
+    for k in ("input_shapes", "output_shapes"):  # written only for several: the plans of chains keep their hash
+        if d[k] is None:
+            del d[k]
+    return d
 
 
 @dataclass
@@ -141,7 +156,7 @@ class Plan:
             "model": self.model,
             "hls_defaults": self.hls_defaults,
             "stages": [asdict(s) for s in self.stages],
-            "partitions": [asdict(self.partitions[p.name]) for p in self.ordered_partitions()],
+            "partitions": [_partition_dict(self.partitions[p.name]) for p in self.ordered_partitions()],
             "links": [c.to_dict() for c in self.links],
             "notes": self.notes,
         }
@@ -211,6 +226,17 @@ class Plan:
             raise PlanError(f"{f}: content hash {d['hash']} does not match its content ({plan.hash}); it was edited by hand")
         return plan
 
+    def stage_of(self, name: str) -> int:
+        """Stage index of partition `name`; -1 for the host as a source, len(stages) as a destination."""
+        return self.partitions[name].stage if name in self.partitions else -1
+
+    @property
+    def skip_links(self) -> List[Contract]:
+        """Links that jump over at least one stage (a skip connection cut across several stages)."""
+        last = len(self.stages)
+        return [c for c in self.links
+                if (self.partitions[c.dst].stage if c.dst in self.partitions else last) - self.stage_of(c.src) > 1]
+
     def check(self) -> None:
         """Structural consistency: every partition in exactly one stage (the one its `stage` names), links
         connect known ends, no partition is called `host` (the links' name for the host)."""
@@ -234,6 +260,10 @@ class Plan:
         for c in self.links:
             if c.src not in names or c.dst not in names:
                 raise PlanError(f"link {c.src}->{c.dst} names an unknown partition")
+        for c in self.links:
+            if c.src != HOST and c.dst != HOST and self.partitions[c.src].stage >= self.partitions[c.dst].stage:
+                raise PlanError(f"link {c.src}->{c.dst} goes back or sideways (stage {self.partitions[c.src].stage} "
+                                f"to {self.partitions[c.dst].stage}): links go from a stage to a later one")
         for p in self.partitions.values():
             if not self.inputs_of(p.name):
                 raise PlanError(f"partition {p.name} has no incoming link")

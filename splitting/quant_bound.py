@@ -385,9 +385,9 @@ class ModelCheck:
 
 
 def check_model(model, x: np.ndarray, hls_layers: Sequence[HlsLayer], trace: Dict[str, np.ndarray]) -> ModelCheck:
-    """Check every layer of the Keras `model` (one input) against hls4ml's traced outputs (`trace`: hls4ml
-    layer name -> (n, size), from the same n frames) on hls4ml's own inputs: `x` is what hls4ml's input
-    layer holds (the frames cast to its type)."""
+    """Check every layer of the Keras `model` against hls4ml's traced outputs (`trace`: hls4ml layer name ->
+    (n, size), from the same n frames) on hls4ml's own inputs: `x` is what hls4ml's input layer holds (the
+    frames cast to its type; for a model with several inputs, their flat concatenation: `split_inputs`)."""
     out = ModelCheck()
     by_owner: Dict[str, List[HlsLayer]] = {}
     for h in hls_layers:
@@ -401,7 +401,7 @@ def check_model(model, x: np.ndarray, hls_layers: Sequence[HlsLayer], trace: Dic
             return None
         return t.reshape((n,) + tuple(shape))
 
-    vals: Dict[Tuple[str, int], Optional[np.ndarray]] = {tensor_key(model.inputs[0]): np.asarray(x, np.float64)}
+    vals: Dict[Tuple[str, int], Optional[np.ndarray]] = dict(zip(map(tensor_key, model.inputs), split_inputs(model, x)))
     for layer in model.layers:
         kind = type(layer).__name__
         if kind == "InputLayer":
@@ -442,6 +442,21 @@ def check_model(model, x: np.ndarray, hls_layers: Sequence[HlsLayer], trace: Dic
             out.checks.append(LayerCheck(layer.name, kind, s.hls, float(np.max(err)), float(np.max(bound)), departs))
         # what the next layers read: hls4ml's own value; a layer that only moves values: Keras's, the same
         vals[(layer.name, 0)] = mine if mine is not None else (steps[-1].v if rule in (_moves,) else None)
+    return out
+
+
+def split_inputs(model, x: np.ndarray) -> List[np.ndarray]:
+    """The batch `x` as the Keras `model`'s inputs: itself for one input; for several (a partition cut out of
+    a graph), its flat concatenation (n, total) cut into each input's (n, *shape), in model.inputs order."""
+    x = np.asarray(x, np.float64)
+    if len(model.inputs) == 1:
+        return [x]
+    flat, out, edge = x.reshape(len(x), -1), [], 0
+    for t in model.inputs:
+        shape = tuple(int(d) for d in t.shape[1:])
+        size = int(np.prod(shape))
+        out.append(flat[:, edge:edge + size].reshape((len(x),) + shape))
+        edge += size
     return out
 
 

@@ -1,7 +1,10 @@
 """Search for a partition plan: cut points, neuron/input splits, per-partition precision and reuse factor.
 
-The model is a chain of layers; a *boundary* is a place between two layers where `split.split_model` can cut
-(not between a linear layer and the activation layer that follows it). A plan is a path of *stage options*
+The model's layers are taken in a topological order of its graph (a chain is one); a *boundary* is a place
+between two layers of that order where `split.split_model` can cut (not between a linear layer and the
+activation layer that follows it). Any number of tensors may cross a boundary: each is its own link, from the
+stage that produced it to every stage that reads it (a skip link when stages lie between), and a stage's
+incoming hop moves the bytes of every tensor it reads. A plan is a path of *stage options*
 from boundary 0 to the end:
 
   layers  one partition running layers i..j-1 (i, j boundaries), on one board
@@ -52,7 +55,7 @@ from .layerspec import HlsConfig, LayerSpec, input_part, join_layers, neuron_par
 OBJECTIVES = ("boards", "latency", "interval")
 ELEMENTWISE = ("linear", "relu", "sigmoid", "tanh", "hard_sigmoid", "elu", "selu", "softplus", "softsign",
                "leaky_relu", "relu6", "swish", "silu", "gelu", "exponential", "hard_silu", "hard_swish")
-SPLITTABLE = ("Dense", "Conv2D")
+SPLITTABLE = ("Dense", "Conv1D", "Conv2D")
 
 
 _ONE_CYCLE = Estimate(0, 0, 0, 0, 1, 1, "floor")
@@ -252,10 +255,16 @@ def _split_sizes(n: int, k: int) -> List[int]:
 class Planner:
     """Enumerates candidate partitions, estimates them in batches, and runs the dynamic programme."""
 
-    def __init__(self, specs: Sequence[LayerSpec], estimator: Estimator, options: SearchOptions, progress=None):
+    def __init__(self, specs: Sequence[LayerSpec], estimator: Estimator, options: SearchOptions, progress=None,
+                 reads: Optional[Sequence[Sequence[Tuple[int, int]]]] = None, unsplittable: Sequence[int] = ()):
         if not specs:
             raise UserError("the model has no layers")
         self.specs = list(specs)
+        # the graph: what each layer reads, (producer position or -1 for the model input, elements); a chain
+        # when not given. Layers are in a topological order, so a plan's stages are runs of that order.
+        self.reads = [list(r) for r in reads] if reads is not None else \
+            [[(i - 1, math.prod(s.input_shape))] for i, s in enumerate(self.specs)]
+        self.unsplittable = set(unsplittable)  # positions priced as a splittable kind that split_model cannot split
         self.est = estimator
         self.opt = options
         self.board = options.board
@@ -268,6 +277,22 @@ class Planner:
     def _elements_at(self, b: int) -> int:
         shape = self.specs[b].input_shape if b < len(self.specs) else self.specs[-1].output_shape
         return math.prod(shape)
+
+    def _in_tensors(self, i: int, j: int) -> List[int]:
+        """Elements of each tensor the run of layers i..j-1 reads from before i (each crosses on its own
+        link, from whichever stage produced it: a skip link when that is not the stage just before)."""
+        seen: Dict[int, int] = {}
+        for r in self.reads[i:j]:
+            for p, n in r:
+                if p < i and p not in seen:
+                    seen[p] = n
+        return list(seen.values())
+
+    def _clean(self, b: int) -> bool:
+        """True when only the output of layer b-1 (the model input for b = 0) crosses boundary b."""
+        if b == 0 or b == len(self.specs):
+            return True
+        return all(p == b - 1 or p >= b for r in self.reads[b:] for p, _ in r)
 
     def _hop_us(self, nbytes: int) -> float:
         return self.opt.hop_overhead_us + nbytes * 8 / (self.opt.gbps * 1e3)
@@ -316,7 +341,7 @@ class Planner:
         opts: List[_Option] = []
         for (i, j), pairs in seg_est.items():
             feas = self._pareto_configs([(c, e) for c, e in pairs if self._usable(self.specs[i:j], c, e)])
-            hop = _bytes(self._elements_at(i), self.link_precision, self.opt.data_width)
+            hop = sum(_bytes(n, self.link_precision, self.opt.data_width) for n in self._in_tensors(i, j))
             for c, e in feas:
                 part = PartChoice("layers", [s.name for s in self.specs[i:j]], tuple(self.specs[i:j]), c, e)
                 st = StageChoice("layers", [part], hop, self._hop_us(hop))
@@ -332,8 +357,12 @@ class Planner:
                 continue
             if any(self._usable(self.specs[i:e], c, est) for c, est in seg_est[(i, e)]):
                 continue
-            blocked[i] = {"end": e, "single": min(seg_est[(i, e)], key=lambda ce: ce[1].peak(self.board, self.opt.fit))}
-            if layer.kind not in SPLITTABLE:
+            single = min(seg_est[(i, e)], key=lambda ce: ce[1].peak(self.board, self.opt.fit))
+            if not (self._clean(i) and self._clean(e)):  # split_model splits layers on the main path only
+                blocked[i] = {"end": e, "single": single, "branch": True}
+                continue
+            blocked[i] = {"end": e, "single": single}
+            if layer.kind not in SPLITTABLE or i in self.unsplittable:
                 continue
             acts = [layer.activation] + [s.activation for s in self.specs[i + 1 : e]]
             trailing = list(self.specs[i + 1 : e])
@@ -532,12 +561,13 @@ class Planner:
                     peak, res = _peak(worst, self.board, self.opt.fit)
                     how = f"{kind}-split in {k} parts at {_cfg(c)}" + (" (the join is the limit)" if worst is jest else "")
             what = f"{layer.kind} {'x'.join(map(str, layer.input_shape))} -> {'x'.join(map(str, layer.output_shape))}"
-            hint = (
-                f"raise --max-parts (now {self.opt.max_parts}), allow smaller precisions (--precisions) or larger reuse factors, "
-                "or choose a larger board"
-                if layer.kind in SPLITTABLE
-                else "this layer type cannot be split: reduce it, or choose a larger board"
-            )
+            if info.get("branch"):
+                hint = "it lies inside a branch, and split_model splits layers on the main path only: reduce it, or choose a larger board"
+            elif layer.kind in SPLITTABLE and start not in self.unsplittable:
+                hint = (f"raise --max-parts (now {self.opt.max_parts}), allow smaller precisions (--precisions) or larger "
+                        "reuse factors, or choose a larger board")
+            else:
+                hint = "this layer type cannot be split: reduce it, or choose a larger board"
             raise NoFitError(
                 f"layer {layer.name} ({what}) does not fit a {self.board.name} under the {cap} cap: the smallest "
                 f"utilisation reachable is {peak:.0%} of {res.upper()} ({how}); {hint}"
@@ -586,7 +616,8 @@ def _cfg(c: HlsConfig) -> str:
 
 
 def plan_search(specs: Sequence[LayerSpec], estimator: Estimator, options: SearchOptions, pareto: bool = False,
-                progress=None) -> SearchResult:
+                progress=None, reads=None, unsplittable: Sequence[int] = ()) -> SearchResult:
     """Search partitions of the layers `specs` with `estimator` (estimators.make) under `options`;
-    returns a SearchResult (with the Pareto front when pareto=True). Raises NoFitError when nothing fits."""
-    return Planner(specs, estimator, options, progress).run(pareto)
+    returns a SearchResult (with the Pareto front when pareto=True). `reads` gives the graph (see
+    layerspec.model_specs; a chain without it). Raises NoFitError when nothing fits."""
+    return Planner(specs, estimator, options, progress, reads=reads, unsplittable=unsplittable).run(pareto)

@@ -1,12 +1,15 @@
 """Cutting a Keras model into a Plan: sequential cuts, neuron splits and input splits.
 
 Sequential cut after layer L: L's output crosses the link.
-Neuron split of L (Dense by units, Conv2D by filters) in k parts: every part reads the whole input and
+Cuts follow a topological order of the layer graph: a cut after L may fall inside branches, and every tensor
+that crosses it gets its own link (a tensor read several stages later travels on a link that skips the stages
+between). A partition may read several tensors and give several (see plan.Partition).
+Neuron split of L (Dense by units, Conv1D/Conv2D by filters) in k parts: every part reads the whole input and
 computes a slice of the outputs; the consumer concatenates. Element-wise activations stay in the parts;
 others (softmax) move after the join.
-Input split of L (Dense by inputs, Conv2D by input channels) in k parts: part j reads a slice of the input
+Input split of L (Dense by inputs, Conv1D/Conv2D by input channels) in k parts: part j reads a slice of the input
 and emits a partial sum (no activation; the bias is folded into part 0). A join partition, which runs on a
-board like any other, sums the partial sums (a Dense or 1x1 Conv2D whose kernel is k stacked identities:
+board like any other, sums the partial sums (a Dense or kernel-1 convolution whose kernel is k stacked identities:
 exact in fixed point, since the products by one are exact and the accumulator type is the layer's own) and
 applies the activation.
 """
@@ -24,7 +27,7 @@ from .graph import (ACTIVATION_LAYERS, LayerGraph, SplitError, activation_name, 
 from .rebuild import activation_argument, channel_wise, rebuild
 from .plan import HOST, Partition, Plan, Stage
 
-SPLITTABLE = ("Dense", "Conv2D")
+SPLITTABLE = ("Dense", "Conv1D", "Conv2D")
 DEFAULT_PRECISION = "ap_fixed<16,6>"
 HLS_DEFAULTS = {
     "backend": "VivadoAccelerator",
@@ -45,22 +48,26 @@ class PlanModels(dict):
     folded_source = None  # the source with BatchNormalization folded in, when it had any
 
 
-def hls_config(precision: str, reuse_factor: int, strategy: str, input_layer: str, input_precision: str) -> dict:
+def hls_config(precision: str, reuse_factor: int, strategy: str, input_layer, input_precision: str) -> dict:
     """hls4ml configuration of one partition, as the plain dict hls4ml takes (granularity 'model', plus the
-    input layer's precision pinned to the incoming contract's type so chained emulation is exact)."""
+    input layer's precision pinned to the incoming contract's type so chained emulation is exact).
+    `input_layer`: the name of its input layer, or a list of them (a partition with several inputs)."""
+    names = [input_layer] if isinstance(input_layer, str) else list(input_layer)
     return {
         "Model": {"Precision": {"default": precision}, "ReuseFactor": int(reuse_factor), "Strategy": strategy,
                   "BramFactor": 1000000000, "TraceOutput": False},
-        "LayerName": {input_layer: {"Precision": {"result": input_precision}}},
+        "LayerName": {n: {"Precision": {"result": input_precision}} for n in names},
     }
 
 
 @dataclass
 class _Producer:
     name: str                  # partition name or HOST
-    shape: Tuple[int, ...]     # its output shape
+    shape: Tuple[int, ...]     # the shape of the tensor it gives (its output, or one of its outputs)
     lo: int                    # range it covers on the last axis of the logical tensor
     hi: int
+    output: int = 0            # which output of a partition with several
+    flat: Optional[Tuple[int, int]] = None  # where that output sits in the partition's flat output
 
 
 @dataclass
@@ -74,9 +81,13 @@ class _Builder:
     links: List[Contract] = field(default_factory=list)
     models: PlanModels = field(default_factory=PlanModels)
 
-    def _link_into(self, producers: List[_Producer], dst: str, need: Optional[Tuple[int, int]], combine: str):
+    def _link_into(self, producers: List[_Producer], dst: str, need: Optional[Tuple[int, int]], combine: str,
+                   dst_input: int = 0):
         pieces = []
         for p in producers:
+            if p.flat is not None:  # one output of several: its slice of the flat output, whole
+                pieces.append((p, Select(-1, p.flat[0], p.flat[1], flat=True), p.shape))
+                continue
             if need is None:
                 pieces.append((p, None, p.shape))
                 continue
@@ -87,18 +98,27 @@ class _Builder:
             pieces.append((p, sel, tuple(p.shape[:-1]) + (e - s,)))
         if combine != "sum":
             combine = "single" if len(pieces) == 1 else "concat"
+        # `index` is unique among all the links into `dst` (a board keys the parts of a frame by it); within
+        # one input it orders the pieces
+        first = sum(1 for c in self.links if c.dst == dst)
         for i, (p, sel, shape) in enumerate(pieces):
             self.links.append(Contract(src=p.name, dst=dst, shape=shape, dtype=self.precision, combine=combine,
-                                       axis=-1, index=i, count=len(pieces), select=sel))
+                                       axis=-1, index=first + i, count=len(pieces), select=sel, dst_input=dst_input,
+                                       src_output=p.output))
 
     def _add(self, stage: int, name: str, kind: str, layers: List[str], model, split=None) -> Partition:
-        in_shape = [int(d) for d in model.inputs[0].shape[1:]]
-        out_shape = [int(d) for d in model.outputs[0].shape[1:]]
+        ins = [[int(d) for d in t.shape[1:]] for t in model.inputs]
+        outs = [[int(d) for d in t.shape[1:]] for t in model.outputs]
+        flat = lambda shapes: [int(sum(np.prod(s) for s in shapes))]
         part = Partition(
-            name=name, stage=stage, kind=kind, layers=layers, input_shape=in_shape, output_shape=out_shape,
+            name=name, stage=stage, kind=kind, layers=layers,
+            input_shape=ins[0] if len(ins) == 1 else flat(ins), output_shape=outs[0] if len(outs) == 1 else flat(outs),
             input_precision=self.precision, output_precision=self.precision,
-            hls=hls_config(self.precision, self.reuse_factor, self.strategy, f"{name}_in", self.precision),
+            hls=hls_config(self.precision, self.reuse_factor, self.strategy,
+                           [f"{name}_in{i}" for i in range(len(ins))] if len(ins) > 1 else f"{name}_in",
+                           self.precision),
             weights_sha256=weights_sha256(model), split=split,
+            input_shapes=ins if len(ins) > 1 else None, output_shapes=outs if len(outs) > 1 else None,
         )
         self.partitions[name] = part
         self.models[name] = model
@@ -115,7 +135,7 @@ def _check_split(graph: LayerGraph, name: str, k: int, how: str) -> None:
     cls = type(layer).__name__
     if cls not in SPLITTABLE:
         raise SplitError(
-            f"{how} split supports Dense and Conv2D layers; {name!r} is {cls}: split a Dense or Conv2D layer, or "
+            f"{how} split supports Dense, Conv1D and Conv2D layers; {name!r} is {cls}: split one of those, or "
             f"cut before or after {name!r} with --at"
         )
     if k < 2:
@@ -128,7 +148,7 @@ def _check_split(graph: LayerGraph, name: str, k: int, how: str) -> None:
         what = "inputs" if cls == "Dense" else "input channels"
     if k > n:
         raise SplitError(f"cannot {how}-split {name!r} into {k} parts: it has {n} {what}; use k <= {n}")
-    if cls == "Conv2D" and layer.get_config().get("groups", 1) != 1:
+    if cls in ("Conv1D", "Conv2D") and layer.get_config().get("groups", 1) != 1:
         raise SplitError(f"{name!r} is a grouped convolution: splitting it is not supported")
 
 
@@ -159,7 +179,10 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
 
     from .fold import fold_batchnorm
 
+    from .layers import check_model
+
     FixedType.parse(precision)
+    check_model(model)  # the one list of layers split, plan and verify take (splitting/layers.py)
     neurons, inputs = dict(neurons or {}), dict(inputs or {})
     user_at = list(at)
     original = model
@@ -184,7 +207,7 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
 
     cuts = []
     for name in at:
-        g.check_cut(name)
+        g.check_cut(name)  # any width: every tensor that crosses gets its own link
         cuts.append(name)
     groups = {}
     for name in list(neurons) + list(inputs):
@@ -196,11 +219,11 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
         i = g.order.index(name)
         if i > 0:
             pred = g.order[i - 1]
-            if g.crossing(pred) != [pred]:
-                raise SplitError(f"cannot split {name!r}: the model branches around it; split a layer on the main path")
+            g.check_clean(pred, f"cannot split {name!r}: the model branches around it (split a layer on the main path)")
             cuts.append(pred)
         if grp[-1] != g.order[-1]:
             g.check_cut(grp[-1])
+            g.check_clean(grp[-1], f"cannot split {name!r}: the model branches around it (split a layer on the main path)")
             cuts.append(grp[-1])
 
     segments, cur = [], []
@@ -214,23 +237,36 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
 
     b = _Builder(g, precision, reuse_factor, strategy)
     in_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-    producers = [_Producer(HOST, in_shape, 0, in_shape[-1])]
-    shape = in_shape
+    # who gives each tensor the partitions read: a list of pieces (the parts of a neuron split give one
+    # tensor together), from the host (the model input) or a partition (its output, or one of its outputs)
+    sources: Dict[str, List[_Producer]] = {g.input_name: [_Producer(HOST, in_shape, 0, in_shape[-1])]}
     # activation layers (the originals, or one made from a layer's activation argument) that cannot act on
     # a slice of the channels: moved after a neuron join, rebuilt whole from their config and weights
     prefix: List[object] = []
+    last = g.input_name  # the tensor the previous split stage produced (where a prefix applies)
 
     def layers_stage(names: List[str], pre: List[object]) -> None:
-        nonlocal producers, shape
         s = len(b.stages)
         pname = f"s{s}"
         pre_layers = [rebuild(a, f"{pname}_post_{a.name}") for a in pre]
-        m = submodel(g, names, shape, pname, prefix=pre_layers) if names else _prefix_model(shape, pname, pre_layers)
-        b._link_into(producers, pname, None, "concat")
+        ins, outs = g.segment_io(names) if names else ([last], [last])
+        if names:
+            m = submodel(g, names, g.tensor_shape(ins[0]), pname, prefix=pre_layers, inputs=ins, outputs=outs)
+        else:
+            m = _prefix_model(g.tensor_shape(last), pname, pre_layers)
+        for i, t in enumerate(ins):
+            b._link_into(sources[t], pname, None, "concat", dst_input=i if len(ins) > 1 else 0)
         b._add(s, pname, "layers", [f"({a.name})" for a in pre] + list(names), m)
         b.stages.append(Stage(s, "layers", [pname]))
-        shape = tuple(int(d) for d in m.outputs[0].shape[1:])
-        producers = [_Producer(pname, shape, 0, shape[-1])]
+        shapes = [tuple(int(d) for d in t.shape[1:]) for t in m.outputs]
+        if len(outs) == 1:
+            sources[outs[0]] = [_Producer(pname, shapes[0], 0, shapes[0][-1])]
+            return
+        off = 0
+        for j, (t, shp) in enumerate(zip(outs, shapes)):
+            n = int(np.prod(shp))
+            sources[t] = [_Producer(pname, shp, 0, shp[-1], output=j, flat=(off, off + n))]
+            off += n
 
     for seg in segments:
         head = seg[0]
@@ -243,6 +279,8 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
             prefix = []
         src = g.layer(head)
         cls = type(src).__name__
+        t_in = g.inbound[head][0]  # the one tensor a split layer reads (the cut before it is clean)
+        producers, shape = sources[t_in], g.tensor_shape(t_in)
         act_arg = src.get_config().get("activation", "linear")  # as Keras serialised it: a name or a layer
         trailing = [g.layer(n) for n in seg[1:]]
         W = src.get_weights()
@@ -250,6 +288,7 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
         out_full = tuple(int(d) for d in src.output.shape[1:])
         rank = len(out_full) + 1
         s = len(b.stages)
+        last = seg[-1]
         if head in neurons:
             k = neurons[head]
             own = activation_argument(src)  # a layer object given as activation=, with its settings
@@ -281,8 +320,7 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
                 names.append(pname)
                 new_producers.append(_Producer(pname, tuple(int(d) for d in m.outputs[0].shape[1:]), lo, hi))
             b.stages.append(Stage(s, "neuron", names))
-            producers = new_producers
-            shape = out_full
+            sources[seg[-1]] = new_producers
         else:
             k = inputs[head]
             names, new_producers = [], []
@@ -307,12 +345,8 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
             join_shape = tuple(out_full[:-1]) + (k * units,)
             eye = np.concatenate([np.eye(units, dtype=np.float32)] * k, axis=0)
             inp = keras.Input(join_shape, name=f"{jname}_in")
-            if cls == "Dense":
-                join = keras.layers.Dense(units, use_bias=False, activation=act_arg, name=f"{head}_join")
-                wj = [eye]
-            else:
-                join = keras.layers.Conv2D(units, 1, use_bias=False, activation=act_arg, name=f"{head}_join")
-                wj = [eye[None, None]]
+            join = _join_layer(cls, units, len(out_full), act_arg, f"{head}_join")
+            wj = [eye.reshape((1,) * (len(out_full) - 1) + eye.shape)]
             x = _apply(inp, join, wj)
             for t in trailing:  # whole, with every setting and weight
                 x = _apply(x, *rebuild(t, f"{t.name}_j"))
@@ -320,11 +354,11 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
             b._link_into(new_producers, jname, None, "sum")
             b._add(s, jname, "join", list(seg), m, split={"layer": head, "kind": "join", "parts": k})
             b.stages.append(Stage(s, "join", [jname]))
-            shape = out_full
-            producers = [_Producer(jname, out_full, 0, units)]
+            out_t = tuple(int(d) for d in m.outputs[0].shape[1:])
+            sources[seg[-1]] = [_Producer(jname, out_t, 0, out_t[-1])]
     if prefix:
         layers_stage([], prefix)
-    b._link_into(producers, HOST, None, "concat")
+    b._link_into(sources[g.order[-1]], HOST, None, "concat")
 
     out_shape = [int(d) for d in model.outputs[0].shape[1:]]
     plan = Plan(
@@ -346,6 +380,17 @@ def split_model(model, at: Sequence[str] = (), neurons: Optional[Dict[str, int]]
     b.models.source = original
     b.models.folded_source = model if folded else None
     return plan, b.models
+
+
+def _join_layer(cls: str, units: int, out_rank: int, act_arg, name: str):
+    """The layer that sums the k partial sums of an input split: a Dense, or a kernel-1 convolution of the
+    split layer's own rank, with k stacked identities as its kernel."""
+    import keras
+
+    if cls == "Dense":
+        return keras.layers.Dense(units, use_bias=False, activation=act_arg, name=name)
+    conv = keras.layers.Conv1D if out_rank == 2 else keras.layers.Conv2D
+    return conv(units, 1, use_bias=False, activation=act_arg, name=name)
 
 
 def _prefix_model(shape, name, pre_layers):

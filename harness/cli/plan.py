@@ -5,9 +5,10 @@
     splitrack plan model.keras --n-boards 3 -o plan/    # exactly 3 boards
     splitrack boards
 
-Planning reads only the model's architecture (the `.keras` file's config.json); the default estimator (auto:
-per layer kind the one with the lowest error on published hls4ml results, the analytic model today) needs
-neither TensorFlow nor torch. Every figure is printed with its range, and the chosen end of each range
+Planning loads the model with Keras and reads its graph in the topological order `split.split_model` cuts
+(`layerspec.model_specs`: any graph shape `split` accepts, BatchNormalization folded as split folds it); the
+default estimator (auto: per layer kind the one with the lowest error on published hls4ml results, the
+analytic model today) needs no torch. Every figure is printed with its range, and the chosen end of each range
 (`--fit`, default the upper bound) fits under `--max-util`. Writing the plan folder (`-o`) loads the model
 with Keras and cuts it with `split.split_model`, then records each partition's hls4ml configuration (with
 each compute layer's own reuse factor and strategy) and estimate in plan.json, ready for `splitrack verify`.
@@ -25,7 +26,7 @@ from splitting import catalog
 from splitting.errors import UserError
 from splitting.estimates import BOUNDS
 from splitting.estimators import ESTIMATORS, make
-from splitting.layerspec import COMPUTE, HlsConfig, load_layers
+from splitting.layerspec import COMPUTE, HlsConfig
 from splitting.reuse import layer_reuse
 from splitting.search import OBJECTIVES, PartChoice, PlanChoice, SearchOptions, SearchResult, plan_search
 from harness.cli.options import add_board_count
@@ -89,9 +90,14 @@ def run(args) -> int:
     )
     for c in opts.configs:  # validates precisions and strategies with a readable message
         HlsConfig(c.precision, c.reuse_factor, c.strategy)
-    name, specs = load_layers(args.model)
+    from splitting.graph import load_model
+    from splitting.layerspec import model_specs
+
+    # the graph in the topological order split_model cuts, with the layers split takes (splitting.layers, layerspec.model_specs)
+    name, specs, reads, unsplittable = model_specs(load_model(args.model))
     est = make(args.estimator, board, progress=progress)
-    result = plan_search(specs, est, opts, pareto=args.pareto, progress=progress)
+    result = plan_search(specs, est, opts, pareto=args.pareto, progress=progress, reads=reads,
+                         unsplittable=unsplittable)
     seconds = time.perf_counter() - t0
     progress(f"searched in {seconds:.2f} s: {result.candidates} (partition, configuration) estimates, "
              f"{est.stats['cached']} from the cache, {est.stats['computed']} computed")
@@ -365,12 +371,33 @@ def apply(p, plan: PlanChoice, opts: SearchOptions, version: str, models=None) -
 
 def _layer_configs(hls: Dict[str, Any], model, part: PartChoice) -> None:
     """Per compute layer of the partition's Keras model, the reuse factor `reuse.layer_reuse` chose and the
-    strategy, in hls4ml's LayerName section (keyed by the Keras layer names, which split_model may change)."""
-    keras_layers = [l for l in model.layers if type(l).__name__ in COMPUTE]
-    planned = [r for l, r in zip(part.specs, layer_reuse(part.specs, part.config)) if l.kind in COMPUTE]
+    strategy, in hls4ml's LayerName section. Matched by name (split_model keeps a layer's name, or adds a
+    part's index to it: `fc1_n0`), else in order. A depthwise convolution is priced as the Conv it costs like
+    (`layerspec.layer_spec`) but hls4ml counts its multipliers otherwise: it keeps the partition's reuse factor."""
+    from splitting.layers import SUPPORTED, base_class
+
+    def kind(layer) -> str:
+        return SUPPORTED.get(base_class(type(layer).__name__), "")
+
+    keras_layers = [l for l in model.layers if kind(l) in COMPUTE]
+    depthwise = {l.name for l in model.layers if kind(l) == "depthwise"}
+    planned = [(l.name, r) for l, r in zip(part.specs, layer_reuse(part.specs, part.config))
+               if l.kind in COMPUTE and l.name not in depthwise]
     if len(keras_layers) != len(planned):
         raise RuntimeError(f"the partition model has {len(keras_layers)} compute layers, the planner {len(planned)}: "
                            "the planner's model of split_model is out of date")
+
+    def named(spec_name: str) -> List[str]:
+        stem = spec_name[:-2] if spec_name.endswith(("_n", "_i")) else spec_name
+        return [l.name for l in keras_layers if l.name == spec_name
+                or (l.name.startswith(spec_name) and l.name[len(spec_name):].isdigit())
+                or l.name == stem]
+
+    found = [named(n) for n, _ in planned]
+    if all(len(f) == 1 for f in found) and len({f[0] for f in found}) == len(found):
+        pairs = [(f[0], r) for f, (_, r) in zip(found, planned)]
+    else:
+        pairs = [(l.name, r) for l, (_, r) in zip(keras_layers, planned)]
     names = hls.setdefault("LayerName", {})
-    for layer, r in zip(keras_layers, planned):
-        names.setdefault(layer.name, {}).update({"ReuseFactor": int(r), "Strategy": part.config.strategy})
+    for lname, r in pairs:
+        names.setdefault(lname, {}).update({"ReuseFactor": int(r), "Strategy": part.config.strategy})

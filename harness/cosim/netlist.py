@@ -5,7 +5,8 @@ we size), the throttles insert random stalls on both sides (run-time rate `stall
 producer feeds several links (input split: each link carries a `select` slice) a fork deserialises the
 producer's frame and serialises each slice per its link's contract; where a consumer has several incoming
 links (neuron split parts, input-split partial sums) a combine step deserialises each and serialises their
-concatenation (contract.assemble's order) per the consumer's input packing. Host links are top-level ports.
+concatenation (contract.assemble's order; a consumer of several tensors takes their flat concatenation, and
+a link that skips stages is one more FIFO from its producer's fork) per the consumer's input packing. Host links are top-level ports.
 
 Every AXI-stream interface in the top has a name (`<name>_axis_t*` wires) and an entry in `interfaces`, with
 its packing and the tensor it carries, so the testbench can check every beat of every interface.
@@ -17,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from splitting.contract import Contract, Packing
+from splitting.contract import Contract, Packing, assemble
 from splitting.plan import HOST, Plan
 
 from .rtlgen import CoreRTL, safe
@@ -201,7 +202,8 @@ def build(plan: Plan, cores: Dict[str, CoreRTL], depths: Optional[Dict[int, int]
             for k, c in inc:
                 ids.append(np.arange(c.elements).reshape(c.shape) + off)
                 off += c.elements
-            order = np.concatenate(ids, axis=inc[0][1].axis).reshape(-1) if len(ids) > 1 else ids[0].reshape(-1)
+            # the consumer's input as contract.assemble builds it (several inputs: their flat concatenation)
+            order = assemble([c for _, c in inc], ids).reshape(-1)
             starts = np.cumsum([0] + [c.elements for _, c in inc])
             mapping = [[(int(np.searchsorted(starts, g, side="right") - 1), int(g - starts[np.searchsorted(starts, g, side="right") - 1]))
                         for g in order]]

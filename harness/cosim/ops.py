@@ -91,6 +91,11 @@ def ops_from_graph(hm, tables: bool = False) -> List[Op]:
         out, shape, name = types["result_t"], _shape(layer), layer.name
         if cls == "Input":
             ops.append(Op("input", name, shape, out))
+        elif cls == "Concatenate" and _concat_of_inputs(layer, ops):
+            # a partition with several inputs arrives as their flat concatenation on one stream (the plan's
+            # contract); a 1-D concatenation of exactly those inputs, in their order, is that stream itself
+            total = sum(int(np.prod(o.out_shape)) for o in ops)
+            ops[:] = [Op("input", name, (total,), out)]
         elif cls == "ZeroPadding2D":
             ops.append(Op("pad", name, shape, out, params={k: int(layer.get_attr(k)) for k in
                                                           ("pad_top", "pad_bottom", "pad_left", "pad_right")}))
@@ -139,6 +144,23 @@ def ops_from_graph(hm, tables: bool = False) -> List[Op]:
     if not ops or ops[0].kind != "input":
         raise UnsupportedLayer("hls4ml graph does not start with an Input layer")
     return ops
+
+
+def _concat_of_inputs(layer, ops: List[Op]) -> bool:
+    """True when `layer` (hls4ml Concatenate) joins 1-D inputs that are all the model's inputs so far, in
+    their order, with their type: then it only passes the partition's one input stream on."""
+    inputs = [o for o in ops if o.kind == "input"]
+    if len(inputs) < 2 or len(inputs) != len(ops) or any(len(o.out_shape) != 1 for o in inputs):
+        return False
+    src = _input_layer_names(layer)
+    out = fixed_type(layer.get_output_variable().type.precision)
+    return src == [o.name for o in inputs] and all(o.out == out for o in inputs)
+
+
+def _input_layer_names(layer) -> List[str]:
+    """Names of the layers whose outputs `layer` reads, in order (hls4ml keeps output variable names)."""
+    by_output = {o: n.name for n in layer.model.graph.values() for o in n.outputs}
+    return [by_output.get(i, i) for i in layer.inputs]
 
 
 def partition_ops(plan, name: str, tables: bool = False) -> List[Op]:

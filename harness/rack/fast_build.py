@@ -82,6 +82,11 @@ def board_files(plan, name: str, emulation_cfg: dict, log=None) -> Tuple[Dict[st
     The model is written once into the partition's hls4ml cache folder (same key: same model and config);
     the compiled kernel (build_kernel, cached by its source's hash) goes with it when this host can build it.
     """
+    part = plan.partition(name)
+    if part.input_shapes or part.output_shapes:  # the fast model computes one stream in, one out
+        (log or logging.getLogger("splitrack.deploy")).info(
+            "partition %s: emulation only (it reads or writes several tensors)", name)
+        return {}, emulation_cfg
     folder = project_dir(plan, name)
     path = os.path.join(str(folder), "fast_model-v%d.npz" % FORMAT)
     if not os.path.isfile(path):

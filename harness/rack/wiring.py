@@ -213,8 +213,11 @@ def incoming_elements(plan: Plan, name: str) -> int:
 def emulation_backend(plan: Plan, name: str, library: str, project: str) -> Dict[str, Any]:
     """Backend entry for a virtual board: `library` as the board sees it (path on the board)."""
     part = plan.partition(name)
-    return {"kind": "emulation", "library": str(library), "project": project,
-            "n_in": incoming_elements(plan, name), "n_out": int(math.prod(part.output_shape))}
+    # a partition with several inputs or outputs: the sizes of each (its frame is their flat concatenation,
+    # the library's entry point takes one pointer per input and output: splitting/emulation.py)
+    n_in = [int(math.prod(s)) for s in part.input_shapes] if part.input_shapes else incoming_elements(plan, name)
+    n_out = [int(math.prod(s)) for s in part.output_shapes] if part.output_shapes else int(math.prod(part.output_shape))
+    return {"kind": "emulation", "library": str(library), "project": project, "n_in": n_in, "n_out": n_out}
 
 
 def overlay_backend(plan: Plan, name: str, bitfile: str, hwh: str, in_dtype: str = "float32",

@@ -20,7 +20,7 @@ def _run(capsys, argv):
 
 @pytest.mark.parametrize("args,expect", [
     (["--at", "conv9"], "no layer named 'conv9'"),
-    (["--neurons", "pool:2"], "'pool' is MaxPooling2D: split a Dense or Conv2D layer"),
+    (["--neurons", "pool:2"], "'pool' is MaxPooling2D: split one of those"),
     (["--neurons", "conv1:17"], "it has 16 filters; use k <= 16"),
     (["--inputs", "conv1:2"], "it has 1 input channels; use k <= 1"),
     (["--inputs", "fc1"], "write LAYER:K"),

@@ -131,6 +131,25 @@ def test_parallel_stage_critical_path_follows_the_slow_branch():
     assert att.summary()["link a->j"]["p50"] == pytest.approx(50, rel=0.1)
 
 
+@pytest.mark.parametrize("skip_us,on_skip", [(30, False), (2_000, True)])
+def test_skip_link_graph_critical_path(skip_us, on_skip):
+    # a graph of boards (issue 21): s0 feeds s1 and, on a skip link, s2; the host's input also skips to s2
+    topo = Topology([("host", "s0"), ("s0", "s1"), ("s0", "s2"), ("host", "s2"), ("s1", "s2"), ("s2", "host")],
+                    {"s0": "b0", "s1": "b1", "s2": "b2"})
+    link_us = {("host", "s0"): 50, ("s0", "s1"): 60, ("s0", "s2"): skip_us, ("host", "s2"): 40, ("s1", "s2"): 70,
+               ("s2", "host"): 50}
+    dwell_us = {"s0": 100, "s1": 300, "s2": 80}
+    offsets = {"b0": 5e8, "b1": -3e8, "b2": 42}
+    frames = simulate_chain(topo, 100, link_us, dwell_us, offsets, RNG)
+    att = measure.attribute(frames, topo, {b: (lambda t, o=o: t - o) for b, o in offsets.items()})
+    np.testing.assert_allclose(sum(att.critical[h] for h in att.order), att.e2e, atol=2)
+    bd = att.breakdown_p50()
+    # the skip link carries the critical path only when it is slower than s1's dwell and its links
+    assert (bd["link s0->s2"] > 0) == on_skip and (bd["board s1"] > 0) == (not on_skip)
+    assert att.summary()["link s0->s2"]["p50"] == pytest.approx(skip_us, rel=0.1)
+    assert "link host->s2" in att.order and "link s0->s2" in att.order
+
+
 def test_missing_stage_and_missing_offset_are_user_errors():
     topo = Topology([("host", "p0"), ("p0", "host")], {"p0": "b0"})
     f = FrameTiming(0, 0, 10, {})

@@ -78,17 +78,35 @@ def test_batchnorm_after_conv_folds_exactly(center, scale):
     assert np.max(np.abs(folded(x).numpy() - ref)) <= TOL * np.max(np.abs(ref))
 
 
-@pytest.mark.parametrize("before,why", [
-    ([], "it reads the model input"),
-    ([keras.layers.Dense(4, activation="relu", name="d")], "applies its activation"),
-    ([keras.layers.Dense(4, name="d"), keras.layers.Activation("tanh", name="t")], "it follows 't'"),
+@pytest.mark.parametrize("before", [
+    [],  # it reads the model input
+    [keras.layers.Dense(4, activation="relu", name="d")],  # its host applies an activation first
+    [keras.layers.Dense(4, name="d"), keras.layers.Activation("tanh", name="t")],  # it follows an activation
 ])
-def test_batchnorm_after_nothing_foldable_is_refused(before, why):
-    model = keras.Sequential([keras.Input((5,)), *[type(l).from_config(l.get_config()) for l in before],
-                              keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(2, name="o")])
-    with pytest.raises(FoldError) as e:
-        split_model(model)
-    assert "'bn'" in str(e.value) and why in str(e.value) and "\n" not in str(e.value)
+def test_batchnorm_with_nothing_to_fold_into_stays_a_layer(before):
+    # hls4ml converts a BatchNormalization alone, and fuses it only where fold_batchnorm folds it: the
+    # whole model and the partitions compute the same; the float chain is exact
+    model = _randomise(keras.Sequential([keras.Input((5,)), *[type(l).from_config(l.get_config()) for l in before],
+                                         keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(2, name="o")]),
+                       seed=4)
+    folded, which = fold_batchnorm(model)
+    assert which == {} and folded is model
+    plan, models = split_model(model, at=["bn"])
+    assert "bn" in plan.partition("s0").layers
+    x = np.random.default_rng(1).uniform(-4, 4, (32, 5)).astype(np.float32)
+    assert _rel_err(model, plan, models, x) <= TOL
+
+
+def test_batchnorm_after_depthwise_folds_exactly():
+    model = _randomise(keras.Sequential([
+        keras.Input((6, 6, 3)), keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="dw"),
+        keras.layers.BatchNormalization(epsilon=0.01, name="bn"), keras.layers.ReLU(name="r"),
+        keras.layers.GlobalAveragePooling2D(name="g"), keras.layers.Dense(2, name="o")]), seed=5)
+    folded, which = fold_batchnorm(model)
+    assert which == {"bn": "dw"}
+    x = np.random.default_rng(0).uniform(-4, 4, (16, 6, 6, 3)).astype(np.float32)
+    ref = model(x, training=False).numpy()
+    assert np.max(np.abs(folded(x).numpy() - ref)) <= TOL * np.max(np.abs(ref))
 
 
 # --- what hls4ml cannot convert ----------------------------------------------------------------------------
