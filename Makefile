@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-hw test-busy test-latest lock nightly clean
+.PHONY: setup demo test test-hw test-busy test-latest lock nightly docs clean
 
 # The exact versions CI tests with are in requirements.lock (pip-compile, with hashes): setup installs
 # exactly those, then splitrack itself without dependencies. `make lock` moves the lock forward on purpose;
@@ -34,6 +34,12 @@ demo: setup
 # pytest-timeout kills a hung test (the limit is in pyproject.toml).
 test: setup
 	bash scripts/run-tests.sh $(VENV)
+
+# The documentation site (Sphinx, MyST Markdown): docs/ -> docs/_build/html/index.html. -W: every warning is an
+# error, so a broken link or a page that no longer builds fails CI. The CLI reference is generated from the
+# argparse parser (sphinx-argparse) and the API pages from the docstrings (autodoc), so they cannot drift.
+docs: setup
+	$(VENV)/bin/python -m sphinx -W --keep-going -b html docs docs/_build/html
 
 # The suite against the newest versions pyproject.toml's ranges allow (a venv of its own), so that drift of
 # a dependency is seen on purpose, not discovered by a newcomer. torch stays the CPU build.
@@ -71,7 +77,7 @@ test-hw: setup
 	  $(VENV)/bin/python -m pytest -q -m hw --boards $(HW_RACK) hw_tests
 
 # The test suite with CPU-bound processes beside it (2 unless BURNERS=n), as on a busy CI runner: run it
-# before trusting a new test that involves time (see the README). Exits with the suite's status.
+# before trusting a new test that involves time (see docs/development.md). Exits with the suite's status.
 BURNERS ?= 2
 test-busy: setup
 	bash scripts/cpu-burners.sh $(BURNERS) $(MAKE) test
@@ -88,4 +94,4 @@ nightly: setup
 	  $(VENV)/bin/splitrack nightly --boards $(NIGHTLY_RACK) --db results.sqlite -o site
 
 clean:
-	rm -rf $(VENV) $(LATEST) build   # the user cache stays: `splitrack cache clean` empties it
+	rm -rf $(VENV) $(LATEST) build docs/_build   # the user cache stays: `splitrack cache clean` empties it

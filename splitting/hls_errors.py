@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 
 from .errors import UserError
 
-ADVICE = ("replace it with layers hls4ml converts (README: supported layers) or leave it out of the model")
+ADVICE = ("replace it with layers hls4ml converts (docs/reference/layers.md) or leave it out of the model")
 
 
 class HlsUnsupported(UserError):

@@ -1,7 +1,8 @@
-"""The README's "Testing your own model on the rack", run as it stands: its two Python files written out, its
-commands run one after another in a fresh folder (a user's own 64-128-64-10 model, planned over exactly 3
-boards, deployed to a 3-board virtual rack, checked by the user's test with the plugin's fixtures). The
-rack is stopped whatever happens."""
+"""The tutorial "Your own model, from training to a hardware test" (docs/tutorials/own-model.md), run as it
+stands: its two Python files written out, its commands run one after another in a fresh folder (a user's own
+64-128-64-10 model, planned over exactly 3 boards, deployed to a 3-board virtual rack, checked by the user's
+test with the plugin's fixtures). The rack is stopped whatever happens. The README's "your model in six
+commands" must be the same six commands."""
 from __future__ import annotations
 
 import os
@@ -12,17 +13,22 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-TITLE = "## Testing your own model on the rack"
+REPO = Path(__file__).resolve().parents[2]
+TUTORIAL = REPO / "docs" / "tutorials" / "own-model.md"
+README = REPO / "README.md"
+README_TITLE = "## Your model in six commands"
+
+
+def commands_of(text: str) -> list:
+    """The `$ ` lines of the shell (unlabelled) code blocks of `text`."""
+    return [ln[2:] for lang, body in re.findall(r"```(\w*)\n(.*?)```", text, re.S) if lang == ""
+            for ln in body.splitlines() if ln.startswith("$ ")]
 
 
 def example():
-    """(files {name: text}, commands) of the README section: Python blocks start with `# name.py:`,
-    commands are the `$ ` lines of its shell block."""
-    text = README.read_text()
-    assert TITLE in text, "the README lost its worked example"
-    section = text.split(TITLE, 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```(\w*)\n(.*?)```", section, re.S)
+    """(files {name: text}, commands) of the tutorial: Python blocks start with `# name.py:`, commands are the
+    `$ ` lines of its shell block."""
+    blocks = re.findall(r"```(\w*)\n(.*?)```", TUTORIAL.read_text(), re.S)
     files = {}
     commands = []
     for lang, body in blocks:
@@ -40,6 +46,14 @@ def test_readme_example_parses():
     assert "splitrack plan model.keras --n-boards 3 -o plan" in commands
     assert commands[-1].startswith("splitrack rack down")
     assert "reference" not in " ".join(commands)  # the user's own model, not one of ours
+
+
+def test_readme_shows_the_tutorial_s_six_commands():
+    text = README.read_text()
+    assert README_TITLE in text, "the README lost its six commands"
+    section = text.split(README_TITLE, 1)[1].split("\n## ", 1)[0]
+    assert commands_of(section) == example()[1]
+    assert len(example()[1]) == 6
 
 
 def test_readme_example_runs_on_a_virtual_rack(tmp_path):
