@@ -10,6 +10,7 @@ of produce_kif ... ZeroPadding1D).
 from __future__ import annotations
 
 import json
+import re
 
 import keras
 import numpy as np
@@ -108,7 +109,8 @@ def test_data_outside_the_vocabulary_is_one_line(files, tmp_path, capsys):
 def test_plan_works_or_refuses_in_one_line(model, files, tmp_path, capsys):
     code, out, err = _cli(capsys, ["plan", files / f"{model}.keras", "-o", tmp_path / "p"])
     layer = "emb" if model == "emb" else "rnn"
-    assert code == 0 or (code == 2 and len(err) == 1 and f"layer {layer}" in err[0]), err
+    # one line naming the layer (the planner prices none of these: it says so and how to cut by hand)
+    assert code == 0 or (code == 2 and len(err) == 1 and re.search(rf"layer '?{layer}'?\b", err[0])), err
 
 
 @pytest.mark.parametrize("dims", [1, 2])
