@@ -33,6 +33,17 @@ from identity_plan import identity_plan  # noqa: E402  (the tests' plan helper)
 M = wire.MsgType
 
 
+
+def _seconds_to_refusal(w, what: str) -> float:
+    """Seconds until the host's Pipeline over wiring `w` is refused (AgentUnreachable); AssertionError naming
+    `what` when it is accepted."""
+    t0 = time.perf_counter()
+    try:
+        Pipeline(w, connect_timeout=10)
+    except AgentUnreachable:
+        return time.perf_counter() - t0
+    raise AssertionError(f"{what} was accepted")
+
 def _closed_after(address, data, wiring=None):
     """Seconds from connect until the agent closes the connection, and what it sent (with `wiring`: connected
     as the host of that deployment, authenticated)."""
@@ -166,12 +177,7 @@ def trust_rows(timed, tmp: Path) -> None:
             r = hostile.Relay(w.endpoints["s1"].address, w.endpoints["s2"].address)
             r.start()
             try:
-                t0 = time.perf_counter()
-                try:
-                    Pipeline(w, connect_timeout=10)
-                except AgentUnreachable:
-                    return time.perf_counter() - t0
-                raise AssertionError("the relayed handshake was accepted")
+                return _seconds_to_refusal(w, "the relayed handshake")
             finally:
                 r.close()
     timed("stranger on a dead agent's port relays the host to the next", relay,
@@ -223,12 +229,7 @@ def trust_rows(timed, tmp: Path) -> None:
         def run():
             rack, w, fake = hostile.with_fake(fresh(), "s1", body)
             try:
-                t0 = time.perf_counter()
-                try:
-                    Pipeline(w, connect_timeout=10)
-                except AgentUnreachable:
-                    return time.perf_counter() - t0
-                raise AssertionError("accepted")
+                return _seconds_to_refusal(w, "the bad PONG")
             finally:
                 fake.close()
                 rack.stop()
