@@ -56,6 +56,10 @@ MIN_BEFORE = 3  # runs needed before a change: with fewer there is no level to c
 MIN_AFTER = 2  # runs that must show a change before it is raised
 INSENSITIVE = 0.25  # a figure whose fitted slope on a control stays below this (2 s.e.) does not follow the machine
 SPREAD = 0.10  # ... when that control varied by this much (log scale) within the segments: the machine's load did
+# A change the machine explains cannot be much larger than the machine's own move: a figure follows load by at
+# most this multiple of its most-moved control (log scale). Without it, a board 29x slower was called "the
+# machine/host was slower" because a board probe moved +20 % the same night (test_nightly, CI of 2026-12-06).
+MACHINE_GAIN = 3.0
 PRIMARY = ("p50", "throughput", "min")  # which figure of an alarm is named first
 
 
@@ -253,6 +257,16 @@ def _insensitive(z: np.ndarray, controls: Controls, bounds: List[int], worse_sig
     return False
 
 
+def _within_machine(before: float, after: float, moves: Sequence[ControlMove]) -> bool:
+    """Whether a figure's move from `before` to `after` is no more than MACHINE_GAIN times the largest of the
+    controls' moves (log scale): what the machine can account for."""
+    if before <= 0 or after <= 0:
+        return False
+    largest = max((abs(math.log1p(m.relative)) for m in moves if math.isfinite(m.relative) and m.relative > -1),
+                  default=0.0)
+    return abs(math.log(after / before)) <= MACHINE_GAIN * largest
+
+
 def detect_series(key: SeriesKey, points: Sequence[Point], penalty: float = 3.0, min_relative: float = 0.05,
                   min_before: int = MIN_BEFORE, controls: Optional[Controls] = None,
                   events: Sequence[Event] = (), work: Optional[np.ndarray] = None) -> List[Change]:
@@ -282,8 +296,9 @@ def detect_series(key: SeriesKey, points: Sequence[Point], penalty: float = 3.0,
         explained = False
         if controls and ratio:
             moves = _moves(controls, a, cp, b, slower, min_relative)
-            # a figure shown not to follow the machine is not explained by it
-            explained = bool(moves) and not _insensitive(z, controls, bounds, worse_sign)
+            # a figure shown not to follow the machine is not explained by it, nor a move far beyond the machine's
+            explained = (bool(moves) and not _insensitive(z, controls, bounds, worse_sign)
+                         and _within_machine(before, after, moves))
         work_move = None
         if work is not None and ratio:
             lw = _log(np.asarray(work, dtype=np.float64))

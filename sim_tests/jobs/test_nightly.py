@@ -59,7 +59,8 @@ def test_nightly_end_to_end_then_injected_regression(vrack, tmp_path, monkeypatc
     monkeypatch.setattr(deploy_mod, "_timing", slower_s1)
     # one slower night is an outlier until the next one shows it too: printed, exit 0
     assert main(args) == 0
-    assert "possible regression (only the newest run shows it)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "possible regression (only the newest run shows it)" in out, out[-3000:]
     assert main(args) == 1
     out = capsys.readouterr().out
     flagged = re.findall(r"REGRESSION: (single p50|single breakdown p50|stream p50|stream throughput) at ([^:(]+?)"

@@ -71,6 +71,24 @@ def test_a_p50_that_moved_while_its_floor_stayed_is_waiting_not_work():
     assert c.counts and c.work == pytest.approx(0.3, abs=0.05)
 
 
+@pytest.mark.parametrize("figure_gain,explained", [(1.3, True), (3.0, False), (29.0, False)])
+def test_a_control_explains_a_change_only_as_large_as_the_machine_can(figure_gain, explained):
+    """A board probe moved +20 % from run 8 on; the board's p50 moved with it by x1.3 (the machine's), by x3 or
+    x29 (far beyond what a +20 % machine does: the plan's). Seen in CI: x29 was called the machine's."""
+    from harness.results.history import Point, SeriesKey
+
+    rng = np.random.default_rng(7)
+    probe = 80 * rng.lognormal(0, 0.01, 12)
+    probe[8:] *= 1.2
+    p50 = 200 * rng.lognormal(0, 0.01, 12)
+    p50[8:] *= figure_gain
+    pts = [Point(f"2026-01-{i + 1:02d}T00:00:00+00:00", f"c{i}", float(v), "us", i + 1) for i, v in enumerate(p50)]
+    (c,) = regress.detect_series(SeriesKey("l", "m", "r", "single p50", "board s1"), pts,
+                                 controls={"probe vpynq1": probe})
+    assert c.regression and [m.name for m in c.machine] == ["probe vpynq1"]
+    assert c.explained is explained and c.counts is (not explained), c.describe()
+
+
 def test_fifo_depths_keep_the_plan_hash_and_are_recorded_as_tuning(tmp_path):
     """`splitrack cosim` keeps its FIFO depths in plan/tuning.json: the plan's hash (its deployments, its series)
     stays; bench records the tuning's own hash; a bad tuning file is not used and says why."""
