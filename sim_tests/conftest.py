@@ -16,6 +16,45 @@ def fc_plan(tmp_path_factory):
     return Plan.load(folder)
 
 
+def _skip_model():
+    import keras
+    import numpy as np
+
+    L = keras.layers
+    keras.utils.set_random_seed(7)
+    inp = keras.Input((4, 4, 2), name="x")
+    a = L.Conv2D(4, 3, padding="same", activation="relu", name="a")(inp)
+    b = L.Conv2D(4, 3, padding="same", name="b")(a)
+    b = L.BatchNormalization(name="b_bn")(b)
+    b = L.ReLU(name="b_relu")(b)
+    c = L.DepthwiseConv2D(3, padding="same", name="c")(b)
+    c = L.ReLU(name="c_relu")(c)
+    add = L.Add(name="add")([a, c])
+    z = L.ZeroPadding2D(((0, 1), (0, 1)), name="pad")(add)
+    p = L.AveragePooling2D(2, name="pool")(z)
+    cat = L.Concatenate(name="cat")([L.GlobalAveragePooling2D(name="gap")(p), L.Flatten(name="fl")(inp)])
+    out = L.Dense(3, name="out")(cat)
+    model = keras.Model(inp, out, name="skippy")
+    bn = model.get_layer("b_bn")
+    bn.set_weights([np.full(4, 1.5, np.float32), np.full(4, 0.1, np.float32), np.full(4, 0.2, np.float32),
+                    np.full(4, 2.0, np.float32)])
+    return model
+
+
+@pytest.fixture(scope="session")
+def skip_plan(tmp_path_factory):
+    """A conv model cut inside a residual branch (two tensors cross) and before a padding, its input read again
+    by the last stage (a skip link host -> s2): partitions with several inputs and outputs (test_graphs,
+    test_cold_verify)."""
+    model = _skip_model()
+    # a cut inside the residual branch (two tensors cross) and one before the padding; the model input
+    # crosses both (host -> s2, a skip link)
+    plan, models = split_model(model, at=["b_relu", "add"])
+    folder = tmp_path_factory.mktemp("skip") / "plan"
+    write_plan(plan, models, folder)
+    return Plan.load(folder)
+
+
 # --- timing bounds that hold on a busy machine -----------------------------------------------------------
 # A test about a timeout asserts what the code controls: the timeout does not fire early (elapsed >= the
 # timeout, where the test's clock starts before the code's) and it does fire, within what the code promises

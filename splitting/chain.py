@@ -16,14 +16,24 @@ def run_chain(plan: Plan, x: np.ndarray, runner: Runner, keep: Dict[str, np.ndar
     """Outputs of the whole plan for the batch `x`; `keep`, if given, receives every partition's output."""
     outputs: Dict[str, np.ndarray] = {HOST: np.asarray(x)}
     for part in plan.ordered_partitions():
-        links = plan.inputs_of(part.name)
-        pieces = [c.take(outputs[c.src]) for c in links]  # selects are on negative axes: batch-safe
-        outputs[part.name] = np.asarray(runner(part.name, assemble(links, pieces)))
+        outputs[part.name] = np.asarray(runner(part.name, partition_input(plan, part.name, outputs)))
     final = plan.output_links
     result = assemble(final, [c.take(outputs[c.src]) for c in final])
     if keep is not None:
         keep.update({k: v for k, v in outputs.items() if k != HOST})
     return result
+
+
+def partition_input(plan: Plan, name: str, outputs: Dict[str, np.ndarray]) -> np.ndarray:
+    """The batch partition `name` reads, assembled from `outputs` ({HOST: the plan's input batch, partition
+    name: its output batch}; every partition it reads from must be there) as a board assembles it."""
+    links = plan.inputs_of(name)
+    return assemble(links, [c.take(outputs[c.src]) for c in links])  # selects are on negative axes: batch-safe
+
+
+def sources_of(plan: Plan, name: str) -> set:
+    """The partitions partition `name` reads from (the host not counted)."""
+    return {c.src for c in plan.inputs_of(name)} - {HOST}
 
 
 def keras_runner(models) -> Runner:

@@ -103,10 +103,16 @@ def whole_model(plan: Plan, models):
 def check_plan(plan: Plan, models, whole: TracedRun, parts: Dict[str, TracedRun]) -> PlanCheck:
     """Check every layer of the whole model and of every partition (each traced on the input the hls4ml
     chain gave it) against Keras on hls4ml's own input."""
-    out = PlanCheck(ScopeCheck("the whole model", _check(whole_model(plan, models), whole)))
-    for p in plan.ordered_partitions():
-        out.parts.append(ScopeCheck(f"partition {p.name}", _check(models[p.name], parts[p.name])))
-    return out
+    return PlanCheck(check_scope(plan, models, None, whole),
+                     [check_scope(plan, models, p.name, parts[p.name]) for p in plan.ordered_partitions()])
+
+
+def check_scope(plan: Plan, models, name: Optional[str], run: TracedRun) -> ScopeCheck:
+    """Check every layer of partition `name` (None: the whole model) on its traced run against Keras on
+    hls4ml's own input: one scope of check_plan, for a caller that checks each as its run ends."""
+    if name is None:
+        return ScopeCheck("the whole model", _check(whole_model(plan, models), run))
+    return ScopeCheck(f"partition {name}", _check(models[name], run))
 
 
 def describe(s: ScopeCheck) -> List[str]:

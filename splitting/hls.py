@@ -22,6 +22,7 @@ from typing import Dict, Tuple
 
 from .emulation import EmulationLib
 from .errors import UserError
+from .names import name_problem
 from .plan import Plan
 from .untrusted import MODEL_LIMIT, loads_json, read_bytes
 from .user_cache import cache_root
@@ -275,114 +276,203 @@ def default_workers(n_projects: int) -> int:
 
 
 def compile_projects(projects, cache: Path = None, workers: int = None, progress=None) -> list:
-    """The cached project folders of `projects` (a list of Project), compiling those not cached yet.
+    """The cached project folders of `projects` (a list of Project), compiling those not cached yet
+    (start_projects, then Builds.wait). Raises HlsUnsupported naming the project and layer when hls4ml
+    fails."""
+    return start_projects(projects, cache=cache, workers=workers, progress=progress).wait()
 
-    The cold path: each project is converted and written by hls4ml in this process, one after another, and
-    its C++ is built (hls4ml's build_lib.sh: g++) in a pool of `workers` threads (default_workers) while
-    the next is converted; the largest first. A project another process is compiling (its lock is held) is
-    waited for. Projects with the same content share one build (the cache key). `progress` gets one line per
-    project started and finished. Raises HlsUnsupported naming the project and layer when hls4ml fails."""
-    from concurrent.futures import ThreadPoolExecutor
+
+class Builds:
+    """The hls4ml builds start_projects set going. `ready[i]` (a concurrent.futures.Future) is done, with
+    project i's folder, as soon as its library is there: at once when it was cached, when its g++ build ends
+    otherwise (another process's build: in `wait`), or with the build's exception. `wait()` returns every
+    folder once all builds ended, and raises the first failure."""
+
+    def __init__(self, folders: list, ready: list, pool=None, futures=(), locks=(), waiting=()):
+        self.folders, self.ready = folders, ready
+        self._pool, self._futures, self._locks, self._waiting = pool, list(futures), list(locks), list(waiting)
+        self._waited = False
+
+    def wait(self) -> list:
+        """The project folders (in the order of the projects), once every build has ended; raises the first
+        build failure (HlsUnsupported, RuntimeError). A second call returns at once."""
+        if self._waited:
+            return self._result()
+        self._waited = True
+        try:
+            for f in self._futures:
+                f.exception()  # every build ends before anything is raised (their locks are held)
+        finally:
+            self.close()
+        for lock in self._waiting:
+            with lock:  # the other process finished (or died: then its project is compiled on the next call)
+                pass
+        for i, f in enumerate(self.ready):
+            if not f.done():  # another process built it (or died: its artifact is then missing)
+                _settle(f, self.folders[i])
+        return self._result()
+
+    def close(self) -> None:
+        """Let the builds under way end, then release their locks (what `wait` does first; alone when the
+        caller gives up, e.g. a conversion failed)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        for lock in self._locks:
+            lock.release()
+        self._locks = []
+
+    def _result(self) -> list:
+        for f in self._futures:
+            if f.exception() is not None:
+                raise f.exception()
+        return self.folders
+
+
+def _settle(future, folder: Path) -> None:
+    """Resolve a Builds.ready future with `folder`, or with an error when no build left its artifact."""
+    if (folder / ARTIFACT).is_file():
+        future.set_result(folder)
+    else:
+        future.set_exception(RuntimeError(f"no compiled hls4ml project in {folder}: another process's build of it "
+                                          "did not finish; run the command again"))
+
+
+def start_projects(projects, cache: Path = None, workers: int = None, progress=None) -> Builds:
+    """Set the builds of `projects` (a list of Project) going and return at once (Builds) with their
+    conversions done: the cold path's first step, so that a caller works while g++ runs.
+
+    Each project not cached yet is converted and written by hls4ml in this thread, one after another
+    (hls4ml's converters cannot run in two threads at once), and its C++ is built (hls4ml's build_lib.sh:
+    g++) in a pool of `workers` threads (default_workers) while the next is converted; the largest first.
+    A project another process is compiling (its lock is held) is waited for in Builds.wait. Projects with
+    the same content share one build (the cache key). `progress` gets one line per project started and
+    finished. Raises HlsUnsupported naming the project and layer when hls4ml cannot convert one (after the
+    builds already started have ended)."""
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     from filelock import FileLock, Timeout
 
-    from .hls_errors import HlsUnsupported, failure_message
-    from .names import name_problem
-    from .quiet_tensorflow import library_output
-
     say = progress or (lambda m: print(f"  hls4ml: {m}", file=sys.stderr, flush=True))
     cache = Path(cache or CACHE)
-    folders, todo, seen = [], [], set()
-    for pr in projects:
+    folders, todo, by_key = [], [], {}
+    ready = [Future() for _ in projects]
+    for i, pr in enumerate(projects):
         if name_problem("hls4ml project", pr.project):
             raise UserError(name_problem("hls4ml project", pr.project))
         data = _model_bytes(Path(pr.keras_file))  # read once: what is keyed is what is built (compiled())
         key = cache_key(data, pr.weights_sha, pr.hls_cfg, pr.hls_defaults)
         folders.append(cache / key)
-        if not (cache / key / ARTIFACT).is_file() and key not in seen:
-            seen.add(key)
+        if (cache / key / ARTIFACT).is_file():
+            ready[i].set_result(cache / key)
+            continue
+        if key not in by_key:
             todo.append((pr, key, data))
+        by_key.setdefault(key, []).append(i)
     if not todo:
-        return folders
+        return Builds(folders, ready)
     cache.mkdir(parents=True, exist_ok=True)
     todo.sort(key=lambda t: -len(t[2]))  # the largest first: it ends last otherwise
     n = len(todo)
     workers = workers or default_workers(n)
     if n > 1:
         say(f"compiling {n} projects, {workers} at a time")
+    pool = ThreadPoolExecutor(max_workers=workers)
     locks, waiting, futures = [], [], []
     done = [0]
 
+    def built(key, folder, err) -> None:
+        for i in by_key[key]:
+            if err is None:
+                ready[i].set_result(folder)
+            else:
+                ready[i].set_exception(err)
+
     def build(pr, key, folder, model, hm, records, data, t0):
-        try:
-            lib = hm.config.backend.compile(hm)  # build_lib.sh: g++ in a child process (the GIL is released)
-        except Exception as e:
-            return HlsUnsupported(failure_message(e, pr.what, doing="compile"))
-        ins = [int(_prod(t.shape[1:])) for t in model.inputs]
-        outs = [int(_prod(t.shape[1:])) for t in model.outputs]
-        libp = Path(lib)
-        if not libp.is_file():
-            return RuntimeError(f"hls4ml compile of {pr.project} produced no library in {folder}")
-        # several inputs/outputs: lists of their sizes (EmulationLib takes either); the library's sha256 from
-        # the moment it is built: deploy refuses a cached library damaged later
-        meta = {"library": str(libp.relative_to(folder)), "project": pr.project,
-                "n_in": ins if len(ins) > 1 else ins[0], "n_out": outs if len(outs) > 1 else outs[0],
-                "seconds": round(time.time() - t0, 1), "key": key,
-                "library_sha256": hashlib.sha256(libp.read_bytes()).hexdigest(),
-                "model_sha256": hashlib.sha256(data).hexdigest(), "weights_sha256": pr.weights_sha,
-                "layers": records}  # the types hls4ml chose: verify's quantisation bound
-        (folder / ARTIFACT).write_text(json.dumps(meta, indent=1))
-        done[0] += 1
-        say(f"{pr.project} compiled in {meta['seconds']} s" + (f" ({done[0]}/{n})" if n > 1 else ""))
-        return None
+        err = _build(pr, key, folder, model, hm, records, data, t0)
+        if err is None:
+            done[0] += 1
+            say(f"{pr.project} compiled in {json.loads((folder / ARTIFACT).read_text())['seconds']} s"
+                + (f" ({done[0]}/{n})" if n > 1 else ""))
+        built(key, folder, err)
+        if err is not None:
+            raise err
 
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for pr, key, data in todo:
-                folder = cache / key
-                lock = FileLock(str(cache / f"{key}.lock"))
-                try:
-                    lock.acquire(timeout=0)
-                except Timeout:  # another process compiles it: wait for it after ours are under way
-                    waiting.append(lock)
-                    continue
-                locks.append(lock)
-                if (folder / ARTIFACT).is_file():
-                    continue
-                if folder.exists():
-                    shutil.rmtree(folder)  # a compile that died half-way
-                t0 = time.time()
-                folder.mkdir(parents=True)
-                copy = folder / KERAS_COPY
-                copy.write_bytes(data)
-                try:
-                    model = _checked_model(copy, pr.weights_sha, f"{pr.keras_file} ({pr.what})")
-                except UserError:
-                    shutil.rmtree(folder, ignore_errors=True)  # nothing of a refused model stays in the cache
-                    raise
-                say(f"compiling {pr.project} ...")
-                hm = _convert_model(model, pr.hls_cfg, pr.hls_defaults, folder / "project", pr.project)
-                try:
-                    _trace_all(hm)
-                    with library_output(f"hls4ml: writing {pr.what}"):
-                        hm.write()
-                    records = layer_records(hm, model)
-                except UserError:
-                    raise
-                except Exception as e:  # hls4ml's own failures: one line naming the layer (never a traceback)
-                    raise HlsUnsupported(failure_message(e, pr.what)) from None
-                futures.append(pool.submit(build, pr, key, folder, model, hm, records, data, t0))
-            for f in futures:
-                err = f.result()
-                if err is not None:
-                    raise err
-    finally:
-        for lock in locks:
-            lock.release()
-    for lock in waiting:
-        with lock:  # the other process finished (or died: then its project is compiled on the next call)
-            pass
-    return folders
+        for pr, key, data in todo:
+            folder = cache / key
+            lock = FileLock(str(cache / f"{key}.lock"))
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:  # another process compiles it: wait for it after ours are under way
+                waiting.append(lock)
+                continue
+            locks.append(lock)
+            if (folder / ARTIFACT).is_file():
+                built(key, folder, None)
+                continue
+            t0 = time.time()
+            model, hm, records = _convert_project(pr, folder, data)
+            futures.append(pool.submit(build, pr, key, folder, model, hm, records, data, t0))
+    except BaseException:
+        Builds(folders, ready, pool, futures, locks).close()  # the builds under way end, then the error
+        raise
+    return Builds(folders, ready, pool, futures, locks, waiting)
+
+
+def _convert_project(pr: Project, folder: Path, data: bytes):
+    """(Keras model, hls4ml ModelGraph, layer_records) of a project, converted and written into `folder`
+    (emptied first: a compile that died half-way) from `data`, the model bytes it is keyed on (copied there
+    as KERAS_COPY, weights checked against the plan: UserError, and nothing stays in the cache)."""
+    from .hls_errors import HlsUnsupported, failure_message
+    from .quiet_tensorflow import library_output
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    copy = folder / KERAS_COPY
+    copy.write_bytes(data)
+    try:
+        model = _checked_model(copy, pr.weights_sha, f"{pr.keras_file} ({pr.what})")
+    except UserError:
+        shutil.rmtree(folder, ignore_errors=True)  # nothing of a refused model stays in the cache
+        raise
+    hm = _convert_model(model, pr.hls_cfg, pr.hls_defaults, folder / "project", pr.project)
+    try:
+        _trace_all(hm)
+        with library_output(f"hls4ml: writing {pr.what}"):
+            hm.write()
+        return model, hm, layer_records(hm, model)
+    except UserError:
+        raise
+    except Exception as e:  # hls4ml's own failures: one line naming the layer (never a traceback)
+        raise HlsUnsupported(failure_message(e, pr.what)) from None
+
+
+def _build(pr: Project, key: str, folder: Path, model, hm, records: list, data: bytes, t0: float):
+    """Build a converted project's library (hls4ml's compile: g++ in a child process, the GIL released) and
+    write its ARTIFACT; None, or the exception (HlsUnsupported, RuntimeError) that says why it failed."""
+    from .hls_errors import HlsUnsupported, failure_message
+
+    try:
+        lib = hm.config.backend.compile(hm)
+    except Exception as e:
+        return HlsUnsupported(failure_message(e, pr.what, doing="compile"))
+    ins = [int(_prod(t.shape[1:])) for t in model.inputs]
+    outs = [int(_prod(t.shape[1:])) for t in model.outputs]
+    libp = Path(lib)
+    if not libp.is_file():
+        return RuntimeError(f"hls4ml compile of {pr.project} produced no library in {folder}")
+    # several inputs/outputs: lists of their sizes (EmulationLib takes either); the library's sha256 from
+    # the moment it is built: deploy refuses a cached library damaged later
+    meta = {"library": str(libp.relative_to(folder)), "project": pr.project,
+            "n_in": ins if len(ins) > 1 else ins[0], "n_out": outs if len(outs) > 1 else outs[0],
+            "seconds": round(time.time() - t0, 1), "key": key,
+            "library_sha256": hashlib.sha256(libp.read_bytes()).hexdigest(),
+            "model_sha256": hashlib.sha256(data).hexdigest(), "weights_sha256": pr.weights_sha,
+            "layers": records}  # the types hls4ml chose: verify's quantisation bound
+    (folder / ARTIFACT).write_text(json.dumps(meta, indent=1))
+    return None
 
 
 def _prod(shape) -> int:

@@ -150,7 +150,6 @@ def verify_plan(plan: Plan, data: str = "random", n: int = 512, hls: bool = True
     partitions against the original model (also over the input type's whole range), and with `hls` the
     chain of hls4ml emulations against the whole model's emulation. Raises UserError when the plan folder
     lacks its source model or the data do not fit."""
-    from .chain import keras_runner, run_chain
     from .split import load_models
 
     models = load_models(plan)
@@ -159,6 +158,46 @@ def verify_plan(plan: Plan, data: str = "random", n: int = 512, hls: bool = True
     domain = plan_input_domain(plan, models.source)
     x, y = evaluation_data(plan, data, n, domain=domain)
     log(f"verify {plan.root}: {len(plan.partitions)} partitions in {len(plan.stages)} stages, {len(x)} samples ({data})")
+    builds = sched = None
+    if hls:
+        # the cold path: the hls4ml builds (g++, in parallel) start first, and each model's emulation as soon
+        # as its library is there; the float checks below run meanwhile (splitting.emulation_schedule)
+        log("  hls4ml emulation of the whole model and of every partition, every layer traced (compiled once, then "
+            "cached)")
+        builds, sched = _start_emulations(plan, x, log)
+    try:
+        return _verify(plan, models, data, x, y, domain, builds, sched)
+    finally:
+        if sched is not None:
+            sched.close()
+            builds.close()
+
+
+def _start_emulations(plan: Plan, x: np.ndarray, log):
+    """(hls.Builds, EmulationSchedule): the plan's hls4ml projects converted and their builds under way, the
+    traced emulations of the whole model and of every partition on `x` set to start as each build ends."""
+    from .emulation_schedule import EmulationSchedule
+    from .hls import layers_of, plan_projects, start_projects
+
+    names = [None] + [p.name for p in plan.ordered_partitions()]
+    builds = start_projects(plan_projects(plan), progress=lambda m: log(f"  hls4ml: {m}"))
+    ready = dict(zip(names, builds.ready))
+    try:
+        for name, f in ready.items():
+            if f.done() and f.exception() is None:
+                # a project cached by an older splitrack is traced or read once more here, in this thread:
+                # hls4ml's converters keep state on shared handler objects and cannot run in two at once
+                layers_of(plan, name, traced=True)
+        return builds, EmulationSchedule(plan, x, ready)
+    except BaseException:
+        builds.close()
+        raise
+
+
+def _verify(plan: Plan, models, data: str, x: np.ndarray, y, domain, builds, sched) -> Verification:
+    from .chain import keras_runner, run_chain
+
+    hls = sched is not None
     ref = models.source.predict(x, verbose=0, batch_size=256)
     kept: Dict[str, np.ndarray] = {}
     out_keras = run_chain(plan, x, keras_runner(models), keep=kept)
@@ -184,31 +223,25 @@ def verify_plan(plan: Plan, data: str = "random", n: int = 512, hls: bool = True
     per = []
     keras_checks: Dict = {}
     if hls:
-        log("  hls4ml emulation of the whole model and of every partition, every layer traced (compiled once, then "
-            "cached)")
-        from concurrent.futures import ThreadPoolExecutor
+        from .diagnose import PlanCheck, check_scope
 
-        from .diagnose import traced_run
-        from .hls import compile_plan, layers_of
-
-        compile_plan(plan, progress=lambda m: log(f"  hls4ml: {m}"))  # in parallel, the cold path
-        for name in [None] + [p.name for p in plan.ordered_partitions()]:
-            # a project cached by an older splitrack is traced or read once more here, one at a time: hls4ml's
-            # converters keep state on shared handler objects and cannot run in two threads at once
-            layers_of(plan, name, traced=True)
+        builds.wait()  # every build ended (HlsUnsupported when one failed); the emulations may still run
+        # each model's layers are checked against Keras as soon as its emulation ends, while the others run
+        whole_run = sched.result(None)
+        pc = PlanCheck(check_scope(plan, models, None, whole_run))
         runs: Dict[str, object] = {}
+        for p in plan.ordered_partitions():
+            runs[p.name] = sched.result(p.name)
+            pc.parts.append(check_scope(plan, models, p.name, runs[p.name]))
 
-        def traced(name: str, inp: np.ndarray) -> np.ndarray:
-            runs[name] = traced_run(plan, name, inp)
+        def ran(name: str, inp: np.ndarray) -> np.ndarray:
+            # the chain assembles each partition's input once more: it must be what the emulation was given
+            if not np.array_equal(np.asarray(inp, dtype=np.float64), runs[name].batch):
+                raise RuntimeError(f"partition {name}: the scheduled emulation ran on another input than the chain's")
             return runs[name].out
 
-        # in child processes: a crash of hls4ml's compiled C++ must not take verify down with it; the whole
-        # model's emulation runs beside the chain's (each its own process: two cores, half the wait)
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            whole_f = pool.submit(traced_run, plan, None, x)
-            hkept: Dict[str, np.ndarray] = {}
-            out_hls = run_chain(plan, x, traced, keep=hkept)
-            whole_run = whole_f.result()
+        hkept: Dict[str, np.ndarray] = {}
+        out_hls = run_chain(plan, x, ran, keep=hkept)
         whole = whole_run.out
         herr = float(np.max(np.abs(out_hls - whole)))
         hk_err = float(np.max(np.abs(out_hls - ref)))
@@ -224,7 +257,7 @@ def verify_plan(plan: Plan, data: str = "random", n: int = 512, hls: bool = True
                         "input_shape": p.input_shape, "output_shape": p.output_shape, "precision": p.output_precision,
                         "params": int(models[p.name].count_params()),
                         "hls_vs_keras_max_abs_err": float(np.max(np.abs(hkept[p.name] - kept[p.name])))})
-        keras_checks = _against_keras(plan, models, ref, whole_run, runs, per, herr <= step)
+        keras_checks = _against_keras(pc, ref, whole_run, per, herr <= step)
     v = Verification(
         plan=str(plan.root), plan_hash=plan.hash, data=data, samples=len(x), partitions=len(plan.partitions),
         stages=len(plan.stages), float_max_abs_err=ferr, float_rel_err=ferr / scale, hls_chain_max_abs_err=herr,
@@ -236,13 +269,12 @@ def verify_plan(plan: Plan, data: str = "random", n: int = 512, hls: bool = True
     return v
 
 
-def _against_keras(plan, models, ref, whole_run, runs, per, chain_ok: bool) -> Dict:
-    """The Verification fields of hls4ml against Keras: every layer of the whole model and of each
-    partition checked on hls4ml's own input (diagnose.check_plan, on the traced runs), and the cause of
+def _against_keras(pc, ref, whole_run, per, chain_ok: bool) -> Dict:
+    """The Verification fields of hls4ml against Keras from `pc` (diagnose.PlanCheck: every layer of the
+    whole model and of each partition checked on hls4ml's own input, on the traced runs), and the cause of
     what fails."""
-    from .diagnose import cause, check_plan, describe
+    from .diagnose import cause, describe
 
-    pc = check_plan(plan, models, whole_run, runs)
     for row, part in zip(per, pc.parts):
         row["within"] = part.check.within
     found = [line for s in [pc.whole] + pc.parts for line in describe(s)]

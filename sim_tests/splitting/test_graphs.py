@@ -98,41 +98,7 @@ def test_flat_links_assemble_and_take_as_a_board_does():
     assert Contract.from_dict(b.to_dict()) == b
 
 
-# --- a plan with a skip link, against hls4ml and the agents -----------------------------------------------
-def _skip_model():
-    keras.utils.set_random_seed(7)
-    inp = keras.Input((4, 4, 2), name="x")
-    a = L.Conv2D(4, 3, padding="same", activation="relu", name="a")(inp)
-    b = L.Conv2D(4, 3, padding="same", name="b")(a)
-    b = L.BatchNormalization(name="b_bn")(b)
-    b = L.ReLU(name="b_relu")(b)
-    c = L.DepthwiseConv2D(3, padding="same", name="c")(b)
-    c = L.ReLU(name="c_relu")(c)
-    add = L.Add(name="add")([a, c])
-    z = L.ZeroPadding2D(((0, 1), (0, 1)), name="pad")(add)
-    p = L.AveragePooling2D(2, name="pool")(z)
-    cat = L.Concatenate(name="cat")([L.GlobalAveragePooling2D(name="gap")(p), L.Flatten(name="fl")(inp)])
-    out = L.Dense(3, name="out")(cat)
-    model = keras.Model(inp, out, name="skippy")
-    bn = model.get_layer("b_bn")
-    bn.set_weights([np.full(4, 1.5, np.float32), np.full(4, 0.1, np.float32), np.full(4, 0.2, np.float32),
-                    np.full(4, 2.0, np.float32)])
-    return model
-
-
-@pytest.fixture(scope="module")
-def skip_plan(tmp_path_factory):
-    from splitting.plan import Plan
-
-    model = _skip_model()
-    # a cut inside the residual branch (two tensors cross) and one before the padding; the model input
-    # crosses both (host -> s2, a skip link)
-    plan, models = split_model(model, at=["b_relu", "add"])
-    folder = tmp_path_factory.mktemp("skip") / "plan"
-    write_plan(plan, models, folder)
-    return Plan.load(folder)
-
-
+# --- a plan with a skip link (sim_tests/conftest.py: skip_plan), against hls4ml and the agents ------------
 def test_skip_plan_has_the_links_of_the_graph(skip_plan):
     plan = skip_plan
     assert [len(s.partitions) for s in plan.stages] == [1, 1, 1]
