@@ -291,9 +291,10 @@ class Builds:
     otherwise (another process's build: in `wait`), or with the build's exception. `wait()` returns every
     folder once all builds ended, and raises the first failure."""
 
-    def __init__(self, folders: list, ready: list, pool=None, futures=(), locks=(), waiting=()):
+    def __init__(self, folders: list, ready: list, pool=None, futures=(), locks=(), waiting=(), again=None):
         self.folders, self.ready = folders, ready
         self._pool, self._futures, self._locks, self._waiting = pool, list(futures), list(locks), list(waiting)
+        self._again = again  # (projects, start_projects' keywords): to build what another process left unbuilt
         self._waited = False
 
     def wait(self) -> list:
@@ -308,10 +309,21 @@ class Builds:
         finally:
             self.close()
         for lock in self._waiting:
-            with lock:  # the other process finished (or died: then its project is compiled on the next call)
+            with lock:  # the other process finished, failed or died
                 pass
+        left = [i for i, f in enumerate(self.ready) if not f.done() and not (self.folders[i] / ARTIFACT).is_file()]
+        if left and self._again:
+            # the other process's build failed or died: built here once more, so that its failure (say
+            # HlsUnsupported) is this command's one-line error, never a folder without its library
+            projects, kw = self._again
+            try:
+                start_projects([projects[i] for i in left], **kw).wait()
+            except BaseException as e:
+                for i in left:
+                    self.ready[i].set_exception(e)
+                raise
         for i, f in enumerate(self.ready):
-            if not f.done():  # another process built it (or died: its artifact is then missing)
+            if not f.done():  # another process built it (or failed twice: its artifact is then missing)
                 _settle(f, self.folders[i])
         return self._result()
 
@@ -326,8 +338,8 @@ class Builds:
         self._locks = []
 
     def _result(self) -> list:
-        for f in self._futures:
-            if f.exception() is not None:
+        for f in list(self._futures) + list(self.ready):
+            if f.done() and f.exception() is not None:
                 raise f.exception()
         return self.folders
 
@@ -341,14 +353,15 @@ def _settle(future, folder: Path) -> None:
                                           "did not finish; run the command again"))
 
 
-def start_projects(projects, cache: Path = None, workers: int = None, progress=None) -> Builds:
+def start_projects(projects, cache: Path = None, workers: int = None, progress=None, again: bool = True) -> Builds:
     """Set the builds of `projects` (a list of Project) going and return at once (Builds) with their
     conversions done: the cold path's first step, so that a caller works while g++ runs.
 
     Each project not cached yet is converted and written by hls4ml in this thread, one after another
     (hls4ml's converters cannot run in two threads at once), and its C++ is built (hls4ml's build_lib.sh:
     g++) in a pool of `workers` threads (default_workers) while the next is converted; the largest first.
-    A project another process is compiling (its lock is held) is waited for in Builds.wait. Projects with
+    A project another process is compiling (its lock is held) is waited for in Builds.wait, and built there
+    once more (with `again`) when that process left no library (its build failed or it died). Projects with
     the same content share one build (the cache key). `progress` gets one line per project started and
     finished. Raises HlsUnsupported naming the project and layer when hls4ml cannot convert one (after the
     builds already started have ended)."""
@@ -420,7 +433,8 @@ def start_projects(projects, cache: Path = None, workers: int = None, progress=N
     except BaseException:
         Builds(folders, ready, pool, futures, locks).close()  # the builds under way end, then the error
         raise
-    return Builds(folders, ready, pool, futures, locks, waiting)
+    return Builds(folders, ready, pool, futures, locks, waiting,
+                  again=(projects, dict(cache=cache, workers=workers, progress=say, again=False)) if again else None)
 
 
 def _convert_project(pr: Project, folder: Path, data: bytes):

@@ -163,3 +163,50 @@ def test_a_failed_build_is_raised_by_wait_and_resolves_its_ready_future(monkeypa
     with pytest.raises(HlsUnsupported):
         hls.compile_projects([hls.Project(tmp_path / "m.keras", weights_sha256(m), {"Model": {}}, {}, "sr_m")],
                              cache=tmp_path / "cache", progress=lambda m: None)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_project_another_process_left_unbuilt_is_built_here(fails, monkeypatch, tmp_path):
+    """Another process holds a project's lock (it is building it) and ends without a library (its build failed,
+    or it died): wait() builds it here, so the command gets the library or its own one-line error, never a
+    folder without artifact.json (the shared cache: two commands converting one model at once)."""
+    import keras
+    from types import SimpleNamespace
+
+    from filelock import FileLock
+
+    from splitting.graph import weights_sha256
+
+    def convert(model, hls_cfg, hls_defaults, out, project, what=None):
+        if fails:
+            raise HlsUnsupported("partition m: hls4ml cannot convert layer 'sep' (SeparableConv2D)")
+
+        def compile_(hm):
+            lib = out / f"{project}.so"
+            lib.parent.mkdir(parents=True, exist_ok=True)
+            lib.write_bytes(b"stand-in")
+            return str(lib)
+
+        return SimpleNamespace(write=lambda: None, get_layers=lambda: [],
+                               config=SimpleNamespace(backend=SimpleNamespace(compile=compile_)))
+
+    monkeypatch.setattr(hls, "_convert_model", convert)
+    inp = keras.Input((4,))
+    m = keras.Model(inp, keras.layers.Dense(2)(inp))
+    m.save(tmp_path / "m.keras")
+    project = hls.Project(tmp_path / "m.keras", weights_sha256(m), {"Model": {}}, {}, "sr_m")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    other = FileLock(str(cache / f"{hls.cache_key(tmp_path / 'm.keras', project.weights_sha, {'Model': {}}, {})}.lock"))
+    other.acquire()
+    builds = hls.start_projects([project], cache=cache, progress=lambda m: None)
+    assert not builds.ready[0].done()  # the other process is building it
+    other.release()  # ... and leaves no library
+    if fails:
+        with pytest.raises(HlsUnsupported, match="SeparableConv2D"):
+            builds.wait()
+        with pytest.raises(HlsUnsupported):
+            builds.ready[0].result(0)
+    else:
+        assert builds.wait() == builds.folders and (builds.folders[0] / hls.ARTIFACT).is_file()
+        assert builds.ready[0].result(0) == builds.folders[0]
