@@ -27,7 +27,7 @@ controls measured in the same runs.
    one alarm (`Alarm`), whichever figures show it.
 
 Measured on a virtual rack whose load changes between runs (benchmarks/regression_detector.py): the figures
-are in the README.
+are in docs/measurements.md (the regression check: false alarms and detection).
 """
 from __future__ import annotations
 
