@@ -243,7 +243,7 @@ def fifo_note(opts: SearchOptions) -> Dict[str, str]:
     if opts.fifo_depth == "optimized":
         return {"assumed": "optimized",
                 "what": "as hls4ml's FIFO depth optimisation leaves them, sized from the graph (splitting.fifo_depths): "
-                        "2 between layers, the branch skew into a merge, the zero bursts after a padding",
+                        "2 between layers and for the wrapper streams, the branch skew into a merge",
                 "confirmed_by": "Vivado's RTL cosimulation (hls4ml's vivado:fifo_depth_optimization flow); not run here"}
     return {"assumed": "default", "what": "hls4ml's default: each stream as deep as its pixels",
             "confirmed_by": "hls4ml's default depths never stall a dataflow"}
