@@ -23,10 +23,18 @@ multipliers, px = pixels of its input stream (`reuse.pixels`), C = channels (las
                                 cycles from the set; sigmoid/tanh as a ReLU plus one BRAM18 table per two
                                 lanes (extrapolated)
   MaxPooling (io_stream)        LUT pool_lut C b/16, FF pool_ff C, cycles px + pool_fill, II px
-  FIFOs (io_stream)             hls4ml puts a stream of depth = pixels between layers (Flatten is in
-                                place), one FIFO per channel: one BRAM18 each when FIFO_BRAM_DEPTH deep or
-                                more, LUT fifo_lut and FF fifo_ff each; partitions also have their
-                                VivadoAccelerator wrapper's input and output streams
+  FIFOs (io_stream)             `streams`: a stream per tensor between layers (Flatten in place), between a
+                                layer and its activation, after the ZeroPadding2D hls4ml inserts before a
+                                'same' Conv2D, into and out of the Clone it inserts where a tensor is read
+                                twice, and the VivadoAccelerator wrapper's input and output streams (hls4ml
+                                1.3.0: conv_same_pad.py, clone.py, vivado_accelerator_writer.py). Vivado
+                                HLS makes one FIFO per channel (element of the nnet::array word): LUT
+                                fifo_lut b/16 and FF fifo_ff each, and per channel ceil(depth / floor(18432 / w))
+                                BRAM18 once FIFO_BRAM_DEPTH deep (shift registers below), w the narrowest
+                                BRAM18 port width (1, 2, 4, 9, 18, 36) holding b bits (UG473). Depths per
+                                HlsConfig.fifo_depth (splitting.fifo_depths, with its sources): hls4ml's
+                                'default' (pixels of the stream) or 'optimized' (2 per chain FIFO, the
+                                branch skew into a merge: what plans assume and write)
   a segment                     resources add up; in io_stream the layers overlap (dataflow), so the
                                 latency is the slowest feature-map layer's plus the flat layers', the
                                 interval the largest; in io_parallel latencies add up
@@ -158,7 +166,7 @@ def fit_sources(rows: Sequence[CalibrationRow]) -> Tuple[Coefficients, frozenset
         if _only(row, ("fifo",)):
             lanes = sum(l.input_shape[1] for l in layers)
             if fig("lut") is not None:
-                obs["fifo_lut"].append(fig("lut") / lanes)
+                obs["fifo_lut"].append(fig("lut") / (lanes * b16))
             if fig("ff") is not None:
                 obs["fifo_ff"].append(fig("ff") / lanes)
     base = asdict(PRIORS)
@@ -226,8 +234,9 @@ def layer(l: LayerSpec, cfg: HlsConfig, r: int, c: Coefficients, words: int = 1)
         if l.kind != "Dense" and io == "io_stream" and len(l.input_shape) > 2:
             kh = l.kernel[0]
             row = math.prod(l.input_shape[1:-1])
-            out["lut"] += (kh - 1) * row * l.input_shape[-1] * b / 32
-            out["ff"] += math.prod(l.kernel) * l.input_shape[-1] * b
+            ch = l.units if l.depthwise else l.input_shape[-1]  # a depthwise conv buffers every channel
+            out["lut"] += (kh - 1) * row * ch * b / 32
+            out["ff"] += math.prod(l.kernel) * ch * b
         if l.kind != "Dense":
             out["cycles"] = px * r + c.lat_conv
             out["interval"] = px * r
@@ -266,7 +275,8 @@ def layer(l: LayerSpec, cfg: HlsConfig, r: int, c: Coefficients, words: int = 1)
         return out
     if l.kind == "FIFO":
         depth, lanes = l.input_shape
-        out.update(lut=c.fifo_lut * lanes, ff=c.fifo_ff * lanes, bram=fd.bram18(depth, lanes, b))
+        # LUT per channel x b/16, as for the other stream layers: a shift-register FIFO is a LUT per bit
+        out.update(lut=c.fifo_lut * lanes * b16, ff=c.fifo_ff * lanes, bram=fd.bram18(depth, lanes, b))
         return out
     if l.kind == "Add":
         n = int(l.output_shape[-1]) if io == "io_stream" else math.prod(l.output_shape)
