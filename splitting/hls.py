@@ -182,10 +182,10 @@ def _convert_model(model, hls_cfg: dict, hls_defaults: dict, out: Path, project:
     try:
         with library_output(f"hls4ml: converting {what or project_what(project)}"):
             hm = _hls4ml_convert(model, cfg, hls_defaults, out, project)
-            set_fifo_depths(hm, hls_defaults)
-            return hm
     except Exception as e:  # hls4ml raises every kind (KeyError, NotImplementedError, AssertionError, ...)
         raise HlsUnsupported(failure_message(e, what or project_what(project))) from None
+    set_fifo_depths(hm, hls_defaults)  # ours: a failure here is splitrack's, not hls4ml's
+    return hm
 
 
 def set_fifo_depths(hm, hls_defaults: dict) -> None:
