@@ -112,3 +112,30 @@ def test_hls4ml_graph_gets_the_same_depths_and_its_project_carries_them(tmp_path
     hm2 = _convert_model(model, cfg, dict(HLS_DEFAULTS), tmp_path / "q", "sr_fifo")
     set_fifo_depths(hm2, dict(HLS_DEFAULTS))
     assert all(v.pragma[1] == math.prod(v.shape[:-1]) for v in hm2.output_vars.values() if isinstance(v.pragma, tuple))
+
+
+def test_plan_built_with_optimized_depths_is_bit_exact_and_carries_them(tmp_path):
+    """A plan whose hls4ml projects carry the optimized depths (what `plan` writes) verifies bit for bit as
+    before (the C emulation does not depend on depths), and partition s0's firmware has them: its skip FIFO
+    into the Add, by hand, ceil(16 px x (15 + 15) / 36) + 2 = 16 (two 3x3 'same' convs on 4x4, padded 6x6,
+    each filling 2 x 6 + 3 = 15 of 36 pixels), every other stream 2."""
+    import re
+
+    import keras
+
+    from splitting.hls import project_dir
+    from splitting.plan import Plan
+    from splitting.split import split_model, write_plan
+    from splitting.verify import verify_plan
+
+    keras.utils.set_random_seed(5)
+    plan, models = split_model(_residual_block(4, 2), at=["add"])
+    plan.hls_defaults["fifo_depth"] = "optimized"
+    write_plan(plan, models, tmp_path / "plan")
+    plan = Plan.load(tmp_path / "plan")
+    v = verify_plan(plan, n=32, log=lambda m: None)
+    assert v.float_ok and v.hls_bit_exact and v.hls_chain_max_abs_err == 0.0
+    src = (project_dir(plan, "s0") / "project" / "firmware" / "sr_s0.cpp").read_text()
+    depths = [int(d) for d in re.findall(r"#pragma HLS STREAM variable=\w+ depth=(\d+)", src)]
+    assert sorted(set(depths)) == [fd.SHALLOW, math.ceil(16 * 30 / 36) + 2] == [2, 16]
+    assert depths.count(16) == 1
