@@ -363,11 +363,15 @@ def streams(layers: Sequence[LayerSpec], wrapper: bool, fifo_depth: str = "defau
         return fd.skew_depth(merge_lag, lag.get(p, 0.0) if p >= 0 else 0.0, pixels(layers[j]))
 
     last = max(lag) if lag else -1
+    entry: Dict[int, Tuple[int, ...]] = {}  # partition input -> its shape, as the first layer reading it gets it
+    for k, l in enumerate(layers):  # (a Flatten in place: the stream keeps the map's words, hls4ml's
+        for back in (l.reads or (1,)):  # inplace_stream_flatten)
+            if k - back < 0 and k - back not in entry:
+                entry[k - back] = tuple(l.input_shape[:-1]) + ((l.units,) if l.depthwise else (l.input_shape[-1],))
     for p in sorted(readers):  # partition inputs: the wrapper's input stream, a Clone when read twice
         if p >= 0:
             continue
-        j0 = readers[p][0]
-        shape = tuple(layers[j0].input_shape) if not layers[j0].depthwise else tuple(layers[j0].input_shape[:-1]) + (layers[j0].units,)
+        shape = entry[p]
         if wrapper:
             fifo(shape)
         if len(readers[p]) > 1:

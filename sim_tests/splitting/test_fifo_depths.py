@@ -139,3 +139,12 @@ def test_plan_built_with_optimized_depths_is_bit_exact_and_carries_them(tmp_path
     depths = [int(d) for d in re.findall(r"#pragma HLS STREAM variable=\w+ depth=(\d+)", src)]
     assert sorted(set(depths)) == [fd.SHALLOW, math.ceil(16 * 30 / 36) + 2] == [2, 16]
     assert depths.count(16) == 1
+
+
+def test_a_partition_that_starts_with_flatten_reads_the_maps_words():
+    """hls4ml's Flatten is in place in io_stream (inplace_stream_flatten.py): a partition cut before it reads
+    a stream of 16-channel pixels, so its input FIFOs are 16 channels, not one per element of the vector."""
+    layers = [LayerSpec("Flatten", "fl", (12, 12, 16), (2304,)),
+              LayerSpec("Dense", "fc", (2304,), (32,), units=32)]
+    fifos = am.streams(layers, wrapper=True, fifo_depth="default")
+    assert [f.input_shape for f in fifos] == [(144, 16), (1, 32)]
