@@ -22,6 +22,7 @@ from typing import Dict, Tuple
 
 from .emulation import EmulationLib
 from .errors import UserError
+from .hls_types import RULES_VERSION as HLS_TYPES_VERSION
 from .plan import Plan
 from .untrusted import MODEL_LIMIT, loads_json, read_bytes
 from .user_cache import cache_root
@@ -85,14 +86,14 @@ def _model_bytes(keras_file: Path) -> bytes:
 def cache_key(keras_file, weights_sha: str, hls_cfg: dict, hls_defaults: dict) -> str:
     """The compiled-project cache key of a model (a .keras path, or its bytes): first 20 hex digits of the
     SHA-256 of what the file holds (architecture and weights, `_model_content`), the weights hash the plan
-    claims (`weights_sha`; the build checks the file against it), the hls4ml configuration, backend defaults
-    and the installed hls4ml version. Keyed on the bytes present, a model swapped under an unchanged
+    claims (`weights_sha`; the build checks the file against it), the hls4ml configuration, backend defaults,
+    the installed hls4ml version and the version of the per-layer types added at conversion (`hls_types`). Keyed on the bytes present, a model swapped under an unchanged
     plan.json never finds the original's build."""
     data = keras_file if isinstance(keras_file, bytes) else _model_bytes(Path(keras_file))
     arch, content = _model_content(data, str(keras_file) if not isinstance(keras_file, bytes) else "model")
     body = json.dumps(
         {"arch": arch, "content": content, "weights": weights_sha, "hls": hls_cfg, "backend": hls_defaults,
-         "hls4ml": version("hls4ml")},
+         "hls4ml": version("hls4ml"), "types": HLS_TYPES_VERSION},
         sort_keys=True,
     )
     return hashlib.sha256(body.encode()).hexdigest()[:20]
@@ -178,7 +179,9 @@ def _convert_model(model, hls_cfg: dict, hls_defaults: dict, out: Path, project:
     from .hls_errors import HlsUnsupported, failure_message
     from .quiet_tensorflow import library_output
 
-    cfg = json.loads(json.dumps(hls_cfg))  # hls4ml mutates its config
+    from .hls_types import accumulators
+
+    cfg = accumulators(model, json.loads(json.dumps(hls_cfg)))  # a copy: hls4ml mutates its config
     try:
         with library_output(f"hls4ml: converting {what or project_what(project)}"):
             hm = _hls4ml_convert(model, cfg, hls_defaults, out, project)
