@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -98,8 +99,10 @@ def collect(out: Path, runs: int, frames: int, k0: int, progress=print) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     pattern = load_pattern(runs)
-    (out / "pattern.json").write_text(json.dumps({"burners": pattern, "k0": k0, "sizes": SIZES, "cycles": CYCLES,
-                                                  "frames": frames, "slowed": SLOW_PART}) + "\n")
+    meta = {"burners": pattern, "k0": k0, "sizes": SIZES, "cycles": CYCLES, "frames": frames, "slowed": SLOW_PART,
+            "loadavg_before": list(os.getloadavg())}  # the other users' load: the 1, 5, 15-min load averages
+    (out / "pattern.json").write_text(json.dumps(meta) + "\n")
+    progress(f"load average before: {meta['loadavg_before']}")
     variants_all = ["A"] + [f"{s:+.0%}" for s in SIZES]
     factor = {v: 1.0 if v == "A" else 1.0 + float(v.rstrip("%")) / 100 for v in variants_all}
     slow_ports: Dict[int, float] = {}  # SSH port of each rack's board that carries SLOW_PART -> its factor
@@ -146,6 +149,9 @@ def collect(out: Path, runs: int, frames: int, k0: int, progress=print) -> None:
                              f"{doc['cpu']['keras batch 1']['p50']:6.1f} us ({time.monotonic() - t0:.0f} s)")
         finally:
             burners.stop()
+            meta["loadavg_after"] = list(os.getloadavg())
+            (out / "pattern.json").write_text(json.dumps(meta) + "\n")
+            progress(f"load average after: {meta['loadavg_after']}")
             for f in racks.values():
                 rack_down(f)
             deploy_mod._timing = real_timing
@@ -220,7 +226,10 @@ def table(res: Dict) -> str:
     """The A/A and A/B table as text."""
     aa = res["aa"]["nights"]
     false = [x for x in aa if x["alarms"]]
-    lines = [f"load pattern (CPU burners per run position): {''.join(str(b) for b in res['meta']['burners'])}",
+    meta = res["meta"]
+    lines = [f"load pattern (CPU burners per run position): {''.join(str(b) for b in meta['burners'])}"
+             + (f"; load average (1, 5, 15 min) before {meta['loadavg_before']}, after {meta.get('loadavg_after')}"
+                if "loadavg_before" in meta else ""),
              f"A/A: {len(res['meta']['burners'])} runs, {len(aa)} nights judged, false alarms on {len(false)} night(s)"
              + (": " + "; ".join(f"night {x['night']}: {x['alarms']}" for x in false) if false else "")
              + f"; nights where the controls explained a change: {sum(1 for x in aa if x['machine'])}",
@@ -234,6 +243,8 @@ def table(res: Dict) -> str:
         lines.append(f"{v:22s} {len(rs):10d} {len(det):>5d}/{len(rs):<3d} {len(within):>10d}/{len(rs):<3d} "
                      f"{', '.join('-' if r['delay'] is None else str(r['delay']) for r in rs):>30s} "
                      f"{sum(len(r['before']) for r in rs):20d}")
+    wrong = [f"{r['size']} from run {r['k']}: {', '.join(r['other'])}" for r in res["ab"] if r["other"]]
+    lines.append("wrong alarms (another hop's regression in effect after the change): " + ("; ".join(wrong) or "none"))
     return "\n".join(lines)
 
 

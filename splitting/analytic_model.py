@@ -23,10 +23,18 @@ multipliers, px = pixels of its input stream (`reuse.pixels`), C = channels (las
                                 cycles from the set; sigmoid/tanh as a ReLU plus one BRAM18 table per two
                                 lanes (extrapolated)
   MaxPooling (io_stream)        LUT pool_lut C b/16, FF pool_ff C, cycles px + pool_fill, II px
-  FIFOs (io_stream)             hls4ml puts a stream of depth = pixels between layers (Flatten is in
-                                place), one FIFO per channel: one BRAM18 each when FIFO_BRAM_DEPTH deep or
-                                more, LUT fifo_lut and FF fifo_ff each; partitions also have their
-                                VivadoAccelerator wrapper's input and output streams
+  FIFOs (io_stream)             `streams`: a stream per tensor between layers (Flatten in place), between a
+                                layer and its activation, after the ZeroPadding2D hls4ml inserts before a
+                                'same' Conv2D, into and out of the Clone it inserts where a tensor is read
+                                twice, and the VivadoAccelerator wrapper's input and output streams (hls4ml
+                                1.3.0: conv_same_pad.py, clone.py, vivado_accelerator_writer.py). Vivado
+                                HLS makes one FIFO per channel (element of the nnet::array word): LUT
+                                fifo_lut b/16 and FF fifo_ff each, and per channel ceil(depth / floor(18432 / w))
+                                BRAM18 once FIFO_BRAM_DEPTH deep (shift registers below), w the narrowest
+                                BRAM18 port width (1, 2, 4, 9, 18, 36) holding b bits (UG473). Depths per
+                                HlsConfig.fifo_depth (splitting.fifo_depths, with its sources): hls4ml's
+                                'default' (pixels of the stream) or 'optimized' (2 per chain FIFO, the
+                                branch skew into a merge: what plans assume and write)
   a segment                     resources add up; in io_stream the layers overlap (dataflow), so the
                                 latency is the slowest feature-map layer's plus the flat layers', the
                                 interval the largest; in io_parallel latencies add up
@@ -40,11 +48,12 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from . import fifo_depths as fd
 from .calibration import CalibrationRow, kind_of, load_rows
 from .layerspec import COMPUTE, POOLING, HlsConfig, LayerSpec
 from .reuse import effective_reuse, layer_reuse, pixels
 
-FIFO_BRAM_DEPTH = 32  # the set: one BRAM18 per channel FIFO at 36 deep and more, none at 16 and less
+FIFO_BRAM_DEPTH = fd.FIFO_BRAM_DEPTH
 FIGS = ("lut", "ff", "dsp", "bram", "cycles", "interval")
 
 
@@ -157,7 +166,7 @@ def fit_sources(rows: Sequence[CalibrationRow]) -> Tuple[Coefficients, frozenset
         if _only(row, ("fifo",)):
             lanes = sum(l.input_shape[1] for l in layers)
             if fig("lut") is not None:
-                obs["fifo_lut"].append(fig("lut") / lanes)
+                obs["fifo_lut"].append(fig("lut") / (lanes * b16))
             if fig("ff") is not None:
                 obs["fifo_ff"].append(fig("ff") / lanes)
     base = asdict(PRIORS)
@@ -225,8 +234,9 @@ def layer(l: LayerSpec, cfg: HlsConfig, r: int, c: Coefficients, words: int = 1)
         if l.kind != "Dense" and io == "io_stream" and len(l.input_shape) > 2:
             kh = l.kernel[0]
             row = math.prod(l.input_shape[1:-1])
-            out["lut"] += (kh - 1) * row * l.input_shape[-1] * b / 32
-            out["ff"] += math.prod(l.kernel) * l.input_shape[-1] * b
+            ch = l.units if l.depthwise else l.input_shape[-1]  # a depthwise conv buffers every channel
+            out["lut"] += (kh - 1) * row * ch * b / 32
+            out["ff"] += math.prod(l.kernel) * ch * b
         if l.kind != "Dense":
             out["cycles"] = px * r + c.lat_conv
             out["interval"] = px * r
@@ -265,7 +275,8 @@ def layer(l: LayerSpec, cfg: HlsConfig, r: int, c: Coefficients, words: int = 1)
         return out
     if l.kind == "FIFO":
         depth, lanes = l.input_shape
-        out.update(lut=c.fifo_lut * lanes, ff=c.fifo_ff * lanes, bram=lanes if depth >= FIFO_BRAM_DEPTH else 0)
+        # LUT per channel x b/16, as for the other stream layers: a shift-register FIFO is a LUT per bit
+        out.update(lut=c.fifo_lut * lanes * b16, ff=c.fifo_ff * lanes, bram=fd.bram18(depth, lanes, b))
         return out
     if l.kind == "Add":
         n = int(l.output_shape[-1]) if io == "io_stream" else math.prod(l.output_shape)
@@ -278,26 +289,113 @@ def layer(l: LayerSpec, cfg: HlsConfig, r: int, c: Coefficients, words: int = 1)
     return out  # Flatten, Dropout: no hardware (in place, or removed by hls4ml)
 
 
-def streams(layers: Sequence[LayerSpec], wrapper: bool) -> List[LayerSpec]:
-    """The io_stream FIFOs of a segment as FIFO LayerSpecs (input shape (depth, channels)): one after every
-    layer but the last and Flatten (in place: the stream keeps its words), and between a layer and its own
-    activation; with `wrapper`, the VivadoAccelerator wrapper's input and output streams too."""
-    shapes: List[Tuple[int, ...]] = []
-    current = tuple(layers[0].input_shape)
-    if wrapper:
-        shapes.append(current)
-    for i, l in enumerate(layers):
+def _producers(layers: Sequence[LayerSpec]) -> List[List[int]]:
+    """Per layer, the segment positions of what it reads (negative: produced before the segment, a partition
+    input), with Flatten and Dropout seen through (in place, or removed by hls4ml: no stream of their own)."""
+    out: List[List[int]] = []
+    for k, l in enumerate(layers):
+        ps = []
+        for back in (l.reads or (1,)):
+            p = k - back
+            while p >= 0 and layers[p].kind in ("Flatten", "Dropout"):
+                p = p - (layers[p].reads or (1,))[0]
+            ps.append(p)
+        out.append(ps)
+    return out
+
+
+def _lag(l: LayerSpec) -> float:
+    """How far (fraction of a frame) the layer's output runs behind its input in io_stream: a line buffer's
+    window fill (Conv, pooling; 'same' padding on the padded frame), a whole frame for a layer that reads its
+    input before it writes (global pooling, Dense), nothing for element-wise layers."""
+    if l.kind == "Dense" or (l.kind in POOLING and len(l.output_shape) == 1):
+        return 1.0
+    if (l.kind in COMPUTE or l.kind in POOLING) and len(l.input_shape) > 1 and l.kernel:
+        dims = list(l.input_shape[:-1])
+        if l.padding == "same":
+            dims = [d + sum(fd.same_padding(d, k, s)) for d, k, s in zip(dims, l.kernel, l.strides or l.kernel)]
+        if len(dims) == 1:
+            return fd.lag_fraction(1, l.kernel[0], 1, dims[0])
+        return fd.lag_fraction(l.kernel[0], l.kernel[1], dims[0], dims[1])
+    return 0.0
+
+
+def _padding(l: LayerSpec) -> Optional[Tuple[Tuple[int, ...], Tuple[int, int, int, int]]]:
+    """(padded input shape, (top, bottom, left, right)) of the ZeroPadding2D hls4ml inserts before a 'same'
+    Conv2D in io_stream (conv_same_pad.py; None when it pads nothing or is not a Conv2D)."""
+    if l.kind != "Conv2D" or l.padding != "same" or len(l.input_shape) != 3:
+        return None
+    (t, b), (le, r) = (fd.same_padding(d, k, s) for d, k, s in zip(l.input_shape[:2], l.kernel, l.strides or (1, 1)))
+    if t + b + le + r == 0:
+        return None
+    ch = l.units if l.depthwise else l.input_shape[-1]
+    return (l.input_shape[0] + t + b, l.input_shape[1] + le + r, ch), (t, b, le, r)
+
+
+def streams(layers: Sequence[LayerSpec], wrapper: bool, fifo_depth: str = "default") -> List[LayerSpec]:
+    """The io_stream FIFOs of a segment as FIFO LayerSpecs (input shape (depth, channels)), as hls4ml 1.3.0
+    makes them: one per tensor between two layers (Flatten in place: the stream keeps its words), one between
+    a layer and its own activation, one after the ZeroPadding2D it inserts before a 'same' Conv2D, and where a
+    tensor is read by several layers a Clone layer (one stream into it, one per reader); with `wrapper`, the
+    VivadoAccelerator wrapper's input and output streams too. Depths per `fifo_depth` (splitting.fifo_depths):
+    'default' the pixels of each stream, 'optimized' SHALLOW but for the branch skew into a merge."""
+    opt = fifo_depth == "optimized"
+    prods = _producers(layers)
+    lag: Dict[int, float] = {}
+    readers: Dict[int, List[int]] = {}
+    for k, l in enumerate(layers):
         if l.kind in ("Flatten", "Dropout"):
-            continue  # in place (Flatten) or removed by hls4ml (Dropout): the stream keeps its shape
-        current = tuple(l.output_shape)
+            continue
+        lag[k] = max((lag.get(p, 0.0) if p >= 0 else 0.0) for p in prods[k]) + _lag(l)
+        for p in prods[k]:
+            readers.setdefault(p, []).append(k)
+    out: List[LayerSpec] = []
+
+    def fifo(shape: Tuple[int, ...], depth: int = fd.SHALLOW):
+        px = math.prod(shape[:-1]) if len(shape) > 1 else 1
+        d = depth if opt else px
+        out.append(LayerSpec("FIFO", "fifo", (int(d), int(shape[-1])), (int(d), int(shape[-1]))))
+
+    def into(j: int, p: int) -> int:  # optimized depth of the stream from tensor p into layer j
+        if layers[j].kind != "Add":
+            return fd.SHALLOW
+        merge_lag = max((lag.get(q, 0.0) if q >= 0 else 0.0) for q in prods[j])
+        return fd.skew_depth(merge_lag, lag.get(p, 0.0) if p >= 0 else 0.0, pixels(layers[j]))
+
+    last = max(lag) if lag else -1
+    entry: Dict[int, Tuple[int, ...]] = {}  # partition input -> its shape, as the first layer reading it gets it
+    for k, l in enumerate(layers):  # (a Flatten in place: the stream keeps the map's words, hls4ml's
+        for back in (l.reads or (1,)):  # inplace_stream_flatten)
+            if k - back < 0 and k - back not in entry:
+                entry[k - back] = tuple(l.input_shape[:-1]) + ((l.units,) if l.depthwise else (l.input_shape[-1],))
+    for p in sorted(readers):  # partition inputs: the wrapper's input stream, a Clone when read twice
+        if p >= 0:
+            continue
+        shape = entry[p]
+        if wrapper:
+            fifo(shape)
+        if len(readers[p]) > 1:
+            for j in readers[p]:
+                fifo(shape, into(j, p))
+    for k in sorted(lag):
+        l = layers[k]
+        pad = _padding(l)
+        if pad is not None:
+            fifo(pad[0], fd.SHALLOW)
+        shape = tuple(l.output_shape)
         if l.kind in COMPUTE and l.activation != "linear":
-            shapes.append(current)
-        if i < len(layers) - 1 or wrapper:
-            shapes.append(current)
-    out = []
-    for s in shapes:
-        depth = math.prod(s[:-1]) if len(s) > 1 else 1
-        out.append(LayerSpec("FIFO", "fifo", (depth, int(s[-1])), (depth, int(s[-1]))))
+            fifo(shape, fd.SHALLOW)
+        rd = readers.get(k, [])
+        if k == last or not rd:  # the segment's output (the wrapper's output stream, or a port)
+            if wrapper:
+                fifo(shape)
+            rd = rd if k != last else []
+        if len(rd) == 1:
+            fifo(shape, into(rd[0], k))
+        elif len(rd) > 1:
+            fifo(shape, fd.SHALLOW)  # into the Clone
+            for j in rd:
+                fifo(shape, into(j, k))
     return out
 
 
@@ -312,7 +410,7 @@ def segment(layers: Sequence[LayerSpec], cfg: HlsConfig, reuses: Optional[Sequen
     per = [layer(l, cfg, r, c, w) for l, r, w in zip(layers, reuses, input_words(layers))]
     fifo = _zero()
     if cfg.io_type == "io_stream":
-        for s in streams(layers, wrapper):
+        for s in streams(layers, wrapper, cfg.fifo_depth):
             f = layer(s, cfg, 1, c)
             for k in ("lut", "ff", "bram"):
                 fifo[k] += f[k]

@@ -55,8 +55,9 @@ class CalibrationRow:
     @property
     def config(self) -> HlsConfig:
         """The row's hls4ml configuration; the reuse factor per layer as hls4ml applies a model-level value
-        (balance off: the published designs were configured so)."""
-        return HlsConfig(self.precision, self.reuse, self.strategy, self.io_type, balance=False)
+        (balance off: the published designs were configured so), hls4ml's default FIFO depths (the set's
+        io_stream designs were synthesised without FIFO depth optimisation)."""
+        return HlsConfig(self.precision, self.reuse, self.strategy, self.io_type, balance=False, fifo_depth="default")
 
     @cached_property
     def chains(self) -> List[List[LayerSpec]]:

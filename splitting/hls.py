@@ -185,9 +185,21 @@ def _convert_model(model, hls_cfg: dict, hls_defaults: dict, out: Path, project:
     cfg = accumulators(model, json.loads(json.dumps(hls_cfg)))  # a copy: hls4ml mutates its config
     try:
         with library_output(f"hls4ml: converting {what or project_what(project)}"):
-            return _hls4ml_convert(model, cfg, hls_defaults, out, project)
+            hm = _hls4ml_convert(model, cfg, hls_defaults, out, project)
     except Exception as e:  # hls4ml raises every kind (KeyError, NotImplementedError, AssertionError, ...)
         raise HlsUnsupported(failure_message(e, what or project_what(project))) from None
+    set_fifo_depths(hm, hls_defaults)  # ours: a failure here is splitrack's, not hls4ml's
+    return hm
+
+
+def set_fifo_depths(hm, hls_defaults: dict) -> None:
+    """With hls_defaults['fifo_depth'] == 'optimized' (what `plan` assumed), set each stream's depth pragma as
+    hls4ml's FIFO depth optimisation would leave it (splitting.fifo_depths.set_hls4ml_depths) before the
+    project is written; otherwise keep hls4ml's default depths. The C emulation does not depend on depths."""
+    if hls_defaults.get("fifo_depth") == "optimized" and hls_defaults.get("io_type", "io_stream") == "io_stream":
+        from .fifo_depths import set_hls4ml_depths
+
+        set_hls4ml_depths(hm)
 
 
 def _hls4ml_convert(model, cfg: dict, hls_defaults: dict, out: Path, project: str):

@@ -44,6 +44,10 @@ class LayerSpec:
     strides: Tuple[int, ...] = ()
     padding: str = "valid"
     inputs: int = 1  # number of operands of an Add (join)
+    # what the layer reads in a graph: for each operand, how many places back in the topological order its
+    # producer is (1: the layer just before; () is a chain: (1,)); relative, so equal blocks share estimates
+    reads: Tuple[int, ...] = ()
+    depthwise: bool = False  # a DepthwiseConv priced as the Conv with one input channel per filter
 
     @property
     def is_compute(self) -> bool:
@@ -71,19 +75,27 @@ class LayerSpec:
 class HlsConfig:
     """One hls4ml configuration of a segment: precision (an ap_fixed type), model-level reuse factor (each
     layer's own follows from it: `reuse.layer_reuse`, balanced unless `balance` is off), strategy, io type
-    (splitrack's partitions: io_stream).
+    (splitrack's partitions: io_stream), io_stream FIFO depths (`fifo_depth`: splitting.fifo_depths).
 
     Raises ContractError on an unreadable precision, UserError on a strategy other than Latency/Resource,
-    an io type other than io_stream/io_parallel, or a reuse factor below 1."""
+    an io type other than io_stream/io_parallel, a FIFO depth other than optimized/default, or a reuse
+    factor below 1."""
 
     precision: str = "ap_fixed<16,6>"
     reuse_factor: int = 1
     strategy: str = "Latency"
     io_type: str = "io_stream"
     balance: bool = True  # raise faster layers' reuse to the slowest one's pace (False: hls4ml's rule only)
+    # io_stream FIFO depths (splitting.fifo_depths): 'optimized' as hls4ml's FIFO depth optimisation leaves
+    # them (what splitrack's plans assume and write), 'default' hls4ml's own (pixels of each stream)
+    fifo_depth: str = "optimized"
 
     def __post_init__(self):
+        from .fifo_depths import FIFO_DEPTHS
+
         FixedType.parse(self.precision)  # raises a readable error
+        if self.fifo_depth not in FIFO_DEPTHS:
+            raise UserError(f"FIFO depth {self.fifo_depth!r}: use {' or '.join(FIFO_DEPTHS)}")
         if self.strategy not in ("Latency", "Resource"):
             raise UserError(f"strategy {self.strategy!r}: use Latency or Resource")
         if self.io_type not in ("io_stream", "io_parallel"):
@@ -276,7 +288,7 @@ def layer_spec(layer, in_shape: Tuple[int, ...], out_shape: Tuple[int, ...], n_i
         p = math.prod(k) * units + (units if c.get("use_bias", True) else 0)
         return LayerSpec("Conv2D" if nd == 2 else "Conv1D", layer.name, tuple(in_shape[:-1]) + (1,), tuple(out_shape),
                          p, p, units, priced_as(function_name(c.get("activation", "linear"))),
-                         bool(c.get("use_bias", True)), k, s, c.get("padding", "valid"))
+                         bool(c.get("use_bias", True)), k, s, c.get("padding", "valid"), depthwise=True)
     if how == "global_pool":
         # hls4ml's io_stream global pooling keeps one accumulator per channel and adds each pixel as it
         # arrives: priced as a pooling whose window adds two values per channel, over the whole stream
@@ -312,7 +324,10 @@ def model_specs(model):
         if SUPPORTED.get(base_class(type(g.layer(n)).__name__)) == "depthwise":
             unsplittable.append(len(specs))
         parents = list(dict.fromkeys(g.inbound[n]))
-        specs.append(layer_spec(g.layer(n), g.tensor_shape(parents[0]), g.tensor_shape(n), len(g.inbound[n])))
+        spec = layer_spec(g.layer(n), g.tensor_shape(parents[0]), g.tensor_shape(n), len(g.inbound[n]))
+        here = len(specs)
+        back = tuple(here - pos.get(p, -1) for p in parents)  # the model input counts as place -1
+        specs.append(spec if back == (1,) else replace(spec, reads=back))
         reads.append([(pos.get(p, -1), math.prod(g.tensor_shape(p))) for p in parents])
     return name, specs, reads, unsplittable
 

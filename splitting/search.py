@@ -71,7 +71,9 @@ class SearchOptions:
     resources a partition may use, which end of each estimate's range must fit under it (`fit`: 'high', the
     upper bound, by default; 'point'; 'low'), the objective ('boards', 'latency' or 'interval'), the hls4ml
     precisions, model-level reuse factors (each layer's own follows: `reuse.layer_reuse`) and strategies to
-    try, and the most partitions a plan may have."""
+    try, the io_stream FIFO depths assumed (`fifo_depth`, splitting.fifo_depths: 'optimized' as hls4ml's FIFO
+    depth optimisation leaves them, which the written plan then carries; 'default' hls4ml's own), and the most
+    partitions a plan may have."""
 
     board: Device
     cap: float = DEFAULT_CAP
@@ -89,6 +91,7 @@ class SearchOptions:
     data_width: int = 32
     max_labels: int = 20000
     monotone: bool = True  # raise a run's figures to those of the runs it contains; at least 1 cycle
+    fifo_depth: str = "optimized"  # io_stream FIFO depths assumed (and written: splitting.fifo_depths)
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -109,7 +112,8 @@ class SearchOptions:
     @property
     def configs(self) -> List[HlsConfig]:
         """Every (precision, reuse factor, strategy) HlsConfig the search tries."""
-        return [HlsConfig(p, r, s) for p, s, r in product(self.precisions, self.strategies, self.reuse_factors)]
+        return [HlsConfig(p, r, s, fifo_depth=self.fifo_depth)
+                for p, s, r in product(self.precisions, self.strategies, self.reuse_factors)]
 
     @property
     def gbps(self) -> float:
@@ -381,7 +385,7 @@ class Planner:
                         split_meta.append(("input", i, e, k, c))
                     join = tuple(join_layers(layer, k)) + tuple(s for s in trailing)
                     for p in self.opt.precisions:
-                        jc = HlsConfig(p, 1, "Latency")
+                        jc = HlsConfig(p, 1, "Latency", fifo_depth=self.opt.fifo_depth)
                         split_reqs.append((join, jc))
                         split_meta.append(("join", i, e, k, jc))
         if split_reqs:
@@ -426,7 +430,7 @@ class Planner:
                     per_elem = n_in // layer.input_shape[-1]
                     hop = sum(_bytes(per_elem * s, self.link_precision, self.opt.data_width) for s in sizes)
                     jspecs = tuple(join_layers(layer, k)) + tuple(self.specs[i + 1 : e])
-                    jpart = PartChoice("join", group, jspecs, HlsConfig(c.precision, 1, "Latency"), jest,
+                    jpart = PartChoice("join", group, jspecs, HlsConfig(c.precision, 1, "Latency", fifo_depth=c.fifo_depth), jest,
                                        {"layer": layer.name, "kind": "join", "parts": k})
                     jhop = k * _bytes(n_out, self.link_precision, self.opt.data_width)
                     opts.append(_Option(i, e, [StageChoice("input", ps, hop, self._hop_us(hop)),

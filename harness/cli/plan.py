@@ -63,6 +63,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "point or low")
     p.add_argument("--raw-rule4ml", action="store_true",
                    help="use rule4ml's figures as they are, even where a run is predicted smaller than a run it contains")
+    p.add_argument("--fifo-depth", choices=("optimized", "default"), default="optimized",
+                   help="io_stream FIFO depths to assume and write: 'optimized' (default) as hls4ml's FIFO depth "
+                        "optimisation leaves them (sized from the graph; Vivado's cosimulation confirms them), "
+                        "'default' hls4ml's own (pixels of each stream)")
     p.add_argument("-o", "--output", default=None, help="write the plan folder here (for `splitrack verify`)")
     p.add_argument("--force", action="store_true", help="replace a different plan already in the -o folder")
     p.add_argument("--json", action="store_true", help="print the chosen plan as JSON on stdout")
@@ -86,7 +90,7 @@ def run(args) -> int:
         reuse_factors=tuple(_ints(args.reuse_factors, "--reuse-factors")), strategies=tuple(_list(args.strategies)),
         max_parts=args.max_parts, boards_available=args.boards_available, boards_exact=args.boards_exact,
         hop_overhead_us=args.hop_overhead_us,
-        monotone=not args.raw_rule4ml, fit=args.fit,
+        monotone=not args.raw_rule4ml, fit=args.fit, fifo_depth=args.fifo_depth,
     )
     for c in opts.configs:  # validates precisions and strategies with a readable message
         HlsConfig(c.precision, c.reuse_factor, c.strategy)
@@ -224,12 +228,25 @@ def to_json(plan: PlanChoice, model: str, opts: SearchOptions, version: str, res
         "range": plan_range(plan, opts),
         "exact": plan.exact, "estimator_version": version, "hop_overhead_us": opts.hop_overhead_us, "link_gbps": opts.gbps,
         "cut_after": plan.cut_after, "neurons": plan.neurons, "inputs": plan.inputs,
+        "fifo_depth": fifo_note(opts),
         "partitions": partition_rows(plan, opts),
     }
     if result is not None and result.pareto:
         out["pareto"] = [{"boards": p.boards, "latency_us": round(p.latency_us, 2), "interval_cycles": round(p.interval_cycles, 1),
                           "range": plan_range(p, opts), "plan": p.describe(), "configs": p.configs()} for p in result.pareto]
     return out
+
+
+def fifo_note(opts: SearchOptions) -> Dict[str, str]:
+    """Which io_stream FIFO depths the estimates assumed (and the plan's hls4ml projects carry), and what
+    confirms them: {'assumed': 'optimized'|'default', 'confirmed_by': ...}."""
+    if opts.fifo_depth == "optimized":
+        return {"assumed": "optimized",
+                "what": "as hls4ml's FIFO depth optimisation leaves them, sized from the graph (splitting.fifo_depths): "
+                        "2 between layers and for the wrapper streams, the branch skew into a merge",
+                "confirmed_by": "Vivado's RTL cosimulation (hls4ml's vivado:fifo_depth_optimization flow); not run here"}
+    return {"assumed": "default", "what": "hls4ml's default: each stream as deep as its pixels",
+            "confirmed_by": "hls4ml's default depths never stall a dataflow"}
 
 
 def _pct(r: Dict[str, Any], k: str) -> str:
@@ -255,6 +272,8 @@ def table(plan: PlanChoice, model: str, opts: SearchOptions, estimator: str = ""
     ]
     if estimator:
         lines.append(f"estimates: {estimator}")
+    fn = fifo_note(opts)
+    lines.append(f"io_stream FIFO depths: {fn['assumed']} ({fn['what']}); confirmed by: {fn['confirmed_by']}")
     lines.append(f"utilisation in % of one {opts.board.name}: estimate [range]; the {'upper bound' if opts.fit == 'high' else opts.fit if opts.fit == 'point' else 'lower bound'} "
                  f"fits under the {cap} cap (--fit); hops: {opts.hop_overhead_us:g} us + bytes on {opts.gbps:g} Gb/s")
     head = (f"{'part':<6}{'kind':<7}{'layers':<24}{'reuse':>6} {'strategy':<9}{'LUT %':<14}{'FF %':<14}{'DSP %':<14}"
@@ -361,9 +380,12 @@ def apply(p, plan: PlanChoice, opts: SearchOptions, version: str, models=None) -
     b = opts.board
     p.board = b.name
     p.hls_defaults.update({"board": b.name, "part": b.part, "clock_period": round(b.clock_period_ns, 3)})
+    if opts.fifo_depth != "default":  # hls.set_fifo_depths writes them into every hls4ml project of the plan
+        p.hls_defaults["fifo_depth"] = opts.fifo_depth
     p.model["planned"] = {
         "objective": opts.objective, "cap": opts.cap, "boards": plan.boards, "latency_us": round(plan.latency_us, 2),
         "interval_cycles": round(plan.interval_cycles, 1), "estimator_version": version, "exact": plan.exact,
+        "fifo_depth": fifo_note(opts),
     }
     p.notes.append(f"splitrack plan: {plan.describe()}; {plan.boards} board(s), latency {plan.latency_us:.1f} us, "
                    f"interval {plan.interval_cycles:.{decimals([plan.interval_cycles])}f} cycles (estimates: {version})")

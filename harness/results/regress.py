@@ -6,9 +6,10 @@ controls measured in the same runs.
    robust noise estimate (run-to-run differences with the largest tenth dropped, so that a step does not
    inflate it), and ruptures' PELT with a least-squares cost finds the change points; the penalty grows with
    log(n) like BIC, so a longer history does not raise more alarms. A lone run between two change points is
-   an outlier run, not a change. A change needs MIN_BEFORE runs before it and a size of `min_relative`
-   (5 %) to count, and MIN_AFTER runs showing it to be raised: one slow run alone is an outlier until the
-   next run confirms it (it is listed as unconfirmed meanwhile).
+   an outlier run when the level after it returns, and the first run of a change when it does not. A change
+   needs MIN_BEFORE runs before it and a size of `min_relative` (5 %) to count, and MIN_AFTER runs showing it
+   to be raised: one slow run alone is an outlier until the next run confirms it (it is listed as unconfirmed
+   meanwhile).
 2. The machine. Every run carries controls (harness.measure.controls: loopback echo, a CPU loop, each board's
    probe, the host's load; the Keras CPU reference of bench). A change at the run where a control moved the
    same way (beyond three times its own noise and by `min_relative`) is the machine's, not the plan's: it is
@@ -20,13 +21,13 @@ controls measured in the same runs.
    it takes when nothing gets in the way; a slower board moves it, a busier machine hardly does. A p50 (or the
    stream's throughput) that moved while the same hop's floor in the stream (the end to end's) did not, by
    `min_relative` and beyond the floor's own noise, is frames waiting longer, as on a busier machine: the
-   machine's too.
+   machine's too. The floor moved only if most runs after the change show it (of two runs, both).
 4. Watched figures (WATCH, on the hops `watched` names): the floors of the boards in the stream, the p50 of
    every hop and the end to end, the stream's throughput, accuracy. The regressions of one hop at one run are
    one alarm (`Alarm`), whichever figures show it.
 
 Measured on a virtual rack whose load changes between runs (benchmarks/regression_detector.py): the figures
-are in the README.
+are in docs/measurements.md (the regression check: false alarms and detection).
 """
 from __future__ import annotations
 
@@ -183,13 +184,31 @@ def change_points(x: Sequence[float], penalty: float = 3.0, floor: Optional[floa
     if floor is None:
         floor = 1e-3 * max(abs(float(np.median(x))), 1e-12)
     z = (x - np.median(x)) / max(sigma, floor)
-    bkps = rpt.Pelt(model="l2", min_size=1, jump=1).fit(z.reshape(-1, 1)).predict(pen=penalty * 2 * math.log(n))
-    cps = [b for b in bkps if b < n]
-    # a single run between two change points is an outlier, not two changes
+    pen = penalty * 2 * math.log(n)
+    bkps = rpt.Pelt(model="l2", min_size=1, jump=1).fit(z.reshape(-1, 1)).predict(pen=pen)
+    return _lone_runs(z, [b for b in bkps if b < n], pen)
+
+
+def _lone_runs(z: np.ndarray, cps: List[int], pen: float) -> List[int]:
+    """Change points `cps` of the standardised series `z` with each lone run (one run between two change points)
+    judged by what follows it: when the level after it is nearer the lone run's than the level before, the change
+    persists and starts at the lone run (one change, confirmed by its second run); else the lone run is an
+    outlier, and the runs on either side of it are one level unless they differ by a change PELT would make
+    (l2 gain above `pen`): then the change starts after it. Dropping every lone run (the rule before) hid a
+    slower board whose second run was slower still (321, 376 us after 270: benchmarks/out/regression_detector-3)."""
     out: List[int] = []
     i = 0
     while i < len(cps):
         if i + 1 < len(cps) and cps[i + 1] - cps[i] == 1:
+            r = cps[i]
+            a = cps[i - 1] if i > 0 else 0
+            b = cps[i + 2] if i + 2 < len(cps) else len(z)
+            before, after = z[a:r], z[r + 1:b]
+            lb, la = float(np.median(before)), float(np.median(after))
+            if abs(la - z[r]) < abs(la - lb):
+                out.append(r)
+            elif len(before) * len(after) / (len(before) + len(after)) * (before.mean() - after.mean()) ** 2 > pen:
+                out.append(r + 1)
             i += 2
             continue
         out.append(cps[i])
@@ -304,7 +323,12 @@ def detect_series(key: SeriesKey, points: Sequence[Point], penalty: float = 3.0,
             lw = _log(np.asarray(work, dtype=np.float64))
             wb, wa = lw[a:cp][np.isfinite(lw[a:cp])], lw[cp:b][np.isfinite(lw[cp:b])]
             if len(wb) and len(wa):
-                d = float(np.median(wa) - np.median(wb))
+                # the work moved only if most runs after show it: the median of the after-runs least in the
+                # change's direction (of two runs, the smaller move), so that one outlying floor does not carry it
+                # (benchmarks/out/regression_detector-4, night 6: a link's floor 42 -> 41, 208 us made a p50 that
+                # idle runs slowed a regression)
+                wa = np.sort(wa * slower)
+                d = float(slower * wa[(len(wa) - 1) // 2] - np.median(wb))
                 work_move = float(np.expm1(d))
                 # the time grew (or shrank) but the work did not (by min_relative, beyond the floor's own noise):
                 # frames waited longer, as on a busier machine

@@ -206,3 +206,24 @@ def test_version_2_history_is_migrated_and_keeps_its_runs(tmp_path):
         assert len(runs) == 5 and {r.splitrack for r in runs} == {""}
         assert series.events(runs) == []  # a version not recorded before is no event
         assert regress.check(h).live == []
+
+
+@pytest.mark.parametrize("outlier", [2.0, 5.0])
+def test_one_outlying_floor_does_not_make_a_waiting_p50_work(outlier):
+    """p50 up 45 % in the last two runs, the floor the same in one of them and `outlier` times in the other (a
+    link's stream floor 42 -> 41, 208 us: benchmarks/out/regression_detector-4, night 6): the work moved in one
+    run of two, not in most; the change is waiting (the machine's), and it fails nothing. Both floors up: work."""
+    from harness.results.history import Point, SeriesKey
+
+    rng = np.random.default_rng(6)
+    p50 = 70 * rng.lognormal(0, 0.02, 18)
+    p50[16:] *= 1.45
+    floor = 42 * rng.lognormal(0, 0.02, 18)
+    floor[17] *= outlier
+    pts = [Point(f"2026-01-{i + 1:02d}T00:00:00+00:00", f"c{i}", float(v), "us", i + 1) for i, v in enumerate(p50)]
+    key = SeriesKey("l", "m", "r", "single p50", "link s0->s1")
+    (c,) = regress.detect_series(key, pts, work=floor)
+    assert c.index == 16 and c.regression and c.explained and not c.counts, c.describe()
+    floor[16] *= 1.4  # both runs' floors moved: the work
+    (c,) = regress.detect_series(key, pts, work=floor)
+    assert c.counts and c.work > 0.3
