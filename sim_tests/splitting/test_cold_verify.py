@@ -7,6 +7,7 @@ benchmarks/cold_verify.py, not here."""
 import threading
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +17,20 @@ from splitting.chain import emulation_runner, run_chain
 from splitting.diagnose import traced_run
 from splitting.emulation_schedule import EmulationSchedule
 from splitting.hls_errors import HlsUnsupported
+
+
+def _stand_in(compile_):
+    """An hls4ml ModelGraph stand-in whose backend's compile is `compile_(hm)` (no g++: the schedule is tested)."""
+    return SimpleNamespace(write=lambda: None, get_layers=lambda: [],
+                           config=SimpleNamespace(backend=SimpleNamespace(compile=compile_)))
+
+
+def _library(out, project):
+    """compile_'s stand-in work: a library file where hls4ml would write it."""
+    lib = out / f"{project}.so"
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    lib.write_bytes(b"stand-in")
+    return str(lib)
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +113,6 @@ def test_builds_start_and_return_before_they_end(monkeypatch, tmp_path):
     """hls.start_projects returns once every project is converted, while g++ still runs; each ready future
     resolves when its own build ends; wait() returns the folders of compile_projects."""
     import keras
-    from types import SimpleNamespace
-
     from splitting.graph import weights_sha256
 
     gate = {n: threading.Event() for n in ("sr_a", "sr_b")}
@@ -107,13 +120,9 @@ def test_builds_start_and_return_before_they_end(monkeypatch, tmp_path):
     def convert(model, hls_cfg, hls_defaults, out, project, what=None):
         def compile_(hm):
             assert gate[project].wait(60)
-            lib = out / f"{project}.so"
-            lib.parent.mkdir(parents=True, exist_ok=True)
-            lib.write_bytes(b"stand-in")
-            return str(lib)
+            return _library(out, project)
 
-        return SimpleNamespace(write=lambda: None, get_layers=lambda: [],
-                               config=SimpleNamespace(backend=SimpleNamespace(compile=compile_)))
+        return _stand_in(compile_)
 
     monkeypatch.setattr(hls, "_convert_model", convert)
     projects = []
@@ -138,16 +147,13 @@ def test_builds_start_and_return_before_they_end(monkeypatch, tmp_path):
 
 def test_a_failed_build_is_raised_by_wait_and_resolves_its_ready_future(monkeypatch, tmp_path):
     import keras
-    from types import SimpleNamespace
-
     from splitting.graph import weights_sha256
 
     def convert(model, hls_cfg, hls_defaults, out, project, what=None):
         def compile_(hm):
             raise RuntimeError("g++: internal compiler error")
 
-        return SimpleNamespace(write=lambda: None, get_layers=lambda: [],
-                               config=SimpleNamespace(backend=SimpleNamespace(compile=compile_)))
+        return _stand_in(compile_)
 
     monkeypatch.setattr(hls, "_convert_model", convert)
     inp = keras.Input((4,))
@@ -171,8 +177,6 @@ def test_a_project_another_process_left_unbuilt_is_built_here(fails, monkeypatch
     or it died): wait() builds it here, so the command gets the library or its own one-line error, never a
     folder without artifact.json (the shared cache: two commands converting one model at once)."""
     import keras
-    from types import SimpleNamespace
-
     from filelock import FileLock
 
     from splitting.graph import weights_sha256
@@ -181,14 +185,7 @@ def test_a_project_another_process_left_unbuilt_is_built_here(fails, monkeypatch
         if fails:
             raise HlsUnsupported("partition m: hls4ml cannot convert layer 'sep' (SeparableConv2D)")
 
-        def compile_(hm):
-            lib = out / f"{project}.so"
-            lib.parent.mkdir(parents=True, exist_ok=True)
-            lib.write_bytes(b"stand-in")
-            return str(lib)
-
-        return SimpleNamespace(write=lambda: None, get_layers=lambda: [],
-                               config=SimpleNamespace(backend=SimpleNamespace(compile=compile_)))
+        return _stand_in(lambda hm: _library(out, project))
 
     monkeypatch.setattr(hls, "_convert_model", convert)
     inp = keras.Input((4,))
