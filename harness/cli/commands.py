@@ -11,11 +11,11 @@ import sys
 COMMANDS = [
     ("split", "harness.cli.split", "cut a Keras model by hand into a plan folder"),
     ("verify", "harness.cli.verify", "check a plan: float composition and hls4ml emulation chain"),
-    ("plan", "harness.cli.plan", "propose partitions from rule4ml resource estimates (cuts, neuron/input splits)"),
+    ("plan", "harness.cli.plan", "propose partitions from calibrated resource estimates (analytic or rule4ml; cuts, neuron/input splits)"),
     ("boards", "harness.cli.plan", "the board catalog: resources, clock, part"),
     ("build", "harness.cli.build", "build bitstreams for a plan's partitions (needs Vivado)"),
     ("cosim", "harness.cli.cosim", "RTL cosimulation of a plan's AXI-stream partitions and links (cocotb)"),
-    ("reference", "harness.cli.reference", "train and save the reference models (digits FC and CNN)"),
+    ("reference", "harness.cli.reference", "write the reference models (digits FC and CNN, trained; MLPerf Tiny shapes)"),
     ("rack", "harness.cli.rack", "start, stop or check a rack (`rack up` starts virtual PYNQ-Z2 boards)"),
     ("lab", "harness.cli.lab", "a shared rack through labgrid: exporter config, places, status, health tags"),
     ("doctor", "harness.cli.doctor", "check a rack before a deploy: SSH, Python and numpy, pynq, sudo, disk, clock, "

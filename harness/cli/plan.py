@@ -65,7 +65,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="use rule4ml's figures as they are, even where a run is predicted smaller than a run it contains")
     p.add_argument("--fifo-depth", choices=("optimized", "default"), default="optimized",
                    help="io_stream FIFO depths to assume and write: 'optimized' (default) as hls4ml's FIFO depth "
-                        "optimisation leaves them (sized from the graph; Vivado's cosimulation confirms them), "
+                        "optimisation leaves them (sized from the graph; only Vivado's cosimulation, not run here, confirms them), "
                         "'default' hls4ml's own (pixels of each stream)")
     p.add_argument("-o", "--output", default=None, help="write the plan folder here (for `splitrack verify`)")
     p.add_argument("--force", action="store_true", help="replace a different plan already in the -o folder")
@@ -244,9 +244,10 @@ def fifo_note(opts: SearchOptions) -> Dict[str, str]:
         return {"assumed": "optimized",
                 "what": "as hls4ml's FIFO depth optimisation leaves them, sized from the graph (splitting.fifo_depths): "
                         "2 between layers and for the wrapper streams, the branch skew into a merge",
-                "confirmed_by": "Vivado's RTL cosimulation (hls4ml's vivado:fifo_depth_optimization flow); not run here"}
+                "confirmed_by": "not confirmed: only Vivado's RTL cosimulation (hls4ml's vivado:fifo_depth_optimization flow) "
+                                "confirms them, and it needs Vivado (not run here)"}
     return {"assumed": "default", "what": "hls4ml's default: each stream as deep as its pixels",
-            "confirmed_by": "hls4ml's default depths never stall a dataflow"}
+            "confirmed_by": "safe: hls4ml's default depths never stall a dataflow"}
 
 
 def _pct(r: Dict[str, Any], k: str) -> str:
@@ -273,26 +274,29 @@ def table(plan: PlanChoice, model: str, opts: SearchOptions, estimator: str = ""
     if estimator:
         lines.append(f"estimates: {estimator}")
     fn = fifo_note(opts)
-    lines.append(f"io_stream FIFO depths: {fn['assumed']} ({fn['what']}); confirmed by: {fn['confirmed_by']}")
+    lines.append(f"io_stream FIFO depths: {fn['assumed']} ({fn['what']}); {fn['confirmed_by']}")
     lines.append(f"utilisation in % of one {opts.board.name}: estimate [range]; the {'upper bound' if opts.fit == 'high' else opts.fit if opts.fit == 'point' else 'lower bound'} "
                  f"fits under the {cap} cap (--fit); hops: {opts.hop_overhead_us:g} us + bytes on {opts.gbps:g} Gb/s")
+    cyc = {r["name"]: (_cyc(r["cycles"], r["range"]["low"]["cycles"], r["range"]["high"]["cycles"]),
+                       _cyc(r["interval_cycles"], r["range"]["low"]["interval"], r["range"]["high"]["interval"]))
+           for r in rows}
+    wc = max([18] + [len(c) + 2 for pair in cyc.values() for c in pair])  # a long range must not run into the next
     head = (f"{'part':<6}{'kind':<7}{'layers':<24}{'reuse':>6} {'strategy':<9}{'LUT %':<14}{'FF %':<14}{'DSP %':<14}"
-            f"{'BRAM %':<14}{'cycles':<18}{'interval':<18}estimator")
+            f"{'BRAM %':<14}{'cycles':<{wc}}{'interval':<{wc}}estimator")
     lines += [head, "-" * len(head)]
     for r in rows:
         layers = ",".join(r["layers"])
         if len(layers) > 23:
             layers = layers[:20] + "..."
-        lo, hi = r["range"]["low"], r["range"]["high"]
         mark = ("*" if r["note"] else "") + ("~" if r["extrapolated"] else "")
         lines.append(
             f"{r['name']:<6}{r['kind']:<7}{layers:<24}{r['reuse_factor']:>6} {r['strategy']:<9}"
             + "".join(f"{_pct(r, k):<14}" for k in ("lut", "ff", "dsp", "bram"))
-            + f"{_cyc(r['cycles'], lo['cycles'], hi['cycles']):<18}{_cyc(r['interval_cycles'], lo['interval'], hi['interval']):<18}"
+            + f"{cyc[r['name']][0]:<{wc}}{cyc[r['name']][1]:<{wc}}"
             + f"{r['estimator']}{mark}" + ("  IMPLAUSIBLE" if r["implausible"] else "")
         )
     per_layer = [f"{r['name']}: " + ", ".join(f"{k} {v}" for k, v in r["layer_reuse"].items()) for r in rows
-                 if len(set(r["layer_reuse"].values())) > 1]
+                 if set(r["layer_reuse"].values()) - {r["reuse_factor"]}]
     if per_layer:
         lines.append("reuse per layer (each keeps pace with its partition's slowest layer): " + "; ".join(per_layer))
     for r in rows:
