@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Optional, Tuple
+from typing import Optional
 
 RULES_VERSION = 1
 
@@ -47,13 +47,12 @@ def widened(precision: str, pool_size: int) -> Optional[str]:
     return f"{kind}<{width + 2 * extra},{integer + extra}>"
 
 
-def _layer_precision(cfg: dict, name: str, what: str) -> Tuple[Optional[str], dict]:
-    """(the precision `what` of layer `name` in `cfg`, its LayerName entry)."""
-    entry = cfg.setdefault("LayerName", {}).setdefault(name, {})
-    prec = entry.get("Precision")
+def _layer_precision(cfg: dict, name: str, what: str) -> Optional[str]:
+    """The precision `what` of layer `name` in `cfg` (its LayerName entry), None where it names none."""
+    prec = ((cfg.get("LayerName") or {}).get(name) or {}).get("Precision")
     if isinstance(prec, dict):
-        return prec.get(what), entry
-    return (prec if isinstance(prec, str) else None), entry
+        return prec.get(what)
+    return prec if isinstance(prec, str) else None
 
 
 def accumulators(model, cfg: dict) -> dict:
@@ -64,24 +63,16 @@ def accumulators(model, cfg: dict) -> dict:
     default = ((cfg.get("Model") or {}).get("Precision") or {})
     default = default.get("default") if isinstance(default, dict) else default
     for layer in model.layers:
-        if layer.__class__.__name__ not in _AVERAGE:
-            continue
-        accum, entry = _layer_precision(cfg, layer.name, "accum")
-        if accum:
+        if layer.__class__.__name__ not in _AVERAGE or _layer_precision(cfg, layer.name, "accum"):
             continue
         # the input of the pooling is the type of the layer before; splitrack names no layer's result but a
         # partition's input layer, so it is that one's or the default
         src = layer.input._keras_history[0].name if hasattr(layer.input, "_keras_history") else None
-        given = _layer_precision(cfg, src, "result")[0] if src else None
-        if src and not cfg["LayerName"].get(src):
-            del cfg["LayerName"][src]  # looked up only: leave no empty entry behind
+        given = _layer_precision(cfg, src, "result") if src else None
         wide = widened(given or default or "", _pool_size(layer))
         if wide:
+            entry = cfg.setdefault("LayerName", {}).setdefault(layer.name, {})
             prec = entry.get("Precision")
             entry["Precision"] = dict(prec) if isinstance(prec, dict) else ({"result": prec} if prec else {})
             entry["Precision"]["accum"] = wide
-        elif not entry:
-            del cfg["LayerName"][layer.name]
-    if not cfg.get("LayerName"):
-        cfg.pop("LayerName", None)
     return cfg
