@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Union
 
 import paramiko
 
@@ -29,6 +29,7 @@ from harness.rack.rackfile import Board
 
 CONNECT_TIMEOUT = 10.0  # TCP connect, SSH banner, key exchange and auth, each
 COMMAND_TIMEOUT = 60.0
+OUTPUT_GRACE = 5.0  # how long output may trail a command's exit status (it comes within milliseconds)
 # every SFTP request (one 32 KiB write, a stat, a rename) must be answered within this; a board whose SSH
 # server freezes mid-upload then fails in seconds with the stage named, not after the kernel gives up
 SFTP_TIMEOUT = 10.0
@@ -267,13 +268,17 @@ class Connection:
         assert self._client is not None, "open() first"
         line = (f"cd {shlex.quote(str(cwd))} && {quote(argv)} > {shlex.quote(str(output))} 2>&1 < /dev/null & "
                 "echo $!")
-        res = self._exec(line, [str(a) for a in argv], timeout, True, stage)
+        # the backgrounded list keeps the session's output open: its output is complete at the pid's line end
+        res = self._exec(line, [str(a) for a in argv], timeout, True, stage, complete=lambda out: out.endswith(b"\n"))
         pid = res.stdout.strip().splitlines()[-1:] or [""]
         if not pid[0].isdigit():
             raise BoardError(self.board.name, stage, f"`{line}` did not report a process id: {res.stdout!r}")
         return int(pid[0])
 
-    def _exec(self, line: str, argv: List[str], timeout: float, check: bool, stage: str) -> Result:
+    def _exec(self, line: str, argv: List[str], timeout: float, check: bool, stage: str,
+              complete: Optional[Callable[[bytes], bool]] = None) -> Result:
+        """Run `line`; its output is read until the channel's EOF (or until `complete(stdout)` holds, for a
+        command that leaves a process holding the output), at most OUTPUT_GRACE s after the exit status."""
         b = self.board
         chan = None
         try:
@@ -283,7 +288,7 @@ class Connection:
             chan.shutdown_write()
             out, err = bytearray(), bytearray()
             deadline = time.monotonic() + timeout
-            # Done when the exit status is in (not at EOF: a command that leaves a process in the background
+            # First the exit status (EOF alone may never come: a command that leaves a process in the background
             # may keep the session's output open, e.g. bash's subshell for `cd D && X &`). Sleep on the status
             # event, waking every 50 ms to take in output (so that a long one never fills the channel's
             # window): with 64 boards' commands waiting at once on a busy CPU, waking every 5 ms to look was
@@ -295,9 +300,20 @@ class Connection:
                     err += chan.recv_stderr(65536)
                 if time.monotonic() > deadline:
                     raise BoardError(b.name, stage, f"`{line}` did not finish within {timeout:.0f} s")
-            while chan.recv_ready():  # what came before the exit status
-                out += chan.recv(65536)
-            while chan.recv_stderr_ready():
+            # OpenSSH's sshd sends the exit status when it reaps the command and may forward the rest of the
+            # command's output after it (seen: 1 `sha256sum` in 400 on a loaded machine lost its last lines, so
+            # deploy took an unchanged file for a changed one): read on until EOF
+            end = min(deadline, time.monotonic() + OUTPUT_GRACE)
+            while not (complete is not None and complete(bytes(out))):
+                chan.settimeout(max(0.001, end - time.monotonic()))
+                try:
+                    data = chan.recv(65536)
+                except socket.timeout:
+                    break  # no EOF within the grace: a process of the command's still holds its output
+                if not data:
+                    break  # EOF: every byte of stdout is in
+                out += data
+            while chan.recv_stderr_ready():  # stderr's bytes came before the EOF too
                 err += chan.recv_stderr(65536)
             status = chan.recv_exit_status()
             if status == -1:  # paramiko's value when the channel closed without an exit status
