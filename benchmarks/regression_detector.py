@@ -200,7 +200,16 @@ def judge(runs_dir: Path, progress=print) -> Dict:
     a = [docs[("A", i)] for i in range(n) if ("A", i) in docs]
     if len(a) < n:
         raise SystemExit(f"{runs_dir}: {len(a)} of {n} A runs: collect again (it goes on where it stopped)")
-    out = {"meta": meta, "aa": None, "ab": []}
+    out = {"meta": meta, "aa": None, "ab": [], "untrusted": [], "links_not_judged": []}
+    from harness.results import history
+
+    for (v, i), d in sorted(docs.items()):  # how the history takes each run: kept out, or some links unjudged
+        run = history.parse_bench(d)[0]
+        if not run.complete:
+            out["untrusted"].append(f"{v}-{i:02d}: {run.error}")
+        elif run.env.get("links_not_judged"):
+            out["links_not_judged"].append(f"{v}-{i:02d}: {run.env['links_not_judged']}")
+    out["runs"] = len(docs)
     with tempfile.TemporaryDirectory() as tmp:
         out["aa"] = judge_series(a, Path(tmp) / "aa.sqlite")
         for size in SIZES:
@@ -245,7 +254,18 @@ def table(res: Dict) -> str:
                      f"{sum(len(r['before']) for r in rs):20d}")
     wrong = [f"{r['size']} from run {r['k']}: {', '.join(r['other'])}" for r in res["ab"] if r["other"]]
     lines.append("wrong alarms (another hop's regression in effect after the change): " + ("; ".join(wrong) or "none"))
+    if "runs" in res:
+        lines.append(f"untrusted runs (kept out of every trend): {len(res['untrusted'])} of {res['runs']}"
+                     + "".join(f"\n  {u}" for u in res["untrusted"]))
+        lines.append(f"runs with links not judged (their clocks known to > {history_judged_us():.0f} us): "
+                     f"{len(res['links_not_judged'])} of {res['runs']}" + "".join(f"\n  {u}" for u in res["links_not_judged"]))
     return "\n".join(lines)
+
+
+def history_judged_us() -> float:
+    from harness.results.history import LINK_JUDGED_US
+
+    return LINK_JUDGED_US
 
 
 def _json_default(o):

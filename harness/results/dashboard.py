@@ -305,6 +305,9 @@ def build_run(h: History, run: RunInfo, prev: Optional[RunInfo]) -> Tuple[str, i
                     + (f": {data['note']}" if data.get("note") else "")))
     for b, info in sorted((run.env.get("boards") or {}).items()):
         env.append((f"board {b}", ", ".join(f"{k} {v}" for k, v in info.items() if v is not None)))
+    wide = run.env.get("links_not_judged") or {}
+    if wide:  # measured, but their ends' clocks were known to milliseconds only: no trend is judged on them
+        env.append(("links not judged", "; ".join(f"{k} ({v})" for k, v in sorted(wide.items()))))
     tables = ["<div><h2>Environment</h2><table>" + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>"
                                                           for k, v in env) + "</table></div>"]
     compute = run.env.get("compute") or {}

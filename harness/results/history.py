@@ -272,9 +272,16 @@ def parse_bench(doc: Dict, label: Optional[str] = None) -> Tuple[RunInfo, List[R
         raise HistoryError(f"bench JSON is missing or mangles field {e}: write it with `splitrack bench --json`") from None
     if samples and any(len({len(v) for (m2, _, _), v in samples.items() if m2 == m}) != 1 for m in run.hops):
         raise HistoryError("bench JSON: the per-frame samples of one mode differ in length: the file is damaged")
-    _mark_untrusted(run, doc.get("untrusted"), samples)
+    errors = link_errors(doc)
+    _mark_untrusted(run, doc.get("untrusted"), samples, link_allowances(errors))
+    # a link whose clocks were known to within milliseconds only (a burst of slow probes on a busy machine) is
+    # what was measured, within that error: kept in the samples and named, left out of the figures trends
+    # are judged on (its p50 may be off by its error; the run's e2e and board times use one clock each)
+    wide = {link: round(e, 1) for link, e in errors.items() if e > LINK_JUDGED_US and link in {r.hop for r in rows}}
+    if wide:
+        run.env["links_not_judged"] = {link: f"clock error +-{e:.0f} us" for link, e in sorted(wide.items())}
     # NaN (e.g. throughput of one frame) is no measurement
-    return run, [r for r in rows if r.value == r.value], samples
+    return run, [r for r in rows if r.value == r.value and r.hop not in wide], samples
 
 
 CONTROL_KEYS = ("p50", "p99")
@@ -381,29 +388,59 @@ def parse_run(doc: Dict, label: Optional[str] = None) -> Parsed:
     return run, [r for r in rows if r.value == r.value], samples
 
 
-LINK_SLACK_US = 1000.0  # a link may come out below zero by the clock mapping's error, never by more than this
+LINK_SLACK_US = 1000.0  # a link may come out below zero by the clock mapping's error: by this much at least
+LINK_ERROR_CAP_US = 5000.0  # ... and by the error bounds the file states, up to this (wider bounds judge nothing)
+STAMP_SLACK_US = 100.0  # beyond the bounds: timer granularity and rounding (measure/plausibility.SLACK_NS)
+LINK_JUDGED_US = 500.0  # a link whose ends' clocks are known to within this together is judged for trends
 
 
-def implausible(samples: Samples) -> str:
+def link_errors(doc: Dict) -> Dict[str, float]:
+    """The clock mapping's stated error bound (us) of each link of a bench document: the sum of the bounds
+    of the boards at its ends (`clocks`: board -> error_ns; `placement`: partition -> board; the host's own
+    clock has none). A bound that is not a finite non-negative number counts as none stated (0)."""
+    clocks, placement = doc.get("clocks"), doc.get("placement")
+    if not isinstance(clocks, dict) or not isinstance(placement, dict):
+        return {}
+
+    def err_us(part: str) -> float:
+        c = clocks.get(placement.get(part)) if isinstance(placement.get(part), str) else None
+        e = c.get("error_ns") if isinstance(c, dict) else None
+        ok = isinstance(e, (int, float)) and not isinstance(e, bool) and 0 <= e < float("inf")
+        return float(e) / 1e3 if ok else 0.0
+
+    return {f"link {a}->{b}": err_us(a) + err_us(b)
+            for part in placement for other in list(placement) + ["host"] for a, b in ((part, other), (other, part))}
+
+
+def link_allowances(errors: Dict[str, float]) -> Dict[str, float]:
+    """How far below zero each link may come out (us): its stated error (link_errors) plus STAMP_SLACK_US,
+    at least LINK_SLACK_US, at most LINK_ERROR_CAP_US."""
+    return {link: min(LINK_ERROR_CAP_US, max(LINK_SLACK_US, e + STAMP_SLACK_US)) for link, e in errors.items()}
+
+
+def implausible(samples: Samples, allowances: Optional[Dict[str, float]] = None) -> str:
     """'' when every per-frame time could be a measurement, else why not: an end-to-end time (one host clock)
-    at or below zero, a time within one board (one board clock) below zero, or a link below -LINK_SLACK_US.
-    The bench and run that made the file check the stamps themselves, with the clock mapping's error; this
-    is the history's own check of what it is handed."""
+    at or below zero, a time within one board (one board clock) below zero, or a link further below zero
+    than the clock mapping's stated error allows (`allowances`: link -> us, link_allowances; LINK_SLACK_US
+    for a link it does not name). The bench and run that made the file check the stamps themselves, with the
+    clock mapping's error; this is the history's own check of what it is handed."""
     for (mode, _, hop), v in samples.items():
         low = float(np.min(v)) if len(v) else 0.0
         if hop == "e2e" and low <= 0:
             return f"{mode} end-to-end time of {low:.1f} us"
         if hop.startswith("board ") and low < 0:
             return f"{mode} {hop} time of {low:.1f} us"
-        if hop.startswith("link ") and low < -LINK_SLACK_US:
-            return f"{mode} {hop} time of {low:.1f} us"
+        allowed = (allowances or {}).get(hop, LINK_SLACK_US)
+        if hop.startswith("link ") and low < -allowed:
+            return f"{mode} {hop} time of {low:.1f} us (the clocks' stated error allows -{allowed:.0f} us)"
     return ""
 
 
-def _mark_untrusted(run: RunInfo, said, samples: Samples) -> None:
-    """A run whose file says it is untrusted, or whose samples are implausible, is stored incomplete with
-    the reason ('untrusted: ...'): shown, never used to judge a trend, never taken for a good run."""
-    why = (str(said) if said else "") or implausible(samples)
+def _mark_untrusted(run: RunInfo, said, samples: Samples, allowances: Optional[Dict[str, float]] = None) -> None:
+    """A run whose file says it is untrusted, or whose samples are implausible (`allowances`: implausible's),
+    is stored incomplete with the reason ('untrusted: ...'): shown, never used to judge a trend, never taken
+    for a good run."""
+    why = (str(said) if said else "") or implausible(samples, allowances)
     if why:
         why = why if why.startswith("untrusted") else f"untrusted: {why}"
         run.error = why + (f"; {run.error}" if run.error and run.error not in why and why not in run.error else "")

@@ -129,3 +129,54 @@ def test_history_add_never_stores_implausible_or_untrusted_times_as_a_good_run(t
         (run,) = h.run_infos()
     assert not run.complete and run.error.startswith("untrusted: ")
     assert (says or f"{value:.1f}") in run.error
+
+
+def _clocked_doc(link_us: float, error_ns: float) -> dict:
+    """A bench file whose link host->s0 came out at `link_us` (its lowest frame) and whose board vb0 (s0)
+    states a clock mapping error of `error_ns`."""
+    doc = _doc(0)
+    rep = doc["reports"]["single"]
+    rep["hops"] = ["link host->s0", "board s0"]
+    rep["stats"]["board s0"] = dict(rep["stats"]["e2e"])
+    rep["breakdown_p50_us"]["board s0"] = 50.0
+    rep["samples_us"] = {"e2e": [100.0, 101.0], "hops": {"link host->s0": [link_us, 41.0], "board s0": [50.0, 51.0]},
+                         "critical": {"link host->s0": [link_us, 41.0], "board s0": [50.0, 51.0]}}
+    doc["placement"] = {"s0": "vb0"}
+    doc["clocks"] = {"vb0": {"board": "vb0", "offset_ns": 0.0, "error_ns": error_ns}}
+    return doc
+
+
+def test_a_link_within_the_stated_clock_error_keeps_the_run_but_is_not_judged():
+    """A burst of slow clock probes on a busy machine: board s0's clock is known to +-1.9 ms, and the link
+    into it came out at -1.3 ms once. The bench (which checks stamps with that bound) kept the run; the history
+    keeps it too (it had dropped every link below -1 ms whatever the stated bound), with its e2e and board
+    figures, and leaves the link out of the judged figures, named with its error. A -1.3 ms link with a
+    40 us bound, or a bound beyond LINK_ERROR_CAP_US, still makes the run untrusted."""
+    run, rows, _ = history.parse_bench(_clocked_doc(-1300.0, 1.9e6))
+    assert run.complete, run.error
+    hops = {r.hop for r in rows}
+    assert "e2e" in hops and "board s0" in hops and "link host->s0" not in hops
+    assert run.env["links_not_judged"] == {"link host->s0": "clock error +-1900 us"}
+
+    run, rows, _ = history.parse_bench(_clocked_doc(-1300.0, 40e3))
+    assert not run.complete and "link host->s0 time of -1300.0 us" in run.error and "allows -1000 us" in run.error
+    run, _, _ = history.parse_bench(_clocked_doc(-6000.0, 1e12))  # a bound of 1000 s judges nothing
+    assert not run.complete and f"allows -{history.LINK_ERROR_CAP_US:.0f} us" in run.error
+    for bad in (float("nan"), -5.0, "1e12"):  # not a measurement: no bound stated, the floor applies
+        run, _, _ = history.parse_bench(_clocked_doc(-1300.0, bad))
+        assert not run.complete, bad
+
+    run, rows, _ = history.parse_bench(_clocked_doc(35.0, 40e3))  # a quiet run: every figure judged
+    assert run.complete and "link host->s0" in {r.hop for r in rows} and "links_not_judged" not in run.env
+
+
+def test_the_run_page_names_the_links_not_judged(tmp_path):
+    from harness.results.dashboard import build_run
+
+    run, rows, samples = history.parse_bench(_clocked_doc(-1300.0, 1.9e6))
+    with History(tmp_path / "h.sqlite") as h:
+        h.add_run(run, rows, samples)
+        (stored,) = h.run_infos()
+        assert stored.complete and stored.env["links_not_judged"] == {"link host->s0": "clock error +-1900 us"}
+        page, _ = build_run(h, stored, None)
+    assert "links not judged" in page and "link host-&gt;s0 (clock error +-1900 us)" in page
