@@ -46,7 +46,7 @@ from itertools import product
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .catalog import DEFAULT_CAP, Device
-from .contract import Packing
+from .contract import FixedType, Packing
 from .errors import UserError
 from .estimates import BOUNDS, Estimate, Estimator
 from .estimators import implausible
@@ -540,8 +540,20 @@ class Planner:
         raise NoFitError(
             f"--n-boards {want}: no plan of exactly {want} {self.board.name} board(s) under the {cap} cap; "
             f"the fewest boards possible is {counts[0]}, the most {counts[-1]}{others} "
-            f"(cuts between layers; a layer is split only when it does not fit one board)"
+            f"(cuts between layers; a layer is split only when it does not fit one board): "
+            f"{self._next_step(f'plan with --n-boards {counts[0]} (or without --n-boards: the fewest)')}"
         )
+
+    def _next_step(self, first: str) -> str:
+        """What a refused user can type next: `first`, then the options of this search that would need fewer
+        boards (the default FIFO depths, smaller precisions)."""
+        more = []
+        if self.opt.fifo_depth == "default":
+            more.append("without --fifo-depth default (the default, optimized, counts the FIFOs hls4ml's depth "
+                        "optimisation leaves: far fewer BRAM)")
+        if not any(FixedType.parse(p).width <= 8 for p in self.opt.precisions):
+            more.append("allow smaller precisions (--precisions \"ap_fixed<8,3>\")")
+        return first + "".join(f", or {m}" for m in more)
 
     def _raise_no_fit(self, opts: List[_Option], blocked: Dict[int, dict], by_start) -> None:
         covered = set()
@@ -580,7 +592,8 @@ class Planner:
         fewest = min(l[0] for l in unlimited)
         raise NoFitError(
             f"no plan fits in {self.opt.boards_available} board(s) of type {self.board.name} under the {cap} cap: "
-            f"the fewest boards that fit is {fewest}; raise --boards-available to {fewest} or more"
+            f"the fewest boards that fit is {fewest}: "
+            f"{self._next_step(f'raise --boards-available to {fewest} or more')}"
         )
 
 
