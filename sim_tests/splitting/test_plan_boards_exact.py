@@ -48,6 +48,11 @@ def test_impossible_board_count_is_one_line_with_the_range(chain, tmp_path):  # 
     msg = str(e.value)
     assert "\n" not in msg
     assert f"the fewest boards possible is {counts[0]}, the most {counts[-1]}" in msg
+    assert f"plan with --n-boards {counts[0]} (or without --n-boards: the fewest)" in msg  # what to type next
+    assert "--fifo-depth" not in msg  # the default depths were assumed: no hint about them
+    with pytest.raises(NoFitError) as e:
+        plan_search(chain, est, _opts(boards_exact=counts[-1] + 5, fifo_depth="default"))
+    assert "without --fifo-depth default" in str(e.value)
 
 
 def test_boards_and_boards_available_together_are_refused():

@@ -109,5 +109,6 @@ def test_board_limit_too_small_is_a_clear_error(tmp_path):
 
     m = keras.Sequential([keras.Input((64,)), layers.Dense(256, activation="relu", name="wide"), layers.Dense(10, name="out")])
     _, specs = load_layers(m)
-    with pytest.raises(NoFitError, match=r"no plan fits in 2 board\(s\).*fewest boards that fit is 3"):
+    with pytest.raises(NoFitError, match=r"no plan fits in 2 board\(s\).*fewest boards that fit is 3: raise "
+                       r"--boards-available to 3 or more, or allow smaller precisions \(--precisions"):
         plan_search(specs, Analytic(PYNQ, cache=tmp_path), _opts(boards_available=2, reuse_factors=(16, 64)))
