@@ -123,7 +123,8 @@ def _on_rack(plan_dir: Path, boards: Optional[Path], frames: int, step) -> int:
         d = load_data("digits", plan, None)
         x, y = d.x, d.y
         run_on_rack(plan, rack, x, y, plan_dir / "run", progress=say)
-        step(f"benchmark: {frames} frames, end-to-end and per hop, beside the CPU reference")
+        step(f"benchmark: {frames} frames (the {len(x)} test images, cycled), end-to-end and per hop, beside the "
+             "CPU reference")
         doc = bench(plan, rack, frames, progress=say)
         say(format_bench(doc))
         png = save(doc, plan_dir / "bench" / "bench.json")
