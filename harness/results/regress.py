@@ -422,9 +422,12 @@ def live_regressions(changes: Sequence[Change], acked: Sequence[int] = ()) -> Li
 
 @dataclass
 class Alarm:
-    """The regressions of one hop of one series that start at one run: one entry, whichever figures show it."""
+    """The regressions of one hop of one series that start at one run: one entry, whichever figures show it.
+    `links`: changes of the links into this board that start at the same run, the same way (frames wait in
+    the link before a slower board: the link's time grows with the board's, they are one cause)."""
 
     changes: List[Change]
+    links: List[Change] = field(default_factory=list)
 
     @property
     def primary(self) -> Change:
@@ -438,15 +441,27 @@ class Alarm:
         """The primary change's line, then the other figures' relative changes."""
         p = self.primary
         others = [c for c in self.changes if c is not p]
-        return p.describe(run) + ("; also " + ", ".join(f"{c.key.metric} {c.relative:+.1%}" for c in others)
-                                  if others else "")
+        return (p.describe(run) + ("; also " + ", ".join(f"{c.key.metric} {c.relative:+.1%}" for c in others)
+                                   if others else "")
+                + ("; with " + ", ".join(f"{c.key.hop} {c.key.metric} {c.relative:+.1%}" for c in self.links)
+                   + f" (frames wait in the link before the slower {p.key.hop})" if self.links else ""))
 
 
 def alarms(changes: Sequence[Change]) -> List[Alarm]:
-    """Changes grouped by series, hop and starting run (in the order they come)."""
+    """Changes grouped by series, hop and starting run (in the order they come); the changes of a link into a
+    board that start at the board's run, the same way, go with the board's entry (Alarm.links)."""
     out: Dict[Tuple, Alarm] = {}
     for c in changes:
         out.setdefault((c.key.series, c.key.hop, c.run_id, c.explained, c.confirmed), Alarm([])).changes.append(c)
+    for key, al in list(out.items()):
+        series, hop, run_id, explained, confirmed = key
+        if not hop.startswith("link ") or "->" not in hop:
+            continue
+        board = out.get((series, "board " + hop.split("->", 1)[1], run_id, explained, confirmed))
+        way = {c.regression for c in al.changes}
+        if board is not None and len(way) == 1 and way == {c.regression for c in board.changes}:
+            board.links.extend(al.changes)
+            del out[key]
     return list(out.values())
 
 

@@ -10,7 +10,7 @@ from synthetic_history import bench_doc, make_history
 
 from harness.cli.commands import main
 from harness.results import dashboard, history, regress, series
-from harness.results.history import History
+from harness.results.history import History, SeriesKey
 
 
 def _add(db, docs):
@@ -227,3 +227,21 @@ def test_one_outlying_floor_does_not_make_a_waiting_p50_work(outlier):
     floor[16] *= 1.4  # both runs' floors moved: the work
     (c,) = regress.detect_series(key, pts, work=floor)
     assert c.counts and c.work > 0.3
+
+
+def test_a_link_into_a_slower_board_from_the_same_run_is_one_entry_with_it():
+    """In a stream, frames wait in the link before a slower board: link s0->s1 grows from the run board s1
+    does. One entry (the board's, the link named with it); a link change from another run, the other way, or
+    out of the board (s1->s2) stays an entry of its own."""
+    def ch(hop, run_id, before, after, metric="stream p50"):
+        return regress.Change(SeriesKey("l", "m", "r", metric, hop), index=run_id, time="t", commit_id="c",
+                              before=before, after=after, unit="us", regression=after > before, latest=True,
+                              run_id=run_id)
+
+    board, link = ch("board s1", 9, 200.0, 400.0), ch("link s0->s1", 9, 50.0, 90.0)
+    (al,) = regress.alarms([board, link])
+    assert al.primary is board and al.links == [link]
+    assert "with link s0->s1 stream p50 +80.0% (frames wait in the link before the slower board s1)" in al.describe()
+    for other in (ch("link s0->s1", 11, 50.0, 90.0), ch("link s0->s1", 9, 90.0, 50.0), ch("link s1->s2", 9, 50.0, 90.0)):
+        als = regress.alarms([board, other])
+        assert len(als) == 2 and all(a.links == [] for a in als), other
