@@ -483,15 +483,22 @@ def _build(pr: Project, key: str, folder: Path, model, hm, records: list, data: 
     write its ARTIFACT; None, or the exception (HlsUnsupported, RuntimeError) that says why it failed."""
     from .hls_errors import HlsUnsupported, failure_message
 
+    from .quiet_tensorflow import thread_output
+
+    lib = None
     try:
-        lib = hm.config.backend.compile(hm)
+        with thread_output(f"hls4ml: compiling {pr.what}"):  # a failed g++ build's log: hls4ml print()s it
+            lib = hm.config.backend.compile(hm)
     except Exception as e:
-        return HlsUnsupported(failure_message(e, pr.what, doing="compile"))
+        if "Failed to compile" not in str(e):  # not g++: hls4ml itself
+            return HlsUnsupported(failure_message(e, pr.what, doing="compile"))
+    if lib is None or not Path(lib).is_file():
+        # g++ failed (the VivadoAccelerator build_lib.sh has no `set -e`: a failed g++ there exits 0 and hls4ml
+        # names a library that is not there)
+        return _compile_failure(pr, Path(hm.config.get_output_dir()))
     ins = [int(_prod(t.shape[1:])) for t in model.inputs]
     outs = [int(_prod(t.shape[1:])) for t in model.outputs]
     libp = Path(lib)
-    if not libp.is_file():
-        return RuntimeError(f"hls4ml compile of {pr.project} produced no library in {folder}")
     # several inputs/outputs: lists of their sizes (EmulationLib takes either); the library's sha256 from
     # the moment it is built: deploy refuses a cached library damaged later
     meta = {"library": str(libp.relative_to(folder)), "project": pr.project,
@@ -502,6 +509,28 @@ def _build(pr: Project, key: str, folder: Path, model, hm, records: list, data: 
             "layers": records}  # the types hls4ml chose: verify's quantisation bound
     (folder / ARTIFACT).write_text(json.dumps(meta, indent=1))
     return None
+
+
+def _compile_failure(pr: Project, prj: Path) -> UserError:
+    """The one-line error of a g++ build of hls4ml's C++ that failed: hls4ml keeps the compiler's output only
+    when its script fails (and prints it), so the script runs once more here, its output going to the library
+    log, and the message quotes the compiler's first error line."""
+    import subprocess
+
+    from .hls_errors import HlsUnsupported
+    from .quiet_tensorflow import library_log_path, thread_output
+
+    try:
+        r = subprocess.run(["bash", "build_lib.sh"], cwd=prj, capture_output=True, text=True, timeout=1800)
+        out = (r.stdout or "") + (r.stderr or "")
+    except (OSError, subprocess.SubprocessError) as e:
+        out = f"build_lib.sh could not run again: {e}"
+    with thread_output(f"hls4ml: g++ output of {pr.what}"):
+        print(out, flush=True)
+    errors = [line.strip() for line in out.splitlines() if "error" in line.lower()]
+    first = (errors or [line.strip() for line in out.splitlines() if line.strip()] or ["no output"])[0][:200]
+    return HlsUnsupported(f"g++ could not build hls4ml's C++ of {pr.what} ({first}); the compiler's whole output is in "
+                          f"{library_log_path()} (`bash build_lib.sh` in {prj} shows it again): is g++ installed and working?")
 
 
 def _prod(shape) -> int:

@@ -31,6 +31,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import time
 import warnings
 
@@ -125,6 +126,56 @@ def library_output(what: str):
         for fd in saved + [target]:
             os.close(fd)
         text.close()
+
+
+class _ThreadRouter(io.TextIOBase):
+    """sys.stdout while threads_output is in use: what a registered thread prints goes to its own stream, what
+    any other thread prints to the stream this replaced."""
+
+    def __init__(self, base):
+        self.base, self.routes = base, {}
+
+    def write(self, s):
+        return self.routes.get(threading.get_ident(), self.base).write(s)
+
+    def flush(self):
+        for stream in [self.base] + list(self.routes.values()):
+            with contextlib.suppress(Exception):
+                stream.flush()
+
+    def __getattr__(self, name):  # encoding, fileno, isatty, ...: the replaced stream's
+        return getattr(self.base, name)
+
+
+_router_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def thread_output(what: str):
+    """Run the body with what Python code prints to sys.stdout *in this thread* sent where library_output sends
+    it (the library log, or stderr with -v), other threads' output untouched: for hls4ml's compile in a build
+    thread, which prints g++'s whole log with print() when the build fails (child processes' output it
+    captures itself). Never stdout, whatever the cache state: a --json command's stdout stays JSON."""
+    target = _log_descriptor() if _quiet else os.dup(2)
+    if target < 0:
+        target = os.open(os.devnull, os.O_WRONLY)
+    elif _quiet:
+        os.write(target, f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}: {what}\n".encode())
+    text = io.TextIOWrapper(io.FileIO(target, "w"), encoding="utf-8", errors="replace", line_buffering=True)
+    me = threading.get_ident()
+    with _router_lock:
+        router = sys.stdout if isinstance(sys.stdout, _ThreadRouter) else _ThreadRouter(sys.stdout)
+        router.routes[me] = text
+        sys.stdout = router
+    try:
+        yield
+    finally:
+        with _router_lock:
+            router.routes.pop(me, None)
+            if not router.routes and sys.stdout is router:
+                sys.stdout = router.base
+        with contextlib.suppress(Exception):
+            text.close()
 
 
 class _QuietImport(importlib.abc.MetaPathFinder):

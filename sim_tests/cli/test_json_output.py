@@ -82,6 +82,30 @@ def test_verify_json_on_an_empty_cache_and_hls4ml_notes_go_to_the_log(models, tm
     assert r.returncode == 0 and HLS4ML_NOTE in r.stderr and HLS4ML_NOTE not in r.stdout
 
 
+def test_a_failed_gxx_build_keeps_stdout_json_and_says_why_in_one_line(models, tmp_path):
+    """g++ fails inside the parallel build (a broken toolchain: a `g++` first on PATH that passes
+    build_lib.sh's feature probes and fails every compile). hls4ml print()s the compiler's whole log from the
+    build thread; it goes to the library log, stdout stays one JSON document (or nothing), and the error is one
+    line on stderr naming the compile."""
+    import os
+    import shutil
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "g++").write_text(f"#!/bin/sh\ncase \"$*\" in *-fsyntax-only*) exec {shutil.which('g++')} \"$@\";; esac\n"
+                              "echo 'fake g++: error: boom-compiler-log' >&2\nexit 1\n")
+    (fake / "g++").chmod(0o755)
+    cache = tmp_path / "gxx-cache"
+    r = subprocess.run([sys.executable, "-m", "harness.cli.commands", "verify", str(models / "mlp_plan"), "-n", "8",
+                        "--json"], capture_output=True, text=True, timeout=900, cwd=REPO,
+                       env=child_env(SPLITRACK_CACHE=str(cache), PATH=f"{fake}{os.pathsep}{os.environ['PATH']}"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "boom-compiler-log" not in r.stdout and (r.stdout.strip() == "" or json.loads(r.stdout) is not None)
+    err = [line for line in r.stderr.splitlines() if line.startswith("splitrack")]
+    assert len(err) == 1 and "g++ could not build" in err[0] and "boom-compiler-log" in err[0], r.stderr[-2000:]
+    assert "boom-compiler-log" in (cache / "log" / "libraries.log").read_text()
+
+
 @pytest.mark.slow  # Verilator builds the chain from scratch (minutes); warm: test_cosim.py::test_cli_json
 def test_cosim_json_on_an_empty_cache(models, tmp_path):
     r, _ = _cli(tmp_path, "cosim", models / "mlp_plan", "--frames", "2", "--no-write", "--json")
@@ -140,3 +164,35 @@ def test_every_json_option_is_tested_here():
         if '"--json"' in f.read_text():
             found.add(f.stem)
     assert found == {"verify", "plan", "history", "bench", "cosim", "doctor"}, found
+
+
+def test_thread_output_routes_only_its_own_threads_prints(tmp_path, monkeypatch):
+    """What a build thread print()s inside thread_output goes to the library log; what another thread prints
+    at the same time stays on stdout; stdout is the caller's own stream again afterwards."""
+    import io
+    import threading
+
+    from splitting import quiet_tensorflow as qt
+
+    monkeypatch.setenv("SPLITRACK_CACHE", str(tmp_path / "c"))
+    monkeypatch.setattr(qt, "_quiet", True)
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    inside, done = threading.Event(), threading.Event()
+
+    def build():
+        with qt.thread_output("hls4ml: compiling partition s9"):
+            print("g++ says: error in the build thread")
+            inside.set()
+            done.wait(10)
+
+    t = threading.Thread(target=build)
+    t.start()
+    assert inside.wait(10)
+    print("the main thread's document")  # while the build thread's routing is in place
+    done.set()
+    t.join(10)
+    assert sys.stdout is out
+    assert out.getvalue() == "the main thread's document\n"
+    log = (tmp_path / "c" / "log" / "libraries.log").read_text()
+    assert "compiling partition s9" in log and "g++ says: error in the build thread" in log
