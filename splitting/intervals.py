@@ -163,6 +163,26 @@ def extrapolated(l: LayerSpec, cfg: HlsConfig, r: int) -> List[Tuple[str, Tuple[
     return why
 
 
+FIGURE_NAMES = {"lut": "LUT", "ff": "FF", "dsp": "DSP", "bram": "BRAM", "cycles": "cycles", "interval": "interval"}
+WIDENED = "[widened: "
+
+
+def widened_note(figs: Sequence[str]) -> str:
+    """'[widened: LUT, FF, ...]': the figures of a layer an `extrapolated` reason widens to EXTRAPOLATED at least
+    (the others keep the calibrated spread); `widened_figures` reads it back."""
+    return WIDENED + ", ".join(FIGURE_NAMES[f] for f in ALL if f in figs) + "]"
+
+
+def widened_figures(reason: str) -> Tuple[str, ...]:
+    """The figures ('lut', ...) an `extrapolated` reason says were widened (() for a reason without
+    `widened_note`, e.g. rule4ml's)."""
+    if WIDENED not in reason:
+        return ()
+    names = reason.rsplit(WIDENED, 1)[1].rstrip("]").split(", ")
+    back = {v: k for k, v in FIGURE_NAMES.items()}
+    return tuple(back[n] for n in names if n in back)
+
+
 def _scaled(p: Dict[str, float], f: Dict[str, float]) -> Dict[str, float]:
     return {k: v * f.get(k, 1.0) for k, v in p.items()}
 
@@ -179,7 +199,7 @@ def analytic_estimate(layers: Sequence[LayerSpec], cfg: HlsConfig, name: str = "
     lows, highs, why = [], [], []
     for l, r, p in zip(layers, reuses, per):
         reasons = extrapolated(l, cfg, r)
-        why += [text for text, _ in reasons]
+        why += [f"{text} {widened_note(figs)}" for text, figs in reasons]
         wide = {f for _, figs in reasons for f in figs}
         lo = {f: (min(spread[f][0], EXTRAPOLATED[0]) if f in wide else spread[f][0]) for f in spread}
         hi = {f: (max(spread[f][1], EXTRAPOLATED[1]) if f in wide else spread[f][1]) for f in spread}

@@ -325,6 +325,25 @@ class Planner:
                 keep.append((c, e))
         return keep
 
+    def _blocked_note(self, blocked: Dict[int, dict], seg_est) -> str:
+        """What the blocked layers do not fit, said truly: as a partition of their own, at the least-loaded
+        configuration tried (which resource, which end of the range), and whether a longer run holding them fits."""
+        at = {"high": "upper bound", "low": "lower bound", "point": "estimate"}[self.opt.fit]
+        says = []
+        for i, b in blocked.items():
+            c, est = b["single"]
+            util = est.utilization(self.board, self.opt.fit)
+            res = max(util, key=util.get)
+            e = b["end"]
+            inside = any(a <= i and j >= e and (a, j) != (i, e) and any(self._usable(self.specs[a:j], cc, ee) for cc, ee in pairs)
+                         for (a, j), pairs in seg_est.items())
+            says.append(f"{self.specs[i].name} does not fit one {self.board.name} as a partition of its own at any "
+                        f"configuration tried (least loaded: {c.strategy} reuse {c.reuse_factor} {c.precision}, "
+                        f"{res.upper()} {100 * util[res]:.0f} % at the {at}, cap {100 * self.opt.cap:.0f} %)"
+                        + ("; a partition holding it with its neighbouring layers does fit, so splitting it is an option, not a need"
+                           if inside else ""))
+        return "; ".join(says)
+
     # -- enumeration --------------------------------------------------------------------------------------
     def options(self) -> Tuple[List[_Option], Dict[int, dict]]:
         """Every feasible (contiguous run of layers, configuration) option with its estimate, and why the
@@ -389,7 +408,7 @@ class Planner:
                         split_reqs.append((join, jc))
                         split_meta.append(("join", i, e, k, jc))
         if split_reqs:
-            self.progress(f"{len(blocked)} layer(s) too large for one {self.board.name}: estimating {len(split_reqs)} split parts")
+            self.progress(f"{self._blocked_note(blocked, seg_est)}: estimating {len(split_reqs)} split parts")
         split_est = self._estimate(split_reqs)
         parts: Dict[Tuple[str, int, int], List[Tuple[HlsConfig, Estimate]]] = {}
         joins: Dict[Tuple[int, int, str], Estimate] = {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from splitting import catalog
 from splitting.errors import UserError
 from splitting.estimates import BOUNDS
 from splitting.estimators import ESTIMATORS, make
+from splitting.intervals import EXTRAPOLATED, widened_figures
 from splitting.layerspec import COMPUTE, HlsConfig
 from splitting.reuse import layer_reuse
 from splitting.search import OBJECTIVES, PartChoice, PlanChoice, SearchOptions, SearchResult, plan_search
@@ -153,24 +155,50 @@ def names(plan: PlanChoice) -> List[List[str]]:
     return [[f"s{s}"] if len(st.parts) == 1 else [f"s{s}_{j}" for j in range(len(st.parts))] for s, st in enumerate(plan.stages)]
 
 
+# Digits a figure is reported with, in plan.json, --json and the table alike: utilisation as a fraction to 4
+# decimals (0.01 %), LUT/FF/DSP whole, BRAM18 blocks and cycles to 0.1. A range is rounded outward (low down,
+# high up) at those digits, so the point, rounded to the nearest, always lies inside the range as printed.
+DIGITS = {"lut": 0, "ff": 0, "dsp": 0, "bram": 1, "cycles": 1, "interval": 1}
+UTIL_DIGITS = 4
+
+
+def down(x: float, digits: int) -> float:
+    """x rounded down to `digits` decimals (a range's low end as reported)."""
+    s = 10 ** digits
+    return round(math.floor(x * s + 1e-9) / s, digits)
+
+
+def up(x: float, digits: int) -> float:
+    """x rounded up to `digits` decimals (a range's high end as reported)."""
+    s = 10 ** digits
+    return round(math.ceil(x * s - 1e-9) / s, digits)
+
+
+def _bound(x: float, digits: int, at: str) -> float:
+    v = down(x, digits) if at == "low" else up(x, digits)
+    return int(v) if digits == 0 else v
+
+
 def partition_rows(plan: PlanChoice, opts: SearchOptions) -> List[Dict[str, Any]]:
-    """One dict per partition of `plan`, stage by stage: name, kind, layers, hls4ml configuration (with the
-    reuse factor per compute layer), utilization (fraction of the board per resource) and its range
-    (utilization_low, utilization_high), resources (LUT, FF, DSP, BRAM18) with range, cycles and
-    interval_cycles (clock cycles) with range, estimator, extrapolated (what lies beyond the calibration
-    data), split, note, implausible."""
+    """One dict per partition of `plan`, stage by stage: name, kind, layers, hls4ml configuration
+    (reuse_factor: the model-level ReuseFactor; layer_reuse: the ReuseFactor per compute layer hls4ml is
+    given), utilization (fraction of the board per resource, 4 decimals) and its range (utilization_low,
+    utilization_high, rounded outward), resources (LUT, FF, DSP, BRAM18 blocks) with range (rounded outward),
+    cycles and interval_cycles (clock cycles) with range, estimator, extrapolated (what lies beyond the
+    calibration data), split, note, implausible."""
     rows = []
     for (stage, st), pnames in zip(enumerate(plan.stages), names(plan)):
         for part, pname in zip(st.parts, pnames):
             e = part.estimate
-            rng = {at: {f: round(e.bound(f, at), 1) for f in ("lut", "ff", "dsp", "bram", "cycles", "interval")} for at in ("low", "high")}
+            rng = {at: {f: _bound(e.bound(f, at), d, at) for f, d in DIGITS.items()} for at in ("low", "high")}
+            util = {at: {k: _bound(v, UTIL_DIGITS, at) for k, v in e.utilization(opts.board, at).items()} for at in ("low", "high")}
             rows.append({
                 "name": pname, "stage": stage, "kind": part.kind, "layers": list(part.layers),
                 "precision": part.config.precision, "reuse_factor": part.config.reuse_factor, "strategy": part.config.strategy,
                 "layer_reuse": layer_reuses(part),
-                "utilization": {k: round(v, 4) for k, v in e.utilization(opts.board).items()},
-                "utilization_low": {k: round(v, 4) for k, v in e.utilization(opts.board, "low").items()},
-                "utilization_high": {k: round(v, 4) for k, v in e.utilization(opts.board, "high").items()},
+                "utilization": {k: round(v, UTIL_DIGITS) for k, v in e.utilization(opts.board).items()},
+                "utilization_low": util["low"],
+                "utilization_high": util["high"],
                 "resources": {"lut": round(e.lut), "ff": round(e.ff), "dsp": round(e.dsp), "bram": round(e.bram, 1)},
                 "range": rng,
                 "cycles": round(e.cycles, 1), "interval_cycles": round(e.interval, 1), "estimator": e.estimator,
@@ -208,14 +236,21 @@ def decimals(values, least: int = 0, most: int = 3) -> int:
 
 
 def plan_range(plan: PlanChoice, opts: SearchOptions) -> Dict[str, Dict[str, float]]:
-    """The plan's latency (us) and interval (cycles) at the low and high ends of its partitions' ranges."""
+    """The plan's latency (us, 2 decimals) and interval (cycles, 1 decimal) at the low and high ends of its
+    partitions' ranges, rounded outward."""
     out = {}
     for at in ("low", "high"):
         lat = plan.out_hop_us + sum(max(p.estimate.bound("cycles", at) for p in st.parts) / opts.board.clock_mhz + st.hop_in_us
                                     for st in plan.stages)
         itv = max(p.estimate.bound("interval", at) for p in plan.partitions)
-        out[at] = {"latency_us": round(lat, 2), "interval_cycles": round(itv, 1)}
+        out[at] = {"latency_us": _bound(lat, 2, at), "interval_cycles": _bound(itv, 1, at)}
     return out
+
+
+UNITS = {"utilization": "fraction of one board (1.0 = full), 4 decimals; ranges rounded outward",
+         "resources": "LUT, FF, DSP48, BRAM18 blocks; ranges rounded outward",
+         "cycles": "clock cycles at clock_mhz", "latency_us": "microseconds", "interval_cycles": "clock cycles at clock_mhz",
+         "reuse_factor": "model-level hls4ml ReuseFactor", "layer_reuse": "hls4ml ReuseFactor per compute layer (LayerName)"}
 
 
 def to_json(plan: PlanChoice, model: str, opts: SearchOptions, version: str, result: Optional[SearchResult] = None) -> Dict[str, Any]:
@@ -225,7 +260,8 @@ def to_json(plan: PlanChoice, model: str, opts: SearchOptions, version: str, res
     out = {
         "model": model, "board": opts.board.name, "cap": opts.cap, "fit": opts.fit, "objective": opts.objective,
         "boards": plan.boards, "latency_us": round(plan.latency_us, 2), "interval_cycles": round(plan.interval_cycles, 1),
-        "range": plan_range(plan, opts),
+        "range": plan_range(plan, opts), "clock_mhz": opts.board.clock_mhz,
+        "units": UNITS,
         "exact": plan.exact, "estimator_version": version, "hop_overhead_us": opts.hop_overhead_us, "link_gbps": opts.gbps,
         "cut_after": plan.cut_after, "neurons": plan.neurons, "inputs": plan.inputs,
         "fifo_depth": fifo_note(opts),
@@ -250,39 +286,54 @@ def fifo_note(opts: SearchOptions) -> Dict[str, str]:
             "confirmed_by": "safe: hls4ml's default depths never stall a dataflow"}
 
 
+def _num(v: float, digits: int) -> str:
+    return f"{v:.{digits}f}"
+
+
 def _pct(r: Dict[str, Any], k: str) -> str:
-    return f"{100 * r['utilization'][k]:.1f} [{100 * r['utilization_low'][k]:.0f}-{100 * r['utilization_high'][k]:.0f}]"
+    # exactly the reported fractions (4 decimals) as percent (2 decimals): table == --json == plan.json
+    lo, p, hi = (100 * r[key][k] for key in ("utilization_low", "utilization", "utilization_high"))
+    return f"{p:.2f} [{lo:.2f}-{hi:.2f}]"
 
 
 def _cyc(v: float, lo: float, hi: float) -> str:
-    return f"{v:.0f} [{lo:.0f}-{hi:.0f}]" if max(v, hi) >= 10 else f"{v:.1f} [{lo:.1f}-{hi:.1f}]"
+    # exactly the reported figures (0.1 cycle): no decimals when all three are whole
+    d = 0 if all(float(x).is_integer() for x in (v, lo, hi)) else 1
+    return f"{v:.{d}f} [{lo:.{d}f}-{hi:.{d}f}]"
 
 
 def table(plan: PlanChoice, model: str, opts: SearchOptions, estimator: str = "") -> List[str]:
-    """The plan as text lines: a summary (boards, latency in us and interval in cycles, each with its range),
-    the estimator, one row per partition (utilisation in % of one board, cycles and interval, each as
-    estimate [low-high]), then notes: raised figures (*), figures beyond the calibration data (~)."""
+    """The plan as text lines: a summary (boards, latency in us and interval in cycles at the board's clock,
+    each with its range), the estimator, one row per partition (utilisation in % of one board, latency and
+    interval in cycles, each as estimate [low-high], the same figures as --json and plan.json), then notes:
+    the reuse factor per layer, raised figures (*), figures beyond the calibration data (~)."""
     rows = partition_rows(plan, opts)
     cap = f"{opts.cap:.0%}"
     rng = plan_range(plan, opts)
-    di = decimals([plan.interval_cycles])
+    di = 0 if all(float(x).is_integer() for x in (round(plan.interval_cycles, 1), rng["low"]["interval_cycles"], rng["high"]["interval_cycles"])) else 1
+    b = opts.board
     lines = [
-        f"{model} on {opts.board.name}, objective {opts.objective}: {plan.boards} board(s), latency {plan.latency_us:.1f} us "
-        f"[{rng['low']['latency_us']:.1f}-{rng['high']['latency_us']:.1f}], interval {plan.interval_cycles:.{di}f} cycles "
-        f"[{rng['low']['interval_cycles']:.{di}f}-{rng['high']['interval_cycles']:.{di}f}] ({plan.describe()})",
+        f"{model} on {b.name}, objective {opts.objective}: {plan.boards} board(s), latency {plan.latency_us:.2f} us "
+        f"[{rng['low']['latency_us']:.2f}-{rng['high']['latency_us']:.2f}], interval {plan.interval_cycles:.{di}f} cycles "
+        f"[{rng['low']['interval_cycles']:.{di}f}-{rng['high']['interval_cycles']:.{di}f}] at {b.clock_mhz:g} MHz "
+        f"(hls4ml clock period {b.clock_period_ns:g} ns) ({plan.describe()})",
     ]
     if estimator:
         lines.append(f"estimates: {estimator}")
     fn = fifo_note(opts)
     lines.append(f"io_stream FIFO depths: {fn['assumed']} ({fn['what']}); {fn['confirmed_by']}")
-    lines.append(f"utilisation in % of one {opts.board.name}: estimate [range]; the {'upper bound' if opts.fit == 'high' else opts.fit if opts.fit == 'point' else 'lower bound'} "
-                 f"fits under the {cap} cap (--fit); hops: {opts.hop_overhead_us:g} us + bytes on {opts.gbps:g} Gb/s")
+    lines.append(f"columns: LUT/FF/DSP/BRAM18 in % of one {b.name} ({b.lut} LUT, {b.ff} FF, {b.dsp} DSP48, {b.bram} BRAM18 blocks), "
+                 f"latency and interval in clock cycles, each as estimate [range] (--json and plan.json: the same figures, "
+                 f"utilisation as fractions, resources in LUT, FF, DSP48, BRAM18 blocks); "
+                 f"the {'upper bound' if opts.fit == 'high' else opts.fit if opts.fit == 'point' else 'lower bound'} "
+                 f"fits under the {cap} cap (--fit); model RF: the model-level ReuseFactor; hops: {opts.hop_overhead_us:g} us + bytes on {opts.gbps:g} Gb/s")
     cyc = {r["name"]: (_cyc(r["cycles"], r["range"]["low"]["cycles"], r["range"]["high"]["cycles"]),
                        _cyc(r["interval_cycles"], r["range"]["low"]["interval"], r["range"]["high"]["interval"]))
            for r in rows}
     wc = max([18] + [len(c) + 2 for pair in cyc.values() for c in pair])  # a long range must not run into the next
-    head = (f"{'part':<6}{'kind':<7}{'layers':<24}{'reuse':>6} {'strategy':<9}{'LUT %':<14}{'FF %':<14}{'DSP %':<14}"
-            f"{'BRAM %':<14}{'cycles':<{wc}}{'interval':<{wc}}estimator")
+    wu = max([16] + [len(_pct(r, k)) + 2 for r in rows for k in ("lut", "ff", "dsp", "bram")])
+    head = (f"{'part':<6}{'kind':<7}{'layers':<24}{'model RF':>8} {'strategy':<9}{'LUT %':<{wu}}{'FF %':<{wu}}{'DSP %':<{wu}}"
+            f"{'BRAM18 %':<{wu}}{'latency cycles':<{wc}}{'interval cycles':<{wc}}estimator")
     lines += [head, "-" * len(head)]
     for r in rows:
         layers = ",".join(r["layers"])
@@ -290,21 +341,27 @@ def table(plan: PlanChoice, model: str, opts: SearchOptions, estimator: str = ""
             layers = layers[:20] + "..."
         mark = ("*" if r["note"] else "") + ("~" if r["extrapolated"] else "")
         lines.append(
-            f"{r['name']:<6}{r['kind']:<7}{layers:<24}{r['reuse_factor']:>6} {r['strategy']:<9}"
-            + "".join(f"{_pct(r, k):<14}" for k in ("lut", "ff", "dsp", "bram"))
+            f"{r['name']:<6}{r['kind']:<7}{layers:<24}{r['reuse_factor']:>8} {r['strategy']:<9}"
+            + "".join(f"{_pct(r, k):<{wu}}" for k in ("lut", "ff", "dsp", "bram"))
             + f"{cyc[r['name']][0]:<{wc}}{cyc[r['name']][1]:<{wc}}"
             + f"{r['estimator']}{mark}" + ("  IMPLAUSIBLE" if r["implausible"] else "")
         )
     per_layer = [f"{r['name']}: " + ", ".join(f"{k} {v}" for k, v in r["layer_reuse"].items()) for r in rows
                  if set(r["layer_reuse"].values()) - {r["reuse_factor"]}]
     if per_layer:
-        lines.append("reuse per layer (each keeps pace with its partition's slowest layer): " + "; ".join(per_layer))
+        lines.append("ReuseFactor per layer, as hls4ml is given it (plan.json LayerName; 'model RF' is the model-level one "
+                     "the search chose): each layer takes the largest reuse factor hls4ml accepts for it (a divisor of its "
+                     "products, per hls4ml's rules) that keeps pace with its partition's slowest layer: " + "; ".join(per_layer))
     for r in rows:
         if r["note"]:
             lines.append(f"* {r['name']}: {r['note']}")
     for r in rows:
         if r["extrapolated"]:
-            lines.append(f"~ {r['name']}: beyond the published figures, range widened to at least x0.5-x2: " + "; ".join(r["extrapolated"]))
+            wide = any(widened_figures(x) for x in r["extrapolated"])
+            lines.append(f"~ {r['name']}: beyond the published figures"
+                         + (f" (the figures in [widened: ...] get a range of at least x{EXTRAPOLATED[0]:g}-x{EXTRAPOLATED[1]:g} "
+                            "for that layer's share; the rest of the partition keeps its calibrated range)" if wide else "")
+                         + ": " + "; ".join(r["extrapolated"]))
     for r in rows:
         for why in r["implausible"]:
             lines.append(f"IMPLAUSIBLE {r['name']}: {why}")
