@@ -255,7 +255,7 @@ UNITS = {"utilization": "fraction of one board (1.0 = full), 4 decimals; ranges 
 
 def to_json(plan: PlanChoice, model: str, opts: SearchOptions, version: str, result: Optional[SearchResult] = None) -> Dict[str, Any]:
     """The --json report of a plan: model, board, cap, fit (which end of the ranges fits), objective, boards,
-    latency_us (us), interval_cycles and their range, estimator version, hop_overhead_us (us), link_gbps
+    latency_us (us), interval_cycles and their range (rounded outward), clock_mhz, units, estimator version, hop_overhead_us (us), link_gbps
     (Gb/s), cuts and splits, partition_rows, and the Pareto front when `result` has one."""
     out = {
         "model": model, "board": opts.board.name, "cap": opts.cap, "fit": opts.fit, "objective": opts.objective,
@@ -374,16 +374,17 @@ def pareto_table(front: List[PlanChoice], opts: Optional[SearchOptions] = None) 
     """The non-dominated plans as text lines: boards, latency (us), interval (cycles), each with its range
     when `opts` is given, then stages and configurations."""
     lines = ["non-dominated plans (boards, latency, interval; [range]):",
-             f"{'boards':>6} {'latency us':>11} {'interval':>9}  plan [reuse factor and strategy per stage]"]
+             f"{'boards':>6} {'latency us':>11} {'interval cycles':>15}  plan [reuse factor and strategy per stage]"]
     dl = decimals([p.latency_us for p in front], least=1)
     di = decimals([p.interval_cycles for p in front])
     for p in front:
         rng = ""
         if opts is not None and p.partitions:
             r = plan_range(p, opts)
-            rng = (f"  latency [{r['low']['latency_us']:.{dl}f}-{r['high']['latency_us']:.{dl}f}] us,"
-                   f" interval [{r['low']['interval_cycles']:.{di}f}-{r['high']['interval_cycles']:.{di}f}]")
-        lines.append(f"{p.boards:>6} {p.latency_us:>11.{dl}f} {p.interval_cycles:>9.{di}f}  {p.describe()} [{p.configs()}]{rng}")
+            # outward at the printed digits, so each point stays inside its printed range
+            rng = (f"  latency [{down(r['low']['latency_us'], dl):.{dl}f}-{up(r['high']['latency_us'], dl):.{dl}f}] us,"
+                   f" interval [{down(r['low']['interval_cycles'], di):.{di}f}-{up(r['high']['interval_cycles'], di):.{di}f}] cycles")
+        lines.append(f"{p.boards:>6} {p.latency_us:>11.{dl}f} {p.interval_cycles:>15.{di}f}  {p.describe()} [{p.configs()}]{rng}")
     return lines
 
 

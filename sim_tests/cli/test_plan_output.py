@@ -132,3 +132,24 @@ def test_the_plan_note_names_the_widened_figures_and_only_those(tmp_path, capsys
             p, lo, hi = r["resources"][f], r["range"]["low"][f], r["range"]["high"][f]
             if f not in claimed and p:  # a figure the note does not name keeps a range narrower than x0.5-x2
                 assert not (lo <= 0.5 * p and hi >= 2 * p), (r["name"], f, p, lo, hi)
+
+
+def test_too_large_says_as_what_and_at_which_configuration_and_reuse_columns_are_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SPLITRACK_CACHE", str(tmp_path / "cache"))
+    _reference("cnn").save(tmp_path / "cnn.keras")
+    assert main(["plan", str(tmp_path / "cnn.keras"), "--json"]) == 0
+    cap = capsys.readouterr()
+    report = json.loads(cap.out)
+    line = next(ln for ln in cap.err.splitlines() if "split parts" in ln)
+    m = re.search(r"(\w+) does not fit one pynq-z2 as a partition of its own at any configuration tried \(least loaded: "
+                  r"(\w+) reuse (\d+) \S+, (LUT|FF|DSP|BRAM) (\d+) % at the upper bound, cap 80 %\)", line)
+    assert m, line
+    layer, pct = m.group(1), int(m.group(5))
+    assert pct > 80
+    whole = [r for r in report["partitions"] if layer in r["layers"] and r["kind"] == "layers"]
+    # the chosen plan keeps it whole in a longer partition: the line must say such a partition fits
+    assert bool(whole) == ("with its neighbouring layers does fit" in line)
+    assert whole and len(whole[0]["layers"]) > 1
+    assert main(["plan", str(tmp_path / "cnn.keras")]) == 0
+    out = capsys.readouterr().out
+    assert "model RF" in out and "ReuseFactor per layer, as hls4ml is given it" in out
