@@ -568,10 +568,11 @@ class Planner:
         boards (the default FIFO depths, smaller precisions)."""
         more = []
         if self.opt.fifo_depth == "default":
-            more.append("without --fifo-depth default (the default, optimized, counts the FIFOs hls4ml's depth "
-                        "optimisation leaves: far fewer BRAM)")
+            more.append("without --fifo-depth default (optimized depths, the default, cost less BRAM; whether "
+                        "that saves a board, `plan` without it says)")
         if not any(FixedType.parse(p).width <= 8 for p in self.opt.precisions):
-            more.append("allow smaller precisions (--precisions \"ap_fixed<8,3>\")")
+            more.append("allow smaller precisions (--precisions \"ap_fixed<8,3>\" ...; they may cost the model its "
+                        "accuracy: `splitrack verify PLAN --data YOUR.npz` measures it)")
         return first + "".join(f", or {m}" for m in more)
 
     def _raise_no_fit(self, opts: List[_Option], blocked: Dict[int, dict], by_start) -> None:

@@ -26,6 +26,7 @@ from .plan import Plan
 from .report import table
 
 FLOAT_TOL = 1e-5  # relative to the output scale
+MAX_ACCURACY_DROP = 0.01  # labelled data: the split hls4ml chain may lose at most 1 point of Keras's accuracy
 
 
 @dataclass
@@ -63,14 +64,20 @@ class Verification:
     chain_within: Optional[bool] = None
     whole_within: Optional[bool] = None
     layer_checks: List[Dict] = field(default_factory=list)
+    # labelled data: the split hls4ml chain's accuracy within max_accuracy_drop of Keras's (None: no labels,
+    # or the hls4ml chain not run). Bit exact to the whole model is no use when the types lose the model.
+    accuracy_ok: Optional[bool] = None
+    max_accuracy_drop: float = MAX_ACCURACY_DROP
     cause: str = ""  # one line: what the checks show to be the cause of a failure ("" when nothing failed)
     findings: List[str] = field(default_factory=list)  # departures, overflows, unchecked layers, for the user
 
     @property
     def ok(self) -> bool:
-        """True when the float chain and the hls4ml chain checks passed and no layer of either emulation
-        departs from Keras beyond its quantisation bound."""
-        return self.float_ok and self.hls_ok and self.chain_within is not False and self.whole_within is not False
+        """True when the float chain and the hls4ml chain checks passed, no layer of either emulation
+        departs from Keras beyond its quantisation bound, and (labelled data) the split hls4ml chain keeps
+        Keras's accuracy to within max_accuracy_drop."""
+        return (self.float_ok and self.hls_ok and self.chain_within is not False and self.whole_within is not False
+                and self.accuracy_ok is not False)
 
 
 def evaluation_data(plan: Plan, data: str, n: int, seed: int = 0, domain=None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -145,11 +152,13 @@ def layer_peaks(model, x: np.ndarray) -> Dict[str, float]:
                 layer.activation = saved[layer.name]
 
 
-def verify_plan(plan: Plan, data: str = "random", n: int = 512, hls: bool = True, log=print) -> Verification:
+def verify_plan(plan: Plan, data: str = "random", n: int = 512, hls: bool = True, log=print,
+                max_accuracy_drop: float = MAX_ACCURACY_DROP) -> Verification:
     """Check a plan on `n` inputs of `data` ('random', 'digits' or an .npz/.npy file): the chain of Keras
     partitions against the original model (also over the input type's whole range), and with `hls` the
     chain of hls4ml emulations against the whole model's emulation. Raises UserError when the plan folder
-    lacks its source model or the data do not fit."""
+    lacks its source model or the data do not fit. With labelled data, the split hls4ml chain's accuracy must
+    be within `max_accuracy_drop` (a fraction: 0.01 is one percentage point) of Keras's."""
     from .split import load_models
 
     models = load_models(plan)
@@ -166,11 +175,30 @@ def verify_plan(plan: Plan, data: str = "random", n: int = 512, hls: bool = True
             "cached)")
         builds, sched = _start_emulations(plan, x, log)
     try:
-        return _verify(plan, models, data, x, y, domain, builds, sched)
+        v = _verify(plan, models, data, x, y, domain, builds, sched)
+        return _judge_accuracy(v, max_accuracy_drop)
     finally:
         if sched is not None:
             sched.close()
             builds.close()
+
+
+def _judge_accuracy(v: Verification, max_drop: float) -> Verification:
+    """Set v.accuracy_ok (labelled data and the hls4ml chain run) and, when the split loses the model, the
+    cause: the split is exact, the types are too narrow (the whole model's emulation loses it too) or not."""
+    v.max_accuracy_drop = max_drop
+    if v.accuracy_keras is None or v.accuracy_split_hls is None:
+        return v
+    v.accuracy_ok = v.accuracy_split_hls >= v.accuracy_keras - max_drop - 1e-12
+    if not v.accuracy_ok and not v.cause:
+        whole = v.accuracy_whole_hls
+        same = whole is not None and abs(whole - v.accuracy_split_hls) <= 1e-12
+        v.cause = (f"the hls4ml types lose the model's accuracy: {100 * v.accuracy_split_hls:.2f} % on the split "
+                   f"hls4ml chain against {100 * v.accuracy_keras:.2f} % in Keras (at most {100 * max_drop:.2f} "
+                   "points may be lost)" + (", and the unsplit model's emulation loses it too: the split is exact, "
+                   "the precisions are too narrow; plan or split again with wider --precisions (e.g. "
+                   "\"ap_fixed<16,6>\") or more integer bits" if same else ""))
+    return v
 
 
 def _start_emulations(plan: Plan, x: np.ndarray, log):
@@ -315,7 +343,8 @@ def render(v: Verification) -> str:
         _keras_row("hls chain vs Keras", v.hls_vs_keras_max_abs_err, v.chain_within, v.hls_checked),
         _keras_row("whole-model hls vs Keras", v.whole_vs_keras_max_abs_err, v.whole_within, v.hls_checked),
         ["accuracy Keras / split hls / whole hls", f"{pct(v.accuracy_keras)} / {pct(v.accuracy_split_hls)} / "
-         f"{pct(v.accuracy_whole_hls)}", f"{v.samples} samples", "info"],
+         f"{pct(v.accuracy_whole_hls)}", f"split >= Keras - {100 * v.max_accuracy_drop:g} pt ({v.samples} samples)",
+         {True: "ok", False: "FAIL", None: "no labels" if v.accuracy_keras is None else "-"}[v.accuracy_ok]],
     ]
     out.append(table(["check", "value", "bound", "result"], checks))
     out += v.findings

@@ -32,7 +32,8 @@ class AgentConfig:
     listen          {"host": address, "port": P}: the board's address on the data network (never every
                     interface by default); port 0: any free port (see the agent's ready line)
     backend         {"kind": "emulation", "library": "lib.so", "project": "myproject", "n_in": 64, "n_out": 10}
-                        the partition's hls4ml emulation library (virtual boards; bit-accurate)
+                        the partition's hls4ml emulation library (virtual boards; bit-accurate); optional
+                        "note": why deploy gave it no fast model (reported in the agent's ping)
                     {"kind": "overlay", "bitfile": "p.bit", "hwh": "p.hwh", "n_in": 64, "n_out": 10,
                      "dma": "hier_0.axi_dma_0", "in_dtype": "float32", "out_dtype": "float32"}
                         a real PYNQ-Z2 (pynq.Overlay; *_dtype: the AXI data type of the accelerator wrapper);

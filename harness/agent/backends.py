@@ -53,6 +53,7 @@ class EmulationBackend:
         if not os.path.isfile(lib):
             raise AgentConfigError("emulation library %s not found: upload the partition's artifact" % lib)
         self.lib = emulation.EmulationLib(lib, cfg["project"], cfg["n_in"], cfg["n_out"])
+        self.note = str(cfg.get("note", ""))  # deploy's reason when a virtual board has no fast model
 
     def run(self, x):
         """One frame (n_in elements, any shape) in; a flat float64 array of n_out elements out.

@@ -335,16 +335,18 @@ class FastBackend(object):
                 raise NotModelled("%d output values differ from the emulation library on %d check frames"
                                   % (bad, len(frames)))
         except NotModelled as e:
-            self.note = str(e)
+            self.note = "fast model not used: %s" % e
         except Exception as e:  # a model that cannot even run is not trusted either
-            self.note = "fast model failed its check: %s: %s" % (type(e).__name__, e)
+            self.note = ("fast model could not compute the %s check frames (%s), a fault of its model file or of "
+                         "fast_model.py" % (cfg.get("check_frames", 4), e))
         else:
             self.model, self.kind = model, "fast"
             compiled = sorted(n for n, m in model.modes.items() if m == "kernel")
             self.note = "fast model == emulation library on %d check frames (%s)%s" % (
                 len(frames), "compiled kernel: " + ", ".join(compiled) if compiled else "numpy", kernel_note)
-        (log.info if self.model else log.warning)("backend %s: %s", self.kind, self.note
-                                                  + ("" if self.model else "; running the emulation library"))
+        if self.model is None:
+            self.note += "; this board runs hls4ml's emulation library instead (bit-exact, slower)"
+        (log.info if self.model else log.warning)("backend %s: %s", self.kind, self.note)
 
     def run(self, x):
         """One frame (n_in values) -> its n_out raw outputs: the fast model when it passed its check, else
@@ -370,13 +372,27 @@ def _pad_step(model, op, t, out, in_shape, arrays):
 def _dense_step(model, op, t, out, in_shape, arrays):
     name, p, shape = op["name"], op.get("params", {}), tuple(op["out_shape"])
     w, b = arrays[name + "/weight"], arrays[name + "/bias"]
+    acc_t = model._type(p["accum"])
+    if acc_t.saturation != "AP_WRAP" and int(p.get("resource_reuse", 1)) > 1:
+        # a saturating sum depends on its order, and dense_resource's follows the reuse factor; "ordered"
+        # adds in input order (dense_latency's)
+        raise NotModelled("%s: saturating accumulator %s under the Resource strategy with reuse factor %d (hls4ml "
+                          "adds the products in reuse order, the fast model in input order)"
+                          % (name, acc_t, int(p["resource_reuse"])))
+    n_in = int(np.prod(in_shape)) if op["kind"] == "dense" else None
+    if n_in is not None and w.size != n_in * shape[-1] or w.shape[-1] != shape[-1]:
+        raise NotModelled("%s: weights of shape %s for %s inputs and %d outputs" % (name, w.shape, n_in or in_shape,
+                                                                                    shape[-1]))
     dense = _Dense(w.reshape(-1, w.shape[-1]), b, t, model._type(p["wtype"]), model._type(p["btype"]),
-                   model._type(p["accum"]), out, model.kernel)
+                   acc_t, out, model.kernel)
     model._modes[name] = dense.mode
     if op["kind"] == "dense":
         return lambda x: dense(x.reshape(x.shape[0], -1)).reshape((x.shape[0],) + shape)
     pads = _pads(p)
     idx = _im2col_index(in_shape, pads, p["filt_height"], p["filt_width"], p["stride_height"], p["stride_width"])
+    if w.shape[:-1] != (p["filt_height"], p["filt_width"], in_shape[-1]):
+        raise NotModelled("%s: weights of shape %s for a %dx%d window on %d channels"
+                          % (name, w.shape, p["filt_height"], p["filt_width"], in_shape[-1]))
     padded = bool(any(pads))
 
     def conv(x):

@@ -21,7 +21,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    "as the rack takes them)")
     p.add_argument("--in-flight", type=int, default=8, help="frames in flight in the stream (and the CPU's batch)")
     p.add_argument("--single-rate", type=float, default=DEFAULT_SINGLE_RATE,
-                   help="pace of the single-frame run, frames/s (0: back to back)")
+                   help=f"pace of the single-frame run, frames/s (default {DEFAULT_SINGLE_RATE:g}; 0: back to back)")
     add_data_option(p)
     p.add_argument("--label", default=None, help="name of this run's series in the history (default: the plan's "
                    "model name)")

@@ -25,7 +25,7 @@ COMMANDS = [
     ("history", "harness.cli.history", "result history (SQLite): add, list, check regressions, compare two runs, ack, export (BMF)"),
     ("dashboard", "harness.cli.dashboard", "write the static HTML dashboard (trends, per-hop breakdown, regressions)"),
     ("bench", "harness.cli.bench", "latency per hop of a plan on a rack, beside the CPU reference"),
-    ("nightly", "harness.cli.nightly", "bench, add to the history, detect regressions, write the dashboard; exit 1 on a regression"),
+    ("nightly", "harness.cli.nightly", "bench, add to the history, detect regressions, write the dashboard; exit 1 on a regression, 2 when the run failed"),
     ("demo", "harness.cli.demo", "the main job: reference models, CNN split three ways, verified"),
     ("cache", "harness.cli.cache", "the user cache (hls4ml projects, estimates, models): folder, size, `clean`"),
 ]

@@ -37,7 +37,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     db(ls)
     c = sub.add_parser("check", help="change points in every series; exit 1 on a regression still in effect")
     db(c)
-    c.add_argument("--all-metrics", action="store_true", help="check every metric, not only the watched medians")
+    c.add_argument("--all-metrics", action="store_true", help="check every metric, not only the watched ones (per hop the p50, per board and end to end the floor, the stream's throughput, accuracy)")
     c.add_argument("--min-change", type=float, default=0.05, help="smallest relative change reported (0.05 = 5%%)")
     k = sub.add_parser("compare", help="A/B: per hop p50/p99 of two runs, change and Mann-Whitney p-value")
     k.add_argument("a", help="run id, label, commit, latest or previous")
@@ -90,15 +90,27 @@ def _add(h: History, args) -> int:
 
 def _list(h: History, args) -> int:
     acks = h.acks()
-    print(f"{'run':>4s} {'time':25s} {'label':16s} {'model':12s} {'rack':10s} {'machine':12s} {'commit':17s} "
+    print(f"{'run':>4s} {'time (UTC)':20s} {'label':16s} {'model':12s} {'rack':10s} {'machine':12s} {'commit':17s} "
           f"{'plan':17s} state")
     for r in h.run_infos():
         state = "complete" if r.complete else f"INCOMPLETE: {r.error}"
         if r.run_id in acks:
             state += f" (acknowledged: {acks[r.run_id]})"
-        print(f"{r.run_id:4d} {r.time[:25]:25s} {r.label[:16]:16s} {r.model[:12]:12s} {r.rack[:10]:10s} "
+        print(f"{r.run_id:4d} {_utc(r.time):20s} {r.label[:16]:16s} {r.model[:12]:12s} {r.rack[:10]:10s} "
               f"{r.machine[:12]:12s} {r.commit_id[:17]:17s} {r.plan_hash[:17]:17s} {state}")
     return 0
+
+
+def _utc(iso: str) -> str:
+    """An ISO 8601 time as 'YYYY-MM-DD HH:MM:SSZ' in UTC (the stored text when it does not parse)."""
+    from datetime import datetime, timezone
+
+    try:
+        t = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso[:20]
+    t = t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    return t.strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _check(h: History, args) -> int:

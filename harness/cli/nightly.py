@@ -14,7 +14,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     """Add the arguments of `splitrack nightly`: --boards, --db, -o, --plan, frames, rate, --data, label,
     --min-change, --wait."""
     add_rack_file(p)
-    p.add_argument("--db", type=Path, default=Path("results.sqlite"), help="history database (SQLite)")
+    p.add_argument("--db", type=Path, default=Path("results.sqlite"), help="history database (SQLite; default results.sqlite in the current folder, created on first use)")
     p.add_argument("-o", "--out", type=Path, default=Path("site"), help="dashboard folder (index.html, runs/)")
     p.add_argument("--plan", type=Path, default=None, help="plan folder (default: the digits FC reference plan)")
     p.add_argument("--frames", type=int, default=500, help="frames in each run of the bench (default 500)")

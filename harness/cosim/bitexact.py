@@ -58,6 +58,9 @@ def _dense(x: np.ndarray, op: Op, in_t: FixedType) -> np.ndarray:
     prods = cast(prods, pfrac, acc_t)  # hls4ml: mult[i] = (accum_t) (x * w)
     acc = cast(op.bias, op.btype.fractional, acc_t) + prods.sum(axis=-2)
     acc = cast(acc, acc_t.fractional, acc_t)  # the sum is kept in accum_t: wrapping is modular, so once is enough
+    if acc_t.saturation != "AP_WRAP" and op.params.get("resource_reuse", 1) > 1:
+        raise NotImplementedError(f"{op.name}: saturating accumulator {acc_t} under the Resource strategy with reuse "
+                                  f"factor {op.params['resource_reuse']} (hls4ml adds in reuse order, this in input order)")
     if acc_t.saturation != "AP_WRAP":  # a saturating accumulator clips after every addition: replay in order
         acc = cast(op.bias, op.btype.fractional, acc_t) + np.zeros_like(prods[..., 0, :])
         for i in range(prods.shape[-2]):
@@ -89,7 +92,8 @@ def _conv2d(x: np.ndarray, op: Op, in_t: FixedType) -> np.ndarray:
     oh, ow = win.shape[:2]
     flat = win.reshape(oh, ow, -1)
     dense = Op("dense", op.name, op.out_shape, op.out, weight=op.weight.reshape(-1, op.weight.shape[-1]),
-               bias=op.bias, wtype=op.wtype, btype=op.btype, accum=op.accum)
+               bias=op.bias, wtype=op.wtype, btype=op.btype, accum=op.accum,
+               params={k: v for k, v in op.params.items() if k == "resource_reuse"})
     return _dense(flat, dense, in_t)
 
 

@@ -76,6 +76,9 @@ def _softmax_op(layer, name, shape, out, params, types) -> Op:
     return Op("softmax", name, shape, out, params=params, accum=accum)
 
 
+# axes that undo ApplyResourceStrategy's transpose (hls4ml backends/vivado/passes/resource_strategy.py)
+_UNTRANSPOSE = {"Dense": (1, 0), "Conv2D": (1, 2, 3, 0)}
+
 TABLE_ACTIVATIONS = ("sigmoid", "tanh")  # lookup tables of nnet_activation(_stream).h
 
 
@@ -102,11 +105,19 @@ def ops_from_graph(hm, tables: bool = False) -> List[Op]:
         elif cls in ("Dense", "Conv2D"):
             wt, bt = types["weight_t"], types["bias_t"]
             w = _weights(layer.weights["weight"], wt)
+            if layer.get_attr("_weights_transposed", False):
+                # the Resource strategy's optimizer pass (vivado ApplyResourceStrategy) stores the weights
+                # transposed for dense_resource: Dense (n_out, n_in), Conv2D (F, H, W, C); the product is the same
+                w = np.transpose(w, _UNTRANSPOSE[cls])
             b = _weights(layer.weights["bias"], bt) if "bias" in layer.weights else np.zeros(shape[-1], np.int64)
             params = {}
+            if str(layer.get_attr("strategy", "latency")).lower() in ("resource", "resource_unrolled"):
+                # dense_resource adds the products in its reuse-factor order, dense_latency in input order:
+                # the same sum when accum_t wraps (modulo 2^width), not when it saturates
+                params["resource_reuse"] = int(layer.get_attr("reuse_factor", 1))
             if cls == "Conv2D":
-                params = {k: int(layer.get_attr(k)) for k in ("filt_height", "filt_width", "stride_height", "stride_width",
-                                                                 "pad_top", "pad_bottom", "pad_left", "pad_right")}
+                params.update({k: int(layer.get_attr(k)) for k in ("filt_height", "filt_width", "stride_height", "stride_width",
+                                                                 "pad_top", "pad_bottom", "pad_left", "pad_right")})
                 if w.ndim != 4:
                     raise UnsupportedLayer(f"{name}: Conv2D weights of shape {w.shape}, expected (kh, kw, cin, cout)")
             ops.append(Op("dense" if cls == "Dense" else "conv2d", name, shape, out, params=params, weight=w, bias=b,

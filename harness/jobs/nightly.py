@@ -96,8 +96,7 @@ def nightly(boards: Path, db: Path, out: Path, plan_dir: Path = None, frames: in
     progress(f"history: run {run_id} ({run.label!r}), {new} rows added to {db} ({n_runs} runs)")
     for label, model, rack, n in check.unjudged:
         if (label, model, rack) == run.series:
-            progress(f"cannot judge {label!r} yet: needs at least {regress.MIN_BEFORE} earlier runs of this series, "
-                     f"has {max(n - 1, 0)}")
+            progress(f"cannot judge {label!r} yet: {regress.too_few_runs(n)}")
     for e in series_mod.events_at(check.events.get(run.series, []), run_id):
         progress(f"event on the series at this run: {e.describe()}")
     mine = [c for c in check.changes if c.key.series == run.series and c.latest]

@@ -258,9 +258,14 @@ def format_report(rep: Mapping[str, object], notes: Optional[Mapping[str, str]] 
     if not math.isnan(rep["throughput_hz"]):
         head += f", throughput {rep['throughput_hz']:.0f} frames/s"
     lines = [head, f"  {'hop':34s} {'p50':>9s} {'p90':>9s} {'p99':>9s} {'max':>9s} {'jitter':>9s}   (us)"]
+    notes = dict(notes or {})
+    for name in rep["stats"]:
+        if name.startswith("link host->") and int(rep.get("in_flight") or 1) > 1 and name not in notes:
+            # its time starts when the host decides to send: in a stream, behind the frames in flight
+            notes[name] = "with the frame's wait on the host behind the frames in flight (host queue)"
     for name, s in rep["stats"].items():
         lines.append(f"  {name:34s} " + " ".join(f"{s[k]:9.1f}" for k in ("p50", "p90", "p99", "max", "jitter"))
-                     + (f"   {notes[name]}" if notes and name in notes else ""))
+                     + (f"   {notes[name]}" if name in notes else ""))
     return "\n".join(lines)
 
 

@@ -341,6 +341,9 @@ def _deploy(plan: Plan, boards: Dict[str, Board], prepared: Dict[str, tuple], fo
     t0 = time.monotonic()
     plan_hash = plan.hash  # hashes the whole plan: once, not per partition (64 boards: 64 x a 64-partition plan)
     progress(f"deploying plan {plan_hash} ({len(boards)} partitions) to {', '.join(b.name for b in boards.values())}")
+    for name in boards:  # a virtual board's partition the fast model does not compute: why, in one line
+        if prepared[name][1].get("note"):
+            progress(f"  {name}: {prepared[name][1]['note']}")
     endpoints = {n: wiring_mod.Endpoint(b.name, b.host, b.data_port) for n, b in boards.items()}
     secret = wire.new_secret()  # one per deployment: every connection to its agents must prove it
     configs = {}

@@ -28,6 +28,9 @@ from splitting.hls import project_dir
 from splitting.user_cache import cache_root
 
 MODEL_FILE = "partition.fast.npz"  # the model's name on a board, beside the emulation library
+# bump when what model_of reads from hls4ml's graph changes (the cached model file is keyed by it):
+# 2: Resource-strategy weights read untransposed (version 1 read them as hls4ml stores them, transposed)
+OPS_VERSION = 2
 
 # lookup tables an op kind carries (raw integers of their types, computed as hls4ml's C++ initialises them)
 TABLES = {
@@ -78,23 +81,20 @@ def board_files(plan, name: str, emulation_cfg: dict, log=None) -> Tuple[Dict[st
 
     Returns (files, backend): files maps board file names to local files to upload beside the emulation
     library, backend is the agent's backend config. When the partition has a layer the fast model does not
-    compute, files is empty and backend is `emulation_cfg` unchanged (the reason goes to `log`).
+    compute, files is empty and backend is `emulation_cfg` with a "note" saying why (also sent to `log`).
     The model is written once into the partition's hls4ml cache folder (same key: same model and config);
     the compiled kernel (build_kernel, cached by its source's hash) goes with it when this host can build it.
     """
     part = plan.partition(name)
     if part.input_shapes or part.output_shapes:  # the fast model computes one stream in, one out
-        (log or logging.getLogger("splitrack.deploy")).info(
-            "partition %s: emulation only (it reads or writes several tensors)", name)
-        return {}, emulation_cfg
+        return {}, _emulation_only(emulation_cfg, name, "the partition reads or writes several tensors", log)
     folder = project_dir(plan, name)
-    path = os.path.join(str(folder), "fast_model-v%d.npz" % FORMAT)
+    path = os.path.join(str(folder), "fast_model-v%d.%d.npz" % (FORMAT, OPS_VERSION))
     if not os.path.isfile(path):
         try:
             model = model_of(plan, name)
         except NotModelled as e:
-            (log or logging.getLogger("splitrack.deploy")).info("partition %s: emulation only (%s)", name, e)
-            return {}, emulation_cfg
+            return {}, _emulation_only(emulation_cfg, name, str(e), log)
         tmp = "%s.%d.tmp.npz" % (path[:-4], os.getpid())
         model.save(tmp)
         os.replace(tmp, path)  # parallel deploys of the same partition: the last complete file wins
@@ -104,6 +104,14 @@ def board_files(plan, name: str, emulation_cfg: dict, log=None) -> Tuple[Dict[st
         files[KERNEL_FILE] = str(lib)
         backend["kernel"] = KERNEL_FILE
     return files, backend
+
+
+def _emulation_only(emulation_cfg: dict, name: str, why: str, log=None) -> dict:
+    """The emulation backend config with a note saying why the fast model is not used (the agent reports it,
+    deploy prints it)."""
+    note = "fast model not used (%s): the board runs hls4ml's emulation library" % why
+    (log or logging.getLogger("splitrack.deploy")).info("partition %s: %s", name, note)
+    return dict(emulation_cfg, note=note)
 
 
 # --- the kernel: its C source and build ----------------------------------------------------------------

@@ -102,7 +102,8 @@ class Comparison:
         for name, x, y in self.controls:
             out.append(f"{'control':7s} {name:28s} {x:9.1f} {y:9.1f} {(y / x - 1) if x else float('nan'):+8.1%}")
         out.append(f"significant: adjusted p < {self.alpha:g} and p50 change of at least {self.threshold:.0%}; "
-                   f"{len(self.regressions)} regression(s)")
+                   f"{len(self.regressions)} hop(s) significantly slower in B than in A (two runs compared: whether "
+                   "a slowdown lasts, and is the plan's rather than the machine's, is `history check`'s judgment)")
         moved = self.machine_moved
         if moved:
             out.append("note: the machine was not the same in both runs (" + ", ".join(

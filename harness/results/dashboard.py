@@ -232,7 +232,7 @@ def build_index(h: History, runs: List[RunInfo], check: regress.Check) -> Tuple[
                         f"{_esc(a.describe(byid.get(a.primary.run_id)))}</li>" for a in machine) + "</ul></div>")
     for label, model, rack, k in check.unjudged:
         body.append(f'<div class="note">Cannot judge {_esc(label)} (model {_esc(model or "?")}, rack {_esc(rack)}) yet: '
-                    f"needs at least {regress.MIN_BEFORE} earlier runs of this series, has {max(k - 1, 0)}.</div>")
+                    f"{_esc(regress.too_few_runs(k))}.</div>")
     for key, rs in _series_groups(runs).items():
         label, model, rack = key
         mine = [c for c in check.changes if c.key.series == key]
@@ -320,7 +320,10 @@ def build_run(h: History, run: RunInfo, prev: Optional[RunInfo]) -> Tuple[str, i
                           f"<td>{_esc(fpga_text(c))}</td></tr>" for p, c in compute.items()) + "</table></div>")
     acc = sorted((hop, v) for (m, hop), v in vals.items() if m == "accuracy")
     if acc:
-        tables.append("<div><h2>Accuracy</h2><table><tr><th>who</th><th>accuracy</th></tr>" + "".join(
+        n = data.get("labelled")
+        on = (f"<p>Of {n} labelled frames ({_esc(data.get('source'))}): one answer moves it by {1 / n:.2g}.</p>"
+              if isinstance(n, int) and n > 0 else "")
+        tables.append(f"<div><h2>Accuracy</h2>{on}<table><tr><th>who</th><th>accuracy</th></tr>" + "".join(
             f"<tr><td>{_esc(k)}</td><td>{v:.4f}</td></tr>" for k, v in acc) + "</table></div>")
     lat = [(f"rack {m}", vals.get((f"{m} p50", "e2e")), vals.get((f"{m} p99", "e2e"))) for m in ("single", "stream", "run")]
     lat += [(f"CPU {hop}", v, vals.get(("cpu p99", hop))) for (m, hop), v in sorted(vals.items()) if m == "cpu p50"]

@@ -137,8 +137,8 @@ class Change:
         series = f"label {self.key.label!r}, model {self.key.model or '?'}, rack {self.key.rack}"
         if run is not None:
             series += f", plan {run.plan_hash}"
-        line = (f"{what}: {self.key.metric} at {where}: {self.before:.4g} -> {self.after:.4g} {self.unit} "
-                f"({self.after - self.before:+.4g} {self.unit}, {self.relative:+.1%}) since {since} ({self.time}, "
+        line = (f"{what}: {self.key.metric} at {where}: {_num(self.before)} -> {_num(self.after)} {self.unit} "
+                f"({_num(self.after - self.before, '+')} {self.unit}, {self.relative:+.1%}) since {since} ({self.time}, "
                 f"commit {self.commit_id}) [{series}]")
         if self.events:
             line += "; at that run: " + ", ".join(e.describe() for e in self.events)
@@ -420,6 +420,17 @@ def live_regressions(changes: Sequence[Change], acked: Sequence[int] = ()) -> Li
     return [c for c in changes if c.counts and c.run_id not in set(acked)]
 
 
+def _num(v: float, sign: str = "") -> str:
+    """A figure with 4 significant digits and no exponent below 10^9 (10000 -> '10000', not '1e+04')."""
+    return f"{v:{sign}.0f}" if 1000 <= abs(v) < 1e9 else f"{v:{sign}.4g}"
+
+
+def too_few_runs(n: int) -> str:
+    """Why a series of `n` complete runs is not judged yet (n < MIN_BEFORE + 1)."""
+    return (f"a series is judged from its {MIN_BEFORE + 1}th complete run on (the newest against at least "
+            f"{MIN_BEFORE} before it); it has {n} complete run(s) (incomplete and untrusted runs do not count)")
+
+
 @dataclass
 class Alarm:
     """The regressions of one hop of one series that start at one run: one entry, whichever figures show it.
@@ -487,8 +498,7 @@ class Check:
         summary count."""
         out = []
         for label, model, rack, n in self.unjudged:
-            out.append(f"cannot judge {label!r} (model {model or '?'}, rack {rack}) yet: needs at least "
-                       f"{MIN_BEFORE} earlier runs of this series, has {max(n - 1, 0)}")
+            out.append(f"cannot judge {label!r} (model {model or '?'}, rack {rack}) yet: {too_few_runs(n)}")
         for al in alarms(self.changes):
             c = al.primary
             line = al.describe(runs.get(c.run_id))

@@ -102,8 +102,13 @@ def test_unmodelled_layer_is_named(tmp_path):
     keras.utils.set_random_seed(0)
     m = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, activation="elu", name="d0")])
     plan = _write(m, {}, tmp_path / "elu")
+    name = plan.ordered_partitions()[0].name
     with pytest.raises(NotModelled, match="elu"):
-        model_of(plan, plan.ordered_partitions()[0].name)
+        model_of(plan, name)
+    # deploy's view: no model file, the emulation backend, and a note saying why (the agent reports it)
+    files, backend = board_files(plan, name, {"kind": "emulation", "library": "partition.so"})
+    assert files == {} and backend["kind"] == "emulation" and backend["library"] == "partition.so"
+    assert "elu" in backend["note"] and "emulation library" in backend["note"], backend
 
 
 def test_sigmoid_and_tanh_tables_on_every_input_value(tmp_path):
@@ -155,7 +160,7 @@ class _Emu:
         return self.lib.run(x)
 
 
-def test_backend_uses_the_fast_model_only_when_it_matches(fc_first, tmp_path, caplog):
+def test_backend_uses_the_fast_model_only_when_it_matches(fc_first, tmp_path, caplog, monkeypatch):
     plan, name, cfg = fc_first
     fm = model_of(plan, name)
     good = tmp_path / "good.npz"
@@ -177,12 +182,21 @@ def test_backend_uses_the_fast_model_only_when_it_matches(fc_first, tmp_path, ca
     with caplog.at_level(logging.WARNING):
         b = FastBackend(dict(cfg, model=str(bad)), str(tmp_path), _Emu, logging.getLogger("t"))
     assert b.kind == "emulation" and "differ" in b.note
-    assert "running the emulation library" in caplog.text
+    assert "this board runs hls4ml's emulation library instead" in caplog.text
     assert np.array_equal(b.run(x[0]), b.emulation.run(x[0]))
 
     # no model file at all: the same fallback, with the reason
     b = FastBackend(dict(cfg, model=str(tmp_path / "none.npz")), str(tmp_path), _Emu)
     assert b.kind == "emulation" and "cannot read" in b.note
+
+    # a model that raises while computing the check frames: said in words, no exception repr
+    def broken(self, frames):
+        raise ValueError("9 inputs for a product with 144")
+    monkeypatch.setattr(FastModel, "run", broken)
+    b = FastBackend(dict(cfg, model=str(good)), str(tmp_path), _Emu)
+    assert b.kind == "emulation" and "ValueError" not in b.note, b.note
+    assert "could not compute the 4 check frames (9 inputs for a product with 144)" in b.note, b.note
+    assert b.note.endswith("this board runs hls4ml's emulation library instead (bit-exact, slower)"), b.note
 
 
 def test_board_files_for_a_virtual_board(fc_first):
@@ -338,3 +352,60 @@ def test_an_agent_imported_on_the_host_runs_the_fast_model_it_is_asked_for(fc_fi
     np.testing.assert_array_equal(out.decode(got[5]), out.decode(out.encode(ag.backend.emulation.run(x))))
     a.close()
     b.close()
+
+
+def test_planner_reuse_and_strategy_settings_bit_exact(tmp_path, kernel):
+    """Per-layer reuse factors and strategies as `splitrack plan` writes them (hls4ml LayerName entries):
+    Conv2D and Dense under Resource (whose weights hls4ml stores transposed, and whose sum runs in reuse order)
+    at reuse factors below, equal to and above the layer's fan-in, beside Latency layers with a reuse factor,
+    compute bit-exact against the emulation, with the compiled kernel and on numpy. Two partitions: two
+    hls4ml compiles."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    m = keras.Sequential([keras.Input((6, 6, 2)),
+                          keras.layers.Conv2D(5, 3, padding="same", activation="relu", name="c1"),  # fan-in 18
+                          keras.layers.Conv2D(3, 2, activation="relu", name="c2"),                  # fan-in 20
+                          keras.layers.MaxPooling2D(2, name="pool"), keras.layers.Flatten(name="flat"),
+                          keras.layers.Dense(7, activation="relu", name="d1"),                      # fan-in 12
+                          keras.layers.Dense(4, name="d2")])                                        # fan-in 7
+    from splitting.split import split_model, write_plan
+    from splitting.plan import Plan
+
+    plan, models = split_model(m, at=["c2"], reuse_factor=4, strategy="Resource")
+    layers = {"c1": (6, "Resource"), "c2": (20, "Resource"), "d1": (84, "Resource"), "d2": (7, "Latency")}
+    for p in plan.partitions.values():
+        names = p.hls.setdefault("LayerName", {})
+        for lname, (r, strategy) in layers.items():
+            if lname in [l.name for l in models[p.name].layers]:
+                names.setdefault(lname, {}).update({"ReuseFactor": r, "Strategy": strategy})
+    write_plan(plan, models, tmp_path / "p")
+    plan = Plan.load(tmp_path / "p")
+    x = np.random.default_rng(5).uniform(-2, 2, size=(12, 6, 6, 2))
+    modes = _all_partitions_exact(plan, x, kernel)
+    assert set(modes) == set(layers), modes
+    # the reuse factors hls4ml kept: below, at and above the fan-in under Resource; d2 on Latency
+    reuse = {o["name"]: o["params"].get("resource_reuse") for n in ("s0", "s1") for o in model_of(plan, n).ops}
+    assert {k: reuse[k] for k in layers} == {"c1": 6, "c2": 20, "d1": 84, "d2": None}, reuse
+
+
+def test_saturating_sum_in_resource_order_is_refused_up_front():
+    """A saturating accumulator under the Resource strategy with a reuse factor > 1: hls4ml adds the products in
+    reuse order, which the fast model does not follow: model_from_ops refuses it, naming the layer (the
+    partition stays on its emulation), instead of a check failing on the board; wrapping accumulators (any
+    order gives the same sum) and reuse factor 1 are modelled."""
+    from harness.cosim.ops import Op
+    from splitting.contract import FixedType
+
+    t, sat = FixedType.parse("ap_fixed<16,6>"), FixedType.parse("ap_fixed<16,6,AP_TRN,AP_SAT>")
+
+    def ops(acc, reuse):
+        w = np.arange(12, dtype=np.int64).reshape(4, 3) - 6
+        dense = Op("dense", "fc9", (3,), t, params={"resource_reuse": reuse}, weight=w, bias=np.zeros(3, np.int64),
+                   wtype=t, btype=t, accum=acc)
+        return [Op("input", "in", (4,), t), dense]
+
+    with pytest.raises(NotModelled, match="fc9: saturating accumulator .* reuse factor 4"):
+        fast_build.model_from_ops(ops(sat, 4))
+    for acc, reuse in ((t, 4), (sat, 1)):
+        assert fast_build.model_from_ops(ops(acc, reuse)).run(np.ones((2, 4))).shape == (2, 3)

@@ -71,6 +71,7 @@ def test_cli_add_and_list(tmp_path, capsys):
     assert main(["history", "list", "--db", str(db)]) == 0
     out = capsys.readouterr().out
     assert "run 1 'plan0001'" in out and " new, " in out and "abc" in out and "plan0001" in out
+    assert "time (UTC)" in out and "2026-01-01 00:00:00Z" in out  # whole seconds, its zone said
 
 
 def test_bad_inputs_are_one_line_user_errors(tmp_path, capsys):
@@ -179,7 +180,7 @@ def test_compare_flags_the_slower_board_and_nothing_else(tmp_path, capsys):
     # two ordinary runs: nothing flagged, exit 0; runs by label and by commit resolve
     assert main(["history", "compare", "1", "c001", "--db", str(db)]) == 0
     out = capsys.readouterr().out
-    assert "0 regression(s)" in out and "SLOWER" not in out
+    assert "0 hop(s) significantly slower in B than in A" in out and "SLOWER" not in out
     assert main(["history", "compare", "nope", "latest", "--db", str(db)]) == 2
 
 

@@ -110,7 +110,7 @@ def test_check_says_when_it_cannot_judge_yet(tmp_path, capsys):
                    400.0 + (300 if i == 2 else 0), "us", "bench") for i in range(3)])
     assert main(["history", "check", "--db", str(db)]) == 0
     out = capsys.readouterr().out
-    assert "cannot judge 'plan0001'" in out and "needs at least 3 earlier runs of this series, has 2" in out
+    assert "cannot judge 'plan0001'" in out and "a series is judged from its 4th complete run on (the newest against at least 3 before it); it has 3 complete run(s)" in out
     assert "0 series judged, 1 not yet" in out and "REGRESSION" not in out
 
 

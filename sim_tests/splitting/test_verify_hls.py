@@ -95,3 +95,26 @@ def test_no_hls_is_reported_as_skipped_not_as_ok():
     row = next(line for line in text.splitlines() if line.startswith("hls chain vs whole-model hls"))
     assert "skipped (--no-hls)" in row and " ok" not in row
     assert text.splitlines()[-1] == "plan h: PASS (float composition only: the hls4ml chain was not checked)"
+
+
+def test_a_bit_exact_split_that_loses_the_models_accuracy_fails(tmp_path):
+    """The reference CNN at ap_fixed<8,3> (what a refused `plan` suggests trying): conv2's sums reach ~8.9,
+    beyond the type's +-4, hls4ml wraps them, and the model falls from ~99 % to chance on digits. The split
+    is bit exact to the whole model's emulation, and verify used to PASS it; it fails now, saying the split is
+    exact and the precisions are too narrow. A drop within --max-accuracy-drop passes."""
+    from splitting.verify import render
+
+    plan, models = split_model(reference_model("cnn"), at=["conv2"], precision="ap_fixed<8,3>")
+    write_plan(plan, models, tmp_path / "p8")
+    plan = Plan.load(tmp_path / "p8")
+    v = verify_plan(plan, data="digits", n=450, log=lambda *a: None)
+    assert v.hls_bit_exact and v.accuracy_keras > 0.9 and v.accuracy_split_hls < 0.5
+    assert v.accuracy_ok is False and not v.ok
+    assert "the split is exact, the precisions are too narrow" in v.cause
+    text = render(v)
+    assert text.endswith("FAIL") and "split >= Keras - 1 pt (450 samples)" in text
+    lenient = verify_plan(plan, data="digits", n=450, log=lambda *a: None, max_accuracy_drop=1.0)
+    assert lenient.accuracy_ok is True and lenient.ok is (lenient.chain_within is not False
+                                                         and lenient.whole_within is not False)
+    v = verify_plan(plan, data="random", n=16, log=lambda *a: None)  # no labels: not judged
+    assert v.accuracy_ok is None and "no labels" in render(v)
