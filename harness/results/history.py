@@ -277,7 +277,8 @@ def parse_bench(doc: Dict, label: Optional[str] = None) -> Tuple[RunInfo, List[R
     # a link whose clocks were known to within milliseconds only (a burst of slow probes on a busy machine) is
     # what was measured, within that error: kept in the samples and named, left out of the figures trends
     # are judged on (its p50 may be off by its error; the run's e2e and board times use one clock each)
-    wide = {link: round(e, 1) for link, e in errors.items() if e > LINK_JUDGED_US and link in {r.hop for r in rows}}
+    hops = {r.hop for r in rows}
+    wide = {link: e for link, e in errors.items() if e > LINK_JUDGED_US and link in hops}
     if wide:
         run.env["links_not_judged"] = {link: f"clock error +-{e:.0f} us" for link, e in sorted(wide.items())}
     # NaN (e.g. throughput of one frame) is no measurement
