@@ -480,7 +480,7 @@ def _convert_project(pr: Project, folder: Path, data: bytes):
 
 def _build(pr: Project, key: str, folder: Path, model, hm, records: list, data: bytes, t0: float):
     """Build a converted project's library (hls4ml's compile: g++ in a child process, the GIL released) and
-    write its ARTIFACT; None, or the exception (HlsUnsupported, RuntimeError) that says why it failed."""
+    write its ARTIFACT; None, or the exception (HlsUnsupported) that says why it failed."""
     from .hls_errors import HlsUnsupported, failure_message
 
     from .quiet_tensorflow import thread_output
@@ -518,15 +518,14 @@ def _compile_failure(pr: Project, prj: Path) -> UserError:
     import subprocess
 
     from .hls_errors import HlsUnsupported
-    from .quiet_tensorflow import library_log_path, thread_output
+    from .quiet_tensorflow import library_log_path, library_text
 
     try:
         r = subprocess.run(["bash", "build_lib.sh"], cwd=prj, capture_output=True, text=True, timeout=1800)
         out = (r.stdout or "") + (r.stderr or "")
     except (OSError, subprocess.SubprocessError) as e:
         out = f"build_lib.sh could not run again: {e}"
-    with thread_output(f"hls4ml: g++ output of {pr.what}"):
-        print(out, flush=True)
+    library_text(f"hls4ml: g++ output of {pr.what}", out + "\n")
     errors = [line.strip() for line in out.splitlines() if "error" in line.lower()]
     first = (errors or [line.strip() for line in out.splitlines() if line.strip()] or ["no output"])[0][:200]
     return HlsUnsupported(f"g++ could not build hls4ml's C++ of {pr.what} ({first}); the compiler's whole output is in "

@@ -97,6 +97,27 @@ def _log_descriptor() -> int:
         return -1
 
 
+def _output_target(what: str) -> int:
+    """A new descriptor where library output goes: the library log after a line naming `what`, or stderr
+    with -v (where nothing is parsed); /dev/null when the cache cannot be written (dropped, as quietly as
+    the warnings are)."""
+    target = _log_descriptor() if _quiet else os.dup(2)
+    if target < 0:
+        return os.open(os.devnull, os.O_WRONLY)
+    if _quiet:
+        os.write(target, f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}: {what}\n".encode())
+    return target
+
+
+def library_text(what: str, text: str) -> None:
+    """Write `text` (e.g. a compiler's output) where library output goes (_output_target), never stdout."""
+    fd = _output_target(what)
+    try:
+        os.write(fd, text.encode("utf-8", "replace"))
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def library_output(what: str):
     """Run the body with whatever libraries print (Python's sys.stdout and sys.stderr, descriptors 1 and 2,
@@ -106,11 +127,7 @@ def library_output(what: str):
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    target = _log_descriptor() if _quiet else os.dup(2)  # -v: stderr, where nothing is parsed
-    if target < 0:  # a cache that cannot be written: dropped, as quietly as the warnings are
-        target = os.open(os.devnull, os.O_WRONLY)
-    elif _quiet:
-        os.write(target, f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}: {what}\n".encode())
+    target = _output_target(what)
     saved = [os.dup(1), os.dup(2)]
     text = io.TextIOWrapper(io.FileIO(os.dup(target), "w"), encoding="utf-8", errors="replace", line_buffering=True)
     try:
@@ -129,7 +146,7 @@ def library_output(what: str):
 
 
 class _ThreadRouter(io.TextIOBase):
-    """sys.stdout while threads_output is in use: what a registered thread prints goes to its own stream, what
+    """sys.stdout while thread_output is in use: what a registered thread prints goes to its own stream, what
     any other thread prints to the stream this replaced."""
 
     def __init__(self, base):
@@ -156,12 +173,7 @@ def thread_output(what: str):
     it (the library log, or stderr with -v), other threads' output untouched: for hls4ml's compile in a build
     thread, which prints g++'s whole log with print() when the build fails (child processes' output it
     captures itself). Never stdout, whatever the cache state: a --json command's stdout stays JSON."""
-    target = _log_descriptor() if _quiet else os.dup(2)
-    if target < 0:
-        target = os.open(os.devnull, os.O_WRONLY)
-    elif _quiet:
-        os.write(target, f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}: {what}\n".encode())
-    text = io.TextIOWrapper(io.FileIO(target, "w"), encoding="utf-8", errors="replace", line_buffering=True)
+    text = io.TextIOWrapper(io.FileIO(_output_target(what), "w"), encoding="utf-8", errors="replace", line_buffering=True)
     me = threading.get_ident()
     with _router_lock:
         router = sys.stdout if isinstance(sys.stdout, _ThreadRouter) else _ThreadRouter(sys.stdout)
